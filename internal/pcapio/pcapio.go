@@ -1,0 +1,153 @@
+// Package pcapio reads and writes classic libpcap capture files (the
+// format tcpdump -w writes): both byte orders, microsecond and nanosecond
+// timestamps. It is deliberately small: espep's tools read captures of IP
+// traffic and write the same link type back. It is not a packet decoder.
+package pcapio
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Link types (tcpdump.org/linktypes.html) espep understands.
+const (
+	LinkEthernet  = 1
+	LinkRaw       = 101 // raw IPv4 or IPv6
+	LinkLinuxSLL  = 113 // Linux "any" cooked capture v1
+	LinkIPv4      = 228
+	LinkIPv6      = 229
+	LinkLinuxSLL2 = 276
+)
+
+const (
+	magicMicro = 0xa1b2c3d4
+	magicNano  = 0xa1b23c4d
+	fileHdrLen = 24
+	recHdrLen  = 16
+	// MaxSnapLen bounds a record so that a corrupt file cannot make the
+	// reader allocate gigabytes.
+	MaxSnapLen = 256 << 10
+)
+
+// ErrFormat reports a file that is not a capture this package reads.
+var ErrFormat = errors.New("not a classic pcap file")
+
+// Header is a capture file's global header.
+type Header struct {
+	LinkType uint32
+	SnapLen  uint32
+	Nano     bool
+}
+
+// Record is one captured packet. Data is valid until the next Next call.
+type Record struct {
+	Time    time.Time
+	OrigLen int
+	Data    []byte
+}
+
+// Reader reads records from a capture.
+type Reader struct {
+	r     *bufio.Reader
+	order binary.ByteOrder
+	Header
+	buf [MaxSnapLen]byte
+	hdr [recHdrLen]byte
+	n   int // records read, for errors
+}
+
+// NewReader reads the global header.
+func NewReader(r io.Reader) (*Reader, error) {
+	pr := &Reader{r: bufio.NewReaderSize(r, 64<<10)}
+	var h [fileHdrLen]byte
+	if _, err := io.ReadFull(pr.r, h[:]); err != nil {
+		return nil, fmt.Errorf("pcap header: %w", err)
+	}
+	switch {
+	case binary.LittleEndian.Uint32(h[:]) == magicMicro:
+		pr.order = binary.LittleEndian
+	case binary.BigEndian.Uint32(h[:]) == magicMicro:
+		pr.order = binary.BigEndian
+	case binary.LittleEndian.Uint32(h[:]) == magicNano:
+		pr.order, pr.Nano = binary.LittleEndian, true
+	case binary.BigEndian.Uint32(h[:]) == magicNano:
+		pr.order, pr.Nano = binary.BigEndian, true
+	case binary.LittleEndian.Uint32(h[:]) == 0x0a0d0d0a:
+		return nil, fmt.Errorf("pcapng is not supported, convert with editcap -F pcap: %w", ErrFormat)
+	default:
+		return nil, fmt.Errorf("magic %#x: %w", binary.LittleEndian.Uint32(h[:]), ErrFormat)
+	}
+	pr.SnapLen = pr.order.Uint32(h[16:])
+	pr.LinkType = pr.order.Uint32(h[20:]) & 0x0fffffff // upper bits: FCS info
+	return pr, nil
+}
+
+// Next returns the next record, or io.EOF at the end.
+func (pr *Reader) Next() (Record, error) {
+	if _, err := io.ReadFull(pr.r, pr.hdr[:]); err != nil {
+		if err == io.EOF {
+			return Record{}, io.EOF
+		}
+		return Record{}, fmt.Errorf("pcap record %d header: %w", pr.n+1, err)
+	}
+	pr.n++
+	sec, frac := pr.order.Uint32(pr.hdr[0:]), pr.order.Uint32(pr.hdr[4:])
+	incl, orig := pr.order.Uint32(pr.hdr[8:]), pr.order.Uint32(pr.hdr[12:])
+	if incl > MaxSnapLen {
+		return Record{}, fmt.Errorf("pcap record %d: length %d > %d: %w", pr.n, incl, MaxSnapLen, ErrFormat)
+	}
+	data := pr.buf[:incl]
+	if _, err := io.ReadFull(pr.r, data); err != nil {
+		return Record{}, fmt.Errorf("pcap record %d: %w", pr.n, io.ErrUnexpectedEOF)
+	}
+	ns := int64(frac)
+	if !pr.Nano {
+		ns *= 1000
+	}
+	return Record{Time: time.Unix(int64(sec), ns).UTC(), OrigLen: int(orig), Data: data}, nil
+}
+
+// Writer writes a little-endian capture with nanosecond timestamps.
+type Writer struct {
+	w   *bufio.Writer
+	hdr [recHdrLen]byte
+}
+
+// NewWriter writes the global header.
+func NewWriter(w io.Writer, linkType uint32) (*Writer, error) {
+	pw := &Writer{w: bufio.NewWriterSize(w, 64<<10)}
+	var h [fileHdrLen]byte
+	binary.LittleEndian.PutUint32(h[0:], magicNano)
+	binary.LittleEndian.PutUint16(h[4:], 2)
+	binary.LittleEndian.PutUint16(h[6:], 4)
+	binary.LittleEndian.PutUint32(h[16:], MaxSnapLen)
+	binary.LittleEndian.PutUint32(h[20:], linkType)
+	if _, err := pw.w.Write(h[:]); err != nil {
+		return nil, fmt.Errorf("pcap header: %w", err)
+	}
+	return pw, nil
+}
+
+// Write appends one packet. origLen < len(data) is raised to len(data).
+func (pw *Writer) Write(t time.Time, data []byte, origLen int) error {
+	if len(data) > MaxSnapLen {
+		return fmt.Errorf("pcap record of %d bytes > %d", len(data), MaxSnapLen)
+	}
+	origLen = max(origLen, len(data))
+	binary.LittleEndian.PutUint32(pw.hdr[0:], uint32(t.Unix()))
+	binary.LittleEndian.PutUint32(pw.hdr[4:], uint32(t.Nanosecond()))
+	binary.LittleEndian.PutUint32(pw.hdr[8:], uint32(len(data)))
+	binary.LittleEndian.PutUint32(pw.hdr[12:], uint32(origLen))
+	if _, err := pw.w.Write(pw.hdr[:]); err != nil {
+		return err
+	}
+	_, err := pw.w.Write(data)
+	return err
+}
+
+// Flush writes buffered records out.
+func (pw *Writer) Flush() error { return pw.w.Flush() }

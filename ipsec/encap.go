@@ -1,0 +1,170 @@
+package ipsec
+
+import (
+	"fmt"
+
+	"github.com/espep/espep/ipsec/header"
+)
+
+// Per-packet framing shared by ESP and AH: where the protected part of a
+// packet starts, and the outer headers put in front of it.
+
+// MaxHeadroom is enough headroom for any SA: an IPv6 outer header, UDP,
+// and the largest ESP header with IV or AH header.
+const MaxHeadroom = header.IPv6Len + header.UDPLen + header.ESPLen + 16 + 64
+
+// MaxTailroom is enough tailroom for any SA: padding, trailer and ICV.
+const MaxTailroom = 16 + 2 + 32
+
+// plainLayout describes a cleartext packet about to be sealed.
+type plainLayout struct {
+	v6    bool // the packet's family
+	hlen  int  // transport: IP header (+ extension headers) kept in front; tunnel: 0
+	nhOff int  // transport: offset of the next-header byte to rewrite
+	next  uint8
+}
+
+// layoutFor parses pkt and decides what is protected: the upper layer in
+// transport mode, the whole packet in tunnel mode (RFC 4301 §4.1).
+func (sa *SA) layoutFor(pkt []byte) (plainLayout, error) {
+	var pl plainLayout
+	if len(pkt) == 0 {
+		return pl, fmt.Errorf("empty packet: %w", ErrMalformed)
+	}
+	switch pkt[0] >> 4 {
+	case 4:
+		h, err := header.ParseIPv4(pkt)
+		if err != nil {
+			return pl, err
+		}
+		if len(h) != len(pkt) {
+			return pl, fmt.Errorf("ipv4 total length %d, packet %d bytes: %w", len(h), len(pkt), ErrMalformed)
+		}
+		pl.nhOff, pl.hlen, pl.next = 9, h.HeaderLen(), h.Protocol()
+		if sa.cfg.Mode != Tunnel && h.IsFragment() {
+			return pl, fmt.Errorf("transport mode cannot protect a fragment: %w", ErrMalformed)
+		}
+	case 6:
+		h, err := header.ParseIPv6(pkt)
+		if err != nil {
+			return pl, err
+		}
+		if len(h) != len(pkt) {
+			return pl, fmt.Errorf("ipv6 payload length %d, packet %d bytes: %w", len(h)-header.IPv6Len, len(pkt), ErrMalformed)
+		}
+		pl.v6 = true
+		if sa.cfg.Mode != Tunnel {
+			if pl.hlen, pl.nhOff, err = h.TransportInsertPoint(); err != nil {
+				return pl, err
+			}
+			pl.next = pkt[pl.nhOff]
+		}
+	default:
+		return pl, fmt.Errorf("ip version %d: %w", pkt[0]>>4, ErrMalformed)
+	}
+	if sa.cfg.Mode == Tunnel {
+		pl.hlen, pl.nhOff = 0, -1
+		pl.next = header.ProtoIPIP
+		if pl.v6 {
+			pl.next = header.ProtoIPv6
+		}
+		return pl, nil
+	}
+	if sa.cfg.Dst.IsValid() && pl.v6 != sa.cfg.Dst.Is6() {
+		return pl, fmt.Errorf("transport mode sa to %v, ipv%d packet: %w", sa.cfg.Dst, pkt[0]>>4, ErrFamily)
+	}
+	return pl, nil
+}
+
+// outerLen is the length of the IP header the sealed packet starts with.
+func (sa *SA) outerLen(pl plainLayout) int {
+	if sa.cfg.Mode == Tunnel {
+		if sa.cfg.Dst.Is6() {
+			return header.IPv6Len
+		}
+		return header.IPv4MinLen
+	}
+	return pl.hlen
+}
+
+// finishOuter writes or moves the IP header in front of the sealed packet
+// out (which starts with it) whose protected part starts at protoOff and
+// carries protocol proto; inner is the original packet, still intact in its
+// first bytes only if transport mode moved them (the caller copied them).
+func (sa *SA) finishOuter(out []byte, pl plainLayout, proto uint8, innerTOS uint8, innerDF bool) {
+	if sa.cfg.Mode == Tunnel {
+		sa.out.id++
+		if sa.cfg.Dst.Is6() {
+			header.WriteIPv6(out, innerTOS, 0, len(out)-header.IPv6Len, proto, 64, sa.cfg.Src, sa.cfg.Dst)
+		} else {
+			header.WriteIPv4(out, innerTOS, len(out), sa.out.id, innerDF, 64, proto, sa.cfg.Src, sa.cfg.Dst)
+		}
+		return
+	}
+	out[pl.nhOff] = proto
+	if pl.v6 {
+		header.IPv6(out).SetPayloadLen(len(out) - header.IPv6Len)
+		return
+	}
+	h := header.IPv4(out)
+	h.SetTotalLen(len(out))
+	h.UpdateChecksum()
+}
+
+// innerTOS returns the traffic class and DF bit to copy to a tunnel header
+// (RFC 4301 §5.1.2.1: DSCP and, RFC 6040 normal mode, ECN are copied).
+func innerTOS(pkt []byte) (tos uint8, df bool) {
+	if pkt[0]>>4 == 4 {
+		h := header.IPv4(pkt)
+		return h.TOS(), h.FlagsFrag()&0x4000 != 0
+	}
+	return header.IPv6(pkt).TrafficClass(), false
+}
+
+// restoreTransport rewrites a decapsulated transport-mode packet whose IP
+// header (hl bytes, next-header byte at nhOff) sits right before payload
+// end: pkt[:end] is the whole packet.
+func restoreTransport(pkt []byte, nhOff int, next uint8) {
+	pkt[nhOff] = next
+	if pkt[0]>>4 == 6 {
+		header.IPv6(pkt).SetPayloadLen(len(pkt) - header.IPv6Len)
+		return
+	}
+	h := header.IPv4(pkt)
+	h.SetTotalLen(len(pkt))
+	h.UpdateChecksum()
+}
+
+// trimInner returns the inner IP packet at the start of p, cut to the
+// length its header gives (dropping TFC padding, RFC 4303 §2.4).
+func trimInner(p []byte) ([]byte, error) {
+	if len(p) == 0 {
+		return nil, fmt.Errorf("empty inner packet: %w", ErrMalformed)
+	}
+	switch p[0] >> 4 {
+	case 4:
+		h, err := header.ParseIPv4(p)
+		if err != nil {
+			return nil, fmt.Errorf("inner: %w", err)
+		}
+		return h, nil
+	case 6:
+		h, err := header.ParseIPv6(p)
+		if err != nil {
+			return nil, fmt.Errorf("inner: %w", err)
+		}
+		return h, nil
+	}
+	return nil, fmt.Errorf("inner ip version %d: %w", p[0]>>4, ErrMalformed)
+}
+
+// isTunnelNext decides the mode of an inbound packet from its next header.
+func (sa *SA) isTunnel(next uint8) bool {
+	switch sa.cfg.Mode {
+	case Tunnel:
+		return true
+	case Transport:
+		return false
+	}
+	return next == header.ProtoIPIP || next == header.ProtoIPv6
+}

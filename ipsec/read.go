@@ -1,0 +1,123 @@
+package ipsec
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/espep/espep/ipsec/header"
+)
+
+// ReadSA is a read-class SA (DESIGN.md "Permission classes"): it holds the
+// decryption key and no integrity key, so it can read what a packet carries
+// but can neither verify nor make a packet. Its only operation, Decrypt,
+// writes into a separate buffer and leaves the original ciphertext intact
+// for the holder to forward or resend.
+type ReadSA struct {
+	cfg   Config
+	id    ID
+	Stats Stats
+
+	mu sync.Mutex
+	d  espDecrypter // ESP; nil for AH, which has nothing to decrypt
+	ok bool
+}
+
+// NewReader makes a read-class SA. cfg.Class must be ClassRead, cfg must
+// carry no integrity key, and the transform must not be combined-mode
+// (its key would also forge: ErrReadAEAD).
+func NewReader(cfg Config) (*ReadSA, error) {
+	if cfg.Class != ClassRead {
+		return nil, fmt.Errorf("sa %v: class %v: NewReader makes read-class SAs", cfg.ID(), cfg.Class)
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("sa %v: %w", cfg.ID(), err)
+	}
+	if len(cfg.IntegKey) != 0 {
+		return nil, fmt.Errorf("sa %v: a read-class SA must not hold an integrity key", cfg.ID())
+	}
+	r := &ReadSA{cfg: cfg, id: cfg.ID(), ok: true}
+	if cfg.Proto == ESP {
+		var err error
+		if r.d, err = newESPDecrypter(cfg.Enc, cfg.EncKey, cfg.Integ); err != nil {
+			return nil, fmt.Errorf("sa %v: %w", r.id, err)
+		}
+	}
+	r.cfg.EncKey = nil
+	return r, nil
+}
+
+// ID returns the SA's SAD key.
+func (r *ReadSA) ID() ID { return r.id }
+
+// Config returns the configuration without keys.
+func (r *ReadSA) Config() Config { return r.cfg }
+
+// Wipe drops the key; later Decrypts fail.
+func (r *ReadSA) Wipe() {
+	r.mu.Lock()
+	r.d, r.ok = nil, false
+	r.mu.Unlock()
+}
+
+// Decrypt decrypts the IPsec packet pkt, without verifying it, into dst
+// (which needs len(pkt) bytes of capacity) and returns the packet inside as
+// SA.Open would. pkt is not modified. The result is unauthenticated: a
+// read-class holder may look at it, never act on it as if verified.
+func (r *ReadSA) Decrypt(dst, pkt []byte) ([]byte, error) {
+	l, err := Locate(pkt)
+	if err != nil {
+		r.Stats.OtherDrops.Add(1)
+		return nil, fmt.Errorf("sa %v: decrypt: %w", r.id, err)
+	}
+	if (l.Kind != KindESP && l.Kind != KindAH) || Proto(l.Kind.proto()) != r.cfg.Proto || l.SPI != r.cfg.SPI {
+		r.Stats.OtherDrops.Add(1)
+		return nil, fmt.Errorf("sa %v: %v spi=%#08x: %w", r.id, l.Kind, l.SPI, ErrWrongSA)
+	}
+	pkt = pkt[:l.Len]
+	if cap(dst) < len(pkt) {
+		return nil, fmt.Errorf("sa %v: decrypt needs %d bytes, dst holds %d: %w", r.id, len(pkt), cap(dst), ErrNoRoom)
+	}
+	dst = dst[:cap(dst)]
+	hl := l.HeaderLen()
+	var payload []byte
+	var next uint8
+	if l.Kind == KindAH {
+		a := header.AH(pkt[l.Off:])
+		payload = append(dst[hl:hl], a.Payload()...)
+		next = a.NextHeader()
+	} else {
+		r.mu.Lock()
+		if !r.ok {
+			r.mu.Unlock()
+			return nil, fmt.Errorf("sa %v: %w", r.id, ErrHardExpired)
+		}
+		e := pkt[l.Off:]
+		ct := len(e) - header.ESPLen - r.d.ivLen() - r.d.icvLen()
+		if ct < 2 || (r.cfg.Enc == EncAESCBC && ct%16 != 0) {
+			r.mu.Unlock()
+			r.Stats.OtherDrops.Add(1)
+			return nil, fmt.Errorf("sa %v: esp ciphertext of %d bytes: %w", r.id, ct, ErrMalformed)
+		}
+		body := r.d.decrypt(dst[hl:], e)
+		r.mu.Unlock()
+		padLen := int(body[len(body)-2])
+		next = body[len(body)-1]
+		if padLen+2 > len(body) {
+			r.Stats.OtherDrops.Add(1)
+			return nil, fmt.Errorf("sa %v: pad length %d of %d bytes: %w", r.id, padLen, len(body), ErrMalformed)
+		}
+		payload = body[:len(body)-2-padLen]
+	}
+	r.Stats.InPackets.Add(1)
+	r.Stats.InBytes.Add(uint64(len(payload)))
+	if next == header.ProtoNoNext {
+		return nil, fmt.Errorf("sa %v: %w", r.id, ErrDummy)
+	}
+	if r.cfg.Mode == Tunnel || (r.cfg.Mode == ModeAny && (next == header.ProtoIPIP || next == header.ProtoIPv6)) {
+		return trimInner(payload)
+	}
+	copy(dst[:hl], pkt[:hl])
+	out := dst[:hl+len(payload)]
+	restoreTransport(out, l.NHOff, next)
+	return out, nil
+}

@@ -1,0 +1,138 @@
+package ipsec
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+)
+
+// Entry is an SA in the SAD, of one permission class. Exactly one of Write
+// and Read is set for classes write and read; a none-class entry carries
+// only its Config (without keys), so a holder can recognise and relay the
+// SA's packets and do nothing else.
+type Entry struct {
+	Config Config // keys removed
+	Write  *SA
+	Read   *ReadSA
+}
+
+// Class returns the entry's permission class.
+func (e *Entry) Class() Class { return e.Config.Class }
+
+// NewEntry builds the SA for cfg according to its class.
+func NewEntry(cfg Config) (*Entry, error) {
+	e := &Entry{}
+	var err error
+	switch cfg.Class {
+	case ClassWrite:
+		if e.Write, err = New(cfg); err != nil {
+			return nil, err
+		}
+		e.Config = e.Write.Config()
+	case ClassRead:
+		if e.Read, err = NewReader(cfg); err != nil {
+			return nil, err
+		}
+		e.Config = e.Read.Config()
+	default:
+		if err := cfg.validate(); err != nil {
+			return nil, fmt.Errorf("sa %v: %w", cfg.ID(), err)
+		}
+		cfg.EncKey, cfg.IntegKey = nil, nil
+		e.Config = cfg
+	}
+	return e, nil
+}
+
+func (e *Entry) wipe() {
+	if e.Write != nil {
+		e.Write.Wipe()
+	}
+	if e.Read != nil {
+		e.Read.Wipe()
+	}
+}
+
+// SAD is the security association database (RFC 4301 §4.4.2): SAs keyed
+// by (SPI, destination, protocol), looked up in O(1) without locks. An SA
+// whose destination is unspecified (a wildcard, as Wireshark's esp_sa "*"
+// allows) matches any destination with that SPI and protocol.
+type SAD struct {
+	mu sync.Mutex // serialises writers
+	m  atomic.Pointer[map[ID]*Entry]
+}
+
+// Add inserts an entry; an SA with the same ID must be deleted first.
+func (d *SAD) Add(e *Entry) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	id := e.Config.ID()
+	old := d.snapshot()
+	if _, ok := old[id]; ok {
+		return fmt.Errorf("sad: %v already present", id)
+	}
+	m := make(map[ID]*Entry, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	m[id] = e
+	d.m.Store(&m)
+	return nil
+}
+
+// Delete removes an SA and wipes its keys.
+func (d *SAD) Delete(id ID) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	old := d.snapshot()
+	e, ok := old[id]
+	if !ok {
+		return false
+	}
+	m := make(map[ID]*Entry, len(old))
+	for k, v := range old {
+		if k != id {
+			m[k] = v
+		}
+	}
+	d.m.Store(&m)
+	e.wipe()
+	return true
+}
+
+func (d *SAD) snapshot() map[ID]*Entry {
+	if p := d.m.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Lookup finds the SA for an inbound packet.
+func (d *SAD) Lookup(spi uint32, dst netip.Addr, proto Proto) (*Entry, bool) {
+	m := d.snapshot()
+	if e, ok := m[ID{SPI: spi, Dst: dst, Proto: proto}]; ok {
+		return e, true
+	}
+	e, ok := m[ID{SPI: spi, Proto: proto}]
+	return e, ok
+}
+
+// Get returns the entry with exactly this ID.
+func (d *SAD) Get(id ID) (*Entry, bool) {
+	e, ok := d.snapshot()[id]
+	return e, ok
+}
+
+// Len returns the number of SAs.
+func (d *SAD) Len() int { return len(d.snapshot()) }
+
+// Entries returns every entry, in no particular order.
+func (d *SAD) Entries() []*Entry {
+	m := d.snapshot()
+	out := make([]*Entry, 0, len(m))
+	for _, e := range m {
+		out = append(out, e)
+	}
+	return out
+}

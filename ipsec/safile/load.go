@@ -1,0 +1,61 @@
+package safile
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/espep/espep/ipsec"
+)
+
+// Parse reads either format, telling them apart by the first meaningful
+// line: "espep-sa N" is native, a line starting with '"' is esp_sa.
+func Parse(r io.Reader, name string) ([]ipsec.Config, error) {
+	br := bufio.NewReader(r)
+	head, _ := br.Peek(4096)
+	for _, l := range bytes.Split(head, []byte("\n")) {
+		s := strings.TrimSpace(string(l))
+		if s == "" || s[0] == '#' {
+			continue
+		}
+		if strings.HasPrefix(s, NativeMagic) {
+			return ParseNative(br, name)
+		}
+		return ParseESPSA(br, name)
+	}
+	return ParseESPSA(br, name)
+}
+
+// Load reads an SA file in either format.
+func Load(path string) ([]ipsec.Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("sa file: %w", err)
+	}
+	defer f.Close()
+	return Parse(f, path)
+}
+
+// LoadSAD reads SA files and builds a SAD from them.
+func LoadSAD(paths ...string) (*ipsec.SAD, error) {
+	var d ipsec.SAD
+	for _, p := range paths {
+		cfgs, err := Load(p)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range cfgs {
+			e, err := ipsec.NewEntry(c)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", p, err)
+			}
+			if err := d.Add(e); err != nil {
+				return nil, fmt.Errorf("%s: %w", p, err)
+			}
+		}
+	}
+	return &d, nil
+}
