@@ -47,7 +47,7 @@ func (sa *SA) sealAH(buf []byte, off int, pkt []byte, pl plainLayout, seq uint64
 	if sa.cfg.PMTU > 0 && end-start > sa.cfg.PMTU {
 		return nil, &TooBigError{MTU: sa.cfg.PMTU - (end - start - len(pkt))}
 	}
-	if err := sa.checkLife(); err != nil {
+	if err := sa.checkLife(sa.out.bytes, len(pkt)-pl.hlen); err != nil {
 		return nil, fmt.Errorf("sa %v: %w", sa.id, err)
 	}
 	s, err := sa.nextSeq(seq)
@@ -66,8 +66,8 @@ func (sa *SA) sealAH(buf []byte, off int, pkt []byte, pl plainLayout, seq uint64
 		return nil, fmt.Errorf("sa %v: %w", sa.id, err)
 	}
 	copy(out[outer+header.AHFixedLen:], icv)
-	sa.Stats.OutPackets.Add(1)
-	sa.Stats.OutBytes.Add(uint64(len(pkt) - pl.hlen))
+	sa.out.packets++
+	sa.out.bytes += uint64(len(pkt) - pl.hlen)
 	return out, nil
 }
 
@@ -75,7 +75,7 @@ func (sa *SA) openAH(pkt []byte, l Loc) ([]byte, error) {
 	a := header.AH(pkt[l.Off:])
 	n, icvLen := a.Len(), sa.cfg.Integ.icvLen()
 	if n < header.AHFixedLen+icvLen {
-		sa.Stats.OtherDrops.Add(1)
+		sa.otherDrops.Add(1)
 		return nil, fmt.Errorf("sa %v: ah length %d, icv needs %d: %w", sa.id, n, icvLen, ErrMalformed)
 	}
 	sa.in.Lock()
@@ -85,13 +85,13 @@ func (sa *SA) openAH(pkt []byte, l Loc) ([]byte, error) {
 	}
 	seq, err := sa.replayCheck(l.Seq)
 	if err == nil {
-		err = sa.checkLife()
+		err = sa.checkLife(sa.in.bytes, 0)
 	}
 	if err == nil {
 		var icv []byte
 		icv, err = ahICV(sa.in.mac, sa.in.aadBuf[:], pkt, l.Off, n, uint32(seq>>32), sa.cfg.ESN)
 		if err == nil && subtle.ConstantTimeCompare(icv, a[header.AHFixedLen:header.AHFixedLen+icvLen]) != 1 {
-			sa.Stats.ICVFailures.Add(1)
+			sa.in.icvFail++
 			err = ErrICV
 		}
 	}
@@ -100,10 +100,10 @@ func (sa *SA) openAH(pkt []byte, l Loc) ([]byte, error) {
 		return nil, fmt.Errorf("sa %v: seq %d: %w", sa.id, seq, err)
 	}
 	sa.replayAccept(seq)
-	sa.in.Unlock()
 	payload := pkt[l.Off+n:]
-	sa.Stats.InPackets.Add(1)
-	sa.Stats.InBytes.Add(uint64(len(payload)))
+	sa.in.packets++
+	sa.in.bytes += uint64(len(payload))
+	sa.in.Unlock()
 	return sa.decap(pkt, l, payload, a.NextHeader())
 }
 

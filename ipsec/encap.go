@@ -1,7 +1,9 @@
 package ipsec
 
 import (
+	"encoding/binary"
 	"fmt"
+	"net/netip"
 
 	"github.com/espep/espep/ipsec/header"
 )
@@ -94,11 +96,7 @@ func (sa *SA) outerLen(pl plainLayout) int {
 func (sa *SA) finishOuter(out []byte, pl plainLayout, proto uint8, innerTOS uint8, innerDF bool) {
 	if sa.cfg.Mode == Tunnel {
 		sa.out.id++
-		if sa.cfg.Dst.Is6() {
-			header.WriteIPv6(out, innerTOS, 0, len(out)-header.IPv6Len, proto, 64, sa.cfg.Src, sa.cfg.Dst)
-		} else {
-			header.WriteIPv4(out, innerTOS, len(out), sa.out.id, innerDF, 64, proto, sa.cfg.Src, sa.cfg.Dst)
-		}
+		sa.tmpl.write(out, proto, innerTOS, innerDF, sa.out.id)
 		return
 	}
 	out[pl.nhOff] = proto
@@ -167,4 +165,53 @@ func (sa *SA) isTunnel(next uint8) bool {
 		return false
 	}
 	return next == header.ProtoIPIP || next == header.ProtoIPv6
+}
+
+// outerTemplate is a tunnel SA's outer IP header, made once: per packet
+// only the traffic class, length, identification, DF bit, next header and
+// (IPv4) checksum change, and the checksum of the constant words is kept.
+type outerTemplate struct {
+	v6  bool
+	hdr [header.IPv6Len]byte
+	sum uint32 // IPv4: one's complement sum of TTL and the addresses
+}
+
+// outerTTL is the hop limit of tunnel headers (RFC 4301 §5.1.2.1 leaves it
+// to the implementation; 64 is the common default).
+const outerTTL = 64
+
+func newOuterTemplate(src, dst netip.Addr) outerTemplate {
+	t := outerTemplate{v6: dst.Is6()}
+	if t.v6 {
+		header.WriteIPv6(t.hdr[:], 0, 0, 0, 0, outerTTL, src, dst)
+		return t
+	}
+	header.WriteIPv4(t.hdr[:], 0, 0, 0, false, outerTTL, 0, src, dst)
+	t.sum = uint32(outerTTL)<<8 + uint32(header.Checksum(t.hdr[12:20], 0))
+	return t
+}
+
+func (t *outerTemplate) write(out []byte, proto, tos uint8, df bool, id uint16) {
+	if t.v6 {
+		copy(out[:header.IPv6Len], t.hdr[:])
+		out[0] = 0x60 | tos>>4
+		out[1] = tos << 4
+		binary.BigEndian.PutUint16(out[4:], uint16(len(out)-header.IPv6Len))
+		out[6] = proto
+		return
+	}
+	copy(out[:header.IPv4MinLen], t.hdr[:header.IPv4MinLen])
+	ff := uint16(0)
+	if df {
+		ff = 0x4000
+	}
+	out[1] = tos
+	binary.BigEndian.PutUint16(out[2:], uint16(len(out)))
+	binary.BigEndian.PutUint16(out[4:], id)
+	binary.BigEndian.PutUint16(out[6:], ff)
+	out[9] = proto
+	s := t.sum + 0x4500 + uint32(tos) + uint32(len(out)&0xffff) + uint32(id) + uint32(ff) + uint32(proto)
+	s = s&0xffff + s>>16
+	s = s&0xffff + s>>16
+	binary.BigEndian.PutUint16(out[10:], ^uint16(s))
 }

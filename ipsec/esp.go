@@ -106,7 +106,7 @@ func (sa *SA) sealESP(buf []byte, off int, pkt []byte, pl plainLayout, seq uint6
 	if sa.cfg.PMTU > 0 && end-start > sa.cfg.PMTU {
 		return nil, &TooBigError{MTU: sa.cfg.PMTU - (end - start - len(pkt))}
 	}
-	if err := sa.checkLife(); err != nil {
+	if err := sa.checkLife(sa.out.bytes, plen); err != nil {
 		return nil, fmt.Errorf("sa %v: %w", sa.id, err)
 	}
 	s, err := sa.nextSeq(seq)
@@ -151,8 +151,8 @@ func (sa *SA) sealESP(buf []byte, off int, pkt []byte, pl plainLayout, seq uint6
 		h := header.IPv6(out)
 		header.UDP(out[outer:]).UpdateChecksum(h.SrcBytes(), h.DstBytes())
 	}
-	sa.Stats.OutPackets.Add(1)
-	sa.Stats.OutBytes.Add(uint64(plen))
+	sa.out.packets++
+	sa.out.bytes += uint64(plen)
 	return out, nil
 }
 
@@ -164,7 +164,7 @@ func (sa *SA) sealESP(buf []byte, off int, pkt []byte, pl plainLayout, seq uint6
 func (sa *SA) Open(pkt []byte) ([]byte, error) {
 	l, err := Locate(pkt)
 	if err != nil {
-		sa.Stats.OtherDrops.Add(1)
+		sa.otherDrops.Add(1)
 		return nil, fmt.Errorf("sa %v: open: %w", sa.id, err)
 	}
 	return sa.OpenAt(pkt, l)
@@ -173,7 +173,7 @@ func (sa *SA) Open(pkt []byte) ([]byte, error) {
 // OpenAt is Open for a packet that Locate already parsed.
 func (sa *SA) OpenAt(pkt []byte, l Loc) ([]byte, error) {
 	if (l.Kind != KindESP && l.Kind != KindAH) || Proto(l.Kind.proto()) != sa.cfg.Proto || l.SPI != sa.cfg.SPI {
-		sa.Stats.OtherDrops.Add(1)
+		sa.otherDrops.Add(1)
 		return nil, fmt.Errorf("sa %v: %v spi=%#08x: %w", sa.id, l.Kind, l.SPI, ErrWrongSA)
 	}
 	pkt = pkt[:l.Len]
@@ -202,34 +202,35 @@ func (sa *SA) openESP(pkt []byte, l Loc) ([]byte, error) {
 	ct := len(e) - header.ESPLen - ivLen - icv
 	if ct < 2 || ct%c.align() != 0 {
 		sa.in.Unlock()
-		sa.Stats.OtherDrops.Add(1)
+		sa.otherDrops.Add(1)
 		return nil, fmt.Errorf("sa %v: esp ciphertext of %d bytes: %w", sa.id, ct, ErrMalformed)
 	}
 	seq, err := sa.replayCheck(l.Seq)
 	if err == nil {
-		err = sa.checkLife()
+		err = sa.checkLife(sa.in.bytes, 0)
 	}
 	if err == nil {
 		if err = c.open(e, uint32(seq>>32), sa.cfg.ESN); err != nil {
-			sa.Stats.ICVFailures.Add(1)
+			sa.in.icvFail++
 		}
 	}
 	if err != nil {
 		sa.in.Unlock()
 		return nil, fmt.Errorf("sa %v: seq %d: %w", sa.id, seq, err)
 	}
+	// Verified: the packet counts and moves the window even if what it
+	// carries turns out unusable (RFC 4303 §3.4.3).
 	sa.replayAccept(seq)
-	sa.in.Unlock()
-
 	body := e[header.ESPLen+ivLen : len(e)-icv]
 	padLen, next := int(body[len(body)-2]), body[len(body)-1]
+	sa.in.packets++
+	sa.in.bytes += uint64(len(body))
+	sa.in.Unlock()
 	if padLen+2 > len(body) {
-		sa.Stats.OtherDrops.Add(1)
+		sa.otherDrops.Add(1)
 		return nil, fmt.Errorf("sa %v: pad length %d of %d bytes: %w", sa.id, padLen, len(body), ErrMalformed)
 	}
 	payload := body[:len(body)-2-padLen]
-	sa.Stats.InPackets.Add(1)
-	sa.Stats.InBytes.Add(uint64(len(payload)))
 	return sa.decap(pkt, l, payload, next)
 }
 
@@ -264,7 +265,7 @@ func (sa *SA) replayCheck(lo uint32) (uint64, error) {
 		return seq, nil
 	}
 	if err := w.Check(seq); err != nil {
-		sa.Stats.ReplayDrops.Add(1)
+		sa.in.replay++
 		return seq, err
 	}
 	return seq, nil

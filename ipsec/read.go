@@ -3,6 +3,7 @@ package ipsec
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/espep/espep/ipsec/header"
 )
@@ -13,13 +14,22 @@ import (
 // writes into a separate buffer and leaves the original ciphertext intact
 // for the holder to forward or resend.
 type ReadSA struct {
-	cfg   Config
-	id    ID
-	Stats Stats
+	cfg        Config
+	id         ID
+	otherDrops atomic.Uint64
 
 	mu sync.Mutex
 	d  espDecrypter // ESP; nil for AH, which has nothing to decrypt
 	ok bool
+
+	packets, bytes uint64
+}
+
+// Stats returns the SA's counters (inbound only: a read SA cannot seal).
+func (r *ReadSA) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Stats{InPackets: r.packets, InBytes: r.bytes, OtherDrops: r.otherDrops.Load()}
 }
 
 // NewReader makes a read-class SA. cfg.Class must be ClassRead, cfg must
@@ -66,11 +76,11 @@ func (r *ReadSA) Wipe() {
 func (r *ReadSA) Decrypt(dst, pkt []byte) ([]byte, error) {
 	l, err := Locate(pkt)
 	if err != nil {
-		r.Stats.OtherDrops.Add(1)
+		r.otherDrops.Add(1)
 		return nil, fmt.Errorf("sa %v: decrypt: %w", r.id, err)
 	}
 	if (l.Kind != KindESP && l.Kind != KindAH) || Proto(l.Kind.proto()) != r.cfg.Proto || l.SPI != r.cfg.SPI {
-		r.Stats.OtherDrops.Add(1)
+		r.otherDrops.Add(1)
 		return nil, fmt.Errorf("sa %v: %v spi=%#08x: %w", r.id, l.Kind, l.SPI, ErrWrongSA)
 	}
 	pkt = pkt[:l.Len]
@@ -95,7 +105,7 @@ func (r *ReadSA) Decrypt(dst, pkt []byte) ([]byte, error) {
 		ct := len(e) - header.ESPLen - r.d.ivLen() - r.d.icvLen()
 		if ct < 2 || (r.cfg.Enc == EncAESCBC && ct%16 != 0) {
 			r.mu.Unlock()
-			r.Stats.OtherDrops.Add(1)
+			r.otherDrops.Add(1)
 			return nil, fmt.Errorf("sa %v: esp ciphertext of %d bytes: %w", r.id, ct, ErrMalformed)
 		}
 		body := r.d.decrypt(dst[hl:], e)
@@ -103,13 +113,15 @@ func (r *ReadSA) Decrypt(dst, pkt []byte) ([]byte, error) {
 		padLen := int(body[len(body)-2])
 		next = body[len(body)-1]
 		if padLen+2 > len(body) {
-			r.Stats.OtherDrops.Add(1)
+			r.otherDrops.Add(1)
 			return nil, fmt.Errorf("sa %v: pad length %d of %d bytes: %w", r.id, padLen, len(body), ErrMalformed)
 		}
 		payload = body[:len(body)-2-padLen]
 	}
-	r.Stats.InPackets.Add(1)
-	r.Stats.InBytes.Add(uint64(len(payload)))
+	r.mu.Lock()
+	r.packets++
+	r.bytes += uint64(len(payload))
+	r.mu.Unlock()
 	if next == header.ProtoNoNext {
 		return nil, fmt.Errorf("sa %v: %w", r.id, ErrDummy)
 	}

@@ -174,23 +174,27 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// Stats are an SA's counters. Read them with Load; they only grow.
+// Stats is a snapshot of an SA's counters; they only grow. Bytes are those
+// of the protected payload. Outbound and inbound are counted apart, and the
+// lifetime byte limits apply to each direction: a gateway that opens and
+// re-seals the same traffic on one SA does not count it twice.
 type Stats struct {
-	OutPackets, OutBytes atomic.Uint64
-	InPackets, InBytes   atomic.Uint64
-	ICVFailures          atomic.Uint64
-	ReplayDrops          atomic.Uint64
-	OtherDrops           atomic.Uint64
+	OutPackets, OutBytes uint64
+	InPackets, InBytes   uint64
+	ICVFailures          uint64
+	ReplayDrops          uint64
+	OtherDrops           uint64 // malformed, wrong SA, bad padding, dummy
 }
 
 // SA is a write-class security association: it seals, verifies and opens.
 // Seal and Open may be called from different goroutines; each direction is
 // serialised by its own lock.
 type SA struct {
-	cfg   Config // keys wiped from this copy after the transforms are built
-	id    ID
-	Stats Stats
+	cfg        Config // keys wiped from this copy after the transforms are built
+	id         ID
+	otherDrops atomic.Uint64
 
+	tmpl    outerTemplate // tunnel mode
 	created time.Time
 	clock   func() time.Time
 	softHit atomic.Bool
@@ -204,6 +208,8 @@ type SA struct {
 		mac    *hmacAuth // AH
 		id     uint16    // outer IPv4 identification
 		aadBuf [header.IPv6Len + maxAHHeaders]byte
+
+		packets, bytes uint64
 	}
 	in struct {
 		sync.Mutex
@@ -212,7 +218,21 @@ type SA struct {
 		c        espCipher
 		mac      *hmacAuth
 		aadBuf   [header.IPv6Len + maxAHHeaders]byte
+
+		packets, bytes, icvFail, replay uint64
 	}
+}
+
+// Stats returns a snapshot of the SA's counters.
+func (sa *SA) Stats() Stats {
+	sa.out.Lock()
+	st := Stats{OutPackets: sa.out.packets, OutBytes: sa.out.bytes}
+	sa.out.Unlock()
+	sa.in.Lock()
+	st.InPackets, st.InBytes, st.ICVFailures, st.ReplayDrops = sa.in.packets, sa.in.bytes, sa.in.icvFail, sa.in.replay
+	sa.in.Unlock()
+	st.OtherDrops = sa.otherDrops.Load()
+	return st
 }
 
 // maxAHHeaders bounds the IP options and IPv6 extension headers that AH
@@ -232,6 +252,9 @@ func New(cfg Config) (*SA, error) {
 		sa.clock = time.Now
 	}
 	sa.created = sa.clock()
+	if cfg.Mode == Tunnel {
+		sa.tmpl = newOuterTemplate(cfg.Src, cfg.Dst)
+	}
 	var err error
 	if cfg.Proto == ESP {
 		if sa.out.c, err = newESPCipher(cfg.Enc, cfg.EncKey, cfg.Integ, cfg.IntegKey); err == nil {
@@ -321,28 +344,45 @@ func (sa *SA) maxSeq() uint64 {
 
 // SoftExpired reports whether a soft lifetime has been crossed.
 func (sa *SA) SoftExpired() bool {
-	sa.checkLife()
+	sa.checkBoth()
 	return sa.softHit.Load()
 }
 
 // HardExpired reports whether a hard lifetime has been crossed.
 func (sa *SA) HardExpired() bool {
-	sa.checkLife()
+	sa.checkBoth()
 	return sa.dead.Load()
 }
 
-// checkLife updates the expiry flags and returns ErrHardExpired when dead.
-func (sa *SA) checkLife() error {
+func (sa *SA) checkBoth() {
+	sa.out.Lock()
+	sa.checkLife(sa.out.bytes, 0)
+	sa.out.Unlock()
+	sa.in.Lock()
+	sa.checkLife(sa.in.bytes, 0)
+	sa.in.Unlock()
+}
+
+// checkLife updates the expiry flags and returns ErrHardExpired when the
+// SA is dead or the next n bytes would take a direction that has carried
+// bytes past its hard byte limit. The caller holds that direction's lock.
+func (sa *SA) checkLife(bytes uint64, n int) error {
 	if sa.dead.Load() {
 		return ErrHardExpired
 	}
 	lt := &sa.cfg.Lifetime
-	bytes := sa.Stats.OutBytes.Load() + sa.Stats.InBytes.Load()
 	var age time.Duration
 	if lt.SoftTime != 0 || lt.HardTime != 0 {
 		age = sa.clock().Sub(sa.created)
 	}
-	if (lt.HardBytes != 0 && bytes >= lt.HardBytes) || (lt.HardTime != 0 && age >= lt.HardTime) {
+	if lt.HardBytes != 0 && bytes+uint64(n) > lt.HardBytes {
+		if bytes >= lt.HardBytes {
+			sa.dead.Store(true)
+		}
+		sa.softHit.Store(true)
+		return ErrHardExpired
+	}
+	if lt.HardTime != 0 && age >= lt.HardTime {
 		sa.dead.Store(true)
 		sa.softHit.Store(true)
 		return ErrHardExpired

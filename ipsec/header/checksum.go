@@ -32,3 +32,16 @@ func PseudoHeaderSum(src, dst []byte, proto uint8, length int) uint32 {
 	s += uint32(proto) + uint32(length&0xffff) + uint32(length>>16)
 	return s
 }
+
+// ipv4HeaderSum is Checksum for the common 20-byte IPv4 header, unrolled.
+func ipv4HeaderSum(b []byte) uint16 {
+	_ = b[19]
+	s := uint32(binary.BigEndian.Uint16(b[0:])) + uint32(binary.BigEndian.Uint16(b[2:])) +
+		uint32(binary.BigEndian.Uint16(b[4:])) + uint32(binary.BigEndian.Uint16(b[6:])) +
+		uint32(binary.BigEndian.Uint16(b[8:])) + uint32(binary.BigEndian.Uint16(b[10:])) +
+		uint32(binary.BigEndian.Uint16(b[12:])) + uint32(binary.BigEndian.Uint16(b[14:])) +
+		uint32(binary.BigEndian.Uint16(b[16:])) + uint32(binary.BigEndian.Uint16(b[18:]))
+	s = s&0xffff + s>>16
+	s = s&0xffff + s>>16
+	return uint16(s)
+}

@@ -76,6 +76,10 @@ func (h IPv4) IsFragment() bool { return h.FlagsFrag()&0x3fff != 0 }
 // UpdateChecksum recomputes the header checksum.
 func (h IPv4) UpdateChecksum() {
 	h[10], h[11] = 0, 0
+	if h.HeaderLen() == IPv4MinLen {
+		binary.BigEndian.PutUint16(h[10:], ^ipv4HeaderSum(h))
+		return
+	}
 	binary.BigEndian.PutUint16(h[10:], ^Checksum(h[:h.HeaderLen()], 0))
 }
 
