@@ -26,8 +26,6 @@ func ahLen(i Integ, v6 bool) int {
 }
 
 func (sa *SA) sealAH(buf []byte, off int, pkt []byte, pl plainLayout, seq uint64) ([]byte, error) {
-	sa.out.Lock()
-	defer sa.out.Unlock()
 	mac := sa.out.mac
 	if mac == nil {
 		return nil, fmt.Errorf("sa %v: %w", sa.id, ErrHardExpired)

@@ -297,24 +297,35 @@ func (c *cbcCipher) decrypt(dst, e []byte) []byte {
 
 // ctrCipher is AES-CTR (RFC 3686) with an HMAC. The counter block is
 // nonce ‖ IV ‖ block counter starting at 1. cipher.NewCTR allocates per
-// packet, so the keystream is made here, ctrBatch blocks at a time.
+// packet and cannot take a new IV, so the key stream comes from AES-GCM
+// under the same key: GCM encrypts with the counter blocks nonce ‖ IV ‖
+// i+2 (NIST SP 800-38D, 12-byte IV), which are RFC 3686's blocks from
+// the second on. The first block, and the 16 bytes that GCM's tag
+// overwrites at the end, are made with single block encryptions.
 type ctrCipher struct {
 	block cipher.Block
-	nonce [4]byte
-	ctr   [ctrBatch * aes.BlockSize]byte
-	ks    [ctrBatch * aes.BlockSize]byte
+	gcm   cipher.AEAD
+	nonce [12]byte // nonce ‖ IV
+	ctr   [aes.BlockSize]byte
+	ks    [aes.BlockSize]byte
+	save  [aes.BlockSize]byte
 	mac   *hmacAuth
 }
 
-const ctrBatch = 8
+// ctrViaGCM is the shortest input worth the GCM call.
+const ctrViaGCM = 64
 
 func newCTR(k []byte) (*ctrCipher, error) {
 	b, err := aes.NewCipher(k[:len(k)-4])
 	if err != nil {
 		return nil, fmt.Errorf("aes-ctr: %w", err)
 	}
-	c := &ctrCipher{block: b}
-	copy(c.nonce[:], k[len(k)-4:])
+	g, err := cipher.NewGCM(b)
+	if err != nil {
+		return nil, fmt.Errorf("aes-ctr: %w", err)
+	}
+	c := &ctrCipher{block: b, gcm: g}
+	copy(c.nonce[:4], k[len(k)-4:])
 	return c, nil
 }
 
@@ -322,24 +333,33 @@ func (c *ctrCipher) ivLen() int  { return 8 }
 func (c *ctrCipher) align() int  { return 4 }
 func (c *ctrCipher) icvLen() int { return c.mac.icv }
 
-// xor XORs src with the keystream for iv into dst.
+// xor XORs src with the RFC 3686 key stream for iv into dst (same length;
+// equal or not overlapping).
 func (c *ctrCipher) xor(dst, src, iv []byte) {
-	for i := 0; i < ctrBatch; i++ {
-		blk := c.ctr[i*aes.BlockSize:]
-		copy(blk[:4], c.nonce[:])
-		copy(blk[4:12], iv)
+	copy(c.nonce[4:], iv)
+	n := len(src)
+	if n < ctrViaGCM {
+		c.xorAt(dst, src, 0)
+		return
 	}
-	n := uint32(1)
+	tail := n - aes.BlockSize
+	copy(c.save[:], src[tail:])
+	c.xorAt(dst[:aes.BlockSize], src[:aes.BlockSize], 0)
+	// Bytes 16 … tail-1; the 16-byte tag lands on dst[tail:n].
+	c.gcm.Seal(dst[aes.BlockSize:aes.BlockSize], c.nonce[:], src[aes.BlockSize:tail], nil)
+	c.xorAt(dst[tail:n], c.save[:], tail)
+}
+
+// xorAt XORs src into dst with the key stream from byte offset off on.
+func (c *ctrCipher) xorAt(dst, src []byte, off int) {
+	copy(c.ctr[:12], c.nonce[:])
 	for len(src) > 0 {
-		m := min(len(src), len(c.ks))
-		for off := 0; off < m; off += aes.BlockSize {
-			blk := c.ctr[off:]
-			binary.BigEndian.PutUint32(blk[12:16], n)
-			n++
-			c.block.Encrypt(c.ks[off:off+aes.BlockSize], blk[:aes.BlockSize])
-		}
-		subtle.XORBytes(dst[:m], src[:m], c.ks[:m])
-		dst, src = dst[m:], src[m:]
+		in := off % aes.BlockSize
+		binary.BigEndian.PutUint32(c.ctr[12:], uint32(off/aes.BlockSize+1))
+		c.block.Encrypt(c.ks[:], c.ctr[:])
+		m := min(aes.BlockSize-in, len(src))
+		subtle.XORBytes(dst[:m], src[:m], c.ks[in:in+m])
+		dst, src, off = dst[m:], src[m:], off+m
 	}
 }
 

@@ -11,9 +11,12 @@ import (
 // Per-packet framing shared by ESP and AH: where the protected part of a
 // packet starts, and the outer headers put in front of it.
 
-// MaxHeadroom is enough headroom for any SA: an IPv6 outer header, UDP,
-// and the largest ESP header with IV or AH header.
-const MaxHeadroom = header.IPv6Len + header.UDPLen + header.ESPLen + 16 + 64
+// MaxHeadroom is enough headroom for any SA: an IPv6 outer header and UDP
+// and the ESP header with a 16-byte IV (72 bytes), or an IPv6 outer header
+// and the largest AH header (88). It is a multiple of 16 so that in tunnel
+// mode, where the plaintext stays where the caller put it, an aligned
+// buffer gives the cipher aligned blocks.
+const MaxHeadroom = 128
 
 // MaxTailroom is enough tailroom for any SA: padding, trailer and ICV.
 const MaxTailroom = 16 + 2 + 32

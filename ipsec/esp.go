@@ -18,6 +18,39 @@ func (sa *SA) Seal(buf []byte, off, n int) ([]byte, error) {
 // moves up to it if it is ahead) and IV source (nil: the SA's). A gateway
 // that re-sequences or keeps its IVs disjoint from an endpoint's uses it.
 func (sa *SA) SealWith(buf []byte, off, n int, seq uint64, iv IVSource) ([]byte, error) {
+	sa.out.Lock()
+	defer sa.out.Unlock()
+	return sa.sealLocked(buf, off, n, seq, iv)
+}
+
+// A Packet is one entry of a batch: the packet is Buf[Off:Off+N] with
+// headroom and tailroom as for Seal; Out and Err are the result.
+type Packet struct {
+	Buf    []byte
+	Off, N int
+	Out    []byte
+	Err    error
+}
+
+// SealBatch seals every packet as Seal would, taking the SA's outbound lock
+// once, so that the batch gets consecutive sequence numbers. It returns how
+// many packets were sealed; the others carry their error.
+func (sa *SA) SealBatch(pkts []Packet) int {
+	sa.out.Lock()
+	defer sa.out.Unlock()
+	ok := 0
+	for i := range pkts {
+		p := &pkts[i]
+		p.Out, p.Err = sa.sealLocked(p.Buf, p.Off, p.N, 0, nil)
+		if p.Err == nil {
+			ok++
+		}
+	}
+	return ok
+}
+
+// sealLocked seals one packet; the caller holds the outbound lock.
+func (sa *SA) sealLocked(buf []byte, off, n int, seq uint64, iv IVSource) ([]byte, error) {
 	if off < 0 || n < 0 || off+n > len(buf) {
 		return nil, fmt.Errorf("sa %v: seal: packet [%d:%d] outside buffer of %d: %w", sa.id, off, off+n, len(buf), ErrNoRoom)
 	}
@@ -78,8 +111,6 @@ func (sa *SA) MaxOverhead() int {
 }
 
 func (sa *SA) sealESP(buf []byte, off int, pkt []byte, pl plainLayout, seq uint64, ivs IVSource) ([]byte, error) {
-	sa.out.Lock()
-	defer sa.out.Unlock()
 	c := sa.out.c
 	if c == nil {
 		return nil, fmt.Errorf("sa %v: %w", sa.id, ErrHardExpired)

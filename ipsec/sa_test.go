@@ -402,3 +402,67 @@ func TestSPD(t *testing.T) {
 		}
 	}
 }
+
+func TestSealBatch(t *testing.T) {
+	c := suites[0].config(Tunnel, true, false, false)
+	tx, rx := mustSA(t, c), mustSA(t, c)
+	var want [][]byte
+	pkts := make([]Packet, 8)
+	for i := range pkts {
+		p := tcpPacket(v4a, v4b, key(i*100, byte(i)))
+		want = append(want, p)
+		buf, off := inBuf(p)
+		pkts[i] = Packet{Buf: buf, Off: off, N: len(p)}
+	}
+	pkts[3].N = 5 // a broken packet fails alone
+	if n := tx.SealBatch(pkts); n != 7 || pkts[3].Err == nil {
+		t.Fatalf("sealed %d, err[3] %v", n, pkts[3].Err)
+	}
+	seq := uint32(0)
+	for i, p := range pkts {
+		if i == 3 {
+			continue
+		}
+		l, _ := Locate(p.Out)
+		if l.Seq != seq+1 {
+			t.Fatalf("packet %d: seq %d after %d", i, l.Seq, seq)
+		}
+		seq = l.Seq
+		got, err := rx.Open(p.Out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eq(t, "batch packet", got, want[i])
+	}
+	pkts[3].N = len(want[3]) // the success path must not allocate
+	if n := testing.AllocsPerRun(50, func() {
+		for i := range pkts {
+			copy(pkts[i].Buf[pkts[i].Off:], want[i])
+		}
+		tx.SealBatch(pkts)
+	}); n != 0 && !raceEnabled {
+		t.Errorf("%.1f allocations per batch", n)
+	}
+}
+
+// TestHeadroomSuffices checks MaxHeadroom and MaxTailroom against the
+// largest framing of every transform.
+func TestHeadroomSuffices(t *testing.T) {
+	for _, s := range suites {
+		for _, v6 := range []bool{false, true} {
+			sa := mustSA(t, s.config(Tunnel, s.proto == ESP, v6, false))
+			if o := sa.MaxOverhead(); o > MaxHeadroom+MaxTailroom {
+				t.Errorf("%s: overhead %d", s.name, o)
+			}
+			p := tcpPacket(v6a, v6b, make([]byte, 13))
+			buf := make([]byte, MaxHeadroom+len(p), MaxHeadroom+len(p)+MaxTailroom)
+			copy(buf[MaxHeadroom:], p)
+			if _, err := sa.Seal(buf, MaxHeadroom, len(p)); err != nil {
+				t.Errorf("%s v6=%v: %v", s.name, v6, err)
+			}
+		}
+	}
+	if MaxHeadroom%16 != 0 {
+		t.Error("MaxHeadroom must stay a multiple of 16")
+	}
+}

@@ -1,11 +1,13 @@
-// Package pcapio reads and writes classic libpcap capture files (the
-// format tcpdump -w writes): both byte orders, microsecond and nanosecond
-// timestamps. It is deliberately small: espep's tools read captures of IP
-// traffic and write the same link type back. It is not a packet decoder.
+// Package pcapio reads classic libpcap captures (tcpdump -w: both byte
+// orders, microsecond and nanosecond timestamps) and pcapng captures
+// (dumpcap, tshark), and writes classic pcap. It is deliberately small:
+// espep's tools read captures of IP traffic and write the same link type
+// back. It is not a packet decoder.
 package pcapio
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -50,14 +52,15 @@ type Record struct {
 	Data    []byte
 }
 
-// Reader reads records from a capture.
+// Reader reads records from a classic pcap or a pcapng capture.
 type Reader struct {
 	r     *bufio.Reader
 	order binary.ByteOrder
 	Header
-	buf [MaxSnapLen]byte
+	buf [ngMaxBlock]byte
 	hdr [recHdrLen]byte
-	n   int // records read, for errors
+	n   int      // records read, for errors
+	ng  *ngState // non-nil for pcapng
 }
 
 // NewReader reads the global header.
@@ -76,8 +79,13 @@ func NewReader(r io.Reader) (*Reader, error) {
 		pr.order, pr.Nano = binary.LittleEndian, true
 	case binary.BigEndian.Uint32(h[:]) == magicNano:
 		pr.order, pr.Nano = binary.BigEndian, true
-	case binary.LittleEndian.Uint32(h[:]) == 0x0a0d0d0a:
-		return nil, fmt.Errorf("pcapng is not supported, convert with editcap -F pcap: %w", ErrFormat)
+	case binary.LittleEndian.Uint32(h[:]) == ngSHB:
+		// Put the header bytes back in front of the stream and read blocks.
+		pr.r = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(h[:]), pr.r), 64<<10)
+		if err := pr.ngStart(h); err != nil {
+			return nil, err
+		}
+		return pr, nil
 	default:
 		return nil, fmt.Errorf("magic %#x: %w", binary.LittleEndian.Uint32(h[:]), ErrFormat)
 	}
@@ -88,6 +96,9 @@ func NewReader(r io.Reader) (*Reader, error) {
 
 // Next returns the next record, or io.EOF at the end.
 func (pr *Reader) Next() (Record, error) {
+	if pr.ng != nil {
+		return pr.ngNext()
+	}
 	if _, err := io.ReadFull(pr.r, pr.hdr[:]); err != nil {
 		if err == io.EOF {
 			return Record{}, io.EOF
