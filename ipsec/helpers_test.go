@@ -2,11 +2,10 @@ package ipsec
 
 import (
 	"bytes"
-	"encoding/binary"
 	"net/netip"
 	"testing"
 
-	"github.com/espep/espep/ipsec/header"
+	"github.com/espep/espep/internal/packettest"
 )
 
 var (
@@ -16,26 +15,7 @@ var (
 
 // tcpPacket builds an IPv4 or IPv6 TCP packet with valid checksums.
 func tcpPacket(src, dst netip.Addr, payload []byte) []byte {
-	tcp := make([]byte, 20+len(payload))
-	binary.BigEndian.PutUint16(tcp[0:], 40000)
-	binary.BigEndian.PutUint16(tcp[2:], 5001)
-	binary.BigEndian.PutUint32(tcp[4:], 1000)
-	binary.BigEndian.PutUint32(tcp[8:], 2000)
-	tcp[12] = 5 << 4
-	tcp[13] = 0x18
-	binary.BigEndian.PutUint16(tcp[14:], 65535)
-	copy(tcp[20:], payload)
-	var ip []byte
-	if src.Is4() {
-		ip = make([]byte, 20, 20+len(tcp))
-		header.WriteIPv4(ip, 0, 20+len(tcp), 1, true, 64, header.ProtoTCP, src, dst)
-	} else {
-		ip = make([]byte, 40, 40+len(tcp))
-		header.WriteIPv6(ip, 0, 0, len(tcp), header.ProtoTCP, 64, src, dst)
-	}
-	s, d := src.AsSlice(), dst.AsSlice()
-	binary.BigEndian.PutUint16(tcp[16:], ^header.Checksum(tcp, header.PseudoHeaderSum(s, d, header.ProtoTCP, len(tcp))))
-	return append(ip, tcp...)
+	return packettest.TCP(src, dst, payload)
 }
 
 // inBuf copies pkt into a fresh buffer with headroom and tailroom.
