@@ -203,9 +203,12 @@ func (sa *SA) Open(pkt []byte) ([]byte, error) {
 
 // OpenAt is Open for a packet that Locate already parsed.
 func (sa *SA) OpenAt(pkt []byte, l Loc) ([]byte, error) {
-	if (l.Kind != KindESP && l.Kind != KindAH) || Proto(l.Kind.proto()) != sa.cfg.Proto || l.SPI != sa.cfg.SPI {
+	// RFC 4301 §4.4.2: an SA is (SPI, destination, protocol); a packet
+	// for another destination is not this SA's, whatever its SPI.
+	if (l.Kind != KindESP && l.Kind != KindAH) || Proto(l.Kind.proto()) != sa.cfg.Proto || l.SPI != sa.cfg.SPI ||
+		(sa.cfg.Dst.IsValid() && l.Dst != sa.cfg.Dst) {
 		sa.otherDrops.Add(1)
-		return nil, fmt.Errorf("sa %v: %v spi=%#08x: %w", sa.id, l.Kind, l.SPI, ErrWrongSA)
+		return nil, fmt.Errorf("sa %v: %v spi=%#08x dst=%v: %w", sa.id, l.Kind, l.SPI, l.Dst, ErrWrongSA)
 	}
 	pkt = pkt[:l.Len]
 	if l.Kind == KindAH {

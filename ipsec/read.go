@@ -79,7 +79,8 @@ func (r *ReadSA) Decrypt(dst, pkt []byte) ([]byte, error) {
 		r.otherDrops.Add(1)
 		return nil, fmt.Errorf("sa %v: decrypt: %w", r.id, err)
 	}
-	if (l.Kind != KindESP && l.Kind != KindAH) || Proto(l.Kind.proto()) != r.cfg.Proto || l.SPI != r.cfg.SPI {
+	if (l.Kind != KindESP && l.Kind != KindAH) || Proto(l.Kind.proto()) != r.cfg.Proto || l.SPI != r.cfg.SPI ||
+		(r.cfg.Dst.IsValid() && l.Dst != r.cfg.Dst) {
 		r.otherDrops.Add(1)
 		return nil, fmt.Errorf("sa %v: %v spi=%#08x: %w", r.id, l.Kind, l.SPI, ErrWrongSA)
 	}

@@ -17,6 +17,7 @@ type command struct {
 
 var commands = []command{
 	{"pcap", "decrypt or encrypt the ESP/AH packets of a capture with known SAs", runPcap},
+	{"linkem", "forward frames between two interfaces through an emulated radio link", runLinkem},
 	{"version", "print the version", runVersion},
 }
 

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/espep/espep/internal/linkem"
+	"github.com/espep/espep/internal/netem"
+)
+
+const linkemUsage = `usage: espep linkem --a IFACE --b IFACE [impairments] [--ab.X … --ba.X …]
+
+Forwards every frame between two interfaces through an emulated link.
+Each impairment applies to both directions; --ab.NAME (frames from a to b)
+and --ba.NAME override it for one direction. Counters are printed on exit
+and on SIGUSR1. The interfaces' peers need offloads off
+(ethtool -K DEV tx off tso off gso off gro off).
+
+impairments (see README for the syntax):
+`
+
+// impairmentFlags registers the impairment flags under a prefix.
+type impairmentFlags struct {
+	rate, delay, jitter, loss, queue, reorder, duplicate, corrupt, mtu *string
+	geBurst, geLoss, ge                                                *string
+	outages                                                            stringList
+	seed                                                               *string
+}
+
+func addImpairments(fs *flag.FlagSet, prefix, what string) *impairmentFlags {
+	s := func(name, usage string) *string { return fs.String(prefix+name, "", usage+what) }
+	f := &impairmentFlags{
+		rate:      s("rate", "link rate, e.g. 20mbit"),
+		delay:     s("delay", "one-way delay, e.g. 10ms"),
+		jitter:    s("jitter", "uniform jitter ±, e.g. 2ms (no reordering)"),
+		loss:      s("loss", "random loss, e.g. 2%"),
+		queue:     s("queue", "drop-tail queue, e.g. 100p or 64kb"),
+		reorder:   s("reorder", "share of packets that skip the delay, e.g. 1%"),
+		duplicate: s("duplicate", "duplication, e.g. 0.1%"),
+		corrupt:   s("corrupt", "one flipped bit, e.g. 0.1%"),
+		mtu:       s("mtu", "drop frames longer than this many bytes"),
+		geBurst:   s("ge-burst", "Gilbert-Elliott mean burst length in packets (with --ge-loss)"),
+		geLoss:    s("ge-loss", "Gilbert-Elliott mean loss, e.g. 2%"),
+		ge:        s("ge", "Gilbert-Elliott P,R,LOSSGOOD,LOSSBAD as probabilities"),
+		seed:      s("seed", "random seed"),
+	}
+	fs.Var(&f.outages, prefix+"outage", "link down FROM-TO after start, e.g. 10s-12s (repeatable)"+what)
+	return f
+}
+
+// apply writes the flags that were given into c.
+func (f *impairmentFlags) apply(c *netem.Config) error {
+	var err error
+	set := func(v *string, fn func(string) error) {
+		if err == nil && *v != "" {
+			err = fn(*v)
+		}
+	}
+	prob := func(dst *float64) func(string) error {
+		return func(s string) (e error) { *dst, e = netem.ParseProb(s); return }
+	}
+	dur := func(dst *time.Duration) func(string) error {
+		return func(s string) (e error) { *dst, e = time.ParseDuration(s); return }
+	}
+	set(f.rate, func(s string) (e error) { c.Rate, e = netem.ParseRate(s); return })
+	set(f.delay, dur(&c.Delay))
+	set(f.jitter, dur(&c.Jitter))
+	set(f.loss, prob(&c.Loss))
+	set(f.queue, func(s string) error { return netem.ParseQueue(s, c) })
+	set(f.reorder, prob(&c.Reorder))
+	set(f.duplicate, prob(&c.Duplicate))
+	set(f.corrupt, prob(&c.Corrupt))
+	set(f.mtu, func(s string) (e error) { c.MTU, e = strconv.Atoi(s); return })
+	set(f.seed, func(s string) (e error) { c.Seed, e = strconv.ParseUint(s, 0, 64); return })
+	set(f.ge, func(s string) error {
+		var g netem.GilbertElliott
+		if _, e := fmt.Sscanf(s, "%g,%g,%g,%g", &g.P, &g.R, &g.LossGood, &g.LossBad); e != nil {
+			return fmt.Errorf("ge %q: want P,R,LOSSGOOD,LOSSBAD", s)
+		}
+		c.GE = &g
+		return nil
+	})
+	if err == nil && (*f.geBurst != "" || *f.geLoss != "") {
+		if *f.geBurst == "" || *f.geLoss == "" {
+			return fmt.Errorf("--ge-burst and --ge-loss go together")
+		}
+		burst, e1 := strconv.ParseFloat(*f.geBurst, 64)
+		loss, e2 := netem.ParseProb(*f.geLoss)
+		if e1 != nil || e2 != nil {
+			return fmt.Errorf("ge-burst %q / ge-loss %q: want a number of packets and a probability", *f.geBurst, *f.geLoss)
+		}
+		g, e := netem.GEFromMean(loss, burst)
+		if e != nil {
+			return e
+		}
+		c.GE = &g
+	}
+	for _, o := range f.outages {
+		if err != nil {
+			break
+		}
+		var out netem.Outage
+		if out, err = netem.ParseOutage(o); err == nil {
+			c.Outages = append(c.Outages, out)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return c.Validate()
+}
+
+func runLinkem(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("linkem", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	a := fs.String("a", "", "first interface")
+	b := fs.String("b", "", "second interface")
+	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
+	both := addImpairments(fs, "", "")
+	ab := addImpairments(fs, "ab.", " (a→b only)")
+	ba := addImpairments(fs, "ba.", " (b→a only)")
+	fs.Usage = func() { fmt.Fprint(stderr, linkemUsage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if *a == "" || *b == "" || fs.NArg() != 0 {
+		fs.Usage()
+		return usageError{"linkem: need --a and --b"}
+	}
+	var cab, cba netem.Config
+	for _, step := range []struct {
+		f *impairmentFlags
+		c []*netem.Config
+	}{{both, []*netem.Config{&cab, &cba}}, {ab, []*netem.Config{&cab}}, {ba, []*netem.Config{&cba}}} {
+		for _, c := range step.c {
+			if err := step.f.apply(c); err != nil {
+				return usageError{"linkem: " + err.Error()}
+			}
+		}
+	}
+	if cba.Seed == cab.Seed {
+		cba.Seed = cab.Seed + 1 // independent draws each way
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	br, err := linkem.Open(*a, *b, cab, cba, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *dur > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *dur)
+		defer cancel()
+	}
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	go func() {
+		for range usr1 {
+			printLinkemStats(stdout, *a, *b, br.Stats())
+		}
+	}()
+	log.Info("linkem running", "a", *a, "b", *b, "ab", describe(cab), "ba", describe(cba))
+	err = br.Run(ctx)
+	printLinkemStats(stdout, *a, *b, br.Stats())
+	return err
+}
+
+func describe(c netem.Config) string {
+	s := ""
+	if c.Rate > 0 {
+		s += " rate=" + netem.FormatRate(c.Rate)
+	}
+	if c.Delay > 0 {
+		s += " delay=" + c.Delay.String()
+	}
+	if c.Loss > 0 {
+		s += fmt.Sprintf(" loss=%g%%", c.Loss*100)
+	}
+	if c.GE != nil {
+		s += fmt.Sprintf(" ge-loss=%.3g%%", c.GE.MeanLoss()*100)
+	}
+	if s == "" {
+		return "none"
+	}
+	return s[1:]
+}
+
+// printLinkemStats writes the counters as a table, one row per direction.
+func printLinkemStats(w io.Writer, a, b string, st linkem.Stats) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "direction\toffered\tdelivered\tdrop-queue\tdrop-loss\tdrop-outage\tdrop-mtu\tdup\tcorrupt\treorder\tqueue-max-bytes\ttx-errors\toversize\t")
+	row := func(name string, s netem.Stats, out linkem.PortStats, in linkem.PortStats) {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", name, s.Offered, s.Delivered,
+			s.DropQueue, s.DropLoss, s.DropOutage, s.DropMTU, s.Duplicated, s.Corrupted, s.Reordered, s.QueueHighBytes, out.TxErrors, in.Oversize)
+	}
+	row(a+"→"+b, st.AB, st.B, st.A)
+	row(b+"→"+a, st.BA, st.A, st.B)
+	tw.Flush()
+}

@@ -1,0 +1,110 @@
+package testbed
+
+import (
+	"fmt"
+	"math"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+// iperf runs an iperf3 client in A against a one-shot server in B and
+// returns the report.
+func iperf(t *testing.T, th *TwoHosts, args ...string) *IperfResult {
+	t.Helper()
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Skip("iperf3 not installed") // .ci/run installs it
+	}
+	srv, err := th.Bed.Start(th.B, "iperf3", "-s", "-1", "-B", th.BAddr, "-p", "5201")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := th.Bed.WaitListen(th.B, "tcp", 5201, 5*time.Second); err != nil {
+		t.Fatalf("%v\n%s", err, srv.Output())
+	}
+	out, err := th.Bed.Run(th.A, append([]string{"iperf3", "-c", th.BAddr, "-p", "5201", "--json"}, args...)...)
+	if err != nil {
+		t.Fatalf("iperf3: %v\n%s", err, out)
+	}
+	srv.Wait(5 * time.Second)
+	r, err := ParseIperf(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestLinkemRate: the achieved rate is within 5 % of the setting at 10 and
+// 100 Mbit/s. UDP offered at 130 % of the rate, 1400-byte payloads; the
+// link counts whole Ethernet frames, so the payload rate is scaled by
+// frame/payload = (1400+42)/1400 before comparing.
+func TestLinkemRate(t *testing.T) {
+	for _, mbit := range []float64{10, 100} {
+		t.Run(fmt.Sprintf("%gmbit", mbit), func(t *testing.T) {
+			th, err := NewTwoHosts(ForTest(t), espepBin, "--rate", fmt.Sprintf("%gmbit", mbit), "--queue", "200p")
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := iperf(t, th, "-u", "-b", fmt.Sprintf("%gM", mbit*1.3), "-l", "1400", "-t", "4")
+			got := r.UDPReceivedBPS()
+			wire := got * (1400 + 42) / 1400 / 1e6
+			dev := (wire - mbit) / mbit
+			t.Logf("linkem rate %g Mbit/s: achieved %.2f Mbit/s on the wire (%+.2f%%), payload %.2f Mbit/s, %.0f%% of the offered load dropped",
+				mbit, wire, dev*100, got/1e6, r.End.Sum.LostPercent)
+			if math.Abs(dev) > 0.05 {
+				t.Errorf("achieved %.2f Mbit/s, setting %g: off by %.1f%%", wire, mbit, dev*100)
+			}
+		})
+	}
+}
+
+// TestLinkemDelay: the RTT added by --delay D (each way) is within 1 ms
+// of 2·D.
+func TestLinkemDelay(t *testing.T) {
+	measure := func(flags ...string) float64 {
+		th, err := NewTwoHosts(ForTest(t), espepBin, flags...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		th.Bed.Run(th.A, "ping", "-c", "1", "-W", "2", th.BAddr) // ARP
+		out, err := th.Bed.Run(th.A, "ping", "-c", "50", "-i", "0.02", "-W", "2", th.BAddr)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		avg, err := parsePing(string(out), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return avg
+	}
+	base := measure()
+	for _, d := range []int{10, 40} {
+		got := measure("--delay", fmt.Sprintf("%dms", d))
+		added := got - base
+		t.Logf("linkem delay %d ms each way: RTT %.3f ms, base %.3f ms, added %.3f ms (want %d)", d, got, base, added, 2*d)
+		if math.Abs(added-float64(2*d)) > 1 {
+			t.Errorf("delay %d ms: added RTT %.3f ms, want %d ± 1", d, added, 2*d)
+		}
+	}
+}
+
+// TestLinkemLoss: the loss rate seen by a UDP flow is within the 99 %
+// confidence interval of the setting.
+func TestLinkemLoss(t *testing.T) {
+	for _, p := range []float64{0.01, 0.05} {
+		t.Run(fmt.Sprintf("%g%%", p*100), func(t *testing.T) {
+			th, err := NewTwoHosts(ForTest(t), espepBin, "--ab.loss", fmt.Sprintf("%g%%", p*100), "--seed", "5")
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := iperf(t, th, "-u", "-b", "20M", "-l", "1000", "-t", "3")
+			n, lost := r.End.Sum.Packets, r.End.Sum.LostPackets
+			got := float64(lost) / float64(n)
+			ci := 2.576 * math.Sqrt(p*(1-p)/float64(n))
+			t.Logf("linkem loss %g%%: %d of %d lost = %.3f%% (99%% interval ±%.3f%%)", p*100, lost, n, got*100, ci*100)
+			if n < 5000 || math.Abs(got-p) > ci {
+				t.Errorf("loss %.3f%% of %d packets, setting %g%% ± %.3f%%", got*100, n, p*100, ci*100)
+			}
+		})
+	}
+}

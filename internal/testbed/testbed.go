@@ -1,0 +1,328 @@
+// Package testbed builds throwaway network topologies in Linux network
+// namespaces for tests and measurement harnesses, starts processes in
+// them, and removes everything it made on Close, on test failure (through
+// t.Cleanup) and on SIGINT/SIGTERM. Names carry the owning process ID, so
+// parallel runs never collide and a later run can sweep what a killed run
+// left behind.
+//
+// It drives iproute2 (`ip`) and ethtool; it needs root. ForTest skips a
+// test that cannot run here, except under CI=true, where it fails it.
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Prefix starts the name of every namespace the testbed makes.
+const Prefix = "espep-"
+
+// Bed is one topology's worth of namespaces and processes.
+type Bed struct {
+	id string
+
+	mu     sync.Mutex
+	nss    []string
+	procs  []*Proc
+	closed bool
+}
+
+var (
+	seqMu   sync.Mutex
+	seq     int
+	live    = map[*Bed]bool{}
+	sigOnce sync.Once
+)
+
+// Available reports why namespaces cannot be made here, or nil.
+func Available() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("testbed needs root (network namespaces)")
+	}
+	for _, tool := range []string{"ip", "ethtool"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("testbed needs %s: %w", tool, err)
+		}
+	}
+	return nil
+}
+
+// New starts an empty bed.
+func New() (*Bed, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	sweep()
+	seqMu.Lock()
+	seq++
+	b := &Bed{id: fmt.Sprintf("%d-%d", os.Getpid(), seq)}
+	live[b] = true
+	seqMu.Unlock()
+	sigOnce.Do(func() {
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, os.Interrupt, syscall.SIGTERM)
+		go func() {
+			s := <-c
+			seqMu.Lock()
+			beds := make([]*Bed, 0, len(live))
+			for b := range live {
+				beds = append(beds, b)
+			}
+			seqMu.Unlock()
+			for _, b := range beds {
+				b.Close()
+			}
+			signal.Reset()
+			p, _ := os.FindProcess(os.Getpid())
+			p.Signal(s)
+		}()
+	})
+	return b, nil
+}
+
+// ForTest returns a bed that is closed when the test ends. A test that
+// cannot have one is skipped, or failed under CI=true.
+func ForTest(t testing.TB) *Bed {
+	t.Helper()
+	b, err := New()
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("testbed: %v (CI must run this test)", err)
+		}
+		t.Skipf("testbed: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("testbed cleanup: %v", err)
+		}
+	})
+	return b
+}
+
+// sweep removes namespaces left by testbed processes that no longer exist.
+func sweep() {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(f[0], Prefix) {
+			continue
+		}
+		pidStr, _, _ := strings.Cut(strings.TrimPrefix(f[0], Prefix), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if syscall.Kill(pid, 0) == syscall.ESRCH {
+			exec.Command("ip", "netns", "del", f[0]).Run()
+		}
+	}
+}
+
+func ipcmd(args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// NS makes a namespace and returns its full name; lo is brought up.
+func (b *Bed) NS(name string) (string, error) {
+	full := Prefix + b.id + "-" + name
+	if err := ipcmd("netns", "add", full); err != nil {
+		return "", err
+	}
+	b.mu.Lock()
+	b.nss = append(b.nss, full)
+	b.mu.Unlock()
+	return full, ipcmd("-n", full, "link", "set", "lo", "up")
+}
+
+// Veth links interface if1 in ns1 with if2 in ns2, brings both up and
+// turns their offloads off, so that what a packet socket sees is what is
+// on the wire.
+func (b *Bed) Veth(ns1, if1, ns2, if2 string) error {
+	if err := ipcmd("link", "add", if1, "netns", ns1, "type", "veth", "peer", "name", if2, "netns", ns2); err != nil {
+		return err
+	}
+	for _, x := range [][2]string{{ns1, if1}, {ns2, if2}} {
+		if err := ipcmd("-n", x[0], "link", "set", x[1], "up"); err != nil {
+			return err
+		}
+		if _, err := b.Run(x[0], "ethtool", "-K", x[1], "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Addr adds an address (CIDR) to an interface.
+func (b *Bed) Addr(ns, ifname, cidr string) error {
+	return ipcmd("-n", ns, "addr", "add", cidr, "dev", ifname)
+}
+
+// IP runs `ip -n NS ARGS…`.
+func (b *Bed) IP(ns string, args ...string) error {
+	return ipcmd(append([]string{"-n", ns}, args...)...)
+}
+
+// Run runs a command in a namespace and returns its combined output.
+func (b *Bed) Run(ns string, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("in %s: %s: %v: %s", ns, strings.Join(args, " "), err, bytes.TrimSpace(lastLines(out, 5)))
+	}
+	return out, nil
+}
+
+func lastLines(b []byte, n int) []byte {
+	lines := bytes.Split(bytes.TrimSpace(b), []byte("\n"))
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return bytes.Join(lines, []byte("\n"))
+}
+
+// Proc is a process started in a namespace.
+type Proc struct {
+	cmd  *exec.Cmd
+	out  syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Start runs a command in a namespace in the background; Close stops it.
+func (b *Bed) Start(ns string, args ...string) (*Proc, error) {
+	p := &Proc{done: make(chan struct{})}
+	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s in %s: %w", strings.Join(args, " "), ns, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	b.mu.Lock()
+	b.procs = append(b.procs, p)
+	b.mu.Unlock()
+	return p, nil
+}
+
+// Output returns what the process wrote so far (stdout and stderr).
+func (p *Proc) Output() string { return p.out.String() }
+
+// Signal sends a signal to the process group.
+func (p *Proc) Signal(s syscall.Signal) error { return syscall.Kill(-p.cmd.Process.Pid, s) }
+
+// Stop ends the process: SIGTERM, then SIGKILL after a grace period.
+func (p *Proc) Stop() error {
+	select {
+	case <-p.done:
+		return p.err
+	default:
+	}
+	p.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(3 * time.Second):
+		p.Signal(syscall.SIGKILL)
+		<-p.done
+	}
+	return p.err
+}
+
+// Wait waits for the process to end by itself, up to d.
+func (p *Proc) Wait(d time.Duration) error {
+	select {
+	case <-p.done:
+		return p.err
+	default:
+	}
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(d):
+		return fmt.Errorf("process %v still running after %v", p.cmd.Args, d)
+	}
+}
+
+// Close stops every process and deletes every namespace, in reverse order.
+func (b *Bed) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	procs, nss := b.procs, b.nss
+	b.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		procs[i].Stop()
+	}
+	var first error
+	for i := len(nss) - 1; i >= 0; i-- {
+		if err := ipcmd("netns", "del", nss[i]); err != nil && first == nil {
+			first = err
+		}
+	}
+	seqMu.Lock()
+	delete(live, b)
+	seqMu.Unlock()
+	return first
+}
+
+// WaitListen waits until something in ns listens on the port (proto "tcp"
+// or "udp"), as `ss` sees it.
+func (b *Bed) WaitListen(ns, proto string, port int, d time.Duration) error {
+	flag := "-ltnH"
+	if proto == "udp" {
+		flag = "-lunH"
+	}
+	want := ":" + strconv.Itoa(port)
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		out, _ := b.Run(ns, "ss", flag)
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 4 && strings.HasSuffix(f[3], want) {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("nothing listens on %s port %d in %s after %v", proto, port, ns, d)
+}
