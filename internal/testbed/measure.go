@@ -36,6 +36,7 @@ type iperfSum struct {
 	LostPackets   int     `json:"lost_packets"`
 	Packets       int     `json:"packets"`
 	LostPercent   float64 `json:"lost_percent"`
+	Retransmits   int     `json:"retransmits"`
 }
 
 // ParseIperf decodes iperf3's --json report.

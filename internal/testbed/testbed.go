@@ -326,3 +326,16 @@ func (b *Bed) WaitListen(ns, proto string, port int, d time.Duration) error {
 	}
 	return fmt.Errorf("nothing listens on %s port %d in %s after %v", proto, port, ns, d)
 }
+
+// WaitFile waits until a file exists (a capture tcpdump has opened).
+func (b *Bed) WaitFile(path string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(path); err == nil {
+			time.Sleep(100 * time.Millisecond) // the capture has started
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not appear after %v", path, d)
+}

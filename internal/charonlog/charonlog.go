@@ -1,0 +1,194 @@
+// Package charonlog extracts the ESP SAs strongSwan's charon negotiated —
+// SPI, addresses, transforms and keys — from its log written with the CHD
+// log level at 4 ("chd = 4" in a filelog section), which dumps the derived
+// CHILD_SA keys. It is how espep's tests (and an operator delegating SAs
+// from strongSwan by hand) get keys for `espep pcap decrypt` and the
+// gateway without a save-keys plugin. It parses charon 5.9.x output.
+//
+// Key order follows RFC 7296 §2.17: the initiator's keys protect traffic
+// from the initiator to the responder.
+package charonlog
+
+import (
+	"bufio"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/netip"
+	"regexp"
+	"strings"
+
+	"github.com/espep/espep/ipsec"
+)
+
+var (
+	lineRE     = regexp.MustCompile(`^\S+ (\d+)\[(\w+)\] (.*)$`)
+	hexRE      = regexp.MustCompile(`^\s*\d+: ((?:[0-9A-F]{2} ?)+)`)
+	keyRE      = regexp.MustCompile(`^(encryption|integrity) (initiator|responder) key => (\d+) bytes`)
+	proposalRE = regexp.MustCompile(`^selected proposal: ESP:(\S+)`)
+	spiRE      = regexp.MustCompile(`^SPI 0x([0-9a-f]{8}), src (\S+) dst (\S+)`)
+	childRE    = regexp.MustCompile(`CHILD_SA (\S+\{\d+\}) state change: (\w+) => (\w+)`)
+	initRE     = regexp.MustCompile(`^establishing CHILD_SA (\S+\{\d+\})`)
+)
+
+// thread is what one charon worker thread is in the middle of.
+type thread struct {
+	proposal string
+	child    string
+	keys     map[string][]byte // "encryption initiator" → bytes
+	cur      string            // key whose hex dump lines follow
+	dir      string            // "inbound" / "outbound" before an SPI line
+}
+
+type found struct {
+	child, proposal, dir string
+	keys                 map[string][]byte
+	spi                  uint32
+	src, dst             netip.Addr
+}
+
+// Parse reads one charon log and returns every installed ESP SA it shows,
+// in the order they appear. name is used in errors.
+func Parse(r io.Reader, name string) ([]ipsec.Config, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 4096), 1<<20)
+	threads := map[string]*thread{}
+	initiated, installed := map[string]bool{}, map[string]bool{}
+	var sas []found
+	n := 0
+	for sc.Scan() {
+		n++
+		m := lineRE.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		tid, group, msg := m[1], m[2], m[3]
+		th := threads[tid]
+		if th == nil {
+			th = &thread{keys: map[string][]byte{}}
+			threads[tid] = th
+		}
+		switch group {
+		case "IKE":
+			if mm := initRE.FindStringSubmatch(msg); mm != nil {
+				initiated[mm[1]] = true
+			}
+		case "CFG":
+			if mm := proposalRE.FindStringSubmatch(msg); mm != nil {
+				*th = thread{proposal: mm[1], keys: map[string][]byte{}}
+			}
+		case "CHD":
+			if mm := childRE.FindStringSubmatch(msg); mm != nil {
+				if mm[2] == "CREATED" && mm[3] == "INSTALLING" {
+					th.child = mm[1]
+				}
+				if mm[3] == "INSTALLED" {
+					installed[mm[1]] = true
+				}
+				continue
+			}
+			if mm := keyRE.FindStringSubmatch(msg); mm != nil {
+				th.cur = mm[1] + " " + mm[2]
+				th.keys[th.cur] = nil
+				continue
+			}
+			if mm := hexRE.FindStringSubmatch(msg); mm != nil && th.cur != "" {
+				b, err := hex.DecodeString(strings.ReplaceAll(mm[1], " ", ""))
+				if err != nil {
+					return nil, fmt.Errorf("%s:%d: key dump: %w", name, n, err)
+				}
+				th.keys[th.cur] = append(th.keys[th.cur], b...)
+				continue
+			}
+			th.cur = ""
+			if strings.HasPrefix(msg, "adding inbound ESP SA") {
+				th.dir = "inbound"
+				continue
+			}
+			if strings.HasPrefix(msg, "adding outbound ESP SA") {
+				th.dir = "outbound"
+				continue
+			}
+			if mm := spiRE.FindStringSubmatch(strings.TrimSpace(msg)); mm != nil && th.dir != "" && th.proposal != "" {
+				var spi uint32
+				fmt.Sscanf(mm[1], "%x", &spi)
+				src, err1 := netip.ParseAddr(mm[2])
+				dst, err2 := netip.ParseAddr(mm[3])
+				if err1 != nil || err2 != nil {
+					return nil, fmt.Errorf("%s:%d: addresses %q %q", name, n, mm[2], mm[3])
+				}
+				keys := map[string][]byte{}
+				for k, v := range th.keys {
+					keys[k] = v
+				}
+				sas = append(sas, found{child: th.child, proposal: th.proposal, dir: th.dir, keys: keys, spi: spi, src: src, dst: dst})
+				th.dir = ""
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	var out []ipsec.Config
+	for _, f := range sas {
+		if !installed[f.child] {
+			continue // e.g. libipsec refused the mode
+		}
+		c, err := f.config(initiated[f.child])
+		if err != nil {
+			return nil, fmt.Errorf("%s: spi %#08x: %w", name, f.spi, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+var encByProposal = []struct {
+	prefix string
+	enc    ipsec.Enc
+}{
+	{"AES_GCM_16", ipsec.EncAESGCM16}, {"AES_GCM_12", ipsec.EncAESGCM12},
+	{"AES_CBC", ipsec.EncAESCBC}, {"AES_CTR", ipsec.EncAESCTR},
+	{"CHACHA20_POLY1305", ipsec.EncChaCha20Poly1305}, {"NULL", ipsec.EncNull},
+}
+
+var integByProposal = map[string]ipsec.Integ{
+	"HMAC_SHA1_96": ipsec.IntegSHA1_96, "HMAC_SHA2_256_128": ipsec.IntegSHA256_128,
+	"HMAC_SHA2_384_192": ipsec.IntegSHA384_192, "HMAC_SHA2_512_256": ipsec.IntegSHA512_256,
+}
+
+func (f *found) config(initiator bool) (ipsec.Config, error) {
+	c := ipsec.Config{SPI: f.spi, Proto: ipsec.ESP, Src: f.src, Dst: f.dst, Mode: ipsec.Tunnel,
+		Class: ipsec.ClassWrite, TS: ipsec.Selector{Proto: ipsec.ProtoAny}}
+	parts := strings.Split(f.proposal, "/")
+	found := false
+	for _, e := range encByProposal {
+		if strings.HasPrefix(parts[0], e.prefix) {
+			c.Enc, found = e.enc, true
+			break
+		}
+	}
+	if !found {
+		return c, fmt.Errorf("proposal %s: encryption not supported", f.proposal)
+	}
+	for _, p := range parts[1:] {
+		if i, ok := integByProposal[p]; ok {
+			c.Integ = i
+		}
+		if p == "EXT_SEQ" {
+			c.ESN = true
+		}
+	}
+	// The initiator's keys protect initiator → responder.
+	outbound := f.dir == "outbound"
+	side := "responder"
+	if initiator == outbound {
+		side = "initiator"
+	}
+	c.EncKey = f.keys["encryption "+side]
+	c.IntegKey = f.keys["integrity "+side]
+	if len(c.EncKey) == 0 && c.Enc != ipsec.EncNull {
+		return c, fmt.Errorf("no %s encryption key in the log (chd log level must be 4)", side)
+	}
+	return c, nil
+}

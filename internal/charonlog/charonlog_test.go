@@ -1,0 +1,69 @@
+package charonlog
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/espep/espep/ipsec"
+	"github.com/espep/espep/ipsec/safile"
+)
+
+// TestAgainstEspSa checks the keys parsed from both peers' logs against
+// the esp_sa lines shared/interop/charonlog2espsa.py wrote for the same
+// runs (ipsec/testdata/strongswan/*/esp_sa).
+func TestAgainstEspSa(t *testing.T) {
+	for _, p := range []string{"aes128-sha256", "aes256gcm16", "chacha20poly1305"} {
+		want, err := safile.Load(filepath.Join("../../ipsec/testdata/strongswan", p, "sa.native"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, side := range []string{"left", "right"} {
+			f, err := os.Open(filepath.Join("testdata", p+"-"+side+".log"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := Parse(f, p)
+			f.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 2 {
+				t.Fatalf("%s %s: %d SAs", p, side, len(got))
+			}
+			for _, g := range got {
+				var w *ipsec.Config
+				for i := range want {
+					if want[i].SPI == g.SPI {
+						w = &want[i]
+					}
+				}
+				if w == nil || g.Src != w.Src || g.Dst != w.Dst || g.Enc != w.Enc || g.Integ != w.Integ ||
+					!bytes.Equal(g.EncKey, w.EncKey) || !bytes.Equal(g.IntegKey, w.IntegKey) {
+					t.Fatalf("%s %s spi %#x: got %+v, want %+v", p, side, g.SPI, g, w)
+				}
+				if _, err := ipsec.NewEntry(g); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+}
+
+// FuzzParse: charon logs are text anyone can write; never panic.
+func FuzzParse(f *testing.F) {
+	b, _ := os.ReadFile("testdata/aes128-sha256-left.log")
+	f.Add(string(b))
+	f.Add("00:00:00 01[CHD]    0: ZZ\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		cfgs, err := Parse(strings.NewReader(s), "fuzz")
+		if err != nil {
+			return
+		}
+		for _, c := range cfgs {
+			ipsec.NewEntry(c)
+		}
+	})
+}
