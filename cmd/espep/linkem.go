@@ -15,6 +15,7 @@ import (
 
 	"github.com/espep/espep/internal/linkem"
 	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/pcapio"
 )
 
 const linkemUsage = `usage: espep linkem --a IFACE --b IFACE [impairments] [--ab.X … --ba.X …]
@@ -125,6 +126,8 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	a := fs.String("a", "", "first interface")
 	b := fs.String("b", "", "second interface")
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
+	pcapAB := fs.String("pcap-ab", "", "write the frames delivered a→b to this pcap file")
+	pcapBA := fs.String("pcap-ba", "", "write the frames delivered b→a to this pcap file")
 	both := addImpairments(fs, "", "")
 	ab := addImpairments(fs, "ab.", " (a→b only)")
 	ba := addImpairments(fs, "ba.", " (b→a only)")
@@ -149,6 +152,25 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	}
 	if cba.Seed == cab.Seed {
 		cba.Seed = cab.Seed + 1 // independent draws each way
+	}
+	for _, x := range []struct {
+		path string
+		c    *netem.Config
+	}{{*pcapAB, &cab}, {*pcapBA, &cba}} {
+		if x.path == "" {
+			continue
+		}
+		f, err := os.Create(x.path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		capture, flush, err := netem.PcapCapture(f, pcapio.LinkEthernet)
+		if err != nil {
+			return err
+		}
+		defer flush()
+		x.c.Capture = capture
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	br, err := linkem.Open(*a, *b, cab, cba, log)

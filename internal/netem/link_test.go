@@ -1,11 +1,14 @@
 package netem
 
 import (
+	"bytes"
 	"encoding/binary"
 	"math"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/espep/espep/internal/pcapio"
 )
 
 var t0 = time.Unix(1_800_000_000, 0)
@@ -278,5 +281,37 @@ func TestPairAndValidate(t *testing.T) {
 		if _, err := New(bad, c, func([]byte) {}); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
+	}
+}
+
+func TestPcapCapture(t *testing.T) {
+	var buf bytes.Buffer
+	capture, flush, err := PcapCapture(&buf, pcapio.LinkRaw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, l, _ := newSim(t, Config{Delay: time.Millisecond, Loss: 0.5, Seed: 2, Capture: capture})
+	for i := 0; i < 100; i++ {
+		l.Send(pkt(uint32(i), 60))
+	}
+	c.Advance(time.Second)
+	flush()
+	r, err := pcapio.NewReader(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		rec, err := r.Next()
+		if err != nil {
+			break
+		}
+		if !rec.Time.Equal(t0.Add(time.Millisecond)) || len(rec.Data) != 60 {
+			t.Fatalf("record %d: %v %d", n, rec.Time, len(rec.Data))
+		}
+		n++
+	}
+	if uint64(n) != l.Stats().Delivered || n == 0 || n == 100 {
+		t.Fatalf("captured %d, delivered %d", n, l.Stats().Delivered)
 	}
 }

@@ -4,8 +4,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/espep/espep/internal/pcapio"
 )
 
 // espepBin is built once for the tests that run `espep` in namespaces.
@@ -70,3 +75,54 @@ func TestTwoHostsPing(t *testing.T) {
 		t.Fatalf("rtt %v ms (want ≈ 10): %v\n%s", rtt, err, out)
 	}
 }
+
+// TestLinkemCountersAndCapture: linkem prints its counters on SIGUSR1 and
+// on exit, and writes what it delivers a→b to a pcap file.
+func TestLinkemCountersAndCapture(t *testing.T) {
+	b := ForTest(t)
+	capPath := filepath.Join(t.TempDir(), "ab.pcap")
+	th, err := NewTwoHosts(b, espepBin, "--ab.loss", "20%", "--seed", "3", "--pcap-ab", capPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Run(th.A, "ping", "-c", "40", "-i", "0.01", "-W", "1", th.BAddr)
+	th.Linkem.Signal(syscall.SIGUSR1)
+	time.Sleep(200 * time.Millisecond)
+	if !strings.Contains(th.Linkem.Output(), "drop-loss") {
+		t.Fatalf("no counters after SIGUSR1:\n%s", th.Linkem.Output())
+	}
+	th.Linkem.Stop()
+	out := th.Linkem.Output()
+	// the last table's a→b row: direction offered delivered drop-queue drop-loss …
+	var offered, delivered, lost int
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 5 && f[0] == "ra→rb" {
+			offered, delivered, lost = atoi(f[1]), atoi(f[2]), atoi(f[4])
+		}
+	}
+	if offered < 40 || lost == 0 || delivered+lost != offered {
+		t.Fatalf("a→b counters: offered %d delivered %d lost %d\n%s", offered, delivered, lost, out)
+	}
+	frames := 0
+	f, err := os.Open(capPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := pcapio.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := r.Next(); err != nil {
+			break
+		}
+		frames++
+	}
+	if frames != delivered {
+		t.Fatalf("capture has %d frames, linkem delivered %d", frames, delivered)
+	}
+}
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
