@@ -38,9 +38,6 @@ type espDecrypter interface {
 	decrypt(dst, e []byte) []byte
 }
 
-// errICV is wrapped by ErrICV at the API edge.
-var errICV = ErrICV
-
 func newESPCipher(enc Enc, ekey []byte, integ Integ, ikey []byte) (espCipher, error) {
 	if err := enc.checkKey(ekey); err != nil {
 		return nil, err
@@ -168,7 +165,7 @@ func (c *aeadCipher) open(e []byte, seqHi uint32, esn bool) error {
 	copy(c.nonce[4:], e[8:16])
 	ct := e[16:]
 	if _, err := c.aead.Open(ct[:0], c.nonce[:], ct, putAAD(&c.aad, e, seqHi, esn)); err != nil {
-		return errICV
+		return ErrICV
 	}
 	return nil
 }
@@ -223,7 +220,7 @@ func (a *hmacAuth) mac(p []byte, seqHi uint32, esn bool) []byte {
 func (a *hmacAuth) verify(e []byte, seqHi uint32, esn bool) error {
 	n := len(e) - a.icv
 	if subtle.ConstantTimeCompare(a.mac(e[:n], seqHi, esn), e[n:]) != 1 {
-		return errICV
+		return ErrICV
 	}
 	return nil
 }

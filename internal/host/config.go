@@ -1,0 +1,262 @@
+package host
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/espep/espep/ipsec"
+	"github.com/espep/espep/ipsec/safile"
+)
+
+// Config is an `espep host` configuration file:
+//
+//	espep-host 1
+//
+//	[host]
+//	tun      = espep0            # TUN device to create
+//	mtu      = 1400              # TUN MTU (inner packets)
+//	addr     = 10.78.1.1/32      # addresses on the TUN (tunnel-mode inner addresses; repeatable)
+//	route    = 10.78.2.0/24      # destinations routed into the TUN (repeatable)
+//	sa-file  = left.sa           # SAs, native or esp_sa (repeatable; relative to this file)
+//	udp-port = 4500              # port for ESP in UDP (RFC 3948); 0: none
+//	metrics  = 127.0.0.1:9101    # Prometheus listener (optional)
+//
+//	[policy]                     # ordered; first match wins (RFC 4301 §4.4.1)
+//	name     = to-right
+//	local    = 10.78.1.1         # any | ADDR | PREFIX | FROM-TO
+//	remote   = 10.78.2.0/24
+//	proto    = tcp               # any | tcp | udp | icmp | NUMBER
+//	local-ports  = any
+//	remote-ports = any
+//	action   = protect           # protect | bypass | discard
+//	sa       = 0xc0de0001        # outbound SA (its SPI) for protect
+//
+// Traffic that no policy matches is discarded.
+type Config struct {
+	TUN      string
+	MTU      int
+	Addrs    []netip.Prefix
+	Routes   []netip.Prefix
+	SAFiles  []string
+	UDPPort  int
+	Metrics  string
+	Policies []ipsec.Policy
+	// PolicySPI is the outbound SA SPI of each Protect policy.
+	PolicySPI []uint32
+	SAs       []ipsec.Config
+}
+
+// HostMagic starts a host configuration file.
+const HostMagic = "espep-host"
+
+// LoadConfig reads a configuration and the SA files it names.
+func LoadConfig(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("host config: %w", err)
+	}
+	defer f.Close()
+	c, err := ParseConfig(f, path)
+	if err != nil {
+		return nil, err
+	}
+	for _, sf := range c.SAFiles {
+		if !filepath.IsAbs(sf) {
+			sf = filepath.Join(filepath.Dir(path), sf)
+		}
+		sas, err := safile.Load(sf)
+		if err != nil {
+			return nil, err
+		}
+		c.SAs = append(c.SAs, sas...)
+	}
+	return c, c.check()
+}
+
+// ParseConfig reads the configuration text (not the SA files).
+func ParseConfig(r io.Reader, name string) (*Config, error) {
+	c := &Config{TUN: "espep0", MTU: 1400, UDPPort: 4500}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 4096), 64<<10)
+	section, n, head := "", 0, false
+	var pol *ipsec.Policy
+	var spi uint32
+	flush := func() {
+		if pol != nil {
+			c.Policies = append(c.Policies, *pol)
+			c.PolicySPI = append(c.PolicySPI, spi)
+			pol, spi = nil, 0
+		}
+	}
+	bad := func(field string, err error) error {
+		return &safile.Error{File: name, Line: n, Field: field, Err: err}
+	}
+	for sc.Scan() {
+		n++
+		line := sc.Text()
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		if !head {
+			if line != HostMagic+" 1" {
+				return nil, bad("", fmt.Errorf("want %q first", HostMagic+" 1"))
+			}
+			head = true
+			continue
+		}
+		switch line {
+		case "[host]":
+			flush()
+			section = "host"
+			continue
+		case "[policy]":
+			flush()
+			section = "policy"
+			pol = &ipsec.Policy{Selector: ipsec.Selector{Proto: ipsec.ProtoAny}, Action: ipsec.Discard}
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, bad("", fmt.Errorf("want KEY = VALUE, [host] or [policy]"))
+		}
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		var err error
+		switch section {
+		case "host":
+			err = c.setHost(k, v)
+		case "policy":
+			err = setPolicy(pol, &spi, k, v)
+		default:
+			err = fmt.Errorf("outside a section")
+		}
+		if err != nil {
+			return nil, bad(k, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, bad("", err)
+	}
+	if !head {
+		return nil, bad("", fmt.Errorf("empty file: want %q first", HostMagic+" 1"))
+	}
+	flush()
+	return c, nil
+}
+
+func (c *Config) setHost(k, v string) error {
+	var err error
+	switch k {
+	case "tun":
+		if v == "" || len(v) > 15 || strings.ContainsAny(v, "/ ") {
+			return fmt.Errorf("%q: want an interface name of 1-15 characters", v)
+		}
+		c.TUN = v
+	case "mtu":
+		if c.MTU, err = strconv.Atoi(v); err == nil && (c.MTU < 576 || c.MTU > 65535) {
+			err = fmt.Errorf("%d outside 576…65535", c.MTU)
+		}
+	case "addr", "route":
+		var p netip.Prefix
+		if p, err = netip.ParsePrefix(v); err == nil {
+			if k == "addr" {
+				c.Addrs = append(c.Addrs, p)
+			} else {
+				c.Routes = append(c.Routes, p.Masked())
+			}
+		}
+	case "sa-file":
+		c.SAFiles = append(c.SAFiles, v)
+	case "udp-port":
+		if c.UDPPort, err = strconv.Atoi(v); err == nil && (c.UDPPort < 0 || c.UDPPort > 65535) {
+			err = fmt.Errorf("%d outside 0…65535", c.UDPPort)
+		}
+	case "metrics":
+		c.Metrics = v
+	default:
+		err = fmt.Errorf("unknown field")
+	}
+	return err
+}
+
+func setPolicy(p *ipsec.Policy, spi *uint32, k, v string) error {
+	var err error
+	switch k {
+	case "name":
+		p.Name = v
+	case "local":
+		p.Selector.Local, err = ipsec.ParseAddrRange(v)
+	case "remote":
+		p.Selector.Remote, err = ipsec.ParseAddrRange(v)
+	case "proto":
+		p.Selector.Proto, err = parseProto(v)
+	case "local-ports":
+		p.Selector.LocalPorts, err = ipsec.ParsePortRange(v)
+	case "remote-ports":
+		p.Selector.RemotePorts, err = ipsec.ParsePortRange(v)
+	case "action":
+		p.Action, err = ipsec.ParseAction(v)
+	case "sa":
+		var x uint64
+		if x, err = strconv.ParseUint(v, 0, 32); err == nil {
+			*spi = uint32(x)
+		}
+	default:
+		err = fmt.Errorf("unknown field")
+	}
+	return err
+}
+
+func parseProto(v string) (int, error) {
+	switch v {
+	case "any":
+		return ipsec.ProtoAny, nil
+	case "tcp":
+		return 6, nil
+	case "udp":
+		return 17, nil
+	case "icmp":
+		return 1, nil
+	case "icmpv6":
+		return 58, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 8)
+	if err != nil {
+		return 0, fmt.Errorf("%q: want any, tcp, udp, icmp, icmpv6 or 0…255", v)
+	}
+	return int(n), nil
+}
+
+// check ties policies to SAs: every protect policy names a write-class SA
+// that can seal.
+func (c *Config) check() error {
+	for i, p := range c.Policies {
+		if p.Action != ipsec.Protect {
+			continue
+		}
+		spi := c.PolicySPI[i]
+		found := false
+		for j := range c.SAs {
+			if c.SAs[j].SPI == spi {
+				found = true
+				c.Policies[i].SA = c.SAs[j].ID()
+				if c.SAs[j].Class != ipsec.ClassWrite {
+					return fmt.Errorf("policy %q: sa %#x is class %v; sealing needs write", p.Name, spi, c.SAs[j].Class)
+				}
+			}
+		}
+		if !found {
+			return fmt.Errorf("policy %q: no sa with spi %#x in the sa files", p.Name, spi)
+		}
+	}
+	return nil
+}

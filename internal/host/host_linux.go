@@ -1,0 +1,452 @@
+//go:build linux
+
+package host
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/espep/espep/ipsec"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// Mark is the firewall mark on espep host's own packets, and the routing
+// table that holds the TUN routes.
+const Mark = 0xe5e5
+
+// Stats are the host's counters.
+type Stats struct {
+	TunIn, Sealed, Bypassed, Discarded, SealErrors  atomic.Uint64
+	NetIn, Opened, OpenErrors, PolicyDrops, NotOurs atomic.Uint64
+	IKE, Keepalives, TunWriteErrors, SendErrors     atomic.Uint64
+}
+
+// Host is a running endpoint.
+type Host struct {
+	cfg *Config
+	log *slog.Logger
+	tun tun.Device
+	mu  sync.RWMutex // guards sad and spd pointers on reload
+	sad *ipsec.SAD
+	spd *ipsec.SPD
+
+	send4, esp4, ah4, udp4 int
+	Stats                  Stats
+	rules                  [][]string // ip commands to undo on Close
+}
+
+// New sets up the TUN device, routes and sockets; Run moves packets.
+func New(cfg *Config, log *slog.Logger) (*Host, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	h := &Host{cfg: cfg, log: log, send4: -1, esp4: -1, ah4: -1, udp4: -1}
+	if err := h.load(cfg); err != nil {
+		return nil, err
+	}
+	var err error
+	if h.tun, err = tun.CreateTUN(cfg.TUN, cfg.MTU); err != nil {
+		return nil, fmt.Errorf("host: tun %s: %w", cfg.TUN, err)
+	}
+	if err := h.openSockets(); err != nil {
+		h.Close()
+		return nil, err
+	}
+	if err := h.setupRoutes(); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+// load builds the SAD and SPD from a configuration. An SA that is already
+// installed with the same ID, transforms and mode is kept as it is, with
+// its sequence counter and replay window, so a reload does not disturb
+// the flows on it; SAs no longer listed are deleted and wiped.
+func (h *Host) load(cfg *Config) error {
+	old, _ := h.tables()
+	var sad ipsec.SAD
+	for _, c := range cfg.SAs {
+		if old != nil {
+			if e, ok := old.Get(c.ID()); ok && sameSA(e.Config, c) {
+				if err := sad.Add(e); err != nil {
+					return fmt.Errorf("host: %w", err)
+				}
+				continue
+			}
+		}
+		e, err := ipsec.NewEntry(c)
+		if err != nil {
+			return fmt.Errorf("host: %w", err)
+		}
+		if err := sad.Add(e); err != nil {
+			return fmt.Errorf("host: %w", err)
+		}
+	}
+	var spd ipsec.SPD
+	spd.Set(cfg.Policies)
+	h.mu.Lock()
+	h.sad, h.spd = &sad, &spd
+	h.mu.Unlock()
+	if old != nil {
+		for _, e := range old.Entries() {
+			if _, kept := sad.Get(e.Config.ID()); !kept {
+				old.Delete(e.Config.ID()) // wipes its keys
+			}
+		}
+	}
+	return nil
+}
+
+// Reload applies a new configuration's SAs and policies. The TUN, its
+// addresses and routes stay as they were started.
+func (h *Host) Reload(cfg *Config) error {
+	if err := h.load(cfg); err != nil {
+		return err
+	}
+	h.log.Info("espep host reloaded", "sas", len(cfg.SAs), "policies", len(cfg.Policies))
+	return nil
+}
+
+func sameSA(a, b ipsec.Config) bool {
+	return a.Src == b.Src && a.Dst == b.Dst && a.Mode == b.Mode && a.Enc == b.Enc && a.Integ == b.Integ &&
+		a.ESN == b.ESN && a.EncapSrcPort == b.EncapSrcPort && a.EncapDstPort == b.EncapDstPort && a.Class == b.Class
+}
+
+func (h *Host) tables() (*ipsec.SAD, *ipsec.SPD) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.sad, h.spd
+}
+
+func (h *Host) openSockets() error {
+	var err error
+	// Sending: one IPv4 raw socket with our own headers, marked.
+	if h.send4, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW); err != nil {
+		return fmt.Errorf("host: raw socket (needs CAP_NET_RAW): %w", err)
+	}
+	if err := unix.SetsockoptInt(h.send4, unix.SOL_SOCKET, unix.SO_MARK, Mark); err != nil {
+		return fmt.Errorf("host: SO_MARK: %w", err)
+	}
+	// Receiving: ESP and AH as raw IP (the kernel delivers the IPv4
+	// header too), ESP in UDP on the NAT-T port.
+	for _, x := range []struct {
+		fd    *int
+		proto int
+	}{{&h.esp4, unix.IPPROTO_ESP}, {&h.ah4, unix.IPPROTO_AH}} {
+		if *x.fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, x.proto); err != nil {
+			return fmt.Errorf("host: raw socket for protocol %d: %w", x.proto, err)
+		}
+		if err := setTimeout(*x.fd); err != nil {
+			return err
+		}
+	}
+	if h.cfg.UDPPort != 0 {
+		if h.udp4, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("host: udp socket: %w", err)
+		}
+		unix.SetsockoptInt(h.udp4, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		if err := unix.SetsockoptInt(h.udp4, unix.IPPROTO_IP, unix.IP_PKTINFO, 1); err != nil {
+			return fmt.Errorf("host: IP_PKTINFO: %w", err)
+		}
+		if err := unix.Bind(h.udp4, &unix.SockaddrInet4{Port: h.cfg.UDPPort}); err != nil {
+			return fmt.Errorf("host: bind udp %d: %w", h.cfg.UDPPort, err)
+		}
+		if err := setTimeout(h.udp4); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func setTimeout(fd int) error {
+	tv := unix.Timeval{Usec: 200_000}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return fmt.Errorf("host: SO_RCVTIMEO: %w", err)
+	}
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	return nil
+}
+
+func ip(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// setupRoutes brings the TUN up with its addresses and puts the protected
+// destinations in table Mark, which every packet without the mark
+// consults first.
+func (h *Host) setupRoutes() error {
+	name, _ := h.tun.Name()
+	table := strconv.Itoa(Mark)
+	steps := [][]string{{"link", "set", name, "up", "mtu", strconv.Itoa(h.cfg.MTU)}}
+	for _, a := range h.cfg.Addrs {
+		steps = append(steps, []string{"addr", "add", a.String(), "dev", name})
+	}
+	for _, r := range h.cfg.Routes {
+		steps = append(steps, []string{"route", "add", r.String(), "dev", name, "table", table})
+	}
+	for _, s := range steps {
+		if err := ip(s...); err != nil {
+			return fmt.Errorf("host: %w", err)
+		}
+	}
+	for _, fam := range []string{"-4", "-6"} {
+		rule := []string{fam, "rule", "add", "not", "fwmark", strconv.Itoa(Mark), "lookup", table, "pref", "5000"}
+		if err := ip(rule...); err != nil {
+			return fmt.Errorf("host: %w", err)
+		}
+		del := append([]string(nil), rule...)
+		del[2] = "del"
+		h.rules = append(h.rules, del)
+	}
+	return nil
+}
+
+// Run moves packets until ctx is done.
+func (h *Host) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	run := func(f func(context.Context) error) {
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- f(ctx) }()
+	}
+	run(h.tunLoop)
+	run(func(ctx context.Context) error { return h.rawLoop(ctx, h.esp4) })
+	run(func(ctx context.Context) error { return h.rawLoop(ctx, h.ah4) })
+	if h.udp4 >= 0 {
+		run(h.udpLoop)
+	}
+	h.log.Info("espep host running", "tun", h.cfg.TUN, "sas", len(h.cfg.SAs), "policies", len(h.cfg.Policies))
+	<-ctx.Done()
+	h.tun.Close() // unblocks the TUN reader
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close removes the routes and rules and closes the device and sockets.
+func (h *Host) Close() error {
+	for _, r := range h.rules {
+		ip(r...)
+	}
+	h.rules = nil
+	if h.tun != nil {
+		h.tun.Close()
+	}
+	for _, fd := range []int{h.send4, h.esp4, h.ah4, h.udp4} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+	return nil
+}
+
+// tunLoop reads what the kernel routes into the TUN and applies the SPD.
+func (h *Host) tunLoop(ctx context.Context) error {
+	const off = ipsec.MaxHeadroom + 16
+	n := h.tun.BatchSize()
+	bufs := make([][]byte, n)
+	sizes := make([]int, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, off+65535+ipsec.MaxTailroom)
+	}
+	for {
+		for i := range bufs {
+			bufs[i] = bufs[i][:cap(bufs[i])-ipsec.MaxTailroom]
+		}
+		cnt, err := h.tun.Read(bufs, sizes, off)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, unix.EBADF) {
+				return nil
+			}
+			if errors.Is(err, tun.ErrTooManySegments) {
+				continue
+			}
+			return fmt.Errorf("host: tun read: %w", err)
+		}
+		for i := 0; i < cnt; i++ {
+			h.outbound(bufs[i][:off+sizes[i]], off, sizes[i])
+		}
+	}
+}
+
+func (h *Host) outbound(buf []byte, off, n int) {
+	h.Stats.TunIn.Add(1)
+	pkt := buf[off : off+n]
+	t, err := ipsec.TrafficOf(pkt, true)
+	if err != nil {
+		h.Stats.Discarded.Add(1)
+		return
+	}
+	sad, spd := h.tables()
+	p, ok := spd.Lookup(&t)
+	if !ok || p.Action == ipsec.Discard {
+		h.Stats.Discarded.Add(1)
+		return
+	}
+	if p.Action == ipsec.Bypass {
+		h.Stats.Bypassed.Add(1)
+		h.send(pkt)
+		return
+	}
+	e, ok := sad.Get(p.SA)
+	if !ok || e.Write == nil {
+		h.Stats.SealErrors.Add(1)
+		return
+	}
+	out, err := e.Write.Seal(buf[:cap(buf)][:off+n], off, n)
+	if err != nil {
+		h.Stats.SealErrors.Add(1)
+		return
+	}
+	h.Stats.Sealed.Add(1)
+	h.send(out)
+}
+
+// send puts an IP packet with its own header on the wire.
+func (h *Host) send(pkt []byte) {
+	if len(pkt) < header.IPv4MinLen || pkt[0]>>4 != 4 {
+		h.Stats.SendErrors.Add(1) // IPv6 sending is not implemented yet
+		return
+	}
+	var sa unix.SockaddrInet4
+	copy(sa.Addr[:], pkt[16:20])
+	if err := unix.Sendto(h.send4, pkt, 0, &sa); err != nil {
+		h.Stats.SendErrors.Add(1)
+	}
+}
+
+// rawLoop reads ESP or AH packets (IPv4 header included) and opens them.
+func (h *Host) rawLoop(ctx context.Context, fd int) error {
+	buf := make([]byte, 65536+64)
+	for ctx.Err() == nil {
+		n, _, err := unix.Recvfrom(fd, buf[64:], 0)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("host: raw read: %w", err)
+		}
+		h.inbound(buf[:64+n], 64)
+	}
+	return nil
+}
+
+// udpLoop reads ESP in UDP (RFC 3948) and rebuilds the IPv4 and UDP
+// headers the kernel took off, so that the packet opens as it was sent.
+func (h *Host) udpLoop(ctx context.Context) error {
+	const hl = header.IPv4MinLen + header.UDPLen
+	buf := make([]byte, 64+hl+65536)
+	oob := make([]byte, 128)
+	for ctx.Err() == nil {
+		n, oobn, _, from, err := unix.Recvmsg(h.udp4, buf[64+hl:], oob, 0)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("host: udp read: %w", err)
+		}
+		p := buf[64+hl : 64+hl+n]
+		switch {
+		case n == 1 && p[0] == 0xff:
+			h.Stats.Keepalives.Add(1)
+			continue
+		case n >= 4 && binary.BigEndian.Uint32(p) == 0:
+			h.Stats.IKE.Add(1) // IKE is not espep host's business
+			continue
+		}
+		src, ok := from.(*unix.SockaddrInet4)
+		dst, ok2 := pktinfoDst(oob[:oobn])
+		if !ok || !ok2 {
+			h.Stats.NotOurs.Add(1)
+			continue
+		}
+		pkt := buf[64 : 64+hl+n]
+		header.WriteIPv4(pkt, 0, len(pkt), 0, false, 64, header.ProtoUDP, netip.AddrFrom4(src.Addr), dst)
+		header.WriteUDP(pkt[header.IPv4MinLen:], uint16(src.Port), uint16(h.cfg.UDPPort), header.UDPLen+n)
+		h.inbound(buf[:64+hl+n], 64)
+	}
+	return nil
+}
+
+func pktinfoDst(oob []byte) (netip.Addr, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_PKTINFO && len(m.Data) >= 12 {
+			return netip.AddrFrom4([4]byte(m.Data[8:12])), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// inbound opens an IPsec packet at buf[off:] and delivers what is inside.
+func (h *Host) inbound(buf []byte, off int) {
+	h.Stats.NetIn.Add(1)
+	pkt := buf[off:]
+	l, err := ipsec.Locate(pkt)
+	if err != nil || (l.Kind != ipsec.KindESP && l.Kind != ipsec.KindAH) {
+		h.Stats.NotOurs.Add(1)
+		return
+	}
+	proto := ipsec.ESP
+	if l.Kind == ipsec.KindAH {
+		proto = ipsec.AH
+	}
+	sad, spd := h.tables()
+	e, ok := sad.Lookup(l.SPI, l.Dst, proto)
+	if !ok || e.Write == nil {
+		h.Stats.NotOurs.Add(1)
+		return
+	}
+	inner, err := e.Write.OpenAt(pkt, l)
+	if err != nil {
+		h.Stats.OpenErrors.Add(1)
+		return
+	}
+	// RFC 4301 §5.2: what came out must be traffic a PROTECT policy
+	// covers; anything else is dropped, never delivered.
+	t, err := ipsec.TrafficOf(inner, false)
+	if err != nil {
+		h.Stats.PolicyDrops.Add(1)
+		return
+	}
+	if p, ok := spd.Lookup(&t); !ok || p.Action != ipsec.Protect {
+		h.Stats.PolicyDrops.Add(1)
+		return
+	}
+	h.Stats.Opened.Add(1)
+	start := cap(buf) - cap(inner)
+	if _, err := h.tun.Write([][]byte{buf[:start+len(inner)]}, start); err != nil {
+		h.Stats.TunWriteErrors.Add(1)
+	}
+}
