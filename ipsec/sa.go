@@ -364,8 +364,8 @@ func (sa *SA) checkBoth() {
 }
 
 // checkLife updates the expiry flags and returns ErrHardExpired when the
-// SA is dead or the next n bytes would take a direction that has carried
-// bytes past its hard byte limit. The caller holds that direction's lock.
+// SA is dead or the next n bytes would take the direction past its hard
+// byte limit (which kills the SA). The caller holds that direction's lock.
 func (sa *SA) checkLife(bytes uint64, n int) error {
 	if sa.dead.Load() {
 		return ErrHardExpired
@@ -376,9 +376,9 @@ func (sa *SA) checkLife(bytes uint64, n int) error {
 		age = sa.clock().Sub(sa.created)
 	}
 	if lt.HardBytes != 0 && bytes+uint64(n) > lt.HardBytes {
-		if bytes >= lt.HardBytes {
-			sa.dead.Store(true)
-		}
+		// A packet that would cross the limit is refused, and the SA is
+		// done: it cannot carry whole packets any more.
+		sa.dead.Store(true)
 		sa.softHit.Store(true)
 		return ErrHardExpired
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
@@ -31,6 +32,7 @@ type Stats struct {
 	TunIn, Sealed, Bypassed, Discarded, SealErrors  atomic.Uint64
 	NetIn, Opened, OpenErrors, PolicyDrops, NotOurs atomic.Uint64
 	IKE, Keepalives, TunWriteErrors, SendErrors     atomic.Uint64
+	SoftExpired, HardExpired                        atomic.Uint64
 }
 
 // Host is a running endpoint.
@@ -221,7 +223,7 @@ func (h *Host) setupRoutes() error {
 // Run moves packets until ctx is done.
 func (h *Host) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 8) // one per goroutine below, so none blocks on exit
 	run := func(f func(context.Context) error) {
 		wg.Add(1)
 		go func() { defer wg.Done(); errc <- f(ctx) }()
@@ -232,6 +234,7 @@ func (h *Host) Run(ctx context.Context) error {
 	if h.udp4 >= 0 {
 		run(h.udpLoop)
 	}
+	run(h.lifetimeLoop)
 	h.log.Info("espep host running", "tun", h.cfg.TUN, "sas", len(h.cfg.SAs), "policies", len(h.cfg.Policies))
 	<-ctx.Done()
 	h.tun.Close() // unblocks the TUN reader
@@ -243,6 +246,40 @@ func (h *Host) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// lifetimeLoop enforces SA lifetimes (RFC 4301 §4.4.2.1): a soft limit is
+// logged and counted once, a hard one removes the SA (wiping its keys);
+// without a key manager here, replacing it is the operator's job (SIGHUP
+// with new SAs).
+func (h *Host) lifetimeLoop(ctx context.Context) error {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	soft := map[ipsec.ID]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		sad, _ := h.tables()
+		for _, e := range sad.Entries() {
+			if e.Write == nil {
+				continue
+			}
+			id := e.Config.ID()
+			if e.Write.SoftExpired() && !soft[id] {
+				soft[id] = true
+				h.Stats.SoftExpired.Add(1)
+				h.log.Warn("sa soft lifetime reached: replace it", "sa", id.String())
+			}
+			if e.Write.HardExpired() {
+				sad.Delete(id)
+				h.Stats.HardExpired.Add(1)
+				h.log.Warn("sa hard lifetime reached: removed", "sa", id.String())
+			}
+		}
+	}
 }
 
 // Close removes the routes and rules and closes the device and sockets.

@@ -28,15 +28,16 @@ type hostCase struct {
 	ekey  int
 	integ string
 	ikey  int
+	life  string // lifetime of the a→b SA, native syntax
 }
 
 var hostCases = []hostCase{
-	{"esp-transport-gcm", "transport", false, "esp", "aes-gcm16", 20, "none", 0},
-	{"esp-transport-udp-cbc", "transport", true, "esp", "aes-cbc", 16, "hmac-sha256-128", 32},
-	{"esp-tunnel-gcm", "tunnel", false, "esp", "aes-gcm16", 36, "none", 0},
-	{"esp-tunnel-udp-chacha", "tunnel", true, "esp", "chacha20-poly1305", 36, "none", 0},
-	{"ah-transport-sha256", "transport", false, "ah", "none", 0, "hmac-sha256-128", 32},
-	{"ah-tunnel-sha1", "tunnel", false, "ah", "none", 0, "hmac-sha1-96", 20},
+	{"esp-transport-gcm", "transport", false, "esp", "aes-gcm16", 20, "none", 0, ""},
+	{"esp-transport-udp-cbc", "transport", true, "esp", "aes-cbc", 16, "hmac-sha256-128", 32, ""},
+	{"esp-tunnel-gcm", "tunnel", false, "esp", "aes-gcm16", 36, "none", 0, ""},
+	{"esp-tunnel-udp-chacha", "tunnel", true, "esp", "chacha20-poly1305", 36, "none", 0, ""},
+	{"ah-transport-sha256", "transport", false, "ah", "none", 0, "hmac-sha256-128", 32, ""},
+	{"ah-tunnel-sha1", "tunnel", false, "ah", "none", 0, "hmac-sha1-96", 20, ""},
 }
 
 func keyHex(n int, seed byte) string {
@@ -60,6 +61,9 @@ func (c hostCase) saFile(aOut, bOut string) string {
 			fmt.Fprintf(&b, "enc = %s\nenc-key = %s\n", c.enc, keyHex(c.ekey, byte(i+1)))
 		}
 		fmt.Fprintf(&b, "integ = %s\n", c.integ)
+		if i == 0 && c.life != "" {
+			fmt.Fprintf(&b, "lifetime = %s\n", c.life)
+		}
 		if c.ikey > 0 {
 			fmt.Fprintf(&b, "integ-key = %s\n", keyHex(c.ikey, byte(i+7)))
 		}
@@ -105,39 +109,8 @@ func TestHostFileTransfer(t *testing.T) {
 	want := sha256.Sum256(payload)
 	for _, c := range hostCases {
 		t.Run(c.name, func(t *testing.T) {
-			b := ForTest(t)
-			dir := t.TempDir()
-			a, err := b.NS("a")
-			if err != nil {
-				t.Fatal(err)
-			}
-			bn, err := b.NS("b")
-			if err != nil {
-				t.Fatal(err)
-			}
-			must(t, b.Veth(a, "a0", bn, "b0"))
-			must(t, b.Addr(a, "a0", "10.77.1.1/24"))
-			must(t, b.Addr(bn, "b0", "10.77.1.2/24"))
-			la, lb, ta, tb := "10.77.1.1", "10.77.1.2", "", ""
-			if c.mode == "tunnel" {
-				la, lb, ta, tb = "10.78.1.1", "10.78.2.1", "10.78.1.1", "10.78.2.1"
-			}
-			saPath := filepath.Join(dir, "sa.conf")
-			must(t, os.WriteFile(saPath, []byte(c.saFile("10.77.1.1", "10.77.1.2")), 0o600))
-			ca, cb := filepath.Join(dir, "a.conf"), filepath.Join(dir, "b.conf")
-			must(t, os.WriteFile(ca, []byte(c.hostConfig(saPath, la, lb, ta, 0x1001)), 0o600))
-			must(t, os.WriteFile(cb, []byte(c.hostConfig(saPath, lb, la, tb, 0x1002)), 0o600))
-			capPath := filepath.Join(dir, "wire.pcap")
-			dump, err := b.Start(a, "tcpdump", "-U", "--immediate-mode", "-ni", "a0", "-w", capPath, "not arp")
-			must(t, err)
-			must(t, b.WaitFile(capPath, 5*time.Second))
-			ha, err := b.Start(a, espepBin, "host", "--config", ca)
-			must(t, err)
-			hb, err := b.Start(bn, espepBin, "host", "--config", cb)
-			must(t, err)
-			must(t, waitFor(ha, "espep host running", 10*time.Second))
-			must(t, waitFor(hb, "espep host running", 10*time.Second))
-
+			p := startHostPair(t, c)
+			b, a, bn, ha, hb, dir, lb, saPath, capPath, dump := p.b, p.a, p.bn, p.ha, p.hb, p.dir, p.lb, p.saPath, p.capPath, p.dump
 			in, out := filepath.Join(dir, "in.bin"), filepath.Join(dir, "out.bin")
 			must(t, os.WriteFile(in, payload, 0o600))
 			srv, err := b.Start(bn, "sh", "-c", fmt.Sprintf("timeout 30 nc -l -s %s -p 5001 > %s", lb, out))
@@ -166,6 +139,81 @@ func TestHostFileTransfer(t *testing.T) {
 			}
 			checkWire(t, c, capPath, saPath)
 		})
+	}
+}
+
+// hostPair is two espep hosts in namespaces a and b on one veth, with a
+// capture running on a's side.
+type hostPair struct {
+	b               *Bed
+	a, bn           string
+	ha, hb, dump    *Proc
+	dir, la, lb     string
+	saPath, capPath string
+}
+
+func startHostPair(t *testing.T, c hostCase) *hostPair {
+	t.Helper()
+	b := ForTest(t)
+	p := &hostPair{b: b, dir: t.TempDir()}
+	var err error
+	p.a, err = b.NS("a")
+	must(t, err)
+	p.bn, err = b.NS("b")
+	must(t, err)
+	a, bn, dir := p.a, p.bn, p.dir
+	must(t, b.Veth(a, "a0", bn, "b0"))
+	must(t, b.Addr(a, "a0", "10.77.1.1/24"))
+	must(t, b.Addr(bn, "b0", "10.77.1.2/24"))
+	la, lb, ta, tb := "10.77.1.1", "10.77.1.2", "", ""
+	if c.mode == "tunnel" {
+		la, lb, ta, tb = "10.78.1.1", "10.78.2.1", "10.78.1.1", "10.78.2.1"
+	}
+	p.la, p.lb = la, lb
+	p.saPath = filepath.Join(dir, "sa.conf")
+	must(t, os.WriteFile(p.saPath, []byte(c.saFile("10.77.1.1", "10.77.1.2")), 0o600))
+	ca, cb := filepath.Join(dir, "a.conf"), filepath.Join(dir, "b.conf")
+	must(t, os.WriteFile(ca, []byte(c.hostConfig(p.saPath, la, lb, ta, 0x1001)), 0o600))
+	must(t, os.WriteFile(cb, []byte(c.hostConfig(p.saPath, lb, la, tb, 0x1002)), 0o600))
+	p.capPath = filepath.Join(dir, "wire.pcap")
+	p.dump, err = b.Start(a, "tcpdump", "-U", "--immediate-mode", "-ni", "a0", "-w", p.capPath, "not arp")
+	must(t, err)
+	must(t, b.WaitFile(p.capPath, 5*time.Second))
+	p.ha, err = b.Start(a, espepBin, "host", "--config", ca)
+	must(t, err)
+	p.hb, err = b.Start(bn, espepBin, "host", "--config", cb)
+	must(t, err)
+	must(t, waitFor(p.ha, "espep host running", 10*time.Second))
+	must(t, waitFor(p.hb, "espep host running", 10*time.Second))
+	return p
+}
+
+// TestHostLifetimes: the a→b SA has a soft limit of 100 kB and a hard one
+// of 300 kB: the host says so once each, removes the SA at the hard limit,
+// and no more than 300 kB of the 1 MB transfer gets through.
+func TestHostLifetimes(t *testing.T) {
+	c := hostCases[0]
+	c.life = "soft-bytes=100000 hard-bytes=300000"
+	p := startHostPair(t, c)
+	payload := make([]byte, 1<<20)
+	in, out := filepath.Join(p.dir, "in.bin"), filepath.Join(p.dir, "out.bin")
+	must(t, os.WriteFile(in, payload, 0o600))
+	srv, err := p.b.Start(p.bn, "sh", "-c", fmt.Sprintf("timeout 4 nc -l -s %s -p 5001 > %s", p.lb, out))
+	must(t, err)
+	must(t, p.b.WaitListen(p.bn, "tcp", 5001, 5*time.Second))
+	p.b.Run(p.a, "sh", "-c", fmt.Sprintf("timeout 3 nc -N -w 2 %s 5001 < %s", p.lb, in))
+	srv.Wait(6 * time.Second)
+	p.ha.Signal(syscall.SIGTERM)
+	p.ha.Wait(5 * time.Second)
+	got, _ := os.ReadFile(out)
+	st := hostStats(p.ha.Output())
+	if st["soft-expired"] != 1 || st["hard-expired"] != 1 || len(got) > 300000 || len(got) < 100000 {
+		t.Fatalf("received %d bytes; host a: %v\n%s", len(got), st, p.ha.Output())
+	}
+	for _, want := range []string{"soft lifetime reached", "hard lifetime reached: removed"} {
+		if strings.Count(p.ha.Output(), want) != 1 {
+			t.Fatalf("want one %q in the log:\n%s", want, p.ha.Output())
+		}
 	}
 }
 
@@ -225,5 +273,73 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHostRouter is the seed's security gateway: host C has no IPsec and
+// sits on a LAN behind router R (espep host, tunnel mode for the LAN);
+// terminal T runs espep host itself. C and T exchange a file over TCP.
+//
+//	[C] c0 10.80.0.2 ── r0 10.80.0.1 [R] rw 10.77.1.1 ── tw 10.77.1.2 [T] esp0 10.78.2.1
+func TestHostRouter(t *testing.T) {
+	b := ForTest(t)
+	dir := t.TempDir()
+	var c, r, tm string
+	var err error
+	for _, x := range []struct {
+		dst  *string
+		name string
+	}{{&c, "c"}, {&r, "r"}, {&tm, "t"}} {
+		*x.dst, err = b.NS(x.name)
+		must(t, err)
+	}
+	must(t, b.Veth(c, "c0", r, "r0"))
+	must(t, b.Veth(r, "rw", tm, "tw"))
+	must(t, b.Addr(c, "c0", "10.80.0.2/24"))
+	must(t, b.Addr(r, "r0", "10.80.0.1/24"))
+	must(t, b.Addr(r, "rw", "10.77.1.1/24"))
+	must(t, b.Addr(tm, "tw", "10.77.1.2/24"))
+	must(t, b.IP(c, "route", "add", "default", "via", "10.80.0.1"))
+	_, err = b.Run(r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	must(t, err)
+	hc := hostCase{mode: "tunnel", proto: "esp", enc: "aes-gcm16", ekey: 20, integ: "none"}
+	saPath := filepath.Join(dir, "sa.conf")
+	must(t, os.WriteFile(saPath, []byte(hc.saFile("10.77.1.1", "10.77.1.2")), 0o600))
+	rconf := fmt.Sprintf("espep-host 1\n[host]\ntun = esp0\nsa-file = %s\nroute = 10.78.2.1/32\n"+
+		"[policy]\nname = lan-to-t\nlocal = 10.80.0.0/24\nremote = 10.78.2.1\naction = protect\nsa = 0x1001\n", saPath)
+	tconf := fmt.Sprintf("espep-host 1\n[host]\ntun = esp0\nsa-file = %s\naddr = 10.78.2.1/32\nroute = 10.80.0.0/24\n"+
+		"[policy]\nname = t-to-lan\nlocal = 10.78.2.1\nremote = 10.80.0.0/24\naction = protect\nsa = 0x1002\n", saPath)
+	rc, tc := filepath.Join(dir, "r.conf"), filepath.Join(dir, "t.conf")
+	must(t, os.WriteFile(rc, []byte(rconf), 0o600))
+	must(t, os.WriteFile(tc, []byte(tconf), 0o600))
+	hr, err := b.Start(r, espepBin, "host", "--config", rc)
+	must(t, err)
+	ht, err := b.Start(tm, espepBin, "host", "--config", tc)
+	must(t, err)
+	must(t, waitFor(hr, "espep host running", 10*time.Second))
+	must(t, waitFor(ht, "espep host running", 10*time.Second))
+
+	payload := make([]byte, 1<<20)
+	rand.Read(payload)
+	in, out := filepath.Join(dir, "in.bin"), filepath.Join(dir, "out.bin")
+	must(t, os.WriteFile(in, payload, 0o600))
+	srv, err := b.Start(tm, "sh", "-c", fmt.Sprintf("timeout 30 nc -l -s 10.78.2.1 -p 5001 > %s", out))
+	must(t, err)
+	must(t, b.WaitListen(tm, "tcp", 5001, 5*time.Second))
+	if o, err := b.Run(c, "sh", "-c", fmt.Sprintf("timeout 30 nc -N -w 10 10.78.2.1 5001 < %s", in)); err != nil {
+		t.Fatalf("send from C: %v\n%s\nrouter:\n%s\nterminal:\n%s", err, o, hr.Output(), ht.Output())
+	}
+	must(t, srv.Wait(15*time.Second))
+	got, _ := os.ReadFile(out)
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("terminal got %d bytes, want the %d sent", len(got), len(payload))
+	}
+	hr.Signal(syscall.SIGTERM)
+	ht.Signal(syscall.SIGTERM)
+	hr.Wait(5 * time.Second)
+	ht.Wait(5 * time.Second)
+	sr, st := hostStats(hr.Output()), hostStats(ht.Output())
+	if sr["sealed"] < 50 || st["opened"] < 50 || st["sealed"] < 5 || sr["opened"] < 5 {
+		t.Fatalf("router %v\nterminal %v", sr, st)
 	}
 }
