@@ -20,7 +20,8 @@ import (
 //
 //	[host]
 //	tun      = espep0            # TUN device to create
-//	mtu      = 1400              # TUN MTU (inner packets)
+//	mtu      = 1400              # TUN MTU (inner packets); default: link-mtu less the largest SA overhead
+//	link-mtu = 1500              # MTU of the path the sealed packets take
 //	addr     = 10.78.1.1/32      # addresses on the TUN (tunnel-mode inner addresses; repeatable)
 //	route    = 10.78.2.0/24      # destinations routed into the TUN (repeatable)
 //	sa-file  = left.sa           # SAs, native or esp_sa (repeatable; relative to this file)
@@ -40,7 +41,8 @@ import (
 // Traffic that no policy matches is discarded.
 type Config struct {
 	TUN      string
-	MTU      int
+	MTU      int // 0: LinkMTU less the largest overhead of the SAs
+	LinkMTU  int
 	Addrs    []netip.Prefix
 	Routes   []netip.Prefix
 	SAFiles  []string
@@ -81,7 +83,7 @@ func LoadConfig(path string) (*Config, error) {
 
 // ParseConfig reads the configuration text (not the SA files).
 func ParseConfig(r io.Reader, name string) (*Config, error) {
-	c := &Config{TUN: "espep0", MTU: 1400, UDPPort: 4500}
+	c := &Config{TUN: "espep0", LinkMTU: 1500, UDPPort: 4500}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), 64<<10)
 	section, n, head := "", 0, false
@@ -161,9 +163,15 @@ func (c *Config) setHost(k, v string) error {
 			return fmt.Errorf("%q: want an interface name of 1-15 characters", v)
 		}
 		c.TUN = v
-	case "mtu":
-		if c.MTU, err = strconv.Atoi(v); err == nil && (c.MTU < 576 || c.MTU > 65535) {
-			err = fmt.Errorf("%d outside 576…65535", c.MTU)
+	case "mtu", "link-mtu":
+		var m int
+		if m, err = strconv.Atoi(v); err == nil && (m < 576 || m > 65535) {
+			err = fmt.Errorf("%d outside 576…65535", m)
+		}
+		if k == "mtu" {
+			c.MTU = m
+		} else {
+			c.LinkMTU = m
 		}
 	case "addr", "route":
 		var p netip.Prefix

@@ -45,6 +45,7 @@ type Host struct {
 	spd *ipsec.SPD
 
 	send4, esp4, ah4, udp4 int
+	send6, esp6, ah6, udp6 int // -1 when IPv6 is not available
 	Stats                  Stats
 	rules                  [][]string // ip commands to undo on Close
 }
@@ -54,9 +55,23 @@ func New(cfg *Config, log *slog.Logger) (*Host, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	h := &Host{cfg: cfg, log: log, send4: -1, esp4: -1, ah4: -1, udp4: -1}
+	h := &Host{cfg: cfg, log: log, send4: -1, esp4: -1, ah4: -1, udp4: -1, send6: -1, esp6: -1, ah6: -1, udp6: -1}
 	if err := h.load(cfg); err != nil {
 		return nil, err
+	}
+	// The TUN MTU leaves room for the largest IPsec overhead, so the
+	// kernel's TCP never hands over a packet that cannot be sent sealed.
+	over := 0
+	for _, e := range h.sad.Entries() {
+		if e.Write != nil {
+			over = max(over, e.Write.MaxOverhead())
+		}
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = cfg.LinkMTU - over
+	} else if cfg.MTU+over > cfg.LinkMTU {
+		log.Warn("tun mtu plus the largest sa overhead exceeds the link mtu: big packets will not be sent",
+			"mtu", cfg.MTU, "overhead", over, "link-mtu", cfg.LinkMTU)
 	}
 	var err error
 	if h.tun, err = tun.CreateTUN(cfg.TUN, cfg.MTU); err != nil {
@@ -170,6 +185,62 @@ func (h *Host) openSockets() error {
 			return err
 		}
 	}
+	if err := h.openSockets6(); err != nil {
+		h.log.Warn("IPv6 not available: IPv4 only", "err", err)
+		for _, fd := range []*int{&h.send6, &h.esp6, &h.ah6, &h.udp6} {
+			if *fd >= 0 {
+				unix.Close(*fd)
+				*fd = -1
+			}
+		}
+	}
+	return nil
+}
+
+// openSockets6 opens the IPv6 counterparts. IPv6 raw sockets do not hand
+// over the IPv6 header, so the receivers ask for the destination address
+// (IPV6_RECVPKTINFO) and rebuild one.
+func (h *Host) openSockets6() error {
+	var err error
+	if h.send6, err = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW); err != nil {
+		return err
+	}
+	if err := unix.SetsockoptInt(h.send6, unix.IPPROTO_IPV6, unix.IPV6_HDRINCL, 1); err != nil {
+		return fmt.Errorf("IPV6_HDRINCL: %w", err)
+	}
+	if err := unix.SetsockoptInt(h.send6, unix.SOL_SOCKET, unix.SO_MARK, Mark); err != nil {
+		return err
+	}
+	for _, x := range []struct {
+		fd    *int
+		proto int
+	}{{&h.esp6, unix.IPPROTO_ESP}, {&h.ah6, unix.IPPROTO_AH}} {
+		if *x.fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, x.proto); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(*x.fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1); err != nil {
+			return err
+		}
+		if err := setTimeout(*x.fd); err != nil {
+			return err
+		}
+	}
+	if h.cfg.UDPPort != 0 {
+		if h.udp6, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		unix.SetsockoptInt(h.udp6, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+		unix.SetsockoptInt(h.udp6, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		if err := unix.SetsockoptInt(h.udp6, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1); err != nil {
+			return err
+		}
+		if err := unix.Bind(h.udp6, &unix.SockaddrInet6{Port: h.cfg.UDPPort}); err != nil {
+			return fmt.Errorf("bind udp6 %d: %w", h.cfg.UDPPort, err)
+		}
+		if err := setTimeout(h.udp6); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -223,7 +294,7 @@ func (h *Host) setupRoutes() error {
 // Run moves packets until ctx is done.
 func (h *Host) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	errc := make(chan error, 8) // one per goroutine below, so none blocks on exit
+	errc := make(chan error, 16) // room for every goroutine below, so none blocks on exit
 	run := func(f func(context.Context) error) {
 		wg.Add(1)
 		go func() { defer wg.Done(); errc <- f(ctx) }()
@@ -232,10 +303,17 @@ func (h *Host) Run(ctx context.Context) error {
 	run(func(ctx context.Context) error { return h.rawLoop(ctx, h.esp4) })
 	run(func(ctx context.Context) error { return h.rawLoop(ctx, h.ah4) })
 	if h.udp4 >= 0 {
-		run(h.udpLoop)
+		run(func(ctx context.Context) error { return h.udpLoop(ctx, h.udp4, false) })
+	}
+	if h.esp6 >= 0 {
+		run(func(ctx context.Context) error { return h.raw6Loop(ctx, h.esp6, header.ProtoESP) })
+		run(func(ctx context.Context) error { return h.raw6Loop(ctx, h.ah6, header.ProtoAH) })
+	}
+	if h.udp6 >= 0 {
+		run(func(ctx context.Context) error { return h.udpLoop(ctx, h.udp6, true) })
 	}
 	run(h.lifetimeLoop)
-	h.log.Info("espep host running", "tun", h.cfg.TUN, "sas", len(h.cfg.SAs), "policies", len(h.cfg.Policies))
+	h.log.Info("espep host running", "tun", h.cfg.TUN, "mtu", h.cfg.MTU, "sas", len(h.cfg.SAs), "policies", len(h.cfg.Policies))
 	<-ctx.Done()
 	h.tun.Close() // unblocks the TUN reader
 	wg.Wait()
@@ -291,7 +369,7 @@ func (h *Host) Close() error {
 	if h.tun != nil {
 		h.tun.Close()
 	}
-	for _, fd := range []int{h.send4, h.esp4, h.ah4, h.udp4} {
+	for _, fd := range []int{h.send4, h.esp4, h.ah4, h.udp4, h.send6, h.esp6, h.ah6, h.udp6} {
 		if fd >= 0 {
 			unix.Close(fd)
 		}
@@ -363,13 +441,20 @@ func (h *Host) outbound(buf []byte, off, n int) {
 
 // send puts an IP packet with its own header on the wire.
 func (h *Host) send(pkt []byte) {
-	if len(pkt) < header.IPv4MinLen || pkt[0]>>4 != 4 {
-		h.Stats.SendErrors.Add(1) // IPv6 sending is not implemented yet
-		return
+	var err error
+	switch {
+	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4:
+		var sa unix.SockaddrInet4
+		copy(sa.Addr[:], pkt[16:20])
+		err = unix.Sendto(h.send4, pkt, 0, &sa)
+	case len(pkt) >= header.IPv6Len && pkt[0]>>4 == 6 && h.send6 >= 0:
+		var sa unix.SockaddrInet6
+		copy(sa.Addr[:], pkt[24:40])
+		err = unix.Sendto(h.send6, pkt, 0, &sa)
+	default:
+		err = errors.New("not sendable")
 	}
-	var sa unix.SockaddrInet4
-	copy(sa.Addr[:], pkt[16:20])
-	if err := unix.Sendto(h.send4, pkt, 0, &sa); err != nil {
+	if err != nil {
 		h.Stats.SendErrors.Add(1)
 	}
 }
@@ -393,14 +478,17 @@ func (h *Host) rawLoop(ctx context.Context, fd int) error {
 	return nil
 }
 
-// udpLoop reads ESP in UDP (RFC 3948) and rebuilds the IPv4 and UDP
+// udpLoop reads ESP in UDP (RFC 3948) and rebuilds the IP and UDP
 // headers the kernel took off, so that the packet opens as it was sent.
-func (h *Host) udpLoop(ctx context.Context) error {
-	const hl = header.IPv4MinLen + header.UDPLen
+func (h *Host) udpLoop(ctx context.Context, fd int, v6 bool) error {
+	hl := header.IPv4MinLen + header.UDPLen
+	if v6 {
+		hl = header.IPv6Len + header.UDPLen
+	}
 	buf := make([]byte, 64+hl+65536)
 	oob := make([]byte, 128)
 	for ctx.Err() == nil {
-		n, oobn, _, from, err := unix.Recvmsg(h.udp4, buf[64+hl:], oob, 0)
+		n, oobn, _, from, err := unix.Recvmsg(fd, buf[64+hl:], oob, 0)
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 				continue
@@ -419,18 +507,62 @@ func (h *Host) udpLoop(ctx context.Context) error {
 			h.Stats.IKE.Add(1) // IKE is not espep host's business
 			continue
 		}
-		src, ok := from.(*unix.SockaddrInet4)
+		src, sport, ok := sockaddrAddr(from)
 		dst, ok2 := pktinfoDst(oob[:oobn])
 		if !ok || !ok2 {
 			h.Stats.NotOurs.Add(1)
 			continue
 		}
 		pkt := buf[64 : 64+hl+n]
-		header.WriteIPv4(pkt, 0, len(pkt), 0, false, 64, header.ProtoUDP, netip.AddrFrom4(src.Addr), dst)
-		header.WriteUDP(pkt[header.IPv4MinLen:], uint16(src.Port), uint16(h.cfg.UDPPort), header.UDPLen+n)
+		if v6 {
+			header.WriteIPv6(pkt, 0, 0, header.UDPLen+n, header.ProtoUDP, 64, src, dst)
+			header.WriteUDP(pkt[header.IPv6Len:], sport, uint16(h.cfg.UDPPort), header.UDPLen+n)
+		} else {
+			header.WriteIPv4(pkt, 0, len(pkt), 0, false, 64, header.ProtoUDP, src, dst)
+			header.WriteUDP(pkt[header.IPv4MinLen:], sport, uint16(h.cfg.UDPPort), header.UDPLen+n)
+		}
 		h.inbound(buf[:64+hl+n], 64)
 	}
 	return nil
+}
+
+// raw6Loop reads ESP or AH from an IPv6 raw socket, which delivers the
+// packet without its IPv6 header, and rebuilds the header (extension
+// headers, if there were any, are gone: AH over them would not verify).
+func (h *Host) raw6Loop(ctx context.Context, fd int, proto uint8) error {
+	buf := make([]byte, 64+header.IPv6Len+65536)
+	oob := make([]byte, 128)
+	for ctx.Err() == nil {
+		n, oobn, _, from, err := unix.Recvmsg(fd, buf[64+header.IPv6Len:], oob, 0)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("host: raw6 read: %w", err)
+		}
+		src, _, ok := sockaddrAddr(from)
+		dst, ok2 := pktinfoDst(oob[:oobn])
+		if !ok || !ok2 {
+			h.Stats.NotOurs.Add(1)
+			continue
+		}
+		header.WriteIPv6(buf[64:], 0, 0, n, proto, 64, src, dst)
+		h.inbound(buf[:64+header.IPv6Len+n], 64)
+	}
+	return nil
+}
+
+func sockaddrAddr(sa unix.Sockaddr) (netip.Addr, uint16, bool) {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(a.Addr), uint16(a.Port), true
+	case *unix.SockaddrInet6:
+		return netip.AddrFrom16(a.Addr), uint16(a.Port), true
+	}
+	return netip.Addr{}, 0, false
 }
 
 func pktinfoDst(oob []byte) (netip.Addr, bool) {
@@ -440,7 +572,10 @@ func pktinfoDst(oob []byte) (netip.Addr, bool) {
 	}
 	for _, m := range msgs {
 		if m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_PKTINFO && len(m.Data) >= 12 {
-			return netip.AddrFrom4([4]byte(m.Data[8:12])), true
+			return netip.AddrFrom4([4]byte(m.Data[8:12])), true // struct in_pktinfo: ipi_addr
+		}
+		if m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_PKTINFO && len(m.Data) >= 16 {
+			return netip.AddrFrom16([16]byte(m.Data[:16])), true // struct in6_pktinfo: ipi6_addr
 		}
 	}
 	return netip.Addr{}, false

@@ -15,7 +15,7 @@ func iperf(t *testing.T, th *TwoHosts, args ...string) *IperfResult {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		t.Skip("iperf3 not installed") // .ci/run installs it
 	}
-	srv, err := th.Bed.Start(th.B, "iperf3", "-s", "-1", "-B", th.BAddr, "-p", "5201")
+	srv, err := th.Bed.Start(th.B, "iperf3", "-s", "-1", "-p", "5201")
 	if err != nil {
 		t.Fatal(err)
 	}
