@@ -364,7 +364,7 @@ func TestSPD(t *testing.T) {
 	d.Set([]Policy{
 		{Name: "ike", Selector: Selector{Proto: header.ProtoUDP, LocalPorts: PortRange{500, 500}}, Action: Bypass},
 		{Name: "secret", Selector: Selector{Proto: ProtoAny, Sensitivity: 3}, Action: Discard},
-		{Name: "web", Selector: Selector{Local: net, Remote: rng, Proto: header.ProtoTCP, LocalPorts: hi, RemotePorts: web, UserID: "alice"}, Action: Protect, SA: ID{SPI: 0x1000}},
+		{Name: "web", Selector: Selector{Local: net, Remote: rng, Proto: header.ProtoTCP, LocalPorts: hi, RemotePorts: web, UserID: "alice"}, Action: Protect, SAs: []ID{{SPI: 0x1000}}},
 		{Name: "rest", Selector: Selector{Proto: ProtoAny, Local: net}, Action: Discard},
 	})
 	pkt := tcpPacket(netip.MustParseAddr("10.78.1.1"), netip.MustParseAddr("10.78.2.5"), nil) // 40000 → 5001

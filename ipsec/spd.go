@@ -31,7 +31,9 @@ type Policy struct {
 	Name     string
 	Selector Selector
 	Action   Action
-	SA       ID // the outbound SA for Protect
+	// SAs is the outbound SA bundle for Protect, applied in order, the
+	// first innermost (RFC 4301 §4.5: e.g. ESP, then AH around it).
+	SAs []ID
 }
 
 // SPD is an ordered policy list, first match wins (RFC 4301 §4.4.1).

@@ -36,7 +36,8 @@ import (
 //	local-ports  = any
 //	remote-ports = any
 //	action   = protect           # protect | bypass | discard
-//	sa       = 0xc0de0001        # outbound SA (its SPI) for protect
+//	sa       = 0xc0de0001        # outbound SA (its SPI) for protect; repeat the
+//	                             # field for a bundle, innermost first (ESP, then AH)
 //
 // Traffic that no policy matches is discarded.
 type Config struct {
@@ -49,9 +50,9 @@ type Config struct {
 	UDPPort  int
 	Metrics  string
 	Policies []ipsec.Policy
-	// PolicySPI is the outbound SA SPI of each Protect policy.
-	PolicySPI []uint32
-	SAs       []ipsec.Config
+	// PolicySPIs are the outbound SA SPIs of each Protect policy.
+	PolicySPIs [][]uint32
+	SAs        []ipsec.Config
 }
 
 // HostMagic starts a host configuration file.
@@ -88,12 +89,12 @@ func ParseConfig(r io.Reader, name string) (*Config, error) {
 	sc.Buffer(make([]byte, 4096), 64<<10)
 	section, n, head := "", 0, false
 	var pol *ipsec.Policy
-	var spi uint32
+	var spis []uint32
 	flush := func() {
 		if pol != nil {
 			c.Policies = append(c.Policies, *pol)
-			c.PolicySPI = append(c.PolicySPI, spi)
-			pol, spi = nil, 0
+			c.PolicySPIs = append(c.PolicySPIs, spis)
+			pol, spis = nil, nil
 		}
 	}
 	bad := func(field string, err error) error {
@@ -137,7 +138,7 @@ func ParseConfig(r io.Reader, name string) (*Config, error) {
 		case "host":
 			err = c.setHost(k, v)
 		case "policy":
-			err = setPolicy(pol, &spi, k, v)
+			err = setPolicy(pol, &spis, k, v)
 		default:
 			err = fmt.Errorf("outside a section")
 		}
@@ -196,7 +197,7 @@ func (c *Config) setHost(k, v string) error {
 	return err
 }
 
-func setPolicy(p *ipsec.Policy, spi *uint32, k, v string) error {
+func setPolicy(p *ipsec.Policy, spis *[]uint32, k, v string) error {
 	var err error
 	switch k {
 	case "name":
@@ -216,7 +217,10 @@ func setPolicy(p *ipsec.Policy, spi *uint32, k, v string) error {
 	case "sa":
 		var x uint64
 		if x, err = strconv.ParseUint(v, 0, 32); err == nil {
-			*spi = uint32(x)
+			if len(*spis) == 4 {
+				return fmt.Errorf("more than 4 SAs in one bundle")
+			}
+			*spis = append(*spis, uint32(x))
 		}
 	default:
 		err = fmt.Errorf("unknown field")
@@ -244,26 +248,31 @@ func parseProto(v string) (int, error) {
 	return int(n), nil
 }
 
-// check ties policies to SAs: every protect policy names a write-class SA
-// that can seal.
+// check ties policies to SAs: every protect policy names one or more
+// write-class SAs that can seal.
 func (c *Config) check() error {
 	for i, p := range c.Policies {
 		if p.Action != ipsec.Protect {
 			continue
 		}
-		spi := c.PolicySPI[i]
-		found := false
-		for j := range c.SAs {
-			if c.SAs[j].SPI == spi {
-				found = true
-				c.Policies[i].SA = c.SAs[j].ID()
-				if c.SAs[j].Class != ipsec.ClassWrite {
-					return fmt.Errorf("policy %q: sa %#x is class %v; sealing needs write", p.Name, spi, c.SAs[j].Class)
+		if len(c.PolicySPIs[i]) == 0 {
+			return fmt.Errorf("policy %q: protect needs sa = SPI", p.Name)
+		}
+		c.Policies[i].SAs = nil
+		for _, spi := range c.PolicySPIs[i] {
+			var found *ipsec.Config
+			for j := range c.SAs {
+				if c.SAs[j].SPI == spi {
+					found = &c.SAs[j]
 				}
 			}
-		}
-		if !found {
-			return fmt.Errorf("policy %q: no sa with spi %#x in the sa files", p.Name, spi)
+			if found == nil {
+				return fmt.Errorf("policy %q: no sa with spi %#x in the sa files", p.Name, spi)
+			}
+			if found.Class != ipsec.ClassWrite {
+				return fmt.Errorf("policy %q: sa %#x is class %v; sealing needs write", p.Name, spi, found.Class)
+			}
+			c.Policies[i].SAs = append(c.Policies[i].SAs, found.ID())
 		}
 	}
 	return nil

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/espep/espep/internal/metrics"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
 )
@@ -59,13 +60,23 @@ func New(cfg *Config, log *slog.Logger) (*Host, error) {
 	if err := h.load(cfg); err != nil {
 		return nil, err
 	}
-	// The TUN MTU leaves room for the largest IPsec overhead, so the
+	// The TUN MTU leaves room for the largest IPsec overhead (of one SA or
+	// of a policy's bundle), so the
 	// kernel's TCP never hands over a packet that cannot be sent sealed.
 	over := 0
 	for _, e := range h.sad.Entries() {
 		if e.Write != nil {
 			over = max(over, e.Write.MaxOverhead())
 		}
+	}
+	for _, p := range cfg.Policies { // a bundle adds up
+		sum := 0
+		for _, id := range p.SAs {
+			if e, ok := h.sad.Get(id); ok && e.Write != nil {
+				sum += e.Write.MaxOverhead()
+			}
+		}
+		over = max(over, sum)
 	}
 	if cfg.MTU == 0 {
 		cfg.MTU = cfg.LinkMTU - over
@@ -313,6 +324,13 @@ func (h *Host) Run(ctx context.Context) error {
 		run(func(ctx context.Context) error { return h.udpLoop(ctx, h.udp6, true) })
 	}
 	run(h.lifetimeLoop)
+	if h.cfg.Metrics != "" {
+		reg, err := metrics.Registry(h.counters())
+		if err != nil {
+			return err
+		}
+		run(func(ctx context.Context) error { return metrics.Serve(ctx, h.cfg.Metrics, reg, h.log) })
+	}
 	h.log.Info("espep host running", "tun", h.cfg.TUN, "mtu", h.cfg.MTU, "sas", len(h.cfg.SAs), "policies", len(h.cfg.Policies))
 	<-ctx.Done()
 	h.tun.Close() // unblocks the TUN reader
@@ -358,6 +376,30 @@ func (h *Host) lifetimeLoop(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// counters describes the host's counters for Prometheus.
+func (h *Host) counters() []metrics.Counter {
+	s := &h.Stats
+	events := []struct {
+		name string
+		v    *atomic.Uint64
+	}{
+		{"tun_in", &s.TunIn}, {"sealed", &s.Sealed}, {"bypassed", &s.Bypassed}, {"discarded", &s.Discarded},
+		{"seal_error", &s.SealErrors}, {"net_in", &s.NetIn}, {"opened", &s.Opened}, {"open_error", &s.OpenErrors},
+		{"policy_drop", &s.PolicyDrops}, {"not_ours", &s.NotOurs}, {"ike", &s.IKE}, {"keepalive", &s.Keepalives},
+		{"tun_write_error", &s.TunWriteErrors}, {"send_error", &s.SendErrors},
+		{"sa_soft_expired", &s.SoftExpired}, {"sa_hard_expired", &s.HardExpired},
+	}
+	ev := metrics.Counter{Name: "espep_host_packets_total", Help: "Packets and events by what espep host did with them.",
+		Labels: []string{"event"}, Read: func() []metrics.Sample {
+			out := make([]metrics.Sample, len(events))
+			for i, e := range events {
+				out[i] = metrics.Sample{Value: float64(e.v.Load()), Labels: []string{e.name}}
+			}
+			return out
+		}}
+	return append(metrics.SACounters("espep_host_", func() *ipsec.SAD { sad, _ := h.tables(); return sad }), ev)
 }
 
 // Close removes the routes and rules and closes the device and sockets.
@@ -425,18 +467,25 @@ func (h *Host) outbound(buf []byte, off, n int) {
 		h.send(pkt)
 		return
 	}
-	e, ok := sad.Get(p.SA)
-	if !ok || e.Write == nil {
-		h.Stats.SealErrors.Add(1)
-		return
-	}
-	out, err := e.Write.Seal(buf[:cap(buf)][:off+n], off, n)
-	if err != nil {
-		h.Stats.SealErrors.Add(1)
-		return
+	// Apply the bundle innermost first; each SA seals what the one
+	// before produced, in the same buffer.
+	for _, id := range p.SAs {
+		e, ok := sad.Get(id)
+		if !ok || e.Write == nil {
+			h.Stats.SealErrors.Add(1)
+			return
+		}
+		out, err := e.Write.Seal(buf[:cap(buf)][:off+n], off, n)
+		if err != nil {
+			h.Stats.SealErrors.Add(1)
+			return
+		}
+		off = cap(buf) - cap(out)
+		n = len(out)
+		pkt = out
 	}
 	h.Stats.Sealed.Add(1)
-	h.send(out)
+	h.send(pkt)
 }
 
 // send puts an IP packet with its own header on the wire.
@@ -581,29 +630,45 @@ func pktinfoDst(oob []byte) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// inbound opens an IPsec packet at buf[off:] and delivers what is inside.
+// maxBundle bounds how many IPsec headers one packet may carry.
+const maxBundle = 4
+
+// inbound opens an IPsec packet at buf[off:] — and what is inside it, as
+// long as that is IPsec again (an AH+ESP bundle) — and delivers the result.
 func (h *Host) inbound(buf []byte, off int) {
 	h.Stats.NetIn.Add(1)
-	pkt := buf[off:]
-	l, err := ipsec.Locate(pkt)
-	if err != nil || (l.Kind != ipsec.KindESP && l.Kind != ipsec.KindAH) {
-		h.Stats.NotOurs.Add(1)
-		return
-	}
-	proto := ipsec.ESP
-	if l.Kind == ipsec.KindAH {
-		proto = ipsec.AH
-	}
 	sad, spd := h.tables()
-	e, ok := sad.Lookup(l.SPI, l.Dst, proto)
-	if !ok || e.Write == nil {
-		h.Stats.NotOurs.Add(1)
-		return
-	}
-	inner, err := e.Write.OpenAt(pkt, l)
-	if err != nil {
-		h.Stats.OpenErrors.Add(1)
-		return
+	inner := buf[off:]
+	for depth := 0; ; depth++ {
+		l, err := ipsec.Locate(inner)
+		if err != nil {
+			h.Stats.NotOurs.Add(1)
+			return
+		}
+		if l.Kind != ipsec.KindESP && l.Kind != ipsec.KindAH {
+			if depth == 0 {
+				h.Stats.NotOurs.Add(1)
+				return
+			}
+			break
+		}
+		if depth == maxBundle {
+			h.Stats.OpenErrors.Add(1)
+			return
+		}
+		proto := ipsec.ESP
+		if l.Kind == ipsec.KindAH {
+			proto = ipsec.AH
+		}
+		e, ok := sad.Lookup(l.SPI, l.Dst, proto)
+		if !ok || e.Write == nil {
+			h.Stats.NotOurs.Add(1)
+			return
+		}
+		if inner, err = e.Write.OpenAt(inner, l); err != nil {
+			h.Stats.OpenErrors.Add(1)
+			return
+		}
 	}
 	// RFC 4301 §5.2: what came out must be traffic a PROTECT policy
 	// covers; anything else is dropped, never delivered.
