@@ -93,3 +93,23 @@ func FuzzIPsecHeaders(f *testing.F) {
 		}
 	})
 }
+
+// FuzzTCP parses anything as a TCP header and its options.
+func FuzzTCP(f *testing.F) {
+	f.Add([]byte{0x9c, 0x40, 0x13, 0x89, 0, 0, 3, 0xe8, 0, 0, 7, 0xd0, 0xa0, 0x12, 0xff, 0xff, 0, 0, 0, 0,
+		2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7})
+	f.Add([]byte{0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x10, 0, 0, 0, 0, 0, 0, 1, 1, 5, 10, 0, 0, 0, 1, 0, 0, 0, 9, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := ParseTCP(b)
+		if err != nil {
+			return
+		}
+		_ = h.Payload()
+		var o TCPOptions
+		if ParseTCPOptions(h.Options(), &o) == nil {
+			if o.WS > 14 || o.NSACK > 4 {
+				t.Fatalf("options out of range: %+v", o)
+			}
+		}
+	})
+}

@@ -1,0 +1,213 @@
+package engine
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/seqnum"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// Config tunes the engine. Zero fields take the defaults noted.
+type Config struct {
+	// Clock drives the local retransmission timers (default: real time).
+	Clock netem.Clock
+	// MaxFlows bounds the flow table (default 65536); flows beyond it are
+	// relayed untouched.
+	MaxFlows int
+	// CachePerFlow bounds the bytes cached per flow (default 1 MB); what
+	// does not fit is forwarded uncached.
+	CachePerFlow int
+	// MinRTO and MaxRTO bound the local retransmission timeout on the
+	// radio leg (defaults 20 ms and 1 s).
+	MinRTO, MaxRTO time.Duration
+	// MaxLocalRexmits is how often one segment is resent locally before
+	// the engine leaves recovery to the sender (default 6).
+	MaxLocalRexmits int
+}
+
+// Stats are the engine's global counters.
+type Stats struct {
+	Packets, Relayed                    uint64 // all packets; packets of untracked flows
+	Flows, FlowsMax                     int
+	Cached, CacheFull                   uint64 // segments cached; segments that did not fit
+	LocalRexmits, TimeoutRexmits        uint64 // resends on dupacks; on the local timer
+	SuppressedDupAcks, ForwardedDupAcks uint64
+	CachedBytes                         int
+}
+
+// Engine processes packets between the wire and the radio side. It is safe
+// for concurrent use; packets are handled one at a time.
+type Engine struct {
+	cfg Config
+	out func(to Side, pkt []byte)
+
+	mu    sync.Mutex
+	flows map[flowKey]*flow
+	st    Stats
+}
+
+// New makes an engine that sends packets through out, which must not keep
+// pkt after it returns (copy it if it does). out is called with the
+// engine's lock held and must not call back into the engine.
+func New(cfg Config, out func(to Side, pkt []byte)) *Engine {
+	if cfg.Clock == nil {
+		cfg.Clock = netem.RealClock{}
+	}
+	if cfg.MaxFlows == 0 {
+		cfg.MaxFlows = 65536
+	}
+	if cfg.CachePerFlow == 0 {
+		cfg.CachePerFlow = 1 << 20
+	}
+	if cfg.MinRTO == 0 {
+		cfg.MinRTO = 20 * time.Millisecond
+	}
+	if cfg.MaxRTO == 0 {
+		cfg.MaxRTO = time.Second
+	}
+	if cfg.MaxLocalRexmits == 0 {
+		cfg.MaxLocalRexmits = 6
+	}
+	return &Engine{cfg: cfg, out: out, flows: map[flowKey]*flow{}}
+}
+
+// Stats returns a snapshot of the counters.
+func (e *Engine) Stats() Stats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.st
+	s.Flows = len(e.flows)
+	s.CachedBytes = 0
+	for _, f := range e.flows {
+		s.CachedBytes += f.cacheBytes
+	}
+	return s
+}
+
+// parsed is what Process needs of a packet.
+type parsed struct {
+	src, dst netip.AddrPort
+	tcp      header.TCP
+	opts     header.TCPOptions
+	payload  int
+}
+
+func parse(pkt []byte) (parsed, bool) {
+	var p parsed
+	if len(pkt) == 0 {
+		return p, false
+	}
+	var l4 []byte
+	var src, dst netip.Addr
+	switch pkt[0] >> 4 {
+	case 4:
+		h, err := header.ParseIPv4(pkt)
+		if err != nil || h.Protocol() != header.ProtoTCP || h.IsFragment() {
+			return p, false
+		}
+		src, dst, l4 = h.Src(), h.Dst(), h.Payload()
+	case 6:
+		h, err := header.ParseIPv6(pkt)
+		if err != nil {
+			return p, false
+		}
+		proto, off, _, err := h.UpperLayer()
+		if err != nil || proto != header.ProtoTCP {
+			return p, false
+		}
+		src, dst, l4 = h.Src(), h.Dst(), h[off:]
+	default:
+		return p, false
+	}
+	t, err := header.ParseTCP(l4)
+	if err != nil || header.ParseTCPOptions(t.Options(), &p.opts) != nil {
+		return p, false
+	}
+	p.tcp, p.payload = t, len(t.Payload())
+	p.src, p.dst = netip.AddrPortFrom(src, t.SrcPort()), netip.AddrPortFrom(dst, t.DstPort())
+	return p, true
+}
+
+// Process handles one IP packet that arrived from side from. The packet
+// (or nothing, for a suppressed duplicate ACK) goes on to the other side
+// through out, possibly with other packets the engine makes.
+func (e *Engine) Process(from Side, pkt []byte) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.st.Packets++
+	p, ok := parse(pkt)
+	if !ok {
+		e.st.Relayed++
+		e.out(from.other(), pkt)
+		return
+	}
+	k := flowKey{wire: p.src, radio: p.dst}
+	if from == Radio {
+		k = flowKey{wire: p.dst, radio: p.src}
+	}
+	f := e.flows[k]
+	if f == nil {
+		// Only a SYN opens a flow; anything else is relayed untouched.
+		if !p.tcp.Has(header.TCPSyn) || p.tcp.Has(header.TCPAck) || len(e.flows) >= e.cfg.MaxFlows {
+			e.st.Relayed++
+			e.out(from.other(), pkt)
+			return
+		}
+		f = &flow{key: k, rto: e.cfg.MinRTO * 10}
+		e.flows[k] = f
+		e.st.FlowsMax = max(e.st.FlowsMax, len(e.flows))
+	}
+	f.lastSeen = e.cfg.Clock.Now()
+	if e.handshake(f, from, &p) {
+		e.out(from.other(), pkt)
+		return
+	}
+	if p.tcp.Has(header.TCPRst) {
+		e.drop(f)
+		e.out(from.other(), pkt)
+		return
+	}
+	if from == Wire {
+		e.downData(f, &p, pkt)
+	} else if !e.upAck(f, &p, pkt) {
+		return // a duplicate ACK the engine answered itself
+	}
+	e.maybeClose(f)
+}
+
+// handshake learns the options of each SYN; it reports whether the packet
+// was part of the handshake (and so is just forwarded).
+func (e *Engine) handshake(f *flow, from Side, p *parsed) bool {
+	if !p.tcp.Has(header.TCPSyn) {
+		return false
+	}
+	h := &f.down
+	if from == Radio {
+		h = &f.up
+	}
+	h.isn, h.synned = seqnum.Value(p.tcp.Seq()), true
+	h.mss, h.ws, h.sackOK, h.ts = p.opts.MSS, p.opts.WS, p.opts.SACKPermitted, p.opts.HasTS
+	if f.down.synned && f.up.synned {
+		f.established = true
+		f.sndMax = f.down.isn.Add(1)
+		f.lastAck, f.ackValid = f.down.isn.Add(1), false
+	}
+	return true
+}
+
+func (e *Engine) drop(f *flow) {
+	f.cache, f.cacheBytes = nil, 0
+	f.timerGen++
+	delete(e.flows, f.key)
+}
+
+// maybeClose forgets a flow once both sides have sent FIN and the radio
+// side has acknowledged everything toward it.
+func (e *Engine) maybeClose(f *flow) {
+	if f.down.finned && f.up.finned && len(f.cache) == 0 {
+		e.drop(f)
+	}
+}

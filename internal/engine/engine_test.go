@@ -1,0 +1,226 @@
+package engine
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/ipsec/header"
+)
+
+var (
+	wireHost  = netip.MustParseAddrPort("10.0.0.1:80")
+	radioHost = netip.MustParseAddrPort("10.9.0.2:40000")
+)
+
+// seg builds an IPv4 TCP segment.
+func mkseg(src, dst netip.AddrPort, flags uint8, seq, ack uint32, win uint16, payload int, opts ...byte) []byte {
+	for len(opts)%4 != 0 {
+		opts = append(opts, header.TCPOptNop)
+	}
+	tl := header.TCPMinLen + len(opts)
+	b := make([]byte, 20+tl+payload)
+	header.WriteIPv4(b, 0, len(b), 1, true, 64, header.ProtoTCP, src.Addr(), dst.Addr())
+	t := header.TCP(b[20:])
+	binary.BigEndian.PutUint16(t, src.Port())
+	binary.BigEndian.PutUint16(t[2:], dst.Port())
+	t.SetSeq(seq)
+	t.SetAck(ack)
+	t[12] = byte(tl/4) << 4
+	t.SetFlags(flags)
+	t.SetWindow(win)
+	copy(t[20:], opts)
+	for i := 0; i < payload; i++ {
+		t[tl+i] = byte(seq + uint32(i))
+	}
+	s, d := src.Addr().As4(), dst.Addr().As4()
+	t.UpdateChecksum(s[:], d[:])
+	return b
+}
+
+type sent struct {
+	to  Side
+	pkt []byte
+}
+
+type harness struct {
+	t     *testing.T
+	clock *netem.SimClock
+	e     *Engine
+	out   []sent
+}
+
+func newHarness(t *testing.T) *harness {
+	h := &harness{t: t, clock: netem.NewSimClock(time.Unix(0, 0))}
+	h.e = New(Config{Clock: h.clock}, func(to Side, pkt []byte) {
+		h.out = append(h.out, sent{to, append([]byte(nil), pkt...)})
+	})
+	return h
+}
+
+// take returns and clears what the engine emitted.
+func (h *harness) take() []sent {
+	o := h.out
+	h.out = nil
+	return o
+}
+
+func tcpOf(p []byte) header.TCP { return header.TCP(p[20:]) }
+
+const isnW, isnR = 1000, 5000
+const mss = 100
+
+// establish runs the three-way handshake through the engine.
+func (h *harness) establish() {
+	h.e.Process(Wire, mkseg(wireHost, radioHost, header.TCPSyn, isnW, 0, 65535, 0, header.TCPOptMSS, 4, 0, mss))
+	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPSyn|header.TCPAck, isnR, isnW+1, 65535, 0, header.TCPOptMSS, 4, 0, mss))
+	h.e.Process(Wire, mkseg(wireHost, radioHost, header.TCPAck, isnW+1, isnR+1, 65535, 0))
+	if o := h.take(); len(o) != 3 || o[0].to != Radio || o[1].to != Wire || o[2].to != Radio {
+		h.t.Fatalf("handshake not forwarded: %+v", o)
+	}
+}
+
+func (h *harness) data(i int) []byte {
+	return mkseg(wireHost, radioHost, header.TCPAck|header.TCPPsh, isnW+1+uint32(i*mss), isnR+1, 65535, mss)
+}
+
+func (h *harness) ack(n int) []byte {
+	return mkseg(radioHost, wireHost, header.TCPAck, isnR+1, isnW+1+uint32(n*mss), 65535, 0)
+}
+
+// TestSnoopDupAckRepair: segment 1 of 0…4 is lost on the radio; the first
+// duplicate ACK makes the engine resend it and is swallowed, as are the
+// duplicates the segments behind it cause; the new ACK goes through.
+func TestSnoopDupAckRepair(t *testing.T) {
+	h := newHarness(t)
+	h.establish()
+	for i := 0; i < 5; i++ {
+		h.e.Process(Wire, h.data(i))
+	}
+	if o := h.take(); len(o) != 5 || o[4].to != Radio {
+		t.Fatalf("data not forwarded: %d", len(o))
+	}
+	h.e.Process(Radio, h.ack(1)) // segment 0 arrived
+	if o := h.take(); len(o) != 1 || o[0].to != Wire || tcpOf(o[0].pkt).Ack() != isnW+1+mss {
+		t.Fatalf("new ack not forwarded: %+v", o)
+	}
+	h.e.Process(Radio, h.ack(1)) // dup: segment 2 arrived, 1 missing
+	o := h.take()
+	if len(o) != 1 || o[0].to != Radio || tcpOf(o[0].pkt).Seq() != isnW+1+mss {
+		t.Fatalf("want a local resend of segment 1 toward the radio, got %+v", o)
+	}
+	h.e.Process(Radio, h.ack(1)) // dups from segments 3 and 4: swallowed
+	h.e.Process(Radio, h.ack(1))
+	if o := h.take(); len(o) != 0 {
+		t.Fatalf("expected duplicate ACKs were forwarded: %d", len(o))
+	}
+	h.e.Process(Radio, h.ack(5)) // the resend filled the hole
+	if o := h.take(); len(o) != 1 || o[0].to != Wire || tcpOf(o[0].pkt).Ack() != isnW+1+5*mss {
+		t.Fatalf("cumulative ack not forwarded: %+v", o)
+	}
+	st := h.e.Stats()
+	if st.LocalRexmits != 1 || st.SuppressedDupAcks != 3 || st.CachedBytes != 0 || st.Cached != 5 {
+		t.Fatalf("%+v", st)
+	}
+}
+
+// TestSnoopTimeout: with no ACK at all, the engine resends the oldest
+// segment after its local RTO, backing off, at most MaxLocalRexmits times.
+func TestSnoopTimeout(t *testing.T) {
+	h := newHarness(t)
+	h.establish()
+	h.e.Process(Wire, h.data(0))
+	h.take()
+	h.clock.Advance(150 * time.Millisecond) // initial RTO 200 ms
+	if o := h.take(); len(o) != 0 {
+		t.Fatal("resent before the RTO")
+	}
+	h.clock.Advance(60 * time.Millisecond)
+	if o := h.take(); len(o) != 1 || o[0].to != Radio || tcpOf(o[0].pkt).Seq() != isnW+1 {
+		t.Fatalf("no timeout resend: %+v", o)
+	}
+	h.clock.Advance(10 * time.Second)
+	if st := h.e.Stats(); st.TimeoutRexmits != 6 {
+		t.Fatalf("timeout resends %d, want MaxLocalRexmits = 6", st.TimeoutRexmits)
+	}
+	h.e.Process(Radio, h.ack(1))
+	h.clock.Advance(10 * time.Second)
+	if st := h.e.Stats(); st.TimeoutRexmits != 6 || st.CachedBytes != 0 {
+		t.Fatalf("after the ack: %+v", st)
+	}
+}
+
+// TestMidStreamRelayed: a flow whose SYN the engine never saw is relayed
+// untouched and never cached.
+func TestMidStreamRelayed(t *testing.T) {
+	h := newHarness(t)
+	p := h.data(0)
+	h.e.Process(Wire, p)
+	o := h.take()
+	if len(o) != 1 || o[0].to != Radio || string(o[0].pkt) != string(p) || h.e.Stats().Cached != 0 || h.e.Stats().Relayed != 1 {
+		t.Fatalf("%+v %+v", o, h.e.Stats())
+	}
+}
+
+// TestSequenceWrap: snoop across the 2^32 wrap.
+func TestSequenceWrap(t *testing.T) {
+	h := newHarness(t)
+	start := uint32(0xffffffff - 2*mss)
+	h.e.Process(Wire, mkseg(wireHost, radioHost, header.TCPSyn, start, 0, 65535, 0))
+	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPSyn|header.TCPAck, isnR, start+1, 65535, 0))
+	h.take()
+	for i := 0; i < 4; i++ {
+		h.e.Process(Wire, mkseg(wireHost, radioHost, header.TCPAck, start+1+uint32(i*mss), isnR+1, 65535, mss))
+	}
+	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPAck, isnR+1, start+1+2*mss, 65535, 0)) // across the wrap
+	h.take()
+	if st := h.e.Stats(); st.CachedBytes != 2*(20+20+mss) {
+		t.Fatalf("cache after an ack across the wrap: %d bytes", st.CachedBytes)
+	}
+	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPAck, isnR+1, start+1+2*mss, 65535, 0))
+	if o := h.take(); len(o) != 1 || tcpOf(o[0].pkt).Seq() != start+1+2*mss {
+		t.Fatalf("resend across the wrap: %+v", o)
+	}
+}
+
+// TestRSTAndFINForget: RST drops the flow; FIN both ways with everything
+// acknowledged forgets it.
+func TestRSTAndFINForget(t *testing.T) {
+	h := newHarness(t)
+	h.establish()
+	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPRst|header.TCPAck, isnR+1, isnW+1, 0, 0))
+	if h.e.Stats().Flows != 0 || len(h.take()) != 1 {
+		t.Fatal("rst")
+	}
+	h.establish()
+	h.e.Process(Wire, mkseg(wireHost, radioHost, header.TCPFin|header.TCPAck, isnW+1, isnR+1, 65535, 0))
+	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPFin|header.TCPAck, isnR+1, isnW+2, 65535, 0))
+	if st := h.e.Stats(); st.Flows != 0 {
+		t.Fatalf("flow kept after FIN both ways, all acked: %+v", st)
+	}
+}
+
+// FuzzProcess feeds anything to the engine from either side: no panic,
+// and the flow table and cache stay bounded.
+func FuzzProcess(f *testing.F) {
+	f.Add(mkseg(wireHost, radioHost, header.TCPSyn, 1, 0, 100, 0, header.TCPOptMSS, 4, 0, 100), true)
+	f.Add(mkseg(radioHost, wireHost, header.TCPAck, 7, 9, 100, 10), false)
+	f.Fuzz(func(t *testing.T, pkt []byte, fromWire bool) {
+		c := netem.NewSimClock(time.Unix(0, 0))
+		e := New(Config{Clock: c, MaxFlows: 4, CachePerFlow: 4096}, func(Side, []byte) {})
+		from := Radio
+		if fromWire {
+			from = Wire
+		}
+		for i := 0; i < 3; i++ {
+			e.Process(from, pkt)
+			e.Process(from.other(), pkt)
+		}
+		c.Advance(time.Minute)
+		if st := e.Stats(); st.Flows > 4 || st.CachedBytes > 4*4096 {
+			t.Fatalf("unbounded: %+v", st)
+		}
+	})
+}

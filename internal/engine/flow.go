@@ -1,0 +1,74 @@
+package engine
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/espep/espep/internal/seqnum"
+)
+
+// Side is where a packet came from, or goes to.
+type Side uint8
+
+const (
+	Wire Side = iota
+	Radio
+)
+
+func (s Side) other() Side { return 1 - s }
+
+func (s Side) String() string {
+	if s == Wire {
+		return "wire"
+	}
+	return "radio"
+}
+
+// flowKey names a flow by its wire-side and radio-side endpoints.
+type flowKey struct {
+	wire, radio netip.AddrPort
+}
+
+// seg is a cached segment: the whole IP packet as forwarded.
+type seg struct {
+	seq     seqnum.Value
+	end     seqnum.Value // seq + payload length (+1 for FIN)
+	sentAt  time.Time
+	rexmits int
+	pkt     []byte
+}
+
+// half is what the engine knows of one direction's sender.
+type half struct {
+	isn    seqnum.Value
+	synned bool
+	mss    uint16
+	ws     uint8
+	sackOK bool
+	ts     bool
+	finned bool
+}
+
+// flow is the per-connection state: plain data.
+type flow struct {
+	key         flowKey
+	down, up    half // down: wire → radio sender; up: radio → wire sender
+	established bool
+
+	// snoop state for the wire → radio direction
+	cache      []seg // unacknowledged segments toward the radio, by seq
+	cacheBytes int
+	sndMax     seqnum.Value // highest end forwarded toward the radio
+	lastAck    seqnum.Value // highest ACK from the radio side
+	ackValid   bool
+	dupacks    int
+	expectDup  int // dupacks to swallow after a local retransmission
+	lastWindow uint16
+
+	// radio-leg RTT estimator (RFC 6298) from the engine's own timing
+	srtt, rttvar time.Duration
+	rto          time.Duration
+	timerArmed   bool
+	timerGen     uint64
+	lastSeen     time.Time
+}

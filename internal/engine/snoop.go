@@ -1,0 +1,205 @@
+package engine
+
+import (
+	"time"
+
+	"github.com/espep/espep/internal/seqnum"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// downData handles a packet from the wire toward the radio: data is cached
+// before it is forwarded.
+func (e *Engine) downData(f *flow, p *parsed, pkt []byte) {
+	defer e.out(Radio, pkt)
+	if !f.established {
+		return
+	}
+	n := p.payload
+	if p.tcp.Has(header.TCPFin) {
+		f.down.finned = true
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	seq := seqnum.Value(p.tcp.Seq())
+	end := seq.Add(seqnum.Size(n))
+	if end.LessThanEq(f.lastAck) && f.ackValid {
+		return // already acknowledged by the radio side
+	}
+	now := e.cfg.Clock.Now()
+	// A resend from the sender replaces the cached copy (it may carry a
+	// newer timestamp); it is not an RTT sample (Karn).
+	for i := range f.cache {
+		if f.cache[i].seq == seq && f.cache[i].end == end {
+			f.cache[i].rexmits++
+			f.cache[i].sentAt = now
+			return
+		}
+	}
+	if f.cacheBytes+len(pkt) > e.cfg.CachePerFlow {
+		e.st.CacheFull++
+		return
+	}
+	s := seg{seq: seq, end: end, sentAt: now, pkt: append([]byte(nil), pkt...)}
+	// Keep the cache ordered by sequence number (reordered sender data).
+	i := len(f.cache)
+	for i > 0 && seq.LessThan(f.cache[i-1].seq) {
+		i--
+	}
+	f.cache = append(f.cache, seg{})
+	copy(f.cache[i+1:], f.cache[i:])
+	f.cache[i] = s
+	f.cacheBytes += len(s.pkt)
+	e.st.Cached++
+	if f.sndMax.LessThan(end) {
+		f.sndMax = end
+	}
+	e.arm(f)
+}
+
+// upAck handles a packet from the radio toward the wire. It reports
+// whether the packet should be forwarded.
+func (e *Engine) upAck(f *flow, p *parsed, pkt []byte) bool {
+	if p.tcp.Has(header.TCPFin) {
+		f.up.finned = true
+	}
+	if !f.established || !p.tcp.Has(header.TCPAck) {
+		e.out(Wire, pkt)
+		return true
+	}
+	ack := seqnum.Value(p.tcp.Ack())
+	win := p.tcp.Window()
+	switch {
+	case !f.ackValid || f.lastAck.LessThan(ack):
+		e.newAck(f, ack)
+		f.lastWindow = win
+	case ack == f.lastAck && p.payload == 0 && !p.tcp.Has(header.TCPFin) && win == f.lastWindow && len(f.cache) > 0:
+		if !e.dupAck(f) {
+			return true // answered locally: swallowed
+		}
+	}
+	e.out(Wire, pkt)
+	return true
+}
+
+// newAck cleans the cache up to ack and takes an RTT sample.
+func (e *Engine) newAck(f *flow, ack seqnum.Value) {
+	f.lastAck, f.ackValid = ack, true
+	f.dupacks, f.expectDup = 0, 0
+	now := e.cfg.Clock.Now()
+	n := 0
+	for n < len(f.cache) && f.cache[n].end.LessThanEq(ack) {
+		if f.cache[n].rexmits == 0 {
+			e.rttSample(f, now.Sub(f.cache[n].sentAt))
+		}
+		f.cacheBytes -= len(f.cache[n].pkt)
+		n++
+	}
+	if n > 0 {
+		clear(f.cache[:n])
+		f.cache = f.cache[n:]
+		f.timerGen++ // restart the timer for what is left
+		f.timerArmed = false
+		e.arm(f)
+	}
+}
+
+// dupAck handles a duplicate ACK from the radio side; it reports whether
+// to forward it to the sender.
+func (e *Engine) dupAck(f *flow) bool {
+	f.dupacks++
+	s := e.cached(f, f.lastAck)
+	if s == nil {
+		e.st.ForwardedDupAcks++
+		return true // not ours to repair
+	}
+	if f.dupacks == 1 && s.rexmits < e.cfg.MaxLocalRexmits {
+		e.resend(f, s)
+		e.st.LocalRexmits++
+		// The segments in flight behind the lost one will each make
+		// another duplicate ACK; those are answered too.
+		f.expectDup = 0
+		for i := range f.cache {
+			if s.end.LessThanEq(f.cache[i].seq) {
+				f.expectDup++
+			}
+		}
+		e.st.SuppressedDupAcks++
+		return false
+	}
+	if f.dupacks <= f.expectDup+1 {
+		e.st.SuppressedDupAcks++
+		return false
+	}
+	e.st.ForwardedDupAcks++
+	return true
+}
+
+// cached returns the cached segment that starts at seq.
+func (e *Engine) cached(f *flow, seq seqnum.Value) *seg {
+	for i := range f.cache {
+		if f.cache[i].seq == seq {
+			return &f.cache[i]
+		}
+		if seq.LessThan(f.cache[i].seq) {
+			break
+		}
+	}
+	return nil
+}
+
+func (e *Engine) resend(f *flow, s *seg) {
+	s.rexmits++
+	s.sentAt = e.cfg.Clock.Now()
+	e.out(Radio, s.pkt)
+}
+
+// rttSample updates the radio-leg RTT estimate (RFC 6298 §2).
+func (e *Engine) rttSample(f *flow, r time.Duration) {
+	if f.srtt == 0 {
+		f.srtt, f.rttvar = r, r/2
+	} else {
+		d := f.srtt - r
+		if d < 0 {
+			d = -d
+		}
+		f.rttvar = (3*f.rttvar + d) / 4
+		f.srtt = (7*f.srtt + r) / 8
+	}
+	f.rto = min(max(f.srtt+4*f.rttvar, e.cfg.MinRTO), e.cfg.MaxRTO)
+}
+
+// arm starts the local retransmission timer if segments are cached.
+func (e *Engine) arm(f *flow) {
+	if f.timerArmed || len(f.cache) == 0 {
+		return
+	}
+	f.timerArmed = true
+	gen := f.timerGen
+	rto := f.rto
+	if r := f.cache[0].rexmits; r > 0 {
+		rto = min(rto<<min(r, 6), e.cfg.MaxRTO) // back off
+	}
+	e.cfg.Clock.AfterFunc(rto, func() { e.timeout(f, gen) })
+}
+
+// timeout resends the oldest cached segment if it has waited a local RTO.
+func (e *Engine) timeout(f *flow, gen uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if f.timerGen != gen || e.flows[f.key] != f {
+		return // superseded or gone
+	}
+	f.timerArmed = false
+	if len(f.cache) == 0 {
+		return
+	}
+	s := &f.cache[0]
+	if s.rexmits < e.cfg.MaxLocalRexmits {
+		e.resend(f, s)
+		e.st.TimeoutRexmits++
+	}
+	f.timerGen++
+	e.arm(f)
+}
