@@ -63,6 +63,11 @@ type flow struct {
 	ackValid   bool
 	dupacks    int
 	expectDup  int // dupacks to swallow after a local retransmission
+	// recovery: a local repair is under way until the radio side ACKs
+	// recover (sndMax when it started); ACKs below it are partial and
+	// point at the next hole (RFC 6582, applied to the local cache).
+	inRecovery bool
+	recover    seqnum.Value
 	lastWindow uint16
 
 	// radio-leg RTT estimator (RFC 6298) from the engine's own timing

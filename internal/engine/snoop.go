@@ -101,8 +101,24 @@ func (e *Engine) newAck(f *flow, ack seqnum.Value) {
 		f.cache = f.cache[n:]
 		f.timerGen++ // restart the timer for what is left
 		f.timerArmed = false
-		e.arm(f)
 	}
+	if f.inRecovery {
+		if f.recover.LessThanEq(ack) {
+			f.inRecovery = false
+		} else if s := e.cached(f, ack); s != nil && s.rexmits < e.cfg.MaxLocalRexmits {
+			// Partial ACK: the next segment was lost too.
+			e.resend(f, s)
+			e.st.LocalRexmits++
+		}
+	}
+	e.arm(f)
+}
+
+// startRecovery marks a local repair that runs until everything forwarded
+// so far is acknowledged.
+func (f *flow) startRecovery() {
+	f.inRecovery = true
+	f.recover = f.sndMax
 }
 
 // dupAck handles a duplicate ACK from the radio side; it reports whether
@@ -117,6 +133,7 @@ func (e *Engine) dupAck(f *flow) bool {
 	if f.dupacks == 1 && s.rexmits < e.cfg.MaxLocalRexmits {
 		e.resend(f, s)
 		e.st.LocalRexmits++
+		f.startRecovery()
 		// The segments in flight behind the lost one will each make
 		// another duplicate ACK; those are answered too.
 		f.expectDup = 0
@@ -195,11 +212,28 @@ func (e *Engine) timeout(f *flow, gen uint64) {
 	if len(f.cache) == 0 {
 		return
 	}
-	s := &f.cache[0]
-	if s.rexmits < e.cfg.MaxLocalRexmits {
-		e.resend(f, s)
-		e.st.TimeoutRexmits++
+	// Everything sent before the timer started is presumed lost (an
+	// outage or a burst): resend it, oldest first, up to a burst bound
+	// the radio queue can take (go-back-N, as TCP after an RTO).
+	deadline := e.cfg.Clock.Now().Add(-f.rto / 2)
+	sent := 0
+	for i := range f.cache {
+		s := &f.cache[i]
+		if sent == timeoutBurst || (i > 0 && s.sentAt.After(deadline)) {
+			break
+		}
+		if s.rexmits < e.cfg.MaxLocalRexmits {
+			e.resend(f, s)
+			e.st.TimeoutRexmits++
+			sent++
+		}
+	}
+	if sent > 0 {
+		f.startRecovery()
 	}
 	f.timerGen++
 	e.arm(f)
 }
+
+// timeoutBurst bounds the segments resent at once on a local timeout.
+const timeoutBurst = 16

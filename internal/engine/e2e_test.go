@@ -1,0 +1,248 @@
+package engine_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/gvhost"
+	"github.com/espep/espep/internal/netem"
+)
+
+// Net is host A on the wire side and host B on the radio side, joined by
+// a wired link, the engine (or a plain relay) and a radio link:
+//
+//	A ── wired (netem) ── engine ── radio (netem) ── B
+type Net struct {
+	A, B         *gvhost.Host
+	E            *engine.Engine
+	wired, radio *netem.Pair
+}
+
+func newNet(t testing.TB, snoop bool, wired, radio netem.Config, sack bool) *Net {
+	t.Helper()
+	n := &Net{}
+	var err error
+	if n.A, err = gvhost.New(netip.MustParseAddr("10.0.0.1"), gvhost.Options{SACK: sack}); err != nil {
+		t.Fatal(err)
+	}
+	if n.B, err = gvhost.New(netip.MustParseAddr("10.0.0.2"), gvhost.Options{SACK: sack}); err != nil {
+		t.Fatal(err)
+	}
+	radioBA := radio
+	radioBA.Seed = radio.Seed + 1
+	var toWire, toRadio func([]byte)
+	if snoop {
+		n.E = engine.New(engine.Config{}, func(to engine.Side, pkt []byte) {
+			c := append([]byte(nil), pkt...)
+			if to == engine.Radio {
+				n.radio.AB.Send(c)
+			} else {
+				n.wired.BA.Send(c)
+			}
+		})
+		toRadio = func(p []byte) { n.E.Process(engine.Wire, p) }
+		toWire = func(p []byte) { n.E.Process(engine.Radio, p) }
+	} else {
+		toRadio = func(p []byte) { n.radio.AB.Send(p) }
+		toWire = func(p []byte) { n.wired.BA.Send(p) }
+	}
+	if n.wired, err = netem.NewPair(wired, wired, nil, toRadio, n.A.Inject); err != nil {
+		t.Fatal(err)
+	}
+	if n.radio, err = netem.NewPair(radio, radioBA, nil, n.B.Inject, toWire); err != nil {
+		t.Fatal(err)
+	}
+	go n.A.Run(n.wired.AB.Send)
+	go n.B.Run(n.radio.BA.Send)
+	t.Cleanup(func() {
+		n.wired.Close()
+		n.radio.Close()
+		n.A.Close()
+		n.B.Close()
+	})
+	return n
+}
+
+// transfer sends size random bytes from src to dst over TCP and returns
+// the goodput in Mbit/s; it fails the test if the bytes differ.
+func transfer(t testing.TB, src, dst *gvhost.Host, size int, timeout time.Duration) float64 {
+	t.Helper()
+	ln, err := dst.Listen(5001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	data := make([]byte, size)
+	rand.Read(data)
+	want := sha256.Sum256(data)
+	got := make(chan [32]byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- [32]byte{}
+			return
+		}
+		defer c.Close()
+		h := sha256.New()
+		io.Copy(h, c)
+		var s [32]byte
+		copy(s[:], h.Sum(nil))
+		got <- s
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	c, err := src.Dial(ctx, netip.AddrPortFrom(dst.Addr(), 5001))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	select {
+	case s := <-got:
+		if s != want {
+			t.Fatalf("received data differs (sha256)")
+		}
+	case <-time.After(timeout):
+		t.Fatalf("transfer of %d bytes did not finish in %v", size, timeout)
+	}
+	return float64(size*8) / time.Since(start).Seconds() / 1e6
+}
+
+var (
+	wiredLink = netem.Config{Rate: 100e6, Delay: 20 * time.Millisecond}
+	radioLink = netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200}
+)
+
+// TestEndToEnd moves 1 MB each way between two gVisor TCP stacks through
+// the engine over a lossy radio link, with SACK on and off, and checks the
+// bytes; the engine must have repaired losses itself.
+func TestEndToEnd(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		sack bool
+		mod  func(*netem.Config)
+	}{
+		{"loss2%-sack", true, func(c *netem.Config) { c.Loss = 0.02 }},
+		{"loss2%-nosack", false, func(c *netem.Config) { c.Loss = 0.02 }},
+		{"reorder", true, func(c *netem.Config) { c.Loss = 0.01; c.Reorder = 0.02 }},
+		{"outage", true, func(c *netem.Config) {
+			c.Loss = 0.01
+			c.Outages = []netem.Outage{{From: 300 * time.Millisecond, To: 500 * time.Millisecond}}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			radio := radioLink
+			radio.Seed = 7
+			tc.mod(&radio)
+			n := newNet(t, true, wiredLink, radio, tc.sack)
+			down := transfer(t, n.A, n.B, 1<<20, 60*time.Second)
+			up := transfer(t, n.B, n.A, 1<<20, 60*time.Second)
+			st := n.E.Stats()
+			t.Logf("down %.1f Mbit/s, up %.1f Mbit/s; %+v", down, up, st)
+			if st.LocalRexmits+st.TimeoutRexmits == 0 || st.Cached == 0 {
+				t.Fatalf("the engine repaired nothing: %+v", st)
+			}
+		})
+	}
+}
+
+var (
+	goodput   = flagBool("enginebench")
+	benchSecs = flag.Duration("enginebench.time", 15*time.Second, "length of each goodput run")
+)
+
+// timedTransfer sends from src to dst for d and returns the goodput the
+// receiver saw, in Mbit/s.
+func timedTransfer(t testing.TB, src, dst *gvhost.Host, d time.Duration) float64 {
+	t.Helper()
+	ln, err := dst.Listen(5002)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type result struct {
+		n   int64
+		dur time.Duration
+	}
+	got := make(chan result, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- result{}
+			return
+		}
+		defer c.Close()
+		start := time.Now()
+		c.SetReadDeadline(start.Add(d))
+		n, _ := io.Copy(io.Discard, c)
+		got <- result{n, time.Since(start)}
+	}()
+	c, err := src.Dial(context.Background(), netip.AddrPortFrom(dst.Addr(), 5002))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 64<<10)
+	rand.Read(buf)
+	c.SetWriteDeadline(time.Now().Add(d))
+	for {
+		if _, err := c.Write(buf); err != nil {
+			break
+		}
+	}
+	r := <-got
+	return float64(r.n*8) / r.dur.Seconds() / 1e6
+}
+
+// TestGoodput compares end-to-end TCP with snoop over the radio (20 Mbit/s,
+// wired RTT 80 ms + radio RTT 20 ms) across a loss grid. Harness: run with
+//
+//	go test ./internal/engine -run TestGoodput -enginebench -v
+func TestGoodput(t *testing.T) {
+	if !*goodput {
+		t.Skip("harness: run with -enginebench")
+	}
+	wired := netem.Config{Rate: 1e9, Delay: 40 * time.Millisecond}
+	ge, _ := netem.GEFromMean(0.02, 4)
+	cases := []struct {
+		name string
+		mod  func(*netem.Config)
+		p    float64
+	}{
+		{"0%", func(*netem.Config) {}, 0},
+		{"0.5%", func(c *netem.Config) { c.Loss = 0.005 }, 0.005},
+		{"1%", func(c *netem.Config) { c.Loss = 0.01 }, 0.01},
+		{"2%", func(c *netem.Config) { c.Loss = 0.02 }, 0.02},
+		{"5%", func(c *netem.Config) { c.Loss = 0.05 }, 0.05},
+		{"GE 2%/4", func(c *netem.Config) { c.GE = &ge }, 0.02},
+		{"outage 200ms", func(c *netem.Config) { c.Outages = []netem.Outage{{From: time.Second, To: 1200 * time.Millisecond}} }, 0},
+	}
+	var rows []string
+	for _, c := range cases {
+		var gp [2]float64
+		for i, snoop := range []bool{false, true} {
+			radio := netem.Config{Rate: 20e6, Delay: 10 * time.Millisecond, QueuePackets: 300, Seed: 3}
+			c.mod(&radio)
+			n := newNet(t, snoop, wired, radio, true)
+			gp[i] = timedTransfer(t, n.A, n.B, *benchSecs)
+		}
+		limit := 20 * (1 - c.p) * 1448 / 1500
+		rows = append(rows, fmt.Sprintf("%-13s e2e %6.2f Mbit/s (%.2f of limit)   snoop %6.2f Mbit/s (%.2f of limit, %.1f× e2e)",
+			c.name, gp[0], gp[0]/limit, gp[1], gp[1]/limit, gp[1]/gp[0]))
+		t.Log(rows[len(rows)-1])
+	}
+	t.Logf("gVisor TCP (its default CC, SACK), radio 20 Mbit/s, RTT 80 ms wired + 20 ms radio, %v runs:\n%s", *benchSecs, strings.Join(rows, "\n"))
+}
