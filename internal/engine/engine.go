@@ -26,6 +26,9 @@ type Config struct {
 	// MaxLocalRexmits is how often one segment is resent locally before
 	// the engine leaves recovery to the sender (default 6).
 	MaxLocalRexmits int
+	// IdleTimeout: a flow without a packet for this long is forgotten
+	// when the table is full (default 10 minutes).
+	IdleTimeout time.Duration
 }
 
 // Stats are the engine's global counters.
@@ -36,6 +39,7 @@ type Stats struct {
 	LocalRexmits, TimeoutRexmits        uint64 // resends on dupacks; on the local timer
 	SuppressedDupAcks, ForwardedDupAcks uint64
 	CachedBytes                         int
+	Expired                             uint64 // idle flows forgotten
 }
 
 // Engine processes packets between the wire and the radio side. It is safe
@@ -71,6 +75,9 @@ func New(cfg Config, out func(to Side, pkt []byte)) *Engine {
 	if cfg.MaxLocalRexmits == 0 {
 		cfg.MaxLocalRexmits = 6
 	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 10 * time.Minute
+	}
 	return &Engine{cfg: cfg, out: out, flows: map[flowKey]*flow{}}
 }
 
@@ -85,6 +92,29 @@ func (e *Engine) Stats() Stats {
 		s.CachedBytes += f.cacheBytes
 	}
 	return s
+}
+
+// FlowInfo is one flow's counters and estimates, for metrics.
+type FlowInfo struct {
+	Wire, Radio                  netip.AddrPort
+	Established                  bool
+	CachedSegments, CachedBytes  int
+	SRTT, RTO                    time.Duration // radio leg
+	LocalRexmits, TimeoutRexmits uint64
+	SuppressedDupAcks            uint64
+}
+
+// Flows returns the counters of every flow.
+func (e *Engine) Flows() []FlowInfo {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]FlowInfo, 0, len(e.flows))
+	for _, f := range e.flows {
+		out = append(out, FlowInfo{Wire: f.key.wire, Radio: f.key.radio, Established: f.established,
+			CachedSegments: len(f.cache), CachedBytes: f.cacheBytes, SRTT: f.srtt, RTO: f.rto,
+			LocalRexmits: f.localRexmits, TimeoutRexmits: f.timeoutRexmits, SuppressedDupAcks: f.suppressed})
+	}
+	return out
 }
 
 // parsed is what Process needs of a packet.
@@ -151,6 +181,9 @@ func (e *Engine) Process(from Side, pkt []byte) {
 	f := e.flows[k]
 	if f == nil {
 		// Only a SYN opens a flow; anything else is relayed untouched.
+		if p.tcp.Has(header.TCPSyn) && !p.tcp.Has(header.TCPAck) && len(e.flows) >= e.cfg.MaxFlows {
+			e.expireIdle()
+		}
 		if !p.tcp.Has(header.TCPSyn) || p.tcp.Has(header.TCPAck) || len(e.flows) >= e.cfg.MaxFlows {
 			e.st.Relayed++
 			e.out(from.other(), pkt)
@@ -196,6 +229,18 @@ func (e *Engine) handshake(f *flow, from Side, p *parsed) bool {
 		f.lastAck, f.ackValid = f.down.isn.Add(1), false
 	}
 	return true
+}
+
+// expireIdle forgets flows that have been silent for IdleTimeout (their
+// ends vanished without FIN or RST).
+func (e *Engine) expireIdle() {
+	cutoff := e.cfg.Clock.Now().Add(-e.cfg.IdleTimeout)
+	for _, f := range e.flows {
+		if f.lastSeen.Before(cutoff) {
+			e.drop(f)
+			e.st.Expired++
+		}
+	}
 }
 
 func (e *Engine) drop(f *flow) {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"net/netip"
 	"testing"
 	"time"
@@ -124,6 +125,10 @@ func TestSnoopDupAckRepair(t *testing.T) {
 	if st.LocalRexmits != 1 || st.SuppressedDupAcks != 3 || st.CachedBytes != 0 || st.Cached != 5 {
 		t.Fatalf("%+v", st)
 	}
+	fl := h.e.Flows()
+	if len(fl) != 1 || fl[0].LocalRexmits != 1 || fl[0].SuppressedDupAcks != 3 || fl[0].SRTT != 0 || fl[0].Wire != wireHost {
+		t.Fatalf("per-flow counters: %+v", fl)
+	}
 }
 
 // TestSnoopTimeout: with no ACK at all, the engine resends the oldest
@@ -223,4 +228,62 @@ func FuzzProcess(f *testing.F) {
 			t.Fatalf("unbounded: %+v", st)
 		}
 	})
+}
+
+// TestExportImport moves a flow with a cached hole to a second engine
+// through JSON; the second engine repairs the hole from the imported cache.
+func TestExportImport(t *testing.T) {
+	h := newHarness(t)
+	h.establish()
+	for i := 0; i < 4; i++ {
+		h.e.Process(Wire, h.data(i))
+	}
+	h.e.Process(Radio, h.ack(1))
+	h.take()
+	b, err := json.Marshal(h.e.Export(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.e.Stats().Flows != 0 {
+		t.Fatal("export with remove left the flow")
+	}
+	var states []FlowState
+	if err := json.Unmarshal(b, &states); err != nil {
+		t.Fatal(err)
+	}
+	h2 := newHarness(t)
+	if err := h2.e.Import(states); err != nil {
+		t.Fatal(err)
+	}
+	if st := h2.e.Stats(); st.Flows != 1 || st.CachedBytes != 3*(40+mss) {
+		t.Fatalf("imported: %+v", st)
+	}
+	h2.e.Process(Radio, h2.ack(1)) // duplicate: segment 1 lost
+	if o := h2.take(); len(o) != 1 || o[0].to != Radio || tcpOf(o[0].pkt).Seq() != isnW+1+mss {
+		t.Fatalf("imported flow did not repair the hole: %+v", o)
+	}
+	if err := h2.e.Import([]FlowState{{}}); err == nil {
+		t.Fatal("empty flow state imported")
+	}
+}
+
+// TestIdleExpiry: with the table full, a new SYN makes room by forgetting
+// flows idle longer than IdleTimeout, and only those.
+func TestIdleExpiry(t *testing.T) {
+	c := netem.NewSimClock(time.Unix(0, 0))
+	e := New(Config{Clock: c, MaxFlows: 2, IdleTimeout: time.Minute}, func(Side, []byte) {})
+	syn := func(port uint16) []byte {
+		return mkseg(wireHost, netip.AddrPortFrom(radioHost.Addr(), port), header.TCPSyn, isnW, 0, 65535, 0)
+	}
+	e.Process(Wire, syn(1))
+	c.Advance(2 * time.Minute)
+	e.Process(Wire, syn(2))
+	e.Process(Wire, syn(3)) // full: flow 1 is idle, flow 2 is not
+	if st := e.Stats(); st.Flows != 2 || st.Expired != 1 || st.Relayed != 0 {
+		t.Fatalf("%+v", st)
+	}
+	e.Process(Wire, syn(4)) // full, nothing idle: relayed untouched
+	if st := e.Stats(); st.Flows != 2 || st.Relayed != 1 {
+		t.Fatalf("%+v", st)
+	}
 }

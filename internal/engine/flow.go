@@ -76,4 +76,7 @@ type flow struct {
 	timerArmed   bool
 	timerGen     uint64
 	lastSeen     time.Time
+
+	// counters
+	localRexmits, timeoutRexmits, suppressed uint64
 }

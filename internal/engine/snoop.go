@@ -74,7 +74,10 @@ func (e *Engine) upAck(f *flow, p *parsed, pkt []byte) bool {
 	case !f.ackValid || f.lastAck.LessThan(ack):
 		e.newAck(f, ack)
 		f.lastWindow = win
-	case ack == f.lastAck && p.payload == 0 && !p.tcp.Has(header.TCPFin) && win == f.lastWindow && len(f.cache) > 0:
+	// A duplicate ACK: same cumulative ACK, no data. Unlike RFC 5681 the
+	// window may differ: a receiver holding out-of-order data shrinks it,
+	// and those are exactly the duplicates snoop must answer.
+	case ack == f.lastAck && p.payload == 0 && !p.tcp.Has(header.TCPFin) && len(f.cache) > 0:
 		if !e.dupAck(f) {
 			return true // answered locally: swallowed
 		}
@@ -109,6 +112,7 @@ func (e *Engine) newAck(f *flow, ack seqnum.Value) {
 			// Partial ACK: the next segment was lost too.
 			e.resend(f, s)
 			e.st.LocalRexmits++
+			f.localRexmits++
 		}
 	}
 	e.arm(f)
@@ -133,6 +137,7 @@ func (e *Engine) dupAck(f *flow) bool {
 	if f.dupacks == 1 && s.rexmits < e.cfg.MaxLocalRexmits {
 		e.resend(f, s)
 		e.st.LocalRexmits++
+		f.localRexmits++
 		f.startRecovery()
 		// The segments in flight behind the lost one will each make
 		// another duplicate ACK; those are answered too.
@@ -143,10 +148,12 @@ func (e *Engine) dupAck(f *flow) bool {
 			}
 		}
 		e.st.SuppressedDupAcks++
+		f.suppressed++
 		return false
 	}
 	if f.dupacks <= f.expectDup+1 {
 		e.st.SuppressedDupAcks++
+		f.suppressed++
 		return false
 	}
 	e.st.ForwardedDupAcks++
@@ -225,6 +232,7 @@ func (e *Engine) timeout(f *flow, gen uint64) {
 		if s.rexmits < e.cfg.MaxLocalRexmits {
 			e.resend(f, s)
 			e.st.TimeoutRexmits++
+			f.timeoutRexmits++
 			sent++
 		}
 	}

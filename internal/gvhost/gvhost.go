@@ -29,6 +29,8 @@ type Options struct {
 	// BufferBytes sets the largest send and receive buffers (default 4 MB,
 	// enough for 100 ms at 100 Mbit/s and more).
 	BufferBytes int
+	// CC is the congestion control, "reno" (gVisor's default) or "cubic".
+	CC string
 }
 
 // Host is one in-process TCP/IP host with one interface.
@@ -55,7 +57,12 @@ func New(addr netip.Addr, o Options) (*Host, error) {
 	sack := tcpip.TCPSACKEnabled(o.SACK)
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: o.BufferBytes, Max: o.BufferBytes}
 	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: o.BufferBytes, Max: o.BufferBytes}
-	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &snd, &rcv} {
+	opts := []tcpip.SettableTransportProtocolOption{&sack, &snd, &rcv}
+	if o.CC != "" {
+		cc := tcpip.CongestionControlOption(o.CC)
+		opts = append(opts, &cc)
+	}
+	for _, opt := range opts {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
 			return nil, fmt.Errorf("gvhost: tcp option %T: %s", opt, err)
 		}

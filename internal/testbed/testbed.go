@@ -49,7 +49,7 @@ func Available() error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("testbed needs root (network namespaces)")
 	}
-	for _, tool := range []string{"ip", "ethtool"} {
+	for _, tool := range []string{"ip", "ethtool", "nc", "ss", "sysctl", "tcpdump", "ping"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("testbed needs %s: %w", tool, err)
 		}
