@@ -13,12 +13,13 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/linkem"
 	"github.com/espep/espep/internal/netem"
 	"github.com/espep/espep/internal/pcapio"
 )
 
-const linkemUsage = `usage: espep linkem --a IFACE --b IFACE [impairments] [--ab.X … --ba.X …]
+const linkemUsage = `usage: espep linkem --a IFACE --b IFACE [impairments] [--ab.X … --ba.X …] [--engine snoop]
 
 Forwards every frame between two interfaces through an emulated link.
 Each impairment applies to both directions; --ab.NAME (frames from a to b)
@@ -128,6 +129,7 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
 	pcapAB := fs.String("pcap-ab", "", "write the frames delivered a→b to this pcap file")
 	pcapBA := fs.String("pcap-ba", "", "write the frames delivered b→a to this pcap file")
+	eng := fs.String("engine", "none", "TCP engine at the a end of the link (a: wire side, b: radio side): none or snoop")
 	both := addImpairments(fs, "", "")
 	ab := addImpairments(fs, "ab.", " (a→b only)")
 	ba := addImpairments(fs, "ba.", " (b→a only)")
@@ -173,7 +175,15 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 		x.c.Capture = capture
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	br, err := linkem.Open(*a, *b, cab, cba, log)
+	var ecfg *engine.Config
+	switch *eng {
+	case "none":
+	case "snoop":
+		ecfg = &engine.Config{}
+	default:
+		return usageError{fmt.Sprintf("linkem: --engine %q: want none or snoop (split mode is not written yet)", *eng)}
+	}
+	br, err := linkem.OpenWithEngine(*a, *b, cab, cba, ecfg, log)
 	if err != nil {
 		return err
 	}
@@ -192,9 +202,14 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 			printLinkemStats(stdout, *a, *b, br.Stats())
 		}
 	}()
-	log.Info("linkem running", "a", *a, "b", *b, "ab", describe(cab), "ba", describe(cba))
+	log.Info("linkem running", "a", *a, "b", *b, "ab", describe(cab), "ba", describe(cba), "engine", *eng)
 	err = br.Run(ctx)
 	printLinkemStats(stdout, *a, *b, br.Stats())
+	if e := br.Engine(); e != nil {
+		st := e.Stats()
+		fmt.Fprintf(stdout, "engine: packets %d flows-max %d cached %d local-rexmits %d timeout-rexmits %d suppressed-dupacks %d forwarded-dupacks %d relayed %d\n",
+			st.Packets, st.FlowsMax, st.Cached, st.LocalRexmits, st.TimeoutRexmits, st.SuppressedDupAcks, st.ForwardedDupAcks, st.Relayed)
+	}
 	return err
 }
 

@@ -74,16 +74,28 @@ func (e *Engine) upAck(f *flow, p *parsed, pkt []byte) bool {
 	case !f.ackValid || f.lastAck.LessThan(ack):
 		e.newAck(f, ack)
 		f.lastWindow = win
-	// A duplicate ACK: same cumulative ACK, no data. Unlike RFC 5681 the
-	// window may differ: a receiver holding out-of-order data shrinks it,
-	// and those are exactly the duplicates snoop must answer.
-	case ack == f.lastAck && p.payload == 0 && !p.tcp.Has(header.TCPFin) && len(f.cache) > 0:
+	// A duplicate ACK: same cumulative ACK, no data, and either a SACK
+	// block above the ACK (the receiver holds out-of-order data, whatever
+	// its window says) or, without SACK, an unchanged window (RFC 5681):
+	// a pure window update is not a duplicate.
+	case ack == f.lastAck && p.payload == 0 && !p.tcp.Has(header.TCPFin) && len(f.cache) > 0 &&
+		(sackAbove(&p.opts, ack) || win == f.lastWindow):
 		if !e.dupAck(f) {
 			return true // answered locally: swallowed
 		}
 	}
 	e.out(Wire, pkt)
 	return true
+}
+
+// sackAbove reports whether a SACK block reaches beyond ack.
+func sackAbove(o *header.TCPOptions, ack seqnum.Value) bool {
+	for i := 0; i < o.NSACK; i++ {
+		if ack.LessThan(seqnum.Value(o.SACK[i].End)) {
+			return true
+		}
+	}
+	return false
 }
 
 // newAck cleans the cache up to ack and takes an RTT sample.
@@ -108,8 +120,10 @@ func (e *Engine) newAck(f *flow, ack seqnum.Value) {
 	if f.inRecovery {
 		if f.recover.LessThanEq(ack) {
 			f.inRecovery = false
-		} else if s := e.cached(f, ack); s != nil && s.rexmits < e.cfg.MaxLocalRexmits {
-			// Partial ACK: the next segment was lost too.
+		} else if s := e.cached(f, ack); s != nil && s.rexmits < e.cfg.MaxLocalRexmits && now.Sub(s.sentAt) > f.srtt {
+			// Partial ACK: the next segment was lost too — unless it was
+			// sent less than an RTT ago and may still be in the radio
+			// queue (a resend then would only waste the radio).
 			e.resend(f, s)
 			e.st.LocalRexmits++
 			f.localRexmits++

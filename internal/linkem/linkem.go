@@ -14,8 +14,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 
+	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/netem"
 )
 
@@ -38,6 +40,13 @@ type Bridge struct {
 	a, b   *port
 	ab, ba *netem.Link
 	log    *slog.Logger
+	eng    *engine.Engine // nil: no engine
+
+	l2mu   sync.Mutex
+	l2AB   [14]byte // Ethernet header of the last IP frame a→b
+	l2BA   [14]byte
+	haveAB bool
+	haveBA bool
 }
 
 type portCounters struct {
@@ -51,6 +60,14 @@ func (c *portCounters) snapshot() PortStats {
 // Open binds to both interfaces and builds the links; frames flow once Run
 // is called.
 func Open(a, b string, ab, ba netem.Config, log *slog.Logger) (*Bridge, error) {
+	return OpenWithEngine(a, b, ab, ba, nil, log)
+}
+
+// OpenWithEngine is Open with a TCP engine at the a end of the emulated
+// link, as a base station sits at the wired end of the radio: a is the
+// engine's wire side, b its radio side. IP packets go through the engine;
+// other frames (ARP) pass as they are. ecfg nil means no engine.
+func OpenWithEngine(a, b string, ab, ba netem.Config, ecfg *engine.Config, log *slog.Logger) (*Bridge, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -64,8 +81,13 @@ func Open(a, b string, ab, ba netem.Config, log *slog.Logger) (*Bridge, error) {
 		return nil, err
 	}
 	br := &Bridge{a: pa, b: pb, log: log}
+	toA := func(f []byte) { pa.write(f) }
+	if ecfg != nil {
+		br.eng = engine.New(*ecfg, br.engineOut)
+		toA = func(f []byte) { br.fromRadio(f) }
+	}
 	if br.ab, err = netem.New(ab, nil, func(f []byte) { pb.write(f) }); err == nil {
-		br.ba, err = netem.New(ba, nil, func(f []byte) { pa.write(f) })
+		br.ba, err = netem.New(ba, nil, toA)
 	}
 	if err != nil {
 		pa.close()
@@ -79,8 +101,12 @@ func Open(a, b string, ab, ba netem.Config, log *slog.Logger) (*Bridge, error) {
 // returns the first read error other than the cancellation.
 func (br *Bridge) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
-	go func() { errc <- br.a.readLoop(ctx, br.ab) }()
-	go func() { errc <- br.b.readLoop(ctx, br.ba) }()
+	fromA := br.ab.Send
+	if br.eng != nil {
+		fromA = br.fromWire
+	}
+	go func() { errc <- br.a.readLoop(ctx, fromA) }()
+	go func() { errc <- br.b.readLoop(ctx, br.ba.Send) }()
 	var first error
 	for i := 0; i < 2; i++ {
 		if err := <-errc; err != nil && first == nil && ctx.Err() == nil {
@@ -100,4 +126,65 @@ func (br *Bridge) Run(ctx context.Context) error {
 // Stats returns the counters.
 func (br *Bridge) Stats() Stats {
 	return Stats{A: br.a.c.snapshot(), B: br.b.c.snapshot(), AB: br.ab.Stats(), BA: br.ba.Stats()}
+}
+
+// Engine returns the bridge's TCP engine, or nil.
+func (br *Bridge) Engine() *engine.Engine { return br.eng }
+
+const etherLen = 14
+
+func isIP(f []byte) bool {
+	if len(f) <= etherLen {
+		return false
+	}
+	et := uint16(f[12])<<8 | uint16(f[13])
+	return et == 0x0800 || et == 0x86dd
+}
+
+// fromWire takes a frame read on a: IP goes to the engine, the rest on.
+func (br *Bridge) fromWire(f []byte) {
+	if !isIP(f) {
+		br.ab.Send(f)
+		return
+	}
+	br.l2mu.Lock()
+	copy(br.l2AB[:], f[:etherLen])
+	br.haveAB = true
+	br.l2mu.Unlock()
+	br.eng.Process(engine.Wire, f[etherLen:])
+}
+
+// fromRadio takes a frame that crossed the radio toward a.
+func (br *Bridge) fromRadio(f []byte) {
+	if !isIP(f) {
+		br.a.write(f)
+		return
+	}
+	br.l2mu.Lock()
+	copy(br.l2BA[:], f[:etherLen])
+	br.haveBA = true
+	br.l2mu.Unlock()
+	br.eng.Process(engine.Radio, f[etherLen:])
+}
+
+// engineOut frames what the engine sends with the direction's Ethernet
+// header (a two-host link: one header per direction).
+func (br *Bridge) engineOut(to engine.Side, pkt []byte) {
+	br.l2mu.Lock()
+	hdr, ok := br.l2AB, br.haveAB
+	if to == engine.Wire {
+		hdr, ok = br.l2BA, br.haveBA
+	}
+	br.l2mu.Unlock()
+	if !ok {
+		return
+	}
+	f := make([]byte, etherLen+len(pkt))
+	copy(f, hdr[:])
+	copy(f[etherLen:], pkt)
+	if to == engine.Radio {
+		br.ab.Send(f)
+	} else {
+		br.a.write(f)
+	}
 }

@@ -9,8 +9,6 @@ import (
 	"net"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/espep/espep/internal/netem"
 )
 
 // port is an AF_PACKET socket bound to one interface, in promiscuous mode,
@@ -60,7 +58,7 @@ func openPort(name string) (*port, error) {
 }
 
 // readLoop hands every frame read to the link until ctx is done.
-func (p *port) readLoop(ctx context.Context, l *netem.Link) error {
+func (p *port) readLoop(ctx context.Context, send func([]byte)) error {
 	buf := make([]byte, 65536)
 	for ctx.Err() == nil {
 		n, _, err := unix.Recvfrom(p.fd, buf, 0)
@@ -78,7 +76,7 @@ func (p *port) readLoop(ctx context.Context, l *netem.Link) error {
 		if n > p.mtu+18 { // Ethernet header and one VLAN tag
 			p.c.oversize.Add(1)
 		}
-		l.Send(append([]byte(nil), buf[:n]...))
+		send(append([]byte(nil), buf[:n]...))
 	}
 	return nil
 }
