@@ -129,7 +129,7 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
 	pcapAB := fs.String("pcap-ab", "", "write the frames delivered a→b to this pcap file")
 	pcapBA := fs.String("pcap-ba", "", "write the frames delivered b→a to this pcap file")
-	eng := fs.String("engine", "none", "TCP engine at the a end of the link (a: wire side, b: radio side): none or snoop")
+	eng := fs.String("engine", "none", "TCP engine at the a end of the link (a: wire side, b: radio side): none, snoop, or snoop-forward (repair locally, pass every ACK on)")
 	both := addImpairments(fs, "", "")
 	ab := addImpairments(fs, "ab.", " (a→b only)")
 	ba := addImpairments(fs, "ba.", " (b→a only)")
@@ -180,8 +180,10 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	case "none":
 	case "snoop":
 		ecfg = &engine.Config{}
+	case "snoop-forward":
+		ecfg = &engine.Config{ForwardDupAcks: true}
 	default:
-		return usageError{fmt.Sprintf("linkem: --engine %q: want none or snoop (split mode is not written yet)", *eng)}
+		return usageError{fmt.Sprintf("linkem: --engine %q: want none, snoop or snoop-forward (split mode is not written yet)", *eng)}
 	}
 	br, err := linkem.OpenWithEngine(*a, *b, cab, cba, ecfg, log)
 	if err != nil {

@@ -8,9 +8,11 @@
 // reliable transport and handoff performance in cellular wireless
 // networks", 1995): no early ACKs; the engine caches the segments it
 // forwards toward the radio, resends them itself on duplicate ACKs from the
-// radio side or on a local timeout, and suppresses the duplicate ACKs it
-// has answered, so that the wired sender does not mistake radio loss for
-// congestion. Split mode (early ACKs, its own sender) is not here yet.
+// radio side or on a local timeout, and — on flows without SACK — suppresses
+// the duplicate ACKs it has answered, so that the wired sender does not
+// mistake radio loss for congestion. On SACK flows the duplicates go on (the
+// sender learns of the loss from the SACK blocks anyway, and needs its ACK
+// clock). Split mode (early ACKs, its own sender) is not here yet.
 //
 // Flows are tracked from their SYN; a flow first seen mid-stream is relayed
 // untouched. Per-flow state is plain data so that it can later be exported

@@ -29,6 +29,14 @@ type Config struct {
 	// IdleTimeout: a flow without a packet for this long is forgotten
 	// when the table is full (default 10 minutes).
 	IdleTimeout time.Duration
+	// ForwardDupAcks makes snoop repair locally but pass every duplicate
+	// ACK on, keeping the sender's ACK clock, for every flow. Without it,
+	// duplicates are forwarded on flows that negotiated SACK and
+	// swallowed on the others (classic snoop): with SACK the sender sees
+	// the loss in the SACK blocks anyway (RFC 6675, RACK), and swallowing
+	// only starves its ACK clock — measured with Linux BBR: 0.3× end to
+	// end when swallowed, 1.0× when forwarded.
+	ForwardDupAcks bool
 }
 
 // Stats are the engine's global counters.

@@ -287,3 +287,25 @@ func TestIdleExpiry(t *testing.T) {
 		t.Fatalf("%+v", st)
 	}
 }
+
+// TestSnoopSACKForwardsDuplicates: on a flow that negotiated SACK the
+// engine still repairs locally, but passes the duplicate ACKs on.
+func TestSnoopSACKForwardsDuplicates(t *testing.T) {
+	h := newHarness(t)
+	h.e.Process(Wire, mkseg(wireHost, radioHost, header.TCPSyn, isnW, 0, 65535, 0, header.TCPOptSACKPerm, 2))
+	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPSyn|header.TCPAck, isnR, isnW+1, 65535, 0, header.TCPOptSACKPerm, 2))
+	h.take()
+	for i := 0; i < 3; i++ {
+		h.e.Process(Wire, h.data(i))
+	}
+	h.e.Process(Radio, h.ack(1))
+	h.take()
+	sack := []byte{header.TCPOptNop, header.TCPOptNop, header.TCPOptSACK, 10, 0, 0, 0, 0, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(sack[4:], isnW+1+2*mss)
+	binary.BigEndian.PutUint32(sack[8:], isnW+1+3*mss)
+	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPAck, isnR+1, isnW+1+mss, 65000, 0, sack...)) // window changed too
+	o := h.take()
+	if len(o) != 2 || o[0].to != Radio || tcpOf(o[0].pkt).Seq() != isnW+1+mss || o[1].to != Wire {
+		t.Fatalf("want a local resend and the duplicate forwarded, got %d packets", len(o))
+	}
+}

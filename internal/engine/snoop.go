@@ -80,7 +80,8 @@ func (e *Engine) upAck(f *flow, p *parsed, pkt []byte) bool {
 	// a pure window update is not a duplicate.
 	case ack == f.lastAck && p.payload == 0 && !p.tcp.Has(header.TCPFin) && len(f.cache) > 0 &&
 		(sackAbove(&p.opts, ack) || win == f.lastWindow):
-		if !e.dupAck(f) {
+		answered := !e.dupAck(f)
+		if answered && !e.cfg.ForwardDupAcks && !(f.down.sackOK && f.up.sackOK) {
 			return true // answered locally: swallowed
 		}
 	}
