@@ -309,3 +309,28 @@ func TestSnoopSACKForwardsDuplicates(t *testing.T) {
 		t.Fatalf("want a local resend and the duplicate forwarded, got %d packets", len(o))
 	}
 }
+
+// TestWindowUpdateIsNotDuplicate: without SACK, an ACK that only changes
+// the window is a window update, not a duplicate; the duplicates after it
+// carry the new window and are recognised.
+func TestWindowUpdateIsNotDuplicate(t *testing.T) {
+	h := newHarness(t)
+	h.establish()
+	for i := 0; i < 3; i++ {
+		h.e.Process(Wire, h.data(i))
+	}
+	h.e.Process(Radio, h.ack(1))
+	h.take()
+	update := mkseg(radioHost, wireHost, header.TCPAck, isnR+1, isnW+1+mss, 40000, 0)
+	h.e.Process(Radio, update)
+	if o := h.take(); len(o) != 1 || o[0].to != Wire {
+		t.Fatalf("window update not forwarded as it is: %+v", o)
+	}
+	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPAck, isnR+1, isnW+1+mss, 40000, 0)) // duplicate, new window
+	if o := h.take(); len(o) != 1 || o[0].to != Radio || tcpOf(o[0].pkt).Seq() != isnW+1+mss {
+		t.Fatalf("duplicate after a window update not answered: %+v", o)
+	}
+	if st := h.e.Stats(); st.SuppressedDupAcks != 1 || st.LocalRexmits != 1 {
+		t.Fatalf("%+v", st)
+	}
+}

@@ -80,10 +80,14 @@ func (e *Engine) upAck(f *flow, p *parsed, pkt []byte) bool {
 	// a pure window update is not a duplicate.
 	case ack == f.lastAck && p.payload == 0 && !p.tcp.Has(header.TCPFin) && len(f.cache) > 0 &&
 		(sackAbove(&p.opts, ack) || win == f.lastWindow):
-		answered := !e.dupAck(f)
-		if answered && !e.cfg.ForwardDupAcks && !(f.down.sackOK && f.up.sackOK) {
+		if e.dupAck(f) && !e.cfg.ForwardDupAcks && !(f.down.sackOK && f.up.sackOK) {
+			e.st.SuppressedDupAcks++
+			f.suppressed++
 			return true // answered locally: swallowed
 		}
+		e.st.ForwardedDupAcks++
+	case ack == f.lastAck && p.payload == 0:
+		f.lastWindow = win // a window update
 	}
 	e.out(Wire, pkt)
 	return true
@@ -140,14 +144,15 @@ func (f *flow) startRecovery() {
 	f.recover = f.sndMax
 }
 
-// dupAck handles a duplicate ACK from the radio side; it reports whether
-// to forward it to the sender.
+// dupAck handles a duplicate ACK from the radio side and reports whether
+// the engine has answered it (resent the missing segment now, or it is one
+// of the duplicates the segments behind the hole cause); classic snoop
+// swallows what it has answered.
 func (e *Engine) dupAck(f *flow) bool {
 	f.dupacks++
 	s := e.cached(f, f.lastAck)
 	if s == nil {
-		e.st.ForwardedDupAcks++
-		return true // not ours to repair
+		return false // not ours to repair
 	}
 	if f.dupacks == 1 && s.rexmits < e.cfg.MaxLocalRexmits {
 		e.resend(f, s)
@@ -162,17 +167,9 @@ func (e *Engine) dupAck(f *flow) bool {
 				f.expectDup++
 			}
 		}
-		e.st.SuppressedDupAcks++
-		f.suppressed++
-		return false
+		return true
 	}
-	if f.dupacks <= f.expectDup+1 {
-		e.st.SuppressedDupAcks++
-		f.suppressed++
-		return false
-	}
-	e.st.ForwardedDupAcks++
-	return true
+	return f.dupacks <= f.expectDup+1
 }
 
 // cached returns the cached segment that starts at seq.
