@@ -129,7 +129,7 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
 	pcapAB := fs.String("pcap-ab", "", "write the frames delivered a→b to this pcap file")
 	pcapBA := fs.String("pcap-ba", "", "write the frames delivered b→a to this pcap file")
-	eng := fs.String("engine", "none", "TCP engine at the a end of the link (a: wire side, b: radio side): none, snoop, or snoop-forward (repair locally, pass every ACK on)")
+	eng := fs.String("engine", "none", "TCP engine at the a end of the link (a: wire side, b: radio side): none, snoop (duplicate ACKs swallowed without SACK, forwarded with it), snoop-forward or snoop-swallow")
 	both := addImpairments(fs, "", "")
 	ab := addImpairments(fs, "ab.", " (a→b only)")
 	ba := addImpairments(fs, "ba.", " (b→a only)")
@@ -181,9 +181,11 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	case "snoop":
 		ecfg = &engine.Config{}
 	case "snoop-forward":
-		ecfg = &engine.Config{ForwardDupAcks: true}
+		ecfg = &engine.Config{DupAcks: engine.DupAcksForward}
+	case "snoop-swallow":
+		ecfg = &engine.Config{DupAcks: engine.DupAcksSwallow}
 	default:
-		return usageError{fmt.Sprintf("linkem: --engine %q: want none, snoop or snoop-forward (split mode is not written yet)", *eng)}
+		return usageError{fmt.Sprintf("linkem: --engine %q: want none, snoop, snoop-forward or snoop-swallow (split mode is not written yet)", *eng)}
 	}
 	br, err := linkem.OpenWithEngine(*a, *b, cab, cba, ecfg, log)
 	if err != nil {

@@ -10,9 +10,10 @@
 // forwards toward the radio, resends them itself on duplicate ACKs from the
 // radio side or on a local timeout, and — on flows without SACK — suppresses
 // the duplicate ACKs it has answered, so that the wired sender does not
-// mistake radio loss for congestion. On SACK flows the duplicates go on (the
-// sender learns of the loss from the SACK blocks anyway, and needs its ACK
-// clock). Split mode (early ACKs, its own sender) is not here yet.
+// mistake radio loss for congestion. On SACK flows the duplicates go on by
+// default (the sender learns of the loss from the SACK blocks anyway, and
+// needs its ACK clock); Config.DupAcks changes that. Split mode (early ACKs,
+// its own sender) is not here yet.
 //
 // Flows are tracked from their SYN; a flow first seen mid-stream is relayed
 // untouched. Per-flow state is plain data so that it can later be exported

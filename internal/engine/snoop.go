@@ -80,7 +80,7 @@ func (e *Engine) upAck(f *flow, p *parsed, pkt []byte) bool {
 	// a pure window update is not a duplicate.
 	case ack == f.lastAck && p.payload == 0 && !p.tcp.Has(header.TCPFin) && len(f.cache) > 0 &&
 		(sackAbove(&p.opts, ack) || win == f.lastWindow):
-		if e.dupAck(f) && !e.cfg.ForwardDupAcks && !(f.down.sackOK && f.up.sackOK) {
+		if e.dupAck(f) && e.swallow(f) {
 			e.st.SuppressedDupAcks++
 			f.suppressed++
 			return true // answered locally: swallowed
@@ -91,6 +91,17 @@ func (e *Engine) upAck(f *flow, p *parsed, pkt []byte) bool {
 	}
 	e.out(Wire, pkt)
 	return true
+}
+
+// swallow applies the duplicate-ACK policy to a flow.
+func (e *Engine) swallow(f *flow) bool {
+	switch e.cfg.DupAcks {
+	case DupAcksForward:
+		return false
+	case DupAcksSwallow:
+		return true
+	}
+	return !(f.down.sackOK && f.up.sackOK)
 }
 
 // sackAbove reports whether a SACK block reaches beyond ack.
