@@ -32,7 +32,7 @@ func (RealClock) AfterFunc(d time.Duration, f func()) Timer {
 type SimClock struct {
 	mu  sync.Mutex
 	now time.Time
-	q   eventHeap
+	q   timeHeap[*event]
 	seq uint64
 }
 
@@ -64,8 +64,8 @@ func (c *SimClock) AfterFunc(d time.Duration, f func()) Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seq++
-	ev := &event{at: c.now.Add(max(d, 0)), seq: c.seq, f: f}
-	c.q.push(ev)
+	ev := &event{f: f}
+	c.q.push(timed[*event]{at: c.now.Add(max(d, 0)), seq: c.seq, v: ev})
 	return simTimer{c, ev}
 }
 
@@ -82,17 +82,17 @@ func (c *SimClock) Advance(d time.Duration) {
 func (c *SimClock) RunUntil(t time.Time) {
 	for {
 		c.mu.Lock()
-		ev := c.q.peek()
-		if ev == nil || ev.at.After(t) {
+		if len(c.q) == 0 || c.q[0].at.After(t) {
 			if t.After(c.now) {
 				c.now = t
 			}
 			c.mu.Unlock()
 			return
 		}
-		c.q.pop()
-		if ev.at.After(c.now) {
-			c.now = ev.at
+		next := c.q.pop()
+		ev := next.v
+		if next.at.After(c.now) {
+			c.now = next.at
 		}
 		done := ev.done
 		ev.done = true
@@ -109,69 +109,15 @@ func (c *SimClock) Pending() int {
 	defer c.mu.Unlock()
 	n := 0
 	for _, e := range c.q {
-		if !e.done {
+		if !e.v.done {
 			n++
 		}
 	}
 	return n
 }
 
+// event is a function scheduled on a SimClock.
 type event struct {
-	at   time.Time
-	seq  uint64 // FIFO among equal times
 	f    func()
 	done bool
-}
-
-// eventHeap is a min-heap by (at, seq).
-type eventHeap []*event
-
-func (h eventHeap) less(i, j int) bool {
-	if !h[i].at.Equal(h[j].at) {
-		return h[i].at.Before(h[j].at)
-	}
-	return h[i].seq < h[j].seq
-}
-
-func (h *eventHeap) push(e *event) {
-	*h = append(*h, e)
-	for i := len(*h) - 1; i > 0; {
-		p := (i - 1) / 2
-		if !h.less(i, p) {
-			break
-		}
-		(*h)[i], (*h)[p] = (*h)[p], (*h)[i]
-		i = p
-	}
-}
-
-func (h eventHeap) peek() *event {
-	if len(h) == 0 {
-		return nil
-	}
-	return h[0]
-}
-
-func (h *eventHeap) pop() *event {
-	old := *h
-	n := len(old) - 1
-	top := old[0]
-	old[0] = old[n]
-	old[n] = nil
-	*h = old[:n]
-	for i := 0; ; {
-		l, r, m := 2*i+1, 2*i+2, i
-		if l < n && h.less(l, m) {
-			m = l
-		}
-		if r < n && h.less(r, m) {
-			m = r
-		}
-		if m == i {
-			break
-		}
-		(*h)[i], (*h)[m] = (*h)[m], (*h)[i]
-		i = m
-	}
-	return top
 }

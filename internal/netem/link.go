@@ -39,7 +39,7 @@ type Link struct {
 	lastArrival time.Time // arrivals never go backwards (jitter does not reorder)
 	inQueue     []queued  // packets not yet fully transmitted, by end of transmission
 	queueBytes  int
-	flight      arrivalHeap
+	flight      timeHeap[[]byte] // packets in flight, by arrival
 	seq         uint64
 	timer       Timer
 	timerAt     time.Time
@@ -198,7 +198,7 @@ func (l *Link) lost() bool {
 
 func (l *Link) push(at time.Time, pkt []byte) {
 	l.seq++
-	l.flight.push(arrival{at: at, seq: l.seq, pkt: pkt})
+	l.flight.push(timed[[]byte]{at: at, seq: l.seq, v: pkt})
 }
 
 // arm makes sure a timer is set for the earliest packet in flight.
@@ -233,75 +233,24 @@ func (l *Link) fire() {
 	if late := now.Sub(l.timerAt); late > 0 {
 		l.late += (min(late, maxLateComp) - l.late) / 8
 	}
-	var due []arrival
+	var due [][]byte
 	for len(l.flight) > 0 && !l.flight[0].at.After(now.Add(l.late)) {
-		due = append(due, l.flight.pop())
+		due = append(due, l.flight.pop().v)
 	}
-	for _, a := range due {
+	for _, pkt := range due {
 		l.st.Delivered++
-		l.st.DeliveredBytes += uint64(len(a.pkt))
+		l.st.DeliveredBytes += uint64(len(pkt))
 	}
 	l.mu.Unlock()
-	for _, a := range due {
+	for _, pkt := range due {
 		if l.cfg.Capture != nil {
-			l.cfg.Capture(now, a.pkt)
+			l.cfg.Capture(now, pkt)
 		}
-		l.deliver(a.pkt)
+		l.deliver(pkt)
 	}
 	l.mu.Lock()
 	l.arm(l.clock.Now())
 	l.mu.Unlock()
-}
-
-type arrival struct {
-	at  time.Time
-	seq uint64
-	pkt []byte
-}
-
-type arrivalHeap []arrival
-
-func (h arrivalHeap) less(i, j int) bool {
-	if !h[i].at.Equal(h[j].at) {
-		return h[i].at.Before(h[j].at)
-	}
-	return h[i].seq < h[j].seq
-}
-
-func (h *arrivalHeap) push(a arrival) {
-	*h = append(*h, a)
-	for i := len(*h) - 1; i > 0; {
-		p := (i - 1) / 2
-		if !h.less(i, p) {
-			break
-		}
-		(*h)[i], (*h)[p] = (*h)[p], (*h)[i]
-		i = p
-	}
-}
-
-func (h *arrivalHeap) pop() arrival {
-	old := *h
-	n := len(old) - 1
-	top := old[0]
-	old[0] = old[n]
-	old[n] = arrival{}
-	*h = old[:n]
-	for i := 0; ; {
-		l, r, m := 2*i+1, 2*i+2, i
-		if l < n && h.less(l, m) {
-			m = l
-		}
-		if r < n && h.less(r, m) {
-			m = r
-		}
-		if m == i {
-			break
-		}
-		(*h)[i], (*h)[m] = (*h)[m], (*h)[i]
-		i = m
-	}
-	return top
 }
 
 // Pair is a duplex link: AB carries packets from side A to side B, BA the
