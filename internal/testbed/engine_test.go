@@ -7,27 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
-
-var engineRE = regexp.MustCompile(`engine: packets (\d+) flows-max (\d+) cached (\d+) local-rexmits (\d+) timeout-rexmits (\d+)`)
-
-// engineCounts reads linkem's engine line: cached, local and timeout resends.
-func engineCounts(out string) (cached, local, timeout int) {
-	m := engineRE.FindStringSubmatch(out)
-	if m == nil {
-		return -1, -1, -1
-	}
-	a, _ := strconv.Atoi(m[3])
-	b, _ := strconv.Atoi(m[4])
-	c, _ := strconv.Atoi(m[5])
-	return a, b, c
-}
 
 // TestEngineLinuxTCP: the Linux kernel's TCP (CUBIC and BBR) sends a file
 // from the wired host through the snoop engine and a radio link with 2 %
@@ -66,7 +50,8 @@ s.recv(1)`, th.BAddr, cc, in)
 			}
 			th.Linkem.Signal(syscall.SIGTERM)
 			th.Linkem.Wait(5 * time.Second)
-			cached, local, timeout := engineCounts(th.Linkem.Output())
+			ec := counters(th.Linkem.Output(), "engine:")
+			cached, local, timeout := ec["cached"], ec["local-rexmits"], ec["timeout-rexmits"]
 			t.Logf("%s: engine cached %d, resent %d on dupacks, %d on timeouts", cc, cached, local, timeout)
 			if cached < 1000 || local+timeout == 0 {
 				t.Fatalf("the engine did not work on the flow:\n%s", lastLines([]byte(th.Linkem.Output()), 6))

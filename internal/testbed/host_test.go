@@ -113,19 +113,24 @@ func (c hostCase) hostConfig(saPath, local, remote, tunAddr string, outSPI int) 
 	return s
 }
 
-var hostStatRE = regexp.MustCompile(`([a-z-]+) (\d+)`)
+var counterRE = regexp.MustCompile(`([a-z-]+) (\d+)`)
 
-func hostStats(out string) map[string]int {
-	i := strings.LastIndex(out, "espep host:")
+// counters reads the "name N" pairs of the last output line that starts
+// with prefix (espep host's and linkem's engine counter lines).
+func counters(out, prefix string) map[string]int {
 	m := map[string]int{}
+	i := strings.LastIndex(out, prefix)
 	if i < 0 {
 		return m
 	}
-	for _, x := range hostStatRE.FindAllStringSubmatch(out[i:], -1) {
+	line, _, _ := strings.Cut(out[i:], "\n")
+	for _, x := range counterRE.FindAllStringSubmatch(line, -1) {
 		m[x[1]], _ = strconv.Atoi(x[2])
 	}
 	return m
 }
+
+func hostStats(out string) map[string]int { return counters(out, "espep host:") }
 
 // TestHostFileTransfer: two espep host instances in namespaces, the Linux
 // kernel's TCP between them, a 1 MB file with matching SHA-256, for each
