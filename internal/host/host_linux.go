@@ -508,19 +508,29 @@ func (h *Host) send(pkt []byte) {
 	}
 }
 
+// readErr sorts a receive error: a timeout or an interrupt is retried (the
+// loop then checks ctx), an error while stopping ends the loop quietly,
+// anything else ends it with the error.
+func readErr(ctx context.Context, what string, err error) (retry bool, _ error) {
+	switch {
+	case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
+		return true, nil
+	case ctx.Err() != nil:
+		return false, nil
+	}
+	return false, fmt.Errorf("host: %s read: %w", what, err)
+}
+
 // rawLoop reads ESP or AH packets (IPv4 header included) and opens them.
 func (h *Host) rawLoop(ctx context.Context, fd int) error {
 	buf := make([]byte, 65536+64)
 	for ctx.Err() == nil {
 		n, _, err := unix.Recvfrom(fd, buf[64:], 0)
 		if err != nil {
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-				continue
+			if retry, err := readErr(ctx, "raw", err); !retry {
+				return err
 			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("host: raw read: %w", err)
+			continue
 		}
 		h.inbound(buf[:64+n], 64)
 	}
@@ -539,13 +549,10 @@ func (h *Host) udpLoop(ctx context.Context, fd int, v6 bool) error {
 	for ctx.Err() == nil {
 		n, oobn, _, from, err := unix.Recvmsg(fd, buf[64+hl:], oob, 0)
 		if err != nil {
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-				continue
+			if retry, err := readErr(ctx, "udp", err); !retry {
+				return err
 			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("host: udp read: %w", err)
+			continue
 		}
 		p := buf[64+hl : 64+hl+n]
 		switch {
@@ -584,13 +591,10 @@ func (h *Host) raw6Loop(ctx context.Context, fd int, proto uint8) error {
 	for ctx.Err() == nil {
 		n, oobn, _, from, err := unix.Recvmsg(fd, buf[64+header.IPv6Len:], oob, 0)
 		if err != nil {
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-				continue
+			if retry, err := readErr(ctx, "raw6", err); !retry {
+				return err
 			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("host: raw6 read: %w", err)
+			continue
 		}
 		src, _, ok := sockaddrAddr(from)
 		dst, ok2 := pktinfoDst(oob[:oobn])
