@@ -42,11 +42,11 @@ type Bridge struct {
 	log    *slog.Logger
 	eng    *engine.Engine // nil: no engine
 
-	l2mu   sync.Mutex
-	l2AB   [14]byte // Ethernet header of the last IP frame a→b
-	l2BA   [14]byte
-	haveAB bool
-	haveBA bool
+	// The Ethernet header of the last IP frame from each side, put on
+	// what the engine sends on in the same direction.
+	l2mu sync.Mutex
+	l2   [2][etherLen]byte // by engine.Side the frame came from
+	have [2]bool
 }
 
 type portCounters struct {
@@ -142,39 +142,34 @@ func isIP(f []byte) bool {
 }
 
 // fromWire takes a frame read on a: IP goes to the engine, the rest on.
-func (br *Bridge) fromWire(f []byte) {
-	if !isIP(f) {
-		br.ab.Send(f)
-		return
-	}
-	br.l2mu.Lock()
-	copy(br.l2AB[:], f[:etherLen])
-	br.haveAB = true
-	br.l2mu.Unlock()
-	br.eng.Process(engine.Wire, f[etherLen:])
-}
+func (br *Bridge) fromWire(f []byte) { br.toEngine(engine.Wire, f, br.ab.Send) }
 
 // fromRadio takes a frame that crossed the radio toward a.
-func (br *Bridge) fromRadio(f []byte) {
+func (br *Bridge) fromRadio(f []byte) { br.toEngine(engine.Radio, f, br.a.write) }
+
+// toEngine hands an IP frame from a side to the engine, remembering its
+// Ethernet header; other frames (ARP) go on through pass.
+func (br *Bridge) toEngine(from engine.Side, f []byte, pass func([]byte)) {
 	if !isIP(f) {
-		br.a.write(f)
+		pass(f)
 		return
 	}
 	br.l2mu.Lock()
-	copy(br.l2BA[:], f[:etherLen])
-	br.haveBA = true
+	copy(br.l2[from][:], f[:etherLen])
+	br.have[from] = true
 	br.l2mu.Unlock()
-	br.eng.Process(engine.Radio, f[etherLen:])
+	br.eng.Process(from, f[etherLen:])
 }
 
 // engineOut frames what the engine sends with the direction's Ethernet
 // header (a two-host link: one header per direction).
 func (br *Bridge) engineOut(to engine.Side, pkt []byte) {
-	br.l2mu.Lock()
-	hdr, ok := br.l2AB, br.haveAB
+	from := engine.Wire // the direction the packet travels comes from the other side
 	if to == engine.Wire {
-		hdr, ok = br.l2BA, br.haveBA
+		from = engine.Radio
 	}
+	br.l2mu.Lock()
+	hdr, ok := br.l2[from], br.have[from]
 	br.l2mu.Unlock()
 	if !ok {
 		return
