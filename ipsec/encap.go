@@ -136,6 +136,16 @@ func restoreTransport(pkt []byte, nhOff int, next uint8) {
 	h.UpdateChecksum()
 }
 
+// espTrailer splits a decrypted ESP body (payload ‖ padding ‖ pad length ‖
+// next header, RFC 4303 §2.4) into the payload and the next header.
+func espTrailer(id ID, body []byte) (payload []byte, next uint8, err error) {
+	padLen, next := int(body[len(body)-2]), body[len(body)-1]
+	if padLen+2 > len(body) {
+		return nil, 0, fmt.Errorf("sa %v: pad length %d of %d bytes: %w", id, padLen, len(body), ErrMalformed)
+	}
+	return body[:len(body)-2-padLen], next, nil
+}
+
 // trimInner returns the inner IP packet at the start of p, cut to the
 // length its header gives (dropping TFC padding, RFC 4303 §2.4).
 func trimInner(p []byte) ([]byte, error) {
@@ -159,9 +169,10 @@ func trimInner(p []byte) ([]byte, error) {
 	return nil, fmt.Errorf("inner ip version %d: %w", p[0]>>4, ErrMalformed)
 }
 
-// isTunnelNext decides the mode of an inbound packet from its next header.
-func (sa *SA) isTunnel(next uint8) bool {
-	switch sa.cfg.Mode {
+// tunnelFor decides the mode of an inbound packet from the SA's mode and,
+// for ModeAny, the packet's next header.
+func (c *Config) tunnelFor(next uint8) bool {
+	switch c.Mode {
 	case Tunnel:
 		return true
 	case Transport:

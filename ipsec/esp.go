@@ -256,15 +256,14 @@ func (sa *SA) openESP(pkt []byte, l Loc) ([]byte, error) {
 	// carries turns out unusable (RFC 4303 §3.4.3).
 	sa.replayAccept(seq)
 	body := e[header.ESPLen+ivLen : len(e)-icv]
-	padLen, next := int(body[len(body)-2]), body[len(body)-1]
 	sa.in.packets++
 	sa.in.bytes += uint64(len(body))
 	sa.in.Unlock()
-	if padLen+2 > len(body) {
+	payload, next, err := espTrailer(sa.id, body)
+	if err != nil {
 		sa.otherDrops.Add(1)
-		return nil, fmt.Errorf("sa %v: pad length %d of %d bytes: %w", sa.id, padLen, len(body), ErrMalformed)
+		return nil, err
 	}
-	payload := body[:len(body)-2-padLen]
 	return sa.decap(pkt, l, payload, next)
 }
 
@@ -273,7 +272,7 @@ func (sa *SA) decap(pkt []byte, l Loc, payload []byte, next uint8) ([]byte, erro
 	if next == header.ProtoNoNext {
 		return nil, fmt.Errorf("sa %v: %w", sa.id, ErrDummy)
 	}
-	if sa.isTunnel(next) {
+	if sa.cfg.tunnelFor(next) {
 		return trimInner(payload)
 	}
 	// Transport: slide the IP header up against the payload.

@@ -111,13 +111,11 @@ func (r *ReadSA) Decrypt(dst, pkt []byte) ([]byte, error) {
 		}
 		body := r.d.decrypt(dst[hl:], e)
 		r.mu.Unlock()
-		padLen := int(body[len(body)-2])
-		next = body[len(body)-1]
-		if padLen+2 > len(body) {
+		var err error
+		if payload, next, err = espTrailer(r.id, body); err != nil {
 			r.otherDrops.Add(1)
-			return nil, fmt.Errorf("sa %v: pad length %d of %d bytes: %w", r.id, padLen, len(body), ErrMalformed)
+			return nil, err
 		}
-		payload = body[:len(body)-2-padLen]
 	}
 	r.mu.Lock()
 	r.packets++
@@ -126,7 +124,7 @@ func (r *ReadSA) Decrypt(dst, pkt []byte) ([]byte, error) {
 	if next == header.ProtoNoNext {
 		return nil, fmt.Errorf("sa %v: %w", r.id, ErrDummy)
 	}
-	if r.cfg.Mode == Tunnel || (r.cfg.Mode == ModeAny && (next == header.ProtoIPIP || next == header.ProtoIPv6)) {
+	if r.cfg.tunnelFor(next) {
 		return trimInner(payload)
 	}
 	copy(dst[:hl], pkt[:hl])
