@@ -30,11 +30,18 @@ type Net struct {
 	wired, radio *netem.Pair
 }
 
-func newNet(t testing.TB, snoop bool, wired, radio netem.Config, sack bool) *Net {
-	return newNetCC(t, snoop, wired, radio, sack, "")
+// snoop and split are the engine configurations the tests use; nil runs
+// the hosts end to end through a plain relay.
+var (
+	snoop = &engine.Config{}
+	split = &engine.Config{Mode: engine.ModeSplit}
+)
+
+func newNet(t testing.TB, ecfg *engine.Config, wired, radio netem.Config, sack bool) *Net {
+	return newNetCC(t, ecfg, wired, radio, sack, "")
 }
 
-func newNetCC(t testing.TB, snoop bool, wired, radio netem.Config, sack bool, cc string) *Net {
+func newNetCC(t testing.TB, ecfg *engine.Config, wired, radio netem.Config, sack bool, cc string) *Net {
 	t.Helper()
 	n := &Net{}
 	var err error
@@ -47,7 +54,7 @@ func newNetCC(t testing.TB, snoop bool, wired, radio netem.Config, sack bool, cc
 	radioBA := radio
 	radioBA.Seed = radio.Seed + 1
 	var toWire, toRadio func([]byte)
-	if snoop {
+	if ecfg != nil {
 		n.out = func(to engine.Side, pkt []byte) {
 			c := append([]byte(nil), pkt...)
 			if to == engine.Radio {
@@ -56,7 +63,7 @@ func newNetCC(t testing.TB, snoop bool, wired, radio netem.Config, sack bool, cc
 				n.wired.BA.Send(c)
 			}
 		}
-		n.E.Store(engine.New(engine.Config{}, n.out))
+		n.E.Store(mustEngine(t, *ecfg, n.out))
 		toRadio = func(p []byte) { n.E.Load().Process(engine.Wire, p) }
 		toWire = func(p []byte) { n.E.Load().Process(engine.Radio, p) }
 	} else {
@@ -155,7 +162,7 @@ func TestEndToEnd(t *testing.T) {
 			radio := radioLink
 			radio.Seed = 7
 			tc.mod(&radio)
-			n := newNet(t, true, wiredLink, radio, tc.sack)
+			n := newNet(t, snoop, wiredLink, radio, tc.sack)
 			down := transfer(t, n.A, n.B, 1<<20, 60*time.Second)
 			up := transfer(t, n.B, n.A, 1<<20, 60*time.Second)
 			st := n.E.Load().Stats()
@@ -170,6 +177,7 @@ func TestEndToEnd(t *testing.T) {
 var (
 	goodput   = flagBool("enginebench")
 	benchSecs = flag.Duration("enginebench.time", 20*time.Second, "length of each goodput run")
+	benchCC   = flag.String("enginebench.cc", "cubic", "the hosts' congestion control (cubic or reno)")
 )
 
 // timedTransfer sends from src to dst for d and returns the goodput the
@@ -215,8 +223,9 @@ func timedTransfer(t testing.TB, src, dst *gvhost.Host, d time.Duration) float64
 	return float64(r.n*8) / r.dur.Seconds() / 1e6
 }
 
-// TestGoodput compares end-to-end TCP with snoop over the radio (20 Mbit/s,
-// wired RTT 80 ms + radio RTT 20 ms) across a loss grid. Harness: run with
+// TestGoodput compares end-to-end TCP with snoop and split over the radio
+// (20 Mbit/s, wired RTT 80 ms + radio RTT 20 ms) across a loss grid.
+// Harness: run with
 //
 //	go test ./internal/engine -run TestGoodput -enginebench -v
 func TestGoodput(t *testing.T) {
@@ -241,21 +250,22 @@ func TestGoodput(t *testing.T) {
 	var rows []string
 	for _, sack := range []bool{false, true} {
 		for _, c := range cases {
-			var gp [2]float64
-			for i, snoop := range []bool{false, true} {
+			var gp [3]float64
+			for i, ecfg := range []*engine.Config{nil, snoop, split} {
 				// queue: one bandwidth-delay product (20 Mbit/s × 100 ms)
 				radio := netem.Config{Rate: 20e6, Delay: 10 * time.Millisecond, QueuePackets: 170, Seed: 3}
 				c.mod(&radio)
-				n := newNetCC(t, snoop, wired, radio, sack, "cubic")
+				n := newNetCC(t, ecfg, wired, radio, sack, *benchCC)
 				gp[i] = timedTransfer(t, n.A, n.B, *benchSecs)
 			}
 			limit := 20 * (1 - c.p) * 1448 / 1500
-			rows = append(rows, fmt.Sprintf("sack=%-5v %-13s e2e %6.2f Mbit/s (%.2f of limit)   snoop %6.2f Mbit/s (%.2f of limit, %.1f× e2e)",
-				sack, c.name, gp[0], gp[0]/limit, gp[1], gp[1]/limit, gp[1]/gp[0]))
+			rows = append(rows, fmt.Sprintf("| %-5v | %-12s | %6.2f (%.2f) | %6.2f (%.2f, %4.1f×) | %6.2f (%.2f, %4.1f×) |",
+				sack, c.name, gp[0], gp[0]/limit, gp[1], gp[1]/limit, gp[1]/gp[0], gp[2], gp[2]/limit, gp[2]/gp[0]))
 			t.Log(rows[len(rows)-1])
 		}
 	}
-	t.Logf("gVisor TCP (CUBIC, SACK off and on), radio 20 Mbit/s with a 1-BDP queue, RTT 80 ms wired + 20 ms radio, %v runs:\n%s", *benchSecs, strings.Join(rows, "\n"))
+	t.Logf("gVisor TCP (%s), radio 20 Mbit/s with a 1-BDP queue, RTT 80 ms wired + 20 ms radio, %v runs; Mbit/s (ratio to C·(1−p), ratio to e2e):\n"+
+		"| SACK | radio | e2e | snoop | split |\n|---|---|---|---|---|\n%s", *benchCC, *benchSecs, strings.Join(rows, "\n"))
 }
 
 // TestHandoff moves the flow to a second engine (through JSON) in the
@@ -264,7 +274,7 @@ func TestGoodput(t *testing.T) {
 func TestHandoff(t *testing.T) {
 	radio := radioLink
 	radio.Seed, radio.Loss = 11, 0.02
-	n := newNet(t, true, wiredLink, radio, true)
+	n := newNet(t, snoop, wiredLink, radio, true)
 	done := make(chan struct{})
 	var moved int
 	go func() {
@@ -277,7 +287,7 @@ func TestHandoff(t *testing.T) {
 		}
 		var states []engine.FlowState
 		json.Unmarshal(b, &states)
-		next := engine.New(engine.Config{}, n.out)
+		next, _ := engine.New(engine.Config{}, n.out)
 		if next.Import(states) == nil {
 			moved = len(states)
 			n.E.Store(next)
@@ -289,5 +299,60 @@ func TestHandoff(t *testing.T) {
 	t.Logf("moved %d flow(s); new engine: %+v", moved, st)
 	if moved != 1 || st.Cached == 0 {
 		t.Fatalf("the flow did not move mid-transfer (moved %d, new engine %+v)", moved, st)
+	}
+}
+
+func mustEngine(t testing.TB, cfg engine.Config, out func(engine.Side, []byte)) *engine.Engine {
+	t.Helper()
+	e, err := engine.New(cfg, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// TestSplitEndToEnd moves 1 MB each way between two gVisor TCP stacks
+// through the engine in split mode over a lossy radio link, with SACK on
+// and off, reordering and an outage, and checks the bytes; the engine must
+// have acknowledged early and resent on its own.
+func TestSplitEndToEnd(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		sack bool
+		mod  func(*netem.Config)
+	}{
+		{"loss2%-sack", true, func(c *netem.Config) { c.Loss = 0.02 }},
+		{"loss2%-nosack", false, func(c *netem.Config) { c.Loss = 0.02 }},
+		{"reorder", true, func(c *netem.Config) { c.Loss = 0.01; c.Reorder = 0.02 }},
+		{"outage", true, func(c *netem.Config) {
+			c.Loss = 0.01
+			c.Outages = []netem.Outage{{From: 300 * time.Millisecond, To: 500 * time.Millisecond}}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			radio := radioLink
+			radio.Seed = 7
+			tc.mod(&radio)
+			n := newNet(t, split, wiredLink, radio, tc.sack)
+			down := transfer(t, n.A, n.B, 1<<20, 60*time.Second)
+			up := transfer(t, n.B, n.A, 1<<20, 60*time.Second)
+			st := n.E.Load().Stats()
+			t.Logf("down %.1f Mbit/s, up %.1f Mbit/s; %+v", down, up, st)
+			if st.EarlyAcked < 2<<20 || st.SplitRexmits == 0 {
+				t.Fatalf("the engine did not split the flows: %+v", st)
+			}
+		})
+	}
+}
+
+func TestSplitDebug(t *testing.T) {
+	radio := radioLink
+	radio.Seed = 7
+	radio.Loss = 0.02
+	n := newNet(t, split, wiredLink, radio, true)
+	down := transfer(t, n.A, n.B, 8<<20, 60*time.Second)
+	t.Logf("down %.1f; %+v", down, n.E.Load().Stats())
+	for _, f := range n.E.Load().Flows() {
+		t.Logf("%+v", f)
 	}
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"net/netip"
 	"sync"
 	"time"
@@ -10,8 +11,33 @@ import (
 	"github.com/espep/espep/ipsec/header"
 )
 
+// Mode is how the engine accelerates the flows it tracks.
+type Mode uint8
+
+const (
+	ModeSnoop Mode = iota // cache and resend locally; no early ACKs
+	ModeSplit             // acknowledge early and deliver with the engine's own sender (TCP-GW)
+)
+
+func (m Mode) String() string {
+	if m == ModeSplit {
+		return "split"
+	}
+	return "snoop"
+}
+
 // Config tunes the engine. Zero fields take the defaults noted.
 type Config struct {
+	// Mode: snoop (default) or split.
+	Mode Mode
+	// CC names split mode's congestion controller: CCBBR (default), which
+	// does not take random loss for congestion, or CCReno.
+	CC string
+	// BufferPerFlow bounds what split mode holds per direction of a flow
+	// (default 4 MB): the window it advertises to a sender never reaches
+	// beyond it. BufferTotal bounds it over all flows (default 512 MB);
+	// beyond it no window grows.
+	BufferPerFlow, BufferTotal int
 	// Clock drives the local retransmission timers (default: real time).
 	Clock netem.Clock
 	// MaxFlows bounds the flow table (default 65536); flows beyond it are
@@ -58,6 +84,14 @@ type Stats struct {
 	SuppressedDupAcks, ForwardedDupAcks uint64
 	CachedBytes                         int
 	Expired                             uint64 // idle flows forgotten
+
+	// split mode
+	EarlyAcked                  uint64 // bytes acknowledged on the receiver's behalf
+	Emitted                     uint64 // segments the engine built
+	SplitRexmits, SplitTimeouts uint64 // segments resent; retransmission timeouts
+	Probes, Resets              uint64 // zero-window probes; RSTs passed on
+	OutOfWindow                 uint64 // segments beyond the advertised window or the out-of-order bound
+	BufferedBytes               int    // bytes held in split buffers (whole chunks)
 }
 
 // Engine processes packets between the wire and the radio side. It is safe
@@ -66,15 +100,34 @@ type Engine struct {
 	cfg Config
 	out func(to Side, pkt []byte)
 
-	mu    sync.Mutex
-	flows map[flowKey]*flow
-	st    Stats
+	mu        sync.Mutex
+	flows     map[flowKey]*flow
+	st        Stats
+	pool      chunkPool
+	maxChunks int
+	scratch   []byte // split mode builds its packets here
 }
 
 // New makes an engine that sends packets through out, which must not keep
 // pkt after it returns (copy it if it does). out is called with the
 // engine's lock held and must not call back into the engine.
-func New(cfg Config, out func(to Side, pkt []byte)) *Engine {
+func New(cfg Config, out func(to Side, pkt []byte)) (*Engine, error) {
+	if _, err := newController(cfg.CC, 1460); err != nil {
+		return nil, err
+	}
+	if cfg.Mode > ModeSplit {
+		return nil, fmt.Errorf("engine: unknown mode %d", cfg.Mode)
+	}
+	if cfg.BufferPerFlow == 0 {
+		cfg.BufferPerFlow = 4 << 20
+	}
+	if cfg.BufferTotal == 0 {
+		cfg.BufferTotal = 512 << 20
+	}
+	if cfg.BufferPerFlow < 2*chunkSize || cfg.BufferTotal < cfg.BufferPerFlow {
+		return nil, fmt.Errorf("engine: buffer bounds %d per flow, %d in all: want at least %d per flow and no more than in all",
+			cfg.BufferPerFlow, cfg.BufferTotal, 2*chunkSize)
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = netem.RealClock{}
 	}
@@ -96,7 +149,8 @@ func New(cfg Config, out func(to Side, pkt []byte)) *Engine {
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = 10 * time.Minute
 	}
-	return &Engine{cfg: cfg, out: out, flows: map[flowKey]*flow{}}
+	return &Engine{cfg: cfg, out: out, flows: map[flowKey]*flow{}, maxChunks: cfg.BufferTotal / chunkSize,
+		scratch: make([]byte, 0, maxSegment+200)}, nil
 }
 
 // Stats returns a snapshot of the counters.
@@ -109,6 +163,7 @@ func (e *Engine) Stats() Stats {
 	for _, f := range e.flows {
 		s.CachedBytes += f.cacheBytes
 	}
+	s.BufferedBytes = e.pool.inUse * chunkSize
 	return s
 }
 
@@ -120,6 +175,25 @@ type FlowInfo struct {
 	SRTT, RTO                    time.Duration // radio leg
 	LocalRexmits, TimeoutRexmits uint64
 	SuppressedDupAcks            uint64
+	// Split mode: the engine's sender toward each side.
+	Split bool
+	Down  StreamInfo // wire → radio
+	Up    StreamInfo // radio → wire
+}
+
+// StreamInfo is one direction of a split flow.
+type StreamInfo struct {
+	EarlyAcked                uint64 // bytes acknowledged to the sender early
+	Buffered                  int    // bytes held: acknowledged to the sender, not yet by the receiver
+	InFlight, Cwnd            int
+	SRTT, MinRTT, RTO         time.Duration
+	Rexmits, Timeouts, Probes uint64
+}
+
+func (st *stream) info() StreamInfo {
+	return StreamInfo{EarlyAcked: st.earlyAcked, Buffered: diff(st.sndUna, st.rcvNxt), InFlight: st.inflight,
+		Cwnd: st.cc.Window(), SRTT: st.srtt, MinRTT: st.minRTT, RTO: st.rto, Rexmits: st.rexmits,
+		Timeouts: st.timeouts, Probes: st.probes}
 }
 
 // Flows returns the counters of every flow.
@@ -131,6 +205,10 @@ func (e *Engine) Flows() []FlowInfo {
 		out = append(out, FlowInfo{Wire: f.key.wire, Radio: f.key.radio, Established: f.established,
 			CachedSegments: len(f.cache), CachedBytes: f.cacheBytes, SRTT: f.srtt, RTO: f.rto,
 			LocalRexmits: f.localRexmits, TimeoutRexmits: f.timeoutRexmits, SuppressedDupAcks: f.suppressed})
+		if f.sp != nil {
+			i := &out[len(out)-1]
+			i.Split, i.Down, i.Up = true, f.sp.st[Wire].info(), f.sp.st[Radio].info()
+		}
 	}
 	return out
 }
@@ -207,12 +285,16 @@ func (e *Engine) Process(from Side, pkt []byte) {
 			e.out(from.other(), pkt)
 			return
 		}
-		f = &flow{key: k, rto: e.cfg.MinRTO * 10}
+		f = &flow{key: k, rto: e.cfg.MinRTO * 10, split: e.cfg.Mode == ModeSplit}
 		e.flows[k] = f
 		e.st.FlowsMax = max(e.st.FlowsMax, len(e.flows))
 	}
 	f.lastSeen = e.cfg.Clock.Now()
-	if e.handshake(f, from, &p) {
+	if f.split {
+		e.splitPacket(f, from, &p, pkt)
+		return
+	}
+	if e.handshake(f, from, &p, pkt) {
 		e.out(from.other(), pkt)
 		return
 	}
@@ -229,18 +311,57 @@ func (e *Engine) Process(from Side, pkt []byte) {
 	e.maybeClose(f)
 }
 
+// splitPacket handles a packet of a split-mode flow. Until the handshake
+// is over every packet passes end to end; the ACK that completes it (from
+// the side that sent the first SYN, acknowledging the other's SYN) makes
+// the flow split, and from then on the engine answers and sends for both
+// endpoints.
+func (e *Engine) splitPacket(f *flow, from Side, p *parsed, pkt []byte) {
+	if f.sp != nil {
+		e.splitProcess(f, from, p)
+		return
+	}
+	t := p.tcp
+	switch {
+	case e.handshake(f, from, p, pkt):
+	case t.Has(header.TCPRst):
+		e.drop(f)
+	case f.down.synned && f.up.synned && from == f.initiator && t.Has(header.TCPAck) &&
+		seqnum.Value(t.Ack()) == f.half(from.other()).isn.Add(1):
+		f.hsWin[from] = int(t.Window())
+		if h, o := f.half(from), f.half(from.other()); h.wsOK && o.wsOK {
+			f.hsWin[from] <<= h.ws
+		}
+		if p.opts.HasTS {
+			f.tsv[from] = p.opts.TSVal
+		}
+		e.initSplit(f)
+		if p.payload > 0 || t.Has(header.TCPFin) {
+			e.splitProcess(f, from, p)
+			return
+		}
+	}
+	e.out(from.other(), pkt)
+}
+
 // handshake learns the options of each SYN; it reports whether the packet
 // was part of the handshake (and so is just forwarded).
-func (e *Engine) handshake(f *flow, from Side, p *parsed) bool {
+func (e *Engine) handshake(f *flow, from Side, p *parsed, pkt []byte) bool {
 	if !p.tcp.Has(header.TCPSyn) {
 		return false
 	}
-	h := &f.down
-	if from == Radio {
-		h = &f.up
+	h := f.half(from)
+	if !p.tcp.Has(header.TCPAck) {
+		f.initiator = from
 	}
 	h.isn, h.synned = seqnum.Value(p.tcp.Seq()), true
 	h.mss, h.ws, h.sackOK, h.ts = p.opts.MSS, p.opts.WS, p.opts.SACKPermitted, p.opts.HasTS
+	h.wsOK = p.opts.HasWS
+	f.tpl[from] = templateOf(pkt)
+	f.hsWin[from] = int(p.tcp.Window()) // not scaled in a SYN (RFC 7323 §2.2)
+	if p.opts.HasTS {
+		f.tsv[from] = p.opts.TSVal
+	}
 	if f.down.synned && f.up.synned {
 		f.established = true
 		f.sndMax = f.down.isn.Add(1)
@@ -262,6 +383,15 @@ func (e *Engine) expireIdle() {
 }
 
 func (e *Engine) drop(f *flow) {
+	if sp := f.sp; sp != nil {
+		for i := range sp.st {
+			st := &sp.st[i]
+			st.buf.releaseAll(&e.pool)
+			if st.timer != nil {
+				st.timer.Stop()
+			}
+		}
+	}
 	f.cache, f.cacheBytes = nil, 0
 	f.timerGen++
 	delete(e.flows, f.key)

@@ -55,7 +55,7 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	h := &harness{t: t, clock: netem.NewSimClock(time.Unix(0, 0))}
-	h.e = New(Config{Clock: h.clock}, func(to Side, pkt []byte) {
+	h.e = mustNew(t, Config{Clock: h.clock}, func(to Side, pkt []byte) {
 		h.out = append(h.out, sent{to, append([]byte(nil), pkt...)})
 	})
 	return h
@@ -214,7 +214,7 @@ func FuzzProcess(f *testing.F) {
 	f.Add(mkseg(radioHost, wireHost, header.TCPAck, 7, 9, 100, 10), false)
 	f.Fuzz(func(t *testing.T, pkt []byte, fromWire bool) {
 		c := netem.NewSimClock(time.Unix(0, 0))
-		e := New(Config{Clock: c, MaxFlows: 4, CachePerFlow: 4096}, func(Side, []byte) {})
+		e := mustNew(t, Config{Clock: c, MaxFlows: 4, CachePerFlow: 4096}, func(Side, []byte) {})
 		from := Radio
 		if fromWire {
 			from = Wire
@@ -271,7 +271,7 @@ func TestExportImport(t *testing.T) {
 // flows idle longer than IdleTimeout, and only those.
 func TestIdleExpiry(t *testing.T) {
 	c := netem.NewSimClock(time.Unix(0, 0))
-	e := New(Config{Clock: c, MaxFlows: 2, IdleTimeout: time.Minute}, func(Side, []byte) {})
+	e := mustNew(t, Config{Clock: c, MaxFlows: 2, IdleTimeout: time.Minute}, func(Side, []byte) {})
 	syn := func(port uint16) []byte {
 		return mkseg(wireHost, netip.AddrPortFrom(radioHost.Addr(), port), header.TCPSyn, isnW, 0, 65535, 0)
 	}
@@ -333,4 +333,13 @@ func TestWindowUpdateIsNotDuplicate(t *testing.T) {
 	if st := h.e.Stats(); st.SuppressedDupAcks != 1 || st.LocalRexmits != 1 {
 		t.Fatalf("%+v", st)
 	}
+}
+
+func mustNew(t testing.TB, cfg Config, out func(Side, []byte)) *Engine {
+	t.Helper()
+	e, err := New(cfg, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
 }

@@ -46,7 +46,16 @@ type half struct {
 	ws     uint8
 	sackOK bool
 	ts     bool
+	wsOK   bool // sent a window scale option
 	finned bool
+}
+
+// half returns what is known of the sender on side s.
+func (f *flow) half(s Side) *half {
+	if s == Wire {
+		return &f.down
+	}
+	return &f.up
 }
 
 // flow is the per-connection state: plain data.
@@ -54,6 +63,12 @@ type flow struct {
 	key         flowKey
 	down, up    half // down: wire → radio sender; up: radio → wire sender
 	established bool
+	split       bool // split mode (else snoop)
+	initiator   Side // who sent the first SYN
+	tpl         [2]ipTemplate
+	tsv         [2]uint32 // latest TSval seen in the handshake, by side
+	hsWin       [2]int    // last window each side sent in the handshake, bytes
+	sp          *splitFlow
 
 	// snoop state for the wire → radio direction
 	cache      []seg // unacknowledged segments toward the radio, by seq

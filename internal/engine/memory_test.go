@@ -20,7 +20,7 @@ func TestIdleFlowMemory(t *testing.T) {
 	}
 	const n = 100_000
 	c := netem.NewSimClock(time.Unix(0, 0))
-	e := New(Config{Clock: c, MaxFlows: n}, func(Side, []byte) {})
+	e := mustNew(t, Config{Clock: c, MaxFlows: n}, func(Side, []byte) {})
 	syn := mkseg(wireHost, radioHost, header.TCPSyn, isnW, 0, 65535, 0, header.TCPOptMSS, 4, 5, 0xb4)
 	synack := mkseg(radioHost, wireHost, header.TCPSyn|header.TCPAck, isnR, isnW+1, 65535, 0, header.TCPOptMSS, 4, 5, 0xb4)
 	var before, after runtime.MemStats

@@ -83,7 +83,11 @@ func OpenWithEngine(a, b string, ab, ba netem.Config, ecfg *engine.Config, log *
 	br := &Bridge{a: pa, b: pb, log: log}
 	toA := func(f []byte) { pa.write(f) }
 	if ecfg != nil {
-		br.eng = engine.New(*ecfg, br.engineOut)
+		if br.eng, err = engine.New(*ecfg, br.engineOut); err != nil {
+			pa.close()
+			pb.close()
+			return nil, fmt.Errorf("linkem: %w", err)
+		}
 		toA = func(f []byte) { br.fromRadio(f) }
 	}
 	if br.ab, err = netem.New(ab, nil, func(f []byte) { pb.write(f) }); err == nil {

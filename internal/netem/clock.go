@@ -15,8 +15,13 @@ type Clock interface {
 	AfterFunc(d time.Duration, f func()) Timer
 }
 
-// Timer is a pending AfterFunc.
-type Timer interface{ Stop() bool }
+// Timer is a pending AfterFunc. Reset schedules its function again, d from
+// now, whether or not it has run (as time.Timer.Reset does for AfterFunc
+// timers); it reports whether the timer was still pending.
+type Timer interface {
+	Stop() bool
+	Reset(d time.Duration) bool
+}
 
 // RealClock is the wall clock.
 type RealClock struct{}
@@ -50,7 +55,16 @@ type simTimer struct {
 	ev *event
 }
 
-func (t simTimer) Stop() bool {
+func (t *simTimer) Reset(d time.Duration) bool {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	pending := !t.ev.done
+	t.ev.done = true
+	t.ev = t.c.schedule(d, t.ev.f)
+	return pending
+}
+
+func (t *simTimer) Stop() bool {
 	t.c.mu.Lock()
 	defer t.c.mu.Unlock()
 	if t.ev.done {
@@ -63,10 +77,15 @@ func (t simTimer) Stop() bool {
 func (c *SimClock) AfterFunc(d time.Duration, f func()) Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return &simTimer{c, c.schedule(d, f)}
+}
+
+// schedule queues f, d from now; c.mu is held.
+func (c *SimClock) schedule(d time.Duration, f func()) *event {
 	c.seq++
 	ev := &event{f: f}
 	c.q.push(timed[*event]{at: c.now.Add(max(d, 0)), seq: c.seq, v: ev})
-	return simTimer{c, ev}
+	return ev
 }
 
 // Advance moves the clock forward by d, running everything that falls due

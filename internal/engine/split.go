@@ -1,0 +1,362 @@
+package engine
+
+import (
+	"time"
+
+	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/seqnum"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// span is a range of sequence space [start, end).
+type span struct{ start, end seqnum.Value }
+
+// txSeg is a segment split mode has sent toward a receiver that is not yet
+// cumulatively acknowledged: its scoreboard entry (RFC 6675) with what
+// RACK (RFC 8985) and delivery-rate sampling need.
+type txSeg struct {
+	seq, end seqnum.Value // end counts the FIN octet
+	fin      bool
+	xmit     time.Time // last transmission
+	// delivery-rate snapshot at the last transmission
+	delivered  uint64
+	delivTime  time.Time
+	firstSent  time.Time
+	appLimited bool
+	sacked     bool // delivered out of order
+	lost       bool // presumed lost and not resent since
+	rexmits    uint8
+}
+
+func (s *txSeg) len() int { return int(s.seq.Size(s.end)) }
+
+// diff is b − a in sequence space, negative when b is below a.
+func diff(a, b seqnum.Value) int { return int(int32(b - a)) }
+
+// stream is one direction of a split flow: the engine receives its bytes
+// from the sending endpoint, acknowledges them early, holds them, and
+// sends them on to the receiving endpoint with its own sender.
+type stream struct {
+	from Side // side of the sending endpoint
+
+	// Facing the sender.
+	rcvNxt  seqnum.Value // next in-order byte from the sender
+	rcvEdge seqnum.Value // right edge of the window advertised to it; never moves left
+	ooo     []span       // held above rcvNxt, ascending, disjoint
+	lastIn  span         // the most recent out-of-order arrival (first SACK block)
+	sack    [4]span      // scratch for SACK blocks
+	finSeen bool         // the sender's FIN has been seen, at finSeq
+	finSeq  seqnum.Value
+	buf     seqBuf // the bytes [sndUna, rcvNxt) and those held in ooo
+	ackNow  bool   // an ACK is owed to the sender
+
+	// Facing the receiver.
+	sndUna, sndNxt, sndMax seqnum.Value
+	wnd                    int // the receiver's window in bytes
+	wl1, wl2               seqnum.Value
+	segs                   []txSeg // sent, not cumulatively acknowledged, by seq
+	inflight               int     // bytes sent, neither delivered nor presumed lost
+	nLost                  int     // segments presumed lost, not yet resent
+	finSent, finAcked      bool
+	smss                   int
+	srtt, rttvar, rto      time.Duration
+	minRTT                 time.Duration
+	backoff                int
+	dupacks                int
+	inRecovery             bool
+	recover                seqnum.Value // sndMax when the last recovery or RTO began
+	rackXmit               time.Time
+	rackEnd                seqnum.Value
+	rackRTT                time.Duration
+	reoMult                int // RACK reordering window, in quarters of the minimum RTT, less one
+	delivered              uint64
+	delivTime, firstSent   time.Time
+	appLimited             uint64 // delivered count at which the sender stops being app-limited (0: it is not)
+	nextRound              uint64
+	cc                     Controller
+	tokens                 float64
+	tokAt                  time.Time
+	persistBackoff         int
+
+	// Deadlines (zero: none) and the one timer that serves them.
+	rtoAt, rackAt, persistAt, paceAt time.Time
+	timer                            netem.Timer
+	timerAt                          time.Time
+
+	// Counters.
+	earlyAcked, rexmits, timeouts, probes, dsacks, spurious uint64
+}
+
+// splitFlow is a flow in split mode.
+type splitFlow struct {
+	st     [2]stream     // by the side of the sending endpoint
+	ip     [2]ipTemplate // by the side whose packets are copied
+	ts     [2]uint32     // the latest TSval from each side
+	shift  [2]uint8      // window scale of the windows each side sends
+	tsOn   bool
+	sackOn bool
+}
+
+// ackValue is what the engine acknowledges to the stream's sender: every
+// in-order byte (early), and the FIN only once the receiver has it.
+func (st *stream) ackValue() seqnum.Value {
+	if st.finAcked {
+		return st.finSeq.Add(1)
+	}
+	return st.rcvNxt
+}
+
+// sackBlocks fills st.sack with up to n blocks, the most recent arrival
+// first (RFC 2018 §4), and returns how many.
+func (st *stream) sackBlocks(n int) int {
+	k := 0
+	first := -1
+	for i, s := range st.ooo {
+		if !s.end.LessThanEq(st.lastIn.start) && !st.lastIn.end.LessThanEq(s.start) {
+			first = i
+			st.sack[0] = s
+			k = 1
+			break
+		}
+	}
+	for i := len(st.ooo) - 1; i >= 0 && k < n; i-- {
+		if i != first {
+			st.sack[k] = st.ooo[i]
+			k++
+		}
+	}
+	return k
+}
+
+// maxOOO bounds the out-of-order ranges held per stream; a segment that
+// would make more is dropped (the sender resends it).
+const maxOOO = 64
+
+// initSplit turns an established flow into a split flow. win[s] is the
+// last window side s advertised in the handshake, in bytes, at ack[s].
+func (e *Engine) initSplit(f *flow) {
+	sp := &splitFlow{}
+	f.sp = sp
+	w, r := &f.down, &f.up
+	sp.tsOn = w.ts && r.ts
+	sp.sackOn = w.sackOK && r.sackOK
+	if w.wsOK && r.wsOK {
+		sp.shift[Wire], sp.shift[Radio] = w.ws, r.ws
+	}
+	sp.ip = f.tpl
+	sp.ts = f.tsv
+	for _, from := range []Side{Wire, Radio} {
+		st := &sp.st[from]
+		h, peer := f.half(from), f.half(from.other())
+		st.from = from
+		isn := h.isn.Add(1)
+		st.rcvNxt, st.sndUna, st.sndNxt, st.sndMax = isn, isn, isn, isn
+		st.buf.start = isn
+		st.recover = isn
+		st.wnd = f.hsWin[from.other()]
+		st.rcvEdge = isn.Add(seqnum.Size(st.wnd))
+		st.wl1 = peer.isn
+		mss := int(peer.mss)
+		if mss == 0 {
+			mss = 536 // RFC 9293 §3.7.1 default
+		}
+		if sp.tsOn {
+			mss -= 12
+		}
+		st.smss = min(max(mss, 64), maxSegment)
+		st.rto = time.Second                        // RFC 6298 §2.1 until the first sample
+		st.cc, _ = newController(e.cfg.CC, st.smss) // the name was checked in New
+		st.tokens = float64(2 * st.smss)
+	}
+}
+
+// maxSegment bounds the payload of a segment the engine builds.
+const maxSegment = 65535 - 200
+
+// splitProcess handles a packet of an established split flow from side
+// from: its data feeds the stream from that side, its ACK the stream
+// toward it. The packet itself goes nowhere; the engine sends its own.
+func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
+	sp := f.sp
+	now := e.cfg.Clock.Now()
+	in, out := &sp.st[from], &sp.st[from.other()]
+	t := p.tcp
+	switch {
+	case t.Has(header.TCPSyn):
+		// A retransmitted SYN-ACK: the ACK that completed the handshake
+		// was lost on the way. Acknowledge it again.
+		in.ackNow = true
+	case t.Has(header.TCPRst):
+		e.splitReset(f, from, p)
+		return
+	default:
+		if sp.tsOn && p.opts.HasTS && seqnum.Value(sp.ts[from]).LessThanEq(seqnum.Value(p.opts.TSVal)) {
+			sp.ts[from] = p.opts.TSVal
+		}
+		if t.Has(header.TCPAck) {
+			e.takeAck(f, out, p, now)
+		}
+		if p.payload > 0 || t.Has(header.TCPFin) {
+			e.takeData(in, p)
+		}
+	}
+	e.splitFlush(f, now)
+}
+
+// takeData puts a segment's payload into the stream, acknowledging what
+// is in order and holding (and SACKing) what is not.
+func (e *Engine) takeData(st *stream, p *parsed) {
+	st.ackNow = true // every data segment is answered at once
+	seq := seqnum.Value(p.tcp.Seq())
+	data := p.tcp.Payload()
+	end := seq.Add(seqnum.Size(len(data)))
+	if p.tcp.Has(header.TCPFin) && !st.finSeen {
+		st.finSeen, st.finSeq = true, end
+	}
+	if st.finSeen && st.finSeq.LessThan(end) {
+		if !seq.LessThan(st.finSeq) {
+			return
+		}
+		data = data[:seq.Size(st.finSeq)]
+		end = st.finSeq
+	}
+	if seq.LessThan(st.rcvNxt) { // already have the front
+		if end.LessThanEq(st.rcvNxt) {
+			return
+		}
+		data = data[seq.Size(st.rcvNxt):]
+		seq = st.rcvNxt
+	}
+	if st.rcvEdge.LessThan(end) { // beyond the window: keep what fits
+		if st.rcvEdge.LessThanEq(seq) {
+			e.st.OutOfWindow++
+			return
+		}
+		data = data[:seq.Size(st.rcvEdge)]
+		end = st.rcvEdge
+	}
+	if len(data) == 0 {
+		return
+	}
+	if seq != st.rcvNxt {
+		if !st.hold(span{seq, end}) {
+			e.st.OutOfWindow++
+			return
+		}
+		st.buf.write(&e.pool, seq, data)
+		return
+	}
+	st.buf.write(&e.pool, seq, data)
+	st.rcvNxt = end
+	for len(st.ooo) > 0 && st.ooo[0].start.LessThanEq(st.rcvNxt) {
+		st.rcvNxt = seqnum.Max(st.rcvNxt, st.ooo[0].end)
+		st.ooo = append(st.ooo[:0], st.ooo[1:]...)
+	}
+	n := uint64(seq.Size(st.rcvNxt))
+	e.st.EarlyAcked += n
+	st.earlyAcked += n
+}
+
+// hold records an out-of-order range, merging it with the ones it
+// touches; it reports false when the stream holds too many ranges.
+func (st *stream) hold(s span) bool {
+	st.lastIn = s
+	i := 0
+	for i < len(st.ooo) && st.ooo[i].end.LessThan(s.start) {
+		i++
+	}
+	j := i
+	for j < len(st.ooo) && st.ooo[j].start.LessThanEq(s.end) {
+		if st.ooo[j].start.LessThan(s.start) {
+			s.start = st.ooo[j].start
+		}
+		if s.end.LessThan(st.ooo[j].end) {
+			s.end = st.ooo[j].end
+		}
+		j++
+	}
+	if i == j {
+		if len(st.ooo) >= maxOOO {
+			return false
+		}
+		st.ooo = append(st.ooo, span{})
+		copy(st.ooo[i+1:], st.ooo[i:])
+		st.ooo[i] = s
+		return true
+	}
+	st.ooo[i] = s
+	st.ooo = append(st.ooo[:i+1], st.ooo[j:]...)
+	return true
+}
+
+// advertise returns the window field for the stream's sender and records
+// the right edge it promises. The buffer holds [sndUna, edge), so the
+// edge grows with what the receiver has taken, up to BufferPerFlow ahead
+// of it, while the engine's global buffer bound allows — and never moves
+// left (RFC 9293 §3.8.6.2.2).
+func (e *Engine) advertise(st *stream, shift uint8) uint16 {
+	edge := st.rcvEdge
+	if e.pool.inUse < e.maxChunks {
+		if c := st.sndUna.Add(seqnum.Size(e.cfg.BufferPerFlow)); edge.LessThan(c) {
+			edge = c
+		}
+	}
+	ack := st.ackValue()
+	w := diff(ack, edge)
+	if w < 0 {
+		w = 0
+	}
+	field := min((w+(1<<shift)-1)>>shift, 0xffff)
+	if e2 := ack.Add(seqnum.Size(field << shift)); st.rcvEdge.LessThan(e2) {
+		st.rcvEdge = e2
+	}
+	return uint16(field)
+}
+
+// splitFlush sends what each direction may send now, then the ACKs still
+// owed, and sets the timers.
+func (e *Engine) splitFlush(f *flow, now time.Time) {
+	sp := f.sp
+	for _, from := range []Side{Wire, Radio} {
+		e.send(f, &sp.st[from], now)
+	}
+	for _, s := range []Side{Wire, Radio} {
+		st := &sp.st[s]
+		if st.ackNow {
+			// A pure ACK toward the stream's sender, in the receiver's name.
+			e.emit(f, s, segment{seq: sp.st[s.other()].sndNxt})
+		}
+	}
+	for _, from := range []Side{Wire, Radio} {
+		e.schedule(f, &sp.st[from], now)
+	}
+	if sp.closed() {
+		e.drop(f)
+	}
+}
+
+// closed reports whether both directions are finished: each FIN sent on
+// and acknowledged by its receiver, and that acknowledged to its sender.
+func (sp *splitFlow) closed() bool {
+	for i := range sp.st {
+		st := &sp.st[i]
+		if !st.finAcked || st.ackNow {
+			return false
+		}
+	}
+	return true
+}
+
+// splitReset passes an RST on: the receiver gets it at the sequence number
+// it acknowledged last, so that it accepts it (RFC 5961 §3), and the flow
+// is forgotten with whatever it held.
+func (e *Engine) splitReset(f *flow, from Side, p *parsed) {
+	st := &f.sp.st[from]
+	if st.finSeen && st.finAcked {
+		e.drop(f)
+		return
+	}
+	e.emit(f, from.other(), segment{seq: st.sndUna, flags: header.TCPRst})
+	e.st.Resets++
+	e.drop(f)
+}
