@@ -344,15 +344,3 @@ func TestSplitEndToEnd(t *testing.T) {
 		})
 	}
 }
-
-func TestSplitDebug(t *testing.T) {
-	radio := radioLink
-	radio.Seed = 7
-	radio.Loss = 0.02
-	n := newNet(t, split, wiredLink, radio, true)
-	down := transfer(t, n.A, n.B, 8<<20, 60*time.Second)
-	t.Logf("down %.1f; %+v", down, n.E.Load().Stats())
-	for _, f := range n.E.Load().Flows() {
-		t.Logf("%+v", f)
-	}
-}

@@ -219,14 +219,17 @@ func (e *Engine) detectLoss(f *flow, st *stream, now time.Time) (seqnum.Value, b
 	}
 	st.rackAt = time.Time{}
 	if f.sp.sackOn && !st.rackXmit.IsZero() {
-		reo := min(max(st.minRTT/4, time.Millisecond)*time.Duration(1+st.reoMult), st.srtt)
+		reo := max(st.minRTT/4, time.Millisecond) * time.Duration(1+st.reoMult)
+		if st.srtt > 0 {
+			reo = min(reo, st.srtt)
+		}
 		for i := range st.segs {
 			s := &st.segs[i]
 			if s.sacked || s.lost {
 				continue
 			}
-			if st.rackXmit.Before(s.xmit) || (st.rackXmit.Equal(s.xmit) && st.rackEnd.LessThan(s.end)) {
-				continue // sent after the newest delivered one
+			if !s.xmit.Before(st.rackXmit) && (!s.xmit.Equal(st.rackXmit) || s.rexmits > 0 || st.rackEnd.LessThan(s.end)) {
+				continue // not sent before the newest delivered one
 			}
 			due := s.xmit.Add(st.rackRTT + reo)
 			if !now.Before(due) {
@@ -387,7 +390,7 @@ func (e *Engine) pace(st *stream, n int, now time.Time) bool {
 	st.tokens = min(st.tokens+rate*now.Sub(st.tokAt).Seconds(), burst)
 	st.tokAt = now
 	if st.tokens < float64(n) {
-		st.paceAt = now.Add(time.Duration((float64(n) - st.tokens) / rate * 1e9))
+		st.paceAt = now.Add(max(time.Duration((float64(n)-st.tokens)/rate*1e9), time.Microsecond))
 		return false
 	}
 	st.tokens -= float64(n)

@@ -198,6 +198,8 @@ func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
 		}
 		if p.payload > 0 || t.Has(header.TCPFin) {
 			e.takeData(in, p)
+		} else if seqnum.Value(t.Seq()).LessThan(in.rcvNxt) {
+			in.ackNow = true // a window probe or keepalive: answer it
 		}
 	}
 	e.splitFlush(f, now)
@@ -206,10 +208,12 @@ func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
 // takeData puts a segment's payload into the stream, acknowledging what
 // is in order and holding (and SACKing) what is not.
 func (e *Engine) takeData(st *stream, p *parsed) {
-	st.ackNow = true // every data segment is answered at once
 	seq := seqnum.Value(p.tcp.Seq())
 	data := p.tcp.Payload()
 	end := seq.Add(seqnum.Size(len(data)))
+	// Every data segment is answered at once; a first FIN is not (it is
+	// acknowledged when the receiver has it), a repeated one is.
+	st.ackNow = len(data) > 0 || st.finSeen
 	if p.tcp.Has(header.TCPFin) && !st.finSeen {
 		st.finSeen, st.finSeq = true, end
 	}

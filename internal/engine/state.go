@@ -13,6 +13,13 @@ import (
 // and resumed). It marshals to JSON as it is.
 type FlowState struct {
 	Wire, Radio netip.AddrPort
+	Mode        Mode
+	// What the handshake showed: who opened, each side's IP header, last
+	// window and timestamp.
+	Initiator   Side
+	IP          [2]ipTemplate
+	HSWin       [2]int
+	HSTS        [2]uint32
 	Down, Up    HalfState
 	Established bool
 	SndMax      uint32
@@ -29,6 +36,162 @@ type FlowState struct {
 	// Cache holds the unacknowledged segments toward the radio, whole IP
 	// packets as forwarded, oldest first.
 	Cache []SegState
+	// Split is the state of a split-mode flow (nil in snoop mode, and
+	// while the handshake is still passing end to end).
+	Split *SplitState `json:",omitempty"`
+}
+
+// SplitState is a split flow: both directions, with the bytes the engine
+// holds for each.
+type SplitState struct {
+	TS      [2]uint32 // latest TSval from each side
+	Shift   [2]uint8
+	TSOn    bool
+	SACKOn  bool
+	IP      [2]ipTemplate
+	Streams [2]StreamState // by the side of the sending endpoint
+}
+
+// StreamState is one direction of a split flow.
+type StreamState struct {
+	RcvNxt, RcvEdge uint32
+	OOO             [][2]uint32 // ranges held above RcvNxt
+	FinSeen         bool
+	FinSeq          uint32
+	// Data is every byte held, from SndUna on (through the last range
+	// held out of order; the gaps are zeros).
+	Data              []byte
+	SndUna, SndNxt    uint32
+	Wnd               int
+	WL1, WL2          uint32
+	Segs              []TxSegState
+	FinSent, FinAcked bool
+	SMSS              int
+	SRTT, RTTVar, RTO time.Duration
+	MinRTT            time.Duration
+	Backoff           int
+	InRecovery        bool
+	Recover           uint32
+	ReoMult           int
+	CC                CCState
+	EarlyAcked        uint64
+	Rexmits           uint64
+}
+
+// TxSegState is one segment sent and not yet cumulatively acknowledged.
+type TxSegState struct {
+	Seq, End          uint32
+	Fin, Sacked, Lost bool
+	Rexmits           uint8
+}
+
+func (sp *splitFlow) state() *SplitState {
+	ss := &SplitState{TS: sp.ts, Shift: sp.shift, TSOn: sp.tsOn, SACKOn: sp.sackOn, IP: sp.ip}
+	for i := range sp.st {
+		st := &sp.st[i]
+		x := &ss.Streams[i]
+		*x = StreamState{RcvNxt: uint32(st.rcvNxt), RcvEdge: uint32(st.rcvEdge), FinSeen: st.finSeen, FinSeq: uint32(st.finSeq),
+			SndUna: uint32(st.sndUna), SndNxt: uint32(st.sndNxt), Wnd: st.wnd, WL1: uint32(st.wl1), WL2: uint32(st.wl2),
+			FinSent: st.finSent, FinAcked: st.finAcked, SMSS: st.smss, SRTT: st.srtt, RTTVar: st.rttvar, RTO: st.rto,
+			MinRTT: st.minRTT, Backoff: st.backoff, InRecovery: st.inRecovery, Recover: uint32(st.recover),
+			ReoMult: st.reoMult, CC: st.cc.State(), EarlyAcked: st.earlyAcked, Rexmits: st.rexmits}
+		end := st.rcvNxt
+		for _, o := range st.ooo {
+			x.OOO = append(x.OOO, [2]uint32{uint32(o.start), uint32(o.end)})
+			end = seqnum.Max(end, o.end)
+		}
+		if n := diff(st.sndUna, end); n > 0 {
+			x.Data = make([]byte, n)
+			for _, r := range append([]span{{st.sndUna, st.rcvNxt}}, st.ooo...) {
+				if m := diff(r.start, r.end); m > 0 {
+					st.buf.read(x.Data[diff(st.sndUna, r.start):][:m], r.start)
+				}
+			}
+		}
+		for _, s := range st.segs {
+			x.Segs = append(x.Segs, TxSegState{uint32(s.seq), uint32(s.end), s.fin, s.sacked, s.lost, s.rexmits})
+		}
+	}
+	return ss
+}
+
+// restore rebuilds a split flow from its state; the segments in flight
+// count as sent now.
+func (e *Engine) restore(f *flow, ss *SplitState, now time.Time) (err error) {
+	sp := &splitFlow{ts: ss.TS, shift: ss.Shift, tsOn: ss.TSOn, sackOn: ss.SACKOn, ip: ss.IP}
+	defer func() {
+		if err != nil { // give back what was buffered
+			for i := range sp.st {
+				sp.st[i].buf.releaseAll(&e.pool)
+			}
+		}
+	}()
+	for i := range sp.shift {
+		if sp.shift[i] > 14 {
+			return fmt.Errorf("engine: import: window scale %d", sp.shift[i])
+		}
+	}
+	for i := range sp.st {
+		x := &ss.Streams[i]
+		st := &sp.st[i]
+		if x.SMSS <= 0 || x.SMSS > maxSegment || x.Wnd < 0 || len(x.OOO) > maxOOO {
+			return fmt.Errorf("engine: import: stream %d: bad segment size, window or ranges", i)
+		}
+		una := seqnum.Value(x.SndUna)
+		held := diff(una, seqnum.Value(x.RcvNxt))
+		if held < 0 || held > len(x.Data) || len(x.Data) > e.cfg.BufferPerFlow+chunkSize {
+			return fmt.Errorf("engine: import: stream %d: %d bytes held, %d given (bound %d)", i, held, len(x.Data), e.cfg.BufferPerFlow)
+		}
+		if sent := diff(una, seqnum.Value(x.SndNxt)); sent < 0 || sent > held+btoi(x.FinSent) {
+			return fmt.Errorf("engine: import: stream %d: %d bytes sent of %d held", i, sent, held)
+		}
+		cc, err := controllerFrom(x.CC, x.SMSS)
+		if err != nil {
+			return fmt.Errorf("engine: import: %w", err)
+		}
+		*st = stream{from: Side(i), rcvNxt: seqnum.Value(x.RcvNxt), rcvEdge: seqnum.Value(x.RcvEdge), finSeen: x.FinSeen,
+			finSeq: seqnum.Value(x.FinSeq), sndUna: una, sndNxt: seqnum.Value(x.SndNxt), wnd: x.Wnd,
+			wl1: seqnum.Value(x.WL1), wl2: seqnum.Value(x.WL2), finSent: x.FinSent, finAcked: x.FinAcked, smss: x.SMSS,
+			srtt: x.SRTT, rttvar: x.RTTVar, rto: x.RTO, minRTT: x.MinRTT, backoff: min(max(x.Backoff, 0), maxBackoff),
+			inRecovery: x.InRecovery, recover: seqnum.Value(x.Recover), reoMult: min(max(x.ReoMult, 0), maxReoMult),
+			cc: cc, earlyAcked: x.EarlyAcked, rexmits: x.Rexmits, tokens: float64(2 * x.SMSS)}
+		if st.rto <= 0 {
+			st.rto = time.Second
+		}
+		st.buf.start = una
+		for _, o := range x.OOO {
+			s := span{seqnum.Value(o[0]), seqnum.Value(o[1])}
+			if diff(s.start, s.end) <= 0 || diff(una, s.end) > len(x.Data) || diff(st.rcvNxt, s.start) <= 0 {
+				return fmt.Errorf("engine: import: stream %d: bad out-of-order range", i)
+			}
+			st.ooo = append(st.ooo, s)
+		}
+		if len(x.Data) > 0 {
+			st.buf.write(&e.pool, una, x.Data)
+		}
+		prev := una
+		for _, g := range x.Segs {
+			s := txSeg{seq: seqnum.Value(g.Seq), end: seqnum.Value(g.End), fin: g.Fin, sacked: g.Sacked, lost: g.Lost,
+				rexmits: g.Rexmits, xmit: now}
+			if s.end.LessThanEq(s.seq) || s.seq.LessThan(prev) || st.sndNxt.LessThan(s.end) {
+				return fmt.Errorf("engine: import: stream %d: segments out of order", i)
+			}
+			prev = s.end
+			switch {
+			case s.sacked:
+			case s.lost:
+				st.nLost++
+			default:
+				st.inflight += s.len()
+			}
+			st.segs = append(st.segs, s)
+		}
+		if len(st.segs) > 0 {
+			st.rtoAt = now.Add(st.rto)
+		}
+	}
+	f.sp = sp
+	return nil
 }
 
 // HalfState is one sender's options as learned from its SYN.
@@ -70,6 +233,14 @@ func (e *Engine) Export(remove bool) []FlowState {
 		for _, s := range f.cache {
 			fs.Cache = append(fs.Cache, SegState{uint32(s.seq), uint32(s.end), s.rexmits, append([]byte(nil), s.pkt...)})
 		}
+		if f.sp != nil {
+			fs.Split = f.sp.state()
+		}
+		fs.Initiator, fs.IP, fs.HSWin, fs.HSTS = f.initiator, f.tpl, f.hsWin, f.tsv
+		fs.Mode = ModeSnoop
+		if f.split {
+			fs.Mode = ModeSplit
+		}
 		out = append(out, fs)
 		if remove {
 			e.drop(f)
@@ -98,6 +269,16 @@ func (e *Engine) Import(states []FlowState) error {
 		if f.rto <= 0 {
 			f.rto = e.cfg.MinRTO * 10
 		}
+		f.split = fs.Mode == ModeSplit
+		f.initiator, f.tpl, f.hsWin, f.tsv = fs.Initiator&1, fs.IP, fs.HSWin, fs.HSTS
+		if fs.Split != nil {
+			if !f.split {
+				return fmt.Errorf("engine: import: split state on a %v flow", fs.Mode)
+			}
+			if err := e.restore(f, fs.Split, now); err != nil {
+				return err
+			}
+		}
 		for _, s := range fs.Cache {
 			if len(s.Packet) == 0 {
 				return fmt.Errorf("engine: import: empty cached segment")
@@ -111,7 +292,11 @@ func (e *Engine) Import(states []FlowState) error {
 		}
 		e.flows[f.key] = f
 		e.st.FlowsMax = max(e.st.FlowsMax, len(e.flows))
-		e.arm(f)
+		if f.sp != nil {
+			e.splitFlush(f, now)
+		} else {
+			e.arm(f)
+		}
 	}
 	return nil
 }

@@ -1,0 +1,702 @@
+package engine
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"math/rand"
+	"testing"
+	"time"
+
+	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/seqnum"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// splitOpts is what the endpoints of a conformance test negotiate.
+type splitOpts struct {
+	wsW, wsR   uint8 // window scale each side offers
+	noWS       bool
+	sack, ts   bool
+	isnW, isnR uint32
+	mss        uint16
+	cfg        Config
+}
+
+// sh drives a split-mode engine with crafted segments on a simulated
+// clock, in the style of gVisor's transport/tcp/testing/context, and
+// checks every packet the engine emits against the rules that must always
+// hold: valid checksums, the payload the sender sent at that sequence
+// number, a right window edge that never moves left, PAWS-valid
+// timestamps.
+type sh struct {
+	t     *testing.T
+	o     splitOpts
+	clock *netem.SimClock
+	e     *Engine
+	out   []sent
+	tsW   uint32 // the endpoints' timestamp clocks
+	tsR   uint32
+	edge  [2]seqnum.Value // right edge last advertised toward each side
+	has   [2]bool
+	tsOut [2]uint32 // last TSval sent toward each side
+	rSent int       // bytes the radio host has sent
+}
+
+func newSplit(t *testing.T, o splitOpts) *sh {
+	if o.mss == 0 {
+		o.mss = 1000
+	}
+	h := &sh{t: t, o: o, clock: netem.NewSimClock(time.Unix(0, 0)), tsW: 1000, tsR: 7000000}
+	o.cfg.Clock = h.clock
+	o.cfg.Mode = ModeSplit
+	h.e = mustNew(t, o.cfg, func(to Side, pkt []byte) {
+		c := append([]byte(nil), pkt...)
+		h.check(to, c)
+		h.out = append(h.out, sent{to, c})
+	})
+	return h
+}
+
+// shift is the window scale of the windows sent by side s.
+func (h *sh) shift(s Side) uint8 {
+	if h.o.noWS {
+		return 0
+	}
+	if s == Wire {
+		return h.o.wsW
+	}
+	return h.o.wsR
+}
+
+// payloadByte is what every sender in these tests sends at seq.
+func payloadByte(seq uint32) byte { return byte(seq) ^ byte(seq>>8) ^ byte(seq>>16) }
+
+func (h *sh) check(to Side, pkt []byte) {
+	t := h.t
+	t.Helper()
+	p, ok := parse(pkt)
+	if !ok {
+		t.Fatalf("engine emitted an unparsable packet %x", pkt)
+	}
+	ip := header.IPv4(pkt)
+	if !ip.ChecksumValid() || !p.tcp.ChecksumValid(ip.SrcBytes(), ip.DstBytes()) {
+		t.Fatalf("bad checksum on a packet toward %v", to)
+	}
+	for i, b := range p.tcp.Payload() {
+		if want := payloadByte(p.tcp.Seq() + uint32(i)); b != want {
+			t.Fatalf("payload byte %d of seq %d toward %v is %d, the sender sent %d", i, p.tcp.Seq(), to, b, want)
+		}
+	}
+	if p.tcp.Has(header.TCPSyn) {
+		return
+	}
+	if p.tcp.Has(header.TCPAck) && !p.tcp.Has(header.TCPRst) {
+		edge := seqnum.Value(p.tcp.Ack()).Add(seqnum.Size(int(p.tcp.Window()) << h.shift(to.other())))
+		if h.has[to] && edge.LessThan(h.edge[to]) {
+			t.Fatalf("right window edge toward %v moved left: %d after %d", to, edge, h.edge[to])
+		}
+		h.edge[to], h.has[to] = edge, true
+	}
+	if h.o.ts {
+		if !p.opts.HasTS {
+			t.Fatalf("timestamps negotiated, packet toward %v has none", to)
+		}
+		if seqnum.Value(p.opts.TSVal).LessThan(seqnum.Value(h.tsOut[to])) {
+			t.Fatalf("TSval toward %v went back: %d after %d (PAWS would drop it)", to, p.opts.TSVal, h.tsOut[to])
+		}
+		h.tsOut[to] = p.opts.TSVal
+		want := h.tsR
+		if to == Wire {
+			want = h.tsW
+		}
+		if p.opts.TSEcr != want {
+			t.Fatalf("TSecr toward %v is %d, want the latest TSval %d", to, p.opts.TSEcr, want)
+		}
+	}
+}
+
+// opts builds the TCP options of a segment from side s.
+func (h *sh) opts(s Side, syn bool, sack ...uint32) []byte {
+	var o []byte
+	if syn {
+		o = append(o, header.TCPOptMSS, 4, byte(h.o.mss>>8), byte(h.o.mss))
+		if !h.o.noWS {
+			o = append(o, header.TCPOptNop, header.TCPOptWS, 3, h.shift(s))
+		}
+		if h.o.sack {
+			o = append(o, header.TCPOptNop, header.TCPOptNop, header.TCPOptSACKPerm, 2)
+		}
+	}
+	if h.o.ts {
+		val, ecr := h.tsW, h.tsR
+		if s == Radio {
+			val, ecr = h.tsR, h.tsW
+		}
+		o = append(o, header.TCPOptNop, header.TCPOptNop, header.TCPOptTimestamp, 10, 0, 0, 0, 0, 0, 0, 0, 0)
+		binary.BigEndian.PutUint32(o[len(o)-8:], val)
+		binary.BigEndian.PutUint32(o[len(o)-4:], ecr)
+	}
+	if len(sack) > 0 {
+		o = append(o, header.TCPOptNop, header.TCPOptNop, header.TCPOptSACK, byte(2+4*len(sack)))
+		for _, v := range sack {
+			o = binary.BigEndian.AppendUint32(o, v)
+		}
+	}
+	return o
+}
+
+// seg builds a segment from side s with payload n bytes at seq.
+func (h *sh) seg(s Side, flags uint8, seq, ack uint32, win uint16, n int, sack ...uint32) []byte {
+	src, dst := wireHost, radioHost
+	if s == Radio {
+		src, dst = radioHost, wireHost
+		h.tsR++
+	} else {
+		h.tsW++
+	}
+	b := mkseg(src, dst, flags, seq, ack, win, n, h.opts(s, flags&header.TCPSyn != 0, sack...)...)
+	t := header.TCP(b[20:])
+	pl := t.Payload()
+	for i := range pl {
+		pl[i] = payloadByte(seq + uint32(i))
+	}
+	sa, da := src.Addr().As4(), dst.Addr().As4()
+	t.UpdateChecksum(sa[:], da[:])
+	return b
+}
+
+func (h *sh) take() []sent {
+	o := h.out
+	h.out = nil
+	return o
+}
+
+// W and R are the first data sequence numbers of each side.
+func (h *sh) W() uint32 { return h.o.isnW + 1 }
+func (h *sh) R() uint32 { return h.o.isnR + 1 }
+
+// establish runs the handshake, which passes end to end untouched.
+func (h *sh) establish() {
+	h.t.Helper()
+	h.e.Process(Wire, h.seg(Wire, header.TCPSyn, h.o.isnW, 0, 65535, 0))
+	h.e.Process(Radio, h.seg(Radio, header.TCPSyn|header.TCPAck, h.o.isnR, h.W(), 65535, 0))
+	h.e.Process(Wire, h.seg(Wire, header.TCPAck, h.W(), h.R(), 65535>>h.shift(Wire), 0))
+	o := h.take()
+	if len(o) != 3 || o[0].to != Radio || o[1].to != Wire || o[2].to != Radio {
+		h.t.Fatalf("handshake not passed end to end: %+v", o)
+	}
+}
+
+// fromW sends n bytes from the wire host at offset off of its stream.
+func (h *sh) fromW(off, n int, flags uint8) {
+	h.e.Process(Wire, h.seg(Wire, header.TCPAck|flags, h.W()+uint32(off), h.R(), 65535>>h.shift(Wire), n))
+}
+
+// ackR acknowledges off bytes of the wire host's stream from the radio
+// host, with window win (before scaling) and SACK blocks given as stream
+// offsets.
+func (h *sh) ackR(off int, win uint16, sack ...int) {
+	var abs []uint32
+	for _, s := range sack {
+		abs = append(abs, h.W()+uint32(s))
+	}
+	h.e.Process(Radio, h.seg(Radio, header.TCPAck, h.R()+uint32(h.rSent), h.W()+uint32(off), win, 0, abs...))
+}
+
+type pkt struct {
+	to              Side
+	seq, ack        uint32
+	win             uint16
+	flags           uint8
+	n               int
+	sack            []header.SACKBlock
+	tsval, tsecr    uint32
+	hasTS, pureAck  bool
+	fin, rst, isAck bool
+}
+
+func decode(s sent) pkt {
+	p, _ := parse(s.pkt)
+	t := p.tcp
+	return pkt{to: s.to, seq: t.Seq(), ack: t.Ack(), win: t.Window(), flags: t.Flags(), n: p.payload,
+		sack: append([]header.SACKBlock(nil), p.opts.SACK[:p.opts.NSACK]...), tsval: p.opts.TSVal, tsecr: p.opts.TSEcr,
+		hasTS: p.opts.HasTS, pureAck: p.payload == 0 && t.Flags()&(header.TCPFin|header.TCPSyn|header.TCPRst) == 0,
+		fin: t.Has(header.TCPFin), rst: t.Has(header.TCPRst), isAck: t.Has(header.TCPAck)}
+}
+
+func (h *sh) sentTo(side Side) []pkt {
+	var out []pkt
+	for _, s := range h.take() {
+		if s.to == side {
+			out = append(out, decode(s))
+		}
+	}
+	return out
+}
+
+func (h *sh) split(o []sent) (toW, toR []pkt) {
+	for _, s := range o {
+		if s.to == Wire {
+			toW = append(toW, decode(s))
+		} else {
+			toR = append(toR, decode(s))
+		}
+	}
+	return
+}
+
+// TestSplitEarlyAck: in-order data from the wire host is acknowledged at
+// once on the radio host's behalf and sent on toward the radio, resegmented
+// to the radio host's MSS, for window scales 0 and 14, with timestamps
+// valid for PAWS both ways.
+func TestSplitEarlyAck(t *testing.T) {
+	for _, ws := range []uint8{0, 14} {
+		h := newSplit(t, splitOpts{wsW: ws, wsR: ws, sack: true, ts: true, isnW: 1000, isnR: 5000})
+		h.establish()
+		h.fromW(0, 500, 0)
+		h.fromW(500, 500, header.TCPPsh)
+		toW, toR := h.split(h.take())
+		if len(toW) != 2 || toW[0].ack != h.W()+500 || toW[1].ack != h.W()+1000 || !toW[1].pureAck {
+			t.Fatalf("ws %d: early ACKs %+v", ws, toW)
+		}
+		if len(toR) != 2 || toR[0].seq != h.W() || toR[0].n != 500 || toR[1].seq != h.W()+500 {
+			t.Fatalf("ws %d: data toward the radio %+v", ws, toR)
+		}
+		if toR[0].ack != h.R() || toR[0].tsval != h.tsW-1 || toW[1].tsval != h.tsR {
+			t.Fatalf("ws %d: ack %d tsval %d/%d", ws, toR[0].ack, toR[0].tsval, toW[1].tsval)
+		}
+		// The window toward the sender comes from the engine's buffer.
+		if got := int(toW[1].win) << ws; got < 1<<20 && ws == 14 || ws == 0 && toW[1].win != 65535 {
+			t.Fatalf("ws %d: window %d", ws, got)
+		}
+		// More than one MSS (988 bytes with timestamps) is resegmented.
+		h.fromW(1000, 2000, 0)
+		_, toR = h.split(h.take())
+		if len(toR) != 3 || toR[0].n != 988 || toR[1].n != 988 || toR[2].n != 24 {
+			t.Fatalf("ws %d: resegmented %+v", ws, toR)
+		}
+		if st := h.e.Stats(); st.EarlyAcked != 3000 || st.Relayed != 0 {
+			t.Fatalf("ws %d: %+v", ws, st)
+		}
+	}
+}
+
+// TestSplitSACKGeneration: data from the sender with holes is held and
+// SACKed, the most recent block first (RFC 2018 §4); filling a hole moves
+// the cumulative ACK over everything held.
+func TestSplitSACKGeneration(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	h.fromW(0, 100, 0)
+	h.fromW(200, 100, 0)
+	h.fromW(400, 100, 0)
+	toW, toR := h.split(h.take())
+	if len(toR) != 1 || toR[0].n != 100 {
+		t.Fatalf("only in-order data may go on: %+v", toR)
+	}
+	last := toW[len(toW)-1]
+	if last.ack != h.W()+100 || len(last.sack) != 2 ||
+		last.sack[0] != (header.SACKBlock{Start: h.W() + 400, End: h.W() + 500}) ||
+		last.sack[1] != (header.SACKBlock{Start: h.W() + 200, End: h.W() + 300}) {
+		t.Fatalf("SACK blocks: ack %d %+v", last.ack-h.W(), last.sack)
+	}
+	h.fromW(100, 100, 0) // fills the first hole
+	toW, toR = h.split(h.take())
+	if last = toW[len(toW)-1]; last.ack != h.W()+300 || len(last.sack) != 1 || last.sack[0].Start != h.W()+400 {
+		t.Fatalf("after the first hole: ack %d %+v", last.ack-h.W(), last.sack)
+	}
+	if sum := sumN(toR); len(toR) == 0 || toR[0].seq != h.W()+100 || sum != 200 {
+		t.Fatalf("the filled range must go on: %+v", toR)
+	}
+	h.fromW(150, 300, 0) // overlaps everything: fills the second hole
+	toW, _ = h.split(h.take())
+	if last = toW[len(toW)-1]; last.ack != h.W()+500 || len(last.sack) != 0 {
+		t.Fatalf("all in: ack %d %+v", last.ack-h.W(), last.sack)
+	}
+	// A duplicate is answered with the same ACK.
+	h.fromW(0, 100, 0)
+	if toW := h.sentTo(Wire); len(toW) != 1 || toW[0].ack != h.W()+500 {
+		t.Fatalf("duplicate not answered: %+v", toW)
+	}
+}
+
+// TestSplitLocalRecovery: a segment lost on the radio is found from the
+// radio host's SACKs and resent by the engine; the wire host sees none of
+// it. With no ACK at all the RTO resends, backing off.
+func TestSplitLocalRecovery(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	for i := 0; i < 6; i++ {
+		h.fromW(i*988, 988, 0)
+	}
+	if _, toR := h.split(h.take()); len(toR) != 6 {
+		t.Fatalf("sent %d segments toward the radio", len(toR))
+	}
+	h.clock.Advance(20 * time.Millisecond)
+	// Segment 0 is lost; 1…5 arrive: three duplicate ACKs with SACK.
+	for i := 2; i <= 4; i++ {
+		h.ackR(0, 65535, 988, i*988)
+	}
+	toW, toR := h.split(h.take())
+	if len(toW) != 0 {
+		t.Fatalf("the radio host's duplicate ACKs reached the wire host: %+v", toW)
+	}
+	if len(toR) != 1 || toR[0].seq != h.W() || toR[0].n != 988 {
+		t.Fatalf("want segment 0 resent toward the radio, got %+v", toR)
+	}
+	h.ackR(6*988, 65535)
+	if st := h.e.Stats(); st.SplitRexmits != 1 || st.SplitTimeouts != 0 {
+		t.Fatalf("%+v", st)
+	}
+	// Now silence: the RTO resends the oldest segment, then backs off.
+	h.fromW(6*988, 988, 0)
+	h.take()
+	var times []time.Duration
+	start := h.clock.Now()
+	for i := 0; i < 40 && len(times) < 3; i++ {
+		h.clock.Advance(10 * time.Millisecond)
+		for _, p := range h.sentTo(Radio) {
+			if p.seq == h.W()+6*988 {
+				times = append(times, h.clock.Now().Sub(start))
+			}
+		}
+	}
+	if len(times) != 3 || times[1] < 2*times[0]-10*time.Millisecond || times[2]-times[1] < 2*(times[1]-times[0])-20*time.Millisecond {
+		t.Fatalf("timeouts at %v: want an RTO with doubling backoff", times)
+	}
+}
+
+// TestSplitFIN: the sender's FIN goes on after its data and is
+// acknowledged to the sender only once the receiver has acknowledged it;
+// a flow whose two FINs are both through is forgotten.
+func TestSplitFIN(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	h.fromW(0, 300, header.TCPFin)
+	toW, toR := h.split(h.take())
+	if len(toW) != 1 || toW[0].ack != h.W()+300 {
+		t.Fatalf("data is acknowledged early, the FIN not: %+v", toW)
+	}
+	if len(toR) != 1 || !toR[0].fin || toR[0].n != 300 {
+		t.Fatalf("data and FIN toward the radio: %+v", toR)
+	}
+	h.ackR(300, 65535) // the data, not the FIN
+	if toW := h.sentTo(Wire); len(toW) != 0 {
+		t.Fatalf("FIN acknowledged before the receiver had it: %+v", toW)
+	}
+	h.ackR(301, 65535)
+	if toW := h.sentTo(Wire); len(toW) != 1 || toW[0].ack != h.W()+301 {
+		t.Fatalf("want the FIN acknowledged now: %+v", toW)
+	}
+	// The radio host closes too.
+	h.e.Process(Radio, h.seg(Radio, header.TCPAck|header.TCPFin, h.R(), h.W()+301, 65535, 0))
+	toW, toR = h.split(h.take())
+	if len(toW) != 1 || !toW[0].fin || toW[0].seq != h.R() || len(toR) != 0 {
+		t.Fatalf("radio FIN: toward wire %+v, toward radio %+v", toW, toR)
+	}
+	h.e.Process(Wire, h.seg(Wire, header.TCPAck, h.W()+301, h.R()+1, 65535, 0))
+	if toR := h.sentTo(Radio); len(toR) != 1 || toR[0].ack != h.R()+1 {
+		t.Fatalf("want the radio FIN acknowledged: %+v", toR)
+	}
+	if st := h.e.Stats(); st.Flows != 0 || st.BufferedBytes != 0 {
+		t.Fatalf("closed flow kept: %+v", st)
+	}
+}
+
+// TestSplitRST: an RST from one end reaches the other at the sequence
+// number it acknowledged last, and the flow is forgotten with its buffers.
+func TestSplitRST(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	h.fromW(0, 900, 0)
+	h.ackR(400, 65535)
+	h.take()
+	h.e.Process(Wire, h.seg(Wire, header.TCPRst|header.TCPAck, h.W()+900, h.R(), 0, 0))
+	toR := h.sentTo(Radio)
+	if len(toR) != 1 || !toR[0].rst || toR[0].seq != h.W()+400 {
+		t.Fatalf("RST toward the radio: %+v", toR)
+	}
+	if st := h.e.Stats(); st.Flows != 0 || st.BufferedBytes != 0 || st.Resets != 1 {
+		t.Fatalf("%+v", st)
+	}
+	h.fromW(900, 10, 0) // the flow is gone: relayed untouched
+	if st := h.e.Stats(); st.Relayed != 1 {
+		t.Fatalf("%+v", st)
+	}
+}
+
+// TestSplitZeroWindow: a receiver that closes its window gets no data,
+// only probes, backing off; when it opens, data flows. A sender that fills
+// the engine's buffer sees the window close without its right edge moving
+// left, its probes are answered, and a window update follows when the
+// receiver drains the buffer.
+func TestSplitZeroWindow(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000, cfg: Config{BufferPerFlow: 2 * chunkSize}})
+	h.establish()
+	h.fromW(0, 988, 0)
+	h.take()
+	h.ackR(988, 0) // window closed
+	h.fromW(988, 988, 0)
+	if toR := h.sentTo(Radio); len(toR) != 0 {
+		t.Fatalf("data sent into a zero window: %+v", toR)
+	}
+	var probes []time.Duration
+	start := h.clock.Now()
+	for i := 0; i < 400 && len(probes) < 3; i++ {
+		h.clock.Advance(10 * time.Millisecond)
+		for _, p := range h.sentTo(Radio) {
+			if p.n != 0 || p.seq != h.W()+987 {
+				t.Fatalf("want a zero-window probe, got %+v", p)
+			}
+			probes = append(probes, h.clock.Now().Sub(start))
+		}
+	}
+	if len(probes) != 3 || probes[2]-probes[1] < probes[1]-probes[0] {
+		t.Fatalf("probes at %v: want three, backing off", probes)
+	}
+	h.ackR(988, 65535) // open
+	if toR := h.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W()+988 {
+		t.Fatalf("data after the window opened: %+v", toR)
+	}
+	// Now fill the engine's buffer (32 KB) while the receiver holds its
+	// window at one segment.
+	h.ackR(2*988, 988>>h.shift(Radio))
+	off := 2 * 988
+	for i := 0; i < 80; i++ {
+		h.fromW(off, 988, 0)
+		off += 988
+	}
+	toW := h.sentTo(Wire)
+	lastW := toW[len(toW)-1]
+	// (the radio host's SYN-ACK promised 65535 bytes; that edge stays)
+	if lastW.win != 0 || lastW.ack-h.W() != 65535 {
+		t.Fatalf("window toward the sender with a full buffer: ack %d win %d", lastW.ack-h.W(), lastW.win)
+	}
+	if st := h.e.Stats(); st.OutOfWindow == 0 {
+		t.Fatalf("data beyond the window was not refused: %+v", st)
+	}
+	// The sender's probe is answered.
+	h.e.Process(Wire, h.seg(Wire, header.TCPAck, lastW.ack-1, h.R(), 65535, 0))
+	if toW := h.sentTo(Wire); len(toW) != 1 || toW[0].ack != lastW.ack || toW[0].win != 0 {
+		t.Fatalf("probe answer: %+v", toW)
+	}
+	// The receiver opens its window and takes everything: the sender
+	// learns of the room without sending anything.
+	rcv := 2 * 988
+	opened := false
+	for i := 0; i < 500 && !opened; i++ {
+		h.ackR(rcv, 65535)
+		h.clock.Advance(time.Millisecond)
+		for _, s := range h.take() {
+			p := decode(s)
+			if p.to == Radio && int(p.seq-h.W()) == rcv {
+				rcv += p.n
+			}
+			if p.to == Wire && p.win > 0 {
+				opened = true
+			}
+		}
+	}
+	if !opened || rcv < 2*chunkSize {
+		t.Fatalf("no window update toward the sender (receiver took %d bytes)", rcv)
+	}
+}
+
+// TestSplitSequenceWrap: both streams cross 2^32 during the transfer.
+func TestSplitSequenceWrap(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 0xffffff00, isnR: 0xfffffff0})
+	h.establish()
+	for i := 0; i < 4; i++ {
+		h.fromW(i*500, 500, 0)
+	}
+	h.e.Process(Radio, h.seg(Radio, header.TCPAck, h.R(), h.W(), 65535, 800))
+	toW, toR := h.split(h.take())
+	if sumN(toR) != 2000 || toR[len(toR)-1].ack != h.R()+800 || sumN(toW) != 800 {
+		t.Fatalf("across the wrap: %d bytes toward the radio, %d toward the wire; %+v", sumN(toR), sumN(toW), toR[len(toR)-1])
+	}
+	h.rSent = 800
+	h.clock.Advance(10 * time.Millisecond)
+	h.ackR(1200, 65535, 1500, 2000) // a hole at 1200…1500, across the wrap
+	if toR := h.sentTo(Radio); len(toR) != 0 {
+		t.Fatalf("resent before the reordering window passed: %+v", toR)
+	}
+	h.clock.Advance(5 * time.Millisecond) // RACK: an RTT and a quarter since it was sent
+	if toR := h.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W()+1200 {
+		t.Fatalf("resend across the wrap: %+v", toR)
+	}
+}
+
+// TestSplitRandomized plays random data, loss, reordering, windows and
+// time at the engine (window scales 0, 7 and 14, SACK on and off) with
+// every emitted packet checked, then lets the receiver take everything:
+// what reaches it is exactly what the sender sent.
+func TestSplitRandomized(t *testing.T) {
+	for _, tc := range []splitOpts{
+		{wsW: 0, wsR: 0, sack: true, ts: true, isnW: 0xfffff000, isnR: 77},
+		{wsW: 7, wsR: 3, sack: false, ts: true, isnW: 5, isnR: 0xffffff00},
+		{wsW: 14, wsR: 14, sack: true, ts: false, isnW: 123456, isnR: 654321},
+		{noWS: true, sack: true, ts: true, isnW: 1, isnR: 2},
+	} {
+		tc.cfg = Config{BufferPerFlow: 64 << 10, BufferTotal: 64 << 10}
+		h := newSplit(t, tc)
+		h.establish()
+		r := rand.New(rand.NewSource(int64(tc.isnW)))
+		const total = 300_000
+		got := map[uint32]bool{} // offsets the receiver holds
+		rcvNxt := 0              // receiver's cumulative ACK
+		sent := 0                // the sender's next offset
+		wAck := 0                // highest early ACK the sender saw
+		wEdge := 65535
+		deliver := func(p pkt) {
+			if p.to != Radio || p.n == 0 {
+				return
+			}
+			off := int(p.seq - h.W())
+			for i := 0; i < p.n; i++ {
+				got[uint32(off+i)] = true
+			}
+			for got[uint32(rcvNxt)] {
+				rcvNxt++
+			}
+		}
+		for step := 0; step < 20000 && (rcvNxt < total || sent < total); step++ {
+			switch k := r.Intn(10); {
+			case k < 4 && sent < total: // the sender sends what the window allows
+				n := min(1000, total-sent, max(wEdge-sent, 0))
+				if n > 0 && r.Intn(20) > 0 {
+					h.fromW(sent, n, 0)
+				}
+				sent += n
+				if n == 0 && wAck < sent { // go back: resend from the early ACK
+					sent = wAck
+				}
+			case k < 8: // the receiver acknowledges, with a random window
+				var sack []int
+				if tc.sack {
+					for o := rcvNxt + 1; o < rcvNxt+8000 && len(sack) < 6; o++ {
+						if got[uint32(o)] && !got[uint32(o-1)] {
+							e := o
+							for got[uint32(e)] {
+								e++
+							}
+							sack = append(sack, o, e)
+						}
+					}
+				}
+				win := uint16(r.Intn(65536))
+				h.ackR(rcvNxt, win>>h.shift(Radio), sack...)
+			default:
+				h.clock.Advance(time.Duration(r.Intn(30)) * time.Millisecond)
+			}
+			for _, s := range h.take() {
+				p := decode(s)
+				if p.to == Wire {
+					if a := int(p.ack - h.W()); a > wAck {
+						wAck = a
+					}
+					wEdge = max(wEdge, int(p.ack-h.W())+int(p.win)<<h.shift(Radio))
+					continue
+				}
+				if r.Intn(25) == 0 { // lost on the radio
+					continue
+				}
+				deliver(p)
+			}
+		}
+		// Now a clean radio with an open window until all is through.
+		for i := 0; i < 5000 && rcvNxt < total; i++ {
+			sent = wAck // the sender goes back to what it has not had acknowledged
+			if sent < total {
+				n := min(1000, total-sent, max(wEdge-sent, 0))
+				if n > 0 {
+					h.fromW(sent, n, 0)
+					sent += n
+				}
+			}
+			h.ackR(rcvNxt, 65535)
+			h.clock.Advance(50 * time.Millisecond)
+			for _, s := range h.take() {
+				if p := decode(s); p.to == Radio {
+					deliver(p)
+				} else {
+					wAck = max(wAck, int(p.ack-h.W()))
+					wEdge = max(wEdge, int(p.ack-h.W())+int(p.win)<<h.shift(Radio))
+				}
+			}
+		}
+		st := h.e.Stats()
+		if rcvNxt != total {
+			t.Fatalf("%+v: the receiver holds %d of %d bytes; %+v", tc, rcvNxt, total, st)
+		}
+		t.Logf("ws %d/%d sack %v: %+v", tc.wsW, tc.wsR, tc.sack, st)
+	}
+}
+
+// TestSplitExportImport moves a split flow with bytes in flight, a loss
+// and data held out of order to a second engine through JSON; the second
+// engine repairs the loss, delivers the rest and goes on taking data.
+func TestSplitExportImport(t *testing.T) {
+	o := splitOpts{sack: true, ts: true, isnW: 0xfffffe00, isnR: 5000}
+	h := newSplit(t, o)
+	h.establish()
+	for i := 0; i < 5; i++ {
+		h.fromW(i*988, 988, 0)
+	}
+	h.fromW(6*988, 988, 0) // held out of order: 5 is missing
+	h.ackR(988, 65535, 2*988, 5*988)
+	h.take()
+	b, err := json.Marshal(h.e.Export(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := h.e.Stats(); st.Flows != 0 || st.BufferedBytes != 0 {
+		t.Fatalf("export with remove left %+v", st)
+	}
+	var states []FlowState
+	if err := json.Unmarshal(b, &states); err != nil {
+		t.Fatal(err)
+	}
+	h2 := newSplit(t, o)
+	h2.tsW, h2.tsR = h.tsW, h.tsR
+	if err := h2.e.Import(states); err != nil {
+		t.Fatal(err)
+	}
+	h2.has, h2.edge, h2.tsOut = h.has, h.edge, h.tsOut
+	h2.ackR(988, 65535, 2*988, 5*988)
+	h2.ackR(988, 65535, 2*988, 5*988)
+	h2.ackR(988, 65535, 2*988, 5*988)
+	if toR := h2.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W()+988 {
+		t.Fatalf("the imported flow did not repair segment 1: %+v", toR)
+	}
+	h2.fromW(5*988, 988, 0) // fills the hole: 5 and the held 6 go on
+	toW, toR := h2.split(h2.take())
+	if len(toW) != 1 || toW[0].ack != h.W()+7*988 || len(toR) != 2 || toR[0].seq != h.W()+5*988 || toR[1].seq != h.W()+6*988 {
+		t.Fatalf("after the hole: toward wire %+v, toward radio %+v", toW, toR)
+	}
+	for _, bad := range []func(*FlowState){
+		func(f *FlowState) { f.Split.Streams[0].Data = nil },
+		func(f *FlowState) { f.Split.Streams[0].SMSS = 0 },
+		func(f *FlowState) { f.Split.Streams[0].Segs[0].End = f.Split.Streams[0].Segs[0].Seq },
+		func(f *FlowState) { f.Split.Streams[0].CC.Name = "vegas" },
+		func(f *FlowState) { f.Split.Shift[1] = 15 },
+	} {
+		var s []FlowState
+		json.Unmarshal(b, &s)
+		bad(&s[0])
+		h3 := newSplit(t, o)
+		if err := h3.e.Import(s); err == nil {
+			t.Fatal("bad split state imported")
+		}
+		if st := h3.e.Stats(); st.BufferedBytes != 0 || st.Flows != 0 {
+			t.Fatalf("a refused import left %+v", st)
+		}
+	}
+}
+
+func sumN(ps []pkt) int {
+	n := 0
+	for _, p := range ps {
+		n += p.n
+	}
+	return n
+}
