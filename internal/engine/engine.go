@@ -106,6 +106,8 @@ type Engine struct {
 	pool      chunkPool
 	maxChunks int
 	scratch   []byte // split mode builds its packets here
+
+	timerFires uint64 // split-mode timer callbacks (tests watch for spinning)
 }
 
 // New makes an engine that sends packets through out, which must not keep

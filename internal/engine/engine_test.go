@@ -207,25 +207,27 @@ func TestRSTAndFINForget(t *testing.T) {
 	}
 }
 
-// FuzzProcess feeds anything to the engine from either side: no panic,
-// and the flow table and cache stay bounded.
+// FuzzProcess feeds anything to the engine, in snoop and in split mode,
+// from either side: no panic, and the flow table and buffers stay bounded.
 func FuzzProcess(f *testing.F) {
 	f.Add(mkseg(wireHost, radioHost, header.TCPSyn, 1, 0, 100, 0, header.TCPOptMSS, 4, 0, 100), true)
 	f.Add(mkseg(radioHost, wireHost, header.TCPAck, 7, 9, 100, 10), false)
 	f.Fuzz(func(t *testing.T, pkt []byte, fromWire bool) {
-		c := netem.NewSimClock(time.Unix(0, 0))
-		e := mustNew(t, Config{Clock: c, MaxFlows: 4, CachePerFlow: 4096}, func(Side, []byte) {})
-		from := Radio
-		if fromWire {
-			from = Wire
-		}
-		for i := 0; i < 3; i++ {
-			e.Process(from, pkt)
-			e.Process(from.other(), pkt)
-		}
-		c.Advance(time.Minute)
-		if st := e.Stats(); st.Flows > 4 || st.CachedBytes > 4*4096 {
-			t.Fatalf("unbounded: %+v", st)
+		for _, mode := range []Mode{ModeSnoop, ModeSplit} {
+			c := netem.NewSimClock(time.Unix(0, 0))
+			e := mustNew(t, Config{Clock: c, MaxFlows: 4, CachePerFlow: 4096, Mode: mode, BufferPerFlow: 64 << 10}, func(Side, []byte) {})
+			from := Radio
+			if fromWire {
+				from = Wire
+			}
+			for i := 0; i < 3; i++ {
+				e.Process(from, pkt)
+				e.Process(from.other(), pkt)
+			}
+			c.Advance(time.Minute)
+			if st := e.Stats(); st.Flows > 4 || st.CachedBytes > 4*4096 || st.BufferedBytes > 4*2*(64<<10+3*chunkSize) {
+				t.Fatalf("%v: unbounded: %+v", mode, st)
+			}
 		}
 	})
 }

@@ -70,7 +70,13 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 		if st.finSent && st.finSeq.LessThan(upTo) {
 			upTo = st.finSeq
 		}
-		st.buf.release(&e.pool, upTo)
+		if diff(st.rcvNxt, upTo) >= 0 && len(st.ooo) == 0 {
+			// Nothing held: an idle flow keeps no chunk.
+			st.buf.releaseAll(&e.pool)
+			st.buf.start = upTo
+		} else {
+			st.buf.release(&e.pool, upTo)
+		}
 		if st.finSent && ack == st.finSeq.Add(1) {
 			st.finAcked, st.ackNow = true, true // now the FIN may be acknowledged to its sender
 		}
@@ -123,12 +129,15 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 			lostSeq, lost = s.seq, true
 		}
 	}
-	sample := AckSample{Now: now, Acked: delivered, InFlight: st.inflight, MSS: st.smss, SRTT: st.srtt,
+	// The sample lives in the stream: passed to an interface, a local
+	// would escape and cost an allocation per ACK.
+	sample := &st.sample
+	*sample = AckSample{Now: now, Acked: delivered, InFlight: st.inflight, MSS: st.smss, SRTT: st.srtt,
 		MinRTT: st.minRTT, InRecovery: st.inRecovery}
 	if lost && !st.inRecovery && st.recover.LessThanEq(lostSeq) {
 		st.inRecovery, st.recover = true, st.sndNxt
 		sample.InFlight, sample.InRecovery = before, true
-		st.cc.OnLoss(&sample)
+		st.cc.OnLoss(sample)
 		sample.InFlight = st.inflight
 	}
 	if st.inRecovery && st.recover.LessThanEq(st.sndUna) {
@@ -148,7 +157,7 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 		st.appLimited = 0
 	}
 	if delivered > 0 {
-		st.cc.OnAck(&sample)
+		st.cc.OnAck(sample)
 	}
 	switch {
 	case len(st.segs) == 0:
@@ -466,6 +475,7 @@ func (e *Engine) splitTimer(f *flow, from Side) {
 	st := &f.sp.st[from]
 	now := e.cfg.Clock.Now()
 	st.timerAt = time.Time{}
+	e.timerFires++
 	due := func(t time.Time) bool { return !t.IsZero() && !now.Before(t) }
 	if due(st.rtoAt) {
 		e.onRTO(st, now)
@@ -474,7 +484,8 @@ func (e *Engine) splitTimer(f *flow, from Side) {
 		before := st.inflight
 		if seq, lost := e.detectLoss(f, st, now); lost && !st.inRecovery && st.recover.LessThanEq(seq) {
 			st.inRecovery, st.recover = true, st.sndNxt
-			st.cc.OnLoss(&AckSample{Now: now, InFlight: before, MSS: st.smss, SRTT: st.srtt, MinRTT: st.minRTT, InRecovery: true})
+			st.sample = AckSample{Now: now, InFlight: before, MSS: st.smss, SRTT: st.srtt, MinRTT: st.minRTT, InRecovery: true}
+			st.cc.OnLoss(&st.sample)
 		}
 	}
 	if due(st.persistAt) {

@@ -74,6 +74,7 @@ type stream struct {
 	appLimited             uint64 // delivered count at which the sender stops being app-limited (0: it is not)
 	nextRound              uint64
 	cc                     Controller
+	sample                 AckSample // scratch for the controller
 	tokens                 float64
 	tokAt                  time.Time
 	persistBackoff         int

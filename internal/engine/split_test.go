@@ -40,6 +40,7 @@ type sh struct {
 	has   [2]bool
 	tsOut [2]uint32 // last TSval sent toward each side
 	rSent int       // bytes the radio host has sent
+	dead  bool      // an RST went through
 }
 
 func newSplit(t *testing.T, o splitOpts) *sh {
@@ -78,6 +79,9 @@ func (h *sh) check(to Side, pkt []byte) {
 	if !ok {
 		t.Fatalf("engine emitted an unparsable packet %x", pkt)
 	}
+	if debugSh {
+		t.Logf("%v seq %d ack %d win %d n %d flags %x", to, p.tcp.Seq(), p.tcp.Ack(), p.tcp.Window(), p.payload, p.tcp.Flags())
+	}
 	ip := header.IPv4(pkt)
 	if !ip.ChecksumValid() || !p.tcp.ChecksumValid(ip.SrcBytes(), ip.DstBytes()) {
 		t.Fatalf("bad checksum on a packet toward %v", to)
@@ -88,6 +92,10 @@ func (h *sh) check(to Side, pkt []byte) {
 		}
 	}
 	if p.tcp.Has(header.TCPSyn) {
+		return
+	}
+	if p.tcp.Has(header.TCPRst) || h.dead { // the connection is over; what follows is relayed as it is
+		h.dead = true
 		return
 	}
 	if p.tcp.Has(header.TCPAck) && !p.tcp.Has(header.TCPRst) {
@@ -700,3 +708,94 @@ func sumN(ps []pkt) int {
 	}
 	return n
 }
+
+// TestSplitZeroAllocs: a data segment in and its ACK back, in steady
+// state, allocate nothing (buffers, scoreboard and timers are reused).
+func TestSplitZeroAllocs(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.e.cfg.Clock = netem.RealClock{} // its timers re-arm without allocating
+	h.establish()
+	const n = 3000
+	data := make([][]byte, n)
+	acks := make([][]byte, n)
+	for i := range n {
+		data[i] = h.seg(Wire, header.TCPAck, h.W()+uint32(i*988), h.R(), 65535, 988)
+		acks[i] = h.seg(Radio, header.TCPAck, h.R(), h.W()+uint32((i+1)*988), 65535, 0)
+	}
+	h.e.out = func(Side, []byte) {}
+	i := 0
+	step := func() {
+		h.e.Process(Wire, data[i])
+		h.e.Process(Radio, acks[i])
+		i++
+	}
+	for range 100 { // warm up: the pool, the scoreboard, the timers
+		step()
+	}
+	if a := testing.AllocsPerRun(n-200, step); a != 0 {
+		t.Fatalf("%.2f allocations per segment and ACK", a)
+	}
+	if st := h.e.Stats(); st.EarlyAcked != uint64(i*988) || st.Emitted < uint64(2*i) {
+		t.Fatalf("the engine did not work: %+v after %d segments", st, i)
+	}
+}
+
+// FuzzSplit plays an arbitrary sequence of segments from both ends at an
+// established split flow — data anywhere in or out of the window, ACKs of
+// anything with any window and SACK blocks, FINs, RSTs, time passing —
+// with every emitted packet checked by the conformance harness (checksums,
+// the sender's bytes, a right edge that never moves left, PAWS-valid
+// timestamps) and the buffers bounded.
+func FuzzSplit(f *testing.F) {
+	f.Add(uint8(0), []byte{0, 0, 0, 10, 0, 0, 255, 0, 1, 0, 0, 0, 0, 10, 255, 0})
+	f.Add(uint8(7), []byte{0, 0, 100, 10, 0, 0, 255, 0, 2, 0, 0, 10, 0, 0, 0, 1, 0x61, 0, 0, 0, 0, 0, 0, 0})
+	f.Add(uint8(3), []byte{2, 0, 0, 5, 0, 0, 9, 0, 1, 0, 0, 0, 0, 5, 0, 0, 0xe0, 0, 0, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, setup uint8, ops []byte) {
+		o := splitOpts{sack: setup&1 != 0, ts: setup&2 != 0, wsW: setup >> 4 % 15, wsR: setup >> 3 % 15,
+			isnW: 0xffffff00 + uint32(setup), isnR: uint32(setup) << 24,
+			cfg: Config{BufferPerFlow: 64 << 10, BufferTotal: 128 << 10}}
+		h := newSplit(t, o)
+		h.establish()
+		for len(ops) >= 8 {
+			op := ops[:8]
+			ops = ops[8:]
+			off := int(binary.BigEndian.Uint16(op[1:])) * 16
+			n := int(op[3]) * 8
+			flags := uint8(header.TCPAck)
+			if op[0]&2 != 0 {
+				flags |= header.TCPFin
+			}
+			if op[0]&0x1c == 0x1c {
+				flags |= header.TCPRst
+			}
+			if op[0]&1 == 0 { // data from the wire host
+				h.e.Process(Wire, h.seg(Wire, flags, h.W()+uint32(off), h.R(), 65535, n))
+			} else { // an ACK (and maybe data) from the radio host
+				ack := int(binary.BigEndian.Uint16(op[4:])) * 16
+				var sack []uint32
+				if op[7] != 0 {
+					s := h.W() + uint32(ack) + uint32(op[7])*64
+					sack = []uint32{s, s + uint32(n) + 1}
+				}
+				h.e.Process(Radio, h.seg(Radio, flags, h.R()+uint32(h.rSent), h.W()+uint32(ack), uint16(op[6])<<8, n%64, sack...))
+			}
+			fires := h.e.timerFires
+			h.clock.Advance(time.Duration(op[0]>>5) * 7 * time.Millisecond)
+			h.take()
+			if h.e.timerFires-fires > 1000 {
+				t.Fatalf("%d timer callbacks in %v", h.e.timerFires-fires, time.Duration(op[0]>>5)*7*time.Millisecond)
+			}
+			bound := 2 * (o.cfg.BufferPerFlow + 65536 + 3*chunkSize)
+			if st := h.e.Stats(); st.BufferedBytes > bound || st.Flows > 1 {
+				t.Fatalf("buffers beyond their bound: %+v", st)
+			}
+		}
+		fires := h.e.timerFires
+		h.clock.Advance(time.Minute)
+		if h.e.timerFires-fires > 10000 {
+			t.Fatalf("%d timer callbacks in a minute", h.e.timerFires-fires)
+		}
+	})
+}
+
+var debugSh = false
