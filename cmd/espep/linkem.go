@@ -129,7 +129,7 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
 	pcapAB := fs.String("pcap-ab", "", "write the frames delivered a→b to this pcap file")
 	pcapBA := fs.String("pcap-ba", "", "write the frames delivered b→a to this pcap file")
-	eng := fs.String("engine", "none", "TCP engine at the a end of the link (a: wire side, b: radio side): none, snoop (duplicate ACKs swallowed without SACK, forwarded with it), snoop-forward or snoop-swallow")
+	eng := fs.String("engine", "none", "TCP engine at the a end of the link (a: wire side, b: radio side): none, snoop (duplicate ACKs swallowed without SACK, forwarded with it), snoop-forward, snoop-swallow, split (early ACKs, the engine's own BBR-style sender toward b) or split-reno")
 	both := addImpairments(fs, "", "")
 	ab := addImpairments(fs, "ab.", " (a→b only)")
 	ba := addImpairments(fs, "ba.", " (b→a only)")
@@ -184,8 +184,12 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 		ecfg = &engine.Config{DupAcks: engine.DupAcksForward}
 	case "snoop-swallow":
 		ecfg = &engine.Config{DupAcks: engine.DupAcksSwallow}
+	case "split":
+		ecfg = &engine.Config{Mode: engine.ModeSplit, CC: engine.CCBBR}
+	case "split-reno":
+		ecfg = &engine.Config{Mode: engine.ModeSplit, CC: engine.CCReno}
 	default:
-		return usageError{fmt.Sprintf("linkem: --engine %q: want none, snoop, snoop-forward or snoop-swallow (split mode is not written yet)", *eng)}
+		return usageError{fmt.Sprintf("linkem: --engine %q: want none, snoop, snoop-forward, snoop-swallow, split or split-reno", *eng)}
 	}
 	br, err := linkem.OpenWithEngine(*a, *b, cab, cba, ecfg, log)
 	if err != nil {
@@ -211,8 +215,10 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	printLinkemStats(stdout, *a, *b, br.Stats())
 	if e := br.Engine(); e != nil {
 		st := e.Stats()
-		fmt.Fprintf(stdout, "engine: packets %d flows-max %d cached %d local-rexmits %d timeout-rexmits %d suppressed-dupacks %d forwarded-dupacks %d relayed %d\n",
-			st.Packets, st.FlowsMax, st.Cached, st.LocalRexmits, st.TimeoutRexmits, st.SuppressedDupAcks, st.ForwardedDupAcks, st.Relayed)
+		fmt.Fprintf(stdout, "engine: packets %d flows-max %d cached %d local-rexmits %d timeout-rexmits %d suppressed-dupacks %d forwarded-dupacks %d relayed %d"+
+			" early-acked %d emitted %d split-rexmits %d split-timeouts %d probes %d resets %d out-of-window %d\n",
+			st.Packets, st.FlowsMax, st.Cached, st.LocalRexmits, st.TimeoutRexmits, st.SuppressedDupAcks, st.ForwardedDupAcks, st.Relayed,
+			st.EarlyAcked, st.Emitted, st.SplitRexmits, st.SplitTimeouts, st.Probes, st.Resets, st.OutOfWindow)
 	}
 	return err
 }

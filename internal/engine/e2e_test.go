@@ -268,37 +268,48 @@ func TestGoodput(t *testing.T) {
 		"| SACK | radio | e2e | snoop | split |\n|---|---|---|---|---|\n%s", *benchCC, *benchSecs, strings.Join(rows, "\n"))
 }
 
-// TestHandoff moves the flow to a second engine (through JSON) in the
+// TestHandoff moves the flow (snoop: its cache; split: the bytes it
+// acknowledged early and holds) to a second engine (through JSON) in the
 // middle of a transfer over a lossy radio: no byte is lost, and the new
 // engine goes on repairing.
 func TestHandoff(t *testing.T) {
-	radio := radioLink
-	radio.Seed, radio.Loss = 11, 0.02
-	n := newNet(t, snoop, wiredLink, radio, true)
-	done := make(chan struct{})
-	var moved int
-	go func() {
-		defer close(done)
-		time.Sleep(700 * time.Millisecond)
-		old := n.E.Load()
-		b, err := json.Marshal(old.Export(true))
-		if err != nil {
-			return
-		}
-		var states []engine.FlowState
-		json.Unmarshal(b, &states)
-		next, _ := engine.New(engine.Config{}, n.out)
-		if next.Import(states) == nil {
-			moved = len(states)
-			n.E.Store(next)
-		}
-	}()
-	transfer(t, n.A, n.B, 4<<20, 60*time.Second)
-	<-done
-	st := n.E.Load().Stats()
-	t.Logf("moved %d flow(s); new engine: %+v", moved, st)
-	if moved != 1 || st.Cached == 0 {
-		t.Fatalf("the flow did not move mid-transfer (moved %d, new engine %+v)", moved, st)
+	for _, tc := range []struct {
+		name string
+		cfg  *engine.Config
+	}{{"snoop", snoop}, {"split", split}} {
+		t.Run(tc.name, func(t *testing.T) {
+			radio := radioLink
+			radio.Seed, radio.Loss = 11, 0.02
+			n := newNet(t, tc.cfg, wiredLink, radio, true)
+			done := make(chan struct{})
+			var moved, held int
+			go func() {
+				defer close(done)
+				time.Sleep(700 * time.Millisecond)
+				old := n.E.Load()
+				b, err := json.Marshal(old.Export(true))
+				if err != nil {
+					return
+				}
+				var states []engine.FlowState
+				json.Unmarshal(b, &states)
+				next, _ := engine.New(*tc.cfg, n.out)
+				if next.Import(states) == nil {
+					moved = len(states)
+					if len(states) == 1 && states[0].Split != nil {
+						held = len(states[0].Split.Streams[engine.Wire].Data)
+					}
+					n.E.Store(next)
+				}
+			}()
+			transfer(t, n.A, n.B, 4<<20, 60*time.Second)
+			<-done
+			st := n.E.Load().Stats()
+			t.Logf("moved %d flow(s) holding %d bytes acknowledged early; new engine: %+v", moved, held, st)
+			if moved != 1 || st.Cached == 0 && st.Emitted == 0 || tc.cfg == split && held == 0 {
+				t.Fatalf("the flow did not move mid-transfer (moved %d, new engine %+v)", moved, st)
+			}
+		})
 	}
 }
 

@@ -64,6 +64,11 @@ type Config struct {
 	// 1.3×) and starves rate-based ones (Linux BBR 0.3× swallowed, 1.0×
 	// forwarded).
 	DupAcks DupAckPolicy
+	// SnoopOriginal makes snoop resend the cached packets exactly as they
+	// came (the gateway needs it with read-class SAs, where it resends
+	// ciphertext). By default a resent segment gets the sender's latest
+	// TSval, or the receiver's PAWS check would drop it.
+	SnoopOriginal bool
 }
 
 // DupAckPolicy is what snoop does with duplicate ACKs it has answered.
@@ -84,6 +89,7 @@ type Stats struct {
 	SuppressedDupAcks, ForwardedDupAcks uint64
 	CachedBytes                         int
 	Expired                             uint64 // idle flows forgotten
+	TSRefreshed                         uint64 // snoop resends given the sender's latest TSval
 
 	// split mode
 	EarlyAcked                  uint64 // bytes acknowledged on the receiver's behalf

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"net/netip"
@@ -344,4 +345,43 @@ func mustNew(t testing.TB, cfg Config, out func(Side, []byte)) *Engine {
 		t.Fatal(err)
 	}
 	return e
+}
+
+// TestSnoopRefreshesTimestamp: a local resend carries the sender's latest
+// TSval (the receiver's PAWS check would drop the cached one), with a
+// valid checksum; with SnoopOriginal it is the cached packet, byte for
+// byte.
+func TestSnoopRefreshesTimestamp(t *testing.T) {
+	for _, original := range []bool{false, true} {
+		h := newHarness(t)
+		h.e.cfg.SnoopOriginal = original
+		ts := func(v uint32) []byte {
+			return []byte{header.TCPOptNop, header.TCPOptNop, header.TCPOptTimestamp, 10, 0, 0, 0, byte(v), 0, 0, 0, 9}
+		}
+		h.e.Process(Wire, mkseg(wireHost, radioHost, header.TCPSyn, isnW, 0, 65535, 0, ts(1)...))
+		h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPSyn|header.TCPAck, isnR, isnW+1, 65535, 0, ts(1)...))
+		var first []byte
+		for i := 0; i < 3; i++ {
+			p := mkseg(wireHost, radioHost, header.TCPAck, isnW+1+uint32(i*mss), isnR+1, 65535, mss, ts(uint32(10+i))...)
+			if i == 1 {
+				first = p
+			}
+			h.e.Process(Wire, p)
+		}
+		h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPAck, isnR+1, isnW+1+mss, 65535, 0, ts(2)...))
+		h.take()
+		h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPAck, isnR+1, isnW+1+mss, 65535, 0, ts(3)...)) // segment 1 lost
+		o := h.take()
+		if len(o) != 1 || o[0].to != Radio {
+			t.Fatalf("original=%v: want one resend, got %d", original, len(o))
+		}
+		p, _ := parse(o[0].pkt)
+		ip := header.IPv4(o[0].pkt)
+		if !p.tcp.ChecksumValid(ip.SrcBytes(), ip.DstBytes()) {
+			t.Fatalf("original=%v: bad checksum", original)
+		}
+		if original && !bytes.Equal(o[0].pkt, first) || !original && p.opts.TSVal != 12 {
+			t.Fatalf("original=%v: resent TSval %d", original, p.opts.TSVal)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/binary"
 	"time"
 
 	"github.com/espep/espep/internal/seqnum"
@@ -13,6 +14,9 @@ func (e *Engine) downData(f *flow, p *parsed, pkt []byte) {
 	defer e.out(Radio, pkt)
 	if !f.established {
 		return
+	}
+	if p.opts.HasTS && seqnum.Value(f.tsv[Wire]).LessThanEq(seqnum.Value(p.opts.TSVal)) {
+		f.tsv[Wire] = p.opts.TSVal
 	}
 	n := p.payload
 	if p.tcp.Has(header.TCPFin) {
@@ -199,7 +203,58 @@ func (e *Engine) cached(f *flow, seq seqnum.Value) *seg {
 func (e *Engine) resend(f *flow, s *seg) {
 	s.rexmits++
 	s.sentAt = e.cfg.Clock.Now()
-	e.out(Radio, s.pkt)
+	if e.cfg.SnoopOriginal || !f.down.ts || !f.up.ts {
+		e.out(Radio, s.pkt)
+		return
+	}
+	// The cached copy carries the timestamp of its first transmission; the
+	// receiver has since seen newer ones and PAWS (RFC 7323 §5) would drop
+	// it (Linux counts it as PAWSEstab). Resend it with the sender's
+	// latest TSval.
+	b := append(e.scratch[:0], s.pkt...)
+	if !refreshTSval(b, f.tsv[Wire]) {
+		e.out(Radio, s.pkt)
+		return
+	}
+	e.st.TSRefreshed++
+	e.out(Radio, b)
+}
+
+// refreshTSval sets the TSval of the TCP segment in pkt (an IP packet the
+// engine parsed before) to v and fixes the checksum; it reports whether
+// the segment had a timestamp option.
+func refreshTSval(pkt []byte, v uint32) bool {
+	p, ok := parse(pkt)
+	if !ok || !p.opts.HasTS {
+		return false
+	}
+	t := p.tcp
+	o := t.Options()
+	for i := 0; i < len(o); {
+		switch o[i] {
+		case header.TCPOptEnd:
+			return false
+		case header.TCPOptNop:
+			i++
+			continue
+		}
+		if i+1 >= len(o) || o[i+1] < 2 {
+			return false
+		}
+		if o[i] == header.TCPOptTimestamp && o[i+1] == 10 && i+10 <= len(o) {
+			binary.BigEndian.PutUint32(o[i+2:], v)
+			if pkt[0]>>4 == 4 {
+				ip := header.IPv4(pkt)
+				t.UpdateChecksum(ip.SrcBytes(), ip.DstBytes())
+			} else {
+				ip := header.IPv6(pkt)
+				t.UpdateChecksum(ip.SrcBytes(), ip.DstBytes())
+			}
+			return true
+		}
+		i += int(o[i+1])
+	}
+	return false
 }
 
 // rttSample updates the radio-leg RTT estimate (RFC 6298 §2).
