@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -19,11 +20,14 @@ import (
 	"github.com/espep/espep/internal/pcapio"
 )
 
-const linkemUsage = `usage: espep linkem --a IFACE --b IFACE [impairments] [--ab.X … --ba.X …] [--engine snoop]
+const linkemUsage = `usage: espep linkem --a IFACE --b IFACE [impairments] [--ab.X … --ba.X …]
+                    [--engine MODE [--wire.X …]]
 
 Forwards every frame between two interfaces through an emulated link.
 Each impairment applies to both directions; --ab.NAME (frames from a to b)
-and --ba.NAME override it for one direction. Counters are printed on exit
+and --ba.NAME override it for one direction. With --engine the TCP engine
+sits at the a end of the link (a is its wire side, the link its radio);
+--wire.NAME adds an emulated wired leg between a and the engine. Counters are printed on exit
 and on SIGUSR1. The interfaces' peers need offloads off
 (ethtool -K DEV tx off tso off gso off gro off).
 
@@ -133,6 +137,7 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	both := addImpairments(fs, "", "")
 	ab := addImpairments(fs, "ab.", " (a→b only)")
 	ba := addImpairments(fs, "ba.", " (b→a only)")
+	wire := addImpairments(fs, "wire.", " (a wired leg between a and the engine, both ways)")
 	fs.Usage = func() { fmt.Fprint(stderr, linkemUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
@@ -174,6 +179,17 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 		defer flush()
 		x.c.Capture = capture
 	}
+	var wcfg *netem.Config
+	fs.Visit(func(f *flag.Flag) {
+		if strings.HasPrefix(f.Name, "wire.") {
+			wcfg = &netem.Config{}
+		}
+	})
+	if wcfg != nil {
+		if err := wire.apply(wcfg); err != nil {
+			return usageError{"linkem: " + err.Error()}
+		}
+	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	var ecfg *engine.Config
 	switch *eng {
@@ -191,7 +207,7 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	default:
 		return usageError{fmt.Sprintf("linkem: --engine %q: want none, snoop, snoop-forward, snoop-swallow, split or split-reno", *eng)}
 	}
-	br, err := linkem.OpenWithEngine(*a, *b, cab, cba, ecfg, log)
+	br, err := linkem.OpenGateway(*a, *b, cab, cba, ecfg, wcfg, log)
 	if err != nil {
 		return err
 	}
@@ -210,7 +226,11 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 			printLinkemStats(stdout, *a, *b, br.Stats())
 		}
 	}()
-	log.Info("linkem running", "a", *a, "b", *b, "ab", describe(cab), "ba", describe(cba), "engine", *eng)
+	wdesc := ""
+	if wcfg != nil {
+		wdesc = describe(*wcfg)
+	}
+	log.Info("linkem running", "a", *a, "b", *b, "ab", describe(cab), "ba", describe(cba), "engine", *eng, "wire", wdesc)
 	err = br.Run(ctx)
 	printLinkemStats(stdout, *a, *b, br.Stats())
 	if e := br.Engine(); e != nil {

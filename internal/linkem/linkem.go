@@ -39,6 +39,7 @@ type Stats struct {
 type Bridge struct {
 	a, b   *port
 	ab, ba *netem.Link
+	wire   *netem.Pair // the wired leg between a and the engine (nil: none)
 	log    *slog.Logger
 	eng    *engine.Engine // nil: no engine
 
@@ -68,6 +69,15 @@ func Open(a, b string, ab, ba netem.Config, log *slog.Logger) (*Bridge, error) {
 // engine's wire side, b its radio side. IP packets go through the engine;
 // other frames (ARP) pass as they are. ecfg nil means no engine.
 func OpenWithEngine(a, b string, ab, ba netem.Config, ecfg *engine.Config, log *slog.Logger) (*Bridge, error) {
+	return OpenGateway(a, b, ab, ba, ecfg, nil, log)
+}
+
+// OpenGateway is OpenWithEngine with, when wire is not nil, an emulated
+// wired leg between a and the engine (the same impairments both ways):
+// a ── wire ── engine ── ab/ba ── b, as the wired network and the radio
+// of the seed's topology with the gateway between them (without an
+// engine, the two links simply follow each other).
+func OpenGateway(a, b string, ab, ba netem.Config, ecfg *engine.Config, wire *netem.Config, log *slog.Logger) (*Bridge, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -81,7 +91,8 @@ func OpenWithEngine(a, b string, ab, ba netem.Config, ecfg *engine.Config, log *
 		return nil, err
 	}
 	br := &Bridge{a: pa, b: pb, log: log}
-	toA := func(f []byte) { pa.write(f) }
+	toA := br.toA
+	fromWire := func(f []byte) { br.ab.Send(f) }
 	if ecfg != nil {
 		if br.eng, err = engine.New(*ecfg, br.engineOut); err != nil {
 			pa.close()
@@ -89,6 +100,16 @@ func OpenWithEngine(a, b string, ab, ba netem.Config, ecfg *engine.Config, log *
 			return nil, fmt.Errorf("linkem: %w", err)
 		}
 		toA = func(f []byte) { br.fromRadio(f) }
+		fromWire = br.fromWire
+	}
+	if wire != nil {
+		w2 := *wire
+		w2.Seed++
+		if br.wire, err = netem.NewPair(*wire, w2, nil, fromWire, pa.write); err != nil {
+			pa.close()
+			pb.close()
+			return nil, fmt.Errorf("linkem: wired leg: %w", err)
+		}
 	}
 	if br.ab, err = netem.New(ab, nil, func(f []byte) { pb.write(f) }); err == nil {
 		br.ba, err = netem.New(ba, nil, toA)
@@ -109,6 +130,9 @@ func (br *Bridge) Run(ctx context.Context) error {
 	if br.eng != nil {
 		fromA = br.fromWire
 	}
+	if br.wire != nil {
+		fromA = br.wire.AB.Send
+	}
 	go func() { errc <- br.a.readLoop(ctx, fromA) }()
 	go func() { errc <- br.b.readLoop(ctx, br.ba.Send) }()
 	var first error
@@ -122,6 +146,9 @@ func (br *Bridge) Run(ctx context.Context) error {
 	}
 	br.ab.Close()
 	br.ba.Close()
+	if br.wire != nil {
+		br.wire.Close()
+	}
 	br.a.close()
 	br.b.close()
 	return first
@@ -149,7 +176,16 @@ func isIP(f []byte) bool {
 func (br *Bridge) fromWire(f []byte) { br.toEngine(engine.Wire, f, br.ab.Send) }
 
 // fromRadio takes a frame that crossed the radio toward a.
-func (br *Bridge) fromRadio(f []byte) { br.toEngine(engine.Radio, f, br.a.write) }
+func (br *Bridge) fromRadio(f []byte) { br.toEngine(engine.Radio, f, br.toA) }
+
+// toA sends a frame toward a, over the wired leg if there is one.
+func (br *Bridge) toA(f []byte) {
+	if br.wire != nil {
+		br.wire.BA.Send(f)
+		return
+	}
+	br.a.write(f)
+}
 
 // toEngine hands an IP frame from a side to the engine, remembering its
 // Ethernet header; other frames (ARP) go on through pass.
@@ -184,6 +220,6 @@ func (br *Bridge) engineOut(to engine.Side, pkt []byte) {
 	if to == engine.Radio {
 		br.ab.Send(f)
 	} else {
-		br.a.write(f)
+		br.toA(f)
 	}
 }

@@ -86,12 +86,14 @@ s.recv(1)`, th.BAddr, cc, in)
 var (
 	engineBench = flag.Bool("enginens", false, "run the Linux TCP through-the-engine goodput harness")
 	engineModes = flag.String("enginens.modes", "none,snoop,split", "engine modes to compare")
-	engineLoss  = flag.String("enginens.loss", "0%,1%,2%,5%", "losses toward the mobile")
+	engineCases = flag.String("enginens.cases", "0%,0.5%,1%,2%,5%,ge,outage", "radio cases: a loss toward the mobile, ge (Gilbert-Elliott 2 %, bursts of 4) or outage (200 ms)")
+	engineSecs  = flag.Int("enginens.time", 15, "seconds per run")
 )
 
-// TestEngineLinuxGoodput: Linux CUBIC and BBR through linkem, radio
-// 20 Mbit/s, RTT 100 ms, 2 % loss toward the mobile, with and without the
-// snoop engine. Run with:
+// TestEngineLinuxGoodput: Linux CUBIC and BBR from the wired host to the
+// mobile through espep linkem: a wired leg of 80 ms RTT, then the engine
+// (none, snoop or split), then a radio of 20 Mbit/s and 20 ms RTT with a
+// one-BDP queue and loss toward the mobile. Run with:
 //
 //	go test ./internal/testbed -run TestEngineLinuxGoodput -enginens -v
 func TestEngineLinuxGoodput(t *testing.T) {
@@ -100,27 +102,41 @@ func TestEngineLinuxGoodput(t *testing.T) {
 	}
 	var rows []string
 	modes := strings.Split(*engineModes, ",")
-	for _, loss := range strings.Split(*engineLoss, ",") {
+	for _, c := range strings.Split(*engineCases, ",") {
+		radio, p := []string{"--ab.loss", c}, 0.0
+		switch c {
+		case "ge":
+			radio, p = []string{"--ab.ge-loss", "2%", "--ab.ge-burst", "4"}, 0.02
+		case "outage":
+			radio = []string{"--outage", "6s-6.2s"}
+		default:
+			v, err := strconv.ParseFloat(strings.TrimSuffix(c, "%"), 64)
+			must(t, err)
+			p = v / 100
+		}
+		limit := 20 * (1 - p) * 1448 / 1500
 		for _, cc := range []string{"cubic", "bbr"} {
-			row := fmt.Sprintf("loss %-4s %-5s", loss, cc)
+			row := fmt.Sprintf("| %-6s | %-5s |", c, cc)
 			var base float64
 			for i, eng := range modes {
-				th, err := NewTwoHosts(ForTest(t), espepBin, "--engine", eng, "--rate", "20mbit", "--delay", "50ms",
-					"--queue", "250kb", "--ab.loss", loss, "--seed", "1")
+				args := append([]string{"--engine", eng, "--rate", "20mbit", "--delay", "10ms", "--queue", "250kb",
+					"--wire.delay", "40ms", "--seed", "1"}, radio...)
+				th, err := NewTwoHosts(ForTest(t), espepBin, args...)
 				must(t, err)
-				gp := iperf(t, th, "-C", cc, "-t", "15", "-O", "2").End.SumReceived.BitsPerSecond / 1e6
+				gp := iperf(t, th, "-C", cc, "-t", strconv.Itoa(*engineSecs), "-O", "2").End.SumReceived.BitsPerSecond / 1e6
 				if i == 0 {
 					base = gp
-					row += fmt.Sprintf("  %s %6.2f", eng, gp)
+					row += fmt.Sprintf(" %6.2f (%.2f) |", gp, gp/limit)
 				} else {
-					row += fmt.Sprintf("  %s %6.2f (%.1f×)", eng, gp, gp/base)
+					row += fmt.Sprintf(" %6.2f (%.2f, %4.1f×) |", gp, gp/limit, gp/base)
 				}
 			}
 			rows = append(rows, row)
 			t.Log(row)
 		}
 	}
-	t.Logf("Linux TCP through espep linkem (20 Mbit/s, RTT 100 ms, loss toward the mobile), engine off vs snoop:\n%s", strings.Join(rows, "\n"))
+	t.Logf("Linux TCP through espep linkem: wired RTT 80 ms, radio 20 Mbit/s, RTT 20 ms, 250 kB queue, loss toward the mobile; "+
+		"Mbit/s (ratio to C·(1−p), ratio to the first mode):\n| radio | sender | %s |\n%s", strings.Join(modes, " | "), strings.Join(rows, "\n"))
 }
 
 // kernelTCPCounters reads the TCP counters of /proc/net/snmp and
