@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -178,6 +179,9 @@ var (
 	goodput   = flagBool("enginebench")
 	benchSecs = flag.Duration("enginebench.time", 20*time.Second, "length of each goodput run")
 	benchCC   = flag.String("enginebench.cc", "cubic", "the hosts' congestion control (cubic or reno)")
+	benchSACK = flag.String("enginebench.sack", "off,on", "SACK settings to run")
+	benchOnly = flag.String("enginebench.cases", "", "run only these radio cases (comma-separated names)")
+	benchMode = flag.String("enginebench.modes", "e2e,snoop,split", "modes to run (e2e is the baseline)")
 )
 
 // timedTransfer sends from src to dst for d and returns the goodput the
@@ -249,9 +253,18 @@ func TestGoodput(t *testing.T) {
 	}
 	var rows []string
 	for _, sack := range []bool{false, true} {
+		if !strings.Contains(*benchSACK, map[bool]string{false: "off", true: "on"}[sack]) {
+			continue
+		}
 		for _, c := range cases {
+			if *benchOnly != "" && !slices.Contains(strings.Split(*benchOnly, ","), c.name) {
+				continue
+			}
 			var gp [3]float64
 			for i, ecfg := range []*engine.Config{nil, snoop, split} {
+				if !strings.Contains(*benchMode, []string{"e2e", "snoop", "split"}[i]) {
+					continue
+				}
 				// queue: one bandwidth-delay product (20 Mbit/s × 100 ms)
 				radio := netem.Config{Rate: 20e6, Delay: 10 * time.Millisecond, QueuePackets: 170, Seed: 3}
 				c.mod(&radio)

@@ -49,6 +49,10 @@ type Config struct {
 	// MinRTO and MaxRTO bound the local retransmission timeout on the
 	// radio leg (defaults 20 ms and 1 s).
 	MinRTO, MaxRTO time.Duration
+	// GiveUp: a split flow whose receiver has acknowledged nothing for
+	// this long while the engine had data for it is reset at both ends
+	// (default 2 minutes; RFC 9293 §3.8.3's R2 is at least 100 s).
+	GiveUp time.Duration
 	// MaxLocalRexmits is how often one segment is resent locally before
 	// the engine leaves recovery to the sender (default 6).
 	MaxLocalRexmits int
@@ -96,6 +100,7 @@ type Stats struct {
 	Emitted                     uint64 // segments the engine built
 	SplitRexmits, SplitTimeouts uint64 // segments resent; retransmission timeouts
 	Probes, Resets              uint64 // zero-window probes; RSTs passed on
+	GaveUp                      uint64 // flows reset because the receiver stopped answering
 	OutOfWindow                 uint64 // segments beyond the advertised window or the out-of-order bound
 	BufferedBytes               int    // bytes held in split buffers (whole chunks)
 }
@@ -150,6 +155,9 @@ func New(cfg Config, out func(to Side, pkt []byte)) (*Engine, error) {
 	}
 	if cfg.MaxRTO == 0 {
 		cfg.MaxRTO = time.Second
+	}
+	if cfg.GiveUp == 0 {
+		cfg.GiveUp = 2 * time.Minute
 	}
 	if cfg.MaxLocalRexmits == 0 {
 		cfg.MaxLocalRexmits = 6

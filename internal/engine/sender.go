@@ -66,6 +66,14 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 		}
 		st.sndUna = ack
 		st.backoff, st.dupacks = 0, 0
+		if !sp.sackOn && len(st.segs) > 0 && st.segs[0].sacked {
+			// A partial ACK stops at a segment a duplicate was taken for:
+			// that one is the next hole after all.
+			s := &st.segs[0]
+			s.sacked, s.lost = false, true
+			st.nLost++
+		}
+		st.progress = now
 		upTo := ack
 		if st.finSent && st.finSeq.LessThan(upTo) {
 			upTo = st.finSeq
@@ -86,6 +94,20 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 		}
 	} else if p.payload == 0 && !p.tcp.Has(header.TCPFin) && len(st.segs) > 0 && win == prevWnd {
 		st.dupacks++
+		if !sp.sackOn {
+			// Without SACK each duplicate says one segment above the hole
+			// arrived (RFC 5681's window inflation; Linux counts it as a
+			// SACK too): on a link that keeps order it is the next one
+			// not yet counted. It leaves the pipe and counts as delivered,
+			// so new data keeps flowing while the hole is repaired.
+			for i := 1; i < len(st.segs); i++ {
+				if s := &st.segs[i]; !s.sacked && !s.lost {
+					delivered += e.deliver(st, s, now, nil) // a guess: no RTT or rate sample
+					s.sacked = true
+					break
+				}
+			}
+		}
 	}
 	if sp.sackOn {
 		if p.opts.NSACK > 0 {
@@ -168,7 +190,7 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 }
 
 // deliver accounts a segment newly delivered (cumulatively or by SACK) and
-// returns its length.
+// returns its length; with rs it also takes RTT, RACK and rate samples.
 func (e *Engine) deliver(st *stream, s *txSeg, now time.Time, rs *rateSample) int {
 	n := s.len()
 	if s.lost {
@@ -179,6 +201,9 @@ func (e *Engine) deliver(st *stream, s *txSeg, now time.Time, rs *rateSample) in
 	}
 	st.delivered += uint64(n)
 	st.delivTime = now
+	if rs == nil {
+		return n
+	}
 	rtt := now.Sub(s.xmit)
 	if s.rexmits == 0 && !s.xmit.Before(rs.rttXmit) {
 		rs.rtt, rs.rttXmit = rtt, s.xmit
@@ -248,8 +273,14 @@ func (e *Engine) detectLoss(f *flow, st *stream, now time.Time) (seqnum.Value, b
 			}
 		}
 	}
-	if st.dupacks == 3 && len(st.segs) > 0 {
-		if s := &st.segs[0]; !s.sacked && !s.lost && s.rexmits == 0 {
+	if st.dupacks >= 3 && len(st.segs) > 0 {
+		// Three duplicates point at the first segment; on a flow
+		// without SACK they still arriving more than an RTT after it was
+		// resent mean the resend was lost too (RACK's rule, for the one
+		// segment such a flow can see).
+		s := &st.segs[0]
+		if !s.sacked && !s.lost && (s.rexmits == 0 && st.dupacks == 3 ||
+			!f.sp.sackOn && s.rexmits > 0 && st.srtt > 0 && now.Sub(s.xmit) > st.srtt+st.srtt/4) {
 			mark(s)
 		}
 	}
@@ -358,8 +389,22 @@ func (e *Engine) send(f *flow, st *stream, now time.Time) {
 	}
 }
 
+// giveUp resets both ends of a flow whose receiver stopped answering,
+// as each end's own TCP would in the end (RFC 9293 §3.8.3), and forgets
+// it with what it held.
+func (e *Engine) giveUp(f *flow) {
+	for _, to := range []Side{Wire, Radio} {
+		e.emit(f, to, segment{seq: f.sp.st[to.other()].sndUna, flags: header.TCPRst})
+	}
+	e.st.GaveUp++
+	e.drop(f)
+}
+
 // transmit stamps a segment and sends it.
 func (e *Engine) transmit(f *flow, to Side, st *stream, s *txSeg, now time.Time) {
+	if len(st.segs) == 1 && s == &st.segs[0] && s.rexmits == 0 {
+		st.progress = now // the give-up clock starts with the first segment outstanding
+	}
 	if st.inflight == 0 {
 		st.firstSent, st.delivTime = now, now
 	}
@@ -478,6 +523,10 @@ func (e *Engine) splitTimer(f *flow, from Side) {
 	e.timerFires++
 	due := func(t time.Time) bool { return !t.IsZero() && !now.Before(t) }
 	if due(st.rtoAt) {
+		if len(st.segs) > 0 && now.Sub(st.progress) > e.cfg.GiveUp {
+			e.giveUp(f)
+			return
+		}
 		e.onRTO(st, now)
 	}
 	if due(st.rackAt) {

@@ -78,6 +78,7 @@ type stream struct {
 	tokens                 float64
 	tokAt                  time.Time
 	persistBackoff         int
+	progress               time.Time // last cumulative ACK, or the first segment sent after none were outstanding
 
 	// Deadlines (zero: none) and the one timer that serves them.
 	rtoAt, rackAt, persistAt, paceAt time.Time

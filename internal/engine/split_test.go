@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"math/rand"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -799,3 +800,83 @@ func FuzzSplit(f *testing.F) {
 }
 
 var debugSh = false
+
+// TestSplitGiveUp: a receiver that never answers again makes the engine
+// reset both ends after GiveUp, not retry forever.
+func TestSplitGiveUp(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000, cfg: Config{GiveUp: 30 * time.Second}})
+	h.establish()
+	h.fromW(0, 500, 0)
+	h.take()
+	h.clock.Advance(25 * time.Second)
+	if st := h.e.Stats(); st.Flows != 1 || st.SplitTimeouts < 10 {
+		t.Fatalf("before GiveUp: %+v", st)
+	}
+	h.clock.Advance(10 * time.Second)
+	var rst [2]bool
+	for _, s := range h.take() {
+		if p := decode(s); p.rst {
+			rst[s.to] = true
+		}
+	}
+	if st := h.e.Stats(); !rst[Wire] || !rst[Radio] || st.Flows != 0 || st.GaveUp != 1 || st.BufferedBytes != 0 {
+		t.Fatalf("after GiveUp: RST toward wire/radio %v, %+v", rst, st)
+	}
+}
+
+// mkseg6 builds an IPv6 TCP segment with hop limit 61, traffic class 0x28
+// and flow label 0x12345.
+func mkseg6(src, dst netip.AddrPort, flags uint8, seq, ack uint32, win uint16, payload int, opts ...byte) []byte {
+	v4 := mkseg(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), src.Port()), netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), dst.Port()),
+		flags, seq, ack, win, payload, opts...)
+	tcp := v4[20:]
+	b := make([]byte, header.IPv6Len+len(tcp))
+	header.WriteIPv6(b, 0x28, 0x12345, len(tcp), header.ProtoTCP, 61, src.Addr(), dst.Addr())
+	copy(b[header.IPv6Len:], tcp)
+	s, d := src.Addr().As16(), dst.Addr().As16()
+	header.TCP(b[header.IPv6Len:]).UpdateChecksum(s[:], d[:])
+	return b
+}
+
+// TestSplitIPv6: a split flow over IPv6; the engine's packets copy the
+// endpoint's traffic class, flow label and hop limit and have valid
+// checksums.
+func TestSplitIPv6(t *testing.T) {
+	w := netip.MustParseAddrPort("[2001:db8::1]:80")
+	r := netip.MustParseAddrPort("[2001:db8:9::2]:40000")
+	var out []sent
+	e := mustNew(t, Config{Mode: ModeSplit, Clock: netem.NewSimClock(time.Unix(0, 0))}, func(to Side, p []byte) {
+		out = append(out, sent{to, append([]byte(nil), p...)})
+	})
+	sack := []byte{header.TCPOptSACKPerm, 2, header.TCPOptMSS, 4, 5, 0x8c}
+	e.Process(Wire, mkseg6(w, r, header.TCPSyn, 100, 0, 65535, 0, sack...))
+	e.Process(Radio, mkseg6(r, w, header.TCPSyn|header.TCPAck, 900, 101, 65535, 0, sack...))
+	e.Process(Wire, mkseg6(w, r, header.TCPAck, 101, 901, 65535, 0))
+	e.Process(Wire, mkseg6(w, r, header.TCPAck, 101, 901, 65535, 1000))
+	if len(out) != 5 {
+		t.Fatalf("%d packets out", len(out))
+	}
+	for _, s := range out[3:] {
+		ip, err := header.ParseIPv6(s.pkt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tcp := header.TCP(s.pkt[header.IPv6Len:])
+		if ip.TrafficClass() != 0x28 || ip.HopLimit() != 61 || binary.BigEndian.Uint32(s.pkt)&0xfffff != 0x12345 ||
+			!tcp.ChecksumValid(ip.SrcBytes(), ip.DstBytes()) {
+			t.Fatalf("packet toward %v: tclass %#x hop limit %d checksum ok %v", s.to, ip.TrafficClass(), ip.HopLimit(),
+				tcp.ChecksumValid(ip.SrcBytes(), ip.DstBytes()))
+		}
+	}
+	var toW, toR pkt
+	for _, s := range out[3:] {
+		if s.to == Wire {
+			toW = decode(s)
+		} else {
+			toR = decode(s)
+		}
+	}
+	if toW.ack != 1101 || toR.n != 1000 || toR.seq != 101 {
+		t.Fatalf("over IPv6: early ACK %+v, data toward the radio %+v", toW, toR)
+	}
+}

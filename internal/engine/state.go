@@ -189,6 +189,7 @@ func (e *Engine) restore(f *flow, ss *SplitState, now time.Time) (err error) {
 		if len(st.segs) > 0 {
 			st.rtoAt = now.Add(st.rto)
 		}
+		st.progress = now
 	}
 	f.sp = sp
 	return nil
