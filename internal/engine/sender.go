@@ -49,10 +49,7 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 			}
 			n++
 		}
-		if n > 0 {
-			copy(st.segs, st.segs[n:])
-			st.segs = st.segs[:len(st.segs)-n]
-		}
+		st.segs = st.segs[n:]                                 // appendSeg compacts when it must
 		if len(st.segs) > 0 && st.segs[0].seq.LessThan(ack) { // partly acknowledged
 			s := &st.segs[0]
 			cut := int(s.seq.Size(ack))
@@ -380,7 +377,7 @@ func (e *Engine) send(f *flow, st *stream, now time.Time) {
 			return
 		}
 		end := st.sndNxt.Add(seqnum.Size(n + btoi(fin)))
-		st.segs = append(st.segs, txSeg{seq: st.sndNxt, end: end, fin: fin})
+		st.appendSeg(txSeg{seq: st.sndNxt, end: end, fin: fin})
 		st.sndNxt = end
 		if fin {
 			st.finSent = true
@@ -398,6 +395,20 @@ func (e *Engine) giveUp(f *flow) {
 	}
 	e.st.GaveUp++
 	e.drop(f)
+}
+
+// appendSeg adds a segment to the scoreboard. The scoreboard loses its
+// head as ACKs come (a reslice, not a copy, or a high-BDP leg with
+// thousands of segments in flight would move them all on every ACK); it
+// moves down to the start of its array only when it reaches the end.
+func (st *stream) appendSeg(s txSeg) {
+	if len(st.segs) == cap(st.segs) && len(st.segs) < cap(st.segBuf) {
+		st.segs = st.segBuf[:copy(st.segBuf[:cap(st.segBuf)], st.segs)]
+	}
+	st.segs = append(st.segs, s)
+	if cap(st.segs) > cap(st.segBuf) { // grown into a new array
+		st.segBuf = st.segs[:0]
+	}
 }
 
 // transmit stamps a segment and sends it.

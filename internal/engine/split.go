@@ -55,6 +55,7 @@ type stream struct {
 	wnd                    int // the receiver's window in bytes
 	wl1, wl2               seqnum.Value
 	segs                   []txSeg // sent, not cumulatively acknowledged, by seq
+	segBuf                 []txSeg // the array segs lives in, from its start
 	inflight               int     // bytes sent, neither delivered nor presumed lost
 	nLost                  int     // segments presumed lost, not yet resent
 	finSent, finAcked      bool
@@ -189,7 +190,7 @@ func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
 		// was lost on the way. Acknowledge it again.
 		in.ackNow = true
 	case t.Has(header.TCPRst):
-		e.splitReset(f, from, p)
+		e.splitReset(f, from)
 		return
 	default:
 		if sp.tsOn && p.opts.HasTS && seqnum.Value(sp.ts[from]).LessThanEq(seqnum.Value(p.opts.TSVal)) {
@@ -356,7 +357,7 @@ func (sp *splitFlow) closed() bool {
 // splitReset passes an RST on: the receiver gets it at the sequence number
 // it acknowledged last, so that it accepts it (RFC 5961 §3), and the flow
 // is forgotten with whatever it held.
-func (e *Engine) splitReset(f *flow, from Side, p *parsed) {
+func (e *Engine) splitReset(f *flow, from Side) {
 	st := &f.sp.st[from]
 	if st.finSeen && st.finAcked {
 		e.drop(f)

@@ -184,7 +184,7 @@ func (e *Engine) restore(f *flow, ss *SplitState, now time.Time) (err error) {
 			default:
 				st.inflight += s.len()
 			}
-			st.segs = append(st.segs, s)
+			st.appendSeg(s)
 		}
 		if len(st.segs) > 0 {
 			st.rtoAt = now.Add(st.rto)
