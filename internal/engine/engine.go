@@ -102,6 +102,7 @@ type Stats struct {
 	Probes, Resets              uint64 // zero-window probes; RSTs passed on
 	GaveUp                      uint64 // flows reset because the receiver stopped answering
 	OutOfWindow                 uint64 // segments beyond the advertised window or the out-of-order bound
+	AckedAhead                  uint64 // ACKs for bytes the engine held but had not sent (they came another way)
 	BufferedBytes               int    // bytes held in split buffers (whole chunks)
 }
 

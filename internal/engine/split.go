@@ -193,8 +193,18 @@ func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
 		e.splitReset(f, from)
 		return
 	default:
-		if sp.tsOn && p.opts.HasTS && seqnum.Value(sp.ts[from]).LessThanEq(seqnum.Value(p.opts.TSVal)) {
-			sp.ts[from] = p.opts.TSVal
+		if sp.tsOn && p.opts.HasTS {
+			if seqnum.Value(sp.ts[from]).LessThanEq(seqnum.Value(p.opts.TSVal)) {
+				sp.ts[from] = p.opts.TSVal
+			}
+			// The echo is the newest TSval this endpoint holds for the
+			// other one; packets that did not pass through this engine
+			// (before an import, while relayed) may have moved it past
+			// what the engine knows, and a lower TSval would be dropped
+			// by PAWS — whose rejection is answered with exactly this ACK.
+			if o := from.other(); seqnum.Value(sp.ts[o]).LessThan(seqnum.Value(p.opts.TSEcr)) {
+				sp.ts[o] = p.opts.TSEcr
+			}
 		}
 		if t.Has(header.TCPAck) {
 			e.takeAck(f, out, p, now)

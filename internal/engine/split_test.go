@@ -880,3 +880,29 @@ func TestSplitIPv6(t *testing.T) {
 		t.Fatalf("over IPv6: early ACK %+v, data toward the radio %+v", toW, toR)
 	}
 }
+
+// TestSplitAckAhead: the receiver acknowledges bytes the engine holds but
+// has not sent it (they came another way, as while a flow moves between
+// engines): the engine takes the ACK and goes on from there instead of
+// ignoring it forever; an ACK beyond what it holds is cut to that.
+func TestSplitAckAhead(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	h.fromW(0, 500, 0)
+	h.ackR(0, 500) // the radio host's window: 500 bytes
+	h.fromW(500, 2500, 0)
+	h.take()
+	h.ackR(2000, 65535) // 500…2000 reached it another way
+	toR := h.sentTo(Radio)
+	if len(toR) == 0 || toR[0].seq != h.W()+2000 || sumN(toR) != 1000 {
+		t.Fatalf("after the ACK ahead: %+v", toR)
+	}
+	h.ackR(9000, 65535) // beyond everything held: taken up to 3000
+	if st := h.e.Stats(); st.AckedAhead != 1 || st.BufferedBytes != 0 {
+		t.Fatalf("%+v", st)
+	}
+	h.fromW(3000, 100, 0)
+	if toR := h.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W()+3000 {
+		t.Fatalf("new data after the cut ACK: %+v", toR)
+	}
+}
