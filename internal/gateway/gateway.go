@@ -1,0 +1,401 @@
+// Package gateway is espep's IPsec-aware PEP: between a wire side and a
+// radio side it opens the ESP/AH of flows whose SAs it holds, runs the TCP
+// engine on what is inside, and seals what the engine sends so that both
+// endpoints keep accepting every packet.
+//
+// Per packet: IKE, keepalives, fragments and anything it cannot or may not
+// open are relayed as they came (DESIGN.md rule 6, fail open); so are the
+// packets of SAs of class none and — for now — read (snoop on ciphertext is
+// not wired in yet). For a write-class SA the packet's ICV and replay
+// window are checked before anything else (rule 3); the inner packet goes
+// to the engine, and every packet the engine sends on is sealed again on
+// the SA that carries its (source, destination): a packet the engine
+// passed on unchanged goes out as the original ciphertext until the
+// gateway first seals on that SA, and re-sealed from then on.
+//
+// Re-sequencing (rule 2): once the gateway seals on an SA it numbers every
+// packet on it, with max(its last number + 1, the endpoint's highest
+// number seen), so the receiver sees one increasing sequence and its
+// anti-replay window never drops a legitimate packet while the gateway is
+// in the path. When the gateway leaves the path, the receiver has seen the
+// gateway's numbers, and the endpoint's next packets are dropped as
+// replays until the endpoint's own counter passes the gateway's last
+// number: the bound is the gateway's lead (Stats per SA: Lead), which
+// grows when the gateway sends more packets on an SA than the endpoint
+// does (in split mode, early ACKs every segment against a receiver's
+// delayed ACKs). The handoff issue carries the counter to the next gateway.
+//
+// Nonce safety (rule 1) is argued in nonce.go.
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/ipsec"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// Config tunes a gateway.
+type Config struct {
+	// Engine configures the TCP engine (Mode: split or snoop).
+	Engine engine.Config
+	// Plain accelerates TCP that is not IPsec-protected too.
+	Plain bool
+	Log   *slog.Logger
+}
+
+// Stats are the gateway's counters.
+type Stats struct {
+	Packets                    uint64
+	Relayed                    uint64 // passed on as they came, for any reason below
+	IKE, Keepalives, Fragments uint64
+	NotIPsec                   uint64 // plain packets (relayed, or to the engine with Plain)
+	Unknown                    uint64 // ESP/AH with no SA here
+	ClassNone, ClassRead       uint64
+	Opened                     uint64
+	ICVFailures, Replays       uint64
+	OpenErrors                 uint64 // other failures to open
+	Malformed                  uint64
+	Sealed, SealErrors         uint64
+	Originals                  uint64 // engine passed a packet on unchanged: its original ciphertext sent
+	NotYetSafe                 uint64 // engine packets dropped: the SA's IV generator not confirmed
+	NonceDowngrades            uint64 // SAs the gateway will never seal on
+	Engine                     engine.Stats
+}
+
+// SAStats is one SA's view.
+type SAStats struct {
+	ID             ipsec.ID
+	Owned          bool   // the gateway numbers this SA's packets
+	EndpointSeq    uint64 // highest sequence number seen from the endpoint
+	GatewaySeq     uint64 // last sequence number the gateway sealed with
+	Lead           int64  // GatewaySeq − EndpointSeq: the endpoint packets a receiver would drop if the gateway left now
+	NonceConfirmed bool
+	NonceBroken    bool
+}
+
+// Gateway processes packets between the wire and the radio side.
+type Gateway struct {
+	cfg Config
+	log *slog.Logger
+	out func(to engine.Side, pkt []byte)
+	eng *engine.Engine
+	sad atomic.Pointer[ipsec.SAD]
+
+	mu    sync.Mutex // serialises Process
+	inBuf []byte
+
+	smu    sync.Mutex
+	states map[ipsec.ID]*saState
+	routes map[route]*saState // inner (source, destination) → the SA carrying it
+
+	cur     atomic.Pointer[current]
+	sealBuf []byte // used under the engine's lock (all engine output is)
+
+	c counters
+}
+
+type counters struct {
+	packets, relayed, ike, keepalives, fragments, notIPsec, unknown, classNone, classRead     atomic.Uint64
+	opened, icv, replays, openErrors, malformed, sealed, sealErrors, originals, notYetSafe atomic.Uint64
+	downgrades                                                                             atomic.Uint64
+}
+
+type route struct{ src, dst netip.Addr }
+
+// saState is what the gateway keeps per write-class SA.
+type saState struct {
+	e     *ipsec.Entry
+	nonce *noncePlan
+	mu    sync.Mutex
+	owned bool
+	maxIn uint64
+	last  uint64
+}
+
+// current is the packet Process is handing to the engine, so that the
+// engine's unchanged pass-through of it can go out as the original.
+type current struct {
+	inner []byte
+	orig  []byte
+	st    *saState // nil for plain TCP
+}
+
+// New makes a gateway that sends through out (which must not keep pkt)
+// and takes its SAs from sad (replace them with SetSAD).
+func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gateway, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Log, out: out, states: map[ipsec.ID]*saState{}, routes: map[route]*saState{},
+		inBuf: make([]byte, 2*ipsec.MaxHeadroom+65536), sealBuf: make([]byte, 2*ipsec.MaxHeadroom+65536+ipsec.MaxTailroom)}
+	var err error
+	if g.eng, err = engine.New(cfg.Engine, g.engineOut); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.SetSAD(sad)
+	return g, nil
+}
+
+// SetSAD replaces the SAs the gateway works with; SAs no longer present
+// stop being used (their flows are relayed from then on).
+func (g *Gateway) SetSAD(sad *ipsec.SAD) {
+	if sad == nil {
+		sad = &ipsec.SAD{}
+	}
+	g.sad.Store(sad)
+}
+
+// Engine returns the gateway's TCP engine.
+func (g *Gateway) Engine() *engine.Engine { return g.eng }
+
+func (g *Gateway) relay(to engine.Side, pkt []byte) {
+	g.c.relayed.Add(1)
+	g.out(to, pkt)
+}
+
+// Process handles one IP packet that arrived from side from.
+func (g *Gateway) Process(from engine.Side, pkt []byte) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.c.packets.Add(1)
+	to := 1 - from
+	l, err := ipsec.Locate(pkt)
+	if err != nil {
+		g.c.malformed.Add(1)
+		g.relay(to, pkt)
+		return
+	}
+	switch l.Kind {
+	case ipsec.KindIKE:
+		g.c.ike.Add(1) // the early signal of a new SA
+		g.relay(to, pkt)
+		return
+	case ipsec.KindKeepalive:
+		g.c.keepalives.Add(1)
+		g.relay(to, pkt)
+		return
+	case ipsec.KindFragment:
+		g.c.fragments.Add(1)
+		g.relay(to, pkt)
+		return
+	case ipsec.KindOther:
+		g.c.notIPsec.Add(1)
+		if !g.cfg.Plain {
+			g.relay(to, pkt)
+			return
+		}
+		g.toEngine(from, pkt, pkt, nil)
+		return
+	}
+	proto := ipsec.ESP
+	if l.Kind == ipsec.KindAH {
+		proto = ipsec.AH
+	}
+	e, _ := g.sad.Load().Lookup(l.SPI, l.Dst, proto)
+	switch {
+	case e == nil:
+		g.c.unknown.Add(1)
+		g.relay(to, pkt)
+		return
+	case e.Class() == ipsec.ClassNone:
+		g.c.classNone.Add(1)
+		g.relay(to, pkt)
+		return
+	case e.Class() == ipsec.ClassRead:
+		g.c.classRead.Add(1)
+		g.relay(to, pkt)
+		return
+	}
+	st := g.state(e)
+	if st.nonce.broken {
+		g.relay(to, pkt)
+		return
+	}
+	// Open a copy: the original may still go out as it came.
+	off := ipsec.MaxHeadroom
+	if len(pkt) > len(g.inBuf)-off {
+		g.c.malformed.Add(1)
+		g.relay(to, pkt)
+		return
+	}
+	buf := g.inBuf[off : off+len(pkt)]
+	copy(buf, pkt)
+	inner, err := e.Write.OpenAt(buf, l)
+	if err != nil {
+		switch {
+		case errors.Is(err, ipsec.ErrICV):
+			g.c.icv.Add(1)
+		case errors.Is(err, ipsec.ErrReplay):
+			g.c.replays.Add(1)
+		default:
+			g.c.openErrors.Add(1)
+		}
+		g.relay(to, pkt) // the receiver decides; it would refuse it too
+		return
+	}
+	g.c.opened.Add(1)
+	seq := seq64(e.Write, l.Seq)
+	if l.Kind == ipsec.KindESP && l.Off+16 <= len(pkt) {
+		if err := st.nonce.observe(pkt[l.Off+8:l.Off+16], seq); err != nil {
+			g.c.downgrades.Add(1)
+			g.log.Warn("gateway: SA downgraded to relaying", "sa", e.Config.ID(), "err", err)
+		}
+	}
+	st.mu.Lock()
+	st.maxIn = max(st.maxIn, seq)
+	st.mu.Unlock()
+	if src, dst, ok := addrs(inner); ok {
+		g.smu.Lock()
+		g.routes[route{src, dst}] = st
+		g.smu.Unlock()
+	}
+	g.toEngine(from, inner, pkt, st)
+}
+
+// toEngine hands an inner packet to the engine, noting it so that an
+// unchanged pass-through can go out as the original.
+func (g *Gateway) toEngine(from engine.Side, inner, orig []byte, st *saState) {
+	g.cur.Store(&current{inner: inner, orig: orig, st: st})
+	g.eng.Process(from, inner)
+	g.cur.Store(nil)
+}
+
+// seq64 is the full sequence number of a packet the SA just accepted.
+func seq64(sa *ipsec.SA, low uint32) uint64 {
+	top, _ := sa.WindowState()
+	s := top&^0xffffffff | uint64(low)
+	if s > top && s-top > 1<<31 && s >= 1<<32 {
+		s -= 1 << 32
+	}
+	return s
+}
+
+func addrs(pkt []byte) (src, dst netip.Addr, ok bool) {
+	if len(pkt) == 0 {
+		return
+	}
+	switch pkt[0] >> 4 {
+	case 4:
+		h, err := header.ParseIPv4(pkt)
+		if err != nil {
+			return
+		}
+		return h.Src(), h.Dst(), true
+	case 6:
+		h, err := header.ParseIPv6(pkt)
+		if err != nil {
+			return
+		}
+		return h.Src(), h.Dst(), true
+	}
+	return
+}
+
+func (g *Gateway) state(e *ipsec.Entry) *saState {
+	id := e.Config.ID()
+	g.smu.Lock()
+	defer g.smu.Unlock()
+	st := g.states[id]
+	if st == nil || st.e != e { // new, or replaced in the SAD
+		st = &saState{e: e, nonce: newNoncePlan(e.Config)}
+		g.states[id] = st
+	}
+	return st
+}
+
+// engineOut takes what the engine sends on: the original of a packet it
+// passed unchanged, or the packet sealed on the SA that carries it.
+func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
+	if c := g.cur.Load(); c != nil && len(pkt) == len(c.inner) && len(pkt) > 0 && &pkt[0] == &c.inner[0] {
+		if c.st == nil {
+			g.out(to, pkt) // plain TCP
+			return
+		}
+		c.st.mu.Lock()
+		owned := c.st.owned
+		c.st.mu.Unlock()
+		if !owned {
+			g.c.originals.Add(1)
+			g.out(to, c.orig)
+			return
+		}
+	}
+	src, dst, ok := addrs(pkt)
+	if !ok {
+		return
+	}
+	g.smu.Lock()
+	st := g.routes[route{src, dst}]
+	g.smu.Unlock()
+	if st == nil {
+		g.out(to, pkt) // a flow the gateway never saw protected: plain
+		return
+	}
+	if e, _ := g.sad.Load().Lookup(st.e.Config.SPI, st.e.Config.Dst, st.e.Config.Proto); e != st.e {
+		g.c.notYetSafe.Add(1) // the SA is gone: nothing to seal with
+		return
+	}
+	ivs, ok := st.nonce.ivSource()
+	if !ok {
+		g.c.notYetSafe.Add(1)
+		return
+	}
+	sa := st.e.Write
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.owned {
+		st.owned = true
+		st.last = st.maxIn
+	}
+	seq := max(st.last+1, st.maxIn)
+	off := ipsec.MaxHeadroom
+	n := copy(g.sealBuf[off:], pkt)
+	if n < len(pkt) {
+		g.c.sealErrors.Add(1)
+		return
+	}
+	outer, err := sa.SealWith(g.sealBuf, off, n, seq, ivs)
+	if err != nil {
+		g.c.sealErrors.Add(1)
+		g.log.Warn("gateway: seal", "sa", st.e.Config.ID(), "err", err)
+		return
+	}
+	st.last = seq
+	g.c.sealed.Add(1)
+	g.out(to, outer)
+}
+
+// Stats returns the counters.
+func (g *Gateway) Stats() Stats {
+	c := &g.c
+	return Stats{Packets: c.packets.Load(), Relayed: c.relayed.Load(), IKE: c.ike.Load(), Keepalives: c.keepalives.Load(),
+		Fragments: c.fragments.Load(), NotIPsec: c.notIPsec.Load(), Unknown: c.unknown.Load(), ClassNone: c.classNone.Load(),
+		ClassRead: c.classRead.Load(), Opened: c.opened.Load(), ICVFailures: c.icv.Load(), Replays: c.replays.Load(),
+		OpenErrors: c.openErrors.Load(), Malformed: c.malformed.Load(), Sealed: c.sealed.Load(), SealErrors: c.sealErrors.Load(),
+		Originals: c.originals.Load(), NotYetSafe: c.notYetSafe.Load(), NonceDowngrades: c.downgrades.Load(),
+		Engine: g.eng.Stats()}
+}
+
+// SAs returns the state of every write-class SA the gateway has seen.
+func (g *Gateway) SAs() []SAStats {
+	g.smu.Lock()
+	defer g.smu.Unlock()
+	out := make([]SAStats, 0, len(g.states))
+	for id, st := range g.states {
+		st.mu.Lock()
+		st.nonce.mu.Lock()
+		out = append(out, SAStats{ID: id, Owned: st.owned, EndpointSeq: st.maxIn, GatewaySeq: st.last,
+			Lead: int64(st.last) - int64(st.maxIn), NonceConfirmed: !st.nonce.sensitive || st.nonce.seen >= 2 && !st.nonce.broken,
+			NonceBroken: st.nonce.broken})
+		st.nonce.mu.Unlock()
+		st.mu.Unlock()
+	}
+	return out
+}
