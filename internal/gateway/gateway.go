@@ -102,7 +102,7 @@ type Gateway struct {
 }
 
 type counters struct {
-	packets, relayed, ike, keepalives, fragments, notIPsec, unknown, classNone, classRead     atomic.Uint64
+	packets, relayed, ike, keepalives, fragments, notIPsec, unknown, classNone, classRead  atomic.Uint64
 	opened, icv, replays, openErrors, malformed, sealed, sealErrors, originals, notYetSafe atomic.Uint64
 	downgrades                                                                             atomic.Uint64
 }
