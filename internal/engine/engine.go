@@ -278,15 +278,31 @@ func parse(pkt []byte) (parsed, bool) {
 // (or nothing, for a suppressed duplicate ACK) goes on to the other side
 // through out, possibly with other packets the engine makes.
 func (e *Engine) Process(from Side, pkt []byte) {
+	e.process(from, pkt, pkt, false)
+}
+
+// ProcessOpaque is Process for a packet the engine may read but not
+// change: it reads pkt (the decrypted inside of an IPsec packet of a
+// read-class SA) and forwards, caches and resends wire (the packet as it
+// came, ciphertext) — never anything else (DESIGN.md rule 4: a read
+// gateway never invents a packet). Its flows are snoop flows whatever the
+// mode, and their resends are the cached bytes exactly.
+func (e *Engine) ProcessOpaque(from Side, pkt, wire []byte) {
+	e.process(from, pkt, wire, true)
+}
+
+// process reads pkt and forwards wire (the same bytes, unless opaque).
+func (e *Engine) process(from Side, pkt, wire []byte, opaque bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.st.Packets++
 	p, ok := parse(pkt)
 	if !ok {
 		e.st.Relayed++
-		e.out(from.other(), pkt)
+		e.out(from.other(), wire)
 		return
 	}
+	pkt = wire // from here on only what goes out matters
 	k := flowKey{wire: p.src, radio: p.dst}
 	if from == Radio {
 		k = flowKey{wire: p.dst, radio: p.src}
@@ -302,12 +318,17 @@ func (e *Engine) Process(from Side, pkt []byte) {
 			e.out(from.other(), pkt)
 			return
 		}
-		f = &flow{key: k, rto: e.cfg.MinRTO * 10, split: e.cfg.Mode == ModeSplit}
+		f = &flow{key: k, rto: e.cfg.MinRTO * 10, split: e.cfg.Mode == ModeSplit && !opaque, opaque: opaque}
 		e.flows[k] = f
 		e.st.FlowsMax = max(e.st.FlowsMax, len(e.flows))
 	}
 	f.lastSeen = e.cfg.Clock.Now()
 	if f.split {
+		if opaque { // a split flow cannot take a packet it may not change
+			e.st.Relayed++
+			e.out(from.other(), pkt)
+			return
+		}
 		e.splitPacket(f, from, &p, pkt)
 		return
 	}

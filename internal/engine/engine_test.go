@@ -385,3 +385,33 @@ func TestSnoopRefreshesTimestamp(t *testing.T) {
 		}
 	}
 }
+
+// TestProcessOpaque: with a packet it may read but not change, the engine
+// forwards, caches and resends the bytes it was given to send — never a
+// packet of its own, never the cleartext — even in split mode.
+func TestProcessOpaque(t *testing.T) {
+	h := newHarness(t)
+	h.e.cfg.Mode = ModeSplit
+	wire := func(p []byte) []byte { // what the "ciphertext" looks like: the packet, marked
+		return append([]byte("CIPHERTEXT:"), p...)
+	}
+	send := func(from Side, p []byte) { h.e.ProcessOpaque(from, p, wire(p)) }
+	send(Wire, mkseg(wireHost, radioHost, header.TCPSyn, isnW, 0, 65535, 0, header.TCPOptMSS, 4, 0, mss))
+	send(Radio, mkseg(radioHost, wireHost, header.TCPSyn|header.TCPAck, isnR, isnW+1, 65535, 0, header.TCPOptMSS, 4, 0, mss))
+	send(Wire, mkseg(wireHost, radioHost, header.TCPAck, isnW+1, isnR+1, 65535, 0))
+	var data [3][]byte
+	for i := range data {
+		data[i] = h.data(i)
+		send(Wire, data[i])
+	}
+	send(Radio, h.ack(1))
+	send(Radio, h.ack(1)) // segment 1 lost: resent from the cache
+	for _, o := range h.take() {
+		if !bytes.HasPrefix(o.pkt, []byte("CIPHERTEXT:")) {
+			t.Fatalf("the engine sent bytes it was not given: %x", o.pkt)
+		}
+	}
+	if st := h.e.Stats(); st.LocalRexmits != 1 || st.EarlyAcked != 0 || st.Emitted != 0 {
+		t.Fatalf("%+v", st)
+	}
+}

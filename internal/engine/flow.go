@@ -64,6 +64,7 @@ type flow struct {
 	down, up    half // down: wire → radio sender; up: radio → wire sender
 	established bool
 	split       bool // split mode (else snoop)
+	opaque      bool // snoop on packets it may not change (read class): resend them exactly
 	initiator   Side // who sent the first SYN
 	tpl         [2]ipTemplate
 	tsv         [2]uint32 // latest TSval seen in the handshake, by side

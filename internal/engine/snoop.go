@@ -203,7 +203,7 @@ func (e *Engine) cached(f *flow, seq seqnum.Value) *seg {
 func (e *Engine) resend(f *flow, s *seg) {
 	s.rexmits++
 	s.sentAt = e.cfg.Clock.Now()
-	if e.cfg.SnoopOriginal || !f.down.ts || !f.up.ts {
+	if e.cfg.SnoopOriginal || f.opaque || !f.down.ts || !f.up.ts {
 		e.out(Radio, s.pkt)
 		return
 	}

@@ -14,6 +14,7 @@ import (
 type FlowState struct {
 	Wire, Radio netip.AddrPort
 	Mode        Mode
+	Opaque      bool // snoop on packets it may not change (ProcessOpaque)
 	// What the handshake showed: who opened, each side's IP header, last
 	// window and timestamp.
 	Initiator   Side
@@ -237,7 +238,7 @@ func (e *Engine) Export(remove bool) []FlowState {
 		if f.sp != nil {
 			fs.Split = f.sp.state()
 		}
-		fs.Initiator, fs.IP, fs.HSWin, fs.HSTS = f.initiator, f.tpl, f.hsWin, f.tsv
+		fs.Initiator, fs.IP, fs.HSWin, fs.HSTS, fs.Opaque = f.initiator, f.tpl, f.hsWin, f.tsv, f.opaque
 		fs.Mode = ModeSnoop
 		if f.split {
 			fs.Mode = ModeSplit
@@ -270,7 +271,7 @@ func (e *Engine) Import(states []FlowState) error {
 		if f.rto <= 0 {
 			f.rto = e.cfg.MinRTO * 10
 		}
-		f.split = fs.Mode == ModeSplit
+		f.split, f.opaque = fs.Mode == ModeSplit && !fs.Opaque, fs.Opaque
 		f.initiator, f.tpl, f.hsWin, f.tsv = fs.Initiator&1, fs.IP, fs.HSWin, fs.HSTS
 		if fs.Split != nil {
 			if !f.split {

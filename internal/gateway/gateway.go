@@ -5,8 +5,10 @@
 //
 // Per packet: IKE, keepalives, fragments and anything it cannot or may not
 // open are relayed as they came (DESIGN.md rule 6, fail open); so are the
-// packets of SAs of class none and — for now — read (snoop on ciphertext is
-// not wired in yet). For a write-class SA the packet's ICV and replay
+// packets of SAs of class none. For a read-class SA the gateway decrypts
+// (it holds no integrity key), and the engine snoops on the cleartext while
+// forwarding, caching and resending only the ciphertext as it came. For a
+// write-class SA the packet's ICV and replay
 // window are checked before anything else (rule 3); the inner packet goes
 // to the engine, and every packet the engine sends on is sealed again on
 // the SA that carries its (source, destination): a packet the engine
@@ -209,8 +211,20 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		g.relay(to, pkt)
 		return
 	case e.Class() == ipsec.ClassRead:
+		// Snoop on what it can read, forwarding and resending only the
+		// packets as they came (rule 4). The decrypted bytes are not
+		// verified: they steer local resends of the sender's own packets,
+		// nothing else.
 		g.c.classRead.Add(1)
-		g.relay(to, pkt)
+		inner, err := e.Read.Decrypt(g.inBuf[:0:cap(g.inBuf)], pkt)
+		if err != nil {
+			g.c.openErrors.Add(1)
+			g.relay(to, pkt)
+			return
+		}
+		g.cur.Store(&current{inner: pkt, orig: pkt})
+		g.eng.ProcessOpaque(from, inner, pkt)
+		g.cur.Store(nil)
 		return
 	}
 	st := g.state(e)
@@ -313,6 +327,10 @@ func (g *Gateway) state(e *ipsec.Entry) *saState {
 // engineOut takes what the engine sends on: the original of a packet it
 // passed unchanged, or the packet sealed on the SA that carries it.
 func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
+	if l, err := ipsec.Locate(pkt); err == nil && (l.Kind == ipsec.KindESP || l.Kind == ipsec.KindAH) {
+		g.out(to, pkt) // a read-class packet (or its cached copy), as it came
+		return
+	}
 	if c := g.cur.Load(); c != nil && len(pkt) == len(c.inner) && len(pkt) > 0 && &pkt[0] == &c.inner[0] {
 		if c.st == nil {
 			g.out(to, pkt) // plain TCP

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -36,12 +37,19 @@ func (randomIV) NextIV(iv []byte, _ uint64) error { _, err := rand.Read(iv); ret
 // tunnel is one direction of an ESP tunnel between the two hosts' routers.
 func tunnelConfig(spi uint32, src, dst string, enc ipsec.Enc) ipsec.Config {
 	key := make([]byte, 20)
-	if enc == ipsec.EncChaCha20Poly1305 {
+	c := ipsec.Config{SPI: spi, Proto: ipsec.ESP, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst),
+		Mode: ipsec.Tunnel, Enc: enc, ReplayWindow: 32, Class: ipsec.ClassWrite}
+	switch enc {
+	case ipsec.EncChaCha20Poly1305:
 		key = make([]byte, 36)
+	case ipsec.EncAESCBC:
+		key = make([]byte, 16)
+		c.Integ, c.IntegKey = ipsec.IntegSHA256_128, make([]byte, 32)
+		rand.Read(c.IntegKey)
 	}
 	rand.Read(key)
-	return ipsec.Config{SPI: spi, Proto: ipsec.ESP, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst),
-		Mode: ipsec.Tunnel, Enc: enc, EncKey: key, ReplayWindow: 32, Class: ipsec.ClassWrite}
+	c.EncKey = key
+	return c
 }
 
 // ivLog records every (SPI, IV) sent on the links with a digest of the
@@ -82,6 +90,8 @@ type testNet struct {
 	bOut, bIn    *ipsec.SA
 	wired, radio *netem.Pair
 	ivs          *ivLog
+	sad          *ipsec.SAD // the gateway's
+	freshRefused int        // packets refused as replays that the receiver never accepted
 }
 
 func seal(sa *ipsec.SA, pkt []byte) []byte {
@@ -95,9 +105,14 @@ func seal(sa *ipsec.SA, pkt []byte) []byte {
 }
 
 func newTestNet(t *testing.T, enc ipsec.Enc, ivA, ivB ipsec.IVSource, radio netem.Config, mode engine.Mode) *testNet {
+	return newTestNetClass(t, enc, ivA, ivB, radio, mode, ipsec.ClassWrite, 32)
+}
+
+func newTestNetClass(t *testing.T, enc ipsec.Enc, ivA, ivB ipsec.IVSource, radio netem.Config, mode engine.Mode, class ipsec.Class, window int) *testNet {
 	t.Helper()
 	ab := tunnelConfig(0x1001, "192.0.2.1", "192.0.2.2", enc)
 	ba := tunnelConfig(0x2002, "192.0.2.2", "192.0.2.1", enc)
+	ab.ReplayWindow, ba.ReplayWindow = window, window
 	n := &testNet{ivs: &ivLog{seen: map[[12]byte][32]byte{}}}
 	mk := func(c ipsec.Config) *ipsec.SA {
 		sa, err := ipsec.New(c)
@@ -107,10 +122,17 @@ func newTestNet(t *testing.T, enc ipsec.Enc, ivA, ivB ipsec.IVSource, radio nete
 		return sa
 	}
 	n.aOut, n.aIn, n.bOut, n.bIn = mk(ab), mk(ba), mk(ba), mk(ab)
-	n.aOut.SetIVSource(ivA)
-	n.bOut.SetIVSource(ivB)
-	sad := &ipsec.SAD{}
+	if ivA != nil {
+		n.aOut.SetIVSource(ivA)
+		n.bOut.SetIVSource(ivB)
+	}
+	n.sad = &ipsec.SAD{}
+	sad := n.sad
 	for _, c := range []ipsec.Config{ab, ba} {
+		c.Class = class
+		if class == ipsec.ClassRead {
+			c.IntegKey = nil // what a security server hands a read gateway
+		}
 		e, err := ipsec.NewEntry(c)
 		if err != nil {
 			t.Fatal(err)
@@ -142,10 +164,20 @@ func newTestNet(t *testing.T, enc ipsec.Enc, ivA, ivB ipsec.IVSource, radio nete
 	radioBA := radio
 	radioBA.Seed++
 	wired := netem.Config{Rate: 100e6, Delay: 20 * time.Millisecond}
+	accepted := map[*ipsec.SA]map[uint32]bool{n.aIn: {}, n.bIn: {}}
+	var amu sync.Mutex
 	open := func(sa *ipsec.SA, h *gvhost.Host) func([]byte) {
 		return func(pkt []byte) {
-			if inner, err := sa.Open(pkt); err == nil {
+			l, _ := ipsec.Locate(pkt)
+			inner, err := sa.Open(pkt)
+			amu.Lock()
+			defer amu.Unlock()
+			switch {
+			case err == nil:
+				accepted[sa][l.Seq] = true
 				h.Inject(inner)
+			case errors.Is(err, ipsec.ErrReplay) && !accepted[sa][l.Seq]:
+				n.freshRefused++ // a packet the receiver never had, refused as a replay
 			}
 		}
 	}
@@ -302,5 +334,43 @@ func TestGatewayRandomIVs(t *testing.T) {
 		if s := sa.Stats(); s.ICVFailures != 0 || s.ReplayDrops != 0 {
 			t.Fatalf("endpoint refused packets: %+v", s)
 		}
+	}
+}
+
+// TestGatewayReadClass: with read-class SAs (AES-CBC + HMAC: separate
+// keys) the gateway holds no integrity key, snoops on the decrypted
+// headers, and forwards and resends only the ciphertext as it came; the
+// endpoints accept every packet they did not already have (a resend of a
+// packet that had arrived is a replay, rightly refused), with a replay
+// window wide enough for a local resend to arrive inside it.
+func TestGatewayReadClass(t *testing.T) {
+	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 5}
+	n := newTestNetClass(t, ipsec.EncAESCBC, nil, nil, radio, engine.ModeSplit, ipsec.ClassRead, 1024)
+	for id, dst := range map[uint32]string{0x1001: "192.0.2.2", 0x2002: "192.0.2.1"} {
+		e, _ := n.sad.Lookup(id, netip.MustParseAddr(dst), ipsec.ESP)
+		if e == nil || e.Write != nil || e.Read == nil || len(e.Config.IntegKey) != 0 {
+			t.Fatalf("the gateway's read-class SA %#x holds more than a decryption key: %+v", id, e)
+		}
+	}
+	transfer(t, n.A, n.B, 5001, 1<<20)
+	gs := n.G.Stats()
+	t.Logf("gateway %+v", gs)
+	if gs.ClassRead == 0 || gs.Sealed != 0 || gs.Engine.LocalRexmits+gs.Engine.TimeoutRexmits == 0 || gs.Engine.EarlyAcked != 0 {
+		t.Fatalf("the gateway did not snoop on ciphertext: %+v", gs)
+	}
+	for _, sa := range []*ipsec.SA{n.aIn, n.bIn} {
+		s := sa.Stats()
+		t.Logf("endpoint: %+v", s)
+		if s.ICVFailures != 0 || s.OtherDrops != 0 {
+			t.Fatalf("endpoint refused packets: %+v", s)
+		}
+	}
+	if n.freshRefused != 0 {
+		t.Fatalf("%d packets refused as replays that the receiver never had", n.freshRefused)
+	}
+	n.ivs.mu.Lock()
+	defer n.ivs.mu.Unlock()
+	if n.ivs.reuse != 0 {
+		t.Fatalf("%d (SPI, IV) pairs on different packets", n.ivs.reuse)
 	}
 }
