@@ -15,17 +15,24 @@
 // passed on unchanged goes out as the original ciphertext until the
 // gateway first seals on that SA, and re-sealed from then on.
 //
-// Re-sequencing (rule 2): once the gateway seals on an SA it numbers every
-// packet on it, with max(its last number + 1, the endpoint's highest
-// number seen), so the receiver sees one increasing sequence and its
-// anti-replay window never drops a legitimate packet while the gateway is
-// in the path. When the gateway leaves the path, the receiver has seen the
-// gateway's numbers, and the endpoint's next packets are dropped as
-// replays until the endpoint's own counter passes the gateway's last
-// number: the bound is the gateway's lead (Stats per SA: Lead), which
-// grows when the gateway sends more packets on an SA than the endpoint
-// does (in split mode, early ACKs every segment against a receiver's
-// delayed ACKs). The handoff issue carries the counter to the next gateway.
+// Re-sequencing (rule 2): once the gateway may seal on an SA (its IV
+// generator confirmed) it numbers every packet on it — relayed or its own
+// — starting SeqJump (65536) above the endpoint's highest number and then
+// with max(its last number + 1, the endpoint's highest number seen), so
+// the receiver sees one increasing sequence and its anti-replay window
+// never drops a legitimate packet while the gateway is in the path. The
+// jump makes a restarted gateway (or one taking over from a gateway that
+// stopped) number above its predecessor, whose lead over the endpoint is
+// far smaller (hundreds to thousands of packets, see SAStats.Lead); only
+// packets in flight at the switch are lost, and TCP resends them.
+//
+// When the gateway leaves the path for good, the receiver has seen the
+// gateway's numbers and refuses the endpoint's as replays until the
+// endpoint's counter passes the gateway's last number (lead + jump): the
+// SA carries nothing until the endpoints rekey it. That is the price of
+// re-sequencing without the endpoints' help; the handoff issue carries the
+// counters to the next gateway instead, and a gateway that must leave
+// should ask for a rekey first.
 //
 // Nonce safety (rule 1) is argued in nonce.go.
 package gateway
@@ -49,7 +56,13 @@ type Config struct {
 	Engine engine.Config
 	// Plain accelerates TCP that is not IPsec-protected too.
 	Plain bool
-	Log   *slog.Logger
+	// SeqJump is how far ahead of the endpoint's highest sequence number
+	// the gateway starts numbering an SA it takes over (default 65536;
+	// negative: none). A gateway that restarts (or takes over from one
+	// that stopped) is then above the numbers its predecessor used, as long
+	// as that one's lead was smaller.
+	SeqJump int64
+	Log     *slog.Logger
 }
 
 // Stats are the gateway's counters.
@@ -134,6 +147,12 @@ type current struct {
 func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gateway, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	switch {
+	case cfg.SeqJump == 0:
+		cfg.SeqJump = 1 << 16
+	case cfg.SeqJump < 0:
+		cfg.SeqJump = 0
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Log, out: out, states: map[ipsec.ID]*saState{}, routes: map[route]*saState{},
 		inBuf: make([]byte, 2*ipsec.MaxHeadroom+65536), sealBuf: make([]byte, 2*ipsec.MaxHeadroom+65536+ipsec.MaxTailroom)}
@@ -336,10 +355,9 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 			g.out(to, pkt) // plain TCP
 			return
 		}
-		c.st.mu.Lock()
-		owned := c.st.owned
-		c.st.mu.Unlock()
-		if !owned {
+		// Until the gateway may seal on the SA, the packet goes out as it
+		// came; from then on the gateway numbers every packet on it.
+		if _, ok := c.st.nonce.ivSource(); !ok {
 			g.c.originals.Add(1)
 			g.out(to, c.orig)
 			return
@@ -370,7 +388,7 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 	defer st.mu.Unlock()
 	if !st.owned {
 		st.owned = true
-		st.last = st.maxIn
+		st.last = st.maxIn + uint64(g.cfg.SeqJump)
 	}
 	seq := max(st.last+1, st.maxIn)
 	off := ipsec.MaxHeadroom

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,6 +93,14 @@ type testNet struct {
 	ivs          *ivLog
 	sad          *ipsec.SAD // the gateway's
 	freshRefused int        // packets refused as replays that the receiver never accepted
+	cur          atomic.Pointer[Gateway]
+	old          *Gateway
+}
+
+// swap puts a new gateway in the path (the old one's timers keep running
+// but nothing reaches it).
+func (n *testNet) swap(g *Gateway) {
+	n.old = n.cur.Swap(g)
 }
 
 func seal(sa *ipsec.SA, pkt []byte) []byte {
@@ -142,6 +151,7 @@ func newTestNetClass(t *testing.T, enc ipsec.Enc, ivA, ivB ipsec.IVSource, radio
 		}
 	}
 	var err error
+	n.cur.Store(nil)
 	n.G, err = New(Config{Engine: engine.Config{Mode: mode}}, sad, func(to engine.Side, pkt []byte) {
 		c := append([]byte(nil), pkt...)
 		n.ivs.record(c)
@@ -181,10 +191,11 @@ func newTestNetClass(t *testing.T, enc ipsec.Enc, ivA, ivB ipsec.IVSource, radio
 			}
 		}
 	}
-	if n.wired, err = netem.NewPair(wired, wired, nil, func(p []byte) { n.G.Process(engine.Wire, p) }, open(n.aIn, n.A)); err != nil {
+	n.cur.Store(n.G)
+	if n.wired, err = netem.NewPair(wired, wired, nil, func(p []byte) { n.cur.Load().Process(engine.Wire, p) }, open(n.aIn, n.A)); err != nil {
 		t.Fatal(err)
 	}
-	if n.radio, err = netem.NewPair(radio, radioBA, nil, open(n.bIn, n.B), func(p []byte) { n.G.Process(engine.Radio, p) }); err != nil {
+	if n.radio, err = netem.NewPair(radio, radioBA, nil, open(n.bIn, n.B), func(p []byte) { n.cur.Load().Process(engine.Radio, p) }); err != nil {
 		t.Fatal(err)
 	}
 	go n.A.Run(func(p []byte) {
@@ -293,8 +304,8 @@ func TestGatewayTunnel(t *testing.T) {
 			if tc.mode == engine.ModeSplit && gs.Engine.EarlyAcked < 2<<20 || tc.mode == engine.ModeSnoop && gs.Engine.Cached == 0 {
 				t.Errorf("the engine did not work on the flows: %+v", gs.Engine)
 			}
-			// Split seals on both SAs; snoop only on the one it resends on
-			// (toward the radio), and passes the other's packets as they came.
+			// Once the IVs are confirmed the gateway numbers every packet on
+			// both SAs, in either mode.
 			owned := 0
 			for _, s := range n.G.SAs() {
 				t.Logf("%+v", s)
@@ -305,8 +316,8 @@ func TestGatewayTunnel(t *testing.T) {
 					owned++
 				}
 			}
-			if want := map[engine.Mode]int{engine.ModeSplit: 2, engine.ModeSnoop: 1}[tc.mode]; owned != want {
-				t.Errorf("%d SAs taken over, want %d", owned, want)
+			if owned != 2 {
+				t.Errorf("%d SAs taken over, want 2", owned)
 			}
 			n.ivs.mu.Lock()
 			defer n.ivs.mu.Unlock()
@@ -372,5 +383,54 @@ func TestGatewayReadClass(t *testing.T) {
 	defer n.ivs.mu.Unlock()
 	if n.ivs.reuse != 0 {
 		t.Fatalf("%d (SPI, IV) pairs on different packets", n.ivs.reuse)
+	}
+}
+
+// TestGatewayFailOpen: the gateway first has no SAs (it relays the flow as
+// it came), gets them in the middle of a transfer (takes the SAs over;
+// the flow itself, first seen mid-stream, is relayed by the engine), and
+// is then replaced by a fresh gateway with no state at all, as after a
+// restart. The transfer completes; the only packets the endpoints refuse
+// as replays are ones sealed by the old gateway and still in flight at the
+// switch (the new one numbers SeqJump above the endpoint, so above its
+// predecessor).
+func TestGatewayFailOpen(t *testing.T) {
+	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.01, Seed: 5}
+	var salts = [2]uint64{0x1234, 0x5678}
+	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSplit)
+	full := n.sad
+	n.G.SetSAD(nil)
+	var g2 *Gateway
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(300 * time.Millisecond)
+		n.G.SetSAD(full) // the SAs arrive mid-transfer
+		time.Sleep(400 * time.Millisecond)
+		var err error
+		g2, err = New(Config{Engine: engine.Config{Mode: engine.ModeSplit}}, full, n.G.out)
+		if err != nil {
+			return
+		}
+		n.swap(g2) // the gateway restarts with nothing
+	}()
+	transfer(t, n.A, n.B, 5001, 4<<20)
+	<-done
+	transfer(t, n.A, n.B, 5002, 1<<20) // a new flow through the restarted gateway: split again
+	if g2 == nil {
+		t.Fatal("no second gateway")
+	}
+	g1s, g2s := n.old.Stats(), g2.Stats()
+	t.Logf("first gateway %+v\nsecond gateway %+v\nrefused as replays, never accepted: %d", g1s, g2s, n.freshRefused)
+	if g1s.Unknown == 0 || g1s.Opened == 0 || g2s.Opened == 0 || g2s.Sealed == 0 || g2s.Engine.EarlyAcked < 1<<20 {
+		t.Fatalf("the gateways did not relay, take over and split as expected")
+	}
+	for _, sa := range []*ipsec.SA{n.aIn, n.bIn} {
+		if s := sa.Stats(); s.ICVFailures != 0 || s.OtherDrops != 0 {
+			t.Fatalf("endpoint refused packets: %+v", s)
+		}
+	}
+	if n.freshRefused > 200 {
+		t.Fatalf("%d packets refused as replays: more than were in flight at the switch", n.freshRefused)
 	}
 }
