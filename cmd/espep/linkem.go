@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/linkem"
 	"github.com/espep/espep/internal/netem"
 	"github.com/espep/espep/internal/pcapio"
@@ -138,6 +139,7 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	ab := addImpairments(fs, "ab.", " (a→b only)")
 	ba := addImpairments(fs, "ba.", " (b→a only)")
 	wire := addImpairments(fs, "wire.", " (a wired leg between a and the engine, both ways)")
+	saPath := fs.String("sa", "", "IPsec gateway: open and re-seal the ESP/AH of the SAs in this file (native or esp_sa; re-read when it changes and on SIGHUP) around the engine")
 	fs.Usage = func() { fmt.Fprint(stderr, linkemUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
@@ -207,12 +209,34 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	default:
 		return usageError{fmt.Sprintf("linkem: --engine %q: want none, snoop, snoop-forward, snoop-swallow, split or split-reno", *eng)}
 	}
-	br, err := linkem.OpenGateway(*a, *b, cab, cba, ecfg, wcfg, log)
-	if err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	var gw *gateway.Gateway
+	var br *linkem.Bridge
+	var err error
+	if *saPath != "" {
+		if ecfg == nil {
+			ecfg = &engine.Config{Mode: engine.ModeSplit}
+		}
+		br, err = linkem.OpenWith(*a, *b, cab, cba, wcfg, func(out func(engine.Side, []byte)) (linkem.Processor, error) {
+			g, err := gateway.New(gateway.Config{Engine: *ecfg, Log: log}, nil, out)
+			gw = g
+			return g, err
+		}, log)
+		if err != nil {
+			return err
+		}
+		sf := gateway.NewSAFile(gw, *saPath)
+		if err := sf.Load(); err != nil {
+			log.Warn("gateway: no SAs yet; relaying until the file has some", "err", err)
+		}
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go sf.Watch(ctx, 200*time.Millisecond, hup)
+	} else if br, err = linkem.OpenGateway(*a, *b, cab, cba, ecfg, wcfg, log); err != nil {
+		return err
+	}
 	if *dur > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *dur)
@@ -233,7 +257,17 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	log.Info("linkem running", "a", *a, "b", *b, "ab", describe(cab), "ba", describe(cba), "engine", *eng, "wire", wdesc)
 	err = br.Run(ctx)
 	printLinkemStats(stdout, *a, *b, br.Stats())
-	if e := br.Engine(); e != nil {
+	if gw != nil {
+		st := gw.Stats()
+		fmt.Fprintf(stdout, "gateway: packets %d opened %d sealed %d relayed %d unknown %d class-none %d class-read %d ike %d icv-failures %d replays %d open-errors %d originals %d not-yet-safe %d nonce-downgrades %d seal-errors %d\n",
+			st.Packets, st.Opened, st.Sealed, st.Relayed, st.Unknown, st.ClassNone, st.ClassRead, st.IKE, st.ICVFailures, st.Replays,
+			st.OpenErrors, st.Originals, st.NotYetSafe, st.NonceDowngrades, st.SealErrors)
+	}
+	e := br.Engine()
+	if gw != nil {
+		e = gw.Engine()
+	}
+	if e != nil {
 		st := e.Stats()
 		fmt.Fprintf(stdout, "engine: packets %d flows-max %d cached %d local-rexmits %d timeout-rexmits %d suppressed-dupacks %d forwarded-dupacks %d relayed %d"+
 			" early-acked %d emitted %d split-rexmits %d split-timeouts %d probes %d resets %d out-of-window %d\n",

@@ -41,7 +41,7 @@ type Bridge struct {
 	ab, ba *netem.Link
 	wire   *netem.Pair // the wired leg between a and the engine (nil: none)
 	log    *slog.Logger
-	eng    *engine.Engine // nil: no engine
+	proc   Processor // nil: none
 
 	// The Ethernet header of the last IP frame from each side, put on
 	// what the engine sends on in the same direction.
@@ -78,6 +78,22 @@ func OpenWithEngine(a, b string, ab, ba netem.Config, ecfg *engine.Config, log *
 // of the seed's topology with the gateway between them (without an
 // engine, the two links simply follow each other).
 func OpenGateway(a, b string, ab, ba netem.Config, ecfg *engine.Config, wire *netem.Config, log *slog.Logger) (*Bridge, error) {
+	var mk func(out func(engine.Side, []byte)) (Processor, error)
+	if ecfg != nil {
+		mk = func(out func(engine.Side, []byte)) (Processor, error) { return engine.New(*ecfg, out) }
+	}
+	return OpenWith(a, b, ab, ba, wire, mk, log)
+}
+
+// Processor takes the IP packets arriving from either side: the TCP
+// engine, or the IPsec gateway with the engine inside.
+type Processor interface {
+	Process(from engine.Side, pkt []byte)
+}
+
+// OpenWith is OpenGateway with the processor at the a end made by mk,
+// which is given the function the processor sends through (nil mk: none).
+func OpenWith(a, b string, ab, ba netem.Config, wire *netem.Config, mk func(out func(engine.Side, []byte)) (Processor, error), log *slog.Logger) (*Bridge, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -93,8 +109,8 @@ func OpenGateway(a, b string, ab, ba netem.Config, ecfg *engine.Config, wire *ne
 	br := &Bridge{a: pa, b: pb, log: log}
 	toA := br.toA
 	fromWire := func(f []byte) { br.ab.Send(f) }
-	if ecfg != nil {
-		if br.eng, err = engine.New(*ecfg, br.engineOut); err != nil {
+	if mk != nil {
+		if br.proc, err = mk(br.engineOut); err != nil {
 			pa.close()
 			pb.close()
 			return nil, fmt.Errorf("linkem: %w", err)
@@ -127,7 +143,7 @@ func OpenGateway(a, b string, ab, ba netem.Config, ecfg *engine.Config, wire *ne
 func (br *Bridge) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	fromA := br.ab.Send
-	if br.eng != nil {
+	if br.proc != nil {
 		fromA = br.fromWire
 	}
 	if br.wire != nil {
@@ -160,7 +176,13 @@ func (br *Bridge) Stats() Stats {
 }
 
 // Engine returns the bridge's TCP engine, or nil.
-func (br *Bridge) Engine() *engine.Engine { return br.eng }
+func (br *Bridge) Engine() *engine.Engine {
+	e, _ := br.proc.(*engine.Engine)
+	return e
+}
+
+// Processor returns what processes the bridge's IP packets, or nil.
+func (br *Bridge) Processor() Processor { return br.proc }
 
 const etherLen = 14
 
@@ -198,7 +220,7 @@ func (br *Bridge) toEngine(from engine.Side, f []byte, pass func([]byte)) {
 	copy(br.l2[from][:], f[:etherLen])
 	br.have[from] = true
 	br.l2mu.Unlock()
-	br.eng.Process(from, f[etherLen:])
+	br.proc.Process(from, f[etherLen:])
 }
 
 // engineOut frames what the engine sends with the direction's Ethernet
