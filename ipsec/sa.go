@@ -326,6 +326,14 @@ func (sa *SA) WindowState() (top uint64, bitmap []uint64) {
 	return sa.in.win.State()
 }
 
+// InTop returns the highest inbound sequence number accepted so far (with
+// its ESN high bits), without copying the window.
+func (sa *SA) InTop() uint64 {
+	sa.in.Lock()
+	defer sa.in.Unlock()
+	return sa.in.win.top
+}
+
 // SetWindowState restores an inbound replay window.
 func (sa *SA) SetWindowState(top uint64, bitmap []uint64) error {
 	sa.in.Lock()

@@ -44,6 +44,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/ipsec"
@@ -110,8 +111,12 @@ type Gateway struct {
 	states map[ipsec.ID]*saState
 	routes map[route]*saState // inner (source, destination) → the SA carrying it
 
-	cur     atomic.Pointer[current]
-	sealBuf []byte // used under the engine's lock (all engine output is)
+	// The packet Process is handing to the engine: a packet the engine
+	// passes on unchanged comes back as a slice of inBuf, in the same
+	// goroutine, so these need no lock of their own.
+	curOrig []byte
+	curSt   *saState // nil for plain TCP
+	sealBuf []byte   // used under the engine's lock (all engine output is)
 
 	c counters
 }
@@ -132,14 +137,6 @@ type saState struct {
 	owned bool
 	maxIn uint64
 	last  uint64
-}
-
-// current is the packet Process is handing to the engine, so that the
-// engine's unchanged pass-through of it can go out as the original.
-type current struct {
-	inner []byte
-	orig  []byte
-	st    *saState // nil for plain TCP
 }
 
 // New makes a gateway that sends through out (which must not keep pkt)
@@ -208,11 +205,13 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		return
 	case ipsec.KindOther:
 		g.c.notIPsec.Add(1)
-		if !g.cfg.Plain {
+		if !g.cfg.Plain || len(pkt) > len(g.inBuf)-ipsec.MaxHeadroom {
 			g.relay(to, pkt)
 			return
 		}
-		g.toEngine(from, pkt, pkt, nil)
+		buf := g.inBuf[ipsec.MaxHeadroom : ipsec.MaxHeadroom+len(pkt)]
+		copy(buf, pkt)
+		g.toEngine(from, buf, pkt, nil)
 		return
 	}
 	proto := ipsec.ESP
@@ -241,9 +240,7 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 			g.relay(to, pkt)
 			return
 		}
-		g.cur.Store(&current{inner: pkt, orig: pkt})
-		g.eng.ProcessOpaque(from, inner, pkt)
-		g.cur.Store(nil)
+		g.eng.ProcessOpaque(from, inner, pkt) // what it sends on is pkt, or its cached copy
 		return
 	}
 	st := g.state(e)
@@ -292,17 +289,27 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 	g.toEngine(from, inner, pkt, st)
 }
 
-// toEngine hands an inner packet to the engine, noting it so that an
-// unchanged pass-through can go out as the original.
+// toEngine hands an inner packet (in inBuf) to the engine, noting its
+// original so that an unchanged pass-through can go out as it came.
 func (g *Gateway) toEngine(from engine.Side, inner, orig []byte, st *saState) {
-	g.cur.Store(&current{inner: inner, orig: orig, st: st})
+	g.curOrig, g.curSt = orig, st
 	g.eng.Process(from, inner)
-	g.cur.Store(nil)
+	g.curOrig, g.curSt = nil, nil
+}
+
+// inInBuf reports whether pkt lies in inBuf: the packet Process is handing
+// to the engine, passed on unchanged.
+func (g *Gateway) inInBuf(pkt []byte) bool {
+	if len(pkt) == 0 {
+		return false
+	}
+	p, lo := uintptr(unsafe.Pointer(&pkt[0])), uintptr(unsafe.Pointer(&g.inBuf[0]))
+	return p >= lo && p < lo+uintptr(len(g.inBuf))
 }
 
 // seq64 is the full sequence number of a packet the SA just accepted.
 func seq64(sa *ipsec.SA, low uint32) uint64 {
-	top, _ := sa.WindowState()
+	top := sa.InTop()
 	s := top&^0xffffffff | uint64(low)
 	if s > top && s-top > 1<<31 && s >= 1<<32 {
 		s -= 1 << 32
@@ -350,16 +357,16 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 		g.out(to, pkt) // a read-class packet (or its cached copy), as it came
 		return
 	}
-	if c := g.cur.Load(); c != nil && len(pkt) == len(c.inner) && len(pkt) > 0 && &pkt[0] == &c.inner[0] {
-		if c.st == nil {
-			g.out(to, pkt) // plain TCP
+	if g.inInBuf(pkt) {
+		if g.curSt == nil {
+			g.out(to, g.curOrig) // plain TCP
 			return
 		}
 		// Until the gateway may seal on the SA, the packet goes out as it
 		// came; from then on the gateway numbers every packet on it.
-		if _, ok := c.st.nonce.ivSource(); !ok {
+		if _, ok := g.curSt.nonce.ivSource(); !ok {
 			g.c.originals.Add(1)
-			g.out(to, c.orig)
+			g.out(to, g.curOrig)
 			return
 		}
 	}

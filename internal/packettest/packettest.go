@@ -33,3 +33,33 @@ func TCP(src, dst netip.Addr, payload []byte) []byte {
 	binary.BigEndian.PutUint16(tcp[16:], ^header.Checksum(tcp, header.PseudoHeaderSum(s, d, header.ProtoTCP, len(tcp))))
 	return append(ip, tcp...)
 }
+
+// Segment builds an IPv4 or IPv6 TCP segment with the given header fields,
+// options (padded to a multiple of four) and payload, checksums valid.
+func Segment(src, dst netip.AddrPort, flags uint8, seq, ack uint32, win uint16, opts, payload []byte) []byte {
+	for len(opts)%4 != 0 {
+		opts = append(opts, header.TCPOptNop)
+	}
+	tl := 20 + len(opts)
+	tcp := make([]byte, tl+len(payload))
+	binary.BigEndian.PutUint16(tcp[0:], src.Port())
+	binary.BigEndian.PutUint16(tcp[2:], dst.Port())
+	binary.BigEndian.PutUint32(tcp[4:], seq)
+	binary.BigEndian.PutUint32(tcp[8:], ack)
+	tcp[12] = byte(tl/4) << 4
+	tcp[13] = flags
+	binary.BigEndian.PutUint16(tcp[14:], win)
+	copy(tcp[20:], opts)
+	copy(tcp[tl:], payload)
+	var ip []byte
+	if src.Addr().Is4() {
+		ip = make([]byte, 20, 20+len(tcp))
+		header.WriteIPv4(ip, 0, 20+len(tcp), 1, true, 64, header.ProtoTCP, src.Addr(), dst.Addr())
+	} else {
+		ip = make([]byte, 40, 40+len(tcp))
+		header.WriteIPv6(ip, 0, 0, len(tcp), header.ProtoTCP, 64, src.Addr(), dst.Addr())
+	}
+	s, d := src.Addr().AsSlice(), dst.Addr().AsSlice()
+	binary.BigEndian.PutUint16(tcp[16:], ^header.Checksum(tcp, header.PseudoHeaderSum(s, d, header.ProtoTCP, len(tcp))))
+	return append(ip, tcp...)
+}
