@@ -257,23 +257,7 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	log.Info("linkem running", "a", *a, "b", *b, "ab", describe(cab), "ba", describe(cba), "engine", *eng, "wire", wdesc)
 	err = br.Run(ctx)
 	printLinkemStats(stdout, *a, *b, br.Stats())
-	if gw != nil {
-		st := gw.Stats()
-		fmt.Fprintf(stdout, "gateway: packets %d opened %d sealed %d relayed %d unknown %d class-none %d class-read %d ike %d icv-failures %d replays %d open-errors %d originals %d not-yet-safe %d nonce-downgrades %d seal-errors %d\n",
-			st.Packets, st.Opened, st.Sealed, st.Relayed, st.Unknown, st.ClassNone, st.ClassRead, st.IKE, st.ICVFailures, st.Replays,
-			st.OpenErrors, st.Originals, st.NotYetSafe, st.NonceDowngrades, st.SealErrors)
-	}
-	e := br.Engine()
-	if gw != nil {
-		e = gw.Engine()
-	}
-	if e != nil {
-		st := e.Stats()
-		fmt.Fprintf(stdout, "engine: packets %d flows-max %d cached %d local-rexmits %d timeout-rexmits %d suppressed-dupacks %d forwarded-dupacks %d relayed %d"+
-			" early-acked %d emitted %d split-rexmits %d split-timeouts %d probes %d resets %d out-of-window %d\n",
-			st.Packets, st.FlowsMax, st.Cached, st.LocalRexmits, st.TimeoutRexmits, st.SuppressedDupAcks, st.ForwardedDupAcks, st.Relayed,
-			st.EarlyAcked, st.Emitted, st.SplitRexmits, st.SplitTimeouts, st.Probes, st.Resets, st.OutOfWindow)
-	}
+	printGatewayStats(stdout, gw, br.Engine())
 	return err
 }
 
@@ -308,4 +292,25 @@ func printLinkemStats(w io.Writer, a, b string, st linkem.Stats) {
 	row(a+"→"+b, st.AB, st.B, st.A)
 	row(b+"→"+a, st.BA, st.A, st.B)
 	tw.Flush()
+}
+
+// printGatewayStats prints the gateway's and the engine's counter lines
+// (either may be nil).
+func printGatewayStats(stdout io.Writer, gw *gateway.Gateway, e *engine.Engine) {
+	if gw != nil {
+		st := gw.Stats()
+		fmt.Fprintf(stdout, "gateway: packets %d opened %d sealed %d relayed %d unknown %d class-none %d class-read %d ike %d icv-failures %d replays %d open-errors %d originals %d not-yet-safe %d nonce-downgrades %d seal-errors %d\n",
+			st.Packets, st.Opened, st.Sealed, st.Relayed, st.Unknown, st.ClassNone, st.ClassRead, st.IKE, st.ICVFailures, st.Replays,
+			st.OpenErrors, st.Originals, st.NotYetSafe, st.NonceDowngrades, st.SealErrors)
+	}
+	if gw != nil {
+		e = gw.Engine()
+	}
+	if e != nil {
+		st := e.Stats()
+		fmt.Fprintf(stdout, "engine: packets %d flows-max %d cached %d local-rexmits %d timeout-rexmits %d suppressed-dupacks %d forwarded-dupacks %d relayed %d"+
+			" early-acked %d emitted %d split-rexmits %d split-timeouts %d probes %d resets %d out-of-window %d\n",
+			st.Packets, st.FlowsMax, st.Cached, st.LocalRexmits, st.TimeoutRexmits, st.SuppressedDupAcks, st.ForwardedDupAcks, st.Relayed,
+			st.EarlyAcked, st.Emitted, st.SplitRexmits, st.SplitTimeouts, st.Probes, st.Resets, st.OutOfWindow)
+	}
 }

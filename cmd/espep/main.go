@@ -17,6 +17,7 @@ type command struct {
 
 var commands = []command{
 	{"pcap", "decrypt or encrypt the ESP/AH packets of a capture with known SAs", runPcap},
+	{"gateway", "the IPsec-aware PEP between a wired and a radio interface", runGateway},
 	{"linkem", "forward frames between two interfaces through an emulated radio link", runLinkem},
 	{"host", "a userspace IPsec endpoint (TUN device, SPD, SAD)", runHost},
 	{"version", "print the version", runVersion},

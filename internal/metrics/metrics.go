@@ -68,7 +68,7 @@ func Registry(counters []Counter) (*prometheus.Registry, error) {
 	return r, nil
 }
 
-// Serve serves /metrics on addr until ctx is done.
+// Serve serves /metrics (and /healthz) on addr until ctx is done.
 func Serve(ctx context.Context, addr string, r *prometheus.Registry, log *slog.Logger) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -76,6 +76,7 @@ func Serve(ctx context.Context, addr string, r *prometheus.Registry, log *slog.L
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(r, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -142,6 +143,12 @@ func TestEngineLinuxGoodput(t *testing.T) {
 // kernelTCPCounters reads the TCP counters of /proc/net/snmp and
 // /proc/net/netstat in a namespace.
 func kernelTCPCounters(b *Bed, ns string) (map[string]int, error) {
+	return kernelCounters(b, ns, "Tcp:", "TcpExt:")
+}
+
+// kernelCounters reads the counter lines of /proc/net/snmp and
+// /proc/net/netstat with the given prefixes in a namespace.
+func kernelCounters(b *Bed, ns string, prefixes ...string) (map[string]int, error) {
 	out, err := b.Run(ns, "cat", "/proc/net/snmp", "/proc/net/netstat")
 	if err != nil {
 		return nil, fmt.Errorf("kernel counters: %w", err)
@@ -150,7 +157,7 @@ func kernelTCPCounters(b *Bed, ns string) (map[string]int, error) {
 	lines := strings.Split(string(out), "\n")
 	for i := 0; i+1 < len(lines); i++ {
 		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-		if len(names) == 0 || len(names) != len(values) || names[0] != values[0] || (names[0] != "Tcp:" && names[0] != "TcpExt:") {
+		if len(names) == 0 || len(names) != len(values) || names[0] != values[0] || !slices.Contains(prefixes, names[0]) {
 			continue
 		}
 		for j := 1; j < len(names); j++ {

@@ -53,6 +53,13 @@ func StrongSwanAvailable() error {
 // given impairments (espep is the espep binary); StartCharon brings up
 // IPsec.
 func NewStrongSwan(b *Bed, espep, dir string, linkemFlags ...string) (*StrongSwan, error) {
+	return NewStrongSwanWith(b, espep, dir, append([]string{"linkem", "--a", "ra", "--b", "rb"}, linkemFlags...))
+}
+
+// NewStrongSwanWith is NewStrongSwan with any espep command bridging ra
+// (wire side) and rb (radio side) in the radio namespace, such as
+// "gateway --wire ra --radio rb --sa FILE"; it must log "running".
+func NewStrongSwanWith(b *Bed, espep, dir string, middle []string) (*StrongSwan, error) {
 	s := &StrongSwan{Bed: b, Dir: dir, charon: map[string]*Proc{}}
 	var err error
 	for _, x := range []struct {
@@ -82,11 +89,10 @@ func NewStrongSwan(b *Bed, espep, dir string, linkemFlags ...string) (*StrongSwa
 			return nil, err
 		}
 	}
-	args := append([]string{espep, "linkem", "--a", "ra", "--b", "rb"}, linkemFlags...)
-	if s.Linkem, err = b.Start(s.Radio, args...); err != nil {
+	if s.Linkem, err = b.Start(s.Radio, append([]string{espep}, middle...)...); err != nil {
 		return nil, err
 	}
-	return s, waitFor(s.Linkem, "linkem running", 10*time.Second)
+	return s, waitFor(s.Linkem, " running", 10*time.Second)
 }
 
 func (s *StrongSwan) vici(side string) string {

@@ -1,0 +1,44 @@
+package gateway
+
+import (
+	"github.com/espep/espep/internal/metrics"
+	"github.com/espep/espep/ipsec"
+)
+
+// Counters are the gateway's metric families: packets by what became of
+// them, the engine's counters, and per-SA counters of the SAs in force.
+// Keys never appear: SAs are named by SPI, destination and protocol.
+func (g *Gateway) Counters(prefix string) []metrics.Counter {
+	one := func(f func(Stats) uint64) func() []metrics.Sample {
+		return func() []metrics.Sample { return []metrics.Sample{{Value: float64(f(g.Stats()))}} }
+	}
+	outcome := func() []metrics.Sample {
+		s := g.Stats()
+		var out []metrics.Sample
+		for _, x := range []struct {
+			name string
+			v    uint64
+		}{{"opened", s.Opened}, {"relayed", s.Relayed}, {"ike", s.IKE}, {"keepalive", s.Keepalives}, {"fragment", s.Fragments},
+			{"not_ipsec", s.NotIPsec}, {"unknown_sa", s.Unknown}, {"class_none", s.ClassNone}, {"class_read", s.ClassRead},
+			{"icv_failure", s.ICVFailures}, {"replay", s.Replays}, {"open_error", s.OpenErrors}, {"malformed", s.Malformed}} {
+			out = append(out, metrics.Sample{Value: float64(x.v), Labels: []string{x.name}})
+		}
+		return out
+	}
+	eng := func(f func(Stats) uint64) func() []metrics.Sample { return one(f) }
+	cs := []metrics.Counter{
+		{Name: prefix + "packets_total", Help: "Packets the gateway received, by what became of them.", Labels: []string{"outcome"}, Read: outcome},
+		{Name: prefix + "sealed_total", Help: "Packets the gateway sealed on an endpoint's SA.", Read: one(func(s Stats) uint64 { return s.Sealed })},
+		{Name: prefix + "seal_errors_total", Help: "Packets the gateway could not seal.", Read: one(func(s Stats) uint64 { return s.SealErrors })},
+		{Name: prefix + "originals_total", Help: "Packets passed on as they came while an SA's IV generator was unconfirmed.", Read: one(func(s Stats) uint64 { return s.Originals })},
+		{Name: prefix + "not_yet_safe_total", Help: "Engine packets dropped: nothing safe to seal them with yet.", Read: one(func(s Stats) uint64 { return s.NotYetSafe })},
+		{Name: prefix + "nonce_downgrades_total", Help: "SAs the gateway will never seal on: their IVs are not seq XOR salt.", Read: one(func(s Stats) uint64 { return s.NonceDowngrades })},
+		{Name: prefix + "engine_early_acked_bytes_total", Help: "Bytes acknowledged early on the receivers' behalf (split).", Read: eng(func(s Stats) uint64 { return s.Engine.EarlyAcked })},
+		{Name: prefix + "engine_local_rexmits_total", Help: "Segments resent by the engine (snoop and split).", Read: eng(func(s Stats) uint64 {
+			return s.Engine.LocalRexmits + s.Engine.TimeoutRexmits + s.Engine.SplitRexmits
+		})},
+		{Name: prefix + "engine_suppressed_dupacks_total", Help: "Duplicate ACKs snoop answered itself.", Read: eng(func(s Stats) uint64 { return s.Engine.SuppressedDupAcks })},
+		{Name: prefix + "engine_timeouts_total", Help: "Retransmission timeouts of the engine's sender (split).", Read: eng(func(s Stats) uint64 { return s.Engine.SplitTimeouts })},
+	}
+	return append(cs, metrics.SACounters(prefix, func() *ipsec.SAD { return g.sad.Load() })...)
+}
