@@ -3,6 +3,7 @@ package testbed
 import (
 	"bytes"
 	"crypto/rand"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -57,24 +58,7 @@ func TestGatewayStrongSwan(t *testing.T) {
 			}
 			must(t, err)
 			must(t, s.StartCharon(tc.esp))
-			// IKE is done once a packet crosses the tunnel.
-			if out, err := b.Run(s.Left, "ping", "-c", "2", "-i", "0.2", "-I", SSLeftInner, SSRightInner); err != nil {
-				t.Fatalf("ping through the tunnel: %v\n%s", err, out)
-			}
-			f, err := os.Open(s.CharonLog("left"))
-			must(t, err)
-			cfgs, err := charonlog.Parse(f, "left")
-			f.Close()
-			if err != nil || len(cfgs) != 2 {
-				t.Fatalf("keys from charon's log: %v, %d SAs", err, len(cfgs))
-			}
-			for i := range cfgs {
-				cfgs[i].EncapSrcPort, cfgs[i].EncapDstPort = 4500, 4500 // libipsec's tunnel is in UDP
-			}
-			var sa bytes.Buffer
-			must(t, safile.WriteNative(&sa, cfgs))
-			must(t, os.WriteFile(saPath, sa.Bytes(), 0o600))
-			must(t, waitFor(s.Linkem, "gateway: SAs loaded", 5*time.Second))
+			cfgs := giveKeys(t, s, saPath)
 
 			// Count the ESP packets reaching each peer, to hold against what
 			// the peer says it accepted.
@@ -228,4 +212,101 @@ func countESP(t *testing.T, path string) int {
 		}
 	}
 	return n
+}
+
+// giveKeys waits for the CHILD_SA (a ping through the tunnel), takes its
+// keys from charon's log and appends them to the gateway's SA file, as
+// strongSwan's save-keys plugin would, then waits until the gateway has
+// loaded them. With saPath empty it only waits for the tunnel.
+func giveKeys(t *testing.T, s *StrongSwan, saPath string) []ipsec.Config {
+	t.Helper()
+	if out, err := s.Bed.Run(s.Left, "ping", "-c", "2", "-i", "0.2", "-I", SSLeftInner, SSRightInner); err != nil {
+		t.Fatalf("ping through the tunnel: %v\n%s", err, out)
+	}
+	if saPath == "" {
+		return nil
+	}
+	f, err := os.Open(s.CharonLog("left"))
+	must(t, err)
+	cfgs, err := charonlog.Parse(f, "left")
+	f.Close()
+	if err != nil || len(cfgs) != 2 {
+		t.Fatalf("keys from charon's log: %v, %d SAs", err, len(cfgs))
+	}
+	for i := range cfgs {
+		cfgs[i].EncapSrcPort, cfgs[i].EncapDstPort = 4500, 4500 // libipsec's tunnel is in UDP
+	}
+	var sa bytes.Buffer
+	must(t, safile.WriteNative(&sa, cfgs))
+	must(t, os.WriteFile(saPath, sa.Bytes(), 0o600))
+	must(t, waitFor(s.Linkem, "gateway: SAs loaded", 5*time.Second))
+	return cfgs
+}
+
+var (
+	gatewayBench = flag.Bool("gatewaybench", false, "run the strongSwan-through-the-gateway goodput harness")
+	gatewayLoss  = flag.String("gatewaybench.loss", "0%,1%,2%,5%", "losses toward the mobile")
+	gatewaySecs  = flag.Int("gatewaybench.time", 15, "seconds per run")
+	gatewayESP   = flag.String("gatewaybench.esp", "aes128gcm16", "the CHILD_SA's proposal")
+)
+
+// TestGatewayGoodput: Linux CUBIC and BBR from the left host to the right
+// one through a strongSwan tunnel, a wired leg (RTT 80 ms), espep's gateway
+// and a radio (20 Mbit/s, RTT 20 ms, 250 kB queue, loss toward the right
+// host): no gateway (the linkem alone), the gateway in split mode, in
+// snoop mode. Goodput as a ratio to C·(1−p), every byte IPsec-protected on
+// both legs. Run with:
+//
+//	go test ./internal/testbed -run TestGatewayGoodput -gatewaybench -v
+func TestGatewayGoodput(t *testing.T) {
+	if !*gatewayBench {
+		t.Skip("harness: run with -gatewaybench")
+	}
+	needStrongSwan(t)
+	var rows []string
+	for _, loss := range strings.Split(*gatewayLoss, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSuffix(loss, "%"), 64)
+		must(t, err)
+		// TCP payload in a 20 Mbit/s frame stream: a 1400-byte inner packet
+		// (libipsec's TUN MTU) carries 1348 bytes of TCP payload and makes a
+		// 1478-byte frame (ESP-in-UDP with AES-GCM, IPv4, Ethernet).
+		limit := 20 * (1 - v/100) * 1348 / 1478
+		for _, cc := range []string{"cubic", "bbr"} {
+			row := fmt.Sprintf("| %-4s | %-5s |", loss, cc)
+			for _, mode := range []string{"none", "split", "snoop"} {
+				b := ForTest(t)
+				dir := t.TempDir()
+				flags := []string{"--engine", mode, "--rate", "20mbit", "--delay", "10ms", "--queue", "250kb",
+					"--wire.delay", "40ms", "--ab.loss", loss, "--seed", "1"}
+				saPath := ""
+				if mode != "none" {
+					saPath = filepath.Join(dir, "gateway.sa")
+					must(t, os.WriteFile(saPath, nil, 0o600))
+					flags = append(flags, "--sa", saPath)
+				}
+				s, err := NewStrongSwan(b, espepBin, dir, flags...)
+				must(t, err)
+				must(t, s.StartCharon(*gatewayESP))
+				giveKeys(t, s, saPath)
+				srv, err := b.Start(s.Right, "iperf3", "-s", "-1", "-p", "5201", "-B", SSRightInner)
+				must(t, err)
+				must(t, b.WaitListen(s.Right, "tcp", 5201, 5*time.Second))
+				out, err := b.Run(s.Left, "iperf3", "-c", SSRightInner, "-B", SSLeftInner, "-p", "5201", "--json",
+					"-C", cc, "-t", strconv.Itoa(*gatewaySecs), "-O", "2")
+				if err != nil {
+					t.Fatalf("iperf3: %v\n%s", err, out)
+				}
+				srv.Wait(5 * time.Second)
+				r, err := ParseIperf(out)
+				must(t, err)
+				gp := r.End.SumReceived.BitsPerSecond / 1e6
+				row += fmt.Sprintf(" %6.2f (%.2f) |", gp, gp/limit)
+				b.Close()
+			}
+			rows = append(rows, row)
+			t.Log(row)
+		}
+	}
+	t.Logf("Linux TCP through strongSwan (%s, UDP-encapsulated tunnel), wired RTT 80 ms + radio 20 Mbit/s RTT 20 ms; Mbit/s (ratio to C·(1−p)):\n"+
+		"| loss | sender | no gateway | gateway split | gateway snoop |\n|---|---|---|---|---|\n%s", *gatewayESP, strings.Join(rows, "\n"))
 }
