@@ -168,7 +168,25 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 		sad = &ipsec.SAD{}
 	}
 	g.sad.Store(sad)
+	// Forget the state of SAs that are gone (or replaced), and the routes
+	// through them.
+	g.smu.Lock()
+	defer g.smu.Unlock()
+	for id, st := range g.states {
+		if e, _ := sad.Get(id); e != st.e {
+			delete(g.states, id)
+		}
+	}
+	for r, st := range g.routes {
+		if g.states[st.e.Config.ID()] != st {
+			delete(g.routes, r)
+		}
+	}
 }
+
+// maxRoutes bounds the (source, destination) pairs remembered; beyond it
+// the table starts again and is relearned from the next packets.
+const maxRoutes = 1 << 16
 
 // Engine returns the gateway's TCP engine.
 func (g *Gateway) Engine() *engine.Engine { return g.eng }
@@ -283,6 +301,9 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 	st.mu.Unlock()
 	if src, dst, ok := addrs(inner); ok {
 		g.smu.Lock()
+		if len(g.routes) >= maxRoutes {
+			clear(g.routes)
+		}
 		g.routes[route{src, dst}] = st
 		g.smu.Unlock()
 	}
