@@ -164,8 +164,15 @@ func TestEndToEnd(t *testing.T) {
 			radio.Seed = 7
 			tc.mod(&radio)
 			n := newNet(t, snoop, wiredLink, radio, tc.sack)
-			down := transfer(t, n.A, n.B, 1<<20, 60*time.Second)
-			up := transfer(t, n.B, n.A, 1<<20, 60*time.Second)
+			// gVisor's own sender at 2 % loss backs its RTO off to tens of
+			// seconds when the machine is starved (the race detector beside
+			// other packages in CI): a shorter transfer and a generous bound.
+			size := 1 << 20
+			if testing.Short() {
+				size = 256 << 10
+			}
+			down := transfer(t, n.A, n.B, size, 120*time.Second)
+			up := transfer(t, n.B, n.A, size, 120*time.Second)
 			st := n.E.Load().Stats()
 			t.Logf("down %.1f Mbit/s, up %.1f Mbit/s; %+v", down, up, st)
 			if st.LocalRexmits+st.TimeoutRexmits == 0 || st.Cached == 0 {
