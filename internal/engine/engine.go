@@ -205,12 +205,13 @@ type StreamInfo struct {
 	InFlight, Cwnd            int
 	SRTT, MinRTT, RTO         time.Duration
 	Rexmits, Timeouts, Probes uint64
+	DSACKs, Spurious          uint64 // resends the receiver reported duplicated; resends seen to be spurious
 }
 
 func (st *stream) info() StreamInfo {
 	return StreamInfo{EarlyAcked: st.earlyAcked, Buffered: diff(st.sndUna, st.rcvNxt), InFlight: st.inflight,
 		Cwnd: st.cc.Window(), SRTT: st.srtt, MinRTT: st.minRTT, RTO: st.rto, Rexmits: st.rexmits,
-		Timeouts: st.timeouts, Probes: st.probes}
+		Timeouts: st.timeouts, Probes: st.probes, DSACKs: st.dsacks, Spurious: st.spurious}
 }
 
 // Flows returns the counters of every flow.
