@@ -326,6 +326,37 @@ func (sa *SA) WindowState() (top uint64, bitmap []uint64) {
 	return sa.in.win.State()
 }
 
+// Reframe returns an SA that seals like sa — same keys, transforms, IV
+// source and outbound counter — in another outer form: mode (Tunnel or
+// Transport) and UDP encapsulation ports (0, 0: raw ESP). A gateway whose
+// SA file does not say the outer form (Wireshark esp_sa lines) learns it
+// from the packets and seals with the result. The two share their
+// outbound transform state, so sa must not seal any more; the result
+// opens nothing (it has its own empty replay window and no inbound use).
+func (sa *SA) Reframe(mode Mode, encapSrc, encapDst uint16) (*SA, error) {
+	if mode != Tunnel && mode != Transport {
+		return nil, fmt.Errorf("sa %v: reframe: mode %v: want tunnel or transport", sa.id, mode)
+	}
+	if (encapSrc == 0) != (encapDst == 0) || encapSrc != 0 && sa.cfg.Proto != ESP {
+		return nil, fmt.Errorf("sa %v: reframe: UDP ports %d, %d", sa.id, encapSrc, encapDst)
+	}
+	sa.out.Lock()
+	defer sa.out.Unlock()
+	cfg := sa.cfg
+	cfg.Mode, cfg.EncapSrcPort, cfg.EncapDstPort = mode, encapSrc, encapDst
+	n := &SA{cfg: cfg, id: sa.id, clock: sa.clock, created: sa.created}
+	if mode == Tunnel {
+		n.tmpl = newOuterTemplate(cfg.Src, cfg.Dst)
+	}
+	n.out.c, n.out.mac, n.out.ivSrc, n.out.seq, n.out.id = sa.out.c, sa.out.mac, sa.out.ivSrc, sa.out.seq, sa.out.id
+	var err error
+	if n.in.win, err = NewWindow(MinWindow); err != nil {
+		return nil, err
+	}
+	n.in.noReplay = true
+	return n, nil
+}
+
 // InTop returns the highest inbound sequence number accepted so far (with
 // its ESN high bits), without copying the window.
 func (sa *SA) InTop() uint64 {

@@ -466,3 +466,40 @@ func TestHeadroomSuffices(t *testing.T) {
 		t.Error("MaxHeadroom must stay a multiple of 16")
 	}
 }
+
+// TestReframe: an SA of unknown mode and without UDP ports (as an esp_sa
+// line gives it) reframed to tunnel mode in UDP 4500 seals what an SA
+// configured that way opens; the reframed SA opens nothing.
+func TestReframe(t *testing.T) {
+	for _, s := range suites[:5] {
+		if s.proto != ESP {
+			continue
+		}
+		any := s.config(ModeAny, false, false, false)
+		want := s.config(Tunnel, true, false, false)
+		sa, rx := mustSA(t, any), mustSA(t, want)
+		rf, err := sa.Reframe(Tunnel, 4500, 4500)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pkt := tcpPacket(netip.MustParseAddr("10.78.1.1"), netip.MustParseAddr("10.78.2.1"), []byte("reframed"))
+		buf, off := inBuf(pkt)
+		out, err := rf.SealWith(buf, off, len(pkt), 7, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if l, _ := Locate(out); l.UDPOff < 0 || l.Seq != 7 {
+			t.Fatalf("%s: not in UDP, or seq %d", s.name, l.Seq)
+		}
+		in, err := rx.Open(append([]byte(nil), out...))
+		if err != nil || string(in) != string(pkt) {
+			t.Fatalf("%s: the configured SA cannot open the reframed SA's packet: %v", s.name, err)
+		}
+		if _, err := rf.Open(out); err == nil {
+			t.Fatalf("%s: a reframed SA opened a packet", s.name)
+		}
+		if _, err := sa.Reframe(ModeAny, 0, 0); err == nil {
+			t.Fatalf("%s: reframed to no mode", s.name)
+		}
+	}
+}

@@ -38,6 +38,7 @@
 package gateway
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -137,6 +138,9 @@ type saState struct {
 	owned bool
 	maxIn uint64
 	last  uint64
+	// sealer seals in the outer form the endpoint's packets show, when the
+	// SA file did not say it (esp_sa lines carry no mode and no UDP ports).
+	sealer *ipsec.SA
 }
 
 // New makes a gateway that sends through out (which must not keep pkt)
@@ -298,6 +302,9 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 	}
 	st.mu.Lock()
 	st.maxIn = max(st.maxIn, seq)
+	if st.sealer == nil {
+		g.learnOuter(st, pkt, inner, l)
+	}
 	st.mu.Unlock()
 	if src, dst, ok := addrs(inner); ok {
 		g.smu.Lock()
@@ -308,6 +315,35 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		g.smu.Unlock()
 	}
 	g.toEngine(from, inner, pkt, st)
+}
+
+// learnOuter makes the SA's sealer when its packets show an outer form
+// its configuration does not state: the mode (for an SA of unknown mode,
+// tunnel when the inner addresses are not the outer ones) and the UDP
+// encapsulation ports. st.mu is held.
+func (g *Gateway) learnOuter(st *saState, pkt, inner []byte, l ipsec.Loc) {
+	cfg := st.e.Config
+	mode := cfg.Mode
+	if mode == ipsec.ModeAny {
+		mode = ipsec.Transport
+		if src, dst, ok := addrs(inner); ok && (src != l.Src || dst != l.Dst) {
+			mode = ipsec.Tunnel
+		}
+	}
+	var sp, dp uint16
+	if l.UDPOff >= 0 && l.UDPOff+4 <= len(pkt) {
+		sp, dp = binary.BigEndian.Uint16(pkt[l.UDPOff:]), binary.BigEndian.Uint16(pkt[l.UDPOff+2:])
+	}
+	if mode == cfg.Mode && sp == cfg.EncapSrcPort && dp == cfg.EncapDstPort {
+		return
+	}
+	s, err := st.e.Write.Reframe(mode, sp, dp)
+	if err != nil {
+		g.log.Warn("gateway: cannot seal in the packets' outer form", "sa", cfg.ID(), "err", err)
+		return
+	}
+	st.sealer = s
+	g.log.Info("gateway: sealing in the outer form the packets show", "sa", cfg.ID(), "mode", mode, "udp-src", sp, "udp-dst", dp)
 }
 
 // toEngine hands an inner packet (in inBuf) to the engine, noting its
@@ -411,9 +447,12 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 		g.c.notYetSafe.Add(1)
 		return
 	}
-	sa := st.e.Write
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	sa := st.e.Write
+	if st.sealer != nil {
+		sa = st.sealer
+	}
 	if !st.owned {
 		st.owned = true
 		st.last = st.maxIn + uint64(g.cfg.SeqJump)

@@ -33,15 +33,19 @@ func TestGatewayStrongSwan(t *testing.T) {
 	for _, tc := range []struct {
 		esp, mode string
 		command   bool // espep gateway (no radio emulation), else espep linkem --sa
+		espSA     bool // the SA file in Wireshark esp_sa lines (no mode, no UDP ports), as save-keys writes it
 	}{
-		{"aes128gcm16", "split", false},
-		{"aes128gcm16", "snoop", false},
-		{"aes256gcm16", "split", true},
-		{"aes256-sha256", "split", true},
-		{"chacha20poly1305", "split", true},
+		{"aes128gcm16", "split", false, false},
+		{"aes128gcm16", "snoop", false, false},
+		{"aes256gcm16", "split", true, true},
+		{"aes256-sha256", "split", true, false},
+		{"chacha20poly1305", "split", true, false},
 	} {
 		mode := tc.mode
 		name := map[bool]string{false: "linkem", true: "gateway"}[tc.command]
+		if tc.espSA {
+			name += "-esp_sa"
+		}
 		t.Run(tc.esp+"-"+mode+"-"+name, func(t *testing.T) {
 			b := ForTest(t)
 			dir := t.TempDir()
@@ -58,7 +62,7 @@ func TestGatewayStrongSwan(t *testing.T) {
 			}
 			must(t, err)
 			must(t, s.StartCharon(tc.esp))
-			cfgs := giveKeys(t, s, saPath)
+			cfgs := giveKeys(t, s, saPath, tc.espSA)
 
 			// Count the ESP packets reaching each peer, to hold against what
 			// the peer says it accepted.
@@ -218,7 +222,7 @@ func countESP(t *testing.T, path string) int {
 // keys from charon's log and appends them to the gateway's SA file, as
 // strongSwan's save-keys plugin would, then waits until the gateway has
 // loaded them. With saPath empty it only waits for the tunnel.
-func giveKeys(t *testing.T, s *StrongSwan, saPath string) []ipsec.Config {
+func giveKeys(t *testing.T, s *StrongSwan, saPath string, espSA bool) []ipsec.Config {
 	t.Helper()
 	if out, err := s.Bed.Run(s.Left, "ping", "-c", "2", "-i", "0.2", "-I", SSLeftInner, SSRightInner); err != nil {
 		t.Fatalf("ping through the tunnel: %v\n%s", err, out)
@@ -233,11 +237,20 @@ func giveKeys(t *testing.T, s *StrongSwan, saPath string) []ipsec.Config {
 	if err != nil || len(cfgs) != 2 {
 		t.Fatalf("keys from charon's log: %v, %d SAs", err, len(cfgs))
 	}
-	for i := range cfgs {
-		cfgs[i].EncapSrcPort, cfgs[i].EncapDstPort = 4500, 4500 // libipsec's tunnel is in UDP
-	}
 	var sa bytes.Buffer
-	must(t, safile.WriteNative(&sa, cfgs))
+	if espSA {
+		// What save-keys writes: no mode, no ports; the gateway learns the
+		// outer form from the packets.
+		skipped, err := safile.WriteESPSA(&sa, cfgs)
+		if err != nil || len(skipped) != 0 {
+			t.Fatalf("esp_sa lines: %v, %d skipped", err, len(skipped))
+		}
+	} else {
+		for i := range cfgs {
+			cfgs[i].EncapSrcPort, cfgs[i].EncapDstPort = 4500, 4500 // libipsec's tunnel is in UDP
+		}
+		must(t, safile.WriteNative(&sa, cfgs))
+	}
 	must(t, os.WriteFile(saPath, sa.Bytes(), 0o600))
 	must(t, waitFor(s.Linkem, "gateway: SAs loaded", 5*time.Second))
 	return cfgs
@@ -287,7 +300,7 @@ func TestGatewayGoodput(t *testing.T) {
 				s, err := NewStrongSwan(b, espepBin, dir, flags...)
 				must(t, err)
 				must(t, s.StartCharon(*gatewayESP))
-				giveKeys(t, s, saPath)
+				giveKeys(t, s, saPath, false)
 				srv, err := b.Start(s.Right, "iperf3", "-s", "-1", "-p", "5201", "-B", SSRightInner)
 				must(t, err)
 				must(t, b.WaitListen(s.Right, "tcp", 5201, 5*time.Second))
