@@ -6,14 +6,16 @@
 // Per packet: IKE, keepalives, fragments and anything it cannot or may not
 // open are relayed as they came (DESIGN.md rule 6, fail open); so are the
 // packets of SAs of class none. For a read-class SA the gateway decrypts
-// (it holds no integrity key), and the engine snoops on the cleartext while
-// forwarding, caching and resending only the ciphertext as it came. For a
-// write-class SA the packet's ICV and replay
-// window are checked before anything else (rule 3); the inner packet goes
-// to the engine, and every packet the engine sends on is sealed again on
-// the SA that carries its (source, destination): a packet the engine
-// passed on unchanged goes out as the original ciphertext until the
-// gateway first seals on that SA, and re-sealed from then on.
+// (it holds no integrity key), and the engine snoops on the cleartext
+// while forwarding, caching and resending only the ciphertext as it came
+// (rule 4). For a write-class SA the packet's ICV and replay window are
+// checked before anything else (rule 3); the inner packet goes to the
+// engine, and every packet the engine sends on is sealed again on the SA
+// that carries its (source, destination), in the outer form the SA states
+// or, where it states none (esp_sa lines), the form its packets show. A
+// packet the engine passes on unchanged goes out as the original
+// ciphertext until the SA's IV generator is confirmed (nonce.go), and is
+// re-sealed from then on.
 //
 // Re-sequencing (rule 2): once the gateway may seal on an SA (its IV
 // generator confirmed) it numbers every packet on it — relayed or its own

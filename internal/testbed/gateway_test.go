@@ -82,11 +82,11 @@ func TestGatewayStrongSwan(t *testing.T) {
 				must(t, err)
 				udpBefore[side] = u["RcvbufErrors"]
 			}
-			payload := make([]byte, 4<<20)
+			payload := make([]byte, *gatewaySize<<20)
 			rand.Read(payload)
 			in, out := filepath.Join(dir, "in"), filepath.Join(dir, "out")
 			must(t, os.WriteFile(in, payload, 0o600))
-			srv, err := b.Start(s.Right, "sh", "-c", fmt.Sprintf("timeout 90 nc -l -s %s -p 5001 > %s", SSRightInner, out))
+			srv, err := b.Start(s.Right, "sh", "-c", fmt.Sprintf("timeout 300 nc -l -s %s -p 5001 > %s", SSRightInner, out))
 			must(t, err)
 			must(t, b.WaitListen(s.Right, "tcp", 5001, 5*time.Second))
 			send := fmt.Sprintf(`import socket
@@ -95,7 +95,7 @@ s.sendall(open(%q, "rb").read())
 s.shutdown(socket.SHUT_WR)
 s.recv(1)`, SSRightInner, SSLeftInner, in)
 			start := time.Now()
-			if o, err := b.Run(s.Left, "timeout", "90", "/usr/bin/python3", "-c", send); err != nil {
+			if o, err := b.Run(s.Left, "timeout", "300", "/usr/bin/python3", "-c", send); err != nil {
 				t.Fatalf("%v\n%s\n%s", err, o, s.Linkem.Output())
 			}
 			must(t, srv.Wait(30*time.Second))
@@ -257,6 +257,7 @@ func giveKeys(t *testing.T, s *StrongSwan, saPath string, espSA bool) []ipsec.Co
 }
 
 var (
+	gatewaySize  = flag.Int("gateway.mb", 4, "megabytes each TestGatewayStrongSwan transfer moves (the issue's figure is 100)")
 	gatewayBench = flag.Bool("gatewaybench", false, "run the strongSwan-through-the-gateway goodput harness")
 	gatewayLoss  = flag.String("gatewaybench.loss", "0%,1%,2%,5%", "losses toward the mobile")
 	gatewaySecs  = flag.Int("gatewaybench.time", 15, "seconds per run")
