@@ -116,6 +116,7 @@ type Engine struct {
 	flows     map[flowKey]*flow
 	st        Stats
 	pool      chunkPool
+	bufs      bufPool // snoop's cached packets
 	maxChunks int
 	scratch   []byte // split mode builds its packets here
 
@@ -431,8 +432,14 @@ func (e *Engine) drop(f *flow) {
 			}
 		}
 	}
-	f.cache, f.cacheBytes = nil, 0
-	f.timerGen++
+	for i := range f.cache {
+		e.bufs.put(f.cache[i].pkt)
+	}
+	f.cache, f.cacheBuf, f.cacheBytes = nil, nil, 0
+	f.timerArmed = false
+	if f.stimer != nil {
+		f.stimer.Stop()
+	}
 	delete(e.flows, f.key)
 }
 

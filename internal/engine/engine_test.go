@@ -415,3 +415,35 @@ func TestProcessOpaque(t *testing.T) {
 		t.Fatalf("%+v", st)
 	}
 }
+
+// TestSnoopZeroAllocs: caching a data segment, forwarding it and cleaning
+// it up on its ACK allocate nothing in steady state (pooled buffers, one
+// re-armed timer per flow).
+func TestSnoopZeroAllocs(t *testing.T) {
+	h := newHarness(t)
+	h.e.cfg.Clock = netem.RealClock{} // its timers re-arm without allocating
+	h.establish()
+	const n = 3000
+	data := make([][]byte, n)
+	acks := make([][]byte, n)
+	for i := range n {
+		data[i] = h.data(i)
+		acks[i] = h.ack(i + 1)
+	}
+	h.e.out = func(Side, []byte) {}
+	i := 0
+	step := func() {
+		h.e.Process(Wire, data[i])
+		h.e.Process(Radio, acks[i])
+		i++
+	}
+	for range 100 {
+		step()
+	}
+	if a := testing.AllocsPerRun(n-200, step); a != 0 {
+		t.Fatalf("%.2f allocations per segment and ACK", a)
+	}
+	if st := h.e.Stats(); st.Cached < uint64(i) || st.CachedBytes != 0 {
+		t.Fatalf("the engine did not cache and clean: %+v after %d segments", st, i)
+	}
+}

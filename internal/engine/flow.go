@@ -2,6 +2,8 @@ package engine
 
 import (
 	"net/netip"
+
+	"github.com/espep/espep/internal/netem"
 	"time"
 
 	"github.com/espep/espep/internal/seqnum"
@@ -90,7 +92,9 @@ type flow struct {
 	srtt, rttvar time.Duration
 	rto          time.Duration
 	timerArmed   bool
-	timerGen     uint64
+	timerAt      time.Time   // when the armed local timer is due
+	stimer       netem.Timer // created once, re-armed with Reset
+	cacheBuf     []seg       // the array cache lives in, from its start
 	lastSeen     time.Time
 
 	// counters

@@ -97,3 +97,32 @@ func (b *seqBuf) releaseAll(p *chunkPool) {
 	}
 	b.chunks = b.chunks[:0]
 }
+
+// bufPool recycles the packet buffers snoop caches, so that caching a
+// segment allocates nothing once the pool has filled.
+type bufPool struct{ free [][]byte }
+
+// pktBufCap is the capacity of pooled buffers; larger packets are
+// allocated and not pooled.
+const pktBufCap = 2048
+
+// maxFreeBufs bounds the buffers kept for reuse (8 MB).
+const maxFreeBufs = 4096
+
+func (p *bufPool) get(n int) []byte {
+	if n > pktBufCap {
+		return make([]byte, n)
+	}
+	if k := len(p.free); k > 0 {
+		b := p.free[k-1]
+		p.free = p.free[:k-1]
+		return b[:n]
+	}
+	return make([]byte, n, pktBufCap)
+}
+
+func (p *bufPool) put(b []byte) {
+	if cap(b) == pktBufCap && len(p.free) < maxFreeBufs {
+		p.free = append(p.free, b[:0])
+	}
+}

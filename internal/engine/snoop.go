@@ -45,13 +45,15 @@ func (e *Engine) downData(f *flow, p *parsed, pkt []byte) {
 		e.st.CacheFull++
 		return
 	}
-	s := seg{seq: seq, end: end, sentAt: now, pkt: append([]byte(nil), pkt...)}
+	b := e.bufs.get(len(pkt))
+	copy(b, pkt)
+	s := seg{seq: seq, end: end, sentAt: now, pkt: b}
 	// Keep the cache ordered by sequence number (reordered sender data).
 	i := len(f.cache)
 	for i > 0 && seq.LessThan(f.cache[i-1].seq) {
 		i--
 	}
-	f.cache = append(f.cache, seg{})
+	f.appendSeg(seg{})
 	copy(f.cache[i+1:], f.cache[i:])
 	f.cache[i] = s
 	f.cacheBytes += len(s.pkt)
@@ -132,10 +134,12 @@ func (e *Engine) newAck(f *flow, ack seqnum.Value) {
 		n++
 	}
 	if n > 0 {
+		for i := range f.cache[:n] {
+			e.bufs.put(f.cache[i].pkt)
+		}
 		clear(f.cache[:n])
 		f.cache = f.cache[n:]
-		f.timerGen++ // restart the timer for what is left
-		f.timerArmed = false
+		f.timerArmed = false // restart the timer for what is left
 	}
 	if f.inRecovery {
 		if f.recover.LessThanEq(ack) {
@@ -278,20 +282,37 @@ func (e *Engine) arm(f *flow) {
 		return
 	}
 	f.timerArmed = true
-	gen := f.timerGen
 	rto := f.rto
 	if r := f.cache[0].rexmits; r > 0 {
 		rto = min(rto<<min(r, 6), e.cfg.MaxRTO) // back off
 	}
-	e.cfg.Clock.AfterFunc(rto, func() { e.timeout(f, gen) })
+	f.timerAt = e.cfg.Clock.Now().Add(rto)
+	if f.stimer == nil {
+		f.stimer = e.cfg.Clock.AfterFunc(rto, func() { e.timeout(f) })
+		return
+	}
+	f.stimer.Reset(rto) // one timer per flow: no allocation per ACK
+}
+
+// appendSeg adds a slot at the end of the cache, which loses its head by
+// reslicing as ACKs come and moves down to the start of its array only
+// when it reaches the end (no allocation in steady state).
+func (f *flow) appendSeg(s seg) {
+	if len(f.cache) == cap(f.cache) && len(f.cache) < cap(f.cacheBuf) {
+		f.cache = f.cacheBuf[:copy(f.cacheBuf[:cap(f.cacheBuf)], f.cache)]
+	}
+	f.cache = append(f.cache, s)
+	if cap(f.cache) > cap(f.cacheBuf) {
+		f.cacheBuf = f.cache[:0]
+	}
 }
 
 // timeout resends the oldest cached segment if it has waited a local RTO.
-func (e *Engine) timeout(f *flow, gen uint64) {
+func (e *Engine) timeout(f *flow) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if f.timerGen != gen || e.flows[f.key] != f {
-		return // superseded or gone
+	if e.flows[f.key] != f || !f.timerArmed || e.cfg.Clock.Now().Before(f.timerAt) {
+		return // gone, disarmed, or a fire the timer's Reset superseded
 	}
 	f.timerArmed = false
 	if len(f.cache) == 0 {
@@ -317,7 +338,6 @@ func (e *Engine) timeout(f *flow, gen uint64) {
 	if sent > 0 {
 		f.startRecovery()
 	}
-	f.timerGen++
 	e.arm(f)
 }
 

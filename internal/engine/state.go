@@ -285,7 +285,7 @@ func (e *Engine) Import(states []FlowState) error {
 			if len(s.Packet) == 0 {
 				return fmt.Errorf("engine: import: empty cached segment")
 			}
-			f.cache = append(f.cache, seg{seq: seqnum.Value(s.Seq), end: seqnum.Value(s.End), rexmits: s.Rexmits,
+			f.appendSeg(seg{seq: seqnum.Value(s.Seq), end: seqnum.Value(s.End), rexmits: s.Rexmits,
 				sentAt: now, pkt: append([]byte(nil), s.Packet...)})
 			f.cacheBytes += len(s.Packet)
 		}
