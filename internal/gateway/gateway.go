@@ -74,6 +74,7 @@ type Stats struct {
 	Packets                    uint64
 	Relayed                    uint64 // passed on as they came, for any reason below
 	IKE, Keepalives, Fragments uint64
+	IPIP                       uint64 // packets that came in an IP-in-IP tunnel
 	NotIPsec                   uint64 // plain packets (relayed, or to the engine with Plain)
 	Unknown                    uint64 // ESP/AH with no SA here
 	ClassNone, ClassRead       uint64
@@ -118,8 +119,10 @@ type Gateway struct {
 	// passes on unchanged comes back as a slice of inBuf, in the same
 	// goroutine, so these need no lock of their own.
 	curOrig []byte
-	curSt   *saState // nil for plain TCP
-	sealBuf []byte   // used under the engine's lock (all engine output is)
+	curSt   *saState           // nil for plain TCP
+	sealBuf []byte             // used under the engine's lock (all engine output is)
+	wrapBuf []byte             // likewise, for IP-in-IP
+	ipip    map[route]*ipipHdr // (source, destination) inside → the tunnel it came in
 
 	c counters
 }
@@ -127,7 +130,7 @@ type Gateway struct {
 type counters struct {
 	packets, relayed, ike, keepalives, fragments, notIPsec, unknown, classNone, classRead  atomic.Uint64
 	opened, icv, replays, openErrors, malformed, sealed, sealErrors, originals, notYetSafe atomic.Uint64
-	downgrades                                                                             atomic.Uint64
+	downgrades, ipip                                                                       atomic.Uint64
 }
 
 type route struct{ src, dst netip.Addr }
@@ -158,7 +161,8 @@ func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gat
 		cfg.SeqJump = 0
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Log, out: out, states: map[ipsec.ID]*saState{}, routes: map[route]*saState{},
-		inBuf: make([]byte, 2*ipsec.MaxHeadroom+65536), sealBuf: make([]byte, 2*ipsec.MaxHeadroom+65536+ipsec.MaxTailroom)}
+		inBuf: make([]byte, 2*ipsec.MaxHeadroom+65536), sealBuf: make([]byte, 2*ipsec.MaxHeadroom+65536+ipsec.MaxTailroom),
+		wrapBuf: make([]byte, 2*ipsec.MaxHeadroom+65536+ipsec.MaxTailroom), ipip: map[route]*ipipHdr{}}
 	var err error
 	if g.eng, err = engine.New(cfg.Engine, g.engineOut); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -208,34 +212,50 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 	defer g.mu.Unlock()
 	g.c.packets.Add(1)
 	to := 1 - from
+	orig := pkt
+	if inner, hdr, ok := peelIPIP(pkt); ok {
+		// IP-in-IP (RFC 2003, a Mobile IP home agent's tunnel): work on
+		// what it carries, and put the same outer header back on what the
+		// gateway sends in that flow's direction.
+		g.c.ipip.Add(1)
+		if src, dst, ok := addrs(inner); ok {
+			g.smu.Lock()
+			if len(g.ipip) >= maxRoutes {
+				clear(g.ipip)
+			}
+			g.ipip[route{src, dst}] = hdr
+			g.smu.Unlock()
+		}
+		pkt = inner
+	}
 	l, err := ipsec.Locate(pkt)
 	if err != nil {
 		g.c.malformed.Add(1)
-		g.relay(to, pkt)
+		g.relay(to, orig)
 		return
 	}
 	switch l.Kind {
 	case ipsec.KindIKE:
 		g.c.ike.Add(1) // the early signal of a new SA
-		g.relay(to, pkt)
+		g.relay(to, orig)
 		return
 	case ipsec.KindKeepalive:
 		g.c.keepalives.Add(1)
-		g.relay(to, pkt)
+		g.relay(to, orig)
 		return
 	case ipsec.KindFragment:
 		g.c.fragments.Add(1)
-		g.relay(to, pkt)
+		g.relay(to, orig)
 		return
 	case ipsec.KindOther:
 		g.c.notIPsec.Add(1)
 		if !g.cfg.Plain || len(pkt) > len(g.inBuf)-ipsec.MaxHeadroom {
-			g.relay(to, pkt)
+			g.relay(to, orig)
 			return
 		}
 		buf := g.inBuf[ipsec.MaxHeadroom : ipsec.MaxHeadroom+len(pkt)]
 		copy(buf, pkt)
-		g.toEngine(from, buf, pkt, nil)
+		g.toEngine(from, buf, orig, nil)
 		return
 	}
 	proto := ipsec.ESP
@@ -246,11 +266,11 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 	switch {
 	case e == nil:
 		g.c.unknown.Add(1)
-		g.relay(to, pkt)
+		g.relay(to, orig)
 		return
 	case e.Class() == ipsec.ClassNone:
 		g.c.classNone.Add(1)
-		g.relay(to, pkt)
+		g.relay(to, orig)
 		return
 	case e.Class() == ipsec.ClassRead:
 		// Snoop on what it can read, forwarding and resending only the
@@ -261,22 +281,22 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		inner, err := e.Read.Decrypt(g.inBuf[:0:cap(g.inBuf)], pkt)
 		if err != nil {
 			g.c.openErrors.Add(1)
-			g.relay(to, pkt)
+			g.relay(to, orig)
 			return
 		}
-		g.eng.ProcessOpaque(from, inner, pkt) // what it sends on is pkt, or its cached copy
+		g.eng.ProcessOpaque(from, inner, orig) // what it sends on is orig, or its cached copy
 		return
 	}
 	st := g.state(e)
 	if st.nonce.broken {
-		g.relay(to, pkt)
+		g.relay(to, orig)
 		return
 	}
 	// Open a copy: the original may still go out as it came.
 	off := ipsec.MaxHeadroom
 	if len(pkt) > len(g.inBuf)-off {
 		g.c.malformed.Add(1)
-		g.relay(to, pkt)
+		g.relay(to, orig)
 		return
 	}
 	buf := g.inBuf[off : off+len(pkt)]
@@ -291,7 +311,7 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		default:
 			g.c.openErrors.Add(1)
 		}
-		g.relay(to, pkt) // the receiver decides; it would refuse it too
+		g.relay(to, orig) // the receiver decides; it would refuse it too
 		return
 	}
 	g.c.opened.Add(1)
@@ -316,7 +336,7 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		g.routes[route{src, dst}] = st
 		g.smu.Unlock()
 	}
-	g.toEngine(from, inner, pkt, st)
+	g.toEngine(from, inner, orig, st)
 }
 
 // learnOuter makes the SA's sealer when its packets show an outer form
@@ -416,6 +436,10 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 		g.out(to, pkt) // a read-class packet (or its cached copy), as it came
 		return
 	}
+	if _, _, ok := peelIPIP(pkt); ok {
+		g.out(to, pkt) // the engine makes none: an original, as it came
+		return
+	}
 	if g.inInBuf(pkt) {
 		if g.curSt == nil {
 			g.out(to, g.curOrig) // plain TCP
@@ -437,7 +461,7 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 	st := g.routes[route{src, dst}]
 	g.smu.Unlock()
 	if st == nil {
-		g.out(to, pkt) // a flow the gateway never saw protected: plain
+		g.send(to, pkt) // a flow the gateway never saw protected: plain
 		return
 	}
 	if e, _ := g.sad.Load().Lookup(st.e.Config.SPI, st.e.Config.Dst, st.e.Config.Proto); e != st.e {
@@ -474,14 +498,81 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 	}
 	st.last = seq
 	g.c.sealed.Add(1)
-	g.out(to, outer)
+	g.send(to, outer)
+}
+
+// send puts a packet the gateway made (sealed, or the engine's own plain
+// one) in the IP-in-IP tunnel its flow came in, if any, and sends it.
+func (g *Gateway) send(to engine.Side, pkt []byte) {
+	src, dst, ok := addrs(pkt)
+	if !ok {
+		g.out(to, pkt)
+		return
+	}
+	g.smu.Lock()
+	h := g.ipip[route{src, dst}]
+	g.smu.Unlock()
+	if h == nil {
+		g.out(to, pkt)
+		return
+	}
+	n := len(h.b) + len(pkt)
+	if n > len(g.wrapBuf) {
+		g.c.sealErrors.Add(1)
+		return
+	}
+	b := g.wrapBuf[:n]
+	copy(b, h.b)
+	copy(b[len(h.b):], pkt)
+	if h.v6 {
+		binary.BigEndian.PutUint16(b[4:], uint16(len(pkt)))
+	} else {
+		ip := header.IPv4(b)
+		ip.SetTotalLen(n)
+		h.id++
+		ip.SetID(h.id)
+		ip.UpdateChecksum()
+	}
+	g.out(to, b)
+}
+
+// ipipHdr is the outer header of an IP-in-IP tunnel, as the packets
+// showed it.
+type ipipHdr struct {
+	b  []byte
+	v6 bool
+	id uint16
+}
+
+// peelIPIP returns what an IP-in-IP packet (IPv4 or IPv6 in IPv4 or IPv6,
+// RFC 2003/2473, no extension headers, not a fragment) carries and a copy
+// of its outer header.
+func peelIPIP(pkt []byte) ([]byte, *ipipHdr, bool) {
+	if len(pkt) == 0 {
+		return nil, nil, false
+	}
+	switch pkt[0] >> 4 {
+	case 4:
+		h, err := header.ParseIPv4(pkt)
+		if err != nil || h.IsFragment() || (h.Protocol() != header.ProtoIPIP && h.Protocol() != header.ProtoIPv6) {
+			return nil, nil, false
+		}
+		return h.Payload(), &ipipHdr{b: append([]byte(nil), pkt[:h.HeaderLen()]...), id: h.ID()}, true
+	case 6:
+		h, err := header.ParseIPv6(pkt)
+		if err != nil || (h.NextHeader() != header.ProtoIPIP && h.NextHeader() != header.ProtoIPv6) {
+			return nil, nil, false
+		}
+		return pkt[header.IPv6Len : header.IPv6Len+h.PayloadLen()], &ipipHdr{b: append([]byte(nil), pkt[:header.IPv6Len]...), v6: true}, true
+	}
+	return nil, nil, false
 }
 
 // Stats returns the counters.
 func (g *Gateway) Stats() Stats {
 	c := &g.c
 	return Stats{Packets: c.packets.Load(), Relayed: c.relayed.Load(), IKE: c.ike.Load(), Keepalives: c.keepalives.Load(),
-		Fragments: c.fragments.Load(), NotIPsec: c.notIPsec.Load(), Unknown: c.unknown.Load(), ClassNone: c.classNone.Load(),
+		Fragments: c.fragments.Load(), IPIP: c.ipip.Load(), NotIPsec: c.notIPsec.Load(), Unknown: c.unknown.Load(), ClassNone: c.classNone.Load(),
 		ClassRead: c.classRead.Load(), Opened: c.opened.Load(), ICVFailures: c.icv.Load(), Replays: c.replays.Load(),
 		OpenErrors: c.openErrors.Load(), Malformed: c.malformed.Load(), Sealed: c.sealed.Load(), SealErrors: c.sealErrors.Load(),
 		Originals: c.originals.Load(), NotYetSafe: c.notYetSafe.Load(), NonceDowngrades: c.downgrades.Load(),

@@ -18,6 +18,7 @@ import (
 	"github.com/espep/espep/internal/gvhost"
 	"github.com/espep/espep/internal/netem"
 	"github.com/espep/espep/ipsec"
+	"github.com/espep/espep/ipsec/header"
 )
 
 // seqivIV is what Linux's seqiv and strongSwan's iv_gen_seq send: the
@@ -63,6 +64,9 @@ type ivLog struct {
 }
 
 func (l *ivLog) record(pkt []byte) {
+	if in, ok := ipipUnwrap(pkt); ok {
+		pkt = in
+	}
 	loc, err := ipsec.Locate(pkt)
 	if err != nil || loc.Kind != ipsec.KindESP || loc.Off+16 > len(pkt) {
 		return
@@ -93,6 +97,7 @@ type testNet struct {
 	ivs          *ivLog
 	sad          *ipsec.SAD // the gateway's
 	freshRefused int        // packets refused as replays that the receiver never accepted
+	notInTunnel  int        // packets that reached an endpoint outside the IP-in-IP tunnel
 	cur          atomic.Pointer[Gateway]
 	old          *Gateway
 }
@@ -127,6 +132,28 @@ func newTestNetClass(t *testing.T, enc ipsec.Enc, ivA, ivB ipsec.IVSource, radio
 
 // newTestNetSAs builds the network with the SAs ab (A → B) and ba.
 func newTestNetSAs(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource, radio netem.Config, mode engine.Mode, class ipsec.Class) *testNet {
+	return newTestNetWrap(t, ab, ba, ivA, ivB, radio, mode, class, false)
+}
+
+// ipipWrap puts an ESP packet in an IPv4-in-IPv4 tunnel (RFC 2003) between
+// two home agents, as a Mobile IP home agent forwards to a care-of address.
+func ipipWrap(src, dst string, pkt []byte) []byte {
+	b := make([]byte, 20+len(pkt))
+	header.WriteIPv4(b, 0, len(b), 7, true, 60, header.ProtoIPIP, netip.MustParseAddr(src), netip.MustParseAddr(dst))
+	copy(b[20:], pkt)
+	return b
+}
+
+// ipipUnwrap takes the packet out of its IP-in-IP tunnel, or fails.
+func ipipUnwrap(pkt []byte) ([]byte, bool) {
+	h, err := header.ParseIPv4(pkt)
+	if err != nil || h.Protocol() != header.ProtoIPIP || !h.ChecksumValid() {
+		return nil, false
+	}
+	return h.Payload(), true
+}
+
+func newTestNetWrap(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource, radio netem.Config, mode engine.Mode, class ipsec.Class, ipip bool) *testNet {
 	t.Helper()
 	n := &testNet{ivs: &ivLog{seen: map[[12]byte][32]byte{}}}
 	mk := func(c ipsec.Config) *ipsec.SA {
@@ -184,6 +211,15 @@ func newTestNetSAs(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource, r
 	var amu sync.Mutex
 	open := func(sa *ipsec.SA, h *gvhost.Host) func([]byte) {
 		return func(pkt []byte) {
+			if ipip {
+				var ok bool
+				if pkt, ok = ipipUnwrap(pkt); !ok {
+					amu.Lock()
+					n.notInTunnel++
+					amu.Unlock()
+					return
+				}
+			}
 			l, _ := ipsec.Locate(pkt)
 			inner, err := sa.Open(pkt)
 			amu.Lock()
@@ -207,12 +243,18 @@ func newTestNetSAs(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource, r
 	go n.A.Run(func(p []byte) {
 		if s := seal(n.aOut, p); s != nil {
 			n.ivs.record(s)
+			if ipip {
+				s = ipipWrap("198.51.100.1", "198.51.100.2", s)
+			}
 			n.wired.AB.Send(s)
 		}
 	})
 	go n.B.Run(func(p []byte) {
 		if s := seal(n.bOut, p); s != nil {
 			n.ivs.record(s)
+			if ipip {
+				s = ipipWrap("198.51.100.2", "198.51.100.1", s)
+			}
 			n.radio.BA.Send(s)
 		}
 	})
@@ -501,5 +543,30 @@ func TestGatewayVariants(t *testing.T) {
 				t.Fatalf("%d (SPI, IV) pairs reused", n.ivs.reuse)
 			}
 		})
+	}
+}
+
+// TestGatewayIPIP: the ESP tunnel itself travels in an IP-in-IP tunnel
+// between two Mobile IP home agents (RFC 2003). The gateway strips the
+// outer header to reach ESP and TCP and puts it back on everything it
+// sends; the endpoints see every packet in the tunnel and accept it.
+func TestGatewayIPIP(t *testing.T) {
+	ab := tunnelConfig(0x1001, "192.0.2.1", "192.0.2.2", ipsec.EncAESGCM16)
+	ba := tunnelConfig(0x2002, "192.0.2.2", "192.0.2.1", ipsec.EncAESGCM16)
+	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.01, Seed: 5}
+	n := newTestNetWrap(t, ab, ba, seqivIV{0x77}, seqivIV{0x99}, radio, engine.ModeSplit, ipsec.ClassWrite, true)
+	transfer(t, n.A, n.B, 5001, 1<<20)
+	gs := n.G.Stats()
+	t.Logf("gateway %+v", gs)
+	if gs.IPIP == 0 || gs.Sealed == 0 || gs.Engine.EarlyAcked < 1<<20 {
+		t.Fatalf("the gateway did not work inside the IP-in-IP tunnel: %+v", gs)
+	}
+	for _, sa := range []*ipsec.SA{n.aIn, n.bIn} {
+		if s := sa.Stats(); s.ICVFailures != 0 || s.ReplayDrops != 0 || s.OtherDrops != 0 {
+			t.Fatalf("endpoint refused packets: %+v", s)
+		}
+	}
+	if n.notInTunnel != 0 {
+		t.Fatalf("%d packets reached an endpoint outside the IP-in-IP tunnel", n.notInTunnel)
 	}
 }
