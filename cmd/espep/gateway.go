@@ -66,23 +66,12 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		ctx, cancel = context.WithTimeout(ctx, *dur)
 		defer cancel()
 	}
-	var gw *gateway.Gateway
-	br, err := linkem.OpenWith(*wire, *radio, netem.Config{}, netem.Config{}, nil, func(out func(engine.Side, []byte)) (linkem.Processor, error) {
-		g, err := gateway.New(gateway.Config{Engine: ecfg, Plain: *plain, Log: log}, nil, out)
-		gw = g
-		return g, err
-	}, log)
+	br, gw, stopHUP, err := openGateway(ctx, *wire, *radio, netem.Config{}, netem.Config{}, nil,
+		gateway.Config{Engine: ecfg, Plain: *plain, Log: log}, *saPath)
 	if err != nil {
 		return err
 	}
-	sf := gateway.NewSAFile(gw, *saPath)
-	if err := sf.Load(); err != nil {
-		log.Warn("gateway: no SAs yet; relaying until the file has some", "err", err)
-	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go sf.Watch(ctx, 200*time.Millisecond, hup)
+	defer stopHUP()
 	if *maddr != "" {
 		reg, err := metrics.Registry(gw.Counters("espep_gateway_"))
 		if err != nil {
@@ -98,4 +87,28 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	err = br.Run(ctx)
 	printGatewayStats(stdout, gw, nil)
 	return err
+}
+
+// openGateway bridges interfaces a (wire) and b (radio) through the IPsec
+// gateway — over the emulated links ab, ba and wire, all transparent when
+// zero — with the SAs of saPath, which it re-reads when the file changes
+// and on SIGHUP until ctx ends. stop ends the SIGHUP subscription.
+func openGateway(ctx context.Context, a, b string, ab, ba netem.Config, wire *netem.Config, cfg gateway.Config,
+	saPath string) (br *linkem.Bridge, gw *gateway.Gateway, stop func(), err error) {
+	br, err = linkem.OpenWith(a, b, ab, ba, wire, func(out func(engine.Side, []byte)) (linkem.Processor, error) {
+		g, err := gateway.New(cfg, nil, out)
+		gw = g
+		return g, err
+	}, cfg.Log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	sf := gateway.NewSAFile(gw, saPath)
+	if err := sf.Load(); err != nil {
+		cfg.Log.Warn("gateway: no SAs yet; relaying until the file has some", "err", err)
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go sf.Watch(ctx, 200*time.Millisecond, hup)
+	return br, gw, func() { signal.Stop(hup) }, nil
 }

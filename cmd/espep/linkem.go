@@ -218,22 +218,11 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 		if ecfg == nil {
 			ecfg = &engine.Config{Mode: engine.ModeSplit}
 		}
-		br, err = linkem.OpenWith(*a, *b, cab, cba, wcfg, func(out func(engine.Side, []byte)) (linkem.Processor, error) {
-			g, err := gateway.New(gateway.Config{Engine: *ecfg, Log: log}, nil, out)
-			gw = g
-			return g, err
-		}, log)
-		if err != nil {
+		var stopHUP func()
+		if br, gw, stopHUP, err = openGateway(ctx, *a, *b, cab, cba, wcfg, gateway.Config{Engine: *ecfg, Log: log}, *saPath); err != nil {
 			return err
 		}
-		sf := gateway.NewSAFile(gw, *saPath)
-		if err := sf.Load(); err != nil {
-			log.Warn("gateway: no SAs yet; relaying until the file has some", "err", err)
-		}
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		go sf.Watch(ctx, 200*time.Millisecond, hup)
+		defer stopHUP()
 	} else if br, err = linkem.OpenGateway(*a, *b, cab, cba, ecfg, wcfg, log); err != nil {
 		return err
 	}

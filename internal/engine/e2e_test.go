@@ -3,7 +3,6 @@ package engine_test
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -88,53 +87,15 @@ func newNetCC(t testing.TB, ecfg *engine.Config, wired, radio netem.Config, sack
 	return n
 }
 
-// transfer sends size random bytes from src to dst over TCP and returns
-// the goodput in Mbit/s; it fails the test if the bytes differ.
+// transfer sends size random bytes from src to dst and checks them
+// (gvhost.Transfer); it returns the goodput in Mbit/s.
 func transfer(t testing.TB, src, dst *gvhost.Host, size int, timeout time.Duration) float64 {
 	t.Helper()
-	ln, err := dst.Listen(5001)
+	gp, err := gvhost.Transfer(src, dst, 5001, size, timeout)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	data := make([]byte, size)
-	rand.Read(data)
-	want := sha256.Sum256(data)
-	got := make(chan [32]byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- [32]byte{}
-			return
-		}
-		defer c.Close()
-		h := sha256.New()
-		io.Copy(h, c)
-		var s [32]byte
-		copy(s[:], h.Sum(nil))
-		got <- s
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	start := time.Now()
-	c, err := src.Dial(ctx, netip.AddrPortFrom(dst.Addr(), 5001))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	select {
-	case s := <-got:
-		if s != want {
-			t.Fatalf("received data differs (sha256)")
-		}
-	case <-time.After(timeout):
-		t.Fatalf("transfer of %d bytes did not finish in %v", size, timeout)
-	}
-	return float64(size*8) / time.Since(start).Seconds() / 1e6
+	return gp
 }
 
 var (
@@ -142,23 +103,27 @@ var (
 	radioLink = netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200}
 )
 
+// radioCases are the radio impairments the end-to-end tests run under,
+// with SACK on or off at the hosts.
+var radioCases = []struct {
+	name string
+	sack bool
+	mod  func(*netem.Config)
+}{
+	{"loss2%-sack", true, func(c *netem.Config) { c.Loss = 0.02 }},
+	{"loss2%-nosack", false, func(c *netem.Config) { c.Loss = 0.02 }},
+	{"reorder", true, func(c *netem.Config) { c.Loss = 0.01; c.Reorder = 0.02 }},
+	{"outage", true, func(c *netem.Config) {
+		c.Loss = 0.01
+		c.Outages = []netem.Outage{{From: 300 * time.Millisecond, To: 500 * time.Millisecond}}
+	}},
+}
+
 // TestEndToEnd moves 1 MB each way between two gVisor TCP stacks through
 // the engine over a lossy radio link, with SACK on and off, and checks the
 // bytes; the engine must have repaired losses itself.
 func TestEndToEnd(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		sack bool
-		mod  func(*netem.Config)
-	}{
-		{"loss2%-sack", true, func(c *netem.Config) { c.Loss = 0.02 }},
-		{"loss2%-nosack", false, func(c *netem.Config) { c.Loss = 0.02 }},
-		{"reorder", true, func(c *netem.Config) { c.Loss = 0.01; c.Reorder = 0.02 }},
-		{"outage", true, func(c *netem.Config) {
-			c.Loss = 0.01
-			c.Outages = []netem.Outage{{From: 300 * time.Millisecond, To: 500 * time.Millisecond}}
-		}},
-	} {
+	for _, tc := range radioCases {
 		t.Run(tc.name, func(t *testing.T) {
 			radio := radioLink
 			radio.Seed = 7
@@ -350,19 +315,7 @@ func mustEngine(t testing.TB, cfg engine.Config, out func(engine.Side, []byte)) 
 // and off, reordering and an outage, and checks the bytes; the engine must
 // have acknowledged early and resent on its own.
 func TestSplitEndToEnd(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		sack bool
-		mod  func(*netem.Config)
-	}{
-		{"loss2%-sack", true, func(c *netem.Config) { c.Loss = 0.02 }},
-		{"loss2%-nosack", false, func(c *netem.Config) { c.Loss = 0.02 }},
-		{"reorder", true, func(c *netem.Config) { c.Loss = 0.01; c.Reorder = 0.02 }},
-		{"outage", true, func(c *netem.Config) {
-			c.Loss = 0.01
-			c.Outages = []netem.Outage{{From: 300 * time.Millisecond, To: 500 * time.Millisecond}}
-		}},
-	} {
+	for _, tc := range radioCases {
 		t.Run(tc.name, func(t *testing.T) {
 			radio := radioLink
 			radio.Seed = 7

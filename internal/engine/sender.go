@@ -299,16 +299,7 @@ func (e *Engine) detectLoss(f *flow, st *stream, now time.Time) (seqnum.Value, b
 
 // splitRTT updates a stream's RTT estimate (RFC 6298 §2).
 func (e *Engine) splitRTT(st *stream, r time.Duration) {
-	if st.srtt == 0 {
-		st.srtt, st.rttvar = r, r/2
-	} else {
-		d := st.srtt - r
-		if d < 0 {
-			d = -d
-		}
-		st.rttvar = (3*st.rttvar + d) / 4
-		st.srtt = (7*st.srtt + r) / 8
-	}
+	smoothRTT(&st.srtt, &st.rttvar, r)
 	if st.minRTT == 0 || r < st.minRTT {
 		st.minRTT = r
 	}

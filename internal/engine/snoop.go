@@ -261,18 +261,24 @@ func refreshTSval(pkt []byte, v uint32) bool {
 	return false
 }
 
+// smoothRTT folds an RTT sample into a smoothed RTT and its variation
+// (RFC 6298 §2: α = 1/8, β = 1/4).
+func smoothRTT(srtt, rttvar *time.Duration, r time.Duration) {
+	if *srtt == 0 {
+		*srtt, *rttvar = r, r/2
+		return
+	}
+	d := *srtt - r
+	if d < 0 {
+		d = -d
+	}
+	*rttvar = (3*(*rttvar) + d) / 4
+	*srtt = (7*(*srtt) + r) / 8
+}
+
 // rttSample updates the radio-leg RTT estimate (RFC 6298 §2).
 func (e *Engine) rttSample(f *flow, r time.Duration) {
-	if f.srtt == 0 {
-		f.srtt, f.rttvar = r, r/2
-	} else {
-		d := f.srtt - r
-		if d < 0 {
-			d = -d
-		}
-		f.rttvar = (3*f.rttvar + d) / 4
-		f.srtt = (7*f.srtt + r) / 8
-	}
+	smoothRTT(&f.srtt, &f.rttvar, r)
 	f.rto = min(max(f.srtt+4*f.rttvar, e.cfg.MinRTO), e.cfg.MaxRTO)
 }
 

@@ -723,19 +723,7 @@ func TestSplitZeroAllocs(t *testing.T) {
 		data[i] = h.seg(Wire, header.TCPAck, h.W()+uint32(i*988), h.R(), 65535, 988)
 		acks[i] = h.seg(Radio, header.TCPAck, h.R(), h.W()+uint32((i+1)*988), 65535, 0)
 	}
-	h.e.out = func(Side, []byte) {}
-	i := 0
-	step := func() {
-		h.e.Process(Wire, data[i])
-		h.e.Process(Radio, acks[i])
-		i++
-	}
-	for range 100 { // warm up: the pool, the scoreboard, the timers
-		step()
-	}
-	if a := testing.AllocsPerRun(n-200, step); a != 0 {
-		t.Fatalf("%.2f allocations per segment and ACK", a)
-	}
+	i := noAllocs(t, h.e, data, acks) // the warm-up fills the pool, the scoreboard, the timers
 	if st := h.e.Stats(); st.EarlyAcked != uint64(i*988) || st.Emitted < uint64(2*i) {
 		t.Fatalf("the engine did not work: %+v after %d segments", st, i)
 	}

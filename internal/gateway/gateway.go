@@ -194,8 +194,7 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 	}
 }
 
-// maxRoutes bounds the (source, destination) pairs remembered; beyond it
-// the table starts again and is relearned from the next packets.
+// maxRoutes bounds the (source, destination) pairs remembered.
 const maxRoutes = 1 << 16
 
 // Engine returns the gateway's TCP engine.
@@ -218,14 +217,7 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		// what it carries, and put the same outer header back on what the
 		// gateway sends in that flow's direction.
 		g.c.ipip.Add(1)
-		if src, dst, ok := addrs(inner); ok {
-			g.smu.Lock()
-			if len(g.ipip) >= maxRoutes {
-				clear(g.ipip)
-			}
-			g.ipip[route{src, dst}] = hdr
-			g.smu.Unlock()
-		}
+		remember(g, g.ipip, inner, hdr)
 		pkt = inner
 	}
 	l, err := ipsec.Locate(pkt)
@@ -328,15 +320,24 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		g.learnOuter(st, pkt, inner, l)
 	}
 	st.mu.Unlock()
-	if src, dst, ok := addrs(inner); ok {
-		g.smu.Lock()
-		if len(g.routes) >= maxRoutes {
-			clear(g.routes)
-		}
-		g.routes[route{src, dst}] = st
-		g.smu.Unlock()
-	}
+	remember(g, g.routes, inner, st)
 	g.toEngine(from, inner, orig, st)
+}
+
+// remember maps pkt's (source, destination) to v in m (a table under
+// g.smu), starting m afresh when it reaches maxRoutes: the entries are
+// relearned from the next packets.
+func remember[V any](g *Gateway, m map[route]V, pkt []byte, v V) {
+	src, dst, ok := addrs(pkt)
+	if !ok {
+		return
+	}
+	g.smu.Lock()
+	defer g.smu.Unlock()
+	if len(m) >= maxRoutes {
+		clear(m)
+	}
+	m[route{src, dst}] = v
 }
 
 // learnOuter makes the SA's sealer when its packets show an outer form

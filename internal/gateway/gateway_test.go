@@ -1,13 +1,11 @@
 package gateway
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -267,50 +265,15 @@ func newTestNetWrap(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource, 
 	return n
 }
 
-// transfer sends size random bytes from src to dst and checks them.
+// transfer sends size random bytes from src to dst and checks them
+// (gvhost.Transfer).
 func transfer(t *testing.T, src, dst *gvhost.Host, port uint16, size int) float64 {
 	t.Helper()
-	ln, err := dst.Listen(port)
+	gp, err := gvhost.Transfer(src, dst, port, size, 60*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	data := make([]byte, size)
-	rand.Read(data)
-	want := sha256.Sum256(data)
-	got := make(chan [32]byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- [32]byte{}
-			return
-		}
-		defer c.Close()
-		h := sha256.New()
-		io.Copy(h, c)
-		got <- [32]byte(h.Sum(nil))
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	start := time.Now()
-	c, err := src.Dial(ctx, netip.AddrPortFrom(dst.Addr(), port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	if _, err := c.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	select {
-	case s := <-got:
-		if s != want {
-			t.Fatal("received data differs (sha256)")
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatalf("transfer of %d bytes did not finish", size)
-	}
-	return float64(size*8) / time.Since(start).Seconds() / 1e6
+	return gp
 }
 
 // TestGatewayTunnel: gVisor TCP through ESP tunnels (every AEAD, with the
