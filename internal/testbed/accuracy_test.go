@@ -63,7 +63,11 @@ func TestLinkemRate(t *testing.T) {
 }
 
 // TestLinkemDelay: the RTT added by --delay D (each way) is within 1 ms
-// of 2·D.
+// of 2·D. It compares median RTTs of 50 pings: netem arms its timers early
+// by their usual lateness so that deliveries are on time on average, which
+// makes the minimum read early (18.9 ms for 20), and a busy machine (CI
+// runs other test packages beside this one) drags the mean late with a few
+// pings (22.7 ms for 20 once); the median is what a typical packet sees.
 func TestLinkemDelay(t *testing.T) {
 	measure := func(flags ...string) float64 {
 		th, err := NewTwoHosts(ForTest(t), espepBin, flags...)
@@ -75,17 +79,17 @@ func TestLinkemDelay(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
-		avg, err := parsePing(string(out), 1)
+		rtt, err := pingMedian(string(out))
 		if err != nil {
 			t.Fatal(err)
 		}
-		return avg
+		return rtt
 	}
 	base := measure()
 	for _, d := range []int{10, 40} {
 		got := measure("--delay", fmt.Sprintf("%dms", d))
 		added := got - base
-		t.Logf("linkem delay %d ms each way: RTT %.3f ms, base %.3f ms, added %.3f ms (want %d)", d, got, base, added, 2*d)
+		t.Logf("linkem delay %d ms each way: median RTT %.3f ms, base %.3f ms, added %.3f ms (want %d)", d, got, base, added, 2*d)
 		if math.Abs(added-float64(2*d)) > 1 {
 			t.Errorf("delay %d ms: added RTT %.3f ms, want %d ± 1", d, added, 2*d)
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 )
 
@@ -17,6 +18,26 @@ func parsePing(out string, which int) (float64, error) {
 		return 0, fmt.Errorf("no rtt summary in ping output")
 	}
 	return strconv.ParseFloat(m[1+which], 64)
+}
+
+var pingTime = regexp.MustCompile(`time=([0-9.]+) ms`)
+
+// pingMedian returns the median of the per-packet RTTs ping printed, in
+// milliseconds.
+func pingMedian(out string) (float64, error) {
+	var rtts []float64
+	for _, m := range pingTime.FindAllStringSubmatch(out, -1) {
+		v, err := strconv.ParseFloat(m[1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("ping time %q: %w", m[1], err)
+		}
+		rtts = append(rtts, v)
+	}
+	if len(rtts) == 0 {
+		return 0, fmt.Errorf("no replies in ping output")
+	}
+	slices.Sort(rtts)
+	return rtts[len(rtts)/2], nil
 }
 
 // IperfResult is what the measurements read from `iperf3 --json`.
