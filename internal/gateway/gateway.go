@@ -146,6 +146,9 @@ type saState struct {
 	// sealer seals in the outer form the endpoint's packets show, when the
 	// SA file did not say it (esp_sa lines carry no mode and no UDP ports).
 	sealer *ipsec.SA
+	// outer is the SA whose packets carried this one's last (the next
+	// layer of an AH+ESP bundle), nil when this SA is the outermost.
+	outer *saState
 }
 
 // New makes a gateway that sends through out (which must not keep pkt)
@@ -161,7 +164,7 @@ func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gat
 		cfg.SeqJump = 0
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Log, out: out, states: map[ipsec.ID]*saState{}, routes: map[route]*saState{},
-		inBuf: make([]byte, 2*ipsec.MaxHeadroom+65536), sealBuf: make([]byte, 2*ipsec.MaxHeadroom+65536+ipsec.MaxTailroom),
+		inBuf: make([]byte, 2*ipsec.MaxHeadroom+65536), sealBuf: make([]byte, (maxBundle+1)*ipsec.MaxHeadroom+65536+maxBundle*ipsec.MaxTailroom),
 		wrapBuf: make([]byte, 2*ipsec.MaxHeadroom+65536+ipsec.MaxTailroom), ipip: map[route]*ipipHdr{}}
 	var err error
 	if g.eng, err = engine.New(cfg.Engine, g.engineOut); err != nil {
@@ -293,35 +296,99 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 	}
 	buf := g.inBuf[off : off+len(pkt)]
 	copy(buf, pkt)
-	inner, err := e.Write.OpenAt(buf, l)
-	if err != nil {
-		switch {
-		case errors.Is(err, ipsec.ErrICV):
-			g.c.icv.Add(1)
-		case errors.Is(err, ipsec.ErrReplay):
-			g.c.replays.Add(1)
-		default:
-			g.c.openErrors.Add(1)
-		}
+	inner, st, ok := g.openBundle(buf, l, st)
+	if !ok {
 		g.relay(to, orig) // the receiver decides; it would refuse it too
 		return
 	}
-	g.c.opened.Add(1)
-	seq := seq64(e.Write, l.Seq)
-	if l.Kind == ipsec.KindESP && l.Off+16 <= len(pkt) {
-		if err := st.nonce.observe(pkt[l.Off+8:l.Off+16], seq); err != nil {
-			g.c.downgrades.Add(1)
-			g.log.Warn("gateway: SA downgraded to relaying", "sa", e.Config.ID(), "err", err)
-		}
-	}
-	st.mu.Lock()
-	st.maxIn = max(st.maxIn, seq)
-	if st.sealer == nil {
-		g.learnOuter(st, pkt, inner, l)
-	}
-	st.mu.Unlock()
 	remember(g, g.routes, inner, st)
 	g.toEngine(from, inner, orig, st)
+}
+
+// maxBundle bounds the IPsec headers the gateway opens in one packet (an
+// AH+ESP bundle is two; ESP in a tunnel in ESP too).
+const maxBundle = 3
+
+// openBundle verifies and opens pkt (a copy, opened in place) on st's SA,
+// and any IPsec inside it on the SAs it names — an AH+ESP bundle (RFC
+// 4301 §4.5) — down to the packet they protect. It returns that packet
+// and the state of the innermost SA, whose outer chain now records the
+// SAs around it (outermost last), so that engineOut seals in the same
+// order. ok is false when any layer cannot be opened (counted); the caller
+// relays the original then.
+func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte, _ *saState, ok bool) {
+	var outer *saState
+	for depth := 1; ; depth++ {
+		// Read what the open overwrites, act on it only once verified.
+		var iv [8]byte
+		hasIV := l.Kind == ipsec.KindESP && l.Off+16 <= len(pkt)
+		if hasIV {
+			copy(iv[:], pkt[l.Off+8:])
+		}
+		var sp, dp uint16
+		if l.UDPOff >= 0 && l.UDPOff+4 <= len(pkt) {
+			sp, dp = binary.BigEndian.Uint16(pkt[l.UDPOff:]), binary.BigEndian.Uint16(pkt[l.UDPOff+2:])
+		}
+		e := st.e
+		inner, err := e.Write.OpenAt(pkt, l)
+		if err != nil {
+			switch {
+			case errors.Is(err, ipsec.ErrICV):
+				g.c.icv.Add(1)
+			case errors.Is(err, ipsec.ErrReplay):
+				g.c.replays.Add(1)
+			default:
+				g.c.openErrors.Add(1)
+			}
+			return nil, nil, false
+		}
+		g.c.opened.Add(1)
+		seq := seq64(e.Write, l.Seq)
+		if hasIV {
+			if err := st.nonce.observe(iv[:], seq); err != nil {
+				g.c.downgrades.Add(1)
+				g.log.Warn("gateway: SA downgraded to relaying", "sa", e.Config.ID(), "err", err)
+			}
+		}
+		st.mu.Lock()
+		st.maxIn = max(st.maxIn, seq)
+		st.outer = outer
+		if st.sealer == nil {
+			g.learnOuter(st, sp, dp, inner, l)
+		}
+		st.mu.Unlock()
+
+		// IPsec again inside (transport-mode ESP under AH, or a tunnel in
+		// a tunnel)?
+		il, err := ipsec.Locate(inner)
+		if err != nil || (il.Kind != ipsec.KindESP && il.Kind != ipsec.KindAH) {
+			return inner, st, true
+		}
+		if depth == maxBundle {
+			g.c.malformed.Add(1)
+			return nil, nil, false
+		}
+		proto := ipsec.ESP
+		if il.Kind == ipsec.KindAH {
+			proto = ipsec.AH
+		}
+		ie, _ := g.sad.Load().Lookup(il.SPI, il.Dst, proto)
+		switch {
+		case ie == nil:
+			g.c.unknown.Add(1)
+			return nil, nil, false
+		case ie.Class() != ipsec.ClassWrite:
+			// A layer the gateway may not seal on: it cannot re-seal the
+			// bundle, so the bundle passes as it came.
+			g.c.classNone.Add(1)
+			return nil, nil, false
+		}
+		ist := g.state(ie)
+		if ist.nonce.broken {
+			return nil, nil, false
+		}
+		outer, st, pkt, l = st, ist, inner, il
+	}
 }
 
 // remember maps pkt's (source, destination) to v in m (a table under
@@ -343,8 +410,8 @@ func remember[V any](g *Gateway, m map[route]V, pkt []byte, v V) {
 // learnOuter makes the SA's sealer when its packets show an outer form
 // its configuration does not state: the mode (for an SA of unknown mode,
 // tunnel when the inner addresses are not the outer ones) and the UDP
-// encapsulation ports. st.mu is held.
-func (g *Gateway) learnOuter(st *saState, pkt, inner []byte, l ipsec.Loc) {
+// encapsulation ports sp and dp (0: none). st.mu is held.
+func (g *Gateway) learnOuter(st *saState, sp, dp uint16, inner []byte, l ipsec.Loc) {
 	cfg := st.e.Config
 	mode := cfg.Mode
 	if mode == ipsec.ModeAny {
@@ -352,10 +419,6 @@ func (g *Gateway) learnOuter(st *saState, pkt, inner []byte, l ipsec.Loc) {
 		if src, dst, ok := addrs(inner); ok && (src != l.Src || dst != l.Dst) {
 			mode = ipsec.Tunnel
 		}
-	}
-	var sp, dp uint16
-	if l.UDPOff >= 0 && l.UDPOff+4 <= len(pkt) {
-		sp, dp = binary.BigEndian.Uint16(pkt[l.UDPOff:]), binary.BigEndian.Uint16(pkt[l.UDPOff+2:])
 	}
 	if mode == cfg.Mode && sp == cfg.EncapSrcPort && dp == cfg.EncapDstPort {
 		return
@@ -446,9 +509,10 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 			g.out(to, g.curOrig) // plain TCP
 			return
 		}
-		// Until the gateway may seal on the SA, the packet goes out as it
-		// came; from then on the gateway numbers every packet on it.
-		if _, ok := g.curSt.nonce.ivSource(); !ok {
+		// Until the gateway may seal on the SA (and on every SA of its
+		// bundle), the packet goes out as it came; from then on the
+		// gateway numbers every packet on them.
+		if !g.maySeal(g.curSt) {
 			g.c.originals.Add(1)
 			g.out(to, g.curOrig)
 			return
@@ -465,14 +529,64 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 		g.send(to, pkt) // a flow the gateway never saw protected: plain
 		return
 	}
-	if e, _ := g.sad.Load().Lookup(st.e.Config.SPI, st.e.Config.Dst, st.e.Config.Proto); e != st.e {
-		g.c.notYetSafe.Add(1) // the SA is gone: nothing to seal with
+	if !g.maySeal(st) {
+		g.c.notYetSafe.Add(1) // an SA gone, or its IV generator not confirmed
 		return
 	}
+	// Seal innermost first, each SA of the bundle around what the one
+	// before made, in place in sealBuf.
+	off := maxBundle * ipsec.MaxHeadroom
+	n := len(pkt)
+	if off+n+maxBundle*ipsec.MaxTailroom > len(g.sealBuf) {
+		g.c.sealErrors.Add(1)
+		return
+	}
+	copy(g.sealBuf[off:], pkt)
+	var outer []byte
+	for i := 0; st != nil && i < maxBundle; i++ {
+		var err error
+		if outer, st, err = g.sealOn(st, g.sealBuf[:off+n], off, n); err != nil {
+			g.c.sealErrors.Add(1)
+			g.log.Warn("gateway: seal", "err", err)
+			return
+		}
+		off, n = len(g.sealBuf)-cap(outer), len(outer)
+	}
+	g.c.sealed.Add(1)
+	g.send(to, outer)
+}
+
+// maySeal reports whether the gateway may seal on st's SA and on every SA
+// around it: each still in the SAD, each IV generator confirmed.
+func (g *Gateway) maySeal(st *saState) bool {
+	sad := g.sad.Load()
+	for i := 0; st != nil; i++ {
+		if i == maxBundle {
+			return false
+		}
+		c := &st.e.Config
+		if e, _ := sad.Lookup(c.SPI, c.Dst, c.Proto); e != st.e {
+			return false
+		}
+		if _, ok := st.nonce.ivSource(); !ok {
+			return false
+		}
+		st.mu.Lock()
+		next := st.outer
+		st.mu.Unlock()
+		st = next
+	}
+	return true
+}
+
+// sealOn seals buf[off:off+n] on st's SA with the next sequence number the
+// gateway owns on it, and returns the sealed packet (within buf's
+// capacity) and the SA to seal that in next, if the SA is part of a
+// bundle.
+func (g *Gateway) sealOn(st *saState, buf []byte, off, n int) ([]byte, *saState, error) {
 	ivs, ok := st.nonce.ivSource()
 	if !ok {
-		g.c.notYetSafe.Add(1)
-		return
+		return nil, nil, fmt.Errorf("sa %v: iv generator not confirmed", st.e.Config.ID())
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -485,21 +599,12 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 		st.last = st.maxIn + uint64(g.cfg.SeqJump)
 	}
 	seq := max(st.last+1, st.maxIn)
-	off := ipsec.MaxHeadroom
-	n := copy(g.sealBuf[off:], pkt)
-	if n < len(pkt) {
-		g.c.sealErrors.Add(1)
-		return
-	}
-	outer, err := sa.SealWith(g.sealBuf, off, n, seq, ivs)
+	out, err := sa.SealWith(buf, off, n, seq, ivs)
 	if err != nil {
-		g.c.sealErrors.Add(1)
-		g.log.Warn("gateway: seal", "sa", st.e.Config.ID(), "err", err)
-		return
+		return nil, nil, fmt.Errorf("sa %v: %w", st.e.Config.ID(), err)
 	}
 	st.last = seq
-	g.c.sealed.Add(1)
-	g.send(to, outer)
+	return out, st.outer, nil
 }
 
 // send puts a packet the gateway made (sealed, or the engine's own plain

@@ -66,6 +66,11 @@ func (l *ivLog) record(pkt []byte) {
 		pkt = in
 	}
 	loc, err := ipsec.Locate(pkt)
+	if err == nil && loc.Kind == ipsec.KindAH && loc.Off+2 <= len(pkt) && pkt[loc.Off] == header.ProtoESP {
+		// ESP in an AH+ESP bundle: right after the AH header.
+		loc.Off += (int(pkt[loc.Off+1]) + 2) * 4
+		loc.Kind = ipsec.KindESP
+	}
 	if err != nil || loc.Kind != ipsec.KindESP || loc.Off+16 > len(pkt) {
 		return
 	}
@@ -91,6 +96,9 @@ type testNet struct {
 	G            *Gateway
 	aOut, aIn    *ipsec.SA // router A: seals A's packets (SA ab), opens B's (SA ba)
 	bOut, bIn    *ipsec.SA
+	// With an outer SA per direction (an AH+ESP bundle), the routers seal
+	// in it after the inner one and open it first.
+	aOutOuter, aInOuter, bOutOuter, bInOuter *ipsec.SA
 	wired, radio *netem.Pair
 	ivs          *ivLog
 	sad          *ipsec.SAD // the gateway's
@@ -152,6 +160,21 @@ func ipipUnwrap(pkt []byte) ([]byte, bool) {
 }
 
 func newTestNetWrap(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource, radio netem.Config, mode engine.Mode, class ipsec.Class, ipip bool) *testNet {
+	return newTestNetBundle(t, ab, ba, nil, nil, ivA, ivB, radio, mode, class, ipip)
+}
+
+// receivers are the routers' inbound SAs.
+func (n *testNet) receivers() []*ipsec.SA {
+	rs := []*ipsec.SA{n.aIn, n.bIn}
+	if n.aInOuter != nil {
+		rs = append(rs, n.aInOuter, n.bInOuter)
+	}
+	return rs
+}
+
+// newTestNetBundle is newTestNetWrap with, when outerAB and outerBA are
+// given, a second SA per direction sealed around the first: a bundle.
+func newTestNetBundle(t *testing.T, ab, ba ipsec.Config, outerAB, outerBA *ipsec.Config, ivA, ivB ipsec.IVSource, radio netem.Config, mode engine.Mode, class ipsec.Class, ipip bool) *testNet {
 	t.Helper()
 	n := &testNet{ivs: &ivLog{seen: map[[12]byte][32]byte{}}}
 	mk := func(c ipsec.Config) *ipsec.SA {
@@ -168,7 +191,12 @@ func newTestNetWrap(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource, 
 	}
 	n.sad = &ipsec.SAD{}
 	sad := n.sad
-	for _, c := range []ipsec.Config{ab, ba} {
+	cfgs := []ipsec.Config{ab, ba}
+	if outerAB != nil {
+		n.aOutOuter, n.aInOuter, n.bOutOuter, n.bInOuter = mk(*outerAB), mk(*outerBA), mk(*outerBA), mk(*outerAB)
+		cfgs = append(cfgs, *outerAB, *outerBA)
+	}
+	for _, c := range cfgs {
 		c.Class = class
 		if class == ipsec.ClassRead {
 			c.IntegKey = nil // what a security server hands a read gateway
@@ -205,9 +233,12 @@ func newTestNetWrap(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource, 
 	radioBA := radio
 	radioBA.Seed++
 	wired := netem.Config{Rate: 100e6, Delay: 20 * time.Millisecond}
-	accepted := map[*ipsec.SA]map[uint32]bool{n.aIn: {}, n.bIn: {}}
+	accepted := map[*ipsec.SA]map[uint32]bool{}
+	for _, sa := range n.receivers() {
+		accepted[sa] = map[uint32]bool{}
+	}
 	var amu sync.Mutex
-	open := func(sa *ipsec.SA, h *gvhost.Host) func([]byte) {
+	open := func(sa, outer *ipsec.SA, h *gvhost.Host) func([]byte) {
 		return func(pkt []byte) {
 			if ipip {
 				var ok bool
@@ -218,10 +249,24 @@ func newTestNetWrap(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource, 
 					return
 				}
 			}
-			l, _ := ipsec.Locate(pkt)
-			inner, err := sa.Open(pkt)
 			amu.Lock()
 			defer amu.Unlock()
+			if outer != nil {
+				l, _ := ipsec.Locate(pkt)
+				in, err := outer.Open(pkt)
+				switch {
+				case err == nil:
+					accepted[outer][l.Seq] = true
+					pkt = in
+				case errors.Is(err, ipsec.ErrReplay) && !accepted[outer][l.Seq]:
+					n.freshRefused++
+					return
+				default:
+					return
+				}
+			}
+			l, _ := ipsec.Locate(pkt)
+			inner, err := sa.Open(pkt)
 			switch {
 			case err == nil:
 				accepted[sa][l.Seq] = true
@@ -232,14 +277,19 @@ func newTestNetWrap(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource, 
 		}
 	}
 	n.cur.Store(n.G)
-	if n.wired, err = netem.NewPair(wired, wired, nil, func(p []byte) { n.cur.Load().Process(engine.Wire, p) }, open(n.aIn, n.A)); err != nil {
+	if n.wired, err = netem.NewPair(wired, wired, nil, func(p []byte) { n.cur.Load().Process(engine.Wire, p) }, open(n.aIn, n.aInOuter, n.A)); err != nil {
 		t.Fatal(err)
 	}
-	if n.radio, err = netem.NewPair(radio, radioBA, nil, open(n.bIn, n.B), func(p []byte) { n.cur.Load().Process(engine.Radio, p) }); err != nil {
+	if n.radio, err = netem.NewPair(radio, radioBA, nil, open(n.bIn, n.bInOuter, n.B), func(p []byte) { n.cur.Load().Process(engine.Radio, p) }); err != nil {
 		t.Fatal(err)
 	}
 	go n.A.Run(func(p []byte) {
 		if s := seal(n.aOut, p); s != nil {
+			if n.aOutOuter != nil {
+				if s = seal(n.aOutOuter, s); s == nil {
+					return
+				}
+			}
 			n.ivs.record(s)
 			if ipip {
 				s = ipipWrap("198.51.100.1", "198.51.100.2", s)
@@ -249,6 +299,11 @@ func newTestNetWrap(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource, 
 	})
 	go n.B.Run(func(p []byte) {
 		if s := seal(n.bOut, p); s != nil {
+			if n.bOutOuter != nil {
+				if s = seal(n.bOutOuter, s); s == nil {
+					return
+				}
+			}
 			n.ivs.record(s)
 			if ipip {
 				s = ipipWrap("198.51.100.2", "198.51.100.1", s)
@@ -352,7 +407,7 @@ func TestGatewayRandomIVs(t *testing.T) {
 	if gs.NonceDowngrades != 2 || gs.Sealed != 0 {
 		t.Fatalf("gateway: %+v", gs)
 	}
-	for _, sa := range []*ipsec.SA{n.aIn, n.bIn} {
+	for _, sa := range n.receivers() {
 		if s := sa.Stats(); s.ICVFailures != 0 || s.ReplayDrops != 0 {
 			t.Fatalf("endpoint refused packets: %+v", s)
 		}
@@ -380,7 +435,7 @@ func TestGatewayReadClass(t *testing.T) {
 	if gs.ClassRead == 0 || gs.Sealed != 0 || gs.Engine.LocalRexmits+gs.Engine.TimeoutRexmits == 0 || gs.Engine.EarlyAcked != 0 {
 		t.Fatalf("the gateway did not snoop on ciphertext: %+v", gs)
 	}
-	for _, sa := range []*ipsec.SA{n.aIn, n.bIn} {
+	for _, sa := range n.receivers() {
 		s := sa.Stats()
 		t.Logf("endpoint: %+v", s)
 		if s.ICVFailures != 0 || s.OtherDrops != 0 {
@@ -436,7 +491,7 @@ func TestGatewayFailOpen(t *testing.T) {
 	if g1s.Unknown == 0 || g1s.Opened == 0 || g2s.Opened == 0 || g2s.Sealed == 0 || g2s.Engine.EarlyAcked < 1<<20 {
 		t.Fatalf("the gateways did not relay, take over and split as expected")
 	}
-	for _, sa := range []*ipsec.SA{n.aIn, n.bIn} {
+	for _, sa := range n.receivers() {
 		if s := sa.Stats(); s.ICVFailures != 0 || s.OtherDrops != 0 {
 			t.Fatalf("endpoint refused packets: %+v", s)
 		}
@@ -451,18 +506,20 @@ func TestGatewayFailOpen(t *testing.T) {
 // each way sealed the way the endpoint's packets showed; split mode, 1 %
 // loss, every packet accepted, the bytes intact.
 func TestGatewayVariants(t *testing.T) {
+	transport := func(c *ipsec.Config, ab bool) {
+		c.Mode = ipsec.Transport
+		c.Src, c.Dst = netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+		if !ab {
+			c.Src, c.Dst = c.Dst, c.Src
+		}
+	}
 	for _, v := range []struct {
-		name string
-		mod  func(c *ipsec.Config, ab bool)
+		name   string
+		mod    func(c *ipsec.Config, ab bool)
+		bundle bool // AH in transport mode around the ESP
 	}{
-		{"transport", func(c *ipsec.Config, ab bool) {
-			c.Mode = ipsec.Transport
-			c.Src, c.Dst = netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
-			if !ab {
-				c.Src, c.Dst = c.Dst, c.Src
-			}
-		}},
-		{"udp4500", func(c *ipsec.Config, ab bool) { c.EncapSrcPort, c.EncapDstPort = 4500, 4500 }},
+		{"transport", transport, false},
+		{"udp4500", func(c *ipsec.Config, ab bool) { c.EncapSrcPort, c.EncapDstPort = 4500, 4500 }, false},
 		{"ah-transport", func(c *ipsec.Config, ab bool) {
 			c.Proto, c.Enc, c.EncKey = ipsec.AH, ipsec.EncNone, nil
 			c.Integ, c.IntegKey = ipsec.IntegSHA256_128, make([]byte, 32)
@@ -472,13 +529,14 @@ func TestGatewayVariants(t *testing.T) {
 			if !ab {
 				c.Src, c.Dst = c.Dst, c.Src
 			}
-		}},
+		}, false},
+		{"ah+esp-transport", transport, true},
 		{"ipv6-outer", func(c *ipsec.Config, ab bool) {
 			c.Src, c.Dst = netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2")
 			if !ab {
 				c.Src, c.Dst = c.Dst, c.Src
 			}
-		}},
+		}, false},
 	} {
 		t.Run(v.name, func(t *testing.T) {
 			ab := tunnelConfig(0x1001, "192.0.2.1", "192.0.2.2", ipsec.EncAESGCM16)
@@ -490,14 +548,41 @@ func TestGatewayVariants(t *testing.T) {
 			if ab.Proto == ipsec.AH {
 				ivA, ivB = nil, nil
 			}
-			n := newTestNetSAs(t, ab, ba, ivA, ivB, radio, engine.ModeSplit, ipsec.ClassWrite)
+			var outerAB, outerBA *ipsec.Config
+			if v.bundle {
+				ah := func(spi uint32, ab bool) *ipsec.Config {
+					c := tunnelConfig(spi, "192.0.2.1", "192.0.2.2", ipsec.EncNone)
+					c.Proto, c.EncKey = ipsec.AH, nil
+					c.Integ, c.IntegKey = ipsec.IntegSHA256_128, make([]byte, 32)
+					rand.Read(c.IntegKey)
+					transport(&c, ab)
+					return &c
+				}
+				outerAB, outerBA = ah(0x3003, true), ah(0x4004, false)
+			}
+			n := newTestNetBundle(t, ab, ba, outerAB, outerBA, ivA, ivB, radio, engine.ModeSplit, ipsec.ClassWrite, false)
 			transfer(t, n.A, n.B, 5001, 1<<20)
 			transfer(t, n.B, n.A, 5002, 256<<10)
 			gs := n.G.Stats()
 			if gs.Opened == 0 || gs.Sealed == 0 || gs.Engine.EarlyAcked < 1<<20 || gs.ICVFailures+gs.OpenErrors+gs.SealErrors != 0 {
 				t.Fatalf("gateway: %+v", gs)
 			}
-			for _, sa := range []*ipsec.SA{n.aIn, n.bIn} {
+			if v.bundle {
+				// Both layers of each direction numbered by the gateway.
+				owned := 0
+				for _, sa := range n.G.SAs() {
+					if sa.Owned {
+						owned++
+					}
+				}
+				if owned != 4 {
+					t.Fatalf("the gateway sealed on %d of the bundle's 4 SAs: %+v", owned, n.G.SAs())
+				}
+				if n.aInOuter.Stats().InPackets == 0 {
+					t.Fatalf("the AH layer never reached router A")
+				}
+			}
+			for _, sa := range n.receivers() {
 				if s := sa.Stats(); s.ICVFailures != 0 || s.ReplayDrops != 0 || s.OtherDrops != 0 {
 					t.Fatalf("endpoint refused packets: %+v", s)
 				}
@@ -524,7 +609,7 @@ func TestGatewayIPIP(t *testing.T) {
 	if gs.IPIP == 0 || gs.Sealed == 0 || gs.Engine.EarlyAcked < 1<<20 {
 		t.Fatalf("the gateway did not work inside the IP-in-IP tunnel: %+v", gs)
 	}
-	for _, sa := range []*ipsec.SA{n.aIn, n.bIn} {
+	for _, sa := range n.receivers() {
 		if s := sa.Stats(); s.ICVFailures != 0 || s.ReplayDrops != 0 || s.OtherDrops != 0 {
 			t.Fatalf("endpoint refused packets: %+v", s)
 		}
