@@ -141,40 +141,58 @@ func hostStats(out string) map[string]int { return counters(out, "espep host:") 
 func TestHostFileTransfer(t *testing.T) {
 	payload := make([]byte, 1<<20)
 	rand.Read(payload)
-	want := sha256.Sum256(payload)
 	for _, c := range hostCases {
 		t.Run(c.name, func(t *testing.T) {
-			p := startHostPair(t, c)
-			b, a, bn, ha, hb, dir, lb, saPath, capPath, dump := p.b, p.a, p.bn, p.ha, p.hb, p.dir, p.lb, p.saPath, p.capPath, p.dump
-			in, out := filepath.Join(dir, "in.bin"), filepath.Join(dir, "out.bin")
-			must(t, os.WriteFile(in, payload, 0o600))
-			srv, err := b.Start(bn, "sh", "-c", fmt.Sprintf("timeout 30 nc -l -s %s -p 5001 > %s", lb, out))
-			must(t, err)
-			must(t, b.WaitListen(bn, "tcp", 5001, 5*time.Second))
-			if o, err := b.Run(a, "sh", "-c", fmt.Sprintf("timeout 30 nc -N -w 10 %s 5001 < %s", lb, in)); err != nil {
-				t.Fatalf("send: %v\n%s\nhost a:\n%s\nhost b:\n%s", err, o, ha.Output(), hb.Output())
-			}
-			must(t, srv.Wait(15*time.Second))
-			got, err := os.ReadFile(out)
-			must(t, err)
-			if sha256.Sum256(got) != want {
-				t.Fatalf("received %d bytes, sha256 differs", len(got))
-			}
-			time.Sleep(200 * time.Millisecond)
-			dump.Stop()
-			ha.Signal(syscall.SIGTERM)
-			hb.Signal(syscall.SIGTERM)
-			ha.Wait(5 * time.Second)
-			hb.Wait(5 * time.Second)
-			sa, sb := hostStats(ha.Output()), hostStats(hb.Output())
-			t.Logf("host a: %v\nhost b: %v", sa, sb)
-			if sa["sealed"] < 100 || sb["opened"] < 100 || sb["sealed"] < 10 || sa["opened"] < 10 ||
-				sa["open-errors"]+sb["open-errors"]+sa["policy-drops"]+sb["policy-drops"] != 0 {
-				t.Fatalf("counters do not show the transfer going through IPsec")
-			}
-			checkWire(t, c, capPath, saPath)
+			hostTransfer(t, c, startHostPair(t, c), payload)
 		})
 	}
+}
+
+// hostTransfer sends payload from host a to host b over TCP (nc), checks
+// its SHA-256, stops the hosts (and the command between them), checks
+// that their counters show the transfer going through IPsec with nothing
+// refused, and has tshark and scapy check the capture.
+func hostTransfer(t *testing.T, c hostCase, p *hostPair, payload []byte) {
+	t.Helper()
+	want := sha256.Sum256(payload)
+	b, a, bn, ha, hb, dir, lb, saPath, capPath, dump := p.b, p.a, p.bn, p.ha, p.hb, p.dir, p.lb, p.saPath, p.capPath, p.dump
+	in, out := filepath.Join(dir, "in.bin"), filepath.Join(dir, "out.bin")
+	must(t, os.WriteFile(in, payload, 0o600))
+	srv, err := b.Start(bn, "sh", "-c", fmt.Sprintf("timeout 30 nc -l -s %s -p 5001 > %s", lb, out))
+	must(t, err)
+	must(t, b.WaitListen(bn, "tcp", 5001, 5*time.Second))
+	if o, err := b.Run(a, "sh", "-c", fmt.Sprintf("timeout 30 nc -N -w 10 %s 5001 < %s", lb, in)); err != nil {
+		mid := ""
+		if p.mid != nil {
+			mid = p.mid.Output()
+		}
+		t.Fatalf("send: %v\n%s\nhost a:\n%s\nhost b:\n%s\nbetween:\n%s", err, o, ha.Output(), hb.Output(), lastLines([]byte(mid), 10))
+	}
+	must(t, srv.Wait(15*time.Second))
+	got, err := os.ReadFile(out)
+	must(t, err)
+	if sha256.Sum256(got) != want {
+		t.Fatalf("received %d bytes, sha256 differs", len(got))
+	}
+	time.Sleep(200 * time.Millisecond)
+	dump.Stop()
+	for _, h := range []*Proc{ha, hb, p.mid} {
+		if h != nil {
+			h.Signal(syscall.SIGTERM)
+		}
+	}
+	for _, h := range []*Proc{ha, hb, p.mid} {
+		if h != nil {
+			h.Wait(5 * time.Second)
+		}
+	}
+	sa, sb := hostStats(ha.Output()), hostStats(hb.Output())
+	t.Logf("host a: %v\nhost b: %v", sa, sb)
+	if sa["sealed"] < 100 || sb["opened"] < 100 || sb["sealed"] < 10 || sa["opened"] < 10 ||
+		sa["open-errors"]+sb["open-errors"]+sa["policy-drops"]+sb["policy-drops"] != 0 {
+		t.Fatalf("counters do not show the transfer going through IPsec with every packet accepted")
+	}
+	checkWire(t, c, capPath, saPath)
 }
 
 // hostPair is two espep hosts in namespaces a and b on one veth, with a
@@ -183,6 +201,7 @@ type hostPair struct {
 	b               *Bed
 	a, bn           string
 	ha, hb, dump    *Proc
+	mid             *Proc // the espep command between a and b, if any
 	dir, la, lb     string
 	saPath, capPath string
 }
@@ -190,6 +209,14 @@ type hostPair struct {
 func startHostPair(t *testing.T, c hostCase) *hostPair { return startHostPairOpt(t, c, true) }
 
 func startHostPairOpt(t *testing.T, c hostCase, capture bool) *hostPair {
+	return startHostPairVia(t, c, capture, nil)
+}
+
+// startHostPairVia is startHostPairOpt with, when middle is given, a third
+// namespace m between a and b in which the espep command middle bridges
+// xa (toward a, the wire side) and xb (toward b, the radio side); its
+// arguments may name the SA file as {sa}.
+func startHostPairVia(t *testing.T, c hostCase, capture bool, middle []string) *hostPair {
 	t.Helper()
 	b := ForTest(t)
 	p := &hostPair{b: b, dir: t.TempDir()}
@@ -199,7 +226,15 @@ func startHostPairOpt(t *testing.T, c hostCase, capture bool) *hostPair {
 	p.bn, err = b.NS("b")
 	must(t, err)
 	a, bn, dir := p.a, p.bn, p.dir
-	must(t, b.Veth(a, "a0", bn, "b0"))
+	var m string
+	if middle == nil {
+		must(t, b.Veth(a, "a0", bn, "b0"))
+	} else {
+		m, err = b.NS("m")
+		must(t, err)
+		must(t, b.Veth(a, "a0", m, "xa"))
+		must(t, b.Veth(m, "xb", bn, "b0"))
+	}
 	oa, ob, plen := "10.77.1.1", "10.77.1.2", "/24"
 	if c.outer6 {
 		oa, ob, plen = "fd00:77::1", "fd00:77::2", "/64"
@@ -218,6 +253,15 @@ func startHostPairOpt(t *testing.T, c hostCase, capture bool) *hostPair {
 	p.la, p.lb = la, lb
 	p.saPath = filepath.Join(dir, "sa.conf")
 	must(t, os.WriteFile(p.saPath, []byte(c.saFile(oa, ob)), 0o600))
+	if middle != nil {
+		args := make([]string, len(middle))
+		for i, x := range middle {
+			args[i] = strings.ReplaceAll(x, "{sa}", p.saPath)
+		}
+		p.mid, err = b.Start(m, append([]string{espepBin}, args...)...)
+		must(t, err)
+		must(t, waitFor(p.mid, " running", 10*time.Second))
+	}
 	ca, cb := filepath.Join(dir, "a.conf"), filepath.Join(dir, "b.conf")
 	must(t, os.WriteFile(ca, []byte(c.hostConfig(p.saPath, la, lb, ta, 0x1001)), 0o600))
 	must(t, os.WriteFile(cb, []byte(c.hostConfig(p.saPath, lb, la, tb, 0x1002)), 0o600))
