@@ -17,6 +17,9 @@ import (
 var espepBin string
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(ipipEnv); spec != "" {
+		os.Exit(ipipRouterMain(spec)) // this binary run again as a router
+	}
 	code := func() int {
 		if Available() == nil {
 			dir, err := os.MkdirTemp("", "espep-testbed")
