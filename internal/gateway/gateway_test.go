@@ -92,20 +92,20 @@ func (l *ivLog) record(pkt []byte) {
 //
 //	A ─ router A ══ wired ══ gateway ══ radio ══ router B ─ B
 type testNet struct {
-	A, B         *gvhost.Host
-	G            *Gateway
-	aOut, aIn    *ipsec.SA // router A: seals A's packets (SA ab), opens B's (SA ba)
-	bOut, bIn    *ipsec.SA
+	A, B      *gvhost.Host
+	G         *Gateway
+	aOut, aIn *ipsec.SA // router A: seals A's packets (SA ab), opens B's (SA ba)
+	bOut, bIn *ipsec.SA
 	// With an outer SA per direction (an AH+ESP bundle), the routers seal
 	// in it after the inner one and open it first.
 	aOutOuter, aInOuter, bOutOuter, bInOuter *ipsec.SA
-	wired, radio *netem.Pair
-	ivs          *ivLog
-	sad          *ipsec.SAD // the gateway's
-	freshRefused int        // packets refused as replays that the receiver never accepted
-	notInTunnel  int        // packets that reached an endpoint outside the IP-in-IP tunnel
-	cur          atomic.Pointer[Gateway]
-	old          *Gateway
+	wired, radio                             *netem.Pair
+	ivs                                      *ivLog
+	sad                                      *ipsec.SAD // the gateway's
+	freshRefused                             int        // packets refused as replays that the receiver never accepted
+	notInTunnel                              int        // packets that reached an endpoint outside the IP-in-IP tunnel
+	cur                                      atomic.Pointer[Gateway]
+	old                                      *Gateway
 }
 
 // swap puts a new gateway in the path (the old one's timers keep running
