@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -16,29 +17,36 @@ import (
 	"github.com/espep/espep/internal/linkem"
 	"github.com/espep/espep/internal/metrics"
 	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/tunlink"
 )
 
-const gatewayUsage = `usage: espep gateway --wire IFACE --radio IFACE --sa FILE [--mode split|snoop] [--metrics ADDR]
+const gatewayUsage = `usage: espep gateway --wire IFACE --radio IFACE --sa FILE [--mode split|snoop] [--metrics ADDR] [--config FILE]
 
-The IPsec-aware PEP between a wired and a radio interface (AF_PACKET; it
-forwards every frame between them, as the only forwarder: keep kernel IP
-forwarding off between the two). It opens the ESP/AH of the SAs in FILE
-(native or Wireshark esp_sa lines; re-read when it changes and on SIGHUP),
-runs the TCP engine on what is inside and seals it again; everything else
-is relayed as it came. Counters print on exit; --metrics serves Prometheus
-/metrics and /healthz. The interfaces' peers need offloads off
-(ethtool -K DEV tx off tso off gso off gro off).
+The IPsec-aware PEP between a wired and a radio side. It opens the ESP/AH
+of the SAs in FILE (native or Wireshark esp_sa lines; re-read when it
+changes and on SIGHUP), runs the TCP engine on what is inside and seals it
+again; everything else is relayed as it came. Counters print on exit;
+--metrics serves Prometheus /metrics and /healthz. --config names a file
+with every other setting (see README); flags override it.
+
+Two interfaces: AF_PACKET, forwarding every frame between them as the only
+forwarder (keep kernel IP forwarding off between the two; the peers need
+offloads off: ethtool -K DEV tx off tso off gso off gro off).
+tun:NAME for both: two TUN devices, the kernel forwarding and policy
+routing steering each side's traffic into its device (ip rule add iif
+WIRE-IFACE table T; ip route add default dev NAME table T).
 
 `
 
 func runGateway(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	wire := fs.String("wire", "", "the wired interface")
-	radio := fs.String("radio", "", "the radio interface")
+	cfgPath := fs.String("config", "", "configuration file (espep-gateway 1)")
+	wire := fs.String("wire", "", "the wired interface, or tun:NAME")
+	radio := fs.String("radio", "", "the radio interface, or tun:NAME")
 	saPath := fs.String("sa", "", "SA file (native or esp_sa), watched")
-	mode := fs.String("mode", "split", "TCP engine: split (early ACKs, the engine's own sender) or snoop")
-	cc := fs.String("cc", engine.CCBBR, "split mode's congestion controller: bbr or reno")
+	mode := fs.String("mode", "", "TCP engine: split (early ACKs, the engine's own sender; default) or snoop")
+	cc := fs.String("cc", "", "split mode's congestion controller: bbr (default) or reno")
 	plain := fs.Bool("plain", false, "accelerate TCP that is not IPsec-protected too")
 	maddr := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9465)")
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
@@ -46,19 +54,51 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
-	if *wire == "" || *radio == "" || *saPath == "" || fs.NArg() != 0 {
-		fs.Usage()
-		return usageError{"gateway: need --wire, --radio and --sa"}
+	fc := &gateway.FileConfig{}
+	fc.Gateway.Engine.Mode = engine.ModeSplit
+	if *cfgPath != "" {
+		var err error
+		if fc, err = gateway.LoadFileConfig(*cfgPath); err != nil {
+			return err
+		}
 	}
-	ecfg := engine.Config{CC: *cc}
-	switch *mode {
-	case "split":
-		ecfg.Mode = engine.ModeSplit
-	case "snoop":
-	default:
-		return usageError{fmt.Sprintf("gateway: --mode %q: want split or snoop", *mode)}
+	// Flags given override the file.
+	var bad error
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "wire":
+			fc.Wire = *wire
+		case "radio":
+			fc.Radio = *radio
+		case "sa":
+			fc.SAFile = *saPath
+		case "metrics":
+			fc.Metrics = *maddr
+		case "plain":
+			fc.Gateway.Plain = *plain
+		case "cc":
+			fc.Gateway.Engine.CC = *cc
+		case "mode":
+			m, err := gateway.ParseMode(*mode)
+			if err != nil {
+				bad = usageError{"gateway: --mode " + err.Error()}
+			}
+			fc.Gateway.Engine.Mode = m
+		}
+	})
+	if bad != nil {
+		return bad
+	}
+	if fc.Wire == "" || fc.Radio == "" || fc.SAFile == "" || fs.NArg() != 0 {
+		fs.Usage()
+		return usageError{"gateway: need --wire, --radio and --sa (or a --config that gives them)"}
+	}
+	tunW, tunR := strings.HasPrefix(fc.Wire, "tun:"), strings.HasPrefix(fc.Radio, "tun:")
+	if tunW != tunR {
+		return usageError{"gateway: --wire and --radio are both interfaces or both tun:NAME"}
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	fc.Gateway.Log = log
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if *dur > 0 {
@@ -66,49 +106,73 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		ctx, cancel = context.WithTimeout(ctx, *dur)
 		defer cancel()
 	}
-	br, gw, stopHUP, err := openGateway(ctx, *wire, *radio, netem.Config{}, netem.Config{}, nil,
-		gateway.Config{Engine: ecfg, Plain: *plain, Log: log}, *saPath)
-	if err != nil {
-		return err
+	var (
+		gw  *gateway.Gateway
+		run func(context.Context) error
+	)
+	if tunW {
+		tl, err := tunlink.Open(strings.TrimPrefix(fc.Wire, "tun:"), strings.TrimPrefix(fc.Radio, "tun:"),
+			func(out func(engine.Side, []byte)) (tunlink.Processor, error) {
+				g, err := gateway.New(fc.Gateway, nil, out)
+				gw = g
+				return g, err
+			}, log)
+		if err != nil {
+			return err
+		}
+		defer tl.Close()
+		run = tl.Run
+	} else {
+		br, g, err := openBridge(fc.Wire, fc.Radio, netem.Config{}, netem.Config{}, nil, fc.Gateway)
+		if err != nil {
+			return err
+		}
+		gw, run = g, br.Run
 	}
-	defer stopHUP()
-	if *maddr != "" {
+	defer watchSAs(ctx, gw, fc.SAFile, log)()
+	if fc.Metrics != "" {
 		reg, err := metrics.Registry(gw.Counters("espep_gateway_"))
 		if err != nil {
 			return err
 		}
 		go func() {
-			if err := metrics.Serve(ctx, *maddr, reg, log); err != nil {
+			if err := metrics.Serve(ctx, fc.Metrics, reg, log); err != nil {
 				log.Error("gateway: metrics", "err", err)
 			}
 		}()
 	}
-	log.Info("gateway running", "wire", *wire, "radio", *radio, "mode", *mode, "cc", *cc, "sa", *saPath)
-	err = br.Run(ctx)
+	cc0 := fc.Gateway.Engine.CC
+	if cc0 == "" {
+		cc0 = engine.CCBBR
+	}
+	log.Info("gateway running", "wire", fc.Wire, "radio", fc.Radio, "mode", fc.Gateway.Engine.Mode, "cc", cc0, "sa", fc.SAFile)
+	err := run(ctx)
 	printGatewayStats(stdout, gw, nil)
 	return err
 }
 
-// openGateway bridges interfaces a (wire) and b (radio) through the IPsec
-// gateway — over the emulated links ab, ba and wire, all transparent when
-// zero — with the SAs of saPath, which it re-reads when the file changes
-// and on SIGHUP until ctx ends. stop ends the SIGHUP subscription.
-func openGateway(ctx context.Context, a, b string, ab, ba netem.Config, wire *netem.Config, cfg gateway.Config,
-	saPath string) (br *linkem.Bridge, gw *gateway.Gateway, stop func(), err error) {
+// openBridge bridges interfaces a (wire) and b (radio) through the IPsec
+// gateway, over the emulated links ab, ba and wire, all transparent when
+// zero.
+func openBridge(a, b string, ab, ba netem.Config, wire *netem.Config, cfg gateway.Config) (br *linkem.Bridge, gw *gateway.Gateway, err error) {
 	br, err = linkem.OpenWith(a, b, ab, ba, wire, func(out func(engine.Side, []byte)) (linkem.Processor, error) {
 		g, err := gateway.New(cfg, nil, out)
 		gw = g
 		return g, err
 	}, cfg.Log)
-	if err != nil {
-		return nil, nil, nil, err
-	}
+	return br, gw, err
+}
+
+// watchSAs loads the SAs of saPath into the gateway and re-reads the file
+// when it changes and on SIGHUP until ctx ends; stop ends the SIGHUP
+// subscription.
+func watchSAs(ctx context.Context, gw *gateway.Gateway, saPath string, log *slog.Logger) (stop func()) {
 	sf := gateway.NewSAFile(gw, saPath)
 	if err := sf.Load(); err != nil {
-		cfg.Log.Warn("gateway: no SAs yet; relaying until the file has some", "err", err)
+		log.Warn("gateway: no SAs yet; relaying until the file has some", "err", err)
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go sf.Watch(ctx, 200*time.Millisecond, hup)
-	return br, gw, func() { signal.Stop(hup) }, nil
+	return func() { signal.Stop(hup) }
 }

@@ -218,11 +218,10 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 		if ecfg == nil {
 			ecfg = &engine.Config{Mode: engine.ModeSplit}
 		}
-		var stopHUP func()
-		if br, gw, stopHUP, err = openGateway(ctx, *a, *b, cab, cba, wcfg, gateway.Config{Engine: *ecfg, Log: log}, *saPath); err != nil {
+		if br, gw, err = openBridge(*a, *b, cab, cba, wcfg, gateway.Config{Engine: *ecfg, Log: log}); err != nil {
 			return err
 		}
-		defer stopHUP()
+		defer watchSAs(ctx, gw, *saPath, log)()
 	} else if br, err = linkem.OpenGateway(*a, *b, cab, cba, ecfg, wcfg, log); err != nil {
 		return err
 	}

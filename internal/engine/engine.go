@@ -158,6 +158,9 @@ func New(cfg Config, out func(to Side, pkt []byte)) (*Engine, error) {
 	if cfg.MaxRTO == 0 {
 		cfg.MaxRTO = time.Second
 	}
+	if cfg.MinRTO > cfg.MaxRTO {
+		return nil, fmt.Errorf("engine: minimum RTO %v above the maximum %v", cfg.MinRTO, cfg.MaxRTO)
+	}
 	if cfg.GiveUp == 0 {
 		cfg.GiveUp = 2 * time.Minute
 	}

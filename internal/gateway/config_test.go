@@ -1,0 +1,79 @@
+package gateway
+
+import (
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/ipsec/safile"
+)
+
+func TestFileConfig(t *testing.T) {
+	c, err := LoadFileConfig("testdata/gateway.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := c.Gateway.Engine
+	abs, _ := filepath.Abs("testdata")
+	if c.Wire != "eth0" || c.Radio != "tun:espep-radio" || c.Metrics != "127.0.0.1:9465" ||
+		(c.SAFile != filepath.Join("testdata", "gateway.sa") && c.SAFile != filepath.Join(abs, "gateway.sa")) {
+		t.Errorf("interfaces and files: %+v", c)
+	}
+	if !c.Gateway.Plain || c.Gateway.SeqJump != 1000 {
+		t.Errorf("gateway settings: %+v", c.Gateway)
+	}
+	want := engine.Config{Mode: engine.ModeSnoop, CC: engine.CCReno, BufferPerFlow: 8 << 20, BufferTotal: 1e9, CachePerFlow: 512e3,
+		MaxFlows: 1000, MinRTO: 30 * time.Millisecond, MaxRTO: 2 * time.Second, GiveUp: 90 * time.Second,
+		IdleTimeout: 5 * time.Minute, MaxLocalRexmits: 4, DupAcks: engine.DupAcksForward}
+	if e != want {
+		t.Errorf("engine settings\n got %+v\nwant %+v", e, want)
+	}
+	if _, err := engine.New(e, nil); err != nil {
+		t.Errorf("the engine refuses the file's settings: %v", err)
+	}
+}
+
+func TestFileConfigErrors(t *testing.T) {
+	for _, tc := range []struct{ text, field string }{
+		{"", ""},
+		{"espep-gateway 2\n", ""},
+		{"espep-gateway 1\nmode = fast\n", "mode"},
+		{"espep-gateway 1\nmode\n", ""},
+		{"espep-gateway 1\nbuffer-total = 4XB\n", "buffer-total"},
+		{"espep-gateway 1\nbuffer-total = 100GiB\n", "buffer-total"},
+		{"espep-gateway 1\nbuffer-total = -1\n", "buffer-total"},
+		{"espep-gateway 1\nmin-rto = soon\n", "min-rto"},
+		{"espep-gateway 1\nseq-jump = -5\n", "seq-jump"},
+		{"espep-gateway 1\nplain = maybe\n", "plain"},
+		{"espep-gateway 1\ncolour = blue\n", "colour"},
+		{"espep-gateway 1\nwire = a\nwire = b\n", "wire"},
+		{"espep-gateway 1\nwire = " + strings.Repeat("x", 5000) + "\n", ""},
+		{"espep-gateway 1\nbuffer-per-flow = 1k\n", ""}, // the engine's bounds
+		{"espep-gateway 1\nmin-rto = 2s\nmax-rto = 1s\n", ""},
+	} {
+		_, err := ParseFileConfig(strings.NewReader(tc.text), "t.conf")
+		var fe *safile.Error
+		if !errors.As(err, &fe) || fe.Field != tc.field {
+			t.Errorf("%.40q: error %v, want one on field %q", tc.text, err, tc.field)
+		}
+	}
+}
+
+// FuzzFileConfig: the parser returns a configuration or an error, never
+// panics, and whatever it accepts a gateway takes too.
+func FuzzFileConfig(f *testing.F) {
+	f.Add("espep-gateway 1\nmode = split\nbuffer-total = 1GiB\n")
+	f.Add("espep-gateway 1\nseq-jump = 0\nmin-rto = 1ns\nmax-rto = 24h\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		c, err := ParseFileConfig(strings.NewReader(text), "fuzz")
+		if err != nil {
+			return
+		}
+		if _, err := New(c.Gateway, nil, func(engine.Side, []byte) {}); err != nil {
+			t.Fatalf("accepted %q, the gateway refuses it: %v", text, err)
+		}
+	})
+}
