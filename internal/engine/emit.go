@@ -32,7 +32,7 @@ func templateOf(pkt []byte) ipTemplate {
 type segment struct {
 	seq   seqnum.Value
 	flags uint8
-	data  *stream // where the payload comes from (nil: none)
+	data  *stream // where the payload comes from (nil: n zero bytes)
 	n     int     // payload bytes, read from data.buf at seq
 }
 
@@ -88,8 +88,11 @@ func (e *Engine) emit(f *flow, to Side, s segment) {
 	t.SetWindow(e.advertise(back, sp.shift[from]))
 	t[16], t[17], t[18], t[19] = 0, 0, 0, 0
 	copy(t[header.TCPMinLen:], opt[:no])
-	if s.n > 0 {
+	switch {
+	case s.n > 0 && s.data != nil:
 		s.data.buf.read(t[tl:], s.seq)
+	case s.n > 0:
+		clear(t[tl : tl+s.n])
 	}
 	if tpl.V6 {
 		header.WriteIPv6(b, tpl.TOS, tpl.Flow, tl+s.n, header.ProtoTCP, tpl.TTL, src.Addr(), dst.Addr())

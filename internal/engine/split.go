@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/espep/espep/internal/netem"
@@ -376,4 +377,26 @@ func (e *Engine) splitReset(f *flow, from Side) {
 	e.emit(f, from.other(), segment{seq: st.sndUna, flags: header.TCPRst})
 	e.st.Resets++
 	e.drop(f)
+}
+
+// Elicit sends the endpoint on side to of the split flow between wire and
+// radio a keep-alive in the other endpoint's name (RFC 9293 §3.8.4), which
+// a TCP answers with an ACK: one garbage octet just below what it has
+// acknowledged — old data whatever it holds. The octet matters: Linux and
+// gVisor answer a segment outside the window at once only if it carries
+// data; an empty one gets an answer at most every half second (RFC 5961
+// challenge-ACK limits). The gateway uses it to have an endpoint send a
+// packet — on its newest SA, after a rekey — when the flow's other
+// direction would otherwise stay silent. It reports whether there is such
+// a split flow, established.
+func (e *Engine) Elicit(wire, radio netip.AddrPort, to Side) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	f := e.flows[flowKey{wire: wire, radio: radio}]
+	if f == nil || f.sp == nil {
+		return false
+	}
+	st := &f.sp.st[to.other()] // the stream toward to
+	e.emit(f, to, segment{seq: st.sndUna.Add(^seqnum.Size(0)), n: 1})
+	return true
 }

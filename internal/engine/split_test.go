@@ -42,6 +42,9 @@ type sh struct {
 	tsOut [2]uint32 // last TSval sent toward each side
 	rSent int       // bytes the radio host has sent
 	dead  bool      // an RST went through
+	// keepAlives: one-octet keep-alives (Elicit) are expected, their
+	// octet zero rather than what the sender sent there.
+	keepAlives bool
 }
 
 func newSplit(t *testing.T, o splitOpts) *sh {
@@ -88,6 +91,9 @@ func (h *sh) check(to Side, pkt []byte) {
 		t.Fatalf("bad checksum on a packet toward %v", to)
 	}
 	for i, b := range p.tcp.Payload() {
+		if h.keepAlives && p.payload == 1 && b == 0 {
+			break
+		}
 		if want := payloadByte(p.tcp.Seq() + uint32(i)); b != want {
 			t.Fatalf("payload byte %d of seq %d toward %v is %d, the sender sent %d", i, p.tcp.Seq(), to, b, want)
 		}
@@ -892,5 +898,35 @@ func TestSplitAckAhead(t *testing.T) {
 	h.fromW(3000, 100, 0)
 	if toR := h.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W()+3000 {
 		t.Fatalf("new data after the cut ACK: %+v", toR)
+	}
+}
+
+// TestSplitElicit: a keep-alive toward either endpoint, one below what it
+// has acknowledged, with the flow's current ACK; nothing for a flow that
+// does not exist.
+func TestSplitElicit(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.keepAlives = true
+	if h.e.Elicit(wireHost, radioHost, Wire) {
+		t.Fatal("elicited on a flow that does not exist")
+	}
+	h.establish()
+	h.fromW(0, 900, 0)
+	h.take()
+	if !h.e.Elicit(wireHost, radioHost, Wire) {
+		t.Fatal("no split flow found")
+	}
+	toW, toR := h.split(h.take())
+	if len(toW) != 1 || toW[0].seq != h.R()-1 || toW[0].ack != h.W()+900 || toW[0].n != 1 || !toW[0].isAck {
+		t.Fatalf("keep-alive toward the wire host: %+v", toW)
+	}
+	// Toward the radio host the engine has sent 900 bytes, 400 of them
+	// acknowledged.
+	h.ackR(400, 65535)
+	h.take()
+	h.e.Elicit(wireHost, radioHost, Radio)
+	toR = h.sentTo(Radio)
+	if len(toR) != 1 || toR[0].seq != h.W()+400-1 || toR[0].n != 1 {
+		t.Fatalf("keep-alive toward the radio host: %+v", toR)
 	}
 }

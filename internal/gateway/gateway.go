@@ -28,6 +28,30 @@
 // far smaller (hundreds to thousands of packets, see SAStats.Lead); only
 // packets in flight at the switch are lost, and TCP resends them.
 //
+// Each flow (inner addresses and TCP ports) is sealed on the SA its own
+// packets last came on, so flows of different SAs between the same hosts
+// never mix, and a flow the gateway has not seen unprotected never goes out
+// in the clear (if its entry was forgotten, its packets wait for the
+// endpoint's next one).
+//
+// SAs end (DESIGN.md rule 5: no data lost): when the endpoints rekey, a
+// flow's packets start to come on the new SA and the gateway follows them;
+// the old SA's flows follow it too once the old one leaves the SAD or
+// reaches its hard lifetime. The other direction of a flow that moved is
+// marked stale — its endpoint has rekeyed, but may have nothing to send
+// (a sender whose bytes the gateway holds, acknowledged early) — and the
+// gateway asks that endpoint for a packet with a keep-alive
+// (engine.Elicit) until its packets show the new SA; so too while an SA's
+// IV generator is unconfirmed. What the gateway guarantees: a flow's
+// early-acknowledged bytes are delivered as long as the gateway holds the
+// endpoints' new SAs before they delete the old ones (save-keys and the
+// security server give them at the rekey). If it never gets the new SAs,
+// the bytes it holds for the flow (at most Engine.BufferPerFlow) cannot be
+// delivered once the old SA is gone, and the engine resets the flow after
+// GiveUp: the connection breaks rather than hangs. An SA given again (a
+// new entry, the same keys) keeps the gateway's numbers and IV counter, so
+// no sequence number or IV is used twice.
+//
 // When the gateway leaves the path for good, the receiver has seen the
 // gateway's numbers and refuses the endpoint's as replays until the
 // endpoint's counter passes the gateway's last number (lead + jump): the
@@ -47,6 +71,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/espep/espep/internal/engine"
@@ -86,6 +111,9 @@ type Stats struct {
 	Originals                  uint64 // engine passed a packet on unchanged: its original ciphertext sent
 	NotYetSafe                 uint64 // engine packets dropped: the SA's IV generator not confirmed
 	NonceDowngrades            uint64 // SAs the gateway will never seal on
+	NoRoute                    uint64 // engine packets dropped: the flow's route was forgotten (table full)
+	Rekeys                     uint64 // flows seen moving to a new SA
+	Elicits                    uint64 // keep-alives sent to have an endpoint show its new SA
 	Engine                     engine.Stats
 }
 
@@ -113,7 +141,7 @@ type Gateway struct {
 
 	smu    sync.Mutex
 	states map[ipsec.ID]*saState
-	routes map[route]*saState // inner (source, destination) → the SA carrying it
+	routes map[route]via // a flow (inner addresses and TCP ports) → how its packets came
 
 	// The packet Process is handing to the engine: a packet the engine
 	// passes on unchanged comes back as a slice of inBuf, in the same
@@ -122,7 +150,7 @@ type Gateway struct {
 	curSt   *saState           // nil for plain TCP
 	sealBuf []byte             // used under the engine's lock (all engine output is)
 	wrapBuf []byte             // likewise, for IP-in-IP
-	ipip    map[route]*ipipHdr // (source, destination) inside → the tunnel it came in
+	ipip    map[route]*ipipHdr // (source, destination) inside, no ports → the tunnel it came in
 
 	c counters
 }
@@ -130,10 +158,24 @@ type Gateway struct {
 type counters struct {
 	packets, relayed, ike, keepalives, fragments, notIPsec, unknown, classNone, classRead  atomic.Uint64
 	opened, icv, replays, openErrors, malformed, sealed, sealErrors, originals, notYetSafe atomic.Uint64
-	downgrades, ipip                                                                       atomic.Uint64
+	downgrades, ipip, noRoute, rekeys, elicits                                             atomic.Uint64
 }
 
-type route struct{ src, dst netip.Addr }
+// route is a flow's key in the gateway's tables: its inner addresses and,
+// for TCP, its ports (zero otherwise).
+type route struct{ src, dst netip.AddrPort }
+
+func (r route) reverse() route { return route{r.dst, r.src} }
+
+// via is how a flow's packets last came.
+type via struct {
+	st   *saState    // the SA (innermost of a bundle) they came on; nil: not protected
+	from engine.Side // the side they came from
+	// stale: the flow's other direction moved to a new SA (a rekey) and
+	// this one has not yet; the endpoint may have deleted st already.
+	stale    bool
+	elicited time.Time // when the gateway last asked the endpoint for a packet
+}
 
 // saState is what the gateway keeps per write-class SA.
 type saState struct {
@@ -149,6 +191,25 @@ type saState struct {
 	// outer is the SA whose packets carried this one's last (the next
 	// layer of an AH+ESP bundle), nil when this SA is the outermost.
 	outer *saState
+	// The outer form learned from the packets (sealer made from it).
+	learned      bool
+	learnedMode  ipsec.Mode
+	learnedPorts [2]uint16
+	// next is the SA the flows of this one moved to (a rekey), or the
+	// entry that replaced this one for the same SA in the SAD: where its
+	// flows' packets are sealed once this one cannot be used.
+	next *saState
+	// gen counts the rekeys behind this SA: one more than the SA its
+	// flows moved from (0: none seen).
+	gen int
+	// dead: past its hard lifetime at the gateway.
+	dead atomic.Bool
+}
+
+func (st *saState) generation() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.gen
 }
 
 // New makes a gateway that sends through out (which must not keep pkt)
@@ -163,7 +224,7 @@ func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gat
 	case cfg.SeqJump < 0:
 		cfg.SeqJump = 0
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Log, out: out, states: map[ipsec.ID]*saState{}, routes: map[route]*saState{},
+	g := &Gateway{cfg: cfg, log: cfg.Log, out: out, states: map[ipsec.ID]*saState{}, routes: map[route]via{},
 		inBuf: make([]byte, 2*ipsec.MaxHeadroom+65536), sealBuf: make([]byte, (maxBundle+1)*ipsec.MaxHeadroom+65536+maxBundle*ipsec.MaxTailroom),
 		wrapBuf: make([]byte, 2*ipsec.MaxHeadroom+65536+ipsec.MaxTailroom), ipip: map[route]*ipipHdr{}}
 	var err error
@@ -175,27 +236,29 @@ func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gat
 }
 
 // SetSAD replaces the SAs the gateway works with; SAs no longer present
-// stop being used (their flows are relayed from then on).
+// stop being used: their flows' packets are sealed on the SAs those flows
+// moved to, if any, and otherwise not at all. The gateway's numbers and IV
+// counter of an SA outlive its entry, so that an SA given again (the same
+// keys) never reuses a sequence number or an IV.
 func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 	if sad == nil {
 		sad = &ipsec.SAD{}
 	}
 	g.sad.Store(sad)
-	// Forget the state of SAs that are gone (or replaced), and the routes
-	// through them.
 	g.smu.Lock()
 	defer g.smu.Unlock()
-	for id, st := range g.states {
-		if e, _ := sad.Get(id); e != st.e {
-			delete(g.states, id)
-		}
-	}
-	for r, st := range g.routes {
-		if g.states[st.e.Config.ID()] != st {
-			delete(g.routes, r)
+	if len(g.states) > maxStates {
+		for id := range g.states {
+			if _, ok := sad.Get(id); !ok {
+				delete(g.states, id)
+			}
 		}
 	}
 }
+
+// maxStates bounds the SA states kept; beyond it those of SAs no longer in
+// the SAD are forgotten.
+const maxStates = 1 << 16
 
 // maxRoutes bounds the (source, destination) pairs remembered.
 const maxRoutes = 1 << 16
@@ -220,7 +283,9 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		// what it carries, and put the same outer header back on what the
 		// gateway sends in that flow's direction.
 		g.c.ipip.Add(1)
-		remember(g, g.ipip, inner, hdr)
+		if k, ok := hostsOf(inner); ok {
+			remember(g, g.ipip, k, hdr)
+		}
 		pkt = inner
 	}
 	l, err := ipsec.Locate(pkt)
@@ -250,6 +315,9 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		}
 		buf := g.inBuf[ipsec.MaxHeadroom : ipsec.MaxHeadroom+len(pkt)]
 		copy(buf, pkt)
+		if r, ok := flowOf(buf); ok {
+			g.noteRoute(r, nil, from)
+		}
 		g.toEngine(from, buf, orig, nil)
 		return
 	}
@@ -301,7 +369,9 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		g.relay(to, orig) // the receiver decides; it would refuse it too
 		return
 	}
-	remember(g, g.routes, inner, st)
+	if r, ok := flowOf(inner); ok {
+		g.noteRoute(r, st, from)
+	}
 	g.toEngine(from, inner, orig, st)
 }
 
@@ -332,6 +402,9 @@ func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte
 		e := st.e
 		inner, err := e.Write.OpenAt(pkt, l)
 		if err != nil {
+			if errors.Is(err, ipsec.ErrHardExpired) {
+				st.dead.Store(true)
+			}
 			switch {
 			case errors.Is(err, ipsec.ErrICV):
 				g.c.icv.Add(1)
@@ -353,7 +426,7 @@ func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte
 		st.mu.Lock()
 		st.maxIn = max(st.maxIn, seq)
 		st.outer = outer
-		if st.sealer == nil {
+		if !st.learned {
 			g.learnOuter(st, sp, dp, inner, l)
 		}
 		st.mu.Unlock()
@@ -391,20 +464,115 @@ func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte
 	}
 }
 
-// remember maps pkt's (source, destination) to v in m (a table under
-// g.smu), starting m afresh when it reaches maxRoutes: the entries are
-// relearned from the next packets.
-func remember[V any](g *Gateway, m map[route]V, pkt []byte, v V) {
-	src, dst, ok := addrs(pkt)
-	if !ok {
-		return
-	}
+// remember maps key to v in m (a table under g.smu), starting m afresh
+// when it reaches maxRoutes: the entries are relearned from the next
+// packets.
+func remember[V any](g *Gateway, m map[route]V, key route, v V) {
 	g.smu.Lock()
 	defer g.smu.Unlock()
-	if len(m) >= maxRoutes {
+	if _, ok := m[key]; !ok && len(m) >= maxRoutes {
 		clear(m)
 	}
-	m[route{src, dst}] = v
+	m[key] = v
+}
+
+// noteRoute records that flow r's packets came from side from on st (nil:
+// unprotected). A flow that moves to another SA shows that the endpoints
+// rekeyed: the old SA's flows follow it (next), and the flow's other
+// direction — whose endpoint rekeyed too, but may have nothing to send —
+// is marked stale and its endpoint asked for a packet.
+func (g *Gateway) noteRoute(r route, st *saState, from engine.Side) {
+	g.smu.Lock()
+	old, had := g.routes[r]
+	if !had && len(g.routes) >= maxRoutes {
+		clear(g.routes)
+	}
+	v := via{st: st, from: from}
+	if had && old.st == st {
+		v.stale, v.elicited = old.stale, old.elicited
+	}
+	g.routes[r] = v
+	var ask bool
+	var rev via
+	if had && old.st != nil && st != nil && old.st != st {
+		g.c.rekeys.Add(1)
+		old.st.mu.Lock()
+		old.st.next = st
+		gen := old.st.gen + 1
+		old.st.mu.Unlock()
+		st.mu.Lock()
+		st.gen = max(st.gen, gen)
+		gen = st.gen
+		st.mu.Unlock()
+		// The other direction is stale if its SA is of an older
+		// generation: it has not moved in this rekey yet.
+		if rv, ok := g.routes[r.reverse()]; ok && rv.st != nil && !rv.stale && rv.st.generation() < gen {
+			rv.stale, rv.elicited = true, time.Now()
+			g.routes[r.reverse()] = rv
+			ask, rev = true, rv
+		}
+	}
+	g.smu.Unlock()
+	if ask {
+		g.elicit(r.reverse(), rev.from)
+	}
+}
+
+// elicit asks the engine for a keep-alive toward the endpoint that sends
+// flow r (on side at), which answers it on its newest SA. The engine's
+// lock must not be held.
+func (g *Gateway) elicit(r route, at engine.Side) {
+	wire, radio := r.src, r.dst
+	if at == engine.Radio {
+		wire, radio = radio, wire
+	}
+	if g.eng.Elicit(wire, radio, at) {
+		g.c.elicits.Add(1)
+	}
+}
+
+// flowOf is a packet's route: its addresses, and its ports if it is TCP
+// (and not a fragment).
+func flowOf(pkt []byte) (route, bool) {
+	if len(pkt) == 0 {
+		return route{}, false
+	}
+	var src, dst netip.Addr
+	var l4 []byte
+	switch pkt[0] >> 4 {
+	case 4:
+		h, err := header.ParseIPv4(pkt)
+		if err != nil {
+			return route{}, false
+		}
+		src, dst = h.Src(), h.Dst()
+		if h.Protocol() == header.ProtoTCP && !h.IsFragment() {
+			l4 = h.Payload()
+		}
+	case 6:
+		h, err := header.ParseIPv6(pkt)
+		if err != nil {
+			return route{}, false
+		}
+		src, dst = h.Src(), h.Dst()
+		if proto, off, _, err := h.UpperLayer(); err == nil && proto == header.ProtoTCP {
+			l4 = h[off:]
+		}
+	default:
+		return route{}, false
+	}
+	var sp, dp uint16
+	if len(l4) >= 4 {
+		sp, dp = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
+	}
+	return route{netip.AddrPortFrom(src, sp), netip.AddrPortFrom(dst, dp)}, true
+}
+
+// hostsOf is a packet's addresses without ports: the key of the IP-in-IP
+// table.
+func hostsOf(pkt []byte) (route, bool) {
+	src, dst, ok := addrs(pkt)
+	return route{netip.AddrPortFrom(src, 0), netip.AddrPortFrom(dst, 0)}, ok
 }
 
 // learnOuter makes the SA's sealer when its packets show an outer form
@@ -412,14 +580,21 @@ func remember[V any](g *Gateway, m map[route]V, pkt []byte, v V) {
 // tunnel when the inner addresses are not the outer ones) and the UDP
 // encapsulation ports sp and dp (0: none). st.mu is held.
 func (g *Gateway) learnOuter(st *saState, sp, dp uint16, inner []byte, l ipsec.Loc) {
-	cfg := st.e.Config
-	mode := cfg.Mode
+	mode := st.e.Config.Mode
 	if mode == ipsec.ModeAny {
 		mode = ipsec.Transport
 		if src, dst, ok := addrs(inner); ok && (src != l.Src || dst != l.Dst) {
 			mode = ipsec.Tunnel
 		}
 	}
+	g.reframe(st, mode, sp, dp)
+}
+
+// reframe makes st's sealer seal in the given outer form, if that is not
+// the one its configuration states. st.mu is held.
+func (g *Gateway) reframe(st *saState, mode ipsec.Mode, sp, dp uint16) {
+	cfg := st.e.Config
+	st.learned, st.learnedMode, st.learnedPorts = true, mode, [2]uint16{sp, dp}
 	if mode == cfg.Mode && sp == cfg.EncapSrcPort && dp == cfg.EncapDstPort {
 		return
 	}
@@ -486,11 +661,29 @@ func (g *Gateway) state(e *ipsec.Entry) *saState {
 	g.smu.Lock()
 	defer g.smu.Unlock()
 	st := g.states[id]
-	if st == nil || st.e != e { // new, or replaced in the SAD
-		st = &saState{e: e, nonce: newNoncePlan(e.Config)}
-		g.states[id] = st
+	if st == nil || st.e != e { // new, or a new entry for it in the SAD
+		nst := &saState{e: e, nonce: newNoncePlan(e.Config)}
+		if st != nil {
+			g.inherit(nst, st)
+		}
+		g.states[id] = nst
+		st = nst
 	}
 	return st
+}
+
+// inherit carries what the gateway did on an SA over to a new entry for
+// it: its numbers continue, its IV counter never goes back, the outer
+// form learned stays, and the old entry's flows move to the new one.
+func (g *Gateway) inherit(nst, old *saState) {
+	old.mu.Lock()
+	defer old.mu.Unlock()
+	nst.owned, nst.last, nst.maxIn = old.owned, old.last, old.maxIn
+	nst.nonce.carry(old.nonce)
+	if old.learned {
+		g.reframe(nst, old.learnedMode, old.learnedPorts[0], old.learnedPorts[1])
+	}
+	old.next = nst
 }
 
 // engineOut takes what the engine sends on: the original of a packet it
@@ -518,19 +711,33 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 			return
 		}
 	}
-	src, dst, ok := addrs(pkt)
+	r, ok := flowOf(pkt)
 	if !ok {
 		return
 	}
 	g.smu.Lock()
-	st := g.routes[route{src, dst}]
+	v, ok := g.routes[r]
 	g.smu.Unlock()
-	if st == nil {
-		g.send(to, pkt) // a flow the gateway never saw protected: plain
+	switch {
+	case !ok:
+		// Never in the clear what the gateway has not seen in the clear: a
+		// flow it no longer has a route for (its table was full) waits for
+		// the endpoint's next packet.
+		g.c.noRoute.Add(1)
+		return
+	case v.st == nil:
+		g.send(to, pkt) // a flow that came unprotected (Plain)
 		return
 	}
-	if !g.maySeal(st) {
-		g.c.notYetSafe.Add(1) // an SA gone, or its IV generator not confirmed
+	st := g.live(v.st)
+	ready := st != nil && g.maySeal(st)
+	if v.stale || !ready {
+		// The endpoint's packets will show its newest SA, or confirm an
+		// SA's IV generator: ask it for some.
+		g.askLater(r, v)
+	}
+	if !ready {
+		g.c.notYetSafe.Add(1) // no usable SA, or its IV generator not confirmed
 		return
 	}
 	// Seal innermost first, each SA of the bundle around what the one
@@ -556,16 +763,59 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 	g.send(to, outer)
 }
 
+// usable reports whether st's SA is in sad and alive.
+func usable(sad *ipsec.SAD, st *saState) bool {
+	c := &st.e.Config
+	e, _ := sad.Lookup(c.SPI, c.Dst, c.Proto)
+	return e == st.e && !st.dead.Load()
+}
+
+// live returns the SA a flow routed on st is sealed on: st while usable,
+// else the SA its flows moved to (following a rekey or a new entry), or
+// nil.
+func (g *Gateway) live(st *saState) *saState {
+	sad := g.sad.Load()
+	for range 8 {
+		if st == nil || usable(sad, st) {
+			return st
+		}
+		st.mu.Lock()
+		next := st.next
+		st.mu.Unlock()
+		st = next
+	}
+	return nil
+}
+
+// askLater has the endpoint behind flow r send a packet, at most every
+// elicitGap: the engine's lock is held here, so a goroutine asks.
+func (g *Gateway) askLater(r route, v via) {
+	now := time.Now()
+	g.smu.Lock()
+	cur, ok := g.routes[r]
+	if !ok || cur.st != v.st || now.Sub(cur.elicited) < elicitGap {
+		g.smu.Unlock()
+		return
+	}
+	cur.elicited = now
+	g.routes[r] = cur
+	g.smu.Unlock()
+	go g.elicit(r, v.from)
+}
+
+// elicitGap spaces the keep-alives that ask an endpoint for a packet.
+const elicitGap = 20 * time.Millisecond
+
 // maySeal reports whether the gateway may seal on st's SA and on every SA
-// around it: each still in the SAD, each IV generator confirmed.
+// around it: each still in the SAD and alive, each IV generator
+// confirmed.
 func (g *Gateway) maySeal(st *saState) bool {
 	sad := g.sad.Load()
 	for i := 0; st != nil; i++ {
 		if i == maxBundle {
 			return false
 		}
-		c := &st.e.Config
-		if e, _ := sad.Lookup(c.SPI, c.Dst, c.Proto); e != st.e {
+		if !usable(sad, st) {
 			return false
 		}
 		if _, ok := st.nonce.ivSource(); !ok {
@@ -601,6 +851,9 @@ func (g *Gateway) sealOn(st *saState, buf []byte, off, n int) ([]byte, *saState,
 	seq := max(st.last+1, st.maxIn)
 	out, err := sa.SealWith(buf, off, n, seq, ivs)
 	if err != nil {
+		if errors.Is(err, ipsec.ErrHardExpired) {
+			st.dead.Store(true)
+		}
 		return nil, nil, fmt.Errorf("sa %v: %w", st.e.Config.ID(), err)
 	}
 	st.last = seq
@@ -610,13 +863,13 @@ func (g *Gateway) sealOn(st *saState, buf []byte, off, n int) ([]byte, *saState,
 // send puts a packet the gateway made (sealed, or the engine's own plain
 // one) in the IP-in-IP tunnel its flow came in, if any, and sends it.
 func (g *Gateway) send(to engine.Side, pkt []byte) {
-	src, dst, ok := addrs(pkt)
+	k, ok := hostsOf(pkt)
 	if !ok {
 		g.out(to, pkt)
 		return
 	}
 	g.smu.Lock()
-	h := g.ipip[route{src, dst}]
+	h := g.ipip[k]
 	g.smu.Unlock()
 	if h == nil {
 		g.out(to, pkt)
@@ -682,7 +935,7 @@ func (g *Gateway) Stats() Stats {
 		ClassRead: c.classRead.Load(), Opened: c.opened.Load(), ICVFailures: c.icv.Load(), Replays: c.replays.Load(),
 		OpenErrors: c.openErrors.Load(), Malformed: c.malformed.Load(), Sealed: c.sealed.Load(), SealErrors: c.sealErrors.Load(),
 		Originals: c.originals.Load(), NotYetSafe: c.notYetSafe.Load(), NonceDowngrades: c.downgrades.Load(),
-		Engine: g.eng.Stats()}
+		NoRoute: c.noRoute.Load(), Rekeys: c.rekeys.Load(), Elicits: c.elicits.Load(), Engine: g.eng.Stats()}
 }
 
 // SAs returns the state of every write-class SA the gateway has seen.

@@ -1,11 +1,13 @@
 package gateway
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -92,20 +94,60 @@ func (l *ivLog) record(pkt []byte) {
 //
 //	A ─ router A ══ wired ══ gateway ══ radio ══ router B ─ B
 type testNet struct {
-	A, B      *gvhost.Host
-	G         *Gateway
-	aOut, aIn *ipsec.SA // router A: seals A's packets (SA ab), opens B's (SA ba)
-	bOut, bIn *ipsec.SA
+	A, B         *gvhost.Host
+	G            *Gateway
+	aOut, aIn    *ipsec.SA // router A: seals A's packets (SA ab), opens B's (SA ba)
+	bOut, bIn    *ipsec.SA
+	wired, radio *netem.Pair
+	ivs          *ivLog
+	sad          *ipsec.SAD // the gateway's
+	freshRefused int        // packets refused as replays that the receiver never accepted
+	notInTunnel  int        // packets that reached an endpoint outside the IP-in-IP tunnel
+	cur          atomic.Pointer[Gateway]
+	old          *Gateway
+
 	// With an outer SA per direction (an AH+ESP bundle), the routers seal
 	// in it after the inner one and open it first.
 	aOutOuter, aInOuter, bOutOuter, bInOuter *ipsec.SA
-	wired, radio                             *netem.Pair
-	ivs                                      *ivLog
-	sad                                      *ipsec.SAD // the gateway's
-	freshRefused                             int        // packets refused as replays that the receiver never accepted
-	notInTunnel                              int        // packets that reached an endpoint outside the IP-in-IP tunnel
-	cur                                      atomic.Pointer[Gateway]
-	old                                      *Gateway
+
+	// Rekeying (rekey): the routers' current outbound SAs, and the
+	// inbound SAs by SPI beyond aIn and bIn; deleted inbound SPIs.
+	amu              sync.Mutex
+	aOutCur, bOutCur atomic.Pointer[ipsec.SA]
+	moreIn           map[uint32]*ipsec.SA
+	deletedIn        map[uint32]bool
+	toDeleted        int // packets that reached a router on an SA it had deleted
+}
+
+// rekey gives the routers new SAs, ab (A → B) and ba, as IKE's
+// CREATE_CHILD_SA would: each router can open the new inbound SA at once
+// and seals on the new outbound one from now on (with IVs from ivA and
+// ivB); the old inbound SAs stay until deleteOld.
+func (n *testNet) rekey(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource) {
+	t.Helper()
+	mk := func(c ipsec.Config) *ipsec.SA {
+		sa, err := ipsec.New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sa
+	}
+	aOut, bIn, bOut, aIn := mk(ab), mk(ab), mk(ba), mk(ba)
+	aOut.SetIVSource(ivA)
+	bOut.SetIVSource(ivB)
+	n.amu.Lock()
+	n.moreIn[ab.SPI], n.moreIn[ba.SPI] = bIn, aIn
+	n.amu.Unlock()
+	n.aOutCur.Store(aOut)
+	n.bOutCur.Store(bOut)
+}
+
+// deleteOld makes the routers delete their first inbound SAs (the IKE
+// DELETE after a rekey): packets on them are refused from now on.
+func (n *testNet) deleteOld() {
+	n.amu.Lock()
+	defer n.amu.Unlock()
+	n.deletedIn[n.aIn.ID().SPI], n.deletedIn[n.bIn.ID().SPI] = true, true
 }
 
 // swap puts a new gateway in the path (the old one's timers keep running
@@ -176,7 +218,7 @@ func (n *testNet) receivers() []*ipsec.SA {
 // given, a second SA per direction sealed around the first: a bundle.
 func newTestNetBundle(t *testing.T, ab, ba ipsec.Config, outerAB, outerBA *ipsec.Config, ivA, ivB ipsec.IVSource, radio netem.Config, mode engine.Mode, class ipsec.Class, ipip bool) *testNet {
 	t.Helper()
-	n := &testNet{ivs: &ivLog{seen: map[[12]byte][32]byte{}}}
+	n := &testNet{ivs: &ivLog{seen: map[[12]byte][32]byte{}}, moreIn: map[uint32]*ipsec.SA{}, deletedIn: map[uint32]bool{}}
 	mk := func(c ipsec.Config) *ipsec.SA {
 		sa, err := ipsec.New(c)
 		if err != nil {
@@ -233,11 +275,10 @@ func newTestNetBundle(t *testing.T, ab, ba ipsec.Config, outerAB, outerBA *ipsec
 	radioBA := radio
 	radioBA.Seed++
 	wired := netem.Config{Rate: 100e6, Delay: 20 * time.Millisecond}
+	n.aOutCur.Store(n.aOut)
+	n.bOutCur.Store(n.bOut)
 	accepted := map[*ipsec.SA]map[uint32]bool{}
-	for _, sa := range n.receivers() {
-		accepted[sa] = map[uint32]bool{}
-	}
-	var amu sync.Mutex
+	amu := &n.amu
 	open := func(sa, outer *ipsec.SA, h *gvhost.Host) func([]byte) {
 		return func(pkt []byte) {
 			if ipip {
@@ -256,6 +297,9 @@ func newTestNetBundle(t *testing.T, ab, ba ipsec.Config, outerAB, outerBA *ipsec
 				in, err := outer.Open(pkt)
 				switch {
 				case err == nil:
+					if accepted[outer] == nil {
+						accepted[outer] = map[uint32]bool{}
+					}
 					accepted[outer][l.Seq] = true
 					pkt = in
 				case errors.Is(err, ipsec.ErrReplay) && !accepted[outer][l.Seq]:
@@ -266,6 +310,17 @@ func newTestNetBundle(t *testing.T, ab, ba ipsec.Config, outerAB, outerBA *ipsec
 				}
 			}
 			l, _ := ipsec.Locate(pkt)
+			sa := sa
+			if more := n.moreIn[l.SPI]; more != nil {
+				sa = more // rekeyed
+			}
+			if n.deletedIn[l.SPI] {
+				n.toDeleted++
+				return
+			}
+			if accepted[sa] == nil {
+				accepted[sa] = map[uint32]bool{}
+			}
 			inner, err := sa.Open(pkt)
 			switch {
 			case err == nil:
@@ -284,7 +339,7 @@ func newTestNetBundle(t *testing.T, ab, ba ipsec.Config, outerAB, outerBA *ipsec
 		t.Fatal(err)
 	}
 	go n.A.Run(func(p []byte) {
-		if s := seal(n.aOut, p); s != nil {
+		if s := seal(n.aOutCur.Load(), p); s != nil {
 			if n.aOutOuter != nil {
 				if s = seal(n.aOutOuter, s); s == nil {
 					return
@@ -298,7 +353,7 @@ func newTestNetBundle(t *testing.T, ab, ba ipsec.Config, outerAB, outerBA *ipsec
 		}
 	})
 	go n.B.Run(func(p []byte) {
-		if s := seal(n.bOut, p); s != nil {
+		if s := seal(n.bOutCur.Load(), p); s != nil {
 			if n.bOutOuter != nil {
 				if s = seal(n.bOutOuter, s); s == nil {
 					return
@@ -372,6 +427,7 @@ func TestGatewayTunnel(t *testing.T) {
 			}
 			// Once the IVs are confirmed the gateway numbers every packet on
 			// both SAs, in either mode.
+
 			owned := 0
 			for _, s := range n.G.SAs() {
 				t.Logf("%+v", s)
@@ -616,5 +672,142 @@ func TestGatewayIPIP(t *testing.T) {
 	}
 	if n.notInTunnel != 0 {
 		t.Fatalf("%d packets reached an endpoint outside the IP-in-IP tunnel", n.notInTunnel)
+	}
+}
+
+// TestGatewayRekey: the endpoints' SAs end mid-transfer, as IKE rekeys
+// them (CREATE_CHILD_SA, then DELETE of the old pair) or as their hard
+// lifetime runs out, with the gateway given the new SAs at the rekey (what
+// save-keys or the security server does). The transfer completes through
+// the gateway in split mode at 1 % loss, every packet that reaches a
+// router is accepted, none arrives on an SA the router had deleted, and
+// the gateway sealed on the new SAs.
+func TestGatewayRekey(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		lifetime bool // the old SAs die by their hard lifetime, not by DELETE
+		size     int
+		at       time.Duration // when the endpoints rekey
+		idle     bool          // the sender keeps the connection open, silent, once it has written
+	}{
+		{"delete", false, 6 << 20, 800 * time.Millisecond, false},
+		{"hard-lifetime", true, 6 << 20, 800 * time.Millisecond, false},
+		// The sender has sent everything (the gateway holds it, early
+		// acknowledged) and is silent when the endpoints rekey: only the
+		// gateway's keep-alives make it show its new SA.
+		{"delete-sender-idle", false, 2 << 20, 600 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.01, Seed: 5}
+			ab := tunnelConfig(0x1001, "192.0.2.1", "192.0.2.2", ipsec.EncAESGCM16)
+			ba := tunnelConfig(0x2002, "192.0.2.2", "192.0.2.1", ipsec.EncAESGCM16)
+			if tc.lifetime {
+				ab.Lifetime.HardTime, ba.Lifetime.HardTime = 1500*time.Millisecond, 1500*time.Millisecond
+			}
+			n := newTestNetSAs(t, ab, ba, seqivIV{0x77}, seqivIV{0x99}, radio, engine.ModeSplit, ipsec.ClassWrite)
+			ab2 := tunnelConfig(0x3003, "192.0.2.1", "192.0.2.2", ipsec.EncAESGCM16)
+			ba2 := tunnelConfig(0x4004, "192.0.2.2", "192.0.2.1", ipsec.EncAESGCM16)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				time.Sleep(tc.at)
+				// The new SAs reach the gateway and the routers together.
+				sad := &ipsec.SAD{}
+				for _, c := range []ipsec.Config{ab, ba, ab2, ba2} {
+					e, _ := ipsec.NewEntry(c)
+					sad.Add(e)
+				}
+				n.G.SetSAD(sad)
+				n.rekey(t, ab2, ba2, seqivIV{0x1177}, seqivIV{0x1199})
+				if tc.lifetime {
+					return // the old SAs die by themselves, here and at the gateway
+				}
+				time.Sleep(500 * time.Millisecond)
+				n.deleteOld()
+				sad = &ipsec.SAD{}
+				for _, c := range []ipsec.Config{ab2, ba2} {
+					e, _ := ipsec.NewEntry(c)
+					sad.Add(e)
+				}
+				n.G.SetSAD(sad)
+			}()
+			if tc.idle {
+				heldTransfer(t, n.A, n.B, 5001, tc.size)
+			} else {
+				transfer(t, n.A, n.B, 5001, tc.size)
+			}
+			<-done
+			transfer(t, n.B, n.A, 5002, 256<<10) // and a new flow, on the new SAs only
+			gs := n.G.Stats()
+			t.Logf("gateway %+v\nSAs %+v\nrefused as replays, never accepted: %d; on deleted SAs: %d", gs, n.G.SAs(), n.freshRefused, n.toDeleted)
+
+			owned := 0
+			for _, s := range n.G.SAs() {
+				if s.Owned && (s.ID.SPI == 0x3003 || s.ID.SPI == 0x4004) {
+					owned++
+				}
+			}
+			if owned != 2 {
+				t.Fatalf("the gateway did not seal on both new SAs")
+			}
+			for _, sa := range append(n.receivers(), n.moreIn[0x3003], n.moreIn[0x4004]) {
+				if s := sa.Stats(); s.ICVFailures != 0 || s.ReplayDrops != 0 || s.OtherDrops != 0 {
+					t.Fatalf("router refused packets on %v: %+v", sa.ID(), s)
+				}
+			}
+			if n.toDeleted != 0 {
+				t.Fatalf("%d packets reached a router on an SA it had deleted", n.toDeleted)
+			}
+			if tc.idle && gs.Elicits == 0 {
+				t.Fatalf("the gateway never asked the silent sender for a packet")
+			}
+		})
+	}
+}
+
+// heldTransfer is transfer with a sender that keeps the connection open,
+// sending nothing more (not even a FIN), until the receiver has every
+// byte.
+func heldTransfer(t *testing.T, src, dst *gvhost.Host, port uint16, size int) {
+	t.Helper()
+	ln, err := dst.Listen(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	data := make([]byte, size)
+	rand.Read(data)
+	got := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		b := make([]byte, size)
+		if _, err := io.ReadFull(c, b); err != nil {
+			got <- fmt.Errorf("received %w", err)
+			return
+		}
+		if sha256.Sum256(b) != sha256.Sum256(data) {
+			got <- errors.New("received data differs (sha256)")
+			return
+		}
+		got <- nil
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := src.Dial(ctx, netip.AddrPortFrom(dst.Addr(), port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -33,6 +33,9 @@ func (g *Gateway) Counters(prefix string) []metrics.Counter {
 		{Name: prefix + "originals_total", Help: "Packets passed on as they came while an SA's IV generator was unconfirmed.", Read: one(func(s Stats) uint64 { return s.Originals })},
 		{Name: prefix + "not_yet_safe_total", Help: "Engine packets dropped: nothing safe to seal them with yet.", Read: one(func(s Stats) uint64 { return s.NotYetSafe })},
 		{Name: prefix + "nonce_downgrades_total", Help: "SAs the gateway will never seal on: their IVs are not seq XOR salt.", Read: one(func(s Stats) uint64 { return s.NonceDowngrades })},
+		{Name: prefix + "no_route_total", Help: "Engine packets dropped: the flow's route was forgotten (table full).", Read: one(func(s Stats) uint64 { return s.NoRoute })},
+		{Name: prefix + "rekeys_total", Help: "Flows seen moving to a new SA (the endpoints rekeyed).", Read: one(func(s Stats) uint64 { return s.Rekeys })},
+		{Name: prefix + "elicits_total", Help: "Keep-alives sent to have an endpoint show its new SA.", Read: one(func(s Stats) uint64 { return s.Elicits })},
 		{Name: prefix + "engine_early_acked_bytes_total", Help: "Bytes acknowledged early on the receivers' behalf (split).", Read: eng(func(s Stats) uint64 { return s.Engine.EarlyAcked })},
 		{Name: prefix + "engine_local_rexmits_total", Help: "Segments resent by the engine (snoop and split).", Read: eng(func(s Stats) uint64 {
 			return s.Engine.LocalRexmits + s.Engine.TimeoutRexmits + s.Engine.SplitRexmits

@@ -44,6 +44,7 @@ type noncePlan struct {
 	firstSeq  uint64
 	broken    bool // the endpoint's IVs are not seq ⊕ salt
 	iv        *saltedCounterIV
+	carried   uint64 // the counter a previous entry for the SA reached (0: none)
 }
 
 // counterBase is the first counter the gateway uses: the half of the IV
@@ -84,6 +85,20 @@ func (p *noncePlan) observe(iv []byte, seq uint64) error {
 	return nil
 }
 
+// carry continues old's IV counter in p (a new entry for the same SA, whose
+// key may be the same): the gateway's IVs never go back, and the salt is
+// learned again from the endpoint's packets.
+func (p *noncePlan) carry(old *noncePlan) {
+	old.mu.Lock()
+	defer old.mu.Unlock()
+	if old.iv != nil {
+		old.iv.mu.Lock()
+		p.carried = old.iv.next
+		old.iv.mu.Unlock()
+	}
+	p.carried = max(p.carried, old.carried)
+}
+
 // ivSource returns the IV source the gateway may seal with, or nil while
 // it may not (salt not confirmed, or the endpoint's generator unknown).
 func (p *noncePlan) ivSource() (ipsec.IVSource, bool) {
@@ -96,7 +111,7 @@ func (p *noncePlan) ivSource() (ipsec.IVSource, bool) {
 		return nil, false
 	}
 	if p.iv == nil {
-		p.iv = &saltedCounterIV{salt: p.salt, next: counterBase}
+		p.iv = &saltedCounterIV{salt: p.salt, next: max(counterBase, p.carried)}
 	}
 	return p.iv, true
 }
