@@ -46,9 +46,11 @@
 // early-acknowledged bytes are delivered as long as the gateway holds the
 // endpoints' new SAs before they delete the old ones (save-keys and the
 // security server give them at the rekey). If it never gets the new SAs,
-// the bytes it holds for the flow (at most Engine.BufferPerFlow) cannot be
-// delivered once the old SA is gone, and the engine resets the flow after
-// GiveUp: the connection breaks rather than hangs. An SA given again (a
+// the bytes it holds for a flow when the endpoints delete the old SAs (at
+// most Engine.BufferPerFlow per direction) can no longer be delivered, and
+// nothing can seal the engine's reset either: that connection stalls until
+// its application gives up. Split mode depends on the SA feed for this
+// reason; snoop mode holds nothing the sender has not kept. An SA given again (a
 // new entry, the same keys) keeps the gateway's numbers and IV counter, so
 // no sequence number or IV is used twice.
 //
