@@ -60,7 +60,8 @@
 // SA carries nothing until the endpoints rekey it. That is the price of
 // re-sequencing without the endpoints' help; the handoff issue carries the
 // counters to the next gateway instead, and a gateway that must leave
-// should ask for a rekey first.
+// should ask for a rekey first. (testbed.TestGatewayLeavesPath shows it
+// between strongSwan peers: nothing passes until a rekey, then all does.)
 //
 // Nonce safety (rule 1) is argued in nonce.go.
 package gateway

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -429,4 +430,77 @@ func TestGatewayTUN(t *testing.T) {
 	if ec["early-acked"] < len(payload) {
 		t.Fatalf("the engine did not split the flow: %v", ec)
 	}
+}
+
+// TestGatewayLeavesPath: what the package doc says happens when the
+// gateway leaves the path for good, with strongSwan at both ends. After a
+// transfer through the gateway (split), it stops and a plain bridge takes
+// its place: the receivers have seen the gateway's sequence numbers, far
+// above the endpoints' own, and refuse the endpoints' packets as replays —
+// the CHILD_SA carries nothing. A rekey (swanctl --rekey) gives fresh SAs
+// and the tunnel works again.
+func TestGatewayLeavesPath(t *testing.T) {
+	needStrongSwan(t)
+	b := ForTest(t)
+	dir := t.TempDir()
+	saPath := filepath.Join(dir, "gateway.sa")
+	must(t, os.WriteFile(saPath, nil, 0o600))
+	s, err := NewStrongSwanWith(b, espepBin, dir, []string{"gateway", "--wire", "ra", "--radio", "rb", "--sa", saPath})
+	must(t, err)
+	must(t, s.StartCharon("aes128gcm16"))
+	giveKeys(t, s, saPath, false)
+	send := func(size int) error {
+		out := filepath.Join(dir, "out")
+		os.Remove(out)
+		payload := make([]byte, size)
+		rand.Read(payload)
+		in := filepath.Join(dir, "in")
+		must(t, os.WriteFile(in, payload, 0o600))
+		srv, err := b.Start(s.Right, "sh", "-c", fmt.Sprintf("timeout 20 nc -l -s %s -p 5001 > %s", SSRightInner, out))
+		must(t, err)
+		must(t, b.WaitListen(s.Right, "tcp", 5001, 5*time.Second))
+		if o, err := b.Run(s.Left, "sh", "-c", fmt.Sprintf("timeout 20 nc -N -w 5 -s %s %s 5001 < %s", SSLeftInner, SSRightInner, in)); err != nil {
+			return fmt.Errorf("send: %v\n%s", err, o)
+		}
+		srv.Wait(10 * time.Second)
+		if got, _ := os.ReadFile(out); !bytes.Equal(got, payload) {
+			return fmt.Errorf("received %d of %d bytes", len(got), size)
+		}
+		return nil
+	}
+	ping := func() bool {
+		_, err := b.Run(s.Left, "ping", "-c", "3", "-i", "0.3", "-W", "1", "-I", SSLeftInner, SSRightInner)
+		return err == nil
+	}
+	must(t, send(1<<20))
+	s.Linkem.Signal(syscall.SIGTERM)
+	s.Linkem.Wait(5 * time.Second)
+	gc := counters(s.Linkem.Output(), "gateway:")
+	if gc["sealed"] < 500 {
+		t.Fatalf("the gateway did not seal the transfer: %v", gc)
+	}
+	inBefore := espPacketsIn(t, s, "right")
+
+	// The gateway leaves; a plain bridge takes its place.
+	s.Linkem, err = b.Start(s.Radio, espepBin, "linkem", "--a", "ra", "--b", "rb")
+	must(t, err)
+	must(t, waitFor(s.Linkem, " running", 10*time.Second))
+	if ping() {
+		t.Fatal("the tunnel carried traffic after the gateway left: the receivers should refuse the endpoints' numbers")
+	}
+	if in := espPacketsIn(t, s, "right"); in != inBefore {
+		t.Fatalf("the right peer accepted %d ESP packets with the endpoints' own numbers", in-inBefore)
+	}
+	out, err := exec.Command("swanctl", "--rekey", "--child", "pep", "--uri", s.vici("left")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("swanctl --rekey: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !ping() {
+		if time.Now().After(deadline) {
+			sas, _ := s.SAs("left")
+			t.Fatalf("no traffic after the rekey:\n%s", sas)
+		}
+	}
+	must(t, send(256<<10))
 }
