@@ -2,6 +2,7 @@ package engine
 
 import (
 	"encoding/binary"
+	"time"
 
 	"github.com/espep/espep/internal/seqnum"
 	"github.com/espep/espep/ipsec/header"
@@ -104,7 +105,7 @@ func (e *Engine) emit(f *flow, to Side, s segment) {
 		sa, da := src.Addr().As4(), dst.Addr().As4()
 		t.UpdateChecksum(sa[:], da[:])
 	}
-	back.ackNow = false
+	back.ackNow, back.unacked, back.ackAt = false, 0, time.Time{}
 	e.st.Emitted++
 	e.out(to, b[:total])
 }

@@ -508,7 +508,7 @@ func (e *Engine) probe(f *flow, st *stream, now time.Time) {
 // early finds nothing due and re-arms, so a busy flow allocates nothing.
 func (e *Engine) schedule(f *flow, st *stream, now time.Time) {
 	var at time.Time
-	for _, d := range [...]time.Time{st.rtoAt, st.rackAt, st.persistAt, st.paceAt} {
+	for _, d := range [...]time.Time{st.rtoAt, st.rackAt, st.persistAt, st.paceAt, st.ackAt} {
 		if !d.IsZero() && (at.IsZero() || d.Before(at)) {
 			at = d
 		}
@@ -554,6 +554,9 @@ func (e *Engine) splitTimer(f *flow, from Side) {
 	}
 	if due(st.persistAt) {
 		e.probe(f, st, now)
+	}
+	if due(st.ackAt) {
+		st.ackNow = true // the delayed ACK for what st's sender sent
 	}
 	st.paceAt = time.Time{}
 	e.splitFlush(f, now)

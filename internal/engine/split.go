@@ -50,6 +50,11 @@ type stream struct {
 	finSeq  seqnum.Value
 	buf     seqBuf // the bytes [sndUna, rcvNxt) and those held in ooo
 	ackNow  bool   // an ACK is owed to the sender
+	// Delayed ACK (RFC 9293 §3.8.6.3, RFC 5681 §4.2): in-order segments
+	// taken since the last ACK to the sender, and when the one owed for
+	// them is due.
+	unacked int
+	ackAt   time.Time
 
 	// Facing the receiver.
 	sndUna, sndNxt, sndMax seqnum.Value
@@ -211,7 +216,7 @@ func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
 			e.takeAck(f, out, p, now)
 		}
 		if p.payload > 0 || t.Has(header.TCPFin) {
-			e.takeData(in, p)
+			e.takeData(in, p, now)
 		} else if seqnum.Value(t.Seq()).LessThan(in.rcvNxt) {
 			in.ackNow = true // a window probe or keepalive: answer it
 		}
@@ -221,13 +226,20 @@ func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
 
 // takeData puts a segment's payload into the stream, acknowledging what
 // is in order and holding (and SACKing) what is not.
-func (e *Engine) takeData(st *stream, p *parsed) {
+//
+// In-order data is acknowledged as a receiver does: every second segment,
+// or after delAck (RFC 9293 §3.8.6.3). Acknowledging every segment would
+// double the packets the gateway sends on the sender's SA beyond those the
+// receiver sends, and the gateway's sequence numbers would run ever
+// further ahead of the endpoint's (see the gateway's package doc). Out of
+// order, filling a hole, or a duplicate: at once (RFC 5681 §4.2).
+func (e *Engine) takeData(st *stream, p *parsed, now time.Time) {
 	seq := seqnum.Value(p.tcp.Seq())
 	data := p.tcp.Payload()
 	end := seq.Add(seqnum.Size(len(data)))
-	// Every data segment is answered at once; a first FIN is not (it is
-	// acknowledged when the receiver has it), a repeated one is.
-	st.ackNow = len(data) > 0 || st.finSeen
+	// A segment with a FIN has its data acknowledged at once; the FIN
+	// itself only when the receiver has it (ackValue).
+	st.ackNow = st.ackNow || st.finSeen || (len(data) > 0 && (p.tcp.Has(header.TCPFin) || seq != st.rcvNxt || len(st.ooo) > 0))
 	if p.tcp.Has(header.TCPFin) && !st.finSeen {
 		st.finSeen, st.finSeq = true, end
 	}
@@ -270,10 +282,19 @@ func (e *Engine) takeData(st *stream, p *parsed) {
 		st.rcvNxt = seqnum.Max(st.rcvNxt, st.ooo[0].end)
 		st.ooo = append(st.ooo[:0], st.ooo[1:]...)
 	}
+	if st.unacked++; st.unacked >= 2 {
+		st.ackNow = true
+	} else if st.ackAt.IsZero() {
+		st.ackAt = now.Add(delAck)
+	}
 	n := uint64(seq.Size(st.rcvNxt))
 	e.st.EarlyAcked += n
 	st.earlyAcked += n
 }
+
+// delAck is how long an ACK for a lone in-order segment may wait (Linux
+// waits 40 ms at least; RFC 9293 allows up to 500).
+const delAck = 40 * time.Millisecond
 
 // hold records an out-of-order range, merging it with the ones it
 // touches; it reports false when the stream holds too many ranges.

@@ -260,10 +260,11 @@ func (h *sh) split(o []sent) (toW, toR []pkt) {
 	return
 }
 
-// TestSplitEarlyAck: in-order data from the wire host is acknowledged at
-// once on the radio host's behalf and sent on toward the radio, resegmented
-// to the radio host's MSS, for window scales 0 and 14, with timestamps
-// valid for PAWS both ways.
+// TestSplitEarlyAck: in-order data from the wire host is acknowledged
+// early on the radio host's behalf — every second segment, a lone one
+// after delAck — and sent on toward the radio, resegmented to the radio
+// host's MSS, for window scales 0 and 14, with timestamps valid for PAWS
+// both ways.
 func TestSplitEarlyAck(t *testing.T) {
 	for _, ws := range []uint8{0, 14} {
 		h := newSplit(t, splitOpts{wsW: ws, wsR: ws, sack: true, ts: true, isnW: 1000, isnR: 5000})
@@ -271,22 +272,30 @@ func TestSplitEarlyAck(t *testing.T) {
 		h.fromW(0, 500, 0)
 		h.fromW(500, 500, header.TCPPsh)
 		toW, toR := h.split(h.take())
-		if len(toW) != 2 || toW[0].ack != h.W()+500 || toW[1].ack != h.W()+1000 || !toW[1].pureAck {
+		if len(toW) != 1 || toW[0].ack != h.W()+1000 || !toW[0].pureAck {
 			t.Fatalf("ws %d: early ACKs %+v", ws, toW)
 		}
 		if len(toR) != 2 || toR[0].seq != h.W() || toR[0].n != 500 || toR[1].seq != h.W()+500 {
 			t.Fatalf("ws %d: data toward the radio %+v", ws, toR)
 		}
-		if toR[0].ack != h.R() || toR[0].tsval != h.tsW-1 || toW[1].tsval != h.tsR {
-			t.Fatalf("ws %d: ack %d tsval %d/%d", ws, toR[0].ack, toR[0].tsval, toW[1].tsval)
+		if toR[0].ack != h.R() || toR[0].tsval != h.tsW-1 || toW[0].tsval != h.tsR {
+			t.Fatalf("ws %d: ack %d tsval %d/%d", ws, toR[0].ack, toR[0].tsval, toW[0].tsval)
 		}
 		// The window toward the sender comes from the engine's buffer.
-		if got := int(toW[1].win) << ws; got < 1<<20 && ws == 14 || ws == 0 && toW[1].win != 65535 {
+		if got := int(toW[0].win) << ws; got < 1<<20 && ws == 14 || ws == 0 && toW[0].win != 65535 {
 			t.Fatalf("ws %d: window %d", ws, got)
 		}
-		// More than one MSS (988 bytes with timestamps) is resegmented.
+		// More than one MSS (988 bytes with timestamps) is resegmented;
+		// the lone segment is acknowledged after delAck.
 		h.fromW(1000, 2000, 0)
-		_, toR = h.split(h.take())
+		toW, toR = h.split(h.take())
+		if len(toW) != 0 {
+			t.Fatalf("ws %d: a lone segment acknowledged at once: %+v", ws, toW)
+		}
+		h.clock.Advance(delAck)
+		if toW := h.sentTo(Wire); len(toW) != 1 || toW[0].ack != h.W()+3000 {
+			t.Fatalf("ws %d: delayed ACK %+v", ws, toW)
+		}
 		if len(toR) != 3 || toR[0].n != 988 || toR[1].n != 988 || toR[2].n != 24 {
 			t.Fatalf("ws %d: resegmented %+v", ws, toR)
 		}
@@ -524,7 +533,8 @@ func TestSplitSequenceWrap(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		h.fromW(i*500, 500, 0)
 	}
-	h.e.Process(Radio, h.seg(Radio, header.TCPAck, h.R(), h.W(), 65535, 800))
+	h.e.Process(Radio, h.seg(Radio, header.TCPAck, h.R(), h.W(), 65535, 400))
+	h.e.Process(Radio, h.seg(Radio, header.TCPAck, h.R()+400, h.W(), 65535, 400))
 	toW, toR := h.split(h.take())
 	if sumN(toR) != 2000 || toR[len(toR)-1].ack != h.R()+800 || sumN(toW) != 800 {
 		t.Fatalf("across the wrap: %d bytes toward the radio, %d toward the wire; %+v", sumN(toR), sumN(toW), toR[len(toR)-1])
@@ -839,7 +849,8 @@ func TestSplitIPv6(t *testing.T) {
 	w := netip.MustParseAddrPort("[2001:db8::1]:80")
 	r := netip.MustParseAddrPort("[2001:db8:9::2]:40000")
 	var out []sent
-	e := mustNew(t, Config{Mode: ModeSplit, Clock: netem.NewSimClock(time.Unix(0, 0))}, func(to Side, p []byte) {
+	clock := netem.NewSimClock(time.Unix(0, 0))
+	e := mustNew(t, Config{Mode: ModeSplit, Clock: clock}, func(to Side, p []byte) {
 		out = append(out, sent{to, append([]byte(nil), p...)})
 	})
 	sack := []byte{header.TCPOptSACKPerm, 2, header.TCPOptMSS, 4, 5, 0x8c}
@@ -847,6 +858,7 @@ func TestSplitIPv6(t *testing.T) {
 	e.Process(Radio, mkseg6(r, w, header.TCPSyn|header.TCPAck, 900, 101, 65535, 0, sack...))
 	e.Process(Wire, mkseg6(w, r, header.TCPAck, 101, 901, 65535, 0))
 	e.Process(Wire, mkseg6(w, r, header.TCPAck, 101, 901, 65535, 1000))
+	clock.Advance(delAck)
 	if len(out) != 5 {
 		t.Fatalf("%d packets out", len(out))
 	}
