@@ -290,6 +290,9 @@ func printGatewayStats(stdout io.Writer, gw *gateway.Gateway, e *engine.Engine) 
 		fmt.Fprintf(stdout, "gateway: packets %d opened %d sealed %d relayed %d unknown %d class-none %d class-read %d ike %d icv-failures %d replays %d open-errors %d originals %d not-yet-safe %d nonce-downgrades %d seal-errors %d ipip %d malformed %d no-route %d rekeys %d elicits %d\n",
 			st.Packets, st.Opened, st.Sealed, st.Relayed, st.Unknown, st.ClassNone, st.ClassRead, st.IKE, st.ICVFailures, st.Replays,
 			st.OpenErrors, st.Originals, st.NotYetSafe, st.NonceDowngrades, st.SealErrors, st.IPIP, st.Malformed, st.NoRoute, st.Rekeys, st.Elicits)
+		for _, sa := range gw.SAs() {
+			fmt.Fprintf(stdout, "gateway sa %v: owned %v endpoint-seq %d gateway-seq %d lead %d\n", sa.ID, sa.Owned, sa.EndpointSeq, sa.GatewaySeq, sa.Lead)
+		}
 	}
 	if gw != nil {
 		e = gw.Engine()

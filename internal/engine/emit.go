@@ -106,6 +106,7 @@ func (e *Engine) emit(f *flow, to Side, s segment) {
 		t.UpdateChecksum(sa[:], da[:])
 	}
 	back.ackNow, back.unacked, back.ackAt = false, 0, time.Time{}
+	sp.sent[to]++
 	e.st.Emitted++
 	e.out(to, b[:total])
 }

@@ -98,9 +98,20 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 		if st.finSent && ack == st.finSeq.Add(1) {
 			st.finAcked, st.ackNow = true, true // now the FIN may be acknowledged to its sender
 		}
-		// Tell a sender held back by the window that there is room again.
-		if !st.finSeen && diff(st.rcvEdge, st.sndUna.Add(seqnum.Size(e.cfg.BufferPerFlow))) >= e.cfg.BufferPerFlow/4 {
-			st.ackNow = true
+		// Tell a sender held back by the window that there is room again:
+		// when the edge it may send to could move right by a quarter of the
+		// most the window field can offer it (without window scaling that
+		// is 64 kB, not the buffer: every receiver ACK would otherwise be
+		// answered with a window update that moves nothing).
+		if !st.finSeen {
+			maxWin := min(e.cfg.BufferPerFlow, 0xffff<<f.sp.shift[st.from.other()])
+			edge := st.sndUna.Add(seqnum.Size(e.cfg.BufferPerFlow))
+			if c := st.ackValue().Add(seqnum.Size(maxWin)); c.LessThan(edge) {
+				edge = c
+			}
+			if diff(st.rcvEdge, edge) >= maxWin/4 {
+				st.ackNow = true
+			}
 		}
 	} else if p.payload == 0 && !p.tcp.Has(header.TCPFin) && len(st.segs) > 0 && win == prevWnd {
 		st.dupacks++

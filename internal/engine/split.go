@@ -104,6 +104,17 @@ type splitFlow struct {
 	shift  [2]uint8      // window scale of the windows each side sends
 	tsOn   bool
 	sackOn bool
+	// Packets from each side, and packets the engine sent toward each:
+	// what the gateway sends toward side s travels on the SA of the
+	// endpoint on the other side, numbered after that endpoint's own.
+	recv, sent [2]uint64
+}
+
+// ackBudget is how many more packets the endpoint on the other side of s
+// has sent than the engine has sent toward s in its name: below zero, the
+// gateway's sequence numbers on that endpoint's SA run ahead of its own.
+func (sp *splitFlow) ackBudget(s Side) int64 {
+	return int64(sp.recv[s.other()]) - int64(sp.sent[s])
 }
 
 // ackValue is what the engine acknowledges to the stream's sender: every
@@ -188,6 +199,7 @@ const maxSegment = 65535 - 200
 func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
 	sp := f.sp
 	now := e.cfg.Clock.Now()
+	sp.recv[from]++
 	in, out := &sp.st[from], &sp.st[from.other()]
 	t := p.tcp
 	switch {
@@ -216,7 +228,7 @@ func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
 			e.takeAck(f, out, p, now)
 		}
 		if p.payload > 0 || t.Has(header.TCPFin) {
-			e.takeData(in, p, now)
+			e.takeData(in, p, now, sp.ackBudget(from) > -ackSlack)
 		} else if seqnum.Value(t.Seq()).LessThan(in.rcvNxt) {
 			in.ackNow = true // a window probe or keepalive: answer it
 		}
@@ -228,12 +240,16 @@ func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
 // is in order and holding (and SACKing) what is not.
 //
 // In-order data is acknowledged as a receiver does: every second segment,
-// or after delAck (RFC 9293 §3.8.6.3). Acknowledging every segment would
-// double the packets the gateway sends on the sender's SA beyond those the
-// receiver sends, and the gateway's sequence numbers would run ever
-// further ahead of the endpoint's (see the gateway's package doc). Out of
-// order, filling a hole, or a duplicate: at once (RFC 5681 §4.2).
-func (e *Engine) takeData(st *stream, p *parsed, now time.Time) {
+// or after delAck (RFC 9293 §3.8.6.3) — and no more often than the
+// receiver acknowledges: once the engine has sent ackSlack packets more
+// toward the sender than the receiver sent (budget false), every
+// stretchAck-th segment. Otherwise the gateway would send more packets on
+// the receiver's SA than the receiver does (Linux receivers behind a
+// userspace tunnel acknowledge every fourth or fifth segment, measured),
+// and its sequence numbers would run ever further ahead of the endpoint's
+// (see the gateway's package doc). Out of order, filling a hole, or a
+// duplicate: at once (RFC 5681 §4.2).
+func (e *Engine) takeData(st *stream, p *parsed, now time.Time, budget bool) {
 	seq := seqnum.Value(p.tcp.Seq())
 	data := p.tcp.Payload()
 	end := seq.Add(seqnum.Size(len(data)))
@@ -282,7 +298,8 @@ func (e *Engine) takeData(st *stream, p *parsed, now time.Time) {
 		st.rcvNxt = seqnum.Max(st.rcvNxt, st.ooo[0].end)
 		st.ooo = append(st.ooo[:0], st.ooo[1:]...)
 	}
-	if st.unacked++; st.unacked >= 2 {
+	st.unacked++
+	if st.unacked >= stretchAck || st.unacked >= 2 && budget {
 		st.ackNow = true
 	} else if st.ackAt.IsZero() {
 		st.ackAt = now.Add(delAck)
@@ -295,6 +312,14 @@ func (e *Engine) takeData(st *stream, p *parsed, now time.Time) {
 // delAck is how long an ACK for a lone in-order segment may wait (Linux
 // waits 40 ms at least; RFC 9293 allows up to 500).
 const delAck = 40 * time.Millisecond
+
+// ackSlack is how many packets the engine may send toward a sender beyond
+// those the receiver sent before it stretches its ACKs to one every
+// stretchAck segments.
+const (
+	ackSlack   = 64
+	stretchAck = 8
+)
 
 // hold records an out-of-order range, merging it with the ones it
 // touches; it reports false when the stream holds too many ranges.

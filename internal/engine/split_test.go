@@ -740,7 +740,8 @@ func TestSplitZeroAllocs(t *testing.T) {
 		acks[i] = h.seg(Radio, header.TCPAck, h.R(), h.W()+uint32((i+1)*988), 65535, 0)
 	}
 	i := noAllocs(t, h.e, data, acks) // the warm-up fills the pool, the scoreboard, the timers
-	if st := h.e.Stats(); st.EarlyAcked != uint64(i*988) || st.Emitted < uint64(2*i) {
+	// Each segment goes on, and an ACK for every second comes back.
+	if st := h.e.Stats(); st.EarlyAcked != uint64(i*988) || st.Emitted < uint64(i+i/2) {
 		t.Fatalf("the engine did not work: %+v after %d segments", st, i)
 	}
 }
@@ -940,5 +941,43 @@ func TestSplitElicit(t *testing.T) {
 	toR = h.sentTo(Radio)
 	if len(toR) != 1 || toR[0].seq != h.W()+400-1 || toR[0].n != 1 {
 		t.Fatalf("keep-alive toward the radio host: %+v", toR)
+	}
+}
+
+// TestSplitStretchAcks: early ACKs go every second segment while the
+// receiver sends as many packets as the engine sends in its name; once
+// the engine is ackSlack packets ahead (a receiver that acknowledges
+// rarely), every stretchAck-th segment — and the delayed ACK still comes.
+func TestSplitStretchAcks(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	acks := func(from, n int) int {
+		for i := range n {
+			h.fromW((from+i)*100, 100, 0)
+		}
+		return len(h.sentTo(Wire))
+	}
+	// Since the handshake the radio host has sent nothing: 2·ackSlack
+	// segments get an ACK every second one.
+	if got := acks(0, 2*ackSlack); got != ackSlack {
+		t.Fatalf("%d ACKs for %d segments, want one every second", got, 2*ackSlack)
+	}
+	if got := acks(2*ackSlack, 10*stretchAck); got != 10 {
+		t.Fatalf("%d ACKs for %d more segments, want one every %d", got, 10*stretchAck, stretchAck)
+	}
+	h.fromW((2*ackSlack+10*stretchAck)*100, 100, 0)
+	h.clock.Advance(delAck)
+	if got := len(h.sentTo(Wire)); got != 1 {
+		t.Fatalf("%d delayed ACKs for a lone segment", got)
+	}
+	// The receiver acknowledges a lot (each ACK one packet on its SA): the
+	// engine may acknowledge every second segment again.
+	for i := range 2*ackSlack + 20 {
+		h.ackR(100*(i+1), 65535)
+	}
+	h.take()
+	base := 2*ackSlack + 10*stretchAck + 1
+	if got := acks(base, 2*10); got != 10 {
+		t.Fatalf("%d ACKs for 20 segments after the receiver's ACKs, want 10", got)
 	}
 }

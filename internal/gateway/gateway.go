@@ -24,9 +24,12 @@
 // the receiver sees one increasing sequence and its anti-replay window
 // never drops a legitimate packet while the gateway is in the path. The
 // jump makes a restarted gateway (or one taking over from a gateway that
-// stopped) number above its predecessor, whose lead over the endpoint is
-// far smaller (hundreds to thousands of packets, see SAStats.Lead); only
-// packets in flight at the switch are lost, and TCP resends them.
+// stopped) number above its predecessor, as long as that one's lead beyond
+// its own jump was smaller than the jump: the engine keeps it so by sending
+// no more packets in an endpoint's name than the endpoint sends (split
+// mode's ACKs, engine.takeData), which leaves its own resends — about the
+// radio's loss rate times the packets carried (SAStats.Lead). Only packets
+// in flight at the switch are lost, and TCP resends them.
 //
 // Each flow (inner addresses and TCP ports) is sealed on the SA its own
 // packets last came on, so flows of different SAs between the same hosts
@@ -67,11 +70,13 @@
 package gateway
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -941,7 +946,8 @@ func (g *Gateway) Stats() Stats {
 		NoRoute: c.noRoute.Load(), Rekeys: c.rekeys.Load(), Elicits: c.elicits.Load(), Engine: g.eng.Stats()}
 }
 
-// SAs returns the state of every write-class SA the gateway has seen.
+// SAs returns the state of every write-class SA the gateway has seen, by
+// SPI.
 func (g *Gateway) SAs() []SAStats {
 	g.smu.Lock()
 	defer g.smu.Unlock()
@@ -955,5 +961,6 @@ func (g *Gateway) SAs() []SAStats {
 		st.nonce.mu.Unlock()
 		st.mu.Unlock()
 	}
+	slices.SortFunc(out, func(a, b SAStats) int { return cmp.Compare(a.ID.SPI, b.ID.SPI) })
 	return out
 }
