@@ -23,8 +23,10 @@
 //
 // Split (TCP-GW): once the handshake is through the engine answers for both
 // endpoints. Each direction is a stream: the engine acknowledges the
-// sender's in-order bytes at once (the receiver's FIN only once the
-// receiver has it), holds out-of-order ones and SACKs them, and keeps
+// sender's in-order bytes early as a receiver does — every second segment
+// or after 40 ms, and no more often than the real receiver acknowledges
+// (takeData) — and the sender's FIN only once the receiver has it; it
+// holds out-of-order ones and SACKs them at once, and keeps
 // everything in chunked buffers (Config.BufferPerFlow per direction,
 // Config.BufferTotal in all) until the receiver has acknowledged it. Its own
 // sender delivers the bytes, resegmented to the receiver's MSS: an RFC 6675
