@@ -416,7 +416,7 @@ func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte
 			switch {
 			case errors.Is(err, ipsec.ErrICV):
 				g.c.icv.Add(1)
-			case errors.Is(err, ipsec.ErrReplay):
+			case errors.Is(err, ipsec.ErrReplay), errors.Is(err, ipsec.ErrTooOld):
 				g.c.replays.Add(1)
 			default:
 				g.c.openErrors.Add(1)
