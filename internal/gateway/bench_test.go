@@ -126,7 +126,8 @@ func TestGatewayZeroAllocs(t *testing.T) {
 	if a := testing.AllocsPerRun(1000, step); a != 0 {
 		t.Fatalf("%.2f allocations per segment and ACK", a)
 	}
-	if st := r.g.Stats(); st.Sealed < 2000 || st.Opened < 2000 {
+	// 1,101 segments on, and an early ACK for every second one back.
+	if st := r.g.Stats(); st.Sealed < 1600 || st.Opened < 2000 {
 		t.Fatalf("the gateway did not seal and open: %+v", st)
 	}
 }
