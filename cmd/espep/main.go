@@ -16,6 +16,7 @@ type command struct {
 }
 
 var commands = []command{
+	{"lab", "the whole network in one process: e2e vs. snoop vs. split, with IPsec", runLab},
 	{"pcap", "decrypt or encrypt the ESP/AH packets of a capture with known SAs", runPcap},
 	{"gateway", "the IPsec-aware PEP between a wired and a radio interface", runGateway},
 	{"linkem", "forward frames between two interfaces through an emulated radio link", runLinkem},

@@ -1,0 +1,130 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"io"
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLab runs a short scenario set: every run passes its own checks
+// (SHA-256 of each transfer, the endpoints' IPsec refusing nothing), and
+// at 2 % loss split beats end-to-end TCP by a wide margin with and without
+// IPsec, inside IP-in-IP and with a read or write gateway. (The goal
+// figures live in the engine and gateway harnesses, not here.)
+//
+// With -short (the race detector's run) only the IP-in-IP pair runs, for a
+// second, and only the checks are asserted.
+func TestLab(t *testing.T) {
+	names, d, want := []string{"ipsec", "class", "ipip"}, 2*time.Second, 12
+	if testing.Short() {
+		names, d, want = []string{"ipip"}, time.Second, 2
+	}
+	rows, err := Run(context.Background(), Config{Duration: d, Seed: 3}, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tbl bytes.Buffer
+	Table(&tbl, rows)
+	t.Logf("\n%s", tbl.String())
+	if len(rows) != want {
+		t.Fatalf("%d rows, want %d", len(rows), want)
+	}
+	for _, r := range rows {
+		if r.Integrity != "pass" {
+			t.Errorf("%s %s %s: %s", r.Scenario, r.Mode, r.IPsec, r.Detail)
+		}
+		if testing.Short() {
+			continue
+		}
+		if r.Mode == ModeSplit && r.E2ERatio < 3 {
+			t.Errorf("%s %s: split only %.1f× end to end at 2 %% loss", r.Scenario, r.IPsec, r.E2ERatio)
+		}
+		if r.LimitMbps <= 0 || r.LimitMbps > 20 || r.GoodputMbps > r.LimitMbps*1.05 {
+			t.Errorf("%s %s %s: %.2f Mbit/s against a limit of %.2f", r.Scenario, r.Mode, r.IPsec, r.GoodputMbps, r.LimitMbps)
+		}
+	}
+	// One JSON object per row, with the fields the issue names.
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	for _, r := range rows {
+		enc.Encode(r.Rounded())
+	}
+	dec := json.NewDecoder(&out)
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []string{"scenario", "mode", "ipsec", "loss", "goodput_mbps", "limit_ratio", "e2e_ratio", "integrity"} {
+			if _, ok := m[k]; !ok {
+				t.Fatalf("JSON row without %q: %v", k, m)
+			}
+		}
+	}
+}
+
+// TestLabOutagePlot: the fade scenario's picture is well-formed SVG with a
+// line per mode and the fade marked.
+func TestLabOutagePlot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real-time transfers")
+	}
+	rows, err := Run(context.Background(), Config{Duration: 2 * time.Second, Seed: 5}, []string{"outage"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var svg bytes.Buffer
+	if err := Plot(&svg, "fade", rows, rows[0].Fade[0], rows[0].Fade[1]); err != nil {
+		t.Fatal(err)
+	}
+	d := xml.NewDecoder(bytes.NewReader(svg.Bytes()))
+	lines := 0
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("not XML: %v", err)
+		}
+		if se, ok := tok.(xml.StartElement); ok && se.Name.Local == "polyline" {
+			lines++
+		}
+	}
+	if lines != 3 || !strings.Contains(svg.String(), "radio down") {
+		t.Fatalf("%d lines, fade marked: %v", lines, strings.Contains(svg.String(), "radio down"))
+	}
+	for _, r := range rows {
+		if r.Integrity != "pass" || r.Fade[1] <= r.Fade[0] {
+			t.Fatalf("%+v", r)
+		}
+	}
+}
+
+func TestJain(t *testing.T) {
+	for _, tc := range []struct {
+		x    []float64
+		want float64
+	}{{[]float64{5, 5, 5, 5}, 1}, {[]float64{20, 0, 0, 0}, 0.25}, {[]float64{0, 0}, 0}} {
+		if got := jain(tc.x); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("jain(%v) = %v, want %v", tc.x, got, tc.want)
+		}
+	}
+}
+
+func TestRunRefusesUnknown(t *testing.T) {
+	if _, err := Run(context.Background(), Config{}, []string{"nosuch"}); err == nil {
+		t.Fatal("an unknown scenario ran")
+	}
+	if _, err := Run(context.Background(), Config{Duration: time.Millisecond}, nil); err == nil {
+		t.Fatal("a 1 ms duration was accepted")
+	}
+}
