@@ -446,3 +446,20 @@ func (e *Engine) Elicit(wire, radio netip.AddrPort, to Side) bool {
 	e.emit(f, to, segment{seq: st.sndUna.Add(^seqnum.Size(0)), n: 1})
 	return true
 }
+
+// Ack sends the endpoint on side to of the split flow between wire and
+// radio a pure ACK with the flow's current state, as if one were owed. The
+// gateway uses it when an ACK the engine sent could not be sealed (its SA
+// not yet ready) and now can be: without it a sender whose whole window
+// the engine acknowledged in vain waits for its retransmission timeout. It
+// reports whether there is such a split flow.
+func (e *Engine) Ack(wire, radio netip.AddrPort, to Side) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	f := e.flows[flowKey{wire: wire, radio: radio}]
+	if f == nil || f.sp == nil {
+		return false
+	}
+	e.emit(f, to, segment{seq: f.sp.st[to.other()].sndNxt})
+	return true
+}

@@ -981,3 +981,22 @@ func TestSplitStretchAcks(t *testing.T) {
 		t.Fatalf("%d ACKs for 20 segments after the receiver's ACKs, want 10", got)
 	}
 }
+
+// TestSplitAck: Ack sends the current ACK toward either side (what the
+// gateway asks for when the ACK it could not seal can be sealed now).
+func TestSplitAck(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	if h.e.Ack(wireHost, radioHost, Wire) {
+		t.Fatal("an ACK on a flow that does not exist")
+	}
+	h.establish()
+	h.fromW(0, 900, 0) // a lone segment: its ACK is delayed
+	h.take()
+	if !h.e.Ack(wireHost, radioHost, Wire) {
+		t.Fatal("no split flow found")
+	}
+	toW, toR := h.split(h.take())
+	if len(toW) != 1 || !toW[0].pureAck || toW[0].ack != h.W()+900 || toW[0].seq != h.R() || len(toR) != 0 {
+		t.Fatalf("toward the wire %+v, toward the radio %+v", toW, toR)
+	}
+}

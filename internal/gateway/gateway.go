@@ -122,6 +122,7 @@ type Stats struct {
 	NoRoute                    uint64 // engine packets dropped: the flow's route was forgotten (table full)
 	Rekeys                     uint64 // flows seen moving to a new SA
 	Elicits                    uint64 // keep-alives sent to have an endpoint show its new SA
+	ReadStale                  uint64 // read-class resends not sent: out of the receiver's replay window
 	Engine                     engine.Stats
 }
 
@@ -160,13 +161,23 @@ type Gateway struct {
 	wrapBuf []byte             // likewise, for IP-in-IP
 	ipip    map[route]*ipipHdr // (source, destination) inside, no ports → the tunnel it came in
 
+	// owed are flows whose engine packets were dropped because their SA
+	// was not ready; once it is, the engine sends them a fresh ACK.
+	owed  map[route]via
+	owedN atomic.Int32
+
+	// readTop is the highest sequence number seen on each read-class SA:
+	// a cached packet that fell out of the receiver's replay window is not
+	// resent (it would be refused).
+	readTop map[ipsec.ID]uint32
+
 	c counters
 }
 
 type counters struct {
 	packets, relayed, ike, keepalives, fragments, notIPsec, unknown, classNone, classRead  atomic.Uint64
 	opened, icv, replays, openErrors, malformed, sealed, sealErrors, originals, notYetSafe atomic.Uint64
-	downgrades, ipip, noRoute, rekeys, elicits                                             atomic.Uint64
+	downgrades, ipip, noRoute, rekeys, elicits, readStale                                  atomic.Uint64
 }
 
 // route is a flow's key in the gateway's tables: its inner addresses and,
@@ -234,7 +245,8 @@ func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gat
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Log, out: out, states: map[ipsec.ID]*saState{}, routes: map[route]via{},
 		inBuf: make([]byte, 2*ipsec.MaxHeadroom+65536), sealBuf: make([]byte, (maxBundle+1)*ipsec.MaxHeadroom+65536+maxBundle*ipsec.MaxTailroom),
-		wrapBuf: make([]byte, 2*ipsec.MaxHeadroom+65536+ipsec.MaxTailroom), ipip: map[route]*ipipHdr{}}
+		wrapBuf: make([]byte, 2*ipsec.MaxHeadroom+65536+ipsec.MaxTailroom), ipip: map[route]*ipipHdr{}, owed: map[route]via{},
+		readTop: map[ipsec.ID]uint32{}}
 	var err error
 	if g.eng, err = engine.New(cfg.Engine, g.engineOut); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -355,6 +367,15 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 			g.relay(to, orig)
 			return
 		}
+		g.smu.Lock()
+		id := e.Config.ID()
+		if top, ok := g.readTop[id]; !ok || int32(l.Seq-top) > 0 {
+			if !ok && len(g.readTop) >= maxRoutes {
+				clear(g.readTop)
+			}
+			g.readTop[id] = l.Seq
+		}
+		g.smu.Unlock()
 		g.eng.ProcessOpaque(from, inner, orig) // what it sends on is orig, or its cached copy
 		return
 	}
@@ -381,6 +402,69 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		g.noteRoute(r, st, from)
 	}
 	g.toEngine(from, inner, orig, st)
+	if g.owedN.Load() > 0 {
+		g.payOwed()
+	}
+}
+
+// staleRead reports whether l, a read-class SA's packet the engine is
+// resending, lies a replay window or more below the highest number seen on
+// the SA: the receiver would refuse it (the SA's window as the file gives
+// it, else 32, the smallest common default — strongSwan's and Linux's).
+func (g *Gateway) staleRead(l ipsec.Loc) bool {
+	proto := ipsec.ESP
+	if l.Kind == ipsec.KindAH {
+		proto = ipsec.AH
+	}
+	e, _ := g.sad.Load().Lookup(l.SPI, l.Dst, proto)
+	if e == nil || e.Class() != ipsec.ClassRead {
+		return false
+	}
+	w := e.Config.ReplayWindow
+	if w <= 0 {
+		w = 32
+	}
+	g.smu.Lock()
+	top, ok := g.readTop[e.Config.ID()]
+	g.smu.Unlock()
+	return ok && int64(int32(top-l.Seq)) >= int64(w)
+}
+
+// maxOwed bounds the flows remembered in owed.
+const maxOwed = 1024
+
+// payOwed has the engine send a fresh ACK on each flow whose packets were
+// dropped for want of a ready SA, once the SA is ready. The engine's lock
+// must not be held.
+func (g *Gateway) payOwed() {
+	type debt struct {
+		r route
+		v via
+	}
+	var due []debt
+	g.smu.Lock()
+	for r, v := range g.owed {
+		due = append(due, debt{r, v})
+	}
+	g.smu.Unlock()
+	for _, d := range due {
+		st := g.live(d.v.st)
+		if st == nil || !g.maySeal(st) {
+			continue
+		}
+		g.smu.Lock()
+		delete(g.owed, d.r)
+		g.owedN.Add(-1)
+		g.smu.Unlock()
+		// The packet that could not go out went toward the side the flow's
+		// packets did not come from.
+		to := 1 - d.v.from
+		wire, radio := d.r.src, d.r.dst
+		if d.v.from == engine.Radio {
+			wire, radio = radio, wire
+		}
+		g.eng.Ack(wire, radio, to)
+	}
 }
 
 // maxBundle bounds the IPsec headers the gateway opens in one packet (an
@@ -698,7 +782,13 @@ func (g *Gateway) inherit(nst, old *saState) {
 // passed unchanged, or the packet sealed on the SA that carries it.
 func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 	if l, err := ipsec.Locate(pkt); err == nil && (l.Kind == ipsec.KindESP || l.Kind == ipsec.KindAH) {
-		g.out(to, pkt) // a read-class packet (or its cached copy), as it came
+		// A read-class packet (or its cached copy), as it came — unless it
+		// is a copy the receiver's replay window has left behind.
+		if g.staleRead(l) {
+			g.c.readStale.Add(1)
+			return
+		}
+		g.out(to, pkt)
 		return
 	}
 	if _, _, ok := peelIPIP(pkt); ok {
@@ -746,6 +836,12 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 	}
 	if !ready {
 		g.c.notYetSafe.Add(1) // no usable SA, or its IV generator not confirmed
+		g.smu.Lock()
+		if _, ok := g.owed[r]; !ok && len(g.owed) < maxOwed {
+			g.owed[r] = v
+			g.owedN.Add(1)
+		}
+		g.smu.Unlock()
 		return
 	}
 	// Seal innermost first, each SA of the bundle around what the one
@@ -943,7 +1039,7 @@ func (g *Gateway) Stats() Stats {
 		ClassRead: c.classRead.Load(), Opened: c.opened.Load(), ICVFailures: c.icv.Load(), Replays: c.replays.Load(),
 		OpenErrors: c.openErrors.Load(), Malformed: c.malformed.Load(), Sealed: c.sealed.Load(), SealErrors: c.sealErrors.Load(),
 		Originals: c.originals.Load(), NotYetSafe: c.notYetSafe.Load(), NonceDowngrades: c.downgrades.Load(),
-		NoRoute: c.noRoute.Load(), Rekeys: c.rekeys.Load(), Elicits: c.elicits.Load(), Engine: g.eng.Stats()}
+		NoRoute: c.noRoute.Load(), Rekeys: c.rekeys.Load(), Elicits: c.elicits.Load(), ReadStale: c.readStale.Load(), Engine: g.eng.Stats()}
 }
 
 // SAs returns the state of every write-class SA the gateway has seen, by

@@ -63,7 +63,7 @@ type Row struct {
 	// from the first flow's start; Fade is the radio's outage in that time.
 	Series []float64        `json:"-"`
 	Fade   [2]time.Duration `json:"-"`
-	key    string    // runs with the same key compare with the e2e one
+	key    string           // runs with the same key compare with the e2e one
 }
 
 // Scenario is a named set of runs.
@@ -349,7 +349,7 @@ func Table(w io.Writer, rows []Row) {
 		}
 		integ := strings.ToUpper(r.Integrity)
 		if r.Detail != "" {
-			integ += ": " + r.Detail
+			integ += ": " + strings.ReplaceAll(r.Detail, "\n", "; ")
 		}
 		fmt.Fprintf(w, "%-9s %-6s %-14s %-6s %-16s %5d %9.2f %7.2f %7s %6s  %s\n", r.Scenario, r.Mode, r.IPsec, r.Class, r.Radio, r.Flows,
 			r.GoodputMbps, r.LimitRatio, e2e, fair, integ)
