@@ -4,14 +4,21 @@ import (
 	"fmt"
 	"html"
 	"io"
+	"slices"
 	"strings"
 	"time"
 )
 
 // Plot writes an SVG picture of goodput over time for the rows given (one
 // line each, e.g. e2e, snoop and split of one scenario), with the span
-// [fadeFrom, fadeTo) shaded if it is not empty.
+// [fadeFrom, fadeTo) shaded if it is not empty. Each line is a moving
+// average over three bins (300 ms): the receiver reads in bursts when a
+// hole is filled, and single bins would spike past the link's rate.
 func Plot(w io.Writer, title string, rows []Row, fadeFrom, fadeTo time.Duration) error {
+	rows = slices.Clone(rows)
+	for i := range rows {
+		rows[i].Series = smooth(rows[i].Series)
+	}
 	const (
 		width, height        = 720, 360
 		left, right, top, bo = 60, 110, 40, 45
@@ -73,7 +80,22 @@ func Plot(w io.Writer, title string, rows []Row, fadeFrom, fadeTo time.Duration)
 	return err
 }
 
-// niceCeil rounds v up to 1, 2 or 5 times a power of ten.
+// smooth is the moving average of v over three bins.
+func smooth(v []float64) []float64 {
+	out := make([]float64, len(v))
+	for k := range v {
+		sum, n := 0.0, 0
+		for j := max(0, k-1); j <= min(len(v)-1, k+1); j++ {
+			sum += v[j]
+			n++
+		}
+		out[k] = sum / float64(n)
+	}
+	return out
+}
+
+// niceCeil rounds v up to a round number: 1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8
+// times a power of ten.
 func niceCeil(v float64) float64 {
 	p := 1.0
 	for p*10 <= v {
@@ -82,7 +104,7 @@ func niceCeil(v float64) float64 {
 	for p > v && p > 1e-9 {
 		p /= 10
 	}
-	for _, m := range []float64{1, 2, 5, 10} {
+	for _, m := range []float64{1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10} {
 		if m*p >= v {
 			return m * p
 		}
