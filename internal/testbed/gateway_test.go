@@ -437,19 +437,7 @@ func TestGatewayTUN(t *testing.T) {
 	} {
 		must(t, b.IP(g, r...))
 	}
-	ca, cb := filepath.Join(dir, "a.conf"), filepath.Join(dir, "b.conf")
-	must(t, os.WriteFile(ca, []byte(c.hostConfig(p.saPath, p.la, p.lb, p.la, 0x1001)), 0o600))
-	must(t, os.WriteFile(cb, []byte(c.hostConfig(p.saPath, p.lb, p.la, p.lb, 0x1002)), 0o600))
-	p.capPath = filepath.Join(dir, "wire.pcap")
-	p.dump, err = b.Start(p.a, "tcpdump", "-U", "--immediate-mode", "-ni", "a0", "-w", p.capPath, "not arp")
-	must(t, err)
-	must(t, b.WaitFile(p.capPath, 5*time.Second))
-	p.ha, err = b.Start(p.a, espepBin, "host", "--config", ca)
-	must(t, err)
-	p.hb, err = b.Start(p.bn, espepBin, "host", "--config", cb)
-	must(t, err)
-	must(t, waitFor(p.ha, "espep host running", 10*time.Second))
-	must(t, waitFor(p.hb, "espep host running", 10*time.Second))
+	p.startHosts(t, c, nil)
 
 	payload := make([]byte, 1<<20)
 	rand.Read(payload)

@@ -212,6 +212,36 @@ func startHostPairOpt(t *testing.T, c hostCase, capture bool) *hostPair {
 	return startHostPairVia(t, c, capture, nil)
 }
 
+// startHosts writes the two hosts' configurations for case c (each passed
+// through edit, if given), starts a capture on a0 in a and the two espep
+// hosts, and waits for them; p's namespaces, addresses and SA file are
+// set.
+func (p *hostPair) startHosts(t *testing.T, c hostCase, edit func(string) string) {
+	t.Helper()
+	if edit == nil {
+		edit = func(s string) string { return s }
+	}
+	ta, tb := "", ""
+	if c.mode == "tunnel" {
+		ta, tb = p.la, p.lb
+	}
+	b := p.b
+	ca, cb := filepath.Join(p.dir, "a.conf"), filepath.Join(p.dir, "b.conf")
+	must(t, os.WriteFile(ca, []byte(edit(c.hostConfig(p.saPath, p.la, p.lb, ta, 0x1001))), 0o600))
+	must(t, os.WriteFile(cb, []byte(edit(c.hostConfig(p.saPath, p.lb, p.la, tb, 0x1002))), 0o600))
+	var err error
+	p.capPath = filepath.Join(p.dir, "wire.pcap")
+	p.dump, err = b.Start(p.a, "tcpdump", "-U", "--immediate-mode", "-ni", "a0", "-w", p.capPath, "not arp")
+	must(t, err)
+	must(t, b.WaitFile(p.capPath, 5*time.Second))
+	p.ha, err = b.Start(p.a, espepBin, "host", "--config", ca)
+	must(t, err)
+	p.hb, err = b.Start(p.bn, espepBin, "host", "--config", cb)
+	must(t, err)
+	must(t, waitFor(p.ha, "espep host running", 10*time.Second))
+	must(t, waitFor(p.hb, "espep host running", 10*time.Second))
+}
+
 // startHostPairVia is startHostPairOpt with, when middle is given, a third
 // namespace m between a and b in which the espep command middle bridges
 // xa (toward a, the wire side) and xb (toward b, the radio side); its

@@ -168,20 +168,8 @@ func TestGatewayIPIPRouters(t *testing.T) {
 		"--rate", "50mbit", "--delay", "5ms", "--queue", "200p", "--ab.loss", "1%", "--seed", "3")
 	must(t, err)
 	must(t, waitFor(p.mid, " running", 10*time.Second))
-	ca, cb := filepath.Join(dir, "a.conf"), filepath.Join(dir, "b.conf")
-	mtu := func(s string) string { return strings.Replace(s, "[host]\n", "[host]\nlink-mtu = 1480\n", 1) } // the IP-in-IP tunnel's
-	must(t, os.WriteFile(ca, []byte(mtu(c.hostConfig(p.saPath, p.la, p.lb, p.la, 0x1001))), 0o600))
-	must(t, os.WriteFile(cb, []byte(mtu(c.hostConfig(p.saPath, p.lb, p.la, p.lb, 0x1002))), 0o600))
-	p.capPath = filepath.Join(dir, "wire.pcap")
-	p.dump, err = b.Start(p.a, "tcpdump", "-U", "--immediate-mode", "-ni", "a0", "-w", p.capPath, "not arp")
-	must(t, err)
-	must(t, b.WaitFile(p.capPath, 5*time.Second))
-	p.ha, err = b.Start(p.a, espepBin, "host", "--config", ca)
-	must(t, err)
-	p.hb, err = b.Start(p.bn, espepBin, "host", "--config", cb)
-	must(t, err)
-	must(t, waitFor(p.ha, "espep host running", 10*time.Second))
-	must(t, waitFor(p.hb, "espep host running", 10*time.Second))
+	// The IP-in-IP tunnel's MTU.
+	p.startHosts(t, c, func(s string) string { return strings.Replace(s, "[host]\n", "[host]\nlink-mtu = 1480\n", 1) })
 
 	payload := make([]byte, 1<<20)
 	rand.Read(payload)
