@@ -280,7 +280,7 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 // the SAD are forgotten.
 const maxStates = 1 << 16
 
-// maxRoutes bounds the (source, destination) pairs remembered.
+// maxRoutes bounds the flows (and IP-in-IP tunnels, and read SAs) remembered.
 const maxRoutes = 1 << 16
 
 // Engine returns the gateway's TCP engine.
