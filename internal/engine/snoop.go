@@ -78,7 +78,9 @@ func (e *Engine) upAck(f *flow, p *parsed, pkt []byte) bool {
 	win := p.tcp.Window()
 	switch {
 	case !f.ackValid || f.lastAck.LessThan(ack):
-		e.newAck(f, ack)
+		// With SACK a hole at the new ACK shows as blocks above it; without,
+		// every partial ACK in a repair points at one (NewReno).
+		e.newAck(f, ack, sackAbove(&p.opts, ack) || !(f.down.sackOK && f.up.sackOK))
 		f.lastWindow = win
 	// A duplicate ACK: same cumulative ACK, no data, and either a SACK
 	// block above the ACK (the receiver holds out-of-order data, whatever
@@ -120,8 +122,9 @@ func sackAbove(o *header.TCPOptions, ack seqnum.Value) bool {
 	return false
 }
 
-// newAck cleans the cache up to ack and takes an RTT sample.
-func (e *Engine) newAck(f *flow, ack seqnum.Value) {
+// newAck cleans the cache up to ack and takes an RTT sample. hole says
+// whether the ACK shows the segment at ack missing at the receiver.
+func (e *Engine) newAck(f *flow, ack seqnum.Value, hole bool) {
 	f.lastAck, f.ackValid = ack, true
 	f.dupacks, f.expectDup = 0, 0
 	now := e.cfg.Clock.Now()
@@ -144,10 +147,13 @@ func (e *Engine) newAck(f *flow, ack seqnum.Value) {
 	if f.inRecovery {
 		if f.recover.LessThanEq(ack) {
 			f.inRecovery = false
-		} else if s := e.cached(f, ack); s != nil && s.rexmits < e.cfg.MaxLocalRexmits && now.Sub(s.sentAt) > f.srtt {
-			// Partial ACK: the next segment was lost too — unless it was
-			// sent less than an RTT ago and may still be in the radio
-			// queue (a resend then would only waste the radio).
+		} else if s := e.cached(f, ack); hole && s != nil && s.rexmits < e.cfg.MaxLocalRexmits && now.Sub(s.sentAt) > f.srtt {
+			// Partial ACK: the next segment was lost too — if the receiver
+			// shows a hole there (on a SACK flow an ACK without blocks
+			// above it is only progress through what the radio queue held;
+			// resending on those made 641 local resends for ~30 losses in a
+			// 4 MB strongSwan transfer at 1 %, 50 now), and unless it was
+			// sent less than an RTT ago and may still be in the radio queue.
 			e.resend(f, s)
 			e.st.LocalRexmits++
 			f.localRexmits++
