@@ -449,13 +449,17 @@ func (g *Gateway) payOwed() {
 	g.smu.Unlock()
 	for _, d := range due {
 		st := g.live(d.v.st)
-		if st == nil || !g.maySeal(st) {
-			continue
+		hopeless := st == nil || st.nonce.isBroken() // it will never be ready
+		if !hopeless && !g.maySeal(st) {
+			continue // not yet
 		}
 		g.smu.Lock()
 		delete(g.owed, d.r)
 		g.owedN.Add(-1)
 		g.smu.Unlock()
+		if hopeless {
+			continue
+		}
 		// The packet that could not go out went toward the side the flow's
 		// packets did not come from.
 		to := 1 - d.v.from

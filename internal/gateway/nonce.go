@@ -99,6 +99,13 @@ func (p *noncePlan) carry(old *noncePlan) {
 	p.carried = max(p.carried, old.carried)
 }
 
+// isBroken reports whether the gateway will never seal on the SA.
+func (p *noncePlan) isBroken() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.broken
+}
+
 // ivSource returns the IV source the gateway may seal with, or nil while
 // it may not (salt not confirmed, or the endpoint's generator unknown).
 func (p *noncePlan) ivSource() (ipsec.IVSource, bool) {
