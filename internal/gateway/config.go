@@ -23,7 +23,7 @@ import (
 //	wire            = eth0          # interface (AF_PACKET) or tun:NAME
 //	radio           = eth1
 //	sa-file         = gateway.sa    # native or esp_sa lines; relative to this file
-//	mode            = split         # split | snoop
+//	mode            = split         # split (default) | snoop
 //	cc              = bbr           # split mode's congestion controller: bbr | reno
 //	plain           = no            # accelerate TCP that is not IPsec-protected too
 //	metrics         = 127.0.0.1:9465
@@ -75,6 +75,7 @@ const maxConfigLine = 4096
 func ParseFileConfig(r io.Reader, name string) (*FileConfig, error) {
 	c := &FileConfig{}
 	e := &c.Gateway.Engine
+	e.Mode = engine.ModeSplit // the gateway's default, as on the command line
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 512), maxConfigLine)
 	n, head := 0, false

@@ -36,6 +36,18 @@ func TestFileConfig(t *testing.T) {
 	}
 }
 
+// TestFileConfigDefaults: a file that names nothing gives the command
+// line's defaults (split mode).
+func TestFileConfigDefaults(t *testing.T) {
+	c, err := ParseFileConfig(strings.NewReader("espep-gateway 1\n"), "t.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Gateway.Engine.Mode != engine.ModeSplit || c.Gateway.Plain || c.Wire != "" {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
 func TestFileConfigErrors(t *testing.T) {
 	for _, tc := range []struct{ text, field string }{
 		{"", ""},
