@@ -29,8 +29,8 @@ radio's limit C·(1−p) and to end-to-end TCP, and PASS or FAIL. --json prints
 one JSON object per row instead; --plot writes an SVG of goodput over time
 in the outage scenario. The exit status is 1 if any row fails.
 
-scenarios: %s
-
+scenarios:
+%s
 `
 
 func runLab(args []string, stdout, stderr io.Writer) error {
@@ -42,7 +42,14 @@ func runLab(args []string, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "print one JSON object per row on stdout")
 	plot := fs.String("plot", "", "write an SVG of goodput over time (the outage scenario) to this file")
 	par := fs.Int("parallel", 4, "runs at once")
-	fs.Usage = func() { fmt.Fprintf(stderr, labUsage, strings.Join(lab.Names(), ", ")); fs.PrintDefaults() }
+	fs.Usage = func() {
+		var b strings.Builder
+		for _, sc := range lab.Scenarios {
+			fmt.Fprintf(&b, "  %-9s %s\n", sc.Name, sc.About)
+		}
+		fmt.Fprintf(stderr, labUsage, b.String())
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}

@@ -139,7 +139,7 @@ var Scenarios = []Scenario{
 		}
 		return runs
 	}},
-	{"class", "a gateway with read permission (no integrity key: it snoops, resending the ciphertext as it came) vs. write, AES-CBC tunnel, 2 % loss", func(cfg Config) []run {
+	{"class", "read permission (no integrity key: snoop, resending ciphertext as it came) vs. write, AES-CBC, 2 % loss", func(cfg Config) []run {
 		write := NetConfig{IPsec: IPsecTunnel, SACK: true, CBC: true}
 		read := write
 		read.Read = true
