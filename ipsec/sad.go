@@ -118,6 +118,15 @@ func (d *SAD) Lookup(spi uint32, dst netip.Addr, proto Proto) (*Entry, bool) {
 	return e, ok
 }
 
+// LookupLoc is Lookup for the ESP or AH header Locate found in a packet.
+func (d *SAD) LookupLoc(l *Loc) (*Entry, bool) {
+	proto := ESP
+	if l.Kind == KindAH {
+		proto = AH
+	}
+	return d.Lookup(l.SPI, l.Dst, proto)
+}
+
 // Get returns the entry with exactly this ID.
 func (d *SAD) Get(id ID) (*Entry, bool) {
 	e, ok := d.snapshot()[id]

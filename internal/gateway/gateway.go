@@ -341,11 +341,7 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		g.toEngine(from, buf, orig, nil)
 		return
 	}
-	proto := ipsec.ESP
-	if l.Kind == ipsec.KindAH {
-		proto = ipsec.AH
-	}
-	e, _ := g.sad.Load().Lookup(l.SPI, l.Dst, proto)
+	e, _ := g.sad.Load().LookupLoc(&l)
 	switch {
 	case e == nil:
 		g.c.unknown.Add(1)
@@ -412,11 +408,7 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 // the SA: the receiver would refuse it (the SA's window as the file gives
 // it, else 32, the smallest common default — strongSwan's and Linux's).
 func (g *Gateway) staleRead(l ipsec.Loc) bool {
-	proto := ipsec.ESP
-	if l.Kind == ipsec.KindAH {
-		proto = ipsec.AH
-	}
-	e, _ := g.sad.Load().Lookup(l.SPI, l.Dst, proto)
+	e, _ := g.sad.Load().LookupLoc(&l)
 	if e == nil || e.Class() != ipsec.ClassRead {
 		return false
 	}
@@ -537,11 +529,7 @@ func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte
 			g.c.malformed.Add(1)
 			return nil, nil, false
 		}
-		proto := ipsec.ESP
-		if il.Kind == ipsec.KindAH {
-			proto = ipsec.AH
-		}
-		ie, _ := g.sad.Load().Lookup(il.SPI, il.Dst, proto)
+		ie, _ := g.sad.Load().LookupLoc(&il)
 		switch {
 		case ie == nil:
 			g.c.unknown.Add(1)

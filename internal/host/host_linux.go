@@ -660,11 +660,7 @@ func (h *Host) inbound(buf []byte, off int) {
 			h.Stats.OpenErrors.Add(1)
 			return
 		}
-		proto := ipsec.ESP
-		if l.Kind == ipsec.KindAH {
-			proto = ipsec.AH
-		}
-		e, ok := sad.Lookup(l.SPI, l.Dst, proto)
+		e, ok := sad.LookupLoc(&l)
 		if !ok || e.Write == nil {
 			h.Stats.NotOurs.Add(1)
 			return

@@ -102,11 +102,7 @@ func decryptFrame(link uint32, data, work, dst []byte, sad *ipsec.SAD, st *Decry
 		st.NotIPsec++
 		return data
 	}
-	proto := ipsec.ESP
-	if l.Kind == ipsec.KindAH {
-		proto = ipsec.AH
-	}
-	e, ok := sad.Lookup(l.SPI, l.Dst, proto)
+	e, ok := sad.LookupLoc(&l)
 	if !ok {
 		st.UnknownSPI++
 		return data
