@@ -30,19 +30,16 @@ type Transfer struct {
 // SampleEvery is the bin of Transfer.Samples.
 const SampleEvery = 100 * time.Millisecond
 
-// stream is the bytes a flow sends: a pseudo-random stream both ends can
-// make, so that the receiver's hash can be checked against the sender's.
-type stream struct{ r *rand.ChaCha8 }
-
-func newStream(seed uint64) *stream {
+// newStream is the bytes a flow sends: a pseudo-random stream both ends
+// can make, so that the receiver's hash can be checked against the
+// sender's.
+func newStream(seed uint64) *rand.ChaCha8 {
 	var s [32]byte
 	for i := range 8 {
 		s[i] = byte(seed >> (8 * i))
 	}
-	return &stream{rand.NewChaCha8(s)}
+	return rand.NewChaCha8(s)
 }
-
-func (s *stream) Read(p []byte) (int, error) { return s.r.Read(p) }
 
 // flow sends from src to dst:port for d, the receiver reading as fast as
 // it can; it returns what arrived, checked against what was sent.
