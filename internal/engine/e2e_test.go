@@ -155,6 +155,7 @@ var (
 	benchOnly    = flag.String("enginebench.cases", "", "run only these radio cases (comma-separated names)")
 	benchMode    = flag.String("enginebench.modes", "e2e,snoop,split", "modes to run (e2e is the baseline)")
 	benchSplitCC = flag.String("enginebench.splitcc", engine.CCBBR, "the split sender's congestion controller")
+	benchDupAcks = flag.String("enginebench.dupacks", "auto", "snoop's duplicate-ACK policy (auto, forward, swallow)")
 )
 
 // timedTransfer sends from src to dst for d and returns the goodput the
@@ -236,7 +237,9 @@ func TestGoodput(t *testing.T) {
 			var gp [3]float64
 			splitCC := *split
 			splitCC.CC = *benchSplitCC
-			for i, ecfg := range []*engine.Config{nil, snoop, &splitCC} {
+			snoopDA := *snoop
+			snoopDA.DupAcks = map[string]engine.DupAckPolicy{"forward": engine.DupAcksForward, "swallow": engine.DupAcksSwallow}[*benchDupAcks]
+			for i, ecfg := range []*engine.Config{nil, &snoopDA, &splitCC} {
 				if !strings.Contains(*benchMode, []string{"e2e", "snoop", "split"}[i]) {
 					continue
 				}
@@ -245,6 +248,9 @@ func TestGoodput(t *testing.T) {
 				c.mod(&radio)
 				n := newNetCC(t, ecfg, wired, radio, sack, *benchCC)
 				gp[i] = timedTransfer(t, n.A, n.B, *benchSecs)
+				if testing.Verbose() {
+					t.Logf("%s %v SACK %v: %.2f Mbit/s; sender %s", c.name, []string{"e2e", "snoop", "split"}[i], sack, gp[i], senderStats(n.A))
+				}
 			}
 			limit := 20 * (1 - c.p) * 1448 / 1500
 			rows = append(rows, fmt.Sprintf("| %-5v | %-12s | %6.2f (%.2f) | %6.2f (%.2f, %4.1f×) | %6.2f (%.2f, %4.1f×) |",
@@ -254,6 +260,14 @@ func TestGoodput(t *testing.T) {
 	}
 	t.Logf("split sender %s; gVisor TCP (%s), radio 20 Mbit/s with a 1-BDP queue, RTT 80 ms wired + 20 ms radio, %v runs; Mbit/s (ratio to C·(1−p), ratio to e2e):\n"+
 		"| SACK | radio | e2e | snoop | split |\n|---|---|---|---|---|\n%s", *benchSplitCC, *benchCC, *benchSecs, strings.Join(rows, "\n"))
+}
+
+// senderStats summarizes what a host's TCP did to recover from loss.
+func senderStats(h *gvhost.Host) string {
+	st := h.Stack.Stats().TCP
+	return fmt.Sprintf("retransmits %d (fast recovery %d, SACK recovery %d, TLP %d, spurious %d), RTOs %d (spurious %d)",
+		st.Retransmits.Value(), st.FastRecovery.Value(), st.SACKRecovery.Value(), st.TLPRecovery.Value(),
+		st.SpuriousRecovery.Value(), st.Timeouts.Value(), st.SpuriousRTORecovery.Value())
 }
 
 // TestHandoff moves the flow (snoop: its cache; split: the bytes it

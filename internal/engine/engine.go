@@ -104,6 +104,29 @@ type Stats struct {
 	OutOfWindow                 uint64 // segments beyond the advertised window or the out-of-order bound
 	AckedAhead                  uint64 // ACKs for bytes the engine held but had not sent (they came another way)
 	BufferedBytes               int    // bytes held in split buffers (whole chunks)
+
+	// The smoothed RTT estimates of the flows' legs (snoop measures only
+	// the radio leg; split both, each with its own sender).
+	RadioRTT, WireRTT RTTSummary
+}
+
+// RTTSummary sums up the smoothed RTT estimates of the flows that have one.
+type RTTSummary struct {
+	Flows          int
+	Min, Mean, Max time.Duration
+}
+
+func (r *RTTSummary) add(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	if r.Flows == 0 || d < r.Min {
+		r.Min = d
+	}
+	r.Max = max(r.Max, d)
+	// A running mean: no sum to overflow at many flows.
+	r.Flows++
+	r.Mean += (d - r.Mean) / time.Duration(r.Flows)
 }
 
 // Engine processes packets between the wire and the radio side. It is safe
@@ -183,6 +206,12 @@ func (e *Engine) Stats() Stats {
 	s.CachedBytes = 0
 	for _, f := range e.flows {
 		s.CachedBytes += f.cacheBytes
+		if f.sp != nil {
+			s.RadioRTT.add(f.sp.st[Wire].srtt) // the sender toward the radio
+			s.WireRTT.add(f.sp.st[Radio].srtt)
+		} else {
+			s.RadioRTT.add(f.srtt)
+		}
 	}
 	s.BufferedBytes = e.pool.inUse * chunkSize
 	return s

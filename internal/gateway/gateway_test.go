@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -411,8 +413,10 @@ func TestGatewayTunnel(t *testing.T) {
 			}
 			radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 5}
 			n := newTestNet(t, tc.enc, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, tc.mode)
+			seen := watchGauges(t, n.G)
 			down := transfer(t, n.A, n.B, 5001, 1<<20)
 			up := transfer(t, n.B, n.A, 5002, 1<<20)
+			checkGauges(t, seen(), tc.mode)
 			gs := n.G.Stats()
 			t.Logf("down %.1f Mbit/s, up %.1f Mbit/s; gateway %+v", down, up, gs)
 			for name, sa := range map[string]*ipsec.SA{"router A in": n.aIn, "router B in": n.bIn} {
@@ -449,6 +453,64 @@ func TestGatewayTunnel(t *testing.T) {
 				t.Fatalf("%d (SPI, IV) pairs reused on different packets", n.ivs.reuse)
 			}
 		})
+	}
+}
+
+// watchGauges reads the gateway's metric gauges every 20 ms until the test
+// ends (flows are forgotten once closed, so they must be read while live);
+// the function it returns gives the largest value seen of each sample.
+func watchGauges(t *testing.T, g *Gateway) func() map[string]float64 {
+	var mu sync.Mutex
+	most := map[string]float64{}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			for _, c := range g.Counters("x_") {
+				if !c.Gauge {
+					continue
+				}
+				for _, s := range c.Read() {
+					k := strings.Join(append([]string{c.Name}, s.Labels...), " ")
+					mu.Lock()
+					most[k] = max(most[k], s.Value)
+					mu.Unlock()
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return func() map[string]float64 {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(most)
+	}
+}
+
+// checkGauges wants the gauges to have shown the flows, what the engine
+// held for them and a plausible RTT estimate for the radio leg (5 ms each
+// way on the test's radio).
+func checkGauges(t *testing.T, most map[string]float64, mode engine.Mode) {
+	t.Helper()
+	t.Logf("gauges (largest seen): %v", most)
+	held := "x_engine_buffered_bytes"
+	if mode == engine.ModeSnoop {
+		held = "x_engine_cached_bytes"
+	}
+	if most["x_engine_flows"] < 1 || most[held] <= 0 {
+		t.Errorf("gauges did not show the flows or the bytes held: %v", most)
+	}
+	if r := most["x_engine_srtt_seconds radio mean"]; r < 0.008 || r > 2 {
+		t.Errorf("radio leg SRTT %.3f s, want about the radio's 10 ms RTT and its queue", r)
+	}
+	if w, ok := most["x_engine_srtt_seconds wire mean"]; ok != (mode == engine.ModeSplit) || ok && w <= 0 {
+		t.Errorf("wire leg SRTT %v (present %v): split measures it, snoop cannot", w, ok)
 	}
 }
 

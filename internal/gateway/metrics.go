@@ -1,12 +1,16 @@
 package gateway
 
 import (
+	"time"
+
+	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/metrics"
 	"github.com/espep/espep/ipsec"
 )
 
 // Counters are the gateway's metric families: packets by what became of
-// them, the engine's counters, and per-SA counters of the SAs in force.
+// them, the engine's counters and gauges (flows, bytes held, RTT
+// estimates), and per-SA counters of the SAs in force.
 // Keys never appear: SAs are named by SPI, destination and protocol.
 func (g *Gateway) Counters(prefix string) []metrics.Counter {
 	one := func(f func(Stats) uint64) func() []metrics.Sample {
@@ -43,5 +47,36 @@ func (g *Gateway) Counters(prefix string) []metrics.Counter {
 		{Name: prefix + "engine_suppressed_dupacks_total", Help: "Duplicate ACKs snoop answered itself.", Read: eng(func(s Stats) uint64 { return s.Engine.SuppressedDupAcks })},
 		{Name: prefix + "engine_timeouts_total", Help: "Retransmission timeouts of the engine's sender (split).", Read: eng(func(s Stats) uint64 { return s.Engine.SplitTimeouts })},
 	}
+	gauge := func(name, help string, f func(engine.Stats) float64) metrics.Counter {
+		return metrics.Counter{Name: prefix + name, Help: help, Gauge: true,
+			Read: func() []metrics.Sample { return []metrics.Sample{{Value: f(g.Stats().Engine)}} }}
+	}
+	cs = append(cs,
+		gauge("engine_flows", "TCP flows the engine tracks.", func(s engine.Stats) float64 { return float64(s.Flows) }),
+		gauge("engine_buffered_bytes", "Bytes split holds: acknowledged early, not yet by the receiver (whole chunks).",
+			func(s engine.Stats) float64 { return float64(s.BufferedBytes) }),
+		gauge("engine_cached_bytes", "Bytes of segments snoop holds for local resends.",
+			func(s engine.Stats) float64 { return float64(s.CachedBytes) }),
+		metrics.Counter{Name: prefix + "engine_srtt_seconds", Gauge: true, Labels: []string{"leg", "stat"},
+			Help: "The flows' smoothed RTT estimates of each leg (min, mean, max over the flows that have one).",
+			Read: func() []metrics.Sample {
+				s := g.Stats().Engine
+				var out []metrics.Sample
+				for _, l := range []struct {
+					leg string
+					r   engine.RTTSummary
+				}{{"radio", s.RadioRTT}, {"wire", s.WireRTT}} {
+					if l.r.Flows == 0 {
+						continue
+					}
+					for _, v := range []struct {
+						stat string
+						d    time.Duration
+					}{{"min", l.r.Min}, {"mean", l.r.Mean}, {"max", l.r.Max}} {
+						out = append(out, metrics.Sample{Value: v.d.Seconds(), Labels: []string{l.leg, v.stat}})
+					}
+				}
+				return out
+			}})
 	return append(cs, metrics.SACounters(prefix, func() *ipsec.SAD { return g.sad.Load() })...)
 }

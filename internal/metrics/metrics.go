@@ -26,11 +26,14 @@ type Sample struct {
 	Labels []string
 }
 
-// Counter describes a counter family and reads its samples.
+// Counter describes a counter family and reads its samples; with Gauge set
+// the family is a gauge (a value that goes up and down: bytes held, flows,
+// RTT estimates).
 type Counter struct {
 	Name, Help string
 	Labels     []string
 	Read       func() []Sample
+	Gauge      bool
 }
 
 type collector struct {
@@ -46,8 +49,12 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for i, k := range c.counters {
+		vt := prometheus.CounterValue
+		if k.Gauge {
+			vt = prometheus.GaugeValue
+		}
 		for _, s := range k.Read() {
-			m, err := prometheus.NewConstMetric(c.descs[i], prometheus.CounterValue, s.Value, s.Labels...)
+			m, err := prometheus.NewConstMetric(c.descs[i], vt, s.Value, s.Labels...)
 			if err == nil {
 				ch <- m
 			}
@@ -108,12 +115,12 @@ func SACounters(prefix string, sad func() *ipsec.SAD) []Counter {
 		}
 	}
 	return []Counter{
-		{prefix + "sa_out_packets_total", "Packets sealed on the SA.", labels, read(func(s ipsec.Stats) uint64 { return s.OutPackets })},
-		{prefix + "sa_out_bytes_total", "Payload bytes sealed on the SA.", labels, read(func(s ipsec.Stats) uint64 { return s.OutBytes })},
-		{prefix + "sa_in_packets_total", "Packets opened on the SA.", labels, read(func(s ipsec.Stats) uint64 { return s.InPackets })},
-		{prefix + "sa_in_bytes_total", "Payload bytes opened on the SA.", labels, read(func(s ipsec.Stats) uint64 { return s.InBytes })},
-		{prefix + "sa_icv_failures_total", "Packets whose ICV did not verify.", labels, read(func(s ipsec.Stats) uint64 { return s.ICVFailures })},
-		{prefix + "sa_replay_drops_total", "Packets the anti-replay window refused.", labels, read(func(s ipsec.Stats) uint64 { return s.ReplayDrops })},
-		{prefix + "sa_other_drops_total", "Malformed or misdirected packets for the SA.", labels, read(func(s ipsec.Stats) uint64 { return s.OtherDrops })},
+		{Name: prefix + "sa_out_packets_total", Help: "Packets sealed on the SA.", Labels: labels, Read: read(func(s ipsec.Stats) uint64 { return s.OutPackets })},
+		{Name: prefix + "sa_out_bytes_total", Help: "Payload bytes sealed on the SA.", Labels: labels, Read: read(func(s ipsec.Stats) uint64 { return s.OutBytes })},
+		{Name: prefix + "sa_in_packets_total", Help: "Packets opened on the SA.", Labels: labels, Read: read(func(s ipsec.Stats) uint64 { return s.InPackets })},
+		{Name: prefix + "sa_in_bytes_total", Help: "Payload bytes opened on the SA.", Labels: labels, Read: read(func(s ipsec.Stats) uint64 { return s.InBytes })},
+		{Name: prefix + "sa_icv_failures_total", Help: "Packets whose ICV did not verify.", Labels: labels, Read: read(func(s ipsec.Stats) uint64 { return s.ICVFailures })},
+		{Name: prefix + "sa_replay_drops_total", Help: "Packets the anti-replay window refused.", Labels: labels, Read: read(func(s ipsec.Stats) uint64 { return s.ReplayDrops })},
+		{Name: prefix + "sa_other_drops_total", Help: "Malformed or misdirected packets for the SA.", Labels: labels, Read: read(func(s ipsec.Stats) uint64 { return s.OtherDrops })},
 	}
 }

@@ -32,7 +32,9 @@ func TestServeSACounters(t *testing.T) {
 	}
 	events := Counter{Name: "espep_test_events_total", Help: "Test.", Labels: []string{"event"},
 		Read: func() []Sample { return []Sample{{7, []string{"sealed"}}} }}
-	reg, err := Registry(append(SACounters("espep_test_", func() *ipsec.SAD { return &sad }), events))
+	held := Counter{Name: "espep_test_held_bytes", Help: "Test.", Gauge: true,
+		Read: func() []Sample { return []Sample{{4096, nil}} }}
+	reg, err := Registry(append(SACounters("espep_test_", func() *ipsec.SAD { return &sad }), events, held))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +59,8 @@ func TestServeSACounters(t *testing.T) {
 		`espep_test_sa_out_packets_total{dst="10.0.0.2",proto="esp",spi="0x1234"} 1`,
 		`espep_test_events_total{event="sealed"} 7`,
 		"# TYPE espep_test_sa_icv_failures_total counter",
+		"# TYPE espep_test_held_bytes gauge",
+		"espep_test_held_bytes 4096",
 	} {
 		if !strings.Contains(body, want) {
 			t.Fatalf("missing %q in:\n%s", want, body)
