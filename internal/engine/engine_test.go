@@ -313,27 +313,33 @@ func TestSnoopSACKForwardsDuplicates(t *testing.T) {
 	}
 }
 
-// TestWindowUpdateIsNotDuplicate: without SACK, an ACK that only changes
+// TestWindowUpdateIsNotDuplicate: without SACK, an ACK that only opens
 // the window is a window update, not a duplicate; the duplicates after it
-// carry the new window and are recognised.
+// carry the new window and are recognised, and so are duplicates whose
+// window shrank (a receiver counting out-of-order data against its
+// window, as gVisor's does — Linux takes those as duplicates too).
 func TestWindowUpdateIsNotDuplicate(t *testing.T) {
 	h := newHarness(t)
 	h.establish()
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 4; i++ {
 		h.e.Process(Wire, h.data(i))
 	}
-	h.e.Process(Radio, h.ack(1))
+	ack := func(win uint16) []byte { return mkseg(radioHost, wireHost, header.TCPAck, isnR+1, isnW+1+mss, win, 0) }
+	h.e.Process(Radio, ack(40000))
 	h.take()
-	update := mkseg(radioHost, wireHost, header.TCPAck, isnR+1, isnW+1+mss, 40000, 0)
-	h.e.Process(Radio, update)
+	h.e.Process(Radio, ack(60000)) // the receiver's application read: the window opens
 	if o := h.take(); len(o) != 1 || o[0].to != Wire {
 		t.Fatalf("window update not forwarded as it is: %+v", o)
 	}
-	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPAck, isnR+1, isnW+1+mss, 40000, 0)) // duplicate, new window
+	h.e.Process(Radio, ack(60000)) // duplicate, new window
 	if o := h.take(); len(o) != 1 || o[0].to != Radio || tcpOf(o[0].pkt).Seq() != isnW+1+mss {
 		t.Fatalf("duplicate after a window update not answered: %+v", o)
 	}
-	if st := h.e.Stats(); st.SuppressedDupAcks != 1 || st.LocalRexmits != 1 {
+	h.e.Process(Radio, ack(60000-mss)) // the next duplicate, the out-of-order segment counted against the window
+	if o := h.take(); len(o) != 0 {
+		t.Fatalf("duplicate with a shrunken window not taken as one: %+v", o)
+	}
+	if st := h.e.Stats(); st.SuppressedDupAcks != 2 || st.LocalRexmits != 1 {
 		t.Fatalf("%+v", st)
 	}
 }

@@ -113,7 +113,11 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 				st.ackNow = true
 			}
 		}
-	} else if p.payload == 0 && !p.tcp.Has(header.TCPFin) && len(st.segs) > 0 && win == prevWnd {
+	} else if p.payload == 0 && !p.tcp.Has(header.TCPFin) && len(st.segs) > 0 && win <= prevWnd {
+		// A duplicate: no data, no new ACK, and no larger window (a window
+		// that grew is an update). Not RFC 5681's "same window", as in
+		// Linux: a receiver may count out-of-order data against its
+		// window (gVisor does), and then every duplicate shrinks it.
 		st.dupacks++
 		if !sp.sackOn {
 			// Without SACK each duplicate says one segment above the hole

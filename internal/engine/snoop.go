@@ -84,10 +84,13 @@ func (e *Engine) upAck(f *flow, p *parsed, pkt []byte) bool {
 		f.lastWindow = win
 	// A duplicate ACK: same cumulative ACK, no data, and either a SACK
 	// block above the ACK (the receiver holds out-of-order data, whatever
-	// its window says) or, without SACK, an unchanged window (RFC 5681):
-	// a pure window update is not a duplicate.
+	// its window says) or, without SACK, a window no larger than before:
+	// a pure window update (the window grew) is not a duplicate, but a
+	// receiver that counts out-of-order data against its window (gVisor)
+	// shrinks it with every duplicate — Linux counts those, and so does
+	// the engine.
 	case ack == f.lastAck && p.payload == 0 && !p.tcp.Has(header.TCPFin) && len(f.cache) > 0 &&
-		(sackAbove(&p.opts, ack) || win == f.lastWindow):
+		(sackAbove(&p.opts, ack) || win <= f.lastWindow):
 		if e.dupAck(f) && e.swallow(f) {
 			e.st.SuppressedDupAcks++
 			f.suppressed++

@@ -390,6 +390,33 @@ func TestSplitLocalRecovery(t *testing.T) {
 	}
 }
 
+// TestSplitNoSACKShrinkingDuplicates: a receiver without SACK that counts
+// out-of-order data against its window (gVisor's does) shrinks the window
+// with each duplicate ACK; they are duplicates all the same, and the third
+// resends the hole (an ACK that opens the window is not one).
+func TestSplitNoSACKShrinkingDuplicates(t *testing.T) {
+	h := newSplit(t, splitOpts{ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	for i := 0; i < 6; i++ {
+		h.fromW(i*988, 988, 0)
+	}
+	h.take()
+	h.clock.Advance(20 * time.Millisecond)
+	// Segment 0 is lost: a duplicate for segment 1 (the window shrinks
+	// below the handshake's), a window update (the receiver's
+	// application read), a duplicate for segment 2.
+	for i, win := range []uint16{60000, 61000, 61000 - 988} {
+		h.ackR(0, win)
+		if toR := h.sentTo(Radio); len(toR) != 0 {
+			t.Fatalf("resent after ACK %d: %+v", i+1, toR)
+		}
+	}
+	h.ackR(0, 61000-2*988) // the third duplicate
+	if toR := h.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W() || toR[0].n != 988 {
+		t.Fatalf("want segment 0 resent after the third duplicate, got %+v", toR)
+	}
+}
+
 // TestSplitFIN: the sender's FIN goes on after its data and is
 // acknowledged to the sender only once the receiver has acknowledged it;
 // a flow whose two FINs are both through is forgotten.

@@ -125,6 +125,11 @@ func TestEngineLinuxGoodput(t *testing.T) {
 				th, err := NewTwoHosts(ForTest(t), espepBin, args...)
 				must(t, err)
 				gp := iperf(t, th, "-C", cc, "-t", strconv.Itoa(*engineSecs), "-O", "2").End.SumReceived.BitsPerSecond / 1e6
+				if eng != "none" && testing.Verbose() {
+					th.Linkem.Signal(syscall.SIGTERM)
+					th.Linkem.Wait(5 * time.Second)
+					t.Logf("%s %s %s: %.2f Mbit/s; engine %v", c, cc, eng, gp, counters(th.Linkem.Output(), "engine:"))
+				}
 				if i == 0 {
 					base = gp
 					row += fmt.Sprintf(" %6.2f (%.2f) |", gp, gp/limit)
