@@ -209,7 +209,15 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 	switch {
 	case len(st.segs) == 0:
 		st.rtoAt = time.Time{}
-	case advanced || st.rtoAt.IsZero():
+	case advanced || st.rtoAt.IsZero() || sp.sackOn && delivered > 0:
+		// The timer restarts on a new cumulative ACK (RFC 6298 §5.3) and,
+		// with SACK, on any ACK that reports bytes delivered: while the
+		// receiver reports progress RACK finds what was lost, a lost
+		// resend too (segments sent after it get SACKed), and the RTO
+		// stays the last resort for when the ACKs stop. Restarted only on
+		// a cumulative ACK, it raced RACK for the hole's resend, which
+		// waits behind what the radio queue holds: 3–10 timeouts per 10 s
+		// at 5 % loss, each presuming the whole flight lost.
 		st.rtoAt = now.Add(st.rtoBackedOff(e))
 	}
 }

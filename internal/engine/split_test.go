@@ -390,6 +390,40 @@ func TestSplitLocalRecovery(t *testing.T) {
 	}
 }
 
+// TestSplitRTOWaitsForSACKProgress: the hole's resend waits in the radio
+// queue behind segments sent before it; while the receiver keeps SACKing
+// those, the retransmission timer does not fire (it restarts on every ACK
+// that reports bytes delivered), and the flow recovers with no timeout.
+func TestSplitRTOWaitsForSACKProgress(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	const n = 10 // all sent at once
+	for i := 0; i < n; i++ {
+		h.fromW(i*988, 988, 0)
+	}
+	if toR := h.sentTo(Radio); len(toR) != n {
+		t.Fatalf("sent %d segments toward the radio, want %d", len(toR), n)
+	}
+	h.clock.Advance(20 * time.Millisecond)
+	// Segment 0 is lost; 1…3 arrive: three duplicates, the hole is resent.
+	for i := 2; i <= 4; i++ {
+		h.ackR(0, 65535, 988, i*988)
+	}
+	if toR := h.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W() {
+		t.Fatalf("want segment 0 resent, got %+v", toR)
+	}
+	// The rest come out of the queue one every 25 ms — 150 ms in all,
+	// more than twice the RTO — and then the resend.
+	for i := 5; i <= n; i++ {
+		h.clock.Advance(25 * time.Millisecond)
+		h.ackR(0, 65535, 988, i*988)
+	}
+	h.ackR(n*988, 65535)
+	if st := h.e.Stats(); st.SplitTimeouts != 0 || st.SplitRexmits != 1 {
+		t.Fatalf("the timer fired while the receiver reported progress: %+v", st)
+	}
+}
+
 // TestSplitNoSACKShrinkingDuplicates: a receiver without SACK that counts
 // out-of-order data against its window (gVisor's does) shrinks the window
 // with each duplicate ACK; they are duplicates all the same, and the third
