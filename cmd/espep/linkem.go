@@ -300,8 +300,8 @@ func printGatewayStats(stdout io.Writer, gw *gateway.Gateway, e *engine.Engine) 
 	if e != nil {
 		st := e.Stats()
 		fmt.Fprintf(stdout, "engine: packets %d flows-max %d cached %d local-rexmits %d timeout-rexmits %d suppressed-dupacks %d forwarded-dupacks %d relayed %d"+
-			" early-acked %d emitted %d split-rexmits %d split-timeouts %d probes %d resets %d out-of-window %d\n",
+			" early-acked %d emitted %d split-rexmits %d split-timeouts %d tail-probes %d probes %d resets %d out-of-window %d\n",
 			st.Packets, st.FlowsMax, st.Cached, st.LocalRexmits, st.TimeoutRexmits, st.SuppressedDupAcks, st.ForwardedDupAcks, st.Relayed,
-			st.EarlyAcked, st.Emitted, st.SplitRexmits, st.SplitTimeouts, st.Probes, st.Resets, st.OutOfWindow)
+			st.EarlyAcked, st.Emitted, st.SplitRexmits, st.SplitTimeouts, st.TailProbes, st.Probes, st.Resets, st.OutOfWindow)
 	}
 }

@@ -100,6 +100,7 @@ type Stats struct {
 	Emitted                     uint64 // segments the engine built
 	SplitRexmits, SplitTimeouts uint64 // segments resent; retransmission timeouts
 	Probes, Resets              uint64 // zero-window probes; RSTs passed on
+	TailProbes                  uint64 // tail loss probes (RFC 8985 §7)
 	GaveUp                      uint64 // flows reset because the receiver stopped answering
 	OutOfWindow                 uint64 // segments beyond the advertised window or the out-of-order bound
 	AckedAhead                  uint64 // ACKs for bytes the engine held but had not sent (they came another way)
@@ -238,13 +239,14 @@ type StreamInfo struct {
 	InFlight, Cwnd            int
 	SRTT, MinRTT, RTO         time.Duration
 	Rexmits, Timeouts, Probes uint64
+	TailProbes                uint64
 	DSACKs, Spurious          uint64 // resends the receiver reported duplicated; resends seen to be spurious
 }
 
 func (st *stream) info() StreamInfo {
 	return StreamInfo{EarlyAcked: st.earlyAcked, Buffered: diff(st.sndUna, st.rcvNxt), InFlight: st.inflight,
 		Cwnd: st.cc.Window(), SRTT: st.srtt, MinRTT: st.minRTT, RTO: st.rto, Rexmits: st.rexmits,
-		Timeouts: st.timeouts, Probes: st.probes, DSACKs: st.dsacks, Spurious: st.spurious}
+		Timeouts: st.timeouts, Probes: st.probes, TailProbes: st.tlps, DSACKs: st.dsacks, Spurious: st.spurious}
 }
 
 // Flows returns the counters of every flow.

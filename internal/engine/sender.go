@@ -76,6 +76,7 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 		}
 		st.sndUna = ack
 		st.backoff, st.dupacks = 0, 0
+		st.ptoBase = now
 		if !sp.sackOn && len(st.segs) > 0 && st.segs[0].sacked {
 			// A partial ACK stops at a segment a duplicate was taken for:
 			// that one is the next hole after all.
@@ -145,6 +146,7 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 				seqnum.Value(b0.End).LessThanEq(seqnum.Value(p.opts.SACK[1].End))); dsack {
 				st.reoMult = min(st.reoMult+1, maxReoMult)
 				st.dsacks++
+				st.tlpDSACK = st.tlpDSACK || st.tlpOut
 			}
 		}
 		for i := 0; i < p.opts.NSACK; i++ {
@@ -186,6 +188,17 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 		sample.InFlight, sample.InRecovery = before, true
 		st.cc.OnLoss(sample)
 		sample.InFlight = st.inflight
+	}
+	if st.tlpOut && st.tlpEnd.LessThanEq(ack) {
+		// The probe's episode is over (RFC 8985 §7.4.2). A resent probe
+		// acknowledged with no D-SACK repaired a loss: the controller
+		// hears of it, as it would have of a fast retransmit.
+		st.tlpOut = false
+		if st.tlpRetrans && !st.tlpDSACK && !st.inRecovery {
+			sample.InRecovery = true
+			st.cc.OnLoss(sample)
+			sample.InRecovery = false
+		}
 	}
 	if st.inRecovery && st.recover.LessThanEq(st.sndUna) {
 		st.inRecovery = false
@@ -403,14 +416,84 @@ func (e *Engine) send(f *flow, st *stream, now time.Time) {
 		if st.inflight > 0 && st.inflight+n+btoi(fin) > cwnd || !e.pace(st, n+btoi(fin), now) {
 			return
 		}
-		end := st.sndNxt.Add(seqnum.Size(n + btoi(fin)))
-		st.appendSeg(txSeg{seq: st.sndNxt, end: end, fin: fin})
-		st.sndNxt = end
-		if fin {
-			st.finSent = true
-		}
-		e.transmit(f, to, st, &st.segs[len(st.segs)-1], now)
+		e.sendNew(f, to, st, n, fin, now)
 	}
+}
+
+// sendNew sends the next n bytes (and the FIN) as a new segment.
+func (e *Engine) sendNew(f *flow, to Side, st *stream, n int, fin bool, now time.Time) {
+	end := st.sndNxt.Add(seqnum.Size(n + btoi(fin)))
+	st.appendSeg(txSeg{seq: st.sndNxt, end: end, fin: fin})
+	st.sndNxt = end
+	if fin {
+		st.finSent = true
+	}
+	e.transmit(f, to, st, &st.segs[len(st.segs)-1], now)
+	st.ptoBase = now
+}
+
+// wcDelAck is the worst-case delayed ACK time a probe timeout allows for
+// when only one segment is in flight (RFC 8985 §7.2).
+const wcDelAck = 200 * time.Millisecond
+
+// armTLP sets the probe timeout (RFC 8985 §7.2): two smoothed RTTs after
+// new data last went out or a new cumulative ACK came, when it comes
+// before the RTO — on a SACK flow with something in flight, not in
+// recovery, not after an RTO (until a new cumulative ACK) and no probe
+// already out.
+func (st *stream) armTLP(sackOn bool) {
+	st.tlpAt = time.Time{}
+	if !sackOn || st.tlpOut || st.inRecovery || st.backoff > 0 || st.nLost > 0 || len(st.segs) == 0 || st.srtt == 0 || st.ptoBase.IsZero() {
+		return
+	}
+	pto := 2 * st.srtt
+	if len(st.segs) == 1 {
+		pto += wcDelAck
+	}
+	if at := st.ptoBase.Add(pto); st.rtoAt.IsZero() || at.Before(st.rtoAt) {
+		st.tlpAt = at
+	}
+}
+
+// probeTail sends a tail loss probe (RFC 8985 §7.3): a new segment if
+// there is data the receiver's window takes, else the last segment again
+// — outside the congestion window and the pacer, so that an ACK comes
+// back and shows what of the tail was lost, and RACK repairs it instead of
+// the RTO.
+func (e *Engine) probeTail(f *flow, st *stream, now time.Time) {
+	st.tlpAt = time.Time{}
+	if st.tlpOut || st.inRecovery || st.nLost > 0 || len(st.segs) == 0 {
+		return // the RTO came first, or recovery began
+	}
+	to := st.from.other()
+	avail := max(diff(st.sndNxt, st.rcvNxt), 0)
+	n := min(avail, st.smss)
+	fin := st.finSeen && !st.finSent && st.sndNxt.Add(seqnum.Size(n)) == st.finSeq
+	if room := diff(st.sndNxt, st.sndUna.Add(seqnum.Size(st.wnd))); (n > 0 || fin) && room >= n {
+		e.sendNew(f, to, st, n, fin, now)
+		st.tlpRetrans = false
+	} else {
+		var s *txSeg
+		for i := len(st.segs) - 1; i >= 0; i-- {
+			if !st.segs[i].sacked && !st.segs[i].lost {
+				s = &st.segs[i]
+				break
+			}
+		}
+		if s == nil {
+			return
+		}
+		st.inflight -= s.len() // still in flight: transmit counts it again
+		s.rexmits++
+		e.transmit(f, to, st, s, now)
+		st.rexmits++
+		e.st.SplitRexmits++
+		st.tlpRetrans = true
+	}
+	st.tlpOut, st.tlpEnd, st.tlpDSACK = true, st.sndNxt, false
+	st.tlps++
+	e.st.TailProbes++
+	st.rtoAt = now.Add(st.rtoBackedOff(e))
 }
 
 // giveUp resets both ends of a flow whose receiver stopped answering,
@@ -505,6 +588,7 @@ func (e *Engine) onRTO(st *stream, now time.Time) {
 	}
 	st.cc.OnRTO(inflight)
 	st.inRecovery, st.recover = false, st.sndNxt
+	st.tlpOut = false
 	st.backoff = min(st.backoff+1, maxBackoff)
 	st.rtoAt = now.Add(st.rtoBackedOff(e))
 	st.timeouts++
@@ -530,8 +614,9 @@ func (e *Engine) probe(f *flow, st *stream, now time.Time) {
 // is re-armed only when that deadline moves earlier; a timer that fires
 // early finds nothing due and re-arms, so a busy flow allocates nothing.
 func (e *Engine) schedule(f *flow, st *stream, now time.Time) {
+	st.armTLP(f.sp.sackOn)
 	var at time.Time
-	for _, d := range [...]time.Time{st.rtoAt, st.rackAt, st.persistAt, st.paceAt, st.ackAt} {
+	for _, d := range [...]time.Time{st.rtoAt, st.rackAt, st.persistAt, st.paceAt, st.ackAt, st.tlpAt} {
 		if !d.IsZero() && (at.IsZero() || d.Before(at)) {
 			at = d
 		}
@@ -574,6 +659,9 @@ func (e *Engine) splitTimer(f *flow, from Side) {
 			st.sample = AckSample{Now: now, InFlight: before, MSS: st.smss, SRTT: st.srtt, MinRTT: st.minRTT, InRecovery: true}
 			st.cc.OnLoss(&st.sample)
 		}
+	}
+	if due(st.tlpAt) {
+		e.probeTail(f, st, now)
 	}
 	if due(st.persistAt) {
 		e.probe(f, st, now)

@@ -87,13 +87,21 @@ type stream struct {
 	persistBackoff         int
 	progress               time.Time // last cumulative ACK, or the first segment sent after none were outstanding
 
+	// Tail loss probe (RFC 8985 §7): when new data last went out or a
+	// new cumulative ACK came (the probe timeout runs from there), and
+	// the probe in flight, which ends at tlpEnd.
+	ptoBase            time.Time
+	tlpOut, tlpRetrans bool // a probe is in flight; it resent a segment
+	tlpDSACK           bool // a D-SACK came while it was
+	tlpEnd             seqnum.Value
+
 	// Deadlines (zero: none) and the one timer that serves them.
-	rtoAt, rackAt, persistAt, paceAt time.Time
-	timer                            netem.Timer
-	timerAt                          time.Time
+	rtoAt, rackAt, persistAt, paceAt, tlpAt time.Time
+	timer                                   netem.Timer
+	timerAt                                 time.Time
 
 	// Counters.
-	earlyAcked, rexmits, timeouts, probes, dsacks, spurious uint64
+	earlyAcked, rexmits, timeouts, probes, dsacks, spurious, tlps uint64
 }
 
 // splitFlow is a flow in split mode.

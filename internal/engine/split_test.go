@@ -424,6 +424,49 @@ func TestSplitRTOWaitsForSACKProgress(t *testing.T) {
 	}
 }
 
+// TestSplitTailLossProbe: the last two segments of a burst are lost and
+// nothing more is sent. Two SRTTs after the last ACK — before the RTO —
+// the engine resends the last segment as a probe (RFC 8985 §7); its SACK
+// lets RACK find the other one, and the tail is repaired with no timeout.
+func TestSplitTailLossProbe(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	for i := 0; i < 5; i++ {
+		h.fromW(i*988, 988, 0)
+	}
+	if toR := h.sentTo(Radio); len(toR) != 5 {
+		t.Fatalf("sent %d segments toward the radio", len(toR))
+	}
+	h.clock.Advance(20 * time.Millisecond)
+	h.ackR(3*988, 65535) // 3 and 4 are lost
+	var probe []pkt
+	waited := time.Duration(0)
+	for ; waited < 200*time.Millisecond && len(probe) == 0; waited += time.Millisecond {
+		h.clock.Advance(time.Millisecond)
+		probe = h.sentTo(Radio)
+	}
+	if len(probe) != 1 || probe[0].seq != h.W()+4*988 || probe[0].n != 988 {
+		t.Fatalf("want the last segment resent as a probe, got %+v after %v", probe, waited)
+	}
+	info := h.e.Flows()[0].Down
+	if waited > 2*info.SRTT+2*time.Millisecond || waited >= info.RTO {
+		t.Fatalf("probe after %v: want two SRTTs (%v), before the RTO (%v)", waited, info.SRTT, info.RTO)
+	}
+	h.clock.Advance(20 * time.Millisecond)
+	h.ackR(3*988, 65535, 4*988, 5*988) // the probe arrives: segment 3 is the hole
+	for i := 0; i < 40 && len(probe) < 2; i++ {
+		h.clock.Advance(time.Millisecond)
+		probe = append(probe, h.sentTo(Radio)...)
+	}
+	if len(probe) != 2 || probe[1].seq != h.W()+3*988 {
+		t.Fatalf("want segment 3 resent by RACK, got %+v", probe)
+	}
+	h.ackR(5*988, 65535)
+	if st := h.e.Stats(); st.SplitTimeouts != 0 || st.TailProbes != 1 || st.SplitRexmits != 2 {
+		t.Fatalf("%+v", st)
+	}
+}
+
 // TestSplitNoSACKShrinkingDuplicates: a receiver without SACK that counts
 // out-of-order data against its window (gVisor's does) shrinks the window
 // with each duplicate ACK; they are duplicates all the same, and the third

@@ -46,6 +46,7 @@ func (g *Gateway) Counters(prefix string) []metrics.Counter {
 		})},
 		{Name: prefix + "engine_suppressed_dupacks_total", Help: "Duplicate ACKs snoop answered itself.", Read: eng(func(s Stats) uint64 { return s.Engine.SuppressedDupAcks })},
 		{Name: prefix + "engine_timeouts_total", Help: "Retransmission timeouts of the engine's sender (split).", Read: eng(func(s Stats) uint64 { return s.Engine.SplitTimeouts })},
+		{Name: prefix + "engine_tail_probes_total", Help: "Tail loss probes of the engine's sender (split, RFC 8985).", Read: eng(func(s Stats) uint64 { return s.Engine.TailProbes })},
 	}
 	gauge := func(name, help string, f func(engine.Stats) float64) metrics.Counter {
 		return metrics.Counter{Name: prefix + name, Help: help, Gauge: true,
