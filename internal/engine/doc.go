@@ -30,9 +30,11 @@
 // everything in chunked buffers (Config.BufferPerFlow per direction,
 // Config.BufferTotal in all) until the receiver has acknowledged it. Its own
 // sender delivers the bytes, resegmented to the receiver's MSS: an RFC 6675
-// scoreboard with RACK loss detection (RFC 8985; three duplicate ACKs and
-// NewReno partial ACKs without SACK), the RFC 6298 estimator and RTO with
-// backoff, zero-window probes, token-bucket pacing, and a pluggable
+// scoreboard with RACK loss detection and tail loss probes (RFC 8985; three
+// duplicate ACKs and NewReno partial ACKs without SACK, a duplicate being an
+// ACK whose window did not grow), the RFC 6298 estimator and RTO with
+// backoff (restarted on SACK flows by any ACK that reports delivery: the
+// RTO is the last resort once ACKs stop), zero-window probes, token-bucket pacing, and a pluggable
 // congestion controller (Controller): CCBBR, a BBR-style model that does not
 // take random radio loss for congestion (the default), or CCReno. Windows
 // advertised to a sender come from the buffer and never move their right
