@@ -122,7 +122,8 @@ func TestEngineLinuxGoodput(t *testing.T) {
 			for i, eng := range modes {
 				args := append([]string{"--engine", eng, "--rate", "20mbit", "--delay", "10ms", "--queue", "250kb",
 					"--wire.delay", "40ms", "--seed", "1"}, radio...)
-				th, err := NewTwoHosts(ForTest(t), espepBin, args...)
+				bed := ForTest(t)
+				th, err := NewTwoHosts(bed, espepBin, args...)
 				must(t, err)
 				gp := iperf(t, th, "-C", cc, "-t", strconv.Itoa(*engineSecs), "-O", "2").End.SumReceived.BitsPerSecond / 1e6
 				if eng != "none" && testing.Verbose() {
@@ -130,6 +131,9 @@ func TestEngineLinuxGoodput(t *testing.T) {
 					th.Linkem.Wait(5 * time.Second)
 					t.Logf("%s %s %s: %.2f Mbit/s; engine %v", c, cc, eng, gp, counters(th.Linkem.Output(), "engine:"))
 				}
+				// Each run's namespaces and processes go now, not at the end:
+				// forty idle linkems and iperf servers beside the next run.
+				must(t, bed.Close())
 				if i == 0 {
 					base = gp
 					row += fmt.Sprintf(" %6.2f (%.2f) |", gp, gp/limit)
