@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"sync"
 	"time"
 
 	"github.com/espep/espep/internal/engine"
@@ -13,11 +14,24 @@ import (
 // estimates), and per-SA counters of the SAs in force.
 // Keys never appear: SAs are named by SPI, destination and protocol.
 func (g *Gateway) Counters(prefix string) []metrics.Counter {
+	// One snapshot serves a whole scrape: Stats walks every flow under the
+	// engine's lock, and a scrape reads some twenty families.
+	var mu sync.Mutex
+	var last Stats
+	var at time.Time
+	stats := func() Stats {
+		mu.Lock()
+		defer mu.Unlock()
+		if now := time.Now(); now.Sub(at) > statsMaxAge {
+			last, at = g.Stats(), now
+		}
+		return last
+	}
 	one := func(f func(Stats) uint64) func() []metrics.Sample {
-		return func() []metrics.Sample { return []metrics.Sample{{Value: float64(f(g.Stats()))}} }
+		return func() []metrics.Sample { return []metrics.Sample{{Value: float64(f(stats()))}} }
 	}
 	outcome := func() []metrics.Sample {
-		s := g.Stats()
+		s := stats()
 		var out []metrics.Sample
 		for _, x := range []struct {
 			name string
@@ -50,7 +64,7 @@ func (g *Gateway) Counters(prefix string) []metrics.Counter {
 	}
 	gauge := func(name, help string, f func(engine.Stats) float64) metrics.Counter {
 		return metrics.Counter{Name: prefix + name, Help: help, Gauge: true,
-			Read: func() []metrics.Sample { return []metrics.Sample{{Value: f(g.Stats().Engine)}} }}
+			Read: func() []metrics.Sample { return []metrics.Sample{{Value: f(stats().Engine)}} }}
 	}
 	cs = append(cs,
 		gauge("engine_flows", "TCP flows the engine tracks.", func(s engine.Stats) float64 { return float64(s.Flows) }),
@@ -61,7 +75,7 @@ func (g *Gateway) Counters(prefix string) []metrics.Counter {
 		metrics.Counter{Name: prefix + "engine_srtt_seconds", Gauge: true, Labels: []string{"leg", "stat"},
 			Help: "The flows' smoothed RTT estimates of each leg (min, mean, max over the flows that have one).",
 			Read: func() []metrics.Sample {
-				s := g.Stats().Engine
+				s := stats().Engine
 				var out []metrics.Sample
 				for _, l := range []struct {
 					leg string
@@ -81,3 +95,6 @@ func (g *Gateway) Counters(prefix string) []metrics.Counter {
 			}})
 	return append(cs, metrics.SACounters(prefix, func() *ipsec.SAD { return g.sad.Load() })...)
 }
+
+// statsMaxAge is how long one snapshot of the counters serves metric reads.
+const statsMaxAge = 100 * time.Millisecond
