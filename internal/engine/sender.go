@@ -355,8 +355,21 @@ const maxReoMult = 8
 const maxBackoff = 6
 
 func (st *stream) rtoBackedOff(e *Engine) time.Duration {
-	return min(st.rto<<st.backoff, e.cfg.MaxRTO)
+	d := min(st.rto<<st.backoff, e.cfg.MaxRTO)
+	if st.from == Wire {
+		// Toward the radio the backoff stops at radioRetryGap (or the
+		// RTO itself, if longer): the leg is the gateway's own, and a
+		// fade ends unannounced — nothing comes back until the engine
+		// sends again, so every doubling is time the radio sits idle
+		// after it ends (a 750 ms fade left it idle for up to 650 ms).
+		d = min(d, max(st.rto, radioRetryGap))
+	}
+	return d
 }
+
+// radioRetryGap bounds the backed-off RTO toward the radio: during a fade
+// the engine tries again at least this often (a few segments each time).
+const radioRetryGap = 250 * time.Millisecond
 
 // send transmits what the stream may send now toward its receiver:
 // presumed-lost segments first, then new data and the FIN — within the

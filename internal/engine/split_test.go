@@ -424,6 +424,40 @@ func TestSplitRTOWaitsForSACKProgress(t *testing.T) {
 	}
 }
 
+// TestSplitRetryGapTowardRadio: in a long fade the RTO toward the radio
+// backs off, but never to more than 250 ms between tries — so the radio
+// sits idle at most that long after the fade ends.
+func TestSplitRetryGapTowardRadio(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	h.fromW(0, 988, 0)
+	h.clock.Advance(20 * time.Millisecond)
+	h.ackR(988, 65535) // an RTT sample: 20 ms
+	h.fromW(988, 988, 0)
+	h.take()
+	var times []time.Duration
+	start := h.clock.Now()
+	for h.clock.Now().Sub(start) < 3*time.Second {
+		h.clock.Advance(5 * time.Millisecond)
+		for _, p := range h.sentTo(Radio) {
+			if p.seq == h.W()+988 {
+				times = append(times, h.clock.Now().Sub(start))
+			}
+		}
+	}
+	if len(times) < 8 {
+		t.Fatalf("%d tries in 3 s: %v", len(times), times)
+	}
+	for i := 1; i < len(times); i++ {
+		if gap := times[i] - times[i-1]; gap > 255*time.Millisecond {
+			t.Fatalf("%v between tries %d and %d (%v): want at most 250 ms", gap, i, i+1, times)
+		}
+	}
+	if times[2]-times[1] < times[1]-times[0]+times[1]-times[0]-10*time.Millisecond {
+		t.Fatalf("tries at %v: the first gaps should still double", times)
+	}
+}
+
 // TestSplitTailLossProbe: the last two segments of a burst are lost and
 // nothing more is sent. Two SRTTs after the last ACK — before the RTO —
 // the engine resends the last segment as a probe (RFC 8985 §7); its SACK
