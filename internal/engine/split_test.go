@@ -207,6 +207,18 @@ func (h *sh) fromW(off, n int, flags uint8) {
 	h.e.Process(Wire, h.seg(Wire, header.TCPAck|flags, h.W()+uint32(off), h.R(), 65535>>h.shift(Wire), n))
 }
 
+// burstW has the wire host send n segments of 988 bytes from the start of
+// its stream, and wants all of them passed on toward the radio at once.
+func (h *sh) burstW(n int) {
+	h.t.Helper()
+	for i := 0; i < n; i++ {
+		h.fromW(i*988, 988, 0)
+	}
+	if toR := h.sentTo(Radio); len(toR) != n {
+		h.t.Fatalf("sent %d segments toward the radio, want %d", len(toR), n)
+	}
+}
+
 // ackR acknowledges off bytes of the wire host's stream from the radio
 // host, with window win (before scaling) and SACK blocks given as stream
 // offsets.
@@ -350,12 +362,7 @@ func TestSplitSACKGeneration(t *testing.T) {
 func TestSplitLocalRecovery(t *testing.T) {
 	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
 	h.establish()
-	for i := 0; i < 6; i++ {
-		h.fromW(i*988, 988, 0)
-	}
-	if _, toR := h.split(h.take()); len(toR) != 6 {
-		t.Fatalf("sent %d segments toward the radio", len(toR))
-	}
+	h.burstW(6)
 	h.clock.Advance(20 * time.Millisecond)
 	// Segment 0 is lost; 1…5 arrive: three duplicate ACKs with SACK.
 	for i := 2; i <= 4; i++ {
@@ -398,12 +405,7 @@ func TestSplitRTOWaitsForSACKProgress(t *testing.T) {
 	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
 	h.establish()
 	const n = 10 // all sent at once
-	for i := 0; i < n; i++ {
-		h.fromW(i*988, 988, 0)
-	}
-	if toR := h.sentTo(Radio); len(toR) != n {
-		t.Fatalf("sent %d segments toward the radio, want %d", len(toR), n)
-	}
+	h.burstW(n)
 	h.clock.Advance(20 * time.Millisecond)
 	// Segment 0 is lost; 1…3 arrive: three duplicates, the hole is resent.
 	for i := 2; i <= 4; i++ {
@@ -465,12 +467,7 @@ func TestSplitRetryGapTowardRadio(t *testing.T) {
 func TestSplitTailLossProbe(t *testing.T) {
 	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
 	h.establish()
-	for i := 0; i < 5; i++ {
-		h.fromW(i*988, 988, 0)
-	}
-	if toR := h.sentTo(Radio); len(toR) != 5 {
-		t.Fatalf("sent %d segments toward the radio", len(toR))
-	}
+	h.burstW(5)
 	h.clock.Advance(20 * time.Millisecond)
 	h.ackR(3*988, 65535) // 3 and 4 are lost
 	var probe []pkt
