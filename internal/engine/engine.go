@@ -68,6 +68,9 @@ type Config struct {
 	// 1.3×) and starves rate-based ones (Linux BBR 0.3× swallowed, 1.0×
 	// forwarded).
 	DupAcks DupAckPolicy
+	// NoTailProbes turns the split sender's tail loss probes (RFC 8985
+	// §7) off; they are on by default.
+	NoTailProbes bool
 	// SnoopOriginal makes snoop resend the cached packets exactly as they
 	// came (the gateway needs it with read-class SAs, where it resends
 	// ciphertext). By default a resent segment gets the sender's latest

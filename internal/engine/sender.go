@@ -450,8 +450,8 @@ func (e *Engine) sendNew(f *flow, to Side, st *stream, n int, fin bool, now time
 const wcDelAck = 200 * time.Millisecond
 
 // armTLP sets the probe timeout (RFC 8985 §7.2): two smoothed RTTs after
-// new data last went out or a new cumulative ACK came, when it comes
-// before the RTO — on a SACK flow with something in flight, not in
+// new data last went out or a new cumulative ACK came, or the RTO if that
+// is sooner — on a SACK flow with something in flight, not in
 // recovery, not after an RTO (until a new cumulative ACK) and no probe
 // already out.
 func (st *stream) armTLP(sackOn bool) {
@@ -463,8 +463,13 @@ func (st *stream) armTLP(sackOn bool) {
 	if len(st.segs) == 1 {
 		pto += wcDelAck
 	}
-	if at := st.ptoBase.Add(pto); st.rtoAt.IsZero() || at.Before(st.rtoAt) {
-		st.tlpAt = at
+	// The probe comes first even when the RTO is due as soon (§7.2: PTO
+	// = min(PTO, RTO)): toward the radio the RTO is often no more than
+	// two SRTTs, and where the probe would do, a timeout presumes the
+	// whole flight lost.
+	st.tlpAt = st.ptoBase.Add(pto)
+	if !st.rtoAt.IsZero() && st.rtoAt.Before(st.tlpAt) {
+		st.tlpAt = st.rtoAt
 	}
 }
 
@@ -627,7 +632,7 @@ func (e *Engine) probe(f *flow, st *stream, now time.Time) {
 // is re-armed only when that deadline moves earlier; a timer that fires
 // early finds nothing due and re-arms, so a busy flow allocates nothing.
 func (e *Engine) schedule(f *flow, st *stream, now time.Time) {
-	st.armTLP(f.sp.sackOn)
+	st.armTLP(f.sp.sackOn && !e.cfg.NoTailProbes)
 	var at time.Time
 	for _, d := range [...]time.Time{st.rtoAt, st.rackAt, st.persistAt, st.paceAt, st.ackAt, st.tlpAt} {
 		if !d.IsZero() && (at.IsZero() || d.Before(at)) {
@@ -658,6 +663,9 @@ func (e *Engine) splitTimer(f *flow, from Side) {
 	st.timerAt = time.Time{}
 	e.timerFires++
 	due := func(t time.Time) bool { return !t.IsZero() && !now.Before(t) }
+	if due(st.tlpAt) {
+		e.probeTail(f, st, now) // restarts the RTO when it probes
+	}
 	if due(st.rtoAt) {
 		if len(st.segs) > 0 && now.Sub(st.progress) > e.cfg.GiveUp {
 			e.giveUp(f)
@@ -672,9 +680,6 @@ func (e *Engine) splitTimer(f *flow, from Side) {
 			st.sample = AckSample{Now: now, InFlight: before, MSS: st.smss, SRTT: st.srtt, MinRTT: st.minRTT, InRecovery: true}
 			st.cc.OnLoss(&st.sample)
 		}
-	}
-	if due(st.tlpAt) {
-		e.probeTail(f, st, now)
 	}
 	if due(st.persistAt) {
 		e.probe(f, st, now)
