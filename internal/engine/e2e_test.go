@@ -417,7 +417,7 @@ func TestShortResponses(t *testing.T) {
 			st = n.E.Load().Stats()
 		}
 		q := func(p float64) time.Duration { return took[int(p*float64(len(took)-1))].Round(time.Millisecond) }
-		rows = append(rows, fmt.Sprintf("| %s | %v | %v | %v | %v | %v | %d | %d |", name, (sum / rounds).Round(time.Millisecond),
+		rows = append(rows, fmt.Sprintf("| %s | %v | %v | %v | %v | %v | %d | %d |", name, (sum/rounds).Round(time.Millisecond),
 			q(0.5), q(0.9), q(0.99), took[len(took)-1].Round(time.Millisecond), st.TailProbes, st.SplitTimeouts))
 		t.Log(rows[len(rows)-1])
 		t.Logf("%s: the mobile's TCP (requests): %s", name, senderStats(n.B))
