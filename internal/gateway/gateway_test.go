@@ -1,13 +1,11 @@
 package gateway
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/netip"
 	"strings"
@@ -842,7 +840,9 @@ func TestGatewayRekey(t *testing.T) {
 				n.G.SetSAD(sad)
 			}()
 			if tc.idle {
-				heldTransfer(t, n.A, n.B, 5001, tc.size)
+				if _, err := gvhost.TransferHeld(n.A, n.B, 5001, tc.size, 30*time.Second); err != nil {
+					t.Fatal(err)
+				}
 			} else {
 				transfer(t, n.A, n.B, 5001, tc.size)
 			}
@@ -872,52 +872,5 @@ func TestGatewayRekey(t *testing.T) {
 				t.Fatalf("the gateway never asked the silent sender for a packet")
 			}
 		})
-	}
-}
-
-// heldTransfer is transfer with a sender that keeps the connection open,
-// sending nothing more (not even a FIN), until the receiver has every
-// byte.
-func heldTransfer(t *testing.T, src, dst *gvhost.Host, port uint16, size int) {
-	t.Helper()
-	ln, err := dst.Listen(port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	data := make([]byte, size)
-	rand.Read(data)
-	got := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- err
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		b := make([]byte, size)
-		if _, err := io.ReadFull(c, b); err != nil {
-			got <- fmt.Errorf("received %w", err)
-			return
-		}
-		if sha256.Sum256(b) != sha256.Sum256(data) {
-			got <- errors.New("received data differs (sha256)")
-			return
-		}
-		got <- nil
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := src.Dial(ctx, netip.AddrPortFrom(dst.Addr(), port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-got; err != nil {
-		t.Fatal(err)
 	}
 }

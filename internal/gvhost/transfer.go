@@ -15,6 +15,16 @@ import (
 // in Mbit/s, or an error if the bytes differ or the transfer did not
 // finish within timeout.
 func Transfer(src, dst *Host, port uint16, size int, timeout time.Duration) (float64, error) {
+	return transfer(src, dst, port, size, timeout, false)
+}
+
+// TransferHeld is Transfer with a sender that keeps the connection open,
+// sending nothing more (not even a FIN), until dst has every byte.
+func TransferHeld(src, dst *Host, port uint16, size int, timeout time.Duration) (float64, error) {
+	return transfer(src, dst, port, size, timeout, true)
+}
+
+func transfer(src, dst *Host, port uint16, size int, timeout time.Duration, hold bool) (float64, error) {
 	ln, err := dst.Listen(port)
 	if err != nil {
 		return 0, err
@@ -32,7 +42,12 @@ func Transfer(src, dst *Host, port uint16, size int, timeout time.Duration) (flo
 		}
 		defer c.Close()
 		h := sha256.New()
-		io.Copy(h, c)
+		if hold {
+			c.SetDeadline(time.Now().Add(timeout))
+			io.CopyN(h, c, int64(size)) // no FIN comes to end it
+		} else {
+			io.Copy(h, c)
+		}
 		got <- [32]byte(h.Sum(nil))
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -42,11 +57,14 @@ func Transfer(src, dst *Host, port uint16, size int, timeout time.Duration) (flo
 	if err != nil {
 		return 0, err
 	}
+	defer c.Close()
 	c.SetDeadline(time.Now().Add(timeout))
 	if _, err := c.Write(data); err != nil {
 		return 0, fmt.Errorf("transfer: %w", err)
 	}
-	c.Close()
+	if !hold {
+		c.Close()
+	}
 	select {
 	case s := <-got:
 		if s != want {
