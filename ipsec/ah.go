@@ -11,6 +11,8 @@ import (
 // zeroed (§3.3.3.1), the AH header with a zero ICV field, the payload, and
 // with ESN the high 32 sequence bits appended (§3.3.3.2.2... A.2).
 
+// zeroICV stands in for the ICV field while the ICV is computed; a field
+// longer than it is fed in pieces.
 var zeroICV [64]byte
 
 // ahLen returns the AH header length: 12 + ICV, padded to 32
@@ -23,6 +25,16 @@ func ahLen(i Integ, v6 bool) int {
 		a = 8
 	}
 	return (n + a - 1) / a * a
+}
+
+// checkAHLen refuses an AH header length n that is not the header with
+// integ's ICV padded to 32 or 64 bits (RFC 4302 §2.2, §2.6).
+func checkAHLen(integ Integ, n int) error {
+	if n != ahLen(integ, false) && n != ahLen(integ, true) {
+		return fmt.Errorf("ah length %d, want %d or %d for a %d-byte icv: %w", n,
+			ahLen(integ, false), ahLen(integ, true), integ.icvLen(), ErrMalformed)
+	}
+	return nil
 }
 
 func (sa *SA) sealAH(buf []byte, off int, pkt []byte, pl plainLayout, seq uint64) ([]byte, error) {
@@ -72,9 +84,13 @@ func (sa *SA) sealAH(buf []byte, off int, pkt []byte, pl plainLayout, seq uint64
 func (sa *SA) openAH(pkt []byte, l Loc) ([]byte, error) {
 	a := header.AH(pkt[l.Off:])
 	n, icvLen := a.Len(), sa.cfg.Integ.icvLen()
-	if n < header.AHFixedLen+icvLen {
+	// RFC 4302 §2.2 and §2.6: the length is the header with this SA's ICV,
+	// padded to 32 bits (IPv4) or 64 bits (IPv6). Anything else is refused
+	// before any work is done on it, as Linux's ah_input does: the length
+	// comes from a packet nobody has verified yet.
+	if err := checkAHLen(sa.cfg.Integ, n); err != nil {
 		sa.otherDrops.Add(1)
-		return nil, fmt.Errorf("sa %v: ah length %d, icv needs %d: %w", sa.id, n, icvLen, ErrMalformed)
+		return nil, fmt.Errorf("sa %v: %w", sa.id, err)
 	}
 	sa.in.Lock()
 	if sa.in.mac == nil {
@@ -120,7 +136,9 @@ func ahICV(mac *hmacAuth, scratch []byte, pkt []byte, off, n int, seqHi uint32, 
 	mac.begin()
 	mac.write(m)
 	mac.write(pkt[off : off+header.AHFixedLen])
-	mac.write(zeroICV[:n-header.AHFixedLen])
+	for z := n - header.AHFixedLen; z > 0; z -= len(zeroICV) {
+		mac.write(zeroICV[:min(z, len(zeroICV))])
+	}
 	mac.write(pkt[off+n:])
 	return mac.finish(seqHi, esn), nil
 }

@@ -94,6 +94,10 @@ func (r *ReadSA) Decrypt(dst, pkt []byte) ([]byte, error) {
 	var next uint8
 	if l.Kind == KindAH {
 		a := header.AH(pkt[l.Off:])
+		if err := checkAHLen(r.cfg.Integ, a.Len()); err != nil {
+			r.otherDrops.Add(1)
+			return nil, fmt.Errorf("sa %v: %w", r.id, err)
+		}
 		payload = append(dst[hl:hl], a.Payload()...)
 		next = a.NextHeader()
 	} else {

@@ -101,9 +101,11 @@ func ExtLen(b []byte, off int, proto uint8) (int, error) { return extLen(b, off,
 
 // UpperLayer walks the extension header chain and returns the first protocol
 // that is not an extension header (for example TCP, UDP, ESP, AH), its
-// offset, and the offset of the byte that names it. A fragment header with a
-// non-zero offset ends the walk with ProtoFragment: what follows is not a
-// header.
+// offset, and the offset of the byte that names it. A fragment header ends
+// the walk with ProtoFragment unless it is an atomic fragment (offset 0, no
+// more fragments: a whole packet, RFC 6946): what follows a later fragment
+// is not a header, and a first fragment carries only part of its upper
+// layer, which nobody may take for the whole.
 func (h IPv6) UpperLayer() (proto uint8, off, nhOff int, err error) {
 	proto, off, nhOff = h[6], IPv6Len, 6
 	for i := 0; IsExtension(proto); i++ {
@@ -114,7 +116,7 @@ func (h IPv6) UpperLayer() (proto uint8, off, nhOff int, err error) {
 		if err != nil {
 			return 0, 0, 0, err
 		}
-		if proto == ProtoFragment && binary.BigEndian.Uint16(h[off+2:])&0xfff8 != 0 {
+		if proto == ProtoFragment && binary.BigEndian.Uint16(h[off+2:])&0xfff9 != 0 {
 			return ProtoFragment, off, nhOff, nil
 		}
 		nhOff = off
