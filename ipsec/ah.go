@@ -37,17 +37,13 @@ func checkAHLen(integ Integ, n int) error {
 	return nil
 }
 
-func (sa *SA) sealAH(buf []byte, off int, pkt []byte, pl plainLayout, seq uint64) ([]byte, error) {
+func (sa *SA) sealAH(buf []byte, off int, pkt []byte, pl plainLayout, seq uint64, fr *Frame) ([]byte, error) {
 	mac := sa.out.mac
 	if mac == nil {
 		return nil, fmt.Errorf("sa %v: %w", sa.id, ErrHardExpired)
 	}
-	v6 := pl.v6
-	if sa.cfg.Mode == Tunnel {
-		v6 = sa.cfg.Dst.Is6()
-	}
-	n := ahLen(sa.cfg.Integ, v6)
-	outer := sa.outerLen(pl)
+	n := ahLen(sa.cfg.Integ, fr.outerV6(pl))
+	outer := fr.outerLen(pl)
 	p0 := off + pl.hlen
 	start := p0 - n - outer
 	end := off + len(pkt)
@@ -70,7 +66,7 @@ func (sa *SA) sealAH(buf []byte, off int, pkt []byte, pl plainLayout, seq uint64
 	}
 	out := buf[start:end]
 	header.WriteAH(out[outer:], pl.next, n, sa.cfg.SPI, uint32(s))
-	sa.finishOuter(out, pl, header.ProtoAH, tos, df)
+	sa.finishOuter(out, fr, pl, header.ProtoAH, tos, df)
 	icv, err := ahICV(sa.out.mac, sa.out.aadBuf[:], out, outer, n, uint32(s>>32), sa.cfg.ESN)
 	if err != nil {
 		return nil, fmt.Errorf("sa %v: %w", sa.id, err)
@@ -102,11 +98,26 @@ func (sa *SA) openAH(pkt []byte, l Loc) ([]byte, error) {
 		err = sa.checkLife(sa.in.bytes, 0)
 	}
 	if err == nil {
-		var icv []byte
-		icv, err = ahICV(sa.in.mac, sa.in.aadBuf[:], pkt, l.Off, n, uint32(seq>>32), sa.cfg.ESN)
-		if err == nil && subtle.ConstantTimeCompare(icv, a[header.AHFixedLen:header.AHFixedLen+icvLen]) != 1 {
+		tries := uint64(1)
+		if sa.esnSearching() { // RFC 4303 Appendix A3, as in openESNSearch
+			tries = esnSearch
+		}
+		lo := seq & 0xffffffff
+		for hi := seq >> 32; ; hi++ {
+			var icv []byte
+			icv, err = ahICV(sa.in.mac, sa.in.aadBuf[:], pkt, l.Off, n, uint32(hi), sa.cfg.ESN)
+			if err == nil && subtle.ConstantTimeCompare(icv, a[header.AHFixedLen:header.AHFixedLen+icvLen]) != 1 {
+				err = ErrICV
+			}
+			if err != ErrICV || hi+1 >= tries {
+				if err == nil {
+					seq = hi<<32 | lo
+				}
+				break
+			}
+		}
+		if err == ErrICV {
 			sa.in.icvFail++
-			err = ErrICV
 		}
 	}
 	if err != nil {
@@ -118,7 +129,11 @@ func (sa *SA) openAH(pkt []byte, l Loc) ([]byte, error) {
 	sa.in.packets++
 	sa.in.bytes += uint64(len(payload))
 	sa.in.Unlock()
-	return sa.decap(pkt, l, payload, a.NextHeader())
+	inner, err := sa.decap(pkt, l, payload, a.NextHeader())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUndeliverable, err)
+	}
+	return inner, nil
 }
 
 // ahICV computes the AH ICV of pkt, whose AH header of n bytes is at off.

@@ -29,9 +29,62 @@ type plainLayout struct {
 	next  uint8
 }
 
+// Frame is an outer form an SA seals in: transport or tunnel mode, raw
+// ESP or ESP in UDP (RFC 3948) with its ports, and in tunnel mode the
+// outer addresses. An SA seals in the form its Config states; a holder
+// that learns the form from the packets — Wireshark esp_sa lines carry no
+// mode and no ports, a NAT may move the ports — makes another with
+// NewFrame and seals with SealFramed. A Frame holds no key and no
+// counter: the SA's outbound state (keys, sequence numbers, IVs) is the
+// one the SA owns, whatever the frame, and Wipe ends it for every frame.
+type Frame struct {
+	mode         Mode
+	sport, dport uint16
+	dst          netip.Addr // the SA's destination, whose family a transport-mode packet must have (zero: any)
+	tmpl         outerTemplate
+}
+
+// NewFrame makes a frame for sa: mode Tunnel or Transport, UDP ports
+// (0, 0: raw ESP; ESP only), and for tunnel mode the outer source and
+// destination (zero: the SA's own, which a wildcard SA lacks). The
+// addresses come from a packet the caller verified.
+func (sa *SA) NewFrame(mode Mode, sport, dport uint16, src, dst netip.Addr) (*Frame, error) {
+	if mode != Tunnel && mode != Transport {
+		return nil, fmt.Errorf("sa %v: frame: mode %v: want tunnel or transport", sa.id, mode)
+	}
+	if (sport == 0) != (dport == 0) || sport != 0 && sa.cfg.Proto != ESP {
+		return nil, fmt.Errorf("sa %v: frame: UDP ports %d, %d", sa.id, sport, dport)
+	}
+	f := &Frame{mode: mode, sport: sport, dport: dport, dst: sa.cfg.Dst}
+	if mode == Tunnel {
+		if !src.IsValid() {
+			src = sa.cfg.Src
+		}
+		if !dst.IsValid() {
+			dst = sa.cfg.Dst
+		}
+		if !src.IsValid() || !dst.IsValid() || src.Is4() != dst.Is4() {
+			return nil, fmt.Errorf("sa %v: frame: tunnel mode needs outer addresses of one family, have %v and %v", sa.id, src, dst)
+		}
+		f.tmpl, f.dst = newOuterTemplate(src, dst), dst
+	}
+	return f, nil
+}
+
+// Mode returns the frame's mode.
+func (f *Frame) Mode() Mode { return f.mode }
+
+// Ports returns the frame's UDP encapsulation ports (0, 0: none).
+func (f *Frame) Ports() (src, dst uint16) { return f.sport, f.dport }
+
+func (f *Frame) udp() bool { return f.sport != 0 }
+
+// outer6 reports whether a tunnel-mode frame's outer header is IPv6.
+func (f *Frame) outer6() bool { return f.tmpl.v6 }
+
 // layoutFor parses pkt and decides what is protected: the upper layer in
 // transport mode, the whole packet in tunnel mode (RFC 4301 §4.1).
-func (sa *SA) layoutFor(pkt []byte) (plainLayout, error) {
+func (sa *SA) layoutFor(pkt []byte, fr *Frame) (plainLayout, error) {
 	var pl plainLayout
 	if len(pkt) == 0 {
 		return pl, fmt.Errorf("empty packet: %w", ErrMalformed)
@@ -46,7 +99,7 @@ func (sa *SA) layoutFor(pkt []byte) (plainLayout, error) {
 			return pl, fmt.Errorf("ipv4 total length %d, packet %d bytes: %w", len(h), len(pkt), ErrMalformed)
 		}
 		pl.nhOff, pl.hlen, pl.next = 9, h.HeaderLen(), h.Protocol()
-		if sa.cfg.Mode != Tunnel && h.IsFragment() {
+		if fr.mode != Tunnel && h.IsFragment() {
 			return pl, fmt.Errorf("transport mode cannot protect a fragment: %w", ErrMalformed)
 		}
 	case 6:
@@ -58,7 +111,7 @@ func (sa *SA) layoutFor(pkt []byte) (plainLayout, error) {
 			return pl, fmt.Errorf("ipv6 payload length %d, packet %d bytes: %w", len(h)-header.IPv6Len, len(pkt), ErrMalformed)
 		}
 		pl.v6 = true
-		if sa.cfg.Mode != Tunnel {
+		if fr.mode != Tunnel {
 			if pl.hlen, pl.nhOff, err = h.TransportInsertPoint(); err != nil {
 				return pl, err
 			}
@@ -67,7 +120,7 @@ func (sa *SA) layoutFor(pkt []byte) (plainLayout, error) {
 	default:
 		return pl, fmt.Errorf("ip version %d: %w", pkt[0]>>4, ErrMalformed)
 	}
-	if sa.cfg.Mode == Tunnel {
+	if fr.mode == Tunnel {
 		pl.hlen, pl.nhOff = 0, -1
 		pl.next = header.ProtoIPIP
 		if pl.v6 {
@@ -75,16 +128,16 @@ func (sa *SA) layoutFor(pkt []byte) (plainLayout, error) {
 		}
 		return pl, nil
 	}
-	if sa.cfg.Dst.IsValid() && pl.v6 != sa.cfg.Dst.Is6() {
-		return pl, fmt.Errorf("transport mode sa to %v, ipv%d packet: %w", sa.cfg.Dst, pkt[0]>>4, ErrFamily)
+	if fr.dst.IsValid() && pl.v6 != fr.dst.Is6() {
+		return pl, fmt.Errorf("transport mode sa to %v, ipv%d packet: %w", fr.dst, pkt[0]>>4, ErrFamily)
 	}
 	return pl, nil
 }
 
 // outerLen is the length of the IP header the sealed packet starts with.
-func (sa *SA) outerLen(pl plainLayout) int {
-	if sa.cfg.Mode == Tunnel {
-		if sa.cfg.Dst.Is6() {
+func (f *Frame) outerLen(pl plainLayout) int {
+	if f.mode == Tunnel {
+		if f.outer6() {
 			return header.IPv6Len
 		}
 		return header.IPv4MinLen
@@ -92,14 +145,22 @@ func (sa *SA) outerLen(pl plainLayout) int {
 	return pl.hlen
 }
 
+// outerV6 reports whether the sealed packet's outer header is IPv6.
+func (f *Frame) outerV6(pl plainLayout) bool {
+	if f.mode == Tunnel {
+		return f.outer6()
+	}
+	return pl.v6
+}
+
 // finishOuter writes or moves the IP header in front of the sealed packet
 // out (which starts with it) whose protected part starts at protoOff and
 // carries protocol proto; inner is the original packet, still intact in its
 // first bytes only if transport mode moved them (the caller copied them).
-func (sa *SA) finishOuter(out []byte, pl plainLayout, proto uint8, innerTOS uint8, innerDF bool) {
-	if sa.cfg.Mode == Tunnel {
+func (sa *SA) finishOuter(out []byte, fr *Frame, pl plainLayout, proto uint8, innerTOS uint8, innerDF bool) {
+	if fr.mode == Tunnel {
 		sa.out.id++
-		sa.tmpl.write(out, proto, innerTOS, innerDF, sa.out.id)
+		fr.tmpl.write(out, proto, innerTOS, innerDF, sa.out.id)
 		return
 	}
 	out[pl.nhOff] = proto

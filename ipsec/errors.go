@@ -20,7 +20,12 @@ var (
 	ErrReadAEAD    = errors.New("class read is impossible with a combined-mode transform")
 	ErrUnsupported = errors.New("unsupported")
 	ErrIVExhausted = errors.New("iv range exhausted")
-	ErrFamily      = errors.New("address family mismatch")
+	// ErrUndeliverable wraps what goes wrong after a packet verified: a
+	// dummy packet, a bad trailer, an inner packet that does not parse.
+	// The packet counted and moved the replay window; it carries nothing
+	// to deliver.
+	ErrUndeliverable = errors.New("verified, but nothing to deliver")
+	ErrFamily        = errors.New("address family mismatch")
 )
 
 // TooBigError reports a sealed packet that would exceed the SA's path MTU.

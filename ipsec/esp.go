@@ -2,6 +2,7 @@ package ipsec
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/espep/espep/ipsec/header"
 )
@@ -18,9 +19,15 @@ func (sa *SA) Seal(buf []byte, off, n int) ([]byte, error) {
 // moves up to it if it is ahead) and IV source (nil: the SA's). A gateway
 // that re-sequences or keeps its IVs disjoint from an endpoint's uses it.
 func (sa *SA) SealWith(buf []byte, off, n int, seq uint64, iv IVSource) ([]byte, error) {
+	return sa.SealFramed(buf, off, n, seq, iv, nil)
+}
+
+// SealFramed is SealWith in the outer form fr (nil: the SA's own), made
+// by NewFrame.
+func (sa *SA) SealFramed(buf []byte, off, n int, seq uint64, iv IVSource, fr *Frame) ([]byte, error) {
 	sa.out.Lock()
 	defer sa.out.Unlock()
-	return sa.sealLocked(buf, off, n, seq, iv)
+	return sa.sealLocked(buf, off, n, seq, iv, fr)
 }
 
 // A Packet is one entry of a batch: the packet is Buf[Off:Off+N] with
@@ -41,7 +48,7 @@ func (sa *SA) SealBatch(pkts []Packet) int {
 	ok := 0
 	for i := range pkts {
 		p := &pkts[i]
-		p.Out, p.Err = sa.sealLocked(p.Buf, p.Off, p.N, 0, nil)
+		p.Out, p.Err = sa.sealLocked(p.Buf, p.Off, p.N, 0, nil, nil)
 		if p.Err == nil {
 			ok++
 		}
@@ -50,19 +57,22 @@ func (sa *SA) SealBatch(pkts []Packet) int {
 }
 
 // sealLocked seals one packet; the caller holds the outbound lock.
-func (sa *SA) sealLocked(buf []byte, off, n int, seq uint64, iv IVSource) ([]byte, error) {
+func (sa *SA) sealLocked(buf []byte, off, n int, seq uint64, iv IVSource, fr *Frame) ([]byte, error) {
 	if off < 0 || n < 0 || off+n > len(buf) {
 		return nil, fmt.Errorf("sa %v: seal: packet [%d:%d] outside buffer of %d: %w", sa.id, off, off+n, len(buf), ErrNoRoom)
 	}
+	if fr == nil {
+		fr = &sa.frame
+	}
 	pkt := buf[off : off+n]
-	pl, err := sa.layoutFor(pkt)
+	pl, err := sa.layoutFor(pkt, fr)
 	if err != nil {
 		return nil, fmt.Errorf("sa %v: seal: %w", sa.id, err)
 	}
 	if sa.cfg.Proto == AH {
-		return sa.sealAH(buf, off, pkt, pl, seq)
+		return sa.sealAH(buf, off, pkt, pl, seq, fr)
 	}
-	return sa.sealESP(buf, off, pkt, pl, seq, iv)
+	return sa.sealESP(buf, off, pkt, pl, seq, iv, fr)
 }
 
 // nextSeq picks the packet's sequence number; called with out locked.
@@ -110,7 +120,7 @@ func (sa *SA) MaxOverhead() int {
 	return outer + udp + header.ESPLen + c.ivLen() + c.align() - 1 + 2 + c.icvLen()
 }
 
-func (sa *SA) sealESP(buf []byte, off int, pkt []byte, pl plainLayout, seq uint64, ivs IVSource) ([]byte, error) {
+func (sa *SA) sealESP(buf []byte, off int, pkt []byte, pl plainLayout, seq uint64, ivs IVSource, fr *Frame) ([]byte, error) {
 	c := sa.out.c
 	if c == nil {
 		return nil, fmt.Errorf("sa %v: %w", sa.id, ErrHardExpired)
@@ -123,10 +133,10 @@ func (sa *SA) sealESP(buf []byte, off int, pkt []byte, pl plainLayout, seq uint6
 		return nil, fmt.Errorf("sa %v: padding: %w", sa.id, ErrUnsupported)
 	}
 	udp := 0
-	if sa.cfg.UDPEncap() {
+	if fr.udp() {
 		udp = header.UDPLen
 	}
-	outer := sa.outerLen(pl)
+	outer := fr.outerLen(pl)
 	p0 := off + pl.hlen              // payload start, stays in place
 	e0 := p0 - header.ESPLen - ivLen // ESP header
 	start := e0 - udp - outer        // sealed packet
@@ -174,10 +184,10 @@ func (sa *SA) sealESP(buf []byte, off int, pkt []byte, pl plainLayout, seq uint6
 	if udp > 0 {
 		proto = header.ProtoUDP
 		u := out[outer:]
-		header.WriteUDP(u, sa.cfg.EncapSrcPort, sa.cfg.EncapDstPort, len(u))
+		header.WriteUDP(u, fr.sport, fr.dport, len(u))
 	}
-	sa.finishOuter(out, pl, proto, tos, df)
-	if udp > 0 && sa.cfg.Dst.Is6() {
+	sa.finishOuter(out, fr, pl, proto, tos, df)
+	if udp > 0 && fr.outerV6(pl) {
 		// RFC 8200 §8.1: UDP over IPv6 carries a real checksum.
 		h := header.IPv6(out)
 		header.UDP(out[outer:]).UpdateChecksum(h.SrcBytes(), h.DstBytes())
@@ -244,7 +254,9 @@ func (sa *SA) openESP(pkt []byte, l Loc) ([]byte, error) {
 		err = sa.checkLife(sa.in.bytes, 0)
 	}
 	if err == nil {
-		if err = c.open(e, uint32(seq>>32), sa.cfg.ESN); err != nil {
+		if sa.esnSearching() {
+			seq, err = sa.openESNSearch(c, e, seq)
+		} else if err = c.open(e, uint32(seq>>32), sa.cfg.ESN); err != nil {
 			sa.in.icvFail++
 		}
 	}
@@ -262,9 +274,64 @@ func (sa *SA) openESP(pkt []byte, l Loc) ([]byte, error) {
 	payload, next, err := espTrailer(sa.id, body)
 	if err != nil {
 		sa.otherDrops.Add(1)
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrUndeliverable, err)
 	}
-	return sa.decap(pkt, l, payload, next)
+	inner, err := sa.decap(pkt, l, payload, next)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUndeliverable, err)
+	}
+	return inner, nil
+}
+
+// ESN without a window (RFC 4303 Appendix A3). A receiver that has
+// accepted nothing on an ESN SA does not know the high 32 bits of the
+// sender's counter: a gateway that meets the SA after the sender passed
+// 2^32 packets would infer 0 and fail every ICV. Until its first packet
+// verifies, an ESN SA tries the high halves 0 … esnSearch−1 in turn — at
+// most once per esnSearchGap, so that packets nobody can verify cost at
+// most esnSearch ICV checks per gap and SA. The search finds any SA that
+// has carried fewer than esnSearch·2^32 packets.
+const (
+	esnSearch    = 64
+	esnSearchGap = 20 * time.Millisecond
+)
+
+// esnSearching reports whether the next ESP packet may search the high
+// halves; called with in locked.
+func (sa *SA) esnSearching() bool {
+	if !sa.cfg.ESN || sa.in.win.top != 0 {
+		return false
+	}
+	now := sa.clock()
+	if !sa.in.searched.IsZero() && now.Sub(sa.in.searched) < esnSearchGap {
+		return false
+	}
+	sa.in.searched = now
+	return true
+}
+
+// openESNSearch opens e trying each high half in turn (seq's low half is
+// the packet's); it returns the full sequence number that verified. A
+// failed open may have clobbered e (Go's AES-GCM clears its output), so
+// each try starts from a copy. Called with in locked.
+func (sa *SA) openESNSearch(c espCipher, e []byte, seq uint64) (uint64, error) {
+	if cap(sa.in.search) < len(e) {
+		sa.in.search = make([]byte, len(e), max(len(e), 2048))
+	}
+	saved := sa.in.search[:len(e)]
+	copy(saved, e)
+	lo := seq & 0xffffffff
+	for hi := uint64(0); hi < esnSearch; hi++ {
+		if hi > 0 {
+			copy(e, saved)
+		}
+		if c.open(e, uint32(hi), true) == nil {
+			return hi<<32 | lo, nil
+		}
+	}
+	copy(e, saved)
+	sa.in.icvFail++
+	return seq, ErrICV
 }
 
 // decap turns a verified, decrypted payload into the packet to deliver.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/espep/espep/ipsec/header"
 )
@@ -236,4 +237,46 @@ func FuzzOpenBody(f *testing.F) {
 			t.Fatalf("raw seal: %v", err)
 		}
 	})
+}
+
+// TestESNLateStart: a receiver that meets an ESN SA after the sender
+// passed 2^32 packets (a gateway started late) finds the high half on the
+// first packet and opens everything after; a packet nobody can verify
+// searches at most once per esnSearchGap.
+func TestESNLateStart(t *testing.T) {
+	for _, s := range []suite{suites[0], suites[3], suites[4], suites[11]} {
+		c := s.config(Tunnel, false, false, true)
+		now := time.Unix(1000, 0)
+		c.Clock = func() time.Time { return now }
+		tx, rx := mustSA(t, c), mustSA(t, c)
+		tx.SetOutSeq(5<<32 + 100)
+		pkt := tcpPacket(v4a, v4b, []byte("late"))
+		for i := range 3 {
+			got, err := rx.Open(sealOne(t, tx, pkt))
+			if err != nil || !bytes.Equal(got, pkt) {
+				t.Fatalf("%s: packet %d: %v", s.name, i, err)
+			}
+		}
+		if top := rx.InTop(); top != 5<<32+103 {
+			t.Fatalf("%s: window top %#x", s.name, top)
+		}
+
+		// Before anything verified, a forged packet searches once; the
+		// next within the gap does not, so a genuine one must wait.
+		rx2 := mustSA(t, c)
+		bad := sealOne(t, tx, pkt)
+		l, _ := Locate(bad)
+		bad[len(bad)-1] ^= 1
+		if _, err := rx2.Open(bad); !errors.Is(err, ErrICV) {
+			t.Fatalf("%s: forged: %v", s.name, err)
+		}
+		good := sealOne(t, tx, pkt)
+		if _, err := rx2.Open(append([]byte(nil), good...)); !errors.Is(err, ErrICV) {
+			t.Fatalf("%s: searched again within the gap: %v", s.name, err)
+		}
+		now = now.Add(esnSearchGap)
+		if _, err := rx2.Open(good); err != nil {
+			t.Fatalf("%s: after the gap: %v (seq %d)", s.name, err, l.Seq)
+		}
+	}
 }

@@ -194,7 +194,7 @@ type SA struct {
 	id         ID
 	otherDrops atomic.Uint64
 
-	tmpl    outerTemplate // tunnel mode
+	frame   Frame // the outer form cfg states
 	created time.Time
 	clock   func() time.Time
 	softHit atomic.Bool
@@ -220,6 +220,10 @@ type SA struct {
 		aadBuf   [header.IPv6Len + maxAHHeaders]byte
 
 		packets, bytes, icvFail, replay uint64
+
+		// ESN high-half search while nothing has been accepted (esp.go).
+		searched time.Time
+		search   []byte
 	}
 }
 
@@ -252,8 +256,9 @@ func New(cfg Config) (*SA, error) {
 		sa.clock = time.Now
 	}
 	sa.created = sa.clock()
+	sa.frame = Frame{mode: cfg.Mode, sport: cfg.EncapSrcPort, dport: cfg.EncapDstPort, dst: cfg.Dst}
 	if cfg.Mode == Tunnel {
-		sa.tmpl = newOuterTemplate(cfg.Src, cfg.Dst)
+		sa.frame.tmpl = newOuterTemplate(cfg.Src, cfg.Dst)
 	}
 	var err error
 	if cfg.Proto == ESP {
@@ -324,37 +329,6 @@ func (sa *SA) WindowState() (top uint64, bitmap []uint64) {
 	sa.in.Lock()
 	defer sa.in.Unlock()
 	return sa.in.win.State()
-}
-
-// Reframe returns an SA that seals like sa — same keys, transforms, IV
-// source and outbound counter — in another outer form: mode (Tunnel or
-// Transport) and UDP encapsulation ports (0, 0: raw ESP). A gateway whose
-// SA file does not say the outer form (Wireshark esp_sa lines) learns it
-// from the packets and seals with the result. The two share their
-// outbound transform state, so sa must not seal any more; the result
-// opens nothing (it has its own empty replay window and no inbound use).
-func (sa *SA) Reframe(mode Mode, encapSrc, encapDst uint16) (*SA, error) {
-	if mode != Tunnel && mode != Transport {
-		return nil, fmt.Errorf("sa %v: reframe: mode %v: want tunnel or transport", sa.id, mode)
-	}
-	if (encapSrc == 0) != (encapDst == 0) || encapSrc != 0 && sa.cfg.Proto != ESP {
-		return nil, fmt.Errorf("sa %v: reframe: UDP ports %d, %d", sa.id, encapSrc, encapDst)
-	}
-	sa.out.Lock()
-	defer sa.out.Unlock()
-	cfg := sa.cfg
-	cfg.Mode, cfg.EncapSrcPort, cfg.EncapDstPort = mode, encapSrc, encapDst
-	n := &SA{cfg: cfg, id: sa.id, clock: sa.clock, created: sa.created}
-	if mode == Tunnel {
-		n.tmpl = newOuterTemplate(cfg.Src, cfg.Dst)
-	}
-	n.out.c, n.out.mac, n.out.ivSrc, n.out.seq, n.out.id = sa.out.c, sa.out.mac, sa.out.ivSrc, sa.out.seq, sa.out.id
-	var err error
-	if n.in.win, err = NewWindow(MinWindow); err != nil {
-		return nil, err
-	}
-	n.in.noReplay = true
-	return n, nil
 }
 
 // InTop returns the highest inbound sequence number accepted so far (with

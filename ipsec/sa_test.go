@@ -467,10 +467,12 @@ func TestHeadroomSuffices(t *testing.T) {
 	}
 }
 
-// TestReframe: an SA of unknown mode and without UDP ports (as an esp_sa
-// line gives it) reframed to tunnel mode in UDP 4500 seals what an SA
-// configured that way opens; the reframed SA opens nothing.
-func TestReframe(t *testing.T) {
+// TestFrame: an SA of unknown mode and without UDP ports (as an esp_sa
+// line gives it) sealing in a frame of tunnel mode in UDP 4500 makes what
+// an SA configured that way opens. A wildcard SA (no addresses) framed to
+// tunnel mode takes the outer addresses it is given, and is refused, not
+// a panic, without them. Wipe ends every frame's sealing.
+func TestFrame(t *testing.T) {
 	for _, s := range suites[:5] {
 		if s.proto != ESP {
 			continue
@@ -478,13 +480,13 @@ func TestReframe(t *testing.T) {
 		any := s.config(ModeAny, false, false, false)
 		want := s.config(Tunnel, true, false, false)
 		sa, rx := mustSA(t, any), mustSA(t, want)
-		rf, err := sa.Reframe(Tunnel, 4500, 4500)
+		fr, err := sa.NewFrame(Tunnel, 4500, 4500, netip.Addr{}, netip.Addr{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		pkt := tcpPacket(netip.MustParseAddr("10.78.1.1"), netip.MustParseAddr("10.78.2.1"), []byte("reframed"))
 		buf, off := inBuf(pkt)
-		out, err := rf.SealWith(buf, off, len(pkt), 7, nil)
+		out, err := sa.SealFramed(buf, off, len(pkt), 7, nil, fr)
 		if err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
@@ -493,13 +495,68 @@ func TestReframe(t *testing.T) {
 		}
 		in, err := rx.Open(append([]byte(nil), out...))
 		if err != nil || string(in) != string(pkt) {
-			t.Fatalf("%s: the configured SA cannot open the reframed SA's packet: %v", s.name, err)
+			t.Fatalf("%s: the configured SA cannot open the framed packet: %v", s.name, err)
 		}
-		if _, err := rf.Open(out); err == nil {
-			t.Fatalf("%s: a reframed SA opened a packet", s.name)
+		if _, err := sa.NewFrame(ModeAny, 0, 0, netip.Addr{}, netip.Addr{}); err == nil {
+			t.Fatalf("%s: a frame of no mode", s.name)
 		}
-		if _, err := sa.Reframe(ModeAny, 0, 0); err == nil {
-			t.Fatalf("%s: reframed to no mode", s.name)
+
+		wild := any
+		wild.Src, wild.Dst = netip.Addr{}, netip.Addr{}
+		ws := mustSA(t, wild)
+		if _, err := ws.NewFrame(Tunnel, 0, 0, netip.Addr{}, netip.Addr{}); err == nil {
+			t.Fatalf("%s: a wildcard SA framed to tunnel mode without addresses", s.name)
 		}
+		wf, err := ws.NewFrame(Tunnel, 0, 0, v4a, v4b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf, off = inBuf(pkt)
+		out, err = ws.SealFramed(buf, off, len(pkt), 8, nil, wf)
+		if err != nil {
+			t.Fatalf("%s: wildcard in a frame: %v", s.name, err)
+		}
+		if l, _ := Locate(out); l.Src != v4a || l.Dst != v4b {
+			t.Fatalf("%s: wildcard frame sealed from %v to %v", s.name, l.Src, l.Dst)
+		}
+		sa.Wipe()
+		buf, off = inBuf(pkt)
+		if _, err := sa.SealFramed(buf, off, len(pkt), 9, nil, fr); err == nil {
+			t.Fatalf("%s: sealed in a frame after Wipe", s.name)
+		}
+	}
+}
+
+// TestAdmits: the inbound selector check (RFC 4301 §5.2).
+func TestAdmits(t *testing.T) {
+	in := tcpPacket(netip.MustParseAddr("10.78.1.1"), netip.MustParseAddr("10.78.2.1"), []byte("x"))
+	c := suites[0].config(Tunnel, false, false, false)
+	if !c.Admits(in, true) {
+		t.Error("a tunnel SA without selectors refused a packet")
+	}
+	if c.Admits(in, false) {
+		t.Error("a transport SA admitted a packet between other hosts")
+	}
+	c.TS = Selector{Proto: ProtoAny}
+	c.TS.Local, _ = ParseAddrRange("10.78.1.0/24")
+	c.TS.Remote, _ = ParseAddrRange("10.78.2.1")
+	if !c.Admits(in, true) {
+		t.Error("refused a packet within the selectors")
+	}
+	c.TS.Remote, _ = ParseAddrRange("10.78.2.2")
+	if c.Admits(in, true) {
+		t.Error("admitted a packet to a host outside the selectors")
+	}
+	c.TS.Remote = AddrRange{}
+	c.TS.Proto = 17
+	if c.Admits(in, true) {
+		t.Error("admitted TCP on a UDP selector")
+	}
+	c.TS.Proto, c.TS.RemotePorts = ProtoAny, PortRange{From: 1, To: 2}
+	if c.Admits(in, true) {
+		t.Error("admitted a port outside the selector")
+	}
+	if c.Admits([]byte{0x45, 0}, true) {
+		t.Error("admitted a malformed packet")
 	}
 }

@@ -1,6 +1,8 @@
 package ipsec
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -15,6 +17,26 @@ type Entry struct {
 	Config Config // keys removed
 	Write  *SA
 	Read   *ReadSA
+	// KeyID names the SA's keys without revealing them: the first 16
+	// bytes of SHA-256 over a label, the transforms and the keys. State a
+	// holder keeps about an SA (a gateway's sequence numbers) is kept per
+	// ID and KeyID, so that an SPI given again with new keys starts
+	// afresh and the same keys given again carry on.
+	KeyID [16]byte
+}
+
+// KeyIDOf computes Entry.KeyID for a configuration that still holds its
+// keys.
+func KeyIDOf(c *Config) [16]byte {
+	h := sha256.New()
+	h.Write([]byte("espep sa key id 1\x00"))
+	var b [4]byte
+	b[0], b[1] = byte(c.Enc), byte(c.Integ)
+	binary.BigEndian.PutUint16(b[2:], uint16(len(c.EncKey)))
+	h.Write(b[:])
+	h.Write(c.EncKey)
+	h.Write(c.IntegKey)
+	return [16]byte(h.Sum(nil))
 }
 
 // Class returns the entry's permission class.
@@ -22,7 +44,7 @@ func (e *Entry) Class() Class { return e.Config.Class }
 
 // NewEntry builds the SA for cfg according to its class.
 func NewEntry(cfg Config) (*Entry, error) {
-	e := &Entry{}
+	e := &Entry{KeyID: KeyIDOf(&cfg)}
 	var err error
 	switch cfg.Class {
 	case ClassWrite:
@@ -44,6 +66,10 @@ func NewEntry(cfg Config) (*Entry, error) {
 	}
 	return e, nil
 }
+
+// Wipe destroys the entry's keys (SA.Wipe, ReadSA.Wipe); every later
+// use fails.
+func (e *Entry) Wipe() { e.wipe() }
 
 func (e *Entry) wipe() {
 	if e.Write != nil {

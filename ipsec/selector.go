@@ -202,3 +202,29 @@ func TrafficOf(pkt []byte, outbound bool) (Traffic, error) {
 	}
 	return t, nil
 }
+
+// Admits reports whether inner — what opening a packet on the SA gave —
+// is traffic the SA may carry (RFC 4301 §5.2: once a packet is opened, its
+// selectors are checked against the SA's; one that does not match is
+// dropped, so that a peer cannot use its own SA to send in another's
+// name). In transport mode the packet's addresses are the SA's own where
+// the SA names them; where the SA has traffic selectors (TS), the
+// packet's addresses, protocol and ports lie in them. The user ID and
+// sensitivity level are not carried by packets and are not checked. A
+// tunnel-mode SA without selectors admits any inner packet.
+func (c *Config) Admits(inner []byte, tunnel bool) bool {
+	t, err := TrafficOf(inner, true)
+	if err != nil {
+		return false
+	}
+	if !tunnel && (c.Src.IsValid() && t.Local != c.Src || c.Dst.IsValid() && t.Remote != c.Dst) {
+		return false
+	}
+	s := c.TS
+	if s == (Selector{}) {
+		return true // made in code without selectors: the SA's addresses decide
+	}
+	return s.Local.Contains(t.Local) && s.Remote.Contains(t.Remote) &&
+		(s.Proto == ProtoAny || s.Proto == int(t.Proto)) &&
+		s.LocalPorts.Contains(t.LocalPort) && s.RemotePorts.Contains(t.RemotePort)
+}

@@ -17,17 +17,22 @@ import (
 	"github.com/espep/espep/internal/linkem"
 	"github.com/espep/espep/internal/metrics"
 	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/internal/tunlink"
 )
 
-const gatewayUsage = `usage: espep gateway --wire IFACE --radio IFACE --sa FILE [--mode split|snoop] [--metrics ADDR] [--config FILE]
+const gatewayUsage = `usage: espep gateway --wire IFACE --radio IFACE --sa FILE [--sa FILE…] --state-dir DIR [--mode split|snoop] [--metrics ADDR] [--config FILE]
 
 The IPsec-aware PEP between a wired and a radio side. It opens the ESP/AH
-of the SAs in FILE (native or Wireshark esp_sa lines; re-read when it
-changes and on SIGHUP), runs the TCP engine on what is inside and seals it
-again; everything else is relayed as it came. Counters print on exit;
---metrics serves Prometheus /metrics and /healthz. --config names a file
-with every other setting (see README); flags override it.
+of the SAs in the SA files (native or Wireshark esp_sa lines, mode 0600;
+re-read when they change and on SIGHUP; a bad entry is reported and
+skipped), runs the TCP engine on what is inside and seals it again;
+everything else is relayed as it came. --state-dir (mode 0700) keeps the
+IV blocks and sequence numbers the gateway reserves, so that no restart
+or crash ever reuses one; without it the gateway never seals on AES-GCM,
+ChaCha20-Poly1305 or AES-CTR SAs. Counters print on exit; --metrics
+serves Prometheus /metrics and /healthz. --config names a file with every
+other setting (see README); flags override it.
 
 Two interfaces: AF_PACKET, forwarding every frame between them as the only
 forwarder (keep kernel IP forwarding off between the two; the peers need
@@ -44,7 +49,9 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	cfgPath := fs.String("config", "", "configuration file (espep-gateway 1)")
 	wire := fs.String("wire", "", "the wired interface, or tun:NAME")
 	radio := fs.String("radio", "", "the radio interface, or tun:NAME")
-	saPath := fs.String("sa", "", "SA file (native or esp_sa), watched")
+	var saPaths stringList
+	fs.Var(&saPaths, "sa", "SA file (native or esp_sa), watched; repeatable")
+	stateDir := fs.String("state-dir", "", "directory for the IV blocks and sequence numbers the gateway reserves")
 	mode := fs.String("mode", "", "TCP engine: split (early ACKs, the engine's own sender; default) or snoop")
 	cc := fs.String("cc", "", "split mode's congestion controller: bbr (default) or reno")
 	plain := fs.Bool("plain", false, "accelerate TCP that is not IPsec-protected too")
@@ -71,7 +78,9 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		case "radio":
 			fc.Radio = *radio
 		case "sa":
-			fc.SAFile = *saPath
+			fc.SAFiles = saPaths
+		case "state-dir":
+			fc.StateDir = *stateDir
 		case "metrics":
 			fc.Metrics = *maddr
 		case "plain":
@@ -89,7 +98,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if bad != nil {
 		return bad
 	}
-	if fc.Wire == "" || fc.Radio == "" || fc.SAFile == "" || fs.NArg() != 0 {
+	if fc.Wire == "" || fc.Radio == "" || len(fc.SAFiles) == 0 || fs.NArg() != 0 {
 		fs.Usage()
 		return usageError{"gateway: need --wire, --radio and --sa (or a --config that gives them)"}
 	}
@@ -99,6 +108,12 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	fc.Gateway.Log = log
+	state, err := openState(fc.StateDir, fc.IVPartition, log)
+	if err != nil {
+		return err
+	}
+	defer closeState(state, log)
+	fc.Gateway.State = state
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if *dur > 0 {
@@ -129,7 +144,8 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		}
 		gw, run = g, br.Run
 	}
-	defer watchSAs(ctx, gw, fc.SAFile, log)()
+	defer gw.Close()
+	defer watchSAs(ctx, gw, fc.SAFiles, log)()
 	if fc.Metrics != "" {
 		reg, err := metrics.Registry(gw.Counters("espep_gateway_"))
 		if err != nil {
@@ -145,8 +161,8 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if cc0 == "" {
 		cc0 = engine.CCBBR
 	}
-	log.Info("gateway running", "wire", fc.Wire, "radio", fc.Radio, "mode", fc.Gateway.Engine.Mode, "cc", cc0, "sa", fc.SAFile)
-	err := run(ctx)
+	log.Info("gateway running", "wire", fc.Wire, "radio", fc.Radio, "mode", fc.Gateway.Engine.Mode, "cc", cc0, "sa", fc.SAFiles, "state-dir", fc.StateDir)
+	err = run(ctx)
 	printGatewayStats(stdout, gw, nil)
 	return err
 }
@@ -163,16 +179,39 @@ func openBridge(a, b string, ab, ba netem.Config, wire *netem.Config, cfg gatewa
 	return br, gw, err
 }
 
-// watchSAs loads the SAs of saPath into the gateway and re-reads the file
-// when it changes and on SIGHUP until ctx ends; stop ends the SIGHUP
+// watchSAs loads the SAs of the files into the gateway and re-reads them
+// when they change and on SIGHUP until ctx ends; stop ends the SIGHUP
 // subscription.
-func watchSAs(ctx context.Context, gw *gateway.Gateway, saPath string, log *slog.Logger) (stop func()) {
-	sf := gateway.NewSAFile(gw, saPath)
+func watchSAs(ctx context.Context, gw *gateway.Gateway, paths []string, log *slog.Logger) (stop func()) {
+	sf := gateway.NewSAFiles(gw, paths...)
 	if err := sf.Load(); err != nil {
-		log.Warn("gateway: no SAs yet; relaying until the file has some", "err", err)
+		log.Warn("gateway: SA files: not every SA loaded; relaying what has none", "err", err)
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go sf.Watch(ctx, 200*time.Millisecond, hup)
 	return func() { signal.Stop(hup) }
+}
+
+// openState opens the state directory, or says what its absence costs.
+func openState(dir string, part statedir.Partition, log *slog.Logger) (*statedir.Dir, error) {
+	if dir == "" {
+		return nil, nil
+	}
+	d, err := statedir.Open(dir, part, log)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	return d, nil
+}
+
+// closeState records the last numbers used and closes the directory; the
+// gateway must be closed first.
+func closeState(d *statedir.Dir, log *slog.Logger) {
+	if d == nil {
+		return
+	}
+	if err := d.Close(); err != nil {
+		log.Error("gateway: state dir: the last sequence numbers were not recorded", "err", err)
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/espep/espep/internal/linkem"
 	"github.com/espep/espep/internal/netem"
 	"github.com/espep/espep/internal/pcapio"
+	"github.com/espep/espep/internal/statedir"
 )
 
 const linkemUsage = `usage: espep linkem --a IFACE --b IFACE [impairments] [--ab.X … --ba.X …]
@@ -139,7 +140,9 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	ab := addImpairments(fs, "ab.", " (a→b only)")
 	ba := addImpairments(fs, "ba.", " (b→a only)")
 	wire := addImpairments(fs, "wire.", " (a wired leg between a and the engine, both ways)")
-	saPath := fs.String("sa", "", "IPsec gateway: open and re-seal the ESP/AH of the SAs in this file (native or esp_sa; re-read when it changes and on SIGHUP) around the engine")
+	var saPaths stringList
+	fs.Var(&saPaths, "sa", "IPsec gateway: open and re-seal the ESP/AH of the SAs in this file (native or esp_sa; re-read when it changes and on SIGHUP) around the engine; repeatable")
+	stateDir := fs.String("state-dir", "", "IPsec gateway: directory for the IV blocks and sequence numbers it reserves (without it, AES-GCM, ChaCha20 and AES-CTR SAs are relayed)")
 	fs.Usage = func() { fmt.Fprint(stderr, linkemUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
@@ -214,14 +217,20 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	var gw *gateway.Gateway
 	var br *linkem.Bridge
 	var err error
-	if *saPath != "" {
+	if len(saPaths) > 0 {
 		if ecfg == nil {
 			ecfg = &engine.Config{Mode: engine.ModeSplit}
 		}
-		if br, gw, err = openBridge(*a, *b, cab, cba, wcfg, gateway.Config{Engine: *ecfg, Log: log}); err != nil {
+		state, err := openState(*stateDir, statedir.Partition{}, log)
+		if err != nil {
 			return err
 		}
-		defer watchSAs(ctx, gw, *saPath, log)()
+		defer closeState(state, log)
+		if br, gw, err = openBridge(*a, *b, cab, cba, wcfg, gateway.Config{Engine: *ecfg, Log: log, State: state}); err != nil {
+			return err
+		}
+		defer gw.Close()
+		defer watchSAs(ctx, gw, saPaths, log)()
 	} else if br, err = linkem.OpenGateway(*a, *b, cab, cba, ecfg, wcfg, log); err != nil {
 		return err
 	}
@@ -287,11 +296,13 @@ func printLinkemStats(w io.Writer, a, b string, st linkem.Stats) {
 func printGatewayStats(stdout io.Writer, gw *gateway.Gateway, e *engine.Engine) {
 	if gw != nil {
 		st := gw.Stats()
-		fmt.Fprintf(stdout, "gateway: packets %d opened %d sealed %d relayed %d unknown %d class-none %d class-read %d ike %d icv-failures %d replays %d open-errors %d originals %d not-yet-safe %d nonce-downgrades %d seal-errors %d ipip %d malformed %d no-route %d rekeys %d elicits %d\n",
+		fmt.Fprintf(stdout, "gateway: packets %d opened %d sealed %d relayed %d unknown %d class-none %d class-read %d ike %d icv-failures %d replays %d open-errors %d originals %d not-yet-safe %d nonce-downgrades %d seal-errors %d ipip %d malformed %d no-route %d rekeys %d elicits %d"+
+			" undeliverable %d selectors %d binding-violations %d no-state %d seq-waits %d seq-exhausted %d evicted %d rebinds %d read-stale %d drains %d wiped %d\n",
 			st.Packets, st.Opened, st.Sealed, st.Relayed, st.Unknown, st.ClassNone, st.ClassRead, st.IKE, st.ICVFailures, st.Replays,
-			st.OpenErrors, st.Originals, st.NotYetSafe, st.NonceDowngrades, st.SealErrors, st.IPIP, st.Malformed, st.NoRoute, st.Rekeys, st.Elicits)
+			st.OpenErrors, st.Originals, st.NotYetSafe, st.NonceDowngrades, st.SealErrors, st.IPIP, st.Malformed, st.NoRoute, st.Rekeys, st.Elicits,
+			st.Undeliverable, st.Selectors, st.BindingViolations, st.NoState, st.SeqWaits, st.SeqExhausted, st.Evicted, st.Rebinds, st.ReadStale, st.Drains, st.Wiped)
 		for _, sa := range gw.SAs() {
-			fmt.Fprintf(stdout, "gateway sa %v: owned %v endpoint-seq %d gateway-seq %d lead %d\n", sa.ID, sa.Owned, sa.EndpointSeq, sa.GatewaySeq, sa.Lead)
+			fmt.Fprintf(stdout, "gateway sa %v: owned %v endpoint-seq %d gateway-seq %d lead %d draining %v\n", sa.ID, sa.Owned, sa.EndpointSeq, sa.GatewaySeq, sa.Lead, sa.Draining)
 		}
 	}
 	if gw != nil {
@@ -300,8 +311,10 @@ func printGatewayStats(stdout io.Writer, gw *gateway.Gateway, e *engine.Engine) 
 	if e != nil {
 		st := e.Stats()
 		fmt.Fprintf(stdout, "engine: packets %d flows-max %d cached %d local-rexmits %d timeout-rexmits %d suppressed-dupacks %d forwarded-dupacks %d relayed %d"+
-			" early-acked %d emitted %d split-rexmits %d split-timeouts %d tail-probes %d probes %d resets %d out-of-window %d\n",
+			" early-acked %d emitted %d split-rexmits %d split-timeouts %d tail-probes %d probes %d resets %d out-of-window %d"+
+			" expired %d plain-refused %d challenge-acks %d rst-ignored %d ack-ignored %d cache-full %d\n",
 			st.Packets, st.FlowsMax, st.Cached, st.LocalRexmits, st.TimeoutRexmits, st.SuppressedDupAcks, st.ForwardedDupAcks, st.Relayed,
-			st.EarlyAcked, st.Emitted, st.SplitRexmits, st.SplitTimeouts, st.TailProbes, st.Probes, st.Resets, st.OutOfWindow)
+			st.EarlyAcked, st.Emitted, st.SplitRexmits, st.SplitTimeouts, st.TailProbes, st.Probes, st.Resets, st.OutOfWindow,
+			st.Expired, st.PlainRefused, st.ChallengeAcks, st.RSTIgnored, st.AckIgnored, st.CacheFull)
 	}
 }

@@ -57,8 +57,21 @@ type Config struct {
 	// the engine leaves recovery to the sender (default 6).
 	MaxLocalRexmits int
 	// IdleTimeout: a flow without a packet for this long is forgotten
-	// when the table is full (default 10 minutes).
+	// (default 10 minutes) — unless it is a split flow that holds bytes a
+	// receiver has not acknowledged, which GiveUp ends instead.
 	IdleTimeout time.Duration
+	// HandshakeTimeout: a flow whose handshake has not completed, or that
+	// saw an RST, is forgotten this long after its last packet (default
+	// 30 s): a flood of SYNs or RSTs holds the table only so long.
+	HandshakeTimeout time.Duration
+	// MaxPlainFlows bounds the flows opened by packets nobody verified
+	// (ProcessPlain; default MaxFlows/2), so that spoofed SYNs cannot
+	// take the table from protected flows.
+	MaxPlainFlows int
+	// CacheTotal bounds the memory snoop's caches hold over all flows
+	// (default 256 MB), counted in the buffers really held, not the
+	// packet lengths; what does not fit is forwarded uncached.
+	CacheTotal int
 	// DupAcks says what snoop does with the duplicate ACKs it answered:
 	// DupAcksAuto (default) swallows them on flows without SACK (classic
 	// snoop: the sender does not fast-retransmit) and forwards them on
@@ -94,8 +107,13 @@ type Stats struct {
 	Cached, CacheFull                   uint64 // segments cached; segments that did not fit
 	LocalRexmits, TimeoutRexmits        uint64 // resends on dupacks; on the local timer
 	SuppressedDupAcks, ForwardedDupAcks uint64
-	CachedBytes                         int
+	CachedBytes                         int    // memory held by snoop's caches (whole buffers)
 	Expired                             uint64 // idle flows forgotten
+	PlainRefused                        uint64 // unverified packets for flows opened by verified ones (ProcessPlain): refused
+	KindRelayed                         uint64 // packets of a kind other than their flow's (opaque vs. verified): relayed untouched
+	ChallengeAcks                       uint64 // ACKs sent in answer to an RST or ACK the engine did not accept (RFC 5961)
+	RSTIgnored                          uint64 // RSTs that did not match what the receiver expects: the flow kept
+	AckIgnored                          uint64 // ACKs for bytes never sent, or far below the window: ignored
 	TSRefreshed                         uint64 // snoop resends given the sender's latest TSval
 
 	// split mode
@@ -106,7 +124,6 @@ type Stats struct {
 	TailProbes                  uint64 // tail loss probes (RFC 8985 §7)
 	GaveUp                      uint64 // flows reset because the receiver stopped answering
 	OutOfWindow                 uint64 // segments beyond the advertised window or the out-of-order bound
-	AckedAhead                  uint64 // ACKs for bytes the engine held but had not sent (they came another way)
 	BufferedBytes               int    // bytes held in split buffers (whole chunks)
 
 	// The smoothed RTT estimates of the flows' legs (snoop measures only
@@ -141,7 +158,12 @@ type Engine struct {
 
 	mu        sync.Mutex
 	flows     map[flowKey]*flow
+	nPlain    int // flows opened by ProcessPlain
 	st        Stats
+	cacheMem  int // bytes of buffers snoop's caches hold
+	janitor   netem.Timer
+	lastSweep time.Time
+	closed    bool
 	pool      chunkPool
 	bufs      bufPool // snoop's cached packets
 	maxChunks int
@@ -197,8 +219,51 @@ func New(cfg Config, out func(to Side, pkt []byte)) (*Engine, error) {
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = 10 * time.Minute
 	}
-	return &Engine{cfg: cfg, out: out, flows: map[flowKey]*flow{}, maxChunks: cfg.BufferTotal / chunkSize,
-		scratch: make([]byte, 0, maxSegment+200)}, nil
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = 30 * time.Second
+	}
+	if cfg.MaxPlainFlows == 0 {
+		cfg.MaxPlainFlows = max(cfg.MaxFlows/2, 1)
+	}
+	if cfg.CacheTotal == 0 {
+		cfg.CacheTotal = 256 << 20
+	}
+	e := &Engine{cfg: cfg, out: out, flows: map[flowKey]*flow{}, maxChunks: cfg.BufferTotal / chunkSize,
+		scratch: make([]byte, 0, maxSegment+200)}
+	e.janitor = cfg.Clock.AfterFunc(e.sweepEvery(), e.sweep)
+	return e, nil
+}
+
+// sweepEvery is how often idle flows are looked for.
+func (e *Engine) sweepEvery() time.Duration {
+	return min(e.cfg.IdleTimeout, e.cfg.HandshakeTimeout) / 2
+}
+
+// sweep forgets the flows that have been idle too long (expireIdle) and
+// runs again later, until Close.
+func (e *Engine) sweep() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return
+	}
+	e.expireIdle()
+	e.janitor.Reset(e.sweepEvery())
+}
+
+// Close forgets every flow (stopping its timers) and stops the engine's
+// own timer; Process relays untouched from then on.
+func (e *Engine) Close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return
+	}
+	e.closed = true
+	e.janitor.Stop()
+	for _, f := range e.flows {
+		e.drop(f)
+	}
 }
 
 // Stats returns a snapshot of the counters.
@@ -207,9 +272,8 @@ func (e *Engine) Stats() Stats {
 	defer e.mu.Unlock()
 	s := e.st
 	s.Flows = len(e.flows)
-	s.CachedBytes = 0
+	s.CachedBytes = e.cacheMem
 	for _, f := range e.flows {
-		s.CachedBytes += f.cacheBytes
 		if f.sp != nil {
 			s.RadioRTT.add(f.sp.st[Wire].srtt) // the sender toward the radio
 			s.WireRTT.add(f.sp.st[Radio].srtt)
@@ -313,11 +377,24 @@ func parse(pkt []byte) (parsed, bool) {
 	return p, true
 }
 
-// Process handles one IP packet that arrived from side from. The packet
-// (or nothing, for a suppressed duplicate ACK) goes on to the other side
-// through out, possibly with other packets the engine makes.
+// Process handles one IP packet that arrived from side from: one whose
+// protection the caller verified, or one that needs none (an engine
+// without IPsec around it). The packet (or nothing, for a suppressed
+// duplicate ACK) goes on to the other side through out, possibly with
+// other packets the engine makes.
 func (e *Engine) Process(from Side, pkt []byte) {
-	e.process(from, pkt, pkt, false)
+	e.process(from, pkt, pkt, kindVerified)
+}
+
+// ProcessPlain is Process for a packet nobody verified (cleartext TCP
+// beside IPsec-protected flows). A flow opened by a verified packet stays
+// bound to its protection: ProcessPlain refuses its packets, doing
+// nothing, and reports false (the caller drops them) — a spoofed RST or
+// ACK in the clear cannot touch it. Flows it opens count against
+// MaxPlainFlows, and become verified flows when a verified packet shows
+// them.
+func (e *Engine) ProcessPlain(from Side, pkt []byte) bool {
+	return e.process(from, pkt, pkt, kindPlain)
 }
 
 // ProcessOpaque is Process for a packet the engine may read but not
@@ -325,21 +402,24 @@ func (e *Engine) Process(from Side, pkt []byte) {
 // read-class SA) and forwards, caches and resends wire (the packet as it
 // came, ciphertext) — never anything else (DESIGN.md rule 4: a read
 // gateway never invents a packet). Its flows are snoop flows whatever the
-// mode, and their resends are the cached bytes exactly.
+// mode, and their resends are the cached bytes exactly. Such a packet for
+// a flow of another kind, or another kind's packet for its flow, is
+// relayed untouched.
 func (e *Engine) ProcessOpaque(from Side, pkt, wire []byte) {
-	e.process(from, pkt, wire, true)
+	e.process(from, pkt, wire, kindOpaque)
 }
 
-// process reads pkt and forwards wire (the same bytes, unless opaque).
-func (e *Engine) process(from Side, pkt, wire []byte, opaque bool) {
+// process reads pkt and forwards wire (the same bytes, unless opaque). It
+// reports false for a plain packet refused by a verified flow.
+func (e *Engine) process(from Side, pkt, wire []byte, kind flowKind) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.st.Packets++
 	p, ok := parse(pkt)
-	if !ok {
+	if !ok || e.closed {
 		e.st.Relayed++
 		e.out(from.other(), wire)
-		return
+		return true
 	}
 	pkt = wire // from here on only what goes out matters
 	k := flowKey{wire: p.src, radio: p.dst}
@@ -347,45 +427,83 @@ func (e *Engine) process(from Side, pkt, wire []byte, opaque bool) {
 		k = flowKey{wire: p.dst, radio: p.src}
 	}
 	f := e.flows[k]
+	if f != nil && f.kind != kind {
+		switch {
+		case kind == kindPlain && f.kind == kindVerified:
+			e.st.PlainRefused++
+			return false
+		case kind == kindVerified && f.kind == kindPlain:
+			f.kind = kindVerified // a verified packet shows the flow: protected from now on
+			e.nPlain--
+		default:
+			e.st.KindRelayed++
+			e.st.Relayed++
+			e.out(from.other(), pkt)
+			return true
+		}
+	}
+	now := e.cfg.Clock.Now()
 	if f == nil {
 		// Only a SYN opens a flow; anything else is relayed untouched.
-		if p.tcp.Has(header.TCPSyn) && !p.tcp.Has(header.TCPAck) && len(e.flows) >= e.cfg.MaxFlows {
-			e.expireIdle()
+		syn := p.tcp.Has(header.TCPSyn) && !p.tcp.Has(header.TCPAck)
+		if syn && len(e.flows) >= e.cfg.MaxFlows && now.Sub(e.lastSweep) >= time.Second {
+			e.expireIdle() // at most once a second: a SYN flood must not make every SYN scan the table
 		}
-		if !p.tcp.Has(header.TCPSyn) || p.tcp.Has(header.TCPAck) || len(e.flows) >= e.cfg.MaxFlows {
+		full := len(e.flows) >= e.cfg.MaxFlows || kind == kindPlain && e.nPlain >= e.cfg.MaxPlainFlows
+		if !syn || full {
 			e.st.Relayed++
 			e.out(from.other(), pkt)
-			return
+			return true
 		}
-		f = &flow{key: k, rto: e.cfg.MinRTO * 10, split: e.cfg.Mode == ModeSplit && !opaque, opaque: opaque}
+		f = &flow{key: k, rto: e.cfg.MinRTO * 10, split: e.cfg.Mode == ModeSplit && kind != kindOpaque,
+			opaque: kind == kindOpaque, kind: kind}
 		e.flows[k] = f
+		if kind == kindPlain {
+			e.nPlain++
+		}
 		e.st.FlowsMax = max(e.st.FlowsMax, len(e.flows))
 	}
-	f.lastSeen = e.cfg.Clock.Now()
+	f.lastSeen = now
+	if !p.tcp.Has(header.TCPRst) {
+		f.rstAt = time.Time{}
+	}
 	if f.split {
-		if opaque { // a split flow cannot take a packet it may not change
-			e.st.Relayed++
-			e.out(from.other(), pkt)
-			return
-		}
 		e.splitPacket(f, from, &p, pkt)
-		return
+		return true
 	}
 	if e.handshake(f, from, &p, pkt) {
 		e.out(from.other(), pkt)
-		return
+		return true
 	}
 	if p.tcp.Has(header.TCPRst) {
-		e.drop(f)
-		e.out(from.other(), pkt)
-		return
+		e.snoopReset(f, from, &p, pkt)
+		return true
 	}
 	if from == Wire {
 		e.downData(f, &p, pkt)
 	} else if !e.upAck(f, &p, pkt) {
-		return // a duplicate ACK the engine answered itself
+		return true // a duplicate ACK the engine answered itself
 	}
 	e.maybeClose(f)
+	return true
+}
+
+// snoopReset passes an RST on — the endpoint judges it — and forgets the
+// flow only if the RST is at the sequence number the receiver expects
+// (RFC 5961 §3: what it would accept). Any other RST leaves the flow and
+// its cache as they are; if no packet follows within HandshakeTimeout,
+// the flow is forgotten then.
+func (e *Engine) snoopReset(f *flow, from Side, p *parsed, pkt []byte) {
+	seq := seqnum.Value(p.tcp.Seq())
+	exact := from == Wire && f.ackValid && seq == f.lastAck ||
+		from == Radio && f.wireAckValid && seq == f.wireAck
+	e.out(from.other(), pkt)
+	if exact || !f.established {
+		e.drop(f)
+		return
+	}
+	e.st.RSTIgnored++
+	f.rstAt = e.cfg.Clock.Now()
 }
 
 // splitPacket handles a packet of a split-mode flow. Until the handshake
@@ -448,15 +566,38 @@ func (e *Engine) handshake(f *flow, from Side, p *parsed, pkt []byte) bool {
 }
 
 // expireIdle forgets flows that have been silent for IdleTimeout (their
-// ends vanished without FIN or RST).
+// ends vanished without FIN or RST), and those silent for
+// HandshakeTimeout that never completed their handshake or saw an RST. A
+// split flow holding bytes its receiver has not acknowledged is left to
+// GiveUp: forgetting it would lose them.
 func (e *Engine) expireIdle() {
-	cutoff := e.cfg.Clock.Now().Add(-e.cfg.IdleTimeout)
+	now := e.cfg.Clock.Now()
+	e.lastSweep = now
+	idle, short := now.Add(-e.cfg.IdleTimeout), now.Add(-e.cfg.HandshakeTimeout)
 	for _, f := range e.flows {
-		if f.lastSeen.Before(cutoff) {
+		quick := !f.established || !f.rstAt.IsZero()
+		if f.lastSeen.Before(idle) || quick && f.lastSeen.Before(short) {
+			if f.holds() && !quick {
+				continue
+			}
 			e.drop(f)
 			e.st.Expired++
 		}
 	}
+}
+
+// holds reports whether a split flow holds bytes it acknowledged early
+// that their receiver has not acknowledged.
+func (f *flow) holds() bool {
+	if f.sp == nil {
+		return false
+	}
+	for i := range f.sp.st {
+		if st := &f.sp.st[i]; st.sndUna != st.rcvNxt || len(st.ooo) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (e *Engine) drop(f *flow) {
@@ -472,7 +613,11 @@ func (e *Engine) drop(f *flow) {
 	for i := range f.cache {
 		e.bufs.put(f.cache[i].pkt)
 	}
+	e.cacheMem -= f.cacheBytes
 	f.cache, f.cacheBuf, f.cacheBytes = nil, nil, 0
+	if f.kind == kindPlain {
+		e.nPlain--
+	}
 	f.timerArmed = false
 	if f.stimer != nil {
 		f.stimer.Stop()

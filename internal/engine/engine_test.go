@@ -182,7 +182,7 @@ func TestSequenceWrap(t *testing.T) {
 	}
 	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPAck, isnR+1, start+1+2*mss, 65535, 0)) // across the wrap
 	h.take()
-	if st := h.e.Stats(); st.CachedBytes != 2*(20+20+mss) {
+	if st := h.e.Stats(); st.CachedBytes != 2*pktBufCap { // the buffers held, not the packets' lengths
 		t.Fatalf("cache after an ack across the wrap: %d bytes", st.CachedBytes)
 	}
 	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPAck, isnR+1, start+1+2*mss, 65535, 0))
@@ -226,7 +226,7 @@ func FuzzProcess(f *testing.F) {
 				e.Process(from.other(), pkt)
 			}
 			c.Advance(time.Minute)
-			if st := e.Stats(); st.Flows > 4 || st.CachedBytes > 4*4096 || st.BufferedBytes > 4*2*(64<<10+3*chunkSize) {
+			if st := e.Stats(); st.Flows > 4 || st.CachedBytes > 4*max(4096, pktBufCap) || st.BufferedBytes > 4*2*(64<<10+3*chunkSize) {
 				t.Fatalf("%v: unbounded: %+v", mode, st)
 			}
 		}
@@ -258,7 +258,7 @@ func TestExportImport(t *testing.T) {
 	if err := h2.e.Import(states); err != nil {
 		t.Fatal(err)
 	}
-	if st := h2.e.Stats(); st.Flows != 1 || st.CachedBytes != 3*(40+mss) {
+	if st := h2.e.Stats(); st.Flows != 1 || st.CachedBytes != 3*pktBufCap {
 		t.Fatalf("imported: %+v", st)
 	}
 	h2.e.Process(Radio, h2.ack(1)) // duplicate: segment 1 lost
@@ -462,4 +462,86 @@ func noAllocs(t *testing.T, e *Engine, data, acks [][]byte) int {
 		t.Fatalf("%.2f allocations per segment and ACK", a)
 	}
 	return i
+}
+
+// TestSnoopForgedSegments: an RST that is not at what the receiver
+// expects leaves the flow and its cache (the endpoint judges the RST; the
+// flow is forgotten if nothing follows it); an ACK for bytes never sent
+// cleans nothing from the cache; an RST exactly at the receiver's next
+// byte forgets the flow.
+func TestSnoopForgedSegments(t *testing.T) {
+	h := newHarness(t)
+	h.establish()
+	for i := range 4 {
+		h.e.Process(Wire, h.data(i))
+	}
+	h.take()
+	cached := h.e.Stats().CachedBytes
+	forged := [][]byte{
+		mkseg(radioHost, wireHost, header.TCPRst, isnR+1+5000, 0, 0, 0),                     // radio: not the wire host's RCV.NXT
+		mkseg(wireHost, radioHost, header.TCPRst, isnW+1+77, 0, 0, 0),                       // wire: not the radio host's RCV.NXT
+		mkseg(radioHost, wireHost, header.TCPAck, isnR+1, isnW+1+100*mss, 65535, 0),         // ACK beyond everything sent
+		mkseg(radioHost, wireHost, header.TCPAck|header.TCPRst, isnR+1+1<<30, isnW+1, 0, 0), // far away
+	}
+	for i, p := range forged {
+		from := Radio
+		if i == 1 {
+			from = Wire
+		}
+		h.e.Process(from, p)
+		if o := h.take(); len(o) != 1 {
+			t.Fatalf("forged segment %d not passed on for the endpoint to judge: %+v", i, o)
+		}
+		if st := h.e.Stats(); st.Flows != 1 || st.CachedBytes != cached {
+			t.Fatalf("forged segment %d: %+v", i, st)
+		}
+	}
+	if st := h.e.Stats(); st.RSTIgnored != 3 || st.AckIgnored != 1 {
+		t.Fatalf("%+v", st)
+	}
+	// Traffic goes on: a dup ACK is still repaired from the cache.
+	h.e.Process(Radio, h.ack(1))
+	h.e.Process(Radio, h.ack(1))
+	if o := h.take(); len(o) != 2 || o[1].to != Radio || tcpOf(o[1].pkt).Seq() != isnW+1+mss {
+		t.Fatalf("the cache no longer repairs: %+v", o)
+	}
+	// The wire host's RCV.NXT is isnR+1 (its ACKs): an RST there is exact.
+	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPRst, isnR+1, 0, 0, 0))
+	if st := h.e.Stats(); st.Flows != 0 || st.CachedBytes != 0 {
+		t.Fatalf("the exact RST left the flow: %+v", st)
+	}
+	// An inexact RST with nothing after it: forgotten after HandshakeTimeout.
+	h.take()
+	h.establish()
+	h.e.Process(Wire, h.data(0))
+	h.e.Process(Radio, mkseg(radioHost, wireHost, header.TCPRst, isnR+1+99, 0, 0, 0))
+	h.clock.Advance(46 * time.Second) // HandshakeTimeout, and the sweep every 15 s
+	if st := h.e.Stats(); st.Flows != 0 || st.CachedBytes != 0 {
+		t.Fatalf("a flow reset for good was kept: %+v", st)
+	}
+}
+
+// TestSnoopCacheBound: tiny segments fill the cache by the buffers they
+// hold, not their lengths; no flow and no set of flows holds more than
+// the bounds, and what does not fit is forwarded uncached.
+func TestSnoopCacheBound(t *testing.T) {
+	clock := netem.NewSimClock(time.Unix(0, 0))
+	e := mustNew(t, Config{Clock: clock, CachePerFlow: 64 << 10, CacheTotal: 256 << 10}, func(Side, []byte) {})
+	for f := range 8 {
+		w := netip.AddrPortFrom(wireHost.Addr(), uint16(100+f))
+		e.Process(Wire, mkseg(w, radioHost, header.TCPSyn, isnW, 0, 65535, 0))
+		e.Process(Radio, mkseg(radioHost, w, header.TCPSyn|header.TCPAck, isnR, isnW+1, 65535, 0))
+		for i := range 1000 {
+			e.Process(Wire, mkseg(w, radioHost, header.TCPAck, isnW+1+uint32(i), isnR+1, 65535, 1))
+		}
+	}
+	st := e.Stats()
+	if st.CachedBytes > 256<<10 || st.CachedBytes < 200<<10 || st.CacheFull == 0 {
+		t.Fatalf("cache bound: %+v", st)
+	}
+	for _, fi := range e.Flows() {
+		if fi.CachedBytes > 64<<10 {
+			t.Fatalf("flow %v holds %d bytes", fi.Wire, fi.CachedBytes)
+		}
+	}
 }

@@ -38,6 +38,7 @@ type seg struct {
 	sentAt  time.Time
 	rexmits int
 	pkt     []byte
+	held    int // the memory pkt holds (its pooled buffer), for the cache bounds
 }
 
 // half is what the engine knows of one direction's sender.
@@ -60,9 +61,21 @@ func (f *flow) half(s Side) *half {
 	return &f.up
 }
 
+// flowKind is how a flow's packets are protected: verified by the caller
+// (or not needing it), plain (nobody verified them), or opaque (read
+// only, from a read-class SA).
+type flowKind uint8
+
+const (
+	kindVerified flowKind = iota
+	kindPlain
+	kindOpaque
+)
+
 // flow is the per-connection state: plain data.
 type flow struct {
 	key         flowKey
+	kind        flowKind
 	down, up    half // down: wire → radio sender; up: radio → wire sender
 	established bool
 	split       bool // split mode (else snoop)
@@ -74,13 +87,17 @@ type flow struct {
 	sp          *splitFlow
 
 	// snoop state for the wire → radio direction
-	cache      []seg // unacknowledged segments toward the radio, by seq
-	cacheBytes int
-	sndMax     seqnum.Value // highest end forwarded toward the radio
-	lastAck    seqnum.Value // highest ACK from the radio side
-	ackValid   bool
-	dupacks    int
-	expectDup  int // dupacks to swallow after a local retransmission
+	cache        []seg // unacknowledged segments toward the radio, by seq
+	cacheBytes   int
+	sndMax       seqnum.Value // highest end forwarded toward the radio
+	lastAck      seqnum.Value // highest ACK from the radio side
+	ackValid     bool
+	wireAck      seqnum.Value // the latest ACK from the wire side (its RCV.NXT for the radio's bytes)
+	wireAckValid bool
+	rstAt        time.Time // an RST that did not match was seen; cleared by the next packet
+	challenge    time.Time // the last challenge ACK sent (split)
+	dupacks      int
+	expectDup    int // dupacks to swallow after a local retransmission
 	// recovery: a local repair is under way until the radio side ACKs
 	// recover (sndMax when it started); ACKs below it are partial and
 	// point at the next hole (RFC 6582, applied to the local cache).

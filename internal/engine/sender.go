@@ -29,21 +29,9 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 	if ack.LessThan(st.sndUna) {
 		return // stale
 	}
-	if st.sndNxt.LessThan(ack) {
-		// The receiver has bytes this engine has not sent it: they reached
-		// it another way (relayed while the flow moved between engines).
-		// Take the ACK as far as the bytes the engine holds, and go on
-		// from there; an ACK for bytes it never had is cut to those.
-		if st.rcvNxt.LessThan(ack) {
-			ack = st.rcvNxt
-		}
-		if st.sndNxt.LessThan(ack) {
-			st.sndNxt = ack
-			e.st.AckedAhead++
-		}
-	}
 	seq := seqnum.Value(p.tcp.Seq())
 	win := int(p.tcp.Window()) << sp.shift[st.from.other()]
+	st.maxWnd = max(st.maxWnd, win)
 	prevWnd := st.wnd
 	if st.wl1.LessThan(seq) || (st.wl1 == seq && st.wl2.LessThanEq(ack)) {
 		st.wnd, st.wl1, st.wl2 = win, seq, ack

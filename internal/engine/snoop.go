@@ -15,6 +15,9 @@ func (e *Engine) downData(f *flow, p *parsed, pkt []byte) {
 	if !f.established {
 		return
 	}
+	if p.tcp.Has(header.TCPAck) {
+		f.wireAck, f.wireAckValid = seqnum.Value(p.tcp.Ack()), true
+	}
 	if p.opts.HasTS && seqnum.Value(f.tsv[Wire]).LessThanEq(seqnum.Value(p.opts.TSVal)) {
 		f.tsv[Wire] = p.opts.TSVal
 	}
@@ -31,37 +34,50 @@ func (e *Engine) downData(f *flow, p *parsed, pkt []byte) {
 	if end.LessThanEq(f.lastAck) && f.ackValid {
 		return // already acknowledged by the radio side
 	}
+	if f.sndMax.LessThan(end) {
+		f.sndMax = end // forwarded, cached or not: ACKs up to here are for bytes sent
+	}
 	now := e.cfg.Clock.Now()
 	// A resend from the sender replaces the cached copy (it may carry a
 	// newer timestamp); it is not an RTT sample (Karn).
-	for i := range f.cache {
-		if f.cache[i].seq == seq && f.cache[i].end == end {
-			f.cache[i].rexmits++
-			f.cache[i].sentAt = now
-			return
-		}
+	i := f.cacheIndex(seq)
+	if i < len(f.cache) && f.cache[i].seq == seq && f.cache[i].end == end {
+		f.cache[i].rexmits++
+		f.cache[i].sentAt = now
+		return
 	}
-	if f.cacheBytes+len(pkt) > e.cfg.CachePerFlow {
+	// The bounds count the buffers really held, not the packet lengths: a
+	// flood of tiny segments holds a whole pooled buffer each.
+	held := max(len(pkt), pktBufCap)
+	if f.cacheBytes+held > e.cfg.CachePerFlow || e.cacheMem+held > e.cfg.CacheTotal {
 		e.st.CacheFull++
 		return
 	}
 	b := e.bufs.get(len(pkt))
 	copy(b, pkt)
-	s := seg{seq: seq, end: end, sentAt: now, pkt: b}
 	// Keep the cache ordered by sequence number (reordered sender data).
-	i := len(f.cache)
-	for i > 0 && seq.LessThan(f.cache[i-1].seq) {
-		i--
-	}
 	f.appendSeg(seg{})
 	copy(f.cache[i+1:], f.cache[i:])
-	f.cache[i] = s
-	f.cacheBytes += len(s.pkt)
+	f.cache[i] = seg{seq: seq, end: end, sentAt: now, pkt: b, held: held}
+	f.cacheBytes += held
+	e.cacheMem += held
 	e.st.Cached++
-	if f.sndMax.LessThan(end) {
-		f.sndMax = end
-	}
 	e.arm(f)
+}
+
+// cacheIndex is the position of the first cached segment that does not
+// start before seq (a binary search: the cache is ordered).
+func (f *flow) cacheIndex(seq seqnum.Value) int {
+	lo, hi := 0, len(f.cache)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if f.cache[m].seq.LessThan(seq) {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
 }
 
 // upAck handles a packet from the radio toward the wire. It reports
@@ -77,6 +93,11 @@ func (e *Engine) upAck(f *flow, p *parsed, pkt []byte) bool {
 	ack := seqnum.Value(p.tcp.Ack())
 	win := p.tcp.Window()
 	switch {
+	case f.sndMax.LessThan(ack):
+		// An ACK for bytes nobody sent: the sender judges it (RFC 9293
+		// §3.10.7.4 has it answered and dropped); the cache and the
+		// repair state take nothing from it.
+		e.st.AckIgnored++
 	case !f.ackValid || f.lastAck.LessThan(ack):
 		// With SACK a hole at the new ACK shows as blocks above it; without,
 		// every partial ACK in a repair points at one (NewReno).
@@ -136,7 +157,8 @@ func (e *Engine) newAck(f *flow, ack seqnum.Value, hole bool) {
 		if f.cache[n].rexmits == 0 {
 			e.rttSample(f, now.Sub(f.cache[n].sentAt))
 		}
-		f.cacheBytes -= len(f.cache[n].pkt)
+		f.cacheBytes -= f.cache[n].held
+		e.cacheMem -= f.cache[n].held
 		n++
 	}
 	if n > 0 {
@@ -202,13 +224,8 @@ func (e *Engine) dupAck(f *flow) bool {
 
 // cached returns the cached segment that starts at seq.
 func (e *Engine) cached(f *flow, seq seqnum.Value) *seg {
-	for i := range f.cache {
-		if f.cache[i].seq == seq {
-			return &f.cache[i]
-		}
-		if seq.LessThan(f.cache[i].seq) {
-			break
-		}
+	if i := f.cacheIndex(seq); i < len(f.cache) && f.cache[i].seq == seq {
+		return &f.cache[i]
 	}
 	return nil
 }

@@ -59,6 +59,7 @@ type stream struct {
 	// Facing the receiver.
 	sndUna, sndNxt, sndMax seqnum.Value
 	wnd                    int // the receiver's window in bytes
+	maxWnd                 int // the largest window it has offered (MAX.SND.WND)
 	wl1, wl2               seqnum.Value
 	segs                   []txSeg // sent, not cumulatively acknowledged, by seq
 	segBuf                 []txSeg // the array segs lives in, from its start
@@ -212,12 +213,34 @@ func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
 	t := p.tcp
 	switch {
 	case t.Has(header.TCPSyn):
-		// A retransmitted SYN-ACK: the ACK that completed the handshake
-		// was lost on the way. Acknowledge it again.
-		in.ackNow = true
+		// A retransmitted SYN-ACK (the ACK that completed the handshake was
+		// lost on the way), or a SYN on an established connection: either
+		// way the answer is an ACK (RFC 5961 §4.2, a challenge ACK).
+		e.challengeAck(f, in, now)
 	case t.Has(header.TCPRst):
-		e.splitReset(f, from)
-		return
+		// RFC 5961 §3.2: an RST exactly at what the engine expects next
+		// from that sender resets the flow; one elsewhere in the window is
+		// answered with a challenge ACK (a sender that did reset answers
+		// that with an RST at exactly that number); any other is ignored.
+		// No early-acknowledged byte is dropped for an RST nobody could
+		// have sent without seeing the flow.
+		seq := seqnum.Value(t.Seq())
+		switch {
+		case seq == in.rcvNxt || seq == in.ackValue():
+			e.splitReset(f, from)
+			return
+		case in.rcvNxt.LessThan(seq) && seq.LessThan(in.rcvEdge):
+			e.challengeAck(f, in, now)
+		default:
+			e.st.RSTIgnored++
+		}
+	case t.Has(header.TCPAck) && !e.ackAcceptable(out, seqnum.Value(t.Ack())):
+		// An ACK for bytes the engine never sent, or far below what it
+		// has had acknowledged: the segment is dropped and answered with
+		// an ACK (RFC 9293 §3.10.7.4, RFC 5961 §5.2). Taken, it would
+		// release early-acknowledged bytes no receiver has.
+		e.st.AckIgnored++
+		e.challengeAck(f, in, now)
 	default:
 		if sp.tsOn && p.opts.HasTS {
 			if seqnum.Value(sp.ts[from]).LessThanEq(seqnum.Value(p.opts.TSVal)) {
@@ -316,6 +339,30 @@ func (e *Engine) takeData(st *stream, p *parsed, now time.Time, budget bool) {
 	e.st.EarlyAcked += n
 	st.earlyAcked += n
 }
+
+// ackAcceptable reports whether ack may be taken by the sender of st:
+// SND.UNA − MAX.SND.WND ≤ ack ≤ SND.NXT (RFC 5961 §5.2).
+func (e *Engine) ackAcceptable(st *stream, ack seqnum.Value) bool {
+	if st.sndNxt.LessThan(ack) {
+		return false
+	}
+	return diff(ack, st.sndUna) <= max(st.maxWnd, 0xffff)
+}
+
+// challengeAck has an ACK sent toward the sender of st at once — at most
+// one every challengeGap per flow, so that forged segments cannot make
+// the engine send much (RFC 5961 §7).
+func (e *Engine) challengeAck(f *flow, st *stream, now time.Time) {
+	if !f.challenge.IsZero() && now.Sub(f.challenge) < challengeGap {
+		return
+	}
+	f.challenge = now
+	st.ackNow = true
+	e.st.ChallengeAcks++
+}
+
+// challengeGap spaces a flow's challenge ACKs.
+const challengeGap = 10 * time.Millisecond
 
 // delAck is how long an ACK for a lone in-order segment may wait (Linux
 // waits 40 ms at least; RFC 9293 allows up to 500).

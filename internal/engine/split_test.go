@@ -30,18 +30,19 @@ type splitOpts struct {
 // number, a right window edge that never moves left, PAWS-valid
 // timestamps.
 type sh struct {
-	t     *testing.T
-	o     splitOpts
-	clock *netem.SimClock
-	e     *Engine
-	out   []sent
-	tsW   uint32 // the endpoints' timestamp clocks
-	tsR   uint32
-	edge  [2]seqnum.Value // right edge last advertised toward each side
-	has   [2]bool
-	tsOut [2]uint32 // last TSval sent toward each side
-	rSent int       // bytes the radio host has sent
-	dead  bool      // an RST went through
+	t      *testing.T
+	o      splitOpts
+	clock  *netem.SimClock
+	e      *Engine
+	out    []sent
+	tsW    uint32 // the endpoints' timestamp clocks
+	tsR    uint32
+	edge   [2]seqnum.Value // right edge last advertised toward each side
+	has    [2]bool
+	tsOut  [2]uint32 // last TSval sent toward each side
+	ecrOut [2]uint32 // last TSecr sent toward each side
+	rSent  int       // bytes the radio host has sent
+	dead   bool      // an RST went through
 	// keepAlives: one-octet keep-alives (Elicit) are expected, their
 	// octet zero rather than what the sender sent there.
 	keepAlives bool
@@ -120,13 +121,17 @@ func (h *sh) check(to Side, pkt []byte) {
 			t.Fatalf("TSval toward %v went back: %d after %d (PAWS would drop it)", to, p.opts.TSVal, h.tsOut[to])
 		}
 		h.tsOut[to] = p.opts.TSVal
-		want := h.tsR
+		// The echo is a TSval the endpoint sent, never going back: the
+		// latest of an accepted segment (RFC 7323 §4.3), which a segment
+		// the engine refused (an ACK for bytes never sent) does not move.
+		latest := h.tsR
 		if to == Wire {
-			want = h.tsW
+			latest = h.tsW
 		}
-		if p.opts.TSEcr != want {
-			t.Fatalf("TSecr toward %v is %d, want the latest TSval %d", to, p.opts.TSEcr, want)
+		if p.opts.TSEcr > latest || p.opts.TSEcr < h.ecrOut[to] {
+			t.Fatalf("TSecr toward %v is %d: the latest TSval is %d, the last echo %d", to, p.opts.TSEcr, latest, h.ecrOut[to])
 		}
+		h.ecrOut[to] = p.opts.TSEcr
 	}
 }
 
@@ -1023,29 +1028,154 @@ func TestSplitIPv6(t *testing.T) {
 	}
 }
 
-// TestSplitAckAhead: the receiver acknowledges bytes the engine holds but
-// has not sent it (they came another way, as while a flow moves between
-// engines): the engine takes the ACK and goes on from there instead of
-// ignoring it forever; an ACK beyond what it holds is cut to that.
-func TestSplitAckAhead(t *testing.T) {
+// TestSplitForgedSegments: segments a careful endpoint would not accept
+// (RFC 5961, RFC 9293 §3.10.7.4) — an ACK for bytes the engine never sent,
+// one far below the window, an RST in the window but not at the next
+// byte, one far outside, a SYN — release nothing the engine acknowledged
+// early and do not reset the flow; the in-window ones are answered with
+// a challenge ACK, rate-limited. Then the genuine ACK releases the bytes
+// and an RST at exactly the next byte resets the flow.
+func TestSplitForgedSegments(t *testing.T) {
 	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
 	h.establish()
-	h.fromW(0, 500, 0)
-	h.ackR(0, 500) // the radio host's window: 500 bytes
-	h.fromW(500, 2500, 0)
+	h.fromW(0, 988, 0)
+	h.fromW(988, 988, 0)
+	h.fromW(1976, 988, 0)
 	h.take()
-	h.ackR(2000, 65535) // 500…2000 reached it another way
-	toR := h.sentTo(Radio)
-	if len(toR) == 0 || toR[0].seq != h.W()+2000 || sumN(toR) != 1000 {
-		t.Fatalf("after the ACK ahead: %+v", toR)
+	held := h.e.Stats().BufferedBytes
+	challenges := func(want int) {
+		t.Helper()
+		toR := h.sentTo(Radio)
+		if len(toR) != want {
+			t.Fatalf("%d packets toward the radio, want %d challenge ACKs: %+v", len(toR), want, toR)
+		}
+		for _, p := range toR {
+			if !p.pureAck || p.ack != h.R() {
+				t.Fatalf("not a challenge ACK: %+v", p)
+			}
+		}
+		h.clock.Advance(challengeGap)
 	}
-	h.ackR(9000, 65535) // beyond everything held: taken up to 3000
-	if st := h.e.Stats(); st.AckedAhead != 1 || st.BufferedBytes != 0 {
+	forged := []struct {
+		name      string
+		flags     uint8
+		seq, ack  uint32
+		challenge bool
+	}{
+		{"ack beyond what was sent", header.TCPAck, h.R(), h.W() + 9000, true},
+		{"ack beyond, with data", header.TCPAck | header.TCPPsh, h.R(), h.W() + 2965, true},
+		{"ack far below the window", header.TCPAck, h.R(), h.W() - 300000, true},
+		{"rst in the window", header.TCPRst | header.TCPAck, h.R() + 5000, h.W() + 2964, true},
+		{"rst outside the window", header.TCPRst, h.R() + 1<<31, 0, false},
+		{"rst just below", header.TCPRst, h.R() - 1, 0, false},
+		{"syn", header.TCPSyn, h.R() + 77, 0, true},
+	}
+	for _, f := range forged {
+		n := 0
+		if f.flags&header.TCPPsh != 0 {
+			n = 100
+		}
+		pkt := h.seg(Radio, f.flags, f.seq, f.ack, 65535, n)
+		h.tsR-- // refused: its TSval is not the one the engine echoes (RFC 7323 §4.3)
+		h.e.Process(Radio, pkt)
+		st := h.e.Stats()
+		if st.Flows != 1 || st.BufferedBytes != held || st.Resets != 0 {
+			t.Fatalf("%s: the flow lost what it held: %+v", f.name, st)
+		}
+		if f.challenge {
+			challenges(1)
+		} else {
+			challenges(0)
+		}
+	}
+	// A burst of forgeries gets one challenge ACK per gap.
+	for range 10 {
+		pkt := h.seg(Radio, header.TCPAck, h.R(), h.W()+9000, 65535, 0)
+		h.tsR--
+		h.e.Process(Radio, pkt)
+	}
+	challenges(1)
+	if st := h.e.Stats(); st.AckIgnored != 13 || st.RSTIgnored != 2 || st.ChallengeAcks != 6 {
+		t.Fatalf("counters: %+v", st)
+	}
+	h.ackR(2964, 65535)
+	if st := h.e.Stats(); st.BufferedBytes != 0 {
+		t.Fatalf("the genuine ACK released nothing: %+v", st)
+	}
+	h.take()
+	h.e.Process(Radio, h.seg(Radio, header.TCPRst, h.R(), 0, 0, 0))
+	if toW := h.sentTo(Wire); len(toW) != 1 || !toW[0].rst {
+		t.Fatalf("the exact RST not passed on: %+v", toW)
+	}
+	if st := h.e.Stats(); st.Flows != 0 || st.Resets != 1 {
 		t.Fatalf("%+v", st)
 	}
-	h.fromW(3000, 100, 0)
-	if toR := h.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W()+3000 {
-		t.Fatalf("new data after the cut ACK: %+v", toR)
+}
+
+// TestPlainBinding: a flow opened by verified packets refuses unverified
+// ones (ProcessPlain reports false and nothing happens); a flow opened in
+// the clear becomes a verified flow when a verified packet shows it; the
+// flows opened in the clear are bounded apart.
+func TestPlainBinding(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000, cfg: Config{MaxFlows: 4}})
+	h.establish()
+	h.fromW(0, 988, 0)
+	h.take()
+	if h.e.ProcessPlain(Radio, h.seg(Radio, header.TCPRst, h.R(), 0, 0, 0)) {
+		t.Fatal("a cleartext RST was taken by a protected flow")
+	}
+	if h.e.ProcessPlain(Radio, h.seg(Radio, header.TCPAck, h.R(), h.W()+988, 65535, 0)) {
+		t.Fatal("a cleartext ACK was taken by a protected flow")
+	}
+	if st := h.e.Stats(); st.Flows != 1 || st.BufferedBytes == 0 || st.PlainRefused != 2 || len(h.take()) != 0 {
+		t.Fatalf("%+v", st)
+	}
+	// Plain flows: at most MaxFlows/2 = 2 of them.
+	for i := range 3 {
+		src := netip.AddrPortFrom(wireHost.Addr(), uint16(1000+i))
+		if !h.e.ProcessPlain(Wire, mkseg(src, radioHost, header.TCPSyn, 1, 0, 100, 0)) {
+			t.Fatal("a plain SYN refused")
+		}
+	}
+	if st := h.e.Stats(); st.Flows != 3 || st.Relayed != 1 {
+		t.Fatalf("plain flows beyond their bound: %+v", st)
+	}
+	// A verified packet shows plain flow 0: it is protected from now on.
+	src := netip.AddrPortFrom(wireHost.Addr(), 1000)
+	h.e.Process(Wire, mkseg(src, radioHost, header.TCPSyn, 1, 0, 100, 0))
+	if h.e.ProcessPlain(Wire, mkseg(src, radioHost, header.TCPRst, 2, 0, 0, 0)) {
+		t.Fatal("a flow a verified packet showed took a cleartext RST")
+	}
+}
+
+// TestExpiry: flows whose handshake never completed are forgotten after
+// HandshakeTimeout, idle ones after IdleTimeout — by the engine's own
+// timer, not only when the table is full — except a split flow holding
+// bytes its receiver has not acknowledged, which GiveUp ends.
+func TestExpiry(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000,
+		cfg: Config{IdleTimeout: time.Minute, HandshakeTimeout: 10 * time.Second, GiveUp: time.Hour}})
+	h.establish()
+	h.fromW(0, 988, 0) // held: the radio never acknowledges it
+	for i := range 5 {
+		src := netip.AddrPortFrom(wireHost.Addr(), uint16(2000+i))
+		h.e.Process(Wire, mkseg(src, radioHost, header.TCPSyn, 1, 0, 100, 0))
+	}
+	if st := h.e.Stats(); st.Flows != 6 {
+		t.Fatalf("%+v", st)
+	}
+	h.clock.Advance(16 * time.Second) // the sweep runs every 5 s
+	if st := h.e.Stats(); st.Flows != 1 || st.Expired != 5 {
+		t.Fatalf("half-open flows not expired: %+v", st)
+	}
+	h.clock.Advance(5 * time.Minute)
+	if st := h.e.Stats(); st.Flows != 1 {
+		t.Fatalf("a split flow holding data expired: %+v", st)
+	}
+	h.ackR(988, 65535)
+	h.clock.Advance(2 * time.Minute)
+	if st := h.e.Stats(); st.Flows != 0 {
+		t.Fatalf("an idle flow was not expired: %+v", st)
 	}
 }
 

@@ -285,13 +285,15 @@ func (e *Engine) Import(states []FlowState) error {
 			if len(s.Packet) == 0 {
 				return fmt.Errorf("engine: import: empty cached segment")
 			}
+			held := max(len(s.Packet), pktBufCap)
 			f.appendSeg(seg{seq: seqnum.Value(s.Seq), end: seqnum.Value(s.End), rexmits: s.Rexmits,
-				sentAt: now, pkt: append([]byte(nil), s.Packet...)})
-			f.cacheBytes += len(s.Packet)
+				sentAt: now, pkt: append([]byte(nil), s.Packet...), held: held})
+			f.cacheBytes += held
 		}
 		if old := e.flows[f.key]; old != nil {
 			e.drop(old)
 		}
+		e.cacheMem += f.cacheBytes
 		e.flows[f.key] = f
 		e.st.FlowsMax = max(e.st.FlowsMax, len(e.flows))
 		if f.sp != nil {

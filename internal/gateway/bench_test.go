@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/internal/packettest"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
@@ -45,7 +46,7 @@ func newPathRig(tb testing.TB, enc ipsec.Enc, withSAs bool, mode engine.Mode) *p
 			sad.Add(e)
 		}
 	}
-	r.g, err = New(Config{Engine: engine.Config{Mode: mode}}, sad, func(engine.Side, []byte) { r.out++ })
+	r.g, err = New(Config{Engine: engine.Config{Mode: mode}, State: statedir.Memory()}, sad, func(engine.Side, []byte) { r.out++ })
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec/safile"
 )
 
@@ -22,7 +23,10 @@ import (
 //	espep-gateway 1
 //	wire            = eth0          # interface (AF_PACKET) or tun:NAME
 //	radio           = eth1
-//	sa-file         = gateway.sa    # native or esp_sa lines; relative to this file
+//	sa-file         = gateway.sa    # native or esp_sa lines; relative to this file; may be given more than once
+//	state-dir       = state         # IV blocks and sequence numbers (0700); without it no AES-GCM,
+//	                                # ChaCha20-Poly1305 or AES-CTR SA is sealed on
+//	iv-partition    = 0/1           # this gateway's share K/N of the IV block space
 //	mode            = split         # split (default) | snoop
 //	cc              = bbr           # split mode's congestion controller: bbr | reno
 //	plain           = no            # accelerate TCP that is not IPsec-protected too
@@ -36,11 +40,17 @@ import (
 //	max-rto         = 1s
 //	give-up         = 2m            # split: reset a flow that makes no progress this long
 //	idle-timeout    = 10m
+//	handshake-timeout = 30s         # flows never established, or reset, forgotten after this
+//	max-plain-flows = 32768         # flows opened by unverified packets (default max-flows/2)
+//	cache-total     = 256MiB        # snoop: memory held by all caches
+//	drain-idle      = 30s           # an SA the gateway numbers, gone from the SA files, kept this long after its last packet
 //	max-local-rexmits = 6
 //	dupacks         = auto          # snoop: auto | forward | swallow
 type FileConfig struct {
 	Wire, Radio string
-	SAFile      string
+	SAFiles     []string
+	StateDir    string
+	IVPartition statedir.Partition
 	Metrics     string
 	// Gateway holds the engine and gateway settings (zero: defaults).
 	Gateway Config
@@ -61,8 +71,13 @@ func LoadFileConfig(path string) (*FileConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.SAFile != "" && !filepath.IsAbs(c.SAFile) {
-		c.SAFile = filepath.Join(filepath.Dir(path), c.SAFile)
+	for i, p := range c.SAFiles {
+		if !filepath.IsAbs(p) {
+			c.SAFiles[i] = filepath.Join(filepath.Dir(path), p)
+		}
+	}
+	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
+		c.StateDir = filepath.Join(filepath.Dir(path), c.StateDir)
 	}
 	return c, nil
 }
@@ -102,7 +117,7 @@ func ParseFileConfig(r io.Reader, name string) (*FileConfig, error) {
 		if !ok || key == "" || val == "" {
 			return nil, &safile.Error{File: name, Line: n, Err: errors.New("want key = value")}
 		}
-		if seen[key] {
+		if seen[key] && key != "sa-file" {
 			return nil, &safile.Error{File: name, Line: n, Field: key, Err: errors.New("given twice")}
 		}
 		seen[key] = true
@@ -117,9 +132,11 @@ func ParseFileConfig(r io.Reader, name string) (*FileConfig, error) {
 		return nil, &safile.Error{File: name, Line: n, Err: fmt.Errorf("empty: want %q first", GatewayMagic+" 1")}
 	}
 	// The engine judges its settings together (buffer bounds, RTO range).
-	if _, err := engine.New(*e, nil); err != nil {
+	eng, err := engine.New(*e, nil)
+	if err != nil {
 		return nil, &safile.Error{File: name, Line: n, Err: err}
 	}
+	eng.Close()
 	return c, nil
 }
 
@@ -131,7 +148,19 @@ func (c *FileConfig) set(e *engine.Config, key, val string) error {
 	case "radio":
 		c.Radio = val
 	case "sa-file":
-		c.SAFile = val
+		c.SAFiles = append(c.SAFiles, val)
+	case "state-dir":
+		c.StateDir = val
+	case "iv-partition":
+		c.IVPartition, err = statedir.ParsePartition(val)
+	case "drain-idle":
+		c.Gateway.DrainIdle, err = parseDuration(val)
+	case "handshake-timeout":
+		e.HandshakeTimeout, err = parseDuration(val)
+	case "max-plain-flows":
+		e.MaxPlainFlows, err = parseCount(val)
+	case "cache-total":
+		e.CacheTotal, err = ParseBytes(val)
 	case "metrics":
 		c.Metrics = val
 	case "mode":

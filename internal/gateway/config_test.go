@@ -8,8 +8,12 @@ import (
 	"time"
 
 	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec/safile"
 )
+
+// p0 is the last element of a path.
+func p0(p string) string { return filepath.Base(p) }
 
 func TestFileConfig(t *testing.T) {
 	c, err := LoadFileConfig("testdata/gateway.conf")
@@ -18,21 +22,26 @@ func TestFileConfig(t *testing.T) {
 	}
 	e := c.Gateway.Engine
 	abs, _ := filepath.Abs("testdata")
-	if c.Wire != "eth0" || c.Radio != "tun:espep-radio" || c.Metrics != "127.0.0.1:9465" ||
-		(c.SAFile != filepath.Join("testdata", "gateway.sa") && c.SAFile != filepath.Join(abs, "gateway.sa")) {
+	rel := func(p string) bool { return p == filepath.Join("testdata", p0(p)) || p == filepath.Join(abs, p0(p)) }
+	if c.Wire != "eth0" || c.Radio != "tun:espep-radio" || c.Metrics != "127.0.0.1:9465" || len(c.SAFiles) != 2 ||
+		!rel(c.SAFiles[0]) || c.SAFiles[1] != "/etc/espep/more.sa" || !rel(c.StateDir) || c.IVPartition != (statedir.Partition{K: 3, N: 8}) {
 		t.Errorf("interfaces and files: %+v", c)
 	}
-	if !c.Gateway.Plain || c.Gateway.SeqJump != 1000 {
+	if !c.Gateway.Plain || c.Gateway.SeqJump != 1000 || c.Gateway.DrainIdle != 45*time.Second {
 		t.Errorf("gateway settings: %+v", c.Gateway)
 	}
 	want := engine.Config{Mode: engine.ModeSnoop, CC: engine.CCReno, BufferPerFlow: 8 << 20, BufferTotal: 1e9, CachePerFlow: 512e3,
 		MaxFlows: 1000, MinRTO: 30 * time.Millisecond, MaxRTO: 2 * time.Second, GiveUp: 90 * time.Second,
-		IdleTimeout: 5 * time.Minute, MaxLocalRexmits: 4, DupAcks: engine.DupAcksForward}
+		IdleTimeout: 5 * time.Minute, MaxLocalRexmits: 4, DupAcks: engine.DupAcksForward,
+		HandshakeTimeout: 20 * time.Second, MaxPlainFlows: 300, CacheTotal: 64 << 20}
 	if e != want {
 		t.Errorf("engine settings\n got %+v\nwant %+v", e, want)
 	}
-	if _, err := engine.New(e, nil); err != nil {
+	eng, err := engine.New(e, nil)
+	if err != nil {
 		t.Errorf("the engine refuses the file's settings: %v", err)
+	} else {
+		eng.Close()
 	}
 }
 
@@ -65,6 +74,8 @@ func TestFileConfigErrors(t *testing.T) {
 		{"espep-gateway 1\nwire = " + strings.Repeat("x", 5000) + "\n", ""},
 		{"espep-gateway 1\nbuffer-per-flow = 1k\n", ""}, // the engine's bounds
 		{"espep-gateway 1\nmin-rto = 2s\nmax-rto = 1s\n", ""},
+		{"espep-gateway 1\niv-partition = 8/8\n", "iv-partition"},
+		{"espep-gateway 1\nstate-dir = a\nstate-dir = b\n", "state-dir"},
 	} {
 		_, err := ParseFileConfig(strings.NewReader(tc.text), "t.conf")
 		var fe *safile.Error

@@ -5,6 +5,7 @@ import (
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/internal/packettest"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
@@ -45,7 +46,7 @@ func FuzzGateway(f *testing.F) {
 			sad.Add(e)
 		}
 		clock := netem.NewSimClock(netem.RealClock{}.Now())
-		g, err := New(Config{Engine: engine.Config{Mode: engine.ModeSplit, Clock: clock}, Plain: true}, sad, func(to engine.Side, out []byte) {})
+		g, err := New(Config{Engine: engine.Config{Mode: engine.ModeSplit, Clock: clock}, Plain: true, State: statedir.Memory()}, sad, func(to engine.Side, out []byte) {})
 		if err != nil {
 			t.Fatal(err)
 		}

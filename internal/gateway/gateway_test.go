@@ -18,6 +18,7 @@ import (
 	"github.com/espep/espep/internal/gvhost"
 	"github.com/espep/espep/internal/netem"
 	"github.com/espep/espep/internal/packettest"
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
 )
@@ -106,6 +107,8 @@ type testNet struct {
 	notInTunnel  int        // packets that reached an endpoint outside the IP-in-IP tunnel
 	cur          atomic.Pointer[Gateway]
 	old          *Gateway
+	state        *statedir.Dir // the gateway's; a restarted one shares it
+	cfgs         []ipsec.Config // the gateway's SAs
 
 	// With an outer SA per direction (an AH+ESP bundle), the routers seal
 	// in it after the inner one and open it first.
@@ -155,6 +158,23 @@ func (n *testNet) deleteOld() {
 // but nothing reaches it).
 func (n *testNet) swap(g *Gateway) {
 	n.old = n.cur.Swap(g)
+}
+
+// freshSAD builds the gateway's SAs anew (a gateway owns the entries it is
+// given, and wipes those that leave it).
+func (n *testNet) freshSAD(t *testing.T) *ipsec.SAD {
+	t.Helper()
+	sad := &ipsec.SAD{}
+	for _, c := range n.cfgs {
+		e, err := ipsec.NewEntry(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sad.Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return sad
 }
 
 func seal(sa *ipsec.SA, pkt []byte) []byte {
@@ -232,8 +252,6 @@ func newTestNetBundle(t *testing.T, ab, ba ipsec.Config, outerAB, outerBA *ipsec
 		n.aOut.SetIVSource(ivA)
 		n.bOut.SetIVSource(ivB)
 	}
-	n.sad = &ipsec.SAD{}
-	sad := n.sad
 	cfgs := []ipsec.Config{ab, ba}
 	if outerAB != nil {
 		n.aOutOuter, n.aInOuter, n.bOutOuter, n.bInOuter = mk(*outerAB), mk(*outerBA), mk(*outerBA), mk(*outerAB)
@@ -244,17 +262,14 @@ func newTestNetBundle(t *testing.T, ab, ba ipsec.Config, outerAB, outerBA *ipsec
 		if class == ipsec.ClassRead {
 			c.IntegKey = nil // what a security server hands a read gateway
 		}
-		e, err := ipsec.NewEntry(c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := sad.Add(e); err != nil {
-			t.Fatal(err)
-		}
+		n.cfgs = append(n.cfgs, c)
 	}
+	n.sad = n.freshSAD(t)
+	sad := n.sad
 	var err error
 	n.cur.Store(nil)
-	n.G, err = New(Config{Engine: engine.Config{Mode: mode}}, sad, func(to engine.Side, pkt []byte) {
+	n.state = statedir.Memory()
+	n.G, err = New(Config{Engine: engine.Config{Mode: mode}, State: n.state}, sad, func(to engine.Side, pkt []byte) {
 		c := append([]byte(nil), pkt...)
 		n.ivs.record(c)
 		if to == engine.Radio {
@@ -583,21 +598,20 @@ func TestGatewayFailOpen(t *testing.T) {
 	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.01, Seed: 5}
 	var salts = [2]uint64{0x1234, 0x5678}
 	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSplit)
-	full := n.sad
 	n.G.SetSAD(nil)
 	var g2 *Gateway
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		time.Sleep(300 * time.Millisecond)
-		n.G.SetSAD(full) // the SAs arrive mid-transfer
+		n.G.SetSAD(n.freshSAD(t)) // the SAs arrive mid-transfer
 		time.Sleep(400 * time.Millisecond)
 		var err error
-		g2, err = New(Config{Engine: engine.Config{Mode: engine.ModeSplit}}, full, n.G.out)
+		g2, err = New(Config{Engine: engine.Config{Mode: engine.ModeSplit}, State: n.state}, n.freshSAD(t), n.G.out)
 		if err != nil {
 			return
 		}
-		n.swap(g2) // the gateway restarts with nothing
+		n.swap(g2) // the gateway restarts with nothing but its state directory
 	}()
 	// Bad packets from both sides while the transfers run.
 	var injected atomic.Int64

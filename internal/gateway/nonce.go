@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec"
 )
 
@@ -12,9 +13,10 @@ import (
 //
 // AES-GCM, ChaCha20-Poly1305 and AES-CTR ESP carry an 8-byte IV that, with
 // the key and the SA's salt, is the cipher's nonce: one (key, IV) pair used
-// twice — by the endpoint and the gateway together — breaks confidentiality
-// and, for the AEADs, lets anyone forge. The gateway seals on the
-// endpoint's SA, so it must use IVs the endpoint will never use.
+// twice — by the endpoint and the gateway together, or by two lives of
+// the gateway — breaks confidentiality and, for the AEADs, lets anyone
+// forge. The gateway seals on the endpoint's SA, so it must use IVs the
+// endpoint will never use, and never one it used itself before.
 //
 // What the endpoints do: Linux (crypto/seqiv.c) and strongSwan (iv_gen_seq)
 // send IV = BE64(seq) ⊕ salt, with a random 64-bit salt per SA, and espep's
@@ -22,7 +24,18 @@ import (
 // without ESN stays below 2^32 (the SA must be rekeyed before it wraps), and
 // with ESN below 2^63 for any lifetime an SA can have. So the endpoint's IVs
 // lie in {s ⊕ salt : s < 2^63}, and the gateway takes the other half:
-// IV = c ⊕ salt for c = 2^63, 2^63+1, … — disjoint, whatever c reaches.
+// IV = c ⊕ salt with c ≥ 2^63 — disjoint from the endpoint's, whatever c.
+//
+// The gateway's own counters c never repeat, across SAs, restarts and
+// crashes: c = 2^63 | b·2^32 | n, where b is a block of 2^32 counters the
+// state directory reserved for this process — on disk, synced, before the
+// first use (package statedir argues it) — and n counts within the block,
+// one counter for every SA. A key the gateway forgot (its state pruned,
+// its SA given again, the process restarted) gets counters it has never
+// had. Without a state directory nothing survives a restart, so the
+// gateway never seals on these SAs (it relays them untouched and says so
+// once); AES-CBC needs unpredictable IVs, not unique ones (the SA's own
+// random-keyed generator gives them), and NULL and AH have no IV.
 //
 // The gateway recovers the salt as IV ⊕ seq from a packet it has verified
 // (so an attacker cannot feed it a salt), and believes it only once a
@@ -32,27 +45,27 @@ import (
 // the SA (it relays the SA's packets untouched: read behaviour) and logs
 // it. Until the salt is confirmed the gateway does not seal either; the
 // engine's packets for that SA are dropped (counted), and TCP repairs that.
-// AES-CBC needs unpredictable IVs, not unique ones, and the gateway's own
-// random-keyed IV generator provides them; NULL and AH have no IV.
 
 // noncePlan is what the gateway knows of an SA's IV generator.
 type noncePlan struct {
 	mu        sync.Mutex
 	sensitive bool   // the transform has counter IVs
+	noState   bool   // sensitive, and no state directory: never sealed on
 	salt      uint64 // IV ⊕ seq, as first seen
 	seen      int    // verified packets whose salt agreed
 	firstSeq  uint64
 	broken    bool // the endpoint's IVs are not seq ⊕ salt
 	iv        *saltedCounterIV
-	carried   uint64 // the counter a previous entry for the SA reached (0: none)
+	space     *ivSpace
 }
 
-// counterBase is the first counter the gateway uses: the half of the IV
+// counterBase is the top bit every gateway counter has: the half of the IV
 // space no endpoint sequence number reaches.
 const counterBase = 1 << 63
 
-func newNoncePlan(cfg ipsec.Config) *noncePlan {
-	p := &noncePlan{sensitive: cfg.Enc == ipsec.EncAESCTR || cfg.Enc.AEAD()}
+func newNoncePlan(cfg ipsec.Config, space *ivSpace) *noncePlan {
+	p := &noncePlan{sensitive: cfg.Enc == ipsec.EncAESCTR || cfg.Enc.AEAD(), space: space}
+	p.noState = p.sensitive && space == nil
 	return p
 }
 
@@ -85,25 +98,25 @@ func (p *noncePlan) observe(iv []byte, seq uint64) error {
 	return nil
 }
 
-// carry continues old's IV counter in p (a new entry for the same SA, whose
-// key may be the same): the gateway's IVs never go back, and the salt is
-// learned again from the endpoint's packets.
-func (p *noncePlan) carry(old *noncePlan) {
-	old.mu.Lock()
-	defer old.mu.Unlock()
-	if old.iv != nil {
-		old.iv.mu.Lock()
-		p.carried = old.iv.next
-		old.iv.mu.Unlock()
+// refused reports whether the gateway will never seal on the SA.
+func (p *noncePlan) refused() bool {
+	if p.noState {
+		return true
 	}
-	p.carried = max(p.carried, old.carried)
-}
-
-// isBroken reports whether the gateway will never seal on the SA.
-func (p *noncePlan) isBroken() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.broken
+}
+
+// confirmed reports whether the gateway may seal (the salt confirmed, or
+// no counter IVs at all).
+func (p *noncePlan) confirmed() bool {
+	if !p.sensitive {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.broken && !p.noState && p.seen >= 2
 }
 
 // ivSource returns the IV source the gateway may seal with, or nil while
@@ -114,31 +127,56 @@ func (p *noncePlan) ivSource() (ipsec.IVSource, bool) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.broken || p.seen < 2 {
+	if p.broken || p.noState || p.seen < 2 {
 		return nil, false
 	}
 	if p.iv == nil {
-		p.iv = &saltedCounterIV{salt: p.salt, next: max(counterBase, p.carried)}
+		p.iv = &saltedCounterIV{salt: p.salt, space: p.space}
 	}
 	return p.iv, true
 }
 
-// saltedCounterIV hands out c ⊕ salt for c = 2^63, 2^63+1, …: IVs in the
-// half of the space the endpoint's seq ⊕ salt never reaches.
+// saltedCounterIV hands out c ⊕ salt for counters c from the gateway's IV
+// space: IVs in the half of the space the endpoint's seq ⊕ salt never
+// reaches, each counter once.
 type saltedCounterIV struct {
-	mu   sync.Mutex
-	salt uint64
-	next uint64
+	salt  uint64
+	space *ivSpace
 }
 
 func (s *saltedCounterIV) NextIV(iv []byte, _ uint64) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.next == 0 { // wrapped past 2^64 − 1: never happens within a lifetime
-		return fmt.Errorf("gateway iv range: %w", ipsec.ErrIVExhausted)
+	c, err := s.space.next()
+	if err != nil {
+		return err
 	}
 	clear(iv)
-	binary.BigEndian.PutUint64(iv[len(iv)-8:], s.next^s.salt)
-	s.next++
+	binary.BigEndian.PutUint64(iv[len(iv)-8:], c^s.salt)
 	return nil
+}
+
+// ivSpace is the gateway's IV counter: c = 2^63 | b·2^32 | n over blocks b
+// the state directory reserves durably, one block at a time.
+type ivSpace struct {
+	mu    sync.Mutex
+	dir   *statedir.Dir
+	block uint64 // 0: none reserved yet
+	n     uint64 // next counter within the block
+}
+
+func (s *ivSpace) next() (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.block == 0 || s.n == 1<<32 {
+		b, err := s.dir.IVBlock()
+		if err != nil {
+			return 0, fmt.Errorf("gateway iv space: %w: %w", err, ipsec.ErrIVExhausted)
+		}
+		if b == 0 || b > statedir.MaxBlock {
+			return 0, fmt.Errorf("gateway iv space: block %d: %w", b, ipsec.ErrIVExhausted)
+		}
+		s.block, s.n = b, 0
+	}
+	c := counterBase | s.block<<32 | s.n
+	s.n++
+	return c, nil
 }

@@ -5,77 +5,180 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/safile"
 )
 
-// SAFile keeps a gateway's SAs in step with a file of SA lines (native or
-// Wireshark esp_sa), as strongSwan's save-keys plugin appends them: SAs
-// added later take effect, removed ones stop being used, and an SA whose
-// line did not change keeps its state (replay window, numbering). A file
-// that does not load leaves the SAs in force.
-type SAFile struct {
+// SAFiles keeps a gateway's SAs in step with one or more SA files (each
+// native or Wireshark esp_sa lines), as strongSwan's save-keys plugin
+// appends them: SAs added later take effect, removed ones stop being used
+// (and are wiped, unless they drain: sad.go), and an SA whose entry did
+// not change keeps its state. A bad entry is reported (file:line: field)
+// and skipped, every good one loads — so a key file that only grows is
+// not stopped by one bad line. A file that cannot be read, or that group
+// or others may read or write, is refused whole and its SAs in force stay.
+// Nothing of a file's bytes is kept: a change is seen by its size, time
+// and inode, then by a hash; the bytes read and the parsed keys are
+// cleared once the SAs are built.
+type SAFiles struct {
 	g     *Gateway
-	path  string
-	prev  []byte
+	files []*saFile
 	kept  map[ipsec.ID]keptEntry
-	Loads int // successful loads that changed something
+	Loads int // loads that changed the gateway's SAs
+}
+
+type saFile struct {
+	path    string
+	sig     fileSig
+	sum     [32]byte
+	entries []keptEntry // what the file gave at its last good read
+	errs    []error     // what was wrong with it then
+	loaded  bool
+}
+
+// fileSig is what a stat shows of a file's content changing.
+type fileSig struct {
+	size, mtime int64
+	ino         uint64
 }
 
 type keptEntry struct {
-	sum [32]byte
+	sum [32]byte // fingerprint: the SA's configuration and key ID
 	e   *ipsec.Entry
 }
 
-// NewSAFile binds a gateway to an SA file; call Load (or Watch).
-func NewSAFile(g *Gateway, path string) *SAFile {
-	return &SAFile{g: g, path: path, kept: map[ipsec.ID]keptEntry{}}
+// NewSAFiles binds a gateway to SA files; call Load (or Watch).
+func NewSAFiles(g *Gateway, paths ...string) *SAFiles {
+	f := &SAFiles{g: g, kept: map[ipsec.ID]keptEntry{}}
+	for _, p := range paths {
+		f.files = append(f.files, &saFile{path: p})
+	}
+	return f
 }
 
-// Load reads the file and, if it changed, gives the gateway its SAs.
-func (f *SAFile) Load() error {
-	b, err := os.ReadFile(f.path)
-	if err != nil {
-		return fmt.Errorf("gateway: sa file: %w", err)
+// maxSAFile bounds what is read of an SA file.
+const maxSAFile = 64 << 20
+
+// Load reads the files that changed and, if their SAs changed, gives the
+// gateway the SAs of all of them. It returns every problem found (bad
+// entries, files refused, an SA in two files), joined; the SAs of what
+// was good are in force whatever it returns.
+func (f *SAFiles) Load() error {
+	changed := false
+	var errs []error
+	for _, sf := range f.files {
+		c, err := f.read(sf)
+		changed = changed || c
+		if err != nil {
+			errs = append(errs, err)
+		}
+		errs = append(errs, sf.errs...)
 	}
-	if bytes.Equal(b, f.prev) {
-		return nil
-	}
-	cfgs, err := safile.Parse(bytes.NewReader(b), f.path)
-	if err != nil {
-		return fmt.Errorf("gateway: %w", err) // keep the SAs in force
+	if !changed {
+		return errors.Join(errs...)
 	}
 	sad := &ipsec.SAD{}
 	kept := map[ipsec.ID]keptEntry{}
-	for _, c := range cfgs {
-		sum := fingerprint(&c)
-		e := f.kept[c.ID()].e
-		if e == nil || f.kept[c.ID()].sum != sum {
-			if e, err = ipsec.NewEntry(c); err != nil {
-				return fmt.Errorf("gateway: sa file %s: %w", f.path, err)
+	n := 0
+	for _, sf := range f.files {
+		for _, k := range sf.entries {
+			if err := sad.Add(k.e); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w (the first file that gives it wins)", sf.path, err))
+				continue
 			}
+			kept[k.e.Config.ID()] = k
+			n++
 		}
-		if err := sad.Add(e); err != nil {
-			return fmt.Errorf("gateway: sa file %s: %w", f.path, err)
-		}
-		kept[c.ID()] = keptEntry{sum, e}
 	}
 	f.g.SetSAD(sad)
-	f.prev, f.kept = b, kept
+	f.kept = kept
 	f.Loads++
-	f.g.log.Info("gateway: SAs loaded", "file", f.path, "sas", len(cfgs))
-	return nil
+	f.g.log.Info("gateway: SAs loaded", "files", len(f.files), "sas", n)
+	return errors.Join(errs...)
 }
 
-// Watch loads the file every interval and whenever reload delivers, until
-// ctx ends; load errors are logged.
-func (f *SAFile) Watch(ctx context.Context, every time.Duration, reload <-chan os.Signal) {
+// read brings one file's entries up to date and reports whether they
+// changed.
+func (f *SAFiles) read(sf *saFile) (bool, error) {
+	fi, err := os.Stat(sf.path)
+	if err != nil {
+		return false, fmt.Errorf("gateway: sa file: %w", err)
+	}
+	sig := fileSig{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		sig.ino = st.Ino
+	}
+	// Timestamps are coarse (a kernel tick): a file changed within the
+	// last second is read again whatever its signature says.
+	if sf.loaded && sig == sf.sig && time.Since(fi.ModTime()) > time.Second {
+		return false, nil
+	}
+	if m := fi.Mode().Perm(); m&0o077 != 0 {
+		return false, fmt.Errorf("gateway: sa file %s has mode %#o: it holds keys and must be closed to group and others (chmod go-rwx); not loaded", sf.path, m)
+	}
+	fd, err := os.Open(sf.path)
+	if err != nil {
+		return false, fmt.Errorf("gateway: sa file: %w", err)
+	}
+	b, err := io.ReadAll(io.LimitReader(fd, maxSAFile+1))
+	fd.Close()
+	defer clear(b)
+	if err != nil {
+		return false, fmt.Errorf("gateway: sa file %s: %w", sf.path, err)
+	}
+	if len(b) > maxSAFile {
+		return false, fmt.Errorf("gateway: sa file %s is larger than %d bytes; not loaded", sf.path, maxSAFile)
+	}
+	sum := sha256.Sum256(b)
+	sf.sig = sig
+	if sf.loaded && sum == sf.sum {
+		return false, nil
+	}
+	cfgs, bad, fatal := safile.ParseEntries(bytes.NewReader(b), sf.path)
+	defer func() {
+		for i := range cfgs {
+			clear(cfgs[i].EncKey)
+			clear(cfgs[i].IntegKey)
+		}
+	}()
+	if fatal != nil && len(cfgs) == 0 {
+		sf.sig = fileSig{} // read it again next time
+		return false, fmt.Errorf("gateway: %w (the file's SAs in force stay)", fatal)
+	}
+	var entries []keptEntry
+	for _, c := range cfgs {
+		fp := fingerprint(&c)
+		k := f.kept[c.ID()]
+		if k.e == nil || k.sum != fp {
+			e, err := ipsec.NewEntry(c)
+			if err != nil {
+				bad = append(bad, fmt.Errorf("%s: %w", sf.path, err))
+				continue
+			}
+			k = keptEntry{fp, e}
+		}
+		entries = append(entries, k)
+	}
+	if fatal != nil {
+		bad = append(bad, fatal)
+	}
+	sf.sum, sf.entries, sf.errs, sf.loaded = sum, entries, bad, true
+	return true, nil
+}
+
+// Watch loads the files every interval and whenever reload delivers,
+// until ctx ends; what is wrong is logged when it changes.
+func (f *SAFiles) Watch(ctx context.Context, every time.Duration, reload <-chan os.Signal) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	last := ""
 	for {
 		select {
 		case <-ctx.Done():
@@ -83,13 +186,20 @@ func (f *SAFile) Watch(ctx context.Context, every time.Duration, reload <-chan o
 		case <-t.C:
 		case <-reload:
 		}
-		if err := f.Load(); err != nil {
-			f.g.log.Warn("gateway: SA file not loaded; the SAs in force stay", "err", err)
+		err := f.Load()
+		msg := ""
+		if err != nil {
+			msg = err.Error()
 		}
+		if msg != last && err != nil {
+			f.g.log.Warn("gateway: SA files: entries not loaded; the others are in force", "err", err)
+		}
+		last = msg
 	}
 }
 
-// fingerprint identifies everything of an SA that its state depends on.
+// fingerprint identifies everything of an SA that its state depends on:
+// its configuration and its keys (by their key ID, never the keys).
 func fingerprint(c *ipsec.Config) [32]byte {
 	h := sha256.New()
 	var b [64]byte
@@ -98,15 +208,16 @@ func fingerprint(c *ipsec.Config) [32]byte {
 	n += binary.PutUvarint(b[n:], uint64(c.Mode))
 	n += binary.PutUvarint(b[n:], uint64(c.Class))
 	n += binary.PutUvarint(b[n:], uint64(c.EncapSrcPort)<<16|uint64(c.EncapDstPort))
+	n += binary.PutUvarint(b[n:], uint64(c.ReplayWindow)+1)
 	if c.ESN {
 		b[n] = 1
 	}
 	n++
 	h.Write(b[:n])
-	h.Write(c.EncKey)
-	h.Write([]byte{0})
-	h.Write(c.IntegKey)
+	id := ipsec.KeyIDOf(c)
+	h.Write(id[:])
 	s, _ := c.Src.MarshalBinary()
 	h.Write(s)
+	fmt.Fprintf(h, "%v|%v|%v", c.TS, c.Lifetime, c.PMTU)
 	return [32]byte(h.Sum(nil))
 }

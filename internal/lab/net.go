@@ -10,6 +10,7 @@ import (
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/internal/gvhost"
 	"github.com/espep/espep/internal/netem"
 	"github.com/espep/espep/ipsec"
@@ -148,7 +149,9 @@ func NewNet(cfg NetConfig) (*Net, error) {
 		if cfg.Mode == ModeSnoop {
 			ecfg.Mode = engine.ModeSnoop
 		}
-		g, err := gateway.New(gateway.Config{Engine: ecfg, Plain: true, Log: quietLog}, sad, func(to engine.Side, pkt []byte) {
+		// The whole network lives and dies with this process — endpoints,
+		// SAs and gateway — so the gateway's reservations may too.
+		g, err := gateway.New(gateway.Config{Engine: ecfg, Plain: true, Log: quietLog, State: statedir.Memory()}, sad, func(to engine.Side, pkt []byte) {
 			c := append([]byte(nil), pkt...)
 			if to == engine.Radio {
 				n.radio.AB.Send(c)
@@ -332,6 +335,10 @@ func (n *Net) Close() {
 		if p != nil {
 			p.Close()
 		}
+	}
+	if n.Gateway != nil {
+		n.Gateway.Close()
+		n.Gateway.Engine().Close()
 	}
 	for _, h := range []*gvhost.Host{n.Wired, n.Mobile} {
 		if h != nil {

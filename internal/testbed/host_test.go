@@ -245,7 +245,7 @@ func (p *hostPair) startHosts(t *testing.T, c hostCase, edit func(string) string
 // startHostPairVia is startHostPairOpt with, when middle is given, a third
 // namespace m between a and b in which the espep command middle bridges
 // xa (toward a, the wire side) and xb (toward b, the radio side); its
-// arguments may name the SA file as {sa}.
+// arguments may name the SA file as {sa} and a state directory as {state}.
 func startHostPairVia(t *testing.T, c hostCase, capture bool, middle []string) *hostPair {
 	t.Helper()
 	b := ForTest(t)
@@ -286,7 +286,7 @@ func startHostPairVia(t *testing.T, c hostCase, capture bool, middle []string) *
 	if middle != nil {
 		args := make([]string, len(middle))
 		for i, x := range middle {
-			args[i] = strings.ReplaceAll(x, "{sa}", p.saPath)
+			args[i] = strings.ReplaceAll(strings.ReplaceAll(x, "{sa}", p.saPath), "{state}", filepath.Join(dir, "state"))
 		}
 		p.mid, err = b.Start(m, append([]string{espepBin}, args...)...)
 		must(t, err)

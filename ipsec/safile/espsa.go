@@ -69,12 +69,28 @@ func wsName(s string) string {
 }
 
 // ParseESPSA reads Wireshark esp_sa lines. Each SA gets class write if it
-// carries every key it needs, and class read if it is a non-AEAD cipher
-// without an integrity key (decrypt only).
+// carries every key it needs, and class read if it names a non-AEAD
+// cipher's integrity transform but leaves its key empty (decrypt only; the
+// transform says how long the ICV is). A line that names no integrity
+// transform for a non-AEAD cipher is refused: ESP without integrity is
+// forbidden (RFC 8221), and a read gateway could not find the ICV.
 func ParseESPSA(r io.Reader, name string) ([]ipsec.Config, error) {
+	out, bad, err := parseESPSA(r, name)
+	if err == nil && len(bad) > 0 {
+		err = bad[0]
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// parseESPSA reads esp_sa lines, skipping bad ones: it returns the good
+// SAs, an error for each bad line, and an error that ends the file (an
+// unreadable line).
+func parseESPSA(r io.Reader, name string) (out []ipsec.Config, bad []error, fatal error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), maxLine)
-	var out []ipsec.Config
 	n := 0
 	for sc.Scan() {
 		n++
@@ -85,14 +101,15 @@ func ParseESPSA(r io.Reader, name string) ([]ipsec.Config, error) {
 		c, err := parseESPSALine(line)
 		if err != nil {
 			err.File, err.Line = name, n
-			return nil, err
+			bad = append(bad, err)
+			continue
 		}
 		out = append(out, c)
 	}
 	if err := sc.Err(); err != nil {
-		return nil, &Error{File: name, Line: n + 1, Err: err}
+		return out, bad, &Error{File: name, Line: n + 1, Err: err}
 	}
-	return out, nil
+	return out, bad, nil
 }
 
 var espsaFields = []string{"protocol", "source", "destination", "spi", "encryption", "encryption key", "authentication", "authentication key"}
@@ -136,8 +153,15 @@ func parseESPSALine(line string) (ipsec.Config, *Error) {
 	if c.IntegKey, err = parseHex(f[7]); err != nil {
 		return c, bad(7, err)
 	}
-	if !c.Enc.AEAD() && c.Integ == ipsec.IntegNone {
-		c.Class = ipsec.ClassRead
+	switch {
+	case c.Enc.AEAD() && c.Integ != ipsec.IntegNone:
+		return c, bad(6, fmt.Errorf("%q: %v authenticates itself and takes NULL authentication", f[6], c.Enc))
+	case c.Enc.AEAD() && len(c.EncKey) == 0:
+		return c, bad(5, fmt.Errorf("empty: an AEAD SA is write class only (its key both decrypts and forges)"))
+	case !c.Enc.AEAD() && c.Integ == ipsec.IntegNone:
+		return c, bad(6, fmt.Errorf("NULL with %v: ESP without integrity is not supported (RFC 8221); for class read name the SA's authentication and leave its key empty", c.Enc))
+	case !c.Enc.AEAD() && len(c.IntegKey) == 0:
+		c.Class = ipsec.ClassRead // the transform named, its key withheld: decrypt only
 	}
 	return c, nil
 }

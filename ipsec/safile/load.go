@@ -29,6 +29,28 @@ func Parse(r io.Reader, name string) ([]ipsec.Config, error) {
 	return ParseESPSA(br, name)
 }
 
+// ParseEntries reads either format as Parse does, but skips each bad
+// entry (an esp_sa line, a native [sa] block) instead of refusing the
+// file: it returns the good SAs, an error (file:line: field: what) for
+// each bad entry, and an error that ends the file early or refuses it
+// whole (a native file's first line, an unreadable line) — the entries
+// before that still count.
+func ParseEntries(r io.Reader, name string) (cfgs []ipsec.Config, bad []error, fatal error) {
+	br := bufio.NewReader(r)
+	head, _ := br.Peek(4096)
+	for _, l := range bytes.Split(head, []byte("\n")) {
+		s := strings.TrimSpace(string(l))
+		if s == "" || s[0] == '#' {
+			continue
+		}
+		if strings.HasPrefix(s, NativeMagic) {
+			return parseNative(br, name)
+		}
+		break
+	}
+	return parseESPSA(br, name)
+}
+
 // Load reads an SA file in either format.
 func Load(path string) ([]ipsec.Config, error) {
 	f, err := os.Open(path)

@@ -41,25 +41,43 @@ const maxLine = 64 << 10
 
 // ParseNative reads a native SA file. name is used in errors.
 func ParseNative(r io.Reader, name string) ([]ipsec.Config, error) {
+	out, bad, err := parseNative(r, name)
+	if err == nil && len(bad) > 0 {
+		err = bad[0]
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// parseNative reads a native SA file, skipping each [sa] block that has a
+// mistake: it returns the good SAs, an error for each bad block, and an
+// error that ends the file (a bad first line, an unreadable line).
+func parseNative(r io.Reader, name string) (out []ipsec.Config, bad []error, fatal error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), maxLine)
 	var (
-		out     []ipsec.Config
 		cur     *ipsec.Config
+		curBad  bool
 		start   int
 		seen    map[string]bool
 		lineNo  int
 		gotHead bool
 	)
-	flush := func() error {
-		if cur == nil {
-			return nil
+	flush := func() {
+		if cur == nil || curBad {
+			return
 		}
 		if err := checkNative(cur); err != nil {
-			return &Error{File: name, Line: start, Err: err}
+			bad = append(bad, &Error{File: name, Line: start, Err: err})
+			return
 		}
 		out = append(out, *cur)
-		return nil
+	}
+	fail := func(e *Error) {
+		bad = append(bad, e)
+		curBad = true
 	}
 	for sc.Scan() {
 		lineNo++
@@ -74,48 +92,47 @@ func ParseNative(r io.Reader, name string) ([]ipsec.Config, error) {
 		if !gotHead {
 			f := strings.Fields(line)
 			if len(f) != 2 || f[0] != NativeMagic {
-				return nil, &Error{File: name, Line: lineNo, Err: fmt.Errorf("want %q first", NativeMagic+" "+strconv.Itoa(NativeVersion))}
+				return nil, nil, &Error{File: name, Line: lineNo, Err: fmt.Errorf("want %q first", NativeMagic+" "+strconv.Itoa(NativeVersion))}
 			}
 			if f[1] != strconv.Itoa(NativeVersion) {
-				return nil, &Error{File: name, Line: lineNo, Err: fmt.Errorf("version %s not supported (this espep reads %d)", f[1], NativeVersion)}
+				return nil, nil, &Error{File: name, Line: lineNo, Err: fmt.Errorf("version %s not supported (this espep reads %d)", f[1], NativeVersion)}
 			}
 			gotHead = true
 			continue
 		}
 		if line == "[sa]" {
-			if err := flush(); err != nil {
-				return nil, err
-			}
+			flush()
 			cur = &ipsec.Config{Proto: ipsec.ESP, Class: ipsec.ClassWrite, Mode: ipsec.Transport, TS: ipsec.Selector{Proto: ipsec.ProtoAny}}
-			start, seen = lineNo, map[string]bool{}
+			start, seen, curBad = lineNo, map[string]bool{}, false
 			continue
 		}
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {
-			return nil, &Error{File: name, Line: lineNo, Err: fmt.Errorf("want KEY = VALUE or [sa], got %q", trunc(line))}
+			fail(&Error{File: name, Line: lineNo, Err: fmt.Errorf("want KEY = VALUE or [sa], got %q", trunc(line))})
+			continue
 		}
 		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		if cur == nil {
-			return nil, &Error{File: name, Line: lineNo, Field: k, Err: fmt.Errorf("outside an [sa] block")}
-		}
-		if seen[k] {
-			return nil, &Error{File: name, Line: lineNo, Field: k, Err: fmt.Errorf("given twice")}
-		}
-		seen[k] = true
-		if err := setField(cur, k, v); err != nil {
-			return nil, &Error{File: name, Line: lineNo, Field: k, Err: err}
+		switch {
+		case cur == nil:
+			fail(&Error{File: name, Line: lineNo, Field: k, Err: fmt.Errorf("outside an [sa] block")})
+		case seen[k]:
+			fail(&Error{File: name, Line: lineNo, Field: k, Err: fmt.Errorf("given twice")})
+		default:
+			seen[k] = true
+			if err := setField(cur, k, v); err != nil {
+				fail(&Error{File: name, Line: lineNo, Field: k, Err: err})
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, &Error{File: name, Line: lineNo + 1, Err: err}
+		flush()
+		return out, bad, &Error{File: name, Line: lineNo + 1, Err: err}
 	}
 	if !gotHead {
-		return nil, &Error{File: name, Line: lineNo, Err: fmt.Errorf("empty file: want %q first", NativeMagic+" 1")}
+		return nil, nil, &Error{File: name, Line: lineNo, Err: fmt.Errorf("empty file: want %q first", NativeMagic+" 1")}
 	}
-	if err := flush(); err != nil {
-		return nil, err
-	}
-	return out, nil
+	flush()
+	return out, bad, nil
 }
 
 func trunc(s string) string {
@@ -336,6 +353,16 @@ func checkNative(c *ipsec.Config) error {
 	}
 	if c.Mode == ipsec.Tunnel && (!c.Src.IsValid() || !c.Dst.IsValid()) {
 		return fmt.Errorf("tunnel sa %#x needs src and dst", c.SPI)
+	}
+	if c.Class == ipsec.ClassRead {
+		switch {
+		case c.Enc.AEAD():
+			return fmt.Errorf("sa %#x: class read with %v: its decryption key forges too; an AEAD SA is write or none", c.SPI, c.Enc)
+		case c.Integ == ipsec.IntegNone:
+			return fmt.Errorf("sa %#x: class read needs the SA's integ transform named (its key left out), or the ICV cannot be found", c.SPI)
+		case len(c.IntegKey) > 0:
+			return fmt.Errorf("sa %#x: class read must not carry an integ-key", c.SPI)
+		}
 	}
 	return nil
 }

@@ -1,0 +1,275 @@
+package gateway
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"time"
+
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// Flows and what binds them to their protection.
+//
+// A flow (inner addresses and TCP ports, one direction) is sealed on the
+// SA its own packets last came on, in the IP-in-IP tunnel they last came
+// in. Both are learned only from packets whose ICV the gateway verified,
+// and a flow first seen protected stays bound to protection for its life:
+//
+//   - a cleartext packet claiming a protected flow (either direction) is
+//     dropped and counted — one spoofed segment once moved a protected
+//     flow to "unprotected", and the engine's packets, early-acknowledged
+//     bytes included, then left in the clear;
+//   - a verified packet on another SA moves the flow only if that SA runs
+//     between the same two peers (the SAs' addresses, as the endpoints'
+//     rekey makes them) — a peer cannot use its own SA to claim another's
+//     flow (with selectors the SA's traffic-selector check refuses it
+//     earlier, RFC 4301 §5.2);
+//   - a flow first seen in the clear (plain = yes) becomes protected when
+//     a verified packet shows it.
+//
+// The engine keeps the same binding for its own flow table (engine
+// ProcessPlain), so that nothing unverified reaches a protected flow even
+// when the gateway's table has forgotten it.
+//
+// Tables are bounded and forget the flow idle longest (lru); protected
+// flows, which only verified packets create, are kept apart from plain
+// ones, which anyone can create, so that a flood of spoofed cleartext can
+// push out only other cleartext flows.
+
+// route is a flow's key: its inner addresses and, for TCP, its ports
+// (zero otherwise).
+type route struct{ src, dst netip.AddrPort }
+
+func (r route) reverse() route { return route{r.dst, r.src} }
+
+// via is how a flow's packets last came.
+type via struct {
+	st   *saState    // the SA (innermost of a bundle) they came on; nil: not protected
+	from engine.Side // the side they came from
+	tun  *ipipHdr    // the IP-in-IP tunnel they came in, nil: none
+	// stale: the flow's other direction moved to a new SA (a rekey) and
+	// this one has not yet; the endpoint may have deleted st already.
+	stale    bool
+	elicited time.Time // when the gateway last asked the endpoint for a packet
+}
+
+// maxRoutes bounds each flow table (protected, plain).
+const maxRoutes = 1 << 16
+
+// samePeers reports whether SA states a and b run between the same two
+// peers: a rekey of one another, or a bundle's layers.
+func samePeers(a, b *saState) bool {
+	return a.peer == b.peer
+}
+
+// reversePeers reports whether b runs opposite to a between the same
+// peers: the other direction of the same flows.
+func reversePeers(a, b *saState) bool {
+	return a.peer[0] == b.peer[1] && a.peer[1] == b.peer[0]
+}
+
+// flowOf is a packet's route: its addresses, and its ports if it is TCP
+// (and not a fragment).
+func flowOf(pkt []byte) (route, bool) {
+	if len(pkt) == 0 {
+		return route{}, false
+	}
+	var src, dst netip.Addr
+	var l4 []byte
+	switch pkt[0] >> 4 {
+	case 4:
+		h, err := header.ParseIPv4(pkt)
+		if err != nil {
+			return route{}, false
+		}
+		src, dst = h.Src(), h.Dst()
+		if h.Protocol() == header.ProtoTCP && !h.IsFragment() {
+			l4 = h.Payload()
+		}
+	case 6:
+		h, err := header.ParseIPv6(pkt)
+		if err != nil {
+			return route{}, false
+		}
+		src, dst = h.Src(), h.Dst()
+		if proto, off, _, err := h.UpperLayer(); err == nil && proto == header.ProtoTCP {
+			l4 = h[off:]
+		}
+	default:
+		return route{}, false
+	}
+	var sp, dp uint16
+	if len(l4) >= 4 {
+		sp, dp = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
+	}
+	return route{netip.AddrPortFrom(src, sp), netip.AddrPortFrom(dst, dp)}, true
+}
+
+func addrs(pkt []byte) (src, dst netip.Addr, ok bool) {
+	if len(pkt) == 0 {
+		return
+	}
+	switch pkt[0] >> 4 {
+	case 4:
+		h, err := header.ParseIPv4(pkt)
+		if err != nil {
+			return
+		}
+		return h.Src(), h.Dst(), true
+	case 6:
+		h, err := header.ParseIPv6(pkt)
+		if err != nil {
+			return
+		}
+		return h.Src(), h.Dst(), true
+	}
+	return
+}
+
+// ipipHdr is the outer header of an IP-in-IP tunnel, as a verified
+// packet's showed it.
+type ipipHdr struct {
+	b  []byte
+	v6 bool
+	id uint16
+}
+
+// peelIPIP returns what an IP-in-IP packet (IPv4 or IPv6 in IPv4 or IPv6,
+// RFC 2003/2473, no extension headers, not a fragment) carries and its
+// outer header (not copied: pkt's).
+func peelIPIP(pkt []byte) (inner, outer []byte, ok bool) {
+	if len(pkt) == 0 {
+		return nil, nil, false
+	}
+	switch pkt[0] >> 4 {
+	case 4:
+		h, err := header.ParseIPv4(pkt)
+		if err != nil || h.IsFragment() || (h.Protocol() != header.ProtoIPIP && h.Protocol() != header.ProtoIPv6) {
+			return nil, nil, false
+		}
+		return h.Payload(), pkt[:h.HeaderLen()], true
+	case 6:
+		h, err := header.ParseIPv6(pkt)
+		if err != nil || (h.NextHeader() != header.ProtoIPIP && h.NextHeader() != header.ProtoIPv6) {
+			return nil, nil, false
+		}
+		return pkt[header.IPv6Len : header.IPv6Len+h.PayloadLen()], pkt[:header.IPv6Len], true
+	}
+	return nil, nil, false
+}
+
+// tunnelOf keeps a copy of an IP-in-IP outer header for a flow, reusing
+// old's when the header is the same.
+func tunnelOf(outer []byte, old *ipipHdr) *ipipHdr {
+	if outer == nil {
+		return nil
+	}
+	if old != nil && sameTunnel(old.b, outer) {
+		return old
+	}
+	h := &ipipHdr{b: append([]byte(nil), outer...), v6: outer[0]>>4 == 6}
+	if !h.v6 {
+		h.id = header.IPv4(outer).ID()
+	}
+	return h
+}
+
+// sameTunnel compares two outer headers by their addresses.
+func sameTunnel(a, b []byte) bool {
+	if len(a) != len(b) || len(a) < header.IPv4MinLen {
+		return false
+	}
+	if a[0]>>4 == 6 {
+		return string(a[8:40]) == string(b[8:40])
+	}
+	return string(a[12:20]) == string(b[12:20])
+}
+
+// isProtected reports whether the gateway has seen flow r, or its other
+// direction, protected.
+func (g *Gateway) isProtected(r route) bool {
+	g.smu.Lock()
+	defer g.smu.Unlock()
+	_, a := g.flows.peek(r)
+	_, b := g.flows.peek(r.reverse())
+	return a || b
+}
+
+// noteRoute records that flow r's packets came from side from on st (nil:
+// unprotected), in the IP-in-IP tunnel whose outer header is tunHdr (nil:
+// none). It reports false, and records nothing, when the packet may not
+// claim the flow (flows.go). A flow that moves to another SA between the
+// same peers shows that the endpoints rekeyed: the old SA's flows follow
+// it (next), and the flow's other direction — whose endpoint rekeyed too,
+// but may have nothing to send — is marked stale and its endpoint asked
+// for a packet.
+func (g *Gateway) noteRoute(r route, st *saState, from engine.Side, tunHdr []byte) bool {
+	g.smu.Lock()
+	old, had := g.flows.get(r)
+	if st == nil {
+		if had {
+			g.smu.Unlock()
+			return false
+		}
+		var prev *ipipHdr
+		if pv, ok := g.plain.peek(r); ok {
+			prev = pv.tun
+		}
+		if g.plain.put(r, via{from: from, tun: tunnelOf(tunHdr, prev)}) {
+			g.c.evicted.Add(1)
+		}
+		g.smu.Unlock()
+		return true
+	}
+	if !had {
+		if rv, ok := g.flows.peek(r.reverse()); ok && !reversePeers(rv.st, st) {
+			g.smu.Unlock()
+			return false // the other direction runs between other peers
+		}
+		var prev *ipipHdr
+		if pv, ok := g.plain.peek(r); ok {
+			prev = pv.tun
+			g.plain.delete(r) // verified now: protected from here on
+		}
+		if g.flows.put(r, via{st: st, from: from, tun: tunnelOf(tunHdr, prev)}) {
+			g.c.evicted.Add(1)
+		}
+		g.smu.Unlock()
+		return true
+	}
+	prev := *old
+	if prev.st != st && !samePeers(prev.st, st) {
+		g.smu.Unlock()
+		return false // another peer's SA claims the flow
+	}
+	v := via{st: st, from: from, tun: tunnelOf(tunHdr, prev.tun)}
+	if prev.st == st {
+		v.stale, v.elicited = prev.stale, prev.elicited
+	}
+	*old = v
+	var ask bool
+	var rev via
+	if prev.st != st {
+		g.c.rekeys.Add(1)
+		prev.st.mu.Lock()
+		prev.st.next = st
+		gen := prev.st.gen + 1
+		prev.st.mu.Unlock()
+		st.mu.Lock()
+		st.gen = max(st.gen, gen)
+		gen = st.gen
+		st.mu.Unlock()
+		// The other direction is stale if its SA is of an older
+		// generation: it has not moved in this rekey yet.
+		if rv, ok := g.flows.peek(r.reverse()); ok && !rv.stale && rv.st.generation() < gen {
+			rv.stale, rv.elicited = true, time.Now()
+			ask, rev = true, *rv
+		}
+	}
+	g.smu.Unlock()
+	if ask {
+		g.elicit(r.reverse(), rev.from)
+	}
+	return true
+}

@@ -1,0 +1,197 @@
+package gateway
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"time"
+
+	"github.com/espep/espep/ipsec"
+)
+
+// Opening (DESIGN.md rule 3: verify before acting). Every layer's ICV and
+// replay window are checked before anything in the packet is used; what
+// the gateway learns from a packet — the endpoint's IV salt and highest
+// number, the SA's outer form and UDP ports, the peers of a wildcard SA,
+// the bundle's layers — it learns only once the packet verified. Then the
+// inner packet must lie within the SA's selectors (RFC 4301 §5.2).
+
+// openResult is what became of a packet the gateway tried to open.
+type openResult uint8
+
+const (
+	opened       openResult = iota
+	openFailed              // not verified (ICV, replay, malformed, no SA for a layer): relay the original
+	openUnusable            // verified, but nothing to deliver or outside the selectors: drop it
+)
+
+// maxBundle bounds the IPsec headers the gateway opens in one packet (an
+// AH+ESP bundle is two; ESP in a tunnel in ESP too).
+const maxBundle = 3
+
+// openBundle verifies and opens pkt (a copy, opened in place) on st's SA,
+// and any IPsec inside it on the SAs it names — an AH+ESP bundle (RFC
+// 4301 §4.5) — down to the packet they protect. It returns that packet
+// and the state of the innermost SA, whose outer chain now records the
+// SAs around it (outermost last), so that engineOut seals in the same
+// order.
+func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte, _ *saState, _ openResult) {
+	var outer *saState
+	for depth := 1; ; depth++ {
+		// Read what the open overwrites; act on it only once verified.
+		var iv [8]byte
+		hasIV := l.Kind == ipsec.KindESP && l.Off+16 <= len(pkt)
+		if hasIV {
+			copy(iv[:], pkt[l.Off+8:])
+		}
+		var sp, dp uint16
+		if l.UDPOff >= 0 && l.UDPOff+4 <= len(pkt) {
+			sp, dp = binary.BigEndian.Uint16(pkt[l.UDPOff:]), binary.BigEndian.Uint16(pkt[l.UDPOff+2:])
+		}
+		e := st.e
+		inner, err := e.Write.OpenAt(pkt, l)
+		if err != nil {
+			if errors.Is(err, ipsec.ErrHardExpired) {
+				st.dead.Store(true)
+			}
+			switch {
+			case errors.Is(err, ipsec.ErrUndeliverable):
+				g.c.undeliverable.Add(1)
+				return nil, nil, openUnusable
+			case errors.Is(err, ipsec.ErrICV):
+				g.c.icv.Add(1)
+			case errors.Is(err, ipsec.ErrReplay), errors.Is(err, ipsec.ErrTooOld):
+				g.c.replays.Add(1)
+			default:
+				g.c.openErrors.Add(1)
+			}
+			return nil, nil, openFailed
+		}
+		g.c.opened.Add(1)
+		seq := seq64(e.Write, l.Seq)
+		if hasIV {
+			if err := st.nonce.observe(iv[:], seq); err != nil {
+				g.c.downgrades.Add(1)
+				g.log.Warn("gateway: SA downgraded to relaying", "sa", e.Config.ID(), "err", err)
+			}
+		}
+		st.lastIn.Store(time.Now().UnixNano())
+		tunnel := tunnelMode(e.Config.Mode, inner, l)
+		st.mu.Lock()
+		newest := seq > st.maxIn
+		st.maxIn = max(st.maxIn, seq)
+		st.outer = outer
+		if !st.peer[0].IsValid() || !st.peer[1].IsValid() {
+			st.peer = [2]netip.Addr{or(st.peer[0], l.Src), or(st.peer[1], l.Dst)}
+		}
+		if !st.learned || newest {
+			g.learnOuter(st, sp, dp, tunnel)
+		}
+		st.mu.Unlock()
+		if !e.Config.Admits(inner, tunnel) {
+			g.c.selectors.Add(1)
+			return nil, nil, openUnusable
+		}
+
+		// IPsec again inside (transport-mode ESP under AH, or a tunnel in
+		// a tunnel)?
+		il, err := ipsec.Locate(inner)
+		if err != nil || (il.Kind != ipsec.KindESP && il.Kind != ipsec.KindAH) {
+			return inner, st, opened
+		}
+		if depth == maxBundle {
+			g.c.malformed.Add(1)
+			return nil, nil, openUnusable
+		}
+		ie := g.lookup(&il)
+		switch {
+		case ie == nil:
+			g.c.unknown.Add(1)
+			return nil, nil, openFailed
+		case ie.Class() != ipsec.ClassWrite:
+			// A layer the gateway may not seal on: it cannot re-seal the
+			// bundle, so the bundle passes as it came.
+			g.c.classNone.Add(1)
+			return nil, nil, openFailed
+		}
+		ist := g.state(ie)
+		if ist.nonce.refused() {
+			return nil, nil, openFailed
+		}
+		outer, st, pkt, l = st, ist, inner, il
+	}
+}
+
+func or(a, b netip.Addr) netip.Addr {
+	if a.IsValid() {
+		return a
+	}
+	return b
+}
+
+// tunnelMode reports whether a packet opened on an SA of mode m was in
+// tunnel mode: as the SA says, or for an SA of unknown mode when the inner
+// addresses are not the outer ones (transport mode keeps them).
+func tunnelMode(m ipsec.Mode, inner []byte, l ipsec.Loc) bool {
+	switch m {
+	case ipsec.Tunnel:
+		return true
+	case ipsec.Transport:
+		return false
+	}
+	src, dst, ok := addrs(inner)
+	return ok && (src != l.Src || dst != l.Dst)
+}
+
+// learnOuter makes the frame the gateway seals st's SA in when its
+// verified packets show an outer form its configuration does not state:
+// the mode (for an SA of unknown mode), the UDP encapsulation ports sp and
+// dp (0: none) — again whenever the endpoint's newest packet shows other
+// ports (a NAT rebinding, which Linux's XFRM follows too) — and for a
+// wildcard SA the tunnel's addresses. st.mu is held.
+func (g *Gateway) learnOuter(st *saState, sp, dp uint16, tunnel bool) {
+	cfg := &st.e.Config
+	mode := ipsec.Transport
+	if tunnel {
+		mode = ipsec.Tunnel
+	}
+	if st.learned {
+		csp, cdp := cfg.EncapSrcPort, cfg.EncapDstPort
+		if st.frame != nil {
+			csp, cdp = st.frame.Ports()
+			mode = st.frame.Mode()
+		} else if cfg.Mode != ipsec.ModeAny {
+			mode = cfg.Mode
+		}
+		if csp == sp && cdp == dp || (csp != 0) != (sp != 0) {
+			return // the same ports, or raw ESP on a UDP SA (or the reverse): not a rebinding
+		}
+		g.c.rebinds.Add(1)
+	}
+	st.learned = true
+	if cfg.Mode != ipsec.ModeAny {
+		mode = cfg.Mode
+	}
+	wild := mode == ipsec.Tunnel && (!cfg.Src.IsValid() || !cfg.Dst.IsValid())
+	if mode == cfg.Mode && sp == cfg.EncapSrcPort && dp == cfg.EncapDstPort && !wild {
+		st.frame = nil
+		return
+	}
+	f, err := st.e.Write.NewFrame(mode, sp, dp, st.peer[0], st.peer[1])
+	if err != nil {
+		g.log.Warn("gateway: cannot seal in the packets' outer form", "sa", cfg.ID(), "err", err)
+		return
+	}
+	st.frame = f
+	g.log.Info("gateway: sealing in the outer form the packets show", "sa", cfg.ID(), "mode", mode, "udp-src", sp, "udp-dst", dp)
+}
+
+// seq64 is the full sequence number of a packet the SA just accepted.
+func seq64(sa *ipsec.SA, low uint32) uint64 {
+	top := sa.InTop()
+	s := top&^0xffffffff | uint64(low)
+	if s > top && s-top > 1<<31 && s >= 1<<32 {
+		s -= 1 << 32
+	}
+	return s
+}

@@ -1,0 +1,260 @@
+package gateway
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/espep/espep/internal/statedir"
+	"github.com/espep/espep/ipsec"
+)
+
+// The SAs the gateway works with: the SAD it is given (replaced whole by
+// SetSAD), the state it keeps per write-class SA, and the SAs it numbers
+// that have left the SAD (draining).
+//
+// Keys are wiped when an SA leaves every table: an entry dropped from the
+// SAD is wiped at once unless the gateway numbers its SA, in which case it
+// drains — its packets are still opened and re-sealed, because relaying
+// them with the endpoint's own numbers would have the receiver refuse
+// them all (the gateway's lead) — and is wiped once none has come for
+// DrainIdle, or at Close.
+
+// saState is what the gateway keeps per write-class SA.
+type saState struct {
+	e     *ipsec.Entry
+	key   statedir.SeqKey
+	nonce *noncePlan
+	// peer is the outer source and destination of the SA — as configured,
+	// or for a wildcard SA as its first verified packet showed them — which
+	// decides whether a flow may move to it (flows.go).
+	peer [2]netip.Addr
+
+	mu        sync.Mutex
+	owned     bool
+	lease     *statedir.Lease // from the moment the gateway numbers the SA
+	maxIn     uint64          // highest sequence number seen from the endpoint
+	last      uint64          // last number the gateway sealed with
+	exhausted bool            // the SA's sequence numbers ran out at the gateway
+	// frame is the outer form the gateway seals in when the SA's
+	// configuration does not state it (esp_sa lines carry no mode and no
+	// UDP ports) or a NAT moved the ports: learned from verified packets.
+	frame   *ipsec.Frame
+	learned bool
+	// outer is the SA whose packets carried this one's last (the next
+	// layer of an AH+ESP bundle), nil when this SA is the outermost.
+	outer *saState
+	// next is the SA the flows of this one moved to (a rekey), or the
+	// entry that replaced this one for the same SA in the SAD: where its
+	// flows' packets are sealed once this one cannot be used.
+	next *saState
+	// gen counts the rekeys behind this SA: one more than the SA its
+	// flows moved from (0: none seen).
+	gen int
+
+	dead     atomic.Bool  // past its hard lifetime at the gateway, or wiped
+	draining atomic.Bool  // left the SAD; kept while its packets come
+	lastIn   atomic.Int64 // unix nanoseconds of its last verified packet
+}
+
+func (st *saState) generation() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.gen
+}
+
+// release records the last number the gateway used on the SA, for a
+// successor on the same state directory.
+func (st *saState) release() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.owned && st.lease != nil {
+		st.lease.Release(st.last)
+	}
+}
+
+func (g *Gateway) newState(e *ipsec.Entry) *saState {
+	st := &saState{e: e, key: statedir.SeqKey{ID: e.Config.ID(), KeyID: e.KeyID}, nonce: newNoncePlan(e.Config, g.ivs)}
+	st.peer = [2]netip.Addr{e.Config.Src, e.Config.Dst}
+	return st
+}
+
+// lookup finds the entry of an ESP or AH header: in the SAD, or among the
+// draining SAs.
+func (g *Gateway) lookup(l *ipsec.Loc) *ipsec.Entry {
+	if e, _ := g.sad.Load().LookupLoc(l); e != nil {
+		return e
+	}
+	proto := ipsec.ESP
+	if l.Kind == ipsec.KindAH {
+		proto = ipsec.AH
+	}
+	g.smu.Lock()
+	defer g.smu.Unlock()
+	st := g.draining[ipsec.ID{SPI: l.SPI, Dst: l.Dst, Proto: proto}]
+	if st == nil {
+		st = g.draining[ipsec.ID{SPI: l.SPI, Proto: proto}]
+	}
+	if st == nil {
+		return nil
+	}
+	return st.e
+}
+
+// state returns the gateway's state for a write-class entry.
+func (g *Gateway) state(e *ipsec.Entry) *saState {
+	id := e.Config.ID()
+	g.smu.Lock()
+	defer g.smu.Unlock()
+	if st := g.states[id]; st != nil && st.e == e {
+		return st
+	}
+	if st := g.draining[id]; st != nil && st.e == e {
+		return st
+	}
+	st := g.newState(e)
+	if old := g.states[id]; old != nil && old.e.KeyID == e.KeyID {
+		g.inherit(st, old)
+	}
+	g.states[id] = st
+	return st
+}
+
+// inherit carries what the gateway did on an SA over to a new entry for
+// it (the same keys): its numbers continue, the outer form learned stays,
+// and the old entry's flows move to the new one.
+func (g *Gateway) inherit(nst, old *saState) {
+	old.mu.Lock()
+	defer old.mu.Unlock()
+	nst.owned, nst.last, nst.maxIn, nst.lease, nst.exhausted = old.owned, old.last, old.maxIn, old.lease, old.exhausted
+	nst.peer = old.peer
+	if old.learned {
+		nst.learned = true
+		if old.frame != nil {
+			// The frame holds no key: rebuild it on the new entry's SA.
+			m := old.frame.Mode()
+			sp, dp := old.frame.Ports()
+			if f, err := nst.e.Write.NewFrame(m, sp, dp, old.peer[0], old.peer[1]); err == nil {
+				nst.frame = f
+			}
+		}
+	}
+	nst.nonce.mu.Lock()
+	old.nonce.mu.Lock()
+	if !old.nonce.broken && old.nonce.seen > 0 {
+		nst.nonce.salt, nst.nonce.seen, nst.nonce.firstSeq = old.nonce.salt, old.nonce.seen, old.nonce.firstSeq
+	}
+	nst.nonce.broken = old.nonce.broken
+	old.nonce.mu.Unlock()
+	nst.nonce.mu.Unlock()
+	old.next = nst
+}
+
+// SetSAD replaces the SAs the gateway works with, taking ownership of the
+// new SAD's entries. An entry given again for the same SA with the same
+// keys carries the gateway's state on (numbers, outer form, salt); an SA
+// no longer present stops being used — its flows' packets are sealed on
+// the SAs those flows moved to, if any — and its keys are wiped, unless
+// the gateway numbers it: then it drains.
+func (g *Gateway) SetSAD(sad *ipsec.SAD) {
+	if sad == nil {
+		sad = &ipsec.SAD{}
+	}
+	old := g.sad.Swap(sad)
+	g.smu.Lock()
+	defer g.smu.Unlock()
+	keep := map[*ipsec.Entry]bool{}
+	for _, e := range sad.Entries() {
+		keep[e] = true
+	}
+	now := time.Now()
+	for id, st := range g.states {
+		ne, ok := sad.Get(id)
+		switch {
+		case ok && ne == st.e:
+			continue
+		case ok && ne.KeyID == st.e.KeyID && ne.Class() == ipsec.ClassWrite:
+			// A new entry for the same SA: carry on, now.
+			nst := g.newState(ne)
+			g.inherit(nst, st)
+			g.states[id] = nst
+			st.dead.Store(true)
+			if !keep[st.e] {
+				g.wipe(st.e)
+			}
+			continue
+		}
+		delete(g.states, id)
+		st.mu.Lock()
+		owned := st.owned && !st.exhausted
+		st.mu.Unlock()
+		if owned && !st.dead.Load() && !keep[st.e] {
+			st.draining.Store(true)
+			if st.lastIn.Load() == 0 {
+				st.lastIn.Store(now.UnixNano())
+			}
+			g.draining[id] = st
+			g.c.drains.Add(1)
+			continue
+		}
+		if !keep[st.e] {
+			g.wipe(st.e)
+		}
+	}
+	if old != nil {
+		for _, e := range old.Entries() {
+			if !keep[e] && g.states[e.Config.ID()] == nil && g.draining[e.Config.ID()] == nil {
+				g.wipe(e)
+			}
+		}
+	}
+	for id := range g.readLast {
+		if _, ok := sad.Get(id); !ok {
+			delete(g.readLast, id)
+		}
+	}
+	for id, st := range g.draining {
+		if e, ok := sad.Get(id); ok && e.KeyID == st.e.KeyID {
+			// Back in the SAD (the same keys): its state goes on there.
+			delete(g.draining, id)
+			st.draining.Store(false)
+			if e == st.e {
+				g.states[id] = st
+			}
+		}
+	}
+	g.sweepLocked(now)
+}
+
+// wipe destroys an entry's keys (g.smu held).
+func (g *Gateway) wipe(e *ipsec.Entry) {
+	if e.Class() == ipsec.ClassNone {
+		return
+	}
+	e.Wipe()
+	g.c.wiped.Add(1)
+}
+
+// sweepLocked wipes the draining SAs whose packets stopped coming, and
+// arms a timer for the rest (g.smu held).
+func (g *Gateway) sweepLocked(now time.Time) {
+	for id, st := range g.draining {
+		if now.Sub(time.Unix(0, st.lastIn.Load())) >= g.cfg.DrainIdle || st.dead.Load() {
+			delete(g.draining, id)
+			st.release()
+			st.dead.Store(true)
+			g.wipe(st.e)
+		}
+	}
+	if len(g.draining) > 0 && !g.closed {
+		if g.drainT == nil {
+			g.drainT = time.AfterFunc(g.cfg.DrainIdle/2, func() {
+				g.smu.Lock()
+				defer g.smu.Unlock()
+				g.drainT = nil
+				g.sweepLocked(time.Now())
+			})
+		}
+	}
+}

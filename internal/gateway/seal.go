@@ -1,0 +1,359 @@
+package gateway
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+	"unsafe"
+
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/ipsec"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// Sealing: what the engine sends on goes out sealed on the SA that carries
+// its flow, numbered by the gateway (re-sequencing, rule 2), with IVs from
+// the gateway's own counter space (nonce.go); or, for a packet the engine
+// passed on unchanged while the gateway may not seal, as it came.
+
+// seqBlock is how many sequence numbers the gateway reserves on an SA at a
+// time; it asks for the next block when half of this one is used, so the
+// hot path waits for the disk only if it outruns a whole half block.
+const seqBlock = 4096
+
+// engineOut takes what the engine sends on: the original of a packet it
+// passed unchanged, or the packet sealed on the SA that carries it. It
+// runs under the engine's lock.
+func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
+	if l, err := ipsec.Locate(pkt); err == nil && (l.Kind == ipsec.KindESP || l.Kind == ipsec.KindAH) {
+		// A read-class packet as it came, or the engine's cached copy of
+		// one — unless the copy is one the receiver's replay window has
+		// left behind.
+		if !sameBytes(pkt, g.curOrig) && g.staleRead(l) {
+			g.c.readStale.Add(1)
+			return
+		}
+		g.out(to, pkt)
+		return
+	}
+	if _, _, ok := peelIPIP(pkt); ok {
+		g.out(to, pkt) // the engine makes none: an original, as it came
+		return
+	}
+	if g.inInBuf(pkt) {
+		if g.curSt == nil {
+			g.out(to, g.curOrig) // plain TCP
+			return
+		}
+		// Until the gateway may seal on the SA (and on every SA of its
+		// bundle), the packet goes out as it came; from then on the
+		// gateway numbers every packet on them.
+		if !g.maySeal(g.curSt, true) {
+			g.c.originals.Add(1)
+			g.out(to, g.curOrig)
+			return
+		}
+	}
+	r, ok := flowOf(pkt)
+	if !ok {
+		return
+	}
+	g.smu.Lock()
+	vp, ok := g.flows.peek(r)
+	if !ok {
+		vp, ok = g.plain.peek(r)
+	}
+	var v via
+	if ok {
+		v = *vp
+	}
+	g.smu.Unlock()
+	switch {
+	case !ok:
+		// Never in the clear what the gateway has not seen in the clear: a
+		// flow it no longer has a route for (its table was full) waits for
+		// the endpoint's next packet.
+		g.c.noRoute.Add(1)
+		return
+	case v.st == nil:
+		g.send(to, pkt, v.tun) // a flow that came unprotected (Plain)
+		return
+	}
+	st := g.live(v.st)
+	ready := st != nil && g.maySeal(st, st == g.curSt)
+	if v.stale || !ready {
+		// The endpoint's packets will show its newest SA, or confirm an
+		// SA's IV generator: ask it for some.
+		g.askLater(r, v)
+	}
+	if !ready {
+		g.c.notYetSafe.Add(1) // no usable SA, or its IV generator not confirmed
+		g.smu.Lock()
+		if _, ok := g.owed[r]; !ok && len(g.owed) < maxOwed {
+			g.owed[r] = v
+			g.owedN.Add(1)
+		}
+		g.smu.Unlock()
+		return
+	}
+	// Seal innermost first, each SA of the bundle around what the one
+	// before made, in place in sealBuf.
+	off := maxBundle * ipsec.MaxHeadroom
+	n := len(pkt)
+	if off+n+maxBundle*ipsec.MaxTailroom > len(g.sealBuf) {
+		g.c.sealErrors.Add(1)
+		return
+	}
+	copy(g.sealBuf[off:], pkt)
+	var outer []byte
+	for i := 0; st != nil && i < maxBundle; i++ {
+		var err error
+		if outer, st, err = g.sealOn(st, g.sealBuf[:off+n], off, n); err != nil {
+			g.c.sealErrors.Add(1)
+			if !errors.Is(err, errSeqWait) {
+				g.log.Warn("gateway: seal", "err", err)
+			}
+			return
+		}
+		off, n = len(g.sealBuf)-cap(outer), len(outer)
+	}
+	g.c.sealed.Add(1)
+	g.send(to, outer, v.tun)
+}
+
+// sameBytes reports whether a and b are the same slice (not merely equal).
+func sameBytes(a, b []byte) bool {
+	return len(a) > 0 && len(a) == len(b) && &a[0] == &b[0]
+}
+
+// usable reports whether st's SA may carry packets: in the SAD (or
+// draining, for the packets that come on it), alive.
+func (g *Gateway) usable(st *saState, drainingOK bool) bool {
+	if st.dead.Load() {
+		return false
+	}
+	if st.draining.Load() {
+		return drainingOK
+	}
+	c := &st.e.Config
+	e, _ := g.sad.Load().Lookup(c.SPI, c.Dst, c.Proto)
+	return e == st.e
+}
+
+// live returns the SA a flow routed on st is sealed on: st while usable,
+// else the SA its flows moved to (following a rekey or a new entry), or
+// nil. A draining SA serves its flows only when they have moved nowhere.
+func (g *Gateway) live(st *saState) *saState {
+	first := st
+	for range 8 {
+		if st == nil || g.usable(st, false) {
+			return st
+		}
+		st.mu.Lock()
+		next := st.next
+		st.mu.Unlock()
+		st = next
+	}
+	if first.draining.Load() && !first.dead.Load() {
+		return first
+	}
+	return nil
+}
+
+// askLater has the endpoint behind flow r send a packet, at most every
+// elicitGap: the engine's lock is held here, so a goroutine asks.
+func (g *Gateway) askLater(r route, v via) {
+	now := time.Now()
+	g.smu.Lock()
+	cur, ok := g.flows.peek(r)
+	if !ok || cur.st != v.st || now.Sub(cur.elicited) < elicitGap {
+		g.smu.Unlock()
+		return
+	}
+	cur.elicited = now
+	g.smu.Unlock()
+	go g.elicit(r, v.from)
+}
+
+// elicitGap spaces the keep-alives that ask an endpoint for a packet.
+const elicitGap = 20 * time.Millisecond
+
+// elicit asks the engine for a keep-alive toward the endpoint that sends
+// flow r (on side at), which answers it on its newest SA. The engine's
+// lock must not be held.
+func (g *Gateway) elicit(r route, at engine.Side) {
+	wire, radio := r.src, r.dst
+	if at == engine.Radio {
+		wire, radio = radio, wire
+	}
+	if g.eng.Elicit(wire, radio, at) {
+		g.c.elicits.Add(1)
+	}
+}
+
+// maySeal reports whether the gateway may seal on st's SA and on every SA
+// around it: each usable, each IV generator confirmed, numbers left.
+func (g *Gateway) maySeal(st *saState, drainingOK bool) bool {
+	for i := 0; st != nil; i++ {
+		if i == maxBundle || !g.usable(st, drainingOK) || !st.nonce.confirmed() {
+			return false
+		}
+		st.mu.Lock()
+		next, ex := st.outer, st.exhausted
+		st.mu.Unlock()
+		if ex {
+			return false
+		}
+		st = next
+	}
+	return true
+}
+
+// errSeqWait: the SA's next sequence number is not reserved on disk yet.
+var errSeqWait = errors.New("sequence numbers not yet reserved")
+
+// sealOn seals buf[off:off+n] on st's SA with the next sequence number the
+// gateway owns on it, and returns the sealed packet (within buf's
+// capacity) and the SA to seal that in next, if the SA is part of a
+// bundle.
+func (g *Gateway) sealOn(st *saState, buf []byte, off, n int) ([]byte, *saState, error) {
+	ivs, ok := st.nonce.ivSource()
+	if !ok {
+		return nil, nil, fmt.Errorf("sa %v: iv generator not confirmed", st.e.Config.ID())
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.owned {
+		st.owned = true
+		st.last = st.maxIn
+		if g.cfg.State != nil {
+			st.lease = g.cfg.State.Lease(st.key)
+			st.last = max(st.last, st.lease.Floor())
+		}
+		st.last += uint64(g.cfg.SeqJump)
+	}
+	seq := max(st.last+1, st.maxIn)
+	if l := st.lease; l != nil {
+		if seq+seqBlock/2 > l.Allowed() {
+			l.Want(seq + seqBlock)
+		}
+		if seq > l.Allowed() {
+			g.c.seqWaits.Add(1)
+			return nil, nil, fmt.Errorf("sa %v: seq %d: %w", st.e.Config.ID(), seq, errSeqWait)
+		}
+	}
+	out, err := st.e.Write.SealFramed(buf, off, n, seq, ivs, st.frame)
+	if err != nil {
+		switch {
+		case errors.Is(err, ipsec.ErrHardExpired):
+			st.dead.Store(true)
+		case errors.Is(err, ipsec.ErrSeqOverflow):
+			st.exhausted = true
+			g.c.seqExhausted.Add(1)
+		}
+		return nil, nil, fmt.Errorf("sa %v: %w", st.e.Config.ID(), err)
+	}
+	st.last = seq
+	return out, st.outer, nil
+}
+
+// send puts a packet the gateway made (sealed, or the engine's own plain
+// one) in the IP-in-IP tunnel its flow came in, if any, and sends it.
+func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr) {
+	if h == nil {
+		g.out(to, pkt)
+		return
+	}
+	n := len(h.b) + len(pkt)
+	if n > len(g.wrapBuf) {
+		g.c.sealErrors.Add(1)
+		return
+	}
+	b := g.wrapBuf[:n]
+	copy(b, h.b)
+	copy(b[len(h.b):], pkt)
+	if h.v6 {
+		binary.BigEndian.PutUint16(b[4:], uint16(len(pkt)))
+	} else {
+		ip := header.IPv4(b)
+		ip.SetTotalLen(n)
+		h.id++
+		ip.SetID(h.id)
+		ip.UpdateChecksum()
+	}
+	g.out(to, b)
+}
+
+// staleRead reports whether l, a read-class SA's packet the engine is
+// resending from its cache, lies a replay window or more below the last
+// sequence number seen on the SA: the receiver would refuse it (the SA's
+// window as the file gives it, else 32, the smallest common default —
+// strongSwan's and Linux's). The last number, not the highest: nothing
+// verifies a read-class packet, so a forged number stops resends only
+// until the sender's next packet.
+func (g *Gateway) staleRead(l ipsec.Loc) bool {
+	e, _ := g.sad.Load().LookupLoc(&l)
+	if e == nil || e.Class() != ipsec.ClassRead {
+		return false
+	}
+	w := e.Config.ReplayWindow
+	if w <= 0 {
+		w = 32
+	}
+	g.smu.Lock()
+	last, ok := g.readLast[e.Config.ID()]
+	g.smu.Unlock()
+	return ok && int64(int32(last-l.Seq)) >= int64(w)
+}
+
+// maxOwed bounds the flows remembered in owed.
+const maxOwed = 1024
+
+// payOwed has the engine send a fresh ACK on each flow whose packets were
+// dropped for want of a ready SA, once the SA is ready. The engine's lock
+// must not be held.
+func (g *Gateway) payOwed() {
+	type debt struct {
+		r route
+		v via
+	}
+	var due []debt
+	g.smu.Lock()
+	for r, v := range g.owed {
+		due = append(due, debt{r, v})
+	}
+	g.smu.Unlock()
+	for _, d := range due {
+		st := g.live(d.v.st)
+		hopeless := st == nil || st.nonce.refused() // it will never be ready
+		if !hopeless && !g.maySeal(st, false) {
+			continue // not yet
+		}
+		g.smu.Lock()
+		delete(g.owed, d.r)
+		g.owedN.Add(-1)
+		g.smu.Unlock()
+		if hopeless {
+			continue
+		}
+		// The packet that could not go out went toward the side the flow's
+		// packets did not come from.
+		to := 1 - d.v.from
+		wire, radio := d.r.src, d.r.dst
+		if d.v.from == engine.Radio {
+			wire, radio = radio, wire
+		}
+		g.eng.Ack(wire, radio, to)
+	}
+}
+
+// inInBuf reports whether pkt lies in inBuf: the packet Process is handing
+// to the engine, passed on unchanged.
+func (g *Gateway) inInBuf(pkt []byte) bool {
+	if len(pkt) == 0 {
+		return false
+	}
+	p, lo := uintptr(unsafe.Pointer(&pkt[0])), uintptr(unsafe.Pointer(&g.inBuf[0]))
+	return p >= lo && p < lo+uintptr(len(g.inBuf))
+}

@@ -1,0 +1,290 @@
+package statedir
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/espep/espep/ipsec"
+)
+
+// The sequence journal, "seq.log": records of 64 bytes, appended,
+//
+//	 0  magic "eSQ1"
+//	 4  SPI
+//	 8  protocol, address family (0, 4 or 6), 2 reserved
+//	12  destination address (16 bytes, IPv4 mapped)
+//	28  key ID (16)
+//	44  value: the highest sequence number the SA may have used
+//	52  time written, unix seconds
+//	60  CRC-32C of bytes 0…59
+//
+// The last valid record of an SA counts: a reservation raises it, a clean
+// stop lowers it to what was really used. A record torn by a crash fails
+// its CRC and is skipped; its value was never used, because nothing is
+// used before its record is synced.
+
+const (
+	recLen       = 64
+	recMagic     = "eSQ1"
+	compactAbove = 16 << 20 // journal bytes that trigger a rewrite
+)
+
+func encode(b []byte, k SeqKey, r record) {
+	copy(b, recMagic)
+	binary.BigEndian.PutUint32(b[4:], k.ID.SPI)
+	b[8] = uint8(k.ID.Proto)
+	b[9], b[10], b[11] = 0, 0, 0
+	switch {
+	case k.ID.Dst.Is4():
+		b[9] = 4
+	case k.ID.Dst.Is6():
+		b[9] = 6
+	}
+	a := k.ID.Dst.As16()
+	if !k.ID.Dst.IsValid() {
+		a = [16]byte{}
+	}
+	copy(b[12:28], a[:])
+	copy(b[28:44], k.KeyID[:])
+	binary.BigEndian.PutUint64(b[44:], r.value)
+	binary.BigEndian.PutUint64(b[52:], uint64(r.at))
+	binary.BigEndian.PutUint32(b[60:], crc32.Checksum(b[:60], castagnoli))
+}
+
+func decode(b []byte) (SeqKey, record, bool) {
+	if string(b[:4]) != recMagic || crc32.Checksum(b[:60], castagnoli) != binary.BigEndian.Uint32(b[60:]) {
+		return SeqKey{}, record{}, false
+	}
+	var k SeqKey
+	k.ID.SPI = binary.BigEndian.Uint32(b[4:])
+	k.ID.Proto = ipsec.Proto(b[8])
+	a := netip.AddrFrom16([16]byte(b[12:28]))
+	switch b[9] {
+	case 4:
+		k.ID.Dst = a.Unmap()
+	case 6:
+		k.ID.Dst = a
+	}
+	copy(k.KeyID[:], b[28:44])
+	return k, record{value: binary.BigEndian.Uint64(b[44:]), at: int64(binary.BigEndian.Uint64(b[52:]))}, true
+}
+
+// loadJournal reads seq.log into d.recs, rewriting it without stale or
+// torn records if it has grown, and opens it for appending.
+func (d *Dir) loadJournal() error {
+	path := filepath.Join(d.path, "seq.log")
+	f, err := openPrivate(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var buf [recLen]byte
+	var n, bad int
+	for {
+		if _, err := io.ReadFull(f, buf[:]); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				break
+			}
+			return fmt.Errorf("state dir: read %s: %w", path, err)
+		}
+		n++
+		if k, r, ok := decode(buf[:]); ok {
+			d.recs[k] = r
+		} else {
+			bad++
+		}
+	}
+	if bad > 0 {
+		d.log.Warn("state dir: skipped torn sequence records", "file", path, "records", n, "torn", bad)
+	}
+	if int64(n)*recLen > compactAbove/16 || bad > 0 {
+		return d.rewrite()
+	}
+	return d.openJournal()
+}
+
+func (d *Dir) openJournal() error {
+	path := filepath.Join(d.path, "seq.log")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("state dir: %w", err)
+	}
+	d.journal, d.size = f, fi.Size()
+	return nil
+}
+
+// rewrite writes the journal anew with the last record of every SA
+// renewed within Retention (a new file, synced, renamed over the old one,
+// the directory synced), and reopens it.
+func (d *Dir) rewrite() error {
+	now := time.Now()
+	for k, r := range d.recs {
+		if now.Sub(time.Unix(r.at, 0)) > Retention && len(d.leases[k]) == 0 {
+			delete(d.recs, k)
+		}
+	}
+	tmp := filepath.Join(d.path, "seq.log.new")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	buf := make([]byte, 0, len(d.recs)*recLen)
+	for k, r := range d.recs {
+		var b [recLen]byte
+		encode(b[:], k, r)
+		buf = append(buf, b[:]...)
+	}
+	_, err = f.Write(buf)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(d.path, "seq.log"))
+	}
+	if err == nil {
+		err = syncDir(d.path)
+	}
+	if err != nil {
+		return fmt.Errorf("state dir: rewrite journal: %w", err)
+	}
+	if d.journal != nil {
+		d.journal.Close()
+		d.journal = nil
+	}
+	return d.openJournal()
+}
+
+// writer appends the leases' wanted reservations, one fsync per batch,
+// and publishes them once synced; it ends with Close.
+func (d *Dir) writer() {
+	defer close(d.stopped)
+	for {
+		select {
+		case <-d.wake:
+		case <-d.done:
+			return
+		}
+		d.flush(false)
+	}
+}
+
+// flush writes what the leases want (and, final, what they used), then
+// makes it Allowed. An SA's record is the highest any of its leases
+// reserved: a released lease lowers it to what was used only where no
+// other lease of the SA reserved more.
+func (d *Dir) flush(final bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.werr != nil || d.journal == nil {
+		return
+	}
+	now := time.Now().Unix()
+	type up struct {
+		l *Lease
+		v uint64
+	}
+	var ups []up
+	var buf []byte
+	for k, ls := range d.leases {
+		var v uint64
+		write := false
+		for _, l := range ls {
+			switch {
+			case final:
+				v = max(v, l.reserved())
+				write = write || l.final.Load() != 0
+			default:
+				if w := l.want.Load(); w > l.allowed.Load() {
+					ups = append(ups, up{l, w})
+					write = true
+				}
+				v = max(v, l.want.Load(), l.allowed.Load())
+			}
+		}
+		if !write {
+			continue
+		}
+		var b [recLen]byte
+		r := record{value: v, at: now}
+		encode(b[:], k, r)
+		buf = append(buf, b[:]...)
+		d.recs[k] = r
+	}
+	if len(buf) == 0 {
+		return
+	}
+	_, err := d.journal.Write(buf)
+	if err == nil {
+		err = d.journal.Sync()
+	}
+	if err != nil {
+		d.werr = err
+		d.log.Error("state dir: cannot reserve sequence numbers; the SAs concerned stop being sealed on at their limit", "dir", d.path, "err", err)
+		return
+	}
+	d.size += int64(len(buf))
+	for _, u := range ups {
+		for {
+			a := u.l.allowed.Load()
+			if u.v <= a || u.l.allowed.CompareAndSwap(a, u.v) {
+				break
+			}
+		}
+	}
+	if d.size > compactAbove && !final {
+		if err := d.rewrite(); err != nil {
+			d.werr = err
+			d.log.Error("state dir: journal rewrite failed", "dir", d.path, "err", err)
+		}
+	}
+}
+
+// Close writes the final records of released leases and closes the
+// directory. Leases must not be used after it.
+func (d *Dir) Close() error {
+	if d.mem {
+		return nil
+	}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	d.mu.Unlock()
+	close(d.done)
+	<-d.stopped
+	d.flush(true)
+	d.mu.Lock()
+	err := d.werr
+	d.mu.Unlock()
+	d.closeFiles()
+	return err
+}
+
+func (d *Dir) closeFiles() {
+	if d.journal != nil {
+		d.journal.Close()
+	}
+	if d.ivf != nil {
+		d.ivf.Close()
+	}
+	if d.lock != nil {
+		d.lock.Close() // releases the flock
+	}
+}

@@ -1,0 +1,310 @@
+package statedir
+
+import (
+	"bufio"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/espep/espep/ipsec"
+)
+
+func key(spi uint32) SeqKey {
+	return SeqKey{ID: ipsec.ID{SPI: spi, Dst: netip.MustParseAddr("10.77.2.1"), Proto: ipsec.ESP}, KeyID: [16]byte{byte(spi)}}
+}
+
+func open(t *testing.T, path string) *Dir {
+	t.Helper()
+	d, err := Open(path, Partition{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// waitAllowed waits for the writer to make n allowed.
+func waitAllowed(t *testing.T, l *Lease, n uint64) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); l.Allowed() < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("allowed %d, want %d", l.Allowed(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestIVBlocksNeverRepeat: blocks handed out by one process, by the next
+// (after a close), and with a torn slot, never repeat.
+func TestIVBlocksNeverRepeat(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	seen := map[uint64]bool{}
+	take := func(d *Dir, n int) {
+		for range n {
+			b, err := d.IVBlock()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if seen[b] || b == 0 {
+				t.Fatalf("block %d handed out twice (or zero)", b)
+			}
+			seen[b] = true
+		}
+	}
+	for range 3 {
+		d := open(t, path)
+		take(d, 5)
+		d.Close()
+	}
+	// Tear the slot written last: the other still holds a count one lower,
+	// so the next block is the torn one's — never used, since a block is
+	// handed out only after its slot is synced.
+	f, _ := os.OpenFile(filepath.Join(path, "iv-blocks"), os.O_RDWR, 0)
+	f.WriteAt([]byte{0xde, 0xad}, int64(15%2)*ivSlot)
+	f.Close()
+	d := open(t, path)
+	b, err := d.IVBlock()
+	if err != nil || b != 15 {
+		t.Fatalf("after a torn slot: block %d, %v; want 15 (14 was the last synced)", b, err)
+	}
+	d.Close()
+}
+
+// TestPartitions: gateways with different partitions never share a block.
+func TestPartitions(t *testing.T) {
+	seen := map[uint64]string{}
+	for k := range uint32(3) {
+		d, err := Open(filepath.Join(t.TempDir(), "s"), Partition{K: k, N: 3}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 4 {
+			b, err := d.IVBlock()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b%3 != uint64(k) || seen[b] != "" {
+				t.Fatalf("partition %d/3: block %d (also %q)", k, b, seen[b])
+			}
+			seen[b] = fmt.Sprint(k)
+		}
+		d.Close()
+	}
+	for _, s := range []string{"3/3", "1/0", "x", "0/70000"} {
+		if _, err := ParsePartition(s); err == nil {
+			t.Errorf("partition %q accepted", s)
+		}
+	}
+	if p, err := ParsePartition("2/8"); err != nil || p != (Partition{2, 8}) {
+		t.Errorf("2/8: %v %v", p, err)
+	}
+}
+
+// TestLeases: a lease grows when asked, a successor starts at the last
+// record, a clean stop records what was used, other keys are apart.
+func TestLeases(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	d := open(t, path)
+	l := d.Lease(key(0x100))
+	if l.Floor() != 0 || l.Allowed() != 0 {
+		t.Fatalf("new lease: floor %d allowed %d", l.Floor(), l.Allowed())
+	}
+	l.Want(4096)
+	waitAllowed(t, l, 4096)
+	l.Want(8192)
+	waitAllowed(t, l, 8192)
+	l200 := d.Lease(key(0x200))
+	l200.Want(10)
+	waitAllowed(t, l200, 10)
+	// No clean stop: the successor starts above everything reserved.
+	d.closeFiles()
+	close(d.done)
+	d2 := open(t, path)
+	l2 := d2.Lease(key(0x100))
+	if f := l2.Floor(); f != 8192 {
+		t.Fatalf("after a crash: floor %d, want 8192", f)
+	}
+	l2.Want(9000)
+	waitAllowed(t, l2, 9000)
+	l2.Release(8500)
+	d2.Close()
+	d3 := open(t, path)
+	defer d3.Close()
+	l3 := d3.Lease(key(0x100))
+	if f := l3.Floor(); f != 8500 {
+		t.Fatalf("after a clean stop: floor %d, want 8500 (what was used)", f)
+	}
+	// A second lease in the same process (a state made again) starts
+	// above what the first reserved.
+	l3.Want(9999)
+	waitAllowed(t, l3, 9999)
+	if f := d3.Lease(key(0x100)).Floor(); f != 9999 {
+		t.Fatalf("a second lease: floor %d, want 9999", f)
+	}
+	if f := d3.Lease(key(0x200)).Floor(); f != 10 {
+		t.Fatalf("other SA: floor %d", f)
+	}
+	k := key(0x100)
+	k.KeyID[0]++
+	if f := d3.Lease(k).Floor(); f != 0 {
+		t.Fatalf("same SPI, new keys: floor %d", f)
+	}
+}
+
+// TestMemory: a Memory Dir grants at once, and a lease taken after
+// another (a gateway restarted in the same process) starts above it.
+func TestMemory(t *testing.T) {
+	d := Memory()
+	l := d.Lease(key(0x500))
+	l.Want(100)
+	if l.Allowed() != 100 {
+		t.Fatalf("allowed %d", l.Allowed())
+	}
+	if f := d.Lease(key(0x500)).Floor(); f != 100 {
+		t.Fatalf("second lease floor %d", f)
+	}
+	a, _ := d.IVBlock()
+	b, _ := d.IVBlock()
+	if a == b || a == 0 {
+		t.Fatalf("blocks %d %d", a, b)
+	}
+}
+
+// TestOneHolder: a second process (or Open) is refused while the
+// directory is held, and admitted once it is released.
+func TestOneHolder(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	d := open(t, path)
+	if _, err := Open(path, Partition{}, nil); err == nil || !strings.Contains(err.Error(), "held by another") {
+		t.Fatalf("second holder: %v", err)
+	}
+	d.Close()
+	open(t, path).Close()
+}
+
+// TestPermissions: a directory or file open to group or others is
+// refused with an error that says so.
+func TestPermissions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	open(t, path).Close()
+	os.Chmod(path, 0o750)
+	if _, err := Open(path, Partition{}, nil); err == nil || !strings.Contains(err.Error(), "group and others") {
+		t.Fatalf("dir 0750: %v", err)
+	}
+	os.Chmod(path, 0o700)
+	os.Chmod(filepath.Join(path, "seq.log"), 0o644)
+	if _, err := Open(path, Partition{}, nil); err == nil || !strings.Contains(err.Error(), "seq.log") {
+		t.Fatalf("seq.log 0644: %v", err)
+	}
+}
+
+// TestTornJournal: a record cut short by a crash is skipped; the others
+// count.
+func TestTornJournal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	d := open(t, path)
+	l := d.Lease(key(0x300))
+	l.Want(100)
+	waitAllowed(t, l, 100)
+	l.Want(200)
+	waitAllowed(t, l, 200)
+	d.Close()
+	f, _ := os.OpenFile(filepath.Join(path, "seq.log"), os.O_WRONLY|os.O_APPEND, 0)
+	var b [recLen]byte
+	encode(b[:], key(0x300), record{value: 999})
+	f.Write(b[:40])
+	f.Close()
+	d = open(t, path)
+	defer d.Close()
+	if fl := d.Lease(key(0x300)).Floor(); fl != 200 {
+		t.Fatalf("floor %d, want 200", fl)
+	}
+}
+
+// TestKilled: a process that reserves and uses as fast as it can is
+// SIGKILLed at random moments; every value it reported using lies below
+// what its successor finds. It runs this test binary as the child.
+func TestKilled(t *testing.T) {
+	if os.Getenv("STATEDIR_CHILD") != "" {
+		child(os.Getenv("STATEDIR_CHILD"))
+		return
+	}
+	path := filepath.Join(t.TempDir(), "state")
+	usedBlocks := map[uint64]bool{}
+	var usedSeq uint64
+	for i := range 5 {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestKilled$")
+		cmd.Env = append(os.Environ(), "STATEDIR_CHILD="+path)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(out)
+		n := 0
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if len(f) != 2 {
+				continue
+			}
+			v, _ := strconv.ParseUint(f[1], 10, 64)
+			switch f[0] {
+			case "block":
+				if usedBlocks[v] {
+					t.Fatalf("run %d: block %d used by an earlier process", i, v)
+				}
+				usedBlocks[v] = true
+			case "seq":
+				if v <= usedSeq {
+					t.Fatalf("run %d: sequence number %d at or below %d, used before", i, v, usedSeq)
+				}
+				usedSeq = v
+			}
+			if n++; n == 2000+i*500 {
+				cmd.Process.Signal(syscall.SIGKILL)
+			}
+		}
+		cmd.Wait()
+		if n < 100 {
+			t.Fatalf("run %d: the child reported %d values", i, n)
+		}
+	}
+	t.Logf("%d blocks, sequence numbers up to %d over 5 killed processes", len(usedBlocks), usedSeq)
+}
+
+// child reserves IV blocks and sequence numbers and prints each one it
+// uses, until it is killed.
+func child(path string) {
+	d, err := Open(path, Partition{}, nil)
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	l := d.Lease(key(0x400))
+	seq := l.Floor()
+	for i := 0; ; i++ {
+		if i%50 == 0 {
+			b, err := d.IVBlock()
+			if err != nil {
+				os.Exit(1)
+			}
+			fmt.Println("block", b)
+		}
+		seq++
+		if seq+64 > l.Allowed() {
+			l.Want(seq + 128)
+		}
+		for seq > l.Allowed() {
+			time.Sleep(10 * time.Microsecond)
+		}
+		fmt.Println("seq", seq)
+	}
+}
