@@ -5,8 +5,8 @@ import (
 	"testing"
 
 	"github.com/espep/espep/internal/engine"
-	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/internal/packettest"
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
 )

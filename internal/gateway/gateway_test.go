@@ -107,7 +107,7 @@ type testNet struct {
 	notInTunnel  int        // packets that reached an endpoint outside the IP-in-IP tunnel
 	cur          atomic.Pointer[Gateway]
 	old          *Gateway
-	state        *statedir.Dir // the gateway's; a restarted one shares it
+	state        *statedir.Dir  // the gateway's; a restarted one shares it
 	cfgs         []ipsec.Config // the gateway's SAs
 
 	// With an outer SA per direction (an AH+ESP bundle), the routers seal

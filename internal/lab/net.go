@@ -10,9 +10,9 @@ import (
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
-	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/internal/gvhost"
 	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
 )
