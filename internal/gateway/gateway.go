@@ -49,8 +49,8 @@
 // most seqBlock); a restarted gateway takes over as soon as it has the SA
 // and two verified packets. An SA removed from the gateway's SAD while the
 // gateway numbers it is not cut: the gateway keeps opening and re-sealing
-// its packets while they come (draining, sad.go), and wipes its keys once
-// none has come for DrainIdle. Verified packets it cannot use (dummy,
+// its packets while they come, and seals its flows' on it (draining,
+// sad.go), and wipes its keys once it has been idle for DrainIdle. Verified packets it cannot use (dummy,
 // bad trailer, outside the selectors) are dropped, not relayed with the
 // endpoint's stale numbers.
 //
@@ -115,7 +115,8 @@ type Config struct {
 	// none.
 	SeqJump int64
 	// DrainIdle is how long an SA the gateway numbers is kept after it
-	// left the SAD, counted from its last packet (default 30 s).
+	// left the SAD, counted from its last use — a packet that came on it
+	// or one the gateway sealed (default 30 s).
 	DrainIdle time.Duration
 	Log       *slog.Logger
 }

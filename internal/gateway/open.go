@@ -75,7 +75,7 @@ func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte
 				g.log.Warn("gateway: SA downgraded to relaying", "sa", e.Config.ID(), "err", err)
 			}
 		}
-		st.lastIn.Store(time.Now().UnixNano())
+		st.lastUse.Store(time.Now().UnixNano())
 		tunnel := tunnelMode(e.Config.Mode, inner, l)
 		st.mu.Lock()
 		newest := seq > st.maxIn
@@ -87,6 +87,7 @@ func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte
 		if !st.learned || newest {
 			g.learnOuter(st, sp, dp, tunnel)
 		}
+		g.reserve(st)
 		st.mu.Unlock()
 		if !e.Config.Admits(inner, tunnel) {
 			g.c.selectors.Add(1)
@@ -107,15 +108,18 @@ func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte
 		switch {
 		case ie == nil:
 			g.c.unknown.Add(1)
+			st.noteRelayed() // the bundle goes out as it came, with the numbers of the layers that verified
 			return nil, nil, openFailed
 		case ie.Class() != ipsec.ClassWrite:
 			// A layer the gateway may not seal on: it cannot re-seal the
 			// bundle, so the bundle passes as it came.
 			g.c.classNone.Add(1)
+			st.noteRelayed()
 			return nil, nil, openFailed
 		}
 		ist := g.state(ie)
 		if ist.nonce.refused() {
+			st.noteRelayed()
 			return nil, nil, openFailed
 		}
 		outer, st, pkt, l = st, ist, inner, il

@@ -35,6 +35,10 @@ type saState struct {
 	owned     bool
 	lease     *statedir.Lease // from the moment the gateway numbers the SA
 	maxIn     uint64          // highest sequence number seen from the endpoint
+	// relayed is the highest endpoint number the receiver may have seen
+	// since the gateway took the SA over: originals relayed on a path
+	// where the gateway could not seal. Its next number is above it.
+	relayed uint64
 	last      uint64          // last number the gateway sealed with
 	exhausted bool            // the SA's sequence numbers ran out at the gateway
 	// frame is the outer form the gateway seals in when the SA's
@@ -55,7 +59,7 @@ type saState struct {
 
 	dead     atomic.Bool  // past its hard lifetime at the gateway, or wiped
 	draining atomic.Bool  // left the SAD; kept while its packets come
-	lastIn   atomic.Int64 // unix nanoseconds of its last verified packet
+	lastUse  atomic.Int64 // unix nanoseconds of its last verified packet or seal
 }
 
 func (st *saState) generation() int {
@@ -71,6 +75,21 @@ func (st *saState) release() {
 	defer st.mu.Unlock()
 	if st.owned && st.lease != nil {
 		st.lease.Release(st.last)
+	}
+}
+
+// noteRelayed records that an original of st's SA (and of each SA around
+// it) went out with the endpoint's own number: the gateway numbers above
+// it from now on.
+func (st *saState) noteRelayed() {
+	for i := 0; st != nil && i < maxBundle; i++ {
+		st.mu.Lock()
+		if st.owned {
+			st.relayed = max(st.relayed, st.maxIn)
+		}
+		next := st.outer
+		st.mu.Unlock()
+		st = next
 	}
 }
 
@@ -128,6 +147,7 @@ func (g *Gateway) inherit(nst, old *saState) {
 	old.mu.Lock()
 	defer old.mu.Unlock()
 	nst.owned, nst.last, nst.maxIn, nst.lease, nst.exhausted = old.owned, old.last, old.maxIn, old.lease, old.exhausted
+	nst.relayed = old.relayed
 	nst.peer = old.peer
 	if old.learned {
 		nst.learned = true
@@ -191,8 +211,8 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 		st.mu.Unlock()
 		if owned && !st.dead.Load() && !keep[st.e] {
 			st.draining.Store(true)
-			if st.lastIn.Load() == 0 {
-				st.lastIn.Store(now.UnixNano())
+			if st.lastUse.Load() == 0 {
+				st.lastUse.Store(now.UnixNano())
 			}
 			g.draining[id] = st
 			g.c.drains.Add(1)
@@ -215,13 +235,19 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 		}
 	}
 	for id, st := range g.draining {
-		if e, ok := sad.Get(id); ok && e.KeyID == st.e.KeyID {
+		if e, ok := sad.Get(id); ok && e.KeyID == st.e.KeyID && e.Class() == ipsec.ClassWrite {
 			// Back in the SAD (the same keys): its state goes on there.
 			delete(g.draining, id)
 			st.draining.Store(false)
 			if e == st.e {
 				g.states[id] = st
+				continue
 			}
+			nst := g.newState(e)
+			g.inherit(nst, st)
+			g.states[id] = nst
+			st.dead.Store(true)
+			g.wipe(st.e)
 		}
 	}
 	g.sweepLocked(now)
@@ -240,7 +266,7 @@ func (g *Gateway) wipe(e *ipsec.Entry) {
 // arms a timer for the rest (g.smu held).
 func (g *Gateway) sweepLocked(now time.Time) {
 	for id, st := range g.draining {
-		if now.Sub(time.Unix(0, st.lastIn.Load())) >= g.cfg.DrainIdle || st.dead.Load() {
+		if now.Sub(time.Unix(0, st.lastUse.Load())) >= g.cfg.DrainIdle || st.dead.Load() {
 			delete(g.draining, id)
 			st.release()
 			st.dead.Store(true)

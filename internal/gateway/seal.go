@@ -49,8 +49,9 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 		// Until the gateway may seal on the SA (and on every SA of its
 		// bundle), the packet goes out as it came; from then on the
 		// gateway numbers every packet on them.
-		if !g.maySeal(g.curSt, true) {
+		if !g.maySeal(g.curSt) {
 			g.c.originals.Add(1)
+			g.curSt.noteRelayed()
 			g.out(to, g.curOrig)
 			return
 		}
@@ -81,7 +82,7 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 		return
 	}
 	st := g.live(v.st)
-	ready := st != nil && g.maySeal(st, st == g.curSt)
+	ready := st != nil && g.maySeal(st)
 	if v.stale || !ready {
 		// The endpoint's packets will show its newest SA, or confirm an
 		// SA's IV generator: ask it for some.
@@ -110,8 +111,8 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 	for i := 0; st != nil && i < maxBundle; i++ {
 		var err error
 		if outer, st, err = g.sealOn(st, g.sealBuf[:off+n], off, n); err != nil {
-			g.c.sealErrors.Add(1)
-			if !errors.Is(err, errSeqWait) {
+			if !errors.Is(err, errSeqWait) { // counted as SeqWaits
+				g.c.sealErrors.Add(1)
 				g.log.Warn("gateway: seal", "err", err)
 			}
 			return
@@ -127,8 +128,8 @@ func sameBytes(a, b []byte) bool {
 	return len(a) > 0 && len(a) == len(b) && &a[0] == &b[0]
 }
 
-// usable reports whether st's SA may carry packets: in the SAD (or
-// draining, for the packets that come on it), alive.
+// usable reports whether st's SA may carry packets: in the SAD (or, with
+// drainingOK, draining), alive.
 func (g *Gateway) usable(st *saState, drainingOK bool) bool {
 	if st.dead.Load() {
 		return false
@@ -147,12 +148,15 @@ func (g *Gateway) usable(st *saState, drainingOK bool) bool {
 func (g *Gateway) live(st *saState) *saState {
 	first := st
 	for range 8 {
-		if st == nil || g.usable(st, false) {
+		if g.usable(st, false) {
 			return st
 		}
 		st.mu.Lock()
 		next := st.next
 		st.mu.Unlock()
+		if next == nil {
+			break
+		}
 		st = next
 	}
 	if first.draining.Load() && !first.dead.Load() {
@@ -193,10 +197,11 @@ func (g *Gateway) elicit(r route, at engine.Side) {
 }
 
 // maySeal reports whether the gateway may seal on st's SA and on every SA
-// around it: each usable, each IV generator confirmed, numbers left.
-func (g *Gateway) maySeal(st *saState, drainingOK bool) bool {
+// around it: each usable (in the SAD or draining: live chose it), each IV
+// generator confirmed, numbers left.
+func (g *Gateway) maySeal(st *saState) bool {
 	for i := 0; st != nil; i++ {
-		if i == maxBundle || !g.usable(st, drainingOK) || !st.nonce.confirmed() {
+		if i == maxBundle || !g.usable(st, true) || !st.nonce.confirmed() {
 			return false
 		}
 		st.mu.Lock()
@@ -228,12 +233,17 @@ func (g *Gateway) sealOn(st *saState, buf []byte, off, n int) ([]byte, *saState,
 		st.owned = true
 		st.last = st.maxIn
 		if g.cfg.State != nil {
-			st.lease = g.cfg.State.Lease(st.key)
+			g.reserve(st)
 			st.last = max(st.last, st.lease.Floor())
 		}
 		st.last += uint64(g.cfg.SeqJump)
 	}
-	seq := max(st.last+1, st.maxIn)
+	// Above the gateway's own last number, and above any endpoint number
+	// relayed since the takeover. Not above the endpoint's highest: in
+	// split mode the endpoint runs ahead of what the engine has sent on
+	// (the engine holds its bytes), and following it would waste numbers
+	// — the lead a receiver must wait out if the gateway stops.
+	seq := max(st.last, st.relayed) + 1
 	if l := st.lease; l != nil {
 		if seq+seqBlock/2 > l.Allowed() {
 			l.Want(seq + seqBlock)
@@ -255,7 +265,21 @@ func (g *Gateway) sealOn(st *saState, buf []byte, off, n int) ([]byte, *saState,
 		return nil, nil, fmt.Errorf("sa %v: %w", st.e.Config.ID(), err)
 	}
 	st.last = seq
+	if st.draining.Load() {
+		st.lastUse.Store(time.Now().UnixNano())
+	}
 	return out, st.outer, nil
+}
+
+// reserve takes st's lease on its sequence space and asks for the first
+// block above the endpoint's numbers, so that it is on disk by the time
+// the gateway may seal (st.mu held).
+func (g *Gateway) reserve(st *saState) {
+	if st.lease != nil || g.cfg.State == nil {
+		return
+	}
+	st.lease = g.cfg.State.Lease(st.key)
+	st.lease.Want(max(st.maxIn, st.lease.Floor()) + uint64(g.cfg.SeqJump) + seqBlock)
 }
 
 // send puts a packet the gateway made (sealed, or the engine's own plain
@@ -327,7 +351,7 @@ func (g *Gateway) payOwed() {
 	for _, d := range due {
 		st := g.live(d.v.st)
 		hopeless := st == nil || st.nonce.refused() // it will never be ready
-		if !hopeless && !g.maySeal(st, false) {
+		if !hopeless && !g.maySeal(st) {
 			continue // not yet
 		}
 		g.smu.Lock()
