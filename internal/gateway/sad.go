@@ -31,16 +31,16 @@ type saState struct {
 	// decides whether a flow may move to it (flows.go).
 	peer [2]netip.Addr
 
-	mu        sync.Mutex
-	owned     bool
-	lease     *statedir.Lease // from the moment the gateway numbers the SA
-	maxIn     uint64          // highest sequence number seen from the endpoint
+	mu    sync.Mutex
+	owned bool
+	lease *statedir.Lease // from the moment the gateway numbers the SA
+	maxIn uint64          // highest sequence number seen from the endpoint
 	// relayed is the highest endpoint number the receiver may have seen
 	// since the gateway took the SA over: originals relayed on a path
 	// where the gateway could not seal. Its next number is above it.
-	relayed uint64
-	last      uint64          // last number the gateway sealed with
-	exhausted bool            // the SA's sequence numbers ran out at the gateway
+	relayed   uint64
+	last      uint64 // last number the gateway sealed with
+	exhausted bool   // the SA's sequence numbers ran out at the gateway
 	// frame is the outer form the gateway seals in when the SA's
 	// configuration does not state it (esp_sa lines carry no mode and no
 	// UDP ports) or a NAT moved the ports: learned from verified packets.
