@@ -45,6 +45,9 @@ import (
 // the SA (it relays the SA's packets untouched: read behaviour) and logs
 // it. Until the salt is confirmed the gateway does not seal either; the
 // engine's packets for that SA are dropped (counted), and TCP repairs that.
+// A confirmed salt is public (every packet shows IV and seq) and goes to
+// the state directory, so that a restarted gateway needs only one
+// verified packet — one that agrees with it — before it seals again.
 
 // noncePlan is what the gateway knows of an SA's IV generator.
 type noncePlan struct {
@@ -70,16 +73,17 @@ func newNoncePlan(cfg ipsec.Config, space *ivSpace) *noncePlan {
 }
 
 // observe learns from a verified packet: iv is its 8-byte IV, seq its
-// 64-bit sequence number. It returns an error the first time the IV shows
-// that the endpoint does not use seq ⊕ salt.
-func (p *noncePlan) observe(iv []byte, seq uint64) error {
+// 64-bit sequence number. It reports whether this packet confirmed the
+// salt, and returns an error the first time the IV shows that the
+// endpoint does not use seq ⊕ salt.
+func (p *noncePlan) observe(iv []byte, seq uint64) (confirmed bool, err error) {
 	if !p.sensitive || len(iv) != 8 {
-		return nil
+		return false, nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.broken {
-		return nil
+		return false, nil
 	}
 	salt := binary.BigEndian.Uint64(iv) ^ seq
 	switch {
@@ -87,15 +91,27 @@ func (p *noncePlan) observe(iv []byte, seq uint64) error {
 		p.salt, p.seen, p.firstSeq = salt, 1, seq
 	case salt != p.salt:
 		p.broken = true
-		return fmt.Errorf("the endpoint's IVs are not its sequence number XOR a fixed salt (seq %d and %d disagree): never sealing on this SA", p.firstSeq, seq)
+		return false, fmt.Errorf("the endpoint's IVs are not its sequence number XOR a fixed salt (seq %d and %d disagree): never sealing on this SA", p.firstSeq, seq)
 	case seq != p.firstSeq:
 		p.seen++
+		confirmed = p.seen == 2
 	}
 	if seq >= counterBase {
 		p.broken = true
-		return fmt.Errorf("sequence number %d reaches the gateway's IV range: never sealing on this SA", seq)
+		return false, fmt.Errorf("sequence number %d reaches the gateway's IV range: never sealing on this SA", seq)
 	}
-	return nil
+	return confirmed, nil
+}
+
+// recall starts the plan with a salt confirmed by an earlier life of the
+// gateway (statedir): the first verified packet must agree with it, as a
+// second one would, and the gateway seals from that packet on.
+func (p *noncePlan) recall(salt uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sensitive && p.seen == 0 {
+		p.salt, p.seen, p.firstSeq = salt, 1, ^uint64(0)
+	}
 }
 
 // refused reports whether the gateway will never seal on the SA.

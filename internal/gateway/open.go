@@ -70,9 +70,16 @@ func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte
 		g.c.opened.Add(1)
 		seq := seq64(e.Write, l.Seq)
 		if hasIV {
-			if err := st.nonce.observe(iv[:], seq); err != nil {
+			confirmed, err := st.nonce.observe(iv[:], seq)
+			if err != nil {
 				g.c.downgrades.Add(1)
 				g.log.Warn("gateway: SA downgraded to relaying", "sa", e.Config.ID(), "err", err)
+			}
+			if confirmed && g.cfg.State != nil {
+				st.nonce.mu.Lock()
+				salt := st.nonce.salt
+				st.nonce.mu.Unlock()
+				g.cfg.State.SetSalt(st.key, salt)
 			}
 		}
 		st.lastUse.Store(time.Now().UnixNano())

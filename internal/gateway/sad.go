@@ -96,6 +96,11 @@ func (st *saState) noteRelayed() {
 func (g *Gateway) newState(e *ipsec.Entry) *saState {
 	st := &saState{e: e, key: statedir.SeqKey{ID: e.Config.ID(), KeyID: e.KeyID}, nonce: newNoncePlan(e.Config, g.ivs)}
 	st.peer = [2]netip.Addr{e.Config.Src, e.Config.Dst}
+	if g.cfg.State != nil {
+		if salt, ok := g.cfg.State.Salt(st.key); ok {
+			st.nonce.recall(salt)
+		}
+	}
 	return st
 }
 

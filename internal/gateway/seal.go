@@ -19,8 +19,12 @@ import (
 
 // seqBlock is how many sequence numbers the gateway reserves on an SA at a
 // time; it asks for the next block when half of this one is used, so the
-// hot path waits for the disk only if it outruns a whole half block.
-const seqBlock = 4096
+// hot path waits for the disk only if it outruns a whole half block (and
+// at an SA's first packet after a start), for at most seqAwait.
+const (
+	seqBlock = 4096
+	seqAwait = 100 * time.Millisecond
+)
 
 // engineOut takes what the engine sends on: the original of a packet it
 // passed unchanged, or the packet sealed on the SA that carries it. It
@@ -248,7 +252,11 @@ func (g *Gateway) sealOn(st *saState, buf []byte, off, n int) ([]byte, *saState,
 		if seq+seqBlock/2 > l.Allowed() {
 			l.Want(seq + seqBlock)
 		}
-		if seq > l.Allowed() {
+		// Outrun (the first packets after a start, or a burst past half a
+		// block before the disk answered): wait for the write rather than
+		// drop the packet — a lone TCP retransmission dropped here costs
+		// its sender a doubled timeout.
+		if seq > l.Allowed() && !l.Await(seq+seqBlock, seqAwait) {
 			g.c.seqWaits.Add(1)
 			return nil, nil, fmt.Errorf("sa %v: seq %d: %w", st.e.Config.ID(), seq, errSeqWait)
 		}

@@ -30,14 +30,25 @@ import (
 // its CRC and is skipped; its value was never used, because nothing is
 // used before its record is synced.
 
+// A record with the magic "eSL1" instead holds in its value the salt the
+// gateway confirmed for the SA's IV generator (IV = seq ⊕ salt; nonce.go
+// in the gateway): public — every packet shows IV and seq — and kept so
+// that a successor seals from the endpoint's first verified packet on,
+// instead of relaying originals until a second one confirms the salt.
+
 const (
 	recLen       = 64
 	recMagic     = "eSQ1"
+	saltMagic    = "eSL1"
 	compactAbove = 16 << 20 // journal bytes that trigger a rewrite
 )
 
 func encode(b []byte, k SeqKey, r record) {
-	copy(b, recMagic)
+	encodeMagic(b, recMagic, k, r)
+}
+
+func encodeMagic(b []byte, magic string, k SeqKey, r record) {
+	copy(b, magic)
 	binary.BigEndian.PutUint32(b[4:], k.ID.SPI)
 	b[8] = uint8(k.ID.Proto)
 	b[9], b[10], b[11] = 0, 0, 0
@@ -58,11 +69,12 @@ func encode(b []byte, k SeqKey, r record) {
 	binary.BigEndian.PutUint32(b[60:], crc32.Checksum(b[:60], castagnoli))
 }
 
-func decode(b []byte) (SeqKey, record, bool) {
-	if string(b[:4]) != recMagic || crc32.Checksum(b[:60], castagnoli) != binary.BigEndian.Uint32(b[60:]) {
-		return SeqKey{}, record{}, false
+// decode reads a record of either kind; salt says which.
+func decode(b []byte) (k SeqKey, r record, salt, ok bool) {
+	if string(b[:4]) != recMagic && string(b[:4]) != saltMagic || crc32.Checksum(b[:60], castagnoli) != binary.BigEndian.Uint32(b[60:]) {
+		return SeqKey{}, record{}, false, false
 	}
-	var k SeqKey
+	salt = string(b[:4]) == saltMagic
 	k.ID.SPI = binary.BigEndian.Uint32(b[4:])
 	k.ID.Proto = ipsec.Proto(b[8])
 	a := netip.AddrFrom16([16]byte(b[12:28]))
@@ -73,7 +85,7 @@ func decode(b []byte) (SeqKey, record, bool) {
 		k.ID.Dst = a
 	}
 	copy(k.KeyID[:], b[28:44])
-	return k, record{value: binary.BigEndian.Uint64(b[44:]), at: int64(binary.BigEndian.Uint64(b[52:]))}, true
+	return k, record{value: binary.BigEndian.Uint64(b[44:]), at: int64(binary.BigEndian.Uint64(b[52:]))}, salt, true
 }
 
 // loadJournal reads seq.log into d.recs, rewriting it without stale or
@@ -95,10 +107,13 @@ func (d *Dir) loadJournal() error {
 			return fmt.Errorf("state dir: read %s: %w", path, err)
 		}
 		n++
-		if k, r, ok := decode(buf[:]); ok {
-			d.recs[k] = r
-		} else {
+		switch k, r, salt, ok := decode(buf[:]); {
+		case !ok:
 			bad++
+		case salt:
+			d.salts[k] = r
+		default:
+			d.recs[k] = r
 		}
 	}
 	if bad > 0 {
@@ -133,6 +148,7 @@ func (d *Dir) rewrite() error {
 	for k, r := range d.recs {
 		if now.Sub(time.Unix(r.at, 0)) > Retention && len(d.leases[k]) == 0 {
 			delete(d.recs, k)
+			delete(d.salts, k)
 		}
 	}
 	tmp := filepath.Join(d.path, "seq.log.new")
@@ -140,10 +156,15 @@ func (d *Dir) rewrite() error {
 	if err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	buf := make([]byte, 0, len(d.recs)*recLen)
+	buf := make([]byte, 0, (len(d.recs)+len(d.salts))*recLen)
 	for k, r := range d.recs {
 		var b [recLen]byte
 		encode(b[:], k, r)
+		buf = append(buf, b[:]...)
+	}
+	for k, r := range d.salts {
+		var b [recLen]byte
+		encodeMagic(b[:], saltMagic, k, r)
 		buf = append(buf, b[:]...)
 	}
 	_, err = f.Write(buf)
@@ -225,6 +246,14 @@ func (d *Dir) flush(final bool) {
 		buf = append(buf, b[:]...)
 		d.recs[k] = r
 	}
+	for k, v := range d.newSalts {
+		var b [recLen]byte
+		r := record{value: v, at: now}
+		encodeMagic(b[:], saltMagic, k, r)
+		buf = append(buf, b[:]...)
+		d.salts[k] = r
+	}
+	clear(d.newSalts)
 	if len(buf) == 0 {
 		return
 	}
@@ -235,6 +264,8 @@ func (d *Dir) flush(final bool) {
 	if err != nil {
 		d.werr = err
 		d.log.Error("state dir: cannot reserve sequence numbers; the SAs concerned stop being sealed on at their limit", "dir", d.path, "err", err)
+		close(d.flushed)
+		d.flushed = make(chan struct{})
 		return
 	}
 	d.size += int64(len(buf))
@@ -246,6 +277,8 @@ func (d *Dir) flush(final bool) {
 			}
 		}
 	}
+	close(d.flushed)
+	d.flushed = make(chan struct{})
 	if d.size > compactAbove && !final {
 		if err := d.rewrite(); err != nil {
 			d.werr = err

@@ -92,16 +92,19 @@ type Dir struct {
 	ivMu   sync.Mutex
 	ivNext uint64 // Memory: the next block
 
-	mu      sync.Mutex
-	journal *os.File
-	size    int64
-	recs    map[SeqKey]record // the last record of each SA
-	leases  map[SeqKey][]*Lease
-	werr    error // the first write error; reservations stop
-	wake    chan struct{}
-	done    chan struct{}
-	stopped chan struct{}
-	closed  bool
+	mu       sync.Mutex
+	journal  *os.File
+	size     int64
+	recs     map[SeqKey]record // the last record of each SA
+	salts    map[SeqKey]record // each SA's confirmed IV salt
+	newSalts map[SeqKey]uint64 // salts not yet written
+	leases   map[SeqKey][]*Lease
+	werr     error         // the first write error; reservations stop
+	flushed  chan struct{} // closed (and replaced) after each batch written
+	wake     chan struct{}
+	done     chan struct{}
+	stopped  chan struct{}
+	closed   bool
 }
 
 // SeqKey names an SA's sequence space: its SAD ID and the key ID of its
@@ -121,7 +124,7 @@ type record struct {
 // gateway whose whole life is one process (the lab, tests). Nothing
 // survives the process, so a gateway that restarts must not use it.
 func Memory() *Dir {
-	return &Dir{mem: true, recs: map[SeqKey]record{}, leases: map[SeqKey][]*Lease{}}
+	return &Dir{mem: true, recs: map[SeqKey]record{}, salts: map[SeqKey]record{}, newSalts: map[SeqKey]uint64{}, leases: map[SeqKey][]*Lease{}}
 }
 
 // Open opens (or creates) the state directory at path.
@@ -138,7 +141,8 @@ func Open(path string, part Partition, log *slog.Logger) (*Dir, error) {
 	if err := private(path, true); err != nil {
 		return nil, err
 	}
-	d := &Dir{path: path, part: part, log: log, recs: map[SeqKey]record{}, leases: map[SeqKey][]*Lease{},
+	d := &Dir{path: path, part: part, log: log, recs: map[SeqKey]record{}, salts: map[SeqKey]record{}, newSalts: map[SeqKey]uint64{},
+		leases: map[SeqKey][]*Lease{}, flushed: make(chan struct{}),
 		wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{})}
 	var err error
 	if d.lock, err = openPrivate(filepath.Join(path, "lock")); err != nil {
@@ -266,6 +270,37 @@ func (d *Dir) IVBlock() (uint64, error) {
 	return b, nil
 }
 
+// Salt returns the IV salt confirmed for an SA before (by this process or
+// an earlier one), if any.
+func (d *Dir) Salt(k SeqKey) (uint64, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if v, ok := d.newSalts[k]; ok {
+		return v, true
+	}
+	r, ok := d.salts[k]
+	return r.value, ok
+}
+
+// SetSalt records the IV salt confirmed for an SA; it is written with the
+// next batch (not synced on its own: losing it costs a successor one
+// packet relayed as it came).
+func (d *Dir) SetSalt(k SeqKey, salt uint64) {
+	d.mu.Lock()
+	if d.mem {
+		d.salts[k] = record{value: salt}
+	} else {
+		d.newSalts[k] = salt
+	}
+	d.mu.Unlock()
+	if !d.mem {
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // Lease is an SA's sequence space, held by one user (an SA state of the
 // gateway). The holder uses numbers above Floor and up to Allowed only,
 // and asks for more ahead of need with Want: the directory's writer
@@ -339,6 +374,36 @@ func (l *Lease) Want(n uint64) {
 	select {
 	case l.d.wake <- struct{}{}:
 	default:
+	}
+}
+
+// Await is Want(n) that waits up to timeout for n to be allowed, and
+// reports whether it is. The gateway calls it when it has outrun its
+// reservation — at the first packet after a start — rather than drop the
+// packet.
+func (l *Lease) Await(n uint64, timeout time.Duration) bool {
+	l.Want(n)
+	if l.Allowed() >= n {
+		return true
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		l.d.mu.Lock()
+		ch := l.d.flushed
+		failed := l.d.werr != nil
+		l.d.mu.Unlock()
+		if l.Allowed() >= n {
+			return true
+		}
+		if failed {
+			return false
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return l.Allowed() >= n
+		}
 	}
 }
 

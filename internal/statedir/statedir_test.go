@@ -308,3 +308,31 @@ func child(path string) {
 		fmt.Println("seq", seq)
 	}
 }
+
+// TestSalts: a confirmed IV salt survives the process, apart from the
+// sequence records, and a Memory Dir keeps it for the process.
+func TestSalts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	d := open(t, path)
+	if _, ok := d.Salt(key(0x600)); ok {
+		t.Fatal("a salt nobody set")
+	}
+	d.SetSalt(key(0x600), 0xfeedface)
+	l := d.Lease(key(0x600))
+	l.Want(50)
+	waitAllowed(t, l, 50)
+	d.Close()
+	d = open(t, path)
+	defer d.Close()
+	if v, ok := d.Salt(key(0x600)); !ok || v != 0xfeedface {
+		t.Fatalf("salt after a restart: %#x %v", v, ok)
+	}
+	if f := d.Lease(key(0x600)).Floor(); f != 50 {
+		t.Fatalf("floor %d", f)
+	}
+	m := Memory()
+	m.SetSalt(key(1), 7)
+	if v, ok := m.Salt(key(1)); !ok || v != 7 {
+		t.Fatal("memory salt")
+	}
+}
