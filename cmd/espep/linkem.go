@@ -297,10 +297,12 @@ func printGatewayStats(stdout io.Writer, gw *gateway.Gateway, e *engine.Engine) 
 	if gw != nil {
 		st := gw.Stats()
 		fmt.Fprintf(stdout, "gateway: packets %d opened %d sealed %d relayed %d unknown %d class-none %d class-read %d ike %d icv-failures %d replays %d open-errors %d originals %d not-yet-safe %d nonce-downgrades %d seal-errors %d ipip %d malformed %d no-route %d rekeys %d elicits %d"+
-			" undeliverable %d selectors %d binding-violations %d no-state %d seq-waits %d seq-exhausted %d evicted %d rebinds %d read-stale %d drains %d wiped %d\n",
+			" undeliverable %d selectors %d binding-violations %d no-state %d seq-waits %d seq-exhausted %d evicted %d rebinds %d read-stale %d drains %d wiped %d"+
+			" fragments %d keepalives %d not-ipsec %d\n",
 			st.Packets, st.Opened, st.Sealed, st.Relayed, st.Unknown, st.ClassNone, st.ClassRead, st.IKE, st.ICVFailures, st.Replays,
 			st.OpenErrors, st.Originals, st.NotYetSafe, st.NonceDowngrades, st.SealErrors, st.IPIP, st.Malformed, st.NoRoute, st.Rekeys, st.Elicits,
-			st.Undeliverable, st.Selectors, st.BindingViolations, st.NoState, st.SeqWaits, st.SeqExhausted, st.Evicted, st.Rebinds, st.ReadStale, st.Drains, st.Wiped)
+			st.Undeliverable, st.Selectors, st.BindingViolations, st.NoState, st.SeqWaits, st.SeqExhausted, st.Evicted, st.Rebinds, st.ReadStale, st.Drains, st.Wiped,
+			st.Fragments, st.Keepalives, st.NotIPsec)
 		for _, sa := range gw.SAs() {
 			fmt.Fprintf(stdout, "gateway sa %v: owned %v endpoint-seq %d gateway-seq %d lead %d draining %v\n", sa.ID, sa.Owned, sa.EndpointSeq, sa.GatewaySeq, sa.Lead, sa.Draining)
 		}

@@ -399,7 +399,7 @@ func scapyCheck(t *testing.T, c hostCase, cfgs []ipsec.Config, capPath string, w
 		if os.Getenv("CI") != "" {
 			t.Fatal("python3-scapy not installed")
 		}
-		return
+		t.Skip("python3-scapy not installed: the packets were not checked by scapy")
 	}
 	type sa struct {
 		SPI      string `json:"spi"`
