@@ -30,24 +30,11 @@ const (
 // passed unchanged, or the packet sealed on the SA that carries it. It
 // runs under the engine's lock.
 func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
-	if l, err := ipsec.Locate(pkt); err == nil && (l.Kind == ipsec.KindESP || l.Kind == ipsec.KindAH) {
-		// A read-class packet as it came, or the engine's cached copy of
-		// one — unless the copy is one the receiver's replay window has
-		// left behind.
-		if !sameBytes(pkt, g.curOrig) && g.staleRead(l) {
-			g.c.readStale.Add(1)
-			return
-		}
-		g.out(to, pkt)
-		return
-	}
-	if _, _, ok := peelIPIP(pkt); ok {
-		g.out(to, pkt) // the engine makes none: an original, as it came
-		return
-	}
-	if g.inInBuf(pkt) {
+	switch {
+	case g.inInBuf(pkt):
+		// The packet Process handed the engine, passed on unchanged.
 		if g.curSt == nil {
-			g.out(to, g.curOrig) // plain TCP
+			g.out(to, g.curOrig) // not IPsec (or plain TCP): as it came
 			return
 		}
 		// Until the gateway may seal on the SA (and on every SA of its
@@ -57,6 +44,24 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 			g.c.originals.Add(1)
 			g.curSt.noteRelayed()
 			g.out(to, g.curOrig)
+			return
+		}
+	case sameBytes(pkt, g.curOrig):
+		g.out(to, pkt) // a read-class packet forwarded as it came
+		return
+	default:
+		q := pkt
+		if in, _, ok := peelIPIP(q); ok {
+			q = in
+		}
+		if l, err := ipsec.Locate(q); err == nil && (l.Kind == ipsec.KindESP || l.Kind == ipsec.KindAH) {
+			// The engine's cached copy of a read-class packet — unless the
+			// receiver's replay window has left it behind.
+			if g.staleRead(l) {
+				g.c.readStale.Add(1)
+				return
+			}
+			g.out(to, pkt)
 			return
 		}
 	}

@@ -2,6 +2,8 @@ package statedir
 
 import (
 	"bufio"
+	"encoding/binary"
+	"hash/crc32"
 	"fmt"
 	"net/netip"
 	"os"
@@ -335,4 +337,46 @@ func TestSalts(t *testing.T) {
 	if v, ok := m.Salt(key(1)); !ok || v != 7 {
 		t.Fatal("memory salt")
 	}
+}
+
+// FuzzStateFiles: whatever the journal and the IV block file hold (a disk
+// that tore them, a hand that edited them), Open does not panic: it
+// refuses or reads what verifies, and a block it hands out is above every
+// valid slot.
+func FuzzStateFiles(f *testing.F) {
+	var rec [recLen]byte
+	encode(rec[:], key(0x700), record{value: 77, at: 1})
+	var slt [recLen]byte
+	encodeMagic(slt[:], saltMagic, key(0x700), record{value: 5})
+	var slot [ivSlot]byte
+	slot[7] = 9
+	f.Add(append(rec[:], slt[:]...), slot[:])
+	f.Add(rec[:40], []byte{1, 2, 3})
+	f.Add([]byte{}, append(slot[:], slot[:]...))
+	f.Fuzz(func(t *testing.T, journal, blocks []byte) {
+		if len(journal) > 1<<16 {
+			return
+		}
+		path := filepath.Join(t.TempDir(), "s")
+		if err := os.MkdirAll(path, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(path, "seq.log"), journal, 0o600)
+		os.WriteFile(filepath.Join(path, "iv-blocks"), blocks, 0o600)
+		d, err := Open(path, Partition{}, nil)
+		if err != nil {
+			return
+		}
+		defer d.Close()
+		b, err := d.IVBlock()
+		if err != nil {
+			return
+		}
+		for s := 0; s+ivSlot <= min(len(blocks), 2*ivSlot); s += ivSlot {
+			x := blocks[s : s+ivSlot]
+			if v := binary.BigEndian.Uint64(x); crc32.Checksum(x[:8], castagnoli) == binary.BigEndian.Uint32(x[8:]) && b <= v {
+				t.Fatalf("block %d handed out at or below a valid slot's count %d", b, v)
+			}
+		}
+	})
 }
