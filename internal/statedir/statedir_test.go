@@ -3,8 +3,8 @@ package statedir
 import (
 	"bufio"
 	"encoding/binary"
-	"hash/crc32"
 	"fmt"
+	"hash/crc32"
 	"net/netip"
 	"os"
 	"os/exec"
