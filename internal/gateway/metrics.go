@@ -38,7 +38,9 @@ func (g *Gateway) Counters(prefix string) []metrics.Counter {
 			v    uint64
 		}{{"opened", s.Opened}, {"relayed", s.Relayed}, {"ike", s.IKE}, {"keepalive", s.Keepalives}, {"fragment", s.Fragments},
 			{"not_ipsec", s.NotIPsec}, {"unknown_sa", s.Unknown}, {"class_none", s.ClassNone}, {"class_read", s.ClassRead},
-			{"icv_failure", s.ICVFailures}, {"replay", s.Replays}, {"open_error", s.OpenErrors}, {"malformed", s.Malformed}} {
+			{"icv_failure", s.ICVFailures}, {"replay", s.Replays}, {"open_error", s.OpenErrors}, {"malformed", s.Malformed},
+			{"undeliverable", s.Undeliverable}, {"outside_selectors", s.Selectors}, {"binding_violation", s.BindingViolations},
+			{"no_state_dir", s.NoState}} {
 			out = append(out, metrics.Sample{Value: float64(x.v), Labels: []string{x.name}})
 		}
 		return out
@@ -54,6 +56,21 @@ func (g *Gateway) Counters(prefix string) []metrics.Counter {
 		{Name: prefix + "no_route_total", Help: "Engine packets dropped: the flow's route was forgotten (table full).", Read: one(func(s Stats) uint64 { return s.NoRoute })},
 		{Name: prefix + "rekeys_total", Help: "Flows seen moving to a new SA (the endpoints rekeyed).", Read: one(func(s Stats) uint64 { return s.Rekeys })},
 		{Name: prefix + "elicits_total", Help: "Keep-alives sent to have an endpoint show its new SA.", Read: one(func(s Stats) uint64 { return s.Elicits })},
+		{Name: prefix + "seq_waits_total", Help: "Seals given up: the SA's next sequence numbers not reserved on disk in time.", Read: one(func(s Stats) uint64 { return s.SeqWaits })},
+		{Name: prefix + "seq_exhausted_total", Help: "Seals refused: the SA's sequence numbers ran out (no ESN).", Read: one(func(s Stats) uint64 { return s.SeqExhausted })},
+		{Name: prefix + "evicted_total", Help: "Flows forgotten, idle longest first, to make room in a full table.", Read: one(func(s Stats) uint64 { return s.Evicted })},
+		{Name: prefix + "rebinds_total", Help: "SAs whose verified packets showed new UDP ports (NAT rebinding).", Read: one(func(s Stats) uint64 { return s.Rebinds })},
+		{Name: prefix + "read_stale_total", Help: "Read-class resends not sent: out of the receiver's replay window.", Read: one(func(s Stats) uint64 { return s.ReadStale })},
+		{Name: prefix + "drains_total", Help: "SAs the gateway numbers that left the SA files and were kept while in use.", Read: one(func(s Stats) uint64 { return s.Drains })},
+		{Name: prefix + "wiped_total", Help: "SA entries whose keys the gateway wiped.", Read: one(func(s Stats) uint64 { return s.Wiped })},
+		{Name: prefix + "engine_expired_total", Help: "Flows the engine forgot: idle, never established, or reset.", Read: eng(func(s Stats) uint64 { return s.Engine.Expired })},
+		{Name: prefix + "engine_challenge_acks_total", Help: "ACKs the engine sent for RSTs and ACKs it did not accept (RFC 5961).", Read: eng(func(s Stats) uint64 { return s.Engine.ChallengeAcks })},
+		{Name: prefix + "engine_ignored_total", Help: "Segments the engine did not accept: RSTs not at the next byte, ACKs for bytes never sent, plain packets for protected flows.", Labels: []string{"what"},
+			Read: func() []metrics.Sample {
+				e := stats().Engine
+				return []metrics.Sample{{Value: float64(e.RSTIgnored), Labels: []string{"rst"}}, {Value: float64(e.AckIgnored), Labels: []string{"ack"}},
+					{Value: float64(e.PlainRefused), Labels: []string{"plain"}}}
+			}},
 		{Name: prefix + "engine_early_acked_bytes_total", Help: "Bytes acknowledged early on the receivers' behalf (split).", Read: eng(func(s Stats) uint64 { return s.Engine.EarlyAcked })},
 		{Name: prefix + "engine_local_rexmits_total", Help: "Segments resent by the engine (snoop and split).", Read: eng(func(s Stats) uint64 {
 			return s.Engine.LocalRexmits + s.Engine.TimeoutRexmits + s.Engine.SplitRexmits

@@ -120,8 +120,8 @@ func (f *SAFiles) read(sf *saFile) (bool, error) {
 	if sf.loaded && sig == sf.sig && time.Since(fi.ModTime()) > time.Second {
 		return false, nil
 	}
-	if m := fi.Mode().Perm(); m&0o077 != 0 {
-		return false, fmt.Errorf("gateway: sa file %s has mode %#o: it holds keys and must be closed to group and others (chmod go-rwx); not loaded", sf.path, m)
+	if err := safile.CheckPrivate(sf.path); err != nil {
+		return false, fmt.Errorf("gateway: %w; not loaded", err)
 	}
 	fd, err := os.Open(sf.path)
 	if err != nil {

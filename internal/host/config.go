@@ -73,6 +73,9 @@ func LoadConfig(path string) (*Config, error) {
 		if !filepath.IsAbs(sf) {
 			sf = filepath.Join(filepath.Dir(path), sf)
 		}
+		if err := safile.CheckPrivate(sf); err != nil {
+			return nil, fmt.Errorf("host config: %w", err)
+		}
 		sas, err := safile.Load(sf)
 		if err != nil {
 			return nil, err

@@ -98,7 +98,9 @@ func TestConfigErrors(t *testing.T) {
 	}
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "sa.conf"), []byte(exampleSA), 0o600)
+	os.WriteFile(filepath.Join(dir, "open.conf"), []byte(exampleSA), 0o644)
 	for in, want := range map[string]string{
+		"espep-host 1\n[host]\nsa-file = open.conf\n":                                        "closed to group and others",
 		"espep-host 1\n[host]\nsa-file = sa.conf\n[policy]\naction = protect\nsa = 0x9999\n": "no sa with spi 0x9999",
 		"espep-host 1\n[host]\nsa-file = sa.conf\n[policy]\naction = protect\n":              "protect needs sa",
 		"espep-host 1\n[host]\nsa-file = missing.conf\n":                                     "no such file",

@@ -81,3 +81,18 @@ func LoadSAD(paths ...string) (*ipsec.SAD, error) {
 	}
 	return &d, nil
 }
+
+// CheckPrivate refuses a key file that group or others may read or
+// write: whoever reads it holds the SAs' keys, whoever writes it chooses
+// them. A daemon that keeps keys (espep gateway, espep host) calls it
+// before it reads a file.
+func CheckPrivate(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("sa file: %w", err)
+	}
+	if m := fi.Mode().Perm(); m&0o077 != 0 {
+		return fmt.Errorf("sa file %s has mode %#o: it holds keys and must be closed to group and others (chmod go-rwx)", path, m)
+	}
+	return nil
+}
