@@ -587,11 +587,11 @@ func TestGatewayReadClass(t *testing.T) {
 // TestGatewayFailOpen: the gateway first has no SAs (it relays the flow as
 // it came), gets them in the middle of a transfer (takes the SAs over;
 // the flow itself, first seen mid-stream, is relayed by the engine), and
-// is then replaced by a fresh gateway with no state at all, as after a
-// restart. The transfer completes; the only packets the endpoints refuse
-// as replays are ones sealed by the old gateway and still in flight at the
-// switch (the new one numbers SeqJump above the endpoint, so above its
-// predecessor). Throughout, bad packets arrive from both sides — ESP with
+// is then replaced by a fresh gateway with nothing but its state
+// directory, as after a restart. The transfer completes; the only packets
+// the endpoints refuse as replays are ones sealed by the old gateway and
+// still in flight at the switch (the new one numbers above its
+// predecessor's reservations). Throughout, bad packets arrive from both sides — ESP with
 // a known SPI and a broken ICV, ESP cut short, an unknown SPI: each is
 // counted and relayed for the receiver to judge, and nothing else suffers.
 func TestGatewayFailOpen(t *testing.T) {
