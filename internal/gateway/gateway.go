@@ -156,7 +156,8 @@ type Gateway struct {
 	owed  map[route]via
 	owedN atomic.Int32
 
-	logged sync.Map // ipsec.ID → struct{}: SAs refused for want of a state directory, logged once
+	logged     sync.Map     // ipsec.ID → struct{}: SAs refused for want of a state directory, logged once
+	sealLogged atomic.Int64 // when a seal error was last logged (unix ns)
 
 	c counters
 }

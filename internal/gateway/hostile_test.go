@@ -569,3 +569,90 @@ func TestGatewayFlood(t *testing.T) {
 	}
 	checkEndpoints(t, n, 0, 2*uint64(sent.Load())) // the flood is relayed (fail open), and the SYN-ACKs the other way too
 }
+
+// TestGatewayNATRebind: an SA as save-keys gives it (esp_sa: no mode, no
+// ports, a wildcard source) whose endpoint sends ESP in UDP from behind a
+// NAT: the gateway seals in the form the verified packets show — tunnel
+// mode, their ports, their source address — and when the NAT moves the
+// endpoint's port, follows the newest verified packet; a forged packet or
+// a replay with other ports moves nothing.
+func TestGatewayNATRebind(t *testing.T) {
+	cfg := tunnelConfig(0x1001, "192.0.2.1", "192.0.2.2", ipsec.EncAESGCM16)
+	cfg.EncapSrcPort, cfg.EncapDstPort = 4500, 4500
+	tx, err := ipsec.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx.SetIVSource(seqivIV{0xabc})
+	rx, _ := ipsec.New(cfg)
+	wild := cfg
+	wild.Mode, wild.Src, wild.EncapSrcPort, wild.EncapDstPort = ipsec.ModeAny, netip.Addr{}, 0, 0
+	sad := &ipsec.SAD{}
+	e, err := ipsec.NewEntry(wild)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sad.Add(e)
+	var out [][]byte
+	g, err := New(Config{Engine: engine.Config{Mode: engine.ModeSnoop}, State: statedir.Memory(), Log: quietLog()},
+		sad, func(_ engine.Side, p []byte) { out = append(out, append([]byte(nil), p...)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, r := netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:40000")
+	seq := uint32(100)
+	send := func(fr *ipsec.Frame) []byte {
+		inner := packettest.Segment(w, r, header.TCPAck, seq, 1, 100, nil, []byte("data"))
+		seq += 4
+		buf := make([]byte, ipsec.MaxHeadroom+len(inner)+ipsec.MaxTailroom)
+		copy(buf[ipsec.MaxHeadroom:], inner)
+		p, err := tx.SealFramed(buf, ipsec.MaxHeadroom, len(inner), 0, nil, fr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p = append([]byte(nil), p...)
+		g.Process(engine.Wire, p)
+		return p
+	}
+	lastPorts := func() (uint16, uint16, netip.Addr) {
+		t.Helper()
+		p := out[len(out)-1]
+		l, err := ipsec.Locate(p)
+		if err != nil || l.UDPOff < 0 {
+			t.Fatalf("not ESP in UDP: %v", err)
+		}
+		if _, err := rx.Open(append([]byte(nil), p...)); err != nil {
+			t.Fatalf("the receiver refused the gateway's packet: %v", err)
+		}
+		return binary.BigEndian.Uint16(p[l.UDPOff:]), binary.BigEndian.Uint16(p[l.UDPOff+2:]), l.Src
+	}
+	for range 3 {
+		send(nil)
+	}
+	if sp, dp, src := lastPorts(); sp != 4500 || dp != 4500 || src != cfg.Src || g.Stats().Sealed == 0 {
+		t.Fatalf("sealed from %v:%d to :%d; %+v", src, sp, dp, g.Stats())
+	}
+	nat, err := tx.NewFrame(ipsec.Tunnel, 31000, 4500, netip.Addr{}, netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := send(nat)
+	send(nat)
+	if sp, _, _ := lastPorts(); sp != 31000 || g.Stats().Rebinds != 1 {
+		t.Fatalf("the gateway did not follow the NAT: port %d, %+v", sp, g.Stats())
+	}
+	// A replay of an old packet with other ports, and a forgery: nothing moves.
+	replay := append([]byte(nil), old...)
+	l, _ := ipsec.Locate(replay)
+	binary.BigEndian.PutUint16(replay[l.UDPOff:], 40000)
+	g.Process(engine.Wire, replay)
+	forged := send(nat)
+	forged = append([]byte(nil), forged...)
+	binary.BigEndian.PutUint16(forged[l.UDPOff:], 40001)
+	forged[len(forged)-1] ^= 1
+	g.Process(engine.Wire, forged)
+	send(nat)
+	if sp, _, _ := lastPorts(); sp != 31000 || g.Stats().Rebinds != 1 {
+		t.Fatalf("a replay or a forgery moved the ports: %d, %+v", sp, g.Stats())
+	}
+}

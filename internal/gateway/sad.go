@@ -68,6 +68,17 @@ func (st *saState) generation() int {
 	return st.gen
 }
 
+// forget ends the state's lease: the gateway no longer keeps the SA (its
+// reservation stays the floor of any later lease).
+func (st *saState) forget() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.lease != nil {
+		st.lease.Drop()
+		st.lease = nil
+	}
+}
+
 // release records the last number the gateway used on the SA, for a
 // successor on the same state directory.
 func (st *saState) release() {
@@ -226,6 +237,7 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 		if !keep[st.e] {
 			g.wipe(st.e)
 		}
+		st.forget()
 	}
 	if old != nil {
 		for _, e := range old.Entries() {
@@ -273,9 +285,9 @@ func (g *Gateway) sweepLocked(now time.Time) {
 	for id, st := range g.draining {
 		if now.Sub(time.Unix(0, st.lastUse.Load())) >= g.cfg.DrainIdle || st.dead.Load() {
 			delete(g.draining, id)
-			st.release()
 			st.dead.Store(true)
 			g.wipe(st.e)
+			st.forget()
 		}
 	}
 	if len(g.draining) > 0 && !g.closed {

@@ -122,7 +122,10 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 		if outer, st, err = g.sealOn(st, g.sealBuf[:off+n], off, n); err != nil {
 			if !errors.Is(err, errSeqWait) { // counted as SeqWaits
 				g.c.sealErrors.Add(1)
-				g.log.Warn("gateway: seal", "err", err)
+				if now := time.Now().UnixNano(); now-g.sealLogged.Load() > int64(time.Second) { // a packet can cause it: at most once a second
+					g.sealLogged.Store(now)
+					g.log.Warn("gateway: seal (further ones this second only counted)", "err", err)
+				}
 			}
 			return
 		}

@@ -407,6 +407,29 @@ func (l *Lease) Await(n uint64, timeout time.Duration) bool {
 	}
 }
 
+// Drop ends the lease without a final record: its holder forgot the SA.
+// What it reserved still counts for the leases that follow.
+func (l *Lease) Drop() {
+	d := l.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ls := d.leases[l.key]
+	for i, o := range ls {
+		if o == l {
+			ls = append(ls[:i], ls[i+1:]...)
+			break
+		}
+	}
+	if len(ls) == 0 {
+		delete(d.leases, l.key)
+	} else {
+		d.leases[l.key] = ls
+	}
+	if r := d.recs[l.key]; r.value < l.allowed.Load() {
+		d.recs[l.key] = record{value: l.allowed.Load(), at: max(r.at, time.Now().Unix())}
+	}
+}
+
 // Release records that last is the highest number the holder used, so
 // that a successor after a clean stop wastes none of the reserved rest.
 // Close writes it; the lease takes no more Want after it.

@@ -178,6 +178,23 @@ func TestMemory(t *testing.T) {
 	}
 }
 
+// TestDrop: a dropped lease is no longer kept, and what it was allowed
+// stays the floor of the next one.
+func TestDrop(t *testing.T) {
+	d := open(t, filepath.Join(t.TempDir(), "s"))
+	defer d.Close()
+	l := d.Lease(key(0x800))
+	l.Want(300)
+	waitAllowed(t, l, 300)
+	l.Drop()
+	if n := len(d.leases); n != 0 {
+		t.Fatalf("%d lease keys kept after Drop", n)
+	}
+	if f := d.Lease(key(0x800)).Floor(); f != 300 {
+		t.Fatalf("floor after Drop: %d", f)
+	}
+}
+
 // TestOneHolder: a second process (or Open) is refused while the
 // directory is held, and admitted once it is released.
 func TestOneHolder(t *testing.T) {
