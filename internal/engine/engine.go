@@ -577,7 +577,7 @@ func (e *Engine) expireIdle() {
 	for _, f := range e.flows {
 		quick := !f.established || !f.rstAt.IsZero()
 		if f.lastSeen.Before(idle) || quick && f.lastSeen.Before(short) {
-			if f.holds() && !quick {
+			if f.holds() {
 				continue
 			}
 			e.drop(f)

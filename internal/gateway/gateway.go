@@ -132,7 +132,7 @@ type Gateway struct {
 
 	mu     sync.Mutex // serialises Process
 	inBuf  []byte
-	closed bool
+	closed atomic.Bool
 
 	smu      sync.Mutex
 	states   map[ipsec.ID]*saState // write-class SAs seen; bounded by the SAD (and draining)
@@ -198,21 +198,23 @@ func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gat
 // Engine returns the gateway's TCP engine.
 func (g *Gateway) Engine() *engine.Engine { return g.eng }
 
-// Close stops the gateway: no packet is processed after it returns. It
-// records the sequence numbers it used on each SA (so that a successor
-// on the same state directory wastes none of its reservations) and wipes
-// the keys of the SAs it alone holds (draining ones). The SAD's entries
-// stay with the SAD. The engine's timers may still fire; what they send
-// is dropped.
+// Close stops the gateway, in this order: no packet is processed after it
+// returns; the engine forgets its flows and stops its timers; the
+// sequence numbers used on each SA are recorded (so that a successor on
+// the same state directory wastes none of its reservations); the keys of
+// the SAs the gateway alone holds (draining ones) are wiped. The SAD's
+// entries stay with the SAD; the state directory is the caller's to
+// close, after this.
 func (g *Gateway) Close() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.smu.Lock()
-	defer g.smu.Unlock()
-	if g.closed {
+	if g.closed.Load() {
 		return
 	}
-	g.closed = true
+	g.closed.Store(true)
+	g.eng.Close()
+	g.smu.Lock()
+	defer g.smu.Unlock()
 	for _, m := range []map[ipsec.ID]*saState{g.states, g.draining} {
 		for _, st := range m {
 			st.release()
@@ -236,7 +238,7 @@ func (g *Gateway) relay(to engine.Side, pkt []byte) {
 func (g *Gateway) Process(from engine.Side, pkt []byte) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.closed {
+	if g.closed.Load() {
 		return
 	}
 	g.c.packets.Add(1)

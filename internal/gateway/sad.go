@@ -290,7 +290,7 @@ func (g *Gateway) sweepLocked(now time.Time) {
 			st.forget()
 		}
 	}
-	if len(g.draining) > 0 && !g.closed {
+	if len(g.draining) > 0 && !g.closed.Load() {
 		if g.drainT == nil {
 			g.drainT = time.AfterFunc(g.cfg.DrainIdle/2, func() {
 				g.smu.Lock()

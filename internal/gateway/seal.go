@@ -46,17 +46,15 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 			g.out(to, g.curOrig)
 			return
 		}
-	case sameBytes(pkt, g.curOrig):
-		g.out(to, pkt) // a read-class packet forwarded as it came
-		return
 	default:
 		q := pkt
 		if in, _, ok := peelIPIP(q); ok {
 			q = in
 		}
 		if l, err := ipsec.Locate(q); err == nil && (l.Kind == ipsec.KindESP || l.Kind == ipsec.KindAH) {
-			// The engine's cached copy of a read-class packet — unless the
-			// receiver's replay window has left it behind.
+			// A read-class packet as it came, or the engine's cached copy of
+			// one — unless the receiver's replay window has left it behind
+			// (never the packet as it came: its number is the last seen).
 			if g.staleRead(l) {
 				g.c.readStale.Add(1)
 				return
@@ -133,11 +131,6 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 	}
 	g.c.sealed.Add(1)
 	g.send(to, outer, v.tun)
-}
-
-// sameBytes reports whether a and b are the same slice (not merely equal).
-func sameBytes(a, b []byte) bool {
-	return len(a) > 0 && len(a) == len(b) && &a[0] == &b[0]
 }
 
 // usable reports whether st's SA may carry packets: in the SAD (or, with
