@@ -27,6 +27,9 @@ import (
 //	sa-file  = left.sa           # SAs, native or esp_sa (repeatable; relative to this file)
 //	udp-port = 4500              # port for ESP in UDP (RFC 3948); 0: none
 //	metrics  = 127.0.0.1:9101    # Prometheus listener (optional)
+//	state-dir = /var/lib/espep-host  # sequence numbers reserved on disk (0700): needed for every
+//	                             # outbound SA with counter IVs (AES-GCM, ChaCha20, AES-CTR), whose
+//	                             # IVs a restart would otherwise use again; relative to this file
 //
 //	[policy]                     # ordered; first match wins (RFC 4301 §4.4.1)
 //	name     = to-right
@@ -49,6 +52,7 @@ type Config struct {
 	SAFiles  []string
 	UDPPort  int
 	Metrics  string
+	StateDir string
 	Policies []ipsec.Policy
 	// PolicySPIs are the outbound SA SPIs of each Protect policy.
 	PolicySPIs [][]uint32
@@ -68,6 +72,9 @@ func LoadConfig(path string) (*Config, error) {
 	c, err := ParseConfig(f, path)
 	if err != nil {
 		return nil, err
+	}
+	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
+		c.StateDir = filepath.Join(filepath.Dir(path), c.StateDir)
 	}
 	for _, sf := range c.SAFiles {
 		if !filepath.IsAbs(sf) {
@@ -192,6 +199,11 @@ func (c *Config) setHost(k, v string) error {
 		if c.UDPPort, err = strconv.Atoi(v); err == nil && (c.UDPPort < 0 || c.UDPPort > 65535) {
 			err = fmt.Errorf("%d outside 0…65535", c.UDPPort)
 		}
+	case "state-dir":
+		if v == "" {
+			return fmt.Errorf("empty")
+		}
+		c.StateDir = v
 	case "metrics":
 		c.Metrics = v
 	default:
@@ -274,6 +286,9 @@ func (c *Config) check() error {
 			}
 			if found.Class != ipsec.ClassWrite {
 				return fmt.Errorf("policy %q: sa %#x is class %v; sealing needs write", p.Name, spi, found.Class)
+			}
+			if c.StateDir == "" && (found.Enc.AEAD() || found.Enc == ipsec.EncAESCTR) {
+				return fmt.Errorf("policy %q: sa %#x uses counter IVs (%v): give the host a state-dir, or a restart would seal under IVs it used before", p.Name, spi, found.Enc)
 			}
 			c.Policies[i].SAs = append(c.Policies[i].SAs, found.ID())
 		}

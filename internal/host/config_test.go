@@ -21,6 +21,7 @@ route = fd00:78::/64
 sa-file = sa.conf
 udp-port = 0
 metrics = 127.0.0.1:9101
+state-dir = state
 
 [policy]
 name = web
@@ -101,6 +102,7 @@ func TestConfigErrors(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "open.conf"), []byte(exampleSA), 0o644)
 	for in, want := range map[string]string{
 		"espep-host 1\n[host]\nsa-file = open.conf\n":                                        "closed to group and others",
+		"espep-host 1\n[host]\nsa-file = sa.conf\n[policy]\naction = protect\nsa = 0x1001\n": "give the host a state-dir",
 		"espep-host 1\n[host]\nsa-file = sa.conf\n[policy]\naction = protect\nsa = 0x9999\n": "no sa with spi 0x9999",
 		"espep-host 1\n[host]\nsa-file = sa.conf\n[policy]\naction = protect\n":              "protect needs sa",
 		"espep-host 1\n[host]\nsa-file = missing.conf\n":                                     "no such file",

@@ -20,6 +20,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/espep/espep/internal/metrics"
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
 )
@@ -41,9 +42,14 @@ type Host struct {
 	cfg *Config
 	log *slog.Logger
 	tun tun.Device
-	mu  sync.RWMutex // guards sad and spd pointers on reload
+	mu  sync.RWMutex // guards sad, spd and leases on reload
 	sad *ipsec.SAD
 	spd *ipsec.SPD
+	// state keeps the outbound SAs' sequence numbers (and so their
+	// counter IVs: IV = seq) across restarts; each outbound SA seals only
+	// numbers its lease allows.
+	state  *statedir.Dir
+	leases map[ipsec.ID]*statedir.Lease
 
 	send4, esp4, ah4, udp4 int
 	send6, esp6, ah6, udp6 int // -1 when IPv6 is not available
@@ -57,7 +63,15 @@ func New(cfg *Config, log *slog.Logger) (*Host, error) {
 		log = slog.Default()
 	}
 	h := &Host{cfg: cfg, log: log, send4: -1, esp4: -1, ah4: -1, udp4: -1, send6: -1, esp6: -1, ah6: -1, udp6: -1}
+	if cfg.StateDir != "" {
+		d, err := statedir.Open(cfg.StateDir, statedir.Partition{}, log)
+		if err != nil {
+			return nil, fmt.Errorf("host: %w", err)
+		}
+		h.state = d
+	}
 	if err := h.load(cfg); err != nil {
+		h.closeState()
 		return nil, err
 	}
 	// The TUN MTU leaves room for the largest IPsec overhead (of one SA or
@@ -125,8 +139,9 @@ func (h *Host) load(cfg *Config) error {
 	}
 	var spd ipsec.SPD
 	spd.Set(cfg.Policies)
+	leases := h.leaseSAs(&sad, cfg)
 	h.mu.Lock()
-	h.sad, h.spd = &sad, &spd
+	h.sad, h.spd, h.leases = &sad, &spd, leases
 	h.mu.Unlock()
 	if old != nil {
 		for _, e := range old.Entries() {
@@ -136,6 +151,80 @@ func (h *Host) load(cfg *Config) error {
 		}
 	}
 	return nil
+}
+
+// leaseSAs gives each outbound SA (one a protect policy seals with) its
+// lease on its sequence space: an SA it already had keeps its lease; a new
+// one starts above every number a predecessor may have used. Leases of SAs
+// gone are dropped.
+func (h *Host) leaseSAs(sad *ipsec.SAD, cfg *Config) map[ipsec.ID]*statedir.Lease {
+	if h.state == nil {
+		return nil
+	}
+	h.mu.RLock()
+	old, oldSAD := h.leases, h.sad
+	h.mu.RUnlock()
+	leases := map[ipsec.ID]*statedir.Lease{}
+	for _, p := range cfg.Policies {
+		for _, id := range p.SAs {
+			e, ok := sad.Get(id)
+			if !ok || e.Write == nil || leases[id] != nil {
+				continue
+			}
+			if l := old[id]; l != nil && oldSAD != nil {
+				if oe, _ := oldSAD.Get(id); oe == e {
+					leases[id] = l
+					continue
+				}
+			}
+			l := h.state.Lease(statedir.SeqKey{ID: id, KeyID: e.KeyID})
+			e.Write.SetOutSeq(max(e.Write.OutSeq(), l.Floor()))
+			l.Want(l.Floor() + seqBlock)
+			leases[id] = l
+		}
+	}
+	for id, l := range old {
+		if leases[id] != l {
+			l.Drop()
+		}
+	}
+	return leases
+}
+
+// seqBlock is how many sequence numbers the host reserves on an SA at a
+// time, asking for the next block when half of this one is used.
+const seqBlock = 4096
+
+// reserved reports whether the SA's next sequence number is reserved on
+// disk, waiting briefly if it is about to be.
+func reserved(l *statedir.Lease, sa *ipsec.SA) bool {
+	if l == nil {
+		return true
+	}
+	next := sa.OutSeq() + 1
+	if next+seqBlock/2 > l.Allowed() {
+		l.Want(next + seqBlock)
+	}
+	return next <= l.Allowed() || l.Await(next+seqBlock, 100*time.Millisecond)
+}
+
+// closeState records the last numbers the outbound SAs used and closes
+// the state directory.
+func (h *Host) closeState() {
+	if h.state == nil {
+		return
+	}
+	h.mu.RLock()
+	for id, l := range h.leases {
+		if e, ok := h.sad.Get(id); ok && e.Write != nil {
+			l.Release(e.Write.OutSeq())
+		}
+	}
+	h.mu.RUnlock()
+	if err := h.state.Close(); err != nil {
+		h.log.Error("host: state dir: the last sequence numbers were not recorded", "err", err)
+	}
+	h.state = nil
 }
 
 // Reload applies a new configuration's SAs and policies. The TUN, its
@@ -292,11 +381,16 @@ func (h *Host) setupRoutes() error {
 	}
 	for _, fam := range []string{"-4", "-6"} {
 		rule := []string{fam, "rule", "add", "not", "fwmark", strconv.Itoa(Mark), "lookup", table, "pref", "5000"}
+		del := append([]string(nil), rule...)
+		del[2] = "del"
+		// A predecessor killed with SIGKILL left its rule behind (its TUN,
+		// and the routes on it, went with it): take it away first, so that
+		// a restart is a normal event.
+		for i := 0; i < 4 && ip(del...) == nil; i++ {
+		}
 		if err := ip(rule...); err != nil {
 			return fmt.Errorf("host: %w", err)
 		}
-		del := append([]string(nil), rule...)
-		del[2] = "del"
 		h.rules = append(h.rules, del)
 	}
 	return nil
@@ -402,8 +496,10 @@ func (h *Host) counters() []metrics.Counter {
 	return append(metrics.SACounters("espep_host_", func() *ipsec.SAD { sad, _ := h.tables(); return sad }), ev)
 }
 
-// Close removes the routes and rules and closes the device and sockets.
+// Close removes the routes and rules, closes the device and sockets, and
+// then records the sequence numbers used and closes the state directory.
 func (h *Host) Close() error {
+	defer h.closeState()
 	for _, r := range h.rules {
 		ip(r...)
 	}
@@ -456,7 +552,9 @@ func (h *Host) outbound(buf []byte, off, n int) {
 		h.Stats.Discarded.Add(1)
 		return
 	}
-	sad, spd := h.tables()
+	h.mu.RLock()
+	sad, spd, leases := h.sad, h.spd, h.leases
+	h.mu.RUnlock()
 	p, ok := spd.Lookup(&t)
 	if !ok || p.Action == ipsec.Discard {
 		h.Stats.Discarded.Add(1)
@@ -471,7 +569,7 @@ func (h *Host) outbound(buf []byte, off, n int) {
 	// before produced, in the same buffer.
 	for _, id := range p.SAs {
 		e, ok := sad.Get(id)
-		if !ok || e.Write == nil {
+		if !ok || e.Write == nil || !reserved(leases[id], e.Write) {
 			h.Stats.SealErrors.Add(1)
 			return
 		}
