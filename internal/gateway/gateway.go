@@ -147,7 +147,6 @@ type Gateway struct {
 	// goroutine, so these need no lock of their own.
 	curOrig []byte
 	curSt   *saState // nil for plain TCP
-	curTun  *ipipHdr
 	sealBuf []byte // used under the engine's lock (all engine output is)
 	wrapBuf []byte // likewise, for IP-in-IP
 
@@ -323,7 +322,7 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 			return
 		}
 	}
-	g.toEngine(from, inner, orig, st, tunHdr)
+	g.toEngine(from, inner, orig, st)
 	if g.owedN.Load() > 0 {
 		g.payOwed()
 	}
@@ -349,7 +348,7 @@ func (g *Gateway) processPlain(from engine.Side, pkt, orig, tunHdr []byte) {
 	if ok {
 		g.noteRoute(r, nil, from, tunHdr)
 	}
-	g.curOrig, g.curSt, g.curTun = orig, nil, nil
+	g.curOrig, g.curSt = orig, nil
 	if !g.eng.ProcessPlain(from, buf) {
 		g.c.bindingViolations.Add(1) // the engine has the flow as protected
 	}
@@ -372,14 +371,14 @@ func (g *Gateway) processRead(from engine.Side, e *ipsec.Entry, l ipsec.Loc, pkt
 	g.smu.Lock()
 	g.readLast[e.Config.ID()] = l.Seq
 	g.smu.Unlock()
-	g.curOrig, g.curSt, g.curTun = orig, nil, nil
+	g.curOrig, g.curSt = orig, nil
 	g.eng.ProcessOpaque(from, inner, orig) // what it sends on is orig, or its cached copy
 	g.curOrig = nil
 }
 
 // toEngine hands an inner packet (in inBuf) to the engine, noting its
 // original so that an unchanged pass-through can go out as it came.
-func (g *Gateway) toEngine(from engine.Side, inner, orig []byte, st *saState, tunHdr []byte) {
+func (g *Gateway) toEngine(from engine.Side, inner, orig []byte, st *saState) {
 	g.curOrig, g.curSt = orig, st
 	g.eng.Process(from, inner)
 	g.curOrig, g.curSt = nil, nil

@@ -94,16 +94,3 @@ func (l *lru[K, V]) delete(k K) {
 		n.next, l.free = l.free, n
 	}
 }
-
-func (l *lru[K, V]) len() int { return len(l.m) }
-
-// each calls f for every entry, most recent first, until f returns false.
-func (l *lru[K, V]) each(f func(K, *V) bool) {
-	for n := l.ring.next; n != &l.ring; {
-		next := n.next
-		if !f(n.k, &n.v) {
-			return
-		}
-		n = next
-	}
-}
