@@ -81,6 +81,9 @@ func TestGatewayRestartsNoIVReuse(t *testing.T) {
 	for _, enc := range []ipsec.Enc{ipsec.EncAESGCM16, ipsec.EncChaCha20Poly1305} {
 		for _, mode := range []engine.Mode{engine.ModeSnoop, engine.ModeSplit} {
 			t.Run(enc.String()+"-"+mode.String(), func(t *testing.T) {
+				if testing.Short() && (enc != ipsec.EncAESGCM16 || mode != engine.ModeSnoop) {
+					t.Skip("-short (the race run): one case of four")
+				}
 				n := newTestNet(t, enc, seqivIV{0x1234}, seqivIV{0x5678}, lossyRadio, mode)
 				var gws []*Gateway
 				restart := func(i int) {
@@ -283,6 +286,9 @@ func TestGatewayForeignSA(t *testing.T) {
 // gateway learns a flow's tunnel only from verified packets, so every
 // packet it sends stays in the real tunnel, and nothing is flushed.
 func TestGatewayIPIPSpoofed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short (the race run): 70,000 packets")
+	}
 	ab := tunnelConfig(0x1001, "192.0.2.1", "192.0.2.2", ipsec.EncAESGCM16)
 	ba := tunnelConfig(0x2002, "192.0.2.2", "192.0.2.1", ipsec.EncAESGCM16)
 	n := newTestNetWrap(t, ab, ba, seqivIV{0x77}, seqivIV{0x99}, lossyRadio, engine.ModeSplit, ipsec.ClassWrite, true)
