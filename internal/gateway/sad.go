@@ -200,7 +200,7 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 	old := g.sad.Swap(sad)
 	g.smu.Lock()
 	defer g.smu.Unlock()
-	keep := map[*ipsec.Entry]bool{}
+	keep, wiped := map[*ipsec.Entry]bool{}, map[*ipsec.Entry]bool{}
 	for _, e := range sad.Entries() {
 		keep[e] = true
 	}
@@ -218,6 +218,7 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 			st.dead.Store(true)
 			if !keep[st.e] {
 				g.wipe(st.e)
+				wiped[st.e] = true
 			}
 			continue
 		}
@@ -236,12 +237,17 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 		}
 		if !keep[st.e] {
 			g.wipe(st.e)
+			wiped[st.e] = true
 		}
 		st.forget()
 	}
 	if old != nil {
+		held := func(m map[ipsec.ID]*saState, e *ipsec.Entry) bool {
+			st := m[e.Config.ID()]
+			return st != nil && st.e == e
+		}
 		for _, e := range old.Entries() {
-			if !keep[e] && g.states[e.Config.ID()] == nil && g.draining[e.Config.ID()] == nil {
+			if !keep[e] && !held(g.states, e) && !held(g.draining, e) && !wiped[e] {
 				g.wipe(e)
 			}
 		}
