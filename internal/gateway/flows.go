@@ -16,15 +16,16 @@ import (
 // in. Both are learned only from packets whose ICV the gateway verified,
 // and a flow first seen protected stays bound to protection for its life:
 //
-//   - a cleartext packet claiming a protected flow (either direction) is
-//     dropped and counted — one spoofed segment once moved a protected
+//   - a cleartext TCP packet claiming a protected flow (either direction)
+//     is dropped and counted — one spoofed segment once moved a protected
 //     flow to "unprotected", and the engine's packets, early-acknowledged
 //     bytes included, then left in the clear;
-//   - a verified packet on another SA moves the flow only if that SA runs
-//     between the same two peers (the SAs' addresses, as the endpoints'
-//     rekey makes them) — a peer cannot use its own SA to claim another's
-//     flow (with selectors the SA's traffic-selector check refuses it
-//     earlier, RFC 4301 §5.2);
+//   - a verified packet on another SA moves a TCP flow only if that SA
+//     runs between the same two peers (the SAs' addresses, as the
+//     endpoints' rekey makes them) — a peer cannot use its own SA to claim
+//     another's flow (with selectors the SA's traffic-selector check
+//     refuses it earlier, RFC 4301 §5.2); other traffic is not the
+//     engine's, and follows its latest verified packet;
 //   - a flow first seen in the clear (plain = yes) becomes protected when
 //     a verified packet shows it.
 //
@@ -42,6 +43,9 @@ import (
 type route struct{ src, dst netip.AddrPort }
 
 func (r route) reverse() route { return route{r.dst, r.src} }
+
+// tcp reports whether the route is a TCP flow's (it has ports).
+func (r route) tcp() bool { return r.src.Port() != 0 || r.dst.Port() != 0 }
 
 // via is how a flow's packets last came.
 type via struct {
@@ -223,7 +227,7 @@ func (g *Gateway) noteRoute(r route, st *saState, from engine.Side, tunHdr []byt
 		return true
 	}
 	if !had {
-		if rv, ok := g.flows.peek(r.reverse()); ok && !reversePeers(rv.st, st) {
+		if rv, ok := g.flows.peek(r.reverse()); ok && r.tcp() && !reversePeers(rv.st, st) {
 			g.smu.Unlock()
 			return false // the other direction runs between other peers
 		}
@@ -239,7 +243,7 @@ func (g *Gateway) noteRoute(r route, st *saState, from engine.Side, tunHdr []byt
 		return true
 	}
 	prev := *old
-	if prev.st != st && !samePeers(prev.st, st) {
+	if prev.st != st && !samePeers(prev.st, st) && r.tcp() {
 		g.smu.Unlock()
 		return false // another peer's SA claims the flow
 	}

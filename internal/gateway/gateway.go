@@ -329,13 +329,15 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 }
 
 // processPlain handles a packet that is not IPsec: relayed as it came,
-// or with Plain given to the engine — unless it claims a flow the gateway
-// has seen protected, which it drops.
+// or with Plain given to the engine — unless it is TCP claiming a flow
+// the gateway has seen protected, which it drops. (Other cleartext
+// traffic between the same hosts, ICMP say, is not the engine's and
+// passes: a policy may protect some of a host pair's traffic only.)
 func (g *Gateway) processPlain(from engine.Side, pkt, orig, tunHdr []byte) {
 	to := 1 - from
 	g.c.notIPsec.Add(1)
 	r, ok := flowOf(pkt)
-	if ok && g.isProtected(r) {
+	if ok && r.tcp() && g.isProtected(r) {
 		g.c.bindingViolations.Add(1)
 		return
 	}
