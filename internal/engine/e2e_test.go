@@ -17,6 +17,8 @@ import (
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gvhost"
 	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/packettest"
+	"github.com/espep/espep/ipsec/header"
 )
 
 // Net is host A on the wire side and host B on the radio side, joined by
@@ -425,4 +427,61 @@ func TestShortResponses(t *testing.T) {
 	t.Logf("%d responses of %d bytes, radio 5 %% loss, RTT 80 ms wired + 20 ms radio:\n"+
 		"| mode | mean | p50 | p90 | p99 | max | tail probes | timeouts |\n|---|---|---|---|---|---|---|---|\n%s",
 		rounds, size, strings.Join(rows, "\n"))
+}
+
+// TestSplitForgedLive: an attacker on the radio side sends a split flow's
+// wire host RSTs at every plausible sequence number (in the window and
+// out of it), ACKs for bytes the engine has not sent and ACKs for bytes
+// long acknowledged, while 2 MB crosses a radio with 1 % loss. The engine
+// takes them as a careful endpoint would (RFC 5961): no reset, no
+// early-acknowledged byte released, the bytes arrive.
+func TestSplitForgedLive(t *testing.T) {
+	radio := radioLink
+	radio.Seed, radio.Loss = 7, 0.01
+	n := newNet(t, split, wiredLink, radio, true)
+	var sent atomic.Uint32 // the highest sequence number sent toward the radio host
+	n.E.Store(mustEngine(t, *split, func(to engine.Side, pkt []byte) {
+		if to == engine.Radio && len(pkt) >= 40 {
+			tcp := header.TCP(pkt[20:])
+			if end := tcp.Seq() + uint32(len(tcp.Payload())); int32(end-sent.Load()) > 0 {
+				sent.Store(end)
+			}
+		}
+		n.out(to, pkt)
+	}))
+	var stop atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var w, r netip.AddrPort
+		for !stop.Load() && !w.IsValid() {
+			for _, f := range n.E.Load().Flows() {
+				if f.Split {
+					w, r = f.Wire, f.Radio
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		for i := uint32(1); !stop.Load(); i++ {
+			var p []byte
+			switch i % 3 {
+			case 0: // RSTs anywhere in the radio host's sequence space
+				p = packettest.Segment(r, w, header.TCPRst|header.TCPAck, i*0x9e3779b1, i*7919, 0, nil, nil)
+			case 1: // ACKs for bytes not sent yet
+				p = packettest.Segment(r, w, header.TCPAck, i*0x9e3779b1, sent.Load()+1<<20+i, 65535, nil, nil)
+			case 2: // ACKs far below everything acknowledged
+				p = packettest.Segment(r, w, header.TCPAck, i*0x9e3779b1, sent.Load()-1<<28-i, 65535, nil, nil)
+			}
+			n.E.Load().Process(engine.Radio, p)
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	transfer(t, n.A, n.B, 2<<20, 60*time.Second)
+	stop.Store(true)
+	<-done
+	st := n.E.Load().Stats()
+	t.Logf("%+v", st)
+	if st.Resets != 0 || st.AckIgnored < 100 || st.EarlyAcked < 2<<20 {
+		t.Fatalf("the forgeries were not refused, or the flow was reset: %+v", st)
+	}
 }
