@@ -677,6 +677,11 @@ func TestGatewayFailOpen(t *testing.T) {
 	if n.freshRefused > 200 {
 		t.Fatalf("%d packets refused as replays: more than were in flight at the switch", n.freshRefused)
 	}
+	n.ivs.mu.Lock()
+	defer n.ivs.mu.Unlock()
+	if n.ivs.reuse != 0 {
+		t.Fatalf("%d (SPI, IV) pairs on two different packets across the restart", n.ivs.reuse)
+	}
 }
 
 // TestGatewayVariants: the same gateway over transport mode, ESP in UDP
