@@ -147,8 +147,8 @@ type Gateway struct {
 	// goroutine, so these need no lock of their own.
 	curOrig []byte
 	curSt   *saState // nil for plain TCP
-	sealBuf []byte // used under the engine's lock (all engine output is)
-	wrapBuf []byte // likewise, for IP-in-IP
+	sealBuf []byte   // used under the engine's lock (all engine output is)
+	wrapBuf []byte   // likewise, for IP-in-IP
 
 	// owed are flows whose engine packets were dropped because their SA
 	// was not ready; once it is, the engine sends them a fresh ACK.
