@@ -468,9 +468,9 @@ func TestHostRouter(t *testing.T) {
 	hc := hostCase{mode: "tunnel", proto: "esp", enc: "aes-gcm16", ekey: 20, integ: "none"}
 	saPath := filepath.Join(dir, "sa.conf")
 	must(t, os.WriteFile(saPath, []byte(hc.saFile("10.77.1.1", "10.77.1.2")), 0o600))
-	rconf := fmt.Sprintf("espep-host 1\n[host]\ntun = esp0\nsa-file = %s\nroute = 10.78.2.1/32\n"+
+	rconf := fmt.Sprintf("espep-host 1\n[host]\ntun = esp0\nsa-file = %s\nroute = 10.78.2.1/32\nstate-dir = state-r\n"+
 		"[policy]\nname = lan-to-t\nlocal = 10.80.0.0/24\nremote = 10.78.2.1\naction = protect\nsa = 0x1001\n", saPath)
-	tconf := fmt.Sprintf("espep-host 1\n[host]\ntun = esp0\nsa-file = %s\naddr = 10.78.2.1/32\nroute = 10.80.0.0/24\nmetrics = 127.0.0.1:9101\n"+
+	tconf := fmt.Sprintf("espep-host 1\n[host]\ntun = esp0\nsa-file = %s\naddr = 10.78.2.1/32\nroute = 10.80.0.0/24\nmetrics = 127.0.0.1:9101\nstate-dir = state-t\n"+
 		"[policy]\nname = t-to-lan\nlocal = 10.78.2.1\nremote = 10.80.0.0/24\naction = protect\nsa = 0x1002\n", saPath)
 	rc, tc := filepath.Join(dir, "r.conf"), filepath.Join(dir, "t.conf")
 	must(t, os.WriteFile(rc, []byte(rconf), 0o600))
