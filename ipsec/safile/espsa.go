@@ -75,14 +75,7 @@ func wsName(s string) string {
 // transform for a non-AEAD cipher is refused: ESP without integrity is
 // forbidden (RFC 8221), and a read gateway could not find the ICV.
 func ParseESPSA(r io.Reader, name string) ([]ipsec.Config, error) {
-	out, bad, err := parseESPSA(r, name)
-	if err == nil && len(bad) > 0 {
-		err = bad[0]
-	}
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
+	return strict(parseESPSA(r, name))
 }
 
 // parseESPSA reads esp_sa lines, skipping bad ones: it returns the good

@@ -14,19 +14,7 @@ import (
 // Parse reads either format, telling them apart by the first meaningful
 // line: "espep-sa N" is native, a line starting with '"' is esp_sa.
 func Parse(r io.Reader, name string) ([]ipsec.Config, error) {
-	br := bufio.NewReader(r)
-	head, _ := br.Peek(4096)
-	for _, l := range bytes.Split(head, []byte("\n")) {
-		s := strings.TrimSpace(string(l))
-		if s == "" || s[0] == '#' {
-			continue
-		}
-		if strings.HasPrefix(s, NativeMagic) {
-			return ParseNative(br, name)
-		}
-		return ParseESPSA(br, name)
-	}
-	return ParseESPSA(br, name)
+	return strict(ParseEntries(r, name))
 }
 
 // ParseEntries reads either format as Parse does, but skips each bad
@@ -37,18 +25,36 @@ func Parse(r io.Reader, name string) ([]ipsec.Config, error) {
 // before that still count.
 func ParseEntries(r io.Reader, name string) (cfgs []ipsec.Config, bad []error, fatal error) {
 	br := bufio.NewReader(r)
+	if isNative(br) {
+		return parseNative(br, name)
+	}
+	return parseESPSA(br, name)
+}
+
+// isNative reports whether the first meaningful line of what br holds
+// starts a native file.
+func isNative(br *bufio.Reader) bool {
 	head, _ := br.Peek(4096)
 	for _, l := range bytes.Split(head, []byte("\n")) {
 		s := strings.TrimSpace(string(l))
 		if s == "" || s[0] == '#' {
 			continue
 		}
-		if strings.HasPrefix(s, NativeMagic) {
-			return parseNative(br, name)
-		}
-		break
+		return strings.HasPrefix(s, NativeMagic)
 	}
-	return parseESPSA(br, name)
+	return false
+}
+
+// strict turns a lenient parse into one that refuses the file at its
+// first bad entry.
+func strict(cfgs []ipsec.Config, bad []error, fatal error) ([]ipsec.Config, error) {
+	if fatal == nil && len(bad) > 0 {
+		fatal = bad[0]
+	}
+	if fatal != nil {
+		return nil, fatal
+	}
+	return cfgs, nil
 }
 
 // Load reads an SA file in either format.

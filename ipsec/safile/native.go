@@ -41,14 +41,7 @@ const maxLine = 64 << 10
 
 // ParseNative reads a native SA file. name is used in errors.
 func ParseNative(r io.Reader, name string) ([]ipsec.Config, error) {
-	out, bad, err := parseNative(r, name)
-	if err == nil && len(bad) > 0 {
-		err = bad[0]
-	}
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
+	return strict(parseNative(r, name))
 }
 
 // parseNative reads a native SA file, skipping each [sa] block that has a
