@@ -86,28 +86,16 @@ func TestGatewayStrongSwan(t *testing.T) {
 				must(t, err)
 				udpBefore[side] = u["RcvbufErrors"]
 			}
-			payload := make([]byte, *gatewaySize<<20)
-			rand.Read(payload)
-			in, out := filepath.Join(dir, "in"), filepath.Join(dir, "out")
-			must(t, os.WriteFile(in, payload, 0o600))
-			srv, err := b.Start(s.Right, "sh", "-c", fmt.Sprintf("timeout 300 nc -l -s %s -p 5001 > %s", SSRightInner, out))
-			must(t, err)
-			must(t, b.WaitListen(s.Right, "tcp", 5001, 5*time.Second))
-			send := fmt.Sprintf(`import socket
-s = socket.create_connection((%q, 5001), source_address=(%q, 0))
-s.sendall(open(%q, "rb").read())
-s.shutdown(socket.SHUT_WR)
-s.recv(1)`, SSRightInner, SSLeftInner, in)
+			x := newPeerTransfer(t, s, dir, *gatewaySize<<20, 0, 300)
+			payload := x.payload
 			start := time.Now()
-			if o, err := b.Run(s.Left, "timeout", "300", "/usr/bin/python3", "-c", send); err != nil {
+			if o, err := b.Run(s.Left, x.sender...); err != nil {
 				t.Fatalf("%v\n%s\n%s", err, o, s.Linkem.Output())
 			}
-			must(t, srv.Wait(30*time.Second))
-			secs := time.Since(start).Seconds()
-			got, _ := os.ReadFile(out)
-			if !bytes.Equal(got, payload) {
-				t.Fatalf("received %d of %d bytes, or different bytes\n%s", len(got), len(payload), lastLines([]byte(s.Linkem.Output()), 8))
+			if err := x.received(); err != nil {
+				t.Fatalf("%v\n%s", err, lastLines([]byte(s.Linkem.Output()), 8))
 			}
+			secs := time.Since(start).Seconds()
 			time.Sleep(300 * time.Millisecond)
 			for _, d := range dumps {
 				d.Stop()
@@ -183,6 +171,49 @@ s.recv(1)`, SSRightInner, SSLeftInner, in)
 			}
 		})
 	}
+}
+
+// peerTransfer is a file of random bytes from the left strongSwan peer's
+// inner address to the right's, port 5001, through the tunnel. Once made,
+// the right peer is listening; sender is the command to run in the left
+// namespace.
+type peerTransfer struct {
+	payload []byte
+	out     string
+	srv     *Proc
+	sender  []string
+}
+
+// newPeerTransfer prepares size bytes, sent from source port srcPort (0:
+// any), each end giving up after timeout seconds.
+func newPeerTransfer(t *testing.T, s *StrongSwan, dir string, size, srcPort, timeout int) *peerTransfer {
+	t.Helper()
+	x := &peerTransfer{payload: make([]byte, size), out: filepath.Join(dir, "out")}
+	rand.Read(x.payload)
+	in := filepath.Join(dir, "in")
+	must(t, os.WriteFile(in, x.payload, 0o600))
+	var err error
+	x.srv, err = s.Bed.Start(s.Right, "sh", "-c", fmt.Sprintf("timeout %d nc -l -s %s -p 5001 > %s", timeout, SSRightInner, x.out))
+	must(t, err)
+	must(t, s.Bed.WaitListen(s.Right, "tcp", 5001, 5*time.Second))
+	script := fmt.Sprintf(`import socket
+s = socket.create_connection((%q, 5001), source_address=(%q, %d))
+s.sendall(open(%q, "rb").read())
+s.shutdown(socket.SHUT_WR)
+s.recv(1)`, SSRightInner, SSLeftInner, srcPort, in)
+	x.sender = []string{"timeout", strconv.Itoa(timeout), "/usr/bin/python3", "-c", script}
+	return x
+}
+
+// received waits for the receiver and says what is wrong with what it got.
+func (x *peerTransfer) received() error {
+	if err := x.srv.Wait(30 * time.Second); err != nil {
+		return fmt.Errorf("receiver: %w", err)
+	}
+	if got, _ := os.ReadFile(x.out); !bytes.Equal(got, x.payload) {
+		return fmt.Errorf("received %d of %d bytes, or different bytes", len(got), len(x.payload))
+	}
+	return nil
 }
 
 var leadRE = regexp.MustCompile(`gateway sa (.*?): owned true .* lead (-?\d+)`)

@@ -598,20 +598,12 @@ func TestHostKilled(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond)
 	p.dump.Stop()
-	seen := map[[12]byte][32]byte{}
-	n, reuse := 0, 0
+	ivs := newIVTally()
 	for _, pk := range readESP(t, p.capPath) {
-		var k [12]byte
-		k[0], k[1], k[2], k[3] = byte(pk.spi>>24), byte(pk.spi>>16), byte(pk.spi>>8), byte(pk.spi)
-		copy(k[4:], pk.iv[:])
-		if d, ok := seen[k]; ok && d != pk.digest {
-			reuse++
-		}
-		seen[k] = pk.digest
-		n++
+		ivs.add(pk)
 	}
-	if n < 150 || reuse != 0 {
-		t.Fatalf("%d ESP packets, %d (SPI, IV) pairs on two different packets", n, reuse)
+	if ivs.n < 150 || ivs.reuse != 0 {
+		t.Fatalf("%d ESP packets, %d (SPI, IV) pairs on two different packets", ivs.n, ivs.reuse)
 	}
-	t.Logf("%d ESP packets over three SIGKILLs of host a, all (SPI, IV) distinct", n)
+	t.Logf("%d ESP packets over three SIGKILLs of host a, all (SPI, IV) distinct", ivs.n)
 }

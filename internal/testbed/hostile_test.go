@@ -1,8 +1,6 @@
 package testbed
 
 import (
-	"bytes"
-	"crypto/rand"
 	"fmt"
 	"os"
 	"os/exec"
@@ -56,13 +54,7 @@ func TestGatewayHostileMix(t *testing.T) {
 	script, err := filepath.Abs("testdata/hostile.py")
 	must(t, err)
 
-	payload := make([]byte, 4<<20)
-	rand.Read(payload)
-	in, out := filepath.Join(dir, "in"), filepath.Join(dir, "out")
-	must(t, os.WriteFile(in, payload, 0o600))
-	srv, err := b.Start(s.Right, "sh", "-c", fmt.Sprintf("timeout 120 nc -l -s %s -p 5001 > %s", SSRightInner, out))
-	must(t, err)
-	must(t, b.WaitListen(s.Right, "tcp", 5001, 5*time.Second))
+	x := newPeerTransfer(t, s, dir, 4<<20, 40000, 120)
 	// The attackers: in the gateway's wired neighbour, toward the right
 	// peer through the gateway; in the right peer's namespace, toward the
 	// left. Each aims at the flow's own addresses and ports too.
@@ -76,24 +68,17 @@ func TestGatewayHostileMix(t *testing.T) {
 		must(t, err)
 		attackers = append(attackers, p)
 	}
-	send := fmt.Sprintf(`import socket
-s = socket.create_connection((%q, 5001), source_address=(%q, 40000))
-s.sendall(open(%q, "rb").read())
-s.shutdown(socket.SHUT_WR)
-s.recv(1)`, SSRightInner, SSLeftInner, in)
-	if o, err := b.Run(s.Left, "timeout", "120", "/usr/bin/python3", "-c", send); err != nil {
+	if o, err := b.Run(s.Left, x.sender...); err != nil {
 		t.Fatalf("%v\n%s\n%s", err, o, s.Linkem.Output())
 	}
-	must(t, srv.Wait(30*time.Second))
+	receivedErr := x.received()
 	for _, p := range attackers {
 		if err := p.Wait(120 * time.Second); err != nil || !strings.Contains(p.Output(), "hostile.py sent") {
 			t.Fatalf("attacker: %v\n%s", err, lastLines([]byte(p.Output()), 10))
 		}
 		t.Log(strings.TrimSpace(p.Output()))
 	}
-	if got, _ := os.ReadFile(out); !bytes.Equal(got, payload) {
-		t.Fatalf("received %d of %d bytes, or different bytes", len(got), len(payload))
-	}
+	must(t, receivedErr)
 	// Still running: a signal 0 finds it.
 	if err := syscall.Kill(s.Linkem.cmd.Process.Pid, 0); err != nil {
 		t.Fatalf("the gateway is gone: %v\n%s", err, lastLines([]byte(s.Linkem.Output()), 20))
@@ -117,7 +102,7 @@ s.recv(1)`, SSRightInner, SSLeftInner, in)
 	if gc["malformed"] == 0 || gc["icv-failures"]+gc["replays"] == 0 || gc["unknown"] == 0 || gc["fragments"] == 0 || gc["binding-violations"] == 0 {
 		t.Errorf("the hostile frames were not all seen and counted: %v", gc)
 	}
-	if ec["early-acked"] < len(payload) || ec["resets"] != 0 {
+	if ec["early-acked"] < len(x.payload) || ec["resets"] != 0 {
 		t.Errorf("the engine did not split the flow untouched: %v", ec)
 	}
 }

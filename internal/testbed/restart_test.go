@@ -2,8 +2,8 @@ package testbed
 
 import (
 	"bytes"
-	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -57,6 +57,26 @@ func readESP(t *testing.T, path string) []espPacket {
 	return out
 }
 
+// ivTally counts ESP packets by (SPI, IV), and the pairs that came on two
+// different packets: a reused nonce.
+type ivTally struct {
+	seen     map[[12]byte][32]byte
+	n, reuse int
+}
+
+func newIVTally() *ivTally { return &ivTally{seen: map[[12]byte][32]byte{}} }
+
+func (v *ivTally) add(p espPacket) {
+	var k [12]byte
+	binary.BigEndian.PutUint32(k[:4], p.spi)
+	copy(k[4:], p.iv[:])
+	if d, ok := v.seen[k]; ok && d != p.digest {
+		v.reuse++
+	}
+	v.seen[k] = p.digest
+	v.n++
+}
+
 // TestGatewayKilled: strongSwan peers with AES-GCM and ChaCha20-Poly1305
 // SAs, the gateway (snoop, with a state directory, behind a radio with
 // 1 % loss) SIGKILLed and started again five times during one transfer.
@@ -94,19 +114,8 @@ func TestGatewayKilled(t *testing.T) {
 			}
 			inBefore := espPacketsIn(t, s, "right")
 
-			payload := make([]byte, 24<<20)
-			rand.Read(payload)
-			in, out := filepath.Join(dir, "in"), filepath.Join(dir, "out")
-			must(t, os.WriteFile(in, payload, 0o600))
-			srv, err := b.Start(s.Right, "sh", "-c", fmt.Sprintf("timeout 120 nc -l -s %s -p 5001 > %s", SSRightInner, out))
-			must(t, err)
-			must(t, b.WaitListen(s.Right, "tcp", 5001, 5*time.Second))
-			send := fmt.Sprintf(`import socket
-s = socket.create_connection((%q, 5001), source_address=(%q, 0))
-s.sendall(open(%q, "rb").read())
-s.shutdown(socket.SHUT_WR)
-s.recv(1)`, SSRightInner, SSLeftInner, in)
-			cli, err := b.Start(s.Left, "timeout", "120", "/usr/bin/python3", "-c", send)
+			x := newPeerTransfer(t, s, dir, 24<<20, 0, 120)
+			cli, err := b.Start(s.Left, x.sender...)
 			must(t, err)
 
 			var kills, back []time.Time
@@ -123,10 +132,7 @@ s.recv(1)`, SSRightInner, SSLeftInner, in)
 			if err := cli.Wait(120 * time.Second); err != nil {
 				t.Fatalf("sender: %v\n%s", err, cli.Output())
 			}
-			must(t, srv.Wait(30*time.Second))
-			if got, _ := os.ReadFile(out); !bytes.Equal(got, payload) {
-				t.Fatalf("received %d of %d bytes, or different bytes", len(got), len(payload))
-			}
+			must(t, x.received())
 			time.Sleep(300 * time.Millisecond)
 			for _, d := range dumps {
 				d.Stop()
@@ -139,26 +145,19 @@ s.recv(1)`, SSRightInner, SSLeftInner, in)
 			}
 
 			// No (SPI, IV) on two different packets, anywhere.
-			seen := map[[12]byte][32]byte{}
-			total, reuse := 0, 0
+			ivs := newIVTally()
 			var arrivals []time.Time
 			for side, path := range caps {
 				for _, p := range readESP(t, path) {
-					var k [12]byte
-					k[0], k[1], k[2], k[3] = byte(p.spi>>24), byte(p.spi>>16), byte(p.spi>>8), byte(p.spi)
-					copy(k[4:], p.iv[:])
-					if d, ok := seen[k]; ok && d != p.digest {
-						reuse++
-					}
-					seen[k] = p.digest
-					total++
+					ivs.add(p)
 					if side == "right" && p.dst == SSRightOuter {
 						arrivals = append(arrivals, p.at)
 					}
 				}
 			}
-			if total < 10000 || reuse != 0 {
-				t.Fatalf("%d ESP packets captured, %d (SPI, IV) pairs on two different packets", total, reuse)
+			total := ivs.n
+			if total < 10000 || ivs.reuse != 0 {
+				t.Fatalf("%d ESP packets captured, %d (SPI, IV) pairs on two different packets", total, ivs.reuse)
 			}
 			// The right peer accepted every ESP packet that reached it.
 			accepted := espPacketsIn(t, s, "right") - inBefore
