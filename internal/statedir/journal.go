@@ -270,12 +270,7 @@ func (d *Dir) flush(final bool) {
 	}
 	d.size += int64(len(buf))
 	for _, u := range ups {
-		for {
-			a := u.l.allowed.Load()
-			if u.v <= a || u.l.allowed.CompareAndSwap(a, u.v) {
-				break
-			}
-		}
+		raise(&u.l.allowed, u.v)
 	}
 	close(d.flushed)
 	d.flushed = make(chan struct{})

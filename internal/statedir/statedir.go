@@ -351,24 +351,14 @@ func (l *Lease) Allowed() uint64 { return l.allowed.Load() }
 // Want asks for Allowed to reach n; it returns at once (in a Memory Dir,
 // with n granted).
 func (l *Lease) Want(n uint64) {
-	for {
-		w := l.want.Load()
-		if n <= w || l.want.CompareAndSwap(w, n) {
-			break
-		}
-	}
+	raise(&l.want, n)
 	if l.d.mem {
 		l.d.mu.Lock()
 		if r := l.d.recs[l.key]; r.value < n {
 			l.d.recs[l.key] = record{value: n}
 		}
 		l.d.mu.Unlock()
-		for {
-			a := l.allowed.Load()
-			if n <= a || l.allowed.CompareAndSwap(a, n) {
-				break
-			}
-		}
+		raise(&l.allowed, n)
 		return
 	}
 	select {
@@ -434,3 +424,13 @@ func (l *Lease) Drop() {
 // that a successor after a clean stop wastes none of the reserved rest.
 // Close writes it; the lease takes no more Want after it.
 func (l *Lease) Release(last uint64) { l.final.Store(max(last, l.floor, 1)) }
+
+// raise makes a at least n.
+func raise(a *atomic.Uint64, n uint64) {
+	for {
+		v := a.Load()
+		if n <= v || a.CompareAndSwap(v, n) {
+			return
+		}
+	}
+}
