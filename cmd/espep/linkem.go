@@ -296,27 +296,13 @@ func printLinkemStats(w io.Writer, a, b string, st linkem.Stats) {
 func printGatewayStats(stdout io.Writer, gw *gateway.Gateway, e *engine.Engine) {
 	if gw != nil {
 		st := gw.Stats()
-		fmt.Fprintf(stdout, "gateway: packets %d opened %d sealed %d relayed %d unknown %d class-none %d class-read %d ike %d icv-failures %d replays %d open-errors %d originals %d not-yet-safe %d nonce-downgrades %d seal-errors %d ipip %d malformed %d no-route %d rekeys %d elicits %d"+
-			" undeliverable %d selectors %d binding-violations %d no-state %d seq-waits %d seq-exhausted %d evicted %d rebinds %d read-stale %d drains %d wiped %d"+
-			" fragments %d keepalives %d not-ipsec %d\n",
-			st.Packets, st.Opened, st.Sealed, st.Relayed, st.Unknown, st.ClassNone, st.ClassRead, st.IKE, st.ICVFailures, st.Replays,
-			st.OpenErrors, st.Originals, st.NotYetSafe, st.NonceDowngrades, st.SealErrors, st.IPIP, st.Malformed, st.NoRoute, st.Rekeys, st.Elicits,
-			st.Undeliverable, st.Selectors, st.BindingViolations, st.NoState, st.SeqWaits, st.SeqExhausted, st.Evicted, st.Rebinds, st.ReadStale, st.Drains, st.Wiped,
-			st.Fragments, st.Keepalives, st.NotIPsec)
+		fmt.Fprintf(stdout, "gateway: %s\n", st.Summary())
 		for _, sa := range gw.SAs() {
 			fmt.Fprintf(stdout, "gateway sa %v: owned %v endpoint-seq %d gateway-seq %d lead %d draining %v\n", sa.ID, sa.Owned, sa.EndpointSeq, sa.GatewaySeq, sa.Lead, sa.Draining)
 		}
-	}
-	if gw != nil {
 		e = gw.Engine()
 	}
 	if e != nil {
-		st := e.Stats()
-		fmt.Fprintf(stdout, "engine: packets %d flows-max %d cached %d local-rexmits %d timeout-rexmits %d suppressed-dupacks %d forwarded-dupacks %d relayed %d"+
-			" early-acked %d emitted %d split-rexmits %d split-timeouts %d tail-probes %d probes %d resets %d out-of-window %d"+
-			" expired %d plain-refused %d challenge-acks %d rst-ignored %d ack-ignored %d cache-full %d\n",
-			st.Packets, st.FlowsMax, st.Cached, st.LocalRexmits, st.TimeoutRexmits, st.SuppressedDupAcks, st.ForwardedDupAcks, st.Relayed,
-			st.EarlyAcked, st.Emitted, st.SplitRexmits, st.SplitTimeouts, st.TailProbes, st.Probes, st.Resets, st.OutOfWindow,
-			st.Expired, st.PlainRefused, st.ChallengeAcks, st.RSTIgnored, st.AckIgnored, st.CacheFull)
+		fmt.Fprintf(stdout, "engine: %s\n", e.Stats().Summary())
 	}
 }

@@ -297,7 +297,7 @@ func TestHandoff(t *testing.T) {
 				}
 				var states []engine.FlowState
 				json.Unmarshal(b, &states)
-				next, _ := engine.New(*tc.cfg, n.out)
+				next, _ := engine.New(*tc.cfg, func(to engine.Side, pkt []byte, _ engine.Emitted) { n.out(to, pkt) })
 				if next.Import(states) == nil {
 					moved = len(states)
 					if len(states) == 1 && states[0].Split != nil {
@@ -319,7 +319,7 @@ func TestHandoff(t *testing.T) {
 
 func mustEngine(t testing.TB, cfg engine.Config, out func(engine.Side, []byte)) *engine.Engine {
 	t.Helper()
-	e, err := engine.New(cfg, out)
+	e, err := engine.New(cfg, func(to engine.Side, pkt []byte, _ engine.Emitted) { out(to, pkt) })
 	if err != nil {
 		t.Fatal(err)
 	}

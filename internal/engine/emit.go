@@ -43,7 +43,7 @@ const maxSACKBlocks = 3
 // emit builds the segment toward side to, in the name of the endpoint on
 // the other side, with the ACK, window, SACK and timestamp fields of the
 // flow's current state, and hands it to out. It allocates nothing.
-func (e *Engine) emit(f *flow, to Side, s segment) {
+func (e *shard) emit(f *flow, to Side, s segment) {
 	sp := f.sp
 	from := to.other()
 	back := &sp.st[to] // the stream whose sender is the packet's receiver: its ACK
@@ -108,7 +108,7 @@ func (e *Engine) emit(f *flow, to Side, s segment) {
 	back.ackNow, back.unacked, back.ackAt = false, 0, time.Time{}
 	sp.sent[to]++
 	e.st.Emitted++
-	e.out(to, b[:total])
+	e.built(to, b[:total])
 }
 
 func btoi(b bool) int {

@@ -3,12 +3,10 @@ package engine
 import (
 	"fmt"
 	"net/netip"
-	"sync"
+	"reflect"
 	"time"
 
 	"github.com/espep/espep/internal/netem"
-	"github.com/espep/espep/internal/seqnum"
-	"github.com/espep/espep/ipsec/header"
 )
 
 // Mode is how the engine accelerates the flows it tracks.
@@ -89,6 +87,11 @@ type Config struct {
 	// ciphertext). By default a resent segment gets the sender's latest
 	// TSval, or the receiver's PAWS check would drop it.
 	SnoopOriginal bool
+	// Shards is how many parts the flow table is cut into, each with its
+	// own lock, so that as many packets of different flows are processed
+	// at once (default 1; the gateway uses one per core). MaxFlows,
+	// MaxPlainFlows, BufferTotal and CacheTotal are shared out evenly.
+	Shards int
 }
 
 // DupAckPolicy is what snoop does with duplicate ACKs it has answered.
@@ -126,6 +129,10 @@ type Stats struct {
 	OutOfWindow                 uint64 // segments beyond the advertised window or the out-of-order bound
 	BufferedBytes               int    // bytes held in split buffers (whole chunks)
 
+	// Requests (Engine.Request, Elicit, Ack) served, and refused because
+	// the queue was full.
+	Requests, RequestsRefused uint64
+
 	// The smoothed RTT estimates of the flows' legs (snoop measures only
 	// the radio leg; split both, each with its own sender).
 	RadioRTT, WireRTT RTTSummary
@@ -151,31 +158,88 @@ func (r *RTTSummary) add(d time.Duration) {
 }
 
 // Engine processes packets between the wire and the radio side. It is safe
-// for concurrent use; packets are handled one at a time.
+// for concurrent use: flows are spread over Config.Shards shards by their
+// endpoints, each with its own lock, flow table, buffers and timers, so
+// packets of different flows are processed in parallel and those of one
+// flow one at a time.
+//
+// What the engine tells its caller. Every packet it hands to Output says
+// what it is (Emitted.Origin): the packet being processed, passed on
+// unchanged (Forwarded, with the caller's Input.Tag); an earlier packet
+// resent exactly as it came from snoop's cache (Cached); or a packet the
+// engine built (Built) — split's segments and ACKs, snoop's resends with
+// a refreshed timestamp. Output runs under the lock of the shard named in
+// Emitted.Shard and must not call into the engine, except Request, which
+// queues; queued requests are served once the lock is released.
+//
+// Locks: a shard's mu, taken by Process, the shard's timers and the
+// public methods; never two shards' at once. Close stops the shards one
+// by one.
 type Engine struct {
-	cfg Config
-	out func(to Side, pkt []byte)
-
-	mu        sync.Mutex
-	flows     map[flowKey]*flow
-	nPlain    int // flows opened by ProcessPlain
-	st        Stats
-	cacheMem  int // bytes of buffers snoop's caches hold
-	janitor   netem.Timer
-	lastSweep time.Time
-	closed    bool
-	pool      chunkPool
-	bufs      bufPool // snoop's cached packets
-	maxChunks int
-	scratch   []byte // split mode builds its packets here
-
-	timerFires uint64 // split-mode timer callbacks (tests watch for spinning)
+	cfg    Config
+	shards []*shard
+	reqs   requests
 }
 
-// New makes an engine that sends packets through out, which must not keep
-// pkt after it returns (copy it if it does). out is called with the
-// engine's lock held and must not call back into the engine.
-func New(cfg Config, out func(to Side, pkt []byte)) (*Engine, error) {
+// Output takes a packet the engine sends on toward side to. It must not
+// keep pkt after it returns (copy it if it does).
+type Output func(to Side, pkt []byte, m Emitted)
+
+// Origin says what a packet the engine sends on is.
+type Origin uint8
+
+const (
+	Forwarded Origin = iota // the packet being processed, unchanged (ProcessOpaque's: its wire form)
+	Cached                  // an earlier packet, resent exactly as it came (an opaque flow's: its wire form)
+	Built                   // made by the engine
+)
+
+func (o Origin) String() string {
+	switch o {
+	case Forwarded:
+		return "forwarded"
+	case Cached:
+		return "cached"
+	}
+	return "built"
+}
+
+// Emitted describes a packet handed to Output.
+type Emitted struct {
+	Origin Origin
+	// Opaque: the packet is the wire form of a read-only flow's packet
+	// (ProcessOpaque): it must go out exactly as it is.
+	Opaque bool
+	// Shard is the shard whose lock is held while Output runs, in
+	// [0, Shards()): a caller may keep per-shard scratch buffers.
+	Shard int
+	// Tag is the Input.Tag of the packet being processed, for Forwarded.
+	Tag any
+}
+
+// Input is what the caller says of a packet it hands to Handle.
+type Input struct {
+	// Kind: who vouches for the packet (Verified, Plain or Opaque).
+	Kind Kind
+	// Wire is, for Opaque, the packet as it came (ciphertext): what is
+	// forwarded, cached and resent in place of the packet read.
+	Wire []byte
+	// Tag is handed back in Emitted.Tag if the packet is forwarded
+	// unchanged (a pointer: storing one allocates nothing).
+	Tag any
+}
+
+// Kind is who vouches for a packet handed to the engine.
+type Kind uint8
+
+const (
+	Verified Kind = iota // its protection was verified, or it needs none
+	Plain                // nobody verified it: cleartext beside protected flows (ProcessPlain)
+	Opaque               // readable but not to be changed (ProcessOpaque)
+)
+
+// New makes an engine that sends packets through out.
+func New(cfg Config, out Output) (*Engine, error) {
 	if _, err := newController(cfg.CC, 1460); err != nil {
 		return nil, err
 	}
@@ -228,61 +292,131 @@ func New(cfg Config, out func(to Side, pkt []byte)) (*Engine, error) {
 	if cfg.CacheTotal == 0 {
 		cfg.CacheTotal = 256 << 20
 	}
-	e := &Engine{cfg: cfg, out: out, flows: map[flowKey]*flow{}, maxChunks: cfg.BufferTotal / chunkSize,
-		scratch: make([]byte, 0, maxSegment+200)}
-	e.janitor = cfg.Clock.AfterFunc(e.sweepEvery(), e.sweep)
+	switch {
+	case cfg.Shards < 0 || cfg.Shards > maxShards:
+		return nil, fmt.Errorf("engine: %d shards: want 0 (one) to %d", cfg.Shards, maxShards)
+	case cfg.Shards == 0:
+		cfg.Shards = 1
+	}
+	e := &Engine{cfg: cfg}
+	n := cfg.Shards
+	for i := range n {
+		s := &shard{cfg: &e.cfg, eng: e, id: i, out: out, flows: map[flowKey]*flow{},
+			scratch: make([]byte, 0, maxSegment+200)}
+		// The table, buffer and cache bounds are the shards' shares.
+		s.maxFlows, s.maxPlain = ceilDiv(cfg.MaxFlows, n), ceilDiv(cfg.MaxPlainFlows, n)
+		s.maxChunks, s.cacheTotal = cfg.BufferTotal/chunkSize/n, cfg.CacheTotal/n
+		s.janitor = cfg.Clock.AfterFunc(s.sweepEvery(), s.sweep)
+		e.shards = append(e.shards, s)
+	}
 	return e, nil
 }
 
-// sweepEvery is how often idle flows are looked for.
-func (e *Engine) sweepEvery() time.Duration {
-	return min(e.cfg.IdleTimeout, e.cfg.HandshakeTimeout) / 2
-}
+// maxShards bounds Config.Shards.
+const maxShards = 256
 
-// sweep forgets the flows that have been idle too long (expireIdle) and
-// runs again later, until Close.
-func (e *Engine) sweep() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		return
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
+
+// Shards reports how many shards the engine has (Emitted.Shard is below).
+func (e *Engine) Shards() int { return len(e.shards) }
+
+// shardOf returns the shard that owns the flow k.
+func (e *Engine) shardOf(k flowKey) *shard {
+	if len(e.shards) == 1 {
+		return e.shards[0]
 	}
-	e.expireIdle()
-	e.janitor.Reset(e.sweepEvery())
+	return e.shards[k.hash()%uint32(len(e.shards))]
 }
 
-// Close forgets every flow (stopping its timers) and stops the engine's
-// own timer; Process relays untouched from then on.
+// Close forgets every flow (stopping its timers) and stops the shards'
+// own timers, shard by shard; Process relays untouched from then on. A
+// timer callback that was already running when Close took its shard's
+// lock finds its flow gone and returns; none is left after Close.
 func (e *Engine) Close() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		return
-	}
-	e.closed = true
-	e.janitor.Stop()
-	for _, f := range e.flows {
-		e.drop(f)
+	for _, s := range e.shards {
+		s.close()
 	}
 }
 
-// Stats returns a snapshot of the counters.
+// Stats returns a snapshot of the counters, summed over the shards
+// (FlowsMax is the largest of any one shard's table).
 func (e *Engine) Stats() Stats {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	s := e.st
-	s.Flows = len(e.flows)
-	s.CachedBytes = e.cacheMem
-	for _, f := range e.flows {
-		if f.sp != nil {
-			s.RadioRTT.add(f.sp.st[Wire].srtt) // the sender toward the radio
-			s.WireRTT.add(f.sp.st[Radio].srtt)
-		} else {
-			s.RadioRTT.add(f.srtt)
-		}
+	var sum Stats
+	for _, s := range e.shards {
+		sum.add(s.stats())
 	}
-	s.BufferedBytes = e.pool.inUse * chunkSize
-	return s
+	sum.Requests, sum.RequestsRefused = e.reqs.counts()
+	return sum
+}
+
+// Flows returns the counters of every flow.
+func (e *Engine) Flows() []FlowInfo {
+	var out []FlowInfo
+	for _, s := range e.shards {
+		out = s.flowInfos(out)
+	}
+	return out
+}
+
+// Process handles one IP packet that arrived from side from: one whose
+// protection the caller verified, or one that needs none (an engine
+// without IPsec around it). The packet (or nothing, for a suppressed
+// duplicate ACK) goes on to the other side through out, possibly with
+// other packets the engine makes.
+func (e *Engine) Process(from Side, pkt []byte) {
+	e.Handle(from, pkt, Input{})
+}
+
+// ProcessPlain is Process for a packet nobody verified (cleartext TCP
+// beside IPsec-protected flows). A flow opened by a verified packet stays
+// bound to its protection: ProcessPlain refuses its packets, doing
+// nothing, and reports false (the caller drops them) — a spoofed RST or
+// ACK in the clear cannot touch it. Flows it opens count against
+// MaxPlainFlows, and become verified flows when a verified packet shows
+// them.
+func (e *Engine) ProcessPlain(from Side, pkt []byte) bool {
+	return e.Handle(from, pkt, Input{Kind: Plain})
+}
+
+// ProcessOpaque is Process for a packet the engine may read but not
+// change: it reads pkt (the decrypted inside of an IPsec packet of a
+// read-class SA) and forwards, caches and resends wire (the packet as it
+// came, ciphertext) — never anything else (DESIGN.md rule 4: a read
+// gateway never invents a packet). Its flows are snoop flows whatever the
+// mode, and their resends are the cached bytes exactly. Such a packet for
+// a flow of another kind, or another kind's packet for its flow, is
+// relayed untouched.
+func (e *Engine) ProcessOpaque(from Side, pkt, wire []byte) {
+	e.Handle(from, pkt, Input{Kind: Opaque, Wire: wire})
+}
+
+// Handle is Process, ProcessPlain and ProcessOpaque in one, with a tag
+// handed back if the packet is forwarded unchanged. It reports false for
+// a Plain packet refused by a verified flow (nothing was sent).
+func (e *Engine) Handle(from Side, pkt []byte, in Input) bool {
+	wire := pkt
+	if in.Kind == Opaque {
+		wire = in.Wire
+	}
+	p, ok := parse(pkt)
+	if !ok {
+		// Not a TCP packet the engine can read: the first shard counts it
+		// and passes it on.
+		s := e.shards[0]
+		s.lock()
+		defer s.unlock()
+		s.cur = in
+		s.st.Packets++
+		s.st.Relayed++
+		s.forward(from.other(), wire)
+		s.cur = Input{}
+		return true
+	}
+	k := flowKey{wire: p.src, radio: p.dst}
+	if from == Radio {
+		k = flowKey{wire: p.dst, radio: p.src}
+	}
+	return e.shardOf(k).process(from, k, &p, wire, in)
 }
 
 // FlowInfo is one flow's counters and estimates, for metrics.
@@ -316,319 +450,36 @@ func (st *stream) info() StreamInfo {
 		Timeouts: st.timeouts, Probes: st.probes, TailProbes: st.tlps, DSACKs: st.dsacks, Spurious: st.spurious}
 }
 
-// Flows returns the counters of every flow.
-func (e *Engine) Flows() []FlowInfo {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	out := make([]FlowInfo, 0, len(e.flows))
-	for _, f := range e.flows {
-		out = append(out, FlowInfo{Wire: f.key.wire, Radio: f.key.radio, Established: f.established,
-			CachedSegments: len(f.cache), CachedBytes: f.cacheBytes, SRTT: f.srtt, RTO: f.rto,
-			LocalRexmits: f.localRexmits, TimeoutRexmits: f.timeoutRexmits, SuppressedDupAcks: f.suppressed})
-		if f.sp != nil {
-			i := &out[len(out)-1]
-			i.Split, i.Down, i.Up = true, f.sp.st[Wire].info(), f.sp.st[Radio].info()
-		}
-	}
-	return out
-}
-
-// parsed is what Process needs of a packet.
-type parsed struct {
-	src, dst netip.AddrPort
-	tcp      header.TCP
-	opts     header.TCPOptions
-	payload  int
-}
-
-func parse(pkt []byte) (parsed, bool) {
-	var p parsed
-	if len(pkt) == 0 {
-		return p, false
-	}
-	var l4 []byte
-	var src, dst netip.Addr
-	switch pkt[0] >> 4 {
-	case 4:
-		h, err := header.ParseIPv4(pkt)
-		if err != nil || h.Protocol() != header.ProtoTCP || h.IsFragment() {
-			return p, false
-		}
-		src, dst, l4 = h.Src(), h.Dst(), h.Payload()
-	case 6:
-		h, err := header.ParseIPv6(pkt)
-		if err != nil {
-			return p, false
-		}
-		proto, off, _, err := h.UpperLayer()
-		if err != nil || proto != header.ProtoTCP {
-			return p, false
-		}
-		src, dst, l4 = h.Src(), h.Dst(), h[off:]
-	default:
-		return p, false
-	}
-	t, err := header.ParseTCP(l4)
-	if err != nil || header.ParseTCPOptions(t.Options(), &p.opts) != nil {
-		return p, false
-	}
-	p.tcp, p.payload = t, len(t.Payload())
-	p.src, p.dst = netip.AddrPortFrom(src, t.SrcPort()), netip.AddrPortFrom(dst, t.DstPort())
-	return p, true
-}
-
-// Process handles one IP packet that arrived from side from: one whose
-// protection the caller verified, or one that needs none (an engine
-// without IPsec around it). The packet (or nothing, for a suppressed
-// duplicate ACK) goes on to the other side through out, possibly with
-// other packets the engine makes.
-func (e *Engine) Process(from Side, pkt []byte) {
-	e.process(from, pkt, pkt, kindVerified)
-}
-
-// ProcessPlain is Process for a packet nobody verified (cleartext TCP
-// beside IPsec-protected flows). A flow opened by a verified packet stays
-// bound to its protection: ProcessPlain refuses its packets, doing
-// nothing, and reports false (the caller drops them) — a spoofed RST or
-// ACK in the clear cannot touch it. Flows it opens count against
-// MaxPlainFlows, and become verified flows when a verified packet shows
-// them.
-func (e *Engine) ProcessPlain(from Side, pkt []byte) bool {
-	return e.process(from, pkt, pkt, kindPlain)
-}
-
-// ProcessOpaque is Process for a packet the engine may read but not
-// change: it reads pkt (the decrypted inside of an IPsec packet of a
-// read-class SA) and forwards, caches and resends wire (the packet as it
-// came, ciphertext) — never anything else (DESIGN.md rule 4: a read
-// gateway never invents a packet). Its flows are snoop flows whatever the
-// mode, and their resends are the cached bytes exactly. Such a packet for
-// a flow of another kind, or another kind's packet for its flow, is
-// relayed untouched.
-func (e *Engine) ProcessOpaque(from Side, pkt, wire []byte) {
-	e.process(from, pkt, wire, kindOpaque)
-}
-
-// process reads pkt and forwards wire (the same bytes, unless opaque). It
-// reports false for a plain packet refused by a verified flow.
-func (e *Engine) process(from Side, pkt, wire []byte, kind flowKind) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.st.Packets++
-	p, ok := parse(pkt)
-	if !ok || e.closed {
-		e.st.Relayed++
-		e.out(from.other(), wire)
-		return true
-	}
-	pkt = wire // from here on only what goes out matters
-	k := flowKey{wire: p.src, radio: p.dst}
-	if from == Radio {
-		k = flowKey{wire: p.dst, radio: p.src}
-	}
-	f := e.flows[k]
-	if f != nil && f.kind != kind {
+// add sums o into s field by field (every counter and gauge, whatever
+// its name, so a new one cannot be left out), keeping the larger FlowsMax
+// and merging the RTT summaries.
+func (s *Stats) add(o Stats) {
+	sv, ov := reflect.ValueOf(s).Elem(), reflect.ValueOf(o)
+	for i := range sv.NumField() {
+		f, g := sv.Field(i), ov.Field(i)
 		switch {
-		case kind == kindPlain && f.kind == kindVerified:
-			e.st.PlainRefused++
-			return false
-		case kind == kindVerified && f.kind == kindPlain:
-			f.kind = kindVerified // a verified packet shows the flow: protected from now on
-			e.nPlain--
-		default:
-			e.st.KindRelayed++
-			e.st.Relayed++
-			e.out(from.other(), pkt)
-			return true
+		case sv.Type().Field(i).Name == "FlowsMax":
+			f.SetInt(max(f.Int(), g.Int()))
+		case f.Kind() == reflect.Uint64:
+			f.SetUint(f.Uint() + g.Uint())
+		case f.Kind() == reflect.Int:
+			f.SetInt(f.Int() + g.Int())
 		}
 	}
-	now := e.cfg.Clock.Now()
-	if f == nil {
-		// Only a SYN opens a flow; anything else is relayed untouched.
-		syn := p.tcp.Has(header.TCPSyn) && !p.tcp.Has(header.TCPAck)
-		if syn && len(e.flows) >= e.cfg.MaxFlows && now.Sub(e.lastSweep) >= time.Second {
-			e.expireIdle() // at most once a second: a SYN flood must not make every SYN scan the table
-		}
-		full := len(e.flows) >= e.cfg.MaxFlows || kind == kindPlain && e.nPlain >= e.cfg.MaxPlainFlows
-		if !syn || full {
-			e.st.Relayed++
-			e.out(from.other(), pkt)
-			return true
-		}
-		f = &flow{key: k, rto: e.cfg.MinRTO * 10, split: e.cfg.Mode == ModeSplit && kind != kindOpaque,
-			opaque: kind == kindOpaque, kind: kind}
-		e.flows[k] = f
-		if kind == kindPlain {
-			e.nPlain++
-		}
-		e.st.FlowsMax = max(e.st.FlowsMax, len(e.flows))
-	}
-	f.lastSeen = now
-	if !p.tcp.Has(header.TCPRst) {
-		f.rstAt = time.Time{}
-	}
-	if f.split {
-		e.splitPacket(f, from, &p, pkt)
-		return true
-	}
-	if e.handshake(f, from, &p, pkt) {
-		e.out(from.other(), pkt)
-		return true
-	}
-	if p.tcp.Has(header.TCPRst) {
-		e.snoopReset(f, from, &p, pkt)
-		return true
-	}
-	if from == Wire {
-		e.downData(f, &p, pkt)
-	} else if !e.upAck(f, &p, pkt) {
-		return true // a duplicate ACK the engine answered itself
-	}
-	e.maybeClose(f)
-	return true
+	s.RadioRTT.merge(o.RadioRTT)
+	s.WireRTT.merge(o.WireRTT)
 }
 
-// snoopReset passes an RST on — the endpoint judges it — and forgets the
-// flow only if the RST is at the sequence number the receiver expects
-// (RFC 5961 §3: what it would accept). Any other RST leaves the flow and
-// its cache as they are; if no packet follows within HandshakeTimeout,
-// the flow is forgotten then.
-func (e *Engine) snoopReset(f *flow, from Side, p *parsed, pkt []byte) {
-	seq := seqnum.Value(p.tcp.Seq())
-	exact := from == Wire && f.ackValid && seq == f.lastAck ||
-		from == Radio && f.wireAckValid && seq == f.wireAck
-	e.out(from.other(), pkt)
-	if exact || !f.established {
-		e.drop(f)
+// merge folds another summary into r.
+func (r *RTTSummary) merge(o RTTSummary) {
+	if o.Flows == 0 {
 		return
 	}
-	e.st.RSTIgnored++
-	f.rstAt = e.cfg.Clock.Now()
-}
-
-// splitPacket handles a packet of a split-mode flow. Until the handshake
-// is over every packet passes end to end; the ACK that completes it (from
-// the side that sent the first SYN, acknowledging the other's SYN) makes
-// the flow split, and from then on the engine answers and sends for both
-// endpoints.
-func (e *Engine) splitPacket(f *flow, from Side, p *parsed, pkt []byte) {
-	if f.sp != nil {
-		e.splitProcess(f, from, p)
+	if r.Flows == 0 {
+		*r = o
 		return
 	}
-	t := p.tcp
-	switch {
-	case e.handshake(f, from, p, pkt):
-	case t.Has(header.TCPRst):
-		e.drop(f)
-	case f.down.synned && f.up.synned && from == f.initiator && t.Has(header.TCPAck) &&
-		seqnum.Value(t.Ack()) == f.half(from.other()).isn.Add(1):
-		f.hsWin[from] = int(t.Window())
-		if h, o := f.half(from), f.half(from.other()); h.wsOK && o.wsOK {
-			f.hsWin[from] <<= h.ws
-		}
-		if p.opts.HasTS {
-			f.tsv[from] = p.opts.TSVal
-		}
-		e.initSplit(f)
-		if p.payload > 0 || t.Has(header.TCPFin) {
-			e.splitProcess(f, from, p)
-			return
-		}
-	}
-	e.out(from.other(), pkt)
-}
-
-// handshake learns the options of each SYN; it reports whether the packet
-// was part of the handshake (and so is just forwarded).
-func (e *Engine) handshake(f *flow, from Side, p *parsed, pkt []byte) bool {
-	if !p.tcp.Has(header.TCPSyn) {
-		return false
-	}
-	h := f.half(from)
-	if !p.tcp.Has(header.TCPAck) {
-		f.initiator = from
-	}
-	h.isn, h.synned = seqnum.Value(p.tcp.Seq()), true
-	h.mss, h.ws, h.sackOK, h.ts = p.opts.MSS, p.opts.WS, p.opts.SACKPermitted, p.opts.HasTS
-	h.wsOK = p.opts.HasWS
-	f.tpl[from] = templateOf(pkt)
-	f.hsWin[from] = int(p.tcp.Window()) // not scaled in a SYN (RFC 7323 §2.2)
-	if p.opts.HasTS {
-		f.tsv[from] = p.opts.TSVal
-	}
-	if f.down.synned && f.up.synned {
-		f.established = true
-		f.sndMax = f.down.isn.Add(1)
-		f.lastAck, f.ackValid = f.down.isn.Add(1), false
-	}
-	return true
-}
-
-// expireIdle forgets flows that have been silent for IdleTimeout (their
-// ends vanished without FIN or RST), and those silent for
-// HandshakeTimeout that never completed their handshake or saw an RST. A
-// split flow holding bytes its receiver has not acknowledged is left to
-// GiveUp: forgetting it would lose them.
-func (e *Engine) expireIdle() {
-	now := e.cfg.Clock.Now()
-	e.lastSweep = now
-	idle, short := now.Add(-e.cfg.IdleTimeout), now.Add(-e.cfg.HandshakeTimeout)
-	for _, f := range e.flows {
-		quick := !f.established || !f.rstAt.IsZero()
-		if f.lastSeen.Before(idle) || quick && f.lastSeen.Before(short) {
-			if f.holds() {
-				continue
-			}
-			e.drop(f)
-			e.st.Expired++
-		}
-	}
-}
-
-// holds reports whether a split flow holds bytes it acknowledged early
-// that their receiver has not acknowledged.
-func (f *flow) holds() bool {
-	if f.sp == nil {
-		return false
-	}
-	for i := range f.sp.st {
-		if st := &f.sp.st[i]; st.sndUna != st.rcvNxt || len(st.ooo) > 0 {
-			return true
-		}
-	}
-	return false
-}
-
-func (e *Engine) drop(f *flow) {
-	if sp := f.sp; sp != nil {
-		for i := range sp.st {
-			st := &sp.st[i]
-			st.buf.releaseAll(&e.pool)
-			if st.timer != nil {
-				st.timer.Stop()
-			}
-		}
-	}
-	for i := range f.cache {
-		e.bufs.put(f.cache[i].pkt)
-	}
-	e.cacheMem -= f.cacheBytes
-	f.cache, f.cacheBuf, f.cacheBytes = nil, nil, 0
-	if f.kind == kindPlain {
-		e.nPlain--
-	}
-	f.timerArmed = false
-	if f.stimer != nil {
-		f.stimer.Stop()
-	}
-	delete(e.flows, f.key)
-}
-
-// maybeClose forgets a flow once both sides have sent FIN and the radio
-// side has acknowledged everything toward it.
-func (e *Engine) maybeClose(f *flow) {
-	if f.down.finned && f.up.finned && len(f.cache) == 0 {
-		e.drop(f)
-	}
+	n := r.Flows + o.Flows
+	r.Mean = time.Duration((int64(r.Mean)*int64(r.Flows) + int64(o.Mean)*int64(o.Flows)) / int64(n))
+	r.Min, r.Max, r.Flows = min(r.Min, o.Min), max(r.Max, o.Max), n
 }

@@ -346,11 +346,29 @@ func TestWindowUpdateIsNotDuplicate(t *testing.T) {
 
 func mustNew(t testing.TB, cfg Config, out func(Side, []byte)) *Engine {
 	t.Helper()
-	e, err := New(cfg, out)
+	e, err := New(cfg, func(to Side, pkt []byte, _ Emitted) { out(to, pkt) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	return e
+}
+
+// setOut replaces the output of every shard.
+func (e *Engine) setOut(out Output) {
+	for _, s := range e.shards {
+		s.out = out
+	}
+}
+
+// timerFires sums the shards' split timer callbacks.
+func (e *Engine) timerFires() uint64 {
+	var n uint64
+	for _, s := range e.shards {
+		s.mu.Lock()
+		n += s.timerFires
+		s.mu.Unlock()
+	}
+	return n
 }
 
 // TestSnoopRefreshesTimestamp: a local resend carries the sender's latest
@@ -448,7 +466,7 @@ func TestSnoopZeroAllocs(t *testing.T) {
 // went through.
 func noAllocs(t *testing.T, e *Engine, data, acks [][]byte) int {
 	t.Helper()
-	e.out = func(Side, []byte) {}
+	e.setOut(func(Side, []byte, Emitted) {})
 	i := 0
 	step := func() {
 		e.Process(Wire, data[i])

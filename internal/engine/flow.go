@@ -31,6 +31,38 @@ type flowKey struct {
 	wire, radio netip.AddrPort
 }
 
+// hash mixes the key's addresses and ports (FNV-1a over the last four
+// bytes of each address and the ports, finalised: enough to spread flows
+// over shards; not a defence against someone choosing ports to load one shard,
+// which only costs them their own flows' parallelism).
+func (k flowKey) hash() uint32 {
+	h := uint32(2166136261)
+	mix := func(v uint32) {
+		for range 4 {
+			h ^= v & 0xff
+			h *= 16777619
+			v >>= 8
+		}
+	}
+	for _, ap := range [2]netip.AddrPort{k.wire, k.radio} {
+		a := ap.Addr().As16()
+		mix(uint32(a[12])<<24 | uint32(a[13])<<16 | uint32(a[14])<<8 | uint32(a[15]))
+		mix(uint32(ap.Port()))
+	}
+	return fmix(h)
+}
+
+// fmix is MurmurHash3's finaliser: FNV's low bits depend on the inputs'
+// low bits only (two flows differing in one octet of both addresses
+// would land in one shard), this spreads every input bit over all.
+func fmix(h uint32) uint32 {
+	h ^= h >> 16
+	h *= 0x85ebca6b
+	h ^= h >> 13
+	h *= 0xc2b2ae35
+	return h ^ h>>16
+}
+
 // seg is a cached segment: the whole IP packet as forwarded.
 type seg struct {
 	seq     seqnum.Value

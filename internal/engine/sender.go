@@ -23,7 +23,7 @@ type rateSample struct {
 
 // takeAck applies an ACK (cumulative, SACK, window) from the receiver of
 // st to the engine's sender on st.
-func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
+func (e *shard) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 	sp := f.sp
 	ack := seqnum.Value(p.tcp.Ack())
 	if ack.LessThan(st.sndUna) {
@@ -225,7 +225,7 @@ func (e *Engine) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 
 // deliver accounts a segment newly delivered (cumulatively or by SACK) and
 // returns its length; with rs it also takes RTT, RACK and rate samples.
-func (e *Engine) deliver(st *stream, s *txSeg, now time.Time, rs *rateSample) int {
+func (e *shard) deliver(st *stream, s *txSeg, now time.Time, rs *rateSample) int {
 	n := s.len()
 	if s.lost {
 		s.lost = false
@@ -276,7 +276,7 @@ func (st *stream) markLost(s *txSeg) {
 // and by three duplicate ACKs (RFC 5681) on any flow. It sets the RACK
 // timer for the segments not yet due, and returns the lowest lost sequence
 // number.
-func (e *Engine) detectLoss(f *flow, st *stream, now time.Time) (seqnum.Value, bool) {
+func (e *shard) detectLoss(f *flow, st *stream, now time.Time) (seqnum.Value, bool) {
 	var first seqnum.Value
 	lost := false
 	mark := func(s *txSeg) {
@@ -322,7 +322,7 @@ func (e *Engine) detectLoss(f *flow, st *stream, now time.Time) (seqnum.Value, b
 }
 
 // splitRTT updates a stream's RTT estimate (RFC 6298 §2).
-func (e *Engine) splitRTT(st *stream, r time.Duration) {
+func (e *shard) splitRTT(st *stream, r time.Duration) {
 	smoothRTT(&st.srtt, &st.rttvar, r)
 	if st.minRTT == 0 || r < st.minRTT {
 		st.minRTT = r
@@ -342,7 +342,7 @@ const maxReoMult = 8
 // maxBackoff bounds the doublings of the RTO and the persist timer.
 const maxBackoff = 6
 
-func (st *stream) rtoBackedOff(e *Engine) time.Duration {
+func (st *stream) rtoBackedOff(e *shard) time.Duration {
 	d := min(st.rto<<st.backoff, e.cfg.MaxRTO)
 	if st.from == Wire {
 		// Toward the radio the backoff stops at radioRetryGap (or the
@@ -362,7 +362,7 @@ const radioRetryGap = 250 * time.Millisecond
 // send transmits what the stream may send now toward its receiver:
 // presumed-lost segments first, then new data and the FIN — within the
 // congestion window, the receiver's window and the pacing rate.
-func (e *Engine) send(f *flow, st *stream, now time.Time) {
+func (e *shard) send(f *flow, st *stream, now time.Time) {
 	to := st.from.other()
 	for {
 		cwnd := st.cc.Window()
@@ -422,7 +422,7 @@ func (e *Engine) send(f *flow, st *stream, now time.Time) {
 }
 
 // sendNew sends the next n bytes (and the FIN) as a new segment.
-func (e *Engine) sendNew(f *flow, to Side, st *stream, n int, fin bool, now time.Time) {
+func (e *shard) sendNew(f *flow, to Side, st *stream, n int, fin bool, now time.Time) {
 	end := st.sndNxt.Add(seqnum.Size(n + btoi(fin)))
 	st.appendSeg(txSeg{seq: st.sndNxt, end: end, fin: fin})
 	st.sndNxt = end
@@ -466,7 +466,7 @@ func (st *stream) armTLP(sackOn bool) {
 // — outside the congestion window and the pacer, so that an ACK comes
 // back and shows what of the tail was lost, and RACK repairs it instead of
 // the RTO.
-func (e *Engine) probeTail(f *flow, st *stream, now time.Time) {
+func (e *shard) probeTail(f *flow, st *stream, now time.Time) {
 	st.tlpAt = time.Time{}
 	if st.tlpOut || st.inRecovery || st.nLost > 0 || len(st.segs) == 0 {
 		return // the RTO came first, or recovery began
@@ -505,7 +505,7 @@ func (e *Engine) probeTail(f *flow, st *stream, now time.Time) {
 // giveUp resets both ends of a flow whose receiver stopped answering,
 // as each end's own TCP would in the end (RFC 9293 §3.8.3), and forgets
 // it with what it held.
-func (e *Engine) giveUp(f *flow) {
+func (e *shard) giveUp(f *flow) {
 	for _, to := range []Side{Wire, Radio} {
 		e.emit(f, to, segment{seq: f.sp.st[to.other()].sndUna, flags: header.TCPRst})
 	}
@@ -528,7 +528,7 @@ func (st *stream) appendSeg(s txSeg) {
 }
 
 // transmit stamps a segment and sends it.
-func (e *Engine) transmit(f *flow, to Side, st *stream, s *txSeg, now time.Time) {
+func (e *shard) transmit(f *flow, to Side, st *stream, s *txSeg, now time.Time) {
 	if len(st.segs) == 1 && s == &st.segs[0] && s.rexmits == 0 {
 		st.progress = now // the give-up clock starts with the first segment outstanding
 	}
@@ -559,7 +559,7 @@ const pacingBurst = 2 * time.Millisecond
 
 // pace reports whether n bytes may go now under the stream's pacing rate;
 // if not, it sets the time when they may.
-func (e *Engine) pace(st *stream, n int, now time.Time) bool {
+func (e *shard) pace(st *stream, n int, now time.Time) bool {
 	rate := st.cc.PacingRate()
 	if rate == 0 {
 		if st.srtt == 0 {
@@ -581,7 +581,7 @@ func (e *Engine) pace(st *stream, n int, now time.Time) bool {
 
 // onRTO handles a retransmission timeout: everything in flight is presumed
 // lost and resent as the window allows (RFC 6298 §5, RFC 6675 §5.1).
-func (e *Engine) onRTO(st *stream, now time.Time) {
+func (e *shard) onRTO(st *stream, now time.Time) {
 	st.rtoAt = time.Time{}
 	if len(st.segs) == 0 {
 		return
@@ -603,7 +603,7 @@ func (e *Engine) onRTO(st *stream, now time.Time) {
 
 // probe sends a zero-window probe: an ACK one below the receiver's
 // window, which makes it answer with its current window.
-func (e *Engine) probe(f *flow, st *stream, now time.Time) {
+func (e *shard) probe(f *flow, st *stream, now time.Time) {
 	st.persistAt = time.Time{}
 	if st.wnd > 0 || len(st.segs) > 0 {
 		st.persistBackoff = 0
@@ -619,7 +619,7 @@ func (e *Engine) probe(f *flow, st *stream, now time.Time) {
 // schedule arms the stream's timer for its earliest deadline. The timer
 // is re-armed only when that deadline moves earlier; a timer that fires
 // early finds nothing due and re-arms, so a busy flow allocates nothing.
-func (e *Engine) schedule(f *flow, st *stream, now time.Time) {
+func (e *shard) schedule(f *flow, st *stream, now time.Time) {
 	st.armTLP(f.sp.sackOn && !e.cfg.NoTailProbes)
 	var at time.Time
 	for _, d := range [...]time.Time{st.rtoAt, st.rackAt, st.persistAt, st.paceAt, st.ackAt, st.tlpAt} {
@@ -640,9 +640,9 @@ func (e *Engine) schedule(f *flow, st *stream, now time.Time) {
 }
 
 // splitTimer runs what is due on a stream.
-func (e *Engine) splitTimer(f *flow, from Side) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+func (e *shard) splitTimer(f *flow, from Side) {
+	e.lock()
+	defer e.unlock()
 	if e.flows[f.key] != f || f.sp == nil {
 		return
 	}

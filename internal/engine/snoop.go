@@ -10,8 +10,8 @@ import (
 
 // downData handles a packet from the wire toward the radio: data is cached
 // before it is forwarded.
-func (e *Engine) downData(f *flow, p *parsed, pkt []byte) {
-	defer e.out(Radio, pkt)
+func (e *shard) downData(f *flow, p *parsed, pkt []byte) {
+	defer e.forward(Radio, pkt)
 	if !f.established {
 		return
 	}
@@ -82,12 +82,12 @@ func (f *flow) cacheIndex(seq seqnum.Value) int {
 
 // upAck handles a packet from the radio toward the wire. It reports
 // whether the packet should be forwarded.
-func (e *Engine) upAck(f *flow, p *parsed, pkt []byte) bool {
+func (e *shard) upAck(f *flow, p *parsed, pkt []byte) bool {
 	if p.tcp.Has(header.TCPFin) {
 		f.up.finned = true
 	}
 	if !f.established || !p.tcp.Has(header.TCPAck) {
-		e.out(Wire, pkt)
+		e.forward(Wire, pkt)
 		return true
 	}
 	ack := seqnum.Value(p.tcp.Ack())
@@ -121,12 +121,12 @@ func (e *Engine) upAck(f *flow, p *parsed, pkt []byte) bool {
 	case ack == f.lastAck && p.payload == 0:
 		f.lastWindow = win // a window update
 	}
-	e.out(Wire, pkt)
+	e.forward(Wire, pkt)
 	return true
 }
 
 // swallow applies the duplicate-ACK policy to a flow.
-func (e *Engine) swallow(f *flow) bool {
+func (e *shard) swallow(f *flow) bool {
 	switch e.cfg.DupAcks {
 	case DupAcksForward:
 		return false
@@ -148,7 +148,7 @@ func sackAbove(o *header.TCPOptions, ack seqnum.Value) bool {
 
 // newAck cleans the cache up to ack and takes an RTT sample. hole says
 // whether the ACK shows the segment at ack missing at the receiver.
-func (e *Engine) newAck(f *flow, ack seqnum.Value, hole bool) {
+func (e *shard) newAck(f *flow, ack seqnum.Value, hole bool) {
 	f.lastAck, f.ackValid = ack, true
 	f.dupacks, f.expectDup = 0, 0
 	now := e.cfg.Clock.Now()
@@ -198,7 +198,7 @@ func (f *flow) startRecovery() {
 // the engine has answered it (resent the missing segment now, or it is one
 // of the duplicates the segments behind the hole cause); classic snoop
 // swallows what it has answered.
-func (e *Engine) dupAck(f *flow) bool {
+func (e *shard) dupAck(f *flow) bool {
 	f.dupacks++
 	s := e.cached(f, f.lastAck)
 	if s == nil {
@@ -223,18 +223,18 @@ func (e *Engine) dupAck(f *flow) bool {
 }
 
 // cached returns the cached segment that starts at seq.
-func (e *Engine) cached(f *flow, seq seqnum.Value) *seg {
+func (e *shard) cached(f *flow, seq seqnum.Value) *seg {
 	if i := f.cacheIndex(seq); i < len(f.cache) && f.cache[i].seq == seq {
 		return &f.cache[i]
 	}
 	return nil
 }
 
-func (e *Engine) resend(f *flow, s *seg) {
+func (e *shard) resend(f *flow, s *seg) {
 	s.rexmits++
 	s.sentAt = e.cfg.Clock.Now()
 	if e.cfg.SnoopOriginal || f.opaque || !f.down.ts || !f.up.ts {
-		e.out(Radio, s.pkt)
+		e.resendCached(f, s.pkt)
 		return
 	}
 	// The cached copy carries the timestamp of its first transmission; the
@@ -243,11 +243,11 @@ func (e *Engine) resend(f *flow, s *seg) {
 	// latest TSval.
 	b := append(e.scratch[:0], s.pkt...)
 	if !refreshTSval(b, f.tsv[Wire]) {
-		e.out(Radio, s.pkt)
+		e.resendCached(f, s.pkt)
 		return
 	}
 	e.st.TSRefreshed++
-	e.out(Radio, b)
+	e.built(Radio, b)
 }
 
 // refreshTSval sets the TSval of the TCP segment in pkt (an IP packet the
@@ -303,13 +303,13 @@ func smoothRTT(srtt, rttvar *time.Duration, r time.Duration) {
 }
 
 // rttSample updates the radio-leg RTT estimate (RFC 6298 §2).
-func (e *Engine) rttSample(f *flow, r time.Duration) {
+func (e *shard) rttSample(f *flow, r time.Duration) {
 	smoothRTT(&f.srtt, &f.rttvar, r)
 	f.rto = min(max(f.srtt+4*f.rttvar, e.cfg.MinRTO), e.cfg.MaxRTO)
 }
 
 // arm starts the local retransmission timer if segments are cached.
-func (e *Engine) arm(f *flow) {
+func (e *shard) arm(f *flow) {
 	if f.timerArmed || len(f.cache) == 0 {
 		return
 	}
@@ -340,9 +340,9 @@ func (f *flow) appendSeg(s seg) {
 }
 
 // timeout resends the oldest cached segment if it has waited a local RTO.
-func (e *Engine) timeout(f *flow) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+func (e *shard) timeout(f *flow) {
+	e.lock()
+	defer e.unlock()
 	if e.flows[f.key] != f || !f.timerArmed || e.cfg.Clock.Now().Before(f.timerAt) {
 		return // gone, disarmed, or a fire the timer's Reset superseded
 	}

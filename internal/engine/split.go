@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"net/netip"
 	"time"
 
 	"github.com/espep/espep/internal/netem"
@@ -163,7 +162,7 @@ const maxOOO = 64
 
 // initSplit turns an established flow into a split flow. win[s] is the
 // last window side s advertised in the handshake, in bytes, at ack[s].
-func (e *Engine) initSplit(f *flow) {
+func (e *shard) initSplit(f *flow) {
 	sp := &splitFlow{}
 	f.sp = sp
 	w, r := &f.down, &f.up
@@ -205,7 +204,7 @@ const maxSegment = 65535 - 200
 // splitProcess handles a packet of an established split flow from side
 // from: its data feeds the stream from that side, its ACK the stream
 // toward it. The packet itself goes nowhere; the engine sends its own.
-func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
+func (e *shard) splitProcess(f *flow, from Side, p *parsed) {
 	sp := f.sp
 	now := e.cfg.Clock.Now()
 	sp.recv[from]++
@@ -280,7 +279,7 @@ func (e *Engine) splitProcess(f *flow, from Side, p *parsed) {
 // and its sequence numbers would run ever further ahead of the endpoint's
 // (see the gateway's package doc). Out of order, filling a hole, or a
 // duplicate: at once (RFC 5681 §4.2).
-func (e *Engine) takeData(st *stream, p *parsed, now time.Time, budget bool) {
+func (e *shard) takeData(st *stream, p *parsed, now time.Time, budget bool) {
 	seq := seqnum.Value(p.tcp.Seq())
 	data := p.tcp.Payload()
 	end := seq.Add(seqnum.Size(len(data)))
@@ -342,7 +341,7 @@ func (e *Engine) takeData(st *stream, p *parsed, now time.Time, budget bool) {
 
 // ackAcceptable reports whether ack may be taken by the sender of st:
 // SND.UNA − MAX.SND.WND ≤ ack ≤ SND.NXT (RFC 5961 §5.2).
-func (e *Engine) ackAcceptable(st *stream, ack seqnum.Value) bool {
+func (e *shard) ackAcceptable(st *stream, ack seqnum.Value) bool {
 	if st.sndNxt.LessThan(ack) {
 		return false
 	}
@@ -352,7 +351,7 @@ func (e *Engine) ackAcceptable(st *stream, ack seqnum.Value) bool {
 // challengeAck has an ACK sent toward the sender of st at once — at most
 // one every challengeGap per flow, so that forged segments cannot make
 // the engine send much (RFC 5961 §7).
-func (e *Engine) challengeAck(f *flow, st *stream, now time.Time) {
+func (e *shard) challengeAck(f *flow, st *stream, now time.Time) {
 	if !f.challenge.IsZero() && now.Sub(f.challenge) < challengeGap {
 		return
 	}
@@ -413,7 +412,7 @@ func (st *stream) hold(s span) bool {
 // edge grows with what the receiver has taken, up to BufferPerFlow ahead
 // of it, while the engine's global buffer bound allows — and never moves
 // left (RFC 9293 §3.8.6.2.2).
-func (e *Engine) advertise(st *stream, shift uint8) uint16 {
+func (e *shard) advertise(st *stream, shift uint8) uint16 {
 	edge := st.rcvEdge
 	if e.pool.inUse < e.maxChunks {
 		if c := st.sndUna.Add(seqnum.Size(e.cfg.BufferPerFlow)); edge.LessThan(c) {
@@ -434,7 +433,7 @@ func (e *Engine) advertise(st *stream, shift uint8) uint16 {
 
 // splitFlush sends what each direction may send now, then the ACKs still
 // owed, and sets the timers.
-func (e *Engine) splitFlush(f *flow, now time.Time) {
+func (e *shard) splitFlush(f *flow, now time.Time) {
 	sp := f.sp
 	for _, from := range []Side{Wire, Radio} {
 		e.send(f, &sp.st[from], now)
@@ -469,7 +468,7 @@ func (sp *splitFlow) closed() bool {
 // splitReset passes an RST on: the receiver gets it at the sequence number
 // it acknowledged last, so that it accepts it (RFC 5961 §3), and the flow
 // is forgotten with whatever it held.
-func (e *Engine) splitReset(f *flow, from Side) {
+func (e *shard) splitReset(f *flow, from Side) {
 	st := &f.sp.st[from]
 	if st.finSeen && st.finAcked {
 		e.drop(f)
@@ -480,20 +479,10 @@ func (e *Engine) splitReset(f *flow, from Side) {
 	e.drop(f)
 }
 
-// Elicit sends the endpoint on side to of the split flow between wire and
-// radio a keep-alive in the other endpoint's name (RFC 9293 §3.8.4), which
-// a TCP answers with an ACK: one garbage octet just below what it has
-// acknowledged — old data whatever it holds. The octet matters: Linux and
-// gVisor answer a segment outside the window at once only if it carries
-// data; an empty one gets an answer at most every half second (RFC 5961
-// challenge-ACK limits). The gateway uses it to have an endpoint send a
-// packet — on its newest SA, after a rekey — when the flow's other
-// direction would otherwise stay silent. It reports whether there is such
-// a split flow, established.
-func (e *Engine) Elicit(wire, radio netip.AddrPort, to Side) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	f := e.flows[flowKey{wire: wire, radio: radio}]
+// elicit sends the endpoint on side to of the split flow k a keep-alive
+// (Engine.Elicit).
+func (e *shard) elicit(k flowKey, to Side) bool {
+	f := e.flows[k]
 	if f == nil || f.sp == nil {
 		return false
 	}
@@ -502,16 +491,10 @@ func (e *Engine) Elicit(wire, radio netip.AddrPort, to Side) bool {
 	return true
 }
 
-// Ack sends the endpoint on side to of the split flow between wire and
-// radio a pure ACK with the flow's current state, as if one were owed. The
-// gateway uses it when an ACK the engine sent could not be sealed (its SA
-// not yet ready) and now can be: without it a sender whose whole window
-// the engine acknowledged in vain waits for its retransmission timeout. It
-// reports whether there is such a split flow.
-func (e *Engine) Ack(wire, radio netip.AddrPort, to Side) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	f := e.flows[flowKey{wire: wire, radio: radio}]
+// ack sends the endpoint on side to of the split flow k a pure ACK
+// (Engine.Ack).
+func (e *shard) ack(k flowKey, to Side) bool {
+	f := e.flows[k]
 	if f == nil || f.sp == nil {
 		return false
 	}

@@ -925,21 +925,21 @@ func FuzzSplit(f *testing.F) {
 				}
 				h.e.Process(Radio, h.seg(Radio, flags, h.R()+uint32(h.rSent), h.W()+uint32(ack), uint16(op[6])<<8, n%64, sack...))
 			}
-			fires := h.e.timerFires
+			fires := h.e.timerFires()
 			h.clock.Advance(time.Duration(op[0]>>5) * 7 * time.Millisecond)
 			h.take()
-			if h.e.timerFires-fires > 1000 {
-				t.Fatalf("%d timer callbacks in %v", h.e.timerFires-fires, time.Duration(op[0]>>5)*7*time.Millisecond)
+			if h.e.timerFires()-fires > 1000 {
+				t.Fatalf("%d timer callbacks in %v", h.e.timerFires()-fires, time.Duration(op[0]>>5)*7*time.Millisecond)
 			}
 			bound := 2 * (o.cfg.BufferPerFlow + 65536 + 3*chunkSize)
 			if st := h.e.Stats(); st.BufferedBytes > bound || st.Flows > 1 {
 				t.Fatalf("buffers beyond their bound: %+v", st)
 			}
 		}
-		fires := h.e.timerFires
+		fires := h.e.timerFires()
 		h.clock.Advance(time.Minute)
-		if h.e.timerFires-fires > 10000 {
-			t.Fatalf("%d timer callbacks in a minute", h.e.timerFires-fires)
+		if h.e.timerFires()-fires > 10000 {
+			t.Fatalf("%d timer callbacks in a minute", h.e.timerFires()-fires)
 		}
 	})
 }

@@ -118,7 +118,7 @@ func (sp *splitFlow) state() *SplitState {
 
 // restore rebuilds a split flow from its state; the segments in flight
 // count as sent now.
-func (e *Engine) restore(f *flow, ss *SplitState, now time.Time) (err error) {
+func (e *shard) restore(f *flow, ss *SplitState, now time.Time) (err error) {
 	sp := &splitFlow{ts: ss.TS, shift: ss.Shift, tsOn: ss.TSOn, sackOn: ss.SACKOn, ip: ss.IP}
 	defer func() {
 		if err != nil { // give back what was buffered
@@ -224,9 +224,17 @@ func (s HalfState) half() half {
 // dropped here (their timers stop), as when a flow moves to another
 // gateway.
 func (e *Engine) Export(remove bool) []FlowState {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	out := make([]FlowState, 0, len(e.flows))
+	var out []FlowState
+	for _, s := range e.shards {
+		out = s.export(out, remove)
+	}
+	return out
+}
+
+// export appends the state of the shard's flows to out.
+func (e *shard) export(out []FlowState, remove bool) []FlowState {
+	e.lock()
+	defer e.unlock()
 	for _, f := range e.flows {
 		fs := FlowState{Wire: f.key.wire, Radio: f.key.radio, Down: f.down.state(), Up: f.up.state(),
 			Established: f.established, SndMax: uint32(f.sndMax), LastAck: uint32(f.lastAck), AckValid: f.ackValid,
@@ -254,53 +262,61 @@ func (e *Engine) Export(remove bool) []FlowState {
 // Import installs flows exported elsewhere and starts their timers. A flow
 // that already exists here is replaced.
 func (e *Engine) Import(states []FlowState) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	now := e.cfg.Clock.Now()
 	for _, fs := range states {
 		if !fs.Wire.IsValid() || !fs.Radio.IsValid() {
 			return fmt.Errorf("engine: import: flow without endpoints")
 		}
-		if len(e.flows) >= e.cfg.MaxFlows {
-			return fmt.Errorf("engine: import: flow table full (%d)", e.cfg.MaxFlows)
+		if err := e.shardOf(flowKey{fs.Wire, fs.Radio}).importFlow(&fs); err != nil {
+			return err
 		}
-		f := &flow{key: flowKey{fs.Wire, fs.Radio}, down: fs.Down.half(), up: fs.Up.half(), established: fs.Established,
-			sndMax: seqnum.Value(fs.SndMax), lastAck: seqnum.Value(fs.LastAck), ackValid: fs.AckValid,
-			lastWindow: fs.LastWindow, dupacks: fs.DupAcks, expectDup: fs.ExpectDup, inRecovery: fs.InRecovery,
-			recover: seqnum.Value(fs.Recover), srtt: fs.SRTT, rttvar: fs.RTTVar, rto: fs.RTO, lastSeen: now}
-		if f.rto <= 0 {
-			f.rto = e.cfg.MinRTO * 10
+	}
+	return nil
+}
+
+// importFlow installs one exported flow and starts its timers.
+func (e *shard) importFlow(fs *FlowState) error {
+	e.lock()
+	defer e.unlock()
+	now := e.cfg.Clock.Now()
+	if len(e.flows) >= e.maxFlows {
+		return fmt.Errorf("engine: import: flow table full (%d)", e.cfg.MaxFlows)
+	}
+	f := &flow{key: flowKey{fs.Wire, fs.Radio}, down: fs.Down.half(), up: fs.Up.half(), established: fs.Established,
+		sndMax: seqnum.Value(fs.SndMax), lastAck: seqnum.Value(fs.LastAck), ackValid: fs.AckValid,
+		lastWindow: fs.LastWindow, dupacks: fs.DupAcks, expectDup: fs.ExpectDup, inRecovery: fs.InRecovery,
+		recover: seqnum.Value(fs.Recover), srtt: fs.SRTT, rttvar: fs.RTTVar, rto: fs.RTO, lastSeen: now}
+	if f.rto <= 0 {
+		f.rto = e.cfg.MinRTO * 10
+	}
+	f.split, f.opaque = fs.Mode == ModeSplit && !fs.Opaque, fs.Opaque
+	f.initiator, f.tpl, f.hsWin, f.tsv = fs.Initiator&1, fs.IP, fs.HSWin, fs.HSTS
+	if fs.Split != nil {
+		if !f.split {
+			return fmt.Errorf("engine: import: split state on a %v flow", fs.Mode)
 		}
-		f.split, f.opaque = fs.Mode == ModeSplit && !fs.Opaque, fs.Opaque
-		f.initiator, f.tpl, f.hsWin, f.tsv = fs.Initiator&1, fs.IP, fs.HSWin, fs.HSTS
-		if fs.Split != nil {
-			if !f.split {
-				return fmt.Errorf("engine: import: split state on a %v flow", fs.Mode)
-			}
-			if err := e.restore(f, fs.Split, now); err != nil {
-				return err
-			}
+		if err := e.restore(f, fs.Split, now); err != nil {
+			return err
 		}
-		for _, s := range fs.Cache {
-			if len(s.Packet) == 0 {
-				return fmt.Errorf("engine: import: empty cached segment")
-			}
-			held := max(len(s.Packet), pktBufCap)
-			f.appendSeg(seg{seq: seqnum.Value(s.Seq), end: seqnum.Value(s.End), rexmits: s.Rexmits,
-				sentAt: now, pkt: append([]byte(nil), s.Packet...), held: held})
-			f.cacheBytes += held
+	}
+	for _, s := range fs.Cache {
+		if len(s.Packet) == 0 {
+			return fmt.Errorf("engine: import: empty cached segment")
 		}
-		if old := e.flows[f.key]; old != nil {
-			e.drop(old)
-		}
-		e.cacheMem += f.cacheBytes
-		e.flows[f.key] = f
-		e.st.FlowsMax = max(e.st.FlowsMax, len(e.flows))
-		if f.sp != nil {
-			e.splitFlush(f, now)
-		} else {
-			e.arm(f)
-		}
+		held := max(len(s.Packet), pktBufCap)
+		f.appendSeg(seg{seq: seqnum.Value(s.Seq), end: seqnum.Value(s.End), rexmits: s.Rexmits,
+			sentAt: now, pkt: append([]byte(nil), s.Packet...), held: held})
+		f.cacheBytes += held
+	}
+	if old := e.flows[f.key]; old != nil {
+		e.drop(old)
+	}
+	e.cacheMem += f.cacheBytes
+	e.flows[f.key] = f
+	e.st.FlowsMax = max(e.st.FlowsMax, len(e.flows))
+	if f.sp != nil {
+		e.splitFlush(f, now)
+	} else {
+		e.arm(f)
 	}
 	return nil
 }

@@ -3,6 +3,8 @@ package gateway
 import (
 	"encoding/binary"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/espep/espep/internal/engine"
@@ -60,6 +62,55 @@ type via struct {
 
 // maxRoutes bounds each flow table (protected, plain).
 const maxRoutes = 1 << 16
+
+// routeShards is how many parts the flow tables are cut into, each under
+// a lock of its own, so that packets of different flows on different
+// cores do not queue for one lock. A flow's two directions are in one
+// part (route.hash is symmetric), so a lookup of both takes one lock.
+const routeShards = 16
+
+// routeTable is one part of the flow tables. Its lock comes after an
+// engine shard's and before an saState's.
+type routeTable struct {
+	mu    sync.Mutex
+	flows *lru[route, via] // protected flows
+	plain *lru[route, via] // unprotected flows (Plain)
+}
+
+func newRouteTables() *[routeShards]routeTable {
+	var t [routeShards]routeTable
+	for i := range t {
+		t[i].flows, t[i].plain = newLRU[route, via](maxRoutes/routeShards), newLRU[route, via](maxRoutes/routeShards)
+	}
+	return &t
+}
+
+// routesOf returns the part of the flow tables that holds r (and its
+// reverse).
+func (g *Gateway) routesOf(r route) *routeTable {
+	return &g.routes[r.hash()%routeShards]
+}
+
+// hash is the same for a route and its reverse.
+func (r route) hash() uint32 {
+	h := endHash(r.src) + endHash(r.dst)
+	// MurmurHash3's finaliser: spread every bit of the sum over all.
+	h ^= h >> 16
+	h *= 0x85ebca6b
+	h ^= h >> 13
+	h *= 0xc2b2ae35
+	return h ^ h>>16
+}
+
+func endHash(a netip.AddrPort) uint32 {
+	b := a.Addr().As16()
+	h := uint32(2166136261)
+	for _, x := range b[8:] {
+		h = (h ^ uint32(x)) * 16777619
+	}
+	h = (h ^ uint32(a.Port())) * 16777619
+	return (h ^ uint32(a.Port()>>8)) * 16777619
+}
 
 // samePeers reports whether SA states a and b run between the same two
 // peers: a rekey of one another, or a bundle's layers.
@@ -136,7 +187,7 @@ func addrs(pkt []byte) (src, dst netip.Addr, ok bool) {
 type ipipHdr struct {
 	b  []byte
 	v6 bool
-	id uint16
+	id atomic.Uint32 // the last IPv4 identification used (low 16 bits); flows of several shards may share a tunnel
 }
 
 // peelIPIP returns what an IP-in-IP packet (IPv4 or IPv6 in IPv4 or IPv6,
@@ -174,7 +225,7 @@ func tunnelOf(outer []byte, old *ipipHdr) *ipipHdr {
 	}
 	h := &ipipHdr{b: append([]byte(nil), outer...), v6: outer[0]>>4 == 6}
 	if !h.v6 {
-		h.id = header.IPv4(outer).ID()
+		h.id.Store(uint32(header.IPv4(outer).ID()))
 	}
 	return h
 }
@@ -193,10 +244,11 @@ func sameTunnel(a, b []byte) bool {
 // isProtected reports whether the gateway has seen flow r, or its other
 // direction, protected.
 func (g *Gateway) isProtected(r route) bool {
-	g.smu.Lock()
-	defer g.smu.Unlock()
-	_, a := g.flows.peek(r)
-	_, b := g.flows.peek(r.reverse())
+	t := g.routesOf(r)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, a := t.flows.peek(r)
+	_, b := t.flows.peek(r.reverse())
 	return a || b
 }
 
@@ -209,42 +261,43 @@ func (g *Gateway) isProtected(r route) bool {
 // but may have nothing to send — is marked stale and its endpoint asked
 // for a packet.
 func (g *Gateway) noteRoute(r route, st *saState, from engine.Side, tunHdr []byte) bool {
-	g.smu.Lock()
-	old, had := g.flows.get(r)
+	t := g.routesOf(r)
+	t.mu.Lock()
+	old, had := t.flows.get(r)
 	if st == nil {
 		if had {
-			g.smu.Unlock()
+			t.mu.Unlock()
 			return false
 		}
 		var prev *ipipHdr
-		if pv, ok := g.plain.peek(r); ok {
+		if pv, ok := t.plain.peek(r); ok {
 			prev = pv.tun
 		}
-		if g.plain.put(r, via{from: from, tun: tunnelOf(tunHdr, prev)}) {
-			g.c.evicted.Add(1)
+		if t.plain.put(r, via{from: from, tun: tunnelOf(tunHdr, prev)}) {
+			g.c.rare().add(cEvicted)
 		}
-		g.smu.Unlock()
+		t.mu.Unlock()
 		return true
 	}
 	if !had {
-		if rv, ok := g.flows.peek(r.reverse()); ok && r.tcp() && !reversePeers(rv.st, st) {
-			g.smu.Unlock()
+		if rv, ok := t.flows.peek(r.reverse()); ok && r.tcp() && !reversePeers(rv.st, st) {
+			t.mu.Unlock()
 			return false // the other direction runs between other peers
 		}
 		var prev *ipipHdr
-		if pv, ok := g.plain.peek(r); ok {
+		if pv, ok := t.plain.peek(r); ok {
 			prev = pv.tun
-			g.plain.delete(r) // verified now: protected from here on
+			t.plain.delete(r) // verified now: protected from here on
 		}
-		if g.flows.put(r, via{st: st, from: from, tun: tunnelOf(tunHdr, prev)}) {
-			g.c.evicted.Add(1)
+		if t.flows.put(r, via{st: st, from: from, tun: tunnelOf(tunHdr, prev)}) {
+			g.c.rare().add(cEvicted)
 		}
-		g.smu.Unlock()
+		t.mu.Unlock()
 		return true
 	}
 	prev := *old
 	if prev.st != st && !samePeers(prev.st, st) && r.tcp() {
-		g.smu.Unlock()
+		t.mu.Unlock()
 		return false // another peer's SA claims the flow
 	}
 	v := via{st: st, from: from, tun: tunnelOf(tunHdr, prev.tun)}
@@ -255,7 +308,7 @@ func (g *Gateway) noteRoute(r route, st *saState, from engine.Side, tunHdr []byt
 	var ask bool
 	var rev via
 	if prev.st != st {
-		g.c.rekeys.Add(1)
+		g.c.rare().add(cRekeys)
 		prev.st.mu.Lock()
 		prev.st.next = st
 		gen := prev.st.gen + 1
@@ -266,12 +319,12 @@ func (g *Gateway) noteRoute(r route, st *saState, from engine.Side, tunHdr []byt
 		st.mu.Unlock()
 		// The other direction is stale if its SA is of an older
 		// generation: it has not moved in this rekey yet.
-		if rv, ok := g.flows.peek(r.reverse()); ok && !rv.stale && rv.st.generation() < gen {
+		if rv, ok := t.flows.peek(r.reverse()); ok && !rv.stale && rv.st.generation() < gen {
 			rv.stale, rv.elicited = true, time.Now()
 			ask, rev = true, *rv
 		}
 	}
-	g.smu.Unlock()
+	t.mu.Unlock()
 	if ask {
 		g.elicit(r.reverse(), rev.from)
 	}

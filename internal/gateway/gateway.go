@@ -77,15 +77,23 @@
 // reason; snoop mode holds nothing the sender has not kept. An SA given
 // again (a new entry, the same keys) keeps the gateway's numbers.
 //
-// Locks, in the order they are taken: g.mu (Process: one packet at a
-// time) → the engine's lock (engineOut runs under it, from Process or
-// from the engine's timers) → g.smu (the tables) → an saState's mu → its
-// noncePlan's mu. The SAD is read without a lock (atomic pointer).
+// Concurrency. Process may be called from any number of goroutines at
+// once: packets of different flows are processed in parallel (the
+// engine's flows are sharded, one shard per core by default), packets of
+// one flow one at a time. Each call works in a buffer of its own (a
+// pooled call); what the engine sends on is sealed in the buffers of the
+// shard whose lock it holds (perShard). Locks, in the order they are
+// taken: an engine shard's lock (engineOut runs under it, from Process, the engine's
+// timers or its request queue) → a route table's (flows.go) or g.smu
+// (the SA tables), never both → an saState's mu → its noncePlan's mu. An SA's sequence numbers and IVs are allocated
+// under its saState's mu, so concurrent seals on one SA never share one.
+// The SAD is read without a lock (atomic pointer).
 package gateway
 
 import (
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -130,25 +138,18 @@ type Gateway struct {
 	sad atomic.Pointer[ipsec.SAD]
 	ivs *ivSpace // nil without State
 
-	mu     sync.Mutex // serialises Process
-	inBuf  []byte
-	closed atomic.Bool
+	closed atomic.Bool // Close: no Process starts; Close waits for those under way (stripe.busy)
+	calls  sync.Pool   // *call
+	shards []perShard  // indexed by engine.Emitted.Shard
 
-	smu      sync.Mutex
-	states   map[ipsec.ID]*saState // write-class SAs seen; bounded by the SAD (and draining)
-	draining map[ipsec.ID]*saState // numbered SAs that left the SAD, kept while their packets come
-	flows    *lru[route, via]      // protected flows
-	plain    *lru[route, via]      // unprotected flows (Plain)
-	readLast map[ipsec.ID]uint32   // the last sequence number seen on each read-class SA
-	drainT   *time.Timer
+	routes *[routeShards]routeTable // the flows (flows.go)
 
-	// The packet Process is handing to the engine: a packet the engine
-	// passes on unchanged comes back as a slice of inBuf, in the same
-	// goroutine, so these need no lock of their own.
-	curOrig []byte
-	curSt   *saState // nil for plain TCP
-	sealBuf []byte   // used under the engine's lock (all engine output is)
-	wrapBuf []byte   // likewise, for IP-in-IP
+	smu        sync.Mutex
+	stateCache sync.Map              // *ipsec.Entry → *saState: what state answered, until the tables change
+	states     map[ipsec.ID]*saState // write-class SAs seen; bounded by the SAD (and draining)
+	draining   map[ipsec.ID]*saState // numbered SAs that left the SAD, kept while their packets come
+	readLast   map[ipsec.ID]uint32   // the last sequence number seen on each read-class SA
+	drainT     *time.Timer
 
 	// owed are flows whose engine packets were dropped because their SA
 	// was not ready; once it is, the engine sends them a fresh ACK.
@@ -158,7 +159,26 @@ type Gateway struct {
 	logged     sync.Map     // ipsec.ID → struct{}: SAs refused for want of a state directory, logged once
 	sealLogged atomic.Int64 // when a seal error was last logged (unix ns)
 
-	c counters
+	c          counters     // one stripe per engine shard (counters.go)
+	nextStripe atomic.Int64 // the stripe of the next call made
+}
+
+// call is one Process call's working state: the buffer the packet is
+// opened in, and what the engine needs handed back with it if it passes
+// the packet on unchanged (engine.Input.Tag). One goroutine owns a call
+// from Process's start to its end; then it goes back to the pool.
+type call struct {
+	ctr  *stripe // its counters' stripe
+	buf  []byte
+	orig []byte   // the packet as it came (with any IP-in-IP around it)
+	st   *saState // the innermost SA it came on; nil for plain TCP
+}
+
+// perShard is what engineOut uses under one engine shard's lock.
+type perShard struct {
+	seal []byte  // bundles are sealed here, innermost first
+	wrap []byte  // and put in their IP-in-IP tunnel here
+	ctr  *stripe // and counted here
 }
 
 // New makes a gateway that sends through out (which must not keep pkt)
@@ -177,18 +197,30 @@ func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gat
 	if cfg.DrainIdle == 0 {
 		cfg.DrainIdle = 30 * time.Second
 	}
+	if cfg.Engine.Shards == 0 {
+		cfg.Engine.Shards = 4 * runtime.GOMAXPROCS(0)
+	}
 	g := &Gateway{cfg: cfg, log: cfg.Log, out: out, states: map[ipsec.ID]*saState{}, draining: map[ipsec.ID]*saState{},
-		flows: newLRU[route, via](maxRoutes), plain: newLRU[route, via](maxRoutes), readLast: map[ipsec.ID]uint32{},
-		inBuf: make([]byte, 2*ipsec.MaxHeadroom+65536), sealBuf: make([]byte, (maxBundle+1)*ipsec.MaxHeadroom+65536+maxBundle*ipsec.MaxTailroom),
-		wrapBuf: make([]byte, 2*ipsec.MaxHeadroom+65536+ipsec.MaxTailroom), owed: map[route]via{}}
+		routes: newRouteTables(), readLast: map[ipsec.ID]uint32{},
+		owed: map[route]via{}}
+	g.calls.New = func() any {
+		i := g.nextStripe.Add(1)
+		return &call{ctr: &g.c[int(i)%len(g.c)], buf: make([]byte, 2*ipsec.MaxHeadroom+65536)}
+	}
 	if cfg.State != nil {
 		g.ivs = &ivSpace{dir: cfg.State}
 	} else {
 		g.log.Warn("gateway: no state directory: never sealing on AES-GCM, ChaCha20-Poly1305 or AES-CTR SAs (their IVs must never repeat across restarts); relaying them untouched")
 	}
 	var err error
+	g.c = make(counters, cfg.Engine.Shards)
 	if g.eng, err = engine.New(cfg.Engine, g.engineOut); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.shards = make([]perShard, g.eng.Shards())
+	for i := range g.shards {
+		g.shards[i] = perShard{seal: make([]byte, (maxBundle+1)*ipsec.MaxHeadroom+65536+maxBundle*ipsec.MaxTailroom),
+			wrap: make([]byte, 2*ipsec.MaxHeadroom+65536+ipsec.MaxTailroom), ctr: &g.c[i%len(g.c)]}
 	}
 	g.SetSAD(sad)
 	return g, nil
@@ -205,12 +237,16 @@ func (g *Gateway) Engine() *engine.Engine { return g.eng }
 // entries stay with the SAD; the state directory is the caller's to
 // close, after this.
 func (g *Gateway) Close() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed.Load() {
+	if g.closed.Swap(true) {
 		return
 	}
-	g.closed.Store(true)
+	// Every Process call counts itself busy before it looks at closed:
+	// once none is busy, none will start.
+	for i := range g.c {
+		for g.c[i].busy.Load() != 0 {
+			time.Sleep(50 * time.Microsecond)
+		}
+	}
 	g.eng.Close()
 	g.smu.Lock()
 	defer g.smu.Unlock()
@@ -223,24 +259,38 @@ func (g *Gateway) Close() {
 		st.e.Wipe()
 		delete(g.draining, id)
 	}
+	g.clearStateCache()
 	if g.drainT != nil {
 		g.drainT.Stop()
 	}
 }
 
-func (g *Gateway) relay(to engine.Side, pkt []byte) {
-	g.c.relayed.Add(1)
+func (g *Gateway) relay(c *call, to engine.Side, pkt []byte) {
+	c.ctr.add(cRelayed)
 	g.out(to, pkt)
 }
 
 // Process handles one IP packet that arrived from side from.
+//
+// It may be called from several goroutines at once (see Concurrency).
 func (g *Gateway) Process(from engine.Side, pkt []byte) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	c := g.calls.Get().(*call)
+	defer g.calls.Put(c)
+	// Busy before closed is read (Close: closed before busy is read), on
+	// the call's own stripe: no cache line shared by every core.
+	c.ctr.busy.Add(1)
+	defer c.ctr.busy.Add(-1)
 	if g.closed.Load() {
 		return
 	}
-	g.c.packets.Add(1)
+	c.orig, c.st = pkt, nil
+	g.process(c, from, pkt)
+	c.orig, c.st = nil, nil
+}
+
+// process is Process's work, in c.
+func (g *Gateway) process(c *call, from engine.Side, pkt []byte) {
+	c.ctr.add(cPackets)
 	to := 1 - from
 	orig := pkt
 	var tunHdr []byte
@@ -248,81 +298,82 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 		// IP-in-IP (RFC 2003, a Mobile IP home agent's tunnel): work on
 		// what it carries; what the gateway sends in a flow's direction
 		// goes in the tunnel the flow's verified packets came in.
-		g.c.ipip.Add(1)
+		c.ctr.add(cIPIP)
 		pkt, tunHdr = inner, outer
 	}
 	l, err := ipsec.Locate(pkt)
 	if err != nil {
-		g.c.malformed.Add(1)
-		g.relay(to, orig)
+		c.ctr.add(cMalformed)
+		g.relay(c, to, orig)
 		return
 	}
 	switch l.Kind {
 	case ipsec.KindIKE:
-		g.c.ike.Add(1) // the early signal of a new SA
-		g.relay(to, orig)
+		c.ctr.add(cIKE) // the early signal of a new SA
+		g.relay(c, to, orig)
 		return
 	case ipsec.KindKeepalive:
-		g.c.keepalives.Add(1)
-		g.relay(to, orig)
+		c.ctr.add(cKeepalives)
+		g.relay(c, to, orig)
 		return
 	case ipsec.KindFragment:
-		g.c.fragments.Add(1)
-		g.relay(to, orig)
+		c.ctr.add(cFragments)
+		g.relay(c, to, orig)
 		return
 	case ipsec.KindOther:
-		g.processPlain(from, pkt, orig, tunHdr)
+		g.processPlain(c, from, pkt, tunHdr)
 		return
 	}
 	e := g.lookup(&l)
 	switch {
 	case e == nil:
-		g.c.unknown.Add(1)
-		g.relay(to, orig)
+		c.ctr.add(cUnknown)
+		g.relay(c, to, orig)
 		return
 	case e.Class() == ipsec.ClassNone:
-		g.c.classNone.Add(1)
-		g.relay(to, orig)
+		c.ctr.add(cClassNone)
+		g.relay(c, to, orig)
 		return
 	case e.Class() == ipsec.ClassRead:
-		g.processRead(from, e, l, pkt, orig)
+		g.processRead(c, from, e, l, pkt)
 		return
 	}
 	st := g.state(e)
 	if st.nonce.refused() {
 		if st.nonce.noState {
-			g.c.noState.Add(1)
+			c.ctr.add(cNoState)
 			if _, logged := g.logged.LoadOrStore(e.Config.ID(), struct{}{}); !logged {
 				g.log.Warn("gateway: not sealing on an SA with counter IVs without a state directory; relaying it", "sa", e.Config.ID())
 			}
 		}
-		g.relay(to, orig)
+		g.relay(c, to, orig)
 		return
 	}
 	// Open a copy: the original may still go out as it came.
 	off := ipsec.MaxHeadroom
-	if len(pkt) > len(g.inBuf)-off {
-		g.c.malformed.Add(1)
-		g.relay(to, orig)
+	if len(pkt) > len(c.buf)-off {
+		c.ctr.add(cMalformed)
+		g.relay(c, to, orig)
 		return
 	}
-	buf := g.inBuf[off : off+len(pkt)]
+	buf := c.buf[off : off+len(pkt)]
 	copy(buf, pkt)
-	inner, st, res := g.openBundle(buf, l, st)
+	inner, st, res := g.openBundle(c.ctr, buf, l, st)
 	switch res {
 	case openFailed:
-		g.relay(to, orig) // not verified: the receiver decides; it would refuse it too
+		g.relay(c, to, orig) // not verified: the receiver decides; it would refuse it too
 		return
 	case openUnusable:
 		return // verified but nothing to deliver (counted): no stale number goes out
 	}
 	if r, ok := flowOf(inner); ok {
 		if !g.noteRoute(r, st, from, tunHdr) {
-			g.c.bindingViolations.Add(1)
+			c.ctr.add(cBindingViolations)
 			return
 		}
 	}
-	g.toEngine(from, inner, orig, st)
+	c.st = st
+	g.eng.Handle(from, inner, engine.Input{Tag: c})
 	if g.owedN.Load() > 0 {
 		g.payOwed()
 	}
@@ -333,55 +384,44 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 // the gateway has seen protected, which it drops. (Other cleartext
 // traffic between the same hosts, ICMP say, is not the engine's and
 // passes: a policy may protect some of a host pair's traffic only.)
-func (g *Gateway) processPlain(from engine.Side, pkt, orig, tunHdr []byte) {
+func (g *Gateway) processPlain(c *call, from engine.Side, pkt, tunHdr []byte) {
 	to := 1 - from
-	g.c.notIPsec.Add(1)
+	c.ctr.add(cNotIPsec)
 	r, ok := flowOf(pkt)
 	if ok && r.tcp() && g.isProtected(r) {
-		g.c.bindingViolations.Add(1)
+		c.ctr.add(cBindingViolations)
 		return
 	}
-	if !g.cfg.Plain || len(pkt) > len(g.inBuf)-ipsec.MaxHeadroom {
-		g.relay(to, orig)
+	if !g.cfg.Plain || len(pkt) > len(c.buf)-ipsec.MaxHeadroom {
+		g.relay(c, to, c.orig)
 		return
 	}
-	buf := g.inBuf[ipsec.MaxHeadroom : ipsec.MaxHeadroom+len(pkt)]
+	buf := c.buf[ipsec.MaxHeadroom : ipsec.MaxHeadroom+len(pkt)]
 	copy(buf, pkt)
 	if ok {
 		g.noteRoute(r, nil, from, tunHdr)
 	}
-	g.curOrig, g.curSt = orig, nil
-	if !g.eng.ProcessPlain(from, buf) {
-		g.c.bindingViolations.Add(1) // the engine has the flow as protected
+	if !g.eng.Handle(from, buf, engine.Input{Kind: engine.Plain, Tag: c}) {
+		c.ctr.add(cBindingViolations) // the engine has the flow as protected
 	}
-	g.curOrig = nil
 }
 
 // processRead snoops on a read-class SA's packet: the engine reads what
 // it can decrypt and forwards and resends only the packet as it came
 // (rule 4). The decrypted bytes are not verified: they steer local
 // resends of the sender's own packets, nothing else.
-func (g *Gateway) processRead(from engine.Side, e *ipsec.Entry, l ipsec.Loc, pkt, orig []byte) {
+func (g *Gateway) processRead(c *call, from engine.Side, e *ipsec.Entry, l ipsec.Loc, pkt []byte) {
 	to := 1 - from
-	g.c.classRead.Add(1)
-	inner, err := e.Read.Decrypt(g.inBuf[:0:cap(g.inBuf)], pkt)
+	c.ctr.add(cClassRead)
+	inner, err := e.Read.Decrypt(c.buf[:0:cap(c.buf)], pkt)
 	if err != nil {
-		g.c.openErrors.Add(1)
-		g.relay(to, orig)
+		c.ctr.add(cOpenErrors)
+		g.relay(c, to, c.orig)
 		return
 	}
 	g.smu.Lock()
 	g.readLast[e.Config.ID()] = l.Seq
 	g.smu.Unlock()
-	g.curOrig, g.curSt = orig, nil
-	g.eng.ProcessOpaque(from, inner, orig) // what it sends on is orig, or its cached copy
-	g.curOrig = nil
-}
-
-// toEngine hands an inner packet (in inBuf) to the engine, noting its
-// original so that an unchanged pass-through can go out as it came.
-func (g *Gateway) toEngine(from engine.Side, inner, orig []byte, st *saState) {
-	g.curOrig, g.curSt = orig, st
-	g.eng.Process(from, inner)
-	g.curOrig, g.curSt = nil, nil
+	// What the engine sends on is c.orig, or its cached copy.
+	g.eng.Handle(from, inner, engine.Input{Kind: engine.Opaque, Wire: c.orig, Tag: c})
 }

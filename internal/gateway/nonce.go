@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec"
@@ -171,28 +172,52 @@ func (s *saltedCounterIV) NextIV(iv []byte, _ uint64) error {
 }
 
 // ivSpace is the gateway's IV counter: c = 2^63 | b·2^32 | n over blocks b
-// the state directory reserves durably, one block at a time.
+// the state directory reserves durably, one block at a time. Sealing on
+// any SA takes the next n of the current block with one atomic add, so
+// seals on several cores share no lock; the block is replaced under mu,
+// as a new object, so a counter taken from an old block can never be
+// taken again from the new one.
 type ivSpace struct {
-	mu    sync.Mutex
-	dir   *statedir.Dir
-	block uint64 // 0: none reserved yet
-	n     uint64 // next counter within the block
+	mu  sync.Mutex // serialises reserving a block
+	dir *statedir.Dir
+	cur atomic.Pointer[ivBlock] // nil: none reserved yet
+}
+
+// ivBlock is one reserved block and the next counter in it.
+type ivBlock struct {
+	b uint64
+	n atomic.Uint64
 }
 
 func (s *ivSpace) next() (uint64, error) {
+	for {
+		blk := s.cur.Load()
+		if blk != nil {
+			if n := blk.n.Add(1) - 1; n < 1<<32 {
+				return counterBase | blk.b<<32 | n, nil
+			}
+		}
+		if err := s.refill(blk); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// refill reserves a new block unless another goroutine already replaced
+// used, the block the caller found empty (or nil).
+func (s *ivSpace) refill(used *ivBlock) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.block == 0 || s.n == 1<<32 {
-		b, err := s.dir.IVBlock()
-		if err != nil {
-			return 0, fmt.Errorf("gateway iv space: %w: %w", err, ipsec.ErrIVExhausted)
-		}
-		if b == 0 || b > statedir.MaxBlock {
-			return 0, fmt.Errorf("gateway iv space: block %d: %w", b, ipsec.ErrIVExhausted)
-		}
-		s.block, s.n = b, 0
+	if s.cur.Load() != used {
+		return nil
 	}
-	c := counterBase | s.block<<32 | s.n
-	s.n++
-	return c, nil
+	b, err := s.dir.IVBlock()
+	if err != nil {
+		return fmt.Errorf("gateway iv space: %w: %w", err, ipsec.ErrIVExhausted)
+	}
+	if b == 0 || b > statedir.MaxBlock {
+		return fmt.Errorf("gateway iv space: block %d: %w", b, ipsec.ErrIVExhausted)
+	}
+	s.cur.Store(&ivBlock{b: b})
+	return nil
 }

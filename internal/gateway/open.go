@@ -35,7 +35,7 @@ const maxBundle = 3
 // and the state of the innermost SA, whose outer chain now records the
 // SAs around it (outermost last), so that engineOut seals in the same
 // order.
-func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte, _ *saState, _ openResult) {
+func (g *Gateway) openBundle(ctr *stripe, pkt []byte, l ipsec.Loc, st *saState) (inner []byte, _ *saState, _ openResult) {
 	var outer *saState
 	for depth := 1; ; depth++ {
 		// Read what the open overwrites; act on it only once verified.
@@ -56,23 +56,23 @@ func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte
 			}
 			switch {
 			case errors.Is(err, ipsec.ErrUndeliverable):
-				g.c.undeliverable.Add(1)
+				ctr.add(cUndeliverable)
 				return nil, nil, openUnusable
 			case errors.Is(err, ipsec.ErrICV):
-				g.c.icv.Add(1)
+				ctr.add(cICV)
 			case errors.Is(err, ipsec.ErrReplay), errors.Is(err, ipsec.ErrTooOld):
-				g.c.replays.Add(1)
+				ctr.add(cReplays)
 			default:
-				g.c.openErrors.Add(1)
+				ctr.add(cOpenErrors)
 			}
 			return nil, nil, openFailed
 		}
-		g.c.opened.Add(1)
+		ctr.add(cOpened)
 		seq := seq64(e.Write, l.Seq)
 		if hasIV {
 			confirmed, err := st.nonce.observe(iv[:], seq)
 			if err != nil {
-				g.c.downgrades.Add(1)
+				ctr.add(cDowngrades)
 				g.log.Warn("gateway: SA downgraded to relaying", "sa", e.Config.ID(), "err", err)
 			}
 			if confirmed && g.cfg.State != nil {
@@ -97,7 +97,7 @@ func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte
 		g.reserve(st)
 		st.mu.Unlock()
 		if !e.Config.Admits(inner, tunnel) {
-			g.c.selectors.Add(1)
+			ctr.add(cSelectors)
 			return nil, nil, openUnusable
 		}
 
@@ -108,19 +108,19 @@ func (g *Gateway) openBundle(pkt []byte, l ipsec.Loc, st *saState) (inner []byte
 			return inner, st, opened
 		}
 		if depth == maxBundle {
-			g.c.malformed.Add(1)
+			ctr.add(cMalformed)
 			return nil, nil, openUnusable
 		}
 		ie := g.lookup(&il)
 		switch {
 		case ie == nil:
-			g.c.unknown.Add(1)
+			ctr.add(cUnknown)
 			st.noteRelayed() // the bundle goes out as it came, with the numbers of the layers that verified
 			return nil, nil, openFailed
 		case ie.Class() != ipsec.ClassWrite:
 			// A layer the gateway may not seal on: it cannot re-seal the
 			// bundle, so the bundle passes as it came.
-			g.c.classNone.Add(1)
+			ctr.add(cClassNone)
 			st.noteRelayed()
 			return nil, nil, openFailed
 		}
@@ -177,7 +177,7 @@ func (g *Gateway) learnOuter(st *saState, sp, dp uint16, tunnel bool) {
 		if csp == sp && cdp == dp || (csp != 0) != (sp != 0) {
 			return // the same ports, or raw ESP on a UDP SA (or the reverse): not a rebinding
 		}
-		g.c.rebinds.Add(1)
+		g.c.rare().add(cRebinds)
 	}
 	st.learned = true
 	if cfg.Mode != ipsec.ModeAny {

@@ -139,22 +139,33 @@ func (g *Gateway) lookup(l *ipsec.Loc) *ipsec.Entry {
 
 // state returns the gateway's state for a write-class entry.
 func (g *Gateway) state(e *ipsec.Entry) *saState {
+	// Every packet asks: the answer is cached, lock-free, until the
+	// tables change (clearStateCache).
+	if st, ok := g.stateCache.Load(e); ok {
+		return st.(*saState)
+	}
 	id := e.Config.ID()
 	g.smu.Lock()
 	defer g.smu.Unlock()
-	if st := g.states[id]; st != nil && st.e == e {
-		return st
+	st := g.states[id]
+	switch {
+	case st != nil && st.e == e:
+	case g.draining[id] != nil && g.draining[id].e == e:
+		st = g.draining[id]
+	default:
+		st = g.newState(e)
+		if old := g.states[id]; old != nil && old.e.KeyID == e.KeyID {
+			g.inherit(st, old)
+		}
+		g.states[id] = st
 	}
-	if st := g.draining[id]; st != nil && st.e == e {
-		return st
-	}
-	st := g.newState(e)
-	if old := g.states[id]; old != nil && old.e.KeyID == e.KeyID {
-		g.inherit(st, old)
-	}
-	g.states[id] = st
+	g.stateCache.Store(e, st)
 	return st
 }
+
+// clearStateCache forgets state's answers, after the tables changed
+// (g.smu held).
+func (g *Gateway) clearStateCache() { g.stateCache.Clear() }
 
 // inherit carries what the gateway did on an SA over to a new entry for
 // it (the same keys): its numbers continue, the outer form learned stays,
@@ -232,7 +243,7 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 				st.lastUse.Store(now.UnixNano())
 			}
 			g.draining[id] = st
-			g.c.drains.Add(1)
+			g.c.rare().add(cDrains)
 			continue
 		}
 		if !keep[st.e] {
@@ -273,6 +284,7 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 			g.wipe(st.e)
 		}
 	}
+	g.clearStateCache()
 	g.sweepLocked(now)
 }
 
@@ -282,7 +294,7 @@ func (g *Gateway) wipe(e *ipsec.Entry) {
 		return
 	}
 	e.Wipe()
-	g.c.wiped.Add(1)
+	g.c.rare().add(cWiped)
 }
 
 // sweepLocked wipes the draining SAs whose packets stopped coming, and
@@ -291,6 +303,7 @@ func (g *Gateway) sweepLocked(now time.Time) {
 	for id, st := range g.draining {
 		if now.Sub(time.Unix(0, st.lastUse.Load())) >= g.cfg.DrainIdle || st.dead.Load() {
 			delete(g.draining, id)
+			g.clearStateCache()
 			st.dead.Store(true)
 			g.wipe(st.e)
 			st.forget()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-	"unsafe"
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/ipsec"
@@ -26,66 +25,76 @@ const (
 	seqAwait = 100 * time.Millisecond
 )
 
-// engineOut takes what the engine sends on: the original of a packet it
-// passed unchanged, or the packet sealed on the SA that carries it. It
-// runs under the engine's lock.
-func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
+// engineOut takes what the engine sends on, which says what it is
+// (engine.Emitted): the packet being processed, passed on unchanged; a
+// packet resent from snoop's cache; or one the engine built. It runs
+// under the lock of engine shard m.Shard, whose buffers it seals in.
+func (g *Gateway) engineOut(to engine.Side, pkt []byte, m engine.Emitted) {
+	ps := &g.shards[m.Shard]
+	ctr := ps.ctr
 	switch {
-	case g.inInBuf(pkt):
-		// The packet Process handed the engine, passed on unchanged.
-		if g.curSt == nil {
-			g.out(to, g.curOrig) // not IPsec (or plain TCP): as it came
+	case m.Opaque:
+		// A read-class packet as it came, or the engine's cached copy of
+		// one — unless the receiver's replay window has left the copy
+		// behind (never the packet as it came: its number is the last
+		// seen).
+		if m.Origin == engine.Cached && g.staleRead(pkt) {
+			ctr.add(cReadStale)
+			return
+		}
+		g.out(to, pkt)
+		return
+	case m.Origin == engine.Forwarded:
+		c, _ := m.Tag.(*call)
+		if c == nil || c.st == nil {
+			// Not IPsec (plain TCP, or not the gateway's): as it came.
+			if c != nil {
+				pkt = c.orig
+			}
+			g.out(to, pkt)
 			return
 		}
 		// Until the gateway may seal on the SA (and on every SA of its
 		// bundle), the packet goes out as it came; from then on the
 		// gateway numbers every packet on them.
-		if !g.maySeal(g.curSt) {
-			g.c.originals.Add(1)
-			g.curSt.noteRelayed()
-			g.out(to, g.curOrig)
-			return
-		}
-	default:
-		q := pkt
-		if in, _, ok := peelIPIP(q); ok {
-			q = in
-		}
-		if l, err := ipsec.Locate(q); err == nil && (l.Kind == ipsec.KindESP || l.Kind == ipsec.KindAH) {
-			// A read-class packet as it came, or the engine's cached copy of
-			// one — unless the receiver's replay window has left it behind
-			// (never the packet as it came: its number is the last seen).
-			if g.staleRead(l) {
-				g.c.readStale.Add(1)
-				return
-			}
-			g.out(to, pkt)
+		if !g.maySeal(c.st) {
+			ctr.add(cOriginals)
+			c.st.noteRelayed()
+			g.out(to, c.orig)
 			return
 		}
 	}
+	g.sealFlow(to, pkt, ps)
+}
+
+// sealFlow seals pkt, a packet of a flow the engine sends on, on the SA
+// that carries the flow, in ps's buffers.
+func (g *Gateway) sealFlow(to engine.Side, pkt []byte, ps *perShard) {
+	ctr := ps.ctr
 	r, ok := flowOf(pkt)
 	if !ok {
 		return
 	}
-	g.smu.Lock()
-	vp, ok := g.flows.peek(r)
+	t := g.routesOf(r)
+	t.mu.Lock()
+	vp, ok := t.flows.peek(r)
 	if !ok {
-		vp, ok = g.plain.peek(r)
+		vp, ok = t.plain.peek(r)
 	}
 	var v via
 	if ok {
 		v = *vp
 	}
-	g.smu.Unlock()
+	t.mu.Unlock()
 	switch {
 	case !ok:
 		// Never in the clear what the gateway has not seen in the clear: a
 		// flow it no longer has a route for (its table was full) waits for
 		// the endpoint's next packet.
-		g.c.noRoute.Add(1)
+		ctr.add(cNoRoute)
 		return
 	case v.st == nil:
-		g.send(to, pkt, v.tun) // a flow that came unprotected (Plain)
+		g.send(to, pkt, v.tun, ps) // a flow that came unprotected (Plain)
 		return
 	}
 	st := g.live(v.st)
@@ -96,7 +105,7 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 		g.askLater(r, v)
 	}
 	if !ready {
-		g.c.notYetSafe.Add(1) // no usable SA, or its IV generator not confirmed
+		ctr.add(cNotYetSafe) // no usable SA, or its IV generator not confirmed
 		g.smu.Lock()
 		if _, ok := g.owed[r]; !ok && len(g.owed) < maxOwed {
 			g.owed[r] = v
@@ -106,20 +115,21 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 		return
 	}
 	// Seal innermost first, each SA of the bundle around what the one
-	// before made, in place in sealBuf.
+	// before made, in place in ps.seal.
+	buf := ps.seal
 	off := maxBundle * ipsec.MaxHeadroom
 	n := len(pkt)
-	if off+n+maxBundle*ipsec.MaxTailroom > len(g.sealBuf) {
-		g.c.sealErrors.Add(1)
+	if off+n+maxBundle*ipsec.MaxTailroom > len(buf) {
+		ctr.add(cSealErrors)
 		return
 	}
-	copy(g.sealBuf[off:], pkt)
+	copy(buf[off:], pkt)
 	var outer []byte
 	for i := 0; st != nil && i < maxBundle; i++ {
 		var err error
-		if outer, st, err = g.sealOn(st, g.sealBuf[:off+n], off, n); err != nil {
+		if outer, st, err = g.sealOn(ctr, st, buf[:off+n], off, n); err != nil {
 			if !errors.Is(err, errSeqWait) { // counted as SeqWaits
-				g.c.sealErrors.Add(1)
+				ctr.add(cSealErrors)
 				if now := time.Now().UnixNano(); now-g.sealLogged.Load() > int64(time.Second) { // a packet can cause it: at most once a second
 					g.sealLogged.Store(now)
 					g.log.Warn("gateway: seal (further ones this second only counted)", "err", err)
@@ -127,10 +137,10 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte) {
 			}
 			return
 		}
-		off, n = len(g.sealBuf)-cap(outer), len(outer)
+		off, n = len(buf)-cap(outer), len(outer)
 	}
-	g.c.sealed.Add(1)
-	g.send(to, outer, v.tun)
+	ctr.add(cSealed)
+	g.send(to, outer, v.tun, ps)
 }
 
 // usable reports whether st's SA may carry packets: in the SAD (or, with
@@ -171,33 +181,36 @@ func (g *Gateway) live(st *saState) *saState {
 }
 
 // askLater has the endpoint behind flow r send a packet, at most every
-// elicitGap: the engine's lock is held here, so a goroutine asks.
+// elicitGap: the engine's lock is held here, so the request is queued and
+// served once it is released.
 func (g *Gateway) askLater(r route, v via) {
 	now := time.Now()
-	g.smu.Lock()
-	cur, ok := g.flows.peek(r)
+	t := g.routesOf(r)
+	t.mu.Lock()
+	cur, ok := t.flows.peek(r)
 	if !ok || cur.st != v.st || now.Sub(cur.elicited) < elicitGap {
-		g.smu.Unlock()
+		t.mu.Unlock()
 		return
 	}
 	cur.elicited = now
-	g.smu.Unlock()
-	go g.elicit(r, v.from)
+	t.mu.Unlock()
+	g.elicit(r, v.from)
 }
 
 // elicitGap spaces the keep-alives that ask an endpoint for a packet.
 const elicitGap = 20 * time.Millisecond
 
 // elicit asks the engine for a keep-alive toward the endpoint that sends
-// flow r (on side at), which answers it on its newest SA. The engine's
-// lock must not be held.
+// flow r (on side at), which answers it on its newest SA. The request is
+// queued (engine.Request), so it may be made with an engine shard's lock
+// held.
 func (g *Gateway) elicit(r route, at engine.Side) {
 	wire, radio := r.src, r.dst
 	if at == engine.Radio {
 		wire, radio = radio, wire
 	}
-	if g.eng.Elicit(wire, radio, at) {
-		g.c.elicits.Add(1)
+	if g.eng.Request(engine.Request{Wire: wire, Radio: radio, To: at, Kind: engine.RequestElicit}) {
+		g.c.rare().add(cElicits)
 	}
 }
 
@@ -227,7 +240,7 @@ var errSeqWait = errors.New("sequence numbers not yet reserved")
 // gateway owns on it, and returns the sealed packet (within buf's
 // capacity) and the SA to seal that in next, if the SA is part of a
 // bundle.
-func (g *Gateway) sealOn(st *saState, buf []byte, off, n int) ([]byte, *saState, error) {
+func (g *Gateway) sealOn(ctr *stripe, st *saState, buf []byte, off, n int) ([]byte, *saState, error) {
 	ivs, ok := st.nonce.ivSource()
 	if !ok {
 		return nil, nil, fmt.Errorf("sa %v: iv generator not confirmed", st.e.Config.ID())
@@ -258,7 +271,7 @@ func (g *Gateway) sealOn(st *saState, buf []byte, off, n int) ([]byte, *saState,
 		// drop the packet — a lone TCP retransmission dropped here costs
 		// its sender a doubled timeout.
 		if seq > l.Allowed() && !l.Await(seq+seqBlock, seqAwait) {
-			g.c.seqWaits.Add(1)
+			ctr.add(cSeqWaits)
 			return nil, nil, fmt.Errorf("sa %v: seq %d: %w", st.e.Config.ID(), seq, errSeqWait)
 		}
 	}
@@ -269,7 +282,7 @@ func (g *Gateway) sealOn(st *saState, buf []byte, off, n int) ([]byte, *saState,
 			st.dead.Store(true)
 		case errors.Is(err, ipsec.ErrSeqOverflow):
 			st.exhausted = true
-			g.c.seqExhausted.Add(1)
+			ctr.add(cSeqExhausted)
 		}
 		return nil, nil, fmt.Errorf("sa %v: %w", st.e.Config.ID(), err)
 	}
@@ -293,17 +306,17 @@ func (g *Gateway) reserve(st *saState) {
 
 // send puts a packet the gateway made (sealed, or the engine's own plain
 // one) in the IP-in-IP tunnel its flow came in, if any, and sends it.
-func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr) {
+func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr, ps *perShard) {
 	if h == nil {
 		g.out(to, pkt)
 		return
 	}
 	n := len(h.b) + len(pkt)
-	if n > len(g.wrapBuf) {
-		g.c.sealErrors.Add(1)
+	if n > len(ps.wrap) {
+		ps.ctr.add(cSealErrors)
 		return
 	}
-	b := g.wrapBuf[:n]
+	b := ps.wrap[:n]
 	copy(b, h.b)
 	copy(b[len(h.b):], pkt)
 	if h.v6 {
@@ -311,8 +324,7 @@ func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr) {
 	} else {
 		ip := header.IPv4(b)
 		ip.SetTotalLen(n)
-		h.id++
-		ip.SetID(h.id)
+		ip.SetID(uint16(h.id.Add(1)))
 		ip.UpdateChecksum()
 	}
 	g.out(to, b)
@@ -325,7 +337,14 @@ func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr) {
 // strongSwan's and Linux's). The last number, not the highest: nothing
 // verifies a read-class packet, so a forged number stops resends only
 // until the sender's next packet.
-func (g *Gateway) staleRead(l ipsec.Loc) bool {
+func (g *Gateway) staleRead(pkt []byte) bool {
+	if in, _, ok := peelIPIP(pkt); ok {
+		pkt = in
+	}
+	l, err := ipsec.Locate(pkt) // a resend from the cache: not the per-packet path
+	if err != nil {
+		return false
+	}
 	e, _ := g.sad.Load().LookupLoc(&l)
 	if e == nil || e.Class() != ipsec.ClassRead {
 		return false
@@ -379,14 +398,4 @@ func (g *Gateway) payOwed() {
 		}
 		g.eng.Ack(wire, radio, to)
 	}
-}
-
-// inInBuf reports whether pkt lies in inBuf: the packet Process is handing
-// to the engine, passed on unchanged.
-func (g *Gateway) inInBuf(pkt []byte) bool {
-	if len(pkt) == 0 {
-		return false
-	}
-	p, lo := uintptr(unsafe.Pointer(&pkt[0])), uintptr(unsafe.Pointer(&g.inBuf[0]))
-	return p >= lo && p < lo+uintptr(len(g.inBuf))
 }

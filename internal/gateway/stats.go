@@ -2,14 +2,15 @@ package gateway
 
 import (
 	"cmp"
+	"github.com/espep/espep/internal/ctable"
 	"slices"
-	"sync/atomic"
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/ipsec"
 )
 
-// Stats are the gateway's counters.
+// Stats are the gateway's counters: one field per row of counterTable
+// (counters.go), which gives each its meaning.
 type Stats struct {
 	Packets                    uint64
 	Relayed                    uint64 // passed on as they came, for any reason below
@@ -43,13 +44,6 @@ type Stats struct {
 	Engine                     engine.Stats
 }
 
-type counters struct {
-	packets, relayed, ike, keepalives, fragments, notIPsec, unknown, classNone, classRead  atomic.Uint64
-	opened, icv, replays, openErrors, malformed, sealed, sealErrors, originals, notYetSafe atomic.Uint64
-	downgrades, ipip, noRoute, rekeys, elicits, readStale, undeliverable, selectors        atomic.Uint64
-	bindingViolations, noState, seqWaits, seqExhausted, evicted, rebinds, drains, wiped    atomic.Uint64
-}
-
 // SAStats is one SA's view.
 type SAStats struct {
 	ID             ipsec.ID
@@ -62,18 +56,12 @@ type SAStats struct {
 	Draining       bool // left the SAD; kept while its packets come
 }
 
-// Stats returns the counters.
+// Stats returns the counters (summed over their stripes) and the
+// engine's.
 func (g *Gateway) Stats() Stats {
-	c := &g.c
-	return Stats{Packets: c.packets.Load(), Relayed: c.relayed.Load(), IKE: c.ike.Load(), Keepalives: c.keepalives.Load(),
-		Fragments: c.fragments.Load(), IPIP: c.ipip.Load(), NotIPsec: c.notIPsec.Load(), Unknown: c.unknown.Load(), ClassNone: c.classNone.Load(),
-		ClassRead: c.classRead.Load(), Opened: c.opened.Load(), ICVFailures: c.icv.Load(), Replays: c.replays.Load(),
-		OpenErrors: c.openErrors.Load(), Malformed: c.malformed.Load(), Undeliverable: c.undeliverable.Load(), Selectors: c.selectors.Load(),
-		BindingViolations: c.bindingViolations.Load(), NoState: c.noState.Load(), Sealed: c.sealed.Load(), SealErrors: c.sealErrors.Load(),
-		SeqWaits: c.seqWaits.Load(), SeqExhausted: c.seqExhausted.Load(),
-		Originals: c.originals.Load(), NotYetSafe: c.notYetSafe.Load(), NonceDowngrades: c.downgrades.Load(),
-		NoRoute: c.noRoute.Load(), Evicted: c.evicted.Load(), Rekeys: c.rekeys.Load(), Rebinds: c.rebinds.Load(), Elicits: c.elicits.Load(),
-		ReadStale: c.readStale.Load(), Drains: c.drains.Load(), Wiped: c.wiped.Load(), Engine: g.eng.Stats()}
+	st := Stats{Engine: g.eng.Stats()}
+	g.c.fill(&st)
+	return st
 }
 
 // SAs returns the state of every write-class SA the gateway keeps (in the
@@ -96,3 +84,7 @@ func (g *Gateway) SAs() []SAStats {
 	slices.SortFunc(out, func(a, b SAStats) int { return cmp.Compare(a.ID.SPI, b.ID.SPI) })
 	return out
 }
+
+// Summary is the CLI's one-line summary of the gateway's counters (the
+// engine's: s.Engine.Summary()).
+func (s Stats) Summary() string { return ctable.Line(CounterTable(), s) }

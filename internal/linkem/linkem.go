@@ -80,7 +80,9 @@ func OpenWithEngine(a, b string, ab, ba netem.Config, ecfg *engine.Config, log *
 func OpenGateway(a, b string, ab, ba netem.Config, ecfg *engine.Config, wire *netem.Config, log *slog.Logger) (*Bridge, error) {
 	var mk func(out func(engine.Side, []byte)) (Processor, error)
 	if ecfg != nil {
-		mk = func(out func(engine.Side, []byte)) (Processor, error) { return engine.New(*ecfg, out) }
+		mk = func(out func(engine.Side, []byte)) (Processor, error) {
+			return engine.New(*ecfg, func(to engine.Side, pkt []byte, _ engine.Emitted) { out(to, pkt) })
+		}
 	}
 	return OpenWith(a, b, ab, ba, wire, mk, log)
 }

@@ -260,7 +260,13 @@ func (p *Proc) Stop() error {
 	case <-p.done:
 	case <-time.After(3 * time.Second):
 		p.Signal(syscall.SIGKILL)
-		<-p.done
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			// Killed, but something still holds its output pipe (a
+			// process that left the group): do not hang the suite.
+			return fmt.Errorf("%s: not reaped 10 s after SIGKILL", p.cmd.Path)
+		}
 	}
 	return p.err
 }
