@@ -52,8 +52,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	var saPaths stringList
 	fs.Var(&saPaths, "sa", "SA file (native or esp_sa), watched; repeatable")
 	stateDir := fs.String("state-dir", "", "directory for the IV blocks and sequence numbers the gateway reserves")
-	mode := fs.String("mode", "", "TCP engine: split (early ACKs, the engine's own sender; default) or snoop")
-	cc := fs.String("cc", "", "split mode's congestion controller: bbr (default) or reno")
+	ef := engine.AddFlags(fs) // --mode, --cc, … spelled as in the config file
 	plain := fs.Bool("plain", false, "accelerate TCP that is not IPsec-protected too")
 	maddr := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9465)")
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
@@ -70,7 +69,6 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	// Flags given override the file.
-	var bad error
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
 		case "wire":
@@ -85,18 +83,10 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 			fc.Metrics = *maddr
 		case "plain":
 			fc.Gateway.Plain = *plain
-		case "cc":
-			fc.Gateway.Engine.CC = *cc
-		case "mode":
-			m, err := gateway.ParseMode(*mode)
-			if err != nil {
-				bad = usageError{"gateway: --mode " + err.Error()}
-			}
-			fc.Gateway.Engine.Mode = m
 		}
 	})
-	if bad != nil {
-		return bad
+	if err := ef.Apply(&fc.Gateway.Engine); err != nil {
+		return usageError{"gateway: " + err.Error()}
 	}
 	if fc.Wire == "" || fc.Radio == "" || len(fc.SAFiles) == 0 || fs.NArg() != 0 {
 		fs.Usage()

@@ -23,12 +23,14 @@ import (
 )
 
 const linkemUsage = `usage: espep linkem --a IFACE --b IFACE [impairments] [--ab.X … --ba.X …]
-                    [--engine MODE [--wire.X …]]
+                    [--mode split|snoop [engine settings] [--wire.X …]]
 
 Forwards every frame between two interfaces through an emulated link.
 Each impairment applies to both directions; --ab.NAME (frames from a to b)
-and --ba.NAME override it for one direction. With --engine the TCP engine
-sits at the a end of the link (a is its wire side, the link its radio);
+and --ba.NAME override it for one direction. With --mode the TCP engine
+sits at the a end of the link (a is its wire side, the link its radio),
+with the settings the gateway takes (--cc, --dupacks, …: the same names
+as in a gateway config file);
 --wire.NAME adds an emulated wired leg between a and the engine. Counters are printed on exit
 and on SIGUSR1. The interfaces' peers need offloads off
 (ethtool -K DEV tx off tso off gso off gro off).
@@ -135,7 +137,10 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
 	pcapAB := fs.String("pcap-ab", "", "write the frames delivered a→b to this pcap file")
 	pcapBA := fs.String("pcap-ba", "", "write the frames delivered b→a to this pcap file")
-	eng := fs.String("engine", "none", "TCP engine at the a end of the link (a: wire side, b: radio side): none, snoop (duplicate ACKs swallowed without SACK, forwarded with it), snoop-forward, snoop-swallow, split (early ACKs, the engine's own BBR-style sender toward b) or split-reno")
+	// The TCP engine at the a end of the link (a: wire side, b: radio
+	// side), with the gateway's settings and spelling: --mode split|snoop
+	// turns it on; none without.
+	ef := engine.AddFlags(fs)
 	both := addImpairments(fs, "", "")
 	ab := addImpairments(fs, "ab.", " (a→b only)")
 	ba := addImpairments(fs, "ba.", " (b→a only)")
@@ -197,20 +202,11 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	var ecfg *engine.Config
-	switch *eng {
-	case "none":
-	case "snoop":
+	if ef.Given() {
 		ecfg = &engine.Config{}
-	case "snoop-forward":
-		ecfg = &engine.Config{DupAcks: engine.DupAcksForward}
-	case "snoop-swallow":
-		ecfg = &engine.Config{DupAcks: engine.DupAcksSwallow}
-	case "split":
-		ecfg = &engine.Config{Mode: engine.ModeSplit, CC: engine.CCBBR}
-	case "split-reno":
-		ecfg = &engine.Config{Mode: engine.ModeSplit, CC: engine.CCReno}
-	default:
-		return usageError{fmt.Sprintf("linkem: --engine %q: want none, snoop, snoop-forward, snoop-swallow, split or split-reno", *eng)}
+		if err := ef.Apply(ecfg); err != nil {
+			return usageError{"linkem: " + err.Error()}
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -251,7 +247,11 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	if wcfg != nil {
 		wdesc = describe(*wcfg)
 	}
-	log.Info("linkem running", "a", *a, "b", *b, "ab", describe(cab), "ba", describe(cba), "engine", *eng, "wire", wdesc)
+	engDesc := "none"
+	if ecfg != nil {
+		engDesc = ecfg.Mode.String()
+	}
+	log.Info("linkem running", "a", *a, "b", *b, "ab", describe(cab), "ba", describe(cba), "engine", engDesc, "wire", wdesc)
 	err = br.Run(ctx)
 	printLinkemStats(stdout, *a, *b, br.Stats())
 	printGatewayStats(stdout, gw, br.Engine())

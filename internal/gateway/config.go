@@ -1,19 +1,16 @@
 package gateway
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
+	"github.com/espep/espep/internal/keyval"
 	"io"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"time"
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/statedir"
-	"github.com/espep/espep/ipsec/safile"
 )
 
 // FileConfig is an `espep gateway --config` file: everything the command
@@ -46,6 +43,12 @@ import (
 //	drain-idle      = 30s           # an SA the gateway numbers, gone from the SA files, kept this long after its last packet
 //	max-local-rexmits = 6
 //	dupacks         = auto          # snoop: auto | forward | swallow
+//	shards          = 8             # parts of the flow table (default 4 per core)
+//	tail-probes     = yes           # split: RFC 8985 tail loss probes
+//
+// The engine's settings (mode … tail-probes) are engine.Options, spelled
+// the same as the flags of espep gateway and espep linkem. The grammar,
+// limits and error form are keyval's.
 type FileConfig struct {
 	Wire, Radio string
 	SAFiles     []string
@@ -82,62 +85,34 @@ func LoadFileConfig(path string) (*FileConfig, error) {
 	return c, nil
 }
 
-// maxConfigLine bounds a line, so that a hostile file cannot make the
-// parser buffer much.
-const maxConfigLine = 4096
-
 // ParseFileConfig reads configuration text; name is used in errors.
 func ParseFileConfig(r io.Reader, name string) (*FileConfig, error) {
 	c := &FileConfig{}
 	e := &c.Gateway.Engine
 	e.Mode = engine.ModeSplit // the gateway's default, as on the command line
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 512), maxConfigLine)
-	n, head := 0, false
-	seen := map[string]bool{}
-	for sc.Scan() {
-		n++
-		line := sc.Text()
-		if i := strings.IndexByte(line, '#'); i >= 0 {
-			line = line[:i]
-		}
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		if !head {
-			if line != GatewayMagic+" 1" {
-				return nil, &safile.Error{File: name, Line: n, Err: fmt.Errorf("want %q first", GatewayMagic+" 1")}
+	rd := keyval.NewReader(r, name, GatewayMagic, 1, "sa-file")
+	var last keyval.Line
+	for {
+		l, err := rd.Next()
+		switch {
+		case err == io.EOF:
+			// The engine judges its settings together (buffer bounds, RTO range).
+			eng, err := engine.New(*e, nil)
+			if err != nil {
+				return nil, rd.Wrap(last, "", err)
 			}
-			head = true
-			continue
+			eng.Close()
+			return c, nil
+		case err != nil:
+			return nil, err
+		case l.Header:
+			return nil, rd.Errorf(l, "", "[%s]: a gateway configuration has no sections", l.Section)
 		}
-		key, val, ok := strings.Cut(line, "=")
-		key, val = strings.TrimSpace(key), strings.TrimSpace(val)
-		if !ok || key == "" || val == "" {
-			return nil, &safile.Error{File: name, Line: n, Err: errors.New("want key = value")}
+		if err := c.set(e, l.Key, l.Value); err != nil {
+			return nil, rd.Wrap(l, l.Key, err)
 		}
-		if seen[key] && key != "sa-file" {
-			return nil, &safile.Error{File: name, Line: n, Field: key, Err: errors.New("given twice")}
-		}
-		seen[key] = true
-		if err := c.set(e, key, val); err != nil {
-			return nil, &safile.Error{File: name, Line: n, Field: key, Err: err}
-		}
+		last = l
 	}
-	if err := sc.Err(); err != nil {
-		return nil, &safile.Error{File: name, Line: n + 1, Err: err}
-	}
-	if !head {
-		return nil, &safile.Error{File: name, Line: n, Err: fmt.Errorf("empty: want %q first", GatewayMagic+" 1")}
-	}
-	// The engine judges its settings together (buffer bounds, RTO range).
-	eng, err := engine.New(*e, nil)
-	if err != nil {
-		return nil, &safile.Error{File: name, Line: n, Err: err}
-	}
-	eng.Close()
-	return c, nil
 }
 
 func (c *FileConfig) set(e *engine.Config, key, val string) error {
@@ -154,24 +129,11 @@ func (c *FileConfig) set(e *engine.Config, key, val string) error {
 	case "iv-partition":
 		c.IVPartition, err = statedir.ParsePartition(val)
 	case "drain-idle":
-		c.Gateway.DrainIdle, err = parseDuration(val)
-	case "handshake-timeout":
-		e.HandshakeTimeout, err = parseDuration(val)
-	case "max-plain-flows":
-		e.MaxPlainFlows, err = parseCount(val)
-	case "cache-total":
-		e.CacheTotal, err = ParseBytes(val)
+		c.Gateway.DrainIdle, err = keyval.Duration(val)
 	case "metrics":
 		c.Metrics = val
-	case "mode":
-		e.Mode, err = ParseMode(val)
-	case "cc":
-		if val != engine.CCBBR && val != engine.CCReno {
-			return fmt.Errorf("%q: want %s or %s", val, engine.CCBBR, engine.CCReno)
-		}
-		e.CC = val
 	case "plain":
-		c.Gateway.Plain, err = parseBool(val)
+		c.Gateway.Plain, err = keyval.Bool(val)
 	case "seq-jump":
 		c.Gateway.SeqJump, err = strconv.ParseInt(val, 10, 64)
 		if err == nil && (c.Gateway.SeqJump < 0 || c.Gateway.SeqJump > 1<<32) {
@@ -180,88 +142,9 @@ func (c *FileConfig) set(e *engine.Config, key, val string) error {
 		if err == nil && c.Gateway.SeqJump == 0 {
 			c.Gateway.SeqJump = -1 // Config's "none"
 		}
-	case "buffer-per-flow":
-		e.BufferPerFlow, err = ParseBytes(val)
-	case "buffer-total":
-		e.BufferTotal, err = ParseBytes(val)
-	case "cache-per-flow":
-		e.CachePerFlow, err = ParseBytes(val)
-	case "max-flows":
-		e.MaxFlows, err = parseCount(val)
-	case "max-local-rexmits":
-		e.MaxLocalRexmits, err = parseCount(val)
-	case "min-rto":
-		e.MinRTO, err = parseDuration(val)
-	case "max-rto":
-		e.MaxRTO, err = parseDuration(val)
-	case "give-up":
-		e.GiveUp, err = parseDuration(val)
-	case "idle-timeout":
-		e.IdleTimeout, err = parseDuration(val)
-	case "dupacks":
-		switch val {
-		case "auto":
-			e.DupAcks = engine.DupAcksAuto
-		case "forward":
-			e.DupAcks = engine.DupAcksForward
-		case "swallow":
-			e.DupAcks = engine.DupAcksSwallow
-		default:
-			err = fmt.Errorf("%q: want auto, forward or swallow", val)
-		}
 	default:
-		return errors.New("unknown setting")
+		// The engine's settings, spelled as its flags are (engine.Options).
+		return e.Set(key, val)
 	}
 	return err
-}
-
-// ParseMode reads "split" or "snoop".
-func ParseMode(s string) (engine.Mode, error) {
-	switch s {
-	case "split":
-		return engine.ModeSplit, nil
-	case "snoop":
-		return engine.ModeSnoop, nil
-	}
-	return 0, fmt.Errorf("%q: want split or snoop", s)
-}
-
-func parseBool(s string) (bool, error) {
-	switch s {
-	case "yes", "true", "on":
-		return true, nil
-	case "no", "false", "off":
-		return false, nil
-	}
-	return false, fmt.Errorf("%q: want yes or no", s)
-}
-
-func parseCount(s string) (int, error) {
-	v, err := strconv.Atoi(s)
-	if err != nil || v <= 0 || v > 1<<30 {
-		return 0, fmt.Errorf("%q: want a whole number from 1 to 2^30", s)
-	}
-	return v, nil
-}
-
-func parseDuration(s string) (time.Duration, error) {
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 || d > 24*time.Hour {
-		return 0, fmt.Errorf("%q: want a duration from 1ns to 24h", s)
-	}
-	return d, nil
-}
-
-// ParseBytes reads a size: a whole number with an optional unit, k/K/KB
-// (1000), KiB (1024), M/MB, MiB, G/GB, GiB; at most 64 GiB.
-func ParseBytes(s string) (int, error) {
-	num := strings.TrimRight(s, "KMGBikg")
-	unit := s[len(num):]
-	mult, ok := map[string]int64{"": 1, "k": 1e3, "K": 1e3, "KB": 1e3, "KiB": 1 << 10, "M": 1e6, "MB": 1e6, "MiB": 1 << 20,
-		"G": 1e9, "GB": 1e9, "GiB": 1 << 30}[unit]
-	v, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
-	if !ok || err != nil || v <= 0 || v > (64<<30)/mult {
-		return 0, fmt.Errorf("%q: want a size such as 4MiB, from 1 byte to 64GiB", s)
-	}
-	return int(v * mult), nil
 }

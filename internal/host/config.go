@@ -1,8 +1,8 @@
 package host
 
 import (
-	"bufio"
 	"fmt"
+	"github.com/espep/espep/internal/keyval"
 	"io"
 	"net/netip"
 	"os"
@@ -95,9 +95,7 @@ func LoadConfig(path string) (*Config, error) {
 // ParseConfig reads the configuration text (not the SA files).
 func ParseConfig(r io.Reader, name string) (*Config, error) {
 	c := &Config{TUN: "espep0", LinkMTU: 1500, UDPPort: 4500}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 4096), 64<<10)
-	section, n, head := "", 0, false
+	rd := keyval.NewReader(r, name, HostMagic, 1, "addr", "route", "sa-file", "sa")
 	var pol *ipsec.Policy
 	var spis []uint32
 	flush := func() {
@@ -107,63 +105,36 @@ func ParseConfig(r io.Reader, name string) (*Config, error) {
 			pol, spis = nil, nil
 		}
 	}
-	bad := func(field string, err error) error {
-		return &safile.Error{File: name, Line: n, Field: field, Err: err}
-	}
-	for sc.Scan() {
-		n++
-		line := sc.Text()
-		if i := strings.IndexByte(line, '#'); i >= 0 {
-			line = line[:i]
-		}
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		if !head {
-			if line != HostMagic+" 1" {
-				return nil, bad("", fmt.Errorf("want %q first", HostMagic+" 1"))
-			}
-			head = true
-			continue
-		}
-		switch line {
-		case "[host]":
+	for {
+		l, err := rd.Next()
+		switch {
+		case err == io.EOF:
 			flush()
-			section = "host"
-			continue
-		case "[policy]":
+			return c, nil
+		case err != nil:
+			return nil, err
+		case l.Header && l.Section == "host":
 			flush()
-			section = "policy"
+			continue
+		case l.Header && l.Section == "policy":
+			flush()
 			pol = &ipsec.Policy{Selector: ipsec.Selector{Proto: ipsec.ProtoAny}, Action: ipsec.Discard}
 			continue
+		case l.Header:
+			return nil, rd.Errorf(l, "", "[%s]: want [host] or [policy]", l.Section)
 		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			return nil, bad("", fmt.Errorf("want KEY = VALUE, [host] or [policy]"))
-		}
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		var err error
-		switch section {
+		switch l.Section {
 		case "host":
-			err = c.setHost(k, v)
+			err = c.setHost(l.Key, l.Value)
 		case "policy":
-			err = setPolicy(pol, &spis, k, v)
+			err = setPolicy(pol, &spis, l.Key, l.Value)
 		default:
 			err = fmt.Errorf("outside a section")
 		}
 		if err != nil {
-			return nil, bad(k, err)
+			return nil, rd.Wrap(l, l.Key, err)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, bad("", err)
-	}
-	if !head {
-		return nil, bad("", fmt.Errorf("empty file: want %q first", HostMagic+" 1"))
-	}
-	flush()
-	return c, nil
 }
 
 func (c *Config) setHost(k, v string) error {

@@ -79,8 +79,8 @@ func TestLoadConfig(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
-		{"", "x:0: empty file"},
-		{"espep-host 2\n", "x:1: want \"espep-host 1\" first"},
+		{"", "x:0: empty: want"},
+		{"espep-host 2\n", "x:1: version 2 not supported"},
 		{"espep-host 1\ntun = x\n", "x:2: field tun: outside a section"},
 		{"espep-host 1\n[host]\nmtu = 9\n", "x:3: field mtu: 9 outside"},
 		{"espep-host 1\n[host]\nroute = 10.0.0.0/33\n", "x:3: field route:"},
@@ -90,7 +90,7 @@ func TestConfigErrors(t *testing.T) {
 		{"espep-host 1\n[policy]\nremote = 10.0.0.9-10.0.0.1\n", "x:3: field remote:"},
 		{"espep-host 1\n[policy]\nsa = zz\n", "x:3: field sa:"},
 		{"espep-host 1\n[policy]\nproto = tcpp\n", "x:3: field proto:"},
-		{"espep-host 1\nnonsense\n", "x:2: want KEY = VALUE"},
+		{"espep-host 1\nnonsense\n", "x:2: want key = value"},
 	} {
 		_, err := ParseConfig(strings.NewReader(tc.in), "x")
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -26,8 +26,8 @@ func TestEngineLinuxTCP(t *testing.T) {
 		cc := tc.cc
 		t.Run(tc.mode+"-"+cc, func(t *testing.T) {
 			b := ForTest(t)
-			th, err := NewTwoHosts(b, espepBin, "--engine", tc.mode, "--rate", "50mbit", "--delay", "5ms",
-				"--queue", "200p", "--ab.loss", "2%", "--seed", "9")
+			th, err := NewTwoHosts(b, espepBin, append(engineFlags(tc.mode), "--rate", "50mbit", "--delay", "5ms",
+				"--queue", "200p", "--ab.loss", "2%", "--seed", "9")...)
 			must(t, err)
 			dir := t.TempDir()
 			payload := make([]byte, 2<<20)
@@ -120,8 +120,8 @@ func TestEngineLinuxGoodput(t *testing.T) {
 			row := fmt.Sprintf("| %-6s | %-5s |", c, cc)
 			var base float64
 			for i, eng := range modes {
-				args := append([]string{"--engine", eng, "--rate", "20mbit", "--delay", "10ms", "--queue", "250kb",
-					"--wire.delay", "40ms", "--seed", "1"}, radio...)
+				args := append(append(engineFlags(eng), "--rate", "20mbit", "--delay", "10ms", "--queue", "250kb",
+					"--wire.delay", "40ms", "--seed", "1"), radio...)
 				bed := ForTest(t)
 				th, err := NewTwoHosts(bed, espepBin, args...)
 				must(t, err)

@@ -61,8 +61,8 @@ func TestGatewayStrongSwan(t *testing.T) {
 				s, err = NewStrongSwanWith(b, espepBin, dir, []string{"gateway", "--wire", "ra", "--radio", "rb", "--sa", saPath,
 					"--state-dir", filepath.Join(dir, "state"), "--mode", mode, "--metrics", "127.0.0.1:9465"})
 			} else {
-				s, err = NewStrongSwan(b, espepBin, dir, "--engine", mode, "--sa", saPath, "--state-dir", filepath.Join(dir, "state"),
-					"--rate", "20mbit", "--delay", "10ms", "--queue", "200p", "--ab.loss", "1%", "--seed", "3")
+				s, err = NewStrongSwan(b, espepBin, dir, append(engineFlags(mode), "--sa", saPath, "--state-dir", filepath.Join(dir, "state"),
+					"--rate", "20mbit", "--delay", "10ms", "--queue", "200p", "--ab.loss", "1%", "--seed", "3")...)
 			}
 			must(t, err)
 			must(t, s.StartCharon(tc.esp))
@@ -236,7 +236,7 @@ func TestGatewayHosts(t *testing.T) {
 				continue // snoop on two cases; split on every one
 			}
 			t.Run(c.name+"-"+mode, func(t *testing.T) {
-				p := startHostPairVia(t, c, true, []string{"linkem", "--a", "xa", "--b", "xb", "--sa", "{sa}", "--state-dir", "{state}", "--engine", mode,
+				p := startHostPairVia(t, c, true, []string{"linkem", "--a", "xa", "--b", "xb", "--sa", "{sa}", "--state-dir", "{state}", "--mode", mode,
 					"--rate", "50mbit", "--delay", "5ms", "--queue", "200p", "--ab.loss", "1%", "--seed", "3"})
 				hostTransfer(t, c, p, payload)
 				gc, ec := counters(p.mid.Output(), "gateway:"), counters(p.mid.Output(), "engine:")
@@ -383,8 +383,8 @@ func TestGatewayGoodput(t *testing.T) {
 				}
 				b := ForTest(t)
 				dir := t.TempDir()
-				flags := []string{"--engine", mode, "--rate", "20mbit", "--delay", "10ms", "--queue", "250kb",
-					"--wire.delay", "40ms", "--ab.loss", loss, "--seed", "1"}
+				flags := append(engineFlags(mode), "--rate", "20mbit", "--delay", "10ms", "--queue", "250kb",
+					"--wire.delay", "40ms", "--ab.loss", loss, "--seed", "1")
 				saPath := ""
 				if mode != "none" {
 					saPath = filepath.Join(dir, "gateway.sa")
@@ -498,7 +498,7 @@ func TestGatewayLeavesPath(t *testing.T) {
 	dir := t.TempDir()
 	saPath := filepath.Join(dir, "gateway.sa")
 	must(t, os.WriteFile(saPath, nil, 0o600))
-	s, err := NewStrongSwanWith(b, espepBin, dir, []string{"linkem", "--a", "ra", "--b", "rb", "--engine", "split", "--sa", saPath,
+	s, err := NewStrongSwanWith(b, espepBin, dir, []string{"linkem", "--a", "ra", "--b", "rb", "--mode", "split", "--sa", saPath,
 		"--state-dir", filepath.Join(dir, "state"), "--ab.loss", "1%", "--seed", "3"})
 	must(t, err)
 	must(t, s.StartCharon("aes128gcm16"))

@@ -164,7 +164,7 @@ func TestGatewayIPIPRouters(t *testing.T) {
 	p.saPath = filepath.Join(dir, "sa.conf")
 	must(t, os.WriteFile(p.saPath, []byte(c.saFile("10.81.1.1", "10.81.2.1")), 0o600))
 	var err error
-	p.mid, err = b.Start(ns["m"], espepBin, "linkem", "--a", "xa", "--b", "xb", "--sa", p.saPath, "--state-dir", filepath.Join(p.dir, "state"), "--engine", "split",
+	p.mid, err = b.Start(ns["m"], espepBin, "linkem", "--a", "xa", "--b", "xb", "--sa", p.saPath, "--state-dir", filepath.Join(p.dir, "state"), "--mode", "split",
 		"--rate", "50mbit", "--delay", "5ms", "--queue", "200p", "--ab.loss", "1%", "--seed", "3")
 	must(t, err)
 	must(t, waitFor(p.mid, " running", 10*time.Second))

@@ -97,7 +97,7 @@ func TestGatewayKilled(t *testing.T) {
 			dir := t.TempDir()
 			saPath := filepath.Join(dir, "gateway.sa")
 			must(t, os.WriteFile(saPath, nil, 0o600))
-			middle := []string{"linkem", "--a", "ra", "--b", "rb", "--engine", "snoop", "--sa", saPath, "--state-dir", filepath.Join(dir, "state"),
+			middle := []string{"linkem", "--a", "ra", "--b", "rb", "--mode", "snoop", "--sa", saPath, "--state-dir", filepath.Join(dir, "state"),
 				"--rate", "20mbit", "--delay", "10ms", "--queue", "200p", "--ab.loss", "1%", "--seed", "3"}
 			s, err := NewStrongSwanWith(b, espepBin, dir, middle)
 			must(t, err)

@@ -345,3 +345,18 @@ func (b *Bed) WaitFile(path string, d time.Duration) error {
 	}
 	return fmt.Errorf("%s did not appear after %v", path, d)
 }
+
+// engineFlags are the espep linkem flags of an engine named as the test
+// tables name them: none, snoop, split, or a mode and a setting
+// (snoop-forward, snoop-swallow, split-reno).
+func engineFlags(name string) []string {
+	switch name {
+	case "none", "":
+		return nil
+	case "snoop-forward", "snoop-swallow":
+		return []string{"--mode", "snoop", "--dupacks", name[len("snoop-"):]}
+	case "split-reno":
+		return []string{"--mode", "split", "--cc", "reno"}
+	}
+	return []string{"--mode", name}
+}

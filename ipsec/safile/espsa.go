@@ -3,6 +3,7 @@ package safile
 import (
 	"bufio"
 	"fmt"
+	"github.com/espep/espep/internal/keyval"
 	"io"
 	"strconv"
 	"strings"
@@ -83,7 +84,7 @@ func ParseESPSA(r io.Reader, name string) ([]ipsec.Config, error) {
 // unreadable line).
 func parseESPSA(r io.Reader, name string) (out []ipsec.Config, bad []error, fatal error) {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 4096), maxLine)
+	sc.Buffer(make([]byte, 4096), keyval.MaxLine)
 	n := 0
 	for sc.Scan() {
 		n++

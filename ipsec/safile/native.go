@@ -1,9 +1,9 @@
 package safile
 
 import (
-	"bufio"
 	"encoding/hex"
 	"fmt"
+	"github.com/espep/espep/internal/keyval"
 	"io"
 	"net/netip"
 	"strconv"
@@ -19,25 +19,10 @@ const NativeMagic = "espep-sa"
 // NativeVersion is the version this package writes and reads.
 const NativeVersion = 1
 
-// Error is a parse error at a line and, where known, a field.
-type Error struct {
-	File  string
-	Line  int
-	Field string
-	Err   error
-}
-
-func (e *Error) Error() string {
-	if e.Field != "" {
-		return fmt.Sprintf("%s:%d: field %s: %v", e.File, e.Line, e.Field, e.Err)
-	}
-	return fmt.Sprintf("%s:%d: %v", e.File, e.Line, e.Err)
-}
-
-func (e *Error) Unwrap() error { return e.Err }
-
-// maxLine bounds a line so that a hostile file cannot make us buffer much.
-const maxLine = 64 << 10
+// Error is a mistake at a line and, where known, a field
+// (FILE:LINE: field KEY: WHAT), as every espep key = value file reports
+// one.
+type Error = keyval.Error
 
 // ParseNative reads a native SA file. name is used in errors.
 func ParseNative(r io.Reader, name string) ([]ipsec.Config, error) {
@@ -48,15 +33,11 @@ func ParseNative(r io.Reader, name string) ([]ipsec.Config, error) {
 // mistake: it returns the good SAs, an error for each bad block, and an
 // error that ends the file (a bad first line, an unreadable line).
 func parseNative(r io.Reader, name string) (out []ipsec.Config, bad []error, fatal error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 4096), maxLine)
+	rd := keyval.NewReader(r, name, NativeMagic, NativeVersion)
 	var (
-		cur     *ipsec.Config
-		curBad  bool
-		start   int
-		seen    map[string]bool
-		lineNo  int
-		gotHead bool
+		cur    *ipsec.Config
+		curBad bool
+		start  int
 	)
 	flush := func() {
 		if cur == nil || curBad {
@@ -68,71 +49,33 @@ func parseNative(r io.Reader, name string) (out []ipsec.Config, bad []error, fat
 		}
 		out = append(out, *cur)
 	}
-	fail := func(e *Error) {
-		bad = append(bad, e)
-		curBad = true
-	}
-	for sc.Scan() {
-		lineNo++
-		line := sc.Text()
-		if i := strings.IndexByte(line, '#'); i >= 0 {
-			line = line[:i]
-		}
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		if !gotHead {
-			f := strings.Fields(line)
-			if len(f) != 2 || f[0] != NativeMagic {
-				return nil, nil, &Error{File: name, Line: lineNo, Err: fmt.Errorf("want %q first", NativeMagic+" "+strconv.Itoa(NativeVersion))}
-			}
-			if f[1] != strconv.Itoa(NativeVersion) {
-				return nil, nil, &Error{File: name, Line: lineNo, Err: fmt.Errorf("version %s not supported (this espep reads %d)", f[1], NativeVersion)}
-			}
-			gotHead = true
-			continue
-		}
-		if line == "[sa]" {
+	for {
+		l, err := rd.Next()
+		switch {
+		case err == io.EOF:
+			flush()
+			return out, bad, nil
+		case keyval.Fatal(err):
+			flush()
+			return out, bad, err
+		case err != nil:
+			bad, curBad = append(bad, err), true
+		case l.Header && l.Section == "sa":
 			flush()
 			cur = &ipsec.Config{Proto: ipsec.ESP, Class: ipsec.ClassWrite, Mode: ipsec.Transport, TS: ipsec.Selector{Proto: ipsec.ProtoAny}}
-			start, seen, curBad = lineNo, map[string]bool{}, false
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			fail(&Error{File: name, Line: lineNo, Err: fmt.Errorf("want KEY = VALUE or [sa], got %q", trunc(line))})
-			continue
-		}
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		switch {
+			start, curBad = l.N, false
+		case l.Header:
+			flush()
+			cur = nil
+			bad = append(bad, rd.Errorf(l, "", "[%s]: want [sa]", l.Section))
 		case cur == nil:
-			fail(&Error{File: name, Line: lineNo, Field: k, Err: fmt.Errorf("outside an [sa] block")})
-		case seen[k]:
-			fail(&Error{File: name, Line: lineNo, Field: k, Err: fmt.Errorf("given twice")})
+			bad = append(bad, rd.Errorf(l, l.Key, "outside an [sa] block"))
 		default:
-			seen[k] = true
-			if err := setField(cur, k, v); err != nil {
-				fail(&Error{File: name, Line: lineNo, Field: k, Err: err})
+			if err := setField(cur, l.Key, l.Value); err != nil {
+				bad, curBad = append(bad, rd.Wrap(l, l.Key, err)), true
 			}
 		}
 	}
-	if err := sc.Err(); err != nil {
-		flush()
-		return out, bad, &Error{File: name, Line: lineNo + 1, Err: err}
-	}
-	if !gotHead {
-		return nil, nil, &Error{File: name, Line: lineNo, Err: fmt.Errorf("empty file: want %q first", NativeMagic+" 1")}
-	}
-	flush()
-	return out, bad, nil
-}
-
-func trunc(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "…"
-	}
-	return s
 }
 
 func setField(c *ipsec.Config, k, v string) error {
@@ -177,7 +120,7 @@ func setField(c *ipsec.Config, k, v string) error {
 	case "integ-key":
 		c.IntegKey, err = parseHex(v)
 	case "esn":
-		c.ESN, err = parseBool(v)
+		c.ESN, err = keyval.Bool(v)
 	case "replay-window":
 		if v == "off" {
 			c.ReplayWindow = -1
@@ -229,16 +172,6 @@ func parseHex(v string) ([]byte, error) {
 		return nil, fmt.Errorf("not hex: %w", err)
 	}
 	return b, nil
-}
-
-func parseBool(v string) (bool, error) {
-	switch v {
-	case "yes", "true", "on":
-		return true, nil
-	case "no", "false", "off":
-		return false, nil
-	}
-	return false, fmt.Errorf("%q: want yes or no", v)
 }
 
 func parseEncap(c *ipsec.Config, v string) error {

@@ -114,7 +114,7 @@ func roundTrip(t *testing.T, cfgs []ipsec.Config) {
 // TestNativeErrors: every mistake names the line and the field.
 func TestNativeErrors(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
-		{"", "x:0: empty file"},
+		{"", "x:0: empty: want"},
 		{"espep-sa 2\n", "x:1: version 2 not supported"},
 		{"hello\n", "x:1: want \"espep-sa 1\" first"},
 		{"espep-sa 1\nspi = 0x100\n", "x:2: field spi: outside an [sa] block"},
@@ -127,7 +127,7 @@ func TestNativeErrors(t *testing.T) {
 		{"espep-sa 1\n[sa]\nspi = 0x100\nreplay-window = 8\n", "x:4: field replay-window: 8 outside"},
 		{"espep-sa 1\n[sa]\nspi = 0x100\nlifetime = soft-bytes=2G hard-bytes=1G\n", "x:4: field lifetime: soft limit above hard"},
 		{"espep-sa 1\n[sa]\nspi = 0x100\nclass = admin\n", "x:4: field class:"},
-		{"espep-sa 1\n[sa]\nspi = 0x100\nno equals sign\n", "x:4: want KEY = VALUE"},
+		{"espep-sa 1\n[sa]\nspi = 0x100\nno equals sign\n", "x:4: want key = value"},
 		{"espep-sa 1\n[sa]\nspi = 0x10\nenc = null\n", "x:2: spi 16 is reserved"},
 		{"espep-sa 1\n[sa]\nspi = 0x100\n", "x:2: esp sa 0x100 without enc"},
 		{"espep-sa 1\n[sa]\nspi = 0x100\nenc = null\nmode = tunnel\n", "x:2: tunnel sa 0x100 needs src and dst"},
