@@ -82,8 +82,7 @@ type stream struct {
 	nextRound              uint64
 	cc                     Controller
 	sample                 AckSample // scratch for the controller
-	tokens                 float64
-	tokAt                  time.Time
+	pacer                  pacer
 	persistBackoff         int
 	progress               time.Time // last cumulative ACK, or the first segment sent after none were outstanding
 
@@ -194,7 +193,7 @@ func (e *shard) initSplit(f *flow) {
 		st.smss = min(max(mss, 64), maxSegment)
 		st.rto = time.Second                        // RFC 6298 §2.1 until the first sample
 		st.cc, _ = newController(e.cfg.CC, st.smss) // the name was checked in New
-		st.tokens = float64(2 * st.smss)
+		st.pacer.tokens = float64(2 * st.smss)
 	}
 }
 

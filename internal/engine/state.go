@@ -155,7 +155,7 @@ func (e *shard) restore(f *flow, ss *SplitState, now time.Time) (err error) {
 			wl1: seqnum.Value(x.WL1), wl2: seqnum.Value(x.WL2), finSent: x.FinSent, finAcked: x.FinAcked, smss: x.SMSS,
 			srtt: x.SRTT, rttvar: x.RTTVar, rto: x.RTO, minRTT: x.MinRTT, backoff: min(max(x.Backoff, 0), maxBackoff),
 			inRecovery: x.InRecovery, recover: seqnum.Value(x.Recover), reoMult: min(max(x.ReoMult, 0), maxReoMult),
-			cc: cc, earlyAcked: x.EarlyAcked, rexmits: x.Rexmits, tokens: float64(2 * x.SMSS)}
+			cc: cc, earlyAcked: x.EarlyAcked, rexmits: x.Rexmits, pacer: pacer{tokens: float64(2 * x.SMSS)}}
 		if st.rto <= 0 {
 			st.rto = time.Second
 		}

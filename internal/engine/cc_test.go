@@ -1,0 +1,128 @@
+package engine
+
+import (
+	"testing"
+	"time"
+)
+
+const ccMSS = 1000
+
+// ackRound feeds c one round's ACKs: the window's worth, one segment each.
+func ackRound(c Controller, now time.Time, rate float64, minRTT time.Duration, inRecovery bool) {
+	w := c.Window()
+	for i := 0; i < w; i += ccMSS {
+		c.OnAck(&AckSample{Now: now, Acked: ccMSS, InFlight: w - i - ccMSS, MSS: ccMSS, SRTT: minRTT, MinRTT: minRTT,
+			Rate: rate, RoundStart: i == 0, InRecovery: inRecovery})
+	}
+}
+
+// TestRenoOnItsOwn: RFC 5681 — the window doubles per round in slow start
+// (RFC 3465 byte counting, L = 2), halves on loss, grows by one segment
+// per window in congestion avoidance, falls to one segment on a timeout,
+// and stands still in recovery.
+func TestRenoOnItsOwn(t *testing.T) {
+	c, err := newController(CCReno, ccMSS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(0, 0)
+	if c.Window() != 10*ccMSS || c.PacingRate() != 0 {
+		t.Fatalf("initial window %d (RFC 6928: 10 segments), pacing %v", c.Window(), c.PacingRate())
+	}
+	ackRound(c, now, 0, 50*time.Millisecond, false)
+	if c.Window() != 20*ccMSS {
+		t.Fatalf("after a slow-start round: %d, want 20 segments", c.Window())
+	}
+	c.OnLoss(&AckSample{InFlight: 20 * ccMSS, MSS: ccMSS})
+	if c.Window() != 10*ccMSS {
+		t.Fatalf("after a loss: %d, want half the flight", c.Window())
+	}
+	ackRound(c, now, 0, 50*time.Millisecond, true)
+	if c.Window() != 10*ccMSS {
+		t.Fatalf("grew in recovery: %d", c.Window())
+	}
+	for r := 1; r <= 3; r++ {
+		ackRound(c, now, 0, 50*time.Millisecond, false)
+		if c.Window() != (10+r)*ccMSS {
+			t.Fatalf("congestion avoidance round %d: %d, want %d segments", r, c.Window()/ccMSS, 10+r)
+		}
+	}
+	c.OnRTO(13 * ccMSS)
+	if s := c.State(); c.Window() != ccMSS || s.Ssthresh != 6500 {
+		t.Fatalf("after a timeout: window %d, ssthresh %d", c.Window(), s.Ssthresh)
+	}
+	c.OnLoss(&AckSample{InFlight: ccMSS, MSS: ccMSS})
+	if c.Window() != 2*ccMSS {
+		t.Fatalf("a loss never takes the window below two segments: %d", c.Window())
+	}
+}
+
+// TestBBROnItsOwn: the model — the bottleneck bandwidth is the largest
+// delivery rate of the last ten rounds, startup paces at 2/ln 2 of it and
+// leaves after three rounds without 25 % growth, probe-bandwidth cycles
+// its gains and holds two BDPs (plus three segments) in flight; losses
+// leave it alone, a timeout cuts the window to a quarter.
+func TestBBROnItsOwn(t *testing.T) {
+	c, err := newController(CCBBR, ccMSS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.(*bbr)
+	const minRTT = 40 * time.Millisecond
+	now := time.Unix(0, 0)
+	rate := 1e6 // the path delivers 1 MB/s: BDP 40 kB
+	round := func(r float64) {
+		now = now.Add(minRTT)
+		ackRound(c, now, r, minRTT, false)
+	}
+	round(rate / 4)
+	round(rate / 2)
+	round(rate)
+	if b.mode != bbrStartup || c.PacingRate() != bbrHighGain*rate {
+		t.Fatalf("startup: mode %d, pacing %v, want %v", b.mode, c.PacingRate(), bbrHighGain*rate)
+	}
+	for range 3 { // no more growth: full pipe
+		round(rate)
+	}
+	if b.mode == bbrStartup {
+		t.Fatal("still in startup after three rounds without growth")
+	}
+	for range 4 { // drain, then probe
+		c.OnAck(&AckSample{Now: now, Acked: ccMSS, InFlight: 10 * ccMSS, MSS: ccMSS, MinRTT: minRTT, SRTT: minRTT, Rate: rate})
+		now = now.Add(minRTT)
+	}
+	if b.mode != bbrProbeBW {
+		t.Fatalf("mode %d after the queue drained, want probe-bandwidth", b.mode)
+	}
+	gains := map[float64]bool{}
+	for range 16 {
+		round(rate)
+		gains[c.PacingRate()/rate] = true
+		if w := c.Window(); w != 2*40000+3*ccMSS {
+			t.Fatalf("probe-bandwidth window %d, want 2 BDP + 3 segments", w)
+		}
+	}
+	if !gains[1.25] || !gains[0.75] || !gains[1] {
+		t.Fatalf("pacing gains seen %v, want 1.25, 0.75 and 1", gains)
+	}
+	w := c.Window()
+	c.OnLoss(&AckSample{InFlight: w, MSS: ccMSS})
+	if c.Window() != w {
+		t.Fatal("a random loss changed the model")
+	}
+	for range bwWindow { // the rate halves: the old maximum lasts ten rounds
+		round(rate / 2)
+	}
+	if got := b.btlBw(); got != rate/2 {
+		t.Fatalf("bandwidth after ten slower rounds: %v, want %v", got, rate/2)
+	}
+	w = c.Window()
+	c.OnRTO(w)
+	if c.Window() != max(w/4, 4*ccMSS) {
+		t.Fatalf("after a timeout: %d, want a quarter of %d", c.Window(), w)
+	}
+	restored, err := controllerFrom(c.State(), ccMSS)
+	if err != nil || restored.Window() != c.Window() || restored.PacingRate() != c.PacingRate() {
+		t.Fatalf("state does not carry the model: %v %+v", err, restored.State())
+	}
+}

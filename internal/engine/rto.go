@@ -1,0 +1,113 @@
+package engine
+
+import (
+	"time"
+
+	"github.com/espep/espep/ipsec/header"
+)
+
+// The retransmission timeout (RFC 6298) and its backoff, the persist
+// timer's zero-window probes (RFC 9293 §3.8.6.1), and giving up.
+
+// splitRTT updates a stream's RTT estimate (RFC 6298 §2).
+func (e *shard) splitRTT(st *stream, r time.Duration) {
+	smoothRTT(&st.srtt, &st.rttvar, r)
+	if st.minRTT == 0 || r < st.minRTT {
+		st.minRTT = r
+	}
+	// The variance term is at least one SRTT: the engine's pacer can
+	// double the radio queue within a round, and a spurious timeout
+	// resends a whole window.
+	st.rto = min(max(st.srtt+max(4*st.rttvar, st.srtt, rtoGranularity), e.cfg.MinRTO), e.cfg.MaxRTO)
+}
+
+// rtoGranularity is the clock granularity term G of RFC 6298.
+const rtoGranularity = 10 * time.Millisecond
+
+// maxReoMult bounds how far D-SACKs widen the RACK reordering window.
+const maxReoMult = 8
+
+// maxBackoff bounds the doublings of the RTO and the persist timer.
+const maxBackoff = 6
+
+func (st *stream) rtoBackedOff(e *shard) time.Duration {
+	d := min(st.rto<<st.backoff, e.cfg.MaxRTO)
+	if st.from == Wire {
+		// Toward the radio the backoff stops at radioRetryGap (or the
+		// RTO itself, if longer): the leg is the gateway's own, and a
+		// fade ends unannounced — nothing comes back until the engine
+		// sends again, so every doubling is time the radio sits idle
+		// after it ends (a 750 ms fade left it idle for up to 650 ms).
+		d = min(d, max(st.rto, radioRetryGap))
+	}
+	return d
+}
+
+// radioRetryGap bounds the backed-off RTO toward the radio: during a fade
+// the engine tries again at least this often (a few segments each time).
+const radioRetryGap = 250 * time.Millisecond
+
+// restartRTO restarts the retransmission timer after an ACK: on a new
+// cumulative ACK (RFC 6298 §5.3) and, with SACK, on any ACK that reports
+// bytes delivered: while the receiver reports progress RACK finds what was
+// lost, a lost resend too (segments sent after it get SACKed), and the RTO
+// stays the last resort for when the ACKs stop. Restarted only on a
+// cumulative ACK, it raced RACK for the hole's resend, which waits behind
+// what the radio queue holds: 3–10 timeouts per 10 s at 5 % loss, each
+// presuming the whole flight lost.
+func (st *stream) restartRTO(e *shard, sackOn, advanced bool, delivered int, now time.Time) {
+	switch {
+	case len(st.segs) == 0:
+		st.rtoAt = time.Time{}
+	case advanced || st.rtoAt.IsZero() || sackOn && delivered > 0:
+		st.rtoAt = now.Add(st.rtoBackedOff(e))
+	}
+}
+
+// onRTO handles a retransmission timeout: everything in flight is presumed
+// lost and resent as the window allows (RFC 6298 §5, RFC 6675 §5.1).
+func (e *shard) onRTO(st *stream, now time.Time) {
+	st.rtoAt = time.Time{}
+	if len(st.segs) == 0 {
+		return
+	}
+	inflight := st.inflight
+	for i := range st.segs {
+		if s := &st.segs[i]; !s.sacked && !s.lost {
+			st.markLost(s)
+		}
+	}
+	st.cc.OnRTO(inflight)
+	st.inRecovery, st.recover = false, st.sndNxt
+	st.tlpOut = false
+	st.backoff = min(st.backoff+1, maxBackoff)
+	st.rtoAt = now.Add(st.rtoBackedOff(e))
+	st.timeouts++
+	e.st.SplitTimeouts++
+}
+
+// probe sends a zero-window probe: an ACK one below the receiver's
+// window, which makes it answer with its current window.
+func (e *shard) probe(f *flow, st *stream, now time.Time) {
+	st.persistAt = time.Time{}
+	if st.wnd > 0 || len(st.segs) > 0 {
+		st.persistBackoff = 0
+		return
+	}
+	e.emit(f, st.from.other(), segment{seq: st.sndUna - 1})
+	st.probes++
+	e.st.Probes++
+	st.persistBackoff = min(st.persistBackoff+1, maxBackoff)
+	st.persistAt = now.Add(min(st.rto<<st.persistBackoff, e.cfg.MaxRTO))
+}
+
+// giveUp resets both ends of a flow whose receiver stopped answering,
+// as each end's own TCP would in the end (RFC 9293 §3.8.3), and forgets
+// it with what it held.
+func (e *shard) giveUp(f *flow) {
+	for _, to := range []Side{Wire, Radio} {
+		e.emit(f, to, segment{seq: f.sp.st[to.other()].sndUna, flags: header.TCPRst})
+	}
+	e.st.GaveUp++
+	e.drop(f)
+}
