@@ -57,43 +57,22 @@ func (l *Loc) HeaderLen() int {
 // the ESP or AH header in it, raw or in UDP (RFC 3948). It returns an error
 // only for a malformed packet; a packet that is not IPsec has KindOther.
 func Locate(pkt []byte) (Loc, error) {
-	l := Loc{UDPOff: -1}
-	if len(pkt) == 0 {
-		return l, fmt.Errorf("empty packet: %w", header.ErrTruncated)
+	var p header.Parsed
+	if err := header.Parse(pkt, &p); err != nil {
+		return Loc{UDPOff: -1}, err
 	}
-	var proto uint8
-	switch pkt[0] >> 4 {
-	case 4:
-		h, err := header.ParseIPv4(pkt)
-		if err != nil {
-			return l, err
-		}
-		l.Version, l.Len, l.NHOff, l.Off = 4, len(h), 9, h.HeaderLen()
-		l.Src, l.Dst = h.Src(), h.Dst()
-		proto = h.Protocol()
-		if h.IsFragment() {
-			l.Kind = KindFragment
-			return l, nil
-		}
-	case 6:
-		h, err := header.ParseIPv6(pkt)
-		if err != nil {
-			return l, err
-		}
-		l.Version, l.Len = 6, len(h)
-		l.Src, l.Dst = h.Src(), h.Dst()
-		if proto, l.Off, l.NHOff, err = h.UpperLayer(); err != nil {
-			return l, err
-		}
-		if proto == header.ProtoFragment {
-			l.Kind = KindFragment
-			return l, nil
-		}
-	default:
-		return l, fmt.Errorf("ip version %d: %w", pkt[0]>>4, header.ErrMalformed)
+	return LocateParsed(pkt, &p)
+}
+
+// LocateParsed is Locate for a packet whose IP headers p holds already.
+func LocateParsed(pkt []byte, p *header.Parsed) (Loc, error) {
+	l := Loc{UDPOff: -1, Version: p.Version, Len: p.Len, NHOff: p.NHOff, Off: p.L4, Src: p.Src, Dst: p.Dst}
+	if p.Fragment {
+		l.Kind = KindFragment
+		return l, nil
 	}
 	pkt = pkt[:l.Len]
-	switch proto {
+	switch p.Proto {
 	case header.ProtoESP:
 		e, err := header.ParseESP(pkt[l.Off:])
 		if err != nil {

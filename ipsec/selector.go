@@ -1,7 +1,6 @@
 package ipsec
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -151,56 +150,22 @@ func (s Selector) String() string {
 // TrafficOf extracts the selector fields of an IP packet. outbound says
 // whether the source is local (a packet being sent) or remote.
 func TrafficOf(pkt []byte, outbound bool) (Traffic, error) {
-	var t Traffic
-	var src, dst netip.Addr
-	var l4 []byte
-	if len(pkt) == 0 {
-		return t, fmt.Errorf("empty packet: %w", ErrMalformed)
+	var p header.Parsed
+	if err := header.Parse(pkt, &p); err != nil {
+		return Traffic{}, err
 	}
-	switch pkt[0] >> 4 {
-	case 4:
-		h, err := header.ParseIPv4(pkt)
-		if err != nil {
-			return t, err
-		}
-		src, dst, t.Proto = h.Src(), h.Dst(), h.Protocol()
-		if h.FlagsFrag()&0x1fff == 0 {
-			l4 = h.Payload()
-		}
-	case 6:
-		h, err := header.ParseIPv6(pkt)
-		if err != nil {
-			return t, err
-		}
-		src, dst = h.Src(), h.Dst()
-		proto, off, _, err := h.UpperLayer()
-		if err != nil {
-			return t, err
-		}
-		t.Proto = proto
-		if proto != header.ProtoFragment {
-			l4 = h[off:]
-		}
-	default:
-		return t, fmt.Errorf("ip version %d: %w", pkt[0]>>4, ErrMalformed)
-	}
-	var sp, dp uint16
-	switch t.Proto {
-	case header.ProtoTCP, header.ProtoUDP, 132: // 132: SCTP
-		if len(l4) >= 4 {
-			sp, dp = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
-		}
-	case header.ProtoICMP, header.ProtoICMPv6:
-		if len(l4) >= 2 {
-			sp = uint16(l4[0])<<8 | uint16(l4[1])
-		}
-	}
+	return TrafficOfParsed(&p, outbound), nil
+}
+
+// TrafficOfParsed is TrafficOf for a packet whose headers p holds.
+func TrafficOfParsed(p *header.Parsed, outbound bool) Traffic {
+	t := Traffic{Proto: p.Proto}
 	if outbound {
-		t.Local, t.Remote, t.LocalPort, t.RemotePort = src, dst, sp, dp
+		t.Local, t.Remote, t.LocalPort, t.RemotePort = p.Src, p.Dst, p.SrcPort, p.DstPort
 	} else {
-		t.Local, t.Remote, t.LocalPort, t.RemotePort = dst, src, dp, sp
+		t.Local, t.Remote, t.LocalPort, t.RemotePort = p.Dst, p.Src, p.DstPort, p.SrcPort
 	}
-	return t, nil
+	return t
 }
 
 // Admits reports whether inner — what opening a packet on the SA gave —
@@ -213,10 +178,16 @@ func TrafficOf(pkt []byte, outbound bool) (Traffic, error) {
 // sensitivity level are not carried by packets and are not checked. A
 // tunnel-mode SA without selectors admits any inner packet.
 func (c *Config) Admits(inner []byte, tunnel bool) bool {
-	t, err := TrafficOf(inner, true)
-	if err != nil {
+	var p header.Parsed
+	if header.Parse(inner, &p) != nil {
 		return false
 	}
+	return c.AdmitsParsed(&p, tunnel)
+}
+
+// AdmitsParsed is Admits for an inner packet whose headers p holds.
+func (c *Config) AdmitsParsed(p *header.Parsed, tunnel bool) bool {
+	t := TrafficOfParsed(p, true)
 	if !tunnel && (c.Src.IsValid() && t.Local != c.Src || c.Dst.IsValid() && t.Remote != c.Dst) {
 		return false
 	}

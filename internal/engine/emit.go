@@ -108,7 +108,7 @@ func (e *shard) emit(f *flow, to Side, s segment) {
 	back.ackNow, back.unacked, back.ackAt = false, 0, time.Time{}
 	sp.sent[to]++
 	e.st.Emitted++
-	e.built(to, b[:total])
+	e.built(to, b[:total], src, dst)
 }
 
 func btoi(b bool) int {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"github.com/espep/espep/ipsec/header"
 	"net/netip"
 	"reflect"
 	"time"
@@ -215,6 +216,9 @@ type Emitted struct {
 	Shard int
 	// Tag is the Input.Tag of the packet being processed, for Forwarded.
 	Tag any
+	// Src and Dst are the packet's endpoints, as the engine read or built
+	// them; zero for a packet it forwarded without reading (not TCP).
+	Src, Dst netip.AddrPort
 }
 
 // Input is what the caller says of a packet it hands to Handle.
@@ -227,6 +231,9 @@ type Input struct {
 	// Tag is handed back in Emitted.Tag if the packet is forwarded
 	// unchanged (a pointer: storing one allocates nothing).
 	Tag any
+	// IP, if not nil, is the packet's IP headers as the caller parsed
+	// them: the engine reads only the TCP header.
+	IP *header.Parsed
 }
 
 // Kind is who vouches for a packet handed to the engine.
@@ -398,7 +405,13 @@ func (e *Engine) Handle(from Side, pkt []byte, in Input) bool {
 	if in.Kind == Opaque {
 		wire = in.Wire
 	}
-	p, ok := parse(pkt)
+	var p parsed
+	var ok bool
+	if in.IP != nil {
+		p, ok = parseTCP(pkt, in.IP)
+	} else {
+		p, ok = parse(pkt)
+	}
 	if !ok {
 		// Not a TCP packet the engine can read: the first shard counts it
 		// and passes it on.

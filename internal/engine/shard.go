@@ -29,9 +29,10 @@ type shard struct {
 	lastSweep time.Time
 	closed    bool
 	pool      chunkPool
-	bufs      bufPool // snoop's cached packets
-	scratch   []byte  // split mode builds its packets here
-	cur       Input   // the packet being processed: its tag goes with it if forwarded
+	bufs      bufPool           // snoop's cached packets
+	scratch   []byte            // split mode builds its packets here
+	cur       Input             // the packet being processed: its tag goes with it if forwarded
+	curEnds   [2]netip.AddrPort // and its endpoints, source first, if the engine read them
 
 	// This shard's share of the engine's bounds.
 	maxFlows, maxPlain, maxChunks, cacheTotal int
@@ -50,17 +51,18 @@ func (e *shard) unlock() {
 
 // forward passes the packet being processed on, unchanged.
 func (e *shard) forward(to Side, pkt []byte) {
-	e.out(to, pkt, Emitted{Origin: Forwarded, Opaque: e.cur.Kind == Opaque, Shard: e.id, Tag: e.cur.Tag})
+	e.out(to, pkt, Emitted{Origin: Forwarded, Opaque: e.cur.Kind == Opaque, Shard: e.id, Tag: e.cur.Tag,
+		Src: e.curEnds[0], Dst: e.curEnds[1]})
 }
 
-// resendCached sends an earlier packet again as it came.
+// resendCached sends an earlier packet toward the radio again as it came.
 func (e *shard) resendCached(f *flow, pkt []byte) {
-	e.out(Radio, pkt, Emitted{Origin: Cached, Opaque: f.opaque, Shard: e.id})
+	e.out(Radio, pkt, Emitted{Origin: Cached, Opaque: f.opaque, Shard: e.id, Src: f.key.wire, Dst: f.key.radio})
 }
 
-// built sends a packet the engine made.
-func (e *shard) built(to Side, pkt []byte) {
-	e.out(to, pkt, Emitted{Origin: Built, Shard: e.id})
+// built sends a packet the engine made, from src to dst.
+func (e *shard) built(to Side, pkt []byte, src, dst netip.AddrPort) {
+	e.out(to, pkt, Emitted{Origin: Built, Shard: e.id, Src: src, Dst: dst})
 }
 
 // sweepEvery is how often idle flows are looked for.
@@ -139,38 +141,25 @@ type parsed struct {
 }
 
 func parse(pkt []byte) (parsed, bool) {
+	var ip header.Parsed
+	if header.Parse(pkt, &ip) != nil {
+		return parsed{}, false
+	}
+	return parseTCP(pkt, &ip)
+}
+
+// parseTCP reads the TCP header of pkt, whose IP headers ip holds.
+func parseTCP(pkt []byte, ip *header.Parsed) (parsed, bool) {
 	var p parsed
-	if len(pkt) == 0 {
+	if !ip.IsTCP() {
 		return p, false
 	}
-	var l4 []byte
-	var src, dst netip.Addr
-	switch pkt[0] >> 4 {
-	case 4:
-		h, err := header.ParseIPv4(pkt)
-		if err != nil || h.Protocol() != header.ProtoTCP || h.IsFragment() {
-			return p, false
-		}
-		src, dst, l4 = h.Src(), h.Dst(), h.Payload()
-	case 6:
-		h, err := header.ParseIPv6(pkt)
-		if err != nil {
-			return p, false
-		}
-		proto, off, _, err := h.UpperLayer()
-		if err != nil || proto != header.ProtoTCP {
-			return p, false
-		}
-		src, dst, l4 = h.Src(), h.Dst(), h[off:]
-	default:
-		return p, false
-	}
-	t, err := header.ParseTCP(l4)
+	t, err := header.ParseTCP(ip.Upper(pkt))
 	if err != nil || header.ParseTCPOptions(t.Options(), &p.opts) != nil {
 		return p, false
 	}
 	p.tcp, p.payload = t, len(t.Payload())
-	p.src, p.dst = netip.AddrPortFrom(src, t.SrcPort()), netip.AddrPortFrom(dst, t.DstPort())
+	p.src, p.dst = netip.AddrPortFrom(ip.Src, t.SrcPort()), netip.AddrPortFrom(ip.Dst, t.DstPort())
 	return p, true
 }
 
@@ -180,8 +169,8 @@ func parse(pkt []byte) (parsed, bool) {
 func (e *shard) process(from Side, k flowKey, p *parsed, pkt []byte, in Input) bool {
 	e.lock()
 	defer e.unlock()
-	e.cur = in
-	defer func() { e.cur = Input{} }()
+	e.cur, e.curEnds = in, [2]netip.AddrPort{p.src, p.dst}
+	defer func() { e.cur, e.curEnds = Input{}, [2]netip.AddrPort{} }()
 	e.st.Packets++
 	kind := flowKind(in.Kind)
 	if e.closed {

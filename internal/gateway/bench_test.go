@@ -35,6 +35,18 @@ type pathFlow struct {
 	seqW, seqR  uint32
 	data, acks  [][]byte
 	payload     []byte
+	ipip        bool // every packet in an IP-in-IP tunnel
+}
+
+// wrap puts pkt in the flow's IP-in-IP tunnel, if it has one.
+func (r *pathFlow) wrap(pkt []byte) []byte {
+	if !r.ipip {
+		return pkt
+	}
+	b := make([]byte, 20+len(pkt))
+	header.WriteIPv4(b, 0, len(b), 7, true, 64, header.ProtoIPIP, netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2"))
+	copy(b[20:], pkt)
+	return b
 }
 
 func newPathRig(tb testing.TB, enc ipsec.Enc, withSAs bool, mode engine.Mode) *pathRig {
@@ -45,12 +57,18 @@ func newPathRig(tb testing.TB, enc ipsec.Enc, withSAs bool, mode engine.Mode) *p
 // shared, all in one tunnel (one SA each way, a replay window of 4096).
 // out, if not nil, sees every packet the gateway sends.
 func newPathRigN(tb testing.TB, enc ipsec.Enc, withSAs bool, mode engine.Mode, n int, shared bool, out func([]byte)) *pathRig {
+	return newPathRigIPIP(tb, enc, withSAs, mode, n, shared, out, false)
+}
+
+// newPathRigIPIP is newPathRigN with, if ipip, every packet the endpoints
+// send carried in an IP-in-IP tunnel (RFC 2003) between two home agents.
+func newPathRigIPIP(tb testing.TB, enc ipsec.Enc, withSAs bool, mode engine.Mode, n int, shared bool, out func([]byte), ipip bool) *pathRig {
 	r := &pathRig{}
 	sad := &ipsec.SAD{}
 	var aOut, bOut *ipsec.SA
 	for i := range n {
 		f := &pathFlow{wire: netip.MustParseAddrPort(fmt.Sprintf("10.0.%d.1:5001", i)),
-			radio: netip.MustParseAddrPort(fmt.Sprintf("10.0.%d.2:40000", i)), seqW: 1000, seqR: 9000, payload: make([]byte, 1448)}
+			radio: netip.MustParseAddrPort(fmt.Sprintf("10.0.%d.2:40000", i)), seqW: 1000, seqR: 9000, payload: make([]byte, 1448), ipip: ipip}
 		r.flows = append(r.flows, f)
 		if shared && i > 0 {
 			f.aOut, f.bOut = aOut, bOut
@@ -92,9 +110,9 @@ func newPathRigN(tb testing.TB, enc ipsec.Enc, withSAs bool, mode engine.Mode, n
 	tb.Cleanup(r.g.Close)
 	syn := []byte{header.TCPOptMSS, 4, 0x05, 0xb4, header.TCPOptSACKPerm, 2}
 	for _, f := range r.flows {
-		r.g.Process(engine.Wire, seal(f.aOut, packettest.Segment(f.wire, f.radio, header.TCPSyn, f.seqW-1, 0, 65535, syn, nil)))
-		r.g.Process(engine.Radio, seal(f.bOut, packettest.Segment(f.radio, f.wire, header.TCPSyn|header.TCPAck, f.seqR-1, f.seqW, 65535, syn, nil)))
-		r.g.Process(engine.Wire, seal(f.aOut, packettest.Segment(f.wire, f.radio, header.TCPAck, f.seqW, f.seqR, 65535, nil, nil)))
+		r.g.Process(engine.Wire, f.wrap(seal(f.aOut, packettest.Segment(f.wire, f.radio, header.TCPSyn, f.seqW-1, 0, 65535, syn, nil))))
+		r.g.Process(engine.Radio, f.wrap(seal(f.bOut, packettest.Segment(f.radio, f.wire, header.TCPSyn|header.TCPAck, f.seqR-1, f.seqW, 65535, syn, nil))))
+		r.g.Process(engine.Wire, f.wrap(seal(f.aOut, packettest.Segment(f.wire, f.radio, header.TCPAck, f.seqW, f.seqR, 65535, nil, nil))))
 	}
 	return r
 }
@@ -103,9 +121,9 @@ func newPathRigN(tb testing.TB, enc ipsec.Enc, withSAs bool, mode engine.Mode, n
 func (r *pathFlow) batch(n int) {
 	r.data, r.acks = r.data[:0], r.acks[:0]
 	for range n {
-		r.data = append(r.data, seal(r.aOut, packettest.Segment(r.wire, r.radio, header.TCPAck|header.TCPPsh, r.seqW, r.seqR, 65535, nil, r.payload)))
+		r.data = append(r.data, r.wrap(seal(r.aOut, packettest.Segment(r.wire, r.radio, header.TCPAck|header.TCPPsh, r.seqW, r.seqR, 65535, nil, r.payload))))
 		r.seqW += uint32(len(r.payload))
-		r.acks = append(r.acks, seal(r.bOut, packettest.Segment(r.radio, r.wire, header.TCPAck, r.seqR, r.seqW, 65535, nil, nil)))
+		r.acks = append(r.acks, r.wrap(seal(r.bOut, packettest.Segment(r.radio, r.wire, header.TCPAck, r.seqR, r.seqW, 65535, nil, nil))))
 	}
 }
 
@@ -172,29 +190,47 @@ func BenchmarkPacketPath(b *testing.B) {
 	}
 }
 
-// TestGatewayZeroAllocs: open, split engine and seal of a data segment and
-// its ACK allocate nothing in steady state.
+// TestGatewayZeroAllocs: open, engine and seal of a data segment and its
+// ACK allocate nothing in steady state — split and snoop, every AEAD and
+// AES-CBC with HMAC, and in an IP-in-IP tunnel.
 func TestGatewayZeroAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector's sync.Pool drops pooled calls at random")
 	}
-	r := newPathRig(t, ipsec.EncAESGCM16, true, engine.ModeSplit)
-	r.batch(1200)
-	i := 0
-	step := func() {
-		r.g.Process(engine.Wire, r.data[i])
-		r.g.Process(engine.Radio, r.acks[i])
-		i++
-	}
-	for range 100 {
-		step()
-	}
-	if a := testing.AllocsPerRun(1000, step); a != 0 {
-		t.Fatalf("%.2f allocations per segment and ACK", a)
-	}
-	// 1,101 segments on, and an early ACK for every second one back.
-	if st := r.g.Stats(); st.Sealed < 1600 || st.Opened < 2000 {
-		t.Fatalf("the gateway did not seal and open: %+v", st)
+	for _, tc := range []struct {
+		name string
+		enc  ipsec.Enc
+		mode engine.Mode
+		ipip bool
+	}{
+		{"split-aes128gcm16", ipsec.EncAESGCM16, engine.ModeSplit, false},
+		{"snoop-aes128gcm16", ipsec.EncAESGCM16, engine.ModeSnoop, false},
+		{"split-chacha20poly1305", ipsec.EncChaCha20Poly1305, engine.ModeSplit, false},
+		{"split-aescbc-hmacsha256", ipsec.EncAESCBC, engine.ModeSplit, false},
+		{"split-aes128gcm16-ipip", ipsec.EncAESGCM16, engine.ModeSplit, true},
+		{"snoop-aes128gcm16-ipip", ipsec.EncAESGCM16, engine.ModeSnoop, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newPathRigIPIP(t, tc.enc, true, tc.mode, 1, false, nil, tc.ipip)
+			r.batch(1200)
+			i := 0
+			step := func() {
+				r.g.Process(engine.Wire, r.data[i])
+				r.g.Process(engine.Radio, r.acks[i])
+				i++
+			}
+			for range 100 {
+				step()
+			}
+			if a := testing.AllocsPerRun(1000, step); a != 0 {
+				t.Fatalf("%.2f allocations per segment and ACK", a)
+			}
+			// 1,101 segments on (split: and an early ACK for every second one back).
+			st := r.g.Stats()
+			if st.Sealed < 1100 || st.Opened < 2000 || tc.ipip && st.IPIP < 2000 {
+				t.Fatalf("the gateway did not seal and open: %s", st.Summary())
+			}
+		})
 	}
 }
 

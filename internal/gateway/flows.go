@@ -1,10 +1,8 @@
 package gateway
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/espep/espep/internal/engine"
@@ -124,121 +122,13 @@ func reversePeers(a, b *saState) bool {
 	return a.peer[0] == b.peer[1] && a.peer[1] == b.peer[0]
 }
 
-// flowOf is a packet's route: its addresses, and its ports if it is TCP
-// (and not a fragment).
-func flowOf(pkt []byte) (route, bool) {
-	if len(pkt) == 0 {
-		return route{}, false
+// routeOf is a packet's route: its addresses, and its ports if it is a
+// whole TCP segment.
+func routeOf(p *header.Parsed) route {
+	if !p.IsTCP() {
+		return route{netip.AddrPortFrom(p.Src, 0), netip.AddrPortFrom(p.Dst, 0)}
 	}
-	var src, dst netip.Addr
-	var l4 []byte
-	switch pkt[0] >> 4 {
-	case 4:
-		h, err := header.ParseIPv4(pkt)
-		if err != nil {
-			return route{}, false
-		}
-		src, dst = h.Src(), h.Dst()
-		if h.Protocol() == header.ProtoTCP && !h.IsFragment() {
-			l4 = h.Payload()
-		}
-	case 6:
-		h, err := header.ParseIPv6(pkt)
-		if err != nil {
-			return route{}, false
-		}
-		src, dst = h.Src(), h.Dst()
-		if proto, off, _, err := h.UpperLayer(); err == nil && proto == header.ProtoTCP {
-			l4 = h[off:]
-		}
-	default:
-		return route{}, false
-	}
-	var sp, dp uint16
-	if len(l4) >= 4 {
-		sp, dp = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
-	}
-	return route{netip.AddrPortFrom(src, sp), netip.AddrPortFrom(dst, dp)}, true
-}
-
-func addrs(pkt []byte) (src, dst netip.Addr, ok bool) {
-	if len(pkt) == 0 {
-		return
-	}
-	switch pkt[0] >> 4 {
-	case 4:
-		h, err := header.ParseIPv4(pkt)
-		if err != nil {
-			return
-		}
-		return h.Src(), h.Dst(), true
-	case 6:
-		h, err := header.ParseIPv6(pkt)
-		if err != nil {
-			return
-		}
-		return h.Src(), h.Dst(), true
-	}
-	return
-}
-
-// ipipHdr is the outer header of an IP-in-IP tunnel, as a verified
-// packet's showed it.
-type ipipHdr struct {
-	b  []byte
-	v6 bool
-	id atomic.Uint32 // the last IPv4 identification used (low 16 bits); flows of several shards may share a tunnel
-}
-
-// peelIPIP returns what an IP-in-IP packet (IPv4 or IPv6 in IPv4 or IPv6,
-// RFC 2003/2473, no extension headers, not a fragment) carries and its
-// outer header (not copied: pkt's).
-func peelIPIP(pkt []byte) (inner, outer []byte, ok bool) {
-	if len(pkt) == 0 {
-		return nil, nil, false
-	}
-	switch pkt[0] >> 4 {
-	case 4:
-		h, err := header.ParseIPv4(pkt)
-		if err != nil || h.IsFragment() || (h.Protocol() != header.ProtoIPIP && h.Protocol() != header.ProtoIPv6) {
-			return nil, nil, false
-		}
-		return h.Payload(), pkt[:h.HeaderLen()], true
-	case 6:
-		h, err := header.ParseIPv6(pkt)
-		if err != nil || (h.NextHeader() != header.ProtoIPIP && h.NextHeader() != header.ProtoIPv6) {
-			return nil, nil, false
-		}
-		return pkt[header.IPv6Len : header.IPv6Len+h.PayloadLen()], pkt[:header.IPv6Len], true
-	}
-	return nil, nil, false
-}
-
-// tunnelOf keeps a copy of an IP-in-IP outer header for a flow, reusing
-// old's when the header is the same.
-func tunnelOf(outer []byte, old *ipipHdr) *ipipHdr {
-	if outer == nil {
-		return nil
-	}
-	if old != nil && sameTunnel(old.b, outer) {
-		return old
-	}
-	h := &ipipHdr{b: append([]byte(nil), outer...), v6: outer[0]>>4 == 6}
-	if !h.v6 {
-		h.id.Store(uint32(header.IPv4(outer).ID()))
-	}
-	return h
-}
-
-// sameTunnel compares two outer headers by their addresses.
-func sameTunnel(a, b []byte) bool {
-	if len(a) != len(b) || len(a) < header.IPv4MinLen {
-		return false
-	}
-	if a[0]>>4 == 6 {
-		return string(a[8:40]) == string(b[8:40])
-	}
-	return string(a[12:20]) == string(b[12:20])
+	return route{p.SrcAddrPort(), p.DstAddrPort()}
 }
 
 // isProtected reports whether the gateway has seen flow r, or its other

@@ -302,14 +302,17 @@ func (h *hostileRig) check() error {
 		// Only the plain flows' bytes may be in the clear (the AH here
 		// always wraps ESP). Find which flow the packet belongs to.
 		q := p
-		for {
-			in, _, ok := peelIPIP(q)
-			if !ok {
+		var ip header.Parsed
+		ok := header.Parse(q, &ip) == nil
+		for ok {
+			in, _, tunnel := peelIPIP(q, &ip)
+			if !tunnel {
 				break
 			}
 			q = in
+			ok = header.Parse(q, &ip) == nil
 		}
-		if r, ok := flowOf(q); ok {
+		if r := routeOf(&ip); ok {
 			if r.src.Addr() == h.flows[7].wire.Addr() || r.dst.Addr() == h.flows[7].wire.Addr() ||
 				r.src.Addr() == h.flows[8].wire.Addr() || r.dst.Addr() == h.flows[8].wire.Addr() {
 				continue // the plain flows

@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/binary"
 	"errors"
+	"github.com/espep/espep/ipsec/header"
 	"net/netip"
 	"time"
 
@@ -34,8 +35,9 @@ const maxBundle = 3
 // 4301 §4.5) — down to the packet they protect. It returns that packet
 // and the state of the innermost SA, whose outer chain now records the
 // SAs around it (outermost last), so that engineOut seals in the same
-// order.
-func (g *Gateway) openBundle(ctr *stripe, pkt []byte, l ipsec.Loc, st *saState) (inner []byte, _ *saState, _ openResult) {
+// order; c.ip holds the returned packet's headers, parsed once.
+func (g *Gateway) openBundle(c *call, pkt []byte, l ipsec.Loc, st *saState) (inner []byte, _ *saState, _ openResult) {
+	ctr := c.ctr
 	var outer *saState
 	for depth := 1; ; depth++ {
 		// Read what the open overwrites; act on it only once verified.
@@ -83,7 +85,8 @@ func (g *Gateway) openBundle(ctr *stripe, pkt []byte, l ipsec.Loc, st *saState) 
 			}
 		}
 		st.lastUse.Store(time.Now().UnixNano())
-		tunnel := tunnelMode(e.Config.Mode, inner, l)
+		parsed := header.Parse(inner, &c.ip) == nil
+		tunnel := tunnelMode(e.Config.Mode, &c.ip, parsed, l)
 		st.mu.Lock()
 		newest := seq > st.maxIn
 		st.maxIn = max(st.maxIn, seq)
@@ -96,14 +99,17 @@ func (g *Gateway) openBundle(ctr *stripe, pkt []byte, l ipsec.Loc, st *saState) 
 		}
 		g.reserve(st)
 		st.mu.Unlock()
-		if !e.Config.Admits(inner, tunnel) {
+		if !parsed || !e.Config.AdmitsParsed(&c.ip, tunnel) {
 			ctr.add(cSelectors)
 			return nil, nil, openUnusable
 		}
 
 		// IPsec again inside (transport-mode ESP under AH, or a tunnel in
 		// a tunnel)?
-		il, err := ipsec.Locate(inner)
+		if p := c.ip.Proto; p != header.ProtoESP && p != header.ProtoAH && p != header.ProtoUDP {
+			return inner, st, opened
+		}
+		il, err := ipsec.LocateParsed(inner, &c.ip)
 		if err != nil || (il.Kind != ipsec.KindESP && il.Kind != ipsec.KindAH) {
 			return inner, st, opened
 		}
@@ -142,16 +148,16 @@ func or(a, b netip.Addr) netip.Addr {
 
 // tunnelMode reports whether a packet opened on an SA of mode m was in
 // tunnel mode: as the SA says, or for an SA of unknown mode when the inner
-// addresses are not the outer ones (transport mode keeps them).
-func tunnelMode(m ipsec.Mode, inner []byte, l ipsec.Loc) bool {
+// addresses (inner, if parsed) are not the outer ones (transport mode
+// keeps them).
+func tunnelMode(m ipsec.Mode, inner *header.Parsed, parsed bool, l ipsec.Loc) bool {
 	switch m {
 	case ipsec.Tunnel:
 		return true
 	case ipsec.Transport:
 		return false
 	}
-	src, dst, ok := addrs(inner)
-	return ok && (src != l.Src || dst != l.Dst)
+	return parsed && (inner.Src != l.Src || inner.Dst != l.Dst)
 }
 
 // learnOuter makes the frame the gateway seals st's SA in when its

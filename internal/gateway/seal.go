@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -63,18 +62,16 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte, m engine.Emitted) {
 			g.out(to, c.orig)
 			return
 		}
-	}
-	g.sealFlow(to, pkt, ps)
-}
-
-// sealFlow seals pkt, a packet of a flow the engine sends on, on the SA
-// that carries the flow, in ps's buffers.
-func (g *Gateway) sealFlow(to engine.Side, pkt []byte, ps *perShard) {
-	ctr := ps.ctr
-	r, ok := flowOf(pkt)
-	if !ok {
+		g.sealFlow(to, pkt, routeOf(&c.ip), ps)
 		return
 	}
+	g.sealFlow(to, pkt, route{m.Src, m.Dst}, ps)
+}
+
+// sealFlow seals pkt, a packet of flow r the engine sends on, on the SA
+// that carries the flow, in ps's buffers.
+func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard) {
+	ctr := ps.ctr
 	t := g.routesOf(r)
 	t.mu.Lock()
 	vp, ok := t.flows.peek(r)
@@ -304,32 +301,6 @@ func (g *Gateway) reserve(st *saState) {
 	st.lease.Want(max(st.maxIn, st.lease.Floor()) + uint64(g.cfg.SeqJump) + seqBlock)
 }
 
-// send puts a packet the gateway made (sealed, or the engine's own plain
-// one) in the IP-in-IP tunnel its flow came in, if any, and sends it.
-func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr, ps *perShard) {
-	if h == nil {
-		g.out(to, pkt)
-		return
-	}
-	n := len(h.b) + len(pkt)
-	if n > len(ps.wrap) {
-		ps.ctr.add(cSealErrors)
-		return
-	}
-	b := ps.wrap[:n]
-	copy(b, h.b)
-	copy(b[len(h.b):], pkt)
-	if h.v6 {
-		binary.BigEndian.PutUint16(b[4:], uint16(len(pkt)))
-	} else {
-		ip := header.IPv4(b)
-		ip.SetTotalLen(n)
-		ip.SetID(uint16(h.id.Add(1)))
-		ip.UpdateChecksum()
-	}
-	g.out(to, b)
-}
-
 // staleRead reports whether l, a read-class SA's packet the engine is
 // resending from its cache, lies a replay window or more below the last
 // sequence number seen on the SA: the receiver would refuse it (the SA's
@@ -337,11 +308,21 @@ func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr, ps *perShard) {
 // strongSwan's and Linux's). The last number, not the highest: nothing
 // verifies a read-class packet, so a forged number stops resends only
 // until the sender's next packet.
+//
+// The engine's cache holds the bytes only, so the copy's headers are read
+// here again: once per local resend, not per packet.
 func (g *Gateway) staleRead(pkt []byte) bool {
-	if in, _, ok := peelIPIP(pkt); ok {
-		pkt = in
+	var p header.Parsed
+	if header.Parse(pkt, &p) != nil {
+		return false
 	}
-	l, err := ipsec.Locate(pkt) // a resend from the cache: not the per-packet path
+	if in, _, ok := peelIPIP(pkt, &p); ok {
+		pkt = in
+		if header.Parse(pkt, &p) != nil {
+			return false
+		}
+	}
+	l, err := ipsec.LocateParsed(pkt, &p)
 	if err != nil {
 		return false
 	}

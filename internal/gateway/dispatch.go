@@ -1,0 +1,202 @@
+package gateway
+
+import (
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/ipsec"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// Dispatch: what each packet is, and which stage takes it. Each layer of
+// a packet is parsed once, into its call (header.Parsed): the IP-in-IP
+// header, the packet it carries (Locate finds the ESP/AH in it from
+// there), and after opening the inner packet, whose view the selectors
+// check, the flow tables and the engine all read.
+
+// call is one Process call's working state: the buffer the packet is
+// opened in, its parsed headers, and what the engine needs handed back
+// with it if it passes the packet on unchanged (engine.Input.Tag). One
+// goroutine owns a call from Process's start to its end; then it goes
+// back to the pool.
+type call struct {
+	ctr  *stripe // its counters' stripe
+	buf  []byte
+	orig []byte        // the packet as it came (with any IP-in-IP around it)
+	hdr  header.Parsed // the packet inside any IP-in-IP: what Locate reads
+	ip   header.Parsed // the packet handed to the engine (opened, or plain)
+	st   *saState      // the innermost SA it came on; nil for plain TCP
+}
+
+// Process handles one IP packet that arrived from side from.
+//
+// It may be called from several goroutines at once (see Concurrency).
+func (g *Gateway) Process(from engine.Side, pkt []byte) {
+	c := g.calls.Get().(*call)
+	defer g.calls.Put(c)
+	// Busy before closed is read (Close: closed before busy is read), on
+	// the call's own stripe: no cache line shared by every core.
+	c.ctr.busy.Add(1)
+	defer c.ctr.busy.Add(-1)
+	if g.closed.Load() {
+		return
+	}
+	c.orig, c.st = pkt, nil
+	g.process(c, from, pkt)
+	c.orig, c.st = nil, nil
+}
+
+func (g *Gateway) relay(c *call, to engine.Side, pkt []byte) {
+	c.ctr.add(cRelayed)
+	g.out(to, pkt)
+}
+
+// process is Process's work, in c.
+func (g *Gateway) process(c *call, from engine.Side, pkt []byte) {
+	c.ctr.add(cPackets)
+	to := 1 - from
+	var tunHdr []byte
+	if header.Parse(pkt, &c.hdr) != nil {
+		c.ctr.add(cMalformed)
+		g.relay(c, to, pkt)
+		return
+	}
+	if inner, outer, ok := peelIPIP(pkt, &c.hdr); ok {
+		// IP-in-IP: work on what it carries (encap.go).
+		c.ctr.add(cIPIP)
+		pkt, tunHdr = inner, outer
+		if header.Parse(pkt, &c.hdr) != nil {
+			c.ctr.add(cMalformed)
+			g.relay(c, to, c.orig)
+			return
+		}
+	}
+	l, err := ipsec.LocateParsed(pkt, &c.hdr)
+	if err != nil {
+		c.ctr.add(cMalformed)
+		g.relay(c, to, c.orig)
+		return
+	}
+	switch l.Kind {
+	case ipsec.KindIKE:
+		c.ctr.add(cIKE) // the early signal of a new SA
+		g.relay(c, to, c.orig)
+		return
+	case ipsec.KindKeepalive:
+		c.ctr.add(cKeepalives)
+		g.relay(c, to, c.orig)
+		return
+	case ipsec.KindFragment:
+		c.ctr.add(cFragments)
+		g.relay(c, to, c.orig)
+		return
+	case ipsec.KindOther:
+		g.processPlain(c, from, pkt, tunHdr)
+		return
+	}
+	e := g.lookup(&l)
+	switch {
+	case e == nil:
+		c.ctr.add(cUnknown)
+		g.relay(c, to, c.orig)
+		return
+	case e.Class() == ipsec.ClassNone:
+		c.ctr.add(cClassNone)
+		g.relay(c, to, c.orig)
+		return
+	case e.Class() == ipsec.ClassRead:
+		g.processRead(c, from, e, l, pkt)
+		return
+	}
+	g.processWrite(c, from, e, l, pkt, tunHdr)
+}
+
+// processWrite opens a write-class SA's packet — every layer verified
+// (open.go) — and hands what it protects to the engine.
+func (g *Gateway) processWrite(c *call, from engine.Side, e *ipsec.Entry, l ipsec.Loc, pkt, tunHdr []byte) {
+	to := 1 - from
+	st := g.state(e)
+	if st.nonce.refused() {
+		if st.nonce.noState {
+			c.ctr.add(cNoState)
+			if _, logged := g.logged.LoadOrStore(e.Config.ID(), struct{}{}); !logged {
+				g.log.Warn("gateway: not sealing on an SA with counter IVs without a state directory; relaying it", "sa", e.Config.ID())
+			}
+		}
+		g.relay(c, to, c.orig)
+		return
+	}
+	// Open a copy: the original may still go out as it came.
+	off := ipsec.MaxHeadroom
+	if len(pkt) > len(c.buf)-off {
+		c.ctr.add(cMalformed)
+		g.relay(c, to, c.orig)
+		return
+	}
+	buf := c.buf[off : off+len(pkt)]
+	copy(buf, pkt)
+	inner, st, res := g.openBundle(c, buf, l, st)
+	switch res {
+	case openFailed:
+		g.relay(c, to, c.orig) // not verified: the receiver decides; it would refuse it too
+		return
+	case openUnusable:
+		return // verified but nothing to deliver (counted): no stale number goes out
+	}
+	if !g.noteRoute(routeOf(&c.ip), st, from, tunHdr) {
+		c.ctr.add(cBindingViolations)
+		return
+	}
+	c.st = st
+	g.eng.Handle(from, inner, engine.Input{Tag: c, IP: &c.ip})
+	if g.owedN.Load() > 0 {
+		g.payOwed()
+	}
+}
+
+// processPlain handles a packet that is not IPsec: relayed as it came,
+// or with Plain given to the engine — unless it is TCP claiming a flow
+// the gateway has seen protected, which it drops. (Other cleartext
+// traffic between the same hosts, ICMP say, is not the engine's and
+// passes: a policy may protect some of a host pair's traffic only.)
+func (g *Gateway) processPlain(c *call, from engine.Side, pkt, tunHdr []byte) {
+	to := 1 - from
+	c.ctr.add(cNotIPsec)
+	r := routeOf(&c.hdr)
+	if r.tcp() && g.isProtected(r) {
+		c.ctr.add(cBindingViolations)
+		return
+	}
+	if !g.cfg.Plain || len(pkt) > len(c.buf)-ipsec.MaxHeadroom {
+		g.relay(c, to, c.orig)
+		return
+	}
+	buf := c.buf[ipsec.MaxHeadroom : ipsec.MaxHeadroom+len(pkt)]
+	copy(buf, pkt)
+	g.noteRoute(r, nil, from, tunHdr)
+	c.ip = c.hdr
+	if !g.eng.Handle(from, buf, engine.Input{Kind: engine.Plain, Tag: c, IP: &c.ip}) {
+		c.ctr.add(cBindingViolations) // the engine has the flow as protected
+	}
+}
+
+// processRead snoops on a read-class SA's packet: the engine reads what
+// it can decrypt and forwards and resends only the packet as it came
+// (rule 4). The decrypted bytes are not verified: they steer local
+// resends of the sender's own packets, nothing else.
+func (g *Gateway) processRead(c *call, from engine.Side, e *ipsec.Entry, l ipsec.Loc, pkt []byte) {
+	to := 1 - from
+	c.ctr.add(cClassRead)
+	inner, err := e.Read.Decrypt(c.buf[:0:cap(c.buf)], pkt)
+	if err != nil {
+		c.ctr.add(cOpenErrors)
+		g.relay(c, to, c.orig)
+		return
+	}
+	g.smu.Lock()
+	g.readLast[e.Config.ID()] = l.Seq
+	g.smu.Unlock()
+	in := engine.Input{Kind: engine.Opaque, Wire: c.orig, Tag: c} // what the engine sends on is c.orig, or its cached copy
+	if header.Parse(inner, &c.ip) == nil {
+		in.IP = &c.ip
+	}
+	g.eng.Handle(from, inner, in)
+}
