@@ -48,8 +48,16 @@ func runHost(args []string, stdout, stderr io.Writer) error {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	defer close(done) // ends the signal goroutine
 	go func() {
-		for s := range sigs {
+		for {
+			var s os.Signal
+			select {
+			case s = <-sigs:
+			case <-done:
+				return
+			}
 			switch s {
 			case syscall.SIGHUP:
 				c, err := host.LoadConfig(*path)
@@ -67,4 +75,10 @@ func runHost(args []string, stdout, stderr io.Writer) error {
 	err = h.Run(ctx)
 	printHostStats(stdout, h)
 	return err
+}
+
+// printHostStats prints the host's counters on one line (the counter
+// table's words).
+func printHostStats(w io.Writer, h *host.Host) {
+	fmt.Fprintf(w, "espep host: %s\n", h.Stats().Summary())
 }

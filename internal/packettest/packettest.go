@@ -63,3 +63,29 @@ func Segment(src, dst netip.AddrPort, flags uint8, seq, ack uint32, win uint16, 
 	binary.BigEndian.PutUint16(tcp[16:], ^header.Checksum(tcp, header.PseudoHeaderSum(s, d, header.ProtoTCP, len(tcp))))
 	return append(ip, tcp...)
 }
+
+// UDP builds an IPv4 or IPv6 UDP datagram with a valid checksum.
+func UDP(src, dst netip.AddrPort, payload []byte) []byte {
+	n := header.UDPLen + len(payload)
+	var b []byte
+	var l int
+	if src.Addr().Is4() {
+		l = header.IPv4MinLen
+		b = make([]byte, l+n)
+		header.WriteIPv4(b, 0, l+n, 1, true, 64, header.ProtoUDP, src.Addr(), dst.Addr())
+	} else {
+		l = header.IPv6Len
+		b = make([]byte, l+n)
+		header.WriteIPv6(b, 0, 0, n, header.ProtoUDP, 64, src.Addr(), dst.Addr())
+	}
+	u := b[l:]
+	header.WriteUDP(u, src.Port(), dst.Port(), n)
+	copy(u[header.UDPLen:], payload)
+	s, d := src.Addr().AsSlice(), dst.Addr().AsSlice()
+	if c := ^header.Checksum(u, header.PseudoHeaderSum(s, d, header.ProtoUDP, n)); c != 0 {
+		binary.BigEndian.PutUint16(u[6:], c)
+	} else {
+		binary.BigEndian.PutUint16(u[6:], 0xffff)
+	}
+	return b
+}

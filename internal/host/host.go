@@ -1,0 +1,335 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/espep/espep/internal/metrics"
+	"github.com/espep/espep/internal/statedir"
+	"github.com/espep/espep/ipsec"
+)
+
+// Host is a running endpoint: the SAD and SPD, the state directory that
+// keeps its outbound sequence numbers, and a link — its packet I/O (link.go).
+//
+// Goroutines: Run starts the link's readers, the lifetime checker and
+// the metrics listener, and returns when ctx ends or on the first of them
+// to fail, having stopped the others. Close, after Run has returned,
+// closes the link (its routes, rules, device and sockets) and then the
+// state directory, recording the sequence numbers used.
+type Host struct {
+	cfg  *Config
+	log  *slog.Logger
+	link link
+	mu   sync.RWMutex // guards sad, spd and leases on reload
+	sad  *ipsec.SAD
+	spd  *ipsec.SPD
+	// state keeps the outbound SAs' sequence numbers (and so their
+	// counter IVs: IV = seq) across restarts; each outbound SA seals only
+	// numbers its lease allows.
+	state  *statedir.Dir
+	leases map[ipsec.ID]*statedir.Lease
+	c      counters
+}
+
+// New sets up the host's state, SAs and link (on Linux: the TUN device,
+// routes and sockets); Run moves packets.
+func New(cfg *Config, log *slog.Logger) (*Host, error) {
+	h, err := newHost(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	if h.link, err = openLink(h.cfg, h.log); err != nil {
+		h.closeState()
+		return nil, err
+	}
+	return h, nil
+}
+
+// newHost is New without the link.
+func newHost(cfg *Config, log *slog.Logger) (*Host, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	h := &Host{cfg: cfg, log: log}
+	if cfg.StateDir != "" {
+		d, err := statedir.Open(cfg.StateDir, statedir.Partition{}, log)
+		if err != nil {
+			return nil, fmt.Errorf("host: %w", err)
+		}
+		h.state = d
+	}
+	if err := h.load(cfg); err != nil {
+		h.closeState()
+		return nil, err
+	}
+	h.setMTU()
+	return h, nil
+}
+
+// setMTU makes the TUN MTU leave room for the largest IPsec overhead (of
+// one SA or of a policy's bundle), so the kernel's TCP never hands over a
+// packet that cannot be sent sealed.
+func (h *Host) setMTU() {
+	cfg := h.cfg
+	over := 0
+	for _, e := range h.sad.Entries() {
+		if e.Write != nil {
+			over = max(over, e.Write.MaxOverhead())
+		}
+	}
+	for _, p := range cfg.Policies { // a bundle adds up
+		sum := 0
+		for _, id := range p.SAs {
+			if e, ok := h.sad.Get(id); ok && e.Write != nil {
+				sum += e.Write.MaxOverhead()
+			}
+		}
+		over = max(over, sum)
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = cfg.LinkMTU - over
+	} else if cfg.MTU+over > cfg.LinkMTU {
+		h.log.Warn("tun mtu plus the largest sa overhead exceeds the link mtu: big packets will not be sent",
+			"mtu", cfg.MTU, "overhead", over, "link-mtu", cfg.LinkMTU)
+	}
+}
+
+// Stats returns the counters.
+func (h *Host) Stats() Stats { return h.c.snapshot() }
+
+// Run moves packets until ctx is done, or until the link, the lifetime
+// checker or the metrics listener fails: then it stops the others and
+// returns that error.
+func (h *Host) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3) // room for every goroutine below, so none blocks on exit
+	run := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := f(ctx)
+			if err == nil && ctx.Err() == nil {
+				err = fmt.Errorf("host: %s stopped", name)
+			}
+			if err != nil {
+				errc <- err
+				cancel() // the first failure stops the others
+			}
+		}()
+	}
+	run("link", func(ctx context.Context) error { return h.link.run(ctx, h) })
+	run("lifetimes", h.lifetimeLoop)
+	if h.cfg.Metrics != "" {
+		reg, err := metrics.Registry(h.counters())
+		if err != nil {
+			return err
+		}
+		run("metrics", func(ctx context.Context) error { return metrics.Serve(ctx, h.cfg.Metrics, reg, h.log) })
+	}
+	h.log.Info("espep host running", "tun", h.cfg.TUN, "mtu", h.cfg.MTU, "sas", len(h.cfg.SAs), "policies", len(h.cfg.Policies))
+	wg.Wait()
+	close(errc)
+	return <-errc // the first failure, or nil when ctx ended
+}
+
+// Close closes the link (routes and rules, device, sockets) and then
+// records the sequence numbers used and closes the state directory. Call
+// it after Run has returned.
+func (h *Host) Close() error {
+	defer h.closeState()
+	if h.link != nil {
+		return h.link.close()
+	}
+	return nil
+}
+
+// Reload applies a new configuration's SAs and policies. The TUN, its
+// addresses and routes stay as they were started.
+func (h *Host) Reload(cfg *Config) error {
+	if err := h.load(cfg); err != nil {
+		return err
+	}
+	h.log.Info("espep host reloaded", "sas", len(cfg.SAs), "policies", len(cfg.Policies))
+	return nil
+}
+
+// load builds the SAD and SPD from a configuration. An SA that is already
+// installed with the same ID, transforms and mode is kept as it is, with
+// its sequence counter and replay window, so a reload does not disturb
+// the flows on it; SAs no longer listed are deleted and wiped.
+func (h *Host) load(cfg *Config) error {
+	old, _ := h.tables()
+	var sad ipsec.SAD
+	for _, c := range cfg.SAs {
+		if old != nil {
+			if e, ok := old.Get(c.ID()); ok && sameSA(e.Config, c) {
+				if err := sad.Add(e); err != nil {
+					return fmt.Errorf("host: %w", err)
+				}
+				continue
+			}
+		}
+		e, err := ipsec.NewEntry(c)
+		if err != nil {
+			return fmt.Errorf("host: %w", err)
+		}
+		if err := sad.Add(e); err != nil {
+			return fmt.Errorf("host: %w", err)
+		}
+	}
+	var spd ipsec.SPD
+	spd.Set(cfg.Policies)
+	leases := h.leaseSAs(&sad, cfg)
+	h.mu.Lock()
+	h.sad, h.spd, h.leases = &sad, &spd, leases
+	h.mu.Unlock()
+	if old != nil {
+		for _, e := range old.Entries() {
+			if _, kept := sad.Get(e.Config.ID()); !kept {
+				old.Delete(e.Config.ID()) // wipes its keys
+			}
+		}
+	}
+	return nil
+}
+
+// leaseSAs gives each outbound SA (one a protect policy seals with) its
+// lease on its sequence space: an SA it already had keeps its lease; a new
+// one starts above every number a predecessor may have used. Leases of SAs
+// gone are dropped.
+func (h *Host) leaseSAs(sad *ipsec.SAD, cfg *Config) map[ipsec.ID]*statedir.Lease {
+	if h.state == nil {
+		return nil
+	}
+	h.mu.RLock()
+	old, oldSAD := h.leases, h.sad
+	h.mu.RUnlock()
+	leases := map[ipsec.ID]*statedir.Lease{}
+	for _, p := range cfg.Policies {
+		for _, id := range p.SAs {
+			e, ok := sad.Get(id)
+			if !ok || e.Write == nil || leases[id] != nil {
+				continue
+			}
+			if l := old[id]; l != nil && oldSAD != nil {
+				if oe, _ := oldSAD.Get(id); oe == e {
+					leases[id] = l
+					continue
+				}
+			}
+			l := h.state.Lease(statedir.SeqKey{ID: id, KeyID: e.KeyID})
+			e.Write.SetOutSeq(max(e.Write.OutSeq(), l.Floor()))
+			l.Want(l.Floor() + seqBlock)
+			leases[id] = l
+		}
+	}
+	for id, l := range old {
+		if leases[id] != l {
+			l.Drop()
+		}
+	}
+	return leases
+}
+
+// seqBlock is how many sequence numbers the host reserves on an SA at a
+// time, asking for the next block when half of this one is used.
+const seqBlock = 4096
+
+// reserved reports whether the SA's next sequence number is reserved on
+// disk, waiting briefly if it is about to be.
+func reserved(l *statedir.Lease, sa *ipsec.SA) bool {
+	if l == nil {
+		return true
+	}
+	next := sa.OutSeq() + 1
+	if next+seqBlock/2 > l.Allowed() {
+		l.Want(next + seqBlock)
+	}
+	return next <= l.Allowed() || l.Await(next+seqBlock, 100*time.Millisecond)
+}
+
+// closeState records the last numbers the outbound SAs used and closes
+// the state directory.
+func (h *Host) closeState() {
+	if h.state == nil {
+		return
+	}
+	h.mu.RLock()
+	for id, l := range h.leases {
+		if e, ok := h.sad.Get(id); ok && e.Write != nil {
+			l.Release(e.Write.OutSeq())
+		}
+	}
+	h.mu.RUnlock()
+	if err := h.state.Close(); err != nil {
+		h.log.Error("host: state dir: the last sequence numbers were not recorded", "err", err)
+	}
+	h.state = nil
+}
+
+func sameSA(a, b ipsec.Config) bool {
+	return a.Src == b.Src && a.Dst == b.Dst && a.Mode == b.Mode && a.Enc == b.Enc && a.Integ == b.Integ &&
+		a.ESN == b.ESN && a.EncapSrcPort == b.EncapSrcPort && a.EncapDstPort == b.EncapDstPort && a.Class == b.Class
+}
+
+func (h *Host) tables() (*ipsec.SAD, *ipsec.SPD) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.sad, h.spd
+}
+
+// lifetimeLoop enforces SA lifetimes (RFC 4301 §4.4.2.1): a soft limit is
+// logged and counted once, a hard one removes the SA (wiping its keys);
+// without a key manager here, replacing it is the operator's job (SIGHUP
+// with new SAs).
+func (h *Host) lifetimeLoop(ctx context.Context) error {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	soft := map[ipsec.ID]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		h.checkLifetimes(soft)
+	}
+}
+
+// checkLifetimes is one round of lifetimeLoop.
+func (h *Host) checkLifetimes(soft map[ipsec.ID]bool) {
+	sad, _ := h.tables()
+	for _, e := range sad.Entries() {
+		if e.Write == nil {
+			continue
+		}
+		id := e.Config.ID()
+		if e.Write.SoftExpired() && !soft[id] {
+			soft[id] = true
+			h.c.add(cSoftExpired)
+			h.log.Warn("sa soft lifetime reached: replace it", "sa", id.String())
+		}
+		if e.Write.HardExpired() {
+			sad.Delete(id)
+			h.c.add(cHardExpired)
+			h.log.Warn("sa hard lifetime reached: removed", "sa", id.String())
+		}
+	}
+}
+
+// counters describes the host's counters for Prometheus: its table, and
+// the SAs'.
+func (h *Host) counters() []metrics.Counter {
+	cs := metrics.FromTable("espep_host_", CounterTable(), func() any { return h.Stats() })
+	return append(metrics.SACounters("espep_host_", func() *ipsec.SAD { sad, _ := h.tables(); return sad }), cs...)
+}
+
+// errLinkClosed is what a link's reader returns once the link is closed.
+var errLinkClosed = errors.New("link closed")

@@ -1,0 +1,431 @@
+//go:build linux
+
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/espep/espep/ipsec"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// Mark is the firewall mark on espep host's own packets, and the routing
+// table that holds the TUN routes.
+const Mark = 0xe5e5
+
+// linuxLink is the host's link on Linux: a TUN device the protected
+// destinations are routed into (table Mark, which every packet without
+// the mark consults first), a marked raw socket per family that sends
+// what the host made, and raw sockets for ESP and AH and a UDP socket for
+// ESP in UDP that receive.
+type linuxLink struct {
+	cfg *Config
+	log *slog.Logger
+	tun tun.Device
+
+	send4, esp4, ah4, udp4 int
+	send6, esp6, ah6, udp6 int        // -1 when IPv6 is not available
+	rules                  [][]string // ip commands to undo on close
+}
+
+// openLink creates the TUN device, opens the sockets and installs the
+// routes and rules; on failure it undoes what it did.
+func openLink(cfg *Config, log *slog.Logger) (link, error) {
+	k := &linuxLink{cfg: cfg, log: log, send4: -1, esp4: -1, ah4: -1, udp4: -1, send6: -1, esp6: -1, ah6: -1, udp6: -1}
+	var err error
+	if k.tun, err = tun.CreateTUN(cfg.TUN, cfg.MTU); err != nil {
+		return nil, fmt.Errorf("host: tun %s: %w", cfg.TUN, err)
+	}
+	if err := k.openSockets(); err != nil {
+		k.close()
+		return nil, err
+	}
+	if err := k.setupRoutes(); err != nil {
+		k.close()
+		return nil, err
+	}
+	return k, nil
+}
+
+// run starts a reader per device and socket and returns when ctx ends or
+// the first of them fails, having stopped the others (the TUN reader by
+// closing the device; the socket readers see ctx within their 200 ms
+// receive timeout).
+func (k *linuxLink) run(ctx context.Context, h *Host) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	start := func(f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				errc <- err
+				cancel()
+			}
+		}()
+	}
+	start(func(ctx context.Context) error { return k.tunLoop(ctx, h) })
+	start(func(ctx context.Context) error { return k.rawLoop(ctx, h, k.esp4) })
+	start(func(ctx context.Context) error { return k.rawLoop(ctx, h, k.ah4) })
+	if k.udp4 >= 0 {
+		start(func(ctx context.Context) error { return k.udpLoop(ctx, h, k.udp4, false) })
+	}
+	if k.esp6 >= 0 {
+		start(func(ctx context.Context) error { return k.raw6Loop(ctx, h, k.esp6, header.ProtoESP) })
+		start(func(ctx context.Context) error { return k.raw6Loop(ctx, h, k.ah6, header.ProtoAH) })
+	}
+	if k.udp6 >= 0 {
+		start(func(ctx context.Context) error { return k.udpLoop(ctx, h, k.udp6, true) })
+	}
+	<-ctx.Done()
+	k.tun.Close() // unblocks the TUN reader
+	wg.Wait()
+	close(errc)
+	return <-errc
+}
+
+// deliver writes an opened packet into the TUN.
+func (k *linuxLink) deliver(buf []byte, off int) error {
+	_, err := k.tun.Write([][]byte{buf}, off)
+	return err
+}
+
+// send puts an IP packet with its own header on the wire.
+func (k *linuxLink) send(pkt []byte) error {
+	switch {
+	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4:
+		var sa unix.SockaddrInet4
+		copy(sa.Addr[:], pkt[16:20])
+		return unix.Sendto(k.send4, pkt, 0, &sa)
+	case len(pkt) >= header.IPv6Len && pkt[0]>>4 == 6 && k.send6 >= 0:
+		var sa unix.SockaddrInet6
+		copy(sa.Addr[:], pkt[24:40])
+		return unix.Sendto(k.send6, pkt, 0, &sa)
+	}
+	return errors.New("not sendable")
+}
+
+// close removes the routes and rules, closes the device and sockets.
+func (k *linuxLink) close() error {
+	for _, r := range k.rules {
+		ip(r...)
+	}
+	k.rules = nil
+	if k.tun != nil {
+		k.tun.Close()
+	}
+	for _, fd := range []*int{&k.send4, &k.esp4, &k.ah4, &k.udp4, &k.send6, &k.esp6, &k.ah6, &k.udp6} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
+	}
+	return nil
+}
+
+func (k *linuxLink) openSockets() error {
+	var err error
+	// Sending: one IPv4 raw socket with our own headers, marked.
+	if k.send4, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW); err != nil {
+		return fmt.Errorf("host: raw socket (needs CAP_NET_RAW): %w", err)
+	}
+	if err := unix.SetsockoptInt(k.send4, unix.SOL_SOCKET, unix.SO_MARK, Mark); err != nil {
+		return fmt.Errorf("host: SO_MARK: %w", err)
+	}
+	// Receiving: ESP and AH as raw IP (the kernel delivers the IPv4
+	// header too), ESP in UDP on the NAT-T port.
+	for _, x := range []struct {
+		fd    *int
+		proto int
+	}{{&k.esp4, unix.IPPROTO_ESP}, {&k.ah4, unix.IPPROTO_AH}} {
+		if *x.fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, x.proto); err != nil {
+			return fmt.Errorf("host: raw socket for protocol %d: %w", x.proto, err)
+		}
+		if err := setTimeout(*x.fd); err != nil {
+			return err
+		}
+	}
+	if k.cfg.UDPPort != 0 {
+		if k.udp4, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("host: udp socket: %w", err)
+		}
+		unix.SetsockoptInt(k.udp4, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		if err := unix.SetsockoptInt(k.udp4, unix.IPPROTO_IP, unix.IP_PKTINFO, 1); err != nil {
+			return fmt.Errorf("host: IP_PKTINFO: %w", err)
+		}
+		if err := unix.Bind(k.udp4, &unix.SockaddrInet4{Port: k.cfg.UDPPort}); err != nil {
+			return fmt.Errorf("host: bind udp %d: %w", k.cfg.UDPPort, err)
+		}
+		if err := setTimeout(k.udp4); err != nil {
+			return err
+		}
+	}
+	if err := k.openSockets6(); err != nil {
+		k.log.Warn("IPv6 not available: IPv4 only", "err", err)
+		for _, fd := range []*int{&k.send6, &k.esp6, &k.ah6, &k.udp6} {
+			if *fd >= 0 {
+				unix.Close(*fd)
+				*fd = -1
+			}
+		}
+	}
+	return nil
+}
+
+// openSockets6 opens the IPv6 counterparts. IPv6 raw sockets do not hand
+// over the IPv6 header, so the receivers ask for the destination address
+// (IPV6_RECVPKTINFO) and rebuild one.
+func (k *linuxLink) openSockets6() error {
+	var err error
+	if k.send6, err = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW); err != nil {
+		return err
+	}
+	if err := unix.SetsockoptInt(k.send6, unix.IPPROTO_IPV6, unix.IPV6_HDRINCL, 1); err != nil {
+		return fmt.Errorf("IPV6_HDRINCL: %w", err)
+	}
+	if err := unix.SetsockoptInt(k.send6, unix.SOL_SOCKET, unix.SO_MARK, Mark); err != nil {
+		return err
+	}
+	for _, x := range []struct {
+		fd    *int
+		proto int
+	}{{&k.esp6, unix.IPPROTO_ESP}, {&k.ah6, unix.IPPROTO_AH}} {
+		if *x.fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, x.proto); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(*x.fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1); err != nil {
+			return err
+		}
+		if err := setTimeout(*x.fd); err != nil {
+			return err
+		}
+	}
+	if k.cfg.UDPPort != 0 {
+		if k.udp6, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		unix.SetsockoptInt(k.udp6, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+		unix.SetsockoptInt(k.udp6, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		if err := unix.SetsockoptInt(k.udp6, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1); err != nil {
+			return err
+		}
+		if err := unix.Bind(k.udp6, &unix.SockaddrInet6{Port: k.cfg.UDPPort}); err != nil {
+			return fmt.Errorf("bind udp6 %d: %w", k.cfg.UDPPort, err)
+		}
+		if err := setTimeout(k.udp6); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func setTimeout(fd int) error {
+	tv := unix.Timeval{Usec: 200_000}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return fmt.Errorf("host: SO_RCVTIMEO: %w", err)
+	}
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	return nil
+}
+
+func ip(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// setupRoutes brings the TUN up with its addresses and puts the protected
+// destinations in table Mark, which every packet without the mark
+// consults first.
+func (k *linuxLink) setupRoutes() error {
+	name, _ := k.tun.Name()
+	table := strconv.Itoa(Mark)
+	steps := [][]string{{"link", "set", name, "up", "mtu", strconv.Itoa(k.cfg.MTU)}}
+	for _, a := range k.cfg.Addrs {
+		steps = append(steps, []string{"addr", "add", a.String(), "dev", name})
+	}
+	for _, r := range k.cfg.Routes {
+		steps = append(steps, []string{"route", "add", r.String(), "dev", name, "table", table})
+	}
+	for _, s := range steps {
+		if err := ip(s...); err != nil {
+			return fmt.Errorf("host: %w", err)
+		}
+	}
+	for _, fam := range []string{"-4", "-6"} {
+		rule := []string{fam, "rule", "add", "not", "fwmark", strconv.Itoa(Mark), "lookup", table, "pref", "5000"}
+		del := append([]string(nil), rule...)
+		del[2] = "del"
+		// A predecessor killed with SIGKILL left its rule behind (its TUN,
+		// and the routes on it, went with it): take it away first, so that
+		// a restart is a normal event.
+		for i := 0; i < 4 && ip(del...) == nil; i++ {
+		}
+		if err := ip(rule...); err != nil {
+			return fmt.Errorf("host: %w", err)
+		}
+		k.rules = append(k.rules, del)
+	}
+	return nil
+}
+
+// tunLoop reads what the kernel routes into the TUN and applies the SPD.
+func (k *linuxLink) tunLoop(ctx context.Context, h *Host) error {
+	const off = ipsec.MaxHeadroom + 16
+	n := k.tun.BatchSize()
+	bufs := make([][]byte, n)
+	sizes := make([]int, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, off+65535+ipsec.MaxTailroom)
+	}
+	for {
+		for i := range bufs {
+			bufs[i] = bufs[i][:cap(bufs[i])-ipsec.MaxTailroom]
+		}
+		cnt, err := k.tun.Read(bufs, sizes, off)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, tun.ErrTooManySegments) {
+				continue
+			}
+			return fmt.Errorf("host: tun read: %w", err)
+		}
+		for i := 0; i < cnt; i++ {
+			h.outbound(bufs[i][:off+sizes[i]], off, sizes[i])
+		}
+	}
+}
+
+// readErr sorts a receive error: a timeout or an interrupt is retried (the
+// loop then checks ctx), an error while stopping ends the loop quietly,
+// anything else ends it with the error.
+func readErr(ctx context.Context, what string, err error) (retry bool, _ error) {
+	switch {
+	case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
+		return true, nil
+	case ctx.Err() != nil:
+		return false, nil
+	}
+	return false, fmt.Errorf("host: %s read: %w", what, err)
+}
+
+// rawLoop reads ESP or AH packets (IPv4 header included) and opens them.
+func (k *linuxLink) rawLoop(ctx context.Context, h *Host, fd int) error {
+	buf := make([]byte, 65536+64)
+	for ctx.Err() == nil {
+		n, _, err := unix.Recvfrom(fd, buf[64:], 0)
+		if err != nil {
+			if retry, err := readErr(ctx, "raw", err); !retry {
+				return err
+			}
+			continue
+		}
+		h.inbound(buf[:64+n], 64)
+	}
+	return nil
+}
+
+// udpLoop reads ESP in UDP (RFC 3948) and rebuilds the IP and UDP
+// headers the kernel took off, so that the packet opens as it was sent.
+func (k *linuxLink) udpLoop(ctx context.Context, h *Host, fd int, v6 bool) error {
+	hl := header.IPv4MinLen + header.UDPLen
+	if v6 {
+		hl = header.IPv6Len + header.UDPLen
+	}
+	buf := make([]byte, 64+hl+65536)
+	oob := make([]byte, 128)
+	for ctx.Err() == nil {
+		n, oobn, _, from, err := unix.Recvmsg(fd, buf[64+hl:], oob, 0)
+		if err != nil {
+			if retry, err := readErr(ctx, "udp", err); !retry {
+				return err
+			}
+			continue
+		}
+		src, sport, ok := sockaddrAddr(from)
+		dst, ok2 := pktinfoDst(oob[:oobn])
+		if !ok || !ok2 {
+			h.c.add(cNotOurs)
+			continue
+		}
+		pkt := buf[64 : 64+hl+n]
+		if v6 {
+			header.WriteIPv6(pkt, 0, 0, header.UDPLen+n, header.ProtoUDP, 64, src, dst)
+			header.WriteUDP(pkt[header.IPv6Len:], sport, uint16(k.cfg.UDPPort), header.UDPLen+n)
+		} else {
+			header.WriteIPv4(pkt, 0, len(pkt), 0, false, 64, header.ProtoUDP, src, dst)
+			header.WriteUDP(pkt[header.IPv4MinLen:], sport, uint16(k.cfg.UDPPort), header.UDPLen+n)
+		}
+		h.inbound(buf[:64+hl+n], 64)
+	}
+	return nil
+}
+
+// raw6Loop reads ESP or AH from an IPv6 raw socket, which delivers the
+// packet without its IPv6 header, and rebuilds the header (extension
+// headers, if there were any, are gone: AH over them would not verify).
+func (k *linuxLink) raw6Loop(ctx context.Context, h *Host, fd int, proto uint8) error {
+	buf := make([]byte, 64+header.IPv6Len+65536)
+	oob := make([]byte, 128)
+	for ctx.Err() == nil {
+		n, oobn, _, from, err := unix.Recvmsg(fd, buf[64+header.IPv6Len:], oob, 0)
+		if err != nil {
+			if retry, err := readErr(ctx, "raw6", err); !retry {
+				return err
+			}
+			continue
+		}
+		src, _, ok := sockaddrAddr(from)
+		dst, ok2 := pktinfoDst(oob[:oobn])
+		if !ok || !ok2 {
+			h.c.add(cNotOurs)
+			continue
+		}
+		header.WriteIPv6(buf[64:], 0, 0, n, proto, 64, src, dst)
+		h.inbound(buf[:64+header.IPv6Len+n], 64)
+	}
+	return nil
+}
+
+func sockaddrAddr(sa unix.Sockaddr) (netip.Addr, uint16, bool) {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(a.Addr), uint16(a.Port), true
+	case *unix.SockaddrInet6:
+		return netip.AddrFrom16(a.Addr), uint16(a.Port), true
+	}
+	return netip.Addr{}, 0, false
+}
+
+func pktinfoDst(oob []byte) (netip.Addr, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_PKTINFO && len(m.Data) >= 12 {
+			return netip.AddrFrom4([4]byte(m.Data[8:12])), true // struct in_pktinfo: ipi_addr
+		}
+		if m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_PKTINFO && len(m.Data) >= 16 {
+			return netip.AddrFrom16([16]byte(m.Data[:16])), true // struct in6_pktinfo: ipi6_addr
+		}
+	}
+	return netip.Addr{}, false
+}

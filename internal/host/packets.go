@@ -1,0 +1,126 @@
+package host
+
+import (
+	"github.com/espep/espep/ipsec"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// The packet paths, the same on every platform: outbound (from the TUN:
+// the SPD decides, the SAs of a PROTECT policy seal) and inbound (from
+// the network: every IPsec layer opened and checked, then the inbound
+// policy). The link (link.go) brings the packets and takes them away.
+
+// outbound applies the SPD to a packet the kernel routed into the TUN,
+// buf[off:off+n], with ipsec.MaxHeadroom before it and MaxTailroom after.
+func (h *Host) outbound(buf []byte, off, n int) {
+	h.c.add(cTunIn)
+	pkt := buf[off : off+n]
+	var ip header.Parsed
+	if header.Parse(pkt, &ip) != nil {
+		h.c.add(cDiscarded)
+		return
+	}
+	t := ipsec.TrafficOfParsed(&ip, true)
+	h.mu.RLock()
+	sad, spd, leases := h.sad, h.spd, h.leases
+	h.mu.RUnlock()
+	p, ok := spd.Lookup(&t)
+	if !ok || p.Action == ipsec.Discard {
+		h.c.add(cDiscarded)
+		return
+	}
+	if p.Action == ipsec.Bypass {
+		h.c.add(cBypassed)
+		h.send(pkt)
+		return
+	}
+	// Apply the bundle innermost first; each SA seals what the one
+	// before produced, in the same buffer.
+	for _, id := range p.SAs {
+		e, ok := sad.Get(id)
+		if !ok || e.Write == nil || !reserved(leases[id], e.Write) {
+			h.c.add(cSealErrors)
+			return
+		}
+		out, err := e.Write.Seal(buf[:cap(buf)][:off+n], off, n)
+		if err != nil {
+			h.c.add(cSealErrors)
+			return
+		}
+		off = cap(buf) - cap(out)
+		n = len(out)
+		pkt = out
+	}
+	h.c.add(cSealed)
+	h.send(pkt)
+}
+
+func (h *Host) send(pkt []byte) {
+	if err := h.link.send(pkt); err != nil {
+		h.c.add(cSendErrors)
+	}
+}
+
+// maxBundle bounds how many IPsec headers one packet may carry.
+const maxBundle = 4
+
+// inbound takes an IP packet from the network at buf[off:] (headroom
+// before it): IKE and NAT keepalives are counted and left alone (IKE is
+// not espep host's business); ESP and AH are opened — and what is inside,
+// as long as that is IPsec again (an AH+ESP bundle) — and the result is
+// delivered into the TUN if a PROTECT policy covers it.
+func (h *Host) inbound(buf []byte, off int) {
+	h.c.add(cNetIn)
+	sad, spd := h.tables()
+	inner := buf[off:]
+	var ip header.Parsed
+	for depth := 0; ; depth++ {
+		if header.Parse(inner, &ip) != nil {
+			h.c.add(cNotOurs)
+			return
+		}
+		l, err := ipsec.LocateParsed(inner, &ip)
+		switch {
+		case err != nil:
+			h.c.add(cNotOurs)
+			return
+		case depth == 0 && l.Kind == ipsec.KindIKE:
+			h.c.add(cIKE)
+			return
+		case depth == 0 && l.Kind == ipsec.KindKeepalive:
+			h.c.add(cKeepalives)
+			return
+		case l.Kind != ipsec.KindESP && l.Kind != ipsec.KindAH && depth == 0:
+			h.c.add(cNotOurs)
+			return
+		}
+		if l.Kind != ipsec.KindESP && l.Kind != ipsec.KindAH {
+			break
+		}
+		if depth == maxBundle {
+			h.c.add(cOpenErrors)
+			return
+		}
+		e, ok := sad.LookupLoc(&l)
+		if !ok || e.Write == nil {
+			h.c.add(cNotOurs)
+			return
+		}
+		if inner, err = e.Write.OpenAt(inner, l); err != nil {
+			h.c.add(cOpenErrors)
+			return
+		}
+	}
+	// RFC 4301 §5.2: what came out must be traffic a PROTECT policy
+	// covers; anything else is dropped, never delivered.
+	t := ipsec.TrafficOfParsed(&ip, false)
+	if p, ok := spd.Lookup(&t); !ok || p.Action != ipsec.Protect {
+		h.c.add(cPolicyDrops)
+		return
+	}
+	h.c.add(cOpened)
+	start := cap(buf) - cap(inner)
+	if err := h.link.deliver(buf[:start+len(inner)], start); err != nil {
+		h.c.add(cTunWriteErrors)
+	}
+}

@@ -1,0 +1,87 @@
+package host
+
+import (
+	"reflect"
+	"sync/atomic"
+
+	"github.com/espep/espep/internal/ctable"
+)
+
+// Stats are the host's counters: one field per row of counterTable,
+// which gives each its meaning, its word in the CLI's summary and its
+// label in espep_host_packets_total.
+type Stats struct {
+	TunIn, Sealed, Bypassed, Discarded, SealErrors  uint64
+	NetIn, Opened, OpenErrors, PolicyDrops, NotOurs uint64
+	IKE, Keepalives, TunWriteErrors, SendErrors     uint64
+	SoftExpired, HardExpired                        uint64
+}
+
+type counter uint8
+
+const (
+	cTunIn counter = iota
+	cSealed
+	cBypassed
+	cDiscarded
+	cSealErrors
+	cNetIn
+	cOpened
+	cOpenErrors
+	cPolicyDrops
+	cNotOurs
+	cIKE
+	cKeepalives
+	cTunWriteErrors
+	cSendErrors
+	cSoftExpired
+	cHardExpired
+	numCounters
+)
+
+const packetsHelp = "Packets and events by what espep host did with them."
+
+func event(field, name, label string) ctable.Def {
+	return ctable.Def{Field: field, Name: name, Family: "packets_total", LabelName: "event", Label: label, Help: packetsHelp}
+}
+
+// counterTable is the host's counters, in the summary's order.
+var counterTable = [numCounters]ctable.Def{
+	cTunIn:          event("TunIn", "tun-in", "tun_in"),
+	cSealed:         event("Sealed", "sealed", "sealed"),
+	cBypassed:       event("Bypassed", "bypassed", "bypassed"),
+	cDiscarded:      event("Discarded", "discarded", "discarded"),
+	cSealErrors:     event("SealErrors", "seal-errors", "seal_error"),
+	cNetIn:          event("NetIn", "net-in", "net_in"),
+	cOpened:         event("Opened", "opened", "opened"),
+	cOpenErrors:     event("OpenErrors", "open-errors", "open_error"),
+	cPolicyDrops:    event("PolicyDrops", "policy-drops", "policy_drop"),
+	cNotOurs:        event("NotOurs", "not-ours", "not_ours"),
+	cIKE:            event("IKE", "ike", "ike"),
+	cKeepalives:     event("Keepalives", "keepalives", "keepalive"),
+	cTunWriteErrors: event("TunWriteErrors", "tun-write-errors", "tun_write_error"),
+	cSendErrors:     event("SendErrors", "send-errors", "send_error"),
+	cSoftExpired:    event("SoftExpired", "soft-expired", "sa_soft_expired"),
+	cHardExpired:    event("HardExpired", "hard-expired", "sa_hard_expired"),
+}
+
+// CounterTable returns the host's counter table.
+func CounterTable() []ctable.Def { return counterTable[:] }
+
+// counters are the values (the host is not sharded: one set).
+type counters [numCounters]atomic.Uint64
+
+func (c *counters) add(k counter) { c[k].Add(1) }
+
+// snapshot fills Stats through the table.
+func (c *counters) snapshot() Stats {
+	var st Stats
+	v := reflect.ValueOf(&st).Elem()
+	for k := range c {
+		v.FieldByName(counterTable[k].Field).SetUint(c[k].Load())
+	}
+	return st
+}
+
+// Summary is the CLI's one-line summary of the counters.
+func (s Stats) Summary() string { return ctable.Line(CounterTable(), s) }
