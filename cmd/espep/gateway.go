@@ -37,64 +37,18 @@ other setting (see README); flags override it.
 Two interfaces: AF_PACKET, forwarding every frame between them as the only
 forwarder (keep kernel IP forwarding off between the two; the peers need
 offloads off: ethtool -K DEV tx off tso off gso off gro off).
-tun:NAME for both: two TUN devices, the kernel forwarding and policy
-routing steering each side's traffic into its device (ip rule add iif
-WIRE-IFACE table T; ip route add default dev NAME table T).
+tun:NAME for both: two TUN devices (created and brought up), the kernel
+forwarding and policy routing steering each side's traffic into its
+device — installed by the gateway with --routes --wire-iface IF
+--radio-iface IF, and removed on exit (ip rule add iif IF lookup T; ip
+route add default dev NAME table T).
 
 `
 
 func runGateway(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "configuration file (espep-gateway 1)")
-	wire := fs.String("wire", "", "the wired interface, or tun:NAME")
-	radio := fs.String("radio", "", "the radio interface, or tun:NAME")
-	var saPaths stringList
-	fs.Var(&saPaths, "sa", "SA file (native or esp_sa), watched; repeatable")
-	stateDir := fs.String("state-dir", "", "directory for the IV blocks and sequence numbers the gateway reserves")
-	ef := engine.AddFlags(fs) // --mode, --cc, … spelled as in the config file
-	plain := fs.Bool("plain", false, "accelerate TCP that is not IPsec-protected too")
-	maddr := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9465)")
-	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
-	fs.Usage = func() { fmt.Fprint(stderr, gatewayUsage); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	fc := &gateway.FileConfig{}
-	fc.Gateway.Engine.Mode = engine.ModeSplit
-	if *cfgPath != "" {
-		var err error
-		if fc, err = gateway.LoadFileConfig(*cfgPath); err != nil {
-			return err
-		}
-	}
-	// Flags given override the file.
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "wire":
-			fc.Wire = *wire
-		case "radio":
-			fc.Radio = *radio
-		case "sa":
-			fc.SAFiles = saPaths
-		case "state-dir":
-			fc.StateDir = *stateDir
-		case "metrics":
-			fc.Metrics = *maddr
-		case "plain":
-			fc.Gateway.Plain = *plain
-		}
-	})
-	if err := ef.Apply(&fc.Gateway.Engine); err != nil {
-		return usageError{"gateway: " + err.Error()}
-	}
-	if fc.Wire == "" || fc.Radio == "" || len(fc.SAFiles) == 0 || fs.NArg() != 0 {
-		fs.Usage()
-		return usageError{"gateway: need --wire, --radio and --sa (or a --config that gives them)"}
-	}
-	tunW, tunR := strings.HasPrefix(fc.Wire, "tun:"), strings.HasPrefix(fc.Radio, "tun:")
-	if tunW != tunR {
-		return usageError{"gateway: --wire and --radio are both interfaces or both tun:NAME"}
+	fc, dur, err := gatewayConfig(args, stderr)
+	if err != nil {
+		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	fc.Gateway.Log = log
@@ -106,35 +60,20 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	fc.Gateway.State = state
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if *dur > 0 {
+	if dur > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *dur)
+		ctx, cancel = context.WithTimeout(ctx, dur)
 		defer cancel()
 	}
-	var (
-		gw  *gateway.Gateway
-		run func(context.Context) error
-	)
-	if tunW {
-		tl, err := tunlink.Open(strings.TrimPrefix(fc.Wire, "tun:"), strings.TrimPrefix(fc.Radio, "tun:"),
-			func(out func(engine.Side, []byte)) (tunlink.Processor, error) {
-				g, err := gateway.New(fc.Gateway, nil, out)
-				gw = g
-				return g, err
-			}, log)
-		if err != nil {
-			return err
-		}
-		defer tl.Close()
-		run = tl.Run
-	} else {
-		br, g, err := openBridge(fc.Wire, fc.Radio, netem.Config{}, netem.Config{}, nil, fc.Gateway)
-		if err != nil {
-			return err
-		}
-		gw, run = g, br.Run
+	gw, run, closeIO, err := openGatewayIO(fc, log)
+	if err != nil {
+		return err
 	}
+	// Stopping, in order: the packet I/O (devices, rules, sockets), then
+	// the gateway (its engine's timers, the numbers recorded), then the
+	// state directory (deferred above).
 	defer gw.Close()
+	defer closeIO()
 	defer watchSAs(ctx, gw, fc.SAFiles, log)()
 	if fc.Metrics != "" {
 		reg, err := metrics.Registry(gw.Counters("espep_gateway_"))
@@ -155,6 +94,103 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	err = run(ctx)
 	printGatewayStats(stdout, gw, nil)
 	return err
+}
+
+// gatewayConfig reads the command line and the --config file it names;
+// flags given override the file.
+func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.Duration, error) {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "configuration file (espep-gateway 1)")
+	wire := fs.String("wire", "", "the wired interface, or tun:NAME")
+	radio := fs.String("radio", "", "the radio interface, or tun:NAME")
+	var saPaths stringList
+	fs.Var(&saPaths, "sa", "SA file (native or esp_sa), watched; repeatable")
+	stateDir := fs.String("state-dir", "", "directory for the IV blocks and sequence numbers the gateway reserves")
+	ef := engine.AddFlags(fs) // --mode, --cc, … spelled as in the config file
+	plain := fs.Bool("plain", false, "accelerate TCP that is not IPsec-protected too")
+	maddr := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9465)")
+	routes := fs.Bool("routes", false, "TUN mode: install the policy rules that route --wire-iface and --radio-iface traffic into the devices, and remove them on exit")
+	wireIf := fs.String("wire-iface", "", "TUN mode with --routes: the interface the wired side's traffic arrives on")
+	radioIf := fs.String("radio-iface", "", "TUN mode with --routes: the interface the radio side's traffic arrives on")
+	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
+	fs.Usage = func() { fmt.Fprint(stderr, gatewayUsage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return nil, 0, usageError{err.Error()}
+	}
+	fc := &gateway.FileConfig{}
+	fc.Gateway.Engine.Mode = engine.ModeSplit
+	if *cfgPath != "" {
+		var err error
+		if fc, err = gateway.LoadFileConfig(*cfgPath); err != nil {
+			return nil, 0, err
+		}
+	}
+	set := map[string]func(){
+		"wire": func() { fc.Wire = *wire }, "radio": func() { fc.Radio = *radio }, "sa": func() { fc.SAFiles = saPaths },
+		"state-dir": func() { fc.StateDir = *stateDir }, "metrics": func() { fc.Metrics = *maddr }, "plain": func() { fc.Gateway.Plain = *plain },
+		"routes": func() { fc.Routes = *routes }, "wire-iface": func() { fc.WireIface = *wireIf }, "radio-iface": func() { fc.RadioIface = *radioIf },
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if s := set[f.Name]; s != nil {
+			s()
+		}
+	})
+	if err := ef.Apply(&fc.Gateway.Engine); err != nil {
+		return nil, 0, usageError{"gateway: " + err.Error()}
+	}
+	if fc.Wire == "" || fc.Radio == "" || len(fc.SAFiles) == 0 || fs.NArg() != 0 {
+		fs.Usage()
+		return nil, 0, usageError{"gateway: need --wire, --radio and --sa (or a --config that gives them)"}
+	}
+	tunW, tunR := strings.HasPrefix(fc.Wire, "tun:"), strings.HasPrefix(fc.Radio, "tun:")
+	switch {
+	case tunW != tunR:
+		return nil, 0, usageError{"gateway: --wire and --radio are both interfaces or both tun:NAME"}
+	case fc.Routes && (!tunW || fc.WireIface == "" || fc.RadioIface == ""):
+		return nil, 0, usageError{"gateway: --routes is for TUN mode and needs --wire-iface and --radio-iface"}
+	}
+	return fc, *dur, nil
+}
+
+// openGatewayIO opens the gateway's packet I/O — two TUN devices (up,
+// with the policy rules if fc.Routes) or an AF_PACKET bridge — with the
+// gateway between; run moves packets, closeIO undoes the rest.
+func openGatewayIO(fc *gateway.FileConfig, log *slog.Logger) (gw *gateway.Gateway, run func(context.Context) error, closeIO func(), err error) {
+	if !strings.HasPrefix(fc.Wire, "tun:") {
+		br, g, err := openBridge(fc.Wire, fc.Radio, netem.Config{}, netem.Config{}, nil, fc.Gateway)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return g, br.Run, func() {}, nil
+	}
+	tl, err := tunlink.Open(strings.TrimPrefix(fc.Wire, "tun:"), strings.TrimPrefix(fc.Radio, "tun:"),
+		func(out func(engine.Side, []byte)) (tunlink.Processor, error) {
+			g, err := gateway.New(fc.Gateway, nil, out)
+			gw = g
+			return g, err
+		}, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	undo := func() {}
+	fail := func(err error) (*gateway.Gateway, func(context.Context) error, func(), error) {
+		undo()
+		tl.Close()
+		gw.Close()
+		return nil, nil, nil, err
+	}
+	if err := tl.Up(); err != nil {
+		return fail(err)
+	}
+	if fc.Routes {
+		if undo, err = tl.Install(tunlink.Routes{Wire: fc.WireIface, Radio: fc.RadioIface, Table: fc.RouteTable}); err != nil {
+			undo = func() {}
+			return fail(err)
+		}
+		log.Info("gateway: policy routing installed", "wire-iface", fc.WireIface, "radio-iface", fc.RadioIface)
+	}
+	return gw, tl.Run, func() { undo(); tl.Close() }, nil
 }
 
 // openBridge bridges interfaces a (wire) and b (radio) through the IPsec

@@ -20,6 +20,10 @@ import (
 //	espep-gateway 1
 //	wire            = eth0          # interface (AF_PACKET) or tun:NAME
 //	radio           = eth1
+//	routes          = no            # TUN mode: install the policy rules (and remove them on exit)
+//	wire-iface      = eth0          #   what arrives here goes into the wire device (table route-table)
+//	radio-iface     = eth1          #   what arrives here goes into the radio device (table route-table+1)
+//	route-table     = 100
 //	sa-file         = gateway.sa    # native or esp_sa lines; relative to this file; may be given more than once
 //	state-dir       = state         # IV blocks and sequence numbers (0700); without it no AES-GCM,
 //	                                # ChaCha20-Poly1305 or AES-CTR SA is sealed on
@@ -51,7 +55,13 @@ import (
 // limits and error form are keyval's.
 type FileConfig struct {
 	Wire, Radio string
-	SAFiles     []string
+	// TUN mode: with Routes, the gateway installs (and on exit removes)
+	// the policy rules that route what arrives on WireIface and RadioIface
+	// into its devices (tables RouteTable and RouteTable+1).
+	Routes                bool
+	WireIface, RadioIface string
+	RouteTable            int
+	SAFiles               []string
 	StateDir    string
 	IVPartition statedir.Partition
 	Metrics     string
@@ -124,6 +134,17 @@ func (c *FileConfig) set(e *engine.Config, key, val string) error {
 		c.Radio = val
 	case "sa-file":
 		c.SAFiles = append(c.SAFiles, val)
+	case "routes":
+		c.Routes, err = keyval.Bool(val)
+	case "wire-iface":
+		c.WireIface = val
+	case "radio-iface":
+		c.RadioIface = val
+	case "route-table":
+		c.RouteTable, err = keyval.Count(val)
+		if err == nil && c.RouteTable > 1<<31-2 {
+			err = errors.New("want a table number below 2^31-1")
+		}
 	case "state-dir":
 		c.StateDir = val
 	case "iv-partition":

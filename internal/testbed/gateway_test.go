@@ -456,17 +456,19 @@ func TestGatewayTUN(t *testing.T) {
 	p.saPath = filepath.Join(dir, "sa.conf")
 	must(t, os.WriteFile(p.saPath, []byte(c.saFile("10.82.1.1", "10.82.2.1")), 0o600))
 	conf := filepath.Join(dir, "gateway.conf")
-	must(t, os.WriteFile(conf, []byte("espep-gateway 1\nwire = tun:gw-wire\nradio = tun:gw-radio\nsa-file = sa.conf\nstate-dir = state\nmode = split\nbuffer-per-flow = 2MiB\n"), 0o600))
+	must(t, os.WriteFile(conf, []byte("espep-gateway 1\nwire = tun:gw-wire\nradio = tun:gw-radio\nroutes = yes\nwire-iface = ga\nradio-iface = gb\n"+
+		"sa-file = sa.conf\nstate-dir = state\nmode = split\nbuffer-per-flow = 2MiB\n"), 0o600))
 	var err error
 	p.mid, err = b.Start(g, espepBin, "gateway", "--config", conf)
 	must(t, err)
 	must(t, waitFor(p.mid, "gateway running", 10*time.Second))
-	for _, r := range [][]string{
-		{"link", "set", "gw-wire", "up"}, {"link", "set", "gw-radio", "up"},
-		{"rule", "add", "iif", "ga", "table", "100"}, {"route", "add", "default", "dev", "gw-wire", "table", "100"},
-		{"rule", "add", "iif", "gb", "table", "101"}, {"route", "add", "default", "dev", "gw-radio", "table", "101"},
-	} {
-		must(t, b.IP(g, r...))
+	// routes = yes: the gateway brought its devices up and installed the
+	// rules.
+	out, err := b.Run(g, "ip", "rule", "show")
+	must(t, err)
+	rules := string(out)
+	if !strings.Contains(rules, "iif ga lookup 100") || !strings.Contains(rules, "iif gb lookup 101") {
+		t.Fatalf("the gateway's rules are not installed:\n%s", rules)
 	}
 	p.startHosts(t, c, nil)
 
@@ -480,6 +482,18 @@ func TestGatewayTUN(t *testing.T) {
 	}
 	if ec["early-acked"] < len(payload) {
 		t.Fatalf("the engine did not split the flow: %v", ec)
+	}
+	// On exit the gateway removed its rules (the devices, and their
+	// routes, went with it); hostTransfer stopped it.
+	for _, fam := range []string{"-4", "-6"} {
+		out, err := b.Run(g, "ip", fam, "rule", "show")
+		must(t, err)
+		if after := string(out); strings.Contains(after, "iif ga") || strings.Contains(after, "iif gb") {
+			t.Fatalf("the gateway left its rules behind:\n%s", after)
+		}
+	}
+	if links, _ := b.Run(g, "ip", "link", "show"); strings.Contains(string(links), "gw-wire") {
+		t.Fatalf("the gateway left its devices behind:\n%s", links)
 	}
 }
 
