@@ -281,10 +281,11 @@ func describe(c netem.Config) string {
 // printLinkemStats writes the counters as a table, one row per direction.
 func printLinkemStats(w io.Writer, a, b string, st linkem.Stats) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "direction\toffered\tdelivered\tdrop-queue\tdrop-loss\tdrop-outage\tdrop-mtu\tdup\tcorrupt\treorder\tqueue-max-bytes\ttx-errors\toversize\t")
+	fmt.Fprintln(tw, "direction\toffered\tdelivered\tdrop-queue\tdrop-loss\tdrop-outage\tdrop-mtu\tdup\tcorrupt\treorder\tqueue-max-bytes\ttx-errors\toversize\tchecksummed\tsegmented\toffload-errors\t")
 	row := func(name string, s netem.Stats, out linkem.PortStats, in linkem.PortStats) {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", name, s.Offered, s.Delivered,
-			s.DropQueue, s.DropLoss, s.DropOutage, s.DropMTU, s.Duplicated, s.Corrupted, s.Reordered, s.QueueHighBytes, out.TxErrors, in.Oversize)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", name, s.Offered, s.Delivered,
+			s.DropQueue, s.DropLoss, s.DropOutage, s.DropMTU, s.Duplicated, s.Corrupted, s.Reordered, s.QueueHighBytes, out.TxErrors, in.Oversize,
+			in.Checksummed, in.Segmented, in.OffloadErrors)
 	}
 	row(a+"→"+b, st.AB, st.B, st.A)
 	row(b+"→"+a, st.BA, st.A, st.B)

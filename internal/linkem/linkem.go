@@ -3,11 +3,13 @@
 // so that unmodified Linux TCP and strongSwan in network namespaces can be
 // put behind an emulated radio link (the kernel here has no netem qdisc).
 //
-// It reads and writes frames with AF_PACKET sockets and expects the
-// interfaces' peers to have checksum and segmentation offloads turned off
-// (the testbed does this): frames with unfinished checksums or GSO
-// super-frames would be forwarded as they are and dropped by the receiver.
-// Frames longer than the interface MTU are counted as oversize.
+// It reads and writes frames with AF_PACKET sockets, with a
+// virtio_net_hdr before each (PACKET_VNET_HDR), so that the interfaces
+// may keep their offloads: a frame whose checksum the kernel left to the
+// NIC gets it completed, and a GSO/GRO super-frame is cut into the
+// segments the wire would have carried (offload.go), before anything
+// else sees them. Frames longer than the interface MTU after that are
+// counted as oversize.
 package linkem
 
 import (
@@ -26,7 +28,10 @@ type PortStats struct {
 	RxFrames, RxBytes uint64
 	TxFrames, TxBytes uint64
 	TxErrors          uint64
-	Oversize          uint64 // longer than MTU + Ethernet header: offloads left on?
+	Oversize          uint64 // longer than MTU + Ethernet header, even after segmenting
+	Checksummed       uint64 // frames whose checksum the kernel had left to the NIC, completed
+	Segmented         uint64 // GSO/GRO super-frames cut into segments
+	OffloadErrors     uint64 // frames whose offload could not be finished: dropped
 }
 
 // Stats is everything a bridge counts.
@@ -52,10 +57,12 @@ type Bridge struct {
 
 type portCounters struct {
 	rxFrames, rxBytes, txFrames, txBytes, txErrors, oversize atomic.Uint64
+	checksummed, segmented, offloadErrors                    atomic.Uint64
 }
 
 func (c *portCounters) snapshot() PortStats {
-	return PortStats{c.rxFrames.Load(), c.rxBytes.Load(), c.txFrames.Load(), c.txBytes.Load(), c.txErrors.Load(), c.oversize.Load()}
+	return PortStats{c.rxFrames.Load(), c.rxBytes.Load(), c.txFrames.Load(), c.txBytes.Load(), c.txErrors.Load(), c.oversize.Load(),
+		c.checksummed.Load(), c.segmented.Load(), c.offloadErrors.Load()}
 }
 
 // Open binds to both interfaces and builds the links; frames flow once Run

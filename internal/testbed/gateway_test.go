@@ -68,13 +68,19 @@ func TestGatewayStrongSwan(t *testing.T) {
 			must(t, s.StartCharon(tc.esp))
 			cfgs := giveKeys(t, s, saPath, tc.espSA)
 
-			// Count the ESP packets reaching each peer, to hold against what
-			// the peer says it accepted.
+			// Count the ESP packets sent toward each peer, to hold against
+			// what the peer says it accepted. They are counted where the
+			// gateway (or linkem) puts them on the wire: at the peers, GRO
+			// (the veths keep their offloads) may merge several into one
+			// frame before the capture sees them.
 			caps := map[string]string{"left": filepath.Join(dir, "left.pcap"), "right": filepath.Join(dir, "right.pcap")}
 			var dumps []*Proc
-			for side, ns := range map[string]string{"left": s.Left, "right": s.Right} {
-				ifc := map[string]string{"left": "l0", "right": "r0"}[side]
-				d, err := b.Start(ns, "tcpdump", "-U", "--immediate-mode", "-ni", ifc, "-w", caps[side], "-Q", "in", "udp port 4500")
+			for side := range caps {
+				ifc := map[string]string{"left": "ra", "right": "rb"}[side]
+				peer := map[string]string{"left": SSLeftOuter, "right": SSRightOuter}[side]
+				// By destination, with a large capture buffer: at these
+				// rates tcpdump's default one (and -Q out) lost frames.
+				d, err := b.Start(s.Radio, "tcpdump", "-U", "--immediate-mode", "-B", "65536", "-ni", ifc, "-w", caps[side], "udp port 4500 and dst host "+peer)
 				must(t, err)
 				must(t, b.WaitFile(caps[side], 5*time.Second))
 				dumps = append(dumps, d)

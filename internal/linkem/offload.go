@@ -1,0 +1,215 @@
+package linkem
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/espep/espep/ipsec/header"
+)
+
+// Offloads. A NIC (or a veth) with its offloads left on hands a packet
+// socket frames the kernel has not finished: checksums only begun
+// (CHECKSUM_PARTIAL: the field holds the pseudo-header sum, the rest is
+// the NIC's job), and GSO/GRO super-frames that carry many segments'
+// payload under one header. Forwarded as they are, the receiver drops
+// them. With PACKET_VNET_HDR each frame comes after a virtio_net_hdr
+// that says so; finish completes the checksum and cuts a super-frame
+// into the segments the wire would have carried, so that everything
+// after it — netem, the engine, the gateway — sees ordinary frames.
+//
+//	struct virtio_net_hdr {          (little-endian on the hosts here)
+//	    u8  flags;                   VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+//	    u8  gso_type;                NONE 0, TCPV4 1, UDP 3, TCPV6 4, UDP_L4 5; | ECN 0x80
+//	    u16 hdr_len;                 headers before the payload (a hint)
+//	    u16 gso_size;                payload bytes per segment
+//	    u16 csum_start;              where checksumming starts (from the frame's start)
+//	    u16 csum_offset;             where, from csum_start, the sum goes
+//	};
+
+// vnetHdrLen is the length of struct virtio_net_hdr.
+const vnetHdrLen = 10
+
+const (
+	vnetNeedsCsum = 1
+	gsoNone       = 0
+	gsoTCPv4      = 1
+	gsoUDP        = 3 // UFO: IP fragmentation, which no current kernel produces
+	gsoTCPv6      = 4
+	gsoUDPL4      = 5
+	gsoECN        = 0x80
+)
+
+// vnetHdr is a parsed virtio_net_hdr.
+type vnetHdr struct {
+	flags, gsoType                         uint8
+	hdrLen, gsoSize, csumStart, csumOffset int
+}
+
+func parseVnetHdr(b []byte) (vnetHdr, error) {
+	if len(b) < vnetHdrLen {
+		return vnetHdr{}, fmt.Errorf("virtio_net_hdr: %d bytes: %w", len(b), header.ErrTruncated)
+	}
+	return vnetHdr{flags: b[0], gsoType: b[1], hdrLen: int(binary.LittleEndian.Uint16(b[2:])),
+		gsoSize: int(binary.LittleEndian.Uint16(b[4:])), csumStart: int(binary.LittleEndian.Uint16(b[6:])),
+		csumOffset: int(binary.LittleEndian.Uint16(b[8:]))}, nil
+}
+
+var errOffload = errors.New("offloaded frame")
+
+// finish turns frame — what a packet socket read after h — into the
+// frames the wire would carry, each handed to emit (in place where it
+// can: emit must not keep its argument). It reports whether it
+// completed a checksum and how many segments a super-frame became (0:
+// none was).
+func finish(h vnetHdr, frame []byte, emit func([]byte)) (csum bool, segs int, err error) {
+	switch h.gsoType &^ gsoECN {
+	case gsoNone:
+		if h.flags&vnetNeedsCsum != 0 {
+			if err := completeChecksum(frame, h.csumStart, h.csumOffset); err != nil {
+				return false, 0, err
+			}
+			csum = true
+		}
+		emit(frame)
+		return csum, 0, nil
+	case gsoTCPv4, gsoTCPv6, gsoUDPL4:
+		// Every segment's checksum is computed whole: the partial one
+		// goes with the super-frame.
+		n, err := segment(frame, h.gsoSize, emit)
+		return false, n, err
+	}
+	return false, 0, fmt.Errorf("gso type %d: %w", h.gsoType, errOffload)
+}
+
+// completeChecksum finishes a CHECKSUM_PARTIAL frame: the one's
+// complement sum from start to the end of the frame (the field at
+// start+off holds the pseudo-header sum), folded, complemented, stored.
+func completeChecksum(frame []byte, start, off int) error {
+	if start < 0 || off < 0 || start+off+2 > len(frame) {
+		return fmt.Errorf("checksum at %d+%d outside a %d-byte frame: %w", start, off, len(frame), errOffload)
+	}
+	binary.BigEndian.PutUint16(frame[start+off:], ^header.Checksum(frame[start:], 0))
+	return nil
+}
+
+// frameHeaders finds the layers of an Ethernet frame carrying IP: the
+// Ethernet header's length (a VLAN tag included), and the IP packet's
+// parsed headers.
+func frameHeaders(frame []byte) (eth int, ip header.Parsed, err error) {
+	eth = etherLen
+	if len(frame) >= 18 && binary.BigEndian.Uint16(frame[12:]) == 0x8100 {
+		eth = 18
+	}
+	if len(frame) <= eth {
+		return 0, ip, fmt.Errorf("%d-byte frame: %w", len(frame), header.ErrTruncated)
+	}
+	err = header.Parse(frame[eth:], &ip)
+	return eth, ip, err
+}
+
+// maxSegments bounds what one super-frame may become (64 KB of 536-byte
+// segments is 123).
+const maxSegments = 128
+
+// segment cuts a TCP or UDP super-frame into frames of at most mss
+// payload bytes each, with headers made as the sender's stack would have
+// made them: IPv4 identification counting up, lengths, TCP sequence
+// numbers, FIN and PSH on the last segment only, CWR on the first only,
+// and every checksum whole.
+func segment(frame []byte, mss int, emit func([]byte)) (int, error) {
+	eth, ip, err := frameHeaders(frame)
+	if err != nil {
+		return 0, err
+	}
+	if ip.Fragment || ip.Proto != header.ProtoTCP && ip.Proto != header.ProtoUDP || mss <= 0 {
+		return 0, fmt.Errorf("gso of protocol %d (fragment %v, size %d): %w", ip.Proto, ip.Fragment, mss, errOffload)
+	}
+	pkt := frame[eth : eth+ip.Len]
+	l4 := ip.L4
+	hl := header.UDPLen
+	if ip.Proto == header.ProtoTCP {
+		t, err := header.ParseTCP(pkt[l4:])
+		if err != nil {
+			return 0, err
+		}
+		hl = t.HeaderLen()
+	} else if len(pkt) < l4+hl {
+		return 0, fmt.Errorf("udp header: %w", header.ErrTruncated)
+	}
+	hdrs := eth + l4 + hl
+	payload := frame[hdrs : eth+ip.Len]
+	n := (len(payload) + mss - 1) / mss
+	if n > maxSegments {
+		return 0, fmt.Errorf("%d segments: %w", n, errOffload)
+	}
+	if n <= 1 {
+		f := frame[:hdrs+len(payload)]
+		finishL4(f, eth, &ip)
+		emit(f)
+		return 1, nil
+	}
+	buf := make([]byte, hdrs+mss)
+	for i := range n {
+		chunk := payload[i*mss : min((i+1)*mss, len(payload))]
+		f := buf[:hdrs+len(chunk)]
+		copy(f, frame[:hdrs])
+		copy(f[hdrs:], chunk)
+		fixLengths(f, eth, &ip, i, i == 0, i == n-1)
+		if ip.Proto == header.ProtoTCP {
+			t := header.TCP(f[eth+l4:])
+			t.SetSeq(t.Seq() + uint32(i*mss))
+		}
+		finishL4(f, eth, &ip)
+		emit(f)
+	}
+	return n, nil
+}
+
+// fixLengths makes frame f (segment i of a super-frame whose headers ip
+// describes) say its own length; TCP flags as the segment's position
+// wants.
+func fixLengths(f []byte, eth int, ip *header.Parsed, i int, first, last bool) {
+	pkt := f[eth:]
+	if ip.Version == 4 {
+		h := header.IPv4(pkt)
+		h.SetTotalLen(len(pkt))
+		h.SetID(h.ID() + uint16(i))
+		h.UpdateChecksum()
+	} else {
+		binary.BigEndian.PutUint16(pkt[4:], uint16(len(pkt)-header.IPv6Len))
+	}
+	l4 := pkt[ip.L4:]
+	if ip.Proto == header.ProtoUDP {
+		binary.BigEndian.PutUint16(l4[4:], uint16(len(l4)))
+		return
+	}
+	t := header.TCP(l4)
+	flags := t.Flags()
+	if !last {
+		flags &^= header.TCPFin | header.TCPPsh
+	}
+	if !first {
+		flags &^= header.TCPCwr
+	}
+	t.SetFlags(flags)
+}
+
+// finishL4 computes a segment's TCP or UDP checksum whole.
+func finishL4(f []byte, eth int, ip *header.Parsed) {
+	pkt := f[eth:]
+	l4 := pkt[ip.L4:]
+	src, dst := ip.Src.AsSlice(), ip.Dst.AsSlice()
+	sum := header.PseudoHeaderSum(src, dst, ip.Proto, len(l4))
+	if ip.Proto == header.ProtoTCP {
+		l4[16], l4[17] = 0, 0
+		binary.BigEndian.PutUint16(l4[16:], ^header.Checksum(l4, sum))
+		return
+	}
+	l4[6], l4[7] = 0, 0
+	c := ^header.Checksum(l4, sum)
+	if c == 0 {
+		c = 0xffff
+	}
+	binary.BigEndian.PutUint16(l4[6:], c)
+}

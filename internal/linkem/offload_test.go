@@ -1,0 +1,171 @@
+package linkem
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"github.com/espep/espep/internal/packettest"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// ether puts an Ethernet header (IPv4 or IPv6 by the packet) before pkt.
+func ether(pkt []byte) []byte {
+	f := make([]byte, etherLen+len(pkt))
+	copy(f, []byte{2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1})
+	et := uint16(0x0800)
+	if pkt[0]>>4 == 6 {
+		et = 0x86dd
+	}
+	binary.BigEndian.PutUint16(f[12:], et)
+	copy(f[etherLen:], pkt)
+	return f
+}
+
+// l4Valid reports whether a frame's TCP or UDP checksum verifies.
+func l4Valid(t *testing.T, f []byte) bool {
+	t.Helper()
+	var ip header.Parsed
+	if err := header.Parse(f[etherLen:], &ip); err != nil {
+		t.Fatal(err)
+	}
+	l4 := ip.Upper(f[etherLen:])
+	return header.Checksum(l4, header.PseudoHeaderSum(ip.Src.AsSlice(), ip.Dst.AsSlice(), ip.Proto, len(l4))) == 0xffff
+}
+
+// TestSegmentTCP: a GSO super-frame becomes the segments the sender's
+// stack would have put on the wire — IPv4 and IPv6, with TCP options —
+// each with its own lengths, identification, sequence number, flags and
+// whole checksums, and between them exactly the super-frame's payload.
+func TestSegmentTCP(t *testing.T) {
+	ts := []byte{header.TCPOptNop, header.TCPOptNop, header.TCPOptTimestamp, 10, 0, 0, 0, 1, 0, 0, 0, 2}
+	for _, tc := range []struct {
+		name     string
+		src, dst string
+		gso      uint8
+	}{{"v4", "10.0.0.1:5001", "10.0.0.2:80", gsoTCPv4}, {"v6", "[fd00::1]:5001", "[fd00::2]:80", gsoTCPv6}} {
+		t.Run(tc.name, func(t *testing.T) {
+			payload := make([]byte, 10000)
+			for i := range payload {
+				payload[i] = byte(i * 7)
+			}
+			src, dst := netip.MustParseAddrPort(tc.src), netip.MustParseAddrPort(tc.dst)
+			super := ether(packettest.Segment(src, dst, header.TCPAck|header.TCPPsh|header.TCPFin|header.TCPCwr, 1000, 1, 500, ts, payload))
+			if tc.gso == gsoTCPv4 {
+				header.IPv4(super[etherLen:]).SetID(100)
+			}
+			var got [][]byte
+			_, n, err := finish(vnetHdr{gsoType: tc.gso | gsoECN, gsoSize: 1448, flags: vnetNeedsCsum}, super,
+				func(f []byte) { got = append(got, append([]byte(nil), f...)) })
+			if err != nil || n != 7 || len(got) != 7 {
+				t.Fatalf("%d segments (%d emitted), err %v; want 7", n, len(got), err)
+			}
+			var joined []byte
+			for i, f := range got {
+				var ip header.Parsed
+				if err := header.Parse(f[etherLen:], &ip); err != nil || ip.Len != len(f)-etherLen {
+					t.Fatalf("segment %d: %v, length %d of %d", i, err, ip.Len, len(f)-etherLen)
+				}
+				if tc.gso == gsoTCPv4 {
+					h := header.IPv4(f[etherLen:])
+					if !h.ChecksumValid() || h.ID() != 100+uint16(i) {
+						t.Fatalf("segment %d: ipv4 checksum %v, id %d", i, h.ChecksumValid(), h.ID())
+					}
+				}
+				if !l4Valid(t, f) {
+					t.Fatalf("segment %d: bad tcp checksum", i)
+				}
+				tcp := header.TCP(ip.Upper(f[etherLen:]))
+				last := i == len(got)-1
+				if tcp.Seq() != 1000+uint32(i*1448) || tcp.Has(header.TCPFin) != last || tcp.Has(header.TCPPsh) != last ||
+					tcp.Has(header.TCPCwr) != (i == 0) || !tcp.Has(header.TCPAck) || tcp.HeaderLen() != 32 {
+					t.Fatalf("segment %d: seq %d flags %#x", i, tcp.Seq(), tcp.Flags())
+				}
+				if len(tcp.Payload()) > 1448 {
+					t.Fatalf("segment %d: %d bytes of payload", i, len(tcp.Payload()))
+				}
+				joined = append(joined, tcp.Payload()...)
+			}
+			if !bytes.Equal(joined, payload) {
+				t.Fatal("the segments do not carry the super-frame's payload")
+			}
+		})
+	}
+}
+
+// TestSegmentUDP: a UDP GSO super-frame (UDP_SEGMENT) becomes datagrams
+// of gso_size bytes, each with its own length and checksum.
+func TestSegmentUDP(t *testing.T) {
+	payload := bytes.Repeat([]byte("0123456789"), 350) // 3500 bytes: 1200+1200+1100
+	super := ether(packettest.UDP(netip.MustParseAddrPort("10.0.0.1:4500"), netip.MustParseAddrPort("10.0.0.2:4500"), payload))
+	var got [][]byte
+	if _, n, err := finish(vnetHdr{gsoType: gsoUDPL4, gsoSize: 1200}, super, func(f []byte) { got = append(got, append([]byte(nil), f...)) }); err != nil || n != 3 {
+		t.Fatalf("%d datagrams, %v", n, err)
+	}
+	var joined []byte
+	for i, f := range got {
+		u := f[etherLen+header.IPv4MinLen:]
+		if int(binary.BigEndian.Uint16(u[4:])) != len(u) || !l4Valid(t, f) || !header.IPv4(f[etherLen:]).ChecksumValid() {
+			t.Fatalf("datagram %d: udp length %d of %d, checksums", i, binary.BigEndian.Uint16(u[4:]), len(u))
+		}
+		joined = append(joined, u[header.UDPLen:]...)
+	}
+	if !bytes.Equal(joined, payload) {
+		t.Fatal("the datagrams do not carry the super-frame's payload")
+	}
+}
+
+// TestCompleteChecksum: a CHECKSUM_PARTIAL frame (the field holds the
+// pseudo-header sum) leaves with its checksum whole; a bad offset is an
+// error, not a panic.
+func TestCompleteChecksum(t *testing.T) {
+	src, dst := netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:80")
+	f := ether(packettest.Segment(src, dst, header.TCPAck, 1, 1, 500, nil, []byte("partial")))
+	tcp := f[etherLen+header.IPv4MinLen:]
+	tcp[16], tcp[17] = 0, 0
+	binary.BigEndian.PutUint16(tcp[16:], header.Checksum(nil, header.PseudoHeaderSum(src.Addr().AsSlice(), dst.Addr().AsSlice(), header.ProtoTCP, len(tcp))))
+	if l4Valid(t, f) {
+		t.Fatal("the partial checksum verifies: the test tests nothing")
+	}
+	csum, _, err := finish(vnetHdr{flags: vnetNeedsCsum, csumStart: etherLen + header.IPv4MinLen, csumOffset: 16}, f, func([]byte) {})
+	if err != nil || !csum || !l4Valid(t, f) {
+		t.Fatalf("completed %v, err %v, valid %v", csum, err, l4Valid(t, f))
+	}
+	if _, _, err := finish(vnetHdr{flags: vnetNeedsCsum, csumStart: len(f), csumOffset: 16}, f, func([]byte) {}); err == nil {
+		t.Fatal("a checksum outside the frame was accepted")
+	}
+	if _, _, err := finish(vnetHdr{gsoType: gsoUDP, gsoSize: 100}, f, func([]byte) {}); err == nil {
+		t.Fatal("UFO was accepted")
+	}
+}
+
+// FuzzFinish: any virtio_net_hdr and frame give frames or an error, never
+// a panic; every frame a super-frame became is a whole IP packet.
+func FuzzFinish(f *testing.F) {
+	src, dst := netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:80")
+	seg := ether(packettest.Segment(src, dst, header.TCPAck, 1, 1, 500, nil, make([]byte, 3000)))
+	for _, h := range [][]byte{{0, gsoTCPv4, 54, 0, 0xa8, 5, 0, 0, 0, 0}, {1, 0, 0, 0, 0, 0, 34, 0, 16, 0}, {0, gsoUDPL4, 0, 0, 100, 0, 0, 0, 0, 0},
+		{1, gsoTCPv6 | gsoECN, 0, 0, 1, 0, 255, 255, 255, 255}} {
+		f.Add(append(h, seg...))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := parseVnetHdr(b)
+		if err != nil {
+			return
+		}
+		frame := append([]byte(nil), b[vnetHdrLen:]...)
+		_, segs, err := finish(h, frame, func(out []byte) {
+			if h.gsoType&^gsoECN == gsoNone {
+				return
+			}
+			var ip header.Parsed
+			if e := header.Parse(out[etherLen:], &ip); e != nil || ip.Len != len(out)-etherLen {
+				t.Fatalf("a segment that is not a whole packet: %v", e)
+			}
+		})
+		if err == nil && segs > maxSegments {
+			t.Fatalf("%d segments", segs)
+		}
+	})
+}
