@@ -62,9 +62,9 @@ type FileConfig struct {
 	WireIface, RadioIface string
 	RouteTable            int
 	SAFiles               []string
-	StateDir    string
-	IVPartition statedir.Partition
-	Metrics     string
+	StateDir              string
+	IVPartition           statedir.Partition
+	Metrics               string
 	// Gateway holds the engine and gateway settings (zero: defaults).
 	Gateway Config
 }
