@@ -86,6 +86,12 @@ func runLab(args []string, stdout, stderr io.Writer) error {
 		}
 	} else {
 		lab.Table(stdout, rows)
+		for _, r := range rows {
+			if r.CPUBound {
+				fmt.Fprintln(stdout, "wait!: the machine was too busy during that run (its threads waited for a CPU that long a share of it, after retries): its figures understate the network")
+				break
+			}
+		}
 	}
 	if *plot != "" {
 		if err := writePlot(*plot, rows); err != nil {

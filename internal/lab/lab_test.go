@@ -7,6 +7,9 @@ import (
 	"encoding/xml"
 	"io"
 	"math"
+	"os"
+	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -126,5 +129,68 @@ func TestRunRefusesUnknown(t *testing.T) {
 	}
 	if _, err := Run(context.Background(), Config{Duration: time.Millisecond}, nil); err == nil {
 		t.Fatal("a 1 ms duration was accepted")
+	}
+}
+
+// TestLabNotCPUBound: the lab's figures are the network's, not the
+// machine's. With the CPU taken from it (processes spinning at a higher
+// priority), a run's threads wait for the CPU and the lab says so
+// (CPUBound, with no retries); with the CPU free, the same run is not
+// CPU-bound and the fade row holds its figure: split at ≥ 0.85 of what the
+// radio can carry through a 750 ms fade (0.90–0.96 measured).
+func TestLabNotCPUBound(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: two real-time runs")
+	}
+	cfg := Config{Duration: 3 * time.Second, Seed: 1, Parallel: 1, Retries: -1}
+	only := func(rows []Row) Row {
+		for _, r := range rows {
+			if r.Mode == ModeSplit {
+				return r
+			}
+		}
+		t.Fatal("no split row")
+		return Row{}
+	}
+	if os.Geteuid() == 0 {
+		// The CPU taken: spinning processes at a higher priority than ours.
+		var hogs []*exec.Cmd
+		for range runtime.NumCPU() * 2 {
+			c := exec.Command("nice", "-n", "-15", "sh", "-c", "while :; do :; done")
+			if err := c.Start(); err != nil {
+				t.Fatal(err)
+			}
+			hogs = append(hogs, c)
+		}
+		stop := func() {
+			for _, c := range hogs {
+				c.Process.Kill()
+				c.Wait()
+			}
+			hogs = nil
+		}
+		t.Cleanup(stop)
+		rows, err := Run(context.Background(), cfg, []string{"outage"})
+		stop()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := only(rows); r.CPUWait >= 0 && !r.CPUBound {
+			t.Fatalf("with the CPU taken the run waited %.2f of its time for it and was not called CPU-bound (%.2f of the limit)", r.CPUWait, r.LimitRatio)
+		}
+	} else if os.Getenv("CI") != "" {
+		t.Fatal("not root: cannot take the CPU from the lab")
+	} else {
+		t.Log("not root: the CPU-bound case is not tried")
+	}
+	cfg.Retries = 3
+	rows, err := Run(context.Background(), cfg, []string{"outage"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := only(rows)
+	t.Logf("split through the fade: %.2f of the limit, cpu wait %.2f", r.LimitRatio, r.CPUWait)
+	if r.CPUBound || r.Integrity != "pass" || r.LimitRatio < 0.85 {
+		t.Fatalf("split through the fade: %.2f of the limit, cpu wait %.2f (bound %v), %s", r.LimitRatio, r.CPUWait, r.CPUBound, r.Detail)
 	}
 }
