@@ -12,6 +12,7 @@ package testbed
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -238,6 +239,28 @@ func (b *Bed) Start(ns string, args ...string) (*Proc, error) {
 	b.procs = append(b.procs, p)
 	b.mu.Unlock()
 	return p, nil
+}
+
+// CPU returns the processor time the process has used so far (user and
+// system, from /proc/PID/stat).
+func (p *Proc) CPU() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which is in parentheses and may hold
+	// spaces: state is field 3, utime 14, stime 15.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", p.cmd.Process.Pid, len(f))
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	sy, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(u+sy) * 10 * time.Millisecond, nil // USER_HZ is 100 on Linux
 }
 
 // Output returns what the process wrote so far (stdout and stderr).

@@ -35,21 +35,44 @@ const headroom = 16
 // Stats count packets at the two devices, by engine.Side.
 type Stats struct {
 	Read, Written, WriteErrors [2]uint64
+	Writes                     [2]uint64 // Write calls (batches)
 }
 
 // Link is the two devices and the processor between them.
+//
+// Writes are batched: what the processor sends toward a side waits in
+// that side's batch (out) and goes to the device in one Write, which
+// coalesces a flow's segments into one super-packet for the kernel (the
+// device has TSO/GRO offloads) — one system call and one trip through the
+// kernel's stack per batch, not per packet. A reader flushes both
+// batches when it has processed what one Read gave it; a packet sent
+// while no reader is busy (an engine timer's) is flushed at once.
 type Link struct {
 	names [2]string
 	dev   [2]tun.Device
 	proc  Processor
 	log   *slog.Logger
 
-	wmu   [2]sync.Mutex
-	wbuf  [2][]byte
-	close sync.Once
+	out    [2]batch
+	active atomic.Int32 // readers processing a Read's packets now
+	close  sync.Once
 
-	read, written, werr [2]atomic.Uint64
+	read, written, werr, writes [2]atomic.Uint64
 }
+
+// batch is one side's packets waiting to be written.
+type batch struct {
+	mu   sync.Mutex
+	bufs [][]byte // pending, each headroom + packet (cap for coalescing)
+	free [][]byte
+}
+
+// batchMax bounds a batch: it is written when full.
+const batchMax = 64
+
+// bufSize is a write buffer's capacity: a coalesced super-packet may grow
+// to 64 KB behind the headroom.
+const bufSize = headroom + 65536
 
 // Open creates the TUN devices wire and radio (brought up by the caller,
 // or by `ip link set … up`) and the processor mk makes, which sends
@@ -63,7 +86,6 @@ func Open(wire, radio string, mk func(out func(to engine.Side, pkt []byte)) (Pro
 			return nil, fmt.Errorf("tunlink: tun %s: %w", name, err)
 		}
 		l.dev[side] = d
-		l.wbuf[side] = make([]byte, headroom+65536)
 	}
 	p, err := mk(l.send)
 	if err != nil {
@@ -74,21 +96,63 @@ func Open(wire, radio string, mk func(out func(to engine.Side, pkt []byte)) (Pro
 	return l, nil
 }
 
-// send writes pkt into the device of side to.
+// send queues pkt (copied) for the device of side to, and writes the
+// batch if it is full, or if no reader will flush it soon.
 func (l *Link) send(to engine.Side, pkt []byte) {
-	if len(pkt) > len(l.wbuf[to])-headroom {
+	if len(pkt) > bufSize-headroom {
 		l.werr[to].Add(1)
 		return
 	}
-	l.wmu[to].Lock()
-	defer l.wmu[to].Unlock()
-	b := l.wbuf[to][:headroom+len(pkt)]
-	copy(b[headroom:], pkt)
-	if _, err := l.dev[to].Write([][]byte{b}, headroom); err != nil {
-		l.werr[to].Add(1)
+	b := &l.out[to]
+	b.mu.Lock()
+	var buf []byte
+	if n := len(b.free); n > 0 {
+		buf, b.free = b.free[n-1], b.free[:n-1]
+	} else {
+		buf = make([]byte, bufSize)
+	}
+	buf = buf[:headroom+len(pkt)]
+	copy(buf[headroom:], pkt)
+	b.bufs = append(b.bufs, buf)
+	full := len(b.bufs) >= batchMax
+	if full {
+		l.writeLocked(to)
+	}
+	b.mu.Unlock()
+	if !full && l.active.Load() == 0 {
+		l.flush(to) // no reader busy: nobody else will
+	}
+}
+
+// flush writes side to's batch.
+func (l *Link) flush(to engine.Side) {
+	b := &l.out[to]
+	b.mu.Lock()
+	l.writeLocked(to)
+	b.mu.Unlock()
+}
+
+// writeLocked writes the batch of side to (its lock held) and keeps the
+// buffers for reuse.
+func (l *Link) writeLocked(to engine.Side) {
+	b := &l.out[to]
+	if len(b.bufs) == 0 {
 		return
 	}
-	l.written[to].Add(1)
+	n := len(b.bufs)
+	if _, err := l.dev[to].Write(b.bufs, headroom); err != nil {
+		l.werr[to].Add(uint64(n))
+	} else {
+		l.written[to].Add(uint64(n))
+	}
+	l.writes[to].Add(1)
+	for _, buf := range b.bufs {
+		if len(b.free) < 2*batchMax {
+			b.free = append(b.free, buf[:cap(buf)])
+		}
+	}
+	clear(b.bufs)
+	b.bufs = b.bufs[:0]
 }
 
 // Run reads both devices until ctx ends, then closes them.
@@ -115,10 +179,17 @@ func (l *Link) readLoop(side engine.Side) error {
 	}
 	for {
 		cnt, err := d.Read(bufs, sizes, headroom)
+		l.active.Add(1)
 		for i := range cnt {
 			l.read[side].Add(1)
 			l.proc.Process(side, bufs[i][headroom:headroom+sizes[i]])
 		}
+		// Flush after no longer counting as busy: a packet another
+		// goroutine queued meanwhile is in the batch, or sees no reader
+		// busy and flushes it itself.
+		l.active.Add(-1)
+		l.flush(engine.Wire)
+		l.flush(engine.Radio)
 		switch {
 		case err == nil, errors.Is(err, tun.ErrTooManySegments):
 		case errors.Is(err, os.ErrClosed):
@@ -144,7 +215,7 @@ func (l *Link) Close() {
 func (l *Link) Stats() Stats {
 	var s Stats
 	for i := range 2 {
-		s.Read[i], s.Written[i], s.WriteErrors[i] = l.read[i].Load(), l.written[i].Load(), l.werr[i].Load()
+		s.Read[i], s.Written[i], s.WriteErrors[i], s.Writes[i] = l.read[i].Load(), l.written[i].Load(), l.werr[i].Load(), l.writes[i].Load()
 	}
 	return s
 }
