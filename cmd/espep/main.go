@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 )
 
 // command is a subcommand: run gets the arguments after its name.
@@ -28,7 +29,17 @@ var commands = []command{
 var version = "dev"
 
 func main() {
+	// ESPEP_CPUPROFILE=FILE writes a CPU profile of the whole run (go tool
+	// pprof FILE): how an operator or a harness sees where a gateway's
+	// cycles go.
+	if path := os.Getenv("ESPEP_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
+			defer f.Close()
+			defer pprof.StopCPUProfile()
+		}
+	}
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "espep:", err)
 		os.Exit(exitCode(err))
 	}

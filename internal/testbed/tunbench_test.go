@@ -62,7 +62,11 @@ func TestGatewayTUNThroughput(t *testing.T) {
 			}
 			must(t, os.WriteFile(conf, []byte(body), 0o600))
 			var err error
-			gw, err = b.Start(g, espepBin, "gateway", "--config", conf)
+			args := []string{espepBin, "gateway", "--config", conf}
+			if prof := os.Getenv("TUNBENCH_PROFILE"); prof != "" {
+				args = append([]string{"env", "ESPEP_CPUPROFILE=" + prof + "." + mode + rate}, args...)
+			}
+			gw, err = b.Start(g, args...)
 			must(t, err)
 			must(t, waitFor(gw, "gateway running", 10*time.Second))
 			defer gw.Stop()
