@@ -220,3 +220,25 @@ func TestShardsConcurrent(t *testing.T) {
 		t.Fatalf("64 flows in %d of 4 shards", len(used))
 	}
 }
+
+// TestShardSpread: flows that differ in one port or one address octet —
+// a cell site's mobiles, one server — spread evenly over the shards.
+func TestShardSpread(t *testing.T) {
+	const shards, n = 8, 4096
+	for _, vary := range []string{"port", "address"} {
+		count := make([]int, shards)
+		for i := range n {
+			w := netip.MustParseAddrPort("192.0.2.10:443")
+			r := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 40000)
+			if vary == "port" {
+				r = netip.AddrPortFrom(netip.MustParseAddr("10.1.0.1"), uint16(30000+i))
+			}
+			count[flowKey{wire: w, radio: r}.hash()%shards]++
+		}
+		for s, c := range count {
+			if c < n/shards*3/4 || c > n/shards*5/4 {
+				t.Fatalf("flows varying by %s: shard %d has %d of %d (%v)", vary, s, c, n, count)
+			}
+		}
+	}
+}

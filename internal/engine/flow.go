@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/binary"
 	"net/netip"
 
 	"github.com/espep/espep/internal/netem"
@@ -31,25 +32,16 @@ type flowKey struct {
 	wire, radio netip.AddrPort
 }
 
-// hash mixes the key's addresses and ports (FNV-1a over the last four
-// bytes of each address and the ports, finalised: enough to spread flows
-// over shards; not a defence against someone choosing ports to load one shard,
-// which only costs them their own flows' parallelism).
+// hash mixes the key's addresses and ports into 32 bits (a multiply-xor
+// of the addresses' halves and the ports, finalised): enough to spread
+// flows over shards; not a defence against someone choosing ports to load
+// one shard, which only costs them their own flows' parallelism.
 func (k flowKey) hash() uint32 {
-	h := uint32(2166136261)
-	mix := func(v uint32) {
-		for range 4 {
-			h ^= v & 0xff
-			h *= 16777619
-			v >>= 8
-		}
-	}
-	for _, ap := range [2]netip.AddrPort{k.wire, k.radio} {
-		a := ap.Addr().As16()
-		mix(uint32(a[12])<<24 | uint32(a[13])<<16 | uint32(a[14])<<8 | uint32(a[15]))
-		mix(uint32(ap.Port()))
-	}
-	return fmix(h)
+	w, r := k.wire.Addr().As16(), k.radio.Addr().As16()
+	h := binary.LittleEndian.Uint64(w[8:])*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(w[:8])
+	h = (h^binary.LittleEndian.Uint64(r[8:]))*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(r[:8])
+	h = (h ^ uint64(k.wire.Port())<<16 ^ uint64(k.radio.Port())) * 0x9e3779b97f4a7c15
+	return fmix(uint32(h>>32) ^ uint32(h))
 }
 
 // fmix is MurmurHash3's finaliser: FNV's low bits depend on the inputs'

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/binary"
+	"net/netip"
 	"runtime"
 	"sync"
 	"testing"
@@ -71,6 +72,24 @@ func TestConcurrentNonces(t *testing.T) {
 					t.Fatalf("the gateway sealed only %d packets: the test did not test", ours)
 				}
 			})
+		}
+	}
+}
+
+// TestRouteHash: a route and its reverse land in one part of the flow
+// tables, and routes spread over the parts.
+func TestRouteHash(t *testing.T) {
+	count := make([]int, routeShards)
+	for i := range 4096 {
+		r := route{netip.MustParseAddrPort("192.0.2.10:443"), netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), uint16(40000+i%7))}
+		if r.hash() != r.reverse().hash() {
+			t.Fatalf("%v and its reverse hash apart", r)
+		}
+		count[r.hash()%routeShards]++
+	}
+	for s, c := range count {
+		if c < 4096/routeShards*3/4 || c > 4096/routeShards*5/4 {
+			t.Fatalf("part %d has %d of 4096 routes: %v", s, c, count)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"sync"
 	"time"
@@ -102,12 +103,9 @@ func (r route) hash() uint32 {
 
 func endHash(a netip.AddrPort) uint32 {
 	b := a.Addr().As16()
-	h := uint32(2166136261)
-	for _, x := range b[8:] {
-		h = (h ^ uint32(x)) * 16777619
-	}
-	h = (h ^ uint32(a.Port())) * 16777619
-	return (h ^ uint32(a.Port()>>8)) * 16777619
+	h := (binary.LittleEndian.Uint64(b[8:])^uint64(a.Port())<<48)*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(b[:8])
+	h *= 0x9e3779b97f4a7c15
+	return uint32(h>>32) ^ uint32(h)
 }
 
 // samePeers reports whether SA states a and b run between the same two

@@ -84,7 +84,9 @@ func (g *Gateway) openBundle(c *call, pkt []byte, l ipsec.Loc, st *saState) (inn
 				g.cfg.State.SetSalt(st.key, salt)
 			}
 		}
-		st.lastUse.Store(time.Now().UnixNano())
+		if st.draining.Load() { // only a draining SA's idle time counts (sad.go)
+			st.lastUse.Store(time.Now().UnixNano())
+		}
 		parsed := header.Parse(inner, &c.ip) == nil
 		tunnel := tunnelMode(e.Config.Mode, &c.ip, parsed, l)
 		st.mu.Lock()

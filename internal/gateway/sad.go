@@ -59,7 +59,7 @@ type saState struct {
 
 	dead     atomic.Bool  // past its hard lifetime at the gateway, or wiped
 	draining atomic.Bool  // left the SAD; kept while its packets come
-	lastUse  atomic.Int64 // unix nanoseconds of its last verified packet or seal
+	lastUse  atomic.Int64 // while draining: unix nanoseconds of its last verified packet or seal (from when it began to drain)
 }
 
 func (st *saState) generation() int {
@@ -239,9 +239,8 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 		st.mu.Unlock()
 		if owned && !st.dead.Load() && !keep[st.e] {
 			st.draining.Store(true)
-			if st.lastUse.Load() == 0 {
-				st.lastUse.Store(now.UnixNano())
-			}
+			st.lastUse.Store(now.UnixNano()) // its idle time counts from here
+
 			g.draining[id] = st
 			g.c.rare().add(cDrains)
 			continue
