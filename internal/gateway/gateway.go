@@ -3,7 +3,7 @@
 // engine on what is inside, and seals what the engine sends so that both
 // endpoints keep accepting every packet.
 //
-// Per packet (gateway.go): IKE, keepalives, fragments and anything it
+// Per packet (dispatch.go): IKE, keepalives, fragments and anything it
 // cannot or may not open are relayed as they came (DESIGN.md rule 6, fail
 // open); so are the packets of SAs of class none. For a read-class SA the
 // gateway decrypts (it holds no integrity key), and the engine snoops on
@@ -224,7 +224,8 @@ func (g *Gateway) Engine() *engine.Engine { return g.eng }
 // the same state directory wastes none of its reservations); the keys of
 // the SAs the gateway alone holds (draining ones) are wiped. The SAD's
 // entries stay with the SAD; the state directory is the caller's to
-// close, after this.
+// close, after this. Close waits for the Process calls under way, so it
+// must not be called from the function the gateway sends through.
 func (g *Gateway) Close() {
 	if g.closed.Swap(true) {
 		return
