@@ -53,59 +53,23 @@ func (g *Gateway) openBundle(c *call, pkt []byte, l ipsec.Loc, st *saState) (inn
 		e := st.e
 		inner, err := e.Write.OpenAt(pkt, l)
 		if err != nil {
-			if errors.Is(err, ipsec.ErrHardExpired) {
-				st.dead.Store(true)
-			}
-			switch {
-			case errors.Is(err, ipsec.ErrUndeliverable):
-				ctr.add(cUndeliverable)
-				return nil, nil, openUnusable
-			case errors.Is(err, ipsec.ErrICV):
-				ctr.add(cICV)
-			case errors.Is(err, ipsec.ErrReplay), errors.Is(err, ipsec.ErrTooOld):
-				ctr.add(cReplays)
-			default:
-				ctr.add(cOpenErrors)
-			}
-			return nil, nil, openFailed
+			return nil, nil, g.openError(ctr, st, err)
 		}
 		ctr.add(cOpened)
 		seq := seq64(e.Write, l.Seq)
 		if hasIV {
-			confirmed, err := st.nonce.observe(iv[:], seq)
-			if err != nil {
-				ctr.add(cDowngrades)
-				g.log.Warn("gateway: SA downgraded to relaying", "sa", e.Config.ID(), "err", err)
-			}
-			if confirmed && g.cfg.State != nil {
-				st.nonce.mu.Lock()
-				salt := st.nonce.salt
-				st.nonce.mu.Unlock()
-				g.cfg.State.SetSalt(st.key, salt)
-			}
+			g.observeIV(ctr, st, iv[:], seq)
 		}
 		if st.draining.Load() { // only a draining SA's idle time counts (sad.go)
 			st.lastUse.Store(time.Now().UnixNano())
 		}
 		parsed := header.Parse(inner, &c.ip) == nil
 		tunnel := tunnelMode(e.Config.Mode, &c.ip, parsed, l)
-		st.mu.Lock()
-		newest := seq > st.maxIn
-		st.maxIn = max(st.maxIn, seq)
-		st.outer = outer
-		if !st.peer[0].IsValid() || !st.peer[1].IsValid() {
-			st.peer = [2]netip.Addr{or(st.peer[0], l.Src), or(st.peer[1], l.Dst)}
-		}
-		if !st.learned || newest {
-			g.learnOuter(st, sp, dp, tunnel)
-		}
-		g.reserve(st)
-		st.mu.Unlock()
+		g.learn(st, outer, seq, l, sp, dp, tunnel)
 		if !parsed || !e.Config.AdmitsParsed(&c.ip, tunnel) {
 			ctr.add(cSelectors)
 			return nil, nil, openUnusable
 		}
-
 		// IPsec again inside (transport-mode ESP under AH, or a tunnel in
 		// a tunnel)?
 		if p := c.ip.Proto; p != header.ProtoESP && p != header.ProtoAH && p != header.ProtoUDP {
@@ -115,30 +79,98 @@ func (g *Gateway) openBundle(c *call, pkt []byte, l ipsec.Loc, st *saState) (inn
 		if err != nil || (il.Kind != ipsec.KindESP && il.Kind != ipsec.KindAH) {
 			return inner, st, opened
 		}
-		if depth == maxBundle {
-			ctr.add(cMalformed)
-			return nil, nil, openUnusable
-		}
-		ie := g.lookup(&il)
-		switch {
-		case ie == nil:
-			ctr.add(cUnknown)
-			st.noteRelayed() // the bundle goes out as it came, with the numbers of the layers that verified
-			return nil, nil, openFailed
-		case ie.Class() != ipsec.ClassWrite:
-			// A layer the gateway may not seal on: it cannot re-seal the
-			// bundle, so the bundle passes as it came.
-			ctr.add(cClassNone)
-			st.noteRelayed()
-			return nil, nil, openFailed
-		}
-		ist := g.state(ie)
-		if ist.nonce.refused() {
-			st.noteRelayed()
-			return nil, nil, openFailed
+		ist, res := g.nextLayer(ctr, st, &il, depth)
+		if ist == nil {
+			return nil, nil, res
 		}
 		outer, st, pkt, l = st, ist, inner, il
 	}
+}
+
+// openError counts why a layer did not open and says what becomes of the
+// packet: undeliverable (verified, nothing to deliver) is dropped, the
+// rest relayed.
+func (g *Gateway) openError(ctr *stripe, st *saState, err error) openResult {
+	if errors.Is(err, ipsec.ErrHardExpired) {
+		st.dead.Store(true)
+	}
+	switch {
+	case errors.Is(err, ipsec.ErrUndeliverable):
+		ctr.add(cUndeliverable)
+		return openUnusable
+	case errors.Is(err, ipsec.ErrICV):
+		ctr.add(cICV)
+	case errors.Is(err, ipsec.ErrReplay), errors.Is(err, ipsec.ErrTooOld):
+		ctr.add(cReplays)
+	default:
+		ctr.add(cOpenErrors)
+	}
+	return openFailed
+}
+
+// observeIV gives a verified packet's IV to the SA's nonce plan
+// (nonce.go), and keeps a salt it confirmed.
+func (g *Gateway) observeIV(ctr *stripe, st *saState, iv []byte, seq uint64) {
+	confirmed, err := st.nonce.observe(iv, seq)
+	if err != nil {
+		ctr.add(cDowngrades)
+		g.log.Warn("gateway: SA downgraded to relaying", "sa", st.e.Config.ID(), "err", err)
+	}
+	if confirmed && g.cfg.State != nil {
+		st.nonce.mu.Lock()
+		salt := st.nonce.salt
+		st.nonce.mu.Unlock()
+		g.cfg.State.SetSalt(st.key, salt)
+	}
+}
+
+// learn records what a verified packet (sequence number seq, located at
+// l, UDP ports sp and dp, in tunnel mode or not) shows of its SA: the
+// endpoint's highest number, the SA around it in a bundle, the peers, the
+// outer form; and asks for sequence numbers.
+func (g *Gateway) learn(st, outer *saState, seq uint64, l ipsec.Loc, sp, dp uint16, tunnel bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	newest := seq > st.maxIn
+	st.maxIn = max(st.maxIn, seq)
+	st.outer = outer
+	if !st.peer[0].IsValid() || !st.peer[1].IsValid() {
+		st.peer = [2]netip.Addr{or(st.peer[0], l.Src), or(st.peer[1], l.Dst)}
+	}
+	if !st.learned || newest {
+		g.learnOuter(st, sp, dp, tunnel)
+	}
+	g.reserve(st)
+}
+
+// nextLayer returns the state of the SA an inner IPsec layer il names, at
+// bundle depth depth, or nil and what becomes of the packet: relayed as
+// it came (a layer the gateway does not hold, may not seal on or must
+// not) or dropped (too deep).
+func (g *Gateway) nextLayer(ctr *stripe, st *saState, il *ipsec.Loc, depth int) (*saState, openResult) {
+	if depth == maxBundle {
+		ctr.add(cMalformed)
+		return nil, openUnusable
+	}
+	ie := g.lookup(il)
+	switch {
+	case ie == nil:
+		ctr.add(cUnknown)
+		st.noteRelayed() // the bundle goes out as it came, with the numbers of the layers that verified
+		return nil, openFailed
+	case ie.Class() != ipsec.ClassWrite:
+		// A layer the gateway may not seal on: it cannot re-seal the
+		// bundle, so the bundle passes as it came.
+		ctr.add(cClassNone)
+		st.noteRelayed()
+		return nil, openFailed
+	}
+	ist := g.state(ie)
+	if ist.nonce.refused() {
+		st.noteRelayed()
+		return nil, openFailed
+	}
+	return ist, opened
 }
 
 func or(a, b netip.Addr) netip.Addr {
