@@ -129,7 +129,98 @@ func (f *impairmentFlags) apply(c *netem.Config) error {
 	return c.Validate()
 }
 
+// linkemSetup is what espep linkem's command line asks for.
+type linkemSetup struct {
+	a, b           string
+	ab, ba         netem.Config
+	wire           *netem.Config  // the wired leg, or nil
+	engine         *engine.Config // nil: none
+	saPaths        []string
+	stateDir       string
+	dur            time.Duration
+	pcapAB, pcapBA string
+}
+
 func runLinkem(args []string, stdout, stderr io.Writer) error {
+	c, err := linkemArgs(args, stderr)
+	if err != nil {
+		return err
+	}
+	for _, x := range []struct {
+		path string
+		c    *netem.Config
+	}{{c.pcapAB, &c.ab}, {c.pcapBA, &c.ba}} {
+		if x.path == "" {
+			continue
+		}
+		f, err := os.Create(x.path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		capture, flush, err := netem.PcapCapture(f, pcapio.LinkEthernet)
+		if err != nil {
+			return err
+		}
+		defer flush()
+		x.c.Capture = capture
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var gw *gateway.Gateway
+	var br *linkem.Bridge
+	if len(c.saPaths) > 0 {
+		if c.engine == nil {
+			c.engine = &engine.Config{Mode: engine.ModeSplit}
+		}
+		state, err := openState(c.stateDir, statedir.Partition{}, log)
+		if err != nil {
+			return err
+		}
+		defer closeState(state, log)
+		if br, gw, err = openBridge(c.a, c.b, c.ab, c.ba, c.wire, gateway.Config{Engine: *c.engine, Log: log, State: state}); err != nil {
+			return err
+		}
+		defer gw.Close()
+		defer watchSAs(ctx, gw, c.saPaths, log)()
+	} else if br, err = linkem.OpenGateway(c.a, c.b, c.ab, c.ba, c.engine, c.wire, log); err != nil {
+		return err
+	}
+	if c.dur > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.dur)
+		defer cancel()
+	}
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	go func() { // ends with ctx
+		for {
+			select {
+			case <-usr1:
+				printLinkemStats(stdout, c.a, c.b, br.Stats())
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	wdesc, engDesc := "", "none"
+	if c.wire != nil {
+		wdesc = describe(*c.wire)
+	}
+	if c.engine != nil {
+		engDesc = c.engine.Mode.String()
+	}
+	log.Info("linkem running", "a", c.a, "b", c.b, "ab", describe(c.ab), "ba", describe(c.ba), "engine", engDesc, "wire", wdesc)
+	err = br.Run(ctx)
+	printLinkemStats(stdout, c.a, c.b, br.Stats())
+	printGatewayStats(stdout, gw, br.Engine())
+	return err
+}
+
+// linkemArgs reads espep linkem's command line.
+func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 	fs := flag.NewFlagSet("linkem", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	a := fs.String("a", "", "first interface")
@@ -150,112 +241,43 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	stateDir := fs.String("state-dir", "", "IPsec gateway: directory for the IV blocks and sequence numbers it reserves (without it, AES-GCM, ChaCha20 and AES-CTR SAs are relayed)")
 	fs.Usage = func() { fmt.Fprint(stderr, linkemUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+		return nil, usageError{err.Error()}
 	}
 	if *a == "" || *b == "" || fs.NArg() != 0 {
 		fs.Usage()
-		return usageError{"linkem: need --a and --b"}
+		return nil, usageError{"linkem: need --a and --b"}
 	}
-	var cab, cba netem.Config
+	c := &linkemSetup{a: *a, b: *b, saPaths: saPaths, stateDir: *stateDir, dur: *dur, pcapAB: *pcapAB, pcapBA: *pcapBA}
 	for _, step := range []struct {
 		f *impairmentFlags
 		c []*netem.Config
-	}{{both, []*netem.Config{&cab, &cba}}, {ab, []*netem.Config{&cab}}, {ba, []*netem.Config{&cba}}} {
-		for _, c := range step.c {
-			if err := step.f.apply(c); err != nil {
-				return usageError{"linkem: " + err.Error()}
+	}{{both, []*netem.Config{&c.ab, &c.ba}}, {ab, []*netem.Config{&c.ab}}, {ba, []*netem.Config{&c.ba}}} {
+		for _, nc := range step.c {
+			if err := step.f.apply(nc); err != nil {
+				return nil, usageError{"linkem: " + err.Error()}
 			}
 		}
 	}
-	if cba.Seed == cab.Seed {
-		cba.Seed = cab.Seed + 1 // independent draws each way
+	if c.ba.Seed == c.ab.Seed {
+		c.ba.Seed = c.ab.Seed + 1 // independent draws each way
 	}
-	for _, x := range []struct {
-		path string
-		c    *netem.Config
-	}{{*pcapAB, &cab}, {*pcapBA, &cba}} {
-		if x.path == "" {
-			continue
-		}
-		f, err := os.Create(x.path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		capture, flush, err := netem.PcapCapture(f, pcapio.LinkEthernet)
-		if err != nil {
-			return err
-		}
-		defer flush()
-		x.c.Capture = capture
-	}
-	var wcfg *netem.Config
 	fs.Visit(func(f *flag.Flag) {
 		if strings.HasPrefix(f.Name, "wire.") {
-			wcfg = &netem.Config{}
+			c.wire = &netem.Config{}
 		}
 	})
-	if wcfg != nil {
-		if err := wire.apply(wcfg); err != nil {
-			return usageError{"linkem: " + err.Error()}
+	if c.wire != nil {
+		if err := wire.apply(c.wire); err != nil {
+			return nil, usageError{"linkem: " + err.Error()}
 		}
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil))
-	var ecfg *engine.Config
 	if ef.Given() {
-		ecfg = &engine.Config{}
-		if err := ef.Apply(ecfg); err != nil {
-			return usageError{"linkem: " + err.Error()}
+		c.engine = &engine.Config{}
+		if err := ef.Apply(c.engine); err != nil {
+			return nil, usageError{"linkem: " + err.Error()}
 		}
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	var gw *gateway.Gateway
-	var br *linkem.Bridge
-	var err error
-	if len(saPaths) > 0 {
-		if ecfg == nil {
-			ecfg = &engine.Config{Mode: engine.ModeSplit}
-		}
-		state, err := openState(*stateDir, statedir.Partition{}, log)
-		if err != nil {
-			return err
-		}
-		defer closeState(state, log)
-		if br, gw, err = openBridge(*a, *b, cab, cba, wcfg, gateway.Config{Engine: *ecfg, Log: log, State: state}); err != nil {
-			return err
-		}
-		defer gw.Close()
-		defer watchSAs(ctx, gw, saPaths, log)()
-	} else if br, err = linkem.OpenGateway(*a, *b, cab, cba, ecfg, wcfg, log); err != nil {
-		return err
-	}
-	if *dur > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *dur)
-		defer cancel()
-	}
-	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
-	defer signal.Stop(usr1)
-	go func() {
-		for range usr1 {
-			printLinkemStats(stdout, *a, *b, br.Stats())
-		}
-	}()
-	wdesc := ""
-	if wcfg != nil {
-		wdesc = describe(*wcfg)
-	}
-	engDesc := "none"
-	if ecfg != nil {
-		engDesc = ecfg.Mode.String()
-	}
-	log.Info("linkem running", "a", *a, "b", *b, "ab", describe(cab), "ba", describe(cba), "engine", engDesc, "wire", wdesc)
-	err = br.Run(ctx)
-	printLinkemStats(stdout, *a, *b, br.Stats())
-	printGatewayStats(stdout, gw, br.Engine())
-	return err
+	return c, nil
 }
 
 func describe(c netem.Config) string {

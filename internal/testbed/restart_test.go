@@ -105,9 +105,14 @@ func TestGatewayKilled(t *testing.T) {
 			giveKeys(t, s, saPath, false)
 			caps := map[string]string{"left": filepath.Join(dir, "left.pcap"), "right": filepath.Join(dir, "right.pcap")}
 			var dumps []*Proc
-			for side, ns := range map[string]string{"left": s.Left, "right": s.Right} {
-				ifc := map[string]string{"left": "l0", "right": "r0"}[side]
-				d, err := b.Start(ns, "tcpdump", "-U", "--immediate-mode", "-ni", ifc, "-w", caps[side], "udp port 4500")
+			// Captured where the middle box puts each peer's packets on the
+			// wire (every ESP packet passes it), by destination and with a
+			// large buffer: at the peers, GRO (the veths keep their
+			// offloads) may merge several into one frame.
+			for side := range caps {
+				ifc := map[string]string{"left": "ra", "right": "rb"}[side]
+				peer := map[string]string{"left": SSLeftOuter, "right": SSRightOuter}[side]
+				d, err := b.Start(s.Radio, "tcpdump", "-U", "--immediate-mode", "-B", "65536", "-ni", ifc, "-w", caps[side], "udp port 4500 and dst host "+peer)
 				must(t, err)
 				must(t, b.WaitFile(caps[side], 5*time.Second))
 				dumps = append(dumps, d)
