@@ -116,7 +116,9 @@ func TestGatewayTUNThroughput(t *testing.T) {
 	if got["relay"].gbps < 0.3 || got["split"].gbps < 0.1 {
 		t.Errorf("relay %.2f Gbit/s, split %.2f Gbit/s: far below what this machine does", got["relay"].gbps, got["split"].gbps)
 	}
-	if got["split@20M"].gbps < 0.015 || ratio > 4 {
+	// (The 2 s run reads CPU time in 10 ms ticks: at 20 Mbit/s a few
+	// dozen of them, so the bound on the ratio is loose.)
+	if got["split@20M"].gbps < 0.015 || ratio > 8 {
 		t.Errorf("at 20 Mbit/s: %.3f Gbit/s, CPU per MB %.1f× the full rate's", got["split@20M"].gbps, ratio)
 	}
 }
