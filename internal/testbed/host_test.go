@@ -533,6 +533,14 @@ func TestHostThroughput(t *testing.T) {
 			th.BAddr = p.lb
 			espep := iperf(t, th, "-t", "5", "-B", p.la).End.SumReceived.BitsPerSecond / 1e6
 			t.Logf("%s: plain veth %.0f Mbit/s, through espep host %.0f Mbit/s, ratio %.3f", c.name, plain, espep, espep/plain)
+			// The same hosts with espep gateway between them (AF_PACKET, a
+			// transparent bridge, split), sealing on their SA.
+			g := startHostPairVia(t, c, false, []string{"gateway", "--wire", "xa", "--radio", "xb", "--sa", "{sa}", "--state-dir", "{state}"})
+			gth := &TwoHosts{Bed: g.b, A: g.a, B: g.bn, BAddr: g.lb}
+			via := iperf(t, gth, "-t", "5", "-B", g.la).End.SumReceived.BitsPerSecond / 1e6
+			g.mid.Stop()
+			gc := counters(g.mid.Output(), "gateway:")
+			t.Logf("%s: through espep hosts with espep gateway between them %.0f Mbit/s, %.3f of the hosts' own (gateway sealed %d)", c.name, via, via/espep, gc["sealed"])
 		})
 	}
 }
