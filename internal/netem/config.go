@@ -118,3 +118,9 @@ func (g GilbertElliott) validate() error {
 	}
 	return nil
 }
+
+// transparent reports whether c impairs nothing (Seed and Capture aside).
+func (c Config) transparent() bool {
+	return c.Rate == 0 && c.Delay == 0 && c.Jitter == 0 && c.QueueBytes == 0 && c.QueuePackets == 0 && c.Loss == 0 &&
+		c.GE == nil && c.Reorder == 0 && c.Duplicate == 0 && c.Corrupt == 0 && c.MTU == 0 && len(c.Outages) == 0
+}

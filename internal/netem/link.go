@@ -48,6 +48,32 @@ type Link struct {
 	st          Stats
 
 	deliverMu sync.Mutex // one delivery run at a time, so order holds
+
+	// transparent: the configuration impairs nothing (no rate, delay,
+	// loss, queue bound, MTU, outage, …): Send delivers at once, in the
+	// caller's goroutine — no timer, no hand-over per packet.
+	transparent bool
+}
+
+// sendThrough is Send on a transparent link: counted, captured and
+// delivered now.
+func (l *Link) sendThrough(pkt []byte) {
+	l.deliverMu.Lock()
+	defer l.deliverMu.Unlock()
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.st.Offered++
+	l.st.OfferedBytes += uint64(len(pkt))
+	l.st.Delivered++
+	l.st.DeliveredBytes += uint64(len(pkt))
+	l.mu.Unlock()
+	if l.cfg.Capture != nil {
+		l.cfg.Capture(l.clock.Now(), pkt)
+	}
+	l.deliver(pkt)
 }
 
 type queued struct {
@@ -66,6 +92,7 @@ func New(cfg Config, clock Clock, deliver func(pkt []byte)) (*Link, error) {
 	l := &Link{cfg: cfg, clock: clock, deliver: deliver, start: clock.Now(),
 		rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15))}
 	l.txFree = l.start
+	l.transparent = cfg.transparent()
 	return l, nil
 }
 
@@ -90,6 +117,10 @@ func (l *Link) Close() {
 
 // Send offers a packet to the link, which takes ownership of pkt.
 func (l *Link) Send(pkt []byte) {
+	if l.transparent {
+		l.sendThrough(pkt)
+		return
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {

@@ -315,3 +315,27 @@ func TestPcapCapture(t *testing.T) {
 		t.Fatalf("captured %d, delivered %d", n, l.Stats().Delivered)
 	}
 }
+
+// TestTransparentLink: a link that impairs nothing hands each packet on at
+// once, in order, in the sender's goroutine, counted and captured.
+func TestTransparentLink(t *testing.T) {
+	var got [][]byte
+	captured := 0
+	l, err := New(Config{Seed: 3, Capture: func(time.Time, []byte) { captured++ }}, nil, func(p []byte) { got = append(got, p) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := range 100 {
+		l.Send([]byte{byte(i)})
+		if len(got) != i+1 || got[i][0] != byte(i) {
+			t.Fatalf("packet %d not delivered at once and in order", i)
+		}
+	}
+	if st := l.Stats(); st.Offered != 100 || st.Delivered != 100 || captured != 100 {
+		t.Fatalf("%+v, captured %d", st, captured)
+	}
+	if d, _ := New(Config{Delay: time.Millisecond}, nil, func([]byte) {}); d.transparent {
+		t.Fatal("a link with a delay is transparent")
+	}
+}
