@@ -211,11 +211,40 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 	old := g.sad.Swap(sad)
 	g.smu.Lock()
 	defer g.smu.Unlock()
-	keep, wiped := map[*ipsec.Entry]bool{}, map[*ipsec.Entry]bool{}
+	keep := map[*ipsec.Entry]bool{}
 	for _, e := range sad.Entries() {
 		keep[e] = true
 	}
 	now := time.Now()
+	wiped := g.retire(sad, keep, now)
+	if old != nil {
+		held := func(m map[ipsec.ID]*saState, e *ipsec.Entry) bool {
+			st := m[e.Config.ID()]
+			return st != nil && st.e == e
+		}
+		for _, e := range old.Entries() {
+			if !keep[e] && !held(g.states, e) && !held(g.draining, e) && !wiped[e] {
+				g.wipe(e)
+			}
+		}
+	}
+	for id := range g.readLast {
+		if _, ok := sad.Get(id); !ok {
+			delete(g.readLast, id)
+		}
+	}
+	g.revive(sad)
+	g.clearStateCache()
+	g.sweepLocked(now)
+}
+
+// retire goes through the SAs the gateway keeps state for against the new
+// SAD: a new entry with the same keys inherits the state; an SA gone
+// drains if the gateway numbers it, else is forgotten and (unless the new
+// SAD keeps its entry) wiped. It returns the entries it wiped (g.smu
+// held).
+func (g *Gateway) retire(sad *ipsec.SAD, keep map[*ipsec.Entry]bool, now time.Time) (wiped map[*ipsec.Entry]bool) {
+	wiped = map[*ipsec.Entry]bool{}
 	for id, st := range g.states {
 		ne, ok := sad.Get(id)
 		switch {
@@ -240,7 +269,6 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 		if owned && !st.dead.Load() && !keep[st.e] {
 			st.draining.Store(true)
 			st.lastUse.Store(now.UnixNano()) // its idle time counts from here
-
 			g.draining[id] = st
 			g.c.rare().add(cDrains)
 			continue
@@ -251,40 +279,29 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 		}
 		st.forget()
 	}
-	if old != nil {
-		held := func(m map[ipsec.ID]*saState, e *ipsec.Entry) bool {
-			st := m[e.Config.ID()]
-			return st != nil && st.e == e
-		}
-		for _, e := range old.Entries() {
-			if !keep[e] && !held(g.states, e) && !held(g.draining, e) && !wiped[e] {
-				g.wipe(e)
-			}
-		}
-	}
-	for id := range g.readLast {
-		if _, ok := sad.Get(id); !ok {
-			delete(g.readLast, id)
-		}
-	}
+	return wiped
+}
+
+// revive takes back the draining SAs the new SAD holds again with the
+// same keys: their state goes on there (g.smu held).
+func (g *Gateway) revive(sad *ipsec.SAD) {
 	for id, st := range g.draining {
-		if e, ok := sad.Get(id); ok && e.KeyID == st.e.KeyID && e.Class() == ipsec.ClassWrite {
-			// Back in the SAD (the same keys): its state goes on there.
-			delete(g.draining, id)
-			st.draining.Store(false)
-			if e == st.e {
-				g.states[id] = st
-				continue
-			}
-			nst := g.newState(e)
-			g.inherit(nst, st)
-			g.states[id] = nst
-			st.dead.Store(true)
-			g.wipe(st.e)
+		e, ok := sad.Get(id)
+		if !ok || e.KeyID != st.e.KeyID || e.Class() != ipsec.ClassWrite {
+			continue
 		}
+		delete(g.draining, id)
+		st.draining.Store(false)
+		if e == st.e {
+			g.states[id] = st
+			continue
+		}
+		nst := g.newState(e)
+		g.inherit(nst, st)
+		g.states[id] = nst
+		st.dead.Store(true)
+		g.wipe(st.e)
 	}
-	g.clearStateCache()
-	g.sweepLocked(now)
 }
 
 // wipe destroys an entry's keys (g.smu held).
