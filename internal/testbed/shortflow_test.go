@@ -59,8 +59,8 @@ for _ in range(n):
 // connect to last byte, end to end and through espep linkem in split
 // mode: split saves the round trips of the handshake and of slow start
 // over the wired RTT, and repairs radio loss locally. Without -shortflows
-// it runs 4 downloads each and wants split no slower than end to end;
-// with it, 30 each, for the README's medians.
+// it runs 4 downloads each and wants split's fastest no slower than end to
+// end's; with it, 30 each, for the README's medians.
 //
 //	go test ./internal/testbed -run TestShortDownloads -shortflows -v
 func TestShortDownloads(t *testing.T) {
@@ -74,7 +74,7 @@ func TestShortDownloads(t *testing.T) {
 	if *shortFlows {
 		n = 30
 	}
-	median := map[string]float64{}
+	median, fastest := map[string]float64{}, map[string]float64{}
 	for _, mode := range []string{"none", "split"} {
 		b := ForTest(t)
 		th, err := NewTwoHosts(b, espepBin, append(engineFlags(mode), "--rate", "20mbit", "--delay", "10ms", "--queue", "250kb",
@@ -98,13 +98,16 @@ func TestShortDownloads(t *testing.T) {
 			times = append(times, v)
 		}
 		slices.Sort(times)
-		median[mode] = times[len(times)/2]
+		median[mode], fastest[mode] = times[len(times)/2], times[0]
 		t.Logf("%-5s: median %.3f s, fastest %.3f, slowest %.3f (%d downloads of %d bytes)", mode, median[mode], times[0], times[len(times)-1], len(times), size)
 		must(t, b.Close())
 	}
 	ratio := median["split"] / median["none"]
-	t.Logf("1 MB at 1 %% loss, BBR sender: split takes %.2f of the end-to-end time", ratio)
-	if ratio > 1 {
-		t.Errorf("split %.3f s against end to end %.3f s", median["split"], median["none"])
+	t.Logf("1 MB at 1 %% loss, BBR sender: split takes %.2f of the end-to-end time (medians; fastest %.2f)", ratio, fastest["split"]/fastest["none"])
+	// The CI bound is on the fastest downloads: a busy machine (CI runs
+	// other packages' tests beside this one) only adds time, to the
+	// userspace middle box more than to the kernel's forwarding.
+	if fastest["split"] > fastest["none"] {
+		t.Errorf("split's fastest download %.3f s against end to end's %.3f s", fastest["split"], fastest["none"])
 	}
 }
