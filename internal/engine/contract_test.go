@@ -242,3 +242,50 @@ func TestShardSpread(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchAcks: split acknowledges a batch of segments handed over with
+// Input.More once, with the batch's last packet — as a receiver does for
+// a GRO batch — and Flush sends an ACK held back when the batch ended on
+// another flow's packet.
+func TestBatchAcks(t *testing.T) {
+	e, out := newContractEngine(t, Config{Mode: ModeSplit}, nil)
+	syn := []byte{header.TCPOptMSS, 4, 0, mss}
+	e.Process(Wire, mkseg(wireHost, radioHost, header.TCPSyn, isnW, 0, 65535, 0, syn...))
+	e.Process(Radio, mkseg(radioHost, wireHost, header.TCPSyn|header.TCPAck, isnR, isnW+1, 65535, 0, syn...))
+	e.Process(Wire, mkseg(wireHost, radioHost, header.TCPAck, isnW+1, isnR+1, 65535, 0))
+	acks := func() (n int, last uint32) {
+		for _, o := range *out {
+			if o.to == Wire && len(o.pkt) == 40 {
+				n, last = n+1, header.TCP(o.pkt[20:]).Ack()
+			}
+		}
+		*out = nil
+		return n, last
+	}
+	acks()
+	data := func(i int) []byte {
+		return mkseg(wireHost, radioHost, header.TCPAck, isnW+1+uint32(i*mss), isnR+1, 65535, mss)
+	}
+	for i := range 10 {
+		e.Handle(Wire, data(i), Input{More: i < 9})
+	}
+	if n, last := acks(); n != 1 || last != isnW+1+10*mss {
+		t.Fatalf("a batch of 10 segments: %d ACKs toward the sender (last %d), want one for all", n, last)
+	}
+	for i := 10; i < 20; i++ {
+		e.Handle(Wire, data(i), Input{More: true}) // the batch ends on another flow's packet
+	}
+	if n, _ := acks(); n != 0 {
+		t.Fatalf("%d ACKs while the batch went on", n)
+	}
+	e.Flush()
+	if n, last := acks(); n != 1 || last != isnW+1+20*mss {
+		t.Fatalf("Flush: %d ACKs (last %d), want one for all", n, last)
+	}
+	for i := 20; i < 30; i++ {
+		e.Handle(Wire, data(i), Input{})
+	}
+	if n, _ := acks(); n != 5 {
+		t.Fatalf("without batches: %d ACKs for 10 segments, want one per two", n)
+	}
+}

@@ -234,6 +234,11 @@ type Input struct {
 	// IP, if not nil, is the packet's IP headers as the caller parsed
 	// them: the engine reads only the TCP header.
 	IP *header.Parsed
+	// More says that more packets follow at once (the rest of a batch
+	// read from a device): split holds back the pure ACKs it would send
+	// now, as a receiver does for a GRO batch, and sends one per flow
+	// with the batch's last packet or at Flush.
+	More bool
 }
 
 // Kind is who vouches for a packet handed to the engine.
@@ -323,6 +328,16 @@ func New(cfg Config, out Output) (*Engine, error) {
 const maxShards = 256
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
+
+// Flush sends the pure ACKs held back for packets handed over with
+// Input.More; the caller calls it after the last packet of a batch.
+func (e *Engine) Flush() {
+	for _, s := range e.shards {
+		s.lock()
+		s.flushDeferred()
+		s.unlock()
+	}
+}
 
 // Shards reports how many shards the engine has (Emitted.Shard is below).
 func (e *Engine) Shards() int { return len(e.shards) }

@@ -140,4 +140,5 @@ type flow struct {
 
 	// counters
 	localRexmits, timeoutRexmits, suppressed uint64
+	ackDeferred                              bool // in its shard's deferred list (Input.More)
 }

@@ -33,6 +33,7 @@ type shard struct {
 	scratch   []byte            // split mode builds its packets here
 	cur       Input             // the packet being processed: its tag goes with it if forwarded
 	curEnds   [2]netip.AddrPort // and its endpoints, source first, if the engine read them
+	deferred  []*flow           // flows whose pure ACK waits for the end of a batch (Input.More)
 
 	// This shard's share of the engine's bounds.
 	maxFlows, maxPlain, maxChunks, cacheTotal int
@@ -221,6 +222,9 @@ func (e *shard) process(from Side, k flowKey, p *parsed, pkt []byte, in Input) b
 	}
 	if f.split {
 		e.splitPacket(f, from, p, pkt)
+		if !in.More {
+			e.flushDeferred()
+		}
 		return true
 	}
 	if e.handshake(f, from, p, pkt) {
@@ -383,4 +387,24 @@ func (e *shard) maybeClose(f *flow) {
 	if f.down.finned && f.up.finned && len(f.cache) == 0 {
 		e.drop(f)
 	}
+}
+
+// flushDeferred sends the pure ACKs held back during a batch (the shard's
+// lock held).
+func (e *shard) flushDeferred() {
+	if len(e.deferred) == 0 {
+		return
+	}
+	cur := e.cur
+	e.cur.More = false
+	now := e.cfg.Clock.Now()
+	for i, f := range e.deferred {
+		f.ackDeferred = false
+		if e.flows[f.key] == f && f.sp != nil {
+			e.splitFlush(f, now)
+		}
+		e.deferred[i] = nil
+	}
+	e.deferred = e.deferred[:0]
+	e.cur = cur
 }

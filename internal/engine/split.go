@@ -439,10 +439,19 @@ func (e *shard) splitFlush(f *flow, now time.Time) {
 	}
 	for _, s := range []Side{Wire, Radio} {
 		st := &sp.st[s]
-		if st.ackNow {
-			// A pure ACK toward the stream's sender, in the receiver's name.
-			e.emit(f, s, segment{seq: sp.st[s.other()].sndNxt})
+		if !st.ackNow {
+			continue
 		}
+		if e.cur.More {
+			// More of a batch follows: one ACK for it, at its end.
+			if !f.ackDeferred {
+				f.ackDeferred = true
+				e.deferred = append(e.deferred, f)
+			}
+			continue
+		}
+		// A pure ACK toward the stream's sender, in the receiver's name.
+		e.emit(f, s, segment{seq: sp.st[s.other()].sndNxt})
 	}
 	for _, from := range []Side{Wire, Radio} {
 		e.schedule(f, &sp.st[from], now)

@@ -24,12 +24,19 @@ type call struct {
 	hdr  header.Parsed // the packet inside any IP-in-IP: what Locate reads
 	ip   header.Parsed // the packet handed to the engine (opened, or plain)
 	st   *saState      // the innermost SA it came on; nil for plain TCP
+	more bool          // more packets of a batch follow (ProcessMore)
 }
 
 // Process handles one IP packet that arrived from side from.
 //
 // It may be called from several goroutines at once (see Concurrency).
-func (g *Gateway) Process(from engine.Side, pkt []byte) {
+func (g *Gateway) Process(from engine.Side, pkt []byte) { g.ProcessMore(from, pkt, false) }
+
+// ProcessMore is Process for a packet of a batch (read from a device at
+// once): with more, others follow, and the engine sends the pure ACKs a
+// batch calls for once, at its end (engine.Input.More). After the last
+// packet of a batch the caller calls Flush.
+func (g *Gateway) ProcessMore(from engine.Side, pkt []byte, more bool) {
 	c := g.calls.Get().(*call)
 	defer g.calls.Put(c)
 	// Busy before closed is read (Close: closed before busy is read), on
@@ -39,9 +46,16 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) {
 	if g.closed.Load() {
 		return
 	}
-	c.orig, c.st = pkt, nil
+	c.orig, c.st, c.more = pkt, nil, more
 	g.process(c, from, pkt)
 	c.orig, c.st = nil, nil
+}
+
+// Flush sends what a batch's packets held back (ProcessMore).
+func (g *Gateway) Flush() {
+	if !g.closed.Load() {
+		g.eng.Flush()
+	}
 }
 
 func (g *Gateway) relay(c *call, to engine.Side, pkt []byte) {
@@ -146,7 +160,7 @@ func (g *Gateway) processWrite(c *call, from engine.Side, e *ipsec.Entry, l ipse
 		return
 	}
 	c.st = st
-	g.eng.Handle(from, inner, engine.Input{Tag: c, IP: &c.ip})
+	g.eng.Handle(from, inner, engine.Input{Tag: c, IP: &c.ip, More: c.more})
 	if g.owedN.Load() > 0 {
 		g.payOwed()
 	}
@@ -173,7 +187,7 @@ func (g *Gateway) processPlain(c *call, from engine.Side, pkt, tunHdr []byte) {
 	copy(buf, pkt)
 	g.noteRoute(r, nil, from, tunHdr)
 	c.ip = c.hdr
-	if !g.eng.Handle(from, buf, engine.Input{Kind: engine.Plain, Tag: c, IP: &c.ip}) {
+	if !g.eng.Handle(from, buf, engine.Input{Kind: engine.Plain, Tag: c, IP: &c.ip, More: c.more}) {
 		c.ctr.add(cBindingViolations) // the engine has the flow as protected
 	}
 }

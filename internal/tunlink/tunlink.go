@@ -24,6 +24,13 @@ type Processor interface {
 	Process(from engine.Side, pkt []byte)
 }
 
+// batchProcessor is a Processor that takes a read's packets as a batch
+// (the gateway: one ACK per flow and batch, not one per two segments).
+type batchProcessor interface {
+	ProcessMore(from engine.Side, pkt []byte, more bool)
+	Flush()
+}
+
 // MTU of the devices: large, so that the kernel never fragments on the
 // way into the gateway what the path itself carries.
 const MTU = 9000
@@ -180,10 +187,17 @@ func (l *Link) readLoop(side engine.Side) error {
 	for {
 		cnt, err := d.Read(bufs, sizes, headroom)
 		l.active.Add(1)
-		for i := range cnt {
-			l.read[side].Add(1)
-			l.proc.Process(side, bufs[i][headroom:headroom+sizes[i]])
+		if bp, ok := l.proc.(batchProcessor); ok {
+			for i := range cnt {
+				bp.ProcessMore(side, bufs[i][headroom:headroom+sizes[i]], i < cnt-1)
+			}
+			bp.Flush()
+		} else {
+			for i := range cnt {
+				l.proc.Process(side, bufs[i][headroom:headroom+sizes[i]])
+			}
 		}
+		l.read[side].Add(uint64(cnt))
 		// Flush after no longer counting as busy: a packet another
 		// goroutine queued meanwhile is in the batch, or sees no reader
 		// busy and flushes it itself.
