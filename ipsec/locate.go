@@ -95,24 +95,8 @@ func Locate(pkt []byte) (Loc, error) {
 	default:
 		return l, fmt.Errorf("ip version %d: %w", pkt[0]>>4, header.ErrMalformed)
 	}
-	pkt = pkt[:l.Len]
-	switch proto {
-	case header.ProtoESP:
-		e, err := header.ParseESP(pkt[l.Off:])
-		if err != nil {
-			return l, err
-		}
-		l.Kind, l.SPI, l.Seq = KindESP, e.SPI(), e.Seq()
-	case header.ProtoAH:
-		a, err := header.ParseAH(pkt[l.Off:])
-		if err != nil {
-			return l, err
-		}
-		l.Kind, l.SPI, l.Seq = KindAH, a.SPI(), a.Seq()
-	case header.ProtoUDP:
-		return locateUDP(pkt, l)
-	}
-	return l, nil
+	err := locateUpper(pkt[:l.Len], &l, proto)
+	return l, err
 }
 
 // LocateParsed is Locate for a packet whose IP headers p holds already.
@@ -122,24 +106,34 @@ func LocateParsed(pkt []byte, p *header.Parsed) (Loc, error) {
 		l.Kind = KindFragment
 		return l, nil
 	}
-	pkt = pkt[:l.Len]
-	switch p.Proto {
+	err := locateUpper(pkt[:l.Len], &l, p.Proto)
+	return l, err
+}
+
+// locateUpper fills in l the ESP or AH header (raw, or in UDP) that
+// pkt's upper-layer protocol proto names at l.Off, for Locate and
+// LocateParsed (through a pointer: a Loc copied in and out costs Open
+// as much as the parsing).
+func locateUpper(pkt []byte, l *Loc, proto uint8) error {
+	switch proto {
 	case header.ProtoESP:
 		e, err := header.ParseESP(pkt[l.Off:])
 		if err != nil {
-			return l, err
+			return err
 		}
 		l.Kind, l.SPI, l.Seq = KindESP, e.SPI(), e.Seq()
 	case header.ProtoAH:
 		a, err := header.ParseAH(pkt[l.Off:])
 		if err != nil {
-			return l, err
+			return err
 		}
 		l.Kind, l.SPI, l.Seq = KindAH, a.SPI(), a.Seq()
 	case header.ProtoUDP:
-		return locateUDP(pkt, l)
+		var err error
+		*l, err = locateUDP(pkt, *l)
+		return err
 	}
-	return l, nil
+	return nil
 }
 
 func locateUDP(pkt []byte, l Loc) (Loc, error) {
