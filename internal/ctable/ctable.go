@@ -47,6 +47,16 @@ func Field(v any, name string) float64 {
 	panic(fmt.Sprintf("ctable: no counter field %q in %T", name, v)) // a table bug, caught by the table tests
 }
 
+// Fill sets each row's field of the struct stats points to from value(i),
+// i the row's index: a component keeps its counters as it needs (atomic,
+// striped) and makes its Stats through its table.
+func Fill(defs []Def, stats any, value func(i int) uint64) {
+	v := reflect.ValueOf(stats).Elem()
+	for i, d := range defs {
+		v.FieldByName(d.Field).SetUint(value(i))
+	}
+}
+
 // Line is the CLI summary of v under the table: "name value name value …"
 // in the table's order.
 func Line(defs []Def, v any) string {

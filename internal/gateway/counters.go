@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"reflect"
 	"sync/atomic"
 
 	"github.com/espep/espep/internal/ctable"
@@ -138,8 +137,6 @@ func (cs counters) sum() (out [numCounters]uint64) {
 
 // fill sets st's counter fields from the stripes, through the table.
 func (cs counters) fill(st *Stats) {
-	v := reflect.ValueOf(st).Elem()
-	for c, n := range cs.sum() {
-		v.FieldByName(counterTable[c].Field).SetUint(n)
-	}
+	sum := cs.sum()
+	ctable.Fill(counterTable[:], st, func(i int) uint64 { return sum[i] })
 }

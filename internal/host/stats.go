@@ -1,7 +1,6 @@
 package host
 
 import (
-	"reflect"
 	"sync/atomic"
 
 	"github.com/espep/espep/internal/ctable"
@@ -76,10 +75,7 @@ func (c *counters) add(k counter) { c[k].Add(1) }
 // snapshot fills Stats through the table.
 func (c *counters) snapshot() Stats {
 	var st Stats
-	v := reflect.ValueOf(&st).Elem()
-	for k := range c {
-		v.FieldByName(counterTable[k].Field).SetUint(c[k].Load())
-	}
+	ctable.Fill(counterTable[:], &st, func(i int) uint64 { return c[i].Load() })
 	return st
 }
 
