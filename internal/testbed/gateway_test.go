@@ -437,25 +437,8 @@ func TestGatewayGoodput(t *testing.T) {
 func TestGatewayTUN(t *testing.T) {
 	b := ForTest(t)
 	dir := t.TempDir()
-	ns := map[string]string{}
-	for _, n := range []string{"a", "g", "b"} {
-		x, err := b.NS(n)
-		must(t, err)
-		ns[n] = x
-	}
+	ns := routedThree(t, b, "10.82")
 	g := ns["g"]
-	must(t, b.Veth(ns["a"], "a0", g, "ga"))
-	must(t, b.Veth(g, "gb", ns["b"], "b0"))
-	must(t, b.Addr(ns["a"], "a0", "10.82.1.1/24"))
-	must(t, b.Addr(g, "ga", "10.82.1.254/24"))
-	must(t, b.Addr(g, "gb", "10.82.2.254/24"))
-	must(t, b.Addr(ns["b"], "b0", "10.82.2.1/24"))
-	must(t, b.IP(ns["a"], "route", "add", "default", "via", "10.82.1.254"))
-	must(t, b.IP(ns["b"], "route", "add", "default", "via", "10.82.2.254"))
-	for _, sc := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"} {
-		_, err := b.Run(g, "sysctl", "-qw", sc)
-		must(t, err)
-	}
 
 	c := hostCase{name: "esp-tunnel-gcm", mode: "tunnel", proto: "esp", enc: "aes-gcm16", ekey: 36, integ: "none"}
 	p := &hostPair{b: b, a: ns["a"], bn: ns["b"], dir: dir, la: "10.78.1.1", lb: "10.78.2.1"}
@@ -565,4 +548,32 @@ func TestGatewayLeavesPath(t *testing.T) {
 		t.Fatalf("the tunnel carried nothing for %d pings after the gateway died:\n%s", first, lastLines(out, 4))
 	}
 	must(t, send(256<<10))
+}
+
+// routedThree makes namespaces a, g and b, a—g—b over veths, with
+// NET.1.0/24 between a and g and NET.2.0/24 between g and b (a at .1.1, b
+// at .2.1, g at .254 on both), g routing between them with reverse-path
+// filtering off: where TUN-mode tests put espep gateway.
+func routedThree(t *testing.T, b *Bed, net string) map[string]string {
+	t.Helper()
+	ns := map[string]string{}
+	for _, n := range []string{"a", "g", "b"} {
+		x, err := b.NS(n)
+		must(t, err)
+		ns[n] = x
+	}
+	g := ns["g"]
+	must(t, b.Veth(ns["a"], "a0", g, "ga"))
+	must(t, b.Veth(g, "gb", ns["b"], "b0"))
+	must(t, b.Addr(ns["a"], "a0", net+".1.1/24"))
+	must(t, b.Addr(g, "ga", net+".1.254/24"))
+	must(t, b.Addr(g, "gb", net+".2.254/24"))
+	must(t, b.Addr(ns["b"], "b0", net+".2.1/24"))
+	must(t, b.IP(ns["a"], "route", "add", "default", "via", net+".1.254"))
+	must(t, b.IP(ns["b"], "route", "add", "default", "via", net+".2.254"))
+	for _, sc := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"} {
+		_, err := b.Run(g, "sysctl", "-qw", sc)
+		must(t, err)
+	}
+	return ns
 }

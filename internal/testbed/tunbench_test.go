@@ -28,25 +28,8 @@ func TestGatewayTUNThroughput(t *testing.T) {
 	}
 	b := ForTest(t)
 	dir := t.TempDir()
-	ns := map[string]string{}
-	for _, n := range []string{"a", "g", "b"} {
-		x, err := b.NS(n)
-		must(t, err)
-		ns[n] = x
-	}
+	ns := routedThree(t, b, "10.83")
 	g := ns["g"]
-	must(t, b.Veth(ns["a"], "a0", g, "ga"))
-	must(t, b.Veth(g, "gb", ns["b"], "b0"))
-	must(t, b.Addr(ns["a"], "a0", "10.83.1.1/24"))
-	must(t, b.Addr(g, "ga", "10.83.1.254/24"))
-	must(t, b.Addr(g, "gb", "10.83.2.254/24"))
-	must(t, b.Addr(ns["b"], "b0", "10.83.2.1/24"))
-	must(t, b.IP(ns["a"], "route", "add", "default", "via", "10.83.1.254"))
-	must(t, b.IP(ns["b"], "route", "add", "default", "via", "10.83.2.254"))
-	for _, sc := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"} {
-		_, err := b.Run(g, "sysctl", "-qw", sc)
-		must(t, err)
-	}
 	must(t, os.WriteFile(filepath.Join(dir, "none.sa"), []byte("espep-sa 1\n"), 0o600))
 	th := &TwoHosts{Bed: b, A: ns["a"], B: ns["b"], BAddr: "10.83.2.1"}
 
