@@ -2,7 +2,6 @@ package host
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -330,6 +329,3 @@ func (h *Host) counters() []metrics.Counter {
 	cs := metrics.FromTable("espep_host_", CounterTable(), func() any { return h.Stats() })
 	return append(metrics.SACounters("espep_host_", func() *ipsec.SAD { sad, _ := h.tables(); return sad }), cs...)
 }
-
-// errLinkClosed is what a link's reader returns once the link is closed.
-var errLinkClosed = errors.New("link closed")
