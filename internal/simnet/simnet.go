@@ -1,0 +1,198 @@
+// Package simnet is the in-process network the lab and the tests run on:
+// a wired host and a mobile (gVisor TCP stacks), each behind an optional
+// end that seals its packets and opens what arrives for it (its IPsec),
+// joined by a wired link and a radio (netem) through a middle box — a
+// plain relay, an engine or a gateway — that may be replaced while the
+// network runs (a restart, a flow moving):
+//
+//	wired ─ [end] ══ wired link ══ middle ══ radio ══ [end] ─ mobile
+//
+// The lab builds its figures on it (internal/lab), the engine's and the
+// gateway's end-to-end tests their transfers, so a network is described
+// once.
+package simnet
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/gvhost"
+	"github.com/espep/espep/internal/netem"
+)
+
+// Default addresses of the two hosts.
+var (
+	WiredAddr  = netip.MustParseAddr("10.0.0.1")
+	MobileAddr = netip.MustParseAddr("10.0.0.2")
+)
+
+// End is what stands between a host and its link: an IPsec
+// implementation, an IP-in-IP tunnel end. Seal takes a packet the host
+// sends, Open one that arrives for it; either returns nil to drop it. Both
+// may keep the packet they return; neither may keep the one given.
+type End interface {
+	Seal(pkt []byte) []byte
+	Open(pkt []byte) []byte
+}
+
+// Middle is what the base station does with a packet from one side: an
+// engine's or a gateway's Process. It sends on through Net.Send.
+type Middle func(from engine.Side, pkt []byte)
+
+// Config describes a network.
+type Config struct {
+	// Wired is the wired link (both directions alike); Radio the radio,
+	// whose mobile → base station direction takes Radio with Seed+1.
+	Wired, Radio netem.Config
+	// Hosts are the hosts' TCP options; WiredHost and MobileHost their
+	// addresses (WiredAddr and MobileAddr when zero).
+	Hosts                 gvhost.Options
+	WiredHost, MobileHost netip.Addr
+	// WiredEnd and MobileEnd stand between each host and its link (nil:
+	// none, the host's packets go as they are).
+	WiredEnd, MobileEnd End
+}
+
+// Net is a running network.
+type Net struct {
+	Wired, Mobile *gvhost.Host
+	// WiredLink carries wired → base station on AB and back on BA; Radio
+	// base station → mobile on AB and back on BA.
+	WiredLink, Radio *netem.Pair
+	// Started is when the links came up: their outages count from it.
+	Started time.Time
+	middle  atomic.Pointer[Middle]
+}
+
+// New builds and starts a network whose middle box is a plain relay until
+// SetMiddle.
+func New(cfg Config) (_ *Net, err error) {
+	if !cfg.WiredHost.IsValid() {
+		cfg.WiredHost = WiredAddr
+	}
+	if !cfg.MobileHost.IsValid() {
+		cfg.MobileHost = MobileAddr
+	}
+	n := &Net{}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	if n.Wired, err = gvhost.New(cfg.WiredHost, cfg.Hosts); err != nil {
+		return nil, fmt.Errorf("simnet: wired host: %w", err)
+	}
+	if n.Mobile, err = gvhost.New(cfg.MobileHost, cfg.Hosts); err != nil {
+		return nil, fmt.Errorf("simnet: mobile: %w", err)
+	}
+	radioBA := cfg.Radio
+	radioBA.Seed++
+	if n.WiredLink, err = netem.NewPair(cfg.Wired, cfg.Wired, nil, n.through(engine.Wire), deliver(cfg.WiredEnd, n.Wired)); err != nil {
+		return nil, fmt.Errorf("simnet: wired link: %w", err)
+	}
+	if n.Radio, err = netem.NewPair(cfg.Radio, radioBA, nil, deliver(cfg.MobileEnd, n.Mobile), n.through(engine.Radio)); err != nil {
+		return nil, fmt.Errorf("simnet: radio: %w", err)
+	}
+	n.Started = time.Now()
+	go n.Wired.Run(send(cfg.WiredEnd, n.WiredLink.AB.Send))
+	go n.Mobile.Run(send(cfg.MobileEnd, n.Radio.BA.Send))
+	return n, nil
+}
+
+// SetMiddle puts m at the base station (nil: a plain relay). Packets
+// already on their way to the old one still reach it.
+func (n *Net) SetMiddle(m Middle) {
+	if m == nil {
+		n.middle.Store(nil)
+		return
+	}
+	n.middle.Store(&m)
+}
+
+// Send puts a copy of pkt on the link toward side to: what the middle box
+// calls for every packet it sends on.
+func (n *Net) Send(to engine.Side, pkt []byte) {
+	n.relay(to, append([]byte(nil), pkt...))
+}
+
+// relay puts pkt, which the link may keep, on the link toward side to.
+func (n *Net) relay(to engine.Side, pkt []byte) {
+	if to == engine.Radio {
+		n.Radio.AB.Send(pkt)
+	} else {
+		n.WiredLink.BA.Send(pkt)
+	}
+}
+
+// through is what the base station does with what arrives from side from.
+func (n *Net) through(from engine.Side) func([]byte) {
+	to := engine.Radio
+	if from == engine.Radio {
+		to = engine.Wire
+	}
+	return func(pkt []byte) {
+		if m := n.middle.Load(); m != nil {
+			(*m)(from, pkt)
+			return
+		}
+		n.relay(to, pkt)
+	}
+}
+
+// send is a host's way out: through its end onto its link.
+func send(end End, link func([]byte)) func([]byte) {
+	if end == nil {
+		return link // the host hands over a packet of its own
+	}
+	return func(pkt []byte) {
+		if s := end.Seal(pkt); s != nil {
+			link(s)
+		}
+	}
+}
+
+// deliver is a host's way in: through its end into its stack.
+func deliver(end End, h *gvhost.Host) func([]byte) {
+	if end == nil {
+		return h.Inject
+	}
+	return func(pkt []byte) {
+		if o := end.Open(pkt); o != nil {
+			h.Inject(o)
+		}
+	}
+}
+
+// Close stops the links and the hosts. The middle box is the caller's to
+// close (after this: nothing reaches it any more).
+func (n *Net) Close() {
+	for _, p := range []*netem.Pair{n.WiredLink, n.Radio} {
+		if p != nil {
+			p.Close()
+		}
+	}
+	for _, h := range []*gvhost.Host{n.Wired, n.Mobile} {
+		if h != nil {
+			h.Close()
+		}
+	}
+}
+
+// Transfer sends size random bytes from one host to the other over TCP
+// port 5001 and checks them (gvhost.Transfer); it returns the goodput in
+// Mbit/s.
+func (n *Net) Transfer(toMobile bool, size int, timeout time.Duration) (float64, error) {
+	src, dst := n.Wired, n.Mobile
+	if !toMobile {
+		src, dst = dst, src
+	}
+	gp, err := gvhost.Transfer(src, dst, 5001, size, timeout)
+	if err != nil {
+		return 0, errors.Join(errors.New("simnet: transfer"), err)
+	}
+	return gp, nil
+}
