@@ -4,14 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sync"
-	"sync/atomic"
-	"time"
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/gvhost"
 	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/simnet"
 	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
@@ -67,31 +65,18 @@ type NetConfig struct {
 }
 
 // Net is the wired terminal and the mobile, their IPsec, the links and
-// what sits between them:
+// what sits between them (a simnet network):
 //
 //	wired ─ [IPsec] ══ wired link ══ base station ══ radio ══ [IPsec] ─ mobile
 type Net struct {
-	Wired, Mobile *gvhost.Host
-	Gateway       *gateway.Gateway // nil in e2e mode
-	wired, radio  *netem.Pair
-	// The IPsec at each end: sealing its host's packets, opening the
-	// other's (nil without IPsec).
-	wOut, wIn, mOut, mIn *ipsec.SA
+	*simnet.Net
+	Gateway *gateway.Gateway // nil in e2e mode
+	// The IPsec at each end (nil without IPsec).
+	wiredEnd, mobileEnd *simnet.IPsec
 	// PayloadPerFrame is the TCP payload one full-sized radio packet
 	// carries, and FrameBytes its size: the link limit is
 	// Rate·PayloadPerFrame/FrameBytes.
 	PayloadPerFrame, FrameBytes int
-
-	notInTunnel atomic.Int64
-	// Sequence numbers each end's IPsec accepted, and packets it refused
-	// as replays that it never had: a snoop gateway with a read SA resends
-	// the ciphertext as it came, and a copy of a packet the receiver has is
-	// rightly refused; a refused packet it never had is a failure.
-	mu           sync.Mutex
-	accepted     map[*ipsec.SA]map[uint32]bool
-	freshRefused int
-	// Started is when the links came up: their outages count from it.
-	Started time.Time
 }
 
 // hostMTU is the hosts' MTU: room for the IPsec and IP-in-IP headers in a
@@ -100,29 +85,28 @@ const hostMTU = 1400
 
 // NewNet builds and starts a network.
 func NewNet(cfg NetConfig) (*Net, error) {
-	n := &Net{accepted: map[*ipsec.SA]map[uint32]bool{}}
-	opts := gvhost.Options{SACK: cfg.SACK, MTU: hostMTU, CC: "cubic"}
-	var err error
-	if n.Wired, err = gvhost.New(wiredHost, opts); err != nil {
-		return nil, err
-	}
-	if n.Mobile, err = gvhost.New(mobileHost, opts); err != nil {
-		n.Wired.Close()
-		return nil, err
-	}
+	n := &Net{}
+	scfg := simnet.Config{Wired: cfg.Wired, Radio: cfg.Radio, Hosts: gvhost.Options{SACK: cfg.SACK, MTU: hostMTU, CC: "cubic"},
+		WiredHost: wiredHost, MobileHost: mobileHost}
 	var wm, mw ipsec.Config // wired → mobile, mobile → wired
 	if cfg.IPsec != IPsecNone {
 		wm, mw = saConfigs(cfg)
+		var err error
 		mk := func(c ipsec.Config) *ipsec.SA {
 			sa, e := ipsec.New(c)
 			err = errors.Join(err, e)
 			return sa
 		}
-		n.wOut, n.mIn, n.mOut, n.wIn = mk(wm), mk(wm), mk(mw), mk(mw)
+		wOut, mIn, mOut, wIn := mk(wm), mk(wm), mk(mw), mk(mw)
 		if err != nil {
-			n.Close()
 			return nil, fmt.Errorf("lab: %w", err)
 		}
+		n.wiredEnd, n.mobileEnd = simnet.NewIPsec(wOut, wIn), simnet.NewIPsec(mOut, mIn)
+		if cfg.IPIP {
+			n.wiredEnd.Tunnel = [2]netip.Addr{homeAgent, careOf}
+			n.mobileEnd.Tunnel = [2]netip.Addr{careOf, homeAgent}
+		}
+		scfg.WiredEnd, scfg.MobileEnd = n.wiredEnd, n.mobileEnd
 	}
 	n.PayloadPerFrame, n.FrameBytes = hostMTU-40-12, n.frame(cfg)
 
@@ -136,11 +120,9 @@ func NewNet(cfg NetConfig) (*Net, error) {
 				}
 				e, err := ipsec.NewEntry(c)
 				if err != nil {
-					n.Close()
 					return nil, fmt.Errorf("lab: %w", err)
 				}
 				if err := sad.Add(e); err != nil {
-					n.Close()
 					return nil, fmt.Errorf("lab: %w", err)
 				}
 			}
@@ -150,47 +132,24 @@ func NewNet(cfg NetConfig) (*Net, error) {
 			ecfg.Mode = engine.ModeSnoop
 		}
 		// The whole network lives and dies with this process — endpoints,
-		// SAs and gateway — so the gateway's reservations may too.
-		g, err := gateway.New(gateway.Config{Engine: ecfg, Plain: true, Log: quietLog, State: statedir.Memory()}, sad, func(to engine.Side, pkt []byte) {
-			c := append([]byte(nil), pkt...)
-			if to == engine.Radio {
-				n.radio.AB.Send(c)
-			} else {
-				n.wired.BA.Send(c)
-			}
-		})
+		// SAs and gateway — so the gateway's reservations may too. The
+		// gateway sends through the network, built next.
+		g, err := gateway.New(gateway.Config{Engine: ecfg, Plain: true, Log: quietLog, State: statedir.Memory()}, sad,
+			func(to engine.Side, pkt []byte) { n.Send(to, pkt) })
 		if err != nil {
-			n.Close()
 			return nil, fmt.Errorf("lab: %w", err)
 		}
 		n.Gateway = g
 	}
-	middle := func(from engine.Side) func([]byte) {
-		return func(p []byte) {
-			if n.Gateway != nil {
-				n.Gateway.Process(from, p)
-				return
-			}
-			if from == engine.Wire {
-				n.radio.AB.Send(p)
-			} else {
-				n.wired.BA.Send(p)
-			}
-		}
-	}
-	radioBA := cfg.Radio
-	radioBA.Seed++
-	if n.wired, err = netem.NewPair(cfg.Wired, cfg.Wired, nil, middle(engine.Wire), n.receive(n.wIn, n.Wired, cfg.IPIP)); err != nil {
+	sn, err := simnet.New(scfg)
+	if err != nil {
 		n.Close()
-		return nil, fmt.Errorf("lab: wired link: %w", err)
+		return nil, fmt.Errorf("lab: %w", err)
 	}
-	if n.radio, err = netem.NewPair(cfg.Radio, radioBA, nil, n.receive(n.mIn, n.Mobile, cfg.IPIP), middle(engine.Radio)); err != nil {
-		n.Close()
-		return nil, fmt.Errorf("lab: radio: %w", err)
+	n.Net = sn
+	if n.Gateway != nil {
+		n.SetMiddle(n.Gateway.Process)
 	}
-	n.Started = time.Now()
-	go n.Wired.Run(n.send(n.wOut, homeAgent, careOf, cfg.IPIP, func(p []byte) { n.wired.AB.Send(p) }))
-	go n.Mobile.Run(n.send(n.mOut, careOf, homeAgent, cfg.IPIP, func(p []byte) { n.radio.BA.Send(p) }))
 	return n, nil
 }
 
@@ -244,65 +203,6 @@ func (n *Net) frame(cfg NetConfig) int {
 	return size
 }
 
-// send is what a host's IPsec does with the host's packets: seal them (and
-// put them in the IP-in-IP tunnel) and put them on the link.
-func (n *Net) send(out *ipsec.SA, tsrc, tdst netip.Addr, ipip bool, link func([]byte)) func([]byte) {
-	return func(p []byte) {
-		if out != nil {
-			buf := make([]byte, ipsec.MaxHeadroom+len(p)+ipsec.MaxTailroom)
-			copy(buf[ipsec.MaxHeadroom:], p)
-			s, err := out.Seal(buf, ipsec.MaxHeadroom, len(p))
-			if err != nil {
-				return
-			}
-			p = s
-			if ipip {
-				b := make([]byte, header.IPv4MinLen+len(p))
-				header.WriteIPv4(b, 0, len(b), 0, false, 64, header.ProtoIPIP, tsrc, tdst)
-				copy(b[header.IPv4MinLen:], p)
-				p = b
-			}
-		}
-		link(p)
-	}
-}
-
-// receive is what a host's IPsec does with what arrives for it: take it
-// out of the IP-in-IP tunnel, open it, and hand it to the host; anything it
-// refuses is counted.
-func (n *Net) receive(in *ipsec.SA, h *gvhost.Host, ipip bool) func([]byte) {
-	return func(p []byte) {
-		if in == nil {
-			h.Inject(p)
-			return
-		}
-		if ipip {
-			ip, err := header.ParseIPv4(p)
-			if err != nil || ip.Protocol() != header.ProtoIPIP {
-				n.notInTunnel.Add(1)
-				return
-			}
-			p = ip.Payload()
-		}
-		l, _ := ipsec.Locate(p)
-		inner, err := in.Open(p) // a refusal is counted by the SA
-		n.mu.Lock()
-		switch {
-		case err == nil:
-			if n.accepted[in] == nil {
-				n.accepted[in] = map[uint32]bool{}
-			}
-			n.accepted[in][l.Seq] = true
-		case (errors.Is(err, ipsec.ErrReplay) || errors.Is(err, ipsec.ErrTooOld)) && !n.accepted[in][l.Seq]:
-			n.freshRefused++
-		}
-		n.mu.Unlock()
-		if err == nil {
-			h.Inject(inner)
-		}
-	}
-}
-
 // Check reports what the endpoints' IPsec refused: packets with a bad
 // ICV, malformed ones, packets refused as replays that the receiver never
 // had, and packets outside the IP-in-IP tunnel. A network passes when
@@ -310,39 +210,24 @@ func (n *Net) receive(in *ipsec.SA, h *gvhost.Host, ipip bool) func([]byte) {
 // replay, is not a failure: a read gateway's resends are such copies.)
 func (n *Net) Check() error {
 	var errs []error
-	for name, sa := range map[string]*ipsec.SA{"wired": n.wIn, "mobile": n.mIn} {
-		if sa == nil {
+	for name, e := range map[string]*simnet.IPsec{"wired": n.wiredEnd, "mobile": n.mobileEnd} {
+		if e == nil {
 			continue
 		}
-		if s := sa.Stats(); s.ICVFailures+s.OtherDrops != 0 {
-			errs = append(errs, fmt.Errorf("%s end refused packets: %d ICV, %d other", name, s.ICVFailures, s.OtherDrops))
+		if err := e.Check(); err != nil {
+			errs = append(errs, fmt.Errorf("%s end: %w", name, err))
 		}
-	}
-	n.mu.Lock()
-	if n.freshRefused != 0 {
-		errs = append(errs, fmt.Errorf("%d packets refused as replays that the receiver never had", n.freshRefused))
-	}
-	n.mu.Unlock()
-	if k := n.notInTunnel.Load(); k != 0 {
-		errs = append(errs, fmt.Errorf("%d packets outside the IP-in-IP tunnel", k))
 	}
 	return errors.Join(errs...)
 }
 
-// Close stops everything.
+// Close stops everything: the network, then the gateway and its engine.
 func (n *Net) Close() {
-	for _, p := range []*netem.Pair{n.wired, n.radio} {
-		if p != nil {
-			p.Close()
-		}
+	if n.Net != nil {
+		n.Net.Close()
 	}
 	if n.Gateway != nil {
 		n.Gateway.Close()
 		n.Gateway.Engine().Close()
-	}
-	for _, h := range []*gvhost.Host{n.Wired, n.Mobile} {
-		if h != nil {
-			h.Close()
-		}
 	}
 }
