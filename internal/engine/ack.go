@@ -20,6 +20,11 @@ func (e *shard) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 	if ack.LessThan(st.sndUna) {
 		return // stale
 	}
+	if st.sndNxt.LessThan(ack) {
+		// The receiver has bytes this engine never sent (a moved flow:
+		// ackAcceptable); they count as sent.
+		st.sndNxt = ack
+	}
 	win, prevWnd := st.takeWindow(f.sp, p, ack)
 	var rs rateSample
 	delivered := 0
@@ -97,6 +102,7 @@ func (e *shard) cumAck(f *flow, st *stream, ack seqnum.Value, now time.Time, rs 
 		s.seq = ack
 	}
 	st.sndUna = ack
+	st.aheadOn = st.aheadOn && ack.LessThan(st.ahead)
 	st.backoff, st.dupacks = 0, 0
 	st.ptoBase = now
 	if !f.sp.sackOn && len(st.segs) > 0 && st.segs[0].sacked {

@@ -18,6 +18,7 @@ import (
 	"github.com/espep/espep/internal/gvhost"
 	"github.com/espep/espep/internal/netem"
 	"github.com/espep/espep/internal/packettest"
+	"github.com/espep/espep/internal/simnet"
 	"github.com/espep/espep/ipsec/header"
 )
 
@@ -26,10 +27,10 @@ import (
 //
 //	A ── wired (netem) ── engine ── radio (netem) ── B
 type Net struct {
-	A, B         *gvhost.Host
-	E            atomic.Pointer[engine.Engine]
-	out          func(to engine.Side, pkt []byte)
-	wired, radio *netem.Pair
+	*simnet.Net
+	A, B *gvhost.Host // the wired host and the mobile
+	E    atomic.Pointer[engine.Engine]
+	out  func(to engine.Side, pkt []byte) // the engines' output
 }
 
 // snoop and split are the engine configurations the tests use; nil runs
@@ -43,49 +44,20 @@ func newNet(t testing.TB, ecfg *engine.Config, wired, radio netem.Config, sack b
 	return newNetCC(t, ecfg, wired, radio, sack, "")
 }
 
+// newNetCC builds a simnet network whose base station is the engine in
+// n.E (replaceable: a flow moving), or a plain relay when ecfg is nil.
 func newNetCC(t testing.TB, ecfg *engine.Config, wired, radio netem.Config, sack bool, cc string) *Net {
 	t.Helper()
-	n := &Net{}
-	var err error
-	if n.A, err = gvhost.New(netip.MustParseAddr("10.0.0.1"), gvhost.Options{SACK: sack, CC: cc}); err != nil {
+	sn, err := simnet.New(simnet.Config{Wired: wired, Radio: radio, Hosts: gvhost.Options{SACK: sack, CC: cc}})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if n.B, err = gvhost.New(netip.MustParseAddr("10.0.0.2"), gvhost.Options{SACK: sack, CC: cc}); err != nil {
-		t.Fatal(err)
-	}
-	radioBA := radio
-	radioBA.Seed = radio.Seed + 1
-	var toWire, toRadio func([]byte)
+	t.Cleanup(sn.Close)
+	n := &Net{Net: sn, A: sn.Wired, B: sn.Mobile, out: sn.Send}
 	if ecfg != nil {
-		n.out = func(to engine.Side, pkt []byte) {
-			c := append([]byte(nil), pkt...)
-			if to == engine.Radio {
-				n.radio.AB.Send(c)
-			} else {
-				n.wired.BA.Send(c)
-			}
-		}
 		n.E.Store(mustEngine(t, *ecfg, n.out))
-		toRadio = func(p []byte) { n.E.Load().Process(engine.Wire, p) }
-		toWire = func(p []byte) { n.E.Load().Process(engine.Radio, p) }
-	} else {
-		toRadio = func(p []byte) { n.radio.AB.Send(p) }
-		toWire = func(p []byte) { n.wired.BA.Send(p) }
+		n.SetMiddle(func(from engine.Side, pkt []byte) { n.E.Load().Process(from, pkt) })
 	}
-	if n.wired, err = netem.NewPair(wired, wired, nil, toRadio, n.A.Inject); err != nil {
-		t.Fatal(err)
-	}
-	if n.radio, err = netem.NewPair(radio, radioBA, nil, n.B.Inject, toWire); err != nil {
-		t.Fatal(err)
-	}
-	go n.A.Run(n.wired.AB.Send)
-	go n.B.Run(n.radio.BA.Send)
-	t.Cleanup(func() {
-		n.wired.Close()
-		n.radio.Close()
-		n.A.Close()
-		n.B.Close()
-	})
 	return n
 }
 
@@ -274,44 +246,83 @@ func senderStats(h *gvhost.Host) string {
 
 // TestHandoff moves the flow (snoop: its cache; split: the bytes it
 // acknowledged early and holds) to a second engine (through JSON) in the
-// middle of a transfer over a lossy radio: no byte is lost, and the new
-// engine goes on repairing.
+// middle of a transfer over a lossy radio — while the sender is still
+// sending, and (split) once the engine has taken every byte from it: no
+// byte is lost, the new engine goes on repairing, and packets that reach
+// the old engine after the move (relayed, so the receiver holds bytes the
+// new engine never sent) neither stall the flow nor give the new engine an
+// RTT sample shorter than the radio's propagation delay.
 func TestHandoff(t *testing.T) {
+	const size = 4 << 20
 	for _, tc := range []struct {
 		name string
 		cfg  *engine.Config
-	}{{"snoop", snoop}, {"split", split}} {
+		// taken says when to move: after this much of the sender's data
+		// passed the engine
+		taken func(engine.Stats) bool
+	}{
+		{"snoop", snoop, func(s engine.Stats) bool { return s.Cached >= 700 }},
+		{"split-mid", split, func(s engine.Stats) bool { return s.EarlyAcked >= 1<<20 }},
+		{"split-all", split, func(s engine.Stats) bool { return s.EarlyAcked >= size }},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			radio := radioLink
 			radio.Seed, radio.Loss = 11, 0.02
 			n := newNet(t, tc.cfg, wiredLink, radio, true)
-			done := make(chan struct{})
+			done := make(chan error, 1)
 			var moved, held int
 			go func() {
-				defer close(done)
-				time.Sleep(700 * time.Millisecond)
-				old := n.E.Load()
-				b, err := json.Marshal(old.Export(true))
-				if err != nil {
-					return
-				}
-				var states []engine.FlowState
-				json.Unmarshal(b, &states)
-				next, _ := engine.New(*tc.cfg, func(to engine.Side, pkt []byte, _ engine.Emitted) { n.out(to, pkt) })
-				if next.Import(states) == nil {
+				done <- func() error {
+					old := n.E.Load()
+					for deadline := time.Now().Add(30 * time.Second); !tc.taken(old.Stats()); time.Sleep(time.Millisecond) {
+						if time.Now().After(deadline) {
+							return fmt.Errorf("the engine never took enough of the transfer: %+v", old.Stats())
+						}
+					}
+					b, err := json.Marshal(old.Export(true))
+					if err != nil {
+						return err
+					}
+					var states []engine.FlowState
+					if err := json.Unmarshal(b, &states); err != nil {
+						return err
+					}
+					next := mustEngine(t, *tc.cfg, n.out)
+					if err := next.Import(states); err != nil {
+						return err
+					}
 					moved = len(states)
 					if len(states) == 1 && states[0].Split != nil {
 						held = len(states[0].Split.Streams[engine.Wire].Data)
 					}
 					n.E.Store(next)
-				}
+					return nil
+				}()
 			}()
-			transfer(t, n.A, n.B, 4<<20, 60*time.Second)
-			<-done
-			st := n.E.Load().Stats()
+			transfer(t, n.A, n.B, size, 60*time.Second)
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			e := n.E.Load()
+			st := e.Stats()
 			t.Logf("moved %d flow(s) holding %d bytes acknowledged early; new engine: %+v", moved, held, st)
 			if moved != 1 || st.Cached == 0 && st.Emitted == 0 || tc.cfg == split && held == 0 {
 				t.Fatalf("the flow did not move mid-transfer (moved %d, new engine %+v)", moved, st)
+			}
+			splits := 0
+			for _, fi := range e.Flows() {
+				if !fi.Split {
+					continue
+				}
+				splits++
+				// netem's timers deliver up to a few hundred µs early; a
+				// sample from a segment the receiver already had is µs.
+				if r, floor := fi.Down.MinRTT, 2*radio.Delay*3/4; r < floor {
+					t.Errorf("minimum RTT toward the radio %v, below %v (the propagation delay is %v): a sample from a segment the receiver already had", r, floor, 2*radio.Delay)
+				}
+			}
+			if tc.cfg == split && splits != 1 {
+				t.Errorf("%d split flows on the new engine after the transfer, want the moved one", splits)
 			}
 		})
 	}

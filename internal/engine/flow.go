@@ -63,6 +63,9 @@ type seg struct {
 	rexmits int
 	pkt     []byte
 	held    int // the memory pkt holds (its pooled buffer), for the cache bounds
+	// imported from another engine: sentAt is the import, the real send
+	// time unknown, so its ACK gives no RTT sample
+	imported bool
 }
 
 // half is what the engine knows of one direction's sender.

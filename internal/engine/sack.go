@@ -45,8 +45,11 @@ func (e *shard) takeSACK(st *stream, o *header.TCPOptions, now time.Time, rs *ra
 	}
 	for i := 0; i < o.NSACK; i++ {
 		start, end := seqnum.Value(o.SACK[i].Start), seqnum.Value(o.SACK[i].End)
+		if st.sndNxt.LessThan(end) && start.LessThan(end) {
+			st.sawAhead(end)
+		}
 		if !st.sndUna.LessThan(end) || st.sndNxt.LessThan(end) || !start.LessThan(end) {
-			continue // D-SACK or bogus
+			continue // D-SACK, bytes not sent, or bogus
 		}
 		for j := range st.segs {
 			s := &st.segs[j]
@@ -77,13 +80,16 @@ func (e *shard) deliver(st *stream, s *txSeg, now time.Time, rs *rateSample) int
 	if rs == nil {
 		return n
 	}
+	// A noSample segment's delivery says nothing of the path's RTT or
+	// rate (one sample too small would set minRTT, and with it BBR's
+	// window, for good), but RACK may still order it by its xmit.
 	rtt := now.Sub(s.xmit)
-	if s.rexmits == 0 && !s.xmit.Before(rs.rttXmit) {
+	if s.rexmits == 0 && !s.noSample && !s.xmit.Before(rs.rttXmit) {
 		rs.rtt, rs.rttXmit = rtt, s.xmit
 	}
 	// RACK: the most recently sent segment known delivered (a resent one
 	// only if its ACK cannot be for the earlier copy).
-	if s.rexmits > 0 && rtt < st.minRTT*3/4 {
+	if s.rexmits > 0 && !s.noSample && rtt < st.minRTT*3/4 {
 		// Delivered sooner after the resend than the path can carry
 		// it: the first copy arrived, late — reordering, not loss.
 		st.reoMult = min(st.reoMult+1, maxReoMult)
@@ -94,13 +100,25 @@ func (e *shard) deliver(st *stream, s *txSeg, now time.Time, rs *rateSample) int
 			st.rackXmit, st.rackEnd, st.rackRTT = s.xmit, s.end, rtt
 		}
 	}
-	if !rs.ok || rs.xmit.Before(s.xmit) {
+	if !s.noSample && (!rs.ok || rs.xmit.Before(s.xmit)) {
 		rs.ok, rs.xmit = true, s.xmit
 		rs.prior, rs.priorTime = s.delivered, s.delivTime
 		rs.sendElapsed, rs.appLimited = s.xmit.Sub(s.firstSent), s.appLimited
 		st.firstSent = s.xmit
 	}
 	return n
+}
+
+// sawAhead notes that the receiver reported holding bytes up to end that
+// the engine has not sent: a copy reached it another way (relayed while a
+// flow moved between engines, or sent before an import). What the engine
+// sends below end now may be acknowledged at once, so it gives no RTT or
+// rate sample. Only an end within the window offered to the sender counts
+// (no sender could have sent beyond it).
+func (st *stream) sawAhead(end seqnum.Value) {
+	if st.sndNxt.LessThan(end) && end.LessThanEq(st.rcvEdge) && (!st.aheadOn || st.ahead.LessThan(end)) {
+		st.ahead, st.aheadOn = end, true
+	}
 }
 
 func (st *stream) markLost(s *txSeg) {

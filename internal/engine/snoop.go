@@ -154,7 +154,7 @@ func (e *shard) newAck(f *flow, ack seqnum.Value, hole bool) {
 	now := e.cfg.Clock.Now()
 	n := 0
 	for n < len(f.cache) && f.cache[n].end.LessThanEq(ack) {
-		if f.cache[n].rexmits == 0 {
+		if f.cache[n].rexmits == 0 && !f.cache[n].imported {
 			e.rttSample(f, now.Sub(f.cache[n].sentAt))
 		}
 		f.cacheBytes -= f.cache[n].held

@@ -23,9 +23,13 @@ type txSeg struct {
 	delivTime  time.Time
 	firstSent  time.Time
 	appLimited bool
-	sacked     bool // delivered out of order
-	lost       bool // presumed lost and not resent since
-	rexmits    uint8
+	// noSample: its delivery gives no RTT or rate sample — it was imported
+	// in flight (when it was really sent is unknown), or sent when the
+	// receiver had already reported holding its bytes (stream.ahead)
+	noSample bool
+	sacked   bool // delivered out of order
+	lost     bool // presumed lost and not resent since
+	rexmits  uint8
 }
 
 func (s *txSeg) len() int { return int(s.seq.Size(s.end)) }
@@ -60,6 +64,8 @@ type stream struct {
 	wnd                    int // the receiver's window in bytes
 	maxWnd                 int // the largest window it has offered (MAX.SND.WND)
 	wl1, wl2               seqnum.Value
+	ahead                  seqnum.Value // while aheadOn: the receiver holds bytes up to here it had by another way (sawAhead)
+	aheadOn                bool
 	segs                   []txSeg // sent, not cumulatively acknowledged, by seq
 	segBuf                 []txSeg // the array segs lives in, from its start
 	inflight               int     // bytes sent, neither delivered nor presumed lost
@@ -111,6 +117,7 @@ type splitFlow struct {
 	shift  [2]uint8      // window scale of the windows each side sends
 	tsOn   bool
 	sackOn bool
+	moved  bool // imported from another engine (ackAcceptable)
 	// Packets from each side, and packets the engine sent toward each:
 	// what the gateway sends toward side s travels on the SA of the
 	// endpoint on the other side, numbered after that endpoint's own.
@@ -232,11 +239,12 @@ func (e *shard) splitProcess(f *flow, from Side, p *parsed) {
 		default:
 			e.st.RSTIgnored++
 		}
-	case t.Has(header.TCPAck) && !e.ackAcceptable(out, seqnum.Value(t.Ack())):
+	case t.Has(header.TCPAck) && !e.ackAcceptable(sp, out, seqnum.Value(t.Ack())):
 		// An ACK for bytes the engine never sent, or far below what it
 		// has had acknowledged: the segment is dropped and answered with
 		// an ACK (RFC 9293 §3.10.7.4, RFC 5961 §5.2). Taken, it would
 		// release early-acknowledged bytes no receiver has.
+		out.sawAhead(seqnum.Value(t.Ack()))
 		e.st.AckIgnored++
 		e.challengeAck(f, in, now)
 	default:
@@ -339,10 +347,14 @@ func (e *shard) takeData(st *stream, p *parsed, now time.Time, budget bool) {
 }
 
 // ackAcceptable reports whether ack may be taken by the sender of st:
-// SND.UNA − MAX.SND.WND ≤ ack ≤ SND.NXT (RFC 5961 §5.2).
-func (e *shard) ackAcceptable(st *stream, ack seqnum.Value) bool {
+// SND.UNA − MAX.SND.WND ≤ ack ≤ SND.NXT (RFC 5961 §5.2). On a flow that
+// moved here from another engine the receiver may also hold bytes the
+// engine never sent — sent by the engine before, or relayed while the flow
+// moved — and, refused, would repeat that ACK for ever: there an ACK up to
+// the bytes the engine holds (short of the FIN) is taken too.
+func (e *shard) ackAcceptable(sp *splitFlow, st *stream, ack seqnum.Value) bool {
 	if st.sndNxt.LessThan(ack) {
-		return false
+		return sp.moved && ack.LessThanEq(st.rcvNxt) && !(st.finSeen && st.finSeq.LessThan(ack))
 	}
 	return diff(ack, st.sndUna) <= max(st.maxWnd, 0xffff)
 }

@@ -858,6 +858,67 @@ func TestSplitExportImport(t *testing.T) {
 	}
 }
 
+// TestSplitImportedAckAhead: after a move the receiver may hold bytes the
+// new engine never sent (the old engine sent them, or relayed them while
+// the flow moved) and acknowledge them. Refused, that ACK would come back
+// for ever and the flow would stall; a moved flow takes it, up to the bytes
+// it holds and no further. Segments imported in flight give no RTT sample:
+// their ACK, a millisecond after the import, is not the path's RTT.
+func TestSplitImportedAckAhead(t *testing.T) {
+	o := splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000}
+	h := newSplit(t, o)
+	h.establish()
+	h.fromW(0, 988, 0)
+	h.clock.Advance(20 * time.Millisecond)
+	h.ackR(988, 2*988) // an RTT sample of 20 ms; room for two segments
+	h.take()
+	for i := 1; i < 5; i++ {
+		h.fromW(i*988, 988, 0)
+	}
+	if toR := h.sentTo(Radio); len(toR) != 2 || toR[0].seq != h.W()+988 {
+		t.Fatalf("toward the radio %+v, want two segments from 988", toR)
+	}
+	b, err := json.Marshal(h.e.Export(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var states []FlowState
+	if err := json.Unmarshal(b, &states); err != nil {
+		t.Fatal(err)
+	}
+	h2 := newSplit(t, o)
+	h2.tsW, h2.tsR = h.tsW, h.tsR
+	if err := h2.e.Import(states); err != nil {
+		t.Fatal(err)
+	}
+	h2.has, h2.edge, h2.tsOut = h.has, h.edge, h.tsOut
+	h2.take()
+	h2.clock.Advance(time.Millisecond)
+	held := func() int {
+		fi := h2.e.Flows()
+		if len(fi) != 1 {
+			t.Fatalf("%d flows", len(fi))
+		}
+		return fi[0].Down.Buffered
+	}
+	h2.ackR(6*988, 65535) // beyond every byte held: refused
+	if st := h2.e.Stats(); st.AckIgnored != 1 || held() != 4*988 {
+		t.Fatalf("an ACK beyond the bytes held was taken: %d held, %+v", held(), st)
+	}
+	h2.take()
+	h2.ackR(4*988, 65535) // the two in flight and one never sent here
+	if st := h2.e.Stats(); st.AckIgnored != 1 || held() != 988 {
+		t.Fatalf("the moved flow refused the receiver's ACK: %d held, %+v", held(), st)
+	}
+	if toR := h2.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W()+4*988 {
+		t.Fatalf("after the ACK, toward the radio %+v; want the last segment held", toR)
+	}
+	fi := h2.e.Flows()
+	if len(fi) != 1 || fi[0].Down.MinRTT != 20*time.Millisecond {
+		t.Fatalf("flows %+v: want the minimum RTT of 20 ms kept", fi)
+	}
+}
+
 func sumN(ps []pkt) int {
 	n := 0
 	for _, p := range ps {

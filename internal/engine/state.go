@@ -119,7 +119,7 @@ func (sp *splitFlow) state() *SplitState {
 // restore rebuilds a split flow from its state; the segments in flight
 // count as sent now.
 func (e *shard) restore(f *flow, ss *SplitState, now time.Time) (err error) {
-	sp := &splitFlow{ts: ss.TS, shift: ss.Shift, tsOn: ss.TSOn, sackOn: ss.SACKOn, ip: ss.IP}
+	sp := &splitFlow{ts: ss.TS, shift: ss.Shift, tsOn: ss.TSOn, sackOn: ss.SACKOn, ip: ss.IP, moved: true}
 	defer func() {
 		if err != nil { // give back what was buffered
 			for i := range sp.st {
@@ -173,7 +173,7 @@ func (e *shard) restore(f *flow, ss *SplitState, now time.Time) (err error) {
 		prev := una
 		for _, g := range x.Segs {
 			s := txSeg{seq: seqnum.Value(g.Seq), end: seqnum.Value(g.End), fin: g.Fin, sacked: g.Sacked, lost: g.Lost,
-				rexmits: g.Rexmits, xmit: now}
+				rexmits: g.Rexmits, xmit: now, noSample: true}
 			if s.end.LessThanEq(s.seq) || s.seq.LessThan(prev) || st.sndNxt.LessThan(s.end) {
 				return fmt.Errorf("engine: import: stream %d: segments out of order", i)
 			}
@@ -304,7 +304,7 @@ func (e *shard) importFlow(fs *FlowState) error {
 		}
 		held := max(len(s.Packet), pktBufCap)
 		f.appendSeg(seg{seq: seqnum.Value(s.Seq), end: seqnum.Value(s.End), rexmits: s.Rexmits,
-			sentAt: now, pkt: append([]byte(nil), s.Packet...), held: held})
+			sentAt: now, pkt: append([]byte(nil), s.Packet...), held: held, imported: true})
 		f.cacheBytes += held
 	}
 	if old := e.flows[f.key]; old != nil {
