@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,6 +32,10 @@ type Net struct {
 	A, B *gvhost.Host // the wired host and the mobile
 	E    atomic.Pointer[engine.Engine]
 	out  func(to engine.Side, pkt []byte) // the engines' output
+	// moving is held (written) while a flow moves between engines: the
+	// packets that arrive meanwhile wait for the new one, as a handoff
+	// forwards them, instead of reaching the old one.
+	moving sync.RWMutex
 }
 
 // snoop and split are the engine configurations the tests use; nil runs
@@ -56,7 +61,11 @@ func newNetCC(t testing.TB, ecfg *engine.Config, wired, radio netem.Config, sack
 	n := &Net{Net: sn, A: sn.Wired, B: sn.Mobile, out: sn.Send}
 	if ecfg != nil {
 		n.E.Store(mustEngine(t, *ecfg, n.out))
-		n.SetMiddle(func(from engine.Side, pkt []byte) { n.E.Load().Process(from, pkt) })
+		n.SetMiddle(func(from engine.Side, pkt []byte) {
+			n.moving.RLock()
+			defer n.moving.RUnlock()
+			n.E.Load().Process(from, pkt)
+		})
 	}
 	return n
 }
@@ -247,11 +256,12 @@ func senderStats(h *gvhost.Host) string {
 // TestHandoff moves the flow (snoop: its cache; split: the bytes it
 // acknowledged early and holds) to a second engine (through JSON) in the
 // middle of a transfer over a lossy radio — while the sender is still
-// sending, and (split) once the engine has taken every byte from it: no
-// byte is lost, the new engine goes on repairing, and packets that reach
-// the old engine after the move (relayed, so the receiver holds bytes the
-// new engine never sent) neither stall the flow nor give the new engine an
-// RTT sample shorter than the radio's propagation delay.
+// sending, and (split) once the engine has taken every byte from it. The
+// packets that arrive during the move wait for the new engine (as a
+// handoff forwards them). No byte is lost, the new engine goes on
+// repairing, and the segments it imported in flight give it no RTT sample
+// (their send time is the old engine's): its minimum RTT stays above the
+// radio's propagation delay.
 func TestHandoff(t *testing.T) {
 	const size = 4 << 20
 	for _, tc := range []struct {
@@ -279,6 +289,8 @@ func TestHandoff(t *testing.T) {
 							return fmt.Errorf("the engine never took enough of the transfer: %+v", old.Stats())
 						}
 					}
+					n.moving.Lock()
+					defer n.moving.Unlock()
 					b, err := json.Marshal(old.Export(true))
 					if err != nil {
 						return err

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -18,6 +17,7 @@ import (
 	"github.com/espep/espep/internal/gvhost"
 	"github.com/espep/espep/internal/netem"
 	"github.com/espep/espep/internal/packettest"
+	"github.com/espep/espep/internal/simnet"
 	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
@@ -91,36 +91,36 @@ func (l *ivLog) record(pkt []byte) {
 	l.n++
 }
 
-// net is host A (wire side) and host B (radio side), each behind its own
-// IPsec tunnel router (the ipsec package), joined through the gateway:
+// testNet is host A (wire side) and host B (radio side), each behind its
+// own IPsec tunnel router (a simnet.IPsec end), joined through the gateway
+// on a simnet network:
 //
 //	A ─ router A ══ wired ══ gateway ══ radio ══ router B ─ B
 type testNet struct {
-	A, B         *gvhost.Host
-	G            *Gateway
-	aOut, aIn    *ipsec.SA // router A: seals A's packets (SA ab), opens B's (SA ba)
-	bOut, bIn    *ipsec.SA
-	wired, radio *netem.Pair
-	ivs          *ivLog
-	sad          *ipsec.SAD // the gateway's
-	freshRefused int        // packets refused as replays that the receiver never accepted
-	notInTunnel  int        // packets that reached an endpoint outside the IP-in-IP tunnel
-	cur          atomic.Pointer[Gateway]
-	old          *Gateway
-	state        *statedir.Dir  // the gateway's; a restarted one shares it
-	cfgs         []ipsec.Config // the gateway's SAs
+	*simnet.Net
+	A, B       *gvhost.Host
+	G          *Gateway
+	aOut, aIn  *ipsec.SA // router A's first SAs: seals A's packets (SA ab), opens B's (SA ba)
+	bOut, bIn  *ipsec.SA
+	routerA    *simnet.IPsec
+	routerB    *simnet.IPsec
+	ivs        *ivLog
+	sad        *ipsec.SAD // the gateway's
+	cur        atomic.Pointer[Gateway]
+	old        *Gateway
+	state      *statedir.Dir  // the gateway's; a restarted one shares it
+	cfgs       []ipsec.Config // the gateway's SAs
+	aInOuter   *ipsec.SA      // router A's outer inbound SA in a bundle
+	rekeyedIns map[uint32]*ipsec.SA
+}
 
-	// With an outer SA per direction (an AH+ESP bundle), the routers seal
-	// in it after the inner one and open it first.
-	aOutOuter, aInOuter, bOutOuter, bInOuter *ipsec.SA
-
-	// Rekeying (rekey): the routers' current outbound SAs, and the
-	// inbound SAs by SPI beyond aIn and bIn; deleted inbound SPIs.
-	amu              sync.Mutex
-	aOutCur, bOutCur atomic.Pointer[ipsec.SA]
-	moreIn           map[uint32]*ipsec.SA
-	deletedIn        map[uint32]bool
-	toDeleted        int // packets that reached a router on an SA it had deleted
+// refusals sums what the two routers refused that no SA counts: packets
+// refused as replays though never accepted, outside the IP-in-IP tunnel,
+// on a deleted SA.
+func (n *testNet) refusals() simnet.Counts {
+	a, b := n.routerA.Counts(), n.routerB.Counts()
+	return simnet.Counts{FreshRefused: a.FreshRefused + b.FreshRefused, NotInTunnel: a.NotInTunnel + b.NotInTunnel,
+		ToDeleted: a.ToDeleted + b.ToDeleted, UnknownSPI: a.UnknownSPI + b.UnknownSPI}
 }
 
 // rekey gives the routers new SAs, ab (A → B) and ba, as IKE's
@@ -139,19 +139,16 @@ func (n *testNet) rekey(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSour
 	aOut, bIn, bOut, aIn := mk(ab), mk(ab), mk(ba), mk(ba)
 	aOut.SetIVSource(ivA)
 	bOut.SetIVSource(ivB)
-	n.amu.Lock()
-	n.moreIn[ab.SPI], n.moreIn[ba.SPI] = bIn, aIn
-	n.amu.Unlock()
-	n.aOutCur.Store(aOut)
-	n.bOutCur.Store(bOut)
+	n.rekeyedIns[ab.SPI], n.rekeyedIns[ba.SPI] = bIn, aIn
+	n.routerA.Rekey(aOut, aIn)
+	n.routerB.Rekey(bOut, bIn)
 }
 
 // deleteOld makes the routers delete their first inbound SAs (the IKE
 // DELETE after a rekey): packets on them are refused from now on.
 func (n *testNet) deleteOld() {
-	n.amu.Lock()
-	defer n.amu.Unlock()
-	n.deletedIn[n.aIn.ID().SPI], n.deletedIn[n.bIn.ID().SPI] = true, true
+	n.routerA.Delete(n.aIn.ID().SPI)
+	n.routerB.Delete(n.bIn.ID().SPI)
 }
 
 // swap puts a new gateway in the path (the old one's timers keep running
@@ -226,11 +223,15 @@ func newTestNetWrap(t *testing.T, ab, ba ipsec.Config, ivA, ivB ipsec.IVSource, 
 	return newTestNetBundle(t, ab, ba, nil, nil, ivA, ivB, radio, mode, class, ipip)
 }
 
-// receivers are the routers' inbound SAs.
+// receivers are the routers' first inbound SAs (and the outer ones of a
+// bundle).
 func (n *testNet) receivers() []*ipsec.SA {
 	rs := []*ipsec.SA{n.aIn, n.bIn}
 	if n.aInOuter != nil {
-		rs = append(rs, n.aInOuter, n.bInOuter)
+		for _, r := range []*simnet.IPsec{n.routerA, n.routerB} {
+			in := r.Inbound()
+			rs = append(rs, in[len(in)-1])
+		}
 	}
 	return rs
 }
@@ -239,7 +240,7 @@ func (n *testNet) receivers() []*ipsec.SA {
 // given, a second SA per direction sealed around the first: a bundle.
 func newTestNetBundle(t *testing.T, ab, ba ipsec.Config, outerAB, outerBA *ipsec.Config, ivA, ivB ipsec.IVSource, radio netem.Config, mode engine.Mode, class ipsec.Class, ipip bool) *testNet {
 	t.Helper()
-	n := &testNet{ivs: &ivLog{seen: map[[12]byte][32]byte{}}, moreIn: map[uint32]*ipsec.SA{}, deletedIn: map[uint32]bool{}}
+	n := &testNet{ivs: &ivLog{seen: map[[12]byte][32]byte{}}, rekeyedIns: map[uint32]*ipsec.SA{}}
 	mk := func(c ipsec.Config) *ipsec.SA {
 		sa, err := ipsec.New(c)
 		if err != nil {
@@ -252,10 +253,18 @@ func newTestNetBundle(t *testing.T, ab, ba ipsec.Config, outerAB, outerBA *ipsec
 		n.aOut.SetIVSource(ivA)
 		n.bOut.SetIVSource(ivB)
 	}
+	n.routerA, n.routerB = simnet.NewIPsec(n.aOut, n.aIn), simnet.NewIPsec(n.bOut, n.bIn)
+	n.routerA.Sealed, n.routerB.Sealed = n.ivs.record, n.ivs.record
 	cfgs := []ipsec.Config{ab, ba}
 	if outerAB != nil {
-		n.aOutOuter, n.aInOuter, n.bOutOuter, n.bInOuter = mk(*outerAB), mk(*outerBA), mk(*outerBA), mk(*outerAB)
+		n.aInOuter = mk(*outerBA)
+		n.routerA.Bundle(mk(*outerAB), n.aInOuter)
+		n.routerB.Bundle(mk(*outerBA), mk(*outerAB))
 		cfgs = append(cfgs, *outerAB, *outerBA)
+	}
+	if ipip {
+		n.routerA.Tunnel = [2]netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2")}
+		n.routerB.Tunnel = [2]netip.Addr{netip.MustParseAddr("198.51.100.2"), netip.MustParseAddr("198.51.100.1")}
 	}
 	for _, c := range cfgs {
 		c.Class = class
@@ -265,130 +274,27 @@ func newTestNetBundle(t *testing.T, ab, ba ipsec.Config, outerAB, outerBA *ipsec
 		n.cfgs = append(n.cfgs, c)
 	}
 	n.sad = n.freshSAD(t)
-	sad := n.sad
-	var err error
-	n.cur.Store(nil)
 	n.state = statedir.Memory()
-	n.G, err = New(Config{Engine: engine.Config{Mode: mode}, State: n.state}, sad, func(to engine.Side, pkt []byte) {
-		c := append([]byte(nil), pkt...)
-		n.ivs.record(c)
-		if to == engine.Radio {
-			n.radio.AB.Send(c)
-		} else {
-			n.wired.BA.Send(c)
-		}
-	})
+	sn, err := simnet.New(simnet.Config{Wired: netem.Config{Rate: 100e6, Delay: 20 * time.Millisecond}, Radio: radio,
+		Hosts: gvhost.Options{SACK: true, MTU: 1400}, WiredEnd: n.routerA, MobileEnd: n.routerB})
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := gvhost.Options{SACK: true, MTU: 1400}
-	if n.A, err = gvhost.New(netip.MustParseAddr("10.0.0.1"), opts); err != nil {
+	t.Cleanup(sn.Close)
+	n.Net, n.A, n.B = sn, sn.Wired, sn.Mobile
+	n.G, err = New(Config{Engine: engine.Config{Mode: mode}, State: n.state}, n.sad, n.output)
+	if err != nil {
 		t.Fatal(err)
-	}
-	if n.B, err = gvhost.New(netip.MustParseAddr("10.0.0.2"), opts); err != nil {
-		t.Fatal(err)
-	}
-	radioBA := radio
-	radioBA.Seed++
-	wired := netem.Config{Rate: 100e6, Delay: 20 * time.Millisecond}
-	n.aOutCur.Store(n.aOut)
-	n.bOutCur.Store(n.bOut)
-	accepted := map[*ipsec.SA]map[uint32]bool{}
-	amu := &n.amu
-	open := func(sa, outer *ipsec.SA, h *gvhost.Host) func([]byte) {
-		return func(pkt []byte) {
-			if ipip {
-				var ok bool
-				if pkt, ok = ipipUnwrap(pkt); !ok {
-					amu.Lock()
-					n.notInTunnel++
-					amu.Unlock()
-					return
-				}
-			}
-			amu.Lock()
-			defer amu.Unlock()
-			if outer != nil {
-				l, _ := ipsec.Locate(pkt)
-				in, err := outer.Open(pkt)
-				switch {
-				case err == nil:
-					if accepted[outer] == nil {
-						accepted[outer] = map[uint32]bool{}
-					}
-					accepted[outer][l.Seq] = true
-					pkt = in
-				case errors.Is(err, ipsec.ErrReplay) && !accepted[outer][l.Seq]:
-					n.freshRefused++
-					return
-				default:
-					return
-				}
-			}
-			l, _ := ipsec.Locate(pkt)
-			sa := sa
-			if more := n.moreIn[l.SPI]; more != nil {
-				sa = more // rekeyed
-			}
-			if n.deletedIn[l.SPI] {
-				n.toDeleted++
-				return
-			}
-			if accepted[sa] == nil {
-				accepted[sa] = map[uint32]bool{}
-			}
-			inner, err := sa.Open(pkt)
-			switch {
-			case err == nil:
-				accepted[sa][l.Seq] = true
-				h.Inject(inner)
-			case errors.Is(err, ipsec.ErrReplay) && !accepted[sa][l.Seq]:
-				n.freshRefused++ // a packet the receiver never had, refused as a replay
-			}
-		}
 	}
 	n.cur.Store(n.G)
-	if n.wired, err = netem.NewPair(wired, wired, nil, func(p []byte) { n.cur.Load().Process(engine.Wire, p) }, open(n.aIn, n.aInOuter, n.A)); err != nil {
-		t.Fatal(err)
-	}
-	if n.radio, err = netem.NewPair(radio, radioBA, nil, open(n.bIn, n.bInOuter, n.B), func(p []byte) { n.cur.Load().Process(engine.Radio, p) }); err != nil {
-		t.Fatal(err)
-	}
-	go n.A.Run(func(p []byte) {
-		if s := seal(n.aOutCur.Load(), p); s != nil {
-			if n.aOutOuter != nil {
-				if s = seal(n.aOutOuter, s); s == nil {
-					return
-				}
-			}
-			n.ivs.record(s)
-			if ipip {
-				s = ipipWrap("198.51.100.1", "198.51.100.2", s)
-			}
-			n.wired.AB.Send(s)
-		}
-	})
-	go n.B.Run(func(p []byte) {
-		if s := seal(n.bOutCur.Load(), p); s != nil {
-			if n.bOutOuter != nil {
-				if s = seal(n.bOutOuter, s); s == nil {
-					return
-				}
-			}
-			n.ivs.record(s)
-			if ipip {
-				s = ipipWrap("198.51.100.2", "198.51.100.1", s)
-			}
-			n.radio.BA.Send(s)
-		}
-	})
-	t.Cleanup(func() {
-		n.wired.Close()
-		n.radio.Close()
-		n.A.Close()
-		n.B.Close()
-	})
+	n.SetMiddle(func(from engine.Side, pkt []byte) { n.cur.Load().Process(from, pkt) })
 	return n
+}
+
+// output is the gateways' output: every packet's IV is logged.
+func (n *testNet) output(to engine.Side, pkt []byte) {
+	n.ivs.record(pkt)
+	n.Send(to, pkt)
 }
 
 // transfer sends size random bytes from src to dst and checks them
@@ -574,8 +480,8 @@ func TestGatewayReadClass(t *testing.T) {
 			t.Fatalf("endpoint refused packets: %+v", s)
 		}
 	}
-	if n.freshRefused != 0 {
-		t.Fatalf("%d packets refused as replays that the receiver never had", n.freshRefused)
+	if n.refusals().FreshRefused != 0 {
+		t.Fatalf("%d packets refused as replays that the receiver never had", n.refusals().FreshRefused)
 	}
 	n.ivs.mu.Lock()
 	defer n.ivs.mu.Unlock()
@@ -656,7 +562,7 @@ func TestGatewayFailOpen(t *testing.T) {
 		t.Fatal("no second gateway")
 	}
 	g1s, g2s := n.old.Stats(), g2.Stats()
-	t.Logf("first gateway %+v\nsecond gateway %+v\nrefused as replays, never accepted: %d", g1s, g2s, n.freshRefused)
+	t.Logf("first gateway %+v\nsecond gateway %+v\nrefused as replays, never accepted: %d", g1s, g2s, n.refusals().FreshRefused)
 	if g1s.Unknown == 0 || g1s.Opened == 0 || g2s.Opened == 0 || g2s.Sealed == 0 || g2s.Engine.EarlyAcked < 1<<20 {
 		t.Fatalf("the gateways did not relay, take over and split as expected")
 	}
@@ -674,8 +580,8 @@ func TestGatewayFailOpen(t *testing.T) {
 	if g1s.ICVFailures+g2s.ICVFailures == 0 || g1s.Malformed+g2s.Malformed == 0 || g2s.Unknown == 0 {
 		t.Fatalf("the bad packets were not counted")
 	}
-	if n.freshRefused > 200 {
-		t.Fatalf("%d packets refused as replays: more than were in flight at the switch", n.freshRefused)
+	if n.refusals().FreshRefused > 200 {
+		t.Fatalf("%d packets refused as replays: more than were in flight at the switch", n.refusals().FreshRefused)
 	}
 	n.ivs.mu.Lock()
 	defer n.ivs.mu.Unlock()
@@ -797,8 +703,8 @@ func TestGatewayIPIP(t *testing.T) {
 			t.Fatalf("endpoint refused packets: %+v", s)
 		}
 	}
-	if n.notInTunnel != 0 {
-		t.Fatalf("%d packets reached an endpoint outside the IP-in-IP tunnel", n.notInTunnel)
+	if n.refusals().NotInTunnel != 0 {
+		t.Fatalf("%d packets reached an endpoint outside the IP-in-IP tunnel", n.refusals().NotInTunnel)
 	}
 }
 
@@ -868,7 +774,7 @@ func TestGatewayRekey(t *testing.T) {
 			<-done
 			transfer(t, n.B, n.A, 5002, 256<<10) // and a new flow, on the new SAs only
 			gs := n.G.Stats()
-			t.Logf("gateway %+v\nSAs %+v\nrefused as replays, never accepted: %d; on deleted SAs: %d", gs, n.G.SAs(), n.freshRefused, n.toDeleted)
+			t.Logf("gateway %+v\nSAs %+v\nrefused as replays, never accepted: %d; on deleted SAs: %d", gs, n.G.SAs(), n.refusals().FreshRefused, n.refusals().ToDeleted)
 
 			owned := 0
 			for _, s := range n.G.SAs() {
@@ -879,13 +785,13 @@ func TestGatewayRekey(t *testing.T) {
 			if owned != 2 {
 				t.Fatalf("the gateway did not seal on both new SAs")
 			}
-			for _, sa := range append(n.receivers(), n.moreIn[0x3003], n.moreIn[0x4004]) {
+			for _, sa := range append(n.receivers(), n.rekeyedIns[0x3003], n.rekeyedIns[0x4004]) {
 				if s := sa.Stats(); s.ICVFailures != 0 || s.ReplayDrops != 0 || s.OtherDrops != 0 {
 					t.Fatalf("router refused packets on %v: %+v", sa.ID(), s)
 				}
 			}
-			if n.toDeleted != 0 {
-				t.Fatalf("%d packets reached a router on an SA it had deleted", n.toDeleted)
+			if n.refusals().ToDeleted != 0 {
+				t.Fatalf("%d packets reached a router on an SA it had deleted", n.refusals().ToDeleted)
 			}
 			if tc.idle && gs.Elicits == 0 {
 				t.Fatalf("the gateway never asked the silent sender for a packet")

@@ -52,12 +52,11 @@ func checkEndpoints(t *testing.T, n *testNet, maxFresh int, maxBad ...uint64) {
 		s := sa.Stats()
 		bad += s.ICVFailures + s.OtherDrops
 	}
+	bad += uint64(n.refusals().UnknownSPI) // a relayed packet on an SPI the router never had
 	if len(maxBad) == 0 && bad != 0 || len(maxBad) > 0 && bad > maxBad[0] {
-		t.Errorf("routers refused %d packets for ICV or form", bad)
+		t.Errorf("routers refused %d packets for ICV, form or SPI", bad)
 	}
-	n.amu.Lock()
-	fresh := n.freshRefused
-	n.amu.Unlock()
+	fresh := n.refusals().FreshRefused
 	if fresh > maxFresh {
 		t.Errorf("%d packets refused as replays that the receiver never had (at most %d allowed)", fresh, maxFresh)
 	}
@@ -121,7 +120,7 @@ func TestGatewayRestartsNoIVReuse(t *testing.T) {
 					sealed += g.Stats().Sealed
 				}
 				n.ivs.mu.Lock()
-				t.Logf("%d gateways sealed %d packets; %d ESP packets logged; %d refused as replays never accepted", len(gws)+1, sealed, n.ivs.n, n.freshRefused)
+				t.Logf("%d gateways sealed %d packets; %d ESP packets logged; %d refused as replays never accepted", len(gws)+1, sealed, n.ivs.n, n.refusals().FreshRefused)
 				n.ivs.mu.Unlock()
 				if sealed < 1000 {
 					t.Fatalf("the restarted gateways sealed %d packets", sealed)
@@ -316,9 +315,7 @@ func TestGatewayIPIPSpoofed(t *testing.T) {
 	}
 	stop()
 	transfer(t, n.B, n.A, 5002, 256<<10)
-	n.amu.Lock()
-	out := n.notInTunnel
-	n.amu.Unlock()
+	out := n.refusals().NotInTunnel
 	if out != 0 {
 		t.Fatalf("%d packets left outside the real IP-in-IP tunnel", out)
 	}
