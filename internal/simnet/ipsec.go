@@ -142,13 +142,18 @@ func (e *IPsec) Seal(pkt []byte) []byte {
 	if e.Sealed != nil {
 		e.Sealed(s)
 	}
-	if e.Tunnel[0].IsValid() && e.Tunnel[1].IsValid() {
-		b := make([]byte, header.IPv4MinLen+len(s))
-		header.WriteIPv4(b, 0, len(b), 7, true, 60, header.ProtoIPIP, e.Tunnel[0], e.Tunnel[1])
-		copy(b[header.IPv4MinLen:], s)
-		s = b
+	return e.tunnelled(s)
+}
+
+// tunnelled puts pkt in the end's IP-in-IP tunnel, if it has one.
+func (e *IPsec) tunnelled(pkt []byte) []byte {
+	if !e.Tunnel[0].IsValid() || !e.Tunnel[1].IsValid() {
+		return pkt
 	}
-	return s
+	b := make([]byte, header.IPv4MinLen+len(pkt))
+	header.WriteIPv4(b, 0, len(b), 7, true, 60, header.ProtoIPIP, e.Tunnel[0], e.Tunnel[1])
+	copy(b[header.IPv4MinLen:], pkt)
+	return b
 }
 
 // sealOn seals pkt on sa into a buffer of its own.

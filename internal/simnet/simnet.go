@@ -66,6 +66,7 @@ type Net struct {
 	// Started is when the links came up: their outages count from it.
 	Started time.Time
 	middle  atomic.Pointer[Middle]
+	port    atomic.Uint32 // the last port a Transfer used
 }
 
 // New builds and starts a network whose middle box is a plain relay until
@@ -182,15 +183,15 @@ func (n *Net) Close() {
 	}
 }
 
-// Transfer sends size random bytes from one host to the other over TCP
-// port 5001 and checks them (gvhost.Transfer); it returns the goodput in
-// Mbit/s.
+// Transfer sends size random bytes from one host to the other and checks
+// them (gvhost.Transfer), each time on a TCP port of its own from 5001
+// on; it returns the goodput in Mbit/s.
 func (n *Net) Transfer(toMobile bool, size int, timeout time.Duration) (float64, error) {
 	src, dst := n.Wired, n.Mobile
 	if !toMobile {
 		src, dst = dst, src
 	}
-	gp, err := gvhost.Transfer(src, dst, 5001, size, timeout)
+	gp, err := gvhost.Transfer(src, dst, uint16(5000+n.port.Add(1)), size, timeout)
 	if err != nil {
 		return 0, errors.Join(errors.New("simnet: transfer"), err)
 	}
