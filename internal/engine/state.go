@@ -117,7 +117,7 @@ func (sp *splitFlow) state() *SplitState {
 }
 
 // restore rebuilds a split flow from its state; the segments in flight
-// count as sent now.
+// count as sent now (for RACK's order) and give no RTT or rate sample.
 func (e *shard) restore(f *flow, ss *SplitState, now time.Time) (err error) {
 	sp := &splitFlow{ts: ss.TS, shift: ss.Shift, tsOn: ss.TSOn, sackOn: ss.SACKOn, ip: ss.IP, moved: true}
 	defer func() {
