@@ -52,95 +52,116 @@ type found struct {
 func Parse(r io.Reader, name string) ([]ipsec.Config, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), 1<<20)
-	threads := map[string]*thread{}
-	initiated, installed := map[string]bool{}, map[string]bool{}
-	var sas []found
-	n := 0
-	for sc.Scan() {
-		n++
-		m := lineRE.FindStringSubmatch(sc.Text())
-		if m == nil {
-			continue
-		}
-		tid, group, msg := m[1], m[2], m[3]
-		th := threads[tid]
-		if th == nil {
-			th = &thread{keys: map[string][]byte{}}
-			threads[tid] = th
-		}
-		switch group {
-		case "IKE":
-			if mm := initRE.FindStringSubmatch(msg); mm != nil {
-				initiated[mm[1]] = true
-			}
-		case "CFG":
-			if mm := proposalRE.FindStringSubmatch(msg); mm != nil {
-				*th = thread{proposal: mm[1], keys: map[string][]byte{}}
-			}
-		case "CHD":
-			if mm := childRE.FindStringSubmatch(msg); mm != nil {
-				if mm[2] == "CREATED" && mm[3] == "INSTALLING" {
-					th.child = mm[1]
-				}
-				if mm[3] == "INSTALLED" {
-					installed[mm[1]] = true
-				}
-				continue
-			}
-			if mm := keyRE.FindStringSubmatch(msg); mm != nil {
-				th.cur = mm[1] + " " + mm[2]
-				th.keys[th.cur] = nil
-				continue
-			}
-			if mm := hexRE.FindStringSubmatch(msg); mm != nil && th.cur != "" {
-				b, err := hex.DecodeString(strings.ReplaceAll(mm[1], " ", ""))
-				if err != nil {
-					return nil, fmt.Errorf("%s:%d: key dump: %w", name, n, err)
-				}
-				th.keys[th.cur] = append(th.keys[th.cur], b...)
-				continue
-			}
-			th.cur = ""
-			if strings.HasPrefix(msg, "adding inbound ESP SA") {
-				th.dir = "inbound"
-				continue
-			}
-			if strings.HasPrefix(msg, "adding outbound ESP SA") {
-				th.dir = "outbound"
-				continue
-			}
-			if mm := spiRE.FindStringSubmatch(strings.TrimSpace(msg)); mm != nil && th.dir != "" && th.proposal != "" {
-				var spi uint32
-				fmt.Sscanf(mm[1], "%x", &spi)
-				src, err1 := netip.ParseAddr(mm[2])
-				dst, err2 := netip.ParseAddr(mm[3])
-				if err1 != nil || err2 != nil {
-					return nil, fmt.Errorf("%s:%d: addresses %q %q", name, n, mm[2], mm[3])
-				}
-				keys := map[string][]byte{}
-				for k, v := range th.keys {
-					keys[k] = v
-				}
-				sas = append(sas, found{child: th.child, proposal: th.proposal, dir: th.dir, keys: keys, spi: spi, src: src, dst: dst})
-				th.dir = ""
-			}
+	p := &parser{threads: map[string]*thread{}, initiated: map[string]bool{}, installed: map[string]bool{}}
+	for n := 1; sc.Scan(); n++ {
+		if err := p.line(sc.Text()); err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", name, n, err)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	var out []ipsec.Config
-	for _, f := range sas {
-		if !installed[f.child] {
+	for _, f := range p.sas {
+		if !p.installed[f.child] {
 			continue // e.g. libipsec refused the mode
 		}
-		c, err := f.config(initiated[f.child])
+		c, err := f.config(p.initiated[f.child])
 		if err != nil {
 			return nil, fmt.Errorf("%s: spi %#08x: %w", name, f.spi, err)
 		}
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// parser is what Parse has read so far: each charon thread's proposal,
+// child and keys, the CHILD_SAs this end initiated and those installed,
+// and the SAs added.
+type parser struct {
+	threads              map[string]*thread
+	initiated, installed map[string]bool
+	sas                  []found
+}
+
+// line takes one log line.
+func (p *parser) line(text string) error {
+	m := lineRE.FindStringSubmatch(text)
+	if m == nil {
+		return nil
+	}
+	tid, group, msg := m[1], m[2], m[3]
+	th := p.threads[tid]
+	if th == nil {
+		th = &thread{keys: map[string][]byte{}}
+		p.threads[tid] = th
+	}
+	switch group {
+	case "IKE":
+		if mm := initRE.FindStringSubmatch(msg); mm != nil {
+			p.initiated[mm[1]] = true
+		}
+	case "CFG":
+		if mm := proposalRE.FindStringSubmatch(msg); mm != nil {
+			*th = thread{proposal: mm[1], keys: map[string][]byte{}}
+		}
+	case "CHD":
+		return p.child(th, msg)
+	}
+	return nil
+}
+
+// child takes a CHD line of thread th: a CHILD_SA's state, a key dump
+// (its name, then lines of hex), an SA being added.
+func (p *parser) child(th *thread, msg string) error {
+	if mm := childRE.FindStringSubmatch(msg); mm != nil {
+		if mm[2] == "CREATED" && mm[3] == "INSTALLING" {
+			th.child = mm[1]
+		}
+		if mm[3] == "INSTALLED" {
+			p.installed[mm[1]] = true
+		}
+		return nil
+	}
+	if mm := keyRE.FindStringSubmatch(msg); mm != nil {
+		th.cur = mm[1] + " " + mm[2]
+		th.keys[th.cur] = nil
+		return nil
+	}
+	if mm := hexRE.FindStringSubmatch(msg); mm != nil && th.cur != "" {
+		b, err := hex.DecodeString(strings.ReplaceAll(mm[1], " ", ""))
+		if err != nil {
+			return fmt.Errorf("key dump: %w", err)
+		}
+		th.keys[th.cur] = append(th.keys[th.cur], b...)
+		return nil
+	}
+	th.cur = ""
+	switch {
+	case strings.HasPrefix(msg, "adding inbound ESP SA"):
+		th.dir = "inbound"
+	case strings.HasPrefix(msg, "adding outbound ESP SA"):
+		th.dir = "outbound"
+	default:
+		mm := spiRE.FindStringSubmatch(strings.TrimSpace(msg))
+		if mm == nil || th.dir == "" || th.proposal == "" {
+			return nil
+		}
+		var spi uint32
+		fmt.Sscanf(mm[1], "%x", &spi)
+		src, err1 := netip.ParseAddr(mm[2])
+		dst, err2 := netip.ParseAddr(mm[3])
+		if err1 != nil || err2 != nil {
+			return fmt.Errorf("addresses %q %q", mm[2], mm[3])
+		}
+		keys := map[string][]byte{}
+		for k, v := range th.keys {
+			keys[k] = v
+		}
+		p.sas = append(p.sas, found{child: th.child, proposal: th.proposal, dir: th.dir, keys: keys, spi: spi, src: src, dst: dst})
+		th.dir = ""
+	}
+	return nil
 }
 
 var encByProposal = []struct {
