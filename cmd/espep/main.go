@@ -22,6 +22,7 @@ var commands = []command{
 	{"gateway", "the IPsec-aware PEP between a wired and a radio interface", runGateway},
 	{"linkem", "forward frames between two interfaces through an emulated radio link", runLinkem},
 	{"host", "a userspace IPsec endpoint (TUN device, SPD, SAD)", runHost},
+	{"pki", "the control plane's private CA: certificates with roles, addresses, areas", runPki},
 	{"version", "print the version", runVersion},
 }
 
