@@ -1,0 +1,251 @@
+// Package secserver is the security server (DESIGN.md, the control
+// plane): endpoints' agents delegate their SAs to it (scheme 3), and
+// gateways fetch the SAs they may hold, over gRPC on mutual TLS
+// (internal/pki). Who calls is the identity in the caller's certificate,
+// checked again on every call (revocation and expiry included): an agent
+// may upload and withdraw SAs only with an address it owns; a gateway
+// gets an SA only if it serves the area the SA was uploaded from, never in
+// a class above what the endpoint permitted, and a read grant never
+// carries the integrity key. Every release of key material, and every
+// refusal, goes to the audit log — never a key.
+//
+// The store is a bbolt file sealed under a key kept apart from it
+// (store.go). Not built yet (issue 14): the etcd store for replicas, the
+// agent, the gateway as a client, pushes, leases and the crash bound.
+package secserver
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/secserver/pb"
+	"github.com/espep/espep/ipsec"
+)
+
+// MaxUpload is the most SAs one Upload or Withdraw may carry.
+const MaxUpload = 64
+
+// Server is the security server's service.
+type Server struct {
+	pb.UnimplementedSecurityServerServer
+	store    Store
+	verifier *pki.Verifier
+	audit    *slog.Logger
+	now      func() time.Time
+}
+
+// New makes the service over store. Callers are believed as verifier
+// says; audit receives one entry per release and per refusal.
+func New(store Store, verifier *pki.Verifier, audit *slog.Logger) *Server {
+	return &Server{store: store, verifier: verifier, audit: audit, now: time.Now}
+}
+
+// Attach adds the service to a gRPC server.
+func (s *Server) Attach(g *grpc.Server) { pb.RegisterSecurityServerServer(g, s) }
+
+// caller is the verified identity of the caller, of one of the roles; the
+// certificate is checked again now (a revocation since the handshake
+// counts), and a refusal is audited.
+func (s *Server) caller(ctx context.Context, call string, roles ...pki.Role) (pki.Identity, string, error) {
+	p, ok := peer.FromContext(ctx)
+	var chain []*x509.Certificate
+	if ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			chain = ti.State.PeerCertificates
+		}
+	}
+	who := "unknown"
+	if len(chain) > 0 {
+		who = fmt.Sprintf("%s/%s", chain[0].Subject.CommonName, chain[0].SerialNumber)
+	}
+	id, err := s.verifier.Verify(chain, s.now(), x509.ExtKeyUsageClientAuth, roles...)
+	if err != nil {
+		s.audit.Warn("refused", "call", call, "who", who, "why", err.Error())
+		code := codes.Unauthenticated
+		if errors.Is(err, pki.ErrWrongRole) {
+			code = codes.PermissionDenied
+		}
+		return pki.Identity{}, who, status.Error(code, err.Error())
+	}
+	return id, who, nil
+}
+
+// refuse audits and returns a refusal of one SA.
+func (s *Server) refuse(call, who string, c *ipsec.Config, code codes.Code, why string) error {
+	s.audit.Warn("refused", "call", call, "who", who, "spi", fmt.Sprintf("%#08x", c.SPI), "dst", c.Dst.String(), "why", why)
+	return status.Errorf(code, "sa %#08x → %v: %s", c.SPI, c.Dst, why)
+}
+
+func keyOf(c *ipsec.Config) SAKey {
+	return SAKey{SPI: c.SPI, Dst: c.Dst, Proto: c.Proto.String()}
+}
+
+// Upload stores an agent's SAs.
+func (s *Server) Upload(ctx context.Context, req *pb.UploadRequest) (*pb.UploadReply, error) {
+	id, who, err := s.caller(ctx, "upload", pki.RoleAgent)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetSas()) > MaxUpload {
+		return nil, status.Errorf(codes.InvalidArgument, "%d SAs in one upload: at most %d", len(req.GetSas()), MaxUpload)
+	}
+	if a := req.GetArea(); a != "" && !validArea(a) {
+		return nil, status.Errorf(codes.InvalidArgument, "area %q", a)
+	}
+	type ok struct {
+		c   ipsec.Config
+		rec Record
+	}
+	var take []ok
+	for i, sa := range req.GetSas() {
+		c, err := toConfig(sa)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "sa %d: %v", i, err)
+		}
+		if !id.Owns(c.Src) && !id.Owns(c.Dst) {
+			return nil, s.refuse("upload", who, &c, codes.PermissionDenied, fmt.Sprintf("neither %v nor %v belongs to %q", c.Src, c.Dst, id.Name))
+		}
+		b, err := proto.Marshal(toPB(&c, c.Class)) // as checked: a read SA without its integrity key
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "sa %d: %v", i, err)
+		}
+		rec := Record{SA: b, Area: req.GetArea(), Owner: who}
+		if c.Lifetime.HardTime > 0 {
+			rec.Expires = s.now().Add(c.Lifetime.HardTime)
+		}
+		take = append(take, ok{c, rec})
+	}
+	for _, t := range take {
+		if err := s.store.Put(keyOf(&t.c), [2]netip.Addr{t.c.Src, t.c.Dst}, t.rec); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "store: %v", err)
+		}
+		s.audit.Info("stored", "who", who, "spi", fmt.Sprintf("%#08x", t.c.SPI), "dst", t.c.Dst.String(),
+			"class", t.c.Class.String(), "area", t.rec.Area)
+	}
+	return &pb.UploadReply{Stored: uint32(len(take))}, nil
+}
+
+// Withdraw removes SAs an agent could have uploaded.
+func (s *Server) Withdraw(ctx context.Context, req *pb.WithdrawRequest) (*pb.WithdrawReply, error) {
+	id, who, err := s.caller(ctx, "withdraw", pki.RoleAgent)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetIds()) > MaxUpload {
+		return nil, status.Errorf(codes.InvalidArgument, "%d SAs in one withdrawal: at most %d", len(req.GetIds()), MaxUpload)
+	}
+	var removed uint32
+	for _, x := range req.GetIds() {
+		dst, ok := netip.AddrFromSlice(x.GetDst())
+		if !ok {
+			return nil, status.Errorf(codes.InvalidArgument, "destination of %d bytes", len(x.GetDst()))
+		}
+		k := SAKey{SPI: x.GetSpi(), Dst: dst, Proto: x.GetProto()}
+		rec, found, err := s.store.Get(k)
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "store: %v", err)
+		}
+		if !found {
+			continue
+		}
+		var sa pb.SA
+		if err := proto.Unmarshal(rec.SA, &sa); err != nil {
+			return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
+		}
+		c, err := toConfig(&sa)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
+		}
+		if !id.Owns(c.Src) && !id.Owns(c.Dst) {
+			return nil, s.refuse("withdraw", who, &c, codes.PermissionDenied, fmt.Sprintf("neither %v nor %v belongs to %q", c.Src, c.Dst, id.Name))
+		}
+		if err := s.store.Delete(k); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "store: %v", err)
+		}
+		s.audit.Info("withdrawn", "who", who, "spi", fmt.Sprintf("%#08x", c.SPI), "dst", c.Dst.String())
+		removed++
+	}
+	return &pb.WithdrawReply{Removed: removed}, nil
+}
+
+// Fetch gives a gateway the SAs between two addresses that it may hold.
+func (s *Server) Fetch(ctx context.Context, req *pb.FetchRequest) (*pb.FetchReply, error) {
+	id, who, err := s.caller(ctx, "fetch", pki.RoleGateway)
+	if err != nil {
+		return nil, err
+	}
+	a, okA := netip.AddrFromSlice(req.GetA())
+	b, okB := netip.AddrFromSlice(req.GetB())
+	if !okA || !okB {
+		return nil, status.Error(codes.InvalidArgument, "want two addresses")
+	}
+	want := ipsec.ClassWrite
+	if req.GetClass() == pb.Class_CLASS_READ {
+		want = ipsec.ClassRead
+	}
+	recs, err := s.store.Pair(a, b)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "store: %v", err)
+	}
+	reply := &pb.FetchReply{}
+	now := s.now()
+	for _, rec := range recs {
+		var sa pb.SA
+		if err := proto.Unmarshal(rec.SA, &sa); err != nil {
+			return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
+		}
+		c, err := toConfig(&sa)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
+		}
+		switch {
+		case !rec.Expires.IsZero() && !now.Before(rec.Expires):
+			continue // expired: as if it were not there
+		case !id.Serves(rec.Area):
+			return nil, s.refuse("fetch", who, &c, codes.PermissionDenied, fmt.Sprintf("uploaded from area %q, which %q does not serve", rec.Area, id.Name))
+		case want == ipsec.ClassRead && c.Enc.AEAD():
+			return nil, s.refuse("fetch", who, &c, codes.PermissionDenied, fmt.Sprintf("class read for %v: an AEAD SA cannot be read without its integrity key", c.Enc))
+		}
+		class := min(want, c.Class) // never above what the endpoint permitted
+		if class == ipsec.ClassRead && c.Enc.AEAD() {
+			return nil, s.refuse("fetch", who, &c, codes.PermissionDenied, "the endpoint permits read only, and an AEAD SA cannot be read")
+		}
+		reply.Sas = append(reply.Sas, toPB(&c, class))
+		s.audit.Info("released", "who", who, "spi", fmt.Sprintf("%#08x", c.SPI), "dst", c.Dst.String(), "class", class.String())
+		clear(c.EncKey)
+		clear(c.IntegKey)
+	}
+	return reply, nil
+}
+
+// Register gives a gateway instance its identifier.
+func (s *Server) Register(ctx context.Context, _ *pb.RegisterRequest) (*pb.RegisterReply, error) {
+	_, who, err := s.caller(ctx, "register", pki.RoleGateway)
+	if err != nil {
+		return nil, err
+	}
+	gid, err := s.store.NextGatewayID()
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "store: %v", err)
+	}
+	s.audit.Info("registered", "who", who, "gateway_id", gid)
+	return &pb.RegisterReply{GatewayId: gid}, nil
+}
+
+// validArea is pki's area grammar.
+func validArea(a string) bool {
+	return (pki.Identity{Role: pki.RoleGateway, Name: "x", Areas: []string{a}}).Validate() == nil
+}
