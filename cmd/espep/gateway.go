@@ -17,11 +17,15 @@ import (
 	"github.com/espep/espep/internal/linkem"
 	"github.com/espep/espep/internal/metrics"
 	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/secserver"
 	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/internal/tunlink"
+	"github.com/espep/espep/ipsec"
 )
 
 const gatewayUsage = `usage: espep gateway --wire IFACE --radio IFACE --sa FILE [--sa FILE…] --state-dir DIR [--mode split|snoop] [--metrics ADDR] [--config FILE]
+       espep gateway --wire IFACE --radio IFACE --secserver HOST:PORT --secserver-cert FILE --secserver-key FILE --secserver-ca FILE …
 
 The IPsec-aware PEP between a wired and a radio side. It opens the ESP/AH
 of the SAs in the SA files (native or Wireshark esp_sa lines, mode 0600;
@@ -33,6 +37,11 @@ or crash ever reuses one; without it the gateway never seals on AES-GCM,
 ChaCha20-Poly1305 or AES-CTR SAs. Counters print on exit; --metrics
 serves Prometheus /metrics and /healthz. --config names a file with every
 other setting (see README); flags override it.
+
+--secserver (beside or instead of --sa): on the first IKE packet, or the
+first ESP/AH packet on an SPI it lacks, between two addresses the gateway
+asks the security server (gRPC, mutual TLS with a gateway certificate from
+espep pki) for their SAs; what came before is relayed untouched.
 
 Two interfaces: AF_PACKET, forwarding every frame between them as the only
 forwarder (keep kernel IP forwarding off between the two; the peers need
@@ -74,7 +83,16 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	// state directory (deferred above).
 	defer gw.Close()
 	defer closeIO()
-	defer watchSAs(ctx, gw, fc.SAFiles, log)()
+	if len(fc.SAFiles) > 0 {
+		defer watchSAs(ctx, gw, fc.SAFiles, log)()
+	}
+	if fc.SecServer.Addr != "" {
+		closeSS, err := fetchSAs(ctx, gw, fc.SecServer, log)
+		if err != nil {
+			return err
+		}
+		defer closeSS()
+	}
 	if fc.Metrics != "" {
 		reg, err := metrics.Registry(gw.Counters("espep_gateway_"))
 		if err != nil {
@@ -114,6 +132,12 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	wireIf := fs.String("wire-iface", "", "TUN mode with --routes: the interface the wired side's traffic arrives on")
 	radioIf := fs.String("radio-iface", "", "TUN mode with --routes: the interface the radio side's traffic arrives on")
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
+	ssAddr := fs.String("secserver", "", "fetch SAs from the security server at host:port")
+	ssCert := fs.String("secserver-cert", "", "with --secserver: the gateway's certificate (espep pki issue --role gateway)")
+	ssKey := fs.String("secserver-key", "", "with --secserver: its key")
+	ssCA := fs.String("secserver-ca", "", "with --secserver: the CA's certificate")
+	ssCRL := fs.String("secserver-crl", "", "with --secserver: the CA's revocation list (re-read while running)")
+	ssRead := fs.Bool("secserver-read", false, "with --secserver: ask for read grants only")
 	fs.Usage = func() { fmt.Fprint(stderr, gatewayUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return nil, 0, usageError{err.Error()}
@@ -130,6 +154,9 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 		"wire": func() { fc.Wire = *wire }, "radio": func() { fc.Radio = *radio }, "sa": func() { fc.SAFiles = saPaths },
 		"state-dir": func() { fc.StateDir = *stateDir }, "metrics": func() { fc.Metrics = *maddr }, "plain": func() { fc.Gateway.Plain = *plain },
 		"routes": func() { fc.Routes = *routes }, "wire-iface": func() { fc.WireIface = *wireIf }, "radio-iface": func() { fc.RadioIface = *radioIf },
+		"secserver": func() { fc.SecServer.Addr = *ssAddr }, "secserver-cert": func() { fc.SecServer.Cert = *ssCert },
+		"secserver-key": func() { fc.SecServer.Key = *ssKey }, "secserver-ca": func() { fc.SecServer.CA = *ssCA },
+		"secserver-crl": func() { fc.SecServer.CRL = *ssCRL }, "secserver-read": func() { fc.SecServer.Read = *ssRead },
 	}
 	fs.Visit(func(f *flag.Flag) {
 		if s := set[f.Name]; s != nil {
@@ -139,9 +166,12 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	if err := ef.Apply(&fc.Gateway.Engine); err != nil {
 		return nil, 0, usageError{"gateway: " + err.Error()}
 	}
-	if fc.Wire == "" || fc.Radio == "" || len(fc.SAFiles) == 0 || fs.NArg() != 0 {
+	if fc.Wire == "" || fc.Radio == "" || len(fc.SAFiles) == 0 && fc.SecServer.Addr == "" || fs.NArg() != 0 {
 		fs.Usage()
-		return nil, 0, usageError{"gateway: need --wire, --radio and --sa (or a --config that gives them)"}
+		return nil, 0, usageError{"gateway: need --wire, --radio and --sa or --secserver (or a --config that gives them)"}
+	}
+	if ss := fc.SecServer; ss.Addr != "" && (ss.Cert == "" || ss.Key == "" || ss.CA == "") {
+		return nil, 0, usageError{"gateway: --secserver needs --secserver-cert, --secserver-key and --secserver-ca"}
 	}
 	tunW, tunR := strings.HasPrefix(fc.Wire, "tun:"), strings.HasPrefix(fc.Radio, "tun:")
 	switch {
@@ -217,6 +247,33 @@ func watchSAs(ctx context.Context, gw *gateway.Gateway, paths []string, log *slo
 	signal.Notify(hup, syscall.SIGHUP)
 	go sf.Watch(ctx, 200*time.Millisecond, hup)
 	return func() { signal.Stop(hup) }
+}
+
+// fetchSAs makes the security server a source of the gateway's SAs
+// (gateway.ServerSAs) until ctx ends; stop closes the connection.
+func fetchSAs(ctx context.Context, gw *gateway.Gateway, ss gateway.SecServerConfig, log *slog.Logger) (stop func(), err error) {
+	v, err := pki.LoadVerifier(ss.CA, ss.CRL)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: secserver: %w", err)
+	}
+	cert, err := pki.LoadTLS(ss.Cert, ss.Key)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: secserver: %w", err)
+	}
+	class := ipsec.ClassWrite
+	if ss.Read {
+		class = ipsec.ClassRead
+	}
+	c, err := secserver.Dial(ss.Addr, v.ClientTLS(cert, pki.RoleServer), class)
+	if err != nil {
+		return nil, err
+	}
+	if ss.CRL != "" {
+		go v.WatchCRL(ctx, ss.CRL, 10*time.Second, log)
+	}
+	go gateway.NewServerSAs(gw, c, gateway.ServerOptions{}).Run(ctx)
+	log.Info("gateway: SAs from the security server", "addr", ss.Addr, "class", class)
+	return func() { c.Close() }, nil
 }
 
 // openState opens the state directory, or says what its absence costs.

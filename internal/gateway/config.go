@@ -65,8 +65,20 @@ type FileConfig struct {
 	StateDir              string
 	IVPartition           statedir.Partition
 	Metrics               string
+	// SecServer is the security server the gateway fetches SAs from
+	// (fetch.go), with the files of its mutual TLS; Addr empty: none.
+	SecServer SecServerConfig
 	// Gateway holds the engine and gateway settings (zero: defaults).
 	Gateway Config
+}
+
+// SecServerConfig is where the security server is and how the gateway
+// proves who it is to it.
+type SecServerConfig struct {
+	Addr          string // host:port
+	Cert, Key, CA string // the gateway's certificate and key, the CA's certificate (espep pki)
+	CRL           string // the CA's revocation list, re-read while running; empty: none
+	Read          bool   // ask for read grants only
 }
 
 // GatewayMagic starts a gateway configuration file.
@@ -89,8 +101,10 @@ func LoadFileConfig(path string) (*FileConfig, error) {
 			c.SAFiles[i] = filepath.Join(filepath.Dir(path), p)
 		}
 	}
-	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
-		c.StateDir = filepath.Join(filepath.Dir(path), c.StateDir)
+	for _, p := range []*string{&c.StateDir, &c.SecServer.Cert, &c.SecServer.Key, &c.SecServer.CA, &c.SecServer.CRL} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(filepath.Dir(path), *p)
+		}
 	}
 	return c, nil
 }
@@ -153,6 +167,18 @@ func (c *FileConfig) set(e *engine.Config, key, val string) error {
 		c.Gateway.DrainIdle, err = keyval.Duration(val)
 	case "metrics":
 		c.Metrics = val
+	case "secserver":
+		c.SecServer.Addr = val
+	case "secserver-cert":
+		c.SecServer.Cert = val
+	case "secserver-key":
+		c.SecServer.Key = val
+	case "secserver-ca":
+		c.SecServer.CA = val
+	case "secserver-crl":
+		c.SecServer.CRL = val
+	case "secserver-read":
+		c.SecServer.Read, err = keyval.Bool(val)
 	case "plain":
 		c.Gateway.Plain, err = keyval.Bool(val)
 	case "seq-jump":

@@ -27,6 +27,11 @@ func TestFileConfig(t *testing.T) {
 		!rel(c.SAFiles[0]) || c.SAFiles[1] != "/etc/espep/more.sa" || !rel(c.StateDir) || c.IVPartition != (statedir.Partition{K: 3, N: 8}) {
 		t.Errorf("interfaces and files: %+v", c)
 	}
+	if ss := c.SecServer; ss.Addr != "secserver.example:7443" || !strings.HasSuffix(ss.Cert, filepath.Join("testdata", "pki", "gw1.crt")) ||
+		!filepath.IsAbs(ss.Key) && !strings.HasPrefix(ss.Key, "testdata") || ss.CA != "/etc/espep/pki/ca.crt" ||
+		!strings.HasSuffix(ss.CRL, filepath.Join("testdata", "pki", "ca.crl")) || !ss.Read {
+		t.Errorf("security server: %+v", ss)
+	}
 	if !c.Gateway.Plain || c.Gateway.SeqJump != 1000 || c.Gateway.DrainIdle != 45*time.Second {
 		t.Errorf("gateway settings: %+v", c.Gateway)
 	}

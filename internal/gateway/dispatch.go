@@ -58,6 +58,14 @@ func (g *Gateway) Flush() {
 	}
 }
 
+// wantSAs tells the security server source, if any, that the gateway
+// lacks the SAs between the packet's addresses.
+func (g *Gateway) wantSAs(l *ipsec.Loc) {
+	if w := g.want.Load(); w != nil {
+		(*w)(l.Src, l.Dst)
+	}
+}
+
 func (g *Gateway) relay(c *call, to engine.Side, pkt []byte) {
 	c.ctr.add(cRelayed)
 	g.out(to, pkt)
@@ -92,6 +100,7 @@ func (g *Gateway) process(c *call, from engine.Side, pkt []byte) {
 	switch l.Kind {
 	case ipsec.KindIKE:
 		c.ctr.add(cIKE) // the early signal of a new SA
+		g.wantSAs(&l)
 		g.relay(c, to, c.orig)
 		return
 	case ipsec.KindKeepalive:
@@ -110,6 +119,7 @@ func (g *Gateway) process(c *call, from engine.Side, pkt []byte) {
 	switch {
 	case e == nil:
 		c.ctr.add(cUnknown)
+		g.wantSAs(&l)
 		g.relay(c, to, c.orig)
 		return
 	case e.Class() == ipsec.ClassNone:

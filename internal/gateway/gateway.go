@@ -93,6 +93,7 @@ package gateway
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -131,12 +132,17 @@ type Config struct {
 
 // Gateway processes packets between the wire and the radio side.
 type Gateway struct {
-	cfg Config
-	log *slog.Logger
-	out func(to engine.Side, pkt []byte)
-	eng *engine.Engine
-	sad atomic.Pointer[ipsec.SAD]
-	ivs *ivSpace // nil without State
+	cfg     Config
+	log     *slog.Logger
+	out     func(to engine.Side, pkt []byte)
+	eng     *engine.Engine
+	sad     atomic.Pointer[ipsec.SAD]
+	sources sources // what each SA source gives (sources.go)
+	// want, when set, is told of address pairs whose SAs the gateway
+	// lacks (an IKE packet, an unknown SPI): the security server source
+	// (fetch.go). It never blocks.
+	want atomic.Pointer[func(a, b netip.Addr)]
+	ivs  *ivSpace // nil without State
 
 	closed atomic.Bool // Close: no Process starts; Close waits for those under way (stripe.busy)
 	calls  sync.Pool   // *call

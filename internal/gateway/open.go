@@ -156,6 +156,7 @@ func (g *Gateway) nextLayer(ctr *stripe, st *saState, il *ipsec.Loc, depth int) 
 	switch {
 	case ie == nil:
 		ctr.add(cUnknown)
+		g.wantSAs(il)
 		st.noteRelayed() // the bundle goes out as it came, with the numbers of the layers that verified
 		return nil, openFailed
 	case ie.Class() != ipsec.ClassWrite:

@@ -97,7 +97,9 @@ func (f *SAFiles) Load() error {
 			n++
 		}
 	}
-	f.g.SetSAD(sad)
+	if err := f.g.SetSource("sa-files", sad.Entries()); err != nil {
+		errs = append(errs, err)
+	}
 	f.kept = kept
 	f.Loads++
 	f.g.log.Info("gateway: SAs loaded", "files", len(f.files), "sas", n)

@@ -1,10 +1,13 @@
 package pki
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -151,4 +154,44 @@ func PeerIdentity(cs tls.ConnectionState) (Identity, error) {
 		return Identity{}, errors.New("pki: no peer certificate")
 	}
 	return IdentityOf(cs.PeerCertificates[0])
+}
+
+// LoadTLS reads a certificate and its key for TLS, refusing a key file
+// group or others may read.
+func LoadTLS(certFile, keyFile string) (tls.Certificate, error) {
+	if _, err := LoadKey(keyFile); err != nil {
+		return tls.Certificate{}, err
+	}
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("pki: %w", err)
+	}
+	return c, nil
+}
+
+// WatchCRL re-reads the revocation list at path every interval until ctx
+// ends, taking a new one when it is signed by the CA (a bad one is logged
+// and the list in force stays).
+func (v *Verifier) WatchCRL(ctx context.Context, path string, every time.Duration, log *slog.Logger) {
+	var last time.Time
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if fi, err := os.Stat(path); err == nil && !fi.ModTime().Equal(last) {
+			crl, err := LoadCRL(path, v.ca)
+			if err == nil {
+				err = v.SetCRL(crl)
+			}
+			if err != nil {
+				log.Warn("pki: revocation list not taken", "file", path, "err", err)
+			} else {
+				last = fi.ModTime()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

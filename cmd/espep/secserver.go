@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/secserver"
+)
+
+const secserverUsage = `usage: espep secserver --listen ADDR --cert FILE --key FILE --ca FILE [--crl FILE]
+                      --db FILE --db-key FILE [--audit FILE] [--duration D]
+
+The security server: endpoints' agents upload the SAs they let a proxy
+work on, gateways fetch those of the areas they serve (gRPC over mutual
+TLS 1.3; certificates from espep pki, --cert of role secserver). The SAs
+are kept in one bbolt file (--db) sealed under a key kept apart from it
+(--db-key: 64 hex digits, mode 0600). --crl is re-read while running.
+Every release of key material and every refusal is a JSON line in the
+audit log (--audit, appended; default stderr) — never a key.
+
+flags:
+`
+
+func runSecserver(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("secserver", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "", "address to serve on (host:port)")
+	certFile := fs.String("cert", "", "the server's certificate (espep pki issue --role secserver)")
+	keyFile := fs.String("key", "", "its key")
+	caFile := fs.String("ca", "", "the CA's certificate")
+	crlFile := fs.String("crl", "", "the CA's revocation list")
+	db := fs.String("db", "", "the store (a bbolt file)")
+	dbKey := fs.String("db-key", "", "the store's key file")
+	auditFile := fs.String("audit", "", "append the audit log to this file (default: stderr)")
+	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
+	fs.Usage = func() { fmt.Fprint(stderr, secserverUsage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if *listen == "" || *certFile == "" || *keyFile == "" || *caFile == "" || *db == "" || *dbKey == "" || fs.NArg() != 0 {
+		fs.Usage()
+		return usageError{"secserver: need --listen, --cert, --key, --ca, --db and --db-key"}
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	v, err := pki.LoadVerifier(*caFile, *crlFile)
+	if err != nil {
+		return err
+	}
+	cert, err := pki.LoadTLS(*certFile, *keyFile)
+	if err != nil {
+		return err
+	}
+	if id, err := pki.IdentityOf(cert.Leaf); err != nil || id.Role != pki.RoleServer {
+		return fmt.Errorf("secserver: %s is not a security server's certificate (%v)", *certFile, err)
+	}
+	key, err := secserver.LoadKey(*dbKey)
+	if err != nil {
+		return err
+	}
+	store, err := secserver.OpenBolt(*db, key)
+	clear(key)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	audit := stderr
+	if *auditFile != "" {
+		f, err := os.OpenFile(*auditFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return fmt.Errorf("secserver: audit log: %w", err)
+		}
+		defer f.Close()
+		audit = f
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *dur > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *dur)
+		defer cancel()
+	}
+	if *crlFile != "" {
+		go v.WatchCRL(ctx, *crlFile, 10*time.Second, log)
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("secserver: %w", err)
+	}
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(v.ServerTLS(cert, pki.RoleAgent, pki.RoleGateway))))
+	secserver.New(store, v, slog.New(slog.NewJSONHandler(audit, nil))).Attach(g)
+	go func() {
+		<-ctx.Done()
+		g.GracefulStop()
+	}()
+	log.Info("secserver running", "listen", ln.Addr().String(), "db", *db)
+	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
+	if err := g.Serve(ln); err != nil {
+		return fmt.Errorf("secserver: %w", err)
+	}
+	return nil
+}

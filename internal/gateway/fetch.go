@@ -1,0 +1,213 @@
+package gateway
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/espep/espep/ipsec"
+)
+
+// The security server as an SA source. The first IKE packet, or the
+// first ESP/AH packet on an SPI the gateway does not hold, between two
+// addresses makes the gateway ask the server for the SAs between them —
+// from the packet path, without waiting: the packet is relayed untouched,
+// as every packet is until the SA is there. The asking is bounded: one
+// question per pair at a time and at most one per MinInterval, a negative
+// answer remembered for NegativeFor, a table of at most MaxPairs pairs
+// (the least recently asked go first), a queue that drops what it cannot
+// hold. What the server gives replaces, pair by pair, what it gave before
+// (an SA it no longer lists is withdrawn here too).
+
+// Fetcher asks for the SAs between two addresses, both directions
+// (secserver.Client).
+type Fetcher interface {
+	Fetch(ctx context.Context, a, b netip.Addr) ([]ipsec.Config, error)
+}
+
+// ServerOptions bound the questions a gateway asks.
+type ServerOptions struct {
+	MinInterval time.Duration // between two questions on one pair (default 1 s)
+	NegativeFor time.Duration // an empty answer is believed this long (default 2 s)
+	Timeout     time.Duration // for one question (default 2 s)
+	MaxPairs    int           // pairs remembered (default 4096)
+	Queue       int           // questions waiting (default 256)
+}
+
+func (o *ServerOptions) defaults() {
+	if o.MinInterval <= 0 {
+		o.MinInterval = time.Second
+	}
+	if o.NegativeFor <= 0 {
+		o.NegativeFor = 2 * time.Second
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Second
+	}
+	if o.MaxPairs <= 0 {
+		o.MaxPairs = 4096
+	}
+	if o.Queue <= 0 {
+		o.Queue = 256
+	}
+}
+
+// ServerStats count what the source did.
+type ServerStats struct {
+	Asked, Answered, Negative, Failed, Dropped, Installed uint64
+}
+
+// ServerSAs is the security server as one of the gateway's SA sources.
+type ServerSAs struct {
+	g    *Gateway
+	f    Fetcher
+	o    ServerOptions
+	asks chan [2]netip.Addr
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	pairs map[[2]netip.Addr]*pairAsk
+	sas   map[[2]netip.Addr][]*ipsec.Entry // what the server gave, by pair
+	stats ServerStats
+
+	dropped atomic.Uint64
+	// Fetched, when set, is told of each installation (tests, the lab).
+	Fetched func(pair [2]netip.Addr, n int)
+}
+
+type pairAsk struct {
+	last     time.Time // when last asked
+	negative time.Time // until when an empty answer holds
+}
+
+// NewServerSAs makes the server a source of g's SAs and has g ask it;
+// Run does the asking.
+func NewServerSAs(g *Gateway, f Fetcher, o ServerOptions) *ServerSAs {
+	o.defaults()
+	s := &ServerSAs{g: g, f: f, o: o, asks: make(chan [2]netip.Addr, o.Queue), log: g.log,
+		pairs: map[[2]netip.Addr]*pairAsk{}, sas: map[[2]netip.Addr][]*ipsec.Entry{}}
+	want := s.want
+	g.want.Store(&want)
+	return s
+}
+
+// pairOf orders two addresses, so that a pair is the same both ways.
+func pairOf(a, b netip.Addr) [2]netip.Addr {
+	if b.Less(a) {
+		a, b = b, a
+	}
+	return [2]netip.Addr{a, b}
+}
+
+// want is the packet path's question: never blocks.
+func (s *ServerSAs) want(a, b netip.Addr) {
+	select {
+	case s.asks <- pairOf(a, b):
+	default:
+		s.dropped.Add(1)
+	}
+}
+
+// Stats returns the counts so far.
+func (s *ServerSAs) Stats() ServerStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Dropped = s.dropped.Load()
+	return st
+}
+
+// Run asks the server what the packet path wants until ctx ends.
+func (s *ServerSAs) Run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case p := <-s.asks:
+			if s.due(p, time.Now()) {
+				s.ask(ctx, p)
+			}
+		}
+	}
+}
+
+// due reports whether pair p may be asked about now, and notes it asked.
+func (s *ServerSAs) due(p [2]netip.Addr, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.pairs[p]
+	if a == nil {
+		if len(s.pairs) >= s.o.MaxPairs {
+			s.evictOldest()
+		}
+		a = &pairAsk{}
+		s.pairs[p] = a
+	}
+	if now.Sub(a.last) < s.o.MinInterval || now.Before(a.negative) {
+		return false
+	}
+	a.last = now
+	s.stats.Asked++
+	return true
+}
+
+// evictOldest forgets the pair asked about least recently (s.mu held).
+func (s *ServerSAs) evictOldest() {
+	var old [2]netip.Addr
+	var t time.Time
+	first := true
+	for p, a := range s.pairs {
+		if first || a.last.Before(t) {
+			old, t, first = p, a.last, false
+		}
+	}
+	delete(s.pairs, old)
+}
+
+// ask puts one question and installs the answer.
+func (s *ServerSAs) ask(ctx context.Context, p [2]netip.Addr) {
+	qctx, cancel := context.WithTimeout(ctx, s.o.Timeout)
+	cfgs, err := s.f.Fetch(qctx, p[0], p[1])
+	cancel()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.stats.Failed++
+		s.log.Warn("gateway: security server", "pair", p, "err", err)
+		return
+	}
+	s.stats.Answered++
+	if len(cfgs) == 0 {
+		s.stats.Negative++
+		s.pairs[p].negative = time.Now().Add(s.o.NegativeFor)
+	}
+	if len(cfgs) == 0 && len(s.sas[p]) == 0 {
+		return
+	}
+	var entries []*ipsec.Entry
+	for _, c := range cfgs {
+		e, err := ipsec.NewEntry(c)
+		clear(c.EncKey) // the entry holds its own copy
+		clear(c.IntegKey)
+		if err != nil {
+			s.log.Warn("gateway: security server gave an unusable SA", "pair", p, "spi", c.SPI, "err", err)
+			continue
+		}
+		entries = append(entries, e)
+	}
+	s.sas[p] = entries // the pair's earlier entries leave the SAD and are wiped (SetSAD)
+	var all []*ipsec.Entry
+	for _, es := range s.sas {
+		all = append(all, es...)
+	}
+	if err := s.g.SetSource("secserver", all); err != nil {
+		s.log.Warn("gateway: security server", "pair", p, "err", err)
+	}
+	s.stats.Installed += uint64(len(entries))
+	if s.Fetched != nil {
+		s.Fetched(p, len(entries))
+	}
+}

@@ -1,0 +1,262 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/secserver"
+	"github.com/espep/espep/ipsec"
+)
+
+// secWorld is a security server on loopback (gRPC, mutual TLS, a bbolt
+// store) with the CA that makes its parties' certificates.
+type secWorld struct {
+	ca    *pki.CA
+	v     *pki.Verifier
+	addr  string
+	audit *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newSecWorld(t *testing.T) *secWorld {
+	t.Helper()
+	dir := t.TempDir()
+	w := &secWorld{audit: &syncBuffer{}}
+	var err error
+	if w.ca, err = pki.Init(filepath.Join(dir, "ca"), "test CA", 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if w.v, err = pki.LoadVerifier(filepath.Join(dir, "ca", "ca.crt"), filepath.Join(dir, "ca", "ca.crl")); err != nil {
+		t.Fatal(err)
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	store, err := secserver.OpenBolt(filepath.Join(dir, "sa.db"), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := secserver.New(store, w.v, slog.New(slog.NewJSONHandler(w.audit, nil)))
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(w.v.ServerTLS(w.cert(t, pki.Identity{Role: pki.RoleServer, Name: "secserver"}), pki.RoleAgent, pki.RoleGateway))))
+	srv.Attach(g)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.addr = ln.Addr().String()
+	go g.Serve(ln)
+	t.Cleanup(func() { g.Stop(); store.Close() })
+	return w
+}
+
+func (w *secWorld) client(t *testing.T, id pki.Identity) *secserver.Client {
+	t.Helper()
+	c, err := secserver.Dial(w.addr, w.v.ClientTLS(w.cert(t, id), pki.RoleServer), ipsec.ClassWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (w *secWorld) cert(t *testing.T, id pki.Identity) (pair tls.Certificate) {
+	t.Helper()
+	c, k, err := w.ca.Issue(id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pair, err = tls.X509KeyPair(c, k); err != nil {
+		t.Fatal(err)
+	}
+	return pair
+}
+
+// TestGatewayFetchesSAs: a gateway that starts with no SA relays the
+// tunnel's first packets untouched, asks the security server (gRPC over
+// mutual TLS, certificates from internal/pki) for the SAs between the two
+// routers, gets those the routers' agent uploaded from the gateway's
+// area, and takes the next connections over: split, 1 MB each way over a
+// 2 % radio, bytes intact, nothing refused by either router, every
+// release audited. (The connection whose SYN passed before the SAs came
+// is relayed untouched to its end: the engine opens flows only on a SYN.)
+// A gateway of another area gets nothing and keeps relaying.
+func TestGatewayFetchesSAs(t *testing.T) {
+	w := newSecWorld(t)
+	var salts [2]uint64
+	for i := range salts {
+		var b [8]byte
+		rand.Read(b[:])
+		salts[i] = binary.BigEndian.Uint64(b[:]) &^ (1 << 63)
+	}
+	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 5}
+	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSplit)
+	n.G.SetSAD(&ipsec.SAD{}) // no SA but what the server gives
+
+	agent := w.client(t, pki.Identity{Role: pki.RoleAgent, Name: "router-b", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}})
+	if err := agent.Upload(context.Background(), "cell-17", n.cfgs); err != nil {
+		t.Fatal(err)
+	}
+	gw := w.client(t, pki.Identity{Role: pki.RoleGateway, Name: "gw-17", Areas: []string{"cell-17"}})
+	src := NewServerSAs(n.G, gw, ServerOptions{})
+	var firstWant, installed atomic.Int64
+	inner := *n.G.want.Load()
+	wrapped := func(a, b netip.Addr) {
+		firstWant.CompareAndSwap(0, time.Now().UnixNano())
+		inner(a, b)
+	}
+	n.G.want.Store(&wrapped)
+	src.Fetched = func(_ [2]netip.Addr, k int) {
+		if k > 0 {
+			installed.CompareAndSwap(0, time.Now().UnixNano())
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go src.Run(ctx)
+
+	// The first connection's SYN passes before the SAs are there: the
+	// engine never sees it open, and relays that connection untouched.
+	first := transfer(t, n.A, n.B, 5001, 256<<10)
+	if st := n.G.Stats(); st.Unknown == 0 || st.Engine.EarlyAcked != 0 {
+		t.Fatalf("the first connection was not relayed while the SAs were fetched: %+v", st)
+	}
+	down := transfer(t, n.A, n.B, 5002, 1<<20)
+	up := transfer(t, n.B, n.A, 5003, 1<<20)
+	gs, ss := n.G.Stats(), src.Stats()
+	t.Logf("first (relayed) %.1f Mbit/s, down %.1f Mbit/s, up %.1f Mbit/s; first unknown packet → SAs installed %v; source %+v; gateway %+v",
+		first, down, up, time.Duration(installed.Load()-firstWant.Load()), ss, gs)
+	if ss.Installed != 2 || ss.Failed != 0 || installed.Load() == 0 {
+		t.Fatalf("the SAs were not fetched: %+v", ss)
+	}
+	if gs.Opened == 0 || gs.Sealed == 0 || gs.Engine.EarlyAcked < 2<<20 {
+		t.Fatalf("the gateway did not take the flows over: %+v", gs)
+	}
+	checkEndpoints(t, n, 0)
+	if log := w.audit.String(); strings.Count(log, `"msg":"released"`) < 2 || !strings.Contains(log, `"who":"gw-17/`) {
+		t.Fatalf("audit:\n%s", log)
+	}
+
+	// A gateway of another area: refused, counted, and the traffic passes.
+	other := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSplit)
+	other.G.SetSAD(&ipsec.SAD{})
+	osrc := NewServerSAs(other.G, w.client(t, pki.Identity{Role: pki.RoleGateway, Name: "gw-99", Areas: []string{"cell-99"}}), ServerOptions{})
+	go osrc.Run(ctx)
+	if err := agent.Upload(context.Background(), "cell-17", other.cfgs); err != nil {
+		t.Fatal(err)
+	}
+	transfer(t, other.A, other.B, 5004, 256<<10)
+	if st, gs := osrc.Stats(), other.G.Stats(); st.Installed != 0 || st.Failed == 0 || gs.Sealed != 0 {
+		t.Fatalf("a gateway of another area: source %+v, gateway %+v", st, gs)
+	}
+	if !strings.Contains(w.audit.String(), "does not serve") {
+		t.Fatal("the refusal was not audited")
+	}
+}
+
+// fakeFetcher answers from a table and counts questions.
+type fakeFetcher struct {
+	mu   sync.Mutex
+	asks int
+	sas  []ipsec.Config
+}
+
+func (f *fakeFetcher) Fetch(context.Context, netip.Addr, netip.Addr) ([]ipsec.Config, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.asks++
+	return f.sas, nil
+}
+
+// TestServerSAsBounded: a flood of packets on unknown SPIs between many
+// pairs makes at most one question per pair per interval, remembers a
+// negative answer, forgets the oldest pairs beyond its table, and never
+// blocks the packet path (what its queue cannot hold is dropped).
+func TestServerSAsBounded(t *testing.T) {
+	g, err := New(Config{Engine: engine.Config{}}, nil, func(engine.Side, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	f := &fakeFetcher{}
+	s := NewServerSAs(g, f, ServerOptions{MinInterval: time.Hour, NegativeFor: time.Hour, MaxPairs: 8, Queue: 4})
+	a := netip.MustParseAddr("192.0.2.1")
+	want := *g.want.Load()
+	t0 := time.Now()
+	for i := 0; i < 100000; i++ {
+		want(a, netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}))
+	}
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Fatalf("100000 wants took %v: the packet path waited", d)
+	}
+	if st := s.Stats(); st.Dropped < 100000-4 {
+		t.Fatalf("the queue held more than its bound: %+v", st)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx)
+	b := netip.MustParseAddr("192.0.2.2")
+	for i := 0; i < 50; i++ {
+		want(a, b)
+		want(b, a)
+		time.Sleep(time.Millisecond)
+	}
+	waitFor(t, func() bool { return s.Stats().Answered >= 5 })
+	s.mu.Lock()
+	pairs := len(s.pairs)
+	s.mu.Unlock()
+	f.mu.Lock()
+	asks := f.asks
+	f.mu.Unlock()
+	if pairs > 8 {
+		t.Fatalf("%d pairs remembered, bound 8", pairs)
+	}
+	if asks != 5 { // the four queued, then a ↔ b once
+		t.Fatalf("%d questions, want 5 (one per pair)", asks)
+	}
+	if st := s.Stats(); st.Negative != 5 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+	}
+}
