@@ -23,6 +23,7 @@ var commands = []command{
 	{"linkem", "forward frames between two interfaces through an emulated radio link", runLinkem},
 	{"host", "a userspace IPsec endpoint (TUN device, SPD, SAD)", runHost},
 	{"pki", "the control plane's private CA: certificates with roles, addresses, areas", runPki},
+	{"agent", "on an endpoint: delegate its SAs to the security server", runAgent},
 	{"secserver", "the security server: agents delegate SAs, gateways fetch them (gRPC, mutual TLS)", runSecserver},
 	{"version", "print the version", runVersion},
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/espep/espep/internal/pki"
 	"github.com/espep/espep/internal/secserver"
 	"github.com/espep/espep/ipsec"
+	"github.com/espep/espep/ipsec/safile"
 )
 
 type syncBuf struct {
@@ -34,8 +35,9 @@ func (s *syncBuf) String() string {
 	return s.b.String()
 }
 
-// TestSecserverCommand: espep secserver, set up with espep pki, serves an
-// agent's upload and a gateway's fetch over mutual TLS, writes both to its
+// TestSecserverCommand: espep secserver, set up with espep pki, serves
+// espep agent's upload (from a save-keys file) and a gateway's fetch over
+// mutual TLS, writes both to its
 // audit file without the key, and stops at the end of --duration.
 func TestSecserverCommand(t *testing.T) {
 	dir := t.TempDir()
@@ -90,8 +92,17 @@ func TestSecserverCommand(t *testing.T) {
 	sa := ipsec.Config{SPI: 0x1234, Proto: ipsec.ESP, Src: netip.MustParseAddr("192.0.2.1"), Dst: netip.MustParseAddr("192.0.2.2"),
 		Mode: ipsec.Tunnel, Enc: ipsec.EncAESGCM16, EncKey: key, Class: ipsec.ClassWrite}
 	ctx := context.Background()
-	if err := dial("agent").Upload(ctx, "cell-1", []ipsec.Config{sa}); err != nil {
+	// The agent delegates what a save-keys file holds.
+	var keys bytes.Buffer
+	if _, err := safile.WriteESPSA(&keys, []ipsec.Config{sa}); err != nil {
 		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "charon.keys")
+	os.WriteFile(keyFile, keys.Bytes(), 0o600)
+	var out bytes.Buffer
+	if err := run([]string{"agent", "--secserver", addr, "--cert", filepath.Join(dir, "agent.crt"), "--key", filepath.Join(dir, "agent.key"),
+		"--ca", filepath.Join(ca, "ca.crt"), "--keys", keyFile, "--area", "cell-1", "--once"}, &out, &out); err != nil || !strings.Contains(out.String(), "1 uploaded") {
+		t.Fatalf("agent: %v\n%s", err, out.String())
 	}
 	got, err := dial("gw").Fetch(ctx, sa.Dst, sa.Src)
 	if err != nil || len(got) != 1 || !bytes.Equal(got[0].EncKey, key) || got[0].SPI != sa.SPI {

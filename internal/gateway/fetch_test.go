@@ -1,108 +1,22 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/binary"
-	"log/slog"
-	"net"
 	"net/netip"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/netem"
 	"github.com/espep/espep/internal/pki"
-	"github.com/espep/espep/internal/secserver"
+	"github.com/espep/espep/internal/secserver/sectest"
 	"github.com/espep/espep/ipsec"
 )
-
-// secWorld is a security server on loopback (gRPC, mutual TLS, a bbolt
-// store) with the CA that makes its parties' certificates.
-type secWorld struct {
-	ca    *pki.CA
-	v     *pki.Verifier
-	addr  string
-	audit *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func newSecWorld(t *testing.T) *secWorld {
-	t.Helper()
-	dir := t.TempDir()
-	w := &secWorld{audit: &syncBuffer{}}
-	var err error
-	if w.ca, err = pki.Init(filepath.Join(dir, "ca"), "test CA", 24*time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	if w.v, err = pki.LoadVerifier(filepath.Join(dir, "ca", "ca.crt"), filepath.Join(dir, "ca", "ca.crl")); err != nil {
-		t.Fatal(err)
-	}
-	key := make([]byte, 32)
-	rand.Read(key)
-	store, err := secserver.OpenBolt(filepath.Join(dir, "sa.db"), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := secserver.New(store, w.v, slog.New(slog.NewJSONHandler(w.audit, nil)))
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(w.v.ServerTLS(w.cert(t, pki.Identity{Role: pki.RoleServer, Name: "secserver"}), pki.RoleAgent, pki.RoleGateway))))
-	srv.Attach(g)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.addr = ln.Addr().String()
-	go g.Serve(ln)
-	t.Cleanup(func() { g.Stop(); store.Close() })
-	return w
-}
-
-func (w *secWorld) client(t *testing.T, id pki.Identity) *secserver.Client {
-	t.Helper()
-	c, err := secserver.Dial(w.addr, w.v.ClientTLS(w.cert(t, id), pki.RoleServer), ipsec.ClassWrite)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-func (w *secWorld) cert(t *testing.T, id pki.Identity) (pair tls.Certificate) {
-	t.Helper()
-	c, k, err := w.ca.Issue(id, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if pair, err = tls.X509KeyPair(c, k); err != nil {
-		t.Fatal(err)
-	}
-	return pair
-}
 
 // TestGatewayFetchesSAs: a gateway that starts with no SA relays the
 // tunnel's first packets untouched, asks the security server (gRPC over
@@ -114,7 +28,7 @@ func (w *secWorld) cert(t *testing.T, id pki.Identity) (pair tls.Certificate) {
 // is relayed untouched to its end: the engine opens flows only on a SYN.)
 // A gateway of another area gets nothing and keeps relaying.
 func TestGatewayFetchesSAs(t *testing.T) {
-	w := newSecWorld(t)
+	w := sectest.Start(t)
 	var salts [2]uint64
 	for i := range salts {
 		var b [8]byte
@@ -125,11 +39,11 @@ func TestGatewayFetchesSAs(t *testing.T) {
 	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSplit)
 	n.G.SetSAD(&ipsec.SAD{}) // no SA but what the server gives
 
-	agent := w.client(t, pki.Identity{Role: pki.RoleAgent, Name: "router-b", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}})
+	agent := w.Client(t, pki.Identity{Role: pki.RoleAgent, Name: "router-b", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}})
 	if err := agent.Upload(context.Background(), "cell-17", n.cfgs); err != nil {
 		t.Fatal(err)
 	}
-	gw := w.client(t, pki.Identity{Role: pki.RoleGateway, Name: "gw-17", Areas: []string{"cell-17"}})
+	gw := w.Client(t, pki.Identity{Role: pki.RoleGateway, Name: "gw-17", Areas: []string{"cell-17"}})
 	src := NewServerSAs(n.G, gw, ServerOptions{})
 	var firstWant, installed atomic.Int64
 	inner := *n.G.want.Load()
@@ -165,14 +79,14 @@ func TestGatewayFetchesSAs(t *testing.T) {
 		t.Fatalf("the gateway did not take the flows over: %+v", gs)
 	}
 	checkEndpoints(t, n, 0)
-	if log := w.audit.String(); strings.Count(log, `"msg":"released"`) < 2 || !strings.Contains(log, `"who":"gw-17/`) {
+	if log := w.Audit.String(); strings.Count(log, `"msg":"released"`) < 2 || !strings.Contains(log, `"who":"gw-17/`) {
 		t.Fatalf("audit:\n%s", log)
 	}
 
 	// A gateway of another area: refused, counted, and the traffic passes.
 	other := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSplit)
 	other.G.SetSAD(&ipsec.SAD{})
-	osrc := NewServerSAs(other.G, w.client(t, pki.Identity{Role: pki.RoleGateway, Name: "gw-99", Areas: []string{"cell-99"}}), ServerOptions{})
+	osrc := NewServerSAs(other.G, w.Client(t, pki.Identity{Role: pki.RoleGateway, Name: "gw-99", Areas: []string{"cell-99"}}), ServerOptions{})
 	go osrc.Run(ctx)
 	if err := agent.Upload(context.Background(), "cell-17", other.cfgs); err != nil {
 		t.Fatal(err)
@@ -181,7 +95,7 @@ func TestGatewayFetchesSAs(t *testing.T) {
 	if st, gs := osrc.Stats(), other.G.Stats(); st.Installed != 0 || st.Failed == 0 || gs.Sealed != 0 {
 		t.Fatalf("a gateway of another area: source %+v, gateway %+v", st, gs)
 	}
-	if !strings.Contains(w.audit.String(), "does not serve") {
+	if !strings.Contains(w.Audit.String(), "does not serve") {
 		t.Fatal("the refusal was not audited")
 	}
 }

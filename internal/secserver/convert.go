@@ -37,8 +37,10 @@ func toConfig(s *pb.SA) (ipsec.Config, error) {
 		c.Mode = ipsec.Transport
 	case "tunnel":
 		c.Mode = ipsec.Tunnel
+	case "any", "":
+		c.Mode = ipsec.ModeAny // not said (esp_sa lines): the gateway learns it from verified packets
 	default:
-		return c, fmt.Errorf("mode %q: want transport or tunnel", s.GetMode())
+		return c, fmt.Errorf("mode %q: want transport, tunnel or any", s.GetMode())
 	}
 	if s.GetEncapSrcPort() > 0xffff || s.GetEncapDstPort() > 0xffff {
 		return c, fmt.Errorf("UDP encapsulation ports %d, %d", s.GetEncapSrcPort(), s.GetEncapDstPort())

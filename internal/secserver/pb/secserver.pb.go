@@ -87,7 +87,7 @@ type SA struct {
 	Proto        string                 `protobuf:"bytes,2,opt,name=proto,proto3" json:"proto,omitempty"` // "esp" or "ah"
 	Src          []byte                 `protobuf:"bytes,3,opt,name=src,proto3" json:"src,omitempty"`     // 4 or 16 bytes
 	Dst          []byte                 `protobuf:"bytes,4,opt,name=dst,proto3" json:"dst,omitempty"`
-	Mode         string                 `protobuf:"bytes,5,opt,name=mode,proto3" json:"mode,omitempty"`                                        // "transport" or "tunnel"
+	Mode         string                 `protobuf:"bytes,5,opt,name=mode,proto3" json:"mode,omitempty"`                                        // "transport", "tunnel", or "any" (not known: esp_sa lines)
 	EncapSrcPort uint32                 `protobuf:"varint,6,opt,name=encap_src_port,json=encapSrcPort,proto3" json:"encap_src_port,omitempty"` // UDP encapsulation (RFC 3948); 0: none
 	EncapDstPort uint32                 `protobuf:"varint,7,opt,name=encap_dst_port,json=encapDstPort,proto3" json:"encap_dst_port,omitempty"`
 	Enc          string                 `protobuf:"bytes,8,opt,name=enc,proto3" json:"enc,omitempty"`                            // ipsec.Enc names: "aes-gcm16", "chacha20-poly1305", …

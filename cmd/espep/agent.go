@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/espep/espep/internal/agent"
+	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/secserver"
+	"github.com/espep/espep/ipsec"
+)
+
+const agentUsage = `usage: espep agent --secserver HOST:PORT --cert FILE --key FILE --ca FILE [--crl FILE]
+                  --keys FILE [--keys FILE…] --area AREA [--class read|write]
+                  [--interval D] [--once] [--duration D]
+
+Runs on an endpoint and delegates its SAs to the security server (scheme
+3): it watches the key files (Wireshark esp_sa lines as strongSwan's
+save-keys plugin writes them, or espep's native SA format; mode 0600),
+uploads the SAs that permit a proxy with the endpoint's area, and
+withdraws those that leave the files (deleted, rekeyed away). --class
+delegates every SA in that class (read: no integrity key, and no AEAD SA);
+without it each SA's own class counts (esp_sa lines: write). --cert is an
+agent certificate (espep pki issue --role agent) whose addresses or
+prefixes own the SAs' addresses.
+
+flags:
+`
+
+func runAgent(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("secserver", "", "the security server (host:port)")
+	certFile := fs.String("cert", "", "the agent's certificate")
+	keyFile := fs.String("key", "", "its key")
+	caFile := fs.String("ca", "", "the CA's certificate")
+	crlFile := fs.String("crl", "", "the CA's revocation list")
+	var keys stringList
+	fs.Var(&keys, "keys", "key file to delegate (repeatable)")
+	area := fs.String("area", "", "the area the endpoint is in")
+	class := fs.String("class", "", "delegate every SA in this class: read or write")
+	every := fs.Duration("interval", time.Second, "how often the files are read")
+	once := fs.Bool("once", false, "sync once and exit")
+	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
+	fs.Usage = func() { fmt.Fprint(stderr, agentUsage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if *addr == "" || *certFile == "" || *keyFile == "" || *caFile == "" || len(keys) == 0 || *area == "" || fs.NArg() != 0 {
+		fs.Usage()
+		return usageError{"agent: need --secserver, --cert, --key, --ca, --keys and --area"}
+	}
+	cfg := agent.Config{Files: keys, Area: *area, Log: slog.New(slog.NewTextHandler(stderr, nil))}
+	switch *class {
+	case "":
+	case "read":
+		cfg.Class = ipsec.ClassRead
+	case "write":
+		cfg.Class = ipsec.ClassWrite
+	default:
+		return usageError{fmt.Sprintf("agent: --class %q: want read or write", *class)}
+	}
+	v, err := pki.LoadVerifier(*caFile, *crlFile)
+	if err != nil {
+		return err
+	}
+	cert, err := pki.LoadTLS(*certFile, *keyFile)
+	if err != nil {
+		return err
+	}
+	c, err := secserver.Dial(*addr, v.ClientTLS(cert, pki.RoleServer), ipsec.ClassWrite)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	a := agent.New(cfg, c)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *once {
+		err := a.Sync(ctx)
+		fmt.Fprintf(stdout, "agent: %d uploaded, %d withdrawn\n", a.Uploads, a.Withdrawals)
+		return err
+	}
+	if *dur > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *dur)
+		defer cancel()
+	}
+	a.Run(ctx, *every)
+	fmt.Fprintf(stdout, "agent: %d uploaded, %d withdrawn\n", a.Uploads, a.Withdrawals)
+	return nil
+}

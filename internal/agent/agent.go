@@ -1,0 +1,189 @@
+// Package agent is what runs on an endpoint (a terminal, a mobile, or the
+// router doing tunnel mode for hosts without IPsec) and delegates its SAs
+// to the security server (scheme 3 of DESIGN.md): it watches where the
+// endpoint's IPsec keeps its keys — here a key file, Wireshark esp_sa
+// lines as strongSwan's save-keys plugin writes them or espep's native SA
+// format — uploads the SAs that permit a proxy, with their class and the
+// endpoint's area, and withdraws those that left (deleted, rekeyed away),
+// so that gateways follow as they follow an SA file.
+//
+// Not built yet (issue 14): espep host's SAD over a control socket, Linux
+// XFRM over netlink, the charon log as a source; scheme 4 (SAs the server
+// generates); rekeying when told a gateway is gone.
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/espep/espep/ipsec"
+	"github.com/espep/espep/ipsec/safile"
+)
+
+// Server is the security server as the agent sees it (secserver.Client).
+type Server interface {
+	Upload(ctx context.Context, area string, sas []ipsec.Config) error
+	Withdraw(ctx context.Context, ids []ipsec.ID) error
+}
+
+// Config is what the agent delegates and where from.
+type Config struct {
+	Files []string // key files (esp_sa lines or native), each closed to group and others
+	Area  string   // where the endpoint is: which gateways may fetch
+	// Class, when not ClassNone, is the class every SA of the files is
+	// delegated in; otherwise each SA's own (native files say it; an
+	// esp_sa line with both keys is write, one with an empty auth key
+	// read) — and an SA of class none is not delegated.
+	Class ipsec.Class
+	Log   *slog.Logger
+}
+
+// Agent keeps the server's copy of the endpoint's SAs in step with its
+// key files.
+type Agent struct {
+	cfg Config
+	srv Server
+	// up is what the server holds from this agent: a fingerprint per SA
+	// (its configuration and keys), so a rekey under the same SPI uploads
+	// again. No key is kept.
+	up map[ipsec.ID][32]byte
+	// Uploads and Withdrawals count what the agent sent.
+	Uploads, Withdrawals int
+}
+
+// New makes an agent for srv.
+func New(cfg Config, srv Server) *Agent {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Agent{cfg: cfg, srv: srv, up: map[ipsec.ID][32]byte{}}
+}
+
+// Sync reads the files and brings the server up to date: it uploads the
+// SAs that are new or changed and withdraws those that left. A bad entry
+// in a file is reported and skipped; a file that cannot be read (or is
+// open to others) withdraws nothing of what it gave before.
+func (a *Agent) Sync(ctx context.Context) error {
+	want := map[ipsec.ID]ipsec.Config{}
+	var errs []error
+	unreadable := false
+	for _, path := range a.cfg.Files {
+		cfgs, err := readKeys(path)
+		if err != nil {
+			errs = append(errs, err)
+			if cfgs == nil {
+				unreadable = true
+				continue
+			}
+		}
+		for _, c := range cfgs {
+			if a.cfg.Class != ipsec.ClassNone {
+				c.Class = a.cfg.Class
+			}
+			if c.Class == ipsec.ClassRead {
+				c.IntegKey = nil
+			}
+			if c.Class == ipsec.ClassNone || c.Class == ipsec.ClassRead && c.Enc.AEAD() {
+				continue // permits no proxy (or none that could read it)
+			}
+			want[c.ID()] = c
+		}
+	}
+	var upload []ipsec.Config
+	sums := map[ipsec.ID][32]byte{}
+	for id, c := range want {
+		sums[id] = fingerprint(&c)
+		if a.up[id] != sums[id] {
+			upload = append(upload, c)
+		}
+	}
+	var gone []ipsec.ID
+	if !unreadable {
+		for id := range a.up {
+			if _, ok := want[id]; !ok {
+				gone = append(gone, id)
+			}
+		}
+	}
+	defer func() {
+		for _, c := range want {
+			clear(c.EncKey)
+			clear(c.IntegKey)
+		}
+	}()
+	for len(upload) > 0 {
+		n := min(len(upload), 64) // the server's bound per call
+		if err := a.srv.Upload(ctx, a.cfg.Area, upload[:n]); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		for _, c := range upload[:n] {
+			a.up[c.ID()] = sums[c.ID()]
+			a.cfg.Log.Info("agent: uploaded", "spi", fmt.Sprintf("%#08x", c.SPI), "dst", c.Dst, "class", c.Class)
+		}
+		a.Uploads += n
+		upload = upload[n:]
+	}
+	for len(gone) > 0 {
+		n := min(len(gone), 64)
+		if err := a.srv.Withdraw(ctx, gone[:n]); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		for _, id := range gone[:n] {
+			delete(a.up, id)
+			a.cfg.Log.Info("agent: withdrawn", "spi", fmt.Sprintf("%#08x", id.SPI), "dst", id.Dst)
+		}
+		a.Withdrawals += n
+		gone = gone[n:]
+	}
+	return errors.Join(errs...)
+}
+
+// Run syncs every interval until ctx ends; a failed sync is logged and
+// tried again at the next.
+func (a *Agent) Run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if err := a.Sync(ctx); err != nil {
+			a.cfg.Log.Warn("agent: sync", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// readKeys reads one key file: its good entries, and its bad ones joined
+// as an error. Nil entries and an error: the file could not be used.
+func readKeys(path string) ([]ipsec.Config, error) {
+	if err := safile.CheckPrivate(path); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	defer f.Close()
+	cfgs, bad, fatal := safile.ParseEntries(f, path)
+	if fatal != nil {
+		return nil, fatal
+	}
+	if cfgs == nil {
+		cfgs = []ipsec.Config{}
+	}
+	return cfgs, errors.Join(bad...)
+}
+
+// fingerprint identifies an SA's configuration and keys without keeping
+// them.
+func fingerprint(c *ipsec.Config) [32]byte {
+	id := ipsec.KeyIDOf(c)
+	return sha256.Sum256(fmt.Appendf(id[:], "%v|%v|%v|%v|%v|%d|%d|%v", c.ID(), c.Src, c.Mode, c.Enc, c.Integ, c.EncapSrcPort, c.EncapDstPort, c.Class))
+}

@@ -1,0 +1,107 @@
+// Package sectest runs a security server for tests: a CA of its own, the
+// server on loopback (gRPC over mutual TLS, a bbolt store in a temporary
+// directory) and clients holding certificates of any identity.
+package sectest
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/secserver"
+	"github.com/espep/espep/ipsec"
+)
+
+// World is a running security server and its CA.
+type World struct {
+	CA       *pki.CA
+	Verifier *pki.Verifier
+	Addr     string
+	Audit    *Buffer
+	Server   *secserver.Server
+}
+
+// Buffer is a log safe to write from several goroutines.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Start runs a server until the test ends.
+func Start(t testing.TB) *World {
+	t.Helper()
+	dir := t.TempDir()
+	w := &World{Audit: &Buffer{}}
+	var err error
+	if w.CA, err = pki.Init(filepath.Join(dir, "ca"), "test CA", 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if w.Verifier, err = pki.LoadVerifier(filepath.Join(dir, "ca", "ca.crt"), filepath.Join(dir, "ca", "ca.crl")); err != nil {
+		t.Fatal(err)
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	store, err := secserver.OpenBolt(filepath.Join(dir, "sa.db"), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Server = secserver.New(store, w.Verifier, slog.New(slog.NewJSONHandler(w.Audit, nil)))
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(w.Verifier.ServerTLS(w.Cert(t, pki.Identity{Role: pki.RoleServer, Name: "secserver"}),
+		pki.RoleAgent, pki.RoleGateway))))
+	w.Server.Attach(g)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Addr = ln.Addr().String()
+	go g.Serve(ln)
+	t.Cleanup(func() { g.Stop(); store.Close() })
+	return w
+}
+
+// Cert issues a certificate and key for id.
+func (w *World) Cert(t testing.TB, id pki.Identity) tls.Certificate {
+	t.Helper()
+	c, k, err := w.CA.Issue(id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pair
+}
+
+// Client connects as the holder of a certificate for id.
+func (w *World) Client(t testing.TB, id pki.Identity) *secserver.Client {
+	t.Helper()
+	c, err := secserver.Dial(w.Addr, w.Verifier.ClientTLS(w.Cert(t, id), pki.RoleServer), ipsec.ClassWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
