@@ -272,7 +272,7 @@ func fetchSAs(ctx context.Context, gw *gateway.Gateway, ss gateway.SecServerConf
 		go v.WatchCRL(ctx, ss.CRL, 10*time.Second, log)
 	}
 	go gateway.NewServerSAs(gw, c, gateway.ServerOptions{}).Run(ctx)
-	log.Info("gateway: SAs from the security server", "addr", ss.Addr, "class", class)
+	log.Info("gateway: asking the security server for SAs", "addr", ss.Addr, "class", class)
 	return func() { c.Close() }, nil
 }
 

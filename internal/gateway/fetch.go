@@ -207,6 +207,7 @@ func (s *ServerSAs) ask(ctx context.Context, p [2]netip.Addr) {
 		s.log.Warn("gateway: security server", "pair", p, "err", err)
 	}
 	s.stats.Installed += uint64(len(entries))
+	s.log.Info("gateway: SAs fetched from the security server", "pair", p, "sas", len(entries))
 	if s.Fetched != nil {
 		s.Fetched(p, len(entries))
 	}

@@ -1,0 +1,126 @@
+package testbed
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/espep/espep/internal/charonlog"
+	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/ipsec/safile"
+)
+
+// TestGatewaySecServer: no SA file anywhere. Two unmodified strongSwan
+// peers (UDP-encapsulated AES-GCM tunnel), espep gateway --secserver
+// between them (split), and beside it espep secserver and the right
+// peer's espep agent, all on certificates from internal/pki. The agent
+// delegates the CHILD_SA keys it finds in the right peer's key file (the
+// esp_sa lines strongSwan's save-keys plugin writes; here made from
+// charon's log); the gateway, which relayed the tunnel untouched until
+// then, fetches them when the next ESP packet shows the pair and takes the
+// flow over. The file crosses intact, neither charon logs a replay or an
+// integrity failure, the gateway opened and re-sealed and the engine split
+// the flow, and the server audited the release without the key.
+func TestGatewaySecServer(t *testing.T) {
+	needStrongSwan(t)
+	b := ForTest(t)
+	dir := t.TempDir()
+	ca, err := pki.Init(filepath.Join(dir, "ca"), "test CA", 24*time.Hour)
+	must(t, err)
+	issue := func(name string, id pki.Identity) {
+		c, k, err := ca.Issue(id, time.Hour)
+		must(t, err)
+		must(t, pki.WriteFile(filepath.Join(dir, name+".key"), k, 0o600))
+		must(t, pki.WriteFile(filepath.Join(dir, name+".crt"), c, 0o644))
+	}
+	issue("ss", pki.Identity{Role: pki.RoleServer, Name: "secserver", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	issue("gw", pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-1"}})
+	issue("agent", pki.Identity{Role: pki.RoleAgent, Name: "right-peer", Addrs: []netip.Addr{netip.MustParseAddr(SSRightOuter)}})
+	must(t, os.WriteFile(filepath.Join(dir, "db.key"), []byte(strings.Repeat("3c", 32)), 0o600))
+	tlsFlags := func(prefix, who string) []string {
+		return []string{"--" + prefix + "cert", filepath.Join(dir, who+".crt"), "--" + prefix + "key", filepath.Join(dir, who+".key"),
+			"--" + prefix + "ca", filepath.Join(dir, "ca", "ca.crt"), "--" + prefix + "crl", filepath.Join(dir, "ca", "ca.crl")}
+	}
+	const addr = "127.0.0.1:7443"
+	s, err := NewStrongSwanWith(b, espepBin, dir, append([]string{"gateway", "--wire", "ra", "--radio", "rb", "--secserver", addr,
+		"--state-dir", filepath.Join(dir, "state"), "--mode", "split"}, tlsFlags("secserver-", "gw")...))
+	must(t, err)
+	srv, err := b.Start(s.Radio, append([]string{espepBin, "secserver", "--listen", addr, "--db", filepath.Join(dir, "sa.db"),
+		"--db-key", filepath.Join(dir, "db.key")}, tlsFlags("", "ss")...)...)
+	must(t, err)
+	must(t, waitFor(srv, "secserver running", 5*time.Second))
+	must(t, s.StartCharon("aes128gcm16"))
+	giveKeys(t, s, "", false) // the tunnel is up; the gateway relays it, having no SA
+
+	f, err := os.Open(s.CharonLog("right"))
+	must(t, err)
+	cfgs, err := charonlog.Parse(f, "right")
+	f.Close()
+	if err != nil || len(cfgs) != 2 {
+		t.Fatalf("keys from charon's log: %v, %d SAs", err, len(cfgs))
+	}
+	var lines bytes.Buffer
+	if _, err := safile.WriteESPSA(&lines, cfgs); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "right.keys")
+	must(t, os.WriteFile(keyFile, lines.Bytes(), 0o600))
+	out, err := b.Run(s.Radio, append([]string{espepBin, "agent", "--secserver", addr, "--keys", keyFile, "--area", "cell-1", "--once"},
+		tlsFlags("", "agent")...)...)
+	if err != nil || !strings.Contains(string(out), "2 uploaded") {
+		t.Fatalf("agent: %v\n%s", err, out)
+	}
+	// The next ESP packets make the gateway ask again (an earlier empty
+	// answer holds for 2 s).
+	fetchedAt := time.Now()
+	for !strings.Contains(s.Linkem.Output(), "SAs fetched from the security server") {
+		if time.Since(fetchedAt) > 15*time.Second {
+			t.Fatalf("the gateway never got the SAs:\n%s", lastLines([]byte(s.Linkem.Output()), 10))
+		}
+		b.Run(s.Left, "ping", "-c", "1", "-W", "1", "-I", SSLeftInner, SSRightInner)
+		time.Sleep(300 * time.Millisecond)
+	}
+	t.Logf("SAs installed %v after the agent's upload", time.Since(fetchedAt).Round(time.Millisecond))
+
+	x := newPeerTransfer(t, s, dir, *gatewaySize<<20, 0, 300)
+	start := time.Now()
+	if o, err := b.Run(s.Left, x.sender...); err != nil {
+		t.Fatalf("%v\n%s\n%s", err, o, s.Linkem.Output())
+	}
+	if err := x.received(); err != nil {
+		t.Fatalf("%v\n%s", err, lastLines([]byte(s.Linkem.Output()), 8))
+	}
+	secs := time.Since(start).Seconds()
+	for _, side := range []string{"left", "right"} {
+		log, _ := os.ReadFile(s.CharonLog(side))
+		for _, bad := range []string{"verification failed", "replay", "ICV"} {
+			if bytes.Contains(bytes.ToLower(log), bytes.ToLower([]byte(bad))) {
+				t.Errorf("%s: charon logged %q", side, bad)
+			}
+		}
+	}
+	s.Linkem.Signal(syscall.SIGTERM)
+	s.Linkem.Wait(5 * time.Second)
+	srv.Signal(syscall.SIGTERM)
+	srv.Wait(5 * time.Second)
+	gc, ec := counters(s.Linkem.Output(), "gateway:"), counters(s.Linkem.Output(), "engine:")
+	t.Logf("%.1f Mbit/s; gateway %v; engine %v", float64(len(x.payload)*8)/secs/1e6, gc, ec)
+	if gc["opened"] < 1000 || gc["sealed"] < 1000 || gc["icv-failures"]+gc["nonce-downgrades"]+gc["seal-errors"] != 0 || ec["early-acked"] < len(x.payload) {
+		t.Fatalf("the gateway did not take the tunnel over:\n%s", lastLines([]byte(s.Linkem.Output()), 8))
+	}
+	audit := srv.Output()
+	if strings.Count(audit, `"msg":"released"`) < 2 || !strings.Contains(audit, `"who":"gw-1/`) {
+		t.Fatalf("the server's audit log:\n%s", lastLines([]byte(audit), 10))
+	}
+	for _, c := range cfgs {
+		if strings.Contains(audit, fmt.Sprintf("%x", c.EncKey)) {
+			t.Fatal("a key in the audit log")
+		}
+	}
+}
