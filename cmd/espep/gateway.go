@@ -271,7 +271,9 @@ func fetchSAs(ctx context.Context, gw *gateway.Gateway, ss gateway.SecServerConf
 	if ss.CRL != "" {
 		go v.WatchCRL(ctx, ss.CRL, 10*time.Second, log)
 	}
-	go gateway.NewServerSAs(gw, c, gateway.ServerOptions{}).Run(ctx)
+	src := gateway.NewServerSAs(gw, c, gateway.ServerOptions{})
+	go src.Run(ctx)      // asks when packets show a pair it lacks
+	go src.Watch(ctx, c) // takes what the server pushes for its areas
 	log.Info("gateway: asking the security server for SAs", "addr", ss.Addr, "class", class)
 	return func() { c.Close() }, nil
 }

@@ -58,6 +58,7 @@ func (o *ServerOptions) defaults() {
 // ServerStats count what the source did.
 type ServerStats struct {
 	Asked, Answered, Negative, Failed, Dropped, Installed uint64
+	Pushes                                                uint64 // batches the server pushed
 }
 
 // ServerSAs is the security server as one of the gateway's SA sources.
@@ -70,7 +71,7 @@ type ServerSAs struct {
 
 	mu    sync.Mutex
 	pairs map[[2]netip.Addr]*pairAsk
-	sas   map[[2]netip.Addr][]*ipsec.Entry // what the server gave, by pair
+	sas   map[ipsec.ID]*ipsec.Entry // what the server gave
 	stats ServerStats
 
 	dropped atomic.Uint64
@@ -88,7 +89,7 @@ type pairAsk struct {
 func NewServerSAs(g *Gateway, f Fetcher, o ServerOptions) *ServerSAs {
 	o.defaults()
 	s := &ServerSAs{g: g, f: f, o: o, asks: make(chan [2]netip.Addr, o.Queue), log: g.log,
-		pairs: map[[2]netip.Addr]*pairAsk{}, sas: map[[2]netip.Addr][]*ipsec.Entry{}}
+		pairs: map[[2]netip.Addr]*pairAsk{}, sas: map[ipsec.ID]*ipsec.Entry{}}
 	want := s.want
 	g.want.Store(&want)
 	return s
@@ -184,31 +185,98 @@ func (s *ServerSAs) ask(ctx context.Context, p [2]netip.Addr) {
 		s.stats.Negative++
 		s.pairs[p].negative = time.Now().Add(s.o.NegativeFor)
 	}
-	if len(cfgs) == 0 && len(s.sas[p]) == 0 {
-		return
+	// The answer is the pair's whole set: what the server gave for the
+	// pair before and no longer lists goes.
+	dropped := 0
+	for id, e := range s.sas {
+		if pairOf(e.Config.Src, e.Config.Dst) == p {
+			delete(s.sas, id)
+			dropped++
+		}
 	}
-	var entries []*ipsec.Entry
+	n := s.take(cfgs)
+	if n+dropped == 0 {
+		return // nothing here, nothing there: the SAD stays as it is
+	}
+	s.install()
+	s.log.Info("gateway: SAs fetched from the security server", "pair", p, "sas", n)
+	if s.Fetched != nil {
+		s.Fetched(p, n)
+	}
+}
+
+// take builds entries for cfgs, replacing those of the same SAs, and
+// clears the keys given (s.mu held); it returns how many it took.
+func (s *ServerSAs) take(cfgs []ipsec.Config) int {
+	n := 0
 	for _, c := range cfgs {
 		e, err := ipsec.NewEntry(c)
 		clear(c.EncKey) // the entry holds its own copy
 		clear(c.IntegKey)
 		if err != nil {
-			s.log.Warn("gateway: security server gave an unusable SA", "pair", p, "spi", c.SPI, "err", err)
+			s.log.Warn("gateway: security server gave an unusable SA", "spi", c.SPI, "err", err)
 			continue
 		}
-		entries = append(entries, e)
+		s.sas[e.Config.ID()] = e
+		n++
 	}
-	s.sas[p] = entries // the pair's earlier entries leave the SAD and are wiped (SetSAD)
-	var all []*ipsec.Entry
-	for _, es := range s.sas {
-		all = append(all, es...)
+	s.stats.Installed += uint64(n)
+	return n
+}
+
+// install gives the gateway what the server gave, as one source (s.mu
+// held). Entries that left s.sas leave the SAD and are wiped (SetSAD).
+func (s *ServerSAs) install() {
+	all := make([]*ipsec.Entry, 0, len(s.sas))
+	for _, e := range s.sas {
+		all = append(all, e)
 	}
 	if err := s.g.SetSource("secserver", all); err != nil {
-		s.log.Warn("gateway: security server", "pair", p, "err", err)
+		s.log.Warn("gateway: security server", "err", err)
 	}
-	s.stats.Installed += uint64(len(entries))
-	s.log.Info("gateway: SAs fetched from the security server", "pair", p, "sas", len(entries))
-	if s.Fetched != nil {
-		s.Fetched(p, len(entries))
+}
+
+// Watcher streams the SAs a gateway may hold as they change
+// (secserver.Client): whole is true for the first batch, the complete
+// state.
+type Watcher interface {
+	Watch(ctx context.Context, apply func(add []ipsec.Config, remove []ipsec.ID, whole bool)) error
+}
+
+// Watch keeps the gateway's SAs in step with what the server pushes until
+// ctx ends, reconnecting (after 1 s, doubling to 30 s) when the stream
+// breaks; each reconnection starts from the server's whole state.
+func (s *ServerSAs) Watch(ctx context.Context, w Watcher) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		got := false
+		err := w.Watch(ctx, func(add []ipsec.Config, remove []ipsec.ID, whole bool) {
+			got = true
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if whole {
+				clear(s.sas)
+			}
+			for _, id := range remove {
+				delete(s.sas, id)
+			}
+			n := s.take(add)
+			s.stats.Pushes++
+			s.install()
+			s.log.Info("gateway: SAs pushed by the security server", "given", n, "removed", len(remove), "whole", whole)
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		if got {
+			backoff = time.Second
+		}
+		s.log.Warn("gateway: security server watch ended; reconnecting", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
 	}
 }

@@ -174,3 +174,50 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 	}
 }
+
+// TestGatewayWatchesSAs: pushed by the security server, the SAs are at the
+// gateway before the tunnel's first packet, so the very first connection
+// is split; when the agent withdraws them the gateway drops them (its
+// later packets are relayed, unknown) without asking.
+func TestGatewayWatchesSAs(t *testing.T) {
+	w := sectest.Start(t)
+	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 5}
+	var salts [2]uint64
+	for i := range salts {
+		var b [8]byte
+		rand.Read(b[:])
+		salts[i] = binary.BigEndian.Uint64(b[:]) &^ (1 << 63)
+	}
+	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSplit)
+	n.G.SetSAD(&ipsec.SAD{})
+	gw := w.Client(t, pki.Identity{Role: pki.RoleGateway, Name: "gw-17", Areas: []string{"cell-17"}})
+	src := NewServerSAs(n.G, gw, ServerOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go src.Watch(ctx, gw)
+	go src.Run(ctx) // asks only if a packet shows a pair it lacks: none should
+	waitFor(t, func() bool { return src.Stats().Pushes >= 1 }) // the (empty) whole state
+	agent := w.Client(t, pki.Identity{Role: pki.RoleAgent, Name: "router-b", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}})
+	t0 := time.Now()
+	if err := agent.Upload(context.Background(), "cell-17", n.cfgs); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(n.G.sad.Load().Entries()) == 2 })
+	t.Logf("upload → SAs at the gateway: %v", time.Since(t0))
+	transfer(t, n.A, n.B, 5001, 1<<20)
+	if gs := n.G.Stats(); gs.Unknown != 0 || gs.Engine.EarlyAcked < 1<<20 || gs.Sealed == 0 {
+		t.Fatalf("the first connection was not split: %+v", gs)
+	}
+	checkEndpoints(t, n, 0)
+	var ids []ipsec.ID
+	for _, c := range n.cfgs {
+		ids = append(ids, c.ID())
+	}
+	if err := agent.Withdraw(context.Background(), ids); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(n.G.sad.Load().Entries()) == 0 })
+	if st := src.Stats(); st.Asked != 0 {
+		t.Fatalf("the gateway had to ask: %+v", st)
+	}
+}

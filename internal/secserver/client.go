@@ -91,3 +91,40 @@ func (c *Client) Register(ctx context.Context) (uint64, error) {
 	}
 	return r.GetGatewayId(), nil
 }
+
+// Watch streams the SAs of the gateway's areas to apply until ctx ends or
+// the stream breaks: first everything stored (whole true), then each
+// change. It returns why the stream ended.
+func (c *Client) Watch(ctx context.Context, apply func(add []ipsec.Config, remove []ipsec.ID, whole bool)) error {
+	st, err := c.api.Watch(ctx, &pb.WatchRequest{Class: c.class})
+	if err != nil {
+		return fmt.Errorf("secserver: watch: %w", err)
+	}
+	for whole := true; ; whole = false {
+		ev, err := st.Recv()
+		if err != nil {
+			return fmt.Errorf("secserver: watch: %w", err)
+		}
+		var add []ipsec.Config
+		for _, s := range ev.GetSas() {
+			cfg, err := toConfig(s)
+			if err != nil {
+				return fmt.Errorf("secserver: watch: sa %#08x: %w", s.GetSpi(), err)
+			}
+			add = append(add, cfg)
+		}
+		var remove []ipsec.ID
+		for _, x := range ev.GetRemoved() {
+			dst, ok := netip.AddrFromSlice(x.GetDst())
+			if !ok {
+				return fmt.Errorf("secserver: watch: a removal without a destination")
+			}
+			proto := ipsec.ESP
+			if x.GetProto() == "ah" {
+				proto = ipsec.AH
+			}
+			remove = append(remove, ipsec.ID{SPI: x.GetSpi(), Dst: dst, Proto: proto})
+		}
+		apply(add, remove, whole)
+	}
+}

@@ -25,8 +25,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -45,6 +43,7 @@ type Server struct {
 	verifier *pki.Verifier
 	audit    *slog.Logger
 	now      func() time.Time
+	watchers watchers // gateways' streams (watch.go)
 }
 
 // New makes the service over store. Callers are believed as verifier
@@ -60,13 +59,7 @@ func (s *Server) Attach(g *grpc.Server) { pb.RegisterSecurityServerServer(g, s) 
 // certificate is checked again now (a revocation since the handshake
 // counts), and a refusal is audited.
 func (s *Server) caller(ctx context.Context, call string, roles ...pki.Role) (pki.Identity, string, error) {
-	p, ok := peer.FromContext(ctx)
-	var chain []*x509.Certificate
-	if ok {
-		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
-			chain = ti.State.PeerCertificates
-		}
-	}
+	chain := peerChain(ctx)
 	who := "unknown"
 	if len(chain) > 0 {
 		who = fmt.Sprintf("%s/%s", chain[0].Subject.CommonName, chain[0].SerialNumber)
@@ -135,6 +128,13 @@ func (s *Server) Upload(ctx context.Context, req *pb.UploadRequest) (*pb.UploadR
 		s.audit.Info("stored", "who", who, "spi", fmt.Sprintf("%#08x", t.c.SPI), "dst", t.c.Dst.String(),
 			"class", t.c.Class.String(), "area", t.rec.Area)
 	}
+	if len(take) > 0 && req.GetArea() != "" {
+		ch := change{area: req.GetArea()}
+		for _, t := range take {
+			ch.recs = append(ch.recs, t.rec)
+		}
+		s.watchers.publish(ch)
+	}
 	return &pb.UploadReply{Stored: uint32(len(take))}, nil
 }
 
@@ -176,6 +176,7 @@ func (s *Server) Withdraw(ctx context.Context, req *pb.WithdrawRequest) (*pb.Wit
 			return nil, status.Errorf(codes.Unavailable, "store: %v", err)
 		}
 		s.audit.Info("withdrawn", "who", who, "spi", fmt.Sprintf("%#08x", c.SPI), "dst", c.Dst.String())
+		s.watchers.publish(change{area: rec.Area, removed: []*pb.SAID{x}})
 		removed++
 	}
 	return &pb.WithdrawReply{Removed: removed}, nil
@@ -203,32 +204,47 @@ func (s *Server) Fetch(ctx context.Context, req *pb.FetchRequest) (*pb.FetchRepl
 	reply := &pb.FetchReply{}
 	now := s.now()
 	for _, rec := range recs {
-		var sa pb.SA
-		if err := proto.Unmarshal(rec.SA, &sa); err != nil {
-			return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
-		}
-		c, err := toConfig(&sa)
+		sa, err := s.grant(id, who, "fetch", rec, want, now)
 		if err != nil {
-			return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
+			return nil, err
 		}
-		switch {
-		case !rec.Expires.IsZero() && !now.Before(rec.Expires):
-			continue // expired: as if it were not there
-		case !id.Serves(rec.Area):
-			return nil, s.refuse("fetch", who, &c, codes.PermissionDenied, fmt.Sprintf("uploaded from area %q, which %q does not serve", rec.Area, id.Name))
-		case want == ipsec.ClassRead && c.Enc.AEAD():
-			return nil, s.refuse("fetch", who, &c, codes.PermissionDenied, fmt.Sprintf("class read for %v: an AEAD SA cannot be read without its integrity key", c.Enc))
+		if sa != nil {
+			reply.Sas = append(reply.Sas, sa)
 		}
-		class := min(want, c.Class) // never above what the endpoint permitted
-		if class == ipsec.ClassRead && c.Enc.AEAD() {
-			return nil, s.refuse("fetch", who, &c, codes.PermissionDenied, "the endpoint permits read only, and an AEAD SA cannot be read")
-		}
-		reply.Sas = append(reply.Sas, toPB(&c, class))
-		s.audit.Info("released", "who", who, "spi", fmt.Sprintf("%#08x", c.SPI), "dst", c.Dst.String(), "class", class.String())
-		clear(c.EncKey)
-		clear(c.IntegKey)
 	}
 	return reply, nil
+}
+
+// grant is what gateway id may have of a stored SA in class want (at
+// most): nil for an expired one, the SA in the class it gets (audited as
+// released), or a refusal (audited).
+func (s *Server) grant(id pki.Identity, who, call string, rec Record, want ipsec.Class, now time.Time) (*pb.SA, error) {
+	var sa pb.SA
+	if err := proto.Unmarshal(rec.SA, &sa); err != nil {
+		return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
+	}
+	c, err := toConfig(&sa)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
+	}
+	defer func() {
+		clear(c.EncKey)
+		clear(c.IntegKey)
+	}()
+	switch {
+	case !rec.Expires.IsZero() && !now.Before(rec.Expires):
+		return nil, nil // expired: as if it were not there
+	case !id.Serves(rec.Area):
+		return nil, s.refuse(call, who, &c, codes.PermissionDenied, fmt.Sprintf("uploaded from area %q, which %q does not serve", rec.Area, id.Name))
+	case want == ipsec.ClassRead && c.Enc.AEAD():
+		return nil, s.refuse(call, who, &c, codes.PermissionDenied, fmt.Sprintf("class read for %v: an AEAD SA cannot be read without its integrity key", c.Enc))
+	}
+	class := min(want, c.Class) // never above what the endpoint permitted
+	if class == ipsec.ClassRead && c.Enc.AEAD() {
+		return nil, s.refuse(call, who, &c, codes.PermissionDenied, "the endpoint permits read only, and an AEAD SA cannot be read")
+	}
+	s.audit.Info("released", "call", call, "who", who, "spi", fmt.Sprintf("%#08x", c.SPI), "dst", c.Dst.String(), "class", class.String())
+	return toPB(&c, class), nil
 }
 
 // Register gives a gateway instance its identifier.

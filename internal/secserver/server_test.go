@@ -350,3 +350,64 @@ func TestStoreSealed(t *testing.T) {
 		t.Fatalf("store key: %v", err)
 	}
 }
+
+// TestWatch: a gateway's stream carries first the SAs stored for its
+// area, then each upload to it and each withdrawal as they happen — never
+// another area's — and ends once its certificate is revoked.
+func TestWatch(t *testing.T) {
+	w := newWorld(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	agent := w.client(w.cert(pki.Identity{Role: pki.RoleAgent, Name: "mobile-7", Addrs: []netip.Addr{mobile}}))
+	if _, err := agent.Upload(ctx, &pb.UploadRequest{Area: "cell-17", Sas: []*pb.SA{gcmSA(0x1001, wired, mobile)}}); err != nil {
+		t.Fatal(err)
+	}
+	gwCert := w.cert(pki.Identity{Role: pki.RoleGateway, Name: "gw-17", Areas: []string{"cell-17"}})
+	st, err := w.client(gwCert).Watch(ctx, &pb.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() *pb.WatchEvent {
+		t.Helper()
+		ev, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev
+	}
+	if ev := next(); len(ev.GetSas()) != 1 || ev.GetSas()[0].GetSpi() != 0x1001 || !bytes.Equal(ev.GetSas()[0].GetEncKey(), gcmKey) {
+		t.Fatalf("the stored state: %v", ev)
+	}
+	if _, err := agent.Upload(ctx, &pb.UploadRequest{Area: "cell-99", Sas: []*pb.SA{gcmSA(0x5005, wired, mobile)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.Upload(ctx, &pb.UploadRequest{Area: "cell-17", Sas: []*pb.SA{gcmSA(0x2002, mobile, wired)}}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(); len(ev.GetSas()) != 1 || ev.GetSas()[0].GetSpi() != 0x2002 {
+		t.Fatalf("an upload to the area (and not one to another): %v", ev)
+	}
+	if _, err := agent.Withdraw(ctx, &pb.WithdrawRequest{Ids: []*pb.SAID{{Spi: 0x1001, Dst: mobile.AsSlice(), Proto: "esp"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(); len(ev.GetRemoved()) != 1 || ev.GetRemoved()[0].GetSpi() != 0x1001 {
+		t.Fatalf("a withdrawal: %v", ev)
+	}
+	if err := w.ca.Revoke(gwCert.Leaf.SerialNumber); err != nil {
+		t.Fatal(err)
+	}
+	crl, err := pki.LoadCRL(filepath.Join(filepath.Dir(w.dbPath), "ca", "ca.crl"), w.ca.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.verifier.SetCRL(crl)
+	if _, err := agent.Upload(ctx, &pb.UploadRequest{Area: "cell-17", Sas: []*pb.SA{gcmSA(0x3003, mobile, wired)}}); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := st.Recv(); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("a revoked gateway's stream: %v %v", ev, err)
+	}
+	if !strings.Contains(w.audit.String(), `"call":"watch"`) {
+		t.Fatal("the watch was not audited")
+	}
+}

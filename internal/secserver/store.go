@@ -35,6 +35,8 @@ type Store interface {
 	Pair(a, b netip.Addr) (map[SAKey]Record, error)
 	// Get returns one record, or false.
 	Get(id SAKey) (Record, bool, error)
+	// All returns every record.
+	All() (map[SAKey]Record, error)
 	// Delete removes one record.
 	Delete(id SAKey) error
 	// NextGatewayID returns an identifier never returned before, durably.
@@ -219,6 +221,22 @@ func (s *BoltStore) Pair(a, b netip.Addr) (map[SAKey]Record, error) {
 			return nil
 		})
 	})
+	return s.openAll(sealed)
+}
+
+func (s *BoltStore) All() (map[SAKey]Record, error) {
+	sealed := map[string][]byte{}
+	s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSAs).ForEach(func(k, v []byte) error {
+			sealed[string(k)] = clone(v)
+			return nil
+		})
+	})
+	return s.openAll(sealed)
+}
+
+// openAll opens sealed records by their store keys.
+func (s *BoltStore) openAll(sealed map[string][]byte) (map[SAKey]Record, error) {
 	out := map[SAKey]Record{}
 	for k, v := range sealed {
 		id, err := parseKey([]byte(k))

@@ -693,6 +693,104 @@ func (x *RegisterReply) GetGatewayId() uint64 {
 	return 0
 }
 
+type WatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Class         Class                  `protobuf:"varint,1,opt,name=class,proto3,enum=espep.v1.Class" json:"class,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WatchRequest) GetClass() Class {
+	if x != nil {
+		return x.Class
+	}
+	return Class_CLASS_UNSPECIFIED
+}
+
+// WatchEvent is SAs given (new, or replacing the same SPI) and SAs taken
+// back.
+type WatchEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sas           []*SA                  `protobuf:"bytes,1,rep,name=sas,proto3" json:"sas,omitempty"`
+	Removed       []*SAID                `protobuf:"bytes,2,rep,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEvent) Reset() {
+	*x = WatchEvent{}
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEvent) ProtoMessage() {}
+
+func (x *WatchEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
+func (*WatchEvent) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WatchEvent) GetSas() []*SA {
+	if x != nil {
+		return x.Sas
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetRemoved() []*SAID {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
 var File_proto_espep_v1_secserver_proto protoreflect.FileDescriptor
 
 const file_proto_espep_v1_secserver_proto_rawDesc = "" +
@@ -743,17 +841,24 @@ const file_proto_espep_v1_secserver_proto_rawDesc = "" +
 	"\x0fRegisterRequest\".\n" +
 	"\rRegisterReply\x12\x1d\n" +
 	"\n" +
-	"gateway_id\x18\x01 \x01(\x04R\tgatewayId*?\n" +
+	"gateway_id\x18\x01 \x01(\x04R\tgatewayId\"5\n" +
+	"\fWatchRequest\x12%\n" +
+	"\x05class\x18\x01 \x01(\x0e2\x0f.espep.v1.ClassR\x05class\"V\n" +
+	"\n" +
+	"WatchEvent\x12\x1e\n" +
+	"\x03sas\x18\x01 \x03(\v2\f.espep.v1.SAR\x03sas\x12(\n" +
+	"\aremoved\x18\x02 \x03(\v2\x0e.espep.v1.SAIDR\aremoved*?\n" +
 	"\x05Class\x12\x15\n" +
 	"\x11CLASS_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"CLASS_READ\x10\x01\x12\x0f\n" +
-	"\vCLASS_WRITE\x10\x022\x81\x02\n" +
+	"\vCLASS_WRITE\x10\x022\xba\x02\n" +
 	"\x0eSecurityServer\x128\n" +
 	"\x06Upload\x12\x17.espep.v1.UploadRequest\x1a\x15.espep.v1.UploadReply\x12>\n" +
 	"\bWithdraw\x12\x19.espep.v1.WithdrawRequest\x1a\x17.espep.v1.WithdrawReply\x125\n" +
 	"\x05Fetch\x12\x16.espep.v1.FetchRequest\x1a\x14.espep.v1.FetchReply\x12>\n" +
-	"\bRegister\x12\x19.espep.v1.RegisterRequest\x1a\x17.espep.v1.RegisterReplyB.Z,github.com/espep/espep/internal/secserver/pbb\x06proto3"
+	"\bRegister\x12\x19.espep.v1.RegisterRequest\x1a\x17.espep.v1.RegisterReply\x127\n" +
+	"\x05Watch\x12\x16.espep.v1.WatchRequest\x1a\x14.espep.v1.WatchEvent0\x01B.Z,github.com/espep/espep/internal/secserver/pbb\x06proto3"
 
 var (
 	file_proto_espep_v1_secserver_proto_rawDescOnce sync.Once
@@ -768,7 +873,7 @@ func file_proto_espep_v1_secserver_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_espep_v1_secserver_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_proto_espep_v1_secserver_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_proto_espep_v1_secserver_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_proto_espep_v1_secserver_proto_goTypes = []any{
 	(Class)(0),              // 0: espep.v1.Class
 	(*SA)(nil),              // 1: espep.v1.SA
@@ -781,6 +886,8 @@ var file_proto_espep_v1_secserver_proto_goTypes = []any{
 	(*FetchReply)(nil),      // 8: espep.v1.FetchReply
 	(*RegisterRequest)(nil), // 9: espep.v1.RegisterRequest
 	(*RegisterReply)(nil),   // 10: espep.v1.RegisterReply
+	(*WatchRequest)(nil),    // 11: espep.v1.WatchRequest
+	(*WatchEvent)(nil),      // 12: espep.v1.WatchEvent
 }
 var file_proto_espep_v1_secserver_proto_depIdxs = []int32{
 	0,  // 0: espep.v1.SA.class:type_name -> espep.v1.Class
@@ -788,19 +895,24 @@ var file_proto_espep_v1_secserver_proto_depIdxs = []int32{
 	4,  // 2: espep.v1.WithdrawRequest.ids:type_name -> espep.v1.SAID
 	0,  // 3: espep.v1.FetchRequest.class:type_name -> espep.v1.Class
 	1,  // 4: espep.v1.FetchReply.sas:type_name -> espep.v1.SA
-	2,  // 5: espep.v1.SecurityServer.Upload:input_type -> espep.v1.UploadRequest
-	5,  // 6: espep.v1.SecurityServer.Withdraw:input_type -> espep.v1.WithdrawRequest
-	7,  // 7: espep.v1.SecurityServer.Fetch:input_type -> espep.v1.FetchRequest
-	9,  // 8: espep.v1.SecurityServer.Register:input_type -> espep.v1.RegisterRequest
-	3,  // 9: espep.v1.SecurityServer.Upload:output_type -> espep.v1.UploadReply
-	6,  // 10: espep.v1.SecurityServer.Withdraw:output_type -> espep.v1.WithdrawReply
-	8,  // 11: espep.v1.SecurityServer.Fetch:output_type -> espep.v1.FetchReply
-	10, // 12: espep.v1.SecurityServer.Register:output_type -> espep.v1.RegisterReply
-	9,  // [9:13] is the sub-list for method output_type
-	5,  // [5:9] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	0,  // 5: espep.v1.WatchRequest.class:type_name -> espep.v1.Class
+	1,  // 6: espep.v1.WatchEvent.sas:type_name -> espep.v1.SA
+	4,  // 7: espep.v1.WatchEvent.removed:type_name -> espep.v1.SAID
+	2,  // 8: espep.v1.SecurityServer.Upload:input_type -> espep.v1.UploadRequest
+	5,  // 9: espep.v1.SecurityServer.Withdraw:input_type -> espep.v1.WithdrawRequest
+	7,  // 10: espep.v1.SecurityServer.Fetch:input_type -> espep.v1.FetchRequest
+	9,  // 11: espep.v1.SecurityServer.Register:input_type -> espep.v1.RegisterRequest
+	11, // 12: espep.v1.SecurityServer.Watch:input_type -> espep.v1.WatchRequest
+	3,  // 13: espep.v1.SecurityServer.Upload:output_type -> espep.v1.UploadReply
+	6,  // 14: espep.v1.SecurityServer.Withdraw:output_type -> espep.v1.WithdrawReply
+	8,  // 15: espep.v1.SecurityServer.Fetch:output_type -> espep.v1.FetchReply
+	10, // 16: espep.v1.SecurityServer.Register:output_type -> espep.v1.RegisterReply
+	12, // 17: espep.v1.SecurityServer.Watch:output_type -> espep.v1.WatchEvent
+	13, // [13:18] is the sub-list for method output_type
+	8,  // [8:13] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_proto_espep_v1_secserver_proto_init() }
@@ -814,7 +926,7 @@ func file_proto_espep_v1_secserver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_espep_v1_secserver_proto_rawDesc), len(file_proto_espep_v1_secserver_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,7 @@ const (
 	SecurityServer_Withdraw_FullMethodName = "/espep.v1.SecurityServer/Withdraw"
 	SecurityServer_Fetch_FullMethodName    = "/espep.v1.SecurityServer/Fetch"
 	SecurityServer_Register_FullMethodName = "/espep.v1.SecurityServer/Register"
+	SecurityServer_Watch_FullMethodName    = "/espep.v1.SecurityServer/Watch"
 )
 
 // SecurityServerClient is the client API for SecurityServer service.
@@ -53,6 +54,11 @@ type SecurityServerClient interface {
 	// and no later start of this one, ever gets: its IV and sequence
 	// partition on every SA.
 	Register(ctx context.Context, in *RegisterRequest, opts ...grpc.CallOption) (*RegisterReply, error)
+	// Watch streams to a gateway the SAs of the areas it serves: first
+	// those stored, then each upload and withdrawal as it happens, so that
+	// a gateway has an SA before its first packet and drops one the
+	// endpoint deleted. Gateways only.
+	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
 }
 
 type securityServerClient struct {
@@ -103,6 +109,25 @@ func (c *securityServerClient) Register(ctx context.Context, in *RegisterRequest
 	return out, nil
 }
 
+func (c *securityServerClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SecurityServer_ServiceDesc.Streams[0], SecurityServer_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, WatchEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SecurityServer_WatchClient = grpc.ServerStreamingClient[WatchEvent]
+
 // SecurityServerServer is the server API for SecurityServer service.
 // All implementations must embed UnimplementedSecurityServerServer
 // for forward compatibility.
@@ -121,6 +146,11 @@ type SecurityServerServer interface {
 	// and no later start of this one, ever gets: its IV and sequence
 	// partition on every SA.
 	Register(context.Context, *RegisterRequest) (*RegisterReply, error)
+	// Watch streams to a gateway the SAs of the areas it serves: first
+	// those stored, then each upload and withdrawal as it happens, so that
+	// a gateway has an SA before its first packet and drops one the
+	// endpoint deleted. Gateways only.
+	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
 	mustEmbedUnimplementedSecurityServerServer()
 }
 
@@ -142,6 +172,9 @@ func (UnimplementedSecurityServerServer) Fetch(context.Context, *FetchRequest) (
 }
 func (UnimplementedSecurityServerServer) Register(context.Context, *RegisterRequest) (*RegisterReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Register not implemented")
+}
+func (UnimplementedSecurityServerServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
 }
 func (UnimplementedSecurityServerServer) mustEmbedUnimplementedSecurityServerServer() {}
 func (UnimplementedSecurityServerServer) testEmbeddedByValue()                        {}
@@ -236,6 +269,17 @@ func _SecurityServer_Register_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SecurityServer_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SecurityServerServer).Watch(m, &grpc.GenericServerStream[WatchRequest, WatchEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SecurityServer_WatchServer = grpc.ServerStreamingServer[WatchEvent]
+
 // SecurityServer_ServiceDesc is the grpc.ServiceDesc for SecurityServer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -260,6 +304,12 @@ var SecurityServer_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _SecurityServer_Register_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _SecurityServer_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "proto/espep/v1/secserver.proto",
 }

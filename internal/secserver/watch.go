@@ -1,0 +1,159 @@
+package secserver
+
+import (
+	"context"
+	"crypto/x509"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/secserver/pb"
+	"github.com/espep/espep/ipsec"
+)
+
+// Pushing to gateways: a gateway that calls Watch gets the SAs stored for
+// the areas it serves, then every change to them as it happens. Each
+// watcher has a queue of watchQueue events; one that falls behind is cut
+// off (it reconnects and gets the whole state again) rather than holding
+// memory or the uploader. The watcher's certificate is checked again
+// before each event: a revocation ends the stream.
+
+// watchQueue is the most events waiting for one watcher.
+const watchQueue = 64
+
+// watcher is one gateway's stream.
+type watcher struct {
+	id    pki.Identity
+	who   string
+	chain []*x509.Certificate
+	want  ipsec.Class
+	ch    chan change
+	gone  chan struct{} // closed when the server cuts it off
+	once  sync.Once
+}
+
+// change is an upload or a withdrawal in an area.
+type change struct {
+	area    string
+	recs    []Record // uploaded
+	removed []*pb.SAID
+}
+
+// watchers is the server's set of streams.
+type watchers struct {
+	mu  sync.Mutex
+	set map[*watcher]bool
+}
+
+func (ws *watchers) add(w *watcher) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.set == nil {
+		ws.set = map[*watcher]bool{}
+	}
+	ws.set[w] = true
+}
+
+func (ws *watchers) remove(w *watcher) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	delete(ws.set, w)
+}
+
+// publish queues c for every watcher serving its area, cutting off those
+// whose queue is full.
+func (ws *watchers) publish(c change) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	for w := range ws.set {
+		if !w.id.Serves(c.area) {
+			continue
+		}
+		select {
+		case w.ch <- c:
+		default:
+			w.once.Do(func() { close(w.gone) })
+			delete(ws.set, w)
+		}
+	}
+}
+
+// Watch streams a gateway its areas' SAs.
+func (s *Server) Watch(req *pb.WatchRequest, stream pb.SecurityServer_WatchServer) error {
+	ctx := stream.Context()
+	id, who, err := s.caller(ctx, "watch", pki.RoleGateway)
+	if err != nil {
+		return err
+	}
+	w := &watcher{id: id, who: who, chain: peerChain(ctx), want: ipsec.ClassWrite, ch: make(chan change, watchQueue), gone: make(chan struct{})}
+	if req.GetClass() == pb.Class_CLASS_READ {
+		w.want = ipsec.ClassRead
+	}
+	// Subscribed before the state is read: a change in between comes
+	// twice, never not at all.
+	s.watchers.add(w)
+	defer s.watchers.remove(w)
+	all, err := s.store.All()
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "store: %v", err)
+	}
+	var recs []Record
+	for _, rec := range all {
+		if id.Serves(rec.Area) {
+			recs = append(recs, rec)
+		}
+	}
+	if err := s.send(stream, w, change{recs: recs}); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.gone:
+			return status.Error(codes.ResourceExhausted, "watch: fell behind; reconnect for the whole state")
+		case c := <-w.ch:
+			if err := s.send(stream, w, c); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// send checks the watcher's certificate again and sends it a change in
+// the class it may have.
+func (s *Server) send(stream pb.SecurityServer_WatchServer, w *watcher, c change) error {
+	if _, err := s.verifier.Verify(w.chain, s.now(), x509.ExtKeyUsageClientAuth, pki.RoleGateway); err != nil {
+		s.audit.Warn("refused", "call", "watch", "who", w.who, "why", err.Error())
+		return status.Error(codes.Unauthenticated, err.Error())
+	}
+	ev := &pb.WatchEvent{Removed: c.removed}
+	now := s.now()
+	for _, rec := range c.recs {
+		sa, err := s.grant(w.id, w.who, "watch", rec, w.want, now)
+		if err != nil || sa == nil {
+			continue // refused (audited) or expired: the others still go
+		}
+		ev.Sas = append(ev.Sas, sa)
+	}
+	if len(ev.Sas) == 0 && len(ev.Removed) == 0 && len(c.recs)+len(c.removed) > 0 {
+		return nil // nothing this gateway may have (the first event always goes: it marks the whole state sent)
+	}
+	return stream.Send(ev)
+}
+
+// peerChain is the certificate chain of a call's peer.
+func peerChain(ctx context.Context) []*x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+		return ti.State.PeerCertificates
+	}
+	return nil
+}
