@@ -195,7 +195,7 @@ func TestGatewayWatchesSAs(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go src.Watch(ctx, gw)
-	go src.Run(ctx) // asks only if a packet shows a pair it lacks: none should
+	go src.Run(ctx)                                            // asks only if a packet shows a pair it lacks: none should
 	waitFor(t, func() bool { return src.Stats().Pushes >= 1 }) // the (empty) whole state
 	agent := w.Client(t, pki.Identity{Role: pki.RoleAgent, Name: "router-b", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}})
 	t0 := time.Now()
