@@ -1,0 +1,51 @@
+package secserver
+
+import (
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/espep/espep/internal/secserver/pb"
+	"github.com/espep/espep/ipsec"
+)
+
+// FuzzToConfig: any bytes an agent sends as an SA give an error or an SA
+// the ipsec package builds — never a panic, never a read grant of an AEAD
+// SA or one holding an integrity key — and an SA read back from the wire
+// form it gives is the same SA.
+func FuzzToConfig(f *testing.F) {
+	for _, s := range []*pb.SA{
+		gcmSA(0x1001, wired, mobile),
+		cbcSA(0x3003, mobile, wired, pb.Class_CLASS_READ),
+		cbcSA(0x3004, mobile, wired, pb.Class_CLASS_WRITE),
+		{Spi: 0x4004, Proto: "ah", Src: wired.AsSlice(), Dst: mobile.AsSlice(), Mode: "transport", Integ: "hmac-sha256-128",
+			IntegKey: integKey, Class: pb.Class_CLASS_WRITE},
+		{Spi: 0x5005, Proto: "esp", Src: wired.AsSlice(), Dst: mobile.AsSlice(), Mode: "any", Enc: "chacha20-poly1305",
+			EncKey: make([]byte, 36), EncapSrcPort: 4500, EncapDstPort: 4500, Esn: true, HardSeconds: 3600, Class: pb.Class_CLASS_WRITE},
+		{Spi: 0x6006, Proto: "esp", Src: wired.AsSlice(), Dst: mobile.AsSlice()[:3], Mode: "tunnel", Enc: "aes-gcm16", EncKey: gcmKey},
+		{Spi: 1, Proto: "esp", Mode: "tunnel", Enc: "aes-gcm16", EncKey: gcmKey, Class: pb.Class_CLASS_READ, EncapSrcPort: 70000},
+	} {
+		b, err := proto.Marshal(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var s pb.SA
+		if proto.Unmarshal(b, &s) != nil {
+			return
+		}
+		c, err := toConfig(&s)
+		if err != nil {
+			return
+		}
+		if c.Class == ipsec.ClassRead && (c.Enc.AEAD() || len(c.IntegKey) != 0) {
+			t.Fatalf("a read SA that holds or needs its integrity key: %+v", c)
+		}
+		back, err := toConfig(toPB(&c, c.Class))
+		if err != nil || back.ID() != c.ID() || back.Class != c.Class || string(back.EncKey) != string(c.EncKey) {
+			t.Fatalf("round trip: %+v %v", back, err)
+		}
+	})
+}
