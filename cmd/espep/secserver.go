@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,13 +21,14 @@ import (
 )
 
 const secserverUsage = `usage: espep secserver --listen ADDR --cert FILE --key FILE --ca FILE [--crl FILE]
-                      --db FILE --db-key FILE [--audit FILE] [--duration D]
+                      (--db FILE | --etcd URL[,URL…]) --db-key FILE [--audit FILE] [--duration D]
 
 The security server: endpoints' agents upload the SAs they let a proxy
 work on, gateways fetch those of the areas they serve (gRPC over mutual
 TLS 1.3; certificates from espep pki, --cert of role secserver). The SAs
-are kept in one bbolt file (--db) sealed under a key kept apart from it
-(--db-key: 64 hex digits, mode 0600). --crl is re-read while running.
+are kept in one bbolt file (--db), or for several replicas in an etcd
+cluster (--etcd), sealed under a key kept apart from them (--db-key: 64
+hex digits, mode 0600; the same for every replica). --crl is re-read while running.
 Every release of key material and every refusal is a JSON line in the
 audit log (--audit, appended; default stderr) — never a key.
 
@@ -42,6 +44,8 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 	caFile := fs.String("ca", "", "the CA's certificate")
 	crlFile := fs.String("crl", "", "the CA's revocation list")
 	db := fs.String("db", "", "the store (a bbolt file)")
+	etcd := fs.String("etcd", "", "the store in an etcd cluster instead, for several replicas: its client URLs, comma-separated")
+	etcdPrefix := fs.String("etcd-prefix", "/espep", "with --etcd: the key prefix")
 	dbKey := fs.String("db-key", "", "the store's key file")
 	auditFile := fs.String("audit", "", "append the audit log to this file (default: stderr)")
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
@@ -49,9 +53,9 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
-	if *listen == "" || *certFile == "" || *keyFile == "" || *caFile == "" || *db == "" || *dbKey == "" || fs.NArg() != 0 {
+	if *listen == "" || *certFile == "" || *keyFile == "" || *caFile == "" || (*db == "") == (*etcd == "") || *dbKey == "" || fs.NArg() != 0 {
 		fs.Usage()
-		return usageError{"secserver: need --listen, --cert, --key, --ca, --db and --db-key"}
+		return usageError{"secserver: need --listen, --cert, --key, --ca, --db-key and one of --db or --etcd"}
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	v, err := pki.LoadVerifier(*caFile, *crlFile)
@@ -69,7 +73,12 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	store, err := secserver.OpenBolt(*db, key)
+	var store secserver.Store
+	if *etcd != "" {
+		store, err = secserver.OpenEtcd(strings.Split(*etcd, ","), nil, *etcdPrefix, key)
+	} else {
+		store, err = secserver.OpenBolt(*db, key)
+	}
 	clear(key)
 	if err != nil {
 		return err
@@ -104,7 +113,7 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 		<-ctx.Done()
 		g.GracefulStop()
 	}()
-	log.Info("secserver running", "listen", ln.Addr().String(), "db", *db)
+	log.Info("secserver running", "listen", ln.Addr().String(), "db", *db, "etcd", *etcd)
 	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
 	if err := g.Serve(ln); err != nil {
 		return fmt.Errorf("secserver: %w", err)

@@ -89,8 +89,27 @@ var (
 // AES-256-GCM under a key kept apart from it, the store key bound to the
 // record as associated data (a record cannot be moved to another key).
 type BoltStore struct {
-	db   *bolt.DB
-	aead cipher.AEAD
+	db *bolt.DB
+	sealer
+}
+
+// sealer seals records under the store key, the record's key bound as
+// associated data (a record cannot be moved to another key).
+type sealer struct{ aead cipher.AEAD }
+
+func newSealer(key []byte) (sealer, error) {
+	if len(key) != 32 {
+		return sealer{}, errors.New("secserver: store key: want 32 bytes")
+	}
+	blk, err := aes.NewCipher(key)
+	if err != nil {
+		return sealer{}, fmt.Errorf("secserver: %w", err)
+	}
+	aead, err := cipher.NewGCM(blk)
+	if err != nil {
+		return sealer{}, fmt.Errorf("secserver: %w", err)
+	}
+	return sealer{aead}, nil
 }
 
 // LoadKey reads the store key: 64 hex digits (32 bytes) in a file closed
@@ -116,16 +135,9 @@ func LoadKey(path string) ([]byte, error) {
 
 // OpenBolt opens (or makes) the store at path, sealed under key.
 func OpenBolt(path string, key []byte) (*BoltStore, error) {
-	if len(key) != 32 {
-		return nil, errors.New("secserver: store key: want 32 bytes")
-	}
-	blk, err := aes.NewCipher(key)
+	sl, err := newSealer(key)
 	if err != nil {
-		return nil, fmt.Errorf("secserver: %w", err)
-	}
-	aead, err := cipher.NewGCM(blk)
-	if err != nil {
-		return nil, fmt.Errorf("secserver: %w", err)
+		return nil, err
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
@@ -143,10 +155,10 @@ func OpenBolt(path string, key []byte) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("secserver: store %s: %w", path, err)
 	}
-	return &BoltStore{db: db, aead: aead}, nil
+	return &BoltStore{db: db, sealer: sl}, nil
 }
 
-func (s *BoltStore) seal(key []byte, rec Record) ([]byte, error) {
+func (s sealer) seal(key []byte, rec Record) ([]byte, error) {
 	plain, err := json.Marshal(rec)
 	if err != nil {
 		return nil, err
@@ -160,7 +172,7 @@ func (s *BoltStore) seal(key []byte, rec Record) ([]byte, error) {
 	return out, nil
 }
 
-func (s *BoltStore) open(key, sealed []byte) (Record, error) {
+func (s sealer) open(key, sealed []byte) (Record, error) {
 	n := s.aead.NonceSize()
 	if len(sealed) < n {
 		return Record{}, fmt.Errorf("secserver: record %s: too short", key)
@@ -236,7 +248,7 @@ func (s *BoltStore) All() (map[SAKey]Record, error) {
 }
 
 // openAll opens sealed records by their store keys.
-func (s *BoltStore) openAll(sealed map[string][]byte) (map[SAKey]Record, error) {
+func (s sealer) openAll(sealed map[string][]byte) (map[SAKey]Record, error) {
 	out := map[SAKey]Record{}
 	for k, v := range sealed {
 		id, err := parseKey([]byte(k))

@@ -49,8 +49,23 @@ func (s *Buffer) String() string {
 	return s.b.String()
 }
 
-// Start runs a server until the test ends.
+// Start runs a server on a bbolt store until the test ends.
 func Start(t testing.TB) *World {
+	t.Helper()
+	w := NewWorld(t)
+	key := make([]byte, 32)
+	rand.Read(key)
+	store, err := secserver.OpenBolt(filepath.Join(t.TempDir(), "sa.db"), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	w.Addr, w.Server, _ = w.Serve(t, store)
+	return w
+}
+
+// NewWorld makes the CA (no server yet: Serve).
+func NewWorld(t testing.TB) *World {
 	t.Helper()
 	dir := t.TempDir()
 	w := &World{Audit: &Buffer{}}
@@ -61,24 +76,24 @@ func Start(t testing.TB) *World {
 	if w.Verifier, err = pki.LoadVerifier(filepath.Join(dir, "ca", "ca.crt"), filepath.Join(dir, "ca", "ca.crl")); err != nil {
 		t.Fatal(err)
 	}
-	key := make([]byte, 32)
-	rand.Read(key)
-	store, err := secserver.OpenBolt(filepath.Join(dir, "sa.db"), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Server = secserver.New(store, w.Verifier, slog.New(slog.NewJSONHandler(w.Audit, nil)))
+	return w
+}
+
+// Serve runs one server replica over store on loopback until the test
+// ends or stop is called; it returns its address.
+func (w *World) Serve(t testing.TB, store secserver.Store) (addr string, srv *secserver.Server, stop func()) {
+	t.Helper()
+	srv = secserver.New(store, w.Verifier, slog.New(slog.NewJSONHandler(w.Audit, nil)))
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(w.Verifier.ServerTLS(w.Cert(t, pki.Identity{Role: pki.RoleServer, Name: "secserver"}),
 		pki.RoleAgent, pki.RoleGateway))))
-	w.Server.Attach(g)
+	srv.Attach(g)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.Addr = ln.Addr().String()
 	go g.Serve(ln)
-	t.Cleanup(func() { g.Stop(); store.Close() })
-	return w
+	t.Cleanup(g.Stop)
+	return ln.Addr().String(), srv, g.Stop
 }
 
 // Cert issues a certificate and key for id.
@@ -95,10 +110,18 @@ func (w *World) Cert(t testing.TB, id pki.Identity) tls.Certificate {
 	return pair
 }
 
-// Client connects as the holder of a certificate for id.
+// Client connects to the server Start ran as the holder of a certificate
+// for id.
 func (w *World) Client(t testing.TB, id pki.Identity) *secserver.Client {
 	t.Helper()
-	c, err := secserver.Dial(w.Addr, w.Verifier.ClientTLS(w.Cert(t, id), pki.RoleServer), ipsec.ClassWrite)
+	return w.ClientOf(t, w.Addr, id)
+}
+
+// ClientOf connects to the replica at addr as the holder of a certificate
+// for id.
+func (w *World) ClientOf(t testing.TB, addr string, id pki.Identity) *secserver.Client {
+	t.Helper()
+	c, err := secserver.Dial(addr, w.Verifier.ClientTLS(w.Cert(t, id), pki.RoleServer), ipsec.ClassWrite)
 	if err != nil {
 		t.Fatal(err)
 	}

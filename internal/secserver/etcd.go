@@ -1,0 +1,159 @@
+package secserver
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// EtcdStore is the store in an etcd cluster, for several security server
+// replicas serving one fleet. Records are sealed as in BoltStore (etcd
+// never sees a key in the clear); gateway identifiers come from one
+// counter advanced by compare-and-swap, so two replicas never hand out the
+// same one.
+type EtcdStore struct {
+	c      *clientv3.Client
+	prefix string
+	sealer
+}
+
+// etcdTimeout bounds one store operation: a cluster without a quorum
+// fails a request in this time rather than holding the caller.
+const etcdTimeout = 5 * time.Second
+
+// OpenEtcd connects to the cluster at endpoints (TLS when tlsCfg is not
+// nil), keeping everything under prefix, sealed under key.
+func OpenEtcd(endpoints []string, tlsCfg *tls.Config, prefix string, key []byte) (*EtcdStore, error) {
+	sl, err := newSealer(key)
+	if err != nil {
+		return nil, err
+	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: etcdTimeout, TLS: tlsCfg, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("secserver: etcd: %w", err)
+	}
+	return &EtcdStore{c: c, prefix: strings.TrimSuffix(prefix, "/") + "/", sealer: sl}, nil
+}
+
+func (s *EtcdStore) saKey(id SAKey) string { return s.prefix + "sas/" + string(id.bytes()) }
+func (s *EtcdStore) pairPrefix(a, b netip.Addr) string {
+	return s.prefix + "pairs/" + string(pairKey(a, b)) + "/"
+}
+
+func (s *EtcdStore) Put(id SAKey, pair [2]netip.Addr, rec Record) error {
+	k := s.saKey(id)
+	sealed, err := s.seal(id.bytes(), rec)
+	if err != nil {
+		return fmt.Errorf("secserver: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
+	defer cancel()
+	_, err = s.c.Txn(ctx).Then(clientv3.OpPut(k, string(sealed)), clientv3.OpPut(s.pairPrefix(pair[0], pair[1])+string(id.bytes()), "")).Commit()
+	if err != nil {
+		return fmt.Errorf("secserver: etcd: %w", err)
+	}
+	return nil
+}
+
+func (s *EtcdStore) Get(id SAKey) (Record, bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
+	defer cancel()
+	r, err := s.c.Get(ctx, s.saKey(id))
+	if err != nil {
+		return Record{}, false, fmt.Errorf("secserver: etcd: %w", err)
+	}
+	if len(r.Kvs) == 0 {
+		return Record{}, false, nil
+	}
+	rec, err := s.open(id.bytes(), r.Kvs[0].Value)
+	return rec, err == nil, err
+}
+
+func (s *EtcdStore) Pair(a, b netip.Addr) (map[SAKey]Record, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
+	defer cancel()
+	pp := s.pairPrefix(a, b)
+	idx, err := s.c.Get(ctx, pp, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("secserver: etcd: %w", err)
+	}
+	var ops []clientv3.Op
+	for _, kv := range idx.Kvs {
+		ops = append(ops, clientv3.OpGet(s.prefix+"sas/"+strings.TrimPrefix(string(kv.Key), pp)))
+	}
+	sealed := map[string][]byte{}
+	if len(ops) > 0 {
+		r, err := s.c.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("secserver: etcd: %w", err)
+		}
+		for _, resp := range r.Responses {
+			for _, kv := range resp.GetResponseRange().Kvs {
+				sealed[strings.TrimPrefix(string(kv.Key), s.prefix+"sas/")] = kv.Value
+			}
+		}
+	}
+	return s.openAll(sealed)
+}
+
+func (s *EtcdStore) All() (map[SAKey]Record, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
+	defer cancel()
+	r, err := s.c.Get(ctx, s.prefix+"sas/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("secserver: etcd: %w", err)
+	}
+	sealed := map[string][]byte{}
+	for _, kv := range r.Kvs {
+		sealed[strings.TrimPrefix(string(kv.Key), s.prefix+"sas/")] = kv.Value
+	}
+	return s.openAll(sealed)
+}
+
+func (s *EtcdStore) Delete(id SAKey) error {
+	ctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
+	defer cancel()
+	// The pair index keeps a dangling name; Pair skips it.
+	if _, err := s.c.Delete(ctx, s.saKey(id)); err != nil {
+		return fmt.Errorf("secserver: etcd: %w", err)
+	}
+	return nil
+}
+
+func (s *EtcdStore) NextGatewayID() (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
+	defer cancel()
+	k := s.prefix + "gateway-id"
+	for {
+		r, err := s.c.Get(ctx, k)
+		if err != nil {
+			return 0, fmt.Errorf("secserver: etcd: %w", err)
+		}
+		var last uint64
+		cmp := clientv3.Compare(clientv3.CreateRevision(k), "=", 0)
+		if len(r.Kvs) > 0 {
+			if last, err = strconv.ParseUint(string(r.Kvs[0].Value), 10, 64); err != nil {
+				return 0, fmt.Errorf("secserver: etcd: gateway counter %q", r.Kvs[0].Value)
+			}
+			cmp = clientv3.Compare(clientv3.ModRevision(k), "=", r.Kvs[0].ModRevision)
+		}
+		next := last + 1
+		t, err := s.c.Txn(ctx).If(cmp).Then(clientv3.OpPut(k, strconv.FormatUint(next, 10))).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("secserver: etcd: %w", err)
+		}
+		if t.Succeeded {
+			return next, nil
+		}
+		// Another replica took it first: read again.
+	}
+}
+
+func (s *EtcdStore) Close() error { return s.c.Close() }

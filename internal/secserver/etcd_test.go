@@ -1,0 +1,204 @@
+package secserver_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/secserver"
+	"github.com/espep/espep/internal/secserver/sectest"
+	"github.com/espep/espep/ipsec"
+)
+
+// etcdCluster is a real etcd cluster (Debian's etcd-server) on loopback,
+// its members' processes removed when the test ends.
+type etcdCluster struct {
+	clients []string
+	procs   []*exec.Cmd
+}
+
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	var lns []net.Listener
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return ports
+}
+
+// startEtcd starts a cluster of n members and waits for its quorum.
+func startEtcd(t *testing.T, n int) *etcdCluster {
+	t.Helper()
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("etcd missing (.ci/run installs etcd-server)")
+		}
+		t.Skip("SKIP: etcd not installed (apt-get install etcd-server)")
+	}
+	ports := freePorts(t, 2*n)
+	var initial []string
+	for i := range n {
+		initial = append(initial, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1]))
+	}
+	c := &etcdCluster{}
+	dir := t.TempDir()
+	for i := range n {
+		client, peer := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]), fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
+		cmd := exec.Command(bin, "--name", fmt.Sprintf("m%d", i), "--data-dir", filepath.Join(dir, fmt.Sprintf("m%d", i)),
+			"--listen-client-urls", client, "--advertise-client-urls", client, "--listen-peer-urls", peer,
+			"--initial-advertise-peer-urls", peer, "--initial-cluster", strings.Join(initial, ","),
+			"--initial-cluster-state", "new", "--initial-cluster-token", "espep-test", "--log-level", "error")
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+			if t.Failed() {
+				t.Logf("etcd m%d:\n%s", i, out.String())
+			}
+		})
+		c.clients = append(c.clients, client)
+		c.procs = append(c.procs, cmd)
+	}
+	return c
+}
+
+var (
+	wired  = netip.MustParseAddr("192.0.2.1")
+	mobile = netip.MustParseAddr("192.0.2.2")
+)
+
+func gcm(spi uint32, src, dst netip.Addr) ipsec.Config {
+	return ipsec.Config{SPI: spi, Proto: ipsec.ESP, Src: src, Dst: dst, Mode: ipsec.Tunnel, Enc: ipsec.EncAESGCM16,
+		EncKey: bytes.Repeat([]byte{byte(spi)}, 20), Class: ipsec.ClassWrite}
+}
+
+// TestReplicasOnEtcd: three security server replicas on a three-member
+// etcd cluster. An upload to one replica is fetched from another; gateway
+// identifiers asked of all three at once never repeat. One etcd member is
+// killed and one replica stopped: what was delegated is still served by
+// the others, and new uploads still go through (the quorum stands).
+func TestReplicasOnEtcd(t *testing.T) {
+	cl := startEtcd(t, 3)
+	w := sectest.NewWorld(t)
+	key := bytes.Repeat([]byte{9}, 32)
+	var addrs []string
+	var stops []func()
+	for range 3 {
+		st, err := secserver.OpenEtcd(cl.clients, nil, "/espep-test", key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		addr, _, stop := w.Serve(t, st)
+		addrs, stops = append(addrs, addr), append(stops, stop)
+	}
+	agentID := pki.Identity{Role: pki.RoleAgent, Name: "mobile", Addrs: []netip.Addr{mobile}}
+	gwID := pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-1"}}
+	ctx := context.Background()
+	// The cluster elects its leader as the first requests come: retry the
+	// first upload for a while.
+	var err error
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if err = w.ClientOf(t, addrs[0], agentID).Upload(ctx, "cell-1", []ipsec.Config{gcm(0x1001, wired, mobile), gcm(0x2002, mobile, wired)}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("upload: %v", err)
+		}
+	}
+	// etcd holds the SAs sealed: no key in the clear.
+	raw, err := clientv3.New(clientv3.Config{Endpoints: cl.clients, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	all, err := raw.Get(ctx, "/espep-test/", clientv3.WithPrefix())
+	if err != nil || len(all.Kvs) < 4 {
+		t.Fatalf("etcd holds %v: %v", all, err)
+	}
+	for _, kv := range all.Kvs {
+		if bytes.Contains(kv.Value, bytes.Repeat([]byte{0x01}, 8)) || bytes.Contains(kv.Value, bytes.Repeat([]byte{0x02}, 8)) {
+			t.Fatalf("a key in the clear in etcd under %s", kv.Key)
+		}
+	}
+	fetch := func(replica int) int {
+		t.Helper()
+		got, err := w.ClientOf(t, addrs[replica], gwID).Fetch(ctx, wired, mobile)
+		if err != nil {
+			t.Fatalf("fetch from replica %d: %v", replica, err)
+		}
+		return len(got)
+	}
+	if n := fetch(1); n != 2 {
+		t.Fatalf("replica 1 serves %d SAs of an upload to replica 0", n)
+	}
+	var mu sync.Mutex
+	ids := map[uint64]bool{}
+	var wg sync.WaitGroup
+	for r := range 3 {
+		c := w.ClientOf(t, addrs[r], gwID)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 10 {
+				id, err := c.Register(ctx)
+				mu.Lock()
+				if err != nil || ids[id] {
+					t.Errorf("register on replica %d: %d, %v (a repeat?)", r, id, err)
+				}
+				ids[id] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+
+	cl.procs[0].Process.Kill() // one etcd member gone
+	stops[0]()                 // one replica gone
+	if n := fetch(2); n != 2 {
+		t.Fatalf("after the losses replica 2 serves %d SAs", n)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if err = w.ClientOf(t, addrs[1], agentID).Upload(ctx, "cell-1", []ipsec.Config{gcm(0x3003, mobile, wired)}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("an upload after the losses: %v", err)
+		}
+	}
+	if n := fetch(2); n != 3 {
+		t.Fatalf("after a new upload replica 2 serves %d SAs", n)
+	}
+	if c := strings.Count(w.Audit.String(), `"msg":"released"`); c < 7 {
+		t.Fatalf("%d releases audited", c)
+	}
+}
