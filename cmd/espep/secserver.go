@@ -108,7 +108,11 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("secserver: %w", err)
 	}
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(v.ServerTLS(cert, pki.RoleAgent, pki.RoleGateway))))
-	secserver.New(store, v, slog.New(slog.NewJSONHandler(audit, nil))).Attach(g)
+	srv := secserver.New(store, v, slog.New(slog.NewJSONHandler(audit, nil)))
+	srv.Attach(g)
+	if feed, ok := store.(secserver.Feed); ok {
+		go srv.Follow(ctx, feed) // every replica's changes reach this one's gateways
+	}
 	go func() {
 		<-ctx.Done()
 		g.GracefulStop()

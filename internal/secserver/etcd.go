@@ -157,3 +157,40 @@ func (s *EtcdStore) NextGatewayID() (uint64, error) {
 }
 
 func (s *EtcdStore) Close() error { return s.c.Close() }
+
+// Follow calls fn for every change to the stored SAs, by any replica, as
+// etcd reports them (rec nil: deleted, prev what was there), until ctx
+// ends or the watch breaks.
+func (s *EtcdStore) Follow(ctx context.Context, fn func(id SAKey, rec, prev *Record)) error {
+	p := s.prefix + "sas/"
+	for resp := range s.c.Watch(clientv3.WithRequireLeader(ctx), p, clientv3.WithPrefix(), clientv3.WithPrevKV()) {
+		if err := resp.Err(); err != nil {
+			return fmt.Errorf("secserver: etcd watch: %w", err)
+		}
+		for _, ev := range resp.Events {
+			name := strings.TrimPrefix(string(ev.Kv.Key), p)
+			id, err := parseKey([]byte(name))
+			if err != nil {
+				continue
+			}
+			var rec, prev *Record
+			if ev.Type == clientv3.EventTypePut {
+				r, err := s.open([]byte(name), ev.Kv.Value)
+				if err != nil {
+					continue
+				}
+				rec = &r
+			}
+			if ev.PrevKv != nil {
+				if r, err := s.open([]byte(name), ev.PrevKv.Value); err == nil {
+					prev = &r
+				}
+			}
+			fn(id, rec, prev)
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("secserver: etcd watch ended")
+}

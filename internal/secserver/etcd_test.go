@@ -102,8 +102,9 @@ func gcm(spi uint32, src, dst netip.Addr) ipsec.Config {
 }
 
 // TestReplicasOnEtcd: three security server replicas on a three-member
-// etcd cluster. An upload to one replica is fetched from another; gateway
-// identifiers asked of all three at once never repeat. One etcd member is
+// etcd cluster. An upload to one replica is fetched from another and
+// pushed to a gateway watching a third; gateway identifiers asked of all
+// three at once never repeat. One etcd member is
 // killed and one replica stopped: what was delegated is still served by
 // the others, and new uploads still go through (the quorum stands).
 func TestReplicasOnEtcd(t *testing.T) {
@@ -112,14 +113,33 @@ func TestReplicasOnEtcd(t *testing.T) {
 	key := bytes.Repeat([]byte{9}, 32)
 	var addrs []string
 	var stops []func()
+	fctx, fcancel := context.WithCancel(context.Background())
+	defer fcancel()
 	for range 3 {
 		st, err := secserver.OpenEtcd(cl.clients, nil, "/espep-test", key)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		addr, _, stop := w.Serve(t, st)
+		addr, srv, stop := w.Serve(t, st)
+		go srv.Follow(fctx, st)
 		addrs, stops = append(addrs, addr), append(stops, stop)
+	}
+	// A gateway watching replica 2 hears of every replica's uploads.
+	var pmu sync.Mutex
+	pushed := map[uint32]bool{}
+	go w.ClientOf(t, addrs[2], pki.Identity{Role: pki.RoleGateway, Name: "gw-w", Areas: []string{"cell-1"}}).Watch(fctx,
+		func(add []ipsec.Config, _ []ipsec.ID, _ bool) {
+			pmu.Lock()
+			defer pmu.Unlock()
+			for _, c := range add {
+				pushed[c.SPI] = true
+			}
+		})
+	seen := func(spi uint32) bool {
+		pmu.Lock()
+		defer pmu.Unlock()
+		return pushed[spi]
 	}
 	agentID := pki.Identity{Role: pki.RoleAgent, Name: "mobile", Addrs: []netip.Addr{mobile}}
 	gwID := pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-1"}}
@@ -161,6 +181,7 @@ func TestReplicasOnEtcd(t *testing.T) {
 	if n := fetch(1); n != 2 {
 		t.Fatalf("replica 1 serves %d SAs of an upload to replica 0", n)
 	}
+	waitUntil(t, func() bool { return seen(0x1001) && seen(0x2002) }, "replica 2 never pushed an upload to replica 0")
 	var mu sync.Mutex
 	ids := map[uint64]bool{}
 	var wg sync.WaitGroup
@@ -198,7 +219,17 @@ func TestReplicasOnEtcd(t *testing.T) {
 	if n := fetch(2); n != 3 {
 		t.Fatalf("after a new upload replica 2 serves %d SAs", n)
 	}
+	waitUntil(t, func() bool { return seen(0x3003) }, "after the losses, replica 2 never pushed an upload to replica 1")
 	if c := strings.Count(w.Audit.String(), `"msg":"released"`); c < 7 {
 		t.Fatalf("%d releases audited", c)
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool, why string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal(why)
+		}
 	}
 }

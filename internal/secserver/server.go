@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -44,6 +45,9 @@ type Server struct {
 	audit    *slog.Logger
 	now      func() time.Time
 	watchers watchers // gateways' streams (watch.go)
+	// shared: a Feed tells the watchers of every change (Follow), so the
+	// calls that make changes do not.
+	shared atomic.Bool
 }
 
 // New makes the service over store. Callers are believed as verifier
@@ -128,7 +132,7 @@ func (s *Server) Upload(ctx context.Context, req *pb.UploadRequest) (*pb.UploadR
 		s.audit.Info("stored", "who", who, "spi", fmt.Sprintf("%#08x", t.c.SPI), "dst", t.c.Dst.String(),
 			"class", t.c.Class.String(), "area", t.rec.Area)
 	}
-	if len(take) > 0 && req.GetArea() != "" {
+	if len(take) > 0 && req.GetArea() != "" && !s.shared.Load() {
 		ch := change{area: req.GetArea()}
 		for _, t := range take {
 			ch.recs = append(ch.recs, t.rec)
@@ -176,7 +180,9 @@ func (s *Server) Withdraw(ctx context.Context, req *pb.WithdrawRequest) (*pb.Wit
 			return nil, status.Errorf(codes.Unavailable, "store: %v", err)
 		}
 		s.audit.Info("withdrawn", "who", who, "spi", fmt.Sprintf("%#08x", c.SPI), "dst", c.Dst.String())
-		s.watchers.publish(change{area: rec.Area, removed: []*pb.SAID{x}})
+		if !s.shared.Load() {
+			s.watchers.publish(change{area: rec.Area, removed: []*pb.SAID{x}})
+		}
 		removed++
 	}
 	return &pb.WithdrawReply{Removed: removed}, nil

@@ -3,7 +3,9 @@ package secserver
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -78,6 +80,51 @@ func (ws *watchers) publish(c change) {
 		default:
 			w.once.Do(func() { close(w.gone) })
 			delete(ws.set, w)
+		}
+	}
+}
+
+// cutAll cuts every watcher off (they reconnect for the whole state):
+// what they would have been told may have been missed.
+func (ws *watchers) cutAll() {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	for w := range ws.set {
+		w.once.Do(func() { close(w.gone) })
+		delete(ws.set, w)
+	}
+}
+
+// Feed is a store several servers share whose changes each can follow
+// (EtcdStore): a server on one tells its gateways of every replica's
+// uploads and withdrawals, not only its own.
+type Feed interface {
+	Follow(ctx context.Context, fn func(id SAKey, rec, prev *Record)) error
+}
+
+// Follow passes the changes of a shared store to this server's watchers
+// until ctx ends, following again (after a second) when the feed breaks —
+// and cutting the watchers off then, since they may have missed changes.
+// Without it a server tells its watchers of its own changes only.
+func (s *Server) Follow(ctx context.Context, feed Feed) {
+	s.shared.Store(true)
+	for ctx.Err() == nil {
+		err := feed.Follow(ctx, func(id SAKey, rec, prev *Record) {
+			switch {
+			case rec != nil:
+				s.watchers.publish(change{area: rec.Area, recs: []Record{*rec}})
+			case prev != nil:
+				s.watchers.publish(change{area: prev.Area, removed: []*pb.SAID{{Spi: id.SPI, Dst: id.Dst.AsSlice(), Proto: id.Proto}}})
+			}
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		s.watchers.cutAll()
+		s.audit.Warn("feed broken", "err", fmt.Sprint(err))
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
 		}
 	}
 }
