@@ -75,6 +75,11 @@ type Row struct {
 	// not known on this system.
 	CPUWait  float64 `json:"cpu_wait"`
 	CPUBound bool    `json:"cpu_bound,omitempty"` // over Config.MaxCPUWait after every retry: the figures understate the network
+	// With the SAs from the security server (scenario secserver): from
+	// the agent's upload to the SAs in the gateway, and from the first
+	// packet the gateway saw to the first it re-sealed.
+	SAReadyMs   float64 `json:"sa_ready_ms,omitempty"`
+	FirstSealMs float64 `json:"first_seal_ms,omitempty"`
 	Detail   string  `json:"detail,omitempty"`    // why it failed
 	// Series is the goodput in Mbit/s per SampleEvery (for the picture),
 	// from the first flow's start; Fade is the radio's outage in that time.
@@ -180,6 +185,9 @@ var Scenarios = []Scenario{
 	}},
 	{"fairness", "four flows sharing the radio, 1 % loss", func(cfg Config) []run {
 		return grid("fairness", NetConfig{IPsec: IPsecTunnel, SACK: true}, []impairment{bernoulli(0.01)}, []Mode{ModeE2E, ModeSplit}, 4, cfg.Seed)
+	}},
+	{"secserver", "the gateway starts with no SA: the mobile's agent delegates them to an in-process security server, which pushes them; 2 % loss", func(cfg Config) []run {
+		return grid("secserver", NetConfig{IPsec: IPsecTunnel, SACK: true, FromServer: true}, []impairment{bernoulli(0.02)}, []Mode{ModeE2E, ModeSplit}, 1, cfg.Seed)
 	}},
 	{"ipip", "the ESP tunnel inside a Mobile IP tunnel (IP-in-IP, home agent to care-of address), 2 % loss", func(cfg Config) []run {
 		return grid("ipip", NetConfig{IPsec: IPsecTunnel, SACK: true, IPIP: true}, []impairment{bernoulli(0.02)}, []Mode{ModeE2E, ModeSplit}, 1, cfg.Seed)
@@ -338,6 +346,13 @@ func execute(r run, cfg Config, seed uint64) Row {
 	if err := n.Check(); err != nil {
 		errs = append(errs, err)
 	}
+	if n.server != nil {
+		row.SAReadyMs = float64(n.server.SAReady.Microseconds()) / 1000
+		row.FirstSealMs = float64(n.server.firstSeal().Microseconds()) / 1000
+		if row.FirstSealMs == 0 {
+			errs = append(errs, errors.New("the gateway never re-sealed a packet on the SAs the security server gave"))
+		}
+	}
 	for _, o := range r.net.Radio.Outages {
 		if len(trs) > 0 && !trs[0].Start.IsZero() {
 			off := trs[0].Start.Sub(n.Started)
@@ -399,6 +414,9 @@ func Table(w io.Writer, rows []Row) {
 		if r.Detail != "" {
 			integ += ": " + strings.ReplaceAll(r.Detail, "\n", "; ")
 		}
+		if r.SAReadyMs > 0 {
+			integ += fmt.Sprintf(" (SAs at the gateway %.1f ms after the upload; first re-seal %.1f ms after the first packet)", r.SAReadyMs, r.FirstSealMs)
+		}
 		wait := "?"
 		if r.CPUWait >= 0 {
 			wait = fmt.Sprintf("%.2f", r.CPUWait)
@@ -420,5 +438,6 @@ func (r Row) Rounded() Row {
 	r.GoodputMbps, r.LimitMbps = round(r.GoodputMbps, 2), round(r.LimitMbps, 2)
 	r.LimitRatio, r.E2ERatio, r.Fairness = round(r.LimitRatio, 3), round(r.E2ERatio, 2), round(r.Fairness, 3)
 	r.CPUWait = round(r.CPUWait, 3)
+	r.SAReadyMs, r.FirstSealMs = round(r.SAReadyMs, 2), round(r.FirstSealMs, 2)
 	return r
 }

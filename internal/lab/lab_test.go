@@ -18,13 +18,14 @@ import (
 // TestLab runs a short scenario set: every run passes its own checks
 // (SHA-256 of each transfer, the endpoints' IPsec refusing nothing), and
 // at 2 % loss split beats end-to-end TCP by a wide margin with and without
-// IPsec, inside IP-in-IP and with a read or write gateway. (The goal
+// IPsec, inside IP-in-IP, with a read or write gateway, and with SAs the
+// security server pushed to a gateway that started with none. (The goal
 // figures live in the engine and gateway harnesses, not here.)
 //
 // With -short (the race detector's run) only the IP-in-IP pair runs, for a
 // second, and only the checks are asserted.
 func TestLab(t *testing.T) {
-	names, d, want := []string{"ipsec", "class", "ipip"}, 2*time.Second, 12
+	names, d, want := []string{"ipsec", "class", "secserver", "ipip"}, 2*time.Second, 14
 	if testing.Short() {
 		names, d, want = []string{"ipip"}, time.Second, 2
 	}
@@ -47,6 +48,9 @@ func TestLab(t *testing.T) {
 		}
 		if r.Mode == ModeSplit && r.E2ERatio < 3 {
 			t.Errorf("%s %s: split only %.1f× end to end at 2 %% loss", r.Scenario, r.IPsec, r.E2ERatio)
+		}
+		if r.Scenario == "secserver" && r.Mode == ModeSplit && (r.SAReadyMs <= 0 || r.SAReadyMs > 1000 || r.FirstSealMs <= 0) {
+			t.Errorf("secserver: SAs at the gateway after %.1f ms, first re-seal %.1f ms", r.SAReadyMs, r.FirstSealMs)
 		}
 		if r.LimitMbps <= 0 || r.LimitMbps > 20 || r.GoodputMbps > r.LimitMbps*1.05 {
 			t.Errorf("%s %s %s: %.2f Mbit/s against a limit of %.2f", r.Scenario, r.Mode, r.IPsec, r.GoodputMbps, r.LimitMbps)

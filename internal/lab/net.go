@@ -62,6 +62,10 @@ type NetConfig struct {
 	IPIP         bool
 	Wired, Radio netem.Config
 	SACK         bool
+	// FromServer starts the gateway with no SA: the mobile's agent
+	// delegates its SAs to an in-process security server, which pushes
+	// them to the gateway (secserver.go).
+	FromServer bool
 }
 
 // Net is the wired terminal and the mobile, their IPsec, the links and
@@ -77,6 +81,8 @@ type Net struct {
 	// carries, and FrameBytes its size: the link limit is
 	// Rate·PayloadPerFrame/FrameBytes.
 	PayloadPerFrame, FrameBytes int
+	// With FromServer: the security server and the gateway's source.
+	server *labServer
 }
 
 // hostMTU is the hosts' MTU: room for the IPsec and IP-in-IP headers in a
@@ -112,7 +118,7 @@ func NewNet(cfg NetConfig) (*Net, error) {
 
 	if cfg.Mode != ModeE2E {
 		sad := &ipsec.SAD{}
-		if cfg.IPsec != IPsecNone {
+		if cfg.IPsec != IPsecNone && !cfg.FromServer {
 			for _, c := range []ipsec.Config{wm, mw} {
 				c.Class = ipsec.ClassWrite
 				if cfg.Read {
@@ -149,6 +155,13 @@ func NewNet(cfg NetConfig) (*Net, error) {
 	n.Net = sn
 	if n.Gateway != nil {
 		n.SetMiddle(n.Gateway.Process)
+		if cfg.FromServer && cfg.IPsec != IPsecNone {
+			if n.server, err = startLabServer(n.Gateway, cfg, wm, mw); err != nil {
+				n.Close()
+				return nil, fmt.Errorf("lab: %w", err)
+			}
+			n.SetMiddle(n.server.watchFirst(n.Gateway))
+		}
 	}
 	return n, nil
 }
@@ -221,10 +234,14 @@ func (n *Net) Check() error {
 	return errors.Join(errs...)
 }
 
-// Close stops everything: the network, then the gateway and its engine.
+// Close stops everything: the network, the security server, then the
+// gateway and its engine.
 func (n *Net) Close() {
 	if n.Net != nil {
 		n.Net.Close()
+	}
+	if n.server != nil {
+		n.server.close()
 	}
 	if n.Gateway != nil {
 		n.Gateway.Close()

@@ -5,7 +5,6 @@ package sectest
 
 import (
 	"bytes"
-	"crypto/rand"
 	"crypto/tls"
 	"log/slog"
 	"net"
@@ -49,18 +48,17 @@ func (s *Buffer) String() string {
 	return s.b.String()
 }
 
-// Start runs a server on a bbolt store until the test ends.
+// Start runs a server on a bbolt store (secserver.StartLocal) until the
+// test ends.
 func Start(t testing.TB) *World {
 	t.Helper()
-	w := NewWorld(t)
-	key := make([]byte, 32)
-	rand.Read(key)
-	store, err := secserver.OpenBolt(filepath.Join(t.TempDir(), "sa.db"), key)
+	w := &World{Audit: &Buffer{}}
+	l, err := secserver.StartLocal(t.TempDir(), w.Audit)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { store.Close() })
-	w.Addr, w.Server, _ = w.Serve(t, store)
+	t.Cleanup(l.Close)
+	w.CA, w.Verifier, w.Addr, w.Server = l.CA, l.Verifier, l.Addr, l.Server
 	return w
 }
 
