@@ -80,7 +80,7 @@ type Row struct {
 	// packet the gateway saw to the first it re-sealed.
 	SAReadyMs   float64 `json:"sa_ready_ms,omitempty"`
 	FirstSealMs float64 `json:"first_seal_ms,omitempty"`
-	Detail   string  `json:"detail,omitempty"`    // why it failed
+	Detail      string  `json:"detail,omitempty"` // why it failed
 	// Series is the goodput in Mbit/s per SampleEvery (for the picture),
 	// from the first flow's start; Fade is the radio's outage in that time.
 	Series []float64        `json:"-"`
