@@ -221,3 +221,68 @@ func TestGatewayWatchesSAs(t *testing.T) {
 		t.Fatalf("the gateway had to ask: %+v", st)
 	}
 }
+
+// TestGatewayRekeyFromServer: the routers rekey in the middle of a 6 MB
+// split transfer and their agent delegates the new pair and withdraws the
+// old one; the security server pushes both changes and the gateway follows
+// as it follows an SA file: it seals on the new SAs, neither router
+// refuses a packet, none arrives on an SA a router deleted.
+func TestGatewayRekeyFromServer(t *testing.T) {
+	w := sectest.Start(t)
+	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.01, Seed: 5}
+	ab := tunnelConfig(0x1001, "192.0.2.1", "192.0.2.2", ipsec.EncAESGCM16)
+	ba := tunnelConfig(0x2002, "192.0.2.2", "192.0.2.1", ipsec.EncAESGCM16)
+	n := newTestNetSAs(t, ab, ba, seqivIV{0x77}, seqivIV{0x99}, radio, engine.ModeSplit, ipsec.ClassWrite)
+	n.G.SetSAD(&ipsec.SAD{})
+	gw := w.Client(t, pki.Identity{Role: pki.RoleGateway, Name: "gw-17", Areas: []string{"cell-17"}})
+	src := NewServerSAs(n.G, gw, ServerOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go src.Watch(ctx, gw)
+	go src.Run(ctx)
+	waitFor(t, func() bool { return src.Stats().Pushes >= 1 })
+	agent := w.Client(t, pki.Identity{Role: pki.RoleAgent, Name: "routers", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}})
+	if err := agent.Upload(ctx, "cell-17", []ipsec.Config{ab, ba}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(n.G.sad.Load().Entries()) == 2 })
+	ab2 := tunnelConfig(0x3003, "192.0.2.1", "192.0.2.2", ipsec.EncAESGCM16)
+	ba2 := tunnelConfig(0x4004, "192.0.2.2", "192.0.2.1", ipsec.EncAESGCM16)
+	done := make(chan error, 1)
+	go func() {
+		time.Sleep(800 * time.Millisecond)
+		if err := agent.Upload(ctx, "cell-17", []ipsec.Config{ab2, ba2}); err != nil {
+			done <- err
+			return
+		}
+		n.rekey(t, ab2, ba2, seqivIV{0x1177}, seqivIV{0x1199})
+		time.Sleep(500 * time.Millisecond)
+		n.deleteOld()
+		done <- agent.Withdraw(ctx, []ipsec.ID{ab.ID(), ba.ID()})
+	}()
+	transfer(t, n.A, n.B, 5001, 6<<20)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	transfer(t, n.B, n.A, 5002, 256<<10) // a new flow, on the new SAs only
+	owned := 0
+	for _, s := range n.G.SAs() {
+		if s.Owned && (s.ID.SPI == 0x3003 || s.ID.SPI == 0x4004) {
+			owned++
+		}
+	}
+	gs := n.G.Stats()
+	t.Logf("source %+v; gateway %+v", src.Stats(), gs)
+	if owned != 2 || gs.Engine.EarlyAcked < 6<<20 {
+		t.Fatalf("the gateway did not follow the rekey (%d new SAs sealed on): %+v", owned, gs)
+	}
+	checkEndpoints(t, n, 0)
+	for _, sa := range []*ipsec.SA{n.rekeyedIns[0x3003], n.rekeyedIns[0x4004]} {
+		if s := sa.Stats(); s.ICVFailures != 0 || s.ReplayDrops != 0 || s.OtherDrops != 0 {
+			t.Fatalf("a router refused packets on %v: %+v", sa.ID(), s)
+		}
+	}
+	if r := n.refusals(); r.ToDeleted != 0 {
+		t.Fatalf("%d packets on a deleted SA", r.ToDeleted)
+	}
+}
