@@ -183,7 +183,9 @@ func (s *ServerSAs) ask(ctx context.Context, p [2]netip.Addr) {
 	s.stats.Answered++
 	if len(cfgs) == 0 {
 		s.stats.Negative++
-		s.pairs[p].negative = time.Now().Add(s.o.NegativeFor)
+		if a := s.pairs[p]; a != nil {
+			a.negative = time.Now().Add(s.o.NegativeFor)
+		}
 	}
 	// The answer is the pair's whole set: what the server gave for the
 	// pair before and no longer lists goes.
