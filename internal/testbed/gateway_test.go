@@ -340,7 +340,8 @@ func giveKeys(t *testing.T, s *StrongSwan, saPath string, espSA bool) []ipsec.Co
 		must(t, safile.WriteNative(&sa, cfgs))
 	}
 	must(t, os.WriteFile(saPath, sa.Bytes(), 0o600))
-	must(t, waitFor(s.Linkem, "gateway: SAs loaded", 5*time.Second))
+	// Not just "SAs loaded": the empty file at the start logged that too.
+	must(t, waitFor(s.Linkem, fmt.Sprintf(`msg="gateway: SAs loaded" files=1 sas=%d`, len(cfgs)), 5*time.Second))
 	return cfgs
 }
 
