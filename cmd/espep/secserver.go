@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -21,7 +22,8 @@ import (
 )
 
 const secserverUsage = `usage: espep secserver --listen ADDR --cert FILE --key FILE --ca FILE [--crl FILE]
-                      (--db FILE | --etcd URL[,URL…]) --db-key FILE [--audit FILE] [--duration D]
+                      (--db FILE | --etcd URL[,URL…] [--etcd-cert FILE --etcd-key FILE --etcd-ca FILE])
+                      --db-key FILE [--audit FILE] [--duration D]
 
 The security server: endpoints' agents upload the SAs they let a proxy
 work on, gateways fetch those of the areas they serve (gRPC over mutual
@@ -46,6 +48,9 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 	db := fs.String("db", "", "the store (a bbolt file)")
 	etcd := fs.String("etcd", "", "the store in an etcd cluster instead, for several replicas: its client URLs, comma-separated")
 	etcdPrefix := fs.String("etcd-prefix", "/espep", "with --etcd: the key prefix")
+	etcdCert := fs.String("etcd-cert", "", "with --etcd: the replica's client certificate for etcd's TLS (with --etcd-key, --etcd-ca)")
+	etcdKey := fs.String("etcd-key", "", "with --etcd: its key")
+	etcdCA := fs.String("etcd-ca", "", "with --etcd: the CA of the etcd members' certificates")
 	dbKey := fs.String("db-key", "", "the store's key file")
 	auditFile := fs.String("audit", "", "append the audit log to this file (default: stderr)")
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
@@ -75,7 +80,13 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 	}
 	var store secserver.Store
 	if *etcd != "" {
-		store, err = secserver.OpenEtcd(strings.Split(*etcd, ","), nil, *etcdPrefix, key)
+		var tlsCfg *tls.Config
+		if *etcdCert != "" || *etcdKey != "" || *etcdCA != "" {
+			if tlsCfg, err = secserver.EtcdTLS(*etcdCert, *etcdKey, *etcdCA); err != nil {
+				return err
+			}
+		}
+		store, err = secserver.OpenEtcd(strings.Split(*etcd, ","), tlsCfg, *etcdPrefix, key)
 	} else {
 		store, err = secserver.OpenBolt(*db, key)
 	}

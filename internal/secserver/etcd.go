@@ -3,6 +3,7 @@ package secserver
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -11,6 +12,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/espep/espep/internal/pki"
 )
 
 // EtcdStore is the store in an etcd cluster, for several security server
@@ -193,4 +196,22 @@ func (s *EtcdStore) Follow(ctx context.Context, fn func(id SAKey, rec, prev *Rec
 		return nil
 	}
 	return fmt.Errorf("secserver: etcd watch ended")
+}
+
+// EtcdTLS is the client TLS of a replica toward an etcd cluster that
+// admits clients by certificate: certFile and keyFile the replica's (key
+// closed to group and others), caFile the CA the members' certificates
+// come from.
+func EtcdTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
+	cert, err := pki.LoadTLS(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := pki.LoadCert(caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, RootCAs: pool}, nil
 }

@@ -3,6 +3,7 @@ package secserver_test
 import (
 	"bytes"
 	"context"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/netip"
@@ -49,8 +50,12 @@ func freePorts(t *testing.T, n int) []int {
 	return ports
 }
 
-// startEtcd starts a cluster of n members and waits for its quorum.
-func startEtcd(t *testing.T, n int) *etcdCluster {
+// etcdTLS are the files of a cluster's client TLS: its members serve
+// https with cert and key and admit only clients with a certificate of ca.
+type etcdTLS struct{ cert, key, ca string }
+
+// startEtcd starts a cluster of n members (with client TLS if tl is set).
+func startEtcd(t *testing.T, n int, tl *etcdTLS) *etcdCluster {
 	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
@@ -67,11 +72,19 @@ func startEtcd(t *testing.T, n int) *etcdCluster {
 	c := &etcdCluster{}
 	dir := t.TempDir()
 	for i := range n {
-		client, peer := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]), fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
-		cmd := exec.Command(bin, "--name", fmt.Sprintf("m%d", i), "--data-dir", filepath.Join(dir, fmt.Sprintf("m%d", i)),
+		scheme := "http"
+		if tl != nil {
+			scheme = "https"
+		}
+		client, peer := fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[2*i]), fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
+		args := []string{"--name", fmt.Sprintf("m%d", i), "--data-dir", filepath.Join(dir, fmt.Sprintf("m%d", i)),
 			"--listen-client-urls", client, "--advertise-client-urls", client, "--listen-peer-urls", peer,
 			"--initial-advertise-peer-urls", peer, "--initial-cluster", strings.Join(initial, ","),
-			"--initial-cluster-state", "new", "--initial-cluster-token", "espep-test", "--log-level", "error")
+			"--initial-cluster-state", "new", "--initial-cluster-token", "espep-test", "--log-level", "error"}
+		if tl != nil {
+			args = append(args, "--cert-file", tl.cert, "--key-file", tl.key, "--client-cert-auth", "--trusted-ca-file", tl.ca)
+		}
+		cmd := exec.Command(bin, args...)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -108,7 +121,7 @@ func gcm(spi uint32, src, dst netip.Addr) ipsec.Config {
 // killed and one replica stopped: what was delegated is still served by
 // the others, and new uploads still go through (the quorum stands).
 func TestReplicasOnEtcd(t *testing.T) {
-	cl := startEtcd(t, 3)
+	cl := startEtcd(t, 3, nil)
 	w := sectest.NewWorld(t)
 	key := bytes.Repeat([]byte{9}, 32)
 	var addrs []string
@@ -232,4 +245,74 @@ func waitUntil(t *testing.T, cond func() bool, why string) {
 			t.Fatal(why)
 		}
 	}
+}
+
+// TestEtcdTLS: the store talks to an etcd cluster that serves TLS and
+// admits only clients with a certificate of the CA (both from
+// internal/pki): with its certificate a replica stores and reads; without
+// one, or with one of another CA, it gets nothing.
+func TestEtcdTLS(t *testing.T) {
+	w := sectest.NewWorld(t)
+	dir := t.TempDir()
+	write := func(name string, id pki.Identity) (string, string) {
+		c, k, err := w.CA.Issue(id, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, kf := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+		if err := pki.WriteFile(cf, c, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := pki.WriteFile(kf, k, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return cf, kf
+	}
+	ecert, ekey := write("etcd", pki.Identity{Role: pki.RoleServer, Name: "etcd", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := pki.WriteFile(caFile, pemOf(w.CA.Cert.Raw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cl := startEtcd(t, 1, &etcdTLS{ecert, ekey, caFile})
+	ccert, ckey := write("replica", pki.Identity{Role: pki.RoleServer, Name: "replica-1"})
+	key := bytes.Repeat([]byte{7}, 32)
+	open := func(cert, key0 string) *secserver.EtcdStore {
+		t.Helper()
+		tlsCfg, err := secserver.EtcdTLS(cert, key0, caFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := secserver.OpenEtcd(cl.clients, tlsCfg, "/tls-test", key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	}
+	st := open(ccert, ckey)
+	c := gcm(0x1001, wired, mobile)
+	var err error
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if err = st.Put(secserver.SAKey{SPI: c.SPI, Dst: c.Dst, Proto: "esp"}, [2]netip.Addr{c.Src, c.Dst}, secserver.Record{SA: []byte{1}, Area: "a"}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("put over TLS: %v", err)
+		}
+	}
+	if recs, err := st.Pair(wired, mobile); err != nil || len(recs) != 1 {
+		t.Fatalf("pair over TLS: %v %v", recs, err)
+	}
+	other := sectest.NewWorld(t)
+	oc, ok, _ := other.CA.Issue(pki.Identity{Role: pki.RoleServer, Name: "intruder"}, time.Hour)
+	ocf, okf := filepath.Join(dir, "o.crt"), filepath.Join(dir, "o.key")
+	pki.WriteFile(ocf, oc, 0o644)
+	pki.WriteFile(okf, ok, 0o600)
+	if _, err := open(ocf, okf).Pair(wired, mobile); err == nil {
+		t.Fatal("a client of another CA read the store")
+	}
+}
+
+func pemOf(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
