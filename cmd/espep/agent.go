@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"syscall"
 	"time"
@@ -19,7 +20,7 @@ import (
 
 const agentUsage = `usage: espep agent --secserver HOST:PORT --cert FILE --key FILE --ca FILE [--crl FILE]
                   --keys FILE [--keys FILE…] --area AREA [--class read|write]
-                  [--interval D] [--once] [--duration D]
+                  [--interval D] [--once] [--rekey-command CMD] [--duration D]
 
 Runs on an endpoint and delegates its SAs to the security server (scheme
 3): it watches the key files (Wireshark esp_sa lines as strongSwan's
@@ -48,6 +49,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	class := fs.String("class", "", "delegate every SA in this class: read or write")
 	every := fs.Duration("interval", time.Second, "how often the files are read")
 	once := fs.Bool("once", false, "sync once and exit")
+	rekeyCmd := fs.String("rekey-command", "", "run (sh -c) when the server orders an SA rekeyed — its gateway's lease lapsed; ESPEP_SPI and ESPEP_DST name the SA (e.g. swanctl --rekey --child NAME)")
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
 	fs.Usage = func() { fmt.Fprint(stderr, agentUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
@@ -92,6 +94,15 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *dur)
 		defer cancel()
+	}
+	if *rekeyCmd != "" {
+		go agent.FollowOrders(ctx, c, cfg.Log, func(id ipsec.ID, why string) {
+			cmd := exec.CommandContext(ctx, "sh", "-c", *rekeyCmd)
+			cmd.Env = append(os.Environ(), fmt.Sprintf("ESPEP_SPI=%#08x", id.SPI), "ESPEP_DST="+id.Dst.String(), "ESPEP_WHY="+why)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				cfg.Log.Warn("agent: rekey command", "err", err, "output", string(out))
+			}
+		})
 	}
 	a.Run(ctx, *every)
 	fmt.Fprintf(stdout, "agent: %d uploaded, %d withdrawn\n", a.Uploads, a.Withdrawals)

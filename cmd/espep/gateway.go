@@ -274,6 +274,7 @@ func fetchSAs(ctx context.Context, gw *gateway.Gateway, ss gateway.SecServerConf
 	src := gateway.NewServerSAs(gw, c, gateway.ServerOptions{})
 	go src.Run(ctx)      // asks when packets show a pair it lacks
 	go src.Watch(ctx, c) // takes what the server pushes for its areas
+	go src.Lease(ctx, c) // a lease that, lapsing, has the agents rekey what it numbered
 	log.Info("gateway: asking the security server for SAs", "addr", ss.Addr, "class", class)
 	return func() { c.Close() }, nil
 }

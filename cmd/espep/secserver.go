@@ -53,6 +53,7 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 	etcdCA := fs.String("etcd-ca", "", "with --etcd: the CA of the etcd members' certificates")
 	dbKey := fs.String("db-key", "", "the store's key file")
 	auditFile := fs.String("audit", "", "append the audit log to this file (default: stderr)")
+	leaseFor := fs.Duration("lease", secserver.DefaultLease, "how long a gateway's heartbeat keeps its lease; when it lapses the agents rekey what the gateway numbered")
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
 	fs.Usage = func() { fmt.Fprint(stderr, secserverUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
@@ -121,6 +122,8 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(v.ServerTLS(cert, pki.RoleAgent, pki.RoleGateway))))
 	srv := secserver.New(store, v, slog.New(slog.NewJSONHandler(audit, nil)))
 	srv.Attach(g)
+	srv.SetLease(*leaseFor)
+	go srv.Run(ctx)
 	if feed, ok := store.(secserver.Feed); ok {
 		go srv.Follow(ctx, feed) // every replica's changes reach this one's gateways
 	}

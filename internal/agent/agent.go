@@ -187,3 +187,31 @@ func fingerprint(c *ipsec.Config) [32]byte {
 	id := ipsec.KeyIDOf(c)
 	return sha256.Sum256(fmt.Appendf(id[:], "%v|%v|%v|%v|%v|%d|%d|%v", c.ID(), c.Src, c.Mode, c.Enc, c.Integ, c.EncapSrcPort, c.EncapDstPort, c.Class))
 }
+
+// OrderSource is the security server as the agent's orders come from it
+// (secserver.Client).
+type OrderSource interface {
+	Orders(ctx context.Context, do func(rekey []ipsec.ID, why string)) error
+}
+
+// FollowOrders does the server's orders until ctx ends, listening again
+// (after a second) when the stream breaks: for each SA to rekey, do is
+// called (the CLI runs the endpoint's rekey command).
+func FollowOrders(ctx context.Context, src OrderSource, log *slog.Logger, do func(id ipsec.ID, why string)) {
+	for ctx.Err() == nil {
+		err := src.Orders(ctx, func(ids []ipsec.ID, why string) {
+			for _, id := range ids {
+				log.Warn("agent: rekey ordered", "spi", fmt.Sprintf("%#08x", id.SPI), "dst", id.Dst, "why", why)
+				do(id, why)
+			}
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("agent: orders: listening again", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}

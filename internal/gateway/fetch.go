@@ -282,3 +282,49 @@ func (s *ServerSAs) Watch(ctx context.Context, w Watcher) {
 		backoff = min(2*backoff, 30*time.Second)
 	}
 }
+
+// Leaser is the security server as a gateway's lessor (secserver.Client).
+type Leaser interface {
+	Register(ctx context.Context) (uint64, error)
+	Heartbeat(ctx context.Context, id uint64, numbered []ipsec.ID) (time.Duration, error)
+}
+
+// Lease registers the gateway and keeps its lease until ctx ends: a
+// heartbeat every third of the lease names the SAs the gateway numbers,
+// so that if it vanishes their agents are told to rekey (the crash bound).
+// A failed heartbeat is tried again a second later.
+func (s *ServerSAs) Lease(ctx context.Context, l Leaser) {
+	var id uint64
+	for id == 0 && ctx.Err() == nil {
+		var err error
+		if id, err = l.Register(ctx); err != nil {
+			s.log.Warn("gateway: security server: register", "err", err)
+			sleepCtx(ctx, time.Second)
+		}
+	}
+	s.log.Info("gateway: registered with the security server", "gateway_id", id)
+	for ctx.Err() == nil {
+		var numbered []ipsec.ID
+		for _, st := range s.g.SAs() {
+			if st.Owned {
+				numbered = append(numbered, st.ID)
+			}
+		}
+		ttl, err := l.Heartbeat(ctx, id, numbered)
+		next := ttl / 3
+		if err != nil || next <= 0 {
+			if err != nil {
+				s.log.Warn("gateway: security server: heartbeat", "err", err)
+			}
+			next = time.Second
+		}
+		sleepCtx(ctx, next)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}

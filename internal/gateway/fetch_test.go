@@ -286,3 +286,70 @@ func TestGatewayRekeyFromServer(t *testing.T) {
 		t.Fatalf("%d packets on a deleted SA", r.ToDeleted)
 	}
 }
+
+// TestGatewayCrashOrdersRekey: a gateway keeps a lease naming the SAs it
+// numbers (after a split transfer it numbers both); when its heartbeats
+// stop — a crash — the security server orders the routers' agent to rekey
+// exactly those SAs, within the lease (here 300 ms) and a quarter.
+func TestGatewayCrashOrdersRekey(t *testing.T) {
+	w := sectest.Start(t)
+	w.Server.SetLease(300 * time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go w.Server.Run(ctx)
+	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.01, Seed: 5}
+	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{0x71}, seqivIV{0x72}, radio, engine.ModeSplit)
+	n.G.SetSAD(&ipsec.SAD{})
+	gw := w.Client(t, pki.Identity{Role: pki.RoleGateway, Name: "gw-17", Areas: []string{"cell-17"}})
+	src := NewServerSAs(n.G, gw, ServerOptions{})
+	gctx, crash := context.WithCancel(ctx)
+	go src.Watch(gctx, gw)
+	go src.Lease(gctx, gw)
+	waitFor(t, func() bool { return src.Stats().Pushes >= 1 })
+	agent := w.Client(t, pki.Identity{Role: pki.RoleAgent, Name: "routers", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}})
+	type order struct {
+		id ipsec.ID
+		at time.Time
+	}
+	orders := make(chan order, 8)
+	go agentOrders(ctx, agent, func(id ipsec.ID) { orders <- order{id, time.Now()} })
+	if err := agent.Upload(ctx, "cell-17", n.cfgs); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(n.G.sad.Load().Entries()) == 2 })
+	transfer(t, n.A, n.B, 5001, 1<<20)
+	time.Sleep(300 * time.Millisecond) // a heartbeat names what it numbers now
+	select {
+	case o := <-orders:
+		t.Fatalf("a rekey ordered while the gateway lived: %v", o.id)
+	default:
+	}
+	crash()
+	stopped := time.Now()
+	got := map[uint32]time.Duration{}
+	for len(got) < 2 {
+		select {
+		case o := <-orders:
+			got[o.id.SPI] = o.at.Sub(stopped)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("after the crash, rekeys ordered for %v only", got)
+		}
+	}
+	t.Logf("rekeys ordered after the crash: %v", got)
+	for _, c := range n.cfgs {
+		if _, ok := got[c.SPI]; !ok {
+			t.Fatalf("no rekey of %#x", c.SPI)
+		}
+	}
+}
+
+// agentOrders passes each SA an agent is ordered to rekey to do.
+func agentOrders(ctx context.Context, c interface {
+	Orders(context.Context, func([]ipsec.ID, string)) error
+}, do func(ipsec.ID)) {
+	c.Orders(ctx, func(ids []ipsec.ID, _ string) {
+		for _, id := range ids {
+			do(id)
+		}
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -126,5 +127,45 @@ func (c *Client) Watch(ctx context.Context, apply func(add []ipsec.Config, remov
 			remove = append(remove, ipsec.ID{SPI: x.GetSpi(), Dst: dst, Proto: proto})
 		}
 		apply(add, remove, whole)
+	}
+}
+
+// Heartbeat renews the lease of gateway identifier id, naming the SAs it
+// numbers; it returns how long the lease lasts.
+func (c *Client) Heartbeat(ctx context.Context, id uint64, numbered []ipsec.ID) (time.Duration, error) {
+	req := &pb.HeartbeatRequest{GatewayId: id}
+	for _, x := range numbered {
+		req.Numbered = append(req.Numbered, &pb.SAID{Spi: x.SPI, Dst: x.Dst.AsSlice(), Proto: x.Proto.String()})
+	}
+	r, err := c.api.Heartbeat(ctx, req)
+	if err != nil {
+		return 0, fmt.Errorf("secserver: heartbeat: %w", err)
+	}
+	return time.Duration(r.GetLeaseMs()) * time.Millisecond, nil
+}
+
+// Orders streams the agent's orders (the SAs to rekey, and why) to do
+// until ctx ends or the stream breaks.
+func (c *Client) Orders(ctx context.Context, do func(rekey []ipsec.ID, why string)) error {
+	st, err := c.api.Orders(ctx, &pb.OrdersRequest{})
+	if err != nil {
+		return fmt.Errorf("secserver: orders: %w", err)
+	}
+	for {
+		o, err := st.Recv()
+		if err != nil {
+			return fmt.Errorf("secserver: orders: %w", err)
+		}
+		var ids []ipsec.ID
+		for _, x := range o.GetRekey() {
+			if dst, ok := netip.AddrFromSlice(x.GetDst()); ok {
+				proto := ipsec.ESP
+				if x.GetProto() == "ah" {
+					proto = ipsec.AH
+				}
+				ids = append(ids, ipsec.ID{SPI: x.GetSpi(), Dst: dst, Proto: proto})
+			}
+		}
+		do(ids, o.GetWhy())
 	}
 }

@@ -48,6 +48,7 @@ type Server struct {
 	// shared: a Feed tells the watchers of every change (Follow), so the
 	// calls that make changes do not.
 	shared atomic.Bool
+	leases leases // gateways' leases, agents' order streams (lease.go)
 }
 
 // New makes the service over store. Callers are believed as verifier
@@ -253,6 +254,15 @@ func (s *Server) grant(id pki.Identity, who, call string, rec Record, want ipsec
 	return toPB(&c, class), nil
 }
 
+// configOf reads a stored record's SA.
+func (s *Server) configOf(rec Record) (ipsec.Config, error) {
+	var sa pb.SA
+	if err := proto.Unmarshal(rec.SA, &sa); err != nil {
+		return ipsec.Config{}, err
+	}
+	return toConfig(&sa)
+}
+
 // Register gives a gateway instance its identifier.
 func (s *Server) Register(ctx context.Context, _ *pb.RegisterRequest) (*pb.RegisterReply, error) {
 	_, who, err := s.caller(ctx, "register", pki.RoleGateway)
@@ -263,6 +273,7 @@ func (s *Server) Register(ctx context.Context, _ *pb.RegisterRequest) (*pb.Regis
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "store: %v", err)
 	}
+	s.leases.registered(gid, who)
 	s.audit.Info("registered", "who", who, "gateway_id", gid)
 	return &pb.RegisterReply{GatewayId: gid}, nil
 }

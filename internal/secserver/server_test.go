@@ -22,6 +22,7 @@ import (
 
 	"github.com/espep/espep/internal/pki"
 	"github.com/espep/espep/internal/secserver/pb"
+	"github.com/espep/espep/ipsec"
 )
 
 // lockedBuffer is the audit log of a test.
@@ -409,5 +410,89 @@ func TestWatch(t *testing.T) {
 	}
 	if !strings.Contains(w.audit.String(), `"call":"watch"`) {
 		t.Fatal("the watch was not audited")
+	}
+}
+
+// TestLeaseLapse: a gateway that numbers an SA keeps a lease by
+// heartbeats; while it beats, no order goes out; once it stops (a crash)
+// the agent of the SA is ordered to rekey within the lease and a quarter.
+// A gateway cannot beat for an identifier another one registered.
+func TestLeaseLapse(t *testing.T) {
+	w := newWorld(t)
+	const ttl = 300 * time.Millisecond
+	w.srv.SetLease(ttl)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go w.srv.Run(ctx)
+	agentCert := w.cert(pki.Identity{Role: pki.RoleAgent, Name: "mobile-7", Addrs: []netip.Addr{mobile}})
+	agent := w.client(agentCert)
+	if _, err := agent.Upload(ctx, &pb.UploadRequest{Area: "cell-17", Sas: []*pb.SA{gcmSA(0x1001, wired, mobile)}}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := w.verifier.ClientTLS(agentCert, pki.RoleServer)
+	ac, err := Dial(w.addr, cfg, ipsec.ClassWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	orders := make(chan time.Time, 4)
+	var ordered []ipsec.ID
+	var omu sync.Mutex
+	go ac.Orders(ctx, func(ids []ipsec.ID, why string) {
+		omu.Lock()
+		ordered = append(ordered, ids...)
+		omu.Unlock()
+		orders <- time.Now()
+	})
+	gwCert := w.cert(pki.Identity{Role: pki.RoleGateway, Name: "gw-17", Areas: []string{"cell-17"}})
+	gc, err := Dial(w.addr, w.verifier.ClientTLS(gwCert, pki.RoleServer), ipsec.ClassWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gc.Close()
+	id, err := gc.Register(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	numbered := []ipsec.ID{{SPI: 0x1001, Dst: mobile, Proto: ipsec.ESP}}
+	var last time.Time
+	for range 10 { // a second of heartbeats every 100 ms
+		if _, err := gc.Heartbeat(ctx, id, numbered); err != nil {
+			t.Fatal(err)
+		}
+		last = time.Now()
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case <-orders:
+		t.Fatal("a rekey ordered while the gateway's lease was kept")
+	default:
+	}
+	other, err := Dial(w.addr, w.verifier.ClientTLS(w.cert(pki.Identity{Role: pki.RoleGateway, Name: "gw-99", Areas: []string{"cell-99"}}), pki.RoleServer), ipsec.ClassWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.Heartbeat(ctx, id, nil); err == nil || !strings.Contains(err.Error(), "PermissionDenied") {
+		t.Fatalf("a heartbeat for another gateway's identifier: %v", err)
+	}
+	select {
+	case at := <-orders:
+		bound := at.Sub(last)
+		t.Logf("rekey ordered %v after the last heartbeat (lease %v)", bound, ttl)
+		if bound > ttl+ttl/4+time.Second { // loose: the machine may be busy; an SA's lifetime is hours
+
+			t.Fatalf("ordered %v after the last heartbeat: past the lease", bound)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no rekey ordered after the gateway stopped")
+	}
+	omu.Lock()
+	defer omu.Unlock()
+	if len(ordered) != 1 || ordered[0].SPI != 0x1001 {
+		t.Fatalf("ordered %v", ordered)
+	}
+	if !strings.Contains(w.audit.String(), "lease lapsed") {
+		t.Fatal("the lapse was not audited")
 	}
 }

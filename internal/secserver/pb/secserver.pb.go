@@ -791,6 +791,190 @@ func (x *WatchEvent) GetRemoved() []*SAID {
 	return nil
 }
 
+type HeartbeatRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GatewayId     uint64                 `protobuf:"varint,1,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
+	Numbered      []*SAID                `protobuf:"bytes,2,rep,name=numbered,proto3" json:"numbered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatRequest) Reset() {
+	*x = HeartbeatRequest{}
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatRequest) ProtoMessage() {}
+
+func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
+func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *HeartbeatRequest) GetGatewayId() uint64 {
+	if x != nil {
+		return x.GatewayId
+	}
+	return 0
+}
+
+func (x *HeartbeatRequest) GetNumbered() []*SAID {
+	if x != nil {
+		return x.Numbered
+	}
+	return nil
+}
+
+type HeartbeatReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LeaseMs       int64                  `protobuf:"varint,1,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"` // the next heartbeat is due well before this
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatReply) Reset() {
+	*x = HeartbeatReply{}
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatReply) ProtoMessage() {}
+
+func (x *HeartbeatReply) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatReply.ProtoReflect.Descriptor instead.
+func (*HeartbeatReply) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *HeartbeatReply) GetLeaseMs() int64 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
+}
+
+type OrdersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OrdersRequest) Reset() {
+	*x = OrdersRequest{}
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OrdersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OrdersRequest) ProtoMessage() {}
+
+func (x *OrdersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OrdersRequest.ProtoReflect.Descriptor instead.
+func (*OrdersRequest) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{14}
+}
+
+type Order struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rekey         []*SAID                `protobuf:"bytes,1,rep,name=rekey,proto3" json:"rekey,omitempty"`
+	Why           string                 `protobuf:"bytes,2,opt,name=why,proto3" json:"why,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Order) Reset() {
+	*x = Order{}
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Order) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Order) ProtoMessage() {}
+
+func (x *Order) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Order.ProtoReflect.Descriptor instead.
+func (*Order) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Order) GetRekey() []*SAID {
+	if x != nil {
+		return x.Rekey
+	}
+	return nil
+}
+
+func (x *Order) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
 var File_proto_espep_v1_secserver_proto protoreflect.FileDescriptor
 
 const file_proto_espep_v1_secserver_proto_rawDesc = "" +
@@ -847,18 +1031,30 @@ const file_proto_espep_v1_secserver_proto_rawDesc = "" +
 	"\n" +
 	"WatchEvent\x12\x1e\n" +
 	"\x03sas\x18\x01 \x03(\v2\f.espep.v1.SAR\x03sas\x12(\n" +
-	"\aremoved\x18\x02 \x03(\v2\x0e.espep.v1.SAIDR\aremoved*?\n" +
+	"\aremoved\x18\x02 \x03(\v2\x0e.espep.v1.SAIDR\aremoved\"]\n" +
+	"\x10HeartbeatRequest\x12\x1d\n" +
+	"\n" +
+	"gateway_id\x18\x01 \x01(\x04R\tgatewayId\x12*\n" +
+	"\bnumbered\x18\x02 \x03(\v2\x0e.espep.v1.SAIDR\bnumbered\"+\n" +
+	"\x0eHeartbeatReply\x12\x19\n" +
+	"\blease_ms\x18\x01 \x01(\x03R\aleaseMs\"\x0f\n" +
+	"\rOrdersRequest\"?\n" +
+	"\x05Order\x12$\n" +
+	"\x05rekey\x18\x01 \x03(\v2\x0e.espep.v1.SAIDR\x05rekey\x12\x10\n" +
+	"\x03why\x18\x02 \x01(\tR\x03why*?\n" +
 	"\x05Class\x12\x15\n" +
 	"\x11CLASS_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"CLASS_READ\x10\x01\x12\x0f\n" +
-	"\vCLASS_WRITE\x10\x022\xba\x02\n" +
+	"\vCLASS_WRITE\x10\x022\xb3\x03\n" +
 	"\x0eSecurityServer\x128\n" +
 	"\x06Upload\x12\x17.espep.v1.UploadRequest\x1a\x15.espep.v1.UploadReply\x12>\n" +
 	"\bWithdraw\x12\x19.espep.v1.WithdrawRequest\x1a\x17.espep.v1.WithdrawReply\x125\n" +
 	"\x05Fetch\x12\x16.espep.v1.FetchRequest\x1a\x14.espep.v1.FetchReply\x12>\n" +
 	"\bRegister\x12\x19.espep.v1.RegisterRequest\x1a\x17.espep.v1.RegisterReply\x127\n" +
-	"\x05Watch\x12\x16.espep.v1.WatchRequest\x1a\x14.espep.v1.WatchEvent0\x01B.Z,github.com/espep/espep/internal/secserver/pbb\x06proto3"
+	"\x05Watch\x12\x16.espep.v1.WatchRequest\x1a\x14.espep.v1.WatchEvent0\x01\x12A\n" +
+	"\tHeartbeat\x12\x1a.espep.v1.HeartbeatRequest\x1a\x18.espep.v1.HeartbeatReply\x124\n" +
+	"\x06Orders\x12\x17.espep.v1.OrdersRequest\x1a\x0f.espep.v1.Order0\x01B.Z,github.com/espep/espep/internal/secserver/pbb\x06proto3"
 
 var (
 	file_proto_espep_v1_secserver_proto_rawDescOnce sync.Once
@@ -873,21 +1069,25 @@ func file_proto_espep_v1_secserver_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_espep_v1_secserver_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_proto_espep_v1_secserver_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_proto_espep_v1_secserver_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_proto_espep_v1_secserver_proto_goTypes = []any{
-	(Class)(0),              // 0: espep.v1.Class
-	(*SA)(nil),              // 1: espep.v1.SA
-	(*UploadRequest)(nil),   // 2: espep.v1.UploadRequest
-	(*UploadReply)(nil),     // 3: espep.v1.UploadReply
-	(*SAID)(nil),            // 4: espep.v1.SAID
-	(*WithdrawRequest)(nil), // 5: espep.v1.WithdrawRequest
-	(*WithdrawReply)(nil),   // 6: espep.v1.WithdrawReply
-	(*FetchRequest)(nil),    // 7: espep.v1.FetchRequest
-	(*FetchReply)(nil),      // 8: espep.v1.FetchReply
-	(*RegisterRequest)(nil), // 9: espep.v1.RegisterRequest
-	(*RegisterReply)(nil),   // 10: espep.v1.RegisterReply
-	(*WatchRequest)(nil),    // 11: espep.v1.WatchRequest
-	(*WatchEvent)(nil),      // 12: espep.v1.WatchEvent
+	(Class)(0),               // 0: espep.v1.Class
+	(*SA)(nil),               // 1: espep.v1.SA
+	(*UploadRequest)(nil),    // 2: espep.v1.UploadRequest
+	(*UploadReply)(nil),      // 3: espep.v1.UploadReply
+	(*SAID)(nil),             // 4: espep.v1.SAID
+	(*WithdrawRequest)(nil),  // 5: espep.v1.WithdrawRequest
+	(*WithdrawReply)(nil),    // 6: espep.v1.WithdrawReply
+	(*FetchRequest)(nil),     // 7: espep.v1.FetchRequest
+	(*FetchReply)(nil),       // 8: espep.v1.FetchReply
+	(*RegisterRequest)(nil),  // 9: espep.v1.RegisterRequest
+	(*RegisterReply)(nil),    // 10: espep.v1.RegisterReply
+	(*WatchRequest)(nil),     // 11: espep.v1.WatchRequest
+	(*WatchEvent)(nil),       // 12: espep.v1.WatchEvent
+	(*HeartbeatRequest)(nil), // 13: espep.v1.HeartbeatRequest
+	(*HeartbeatReply)(nil),   // 14: espep.v1.HeartbeatReply
+	(*OrdersRequest)(nil),    // 15: espep.v1.OrdersRequest
+	(*Order)(nil),            // 16: espep.v1.Order
 }
 var file_proto_espep_v1_secserver_proto_depIdxs = []int32{
 	0,  // 0: espep.v1.SA.class:type_name -> espep.v1.Class
@@ -898,21 +1098,27 @@ var file_proto_espep_v1_secserver_proto_depIdxs = []int32{
 	0,  // 5: espep.v1.WatchRequest.class:type_name -> espep.v1.Class
 	1,  // 6: espep.v1.WatchEvent.sas:type_name -> espep.v1.SA
 	4,  // 7: espep.v1.WatchEvent.removed:type_name -> espep.v1.SAID
-	2,  // 8: espep.v1.SecurityServer.Upload:input_type -> espep.v1.UploadRequest
-	5,  // 9: espep.v1.SecurityServer.Withdraw:input_type -> espep.v1.WithdrawRequest
-	7,  // 10: espep.v1.SecurityServer.Fetch:input_type -> espep.v1.FetchRequest
-	9,  // 11: espep.v1.SecurityServer.Register:input_type -> espep.v1.RegisterRequest
-	11, // 12: espep.v1.SecurityServer.Watch:input_type -> espep.v1.WatchRequest
-	3,  // 13: espep.v1.SecurityServer.Upload:output_type -> espep.v1.UploadReply
-	6,  // 14: espep.v1.SecurityServer.Withdraw:output_type -> espep.v1.WithdrawReply
-	8,  // 15: espep.v1.SecurityServer.Fetch:output_type -> espep.v1.FetchReply
-	10, // 16: espep.v1.SecurityServer.Register:output_type -> espep.v1.RegisterReply
-	12, // 17: espep.v1.SecurityServer.Watch:output_type -> espep.v1.WatchEvent
-	13, // [13:18] is the sub-list for method output_type
-	8,  // [8:13] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	4,  // 8: espep.v1.HeartbeatRequest.numbered:type_name -> espep.v1.SAID
+	4,  // 9: espep.v1.Order.rekey:type_name -> espep.v1.SAID
+	2,  // 10: espep.v1.SecurityServer.Upload:input_type -> espep.v1.UploadRequest
+	5,  // 11: espep.v1.SecurityServer.Withdraw:input_type -> espep.v1.WithdrawRequest
+	7,  // 12: espep.v1.SecurityServer.Fetch:input_type -> espep.v1.FetchRequest
+	9,  // 13: espep.v1.SecurityServer.Register:input_type -> espep.v1.RegisterRequest
+	11, // 14: espep.v1.SecurityServer.Watch:input_type -> espep.v1.WatchRequest
+	13, // 15: espep.v1.SecurityServer.Heartbeat:input_type -> espep.v1.HeartbeatRequest
+	15, // 16: espep.v1.SecurityServer.Orders:input_type -> espep.v1.OrdersRequest
+	3,  // 17: espep.v1.SecurityServer.Upload:output_type -> espep.v1.UploadReply
+	6,  // 18: espep.v1.SecurityServer.Withdraw:output_type -> espep.v1.WithdrawReply
+	8,  // 19: espep.v1.SecurityServer.Fetch:output_type -> espep.v1.FetchReply
+	10, // 20: espep.v1.SecurityServer.Register:output_type -> espep.v1.RegisterReply
+	12, // 21: espep.v1.SecurityServer.Watch:output_type -> espep.v1.WatchEvent
+	14, // 22: espep.v1.SecurityServer.Heartbeat:output_type -> espep.v1.HeartbeatReply
+	16, // 23: espep.v1.SecurityServer.Orders:output_type -> espep.v1.Order
+	17, // [17:24] is the sub-list for method output_type
+	10, // [10:17] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_proto_espep_v1_secserver_proto_init() }
@@ -926,7 +1132,7 @@ func file_proto_espep_v1_secserver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_espep_v1_secserver_proto_rawDesc), len(file_proto_espep_v1_secserver_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,11 +29,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SecurityServer_Upload_FullMethodName   = "/espep.v1.SecurityServer/Upload"
-	SecurityServer_Withdraw_FullMethodName = "/espep.v1.SecurityServer/Withdraw"
-	SecurityServer_Fetch_FullMethodName    = "/espep.v1.SecurityServer/Fetch"
-	SecurityServer_Register_FullMethodName = "/espep.v1.SecurityServer/Register"
-	SecurityServer_Watch_FullMethodName    = "/espep.v1.SecurityServer/Watch"
+	SecurityServer_Upload_FullMethodName    = "/espep.v1.SecurityServer/Upload"
+	SecurityServer_Withdraw_FullMethodName  = "/espep.v1.SecurityServer/Withdraw"
+	SecurityServer_Fetch_FullMethodName     = "/espep.v1.SecurityServer/Fetch"
+	SecurityServer_Register_FullMethodName  = "/espep.v1.SecurityServer/Register"
+	SecurityServer_Watch_FullMethodName     = "/espep.v1.SecurityServer/Watch"
+	SecurityServer_Heartbeat_FullMethodName = "/espep.v1.SecurityServer/Heartbeat"
+	SecurityServer_Orders_FullMethodName    = "/espep.v1.SecurityServer/Orders"
 )
 
 // SecurityServerClient is the client API for SecurityServer service.
@@ -59,6 +61,15 @@ type SecurityServerClient interface {
 	// a gateway has an SA before its first packet and drops one the
 	// endpoint deleted. Gateways only.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
+	// Heartbeat keeps a registered gateway's lease and says which SAs it
+	// numbers. When the lease lapses (the gateway crashed or is cut off),
+	// the agents of those SAs are ordered to rekey: the endpoints' own
+	// numbers are behind the gateway's, and only a new SA makes them usable.
+	// Gateways only, for an identifier they registered.
+	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatReply, error)
+	// Orders streams to an agent what it must do for its SAs (rekey). Agents
+	// only.
+	Orders(ctx context.Context, in *OrdersRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Order], error)
 }
 
 type securityServerClient struct {
@@ -128,6 +139,35 @@ func (c *securityServerClient) Watch(ctx context.Context, in *WatchRequest, opts
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SecurityServer_WatchClient = grpc.ServerStreamingClient[WatchEvent]
 
+func (c *securityServerClient) Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HeartbeatReply)
+	err := c.cc.Invoke(ctx, SecurityServer_Heartbeat_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *securityServerClient) Orders(ctx context.Context, in *OrdersRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Order], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SecurityServer_ServiceDesc.Streams[1], SecurityServer_Orders_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[OrdersRequest, Order]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SecurityServer_OrdersClient = grpc.ServerStreamingClient[Order]
+
 // SecurityServerServer is the server API for SecurityServer service.
 // All implementations must embed UnimplementedSecurityServerServer
 // for forward compatibility.
@@ -151,6 +191,15 @@ type SecurityServerServer interface {
 	// a gateway has an SA before its first packet and drops one the
 	// endpoint deleted. Gateways only.
 	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
+	// Heartbeat keeps a registered gateway's lease and says which SAs it
+	// numbers. When the lease lapses (the gateway crashed or is cut off),
+	// the agents of those SAs are ordered to rekey: the endpoints' own
+	// numbers are behind the gateway's, and only a new SA makes them usable.
+	// Gateways only, for an identifier they registered.
+	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatReply, error)
+	// Orders streams to an agent what it must do for its SAs (rekey). Agents
+	// only.
+	Orders(*OrdersRequest, grpc.ServerStreamingServer[Order]) error
 	mustEmbedUnimplementedSecurityServerServer()
 }
 
@@ -175,6 +224,12 @@ func (UnimplementedSecurityServerServer) Register(context.Context, *RegisterRequ
 }
 func (UnimplementedSecurityServerServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedSecurityServerServer) Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Heartbeat not implemented")
+}
+func (UnimplementedSecurityServerServer) Orders(*OrdersRequest, grpc.ServerStreamingServer[Order]) error {
+	return status.Error(codes.Unimplemented, "method Orders not implemented")
 }
 func (UnimplementedSecurityServerServer) mustEmbedUnimplementedSecurityServerServer() {}
 func (UnimplementedSecurityServerServer) testEmbeddedByValue()                        {}
@@ -280,6 +335,35 @@ func _SecurityServer_Watch_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SecurityServer_WatchServer = grpc.ServerStreamingServer[WatchEvent]
 
+func _SecurityServer_Heartbeat_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HeartbeatRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecurityServerServer).Heartbeat(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecurityServer_Heartbeat_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecurityServerServer).Heartbeat(ctx, req.(*HeartbeatRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SecurityServer_Orders_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(OrdersRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SecurityServerServer).Orders(m, &grpc.GenericServerStream[OrdersRequest, Order]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SecurityServer_OrdersServer = grpc.ServerStreamingServer[Order]
+
 // SecurityServer_ServiceDesc is the grpc.ServiceDesc for SecurityServer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -303,11 +387,20 @@ var SecurityServer_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Register",
 			Handler:    _SecurityServer_Register_Handler,
 		},
+		{
+			MethodName: "Heartbeat",
+			Handler:    _SecurityServer_Heartbeat_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Watch",
 			Handler:       _SecurityServer_Watch_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Orders",
+			Handler:       _SecurityServer_Orders_Handler,
 			ServerStreams: true,
 		},
 	},

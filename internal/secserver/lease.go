@@ -1,0 +1,215 @@
+package secserver
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/secserver/pb"
+)
+
+// Leases and the crash bound. A gateway that numbers an SA runs ahead of
+// the endpoint's own sequence numbers; if it vanishes, the endpoint's
+// packets fall behind the receiver's replay window until the SA is
+// replaced. So a registered gateway keeps a lease by heartbeats that name
+// the SAs it numbers; when the lease lapses the server orders the agents
+// of those SAs to rekey. The outage after a gateway crash is then bounded
+// by the lease (plus the agent's rekey), not by the SA's lifetime.
+//
+// Leases live in the replica's memory: a gateway heartbeats to one
+// replica (not built: leases shared through etcd, so that a replica's own
+// crash does not forget them).
+
+// DefaultLease is how long a heartbeat keeps a gateway's lease.
+const DefaultLease = 10 * time.Second
+
+// maxNumbered bounds the SAs one heartbeat may name.
+const maxNumbered = 4096
+
+type lease struct {
+	who      string // the certificate that registered the identifier
+	until    time.Time
+	numbered []*pb.SAID
+}
+
+// leases is the server's table of gateway leases and agents' order
+// streams.
+type leases struct {
+	mu     sync.Mutex
+	ttl    time.Duration
+	byID   map[uint64]*lease
+	owners map[uint64]string // identifier → who registered it (only they heartbeat it)
+	agents map[*orderStream]bool
+}
+
+type orderStream struct {
+	id pki.Identity
+	ch chan *pb.Order
+}
+
+// SetLease sets how long a heartbeat keeps a lease (DefaultLease).
+func (s *Server) SetLease(d time.Duration) {
+	s.leases.mu.Lock()
+	defer s.leases.mu.Unlock()
+	s.leases.ttl = d
+}
+
+func (l *leases) init() {
+	if l.byID == nil {
+		l.byID, l.owners, l.agents = map[uint64]*lease{}, map[uint64]string{}, map[*orderStream]bool{}
+	}
+	if l.ttl == 0 {
+		l.ttl = DefaultLease
+	}
+}
+
+// registered notes that who registered gateway identifier id.
+func (l *leases) registered(id uint64, who string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.init()
+	l.owners[id] = who
+}
+
+// Heartbeat renews a gateway's lease.
+func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatReply, error) {
+	_, who, err := s.caller(ctx, "heartbeat", pki.RoleGateway)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetNumbered()) > maxNumbered {
+		return nil, status.Errorf(codes.InvalidArgument, "%d SAs in one heartbeat: at most %d", len(req.GetNumbered()), maxNumbered)
+	}
+	l := &s.leases
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.init()
+	// The certificate, not its serial: a gateway renewed with a new
+	// certificate of the same name keeps its identifier.
+	if owner, ok := l.owners[req.GetGatewayId()]; !ok || nameOf(owner) != nameOf(who) {
+		return nil, status.Errorf(codes.PermissionDenied, "gateway identifier %d was not registered by %s", req.GetGatewayId(), nameOf(who))
+	}
+	l.byID[req.GetGatewayId()] = &lease{who: who, until: s.now().Add(l.ttl), numbered: req.GetNumbered()}
+	return &pb.HeartbeatReply{LeaseMs: l.ttl.Milliseconds()}, nil
+}
+
+// nameOf is the name part of "name/serial".
+func nameOf(who string) string {
+	for i := len(who) - 1; i >= 0; i-- {
+		if who[i] == '/' {
+			return who[:i]
+		}
+	}
+	return who
+}
+
+// Orders streams an agent the rekeys its SAs need.
+func (s *Server) Orders(_ *pb.OrdersRequest, stream pb.SecurityServer_OrdersServer) error {
+	ctx := stream.Context()
+	id, _, err := s.caller(ctx, "orders", pki.RoleAgent)
+	if err != nil {
+		return err
+	}
+	o := &orderStream{id: id, ch: make(chan *pb.Order, watchQueue)}
+	l := &s.leases
+	l.mu.Lock()
+	l.init()
+	l.agents[o] = true
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		delete(l.agents, o)
+		l.mu.Unlock()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ord := <-o.ch:
+			if err := stream.Send(ord); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// Expire ends the leases that lapsed by now and orders the rekeys; it
+// returns how many leases ended. Run calls it periodically.
+func (s *Server) Expire(now time.Time) int {
+	l := &s.leases
+	l.mu.Lock()
+	l.init()
+	var lapsed []*lease
+	for id, ls := range l.byID {
+		if now.After(ls.until) {
+			lapsed = append(lapsed, ls)
+			delete(l.byID, id)
+		}
+	}
+	agents := make([]*orderStream, 0, len(l.agents))
+	for a := range l.agents {
+		agents = append(agents, a)
+	}
+	l.mu.Unlock()
+	for _, ls := range lapsed {
+		s.audit.Warn("lease lapsed", "who", ls.who, "numbered", len(ls.numbered))
+		for _, a := range agents {
+			var mine []*pb.SAID
+			for _, x := range ls.numbered {
+				if s.ownsSA(a.id, x) {
+					mine = append(mine, x)
+				}
+			}
+			if len(mine) == 0 {
+				continue
+			}
+			select {
+			case a.ch <- &pb.Order{Rekey: mine, Why: fmt.Sprintf("the lease of gateway %s lapsed", nameOf(ls.who))}:
+				s.audit.Info("rekey ordered", "agent", a.id.Name, "sas", len(mine), "gateway", ls.who)
+			default: // the agent is not reading: it reconnects and the SA expires by its lifetime
+			}
+		}
+	}
+	return len(lapsed)
+}
+
+// ownsSA reports whether agent id may act for the stored SA x.
+func (s *Server) ownsSA(id pki.Identity, x *pb.SAID) bool {
+	dst, ok := netip.AddrFromSlice(x.GetDst())
+	if !ok {
+		return false
+	}
+	rec, found, err := s.store.Get(SAKey{SPI: x.GetSpi(), Dst: dst, Proto: x.GetProto()})
+	if err != nil || !found {
+		return id.Owns(dst)
+	}
+	c, err := s.configOf(rec)
+	if err != nil {
+		return false
+	}
+	defer clear(c.EncKey)
+	defer clear(c.IntegKey)
+	return id.Owns(c.Src) || id.Owns(c.Dst)
+}
+
+// Run expires leases every quarter lease until ctx ends.
+func (s *Server) Run(ctx context.Context) {
+	for {
+		s.leases.mu.Lock()
+		s.leases.init()
+		every := s.leases.ttl / 4
+		s.leases.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+			s.Expire(s.now())
+		}
+	}
+}
