@@ -19,16 +19,19 @@ import (
 )
 
 const agentUsage = `usage: espep agent --secserver HOST:PORT --cert FILE --key FILE --ca FILE [--crl FILE]
-                  --keys FILE [--keys FILE…] --area AREA [--class read|write]
+                  (--keys FILE | --host-config FILE)… --area AREA [--class read|write]
                   [--interval D] [--once] [--rekey-command CMD] [--duration D]
 
 Runs on an endpoint and delegates its SAs to the security server (scheme
 3): it watches the key files (Wireshark esp_sa lines as strongSwan's
 save-keys plugin writes them, or espep's native SA format; mode 0600),
 uploads the SAs that permit a proxy with the endpoint's area, and
-withdraws those that leave the files (deleted, rekeyed away). --class
-delegates every SA in that class (read: no integrity key, and no AEAD SA);
-without it each SA's own class counts (esp_sa lines: write). --cert is an
+withdraws those that leave the files (deleted, rekeyed away).
+--host-config takes an espep host configuration: the SAs of its policies
+with proxy = read or write are delegated in that class, the others never
+(the endpoint's per-connection permission). --class is a ceiling (read:
+no integrity key, and no AEAD SA); below it each SA's own class counts
+(esp_sa lines: write). --cert is an
 agent certificate (espep pki issue --role agent) whose addresses or
 prefixes own the SAs' addresses.
 
@@ -43,8 +46,9 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	keyFile := fs.String("key", "", "its key")
 	caFile := fs.String("ca", "", "the CA's certificate")
 	crlFile := fs.String("crl", "", "the CA's revocation list")
-	var keys stringList
+	var keys, hostCfgs stringList
 	fs.Var(&keys, "keys", "key file to delegate (repeatable)")
+	fs.Var(&hostCfgs, "host-config", "espep host configuration: delegate the SAs of its policies with proxy = read|write (repeatable)")
 	area := fs.String("area", "", "the area the endpoint is in")
 	class := fs.String("class", "", "delegate every SA in this class: read or write")
 	every := fs.Duration("interval", time.Second, "how often the files are read")
@@ -55,11 +59,11 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
-	if *addr == "" || *certFile == "" || *keyFile == "" || *caFile == "" || len(keys) == 0 || *area == "" || fs.NArg() != 0 {
+	if *addr == "" || *certFile == "" || *keyFile == "" || *caFile == "" || len(keys)+len(hostCfgs) == 0 || *area == "" || fs.NArg() != 0 {
 		fs.Usage()
-		return usageError{"agent: need --secserver, --cert, --key, --ca, --keys and --area"}
+		return usageError{"agent: need --secserver, --cert, --key, --ca, --keys or --host-config, and --area"}
 	}
-	cfg := agent.Config{Files: keys, Area: *area, Log: slog.New(slog.NewTextHandler(stderr, nil))}
+	cfg := agent.Config{Files: keys, HostConfigs: hostCfgs, Area: *area, Log: slog.New(slog.NewTextHandler(stderr, nil))}
 	switch *class {
 	case "":
 	case "read":

@@ -21,6 +21,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/espep/espep/internal/host"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/safile"
 )
@@ -34,11 +35,15 @@ type Server interface {
 // Config is what the agent delegates and where from.
 type Config struct {
 	Files []string // key files (esp_sa lines or native), each closed to group and others
-	Area  string   // where the endpoint is: which gateways may fetch
-	// Class, when not ClassNone, is the class every SA of the files is
-	// delegated in; otherwise each SA's own (native files say it; an
-	// esp_sa line with both keys is write, one with an empty auth key
-	// read) — and an SA of class none is not delegated.
+	// HostConfigs are espep host configurations: each delegates the
+	// outbound SAs of the policies that permit a proxy (proxy = read or
+	// write), in that class — the endpoint's per-connection permission.
+	HostConfigs []string
+	Area        string // where the endpoint is: which gateways may fetch
+	// Class, when not ClassNone, is the most any SA is delegated in;
+	// below it each SA's own class counts (native files and espep host's
+	// policies say it; an esp_sa line with both keys is write, one with an
+	// empty auth key read) — and an SA of class none is not delegated.
 	Class ipsec.Class
 	Log   *slog.Logger
 }
@@ -72,8 +77,21 @@ func (a *Agent) Sync(ctx context.Context) error {
 	want := map[ipsec.ID]ipsec.Config{}
 	var errs []error
 	unreadable := false
+	sources := make([]func() ([]ipsec.Config, error), 0, len(a.cfg.Files)+len(a.cfg.HostConfigs))
 	for _, path := range a.cfg.Files {
-		cfgs, err := readKeys(path)
+		sources = append(sources, func() ([]ipsec.Config, error) { return readKeys(path) })
+	}
+	for _, path := range a.cfg.HostConfigs {
+		sources = append(sources, func() ([]ipsec.Config, error) {
+			hc, err := host.LoadConfig(path)
+			if err != nil {
+				return nil, err
+			}
+			return hc.Delegable(), nil
+		})
+	}
+	for _, read := range sources {
+		cfgs, err := read()
 		if err != nil {
 			errs = append(errs, err)
 			if cfgs == nil {
@@ -83,7 +101,7 @@ func (a *Agent) Sync(ctx context.Context) error {
 		}
 		for _, c := range cfgs {
 			if a.cfg.Class != ipsec.ClassNone {
-				c.Class = a.cfg.Class
+				c.Class = min(c.Class, a.cfg.Class) // a ceiling: never more than the SA's own permission
 			}
 			if c.Class == ipsec.ClassRead {
 				c.IntegKey = nil

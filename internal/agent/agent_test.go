@@ -114,3 +114,45 @@ func TestAgentClass(t *testing.T) {
 		t.Fatalf("an agent uploading SAs of addresses it does not own: %v", err)
 	}
 }
+
+// TestAgentHostConfig: per-connection permission. An espep host's policies
+// say which traffic a proxy may touch; the agent delegates the SA of the
+// web policy (proxy = write) and never the ssh policy's, and a gateway of
+// the area fetches only the one.
+func TestAgentHostConfig(t *testing.T) {
+	w := sectest.Start(t)
+	dir := t.TempDir()
+	conf := `espep-host 1
+[host]
+sa-file = sa.conf
+state-dir = state
+[policy]
+name = web
+proto = tcp
+remote-ports = 80-443
+action = protect
+sa = 0xe1000001
+proxy = write
+[policy]
+name = ssh
+proto = tcp
+remote-ports = 22
+action = protect
+sa = 0xe2000002
+`
+	var sas bytes.Buffer
+	if err := safile.WriteNative(&sas, []ipsec.Config{sa(0xe1000001, right, left, 1), sa(0xe2000002, right, left, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "host.conf"), []byte(conf), 0o600)
+	os.WriteFile(filepath.Join(dir, "sa.conf"), sas.Bytes(), 0o600)
+	a := New(Config{HostConfigs: []string{filepath.Join(dir, "host.conf")}, Area: "cell-4"},
+		w.Client(t, pki.Identity{Role: pki.RoleAgent, Name: "right", Addrs: []netip.Addr{right}}))
+	if err := a.Sync(context.Background()); err != nil || a.Uploads != 1 {
+		t.Fatalf("sync: %v, %d uploads", err, a.Uploads)
+	}
+	got, err := w.Client(t, pki.Identity{Role: pki.RoleGateway, Name: "gw-4", Areas: []string{"cell-4"}}).Fetch(context.Background(), left, right)
+	if err != nil || len(got) != 1 || got[0].SPI != 0xe1000001 {
+		t.Fatalf("the gateway got %+v (%v): want the web policy's SA only", got, err)
+	}
+}

@@ -41,6 +41,9 @@ import (
 //	action   = protect           # protect | bypass | discard
 //	sa       = 0xc0de0001        # outbound SA (its SPI) for protect; repeat the
 //	                             # field for a bundle, innermost first (ESP, then AH)
+//	proxy    = write             # none | read | write: what a proxy may do on this
+//	                             # traffic; espep agent --host-config delegates the
+//	                             # policy's SAs in that class (default none: never)
 //
 // Traffic that no policy matches is discarded.
 type Config struct {
@@ -54,9 +57,37 @@ type Config struct {
 	Metrics  string
 	StateDir string
 	Policies []ipsec.Policy
-	// PolicySPIs are the outbound SA SPIs of each Protect policy.
-	PolicySPIs [][]uint32
-	SAs        []ipsec.Config
+	// PolicySPIs are the outbound SA SPIs of each Protect policy, and
+	// PolicyProxy what each lets a proxy do (DESIGN.md's classes).
+	PolicySPIs  [][]uint32
+	PolicyProxy []ipsec.Class
+	SAs         []ipsec.Config
+}
+
+// Delegable returns the outbound SAs that a proxy may work on, each in the
+// class the policies using it permit (the least, when several name it):
+// what the endpoint's agent delegates. An SA that any policy permits no
+// proxy is not among them.
+func (c *Config) Delegable() []ipsec.Config {
+	class := map[uint32]ipsec.Class{}
+	for i, p := range c.Policies {
+		if p.Action != ipsec.Protect {
+			continue
+		}
+		for _, spi := range c.PolicySPIs[i] {
+			if k, seen := class[spi]; !seen || c.PolicyProxy[i] < k {
+				class[spi] = c.PolicyProxy[i]
+			}
+		}
+	}
+	var out []ipsec.Config
+	for _, sa := range c.SAs {
+		if k := class[sa.SPI]; k != ipsec.ClassNone {
+			sa.Class = k
+			out = append(out, sa)
+		}
+	}
+	return out
 }
 
 // HostMagic starts a host configuration file.
@@ -98,11 +129,13 @@ func ParseConfig(r io.Reader, name string) (*Config, error) {
 	rd := keyval.NewReader(r, name, HostMagic, 1, "addr", "route", "sa-file", "sa")
 	var pol *ipsec.Policy
 	var spis []uint32
+	var proxy ipsec.Class
 	flush := func() {
 		if pol != nil {
 			c.Policies = append(c.Policies, *pol)
 			c.PolicySPIs = append(c.PolicySPIs, spis)
-			pol, spis = nil, nil
+			c.PolicyProxy = append(c.PolicyProxy, proxy)
+			pol, spis, proxy = nil, nil, ipsec.ClassNone
 		}
 	}
 	for {
@@ -127,6 +160,10 @@ func ParseConfig(r io.Reader, name string) (*Config, error) {
 		case "host":
 			err = c.setHost(l.Key, l.Value)
 		case "policy":
+			if l.Key == "proxy" {
+				proxy, err = ipsec.ParseClass(l.Value)
+				break
+			}
 			err = setPolicy(pol, &spis, l.Key, l.Value)
 		default:
 			err = fmt.Errorf("outside a section")
@@ -243,6 +280,15 @@ func (c *Config) check() error {
 		}
 		if len(c.PolicySPIs[i]) == 0 {
 			return fmt.Errorf("policy %q: protect needs sa = SPI", p.Name)
+		}
+		if c.PolicyProxy[i] == ipsec.ClassRead {
+			for _, spi := range c.PolicySPIs[i] {
+				for _, sa := range c.SAs {
+					if sa.SPI == spi && sa.Enc.AEAD() {
+						return fmt.Errorf("policy %q: proxy = read for sa %#x (%v): an AEAD SA cannot be read without its integrity key", p.Name, spi, sa.Enc)
+					}
+				}
+			}
 		}
 		c.Policies[i].SAs = nil
 		for _, spi := range c.PolicySPIs[i] {

@@ -130,3 +130,89 @@ func FuzzConfig(f *testing.F) {
 		c.check()
 	})
 }
+
+// TestDelegable: a policy's proxy setting decides which outbound SAs the
+// endpoint's agent delegates, and in what class: web traffic (proxy =
+// write) yes, ssh (no proxy) never, an SA two policies share at the lesser
+// of their classes; proxy = read of an AEAD SA is refused.
+func TestDelegable(t *testing.T) {
+	dir := t.TempDir()
+	conf := `espep-host 1
+[host]
+sa-file = sa.conf
+state-dir = state
+[policy]
+name = web
+remote-ports = 80-443
+proto = tcp
+action = protect
+sa = 0x1001
+proxy = write
+[policy]
+name = ssh
+remote-ports = 22
+proto = tcp
+action = protect
+sa = 0x2001
+[policy]
+name = mail
+remote-ports = 25
+proto = tcp
+action = protect
+sa = 0x3001
+proxy = write
+[policy]
+name = mail-too
+remote-ports = 587
+proto = tcp
+action = protect
+sa = 0x3001
+proxy = read
+`
+	sas := `espep-sa 1
+[sa]
+spi = 0x1001
+src = 10.77.1.1
+dst = 10.77.1.2
+mode = transport
+enc = aes-gcm16
+enc-key = 0x000102030405060708090a0b0c0d0e0f10111213
+[sa]
+spi = 0x2001
+src = 10.77.1.1
+dst = 10.77.1.2
+mode = transport
+enc = aes-gcm16
+enc-key = 0x000102030405060708090a0b0c0d0e0f10111214
+[sa]
+spi = 0x3001
+src = 10.77.1.1
+dst = 10.77.1.2
+mode = transport
+enc = aes-cbc
+enc-key = 0x000102030405060708090a0b0c0d0e0f
+integ = hmac-sha256-128
+integ-key = 0x000102030405060708090a0b0c0d0e0f000102030405060708090a0b0c0d0e0f
+`
+	os.WriteFile(filepath.Join(dir, "host.conf"), []byte(conf), 0o600)
+	os.WriteFile(filepath.Join(dir, "sa.conf"), []byte(sas), 0o600)
+	c, err := LoadConfig(filepath.Join(dir, "host.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint32]ipsec.Class{}
+	for _, sa := range c.Delegable() {
+		got[sa.SPI] = sa.Class
+	}
+	if len(got) != 2 || got[0x1001] != ipsec.ClassWrite || got[0x3001] != ipsec.ClassRead {
+		t.Fatalf("delegable %v: want web's SA in write, mail's in read, ssh's not at all", got)
+	}
+	bad := strings.Replace(conf, "sa = 0x1001\nproxy = write", "sa = 0x1001\nproxy = read", 1)
+	os.WriteFile(filepath.Join(dir, "host.conf"), []byte(bad), 0o600)
+	if _, err := LoadConfig(filepath.Join(dir, "host.conf")); err == nil || !strings.Contains(err.Error(), "AEAD") {
+		t.Fatalf("proxy = read of an AES-GCM SA: %v", err)
+	}
+	if _, err := ParseConfig(strings.NewReader("espep-host 1\n[policy]\nproxy = maybe\n"), "x"); err == nil || !strings.Contains(err.Error(), "x:3: field proxy") {
+		t.Fatalf("a bad proxy value: %v", err)
+	}
+}
