@@ -419,7 +419,7 @@ func TestWatch(t *testing.T) {
 // A gateway cannot beat for an identifier another one registered.
 func TestLeaseLapse(t *testing.T) {
 	w := newWorld(t)
-	const ttl = 300 * time.Millisecond
+	const ttl = time.Second // heartbeats every 200 ms: a busy machine does not miss five
 	w.srv.SetLease(ttl)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -456,12 +456,12 @@ func TestLeaseLapse(t *testing.T) {
 	}
 	numbered := []ipsec.ID{{SPI: 0x1001, Dst: mobile, Proto: ipsec.ESP}}
 	var last time.Time
-	for range 10 { // a second of heartbeats every 100 ms
+	for range 10 { // two seconds of heartbeats every 200 ms
 		if _, err := gc.Heartbeat(ctx, id, numbered); err != nil {
 			t.Fatal(err)
 		}
 		last = time.Now()
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
 	}
 	select {
 	case <-orders:
