@@ -61,12 +61,6 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	fc.Gateway.Log = log
-	state, err := openState(fc.StateDir, fc.IVPartition, log)
-	if err != nil {
-		return err
-	}
-	defer closeState(state, log)
-	fc.Gateway.State = state
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if dur > 0 {
@@ -74,6 +68,31 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		ctx, cancel = context.WithTimeout(ctx, dur)
 		defer cancel()
 	}
+	var ss *secserverConn
+	if fc.SecServer.Addr != "" {
+		// Registering first (and waiting for the server) only when the IV
+		// partition is to come from it; otherwise the lease registers.
+		if ss, err = dialSecServer(ctx, fc.SecServer, fc.IVPartition.N == 0, log); err != nil {
+			return err
+		}
+		defer ss.c.Close()
+		if fc.IVPartition.N == 0 {
+			// Gateways that share no state directory are kept apart by
+			// the identifier the server gave this instance, never given
+			// again (statedir: blocks ≡ K mod N).
+			if ss.id >= 1<<16 {
+				return fmt.Errorf("gateway: the security server's identifier %d is past 65535, the widest IV partition: set iv-partition by hand", ss.id)
+			}
+			fc.IVPartition = statedir.Partition{K: uint32(ss.id), N: 1 << 16}
+			log.Info("gateway: IV partition from the security server", "partition", fc.IVPartition.String())
+		}
+	}
+	state, err := openState(fc.StateDir, fc.IVPartition, log)
+	if err != nil {
+		return err
+	}
+	defer closeState(state, log)
+	fc.Gateway.State = state
 	gw, run, closeIO, err := openGatewayIO(fc, log)
 	if err != nil {
 		return err
@@ -86,12 +105,11 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if len(fc.SAFiles) > 0 {
 		defer watchSAs(ctx, gw, fc.SAFiles, log)()
 	}
-	if fc.SecServer.Addr != "" {
-		closeSS, err := fetchSAs(ctx, gw, fc.SecServer, log)
-		if err != nil {
-			return err
-		}
-		defer closeSS()
+	if ss != nil {
+		src := gateway.NewServerSAs(gw, ss.c, gateway.ServerOptions{})
+		go src.Run(ctx)                // asks when packets show a pair it lacks
+		go src.Watch(ctx, ss.c)        // takes what the server pushes for its areas
+		go src.Lease(ctx, ss.c, ss.id) // a lease that, lapsing, has the agents rekey what it numbered
 	}
 	if fc.Metrics != "" {
 		reg, err := metrics.Registry(gw.Counters("espep_gateway_"))
@@ -249,9 +267,16 @@ func watchSAs(ctx context.Context, gw *gateway.Gateway, paths []string, log *slo
 	return func() { signal.Stop(hup) }
 }
 
-// fetchSAs makes the security server a source of the gateway's SAs
-// (gateway.ServerSAs) until ctx ends; stop closes the connection.
-func fetchSAs(ctx context.Context, gw *gateway.Gateway, ss gateway.SecServerConfig, log *slog.Logger) (stop func(), err error) {
+// secserverConn is the gateway's connection to the security server and
+// the identifier it registered under.
+type secserverConn struct {
+	c  *secserver.Client
+	id uint64
+}
+
+// dialSecServer connects to the security server and, with register,
+// registers this gateway instance, trying for up to 30 s.
+func dialSecServer(ctx context.Context, ss gateway.SecServerConfig, register bool, log *slog.Logger) (*secserverConn, error) {
 	v, err := pki.LoadVerifier(ss.CA, ss.CRL)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: secserver: %w", err)
@@ -271,12 +296,25 @@ func fetchSAs(ctx context.Context, gw *gateway.Gateway, ss gateway.SecServerConf
 	if ss.CRL != "" {
 		go v.WatchCRL(ctx, ss.CRL, 10*time.Second, log)
 	}
-	src := gateway.NewServerSAs(gw, c, gateway.ServerOptions{})
-	go src.Run(ctx)      // asks when packets show a pair it lacks
-	go src.Watch(ctx, c) // takes what the server pushes for its areas
-	go src.Lease(ctx, c) // a lease that, lapsing, has the agents rekey what it numbered
-	log.Info("gateway: asking the security server for SAs", "addr", ss.Addr, "class", class)
-	return func() { c.Close() }, nil
+	if !register {
+		return &secserverConn{c: c}, nil
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		id, err := c.Register(rctx)
+		cancel()
+		if err == nil {
+			log.Info("gateway: registered with the security server", "addr", ss.Addr, "gateway_id", id, "class", class)
+			return &secserverConn{c: c, id: id}, nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			c.Close()
+			return nil, fmt.Errorf("gateway: secserver %s: %w", ss.Addr, err)
+		}
+		log.Warn("gateway: security server not reached yet", "err", err)
+		time.Sleep(time.Second)
+	}
 }
 
 // openState opens the state directory, or says what its absence costs.

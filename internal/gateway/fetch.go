@@ -289,12 +289,12 @@ type Leaser interface {
 	Heartbeat(ctx context.Context, id uint64, numbered []ipsec.ID) (time.Duration, error)
 }
 
-// Lease registers the gateway and keeps its lease until ctx ends: a
-// heartbeat every third of the lease names the SAs the gateway numbers,
-// so that if it vanishes their agents are told to rekey (the crash bound).
-// A failed heartbeat is tried again a second later.
-func (s *ServerSAs) Lease(ctx context.Context, l Leaser) {
-	var id uint64
+// Lease keeps the lease of gateway identifier id (registering first when
+// id is 0) until ctx ends: a heartbeat every third of the lease names the
+// SAs the gateway numbers, so that if it vanishes their agents are told
+// to rekey (the crash bound). A failed heartbeat is tried again a second
+// later.
+func (s *ServerSAs) Lease(ctx context.Context, l Leaser, id uint64) {
 	for id == 0 && ctx.Err() == nil {
 		var err error
 		if id, err = l.Register(ctx); err != nil {
@@ -302,7 +302,6 @@ func (s *ServerSAs) Lease(ctx context.Context, l Leaser) {
 			sleepCtx(ctx, time.Second)
 		}
 	}
-	s.log.Info("gateway: registered with the security server", "gateway_id", id)
 	for ctx.Err() == nil {
 		var numbered []ipsec.ID
 		for _, st := range s.g.SAs() {

@@ -304,7 +304,7 @@ func TestGatewayCrashOrdersRekey(t *testing.T) {
 	src := NewServerSAs(n.G, gw, ServerOptions{})
 	gctx, crash := context.WithCancel(ctx)
 	go src.Watch(gctx, gw)
-	go src.Lease(gctx, gw)
+	go src.Lease(gctx, gw, 0)
 	waitFor(t, func() bool { return src.Stats().Pushes >= 1 })
 	agent := w.Client(t, pki.Identity{Role: pki.RoleAgent, Name: "routers", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}})
 	type order struct {

@@ -19,7 +19,9 @@ import (
 // TestGatewaySecServer: no SA file anywhere. Two unmodified strongSwan
 // peers (UDP-encapsulated AES-GCM tunnel), espep gateway --secserver
 // between them (split), and beside it espep secserver and the right
-// peer's espep agent, all on certificates from internal/pki. The agent
+// peer's espep agent, all on certificates from internal/pki. The gateway
+// registers with the server at its start and takes its IV partition from
+// the identifier it gets. The agent
 // delegates the CHILD_SA keys it finds in the right peer's key file (the
 // esp_sa lines strongSwan's save-keys plugin writes; here made from
 // charon's log); the server pushes them to the gateway of the agent's
@@ -48,13 +50,22 @@ func TestGatewaySecServer(t *testing.T) {
 			"--" + prefix + "ca", filepath.Join(dir, "ca", "ca.crt"), "--" + prefix + "crl", filepath.Join(dir, "ca", "ca.crl")}
 	}
 	const addr = "127.0.0.1:7443"
-	s, err := NewStrongSwanWith(b, espepBin, dir, append([]string{"gateway", "--wire", "ra", "--radio", "rb", "--secserver", addr,
-		"--state-dir", filepath.Join(dir, "state"), "--mode", "split"}, tlsFlags("secserver-", "gw")...))
+	var srv *Proc
+	// The server first: the gateway registers at its start and takes its
+	// IV partition from the identifier it gets.
+	s, err := NewStrongSwanBefore(b, espepBin, dir, append([]string{"gateway", "--wire", "ra", "--radio", "rb", "--secserver", addr,
+		"--state-dir", filepath.Join(dir, "state"), "--mode", "split"}, tlsFlags("secserver-", "gw")...), func(s *StrongSwan) error {
+		var err error
+		if srv, err = b.Start(s.Radio, append([]string{espepBin, "secserver", "--listen", addr, "--db", filepath.Join(dir, "sa.db"),
+			"--db-key", filepath.Join(dir, "db.key")}, tlsFlags("", "ss")...)...); err != nil {
+			return err
+		}
+		return waitFor(srv, "secserver running", 5*time.Second)
+	})
 	must(t, err)
-	srv, err := b.Start(s.Radio, append([]string{espepBin, "secserver", "--listen", addr, "--db", filepath.Join(dir, "sa.db"),
-		"--db-key", filepath.Join(dir, "db.key")}, tlsFlags("", "ss")...)...)
-	must(t, err)
-	must(t, waitFor(srv, "secserver running", 5*time.Second))
+	if !strings.Contains(s.Linkem.Output(), `msg="gateway: IV partition from the security server" partition=1/65536`) {
+		t.Fatalf("the gateway did not take its IV partition from the server:\n%s", lastLines([]byte(s.Linkem.Output()), 10))
+	}
 	must(t, s.StartCharon("aes128gcm16"))
 	giveKeys(t, s, "", false) // the tunnel is up; the gateway relays it, having no SA
 
@@ -71,9 +82,8 @@ func TestGatewaySecServer(t *testing.T) {
 	}
 	keyFile := filepath.Join(dir, "right.keys")
 	must(t, os.WriteFile(keyFile, lines.Bytes(), 0o600))
-	// The gateway started before the server: it is watching once it has
-	// had the (empty) whole state.
-	must(t, waitFor(s.Linkem, `msg="gateway: SAs pushed by the security server" given=0 removed=0 whole=true`, 40*time.Second))
+	// The gateway watches once it has had the (empty) whole state.
+	must(t, waitFor(s.Linkem, `msg="gateway: SAs pushed by the security server" given=0 removed=0 whole=true`, 10*time.Second))
 	out, err := b.Run(s.Radio, append([]string{espepBin, "agent", "--secserver", addr, "--keys", keyFile, "--area", "cell-1", "--once"},
 		tlsFlags("", "agent")...)...)
 	if err != nil || !strings.Contains(string(out), "2 uploaded") {

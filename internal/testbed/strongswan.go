@@ -60,6 +60,13 @@ func NewStrongSwan(b *Bed, espep, dir string, linkemFlags ...string) (*StrongSwa
 // (wire side) and rb (radio side) in the radio namespace, such as
 // "gateway --wire ra --radio rb --sa FILE"; it must log "running".
 func NewStrongSwanWith(b *Bed, espep, dir string, middle []string) (*StrongSwan, error) {
+	return NewStrongSwanBefore(b, espep, dir, middle, nil)
+}
+
+// NewStrongSwanBefore is NewStrongSwanWith with before run once the
+// namespaces are up and before the middle command starts (a service the
+// middle command needs at its start, in s.Radio).
+func NewStrongSwanBefore(b *Bed, espep, dir string, middle []string, before func(*StrongSwan) error) (*StrongSwan, error) {
 	s := &StrongSwan{Bed: b, Dir: dir, charon: map[string]*Proc{}}
 	var err error
 	for _, x := range []struct {
@@ -86,6 +93,11 @@ func NewStrongSwanWith(b *Bed, espep, dir string, middle []string) (*StrongSwan,
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
+			return nil, err
+		}
+	}
+	if before != nil {
+		if err := before(s); err != nil {
 			return nil, err
 		}
 	}
