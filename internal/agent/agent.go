@@ -7,9 +7,12 @@
 // endpoint's area, and withdraws those that left (deleted, rekeyed away),
 // so that gateways follow as they follow an SA file.
 //
-// Not built yet (issue 14): espep host's SAD over a control socket, Linux
-// XFRM over netlink, the charon log as a source; scheme 4 (SAs the server
-// generates); rekeying when told a gateway is gone.
+// It also reads espep host configurations (the SAs of the policies whose
+// proxy setting permits it: per-connection permission), and follows the
+// server's orders to rekey when a gateway that numbered an SA is gone.
+// Not built yet (issue 14): a running espep host's SAD over a control
+// socket, Linux XFRM over netlink, the charon log as a source; scheme 4
+// (SAs the server generates).
 package agent
 
 import (

@@ -9,9 +9,11 @@
 // carries the integrity key. Every release of key material, and every
 // refusal, goes to the audit log — never a key.
 //
-// The store is a bbolt file sealed under a key kept apart from it
-// (store.go). Not built yet (issue 14): the etcd store for replicas, the
-// agent, the gateway as a client, pushes, leases and the crash bound.
+// The store is a bbolt file (store.go), or an etcd cluster shared by
+// replicas (etcd.go), every record sealed under a key kept apart from it.
+// Gateways are pushed their areas' SAs (watch.go) and keep leases whose
+// lapse orders the agents to rekey (lease.go). Not built yet (issue 14):
+// leases shared through etcd; scheme 4 (SAs the server generates).
 package secserver
 
 import (
