@@ -8,32 +8,15 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/espep/espep/internal/pki"
 	"github.com/espep/espep/internal/secserver"
+	"github.com/espep/espep/internal/secserver/sectest"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/safile"
 )
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestSecserverCommand: espep secserver, set up with espep pki, serves
 // espep agent's upload (from a save-keys file) and a gateway's fetch over
@@ -55,12 +38,12 @@ func TestSecserverCommand(t *testing.T) {
 	must("pki", "issue", "--ca", ca, "--role", "gateway", "--name", "gw1", "--area", "cell-1", "--out", filepath.Join(dir, "gw"))
 	os.WriteFile(filepath.Join(dir, "db.key"), []byte(strings.Repeat("7f", 32)+"\n"), 0o600)
 	audit := filepath.Join(dir, "audit.log")
-	stdout := &syncBuf{}
+	stdout := &sectest.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- run([]string{"secserver", "--listen", "127.0.0.1:0", "--cert", filepath.Join(dir, "ss1.crt"), "--key", filepath.Join(dir, "ss1.key"),
 			"--ca", filepath.Join(ca, "ca.crt"), "--crl", filepath.Join(ca, "ca.crl"), "--db", filepath.Join(dir, "sa.db"),
-			"--db-key", filepath.Join(dir, "db.key"), "--audit", audit, "--duration", "3s"}, stdout, &syncBuf{})
+			"--db-key", filepath.Join(dir, "db.key"), "--audit", audit, "--duration", "3s"}, stdout, &sectest.Buffer{})
 	}()
 	re := regexp.MustCompile(`listening on (\S+)`)
 	var addr string
