@@ -77,14 +77,9 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		}
 		defer ss.c.Close()
 		if fc.IVPartition.N == 0 {
-			// Gateways that share no state directory are kept apart by
-			// the identifier the server gave this instance, never given
-			// again (statedir: blocks ≡ K mod N).
-			if ss.id >= 1<<16 {
-				return fmt.Errorf("gateway: the security server's identifier %d is past 65535, the widest IV partition: set iv-partition by hand", ss.id)
+			if fc.IVPartition, err = partitionOf(ss.id, log); err != nil {
+				return err
 			}
-			fc.IVPartition = statedir.Partition{K: uint32(ss.id), N: 1 << 16}
-			log.Info("gateway: IV partition from the security server", "partition", fc.IVPartition.String())
 		}
 	}
 	state, err := openState(fc.StateDir, fc.IVPartition, log)
@@ -106,10 +101,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		defer watchSAs(ctx, gw, fc.SAFiles, log)()
 	}
 	if ss != nil {
-		src := gateway.NewServerSAs(gw, ss.c, gateway.ServerOptions{})
-		go src.Run(ctx)                // asks when packets show a pair it lacks
-		go src.Watch(ctx, ss.c)        // takes what the server pushes for its areas
-		go src.Lease(ctx, ss.c, ss.id) // a lease that, lapsing, has the agents rekey what it numbered
+		serveSAs(ctx, gw, ss)
 	}
 	if fc.Metrics != "" {
 		reg, err := metrics.Registry(gw.Counters("espep_gateway_"))
@@ -265,6 +257,27 @@ func watchSAs(ctx context.Context, gw *gateway.Gateway, paths []string, log *slo
 	signal.Notify(hup, syscall.SIGHUP)
 	go sf.Watch(ctx, 200*time.Millisecond, hup)
 	return func() { signal.Stop(hup) }
+}
+
+// partitionOf is the IV partition of gateway identifier id: gateways that
+// share no state directory are kept apart by the identifier the server
+// gave each instance, never given again (statedir: blocks ≡ K mod N).
+func partitionOf(id uint64, log *slog.Logger) (statedir.Partition, error) {
+	if id >= 1<<16 {
+		return statedir.Partition{}, fmt.Errorf("gateway: the security server's identifier %d is past 65535, the widest IV partition: set iv-partition by hand", id)
+	}
+	p := statedir.Partition{K: uint32(id), N: 1 << 16}
+	log.Info("gateway: IV partition from the security server", "partition", p.String())
+	return p, nil
+}
+
+// serveSAs makes the security server a source of the gateway's SAs until
+// ctx ends.
+func serveSAs(ctx context.Context, gw *gateway.Gateway, ss *secserverConn) {
+	src := gateway.NewServerSAs(gw, ss.c, gateway.ServerOptions{})
+	go src.Run(ctx)                // asks when packets show a pair it lacks
+	go src.Watch(ctx, ss.c)        // takes what the server pushes for its areas
+	go src.Lease(ctx, ss.c, ss.id) // a lease that, lapsing, has the agents rekey what it numbered
 }
 
 // secserverConn is the gateway's connection to the security server and

@@ -137,6 +137,7 @@ type linkemSetup struct {
 	engine         *engine.Config // nil: none
 	saPaths        []string
 	stateDir       string
+	secserver      gateway.SecServerConfig
 	dur            time.Duration
 	pcapAB, pcapBA string
 }
@@ -170,11 +171,22 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	var gw *gateway.Gateway
 	var br *linkem.Bridge
-	if len(c.saPaths) > 0 {
+	if len(c.saPaths) > 0 || c.secserver.Addr != "" {
 		if c.engine == nil {
 			c.engine = &engine.Config{Mode: engine.ModeSplit}
 		}
-		state, err := openState(c.stateDir, statedir.Partition{}, log)
+		var ss *secserverConn
+		part := statedir.Partition{}
+		if c.secserver.Addr != "" {
+			if ss, err = dialSecServer(ctx, c.secserver, true, log); err != nil {
+				return err
+			}
+			defer ss.c.Close()
+			if part, err = partitionOf(ss.id, log); err != nil {
+				return err
+			}
+		}
+		state, err := openState(c.stateDir, part, log)
 		if err != nil {
 			return err
 		}
@@ -183,7 +195,12 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer gw.Close()
-		defer watchSAs(ctx, gw, c.saPaths, log)()
+		if len(c.saPaths) > 0 {
+			defer watchSAs(ctx, gw, c.saPaths, log)()
+		}
+		if ss != nil {
+			serveSAs(ctx, gw, ss)
+		}
 	} else if br, err = linkem.OpenGateway(c.a, c.b, c.ab, c.ba, c.engine, c.wire, log); err != nil {
 		return err
 	}
@@ -239,6 +256,12 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 	var saPaths stringList
 	fs.Var(&saPaths, "sa", "IPsec gateway: open and re-seal the ESP/AH of the SAs in this file (native or esp_sa; re-read when it changes and on SIGHUP) around the engine; repeatable")
 	stateDir := fs.String("state-dir", "", "IPsec gateway: directory for the IV blocks and sequence numbers it reserves (without it, AES-GCM, ChaCha20 and AES-CTR SAs are relayed)")
+	var ss gateway.SecServerConfig
+	fs.StringVar(&ss.Addr, "secserver", "", "IPsec gateway: get SAs from the security server at host:port (beside or instead of --sa), as espep gateway does")
+	fs.StringVar(&ss.Cert, "secserver-cert", "", "with --secserver: the gateway's certificate")
+	fs.StringVar(&ss.Key, "secserver-key", "", "with --secserver: its key")
+	fs.StringVar(&ss.CA, "secserver-ca", "", "with --secserver: the CA's certificate")
+	fs.StringVar(&ss.CRL, "secserver-crl", "", "with --secserver: the CA's revocation list")
 	fs.Usage = func() { fmt.Fprint(stderr, linkemUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err.Error()}
@@ -247,7 +270,10 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 		fs.Usage()
 		return nil, usageError{"linkem: need --a and --b"}
 	}
-	c := &linkemSetup{a: *a, b: *b, saPaths: saPaths, stateDir: *stateDir, dur: *dur, pcapAB: *pcapAB, pcapBA: *pcapBA}
+	if ss.Addr != "" && (ss.Cert == "" || ss.Key == "" || ss.CA == "") {
+		return nil, usageError{"linkem: --secserver needs --secserver-cert, --secserver-key and --secserver-ca"}
+	}
+	c := &linkemSetup{a: *a, b: *b, saPaths: saPaths, stateDir: *stateDir, secserver: ss, dur: *dur, pcapAB: *pcapAB, pcapBA: *pcapBA}
 	for _, step := range []struct {
 		f *impairmentFlags
 		c []*netem.Config
