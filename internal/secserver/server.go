@@ -126,6 +126,20 @@ func (s *Server) Upload(ctx context.Context, req *pb.UploadRequest) (*pb.UploadR
 		if c.Lifetime.HardTime > 0 {
 			rec.Expires = s.now().Add(c.Lifetime.HardTime)
 		}
+		// An SA another agent uploaded (the peer's, which owns the other
+		// address) is not replaced by different keys: that would let an
+		// endpoint spoil its peer's delegation. The same SA again is no
+		// change.
+		old, found, err := s.store.Get(keyOf(&c))
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "store: %v", err)
+		}
+		if found && nameOf(old.Owner) != nameOf(who) {
+			if string(old.SA) != string(b) {
+				return nil, s.refuse("upload", who, &c, codes.PermissionDenied, fmt.Sprintf("uploaded by %s with other keys", nameOf(old.Owner)))
+			}
+			continue
+		}
 		take = append(take, ok{c, rec})
 	}
 	for _, t := range take {
@@ -142,7 +156,7 @@ func (s *Server) Upload(ctx context.Context, req *pb.UploadRequest) (*pb.UploadR
 		}
 		s.watchers.publish(ch)
 	}
-	return &pb.UploadReply{Stored: uint32(len(take))}, nil
+	return &pb.UploadReply{Stored: uint32(len(req.GetSas()))}, nil
 }
 
 // Withdraw removes SAs an agent could have uploaded.
@@ -178,6 +192,9 @@ func (s *Server) Withdraw(ctx context.Context, req *pb.WithdrawRequest) (*pb.Wit
 		}
 		if !id.Owns(c.Src) && !id.Owns(c.Dst) {
 			return nil, s.refuse("withdraw", who, &c, codes.PermissionDenied, fmt.Sprintf("neither %v nor %v belongs to %q", c.Src, c.Dst, id.Name))
+		}
+		if nameOf(rec.Owner) != nameOf(who) {
+			continue // the peer's agent uploaded it: it withdraws it
 		}
 		if err := s.store.Delete(k); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "store: %v", err)

@@ -261,6 +261,20 @@ func TestRefusals(t *testing.T) {
 	wantCode(t, "an agent uploading for addresses it does not own", err, codes.PermissionDenied)
 	_, err = stranger.Withdraw(ctx, &pb.WithdrawRequest{Ids: []*pb.SAID{{Spi: 0x1001, Dst: mobile.AsSlice(), Proto: "esp"}}})
 	wantCode(t, "an agent withdrawing another's SA", err, codes.PermissionDenied)
+	// The peer's agent owns the other address of the pair: it may upload
+	// the same SA again (no change), not other keys under its SPI, and its
+	// withdrawal leaves the first agent's upload in place.
+	peer := w.client(w.cert(pki.Identity{Role: pki.RoleAgent, Name: "wired-1", Addrs: []netip.Addr{wired}}))
+	if _, err := peer.Upload(ctx, &pb.UploadRequest{Area: "cell-17", Sas: []*pb.SA{gcmSA(0x1001, wired, mobile)}}); err != nil {
+		t.Fatalf("the peer uploading the same SA: %v", err)
+	}
+	spoiled := gcmSA(0x1001, wired, mobile)
+	spoiled.EncKey = bytes.Repeat([]byte{0xee}, 20)
+	_, err = peer.Upload(ctx, &pb.UploadRequest{Area: "cell-17", Sas: []*pb.SA{spoiled}})
+	wantCode(t, "the peer replacing an SA's keys", err, codes.PermissionDenied)
+	if r, err := peer.Withdraw(ctx, &pb.WithdrawRequest{Ids: []*pb.SAID{{Spi: 0x1001, Dst: mobile.AsSlice(), Proto: "esp"}}}); err != nil || r.GetRemoved() != 0 {
+		t.Fatalf("the peer withdrawing the agent's upload: %v %v", r, err)
+	}
 	_, err = agent.Upload(ctx, &pb.UploadRequest{Sas: []*pb.SA{{Spi: 0x6006, Proto: "esp", Src: mobile.AsSlice(), Dst: wired.AsSlice(),
 		Mode: "tunnel", Enc: "aes-gcm16", EncKey: gcmKey, Class: pb.Class_CLASS_READ}}})
 	wantCode(t, "uploading an AEAD SA as read", err, codes.InvalidArgument)
@@ -307,7 +321,7 @@ func TestRefusals(t *testing.T) {
 	w.srv.now = time.Now
 
 	log := w.audit.String()
-	for _, want := range []string{"does not serve", "cannot be read", "belongs to", "revoked", "wrong role"} {
+	for _, want := range []string{"does not serve", "cannot be read", "belongs to", "revoked", "wrong role", "with other keys"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("no audit entry for %q:\n%s", want, log)
 		}
