@@ -31,8 +31,9 @@ import (
 // and re-sealed and the engine split the flow, and the server audited the
 // release without the key. Cases: espep gateway on the veths, and espep
 // linkem's gateway behind a 20 Mbit/s radio at 2 % loss — there beside the
-// same gateway fed an SA file, in the same run: the goodput must match.
-// (-gateway.mb=100 moves the 100 MB.)
+// same gateway fed an SA file, in the same run: the goodput must match
+// (within 20 % with -gateway.mb=100, the 100 MB; only grossly at
+// the default few megabytes).
 func TestGatewaySecServer(t *testing.T) {
 	needStrongSwan(t)
 	radio := []string{"--rate", "20mbit", "--delay", "10ms", "--queue", "200p", "--ab.loss", "2%", "--seed", "3"}
@@ -40,8 +41,16 @@ func TestGatewaySecServer(t *testing.T) {
 	viaServer := secserverCase(t, "linkem-2%", append(append([]string{"linkem", "--a", "ra", "--b", "rb"}, engineFlags("split")...), radio...), true)
 	viaFile := secserverCase(t, "linkem-2%-safile", append(append([]string{"linkem", "--a", "ra", "--b", "rb"}, engineFlags("split")...), radio...), false)
 	t.Logf("2 %% loss: %.2f Mbit/s with SAs from the server, %.2f with an SA file (%.2f)", viaServer, viaFile, viaServer/viaFile)
-	if viaServer < 0.8*viaFile {
-		t.Errorf("with the SAs from the server the gateway moved %.2f Mbit/s, with an SA file %.2f", viaServer, viaFile)
+	// A few megabytes on a machine running other packages' tests beside
+	// this one measure the start of a flow and the CPU as much as the
+	// gateway: there only a gross difference fails; at the 100 MB
+	// the two must be within 20 %.
+	bound := 0.4
+	if *gatewaySize >= 50 {
+		bound = 0.8
+	}
+	if viaServer < bound*viaFile {
+		t.Errorf("with the SAs from the server the gateway moved %.2f Mbit/s, with an SA file %.2f (bound %.1f)", viaServer, viaFile, bound)
 	}
 }
 
