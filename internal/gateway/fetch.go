@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -284,6 +285,8 @@ func (s *ServerSAs) Watch(ctx context.Context, w Watcher) {
 }
 
 // Leaser is the security server as a gateway's lessor (secserver.Client).
+// A heartbeat error with a NotRegistered() true method says the server no
+// longer knows the identifier.
 type Leaser interface {
 	Register(ctx context.Context) (uint64, error)
 	Heartbeat(ctx context.Context, id uint64, numbered []ipsec.ID) (time.Duration, error)
@@ -295,14 +298,14 @@ type Leaser interface {
 // to rekey (the crash bound). A failed heartbeat is tried again a second
 // later.
 func (s *ServerSAs) Lease(ctx context.Context, l Leaser, id uint64) {
-	for id == 0 && ctx.Err() == nil {
-		var err error
-		if id, err = l.Register(ctx); err != nil {
-			s.log.Warn("gateway: security server: register", "err", err)
-			sleepCtx(ctx, time.Second)
-		}
-	}
 	for ctx.Err() == nil {
+		for id == 0 && ctx.Err() == nil {
+			var err error
+			if id, err = l.Register(ctx); err != nil {
+				s.log.Warn("gateway: security server: register", "err", err)
+				sleepCtx(ctx, time.Second)
+			}
+		}
 		var numbered []ipsec.ID
 		for _, st := range s.g.SAs() {
 			if st.Owned {
@@ -314,6 +317,15 @@ func (s *ServerSAs) Lease(ctx context.Context, l Leaser, id uint64) {
 		if err != nil || next <= 0 {
 			if err != nil {
 				s.log.Warn("gateway: security server: heartbeat", "err", err)
+				var nr interface{ NotRegistered() bool }
+				if errors.As(err, &nr) && nr.NotRegistered() {
+					// The server no longer knows the identifier (it
+					// restarted: leases live in its memory): a new lease
+					// under a new one. The IV partition taken from the
+					// old identifier stays this instance's, as no one
+					// else is ever given it.
+					id = 0
+				}
 			}
 			next = time.Second
 		}

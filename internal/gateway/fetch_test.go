@@ -353,3 +353,59 @@ func agentOrders(ctx context.Context, c interface {
 		}
 	})
 }
+
+// fakeLeaser forgets the first identifier it gave once it has been
+// beaten for, as a restarted server does.
+type fakeLeaser struct {
+	mu         sync.Mutex
+	registered []uint64
+	beats      map[uint64]int
+}
+
+type forgotten struct{}
+
+func (forgotten) Error() string       { return "not registered" }
+func (forgotten) NotRegistered() bool { return true }
+
+func (f *fakeLeaser) Register(context.Context) (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id := uint64(len(f.registered) + 1)
+	f.registered = append(f.registered, id)
+	return id, nil
+}
+
+func (f *fakeLeaser) Heartbeat(_ context.Context, id uint64, _ []ipsec.ID) (time.Duration, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.beats[id]++
+	if id == 1 && f.beats[id] > 1 {
+		return 0, forgotten{}
+	}
+	return 30 * time.Millisecond, nil
+}
+
+// TestLeaseReregisters: a server that no longer knows the gateway's
+// identifier (restarted) gets a new registration, and the heartbeats go
+// on under the new identifier.
+func TestLeaseReregisters(t *testing.T) {
+	g, err := New(Config{Engine: engine.Config{}}, nil, func(engine.Side, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	f := &fakeLeaser{beats: map[uint64]int{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go NewServerSAs(g, &fakeFetcher{}, ServerOptions{}).Lease(ctx, f, 0)
+	waitFor(t, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.beats[2] >= 2
+	})
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.registered) != 2 {
+		t.Fatalf("registered %v", f.registered)
+	}
+}

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/espep/espep/internal/secserver/pb"
 	"github.com/espep/espep/ipsec"
@@ -138,6 +140,9 @@ func (c *Client) Heartbeat(ctx context.Context, id uint64, numbered []ipsec.ID) 
 		req.Numbered = append(req.Numbered, &pb.SAID{Spi: x.SPI, Dst: x.Dst.AsSlice(), Proto: x.Proto.String()})
 	}
 	r, err := c.api.Heartbeat(ctx, req)
+	if status.Code(err) == codes.PermissionDenied {
+		return 0, notRegistered{fmt.Errorf("secserver: heartbeat: %w", err)}
+	}
 	if err != nil {
 		return 0, fmt.Errorf("secserver: heartbeat: %w", err)
 	}
@@ -169,3 +174,11 @@ func (c *Client) Orders(ctx context.Context, do func(rekey []ipsec.ID, why strin
 		do(ids, o.GetWhy())
 	}
 }
+
+// notRegistered is a heartbeat refused because the server does not know
+// the identifier as this gateway's (it restarted: leases live in its
+// memory); the gateway registers again (gateway.Leaser).
+type notRegistered struct{ error }
+
+func (notRegistered) NotRegistered() bool { return true }
+func (e notRegistered) Unwrap() error     { return e.error }
