@@ -65,10 +65,28 @@ func (s *EtcdStore) Put(id SAKey, pair [2]netip.Addr, rec Record) error {
 	return nil
 }
 
+// read runs an idempotent read, again twice (100 ms apart) if it fails:
+// a member that just went away resets the connection of the request
+// under way, and the client's next try goes to another member.
+func read[T any](do func(ctx context.Context) (T, error)) (T, error) {
+	var r T
+	var err error
+	for try := 0; try < 3; try++ {
+		if try > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
+		r, err = do(ctx)
+		cancel()
+		if err == nil {
+			return r, nil
+		}
+	}
+	return r, err
+}
+
 func (s *EtcdStore) Get(id SAKey) (Record, bool, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
-	defer cancel()
-	r, err := s.c.Get(ctx, s.saKey(id))
+	r, err := read(func(ctx context.Context) (*clientv3.GetResponse, error) { return s.c.Get(ctx, s.saKey(id)) })
 	if err != nil {
 		return Record{}, false, fmt.Errorf("secserver: etcd: %w", err)
 	}
@@ -80,10 +98,10 @@ func (s *EtcdStore) Get(id SAKey) (Record, bool, error) {
 }
 
 func (s *EtcdStore) Pair(a, b netip.Addr) (map[SAKey]Record, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
-	defer cancel()
 	pp := s.pairPrefix(a, b)
-	idx, err := s.c.Get(ctx, pp, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	idx, err := read(func(ctx context.Context) (*clientv3.GetResponse, error) {
+		return s.c.Get(ctx, pp, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	})
 	if err != nil {
 		return nil, fmt.Errorf("secserver: etcd: %w", err)
 	}
@@ -93,7 +111,7 @@ func (s *EtcdStore) Pair(a, b netip.Addr) (map[SAKey]Record, error) {
 	}
 	sealed := map[string][]byte{}
 	if len(ops) > 0 {
-		r, err := s.c.Txn(ctx).Then(ops...).Commit()
+		r, err := read(func(ctx context.Context) (*clientv3.TxnResponse, error) { return s.c.Txn(ctx).Then(ops...).Commit() })
 		if err != nil {
 			return nil, fmt.Errorf("secserver: etcd: %w", err)
 		}
@@ -107,9 +125,9 @@ func (s *EtcdStore) Pair(a, b netip.Addr) (map[SAKey]Record, error) {
 }
 
 func (s *EtcdStore) All() (map[SAKey]Record, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
-	defer cancel()
-	r, err := s.c.Get(ctx, s.prefix+"sas/", clientv3.WithPrefix())
+	r, err := read(func(ctx context.Context) (*clientv3.GetResponse, error) {
+		return s.c.Get(ctx, s.prefix+"sas/", clientv3.WithPrefix())
+	})
 	if err != nil {
 		return nil, fmt.Errorf("secserver: etcd: %w", err)
 	}
