@@ -100,11 +100,16 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if len(fc.SAFiles) > 0 {
 		defer watchSAs(ctx, gw, fc.SAFiles, log)()
 	}
+	var src *gateway.ServerSAs
 	if ss != nil {
-		serveSAs(ctx, gw, ss)
+		src = serveSAs(ctx, gw, ss)
 	}
 	if fc.Metrics != "" {
-		reg, err := metrics.Registry(gw.Counters("espep_gateway_"))
+		counters := gw.Counters("espep_gateway_")
+		if src != nil {
+			counters = append(counters, src.Counters("espep_gateway_")...)
+		}
+		reg, err := metrics.Registry(counters)
 		if err != nil {
 			return err
 		}
@@ -121,6 +126,9 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	log.Info("gateway running", "wire", fc.Wire, "radio", fc.Radio, "mode", fc.Gateway.Engine.Mode, "cc", cc0, "sa", fc.SAFiles, "state-dir", fc.StateDir)
 	err = run(ctx)
 	printGatewayStats(stdout, gw, nil)
+	if src != nil {
+		fmt.Fprintf(stdout, "secserver: %s\n", src.Stats().Summary())
+	}
 	return err
 }
 
@@ -273,11 +281,12 @@ func partitionOf(id uint64, log *slog.Logger) (statedir.Partition, error) {
 
 // serveSAs makes the security server a source of the gateway's SAs until
 // ctx ends.
-func serveSAs(ctx context.Context, gw *gateway.Gateway, ss *secserverConn) {
+func serveSAs(ctx context.Context, gw *gateway.Gateway, ss *secserverConn) *gateway.ServerSAs {
 	src := gateway.NewServerSAs(gw, ss.c, gateway.ServerOptions{})
 	go src.Run(ctx)                // asks when packets show a pair it lacks
 	go src.Watch(ctx, ss.c)        // takes what the server pushes for its areas
 	go src.Lease(ctx, ss.c, ss.id) // a lease that, lapsing, has the agents rekey what it numbered
+	return src
 }
 
 // secserverConn is the gateway's connection to the security server and

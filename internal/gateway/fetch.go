@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/espep/espep/internal/ctable"
+	"github.com/espep/espep/internal/metrics"
 	"github.com/espep/espep/ipsec"
 )
 
@@ -338,4 +340,27 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
+}
+
+// serverTable is the security server source's counter table (ctable):
+// its Stats, its Prometheus families, its summary line.
+var serverTable = []ctable.Def{
+	{Field: "Asked", Name: "asked", Family: "secserver_asked_total", Help: "Questions put to the security server (pairs the packet path lacked SAs for)."},
+	{Field: "Answered", Name: "answered", Family: "secserver_answered_total", Help: "Questions the security server answered."},
+	{Field: "Negative", Name: "negative", Family: "secserver_negative_total", Help: "Answers with no SA (kept a while: the pair is not asked again meanwhile)."},
+	{Field: "Failed", Name: "failed", Family: "secserver_failed_total", Help: "Questions that failed (server unreachable or refusing)."},
+	{Field: "Dropped", Name: "dropped", Family: "secserver_dropped_total", Help: "Questions the packet path wanted that the full queue dropped."},
+	{Field: "Installed", Name: "installed", Family: "secserver_sas_installed_total", Help: "SAs taken from the security server (fetched or pushed)."},
+	{Field: "Pushes", Name: "pushes", Family: "secserver_pushes_total", Help: "Batches of SAs the security server pushed."},
+}
+
+// ServerCounterTable is the security server source's counter table.
+func ServerCounterTable() []ctable.Def { return serverTable }
+
+// Summary is the counts as the CLI prints them.
+func (st ServerStats) Summary() string { return ctable.Line(serverTable, st) }
+
+// Counters are the source's Prometheus families, named with prefix.
+func (s *ServerSAs) Counters(prefix string) []metrics.Counter {
+	return metrics.FromTable(prefix, serverTable, func() any { return s.Stats() })
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/espep/espep/internal/ctable"
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/netem"
 	"github.com/espep/espep/internal/pki"
@@ -407,5 +408,40 @@ func TestLeaseReregisters(t *testing.T) {
 	defer f.mu.Unlock()
 	if len(f.registered) != 2 {
 		t.Fatalf("registered %v", f.registered)
+	}
+}
+
+// TestServerSAsCounters: every field of ServerStats has a row in the
+// source's counter table, and the Prometheus families and the summary line
+// read the same counts.
+func TestServerSAsCounters(t *testing.T) {
+	if err := ctable.CheckTable(ServerCounterTable(), ServerStats{}); err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Config{Engine: engine.Config{}}, nil, func(engine.Side, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	s := NewServerSAs(g, &fakeFetcher{}, ServerOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx)
+	want := *g.want.Load()
+	for i := range 3 {
+		want(netip.MustParseAddr("192.0.2.1"), netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}))
+	}
+	waitFor(t, func() bool { return s.Stats().Negative == 3 })
+	got := map[string]float64{}
+	for _, c := range s.Counters("x_") {
+		for _, v := range c.Read() {
+			got[c.Name] = v.Value
+		}
+	}
+	if got["x_secserver_asked_total"] != 3 || got["x_secserver_negative_total"] != 3 || got["x_secserver_sas_installed_total"] != 0 {
+		t.Fatalf("families %v", got)
+	}
+	if sum := s.Stats().Summary(); !strings.Contains(sum, "asked 3") || !strings.Contains(sum, "negative 3") {
+		t.Fatalf("summary %q", sum)
 	}
 }

@@ -143,7 +143,14 @@ func secserverRun(t *testing.T, middle []string, fromServer bool) float64 {
 	}
 	t.Logf("SAs at the gateway within %v of the agent's upload", time.Since(uploaded).Round(time.Millisecond))
 
-	return secserverTransfer(t, s, dir, srv, cfgs)
+	mbps := secserverTransfer(t, s, dir, srv, cfgs)
+	if middle[0] == "gateway" {
+		// espep gateway's exit summary has the security server's counts.
+		if sc := counters(s.Linkem.Output(), "secserver:"); sc["installed"] < 2 || sc["pushes"] < 2 {
+			t.Errorf("the gateway's security server counts: %v\n%s", sc, lastLines([]byte(s.Linkem.Output()), 4))
+		}
+	}
+	return mbps
 }
 
 // secserverTransfer moves the file through the tunnel and checks it, the
