@@ -193,8 +193,7 @@ func (s *Server) ownsSA(id pki.Identity, x *pb.SAID) bool {
 	if err != nil {
 		return false
 	}
-	defer clear(c.EncKey)
-	defer clear(c.IntegKey)
+	wipeConfig(&c)
 	return id.Owns(c.Src) || id.Owns(c.Dst)
 }
 

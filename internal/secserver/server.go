@@ -89,6 +89,21 @@ func (s *Server) refuse(call, who string, c *ipsec.Config, code codes.Code, why 
 	return status.Errorf(code, "sa %#08x → %v: %s", c.SPI, c.Dst, why)
 }
 
+// owned refuses (audited) an agent acting for an SA none of whose
+// addresses its certificate owns.
+func (s *Server) owned(id pki.Identity, who, call string, c *ipsec.Config) error {
+	if id.Owns(c.Src) || id.Owns(c.Dst) {
+		return nil
+	}
+	return s.refuse(call, who, c, codes.PermissionDenied, fmt.Sprintf("neither %v nor %v belongs to %q", c.Src, c.Dst, id.Name))
+}
+
+// wipeConfig clears the keys of a configuration read from the store.
+func wipeConfig(c *ipsec.Config) {
+	clear(c.EncKey)
+	clear(c.IntegKey)
+}
+
 func keyOf(c *ipsec.Config) SAKey {
 	return SAKey{SPI: c.SPI, Dst: c.Dst, Proto: c.Proto.String()}
 }
@@ -115,8 +130,8 @@ func (s *Server) Upload(ctx context.Context, req *pb.UploadRequest) (*pb.UploadR
 		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "sa %d: %v", i, err)
 		}
-		if !id.Owns(c.Src) && !id.Owns(c.Dst) {
-			return nil, s.refuse("upload", who, &c, codes.PermissionDenied, fmt.Sprintf("neither %v nor %v belongs to %q", c.Src, c.Dst, id.Name))
+		if err := s.owned(id, who, "upload", &c); err != nil {
+			return nil, err
 		}
 		b, err := proto.Marshal(toPB(&c, c.Class)) // as checked: a read SA without its integrity key
 		if err != nil {
@@ -182,16 +197,13 @@ func (s *Server) Withdraw(ctx context.Context, req *pb.WithdrawRequest) (*pb.Wit
 		if !found {
 			continue
 		}
-		var sa pb.SA
-		if err := proto.Unmarshal(rec.SA, &sa); err != nil {
-			return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
-		}
-		c, err := toConfig(&sa)
+		c, err := s.configOf(rec)
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
 		}
-		if !id.Owns(c.Src) && !id.Owns(c.Dst) {
-			return nil, s.refuse("withdraw", who, &c, codes.PermissionDenied, fmt.Sprintf("neither %v nor %v belongs to %q", c.Src, c.Dst, id.Name))
+		wipeConfig(&c) // only its addresses are wanted here
+		if err := s.owned(id, who, "withdraw", &c); err != nil {
+			return nil, err
 		}
 		if nameOf(rec.Owner) != nameOf(who) {
 			continue // the peer's agent uploaded it: it withdraws it
@@ -245,18 +257,11 @@ func (s *Server) Fetch(ctx context.Context, req *pb.FetchRequest) (*pb.FetchRepl
 // most): nil for an expired one, the SA in the class it gets (audited as
 // released), or a refusal (audited).
 func (s *Server) grant(id pki.Identity, who, call string, rec Record, want ipsec.Class, now time.Time) (*pb.SA, error) {
-	var sa pb.SA
-	if err := proto.Unmarshal(rec.SA, &sa); err != nil {
-		return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
-	}
-	c, err := toConfig(&sa)
+	c, err := s.configOf(rec)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
 	}
-	defer func() {
-		clear(c.EncKey)
-		clear(c.IntegKey)
-	}()
+	defer wipeConfig(&c)
 	switch {
 	case !rec.Expires.IsZero() && !now.Before(rec.Expires):
 		return nil, nil // expired: as if it were not there
