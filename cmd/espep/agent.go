@@ -13,8 +13,7 @@ import (
 	"time"
 
 	"github.com/espep/espep/internal/agent"
-	"github.com/espep/espep/internal/pki"
-	"github.com/espep/espep/internal/secserver"
+	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/ipsec"
 )
 
@@ -73,22 +72,15 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	default:
 		return usageError{fmt.Sprintf("agent: --class %q: want read or write", *class)}
 	}
-	v, err := pki.LoadVerifier(*caFile, *crlFile)
-	if err != nil {
-		return err
-	}
-	cert, err := pki.LoadTLS(*certFile, *keyFile)
-	if err != nil {
-		return err
-	}
-	c, err := secserver.Dial(*addr, v.ClientTLS(cert, pki.RoleServer), ipsec.ClassWrite)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	a := agent.New(cfg, c)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	conn, err := dialSecServer(ctx, gateway.SecServerConfig{Addr: *addr, Cert: *certFile, Key: *keyFile, CA: *caFile, CRL: *crlFile}, false, cfg.Log)
+	if err != nil {
+		return err
+	}
+	c := conn.c
+	defer c.Close()
+	a := agent.New(cfg, c)
 	if *once {
 		err := a.Sync(ctx)
 		fmt.Fprintf(stdout, "agent: %d uploaded, %d withdrawn\n", a.Uploads, a.Withdrawals)

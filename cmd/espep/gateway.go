@@ -296,16 +296,18 @@ type secserverConn struct {
 	id uint64
 }
 
-// dialSecServer connects to the security server and, with register,
-// registers this gateway instance, trying for up to 30 s.
+// dialSecServer connects to the security server with the TLS files of
+// ss (re-reading its CRL while ctx lasts) and, with register, registers
+// this gateway instance, trying for up to 30 s. The agent dials through it
+// too (register false).
 func dialSecServer(ctx context.Context, ss gateway.SecServerConfig, register bool, log *slog.Logger) (*secserverConn, error) {
 	v, err := pki.LoadVerifier(ss.CA, ss.CRL)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: secserver: %w", err)
+		return nil, fmt.Errorf("secserver %s: %w", ss.Addr, err)
 	}
 	cert, err := pki.LoadTLS(ss.Cert, ss.Key)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: secserver: %w", err)
+		return nil, fmt.Errorf("secserver %s: %w", ss.Addr, err)
 	}
 	class := ipsec.ClassWrite
 	if ss.Read {
