@@ -174,15 +174,8 @@ func (n *testNet) freshSAD(t *testing.T) *ipsec.SAD {
 	return sad
 }
 
-func seal(sa *ipsec.SA, pkt []byte) []byte {
-	buf := make([]byte, ipsec.MaxHeadroom+len(pkt)+ipsec.MaxTailroom)
-	copy(buf[ipsec.MaxHeadroom:], pkt)
-	out, err := sa.Seal(buf, ipsec.MaxHeadroom, len(pkt))
-	if err != nil {
-		return nil
-	}
-	return out
-}
+// seal seals pkt on sa, as an endpoint does (simnet.Seal).
+func seal(sa *ipsec.SA, pkt []byte) []byte { return simnet.Seal(sa, pkt) }
 
 func newTestNet(t *testing.T, enc ipsec.Enc, ivA, ivB ipsec.IVSource, radio netem.Config, mode engine.Mode) *testNet {
 	return newTestNetClass(t, enc, ivA, ivB, radio, mode, ipsec.ClassWrite, 32)

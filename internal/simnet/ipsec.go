@@ -132,9 +132,9 @@ func (e *IPsec) Check() error {
 // Seal seals a host's packet (nil if the SA refuses, e.g. its sequence
 // numbers ran out).
 func (e *IPsec) Seal(pkt []byte) []byte {
-	s := sealOn(e.out.Load(), pkt)
+	s := Seal(e.out.Load(), pkt)
 	if s != nil && e.outOuter != nil {
-		s = sealOn(e.outOuter, s)
+		s = Seal(e.outOuter, s)
 	}
 	if s == nil {
 		return nil
@@ -156,8 +156,8 @@ func (e *IPsec) tunnelled(pkt []byte) []byte {
 	return b
 }
 
-// sealOn seals pkt on sa into a buffer of its own.
-func sealOn(sa *ipsec.SA, pkt []byte) []byte {
+// Seal seals pkt on sa into a buffer of its own (nil if the SA refuses).
+func Seal(sa *ipsec.SA, pkt []byte) []byte {
 	buf := make([]byte, ipsec.MaxHeadroom+len(pkt)+ipsec.MaxTailroom)
 	copy(buf[ipsec.MaxHeadroom:], pkt)
 	out, err := sa.Seal(buf, ipsec.MaxHeadroom, len(pkt))
