@@ -3,15 +3,12 @@ package secserver
 import (
 	"crypto/rand"
 	"crypto/tls"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/espep/espep/internal/pki"
 	"github.com/espep/espep/ipsec"
@@ -51,15 +48,10 @@ func StartLocal(dir string, audit io.Writer) (*Local, error) {
 		return nil, err
 	}
 	l.Server = New(l.store, l.Verifier, slog.New(slog.NewJSONHandler(audit, nil)))
-	l.g = grpc.NewServer(grpc.Creds(credentials.NewTLS(l.Verifier.ServerTLS(cert, pki.RoleAgent, pki.RoleGateway))))
-	l.Server.Attach(l.g)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if l.Addr, l.g, err = l.Server.Serve("127.0.0.1:0", cert); err != nil {
 		l.store.Close()
-		return nil, fmt.Errorf("secserver: %w", err)
+		return nil, err
 	}
-	l.Addr = ln.Addr().String()
-	go l.g.Serve(ln)
 	return l, nil
 }
 

@@ -18,16 +18,19 @@ package secserver
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -61,6 +64,21 @@ func New(store Store, verifier *pki.Verifier, audit *slog.Logger) *Server {
 
 // Attach adds the service to a gRPC server.
 func (s *Server) Attach(g *grpc.Server) { pb.RegisterSecurityServerServer(g, s) }
+
+// Serve serves the service at addr on a gRPC server of its own, over
+// mutual TLS with cert (a security server's), admitting the agents and
+// gateways the verifier believes; it returns the address bound and the
+// gRPC server (Stop or GracefulStop it).
+func (s *Server) Serve(addr string, cert tls.Certificate) (string, *grpc.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, fmt.Errorf("secserver: %w", err)
+	}
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(s.verifier.ServerTLS(cert, pki.RoleAgent, pki.RoleGateway))))
+	s.Attach(g)
+	go g.Serve(ln)
+	return ln.Addr().String(), g, nil
+}
 
 // caller is the verified identity of the caller, of one of the roles; the
 // certificate is checked again now (a revocation since the handshake

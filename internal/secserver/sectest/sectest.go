@@ -7,14 +7,10 @@ import (
 	"bytes"
 	"crypto/tls"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/espep/espep/internal/pki"
 	"github.com/espep/espep/internal/secserver"
@@ -82,16 +78,12 @@ func NewWorld(t testing.TB) *World {
 func (w *World) Serve(t testing.TB, store secserver.Store) (addr string, srv *secserver.Server, stop func()) {
 	t.Helper()
 	srv = secserver.New(store, w.Verifier, slog.New(slog.NewJSONHandler(w.Audit, nil)))
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(w.Verifier.ServerTLS(w.Cert(t, pki.Identity{Role: pki.RoleServer, Name: "secserver"}),
-		pki.RoleAgent, pki.RoleGateway))))
-	srv.Attach(g)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, g, err := srv.Serve("127.0.0.1:0", w.Cert(t, pki.Identity{Role: pki.RoleServer, Name: "secserver"}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	go g.Serve(ln)
 	t.Cleanup(g.Stop)
-	return ln.Addr().String(), srv, g.Stop
+	return addr, srv, g.Stop
 }
 
 // Cert issues a certificate and key for id.
