@@ -318,13 +318,7 @@ func giveKeys(t *testing.T, s *StrongSwan, saPath string, espSA bool) []ipsec.Co
 	if saPath == "" {
 		return nil
 	}
-	f, err := os.Open(s.CharonLog("left"))
-	must(t, err)
-	cfgs, err := charonlog.Parse(f, "left")
-	f.Close()
-	if err != nil || len(cfgs) != 2 {
-		t.Fatalf("keys from charon's log: %v, %d SAs", err, len(cfgs))
-	}
+	cfgs := charonKeys(t, s, "left")
 	var sa bytes.Buffer
 	if espSA {
 		// What save-keys writes: no mode, no ports; the gateway learns the
@@ -342,6 +336,19 @@ func giveKeys(t *testing.T, s *StrongSwan, saPath string, espSA bool) []ipsec.Co
 	must(t, os.WriteFile(saPath, sa.Bytes(), 0o600))
 	// Not just "SAs loaded": the empty file at the start logged that too.
 	must(t, waitFor(s.Linkem, fmt.Sprintf(`msg="gateway: SAs loaded" files=1 sas=%d`, len(cfgs)), 5*time.Second))
+	return cfgs
+}
+
+// charonKeys are the CHILD_SA pair charon's log on side shows.
+func charonKeys(t *testing.T, s *StrongSwan, side string) []ipsec.Config {
+	t.Helper()
+	f, err := os.Open(s.CharonLog(side))
+	must(t, err)
+	cfgs, err := charonlog.Parse(f, side)
+	f.Close()
+	if err != nil || len(cfgs) != 2 {
+		t.Fatalf("keys from charon's log: %v, %d SAs", err, len(cfgs))
+	}
 	return cfgs
 }
 

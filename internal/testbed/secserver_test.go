@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/espep/espep/internal/charonlog"
 	"github.com/espep/espep/internal/pki"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/safile"
@@ -113,13 +112,7 @@ func secserverRun(t *testing.T, middle []string, fromServer bool) float64 {
 	must(t, s.StartCharon("aes128gcm16"))
 	giveKeys(t, s, "", false) // the tunnel is up; the gateway relays it, having no SA
 
-	f, err := os.Open(s.CharonLog("right"))
-	must(t, err)
-	cfgs, err := charonlog.Parse(f, "right")
-	f.Close()
-	if err != nil || len(cfgs) != 2 {
-		t.Fatalf("keys from charon's log: %v, %d SAs", err, len(cfgs))
-	}
+	cfgs := charonKeys(t, s, "right")
 	var lines bytes.Buffer
 	if _, err := safile.WriteESPSA(&lines, cfgs); err != nil {
 		t.Fatal(err)
