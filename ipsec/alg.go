@@ -156,3 +156,18 @@ func (i Integ) keyLen() int {
 	}
 	return 0
 }
+
+// KeyLen is the length of a key (with its salt) that espep generates for
+// e: 128-bit AES, ChaCha20's 256 bits; 0 for none and null.
+func (e Enc) KeyLen() int {
+	switch e {
+	case EncChaCha20Poly1305:
+		return 32 + e.saltLen()
+	case EncAESCBC, EncAESCTR, EncAESGCM12, EncAESGCM16:
+		return 16 + e.saltLen()
+	}
+	return 0
+}
+
+// KeyLen is the HMAC key length RFC 2404 / RFC 4868 require for i.
+func (i Integ) KeyLen() int { return i.keyLen() }

@@ -182,3 +182,50 @@ type notRegistered struct{ error }
 
 func (notRegistered) NotRegistered() bool { return true }
 func (e notRegistered) Unwrap() error     { return e.error }
+
+// Want is an agent's request for a generated pair (scheme 4).
+type Want struct {
+	Local, Remote netip.Addr // one of the agent's addresses, and the peer
+	Mode          ipsec.Mode // Transport or Tunnel
+	Enc           ipsec.Enc  // EncNone: AES-GCM with a 128-bit key
+	Integ         ipsec.Integ
+	Class         ipsec.Class   // the most this endpoint permits a proxy
+	Area          string        // where the endpoint is; "" keeps the pair's
+	Lifetime      time.Duration // 0: the server's default
+	Replace       []ipsec.ID    // a pair with any of these is replaced
+}
+
+// Generate returns the SA pair between w.Local and w.Remote the server
+// made for it and the peer: out seals from Local, in opens toward it.
+func (c *Client) Generate(ctx context.Context, w Want) (out, in ipsec.Config, err error) {
+	req := &pb.GenerateRequest{Local: w.Local.AsSlice(), Remote: w.Remote.AsSlice(), Mode: w.Mode.String(),
+		Area: w.Area, LifetimeSeconds: int64(w.Lifetime / time.Second), Class: pb.Class_CLASS_WRITE}
+	if w.Enc != ipsec.EncNone {
+		req.Enc = w.Enc.String()
+	}
+	if w.Integ != ipsec.IntegNone {
+		req.Integ = w.Integ.String()
+	}
+	if w.Class == ipsec.ClassRead {
+		req.Class = pb.Class_CLASS_READ
+	}
+	for _, x := range w.Replace {
+		req.Replace = append(req.Replace, &pb.SAID{Spi: x.SPI, Dst: x.Dst.AsSlice(), Proto: x.Proto.String()})
+	}
+	r, err := c.api.Generate(ctx, req)
+	if err != nil {
+		return out, in, fmt.Errorf("secserver: generate %v → %v: %w", w.Local, w.Remote, err)
+	}
+	if out, err = toConfig(r.GetOut()); err == nil {
+		in, err = toConfig(r.GetIn())
+	}
+	if err == nil && (out.Src != w.Local || out.Dst != w.Remote || in.Src != w.Remote || in.Dst != w.Local) {
+		err = fmt.Errorf("the pair is between other addresses")
+	}
+	if err != nil {
+		wipeConfig(&out)
+		wipeConfig(&in)
+		return ipsec.Config{}, ipsec.Config{}, fmt.Errorf("secserver: generate %v → %v: %w", w.Local, w.Remote, err)
+	}
+	return out, in, nil
+}

@@ -12,8 +12,9 @@
 // The store is a bbolt file (store.go), or an etcd cluster shared by
 // replicas (etcd.go), every record sealed under a key kept apart from it.
 // Gateways are pushed their areas' SAs (watch.go) and keep leases whose
-// lapse orders the agents to rekey (lease.go). Not built yet (issue 14):
-// leases shared through etcd; scheme 4 (SAs the server generates).
+// lapse orders the agents to rekey (lease.go). Scheme 4: the server makes
+// SA pairs for agents that ask (generate.go). Not built yet (issue 14):
+// leases shared through etcd.
 package secserver
 
 import (
@@ -25,6 +26,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,7 +55,8 @@ type Server struct {
 	// shared: a Feed tells the watchers of every change (Follow), so the
 	// calls that make changes do not.
 	shared atomic.Bool
-	leases leases // gateways' leases, agents' order streams (lease.go)
+	leases leases     // gateways' leases, agents' order streams (lease.go)
+	genMu  sync.Mutex // one Generate at a time: the pair's first two requests make one pair
 }
 
 // New makes the service over store. Callers are believed as verifier
@@ -280,6 +283,9 @@ func (s *Server) grant(id pki.Identity, who, call string, rec Record, want ipsec
 		return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
 	}
 	defer wipeConfig(&c)
+	if rec.Generated {
+		c.Class = min(c.Class, rec.Permit) // what the endpoints permitted; the store holds every key
+	}
 	switch {
 	case !rec.Expires.IsZero() && !now.Before(rec.Expires):
 		return nil, nil // expired: as if it were not there

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/espep/espep/ipsec"
 )
 
 // Record is one stored SA with what the server decides by: where it was
@@ -24,6 +26,13 @@ type Record struct {
 	Area    string    // the uploading endpoint's area
 	Owner   string    // the uploader (certificate name and serial)
 	Expires time.Time // zero: no time limit
+	// Generated marks half of a pair the server made (scheme 4,
+	// generate.go); Created, the same for both halves, pairs them. Its SA
+	// is stored with every key (the endpoints need them), and Permit is
+	// the most a gateway may get of it.
+	Generated bool        `json:",omitempty"`
+	Created   time.Time   `json:",omitzero"`
+	Permit    ipsec.Class `json:",omitempty"`
 }
 
 // Store keeps records and gateway identifiers durably.

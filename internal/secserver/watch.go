@@ -110,11 +110,12 @@ func (s *Server) Follow(ctx context.Context, feed Feed) {
 	s.shared.Store(true)
 	for ctx.Err() == nil {
 		err := feed.Follow(ctx, func(id SAKey, rec, prev *Record) {
-			switch {
-			case rec != nil:
+			gone := []*pb.SAID{{Spi: id.SPI, Dst: id.Dst.AsSlice(), Proto: id.Proto}}
+			if prev != nil && (rec == nil || rec.Area != prev.Area) { // withdrawn, or moved away (a generated pair follows its mobile)
+				s.watchers.publish(change{area: prev.Area, removed: gone})
+			}
+			if rec != nil {
 				s.watchers.publish(change{area: rec.Area, recs: []Record{*rec}})
-			case prev != nil:
-				s.watchers.publish(change{area: prev.Area, removed: []*pb.SAID{{Spi: id.SPI, Dst: id.Dst.AsSlice(), Proto: id.Proto}}})
 			}
 		})
 		if ctx.Err() != nil {

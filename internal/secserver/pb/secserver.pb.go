@@ -975,6 +975,166 @@ func (x *Order) GetWhy() string {
 	return ""
 }
 
+type GenerateRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Local           []byte                 `protobuf:"bytes,1,opt,name=local,proto3" json:"local,omitempty"`                                             // an address of the caller's
+	Remote          []byte                 `protobuf:"bytes,2,opt,name=remote,proto3" json:"remote,omitempty"`                                           // the peer's
+	Mode            string                 `protobuf:"bytes,3,opt,name=mode,proto3" json:"mode,omitempty"`                                               // "transport" or "tunnel"
+	Enc             string                 `protobuf:"bytes,4,opt,name=enc,proto3" json:"enc,omitempty"`                                                 // ipsec.Enc name; "" for AES-GCM with a 128-bit key
+	Integ           string                 `protobuf:"bytes,5,opt,name=integ,proto3" json:"integ,omitempty"`                                             // ipsec.Integ name; "" for an AEAD
+	Class           Class                  `protobuf:"varint,6,opt,name=class,proto3,enum=espep.v1.Class" json:"class,omitempty"`                        // the most this endpoint permits a proxy
+	Area            string                 `protobuf:"bytes,7,opt,name=area,proto3" json:"area,omitempty"`                                               // where the caller is; "" keeps the pair's
+	Replace         []*SAID                `protobuf:"bytes,8,rep,name=replace,proto3" json:"replace,omitempty"`                                         // a pair with any of these is replaced (rekey)
+	LifetimeSeconds int64                  `protobuf:"varint,9,opt,name=lifetime_seconds,json=lifetimeSeconds,proto3" json:"lifetime_seconds,omitempty"` // 0: the server's default
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GenerateRequest) Reset() {
+	*x = GenerateRequest{}
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateRequest) ProtoMessage() {}
+
+func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
+func (*GenerateRequest) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GenerateRequest) GetLocal() []byte {
+	if x != nil {
+		return x.Local
+	}
+	return nil
+}
+
+func (x *GenerateRequest) GetRemote() []byte {
+	if x != nil {
+		return x.Remote
+	}
+	return nil
+}
+
+func (x *GenerateRequest) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *GenerateRequest) GetEnc() string {
+	if x != nil {
+		return x.Enc
+	}
+	return ""
+}
+
+func (x *GenerateRequest) GetInteg() string {
+	if x != nil {
+		return x.Integ
+	}
+	return ""
+}
+
+func (x *GenerateRequest) GetClass() Class {
+	if x != nil {
+		return x.Class
+	}
+	return Class_CLASS_UNSPECIFIED
+}
+
+func (x *GenerateRequest) GetArea() string {
+	if x != nil {
+		return x.Area
+	}
+	return ""
+}
+
+func (x *GenerateRequest) GetReplace() []*SAID {
+	if x != nil {
+		return x.Replace
+	}
+	return nil
+}
+
+func (x *GenerateRequest) GetLifetimeSeconds() int64 {
+	if x != nil {
+		return x.LifetimeSeconds
+	}
+	return 0
+}
+
+type GenerateReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Out           *SA                    `protobuf:"bytes,1,opt,name=out,proto3" json:"out,omitempty"` // local → remote
+	In            *SA                    `protobuf:"bytes,2,opt,name=in,proto3" json:"in,omitempty"`   // remote → local
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateReply) Reset() {
+	*x = GenerateReply{}
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateReply) ProtoMessage() {}
+
+func (x *GenerateReply) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateReply.ProtoReflect.Descriptor instead.
+func (*GenerateReply) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GenerateReply) GetOut() *SA {
+	if x != nil {
+		return x.Out
+	}
+	return nil
+}
+
+func (x *GenerateReply) GetIn() *SA {
+	if x != nil {
+		return x.In
+	}
+	return nil
+}
+
 var File_proto_espep_v1_secserver_proto protoreflect.FileDescriptor
 
 const file_proto_espep_v1_secserver_proto_rawDesc = "" +
@@ -1041,12 +1201,25 @@ const file_proto_espep_v1_secserver_proto_rawDesc = "" +
 	"\rOrdersRequest\"?\n" +
 	"\x05Order\x12$\n" +
 	"\x05rekey\x18\x01 \x03(\v2\x0e.espep.v1.SAIDR\x05rekey\x12\x10\n" +
-	"\x03why\x18\x02 \x01(\tR\x03why*?\n" +
+	"\x03why\x18\x02 \x01(\tR\x03why\"\x8b\x02\n" +
+	"\x0fGenerateRequest\x12\x14\n" +
+	"\x05local\x18\x01 \x01(\fR\x05local\x12\x16\n" +
+	"\x06remote\x18\x02 \x01(\fR\x06remote\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\tR\x04mode\x12\x10\n" +
+	"\x03enc\x18\x04 \x01(\tR\x03enc\x12\x14\n" +
+	"\x05integ\x18\x05 \x01(\tR\x05integ\x12%\n" +
+	"\x05class\x18\x06 \x01(\x0e2\x0f.espep.v1.ClassR\x05class\x12\x12\n" +
+	"\x04area\x18\a \x01(\tR\x04area\x12(\n" +
+	"\areplace\x18\b \x03(\v2\x0e.espep.v1.SAIDR\areplace\x12)\n" +
+	"\x10lifetime_seconds\x18\t \x01(\x03R\x0flifetimeSeconds\"M\n" +
+	"\rGenerateReply\x12\x1e\n" +
+	"\x03out\x18\x01 \x01(\v2\f.espep.v1.SAR\x03out\x12\x1c\n" +
+	"\x02in\x18\x02 \x01(\v2\f.espep.v1.SAR\x02in*?\n" +
 	"\x05Class\x12\x15\n" +
 	"\x11CLASS_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"CLASS_READ\x10\x01\x12\x0f\n" +
-	"\vCLASS_WRITE\x10\x022\xb3\x03\n" +
+	"\vCLASS_WRITE\x10\x022\xf3\x03\n" +
 	"\x0eSecurityServer\x128\n" +
 	"\x06Upload\x12\x17.espep.v1.UploadRequest\x1a\x15.espep.v1.UploadReply\x12>\n" +
 	"\bWithdraw\x12\x19.espep.v1.WithdrawRequest\x1a\x17.espep.v1.WithdrawReply\x125\n" +
@@ -1054,7 +1227,8 @@ const file_proto_espep_v1_secserver_proto_rawDesc = "" +
 	"\bRegister\x12\x19.espep.v1.RegisterRequest\x1a\x17.espep.v1.RegisterReply\x127\n" +
 	"\x05Watch\x12\x16.espep.v1.WatchRequest\x1a\x14.espep.v1.WatchEvent0\x01\x12A\n" +
 	"\tHeartbeat\x12\x1a.espep.v1.HeartbeatRequest\x1a\x18.espep.v1.HeartbeatReply\x124\n" +
-	"\x06Orders\x12\x17.espep.v1.OrdersRequest\x1a\x0f.espep.v1.Order0\x01B.Z,github.com/espep/espep/internal/secserver/pbb\x06proto3"
+	"\x06Orders\x12\x17.espep.v1.OrdersRequest\x1a\x0f.espep.v1.Order0\x01\x12>\n" +
+	"\bGenerate\x12\x19.espep.v1.GenerateRequest\x1a\x17.espep.v1.GenerateReplyB.Z,github.com/espep/espep/internal/secserver/pbb\x06proto3"
 
 var (
 	file_proto_espep_v1_secserver_proto_rawDescOnce sync.Once
@@ -1069,7 +1243,7 @@ func file_proto_espep_v1_secserver_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_espep_v1_secserver_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_proto_espep_v1_secserver_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_proto_espep_v1_secserver_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_proto_espep_v1_secserver_proto_goTypes = []any{
 	(Class)(0),               // 0: espep.v1.Class
 	(*SA)(nil),               // 1: espep.v1.SA
@@ -1088,6 +1262,8 @@ var file_proto_espep_v1_secserver_proto_goTypes = []any{
 	(*HeartbeatReply)(nil),   // 14: espep.v1.HeartbeatReply
 	(*OrdersRequest)(nil),    // 15: espep.v1.OrdersRequest
 	(*Order)(nil),            // 16: espep.v1.Order
+	(*GenerateRequest)(nil),  // 17: espep.v1.GenerateRequest
+	(*GenerateReply)(nil),    // 18: espep.v1.GenerateReply
 }
 var file_proto_espep_v1_secserver_proto_depIdxs = []int32{
 	0,  // 0: espep.v1.SA.class:type_name -> espep.v1.Class
@@ -1100,25 +1276,31 @@ var file_proto_espep_v1_secserver_proto_depIdxs = []int32{
 	4,  // 7: espep.v1.WatchEvent.removed:type_name -> espep.v1.SAID
 	4,  // 8: espep.v1.HeartbeatRequest.numbered:type_name -> espep.v1.SAID
 	4,  // 9: espep.v1.Order.rekey:type_name -> espep.v1.SAID
-	2,  // 10: espep.v1.SecurityServer.Upload:input_type -> espep.v1.UploadRequest
-	5,  // 11: espep.v1.SecurityServer.Withdraw:input_type -> espep.v1.WithdrawRequest
-	7,  // 12: espep.v1.SecurityServer.Fetch:input_type -> espep.v1.FetchRequest
-	9,  // 13: espep.v1.SecurityServer.Register:input_type -> espep.v1.RegisterRequest
-	11, // 14: espep.v1.SecurityServer.Watch:input_type -> espep.v1.WatchRequest
-	13, // 15: espep.v1.SecurityServer.Heartbeat:input_type -> espep.v1.HeartbeatRequest
-	15, // 16: espep.v1.SecurityServer.Orders:input_type -> espep.v1.OrdersRequest
-	3,  // 17: espep.v1.SecurityServer.Upload:output_type -> espep.v1.UploadReply
-	6,  // 18: espep.v1.SecurityServer.Withdraw:output_type -> espep.v1.WithdrawReply
-	8,  // 19: espep.v1.SecurityServer.Fetch:output_type -> espep.v1.FetchReply
-	10, // 20: espep.v1.SecurityServer.Register:output_type -> espep.v1.RegisterReply
-	12, // 21: espep.v1.SecurityServer.Watch:output_type -> espep.v1.WatchEvent
-	14, // 22: espep.v1.SecurityServer.Heartbeat:output_type -> espep.v1.HeartbeatReply
-	16, // 23: espep.v1.SecurityServer.Orders:output_type -> espep.v1.Order
-	17, // [17:24] is the sub-list for method output_type
-	10, // [10:17] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	0,  // 10: espep.v1.GenerateRequest.class:type_name -> espep.v1.Class
+	4,  // 11: espep.v1.GenerateRequest.replace:type_name -> espep.v1.SAID
+	1,  // 12: espep.v1.GenerateReply.out:type_name -> espep.v1.SA
+	1,  // 13: espep.v1.GenerateReply.in:type_name -> espep.v1.SA
+	2,  // 14: espep.v1.SecurityServer.Upload:input_type -> espep.v1.UploadRequest
+	5,  // 15: espep.v1.SecurityServer.Withdraw:input_type -> espep.v1.WithdrawRequest
+	7,  // 16: espep.v1.SecurityServer.Fetch:input_type -> espep.v1.FetchRequest
+	9,  // 17: espep.v1.SecurityServer.Register:input_type -> espep.v1.RegisterRequest
+	11, // 18: espep.v1.SecurityServer.Watch:input_type -> espep.v1.WatchRequest
+	13, // 19: espep.v1.SecurityServer.Heartbeat:input_type -> espep.v1.HeartbeatRequest
+	15, // 20: espep.v1.SecurityServer.Orders:input_type -> espep.v1.OrdersRequest
+	17, // 21: espep.v1.SecurityServer.Generate:input_type -> espep.v1.GenerateRequest
+	3,  // 22: espep.v1.SecurityServer.Upload:output_type -> espep.v1.UploadReply
+	6,  // 23: espep.v1.SecurityServer.Withdraw:output_type -> espep.v1.WithdrawReply
+	8,  // 24: espep.v1.SecurityServer.Fetch:output_type -> espep.v1.FetchReply
+	10, // 25: espep.v1.SecurityServer.Register:output_type -> espep.v1.RegisterReply
+	12, // 26: espep.v1.SecurityServer.Watch:output_type -> espep.v1.WatchEvent
+	14, // 27: espep.v1.SecurityServer.Heartbeat:output_type -> espep.v1.HeartbeatReply
+	16, // 28: espep.v1.SecurityServer.Orders:output_type -> espep.v1.Order
+	18, // 29: espep.v1.SecurityServer.Generate:output_type -> espep.v1.GenerateReply
+	22, // [22:30] is the sub-list for method output_type
+	14, // [14:22] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_proto_espep_v1_secserver_proto_init() }
@@ -1132,7 +1314,7 @@ func file_proto_espep_v1_secserver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_espep_v1_secserver_proto_rawDesc), len(file_proto_espep_v1_secserver_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,6 +36,7 @@ const (
 	SecurityServer_Watch_FullMethodName     = "/espep.v1.SecurityServer/Watch"
 	SecurityServer_Heartbeat_FullMethodName = "/espep.v1.SecurityServer/Heartbeat"
 	SecurityServer_Orders_FullMethodName    = "/espep.v1.SecurityServer/Orders"
+	SecurityServer_Generate_FullMethodName  = "/espep.v1.SecurityServer/Generate"
 )
 
 // SecurityServerClient is the client API for SecurityServer service.
@@ -70,6 +71,10 @@ type SecurityServerClient interface {
 	// Orders streams to an agent what it must do for its SAs (rekey). Agents
 	// only.
 	Orders(ctx context.Context, in *OrdersRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Order], error)
+	// Generate is scheme 4: an agent asks for the SA pair between one of its
+	// addresses and a peer; the server makes it (or returns the pair it made
+	// before, to the peer's agent too) and keeps it for the gateways.
+	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (*GenerateReply, error)
 }
 
 type securityServerClient struct {
@@ -168,6 +173,16 @@ func (c *securityServerClient) Orders(ctx context.Context, in *OrdersRequest, op
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SecurityServer_OrdersClient = grpc.ServerStreamingClient[Order]
 
+func (c *securityServerClient) Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (*GenerateReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GenerateReply)
+	err := c.cc.Invoke(ctx, SecurityServer_Generate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SecurityServerServer is the server API for SecurityServer service.
 // All implementations must embed UnimplementedSecurityServerServer
 // for forward compatibility.
@@ -200,6 +215,10 @@ type SecurityServerServer interface {
 	// Orders streams to an agent what it must do for its SAs (rekey). Agents
 	// only.
 	Orders(*OrdersRequest, grpc.ServerStreamingServer[Order]) error
+	// Generate is scheme 4: an agent asks for the SA pair between one of its
+	// addresses and a peer; the server makes it (or returns the pair it made
+	// before, to the peer's agent too) and keeps it for the gateways.
+	Generate(context.Context, *GenerateRequest) (*GenerateReply, error)
 	mustEmbedUnimplementedSecurityServerServer()
 }
 
@@ -230,6 +249,9 @@ func (UnimplementedSecurityServerServer) Heartbeat(context.Context, *HeartbeatRe
 }
 func (UnimplementedSecurityServerServer) Orders(*OrdersRequest, grpc.ServerStreamingServer[Order]) error {
 	return status.Error(codes.Unimplemented, "method Orders not implemented")
+}
+func (UnimplementedSecurityServerServer) Generate(context.Context, *GenerateRequest) (*GenerateReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Generate not implemented")
 }
 func (UnimplementedSecurityServerServer) mustEmbedUnimplementedSecurityServerServer() {}
 func (UnimplementedSecurityServerServer) testEmbeddedByValue()                        {}
@@ -364,6 +386,24 @@ func _SecurityServer_Orders_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SecurityServer_OrdersServer = grpc.ServerStreamingServer[Order]
 
+func _SecurityServer_Generate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GenerateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecurityServerServer).Generate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecurityServer_Generate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecurityServerServer).Generate(ctx, req.(*GenerateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SecurityServer_ServiceDesc is the grpc.ServiceDesc for SecurityServer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -390,6 +430,10 @@ var SecurityServer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Heartbeat",
 			Handler:    _SecurityServer_Heartbeat_Handler,
+		},
+		{
+			MethodName: "Generate",
+			Handler:    _SecurityServer_Generate_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
