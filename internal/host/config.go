@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -27,6 +28,8 @@ import (
 //	sa-file  = left.sa           # SAs, native or esp_sa (repeatable; relative to this file)
 //	udp-port = 4500              # port for ESP in UDP (RFC 3948); 0: none
 //	metrics  = 127.0.0.1:9101    # Prometheus listener (optional)
+//	control  = /run/espep/host.sock  # control socket for espep agent (optional; its
+//	                             # directory must be closed to others; relative to this file)
 //	state-dir = /var/lib/espep-host  # sequence numbers reserved on disk (0700): needed for every
 //	                             # outbound SA with counter IVs (AES-GCM, ChaCha20, AES-CTR), whose
 //	                             # IVs a restart would otherwise use again; relative to this file
@@ -40,7 +43,15 @@ import (
 //	remote-ports = any
 //	action   = protect           # protect | bypass | discard
 //	sa       = 0xc0de0001        # outbound SA (its SPI) for protect; repeat the
-//	                             # field for a bundle, innermost first (ESP, then AH)
+//	                             # field for a bundle, innermost first (ESP, then AH);
+//	                             # or `server`: the security server makes the SA pair
+//	                             # (scheme 4) and espep agent installs it through the
+//	                             # control socket; until then the traffic is dropped
+//	self     = 192.0.2.1         # with sa = server: this host's address and the peer's
+//	peer     = 192.0.2.2         # (the SAs' ends)
+//	mode     = transport         # with sa = server: transport | tunnel
+//	enc      = aes-gcm16         # with sa = server (default aes-gcm16, 128-bit key);
+//	integ    = hmac-sha256-128   # integ only with a non-AEAD enc
 //	proxy    = write             # none | read | write: what a proxy may do on this
 //	                             # traffic; espep agent --host-config delegates the
 //	                             # policy's SAs in that class (default none: never)
@@ -61,7 +72,20 @@ type Config struct {
 	// PolicyProxy what each lets a proxy do (DESIGN.md's classes).
 	PolicySPIs  [][]uint32
 	PolicyProxy []ipsec.Class
-	SAs         []ipsec.Config
+	// PolicyGen is, for a policy with sa = server, what SA pair to ask
+	// the security server for (nil for the others).
+	PolicyGen []*Generated
+	SAs       []ipsec.Config
+	Control   string // the control socket's path; "": none
+}
+
+// Generated is a policy's SA pair that the security server makes (scheme
+// 4 of DESIGN.md).
+type Generated struct {
+	Self, Peer netip.Addr
+	Mode       ipsec.Mode
+	Enc        ipsec.Enc
+	Integ      ipsec.Integ
 }
 
 // Delegable returns the outbound SAs that a proxy may work on, each in the
@@ -107,6 +131,9 @@ func LoadConfig(path string) (*Config, error) {
 	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
 		c.StateDir = filepath.Join(filepath.Dir(path), c.StateDir)
 	}
+	if c.Control != "" && !filepath.IsAbs(c.Control) {
+		c.Control = filepath.Join(filepath.Dir(path), c.Control)
+	}
 	for _, sf := range c.SAFiles {
 		if !filepath.IsAbs(sf) {
 			sf = filepath.Join(filepath.Dir(path), sf)
@@ -130,12 +157,14 @@ func ParseConfig(r io.Reader, name string) (*Config, error) {
 	var pol *ipsec.Policy
 	var spis []uint32
 	var proxy ipsec.Class
+	var gen *Generated
 	flush := func() {
 		if pol != nil {
 			c.Policies = append(c.Policies, *pol)
 			c.PolicySPIs = append(c.PolicySPIs, spis)
 			c.PolicyProxy = append(c.PolicyProxy, proxy)
-			pol, spis, proxy = nil, nil, ipsec.ClassNone
+			c.PolicyGen = append(c.PolicyGen, gen)
+			pol, spis, proxy, gen = nil, nil, ipsec.ClassNone, nil
 		}
 	}
 	for {
@@ -160,11 +189,20 @@ func ParseConfig(r io.Reader, name string) (*Config, error) {
 		case "host":
 			err = c.setHost(l.Key, l.Value)
 		case "policy":
-			if l.Key == "proxy" {
+			switch l.Key {
+			case "proxy":
 				proxy, err = ipsec.ParseClass(l.Value)
-				break
+			case "self", "peer", "mode", "enc", "integ":
+				err = setGenerated(&gen, l.Key, l.Value)
+			case "sa":
+				if l.Value == "server" {
+					err = setGenerated(&gen, "", "")
+					break
+				}
+				fallthrough
+			default:
+				err = setPolicy(pol, &spis, l.Key, l.Value)
 			}
-			err = setPolicy(pol, &spis, l.Key, l.Value)
 		default:
 			err = fmt.Errorf("outside a section")
 		}
@@ -214,6 +252,11 @@ func (c *Config) setHost(k, v string) error {
 		c.StateDir = v
 	case "metrics":
 		c.Metrics = v
+	case "control":
+		if v == "" {
+			return fmt.Errorf("empty")
+		}
+		c.Control = v
 	default:
 		err = fmt.Errorf("unknown field")
 	}
@@ -251,6 +294,35 @@ func setPolicy(p *ipsec.Policy, spis *[]uint32, k, v string) error {
 	return err
 }
 
+// setGenerated sets a field of the policy's generated pair (k empty: sa =
+// server itself), making it on the first.
+func setGenerated(g **Generated, k, v string) error {
+	if *g == nil {
+		*g = &Generated{Mode: ipsec.Transport, Enc: ipsec.EncAESGCM16}
+	}
+	var err error
+	switch k {
+	case "self":
+		(*g).Self, err = netip.ParseAddr(v)
+	case "peer":
+		(*g).Peer, err = netip.ParseAddr(v)
+	case "mode":
+		switch v {
+		case "transport":
+			(*g).Mode = ipsec.Transport
+		case "tunnel":
+			(*g).Mode = ipsec.Tunnel
+		default:
+			err = fmt.Errorf("%q: want transport or tunnel", v)
+		}
+	case "enc":
+		(*g).Enc, err = ipsec.ParseEnc(v)
+	case "integ":
+		(*g).Integ, err = ipsec.ParseInteg(v)
+	}
+	return err
+}
+
 func parseProto(v string) (int, error) {
 	switch v {
 	case "any":
@@ -272,14 +344,20 @@ func parseProto(v string) (int, error) {
 }
 
 // check ties policies to SAs: every protect policy names one or more
-// write-class SAs that can seal.
+// write-class SAs that can seal, or asks the security server for them.
 func (c *Config) check() error {
 	for i, p := range c.Policies {
+		if g := c.PolicyGen[i]; g != nil {
+			if err := c.checkGenerated(i); err != nil {
+				return fmt.Errorf("policy %q: %w", p.Name, err)
+			}
+			continue
+		}
 		if p.Action != ipsec.Protect {
 			continue
 		}
 		if len(c.PolicySPIs[i]) == 0 {
-			return fmt.Errorf("policy %q: protect needs sa = SPI", p.Name)
+			return fmt.Errorf("policy %q: protect needs sa = SPI or sa = server", p.Name)
 		}
 		if c.PolicyProxy[i] == ipsec.ClassRead {
 			for _, spi := range c.PolicySPIs[i] {
@@ -309,6 +387,30 @@ func (c *Config) check() error {
 			}
 			c.Policies[i].SAs = append(c.Policies[i].SAs, found.ID())
 		}
+	}
+	return nil
+}
+
+// checkGenerated checks policy i's sa = server fields.
+func (c *Config) checkGenerated(i int) error {
+	g, p := c.PolicyGen[i], c.Policies[i]
+	switch {
+	case p.Action != ipsec.Protect:
+		return fmt.Errorf("self, peer, mode, enc and integ go with action = protect and sa = server")
+	case p.Name == "" || slices.ContainsFunc(c.Policies[:i], func(q ipsec.Policy) bool { return q.Name == p.Name }):
+		return fmt.Errorf("sa = server needs a name no other policy has (the agent installs the pair by it)")
+	case len(c.PolicySPIs[i]) > 0:
+		return fmt.Errorf("sa = server and sa = SPI in one policy")
+	case !g.Self.IsValid() || !g.Peer.IsValid() || g.Self.Is4() != g.Peer.Is4() || g.Self == g.Peer:
+		return fmt.Errorf("sa = server needs self and peer, two addresses of one family")
+	case c.PolicyProxy[i] == ipsec.ClassNone:
+		return fmt.Errorf("sa = server makes SAs a proxy may work on: say proxy = read or write")
+	case g.Enc == ipsec.EncNone || g.Enc.AEAD() != (g.Integ == ipsec.IntegNone):
+		return fmt.Errorf("enc %v with integ %v: want an AEAD alone, or a cipher with an integrity transform", g.Enc, g.Integ)
+	case c.PolicyProxy[i] == ipsec.ClassRead && g.Enc.AEAD():
+		return fmt.Errorf("proxy = read with %v: an AEAD SA cannot be read without its integrity key", g.Enc)
+	case c.StateDir == "" && (g.Enc.AEAD() || g.Enc == ipsec.EncAESCTR):
+		return fmt.Errorf("%v uses counter IVs: give the host a state-dir, or a restart would seal under IVs it used before", g.Enc)
 	}
 	return nil
 }

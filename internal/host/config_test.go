@@ -106,6 +106,16 @@ func TestConfigErrors(t *testing.T) {
 		"espep-host 1\n[host]\nsa-file = sa.conf\n[policy]\naction = protect\nsa = 0x9999\n": "no sa with spi 0x9999",
 		"espep-host 1\n[host]\nsa-file = sa.conf\n[policy]\naction = protect\n":              "protect needs sa",
 		"espep-host 1\n[host]\nsa-file = missing.conf\n":                                     "no such file",
+		gen("self = 10.0.0.1\n"):                                                                                   "needs self and peer",
+		gen("self = 10.0.0.1\npeer = 10.0.0.1\n"):                                                                  "needs self and peer",
+		gen("self = 10.0.0.1\npeer = ::1\n"):                                                                       "needs self and peer",
+		gen("self = 10.0.0.1\npeer = 10.0.0.2\nproxy = none\n"):                                                    "say proxy = read or write",
+		gen("self = 10.0.0.1\npeer = 10.0.0.2\nproxy = read\n"):                                                    "an AEAD SA cannot be read",
+		gen("self = 10.0.0.1\npeer = 10.0.0.2\nproxy = write\n"):                                                   "give the host a state-dir",
+		gen("self = 10.0.0.1\npeer = 10.0.0.2\nproxy = write\nenc = aes-cbc\n"):                                    "want an AEAD alone",
+		gen("self = 10.0.0.1\npeer = 10.0.0.2\nproxy = write\nenc = aes-cbc\ninteg = hmac-sha1-96\nsa = 0x1001\n"): "sa = server and sa = SPI",
+		"espep-host 1\n[host]\nsa-file = sa.conf\nstate-dir = st\n[policy]\nname = p\naction = protect\nsa = 0x1001\n[policy]\nname = p\naction = protect\nsa = server\nself = 10.0.0.1\npeer = 10.0.0.2\nproxy = write\n": "needs a name no other policy has",
+		"espep-host 1\n[policy]\naction = bypass\npeer = 10.0.0.2\n": "go with action = protect and sa = server",
 	} {
 		p := filepath.Join(dir, "h.conf")
 		os.WriteFile(p, []byte(in), 0o600)
@@ -115,16 +125,22 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
+// gen is a host configuration with one sa = server policy of these fields.
+func gen(fields string) string {
+	return "espep-host 1\n[host]\nsa-file = sa.conf\n[policy]\nname = p\naction = protect\nsa = server\n" + fields
+}
+
 // FuzzConfig: the host configuration parser never panics.
 func FuzzConfig(f *testing.F) {
 	f.Add(example)
 	f.Add("espep-host 1\n[policy]\nsa = 0x1\nsa = 2\nsa = 3\nsa = 4\nsa = 5\n")
+	f.Add(gen("self = 10.0.0.1\npeer = 10.0.0.2\nmode = tunnel\nproxy = write\nenc = aes-cbc\ninteg = hmac-sha1-96\n"))
 	f.Fuzz(func(t *testing.T, s string) {
 		c, err := ParseConfig(strings.NewReader(s), "fuzz")
 		if err != nil {
 			return
 		}
-		if len(c.Policies) != len(c.PolicySPIs) {
+		if len(c.Policies) != len(c.PolicySPIs) || len(c.Policies) != len(c.PolicyGen) {
 			t.Fatal("policies and bundles out of step")
 		}
 		c.check()

@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/espep/espep/internal/metrics"
 	"github.com/espep/espep/internal/statedir"
@@ -33,6 +36,14 @@ type Host struct {
 	state  *statedir.Dir
 	leases map[ipsec.ID]*statedir.Lease
 	c      counters
+	// file is the configuration last loaded, eff what the host runs on:
+	// file with the installed pairs of its sa = server policies (gen,
+	// gen.go). eff is guarded by mu; genMu, taken before mu, guards
+	// file and gen.
+	genMu sync.Mutex
+	file  *Config
+	gen   map[string]*pair
+	eff   *Config
 }
 
 // New sets up the host's state, SAs and link (on Linux: the TUN device,
@@ -54,7 +65,7 @@ func newHost(cfg *Config, log *slog.Logger) (*Host, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	h := &Host{cfg: cfg, log: log}
+	h := &Host{cfg: cfg, log: log, file: cfg, gen: map[string]*pair{}}
 	if cfg.StateDir != "" {
 		d, err := statedir.Open(cfg.StateDir, statedir.Partition{}, log)
 		if err != nil {
@@ -62,7 +73,7 @@ func newHost(cfg *Config, log *slog.Logger) (*Host, error) {
 		}
 		h.state = d
 	}
-	if err := h.load(cfg); err != nil {
+	if err := h.apply(cfg); err != nil {
 		h.closeState()
 		return nil, err
 	}
@@ -79,6 +90,11 @@ func (h *Host) setMTU() {
 	for _, e := range h.sad.Entries() {
 		if e.Write != nil {
 			over = max(over, e.Write.MaxOverhead())
+		}
+	}
+	for _, g := range cfg.PolicyGen { // pairs installed later
+		if g != nil {
+			over = max(over, g.overhead())
 		}
 	}
 	for _, p := range cfg.Policies { // a bundle adds up
@@ -108,7 +124,22 @@ func (h *Host) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 3) // room for every goroutine below, so none blocks on exit
+	// Everything that can fail to start does so before any goroutine runs.
+	var reg *prometheus.Registry
+	if h.cfg.Metrics != "" {
+		var err error
+		if reg, err = metrics.Registry(h.counters()); err != nil {
+			return err
+		}
+	}
+	var ctl net.Listener
+	if h.cfg.Control != "" {
+		var err error
+		if ctl, err = listenControl(h.cfg.Control); err != nil {
+			return err
+		}
+	}
+	errc := make(chan error, 4) // room for every goroutine below, so none blocks on exit
 	run := func(name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -125,12 +156,11 @@ func (h *Host) Run(ctx context.Context) error {
 	}
 	run("link", func(ctx context.Context) error { return h.link.run(ctx, h) })
 	run("lifetimes", h.lifetimeLoop)
-	if h.cfg.Metrics != "" {
-		reg, err := metrics.Registry(h.counters())
-		if err != nil {
-			return err
-		}
+	if reg != nil {
 		run("metrics", func(ctx context.Context) error { return metrics.Serve(ctx, h.cfg.Metrics, reg, h.log) })
+	}
+	if ctl != nil {
+		run("control socket", func(ctx context.Context) error { return h.serveControl(ctx, ctl) })
 	}
 	h.log.Info("espep host running", "tun", h.cfg.TUN, "mtu", h.cfg.MTU, "sas", len(h.cfg.SAs), "policies", len(h.cfg.Policies))
 	wg.Wait()
@@ -152,9 +182,13 @@ func (h *Host) Close() error {
 // Reload applies a new configuration's SAs and policies. The TUN, its
 // addresses and routes stay as they were started.
 func (h *Host) Reload(cfg *Config) error {
-	if err := h.load(cfg); err != nil {
+	h.genMu.Lock()
+	defer h.genMu.Unlock()
+	h.reloadPairs(cfg)
+	if err := h.apply(cfg); err != nil {
 		return err
 	}
+	h.file = cfg
 	h.log.Info("espep host reloaded", "sas", len(cfg.SAs), "policies", len(cfg.Policies))
 	return nil
 }
@@ -296,7 +330,8 @@ func (h *Host) lifetimeLoop(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case now := <-tick.C:
+			h.retire(now)
 		}
 		h.checkLifetimes(soft)
 	}

@@ -34,6 +34,10 @@ func (h *Host) outbound(buf []byte, off, n int) {
 		h.send(pkt)
 		return
 	}
+	if len(p.SAs) == 0 { // sa = server, not installed yet: never in the clear
+		h.c.add(cAwaitingSA)
+		return
+	}
 	// Apply the bundle innermost first; each SA seals what the one
 	// before produced, in the same buffer.
 	for _, id := range p.SAs {

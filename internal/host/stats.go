@@ -11,6 +11,7 @@ import (
 // label in espep_host_packets_total.
 type Stats struct {
 	TunIn, Sealed, Bypassed, Discarded, SealErrors  uint64
+	AwaitingSA                                      uint64
 	NetIn, Opened, OpenErrors, PolicyDrops, NotOurs uint64
 	IKE, Keepalives, TunWriteErrors, SendErrors     uint64
 	SoftExpired, HardExpired                        uint64
@@ -24,6 +25,7 @@ const (
 	cBypassed
 	cDiscarded
 	cSealErrors
+	cAwaitingSA
 	cNetIn
 	cOpened
 	cOpenErrors
@@ -51,6 +53,7 @@ var counterTable = [numCounters]ctable.Def{
 	cBypassed:       event("Bypassed", "bypassed", "bypassed"),
 	cDiscarded:      event("Discarded", "discarded", "discarded"),
 	cSealErrors:     event("SealErrors", "seal-errors", "seal_error"),
+	cAwaitingSA:     event("AwaitingSA", "awaiting-sa", "awaiting_sa"),
 	cNetIn:          event("NetIn", "net-in", "net_in"),
 	cOpened:         event("Opened", "opened", "opened"),
 	cOpenErrors:     event("OpenErrors", "open-errors", "open_error"),
