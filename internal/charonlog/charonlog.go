@@ -49,10 +49,17 @@ type found struct {
 
 // Parse reads one charon log and returns every installed ESP SA it shows,
 // in the order they appear. name is used in errors.
-func Parse(r io.Reader, name string) ([]ipsec.Config, error) {
+func Parse(r io.Reader, name string) ([]ipsec.Config, error) { return parse(r, name, false) }
+
+// ParseLive is Parse without the SAs of CHILD_SAs that were rekeyed away
+// or deleted since (state REKEYED, DELETING, DELETED or DESTROYING): the
+// SAs charon holds now, as far as the log tells.
+func ParseLive(r io.Reader, name string) ([]ipsec.Config, error) { return parse(r, name, true) }
+
+func parse(r io.Reader, name string, live bool) ([]ipsec.Config, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), 1<<20)
-	p := &parser{threads: map[string]*thread{}, initiated: map[string]bool{}, installed: map[string]bool{}}
+	p := &parser{threads: map[string]*thread{}, initiated: map[string]bool{}, installed: map[string]bool{}, gone: map[string]bool{}}
 	for n := 1; sc.Scan(); n++ {
 		if err := p.line(sc.Text()); err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", name, n, err)
@@ -63,8 +70,8 @@ func Parse(r io.Reader, name string) ([]ipsec.Config, error) {
 	}
 	var out []ipsec.Config
 	for _, f := range p.sas {
-		if !p.installed[f.child] {
-			continue // e.g. libipsec refused the mode
+		if !p.installed[f.child] || live && p.gone[f.child] {
+			continue // e.g. libipsec refused the mode; or rekeyed away
 		}
 		c, err := f.config(p.initiated[f.child])
 		if err != nil {
@@ -79,9 +86,9 @@ func Parse(r io.Reader, name string) ([]ipsec.Config, error) {
 // child and keys, the CHILD_SAs this end initiated and those installed,
 // and the SAs added.
 type parser struct {
-	threads              map[string]*thread
-	initiated, installed map[string]bool
-	sas                  []found
+	threads                    map[string]*thread
+	initiated, installed, gone map[string]bool
+	sas                        []found
 }
 
 // line takes one log line.
@@ -118,8 +125,11 @@ func (p *parser) child(th *thread, msg string) error {
 		if mm[2] == "CREATED" && mm[3] == "INSTALLING" {
 			th.child = mm[1]
 		}
-		if mm[3] == "INSTALLED" {
+		switch mm[3] {
+		case "INSTALLED":
 			p.installed[mm[1]] = true
+		case "REKEYED", "DELETING", "DELETED", "DESTROYING":
+			p.gone[mm[1]] = true
 		}
 		return nil
 	}

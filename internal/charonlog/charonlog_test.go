@@ -67,3 +67,27 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestParseLive: a CHILD_SA rekeyed away leaves ParseLive, which the
+// agent reads; Parse (for decrypting old captures) keeps it.
+func TestParseLive(t *testing.T) {
+	log, err := os.ReadFile("testdata/aes256gcm16-left.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := Parse(bytes.NewReader(log), "left")
+	if err != nil || len(all) != 2 {
+		t.Fatalf("Parse: %d SAs, %v", len(all), err)
+	}
+	if live, err := ParseLive(bytes.NewReader(log), "left"); err != nil || len(live) != 2 {
+		t.Fatalf("ParseLive before the rekey: %d SAs, %v", len(live), err)
+	}
+	rekeyed := append(append([]byte(nil), log...), []byte("17:36:44 09[CHD] CHILD_SA pep{1} state change: INSTALLED => REKEYING\n"+
+		"17:36:44 09[CHD] CHILD_SA pep{1} state change: REKEYING => REKEYED\n")...)
+	if live, err := ParseLive(bytes.NewReader(rekeyed), "left"); err != nil || len(live) != 0 {
+		t.Fatalf("ParseLive after the rekey: %d SAs, %v", len(live), err)
+	}
+	if all, _ := Parse(bytes.NewReader(rekeyed), "left"); len(all) != 2 {
+		t.Fatal("Parse dropped a rekeyed SA")
+	}
+}
