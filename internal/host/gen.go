@@ -175,9 +175,11 @@ type PairState struct {
 	Expires time.Duration // the installed pair's hard lifetime
 }
 
-// Delegable returns the outbound SAs the host runs on (file and installed
-// pairs) that its policies permit a proxy, in that class
-// (Config.Delegable of the effective configuration).
+// Delegable returns the outbound SAs of the host's files that its
+// policies permit a proxy, in that class, as it runs on them (reloads
+// included; not those a hard lifetime removed): what an agent uploads
+// (scheme 3). The installed pairs are not among them: the server made
+// them and holds them already.
 func (h *Host) Delegable() []ipsec.Config {
 	h.genMu.Lock() // no pair is wiped while its keys are copied
 	defer h.genMu.Unlock()
@@ -185,8 +187,12 @@ func (h *Host) Delegable() []ipsec.Config {
 	eff, sad := h.eff, h.sad
 	h.mu.RUnlock()
 	var out []ipsec.Config
+	generated := map[ipsec.ID]bool{}
+	for _, p := range h.gen {
+		generated[p.out.ID()] = true
+	}
 	for _, c := range eff.Delegable() {
-		if _, ok := sad.Get(c.ID()); ok { // not one a hard lifetime removed
+		if _, ok := sad.Get(c.ID()); ok && !generated[c.ID()] { // not one a hard lifetime removed, nor one the server made
 			out = append(out, cloneKeys(c))
 		}
 	}

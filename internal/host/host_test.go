@@ -21,77 +21,6 @@ import (
 	"github.com/espep/espep/ipsec/header"
 )
 
-// memLink is a link in memory: what a test puts in tun is what the
-// kernel routed into the TUN, what it puts in net arrived from the
-// network; what the host delivers and sends is kept (and sent on to a
-// peer's net, if it has one). fail, if it gets an error, ends run with it.
-type memLink struct {
-	tun, net chan []byte
-	fail     chan error
-	peer     *memLink
-
-	mu        sync.Mutex
-	delivered [][]byte // into the TUN
-	sent      [][]byte // onto the network
-	closed    bool
-}
-
-func newMemLink() *memLink {
-	return &memLink{tun: make(chan []byte, 64), net: make(chan []byte, 64), fail: make(chan error, 1)}
-}
-
-func (m *memLink) run(ctx context.Context, h *Host) error {
-	const off = ipsec.MaxHeadroom
-	buf := make([]byte, off+65536+ipsec.MaxTailroom)
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-m.fail:
-			return err
-		case p := <-m.tun:
-			b := buf[:off+len(p)+ipsec.MaxTailroom]
-			copy(b[off:], p)
-			h.outbound(b[:off+len(p)], off, len(p))
-		case p := <-m.net:
-			b := buf[:off+len(p)]
-			copy(b[off:], p)
-			h.inbound(b, off)
-		}
-	}
-}
-
-func (m *memLink) deliver(buf []byte, off int) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.delivered = append(m.delivered, append([]byte(nil), buf[off:]...))
-	return nil
-}
-
-func (m *memLink) send(pkt []byte) error {
-	m.mu.Lock()
-	m.sent = append(m.sent, append([]byte(nil), pkt...))
-	m.mu.Unlock()
-	if m.peer != nil {
-		m.peer.net <- append([]byte(nil), pkt...)
-	}
-	return nil
-}
-
-func (m *memLink) close() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.closed = true
-	return nil
-}
-
-func (m *memLink) take() (delivered, sent [][]byte) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delivered, sent, m.delivered, m.sent = m.delivered, m.sent, nil, nil
-	return delivered, sent
-}
-
 // hostConfig is a host at local protecting TCP to remote with the SA pair
 // (out, in) of enc, bypassing UDP port 53 and discarding the rest.
 func hostConfig(t *testing.T, dir, local, remote string, out, in uint32, enc string) *Config {
@@ -142,13 +71,13 @@ sa = %#[3]x
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)) }
 
 // memHost makes a host on a memLink and runs it until the test ends.
-func memHost(t *testing.T, cfg *Config) (*Host, *memLink, func() error) {
+func memHost(t *testing.T, cfg *Config) (*Host, *MemLink, func() error) {
 	t.Helper()
 	h, err := newHost(cfg, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newMemLink()
+	m := NewMemLink()
 	h.link = m
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -192,19 +121,19 @@ func TestHostsInMemory(t *testing.T) {
 			dir := t.TempDir()
 			a, ma, stopA := memHost(t, hostConfig(t, filepath.Join(dir, "a"), "10.77.1.1", "10.77.1.2", 0x1001, 0x2002, enc))
 			b, mb, stopB := memHost(t, hostConfig(t, filepath.Join(dir, "b"), "10.77.1.2", "10.77.1.1", 0x2002, 0x1001, enc))
-			ma.peer, mb.peer = mb, ma
+			ma.Peer, mb.Peer = mb, ma
 			ap, bp := netip.MustParseAddrPort("10.77.1.1:40000"), netip.MustParseAddrPort("10.77.1.2:80")
 			var segs [][]byte
 			for i := range 20 {
 				s := packettest.Segment(ap, bp, header.TCPAck|header.TCPPsh, uint32(1000+i*100), 1, 65535, nil, bytes.Repeat([]byte{byte(i)}, 100))
 				segs = append(segs, s)
-				ma.tun <- s
+				ma.Tun <- s
 			}
 			dns := packettest.UDP(netip.MustParseAddrPort("10.77.1.1:5353"), netip.MustParseAddrPort("10.77.1.2:53"), []byte("query"))
-			ma.tun <- dns
-			ma.tun <- packettest.UDP(netip.MustParseAddrPort("10.77.1.1:5353"), netip.MustParseAddrPort("10.77.1.2:9"), []byte("other"))
+			ma.Tun <- dns
+			ma.Tun <- packettest.UDP(netip.MustParseAddrPort("10.77.1.1:5353"), netip.MustParseAddrPort("10.77.1.2:9"), []byte("other"))
 			settle(a, b)
-			got, _ := mb.take()
+			got, _ := mb.Take()
 			if len(got) != len(segs) {
 				t.Fatalf("b delivered %d packets, a was given %d: a %s; b %s", len(got), len(segs), a.Stats().Summary(), b.Stats().Summary())
 			}
@@ -213,7 +142,7 @@ func TestHostsInMemory(t *testing.T) {
 					t.Fatalf("packet %d changed on the way", i)
 				}
 			}
-			_, sent := ma.take()
+			_, sent := ma.Take()
 			var clear int
 			for _, p := range sent {
 				if bytes.Contains(p, []byte("query")) {
@@ -225,11 +154,11 @@ func TestHostsInMemory(t *testing.T) {
 			}
 			// From the network: the protected traffic in the clear, IKE, a
 			// keepalive.
-			mb.net <- packettest.Segment(ap, bp, header.TCPAck, 1, 1, 65535, nil, []byte("forged"))
-			mb.net <- packettest.UDP(netip.MustParseAddrPort("10.77.1.1:4500"), netip.MustParseAddrPort("10.77.1.2:4500"), []byte{0xff})
-			mb.net <- packettest.UDP(netip.MustParseAddrPort("10.77.1.1:500"), netip.MustParseAddrPort("10.77.1.2:500"), make([]byte, 28))
+			mb.Net <- packettest.Segment(ap, bp, header.TCPAck, 1, 1, 65535, nil, []byte("forged"))
+			mb.Net <- packettest.UDP(netip.MustParseAddrPort("10.77.1.1:4500"), netip.MustParseAddrPort("10.77.1.2:4500"), []byte{0xff})
+			mb.Net <- packettest.UDP(netip.MustParseAddrPort("10.77.1.1:500"), netip.MustParseAddrPort("10.77.1.2:500"), make([]byte, 28))
 			settle(a, b)
-			if d, _ := mb.take(); len(d) != 0 {
+			if d, _ := mb.Take(); len(d) != 0 {
 				t.Fatal("a cleartext packet claiming protected traffic was delivered")
 			}
 			sa, sb := a.Stats(), b.Stats()
@@ -242,7 +171,7 @@ func TestHostsInMemory(t *testing.T) {
 			if err := stopB(); err != nil {
 				t.Fatal(err)
 			}
-			if !ma.closed || !mb.closed {
+			if !ma.Closed() || !mb.Closed() {
 				t.Fatal("Close did not close the links")
 			}
 		})
@@ -260,13 +189,13 @@ func TestHostRunReturnsOnLinkFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newMemLink()
+	m := NewMemLink()
 	h.link = m
 	done := make(chan error, 1)
 	go func() { done <- h.Run(context.Background()) }()
 	time.Sleep(50 * time.Millisecond)
 	boom := errors.New("tun read: device gone")
-	m.fail <- boom
+	m.Fail <- boom
 	select {
 	case err := <-done:
 		if !errors.Is(err, boom) {
@@ -287,7 +216,7 @@ func TestHostLifetimesAndState(t *testing.T) {
 	h, m, stop := memHost(t, cfg)
 	ap, bp := netip.MustParseAddrPort("10.77.1.1:40000"), netip.MustParseAddrPort("10.77.1.2:80")
 	for range 5 {
-		m.tun <- packettest.Segment(ap, bp, header.TCPAck, 1, 1, 65535, nil, []byte("x"))
+		m.Tun <- packettest.Segment(ap, bp, header.TCPAck, 1, 1, 65535, nil, []byte("x"))
 	}
 	settle(h)
 	sad, _ := h.tables()
@@ -305,7 +234,7 @@ func TestHostLifetimesAndState(t *testing.T) {
 		t.Fatalf("a new host starts at %d, below the %d its predecessor used", e2.Write.OutSeq(), used)
 	}
 	for range 10 {
-		m2.tun <- packettest.Segment(ap, bp, header.TCPAck, 1, 1, 65535, nil, []byte("x"))
+		m2.Tun <- packettest.Segment(ap, bp, header.TCPAck, 1, 1, 65535, nil, []byte("x"))
 	}
 	settle(h2)
 	h2.checkLifetimes(map[ipsec.ID]bool{})
