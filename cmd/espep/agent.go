@@ -18,21 +18,39 @@ import (
 )
 
 const agentUsage = `usage: espep agent --secserver HOST:PORT --cert FILE --key FILE --ca FILE [--crl FILE]
-                  (--keys FILE | --host-config FILE)… --area AREA [--class read|write]
-                  [--interval D] [--once] [--rekey-command CMD] [--duration D]
+                  (--keys FILE | --host-config FILE | --host-socket PATH | --charon-log FILE | --xfrm)…
+                  --area AREA [--class read|write] [--interval D] [--once]
+                  [--rekey-command CMD] [--duration D]
 
-Runs on an endpoint and delegates its SAs to the security server (scheme
-3): it watches the key files (Wireshark esp_sa lines as strongSwan's
-save-keys plugin writes them, or espep's native SA format; mode 0600),
-uploads the SAs that permit a proxy with the endpoint's area, and
-withdraws those that leave the files (deleted, rekeyed away).
---host-config takes an espep host configuration: the SAs of its policies
-with proxy = read or write are delegated in that class, the others never
-(the endpoint's per-connection permission). --class is a ceiling (read:
-no integrity key, and no AEAD SA); below it each SA's own class counts
-(esp_sa lines: write). --cert is an
-agent certificate (espep pki issue --role agent) whose addresses or
-prefixes own the SAs' addresses.
+Runs on an endpoint and delegates its SAs to the security server.
+
+Scheme 3, the endpoint's own SAs: the agent reads them where its IPsec
+keeps them, uploads those that permit a proxy with the endpoint's area,
+and withdraws those that leave (deleted, rekeyed away):
+  --keys         key files: Wireshark esp_sa lines as strongSwan's save-keys
+                 plugin writes them, or espep's native SA format (mode 0600)
+  --charon-log   strongSwan's charon log written with "chd = 4" (mode 0600):
+                 the CHILD_SAs charon holds, not those rekeyed away
+  --host-config  an espep host configuration: the SAs of its policies with
+                 proxy = read or write, in that class; never the others
+                 (the endpoint's per-connection permission)
+  --host-socket  a running espep host's control socket: the same, as the
+                 host runs them
+  --xfrm         the Linux kernel's SAD (netlink; needs CAP_NET_ADMIN):
+                 every SA, so cap them with --class
+--class is a ceiling (read: no integrity key, and no AEAD SA); below it
+each SA's own class counts (esp_sa lines and charon's SAs: write).
+
+Scheme 4, pairs the server makes: for every policy with sa = server of
+the espep hosts named by --host-socket, the agent asks the server for the
+pair (the peer's agent gets the same one) and installs it, and replaces
+it when the server orders (a gateway that numbered it is gone) or renews
+it.
+
+When the server orders an SA of the endpoint's own IPsec rekeyed (the
+lease of a gateway that numbered it lapsed), --rekey-command runs.
+--cert is an agent certificate (espep pki issue --role agent) whose
+addresses or prefixes own the SAs' addresses.
 
 flags:
 `
@@ -45,9 +63,12 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	keyFile := fs.String("key", "", "its key")
 	caFile := fs.String("ca", "", "the CA's certificate")
 	crlFile := fs.String("crl", "", "the CA's revocation list")
-	var keys, hostCfgs stringList
+	var keys, hostCfgs, hostSocks, charonLogs stringList
 	fs.Var(&keys, "keys", "key file to delegate (repeatable)")
 	fs.Var(&hostCfgs, "host-config", "espep host configuration: delegate the SAs of its policies with proxy = read|write (repeatable)")
+	fs.Var(&hostSocks, "host-socket", "a running espep host's control socket: delegate its SAs, install its sa = server pairs (repeatable)")
+	fs.Var(&charonLogs, "charon-log", "strongSwan charon log (chd = 4): delegate the CHILD_SAs charon holds (repeatable)")
+	useXFRM := fs.Bool("xfrm", false, "delegate the Linux kernel's SAs (netlink)")
 	area := fs.String("area", "", "the area the endpoint is in")
 	class := fs.String("class", "", "delegate every SA in this class: read or write")
 	every := fs.Duration("interval", time.Second, "how often the files are read")
@@ -58,11 +79,12 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
-	if *addr == "" || *certFile == "" || *keyFile == "" || *caFile == "" || len(keys)+len(hostCfgs) == 0 || *area == "" || fs.NArg() != 0 {
+	if *addr == "" || *certFile == "" || *keyFile == "" || *caFile == "" || len(keys)+len(hostCfgs)+len(hostSocks)+len(charonLogs) == 0 && !*useXFRM || *area == "" || fs.NArg() != 0 {
 		fs.Usage()
-		return usageError{"agent: need --secserver, --cert, --key, --ca, --keys or --host-config, and --area"}
+		return usageError{"agent: need --secserver, --cert, --key, --ca, a source (--keys, --host-config, --host-socket, --charon-log or --xfrm), and --area"}
 	}
-	cfg := agent.Config{Files: keys, HostConfigs: hostCfgs, Area: *area, Log: slog.New(slog.NewTextHandler(stderr, nil))}
+	cfg := agent.Config{Files: keys, HostConfigs: hostCfgs, HostSockets: hostSocks, CharonLogs: charonLogs, XFRM: *useXFRM,
+		Area: *area, Log: slog.New(slog.NewTextHandler(stderr, nil))}
 	switch *class {
 	case "":
 	case "read":
@@ -83,7 +105,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	a := agent.New(cfg, c)
 	if *once {
 		err := a.Sync(ctx)
-		fmt.Fprintf(stdout, "agent: %d uploaded, %d withdrawn\n", a.Uploads, a.Withdrawals)
+		fmt.Fprintf(stdout, "agent: %d uploaded, %d withdrawn, %d pairs installed\n", a.Uploads, a.Withdrawals, a.Installs)
 		return err
 	}
 	if *dur > 0 {
@@ -91,16 +113,18 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		ctx, cancel = context.WithTimeout(ctx, *dur)
 		defer cancel()
 	}
+	var rekey func(ipsec.ID, string)
 	if *rekeyCmd != "" {
-		go agent.FollowOrders(ctx, c, cfg.Log, func(id ipsec.ID, why string) {
+		rekey = func(id ipsec.ID, why string) {
 			cmd := exec.CommandContext(ctx, "sh", "-c", *rekeyCmd)
 			cmd.Env = append(os.Environ(), fmt.Sprintf("ESPEP_SPI=%#08x", id.SPI), "ESPEP_DST="+id.Dst.String(), "ESPEP_WHY="+why)
 			if out, err := cmd.CombinedOutput(); err != nil {
 				cfg.Log.Warn("agent: rekey command", "err", err, "output", string(out))
 			}
-		})
+		}
 	}
+	go a.FollowOrders(ctx, c, rekey)
 	a.Run(ctx, *every)
-	fmt.Fprintf(stdout, "agent: %d uploaded, %d withdrawn\n", a.Uploads, a.Withdrawals)
+	fmt.Fprintf(stdout, "agent: %d uploaded, %d withdrawn, %d pairs installed\n", a.Uploads, a.Withdrawals, a.Installs)
 	return nil
 }

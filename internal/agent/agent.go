@@ -1,18 +1,22 @@
 // Package agent is what runs on an endpoint (a terminal, a mobile, or the
 // router doing tunnel mode for hosts without IPsec) and delegates its SAs
-// to the security server (scheme 3 of DESIGN.md): it watches where the
-// endpoint's IPsec keeps its keys — here a key file, Wireshark esp_sa
-// lines as strongSwan's save-keys plugin writes them or espep's native SA
-// format — uploads the SAs that permit a proxy, with their class and the
-// endpoint's area, and withdraws those that left (deleted, rekeyed away),
-// so that gateways follow as they follow an SA file.
+// to the security server.
 //
-// It also reads espep host configurations (the SAs of the policies whose
-// proxy setting permits it: per-connection permission), and follows the
-// server's orders to rekey when a gateway that numbered an SA is gone.
-// Not built yet (issue 14): a running espep host's SAD over a control
-// socket, Linux XFRM over netlink, the charon log as a source; scheme 4
-// (SAs the server generates).
+// Scheme 3 of DESIGN.md: it reads the endpoint's SAs where its IPsec
+// keeps them (sources.go: key files — Wireshark esp_sa lines as
+// strongSwan's save-keys plugin writes them, or espep's native format —
+// strongSwan's charon log, espep host configurations and a running espep
+// host's control socket, Linux XFRM over netlink), uploads those that
+// permit a proxy, with their class and the endpoint's area, and withdraws
+// those that left (deleted, rekeyed away), so that gateways follow as
+// they follow an SA file.
+//
+// Scheme 4 (pairs.go): for each espep host policy with sa = server it
+// asks the server for the pair and installs it in the host.
+//
+// Orders (orders.go): when a gateway that numbered an SA is gone the
+// server orders a rekey: a generated pair is replaced at once, an SA of
+// the endpoint's own IPsec is handed to the endpoint's rekey command.
 package agent
 
 import (
@@ -21,18 +25,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
-	"github.com/espep/espep/internal/host"
+	"github.com/espep/espep/internal/secserver"
 	"github.com/espep/espep/ipsec"
-	"github.com/espep/espep/ipsec/safile"
 )
 
 // Server is the security server as the agent sees it (secserver.Client).
 type Server interface {
 	Upload(ctx context.Context, area string, sas []ipsec.Config) error
 	Withdraw(ctx context.Context, ids []ipsec.ID) error
+	Generate(ctx context.Context, w secserver.Want) (out, in ipsec.Config, err error)
 }
 
 // Config is what the agent delegates and where from.
@@ -42,7 +45,19 @@ type Config struct {
 	// outbound SAs of the policies that permit a proxy (proxy = read or
 	// write), in that class — the endpoint's per-connection permission.
 	HostConfigs []string
-	Area        string // where the endpoint is: which gateways may fetch
+	// HostSockets are running espep hosts' control sockets: the SAs of
+	// their files that permit a proxy are delegated (as HostConfigs,
+	// but as the host runs them), and their sa = server policies get
+	// their pairs.
+	HostSockets []string
+	// CharonLogs are strongSwan charon logs written with "chd = 4": the
+	// CHILD_SAs charon holds (not those rekeyed away) are delegated.
+	CharonLogs []string
+	// XFRM delegates the SAs of the Linux kernel's SAD (read over
+	// netlink) — every one: the kernel has no per-SA proxy permission,
+	// so Class should cap them.
+	XFRM bool
+	Area string // where the endpoint is: which gateways may fetch
 	// Class, when not ClassNone, is the most any SA is delegated in;
 	// below it each SA's own class counts (native files and espep host's
 	// policies say it; an esp_sa line with both keys is write, one with an
@@ -60,8 +75,10 @@ type Agent struct {
 	// (its configuration and keys), so a rekey under the same SPI uploads
 	// again. No key is kept.
 	up map[ipsec.ID][32]byte
-	// Uploads and Withdrawals count what the agent sent.
-	Uploads, Withdrawals int
+	// Uploads and Withdrawals count what the agent sent; Installs the
+	// pairs installed in hosts.
+	Uploads, Withdrawals, Installs int
+	pairs                          pairState // pairs.go
 }
 
 // New makes an agent for srv.
@@ -69,7 +86,7 @@ func New(cfg Config, srv Server) *Agent {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Agent{cfg: cfg, srv: srv, up: map[ipsec.ID][32]byte{}}
+	return &Agent{cfg: cfg, srv: srv, up: map[ipsec.ID][32]byte{}, pairs: newPairState()}
 }
 
 // Sync reads the files and brings the server up to date: it uploads the
@@ -77,24 +94,18 @@ func New(cfg Config, srv Server) *Agent {
 // in a file is reported and skipped; a file that cannot be read (or is
 // open to others) withdraws nothing of what it gave before.
 func (a *Agent) Sync(ctx context.Context) error {
+	err := a.delegate(ctx)
+	return errors.Join(err, a.syncPairs(ctx))
+}
+
+// delegate is scheme 3: the sources' SAs that permit a proxy uploaded,
+// those gone withdrawn.
+func (a *Agent) delegate(ctx context.Context) error {
 	want := map[ipsec.ID]ipsec.Config{}
 	var errs []error
 	unreadable := false
-	sources := make([]func() ([]ipsec.Config, error), 0, len(a.cfg.Files)+len(a.cfg.HostConfigs))
-	for _, path := range a.cfg.Files {
-		sources = append(sources, func() ([]ipsec.Config, error) { return readKeys(path) })
-	}
-	for _, path := range a.cfg.HostConfigs {
-		sources = append(sources, func() ([]ipsec.Config, error) {
-			hc, err := host.LoadConfig(path)
-			if err != nil {
-				return nil, err
-			}
-			return hc.Delegable(), nil
-		})
-	}
-	for _, read := range sources {
-		cfgs, err := read()
+	for _, src := range a.sources() {
+		cfgs, err := src(ctx)
 		if err != nil {
 			errs = append(errs, err)
 			if cfgs == nil {
@@ -107,6 +118,7 @@ func (a *Agent) Sync(ctx context.Context) error {
 				c.Class = min(c.Class, a.cfg.Class) // a ceiling: never more than the SA's own permission
 			}
 			if c.Class == ipsec.ClassRead {
+				clear(c.IntegKey)
 				c.IntegKey = nil
 			}
 			if c.Class == ipsec.ClassNone || c.Class == ipsec.ClassRead && c.Enc.AEAD() {
@@ -177,29 +189,9 @@ func (a *Agent) Run(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-a.pairs.kick: // a rekey ordered: now, not at the next tick
 		}
 	}
-}
-
-// readKeys reads one key file: its good entries, and its bad ones joined
-// as an error. Nil entries and an error: the file could not be used.
-func readKeys(path string) ([]ipsec.Config, error) {
-	if err := safile.CheckPrivate(path); err != nil {
-		return nil, err
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	defer f.Close()
-	cfgs, bad, fatal := safile.ParseEntries(f, path)
-	if fatal != nil {
-		return nil, fatal
-	}
-	if cfgs == nil {
-		cfgs = []ipsec.Config{}
-	}
-	return cfgs, errors.Join(bad...)
 }
 
 // fingerprint identifies an SA's configuration and keys without keeping
@@ -207,32 +199,4 @@ func readKeys(path string) ([]ipsec.Config, error) {
 func fingerprint(c *ipsec.Config) [32]byte {
 	id := ipsec.KeyIDOf(c)
 	return sha256.Sum256(fmt.Appendf(id[:], "%v|%v|%v|%v|%v|%d|%d|%v", c.ID(), c.Src, c.Mode, c.Enc, c.Integ, c.EncapSrcPort, c.EncapDstPort, c.Class))
-}
-
-// OrderSource is the security server as the agent's orders come from it
-// (secserver.Client).
-type OrderSource interface {
-	Orders(ctx context.Context, do func(rekey []ipsec.ID, why string)) error
-}
-
-// FollowOrders does the server's orders until ctx ends, listening again
-// (after a second) when the stream breaks: for each SA to rekey, do is
-// called (the CLI runs the endpoint's rekey command).
-func FollowOrders(ctx context.Context, src OrderSource, log *slog.Logger, do func(id ipsec.ID, why string)) {
-	for ctx.Err() == nil {
-		err := src.Orders(ctx, func(ids []ipsec.ID, why string) {
-			for _, id := range ids {
-				log.Warn("agent: rekey ordered", "spi", fmt.Sprintf("%#08x", id.SPI), "dst", id.Dst, "why", why)
-				do(id, why)
-			}
-		})
-		if ctx.Err() != nil {
-			return
-		}
-		log.Warn("agent: orders: listening again", "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
 }

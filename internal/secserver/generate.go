@@ -25,7 +25,8 @@ import (
 // gets the same pair, oriented for the caller, until it is replaced: when
 // its lifetime is two-thirds gone, or when the caller names one of its
 // SAs to replace (a rekey ordered because a gateway that numbered it is
-// gone). The pair is stored as uploaded SAs are, so gateways fetch it and
+// gone). A replaced pair is deleted, and the agents listening for orders
+// are ordered to rekey it, which makes the peer's agent fetch the new one. The pair is stored as uploaded SAs are, so gateways fetch it and
 // are pushed it by area; its area is the latest caller's that names one
 // (the mobile's agent, as it moves), and its class the least any caller
 // permitted.
@@ -73,6 +74,10 @@ func (s *Server) Generate(ctx context.Context, req *pb.GenerateRequest) (*pb.Gen
 	}
 	for _, old := range stale {
 		s.dropPair(old, who)
+		// The peer's agent installs the new pair now rather than at its
+		// next poll: its host would otherwise seal on SAs the gateways
+		// no longer hold.
+		s.orderAll(saids(old.keys[:]), "the server replaced the pair")
 	}
 	out, in := cur.recs[0], cur.recs[1]
 	if cur.cfgs[0].Src != want.local {

@@ -159,24 +159,41 @@ func (s *Server) Expire(now time.Time) int {
 	l.mu.Unlock()
 	for _, ls := range lapsed {
 		s.audit.Warn("lease lapsed", "who", ls.who, "numbered", len(ls.numbered))
-		for _, a := range agents {
-			var mine []*pb.SAID
-			for _, x := range ls.numbered {
-				if s.ownsSA(a.id, x) {
-					mine = append(mine, x)
-				}
-			}
-			if len(mine) == 0 {
-				continue
-			}
-			select {
-			case a.ch <- &pb.Order{Rekey: mine, Why: fmt.Sprintf("the lease of gateway %s lapsed", nameOf(ls.who))}:
-				s.audit.Info("rekey ordered", "agent", a.id.Name, "sas", len(mine), "gateway", ls.who)
-			default: // the agent is not reading: it reconnects and the SA expires by its lifetime
-			}
-		}
+		s.order(agents, ls.numbered, fmt.Sprintf("the lease of gateway %s lapsed", nameOf(ls.who)))
 	}
 	return len(lapsed)
+}
+
+// order tells each of the agents to rekey those of ids it may act for.
+func (s *Server) order(agents []*orderStream, ids []*pb.SAID, why string) {
+	for _, a := range agents {
+		var mine []*pb.SAID
+		for _, x := range ids {
+			if s.ownsSA(a.id, x) {
+				mine = append(mine, x)
+			}
+		}
+		if len(mine) == 0 {
+			continue
+		}
+		select {
+		case a.ch <- &pb.Order{Rekey: mine, Why: why}:
+			s.audit.Info("rekey ordered", "agent", a.id.Name, "sas", len(mine), "why", why)
+		default: // the agent is not reading: it reconnects and the SA expires by its lifetime
+		}
+	}
+}
+
+// orderAll is order to every agent listening.
+func (s *Server) orderAll(ids []*pb.SAID, why string) {
+	l := &s.leases
+	l.mu.Lock()
+	agents := make([]*orderStream, 0, len(l.agents))
+	for a := range l.agents {
+		agents = append(agents, a)
+	}
+	l.mu.Unlock()
+	s.order(agents, ids, why)
 }
 
 // ownsSA reports whether agent id may act for the stored SA x.

@@ -170,6 +170,9 @@ func (s *Server) Upload(ctx context.Context, req *pb.UploadRequest) (*pb.UploadR
 		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "store: %v", err)
 		}
+		if found && old.Generated {
+			return nil, s.refuse("upload", who, &c, codes.PermissionDenied, "the server generated this SA (scheme 4): it is not uploaded")
+		}
 		if found && nameOf(old.Owner) != nameOf(who) {
 			if string(old.SA) != string(b) {
 				return nil, s.refuse("upload", who, &c, codes.PermissionDenied, fmt.Sprintf("uploaded by %s with other keys", nameOf(old.Owner)))
