@@ -19,7 +19,7 @@ import (
 
 const agentUsage = `usage: espep agent --secserver HOST:PORT --cert FILE --key FILE --ca FILE [--crl FILE]
                   (--keys FILE | --host-config FILE | --host-socket PATH | --charon-log FILE | --xfrm)…
-                  --area AREA [--class read|write] [--interval D] [--once]
+                  [--area AREA] [--class read|write] [--interval D] [--once]
                   [--rekey-command CMD] [--duration D]
 
 Runs on an endpoint and delegates its SAs to the security server.
@@ -69,7 +69,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&hostSocks, "host-socket", "a running espep host's control socket: delegate its SAs, install its sa = server pairs (repeatable)")
 	fs.Var(&charonLogs, "charon-log", "strongSwan charon log (chd = 4): delegate the CHILD_SAs charon holds (repeatable)")
 	useXFRM := fs.Bool("xfrm", false, "delegate the Linux kernel's SAs (netlink)")
-	area := fs.String("area", "", "the area the endpoint is in")
+	area := fs.String("area", "", "the radio area the endpoint is in (a mobile's cell); none for a wired endpoint: its SAs reach gateways through its peer's area")
 	class := fs.String("class", "", "delegate every SA in this class: read or write")
 	every := fs.Duration("interval", time.Second, "how often the files are read")
 	once := fs.Bool("once", false, "sync once and exit")
@@ -79,9 +79,9 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
-	if *addr == "" || *certFile == "" || *keyFile == "" || *caFile == "" || len(keys)+len(hostCfgs)+len(hostSocks)+len(charonLogs) == 0 && !*useXFRM || *area == "" || fs.NArg() != 0 {
+	if *addr == "" || *certFile == "" || *keyFile == "" || *caFile == "" || len(keys)+len(hostCfgs)+len(hostSocks)+len(charonLogs) == 0 && !*useXFRM || fs.NArg() != 0 {
 		fs.Usage()
-		return usageError{"agent: need --secserver, --cert, --key, --ca, a source (--keys, --host-config, --host-socket, --charon-log or --xfrm), and --area"}
+		return usageError{"agent: need --secserver, --cert, --key, --ca, and a source (--keys, --host-config, --host-socket, --charon-log or --xfrm)"}
 	}
 	cfg := agent.Config{Files: keys, HostConfigs: hostCfgs, HostSockets: hostSocks, CharonLogs: charonLogs, XFRM: *useXFRM,
 		Area: *area, Log: slog.New(slog.NewTextHandler(stderr, nil))}
