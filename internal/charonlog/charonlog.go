@@ -59,7 +59,8 @@ func ParseLive(r io.Reader, name string) ([]ipsec.Config, error) { return parse(
 func parse(r io.Reader, name string, live bool) ([]ipsec.Config, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), 1<<20)
-	p := &parser{threads: map[string]*thread{}, initiated: map[string]bool{}, installed: map[string]bool{}, gone: map[string]bool{}}
+	p := &parser{threads: map[string]*thread{}, initiated: map[string]bool{}, installed: map[string]bool{}, gone: map[string]bool{},
+		seen: map[saKey]bool{}}
 	for n := 1; sc.Scan(); n++ {
 		if err := p.line(sc.Text()); err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", name, n, err)
@@ -82,12 +83,18 @@ func parse(r io.Reader, name string, live bool) ([]ipsec.Config, error) {
 	return out, nil
 }
 
+type saKey struct {
+	spi uint32
+	dst netip.Addr
+}
+
 // parser is what Parse has read so far: each charon thread's proposal,
 // child and keys, the CHILD_SAs this end initiated and those installed,
 // and the SAs added.
 type parser struct {
 	threads                    map[string]*thread
 	initiated, installed, gone map[string]bool
+	seen                       map[saKey]bool
 	sas                        []found
 }
 
@@ -150,7 +157,11 @@ func (p *parser) child(th *thread, msg string) error {
 	switch {
 	case strings.HasPrefix(msg, "adding inbound ESP SA"):
 		th.dir = "inbound"
-	case strings.HasPrefix(msg, "adding outbound ESP SA"):
+	case strings.HasPrefix(msg, "adding outbound ESP SA"), strings.HasPrefix(msg, "registering outbound ESP SA"):
+		// The responder of a rekey registers the outbound SA with its
+		// keys and adds it later (after the old SA's delete), possibly
+		// from another thread, which knows no keys: the registration is
+		// what counts, the adding names it again.
 		th.dir = "outbound"
 	default:
 		mm := spiRE.FindStringSubmatch(strings.TrimSpace(msg))
@@ -164,6 +175,11 @@ func (p *parser) child(th *thread, msg string) error {
 		if err1 != nil || err2 != nil {
 			return fmt.Errorf("addresses %q %q", mm[2], mm[3])
 		}
+		if p.seen[saKey{spi, dst}] {
+			th.dir = ""
+			return nil // registered, now added
+		}
+		p.seen[saKey{spi, dst}] = true
 		keys := map[string][]byte{}
 		for k, v := range th.keys {
 			keys[k] = v

@@ -54,8 +54,13 @@ func TestAgainstEspSa(t *testing.T) {
 
 // FuzzParse: charon logs are text anyone can write; never panic.
 func FuzzParse(f *testing.F) {
-	b, _ := os.ReadFile("testdata/aes128-sha256-left.log")
-	f.Add(string(b))
+	for _, name := range []string{"aes128-sha256-left.log", "rekey-right.log"} {
+		b, _ := os.ReadFile("testdata/" + name)
+		f.Add(string(b))
+	}
+	f.Add("00:00:00 04[CFG] selected proposal: ESP:AES_GCM_16_128/NO_EXT_SEQ\n00:00:00 04[CHD] registering outbound ESP SA\n" +
+		"00:00:00 04[CHD]   SPI 0x9d74c50f, src 10.77.2.1 dst 10.77.1.1\n00:00:00 10[CHD] adding outbound ESP SA\n" +
+		"00:00:00 10[CHD]   SPI 0x9d74c50f, src 10.77.2.1 dst 10.77.1.1\n")
 	f.Add("00:00:00 01[CHD]    0: ZZ\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		cfgs, err := Parse(strings.NewReader(s), "fuzz")
@@ -89,5 +94,58 @@ func TestParseLive(t *testing.T) {
 	}
 	if all, _ := Parse(bytes.NewReader(rekeyed), "left"); len(all) != 2 {
 		t.Fatal("Parse dropped a rekeyed SA")
+	}
+}
+
+// TestRekeyLogs: two charons' logs of one run with two CHILD_SA rekeys,
+// one from each end (testbed TestGatewaySecServerRekey with
+// ESPEP_KEEP_CHARON_LOGS). The responder of a rekey registers its
+// outbound SA and adds it after the old SA's delete, maybe from another
+// thread: that SA is read from the registration, once. Both logs give
+// the same six SAs with the same keys, and ParseLive the last pair only.
+func TestRekeyLogs(t *testing.T) {
+	parse := func(side string, live bool) map[uint32]ipsec.Config {
+		t.Helper()
+		f, err := os.Open("testdata/rekey-" + side + ".log")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		var cfgs []ipsec.Config
+		if live {
+			cfgs, err = ParseLive(f, side)
+		} else {
+			cfgs, err = Parse(f, side)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[uint32]ipsec.Config{}
+		for _, c := range cfgs {
+			if _, dup := m[c.SPI]; dup {
+				t.Fatalf("%s: spi %#x twice", side, c.SPI)
+			}
+			m[c.SPI] = c
+		}
+		return m
+	}
+	left, right := parse("left", false), parse("right", false)
+	if len(left) != 6 || len(right) != 6 {
+		t.Fatalf("%d SAs on the left, %d on the right: want three pairs each", len(left), len(right))
+	}
+	for spi, l := range left {
+		r, ok := right[spi]
+		if !ok || l.Src != r.Src || l.Dst != r.Dst || l.Enc != r.Enc || !bytes.Equal(l.EncKey, r.EncKey) {
+			t.Fatalf("spi %#x: left %+v, right %+v", spi, l, r)
+		}
+	}
+	liveL, liveR := parse("left", true), parse("right", true)
+	if len(liveL) != 2 || len(liveR) != 2 {
+		t.Fatalf("live: %d on the left, %d on the right", len(liveL), len(liveR))
+	}
+	for spi := range liveL {
+		if _, ok := liveR[spi]; !ok {
+			t.Fatalf("the two ends' live pairs differ at %#x", spi)
+		}
 	}
 }

@@ -46,31 +46,16 @@ func TestScheme4Hosts(t *testing.T) {
 	must(t, b.IP(a, "addr", "add", la+"/24", "dev", "a0", "nodad"))
 	must(t, b.IP(bn, "addr", "add", lb+"/24", "dev", "b0", "nodad"))
 
-	ca, err := pki.Init(filepath.Join(dir, "ca"), "test CA", 24*time.Hour)
-	must(t, err)
-	issue := func(name string, id pki.Identity) {
-		c, k, err := ca.Issue(id, time.Hour)
-		must(t, err)
-		must(t, pki.WriteFile(filepath.Join(dir, name+".key"), k, 0o600))
-		must(t, pki.WriteFile(filepath.Join(dir, name+".crt"), c, 0o644))
-	}
-	issue("ss", pki.Identity{Role: pki.RoleServer, Name: "secserver", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
-	issue("gw", pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-1"}})
-	issue("agent-a", pki.Identity{Role: pki.RoleAgent, Name: "wired-a", Addrs: []netip.Addr{netip.MustParseAddr(la)}})
-	issue("agent-b", pki.Identity{Role: pki.RoleAgent, Name: "mobile-b", Addrs: []netip.Addr{netip.MustParseAddr(lb)}})
-	must(t, os.WriteFile(filepath.Join(dir, "db.key"), []byte(strings.Repeat("4d", 32)), 0o600))
-	tlsFlags := func(prefix, who string) []string {
-		return []string{"--" + prefix + "cert", filepath.Join(dir, who+".crt"), "--" + prefix + "key", filepath.Join(dir, who+".key"),
-			"--" + prefix + "ca", filepath.Join(dir, "ca", "ca.crt"), "--" + prefix + "crl", filepath.Join(dir, "ca", "ca.crl")}
-	}
+	keys := newSecPKI(t, dir)
+	keys.issue(t, "gw", pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-1"}})
+	keys.issue(t, "agent-a", pki.Identity{Role: pki.RoleAgent, Name: "wired-a", Addrs: []netip.Addr{netip.MustParseAddr(la)}})
+	keys.issue(t, "agent-b", pki.Identity{Role: pki.RoleAgent, Name: "mobile-b", Addrs: []netip.Addr{netip.MustParseAddr(lb)}})
+	tlsFlags := keys.flags
 	// The server, the agents and the gateway share m's loopback; the
 	// agents reach their hosts' control sockets through the file system.
 	const addr = "127.0.0.1:7444"
 	const lease = 2 * time.Second
-	srv, err := b.Start(m, append([]string{espepBin, "secserver", "--listen", addr, "--db", filepath.Join(dir, "sa.db"),
-		"--db-key", filepath.Join(dir, "db.key"), "--lease", lease.String()}, tlsFlags("", "ss")...)...)
-	must(t, err)
-	must(t, waitFor(srv, "secserver running", 5*time.Second))
+	srv := keys.startServer(t, b, m, addr, "--lease", lease.String())
 	startGateway := func(n int) *Proc {
 		gw, err := b.Start(m, append(append(append([]string{espepBin, "linkem", "--a", "xa", "--b", "xb", "--secserver", addr,
 			"--state-dir", filepath.Join(dir, fmt.Sprintf("gw-state-%d", n))}, engineFlags("split")...),

@@ -76,34 +76,18 @@ func secserverRun(t *testing.T, middle []string, fromServer bool) float64 {
 		giveKeys(t, s, saPath, true)
 		return secserverTransfer(t, s, dir, nil, nil)
 	}
-	ca, err := pki.Init(filepath.Join(dir, "ca"), "test CA", 24*time.Hour)
-	must(t, err)
-	issue := func(name string, id pki.Identity) {
-		c, k, err := ca.Issue(id, time.Hour)
-		must(t, err)
-		must(t, pki.WriteFile(filepath.Join(dir, name+".key"), k, 0o600))
-		must(t, pki.WriteFile(filepath.Join(dir, name+".crt"), c, 0o644))
-	}
-	issue("ss", pki.Identity{Role: pki.RoleServer, Name: "secserver", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
-	issue("gw", pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-1"}})
-	issue("agent", pki.Identity{Role: pki.RoleAgent, Name: "right-peer", Addrs: []netip.Addr{netip.MustParseAddr(SSRightOuter)}})
-	must(t, os.WriteFile(filepath.Join(dir, "db.key"), []byte(strings.Repeat("3c", 32)), 0o600))
-	tlsFlags := func(prefix, who string) []string {
-		return []string{"--" + prefix + "cert", filepath.Join(dir, who+".crt"), "--" + prefix + "key", filepath.Join(dir, who+".key"),
-			"--" + prefix + "ca", filepath.Join(dir, "ca", "ca.crt"), "--" + prefix + "crl", filepath.Join(dir, "ca", "ca.crl")}
-	}
+	keys := newSecPKI(t, dir)
+	keys.issue(t, "gw", pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-1"}})
+	keys.issue(t, "agent", pki.Identity{Role: pki.RoleAgent, Name: "right-peer", Addrs: []netip.Addr{netip.MustParseAddr(SSRightOuter)}})
+	tlsFlags := keys.flags
 	const addr = "127.0.0.1:7443"
 	var srv *Proc
 	// The server first: the gateway registers at its start and takes its
 	// IV partition from the identifier it gets.
 	s, err := NewStrongSwanBefore(b, espepBin, dir, append(append(middle, "--secserver", addr, "--state-dir", filepath.Join(dir, "state")),
 		tlsFlags("secserver-", "gw")...), func(s *StrongSwan) error {
-		var err error
-		if srv, err = b.Start(s.Radio, append([]string{espepBin, "secserver", "--listen", addr, "--db", filepath.Join(dir, "sa.db"),
-			"--db-key", filepath.Join(dir, "db.key")}, tlsFlags("", "ss")...)...); err != nil {
-			return err
-		}
-		return waitFor(srv, "secserver running", 5*time.Second)
+		srv = keys.startServer(t, b, s.Radio, addr)
+		return nil
 	})
 	must(t, err)
 	if !strings.Contains(s.Linkem.Output(), `msg="gateway: IV partition from the security server" partition=1/65536`) {
