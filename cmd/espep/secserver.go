@@ -127,6 +127,10 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 	if feed, ok := store.(secserver.Feed); ok {
 		go srv.Follow(ctx, feed) // every replica's changes reach this one's gateways
 	}
+	if ls, ok := store.(secserver.LeaseStore); ok {
+		srv.ShareLeases(ls) // a gateway keeps its lease on any replica, and a replica's crash forgets none
+		go srv.FollowLeases(ctx, ls)
+	}
 	go func() {
 		<-ctx.Done()
 		g.GracefulStop()

@@ -5,11 +5,14 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
 	"github.com/espep/espep/internal/secserver/pb"
@@ -24,9 +27,26 @@ type Client struct {
 }
 
 // Dial connects to the server at addr with tlsCfg (pki.Verifier.ClientTLS).
-// A gateway fetches in class (ClassWrite unless it asks for less).
+// A gateway fetches in class (ClassWrite unless it asks for less). addr
+// may list replicas, comma-separated: the client uses the first that
+// answers and moves to another when it goes (gRPC's pick_first over the
+// list); every replica is verified by its certificate as one would be.
 func Dial(addr string, tlsCfg *tls.Config, class ipsec.Class) (*Client, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
+	target := addr
+	if strings.Contains(addr, ",") {
+		var st resolver.State
+		for _, a := range strings.Split(addr, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
+			}
+		}
+		r := manual.NewBuilderWithScheme("espep-replicas")
+		r.InitialState(st)
+		opts = append(opts, grpc.WithResolvers(r))
+		target = "espep-replicas:///secserver"
+	}
+	cc, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("secserver: %w", err)
 	}

@@ -119,7 +119,8 @@ func gcm(spi uint32, src, dst netip.Addr) ipsec.Config {
 // pushed to a gateway watching a third; gateway identifiers asked of all
 // three at once never repeat. One etcd member is
 // killed and one replica stopped: what was delegated is still served by
-// the others, and new uploads still go through (the quorum stands).
+// the others, and new uploads still go through (the quorum stands); a
+// client given the three replicas' addresses moves to a live one.
 func TestReplicasOnEtcd(t *testing.T) {
 	cl := startEtcd(t, 3, nil)
 	w := sectest.NewWorld(t)
@@ -223,8 +224,25 @@ func TestReplicasOnEtcd(t *testing.T) {
 	}
 	wg.Wait()
 
+	// A gateway that knows all three replicas is on the first.
+	multi := w.ClientOf(t, strings.Join(addrs, ","), gwID)
+	if got, err := multi.Fetch(ctx, wired, mobile); err != nil || len(got) != 2 {
+		t.Fatalf("fetch over the replica list: %v %v", got, err)
+	}
+
 	cl.procs[0].Process.Kill() // one etcd member gone
 	stops[0]()                 // one replica gone
+	// It moves to another replica.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		got, err := multi.Fetch(ctx, wired, mobile)
+		if err == nil && len(got) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fetch over the replica list after replica 0 went: %v %v", got, err)
+		}
+		t.Logf("fetch over the replica list, again: %v", err)
+	}
 	if n := fetch(2); n != 2 {
 		t.Fatalf("after the losses replica 2 serves %d SAs", n)
 	}
@@ -333,4 +351,81 @@ func TestEtcdTLS(t *testing.T) {
 
 func pemOf(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// TestSharedLeases: replicas on one etcd cluster share gateway leases. A
+// gateway registers and beats on replica 0, which then dies; it beats on
+// replica 1 under the same identifier (no re-registration: the lease and
+// its owner are in etcd) — which another gateway cannot. When it stops,
+// the agent listening on replica 2 is ordered to rekey the SA it numbered.
+func TestSharedLeases(t *testing.T) {
+	cl := startEtcd(t, 3, nil)
+	w := sectest.NewWorld(t)
+	key := bytes.Repeat([]byte{9}, 32)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var addrs []string
+	var stops []func()
+	for range 3 {
+		st, err := secserver.OpenEtcd(cl.clients, nil, "/espep-lease-test", key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		addr, srv, stop := w.Serve(t, st)
+		srv.SetLease(2 * time.Second)
+		srv.ShareLeases(st)
+		go srv.FollowLeases(ctx, st)
+		addrs, stops = append(addrs, addr), append(stops, stop)
+	}
+	agentID := pki.Identity{Role: pki.RoleAgent, Name: "mobile", Addrs: []netip.Addr{mobile}}
+	gwID := pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-1"}}
+	var err error
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if err = w.ClientOf(t, addrs[0], agentID).Upload(ctx, "cell-1", []ipsec.Config{gcm(0x1001, wired, mobile)}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("upload: %v", err)
+		}
+	}
+	orders := make(chan []ipsec.ID, 4)
+	go w.ClientOf(t, addrs[2], agentID).Orders(ctx, func(ids []ipsec.ID, _ string) { orders <- ids })
+	g0 := w.ClientOf(t, addrs[0], gwID)
+	id, err := g0.Register(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	numbered := []ipsec.ID{{SPI: 0x1001, Dst: mobile, Proto: ipsec.ESP}}
+	if _, err := g0.Heartbeat(ctx, id, numbered); err != nil {
+		t.Fatal(err)
+	}
+	stops[0]() // the replica the gateway used dies
+	g1 := w.ClientOf(t, addrs[1], gwID)
+	var last time.Time
+	for range 4 { // two seconds of beats on replica 1, same identifier
+		if _, err := g1.Heartbeat(ctx, id, numbered); err != nil {
+			t.Fatalf("heartbeat on another replica: %v", err)
+		}
+		last = time.Now()
+		time.Sleep(500 * time.Millisecond)
+	}
+	select {
+	case ids := <-orders:
+		t.Fatalf("ordered %v while the lease was kept", ids)
+	default:
+	}
+	other := w.ClientOf(t, addrs[1], pki.Identity{Role: pki.RoleGateway, Name: "gw-9", Areas: []string{"cell-9"}})
+	if _, err := other.Heartbeat(ctx, id, nil); err == nil || !strings.Contains(err.Error(), "PermissionDenied") {
+		t.Fatalf("another gateway beat for the identifier: %v", err)
+	}
+	select {
+	case ids := <-orders:
+		t.Logf("rekey ordered by replica 2 %v after the last heartbeat on replica 1", time.Since(last).Round(time.Millisecond))
+		if len(ids) != 1 || ids[0].SPI != 0x1001 {
+			t.Fatalf("ordered %v", ids)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no rekey ordered after the gateway stopped")
+	}
 }

@@ -22,9 +22,8 @@ import (
 // of those SAs to rekey. The outage after a gateway crash is then bounded
 // by the lease (plus the agent's rekey), not by the SA's lifetime.
 //
-// Leases live in the replica's memory: a gateway heartbeats to one
-// replica (not built: leases shared through etcd, so that a replica's own
-// crash does not forget them).
+// Leases live in the replica's memory, or, for replicas sharing an etcd
+// cluster, in etcd (etcdlease.go), where every replica sees them.
 
 // DefaultLease is how long a heartbeat keeps a gateway's lease.
 const DefaultLease = 10 * time.Second
@@ -46,6 +45,9 @@ type leases struct {
 	byID   map[uint64]*lease
 	owners map[uint64]string // identifier → who registered it (only they heartbeat it)
 	agents map[*orderStream]bool
+	// shared, when set (FollowLeases), keeps the leases and owners
+	// instead of byID and owners: every replica sees them.
+	shared LeaseStore
 }
 
 type orderStream struct {
@@ -70,11 +72,18 @@ func (l *leases) init() {
 }
 
 // registered notes that who registered gateway identifier id.
-func (l *leases) registered(id uint64, who string) {
+func (l *leases) registered(id uint64, who string) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.init()
-	l.owners[id] = who
+	shared := l.shared
+	if shared == nil {
+		l.owners[id] = who
+	}
+	l.mu.Unlock()
+	if shared != nil {
+		return shared.Registered(id, who)
+	}
+	return nil
 }
 
 // Heartbeat renews a gateway's lease.
@@ -88,15 +97,31 @@ func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.H
 	}
 	l := &s.leases
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.init()
+	shared, ttl := l.shared, l.ttl
+	owner, known := l.owners[req.GetGatewayId()]
+	l.mu.Unlock()
+	if shared != nil {
+		if owner, err = shared.Owner(req.GetGatewayId()); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "store: %v", err)
+		}
+		known = owner != ""
+	}
 	// The certificate, not its serial: a gateway renewed with a new
 	// certificate of the same name keeps its identifier.
-	if owner, ok := l.owners[req.GetGatewayId()]; !ok || nameOf(owner) != nameOf(who) {
+	if !known || nameOf(owner) != nameOf(who) {
 		return nil, status.Errorf(codes.PermissionDenied, "gateway identifier %d was not registered by %s", req.GetGatewayId(), nameOf(who))
 	}
-	l.byID[req.GetGatewayId()] = &lease{who: who, until: s.now().Add(l.ttl), numbered: req.GetNumbered()}
-	return &pb.HeartbeatReply{LeaseMs: l.ttl.Milliseconds()}, nil
+	if shared != nil {
+		if err := shared.Beat(req.GetGatewayId(), who, req.GetNumbered(), ttl); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "store: %v", err)
+		}
+		return &pb.HeartbeatReply{LeaseMs: ttl.Milliseconds()}, nil
+	}
+	l.mu.Lock()
+	l.byID[req.GetGatewayId()] = &lease{who: who, until: s.now().Add(ttl), numbered: req.GetNumbered()}
+	l.mu.Unlock()
+	return &pb.HeartbeatReply{LeaseMs: ttl.Milliseconds()}, nil
 }
 
 // nameOf is the name part of "name/serial".

@@ -324,7 +324,9 @@ func (s *Server) Register(ctx context.Context, _ *pb.RegisterRequest) (*pb.Regis
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "store: %v", err)
 	}
-	s.leases.registered(gid, who)
+	if err := s.leases.registered(gid, who); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "store: %v", err)
+	}
 	s.audit.Info("registered", "who", who, "gateway_id", gid)
 	return &pb.RegisterReply{GatewayId: gid}, nil
 }
