@@ -232,3 +232,46 @@ func spiOf(p []byte) uint32 {
 	ihl := int(p[0]&0xf) * 4
 	return uint32(p[ihl])<<24 | uint32(p[ihl+1])<<16 | uint32(p[ihl+2])<<8 | uint32(p[ihl+3])
 }
+
+// TestGeneratedPairAfterRestart: a host restarted on its state directory
+// gets the same pair again from its agent (the server keeps it) and goes
+// on sealing above every sequence number — and so every IV — it used
+// before; the peer, which kept the pair, accepts it.
+func TestGeneratedPairAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	ab, ba := genPair(t, "10.77.1.1", "10.77.1.2", 0x1111, 0x2222)
+	cfgA := genConfig(t, filepath.Join(dir, "a"), "10.77.1.1", "10.77.1.2")
+	b, mb, _ := memHost(t, genConfig(t, filepath.Join(dir, "b"), "10.77.1.2", "10.77.1.1"))
+	if err := b.Install("tcp", ba, ab); err != nil {
+		t.Fatal(err)
+	}
+	ap, bp := netip.MustParseAddrPort("10.77.1.1:40000"), netip.MustParseAddrPort("10.77.1.2:80")
+	var lastSeq uint32
+	for run := range 2 {
+		a, ma, stop := memHost(t, cfgA)
+		ma.Peer = mb
+		if err := a.Install("tcp", ab, ba); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 5 {
+			ma.Tun <- packettest.Segment(ap, bp, header.TCPAck, uint32(1000+i), 1, 65535, nil, []byte("x"))
+		}
+		settle(a, b)
+		_, sent := ma.Take()
+		if len(sent) != 5 {
+			t.Fatalf("run %d: %d sent", run, len(sent))
+		}
+		ihl := int(sent[0][0]&0xf) * 4
+		first := uint32(sent[0][ihl+4])<<24 | uint32(sent[0][ihl+5])<<16 | uint32(sent[0][ihl+6])<<8 | uint32(sent[0][ihl+7])
+		if first <= lastSeq {
+			t.Fatalf("run %d sealed sequence number %d again (the last run reached %d)", run, first, lastSeq)
+		}
+		lastSeq = first + 4
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := mb.Take(); len(got) != 10 || b.Stats().OpenErrors != 0 {
+		t.Fatalf("b delivered %d of 10; %s", len(got), b.Stats().Summary())
+	}
+}
