@@ -51,27 +51,32 @@ func (a *Agent) sources() []source {
 // readKeys reads one key file: its good entries, and its bad ones joined
 // as an error. Nil entries and an error: the file could not be used.
 func readKeys(path string) ([]ipsec.Config, error) {
-	if err := safile.CheckPrivate(path); err != nil {
-		return nil, err
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	defer f.Close()
-	cfgs, bad, fatal := safile.ParseEntries(f, path)
-	if fatal != nil {
-		return nil, fatal
-	}
-	if cfgs == nil {
-		cfgs = []ipsec.Config{}
-	}
-	return cfgs, errors.Join(bad...)
+	return readPrivate(path, func(f *os.File) ([]ipsec.Config, error) {
+		cfgs, bad, fatal := safile.ParseEntries(f, path)
+		if fatal != nil {
+			return nil, fatal
+		}
+		if cfgs == nil {
+			cfgs = []ipsec.Config{} // read, if every entry was bad
+		}
+		return cfgs, errors.Join(bad...)
+	})
 }
 
-// readCharonLog reads the SAs charon holds from its log (which, holding
-// keys, must be closed to others like a key file).
+// readCharonLog reads the SAs charon holds from its log.
 func readCharonLog(path string) ([]ipsec.Config, error) {
+	return readPrivate(path, func(f *os.File) ([]ipsec.Config, error) {
+		cfgs, err := charonlog.ParseLive(f, path)
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		return cfgs, nil
+	})
+}
+
+// readPrivate parses a file that holds keys, and so must be closed to
+// group and others; an empty result is not nil (nil: unreadable).
+func readPrivate(path string, parse func(*os.File) ([]ipsec.Config, error)) ([]ipsec.Config, error) {
 	if err := safile.CheckPrivate(path); err != nil {
 		return nil, err
 	}
@@ -80,14 +85,11 @@ func readCharonLog(path string) ([]ipsec.Config, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	defer f.Close()
-	cfgs, err := charonlog.ParseLive(f, path)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	if cfgs == nil {
+	cfgs, err := parse(f)
+	if cfgs == nil && err == nil {
 		cfgs = []ipsec.Config{}
 	}
-	return cfgs, nil
+	return cfgs, err
 }
 
 // readXFRM reads the kernel's SAD (Linux XFRM over netlink).

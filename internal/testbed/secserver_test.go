@@ -144,14 +144,7 @@ func secserverTransfer(t *testing.T, s *StrongSwan, dir string, srv *Proc, cfgs 
 		t.Fatalf("%v\n%s", err, lastLines([]byte(s.Linkem.Output()), 8))
 	}
 	secs := time.Since(start).Seconds()
-	for _, side := range []string{"left", "right"} {
-		log, _ := os.ReadFile(s.CharonLog(side))
-		for _, bad := range []string{"verification failed", "replay", "ICV"} {
-			if bytes.Contains(bytes.ToLower(log), bytes.ToLower([]byte(bad))) {
-				t.Errorf("%s: charon logged %q", side, bad)
-			}
-		}
-	}
+	charonClean(t, s)
 	s.Linkem.Signal(syscall.SIGTERM)
 	s.Linkem.Wait(5 * time.Second)
 	mbps := float64(len(x.payload)*8) / secs / 1e6
@@ -175,4 +168,18 @@ func secserverTransfer(t *testing.T, s *StrongSwan, dir string, srv *Proc, cfgs 
 		}
 	}
 	return mbps
+}
+
+// charonClean fails the test if either charon logged a replay or an
+// integrity failure.
+func charonClean(t *testing.T, s *StrongSwan) {
+	t.Helper()
+	for _, side := range []string{"left", "right"} {
+		log, _ := os.ReadFile(s.CharonLog(side))
+		for _, bad := range []string{"verification failed", "replay", "ICV"} {
+			if bytes.Contains(bytes.ToLower(log), bytes.ToLower([]byte(bad))) {
+				t.Errorf("%s: charon logged %q", side, bad)
+			}
+		}
+	}
 }
