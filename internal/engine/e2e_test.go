@@ -132,7 +132,7 @@ func TestEndToEnd(t *testing.T) {
 
 var (
 	goodput      = flagBool("enginebench")
-	benchSecs    = flag.Duration("enginebench.time", 20*time.Second, "length of each goodput run")
+	benchTime    = flag.Duration("enginebench.time", 20*time.Second, "length of each goodput run")
 	benchCC      = flag.String("enginebench.cc", "cubic", "the hosts' congestion control (cubic or reno)")
 	benchSACK    = flag.String("enginebench.sack", "off,on", "SACK settings to run")
 	benchOnly    = flag.String("enginebench.cases", "", "run only these radio cases (comma-separated names)")
@@ -230,7 +230,7 @@ func TestGoodput(t *testing.T) {
 				radio := netem.Config{Rate: 20e6, Delay: 10 * time.Millisecond, QueuePackets: 170, Seed: 3}
 				c.mod(&radio)
 				n := newNetCC(t, ecfg, wired, radio, sack, *benchCC)
-				gp[i] = timedTransfer(t, n.A, n.B, *benchSecs)
+				gp[i] = timedTransfer(t, n.A, n.B, *benchTime)
 				if testing.Verbose() {
 					t.Logf("%s %v SACK %v: %.2f Mbit/s; sender %s", c.name, []string{"e2e", "snoop", "split"}[i], sack, gp[i], senderStats(n.A))
 				}
@@ -242,7 +242,7 @@ func TestGoodput(t *testing.T) {
 		}
 	}
 	t.Logf("split sender %s; gVisor TCP (%s), radio 20 Mbit/s with a 1-BDP queue, RTT 80 ms wired + 20 ms radio, %v runs; Mbit/s (ratio to C·(1−p), ratio to e2e):\n"+
-		"| SACK | radio | e2e | snoop | split |\n|---|---|---|---|---|\n%s", *benchSplitCC, *benchCC, *benchSecs, strings.Join(rows, "\n"))
+		"| SACK | radio | e2e | snoop | split |\n|---|---|---|---|---|\n%s", *benchSplitCC, *benchCC, *benchTime, strings.Join(rows, "\n"))
 }
 
 // senderStats summarizes what a host's TCP did to recover from loss.

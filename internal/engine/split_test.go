@@ -1255,7 +1255,7 @@ func TestSplitElicit(t *testing.T) {
 	if !h.e.Elicit(wireHost, radioHost, Wire) {
 		t.Fatal("no split flow found")
 	}
-	toW, toR := h.split(h.take())
+	toW, _ := h.split(h.take())
 	if len(toW) != 1 || toW[0].seq != h.R()-1 || toW[0].ack != h.W()+900 || toW[0].n != 1 || !toW[0].isAck {
 		t.Fatalf("keep-alive toward the wire host: %+v", toW)
 	}
@@ -1264,7 +1264,7 @@ func TestSplitElicit(t *testing.T) {
 	h.ackR(400, 65535)
 	h.take()
 	h.e.Elicit(wireHost, radioHost, Radio)
-	toR = h.sentTo(Radio)
+	toR := h.sentTo(Radio)
 	if len(toR) != 1 || toR[0].seq != h.W()+400-1 || toR[0].n != 1 {
 		t.Fatalf("keep-alive toward the radio host: %+v", toR)
 	}

@@ -66,11 +66,10 @@ func ngTime(ts uint64, res uint8) time.Time {
 
 type ngState struct {
 	ifaces []ngIface
-	block  []byte
 }
 
-// readBlock reads one block body (after type and length, before the
-// trailing length) into pr.ng.block.
+// readBlock reads one block: its type and its body (after type and
+// length, before the trailing length), in pr.buf.
 func (pr *Reader) readBlock() (uint32, []byte, error) {
 	var h [8]byte
 	if _, err := io.ReadFull(pr.r, h[:]); err != nil {
