@@ -18,12 +18,13 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/pms"
 	"github.com/espep/espep/internal/secserver"
 )
 
 const secserverUsage = `usage: espep secserver --listen ADDR --cert FILE --key FILE --ca FILE [--crl FILE]
                       (--db FILE | --etcd URL[,URL…] [--etcd-cert FILE --etcd-key FILE --etcd-ca FILE])
-                      --db-key FILE [--audit FILE] [--duration D]
+                      --db-key FILE [--audit FILE] [--lease D] [--pms [--pms-radius M]] [--duration D]
 
 The security server: endpoints' agents upload the SAs they let a proxy
 work on, gateways fetch those of the areas they serve (gRPC over mutual
@@ -33,6 +34,10 @@ cluster (--etcd), sealed under a key kept apart from them (--db-key: 64
 hex digits, mode 0600; the same for every replica). --crl is re-read while running.
 Every release of key material and every refusal is a JSON line in the
 audit log (--audit, appended; default stderr) — never a key.
+--pms also serves the proxy management service on the same listener:
+gateways register their base stations' locations and are told their
+handoff neighbours (other gateways' stations within --pms-radius meters),
+again at every change. Its registry is in this process's memory.
 
 flags:
 `
@@ -54,6 +59,8 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 	dbKey := fs.String("db-key", "", "the store's key file")
 	auditFile := fs.String("audit", "", "append the audit log to this file (default: stderr)")
 	leaseFor := fs.Duration("lease", secserver.DefaultLease, "how long a gateway's heartbeat keeps its lease; when it lapses the agents rekey what the gateway numbered")
+	withPMS := fs.Bool("pms", false, "also serve the proxy management service (neighbours, scheme A)")
+	radius := fs.Float64("pms-radius", pms.DefaultRadius, "with --pms: gateways with base stations this close (meters) are neighbours")
 	dur := fs.Duration("duration", 0, "stop after this long (0: run until a signal)")
 	fs.Usage = func() { fmt.Fprint(stderr, secserverUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
@@ -62,6 +69,9 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 	if *listen == "" || *certFile == "" || *keyFile == "" || *caFile == "" || (*db == "") == (*etcd == "") || *dbKey == "" || fs.NArg() != 0 {
 		fs.Usage()
 		return usageError{"secserver: need --listen, --cert, --key, --ca, --db-key and one of --db or --etcd"}
+	}
+	if !(*radius > 0) {
+		return usageError{fmt.Sprintf("secserver: --pms-radius %g: want meters above 0", *radius)}
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	v, err := pki.LoadVerifier(*caFile, *crlFile)
@@ -124,6 +134,12 @@ func runSecserver(args []string, stdout, stderr io.Writer) error {
 	srv.Attach(g)
 	srv.SetLease(*leaseFor)
 	go srv.Run(ctx)
+	if *withPMS {
+		p := pms.New(v, slog.New(slog.NewJSONHandler(audit, nil)))
+		p.Radius = *radius
+		p.Attach(g)
+		go p.Run(ctx)
+	}
 	if feed, ok := store.(secserver.Feed); ok {
 		go srv.Follow(ctx, feed) // every replica's changes reach this one's gateways
 	}

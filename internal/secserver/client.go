@@ -5,16 +5,13 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/netip"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/resolver"
-	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
+	"github.com/espep/espep/internal/rpcauth"
 	"github.com/espep/espep/internal/secserver/pb"
 	"github.com/espep/espep/ipsec"
 )
@@ -32,21 +29,7 @@ type Client struct {
 // answers and moves to another when it goes (gRPC's pick_first over the
 // list); every replica is verified by its certificate as one would be.
 func Dial(addr string, tlsCfg *tls.Config, class ipsec.Class) (*Client, error) {
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
-	target := addr
-	if strings.Contains(addr, ",") {
-		var st resolver.State
-		for _, a := range strings.Split(addr, ",") {
-			if a = strings.TrimSpace(a); a != "" {
-				st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
-			}
-		}
-		r := manual.NewBuilderWithScheme("espep-replicas")
-		r.InitialState(st)
-		opts = append(opts, grpc.WithResolvers(r))
-		target = "espep-replicas:///secserver"
-	}
-	cc, err := grpc.NewClient(target, opts...)
+	cc, err := rpcauth.Dial(addr, tlsCfg)
 	if err != nil {
 		return nil, fmt.Errorf("secserver: %w", err)
 	}

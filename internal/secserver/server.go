@@ -20,8 +20,6 @@ package secserver
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -37,6 +35,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/rpcauth"
 	"github.com/espep/espep/internal/secserver/pb"
 	"github.com/espep/espep/ipsec"
 )
@@ -83,25 +82,10 @@ func (s *Server) Serve(addr string, cert tls.Certificate) (string, *grpc.Server,
 	return ln.Addr().String(), g, nil
 }
 
-// caller is the verified identity of the caller, of one of the roles; the
-// certificate is checked again now (a revocation since the handshake
-// counts), and a refusal is audited.
+// caller is the verified identity of the caller, of one of the roles
+// (rpcauth.Caller: checked again now, a refusal audited).
 func (s *Server) caller(ctx context.Context, call string, roles ...pki.Role) (pki.Identity, string, error) {
-	chain := peerChain(ctx)
-	who := "unknown"
-	if len(chain) > 0 {
-		who = fmt.Sprintf("%s/%s", chain[0].Subject.CommonName, chain[0].SerialNumber)
-	}
-	id, err := s.verifier.Verify(chain, s.now(), x509.ExtKeyUsageClientAuth, roles...)
-	if err != nil {
-		s.audit.Warn("refused", "call", call, "who", who, "why", err.Error())
-		code := codes.Unauthenticated
-		if errors.Is(err, pki.ErrWrongRole) {
-			code = codes.PermissionDenied
-		}
-		return pki.Identity{}, who, status.Error(code, err.Error())
-	}
-	return id, who, nil
+	return rpcauth.Caller(ctx, s.verifier, s.now(), s.audit, call, roles...)
 }
 
 // refuse audits and returns a refusal of one SA.

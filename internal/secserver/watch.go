@@ -8,11 +8,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/rpcauth"
 	"github.com/espep/espep/internal/secserver/pb"
 	"github.com/espep/espep/ipsec"
 )
@@ -137,7 +136,7 @@ func (s *Server) Watch(req *pb.WatchRequest, stream pb.SecurityServer_WatchServe
 	if err != nil {
 		return err
 	}
-	w := &watcher{id: id, who: who, chain: peerChain(ctx), want: ipsec.ClassWrite, ch: make(chan change, watchQueue), gone: make(chan struct{})}
+	w := &watcher{id: id, who: who, chain: rpcauth.Chain(ctx), want: ipsec.ClassWrite, ch: make(chan change, watchQueue), gone: make(chan struct{})}
 	if req.GetClass() == pb.Class_CLASS_READ {
 		w.want = ipsec.ClassRead
 	}
@@ -192,16 +191,4 @@ func (s *Server) send(stream pb.SecurityServer_WatchServer, w *watcher, c change
 		return nil // nothing this gateway may have (the first event always goes: it marks the whole state sent)
 	}
 	return stream.Send(ev)
-}
-
-// peerChain is the certificate chain of a call's peer.
-func peerChain(ctx context.Context) []*x509.Certificate {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil
-	}
-	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
-		return ti.State.PeerCertificates
-	}
-	return nil
 }
