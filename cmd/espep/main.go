@@ -25,6 +25,7 @@ var commands = []command{
 	{"pki", "the control plane's private CA: certificates with roles, addresses, areas", runPki},
 	{"agent", "on an endpoint: delegate its SAs to the security server", runAgent},
 	{"secserver", "the security server: agents delegate SAs, gateways fetch them (gRPC, mutual TLS)", runSecserver},
+	{"neighbours", "find neighbour gateways by TTL-limited multicast probes", runNeighbours},
 	{"version", "print the version", runVersion},
 }
 

@@ -1,0 +1,107 @@
+package testbed
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestNeighboursMulticast: discovery scheme B across real multicast
+// routing. Gateway g0 probes; g1 sits one multicast router away (r1),
+// g2 two (r1, r2). The routers forward the group with static multicast
+// routes (Debian's smcroute) and unicast as usual:
+//
+//	g0 ── r1 ── r2 ── g2
+//	      │
+//	      g1
+//
+// With TTL 1 nobody answers (both are beyond a router); with TTL 2 only
+// g1 (1 hop: r2 gets the probe with TTL 1 and may not forward it); with
+// TTL 3 both, g1 first (fewer hops). The TTL really bounds who answers.
+func TestNeighboursMulticast(t *testing.T) {
+	if _, err := exec.LookPath("smcrouted"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("smcroute missing (.ci/run installs it)")
+		}
+		t.Skip("SKIP (loud): smcroute not installed (apt-get install smcroute)")
+	}
+	b := ForTest(t)
+	dir := t.TempDir()
+	ns := map[string]string{}
+	for _, n := range []string{"g0", "g1", "g2", "r1", "r2"} {
+		x, err := b.NS(n)
+		must(t, err)
+		ns[n] = x
+	}
+	for _, l := range []struct{ n1, if1, a1, n2, if2, a2 string }{
+		{"g0", "e0", "10.90.0.2/24", "r1", "ra", "10.90.0.1/24"},
+		{"g1", "e0", "10.90.1.2/24", "r1", "rb", "10.90.1.1/24"},
+		{"r1", "rc", "10.90.2.1/24", "r2", "ra", "10.90.2.2/24"},
+		{"g2", "e0", "10.90.3.2/24", "r2", "rb", "10.90.3.1/24"},
+	} {
+		must(t, b.Veth(ns[l.n1], l.if1, ns[l.n2], l.if2))
+		must(t, b.Addr(ns[l.n1], l.if1, l.a1))
+		must(t, b.Addr(ns[l.n2], l.if2, l.a2))
+	}
+	for g, via := range map[string]string{"g0": "10.90.0.1", "g1": "10.90.1.1", "g2": "10.90.3.1", "r2": "10.90.2.1"} {
+		must(t, b.IP(ns[g], "route", "add", "default", "via", via))
+	}
+	must(t, b.IP(ns["r1"], "route", "add", "10.90.3.0/24", "via", "10.90.2.2"))
+	for _, r := range []string{"r1", "r2"} {
+		for _, sc := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"} {
+			_, err := b.Run(ns[r], "sysctl", "-qw", sc)
+			must(t, err)
+		}
+	}
+	const group = "239.77.0.1"
+	routes := map[string]string{"r1": "mroute from ra group " + group + " to rb rc\n", "r2": "mroute from ra group " + group + " to rb\n"}
+	for r, conf := range routes {
+		path := filepath.Join(dir, r+".conf")
+		must(t, os.WriteFile(path, []byte(conf), 0o600))
+		p, err := b.Start(ns[r], "smcrouted", "-n", "-f", path, "-u", filepath.Join(dir, r+".sock"), "-P", filepath.Join(dir, r+".pid"),
+			"-i", "espep-"+r, "-l", "info")
+		must(t, err)
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("smcrouted %s:\n%s", r, p.Output())
+			}
+		})
+	}
+	for g, addr := range map[string]string{"g1": "10.90.1.2:7700", "g2": "10.90.3.2:7700"} {
+		p, err := b.Start(ns[g], espepBin, "neighbours", "answer", "--group", group+":7777", "--name", "gw-"+g, "--addr", addr, "--iface", "e0")
+		must(t, err)
+		must(t, waitFor(p, "answering probes", 5*time.Second))
+	}
+	probe := func(ttl int) string {
+		out, err := b.Run(ns["g0"], espepBin, "neighbours", "probe", "--group", group+":7777", "--ttl", fmt.Sprint(ttl), "--name", "gw-g0",
+			"--iface", "e0", "--wait", "500ms")
+		if err != nil {
+			t.Fatalf("probe: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	// smcrouted installs its routes as it starts: wait until TTL 3 reaches both.
+	var out string
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if out = probe(3); strings.Contains(out, "2 answered") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("with TTL 3 not both answered:\n%s", out)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if !strings.HasPrefix(lines[0], "gw-g1 10.90.1.2:7700 hops=1 from=10.90.1.2") || !strings.HasPrefix(lines[1], "gw-g2 10.90.3.2:7700 hops=2 from=10.90.3.2") {
+		t.Fatalf("TTL 3: want g1 at 1 hop first, then g2 at 2:\n%s", out)
+	}
+	if out := probe(2); !strings.Contains(out, "1 answered") || !strings.Contains(out, "gw-g1") {
+		t.Fatalf("TTL 2: want g1 only:\n%s", out)
+	}
+	if out := probe(1); !strings.Contains(out, "0 answered") {
+		t.Fatalf("TTL 1: want no one (both are beyond a router):\n%s", out)
+	}
+}
