@@ -223,19 +223,26 @@ func (s HalfState) half() half {
 // Export returns the state of every flow; with remove, the flows are also
 // dropped here (their timers stop), as when a flow moves to another
 // gateway.
-func (e *Engine) Export(remove bool) []FlowState {
+func (e *Engine) Export(remove bool) []FlowState { return e.ExportWhere(nil, remove) }
+
+// ExportWhere is Export of the flows for which match (given the wire and
+// radio endpoints) is true — a mobile's, when it moves; nil matches all.
+func (e *Engine) ExportWhere(match func(wire, radio netip.AddrPort) bool, remove bool) []FlowState {
 	var out []FlowState
 	for _, s := range e.shards {
-		out = s.export(out, remove)
+		out = s.export(out, match, remove)
 	}
 	return out
 }
 
-// export appends the state of the shard's flows to out.
-func (e *shard) export(out []FlowState, remove bool) []FlowState {
+// export appends the state of the shard's matching flows to out.
+func (e *shard) export(out []FlowState, match func(wire, radio netip.AddrPort) bool, remove bool) []FlowState {
 	e.lock()
 	defer e.unlock()
 	for _, f := range e.flows {
+		if match != nil && !match(f.key.wire, f.key.radio) {
+			continue
+		}
 		fs := FlowState{Wire: f.key.wire, Radio: f.key.radio, Down: f.down.state(), Up: f.up.state(),
 			Established: f.established, SndMax: uint32(f.sndMax), LastAck: uint32(f.lastAck), AckValid: f.ackValid,
 			LastWindow: f.lastWindow, DupAcks: f.dupacks, ExpectDup: f.expectDup, InRecovery: f.inRecovery,

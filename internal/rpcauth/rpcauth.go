@@ -66,8 +66,8 @@ func Caller(ctx context.Context, v *pki.Verifier, now time.Time, audit *slog.Log
 // tlsCfg (pki.Verifier.ClientTLS). addr may list replicas,
 // comma-separated: the connection uses the first that answers and moves
 // to another when it goes (gRPC's pick_first over the list).
-func Dial(addr string, tlsCfg *tls.Config) (*grpc.ClientConn, error) {
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
+func Dial(addr string, tlsCfg *tls.Config, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}, extra...)
 	target := addr
 	if strings.Contains(addr, ",") {
 		var st resolver.State
