@@ -94,3 +94,11 @@ func (l *lru[K, V]) delete(k K) {
 		n.next, l.free = l.free, n
 	}
 }
+
+// each calls f with every entry, most recent first, without marking any
+// used; f must not change the table.
+func (l *lru[K, V]) each(f func(k K, v *V)) {
+	for n := l.ring.next; n != &l.ring; n = n.next {
+		f(n.k, &n.v)
+	}
+}

@@ -1,0 +1,187 @@
+package gateway
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/ipsec"
+)
+
+// Handing a mobile to another gateway (DESIGN.md, handoff; rules 2 and 5).
+//
+// HandOver, on the gateway the mobile leaves, removes the mobile's flows
+// from the engine — buffered bytes, acknowledged early, included — and
+// returns them with the state of the SAs between the mobile and its peers
+// and the bindings of the flows to them. Resume, on the gateway the
+// mobile reaches, takes the SAs' state first and the flows after:
+//
+//   - Sequence numbers (rule 2): the old gateway numbered the SA ahead of
+//     the endpoint; the receiver has seen its numbers. The new gateway
+//     numbers above the old one's last (and above the endpoint's highest
+//     it verified), so the receiver's window never sees a number twice.
+//   - IVs (rule 1): the new gateway's IVs come from its own IV space
+//     (its state directory's blocks, in its partition — the security
+//     server gives every gateway instance a distinct one), disjoint from
+//     the old gateway's and, by construction, from the endpoint's. The
+//     endpoint's salt comes along, but only as a recalled salt: one
+//     verified packet of the endpoint's that agrees with it is still
+//     needed before the new gateway seals (nonce.go), so a wrong salt
+//     from the old gateway can never make it reuse an endpoint IV.
+//   - Replay window (rule 3): the inbound window comes along, so a packet
+//     the old gateway accepted is a replay at the new one too.
+//   - No acknowledged byte lost (rule 5): the flows' bytes move with
+//     them; the new engine resends what the radio host lacks, oldest
+//     first.
+//
+// Not handed over: flows inside an IP-in-IP tunnel (their outer header
+// is learned again from their next packet), read-class SAs (nothing is
+// numbered on them). The flows' packets that reach the old gateway after
+// HandOver are forwarded as it would forward any packet of a flow it does
+// not know; the caller (the handoff service) forwards them on.
+
+// SAHandoff is an SA's state as one gateway passes it to the next.
+type SAHandoff struct {
+	ID        ipsec.ID
+	KeyID     [16]byte // the SA's keys, named: state applies only to the same keys
+	Owned     bool     // the old gateway numbered the SA
+	Last      uint64   // the last number it sealed with
+	MaxIn     uint64   // the endpoint's highest number it verified
+	Relayed   uint64   // the highest endpoint number the receiver may have seen
+	Salt      uint64   // IV ⊕ seq of the endpoint's packets, when confirmed
+	SaltKnown bool
+	WindowTop uint64   // the inbound replay window
+	Window    []uint64 // its bitmap
+}
+
+// RouteHandoff binds one direction of a flow to the SA its packets came
+// on.
+type RouteHandoff struct {
+	Src, Dst netip.AddrPort
+	From     engine.Side
+	SA       ipsec.ID
+}
+
+// Handoff is what a gateway hands over for one mobile.
+type Handoff struct {
+	Flows  []engine.FlowState
+	SAs    []SAHandoff
+	Routes []RouteHandoff
+}
+
+// HandOver removes mobile's flows (those on SAs whose peer is mobile)
+// from the gateway and returns them with their SAs' state.
+func (g *Gateway) HandOver(mobile netip.Addr) Handoff {
+	var h Handoff
+	sts := map[*saState]bool{}
+	g.smu.Lock()
+	for _, m := range []map[ipsec.ID]*saState{g.states, g.draining} {
+		for _, st := range m {
+			st.mu.Lock()
+			mine := st.peer[0] == mobile || st.peer[1] == mobile
+			st.mu.Unlock()
+			if mine && st.e.Write != nil {
+				sts[st] = true
+			}
+		}
+	}
+	g.smu.Unlock()
+	radioEnds := map[netip.AddrPort]bool{}
+	for i := range g.routes {
+		t := &g.routes[i]
+		t.mu.Lock()
+		var gone []route
+		t.flows.each(func(r route, v *via) {
+			if !sts[v.st] || v.tun != nil || !r.tcp() {
+				return
+			}
+			h.Routes = append(h.Routes, RouteHandoff{Src: r.src, Dst: r.dst, From: v.from, SA: v.st.e.Config.ID()})
+			if v.from == engine.Radio {
+				radioEnds[r.src] = true
+			} else {
+				radioEnds[r.dst] = true
+			}
+			gone = append(gone, r)
+		})
+		for _, r := range gone {
+			t.flows.delete(r)
+		}
+		t.mu.Unlock()
+	}
+	h.Flows = g.eng.ExportWhere(func(_, radio netip.AddrPort) bool { return radioEnds[radio] }, true)
+	for st := range sts {
+		h.SAs = append(h.SAs, st.handoff())
+	}
+	return h
+}
+
+// handoff is st's state for the next gateway.
+func (st *saState) handoff() SAHandoff {
+	st.mu.Lock()
+	s := SAHandoff{ID: st.e.Config.ID(), KeyID: st.e.KeyID, Owned: st.owned, Last: st.last, MaxIn: st.maxIn, Relayed: st.relayed}
+	st.mu.Unlock()
+	st.nonce.mu.Lock()
+	if st.nonce.sensitive && st.nonce.seen >= 2 && !st.nonce.broken {
+		s.Salt, s.SaltKnown = st.nonce.salt, true
+	}
+	st.nonce.mu.Unlock()
+	s.WindowTop, s.Window = st.e.Write.WindowState()
+	return s
+}
+
+// Resume takes over what another gateway handed over: the SAs' state (an
+// SA this gateway does not hold with the same keys is skipped and
+// counted in the error), the flows' bindings and the flows.
+func (g *Gateway) Resume(h Handoff) error {
+	sad := g.sad.Load()
+	var missing int
+	for _, s := range h.SAs {
+		e, ok := sad.Get(s.ID)
+		if !ok || e.KeyID != s.KeyID || e.Write == nil {
+			missing++
+			continue
+		}
+		g.state(e).resume(g, &s)
+	}
+	for _, r := range h.Routes {
+		e, ok := sad.Get(r.SA)
+		if !ok || e.Write == nil {
+			continue
+		}
+		g.noteRoute(route{r.Src, r.Dst}, g.state(e), r.From, nil)
+	}
+	if err := g.eng.Import(h.Flows); err != nil {
+		return fmt.Errorf("gateway: resume: %w", err)
+	}
+	if missing > 0 {
+		return fmt.Errorf("gateway: resume: %d of %d SAs not held here with the same keys (their flows are relayed)", missing, len(h.SAs))
+	}
+	return nil
+}
+
+// resume takes an SA's state from the gateway before.
+func (st *saState) resume(g *Gateway, s *SAHandoff) {
+	st.mu.Lock()
+	st.maxIn = max(st.maxIn, s.MaxIn)
+	st.relayed = max(st.relayed, s.Relayed)
+	if s.Owned {
+		if !st.owned {
+			st.owned = true
+			if g.cfg.State != nil {
+				g.reserve(st)
+				st.last = max(st.last, st.lease.Floor())
+			}
+		}
+		st.last = max(st.last, s.Last)
+		if st.lease != nil {
+			st.lease.Want(st.last + seqBlock)
+		}
+	}
+	st.mu.Unlock()
+	if s.SaltKnown {
+		st.nonce.recall(s.Salt)
+	}
+	if s.WindowTop > st.e.Write.InTop() {
+		st.e.Write.SetWindowState(s.WindowTop, s.Window) // a bitmap of another size is refused: the window is learned anew
+	}
+}
