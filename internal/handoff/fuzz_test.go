@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/gateway"
 )
 
 // FuzzDecodeChunk: a chunk from another gateway — authenticated, but
@@ -16,7 +17,9 @@ func FuzzDecodeChunk(f *testing.F) {
 	}
 	openFlows(e, mobile, 2, 3)
 	var seed []byte
-	if err := sendChunks(e.Export(false), func(b []byte) error { seed = append([]byte(nil), b...); return nil }); err != nil {
+	h := gateway.Handoff{Flows: e.Export(false), SAs: []gateway.SAHandoff{{Owned: true, Last: 9, Window: []uint64{1, 2}}},
+		Routes: []gateway.RouteHandoff{{From: engine.Radio}}}
+	if err := sendChunks(h, func(b []byte) error { seed = append([]byte(nil), b...); return nil }); err != nil {
 		f.Fatal(err)
 	}
 	e.Close()
@@ -24,10 +27,11 @@ func FuzzDecodeChunk(f *testing.F) {
 	f.Add(seed[:len(seed)/2])
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		flows, err := DecodeChunk(b)
+		part, err := DecodeChunk(b)
 		if err != nil {
 			return
 		}
+		flows := part.Flows
 		e, err := engine.New(engine.Config{Mode: engine.ModeSplit}, func(engine.Side, []byte, engine.Emitted) {})
 		if err != nil {
 			t.Fatal(err)

@@ -1,17 +1,25 @@
-// Package handoff moves a mobile's flows from one gateway to the next
-// (DESIGN.md, handoff): the new gateway calls Take on the old one, which
-// stops acting on the mobile's flows and streams their state — the
-// engine's exported flows (sequence and window state, options,
-// scoreboard, buffered bytes) — for the new gateway's engine to import and
-// carry on. gRPC over mutual TLS; both ends must hold gateway
-// certificates of one CA (internal/pki), so flow state — which holds
-// the flows' plaintext — only ever crosses an authenticated, encrypted
-// channel.
+// Package handoff moves a mobile from one gateway to the next over the
+// network (DESIGN.md, handoff): the new gateway calls Take on the old one,
+// which stops acting on the mobile (gateway.HandOver) and streams what the
+// new one resumes from (gateway.Resume): the SAs' counters and replay
+// windows and the flows' bindings first, then the engine's flows —
+// sequence and window state, options, scoreboard, buffered bytes — in
+// chunks the new gateway imports as they come. gRPC over mutual TLS; both
+// ends must hold gateway certificates of one CA (internal/pki), so flow
+// state — the flows' plaintext — only ever crosses an authenticated,
+// encrypted channel.
 //
-// Built so far: the flows. Not yet (issue 15): the SAs' counters
-// (outbound sequence numbers, replay window, IV salt) that the new gateway
-// needs to seal on the mobile's SAs, pre-provisioning, and the gateway's
-// use of it; until then a gateway cannot take over an IPsec flow this way.
+// Encoding: encoding/gob of Part, version 1. gob is fast for the
+// megabytes of buffered bytes a handoff carries (JSON took four times as
+// long) but is not hardened against hostile input beyond bounding what it
+// allocates by what it reads; it only ever reads what an authenticated
+// gateway sent, in chunks of at most maxMessage, and the fuzz target
+// FuzzDecodeChunk holds decoding and importing to "an error, never a
+// panic".
+//
+// Not built yet (issue 15): pre-provisioning, asking the provenance
+// gateway when unknown traffic appears (the gateway CLI does not serve or
+// call Take yet), and forwarding the old gateway's stragglers.
 package handoff
 
 import (
@@ -31,6 +39,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/handoff/pb"
 	"github.com/espep/espep/internal/pki"
 	"github.com/espep/espep/internal/rpcauth"
@@ -49,19 +58,23 @@ const MaxChunk = 1 << 20
 // the engine's per-flow buffer (two directions) and cache.
 const maxMessage = 64 << 20
 
-// Source is what a gateway hands over: the flows of a mobile, removed
-// from it (it no longer acts on them).
+// Part is one chunk of a handoff: the first carries the SAs and the
+// bindings, every one some flows.
+type Part = gateway.Handoff
+
+// Source is what a gateway hands over: everything of a mobile, removed
+// from it (it no longer acts on it). *gateway.Gateway is one.
 type Source interface {
-	Release(mobile netip.Addr) []engine.FlowState
+	HandOver(mobile netip.Addr) gateway.Handoff
 }
 
 // EngineSource hands over an engine's flows whose radio end is the
-// mobile.
+// mobile (no SAs: plain TCP, or a test of the engine alone).
 type EngineSource struct{ Engine *engine.Engine }
 
-// Release exports and removes the mobile's flows.
-func (s EngineSource) Release(mobile netip.Addr) []engine.FlowState {
-	return s.Engine.ExportWhere(func(_, radio netip.AddrPort) bool { return radio.Addr() == mobile }, true)
+// HandOver exports and removes the mobile's flows.
+func (s EngineSource) HandOver(mobile netip.Addr) gateway.Handoff {
+	return gateway.Handoff{Flows: s.Engine.ExportWhere(func(_, radio netip.AddrPort) bool { return radio.Addr() == mobile }, true)}
 }
 
 // window is the HTTP/2 flow-control window of a handoff connection: a
@@ -103,24 +116,30 @@ func (s *Server) Take(req *pb.TakeRequest, stream pb.Handoff_TakeServer) error {
 	if !ok {
 		return status.Error(codes.InvalidArgument, "want the mobile's address")
 	}
-	flows := s.src.Release(mobile.Unmap())
-	s.audit.Info("handed over", "to", who, "mobile", mobile.String(), "flows", len(flows))
-	return sendChunks(flows, func(b []byte) error { return stream.Send(&pb.TakeChunk{Version: Version, Flows: b}) })
+	h := s.src.HandOver(mobile.Unmap())
+	s.audit.Info("handed over", "to", who, "mobile", mobile.String(), "flows", len(h.Flows), "sas", len(h.SAs))
+	return sendChunks(h, func(b []byte) error { return stream.Send(&pb.TakeChunk{Version: Version, Flows: b}) })
 }
 
-// sendChunks gob-encodes flows in batches of at most MaxChunk bytes (or
-// one flow) and sends each.
-func sendChunks(flows []engine.FlowState, send func([]byte) error) error {
+// sendChunks gob-encodes h in parts of at most MaxChunk bytes (or one
+// flow), the SAs and bindings in the first, and sends each; there is
+// always a first part.
+func sendChunks(h gateway.Handoff, send func([]byte) error) error {
 	var buf bytes.Buffer
-	for len(flows) > 0 {
+	flows := h.Flows
+	for first := true; first || len(flows) > 0; first = false {
 		n, size := 0, 0
 		for n < len(flows) && (n == 0 || size+flowSize(&flows[n]) <= MaxChunk) {
 			size += flowSize(&flows[n])
 			n++
 		}
+		part := Part{Flows: flows[:n]}
+		if first {
+			part.SAs, part.Routes = h.SAs, h.Routes
+		}
 		buf.Reset()
-		buf.Grow(size + size/8) // gob's framing on top: one allocation, no regrowth copies
-		if err := gob.NewEncoder(&buf).Encode(flows[:n]); err != nil {
+		buf.Grow(size + size/8 + 4096) // gob's framing on top: one allocation, no regrowth copies
+		if err := gob.NewEncoder(&buf).Encode(&part); err != nil {
 			return status.Errorf(codes.Internal, "handoff: %v", err)
 		}
 		if err := send(buf.Bytes()); err != nil {
@@ -145,14 +164,13 @@ func flowSize(f *engine.FlowState) int {
 	return n
 }
 
-// DecodeChunk reads one chunk's flows. A bad chunk is an error, never a
-// panic.
-func DecodeChunk(b []byte) ([]engine.FlowState, error) {
-	var flows []engine.FlowState
-	if err := gob.NewDecoder(bytes.NewReader(b)).Decode(&flows); err != nil {
-		return nil, fmt.Errorf("handoff: chunk: %w", err)
+// DecodeChunk reads one chunk. A bad chunk is an error, never a panic.
+func DecodeChunk(b []byte) (Part, error) {
+	var p Part
+	if err := gob.NewDecoder(bytes.NewReader(b)).Decode(&p); err != nil {
+		return Part{}, fmt.Errorf("handoff: chunk: %w", err)
 	}
-	return flows, nil
+	return p, nil
 }
 
 // Client is a gateway's connection to another gateway's Handoff service.
@@ -174,10 +192,11 @@ func Dial(addr string, tlsCfg *tls.Config) (*Client, error) {
 // Close ends the connection.
 func (c *Client) Close() error { return c.cc.Close() }
 
-// Take asks the gateway for the mobile's flows; put is called with each
-// batch as it arrives (the caller imports them), so the first flows
-// resume before the last have crossed. It returns how many flows came.
-func (c *Client) Take(ctx context.Context, mobile netip.Addr, put func([]engine.FlowState) error) (int, error) {
+// Take asks the gateway for the mobile; put is called with each part as
+// it arrives (the caller resumes it: gateway.Resume, or an engine's
+// Import of its flows), the SAs first, so the first flows resume before
+// the last have crossed. It returns how many flows came.
+func (c *Client) Take(ctx context.Context, mobile netip.Addr, put func(Part) error) (int, error) {
 	st, err := c.api.Take(ctx, &pb.TakeRequest{Mobile: mobile.AsSlice(), Version: Version}, grpc.MaxCallRecvMsgSize(maxMessage))
 	if err != nil {
 		return 0, fmt.Errorf("handoff: take %v: %w", mobile, err)
@@ -194,13 +213,13 @@ func (c *Client) Take(ctx context.Context, mobile netip.Addr, put func([]engine.
 		if ch.GetVersion() != Version {
 			return n, fmt.Errorf("handoff: take %v: flow encoding %d", mobile, ch.GetVersion())
 		}
-		flows, err := DecodeChunk(ch.GetFlows())
+		part, err := DecodeChunk(ch.GetFlows())
 		if err != nil {
 			return n, err
 		}
-		if err := put(flows); err != nil {
+		if err := put(part); err != nil {
 			return n, fmt.Errorf("handoff: take %v: %w", mobile, err)
 		}
-		n += len(flows)
+		n += len(part.Flows)
 	}
 }

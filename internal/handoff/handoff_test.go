@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/packettest"
 	"github.com/espep/espep/internal/pki"
 	"github.com/espep/espep/ipsec/header"
@@ -143,11 +144,11 @@ func TestTake(t *testing.T) {
 	c := w.client(newGW)
 	start := time.Now()
 	var first time.Duration
-	n, err := c.Take(context.Background(), mobile, func(flows []engine.FlowState) error {
+	n, err := c.Take(context.Background(), mobile, func(p Part) error {
 		if first == 0 {
 			first = time.Since(start)
 		}
-		return neu.Import(flows)
+		return neu.Import(p.Flows)
 	})
 	took := time.Since(start)
 	if err != nil || n != 1000 {
@@ -175,7 +176,7 @@ func TestTakeRefused(t *testing.T) {
 	w := newWorld(t, EngineSource{old})
 	agent := w.client(pki.Identity{Role: pki.RoleAgent, Name: "m", Addrs: []netip.Addr{mobile}})
 	// The server's TLS admits gateways only: the handshake fails.
-	if _, err := agent.Take(context.Background(), mobile, func([]engine.FlowState) error { return nil }); err == nil {
+	if _, err := agent.Take(context.Background(), mobile, func(Part) error { return nil }); err == nil {
 		t.Fatal("an agent took flows")
 	}
 	if len(old.Export(false)) != 3 {
@@ -221,16 +222,16 @@ func BenchmarkTake(b *testing.B) {
 				var err error
 				if c != nil {
 					start := time.Now()
-					n, err = c.Take(context.Background(), mobile, func(flows []engine.FlowState) error {
+					n, err = c.Take(context.Background(), mobile, func(p Part) error {
 						if firstSum.n == firstSum.runs {
 							firstSum.d += time.Since(start)
 							firstSum.n++
 						}
-						return neu.Import(flows)
+						return neu.Import(p.Flows)
 					})
 					firstSum.runs++
 				} else {
-					flows := EngineSource{old}.Release(mobile)
+					flows := EngineSource{old}.HandOver(mobile).Flows
 					n, err = len(flows), neu.Import(flows)
 				}
 				if err != nil || n != 1000 {
@@ -243,4 +244,4 @@ func BenchmarkTake(b *testing.B) {
 
 type swapSource struct{ e *engine.Engine }
 
-func (s *swapSource) Release(m netip.Addr) []engine.FlowState { return EngineSource{s.e}.Release(m) }
+func (s *swapSource) HandOver(m netip.Addr) gateway.Handoff { return EngineSource{s.e}.HandOver(m) }
