@@ -36,9 +36,10 @@ import (
 //
 // Not handed over: flows inside an IP-in-IP tunnel (their outer header
 // is learned again from their next packet), read-class SAs (nothing is
-// numbered on them). The flows' packets that reach the old gateway after
-// HandOver are forwarded as it would forward any packet of a flow it does
-// not know; the caller (the handoff service) forwards them on.
+// numbered on them). The flows' packets that still reach the old gateway
+// after HandOver meet no flow there and are handled as any packet of a
+// flow it does not know; forwarding them to the new gateway is not built
+// yet (issue 15): in the tests the path switches with the handoff.
 
 // SAHandoff is an SA's state as one gateway passes it to the next.
 type SAHandoff struct {
