@@ -45,7 +45,7 @@ type leases struct {
 	byID   map[uint64]*lease
 	owners map[uint64]string // identifier → who registered it (only they heartbeat it)
 	agents map[*orderStream]bool
-	// shared, when set (FollowLeases), keeps the leases and owners
+	// shared, when set (ShareLeases), keeps the leases and owners
 	// instead of byID and owners: every replica sees them.
 	shared LeaseStore
 }
