@@ -149,6 +149,7 @@ type Gateway struct {
 	shards []perShard  // indexed by engine.Emitted.Shard
 
 	routes *[routeShards]routeTable // the flows (flows.go)
+	prov   provisioned              // SAs neighbours offered (provision.go)
 
 	smu        sync.Mutex
 	stateCache sync.Map              // *ipsec.Entry → *saState: what state answered, until the tables change
@@ -244,6 +245,7 @@ func (g *Gateway) Close() {
 		}
 	}
 	g.eng.Close()
+	g.wipeProvisioned()
 	g.smu.Lock()
 	defer g.smu.Unlock()
 	for _, m := range []map[ipsec.ID]*saState{g.states, g.draining} {

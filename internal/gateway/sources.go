@@ -3,15 +3,17 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/espep/espep/ipsec"
 )
 
 // SA sources: the gateway's SAD is the union of what each source gives —
-// the SA files (safile.go), the security server (fetch.go) — each replacing
-// its own share whole. An SA two sources give is taken from the one that
-// gave SAs first; the other's entry is wiped at once.
+// the SA files (safile.go), the security server (fetch.go), neighbours
+// (provision.go) — each replacing its own share whole. An SA two sources
+// give is taken from the one that gave SAs first (neighbours always
+// last); the other's entry is wiped at once.
 
 // sources are the shares of the SAD.
 type sources struct {
@@ -32,6 +34,12 @@ func (g *Gateway) SetSource(name string, entries []*ipsec.Entry) error {
 	}
 	if _, ok := s.sets[name]; !ok {
 		s.order = append(s.order, name)
+		// What neighbours provisioned is the last source, whenever the
+		// others start: an SA a file or the security server gives is
+		// taken from there (provision.go).
+		if i := slices.Index(s.order, provisionSource); i >= 0 && i != len(s.order)-1 {
+			s.order = append(slices.Delete(s.order, i, i+1), provisionSource)
+		}
 	}
 	s.sets[name] = entries
 	sad := &ipsec.SAD{}

@@ -3,8 +3,10 @@ package handoff
 import (
 	"context"
 	"crypto/rand"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,19 +14,23 @@ import (
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/gvhost"
+	hpb "github.com/espep/espep/internal/handoff/pb"
 	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/internal/pki"
 	"github.com/espep/espep/internal/simnet"
 	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec"
 )
 
 // TestGatewaysOverGRPC: the whole handoff between two gateways over
-// mutual TLS. A download to the mobile runs through gateway 1 (split,
-// AES-GCM tunnel between the routers, 2 % radio loss); halfway, gateway 2
-// calls Take on gateway 1 and resumes what it streams — SA counters and
-// windows, bindings, the flow with its buffered bytes — and the path
-// switches to it. The bytes arrive intact and neither router refuses a
-// packet.
+// mutual TLS. Gateway 2 starts with no SA: gateway 1, which has them from
+// its file, offers them to it (pre-provisioning; gateway 2 keeps them with
+// their provenance). A download to the mobile runs through gateway 1
+// (split, AES-GCM tunnel between the routers, 2 % radio loss); halfway,
+// gateway 2 calls Take on the gateway its SAs came from and resumes what
+// it streams — SA counters and windows, bindings, the flow with its
+// buffered bytes — and the path switches to it. The bytes arrive intact
+// and neither router refuses a packet.
 func TestGatewaysOverGRPC(t *testing.T) {
 	tunnel := func(spi uint32, src, dst string) ipsec.Config {
 		key := make([]byte, 20)
@@ -49,14 +55,14 @@ func TestGatewaysOverGRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Close)
-	gw := func(k uint32) *gateway.Gateway {
+	gw := func(k uint32, cfgs ...ipsec.Config) *gateway.Gateway {
 		st, err := statedir.Open(filepath.Join(t.TempDir(), "state"), statedir.Partition{K: k, N: 2}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
 		sad := &ipsec.SAD{}
-		for _, c := range []ipsec.Config{ab, ba} {
+		for _, c := range cfgs {
 			c.EncKey = append([]byte(nil), c.EncKey...)
 			e, err := ipsec.NewEntry(c)
 			if err != nil {
@@ -71,8 +77,23 @@ func TestGatewaysOverGRPC(t *testing.T) {
 		t.Cleanup(g.Close)
 		return g
 	}
-	g1, g2 := gw(0), gw(1)
+	g1, g2 := gw(0, ab, ba), gw(1)
 	w := newWorld(t, g1)
+	addr2, srv2 := w.serve(g2, "gw-new")
+	srv2.ServeOffers(g2, func(id pki.Identity) bool { return id.Name == "gw-old" }) // its one neighbour
+	if err := w.clientAt(addr2, pki.Identity{Role: pki.RoleGateway, Name: "gw-old", Areas: []string{"cell-gw-old"}}).Offer(context.Background(),
+		[]ipsec.Config{ab, ba}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	prov, ok := g2.ProvenanceOf(ab.ID())
+	if !ok || prov.From != "gw-old" {
+		t.Fatalf("gateway 2's provenance of the SA: %+v %v", prov, ok)
+	}
+	// An offer from a gateway that is not a neighbour is refused.
+	if err := w.clientAt(addr2, pki.Identity{Role: pki.RoleGateway, Name: "gw-far", Areas: []string{"cell-far"}}).Offer(context.Background(),
+		[]ipsec.Config{ab}, time.Minute); err == nil {
+		t.Fatal("an offer from a gateway that is not a neighbour was taken")
+	}
 	var moving sync.RWMutex
 	cur := g1
 	n.SetMiddle(func(from engine.Side, pkt []byte) {
@@ -119,5 +140,42 @@ func TestGatewaysOverGRPC(t *testing.T) {
 	}
 	if s := g2.Stats(); s.Sealed == 0 || s.Engine.EarlyAcked == 0 {
 		t.Errorf("gateway 2 did not carry the flow on: %+v", s)
+	}
+}
+
+// TestOfferRefused: offers a gateway does not take — more SAs than one
+// offer may carry, text that is no SA file, an offer to a gateway that
+// takes none.
+func TestOfferRefused(t *testing.T) {
+	w := newWorld(t, EngineSource{splitEngine(t)}) // serves Take only: no offers
+	neighbour := pki.Identity{Role: pki.RoleGateway, Name: "gw-old", Areas: []string{"cell-1"}}
+	ctx := context.Background()
+	if err := w.client(neighbour).Offer(ctx, nil, time.Minute); err == nil || !strings.Contains(err.Error(), "Unimplemented") {
+		t.Fatalf("an offer to a gateway that takes none: %v", err)
+	}
+	g, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit}, Log: slog.New(slog.DiscardHandler)}, &ipsec.SAD{}, func(engine.Side, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	addr, srv := w.serve(g, "gw-new")
+	srv.ServeOffers(g, nil)
+	c := w.clientAt(addr, neighbour)
+	var many []ipsec.Config
+	for i := range MaxOffer + 1 {
+		many = append(many, ipsec.Config{SPI: uint32(0x100 + i), Proto: ipsec.ESP, Src: netip.MustParseAddr("192.0.2.1"),
+			Dst: netip.MustParseAddr("192.0.2.2"), Mode: ipsec.Tunnel, Enc: ipsec.EncAESGCM16, EncKey: make([]byte, 20), Class: ipsec.ClassWrite})
+	}
+	if err := c.Offer(ctx, many, time.Minute); err == nil || !strings.Contains(err.Error(), "InvalidArgument") {
+		t.Fatalf("an offer of %d SAs: %v", len(many), err)
+	}
+	if _, err := c.api.Offer(ctx, &hpb.OfferRequest{Sas: []byte("espep-sa 1\n[sa]\nspi = zz\n")}); err == nil {
+		t.Fatal("an offer that is no SA file was taken")
+	}
+	if err := c.Offer(ctx, many[:2], time.Minute); err != nil {
+		t.Fatalf("a good offer: %v", err)
+	}
+	if p, ok := g.ProvenanceOf(many[0].ID()); !ok || p.From != "gw-old" {
+		t.Fatalf("provenance %+v %v", p, ok)
 	}
 }

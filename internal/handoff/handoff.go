@@ -17,9 +17,12 @@
 // FuzzDecodeChunk holds decoding and importing to "an error, never a
 // panic".
 //
-// Not built yet (issue 15): pre-provisioning, asking the provenance
-// gateway when unknown traffic appears (the gateway CLI does not serve or
-// call Take yet), and forwarding the old gateway's stragglers.
+// Offer (offer.go) pre-provisions: a gateway gives its neighbours the
+// SAs it obtained, which they keep with their provenance.
+//
+// Not built yet (issue 15): asking the provenance gateway when unknown
+// traffic appears (the gateway CLI does not serve or call Take or Offer
+// yet), and forwarding the old gateway's stragglers.
 package handoff
 
 import (
@@ -93,6 +96,8 @@ type Server struct {
 	verifier *pki.Verifier
 	audit    *slog.Logger
 	src      Source
+	prov     Provisioner // offer.go; nil: offers refused
+	allow    func(pki.Identity) bool
 }
 
 // NewServer makes the service over src.

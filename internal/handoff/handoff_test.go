@@ -85,17 +85,25 @@ func newWorld(t testing.TB, src Source) *world {
 	if w.v, err = pki.LoadVerifier(filepath.Join(dir, "ca", "ca.crt"), filepath.Join(dir, "ca", "ca.crl")); err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer(append(ServerOptions(), grpc.Creds(credentials.NewTLS(w.v.ServerTLS(w.cert(pki.Identity{Role: pki.RoleGateway, Name: "gw-old",
-		Areas: []string{"cell-1"}}), pki.RoleGateway))))...)
-	NewServer(src, w.v, slog.New(slog.DiscardHandler)).Attach(g)
+	w.addr, _ = w.serve(src, "gw-old")
+	return w
+}
+
+// serve runs a gateway's Handoff service for src under name's
+// certificate; it returns the address and the service.
+func (w *world) serve(src Source, name string) (string, *Server) {
+	t := w.t
+	g := grpc.NewServer(append(ServerOptions(), grpc.Creds(credentials.NewTLS(w.v.ServerTLS(w.cert(pki.Identity{Role: pki.RoleGateway, Name: name,
+		Areas: []string{"cell-" + name}}), pki.RoleGateway))))...)
+	srv := NewServer(src, w.v, slog.New(slog.DiscardHandler))
+	srv.Attach(g)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.addr = ln.Addr().String()
 	go g.Serve(ln)
 	t.Cleanup(g.Stop)
-	return w
+	return ln.Addr().String(), srv
 }
 
 func (w *world) cert(id pki.Identity) tls.Certificate {
@@ -111,9 +119,11 @@ func (w *world) cert(id pki.Identity) tls.Certificate {
 	return pair
 }
 
-func (w *world) client(id pki.Identity) *Client {
+func (w *world) client(id pki.Identity) *Client { return w.clientAt(w.addr, id) }
+
+func (w *world) clientAt(addr string, id pki.Identity) *Client {
 	w.t.Helper()
-	c, err := Dial(w.addr, w.v.ClientTLS(w.cert(id), pki.RoleGateway))
+	c, err := Dial(addr, w.v.ClientTLS(w.cert(id), pki.RoleGateway))
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -21,6 +21,102 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type OfferRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sas           []byte                 `protobuf:"bytes,1,opt,name=sas,proto3" json:"sas,omitempty"` // native SA file text (ipsec/safile), keys included
+	TtlSeconds    uint32                 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OfferRequest) Reset() {
+	*x = OfferRequest{}
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OfferRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OfferRequest) ProtoMessage() {}
+
+func (x *OfferRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OfferRequest.ProtoReflect.Descriptor instead.
+func (*OfferRequest) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *OfferRequest) GetSas() []byte {
+	if x != nil {
+		return x.Sas
+	}
+	return nil
+}
+
+func (x *OfferRequest) GetTtlSeconds() uint32 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type OfferReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Taken         uint32                 `protobuf:"varint,1,opt,name=taken,proto3" json:"taken,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OfferReply) Reset() {
+	*x = OfferReply{}
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OfferReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OfferReply) ProtoMessage() {}
+
+func (x *OfferReply) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OfferReply.ProtoReflect.Descriptor instead.
+func (*OfferReply) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *OfferReply) GetTaken() uint32 {
+	if x != nil {
+		return x.Taken
+	}
+	return 0
+}
+
 type TakeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Mobile        []byte                 `protobuf:"bytes,1,opt,name=mobile,proto3" json:"mobile,omitempty"`    // the mobile's address (4 or 16 bytes)
@@ -31,7 +127,7 @@ type TakeRequest struct {
 
 func (x *TakeRequest) Reset() {
 	*x = TakeRequest{}
-	mi := &file_proto_espep_v1_handoff_proto_msgTypes[0]
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -43,7 +139,7 @@ func (x *TakeRequest) String() string {
 func (*TakeRequest) ProtoMessage() {}
 
 func (x *TakeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_handoff_proto_msgTypes[0]
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -56,7 +152,7 @@ func (x *TakeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TakeRequest.ProtoReflect.Descriptor instead.
 func (*TakeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{0}
+	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TakeRequest) GetMobile() []byte {
@@ -83,7 +179,7 @@ type TakeChunk struct {
 
 func (x *TakeChunk) Reset() {
 	*x = TakeChunk{}
-	mi := &file_proto_espep_v1_handoff_proto_msgTypes[1]
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -95,7 +191,7 @@ func (x *TakeChunk) String() string {
 func (*TakeChunk) ProtoMessage() {}
 
 func (x *TakeChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_handoff_proto_msgTypes[1]
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -108,7 +204,7 @@ func (x *TakeChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TakeChunk.ProtoReflect.Descriptor instead.
 func (*TakeChunk) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{1}
+	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *TakeChunk) GetVersion() uint32 {
@@ -129,15 +225,23 @@ var File_proto_espep_v1_handoff_proto protoreflect.FileDescriptor
 
 const file_proto_espep_v1_handoff_proto_rawDesc = "" +
 	"\n" +
-	"\x1cproto/espep/v1/handoff.proto\x12\bespep.v1\"?\n" +
+	"\x1cproto/espep/v1/handoff.proto\x12\bespep.v1\"A\n" +
+	"\fOfferRequest\x12\x10\n" +
+	"\x03sas\x18\x01 \x01(\fR\x03sas\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\rR\n" +
+	"ttlSeconds\"\"\n" +
+	"\n" +
+	"OfferReply\x12\x14\n" +
+	"\x05taken\x18\x01 \x01(\rR\x05taken\"?\n" +
 	"\vTakeRequest\x12\x16\n" +
 	"\x06mobile\x18\x01 \x01(\fR\x06mobile\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\";\n" +
 	"\tTakeChunk\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
-	"\x05flows\x18\x02 \x01(\fR\x05flows2?\n" +
+	"\x05flows\x18\x02 \x01(\fR\x05flows2v\n" +
 	"\aHandoff\x124\n" +
-	"\x04Take\x12\x15.espep.v1.TakeRequest\x1a\x13.espep.v1.TakeChunk0\x01B,Z*github.com/espep/espep/internal/handoff/pbb\x06proto3"
+	"\x04Take\x12\x15.espep.v1.TakeRequest\x1a\x13.espep.v1.TakeChunk0\x01\x125\n" +
+	"\x05Offer\x12\x16.espep.v1.OfferRequest\x1a\x14.espep.v1.OfferReplyB,Z*github.com/espep/espep/internal/handoff/pbb\x06proto3"
 
 var (
 	file_proto_espep_v1_handoff_proto_rawDescOnce sync.Once
@@ -151,16 +255,20 @@ func file_proto_espep_v1_handoff_proto_rawDescGZIP() []byte {
 	return file_proto_espep_v1_handoff_proto_rawDescData
 }
 
-var file_proto_espep_v1_handoff_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_proto_espep_v1_handoff_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_proto_espep_v1_handoff_proto_goTypes = []any{
-	(*TakeRequest)(nil), // 0: espep.v1.TakeRequest
-	(*TakeChunk)(nil),   // 1: espep.v1.TakeChunk
+	(*OfferRequest)(nil), // 0: espep.v1.OfferRequest
+	(*OfferReply)(nil),   // 1: espep.v1.OfferReply
+	(*TakeRequest)(nil),  // 2: espep.v1.TakeRequest
+	(*TakeChunk)(nil),    // 3: espep.v1.TakeChunk
 }
 var file_proto_espep_v1_handoff_proto_depIdxs = []int32{
-	0, // 0: espep.v1.Handoff.Take:input_type -> espep.v1.TakeRequest
-	1, // 1: espep.v1.Handoff.Take:output_type -> espep.v1.TakeChunk
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	2, // 0: espep.v1.Handoff.Take:input_type -> espep.v1.TakeRequest
+	0, // 1: espep.v1.Handoff.Offer:input_type -> espep.v1.OfferRequest
+	3, // 2: espep.v1.Handoff.Take:output_type -> espep.v1.TakeChunk
+	1, // 3: espep.v1.Handoff.Offer:output_type -> espep.v1.OfferReply
+	2, // [2:4] is the sub-list for method output_type
+	0, // [0:2] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -177,7 +285,7 @@ func file_proto_espep_v1_handoff_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_espep_v1_handoff_proto_rawDesc), len(file_proto_espep_v1_handoff_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

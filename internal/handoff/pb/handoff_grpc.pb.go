@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Handoff_Take_FullMethodName = "/espep.v1.Handoff/Take"
+	Handoff_Take_FullMethodName  = "/espep.v1.Handoff/Take"
+	Handoff_Offer_FullMethodName = "/espep.v1.Handoff/Offer"
 )
 
 // HandoffClient is the client API for Handoff service.
@@ -32,6 +33,10 @@ const (
 // streams their state. gRPC over mutual TLS, both ends gateways.
 type HandoffClient interface {
 	Take(ctx context.Context, in *TakeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TakeChunk], error)
+	// Offer pre-provisions SAs: the caller (a neighbour) obtained them and
+	// offers them before the mobile arrives; the callee keeps them for
+	// ttl_seconds with their provenance (the caller's certificate).
+	Offer(ctx context.Context, in *OfferRequest, opts ...grpc.CallOption) (*OfferReply, error)
 }
 
 type handoffClient struct {
@@ -61,6 +66,16 @@ func (c *handoffClient) Take(ctx context.Context, in *TakeRequest, opts ...grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Handoff_TakeClient = grpc.ServerStreamingClient[TakeChunk]
 
+func (c *handoffClient) Offer(ctx context.Context, in *OfferRequest, opts ...grpc.CallOption) (*OfferReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OfferReply)
+	err := c.cc.Invoke(ctx, Handoff_Offer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HandoffServer is the server API for Handoff service.
 // All implementations must embed UnimplementedHandoffServer
 // for forward compatibility.
@@ -71,6 +86,10 @@ type Handoff_TakeClient = grpc.ServerStreamingClient[TakeChunk]
 // streams their state. gRPC over mutual TLS, both ends gateways.
 type HandoffServer interface {
 	Take(*TakeRequest, grpc.ServerStreamingServer[TakeChunk]) error
+	// Offer pre-provisions SAs: the caller (a neighbour) obtained them and
+	// offers them before the mobile arrives; the callee keeps them for
+	// ttl_seconds with their provenance (the caller's certificate).
+	Offer(context.Context, *OfferRequest) (*OfferReply, error)
 	mustEmbedUnimplementedHandoffServer()
 }
 
@@ -83,6 +102,9 @@ type UnimplementedHandoffServer struct{}
 
 func (UnimplementedHandoffServer) Take(*TakeRequest, grpc.ServerStreamingServer[TakeChunk]) error {
 	return status.Error(codes.Unimplemented, "method Take not implemented")
+}
+func (UnimplementedHandoffServer) Offer(context.Context, *OfferRequest) (*OfferReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Offer not implemented")
 }
 func (UnimplementedHandoffServer) mustEmbedUnimplementedHandoffServer() {}
 func (UnimplementedHandoffServer) testEmbeddedByValue()                 {}
@@ -116,13 +138,36 @@ func _Handoff_Take_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Handoff_TakeServer = grpc.ServerStreamingServer[TakeChunk]
 
+func _Handoff_Offer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OfferRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HandoffServer).Offer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Handoff_Offer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HandoffServer).Offer(ctx, req.(*OfferRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Handoff_ServiceDesc is the grpc.ServiceDesc for Handoff service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var Handoff_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "espep.v1.Handoff",
 	HandlerType: (*HandoffServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Offer",
+			Handler:    _Handoff_Offer_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Take",

@@ -1,0 +1,153 @@
+package gateway
+
+import (
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/espep/espep/ipsec"
+)
+
+// Pre-provisioning (DESIGN.md, handoff): a gateway offers the SAs it
+// obtains to its neighbours, which keep them — with their provenance,
+// which gateway gave them and when — as one more SA source. When the
+// mobile's traffic reaches such a neighbour, it already has the keys, and
+// it knows whom to ask for the mobile's flows.
+//
+// Provisioned SAs are a bounded set (MaxProvisioned; the oldest goes
+// when full) that expires (each offer says for how long, at most
+// MaxProvisionTTL), so no neighbour can fill or pin a gateway's SAD. They
+// are the last source: an SA a file or the security server also gives is
+// taken from there.
+
+// provisionSource is the provisioned SAs' name among the SA sources.
+const provisionSource = "neighbours"
+
+// Bounds on what neighbours provision.
+const (
+	MaxProvisioned  = 4096
+	MaxProvisionTTL = time.Hour
+)
+
+// Provenance is where a provisioned SA came from.
+type Provenance struct {
+	From    string // the offering gateway (its certificate's name)
+	At      time.Time
+	Expires time.Time
+}
+
+// provisioned is the source's table.
+type provisioned struct {
+	mu  sync.Mutex
+	sas map[ipsec.ID]*offered
+}
+
+type offered struct {
+	cfg ipsec.Config // keys included: the SAD is rebuilt from them
+	Provenance
+}
+
+// Provision takes SAs a neighbour offered (from: its name) for ttl and
+// puts them in the SAD. An SA already provisioned is replaced (its
+// provenance too). It returns an error for what the SAD refused.
+func (g *Gateway) Provision(from string, cfgs []ipsec.Config, ttl time.Duration, now time.Time) error {
+	ttl = min(max(ttl, time.Second), MaxProvisionTTL)
+	p := &g.prov
+	p.mu.Lock()
+	if p.sas == nil {
+		p.sas = map[ipsec.ID]*offered{}
+	}
+	for _, c := range cfgs {
+		if old := p.sas[c.ID()]; old != nil {
+			wipe(&old.cfg)
+		}
+		c.EncKey, c.IntegKey = slices.Clone(c.EncKey), slices.Clone(c.IntegKey)
+		p.sas[c.ID()] = &offered{cfg: c, Provenance: Provenance{From: from, At: now, Expires: now.Add(ttl)}}
+	}
+	p.evict(now)
+	err := g.applyProvisioned(p)
+	p.mu.Unlock()
+	return err
+}
+
+// ExpireProvisioned drops the provisioned SAs whose time is up.
+func (g *Gateway) ExpireProvisioned(now time.Time) error {
+	p := &g.prov
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.sas)
+	p.evict(now)
+	if len(p.sas) == n {
+		return nil
+	}
+	return g.applyProvisioned(p)
+}
+
+// ProvenanceOf says where a provisioned SA came from.
+func (g *Gateway) ProvenanceOf(id ipsec.ID) (Provenance, bool) {
+	p := &g.prov
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	o, ok := p.sas[id]
+	if !ok {
+		return Provenance{}, false
+	}
+	return o.Provenance, true
+}
+
+// evict drops what expired, then the oldest beyond the bound (p.mu held).
+func (p *provisioned) evict(now time.Time) {
+	for id, o := range p.sas {
+		if !now.Before(o.Expires) {
+			wipe(&o.cfg)
+			delete(p.sas, id)
+		}
+	}
+	for len(p.sas) > MaxProvisioned {
+		var oldest ipsec.ID
+		var at time.Time
+		for id, o := range p.sas {
+			if at.IsZero() || o.At.Before(at) {
+				oldest, at = id, o.At
+			}
+		}
+		wipe(&p.sas[oldest].cfg)
+		delete(p.sas, oldest)
+	}
+}
+
+// applyProvisioned gives the gateway the provisioned SAs as its
+// "neighbours" source (p.mu held).
+func (g *Gateway) applyProvisioned(p *provisioned) error {
+	var entries []*ipsec.Entry
+	var errs []error
+	for _, o := range p.sas {
+		c := o.cfg // the entry's own keys: o.cfg's are wiped when it goes, the entry may drain on
+		c.EncKey, c.IntegKey = slices.Clone(c.EncKey), slices.Clone(c.IntegKey)
+		e, err := ipsec.NewEntry(c)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		entries = append(entries, e)
+	}
+	errs = append(errs, g.SetSource(provisionSource, entries))
+	return errors.Join(errs...)
+}
+
+func wipe(c *ipsec.Config) {
+	clear(c.EncKey)
+	clear(c.IntegKey)
+}
+
+// wipeProvisioned destroys the provisioned SAs' keys (Close).
+func (g *Gateway) wipeProvisioned() {
+	p := &g.prov
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, o := range p.sas {
+		wipe(&o.cfg)
+		delete(p.sas, id)
+	}
+}
