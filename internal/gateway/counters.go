@@ -54,6 +54,7 @@ const (
 	cFragments
 	cKeepalives
 	cNotIPsec
+	cHandedOver
 	numCounters
 )
 
@@ -104,6 +105,7 @@ var counterTable = [numCounters]ctable.Def{
 	cFragments:         outcome("Fragments", "fragments", "fragment"),
 	cKeepalives:        outcome("Keepalives", "keepalives", "keepalive"),
 	cNotIPsec:          outcome("NotIPsec", "not-ipsec", "not_ipsec"),
+	cHandedOver:        outcome("HandedOver", "handed-over", "handed_over"),
 }
 
 // CounterTable returns the gateway's counter table (Stats fields, CLI

@@ -36,10 +36,11 @@ import (
 //
 // Not handed over: flows inside an IP-in-IP tunnel (their outer header
 // is learned again from their next packet), read-class SAs (nothing is
-// numbered on them). The flows' packets that still reach the old gateway
-// after HandOver meet no flow there and are handled as any packet of a
-// flow it does not know; forwarding them to the new gateway is not built
-// yet (issue 15): in the tests the path switches with the handoff.
+// numbered on them). After HandOver the old gateway stops sealing on the
+// SAs, and drops (counts, HandedOver) the packets that still reach it on
+// them: relayed, their endpoint numbers would fall behind what the
+// receiver has seen. Forwarding them to the new gateway instead is not
+// built yet (issue 15); the endpoints' TCP resends them.
 
 // SAHandoff is an SA's state as one gateway passes it to the next.
 type SAHandoff struct {
@@ -116,9 +117,12 @@ func (g *Gateway) HandOver(mobile netip.Addr) Handoff {
 	return h
 }
 
-// handoff is st's state for the next gateway.
+// handoff is st's state for the next gateway; from now on this gateway
+// no longer seals on the SA (a seal under way finished before: both take
+// mu), so every number it used is in Last.
 func (st *saState) handoff() SAHandoff {
 	st.mu.Lock()
+	st.handed.Store(true)
 	s := SAHandoff{ID: st.e.Config.ID(), KeyID: st.e.KeyID, Owned: st.owned, Last: st.last, MaxIn: st.maxIn, Relayed: st.relayed}
 	st.mu.Unlock()
 	st.nonce.mu.Lock()
@@ -163,6 +167,7 @@ func (g *Gateway) Resume(h Handoff) error {
 // resume takes an SA's state from the gateway before.
 func (st *saState) resume(g *Gateway, s *SAHandoff) {
 	st.mu.Lock()
+	st.handed.Store(false) // the mobile came back
 	st.maxIn = max(st.maxIn, s.MaxIn)
 	st.relayed = max(st.relayed, s.Relayed)
 	if s.Owned {

@@ -56,6 +56,10 @@ func (g *Gateway) openBundle(c *call, pkt []byte, l ipsec.Loc, st *saState) (inn
 			return nil, nil, g.openError(ctr, st, err)
 		}
 		ctr.add(cOpened)
+		if st.handed.Load() {
+			ctr.add(cHandedOver)
+			return nil, nil, openUnusable
+		}
 		seq := seq64(e.Write, l.Seq)
 		if hasIV {
 			g.observeIV(ctr, st, iv[:], seq)

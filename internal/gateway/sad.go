@@ -57,6 +57,11 @@ type saState struct {
 	// flows moved from (0: none seen).
 	gen int
 
+	// handed: the SA went to another gateway with a mobile (HandOver);
+	// set under mu. This gateway neither seals on it nor relays its
+	// packets (their numbers are behind what the receiver saw) until it
+	// is handed back (Resume).
+	handed   atomic.Bool
 	dead     atomic.Bool  // past its hard lifetime at the gateway, or wiped
 	draining atomic.Bool  // left the SAD; kept while its packets come
 	lastUse  atomic.Int64 // while draining: unix nanoseconds of its last verified packet or seal (from when it began to drain)

@@ -125,7 +125,9 @@ func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard) {
 	for i := 0; st != nil && i < maxBundle; i++ {
 		var err error
 		if outer, st, err = g.sealOn(ctr, st, buf[:off+n], off, n); err != nil {
-			if !errors.Is(err, errSeqWait) { // counted as SeqWaits
+			if errors.Is(err, errHandedOver) {
+				ctr.add(cHandedOver) // the flow left with the mobile; its timer fired first
+			} else if !errors.Is(err, errSeqWait) { // counted as SeqWaits
 				ctr.add(cSealErrors)
 				if now := time.Now().UnixNano(); now-g.sealLogged.Load() > int64(time.Second) { // a packet can cause it: at most once a second
 					g.sealLogged.Store(now)
@@ -230,6 +232,9 @@ func (g *Gateway) maySeal(st *saState) bool {
 	return true
 }
 
+// errHandedOver: the SA went to another gateway (handoff.go).
+var errHandedOver = errors.New("handed over to another gateway")
+
 // errSeqWait: the SA's next sequence number is not reserved on disk yet.
 var errSeqWait = errors.New("sequence numbers not yet reserved")
 
@@ -244,6 +249,9 @@ func (g *Gateway) sealOn(ctr *stripe, st *saState, buf []byte, off, n int) ([]by
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if st.handed.Load() {
+		return nil, nil, fmt.Errorf("sa %v: %w", st.e.Config.ID(), errHandedOver)
+	}
 	if !st.owned {
 		st.owned = true
 		st.last = st.maxIn

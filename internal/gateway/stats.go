@@ -41,6 +41,7 @@ type Stats struct {
 	ReadStale                  uint64 // read-class resends not sent: out of the receiver's replay window
 	Drains                     uint64 // SAs the gateway numbers that left the SAD and were kept while their packets came
 	Wiped                      uint64 // SA entries whose keys the gateway wiped
+	HandedOver                 uint64 // verified packets on SAs handed to another gateway: dropped, never relayed with the endpoint's numbers
 	Engine                     engine.Stats
 }
 
