@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/packettest"
 	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/secserver/sectest"
 	"github.com/espep/espep/ipsec/header"
 )
 
@@ -69,22 +69,15 @@ func buffered(flows []engine.FlowState) int {
 
 type world struct {
 	t    testing.TB
-	ca   *pki.CA
+	ca   *sectest.World
 	v    *pki.Verifier
 	addr string
 }
 
 func newWorld(t testing.TB, src Source) *world {
 	t.Helper()
-	dir := t.TempDir()
-	w := &world{t: t}
-	var err error
-	if w.ca, err = pki.Init(filepath.Join(dir, "ca"), "test CA", 24*time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	if w.v, err = pki.LoadVerifier(filepath.Join(dir, "ca", "ca.crt"), filepath.Join(dir, "ca", "ca.crl")); err != nil {
-		t.Fatal(err)
-	}
+	ca := sectest.NewWorld(t) // a CA and its verifier
+	w := &world{t: t, ca: ca, v: ca.Verifier}
 	w.addr, _ = w.serve(src, "gw-old")
 	return w
 }
@@ -106,18 +99,7 @@ func (w *world) serve(src Source, name string) (string, *Server) {
 	return ln.Addr().String(), srv
 }
 
-func (w *world) cert(id pki.Identity) tls.Certificate {
-	w.t.Helper()
-	c, k, err := w.ca.Issue(id, time.Hour)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(c, k)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return pair
-}
+func (w *world) cert(id pki.Identity) tls.Certificate { return w.ca.Cert(w.t, id) }
 
 func (w *world) client(id pki.Identity) *Client { return w.clientAt(w.addr, id) }
 

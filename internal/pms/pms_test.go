@@ -7,7 +7,6 @@ import (
 	"math"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,11 +15,12 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/secserver/sectest"
 )
 
 type world struct {
 	t    *testing.T
-	ca   *pki.CA
+	ca   *sectest.World
 	v    *pki.Verifier
 	svc  *Service
 	addr string
@@ -28,15 +28,8 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	dir := t.TempDir()
-	w := &world{t: t}
-	var err error
-	if w.ca, err = pki.Init(filepath.Join(dir, "ca"), "test CA", 24*time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	if w.v, err = pki.LoadVerifier(filepath.Join(dir, "ca", "ca.crt"), filepath.Join(dir, "ca", "ca.crl")); err != nil {
-		t.Fatal(err)
-	}
+	ca := sectest.NewWorld(t) // a CA and its verifier
+	w := &world{t: t, ca: ca, v: ca.Verifier}
 	w.svc = New(w.v, slog.New(slog.DiscardHandler))
 	w.svc.Grace = 200 * time.Millisecond
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(w.v.ServerTLS(w.cert(pki.Identity{Role: pki.RoleServer, Name: "pms",
@@ -52,18 +45,7 @@ func newWorld(t *testing.T) *world {
 	return w
 }
 
-func (w *world) cert(id pki.Identity) tls.Certificate {
-	w.t.Helper()
-	c, k, err := w.ca.Issue(id, time.Hour)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(c, k)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return pair
-}
+func (w *world) cert(id pki.Identity) tls.Certificate { return w.ca.Cert(w.t, id) }
 
 func (w *world) client(id pki.Identity) *Client {
 	w.t.Helper()
