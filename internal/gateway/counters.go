@@ -55,6 +55,7 @@ const (
 	cKeepalives
 	cNotIPsec
 	cHandedOver
+	cHeldForHandoff
 	numCounters
 )
 
@@ -106,6 +107,7 @@ var counterTable = [numCounters]ctable.Def{
 	cKeepalives:        outcome("Keepalives", "keepalives", "keepalive"),
 	cNotIPsec:          outcome("NotIPsec", "not-ipsec", "not_ipsec"),
 	cHandedOver:        outcome("HandedOver", "handed-over", "handed_over"),
+	cHeldForHandoff:    outcome("HeldForHandoff", "held-for-handoff", "held_for_handoff"),
 }
 
 // CounterTable returns the gateway's counter table (Stats fields, CLI

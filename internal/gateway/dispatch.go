@@ -165,6 +165,9 @@ func (g *Gateway) processWrite(c *call, from engine.Side, e *ipsec.Entry, l ipse
 	case openUnusable:
 		return // verified but nothing to deliver (counted): no stale number goes out
 	}
+	if g.heldForHandoff(c, inner, routeOf(&c.ip), st, from) {
+		return
+	}
 	if !g.noteRoute(routeOf(&c.ip), st, from, tunHdr) {
 		c.ctr.add(cBindingViolations)
 		return

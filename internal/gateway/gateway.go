@@ -142,7 +142,10 @@ type Gateway struct {
 	// lacks (an IKE packet, an unknown SPI): the security server source
 	// (fetch.go). It never blocks.
 	want atomic.Pointer[func(a, b netip.Addr)]
-	ivs  *ivSpace // nil without State
+	// missing, when set, is told of a mobile whose flows seem to be at
+	// another gateway (handoff.go). It never blocks.
+	missing atomic.Pointer[func(mobile netip.Addr) bool]
+	ivs     *ivSpace // nil without State
 
 	closed atomic.Bool // Close: no Process starts; Close waits for those under way (stripe.busy)
 	calls  sync.Pool   // *call

@@ -6,6 +6,7 @@ import (
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/ipsec"
+	"github.com/espep/espep/ipsec/header"
 )
 
 // Handing a mobile to another gateway (DESIGN.md, handoff; rules 2 and 5).
@@ -190,4 +191,45 @@ func (st *saState) resume(g *Gateway, s *SAHandoff) {
 	if s.WindowTop > st.e.Write.InTop() {
 		st.e.Write.SetWindowState(s.WindowTop, s.Window) // a bitmap of another size is refused: the window is learned anew
 	}
+}
+
+// SetMissing has the gateway call missing when a verified packet of a TCP
+// flow it does not know arrives mid-stream (not a SYN) on an SA — the
+// mark of a mobile that moved here with its flows at another gateway —
+// with the mobile's address (the SA's end on the radio side). If missing
+// reports true, the packet is held back (dropped, counted HeldForHandoff;
+// its sender resends it) rather than relayed: relayed with the endpoint's
+// numbers it would fall behind what the receiver saw from the other
+// gateway, and the flow it belongs to is about to arrive (Resume). missing
+// must not block; nil turns it off.
+func (g *Gateway) SetMissing(missing func(mobile netip.Addr) bool) {
+	if missing == nil {
+		g.missing.Store(nil)
+		return
+	}
+	g.missing.Store(&missing)
+}
+
+// heldForHandoff reports whether a verified packet of flow r on st, from
+// side from, waits for its flow to be handed over.
+func (g *Gateway) heldForHandoff(c *call, inner []byte, r route, st *saState, from engine.Side) bool {
+	h := g.missing.Load()
+	if h == nil || !c.ip.IsTCP() {
+		return false
+	}
+	tcp := header.TCP(c.ip.Upper(inner))
+	if len(tcp) < header.TCPMinLen || tcp.Flags()&header.TCPSyn != 0 || g.isProtected(r) {
+		return false
+	}
+	st.mu.Lock()
+	mobile := st.peer[1] // toward the radio: the mobile is the destination
+	if from == engine.Radio {
+		mobile = st.peer[0]
+	}
+	st.mu.Unlock()
+	if !mobile.IsValid() || !(*h)(mobile) {
+		return false
+	}
+	c.ctr.add(cHeldForHandoff)
+	return true
 }

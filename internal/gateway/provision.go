@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"errors"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -150,4 +151,26 @@ func (g *Gateway) wipeProvisioned() {
 		wipe(&o.cfg)
 		delete(p.sas, id)
 	}
+}
+
+// ProvenanceOfPeer names the gateways that provisioned SAs of the peer
+// (an SA from or to it), newest first, each once.
+func (g *Gateway) ProvenanceOfPeer(peer netip.Addr) []string {
+	p := &g.prov
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var os []*offered
+	for _, o := range p.sas {
+		if o.cfg.Src == peer || o.cfg.Dst == peer {
+			os = append(os, o)
+		}
+	}
+	slices.SortFunc(os, func(a, b *offered) int { return b.At.Compare(a.At) })
+	var out []string
+	for _, o := range os {
+		if !slices.Contains(out, o.From) {
+			out = append(out, o.From)
+		}
+	}
+	return out
 }

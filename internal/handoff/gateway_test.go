@@ -32,6 +32,13 @@ import (
 // buffered bytes — and the path switches to it. The bytes arrive intact
 // and neither router refuses a packet.
 func TestGatewaysOverGRPC(t *testing.T) {
+	t.Run("asked", func(t *testing.T) { gatewaysOverGRPC(t, false) })
+	// Gateway 2 is not told: it meets the mobile's flow mid-stream, holds
+	// its packets and asks the gateway its SAs came from (Asker).
+	t.Run("on-traffic", func(t *testing.T) { gatewaysOverGRPC(t, true) })
+}
+
+func gatewaysOverGRPC(t *testing.T, onTraffic bool) {
 	tunnel := func(spi uint32, src, dst string) ipsec.Config {
 		key := make([]byte, 20)
 		rand.Read(key)
@@ -116,15 +123,27 @@ func TestGatewaysOverGRPC(t *testing.T) {
 		}
 	}
 	c := w.client(newGW)
-	moving.Lock()
-	start := time.Now()
-	flows, err := c.Take(context.Background(), netip.MustParseAddr("192.0.2.2"), g2.Resume)
-	cur = g2
-	moving.Unlock()
-	if err != nil || flows != 1 {
-		t.Fatalf("take: %d flows, %v", flows, err)
+	if onTraffic {
+		g2.SetMissing((&Asker{G: g2, Neighbour: func(name string) *Client {
+			if name == "gw-old" {
+				return c
+			}
+			return nil
+		}}).Missing)
+		moving.Lock()
+		cur = g2
+		moving.Unlock()
+	} else {
+		moving.Lock()
+		start := time.Now()
+		flows, err := c.Take(context.Background(), netip.MustParseAddr("192.0.2.2"), g2.Resume)
+		cur = g2
+		moving.Unlock()
+		if err != nil || flows != 1 {
+			t.Fatalf("take: %d flows, %v", flows, err)
+		}
+		t.Logf("the mobile moved to gateway 2 in %v (a new TLS connection included)", time.Since(start).Round(time.Millisecond))
 	}
-	t.Logf("the mobile moved to gateway 2 in %v (a new TLS connection included)", time.Since(start).Round(time.Millisecond))
 	if err := <-done; err != nil {
 		t.Fatalf("transfer: %v", err)
 	}
@@ -138,8 +157,13 @@ func TestGatewaysOverGRPC(t *testing.T) {
 			t.Errorf("%s: %+v", name, c)
 		}
 	}
-	if s := g2.Stats(); s.Sealed == 0 || s.Engine.EarlyAcked == 0 {
-		t.Errorf("gateway 2 did not carry the flow on: %+v", s)
+	s2 := g2.Stats()
+	if s2.Sealed == 0 || s2.Engine.EarlyAcked == 0 {
+		t.Errorf("gateway 2 did not carry the flow on: %+v", s2)
+	}
+	t.Logf("gateway 2 held %d packets while it asked; gateway 1 dropped %d that reached it after", s2.HeldForHandoff, g1.Stats().HandedOver)
+	if onTraffic && s2.HeldForHandoff == 0 {
+		t.Error("gateway 2 took the flow over without holding a packet: it was not asked for")
 	}
 }
 
