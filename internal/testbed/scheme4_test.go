@@ -127,11 +127,14 @@ action = bypass
 	viaServer := float64(size*8) / took.Seconds() / 1e6
 	t.Logf("%d MB through the gateway on the server's pair: %.1f Mbit/s", size>>20, viaServer)
 	defer func() {
-		// Last, in the same run: the same transfer on an SA file. As in
-		// TestGatewaySecServer, a few megabytes bound it only grossly;
-		// at 50 MB and more the two must be within 20 %.
+		// Last, in the same run: the same transfer on an SA file. A few
+		// megabytes at 2 % loss, on a machine running other packages'
+		// tests beside this one, vary threefold (seen in CI: 4.2 against
+		// 11.8 Mbit/s): there only a gateway that did not take the flow
+		// over (end-to-end CUBIC, ~1 Mbit/s) fails; at 50 MB and more the
+		// two must be within 20 %.
 		viaFile := fileFedGoodput(t, size, radio)
-		bound := 0.4
+		bound := 0.25
 		if *gatewaySize >= 50 {
 			bound = 0.8
 		}
