@@ -138,6 +138,8 @@ type linkemSetup struct {
 	saPaths        []string
 	stateDir       string
 	secserver      gateway.SecServerConfig
+	partition      statedir.Partition // zero: from the security server, or none
+	handoff        handoffSetup
 	dur            time.Duration
 	pcapAB, pcapBA string
 }
@@ -176,14 +178,16 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 			c.engine = &engine.Config{Mode: engine.ModeSplit}
 		}
 		var ss *secserverConn
-		part := statedir.Partition{}
+		part := c.partition
 		if c.secserver.Addr != "" {
 			if ss, err = dialSecServer(ctx, c.secserver, true, log); err != nil {
 				return err
 			}
 			defer ss.c.Close()
-			if part, err = partitionOf(ss.id, log); err != nil {
-				return err
+			if part.N == 0 {
+				if part, err = partitionOf(ss.id, log); err != nil {
+					return err
+				}
 			}
 		}
 		state, err := openState(c.stateDir, part, log)
@@ -200,6 +204,11 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 		}
 		if ss != nil {
 			serveSAs(ctx, gw, ss)
+		}
+		if c.handoff.enabled() {
+			if err := c.handoff.start(ctx, gw, log); err != nil {
+				return err
+			}
 		}
 	} else if br, err = linkem.OpenGateway(c.a, c.b, c.ab, c.ba, c.engine, c.wire, log); err != nil {
 		return err
@@ -262,6 +271,10 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 	fs.StringVar(&ss.Key, "secserver-key", "", "with --secserver: its key")
 	fs.StringVar(&ss.CA, "secserver-ca", "", "with --secserver: the CA's certificate")
 	fs.StringVar(&ss.CRL, "secserver-crl", "", "with --secserver: the CA's revocation list")
+	part := fs.String("iv-partition", "", "IPsec gateway: K/N, the IV partition of this gateway's state directory (gateways that share SAs and no state directory need distinct ones; with --secserver it comes from the server)")
+	handoffListen := fs.String("handoff-listen", "", "IPsec gateway: serve handoffs (Take, Offer) to neighbour gateways at host:port (mutual TLS with the --secserver-cert certificate)")
+	var handoffPeers stringList
+	fs.Var(&handoffPeers, "handoff-peer", "IPsec gateway: a neighbour gateway, NAME@HOST:PORT, asked for a mobile whose flows meet this one mid-stream; repeatable")
 	fs.Usage = func() { fmt.Fprint(stderr, linkemUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err.Error()}
@@ -273,7 +286,17 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 	if ss.Addr != "" && (ss.Cert == "" || ss.Key == "" || ss.CA == "") {
 		return nil, usageError{"linkem: --secserver needs --secserver-cert, --secserver-key and --secserver-ca"}
 	}
-	c := &linkemSetup{a: *a, b: *b, saPaths: saPaths, stateDir: *stateDir, secserver: ss, dur: *dur, pcapAB: *pcapAB, pcapBA: *pcapBA}
+	c := &linkemSetup{a: *a, b: *b, saPaths: saPaths, stateDir: *stateDir, secserver: ss, dur: *dur, pcapAB: *pcapAB, pcapBA: *pcapBA,
+		handoff: handoffSetup{listen: *handoffListen, peers: handoffPeers, tls: ss}}
+	if *part != "" {
+		var err error
+		if c.partition, err = statedir.ParsePartition(*part); err != nil {
+			return nil, usageError{"linkem: " + err.Error()}
+		}
+	}
+	if err := c.handoff.check(); err != nil {
+		return nil, usageError{"linkem: " + err.Error()}
+	}
 	for _, step := range []struct {
 		f *impairmentFlags
 		c []*netem.Config
