@@ -43,6 +43,14 @@ first ESP/AH packet on an SPI it lacks, between two addresses the gateway
 asks the security server (gRPC, mutual TLS with a gateway certificate from
 espep pki) for their SAs; what came before is relayed untouched.
 
+--handoff-listen and --handoff-peer NAME@HOST:PORT (mutual TLS with the
+same certificate): a mobile that moves here from a neighbour brings its
+flows — the first of its packets on a flow this gateway does not know are
+held while the neighbour is asked, then the flow, its SA counters and its
+replay windows continue here; the neighbour hands over its side when asked.
+Gateways that share SAs and no state directory need distinct IV partitions
+(iv-partition in --config, or the one the security server gives).
+
 Two interfaces: AF_PACKET, forwarding every frame between them as the only
 forwarder (keep kernel IP forwarding off between the two; the peers need
 offloads off: ethtool -K DEV tx off tso off gso off gro off).
@@ -104,6 +112,11 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if ss != nil {
 		src = serveSAs(ctx, gw, ss)
 	}
+	if h := handoffOf(fc); h.enabled() {
+		if err := h.start(ctx, gw, log); err != nil {
+			return err
+		}
+	}
 	if fc.Metrics != "" {
 		counters := gw.Counters("espep_gateway_")
 		if src != nil {
@@ -156,6 +169,9 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	ssCA := fs.String("secserver-ca", "", "with --secserver: the CA's certificate")
 	ssCRL := fs.String("secserver-crl", "", "with --secserver: the CA's revocation list (re-read while running)")
 	ssRead := fs.Bool("secserver-read", false, "with --secserver: ask for read grants only")
+	handoffListen := fs.String("handoff-listen", "", "serve handoffs (Take, Offer) to neighbour gateways at host:port (mutual TLS with the --secserver-cert certificate)")
+	var handoffPeers stringList
+	fs.Var(&handoffPeers, "handoff-peer", "a neighbour gateway, NAME@HOST:PORT, asked for a mobile whose flows meet this one mid-stream; repeatable")
 	fs.Usage = func() { fmt.Fprint(stderr, gatewayUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return nil, 0, usageError{err.Error()}
@@ -175,6 +191,7 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 		"secserver": func() { fc.SecServer.Addr = *ssAddr }, "secserver-cert": func() { fc.SecServer.Cert = *ssCert },
 		"secserver-key": func() { fc.SecServer.Key = *ssKey }, "secserver-ca": func() { fc.SecServer.CA = *ssCA },
 		"secserver-crl": func() { fc.SecServer.CRL = *ssCRL }, "secserver-read": func() { fc.SecServer.Read = *ssRead },
+		"handoff-listen": func() { fc.HandoffListen = *handoffListen }, "handoff-peer": func() { fc.HandoffPeers = handoffPeers },
 	}
 	fs.Visit(func(f *flag.Flag) {
 		if s := set[f.Name]; s != nil {
@@ -190,6 +207,9 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	}
 	if ss := fc.SecServer; ss.Addr != "" && (ss.Cert == "" || ss.Key == "" || ss.CA == "") {
 		return nil, 0, usageError{"gateway: --secserver needs --secserver-cert, --secserver-key and --secserver-ca"}
+	}
+	if err := handoffOf(fc).check(); err != nil {
+		return nil, 0, usageError{"gateway: " + err.Error()}
 	}
 	tunW, tunR := strings.HasPrefix(fc.Wire, "tun:"), strings.HasPrefix(fc.Radio, "tun:")
 	switch {

@@ -24,6 +24,11 @@ type handoffSetup struct {
 	tls    gateway.SecServerConfig // Cert, Key, CA, CRL
 }
 
+// handoffOf is a gateway configuration's handoff part.
+func handoffOf(fc *gateway.FileConfig) *handoffSetup {
+	return &handoffSetup{listen: fc.HandoffListen, peers: fc.HandoffPeers, tls: fc.SecServer}
+}
+
 func (h *handoffSetup) enabled() bool { return h.listen != "" || len(h.peers) > 0 }
 
 // check refuses a setup that cannot work.

@@ -45,6 +45,8 @@ import (
 //	max-plain-flows = 32768         # flows opened by unverified packets (default max-flows/2)
 //	cache-total     = 256MiB        # snoop: memory held by all caches
 //	drain-idle      = 30s           # an SA the gateway numbers, gone from the SA files, kept this long after its last packet
+//	handoff-listen  = 10.99.0.1:7700  # serve handoffs to neighbour gateways (mutual TLS, the secserver-cert certificate)
+//	handoff-peer    = gw-2@10.99.0.2:7700  # a neighbour, asked for mobiles met mid-stream; may be given more than once
 //	max-local-rexmits = 6
 //	dupacks         = auto          # snoop: auto | forward | swallow
 //	shards          = 8             # parts of the flow table (default 4 per core)
@@ -68,6 +70,11 @@ type FileConfig struct {
 	// SecServer is the security server the gateway fetches SAs from
 	// (fetch.go), with the files of its mutual TLS; Addr empty: none.
 	SecServer SecServerConfig
+	// HandoffListen is where the gateway serves handoffs to its
+	// neighbours, HandoffPeers its neighbours (NAME@HOST:PORT); both use
+	// SecServer's certificate files.
+	HandoffListen string
+	HandoffPeers  []string
 	// Gateway holds the engine and gateway settings (zero: defaults).
 	Gateway Config
 }
@@ -114,7 +121,7 @@ func ParseFileConfig(r io.Reader, name string) (*FileConfig, error) {
 	c := &FileConfig{}
 	e := &c.Gateway.Engine
 	e.Mode = engine.ModeSplit // the gateway's default, as on the command line
-	rd := keyval.NewReader(r, name, GatewayMagic, 1, "sa-file")
+	rd := keyval.NewReader(r, name, GatewayMagic, 1, "sa-file", "handoff-peer")
 	var last keyval.Line
 	for {
 		l, err := rd.Next()
@@ -177,6 +184,10 @@ func (c *FileConfig) set(e *engine.Config, key, val string) error {
 		c.SecServer.CA = val
 	case "secserver-crl":
 		c.SecServer.CRL = val
+	case "handoff-listen":
+		c.HandoffListen = val
+	case "handoff-peer":
+		c.HandoffPeers = append(c.HandoffPeers, val)
 	case "secserver-read":
 		c.SecServer.Read, err = keyval.Bool(val)
 	case "plain":

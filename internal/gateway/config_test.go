@@ -105,3 +105,19 @@ func FuzzFileConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestFileConfigHandoff: handoff-listen once, handoff-peer as often as
+// there are neighbours.
+func TestFileConfigHandoff(t *testing.T) {
+	c, err := ParseFileConfig(strings.NewReader("espep-gateway 1\nwire = a\nradio = b\nhandoff-listen = 10.99.0.1:7700\n"+
+		"handoff-peer = gw-2@10.99.0.2:7700\nhandoff-peer = gw-3@10.99.0.3:7700\n"), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HandoffListen != "10.99.0.1:7700" || len(c.HandoffPeers) != 2 || c.HandoffPeers[1] != "gw-3@10.99.0.3:7700" {
+		t.Fatalf("%+v", c)
+	}
+	if _, err := ParseFileConfig(strings.NewReader("espep-gateway 1\nhandoff-listen = a:1\nhandoff-listen = b:2\n"), "x"); err == nil {
+		t.Fatal("handoff-listen twice taken")
+	}
+}

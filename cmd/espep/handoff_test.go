@@ -1,0 +1,40 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+)
+
+// TestHandoffFlags: espep gateway and espep linkem refuse handoff settings
+// that cannot work — a neighbour without a name, no certificate — and take
+// the right ones, from flags or the configuration file.
+func TestHandoffFlags(t *testing.T) {
+	base := []string{"--wire", "w0", "--radio", "r0", "--sa", "x.sa"}
+	certs := []string{"--secserver-cert", "gw.crt", "--secserver-key", "gw.key", "--secserver-ca", "ca.crt"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{append(base, "--handoff-listen", "127.0.0.1:7700"), "need the gateway's certificate"},
+		{append(append(base, certs...), "--handoff-peer", "10.0.0.2:7700"), "want NAME@HOST:PORT"},
+		{append(append(base, certs...), "--handoff-peer", "@10.0.0.2:7700"), "want NAME@HOST:PORT"},
+	} {
+		_, _, err := gatewayConfig(tc.args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("gateway %v: %v, want %q", tc.args, err, tc.want)
+		}
+		largs := append([]string{"--a", "x", "--b", "y"}, tc.args[6:]...)
+		if _, err := linkemArgs(largs, io.Discard); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("linkem %v: %v, want %q", largs, err, tc.want)
+		}
+	}
+	fc, _, err := gatewayConfig(append(append(base, certs...), "--handoff-listen", ":7700", "--handoff-peer", "gw-2@10.0.0.2:7700",
+		"--handoff-peer", "gw-3@10.0.0.3:7700"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := handoffOf(fc); !h.enabled() || h.listen != ":7700" || len(h.peers) != 2 || h.tls.Cert != "gw.crt" {
+		t.Fatalf("%+v", h)
+	}
+}
