@@ -3,6 +3,7 @@ package ipsec
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -135,6 +136,20 @@ type Config struct {
 
 // ID returns the SAD key of the SA.
 func (c *Config) ID() ID { return ID{SPI: c.SPI, Dst: c.Dst, Proto: c.Proto} }
+
+// WipeKeys destroys the keys c holds (their bytes are zeroed where they
+// lie: every copy sharing them is wiped too).
+func (c *Config) WipeKeys() {
+	clear(c.EncKey)
+	clear(c.IntegKey)
+}
+
+// CloneKeys returns c with keys of its own, so that wiping either leaves
+// the other's intact.
+func (c Config) CloneKeys() Config {
+	c.EncKey, c.IntegKey = slices.Clone(c.EncKey), slices.Clone(c.IntegKey)
+	return c
+}
 
 // UDPEncap reports whether the SA's ESP travels in UDP.
 func (c *Config) UDPEncap() bool { return c.EncapSrcPort != 0 || c.EncapDstPort != 0 }

@@ -560,3 +560,17 @@ func TestAdmits(t *testing.T) {
 		t.Error("admitted a malformed packet")
 	}
 }
+
+// TestConfigKeys: CloneKeys gives keys of their own; WipeKeys zeroes
+// them where they lie.
+func TestConfigKeys(t *testing.T) {
+	c := Config{EncKey: []byte{1, 2, 3}, IntegKey: []byte{4, 5}}
+	d := c.CloneKeys()
+	c.WipeKeys()
+	if !bytes.Equal(c.EncKey, []byte{0, 0, 0}) || !bytes.Equal(c.IntegKey, []byte{0, 0}) {
+		t.Fatalf("wiped: %v %v", c.EncKey, c.IntegKey)
+	}
+	if !bytes.Equal(d.EncKey, []byte{1, 2, 3}) || !bytes.Equal(d.IntegKey, []byte{4, 5}) {
+		t.Fatalf("the clone shared the keys: %v %v", d.EncKey, d.IntegKey)
+	}
+}

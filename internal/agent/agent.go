@@ -145,8 +145,7 @@ func (a *Agent) delegate(ctx context.Context) error {
 	}
 	defer func() {
 		for _, c := range want {
-			clear(c.EncKey)
-			clear(c.IntegKey)
+			c.WipeKeys()
 		}
 	}()
 	for len(upload) > 0 {

@@ -105,7 +105,7 @@ func (a *Agent) syncPair(ctx context.Context, c *hostctl.Client, p hostctl.Pair)
 	if err != nil {
 		return err
 	}
-	defer func() { wipeKeys(&gout); wipeKeys(&gin) }()
+	defer func() { gout.WipeKeys(); gin.WipeKeys() }()
 	if gout.SPI != p.Out || gin.SPI != p.In {
 		if err := c.Install(ctx, p.Policy, gout, gin); err != nil {
 			return err
@@ -150,9 +150,4 @@ func wantOf(p hostctl.Pair, area string) (secserver.Want, error) {
 		return w, err
 	}
 	return w, nil
-}
-
-func wipeKeys(c *ipsec.Config) {
-	clear(c.EncKey)
-	clear(c.IntegKey)
 }

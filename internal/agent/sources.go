@@ -97,8 +97,7 @@ func readXFRM(context.Context) ([]ipsec.Config, error) {
 	sas, bad, err := xfrm.Dump()
 	if err != nil {
 		for i := range sas {
-			clear(sas[i].EncKey)
-			clear(sas[i].IntegKey)
+			sas[i].WipeKeys()
 		}
 		return nil, fmt.Errorf("agent: %w", err)
 	}

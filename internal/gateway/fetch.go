@@ -216,8 +216,7 @@ func (s *ServerSAs) take(cfgs []ipsec.Config) int {
 	n := 0
 	for _, c := range cfgs {
 		e, err := ipsec.NewEntry(c)
-		clear(c.EncKey) // the entry holds its own copy
-		clear(c.IntegKey)
+		c.WipeKeys() // the entry holds its own copy
 		if err != nil {
 			s.log.Warn("gateway: security server gave an unusable SA", "spi", c.SPI, "err", err)
 			continue

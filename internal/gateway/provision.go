@@ -61,10 +61,9 @@ func (g *Gateway) Provision(from string, cfgs []ipsec.Config, ttl time.Duration,
 	}
 	for _, c := range cfgs {
 		if old := p.sas[c.ID()]; old != nil {
-			wipe(&old.cfg)
+			old.cfg.WipeKeys()
 		}
-		c.EncKey, c.IntegKey = slices.Clone(c.EncKey), slices.Clone(c.IntegKey)
-		p.sas[c.ID()] = &offered{cfg: c, Provenance: Provenance{From: from, At: now, Expires: now.Add(ttl)}}
+		p.sas[c.ID()] = &offered{cfg: c.CloneKeys(), Provenance: Provenance{From: from, At: now, Expires: now.Add(ttl)}}
 	}
 	p.evict(now)
 	err := g.applyProvisioned(p)
@@ -101,7 +100,7 @@ func (g *Gateway) ProvenanceOf(id ipsec.ID) (Provenance, bool) {
 func (p *provisioned) evict(now time.Time) {
 	for id, o := range p.sas {
 		if !now.Before(o.Expires) {
-			wipe(&o.cfg)
+			o.cfg.WipeKeys()
 			delete(p.sas, id)
 		}
 	}
@@ -113,7 +112,7 @@ func (p *provisioned) evict(now time.Time) {
 				oldest, at = id, o.At
 			}
 		}
-		wipe(&p.sas[oldest].cfg)
+		p.sas[oldest].cfg.WipeKeys()
 		delete(p.sas, oldest)
 	}
 }
@@ -124,9 +123,7 @@ func (g *Gateway) applyProvisioned(p *provisioned) error {
 	var entries []*ipsec.Entry
 	var errs []error
 	for _, o := range p.sas {
-		c := o.cfg // the entry's own keys: o.cfg's are wiped when it goes, the entry may drain on
-		c.EncKey, c.IntegKey = slices.Clone(c.EncKey), slices.Clone(c.IntegKey)
-		e, err := ipsec.NewEntry(c)
+		e, err := ipsec.NewEntry(o.cfg.CloneKeys()) // the entry's own keys: o.cfg's are wiped when it goes, the entry may drain on
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -137,18 +134,13 @@ func (g *Gateway) applyProvisioned(p *provisioned) error {
 	return errors.Join(errs...)
 }
 
-func wipe(c *ipsec.Config) {
-	clear(c.EncKey)
-	clear(c.IntegKey)
-}
-
 // wipeProvisioned destroys the provisioned SAs' keys (Close).
 func (g *Gateway) wipeProvisioned() {
 	p := &g.prov
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for id, o := range p.sas {
-		wipe(&o.cfg)
+		o.cfg.WipeKeys()
 		delete(p.sas, id)
 	}
 }

@@ -146,8 +146,7 @@ func (f *SAFiles) read(sf *saFile) (bool, error) {
 	cfgs, bad, fatal := safile.ParseEntries(bytes.NewReader(b), sf.path)
 	defer func() {
 		for i := range cfgs {
-			clear(cfgs[i].EncKey)
-			clear(cfgs[i].IntegKey)
+			cfgs[i].WipeKeys()
 		}
 	}()
 	if fatal != nil && len(cfgs) == 0 {

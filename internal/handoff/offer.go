@@ -57,8 +57,7 @@ func (s *Server) Offer(ctx context.Context, req *pb.OfferRequest) (*pb.OfferRepl
 	}
 	defer func() {
 		for i := range cfgs {
-			clear(cfgs[i].EncKey)
-			clear(cfgs[i].IntegKey)
+			cfgs[i].WipeKeys()
 		}
 	}()
 	if len(cfgs) > MaxOffer {

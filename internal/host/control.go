@@ -122,7 +122,7 @@ func (h *Host) control(line []byte) hostctl.Reply {
 		cfgs := h.Delegable()
 		defer func() {
 			for i := range cfgs {
-				wipe(&cfgs[i])
+				cfgs[i].WipeKeys()
 			}
 		}()
 		var b strings.Builder
@@ -144,7 +144,7 @@ func (h *Host) control(line []byte) hostctl.Reply {
 	case hostctl.OpInstall:
 		defer func() {
 			for i := range sas {
-				wipe(&sas[i])
+				sas[i].WipeKeys()
 			}
 		}()
 		if err := h.Install(req.Policy, sas[0], sas[1]); err != nil {

@@ -61,7 +61,7 @@ func (h *Host) Install(policy string, out, in ipsec.Config) error {
 		ipsec.KeyIDOf(&old.out) == ipsec.KeyIDOf(&out) && ipsec.KeyIDOf(&old.in) == ipsec.KeyIDOf(&in) {
 		return nil
 	}
-	p := &pair{out: cloneKeys(out), in: cloneKeys(in)}
+	p := &pair{out: out.CloneKeys(), in: in.CloneKeys()}
 	if old != nil {
 		p.retiring = append(old.retiring, retiring{old.in, time.Now().Add(retireAfter)})
 	}
@@ -72,7 +72,7 @@ func (h *Host) Install(policy string, out, in ipsec.Config) error {
 		return err
 	}
 	if old != nil {
-		wipe(&old.out)
+		old.out.WipeKeys()
 	}
 	h.log.Info("host: pair installed", "policy", policy, "out", fmt.Sprintf("%#08x", out.SPI), "in", fmt.Sprintf("%#08x", in.SPI))
 	return nil
@@ -133,7 +133,7 @@ func (h *Host) retire(now time.Time) {
 				keep = append(keep, r)
 				continue
 			}
-			wipe(&r.c)
+			r.c.WipeKeys()
 			changed = true
 		}
 		p.retiring = keep
@@ -193,28 +193,17 @@ func (h *Host) Delegable() []ipsec.Config {
 	}
 	for _, c := range eff.Delegable() {
 		if _, ok := sad.Get(c.ID()); ok && !generated[c.ID()] { // not one a hard lifetime removed, nor one the server made
-			out = append(out, cloneKeys(c))
+			out = append(out, c.CloneKeys())
 		}
 	}
 	return out
 }
 
-func cloneKeys(c ipsec.Config) ipsec.Config {
-	c.EncKey = slices.Clone(c.EncKey)
-	c.IntegKey = slices.Clone(c.IntegKey)
-	return c
-}
-
-func wipe(c *ipsec.Config) {
-	clear(c.EncKey)
-	clear(c.IntegKey)
-}
-
 func wipePair(p *pair) {
-	wipe(&p.out)
-	wipe(&p.in)
+	p.out.WipeKeys()
+	p.in.WipeKeys()
 	for i := range p.retiring {
-		wipe(&p.retiring[i].c)
+		p.retiring[i].c.WipeKeys()
 	}
 }
 

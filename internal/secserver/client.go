@@ -226,8 +226,8 @@ func (c *Client) Generate(ctx context.Context, w Want) (out, in ipsec.Config, er
 		err = fmt.Errorf("the pair is between other addresses")
 	}
 	if err != nil {
-		wipeConfig(&out)
-		wipeConfig(&in)
+		out.WipeKeys()
+		in.WipeKeys()
 		return ipsec.Config{}, ipsec.Config{}, fmt.Errorf("secserver: generate %v → %v: %w", w.Local, w.Remote, err)
 	}
 	return out, in, nil

@@ -91,7 +91,7 @@ func (s *Server) Generate(ctx context.Context, req *pb.GenerateRequest) (*pb.Gen
 		}
 		s.audit.Info("released", "call", "generate", "who", who, "spi", fmt.Sprintf("%#08x", c.SPI), "dst", c.Dst.String(), "class", "endpoint")
 		sa := toPB(&c, ipsec.ClassWrite) // the endpoint seals and opens: all keys
-		wipeConfig(&c)
+		c.WipeKeys()
 		if i == 0 {
 			reply.Out = sa
 		} else {
@@ -201,7 +201,7 @@ func (s *Server) generated(want genWant) (*genPair, []genPair, error) {
 			if err != nil {
 				return nil, nil, err
 			}
-			wipeConfig(&c)
+			c.WipeKeys()
 			p.keys[i], p.recs[i], p.cfgs[i] = k, recs[k], c
 		}
 		if p.cfgs[0].Mode != want.mode {
@@ -247,7 +247,7 @@ func (s *Server) makePair(w genWant, who string) (*genPair, error) {
 		rand.Read(c.EncKey)
 		rand.Read(c.IntegKey)
 		b, err := proto.Marshal(toPB(&c, ipsec.ClassWrite))
-		wipeConfig(&c)
+		c.WipeKeys()
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "generate: %v", err)
 		}

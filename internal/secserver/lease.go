@@ -235,7 +235,7 @@ func (s *Server) ownsSA(id pki.Identity, x *pb.SAID) bool {
 	if err != nil {
 		return false
 	}
-	wipeConfig(&c)
+	c.WipeKeys()
 	return id.Owns(c.Src) || id.Owns(c.Dst)
 }
 

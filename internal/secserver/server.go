@@ -103,12 +103,6 @@ func (s *Server) owned(id pki.Identity, who, call string, c *ipsec.Config) error
 	return s.refuse(call, who, c, codes.PermissionDenied, fmt.Sprintf("neither %v nor %v belongs to %q", c.Src, c.Dst, id.Name))
 }
 
-// wipeConfig clears the keys of a configuration read from the store.
-func wipeConfig(c *ipsec.Config) {
-	clear(c.EncKey)
-	clear(c.IntegKey)
-}
-
 func keyOf(c *ipsec.Config) SAKey {
 	return SAKey{SPI: c.SPI, Dst: c.Dst, Proto: c.Proto.String()}
 }
@@ -209,7 +203,7 @@ func (s *Server) Withdraw(ctx context.Context, req *pb.WithdrawRequest) (*pb.Wit
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
 		}
-		wipeConfig(&c) // only its addresses are wanted here
+		c.WipeKeys() // only its addresses are wanted here
 		if err := s.owned(id, who, "withdraw", &c); err != nil {
 			return nil, err
 		}
@@ -269,7 +263,7 @@ func (s *Server) grant(id pki.Identity, who, call string, rec Record, want ipsec
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
 	}
-	defer wipeConfig(&c)
+	defer c.WipeKeys()
 	if rec.Generated {
 		c.Class = min(c.Class, rec.Permit) // what the endpoints permitted; the store holds every key
 	}

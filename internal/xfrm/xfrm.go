@@ -336,7 +336,6 @@ func encap(c *ipsec.Config, v []byte) error {
 }
 
 func wipe(c *ipsec.Config) {
-	clear(c.EncKey)
-	clear(c.IntegKey)
+	c.WipeKeys()
 	c.EncKey, c.IntegKey = nil, nil
 }
