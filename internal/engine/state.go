@@ -42,6 +42,18 @@ type FlowState struct {
 	Split *SplitState `json:",omitempty"`
 }
 
+// Buffered is how many bytes of the endpoints' data a split flow holds
+// (both directions; 0 for snoop).
+func (f *FlowState) Buffered() int {
+	n := 0
+	if f.Split != nil {
+		for _, st := range f.Split.Streams {
+			n += len(st.Data)
+		}
+	}
+	return n
+}
+
 // SplitState is a split flow: both directions, with the bytes the engine
 // holds for each.
 type SplitState struct {

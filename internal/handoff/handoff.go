@@ -134,8 +134,12 @@ func sendChunks(h gateway.Handoff, send func([]byte) error) error {
 	flows := h.Flows
 	for first := true; first || len(flows) > 0; first = false {
 		n, size := 0, 0
-		for n < len(flows) && (n == 0 || size+flowSize(&flows[n]) <= MaxChunk) {
-			size += flowSize(&flows[n])
+		for n < len(flows) {
+			fs := flowSize(&flows[n])
+			if n > 0 && size+fs > MaxChunk {
+				break
+			}
+			size += fs
 			n++
 		}
 		part := Part{Flows: flows[:n]}
@@ -157,14 +161,9 @@ func sendChunks(h gateway.Handoff, send func([]byte) error) error {
 
 // flowSize is about how many bytes a flow encodes to.
 func flowSize(f *engine.FlowState) int {
-	n := 1024
+	n := 1024 + f.Buffered()
 	for _, c := range f.Cache {
 		n += len(c.Packet)
-	}
-	if f.Split != nil {
-		for _, st := range f.Split.Streams {
-			n += len(st.Data)
-		}
 	}
 	return n
 }

@@ -57,12 +57,8 @@ func openFlows(e *engine.Engine, mobile netip.Addr, n, segs int) {
 // buffered is the bytes the flows hold toward the radio.
 func buffered(flows []engine.FlowState) int {
 	n := 0
-	for _, f := range flows {
-		if f.Split != nil {
-			for _, st := range f.Split.Streams {
-				n += len(st.Data)
-			}
-		}
+	for i := range flows {
+		n += flows[i].Buffered()
 	}
 	return n
 }
