@@ -2,8 +2,6 @@ package gateway
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"net/netip"
 	"strings"
 	"sync"
@@ -30,12 +28,7 @@ import (
 // A gateway of another area gets nothing and keeps relaying.
 func TestGatewayFetchesSAs(t *testing.T) {
 	w := sectest.Start(t)
-	var salts [2]uint64
-	for i := range salts {
-		var b [8]byte
-		rand.Read(b[:])
-		salts[i] = binary.BigEndian.Uint64(b[:]) &^ (1 << 63)
-	}
+	salts := randomSalts()
 	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 5}
 	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSplit)
 	n.G.SetSAD(&ipsec.SAD{}) // no SA but what the server gives
@@ -183,12 +176,7 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestGatewayWatchesSAs(t *testing.T) {
 	w := sectest.Start(t)
 	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 5}
-	var salts [2]uint64
-	for i := range salts {
-		var b [8]byte
-		rand.Read(b[:])
-		salts[i] = binary.BigEndian.Uint64(b[:]) &^ (1 << 63)
-	}
+	salts := randomSalts()
 	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSplit)
 	n.G.SetSAD(&ipsec.SAD{})
 	gw := w.Client(t, pki.Identity{Role: pki.RoleGateway, Name: "gw-17", Areas: []string{"cell-17"}})

@@ -301,6 +301,17 @@ func transfer(t *testing.T, src, dst *gvhost.Host, port uint16, size int) float6
 	return gp
 }
 
+// randomSalts are two endpoints' IV salts, as Linux and strongSwan draw
+// them (any 64 bits; the top one does not matter).
+func randomSalts() (salts [2]uint64) {
+	for i := range salts {
+		var b [8]byte
+		rand.Read(b[:])
+		salts[i] = binary.BigEndian.Uint64(b[:]) &^ (1 << 63)
+	}
+	return salts
+}
+
 // TestGatewayTunnel: gVisor TCP through ESP tunnels (every AEAD, with the
 // endpoints' IVs made as Linux and strongSwan make them) and the gateway
 // in split and snoop mode over a lossy radio. Both endpoints accept every
@@ -317,12 +328,7 @@ func TestGatewayTunnel(t *testing.T) {
 		{ipsec.EncAESGCM16, engine.ModeSnoop},
 	} {
 		t.Run(fmt.Sprintf("%v-%v", tc.enc, tc.mode), func(t *testing.T) {
-			var salts [2]uint64
-			for i := range salts {
-				var b [8]byte
-				rand.Read(b[:])
-				salts[i] = binary.BigEndian.Uint64(b[:]) &^ (1 << 63) // any salt; the top bit does not matter
-			}
+			salts := randomSalts()
 			radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 5}
 			n := newTestNet(t, tc.enc, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, tc.mode)
 			seen := watchGauges(t, n.G)

@@ -1,8 +1,6 @@
 package gateway
 
 import (
-	"crypto/rand"
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -40,12 +38,7 @@ func TestGatewayHandoff(t *testing.T) {
 }
 
 func gatewayHandoff(t *testing.T, enc ipsec.Enc, mode engine.Mode) {
-	var salts [2]uint64
-	for i := range salts {
-		var b [8]byte
-		rand.Read(b[:])
-		salts[i] = binary.BigEndian.Uint64(b[:]) &^ (1 << 63)
-	}
+	salts := randomSalts()
 	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 7}
 	n := newTestNet(t, enc, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, mode)
 	gw := func(k uint32) *Gateway {
