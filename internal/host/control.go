@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -152,5 +151,5 @@ func (h *Host) control(line []byte) hostctl.Reply {
 		}
 		return hostctl.Reply{}
 	}
-	return hostctl.Reply{Err: errors.New("unknown operation").Error()}
+	return hostctl.Reply{Err: "unknown operation"} // ParseRequest admits none other
 }
