@@ -96,7 +96,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	}
 	defer closeState(state, log)
 	fc.Gateway.State = state
-	gw, run, closeIO, err := openGatewayIO(fc, log)
+	gw, gio, err := openGatewayIO(fc, log)
 	if err != nil {
 		return err
 	}
@@ -104,7 +104,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	// the gateway (its engine's timers, the numbers recorded), then the
 	// state directory (deferred above).
 	defer gw.Close()
-	defer closeIO()
+	defer gio.close()
 	if len(fc.SAFiles) > 0 {
 		defer watchSAs(ctx, gw, fc.SAFiles, log)()
 	}
@@ -137,8 +137,9 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		cc0 = engine.CCBBR
 	}
 	log.Info("gateway running", "wire", fc.Wire, "radio", fc.Radio, "mode", fc.Gateway.Engine.Mode, "cc", cc0, "sa", fc.SAFiles, "state-dir", fc.StateDir)
-	err = run(ctx)
+	err = gio.run(ctx)
 	printGatewayStats(stdout, gw, nil)
+	fmt.Fprintf(stdout, "io: %s\n", gio.summary())
 	if src != nil {
 		fmt.Fprintf(stdout, "secserver: %s\n", src.Stats().Summary())
 	}
@@ -221,16 +222,28 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	return fc, *dur, nil
 }
 
+// gatewayIO is the gateway's packet I/O: run moves packets until its
+// context ends, close undoes what opening did, summary is its counters on
+// one line (for the exit summary).
+type gatewayIO struct {
+	run     func(context.Context) error
+	close   func()
+	summary func() string
+}
+
 // openGatewayIO opens the gateway's packet I/O — two TUN devices (up,
 // with the policy rules if fc.Routes) or an AF_PACKET bridge — with the
-// gateway between; run moves packets, closeIO undoes the rest.
-func openGatewayIO(fc *gateway.FileConfig, log *slog.Logger) (gw *gateway.Gateway, run func(context.Context) error, closeIO func(), err error) {
+// gateway between.
+func openGatewayIO(fc *gateway.FileConfig, log *slog.Logger) (gw *gateway.Gateway, gio gatewayIO, err error) {
 	if !strings.HasPrefix(fc.Wire, "tun:") {
 		br, g, err := openBridge(fc.Wire, fc.Radio, netem.Config{}, netem.Config{}, nil, fc.Gateway)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, gio, err
 		}
-		return g, br.Run, func() {}, nil
+		return g, gatewayIO{br.Run, func() {}, func() string {
+			st := br.Stats()
+			return fmt.Sprintf("wire read %d wrote %d, %d errors; radio read %d wrote %d, %d errors", st.A.RxFrames, st.A.TxFrames, st.A.TxErrors, st.B.RxFrames, st.B.TxFrames, st.B.TxErrors)
+		}}, nil
 	}
 	tl, err := tunlink.Open(strings.TrimPrefix(fc.Wire, "tun:"), strings.TrimPrefix(fc.Radio, "tun:"),
 		func(out func(engine.Side, []byte)) (tunlink.Processor, error) {
@@ -239,14 +252,14 @@ func openGatewayIO(fc *gateway.FileConfig, log *slog.Logger) (gw *gateway.Gatewa
 			return g, err
 		}, log)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, gio, err
 	}
 	undo := func() {}
-	fail := func(err error) (*gateway.Gateway, func(context.Context) error, func(), error) {
+	fail := func(err error) (*gateway.Gateway, gatewayIO, error) {
 		undo()
 		tl.Close()
 		gw.Close()
-		return nil, nil, nil, err
+		return nil, gio, err
 	}
 	if err := tl.Up(); err != nil {
 		return fail(err)
@@ -258,7 +271,7 @@ func openGatewayIO(fc *gateway.FileConfig, log *slog.Logger) (gw *gateway.Gatewa
 		}
 		log.Info("gateway: policy routing installed", "wire-iface", fc.WireIface, "radio-iface", fc.RadioIface)
 	}
-	return gw, tl.Run, func() { undo(); tl.Close() }, nil
+	return gw, gatewayIO{tl.Run, func() { undo(); tl.Close() }, func() string { return tl.Stats().Summary() }}, nil
 }
 
 // openBridge bridges interfaces a (wire) and b (radio) through the IPsec

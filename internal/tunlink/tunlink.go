@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -43,6 +44,7 @@ const headroom = 16
 type Stats struct {
 	Read, Written, WriteErrors [2]uint64
 	Writes                     [2]uint64 // Write calls (batches)
+	Reads                      [2]uint64 // Read calls
 }
 
 // Link is the two devices and the processor between them.
@@ -64,7 +66,7 @@ type Link struct {
 	active atomic.Int32 // readers processing a Read's packets now
 	close  sync.Once
 
-	read, written, werr, writes [2]atomic.Uint64
+	read, written, werr, writes, reads [2]atomic.Uint64
 }
 
 // batch is one side's packets waiting to be written.
@@ -198,6 +200,7 @@ func (l *Link) readLoop(side engine.Side) error {
 			}
 		}
 		l.read[side].Add(uint64(cnt))
+		l.reads[side].Add(1)
 		// Flush after no longer counting as busy: a packet another
 		// goroutine queued meanwhile is in the batch, or sees no reader
 		// busy and flushes it itself.
@@ -225,11 +228,25 @@ func (l *Link) Close() {
 	})
 }
 
+// Summary is the counters on one line, by device: packets in how many
+// system calls, which is what a packet daemon's CPU follows.
+func (s Stats) Summary() string {
+	var b strings.Builder
+	for i, name := range [2]string{"wire", "radio"} {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "%s read %d in %d reads, wrote %d in %d writes, %d write errors", name, s.Read[i], s.Reads[i], s.Written[i], s.Writes[i], s.WriteErrors[i])
+	}
+	return b.String()
+}
+
 // Stats returns the counters.
 func (l *Link) Stats() Stats {
 	var s Stats
 	for i := range 2 {
 		s.Read[i], s.Written[i], s.WriteErrors[i], s.Writes[i] = l.read[i].Load(), l.written[i].Load(), l.werr[i].Load(), l.writes[i].Load()
+		s.Reads[i] = l.reads[i].Load()
 	}
 	return s
 }
