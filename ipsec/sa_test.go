@@ -77,6 +77,45 @@ func TestClassNoneEntry(t *testing.T) {
 	}
 }
 
+// TestEntryKeyed: an entry gives its keys back (a copy: wiping it leaves
+// the entry's), a read entry no integrity key, a none entry nothing; after
+// Wipe, nothing.
+func TestEntryKeyed(t *testing.T) {
+	c := suites[4].config(Tunnel, false, false, false) // AES-CBC + HMAC
+	e, err := NewEntry(c.CloneKeys())
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, ok := e.Keyed()
+	if !ok || !bytes.Equal(k.EncKey, c.EncKey) || !bytes.Equal(k.IntegKey, c.IntegKey) || KeyIDOf(&k) != e.KeyID {
+		t.Fatalf("keyed %v: %+v", ok, k)
+	}
+	k.WipeKeys()
+	if k2, _ := e.Keyed(); !bytes.Equal(k2.EncKey, c.EncKey) {
+		t.Fatal("wiping the copy wiped the entry's keys")
+	}
+	e.Wipe()
+	if _, ok := e.Keyed(); ok {
+		t.Fatal("keys given after Wipe")
+	}
+	rc := c.CloneKeys()
+	rc.Class, rc.IntegKey = ClassRead, nil
+	r, err := NewEntry(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, ok := r.Keyed(); !ok || k.IntegKey != nil || !bytes.Equal(k.EncKey, c.EncKey) || k.Class != ClassRead {
+		t.Fatalf("read entry keyed %v: %+v", ok, k)
+	}
+	nc := c.CloneKeys()
+	nc.Class = ClassNone
+	if n, err := NewEntry(nc); err != nil {
+		t.Fatal(err)
+	} else if _, ok := n.Keyed(); ok {
+		t.Fatal("a none entry gave keys")
+	}
+}
+
 func TestWriteSAKeepsNoKeyCopy(t *testing.T) {
 	c := suites[4].config(Tunnel, false, false, false)
 	sa := mustSA(t, c)

@@ -23,6 +23,13 @@ type Entry struct {
 	// ID and KeyID, so that an SPI given again with new keys starts
 	// afresh and the same keys given again carry on.
 	KeyID [16]byte
+	keyed *keyed
+}
+
+// keyed is an entry's configuration with its keys, for Keyed.
+type keyed struct {
+	mu  sync.Mutex
+	cfg Config
 }
 
 // KeyIDOf computes Entry.KeyID for a configuration that still holds its
@@ -52,11 +59,13 @@ func NewEntry(cfg Config) (*Entry, error) {
 			return nil, err
 		}
 		e.Config = e.Write.Config()
+		e.keyed = &keyed{cfg: cfg.CloneKeys()}
 	case ClassRead:
 		if e.Read, err = NewReader(cfg); err != nil {
 			return nil, err
 		}
 		e.Config = e.Read.Config()
+		e.keyed = &keyed{cfg: cfg.CloneKeys()} // no integrity key: NewReader refuses one
 	default:
 		if err := cfg.validate(); err != nil {
 			return nil, fmt.Errorf("sa %v: %w", cfg.ID(), err)
@@ -67,11 +76,35 @@ func NewEntry(cfg Config) (*Entry, error) {
 	return e, nil
 }
 
+// Keyed returns the entry's configuration with keys of its own (the
+// caller wipes them: Config.WipeKeys), for handing the SA on to another
+// holder over an authenticated, encrypted channel — a gateway
+// pre-provisioning its neighbours. A read-class entry has no integrity
+// key to give; after Wipe, and for an entry not made by NewEntry, ok is
+// false.
+func (e *Entry) Keyed() (cfg Config, ok bool) {
+	if e.keyed == nil {
+		return Config{}, false
+	}
+	e.keyed.mu.Lock()
+	defer e.keyed.mu.Unlock()
+	if e.keyed.cfg.EncKey == nil && e.keyed.cfg.IntegKey == nil {
+		return Config{}, false
+	}
+	return e.keyed.cfg.CloneKeys(), true
+}
+
 // Wipe destroys the entry's keys (SA.Wipe, ReadSA.Wipe); every later
 // use fails.
 func (e *Entry) Wipe() { e.wipe() }
 
 func (e *Entry) wipe() {
+	if e.keyed != nil {
+		e.keyed.mu.Lock()
+		e.keyed.cfg.WipeKeys()
+		e.keyed.cfg.EncKey, e.keyed.cfg.IntegKey = nil, nil
+		e.keyed.mu.Unlock()
+	}
 	if e.Write != nil {
 		e.Write.Wipe()
 	}

@@ -47,9 +47,9 @@ func (h *handoffSetup) check() error {
 	return nil
 }
 
-// start serves Take and Offer (taking offers from the neighbours only) and
-// has gw ask its neighbours for mobiles it meets mid-stream, until ctx
-// ends.
+// start serves Take and Offer (taking offers from the neighbours only),
+// has gw ask its neighbours for mobiles it meets mid-stream and offer them
+// its SAs (handoff.Offerer), until ctx ends.
 func (h *handoffSetup) start(ctx context.Context, gw *gateway.Gateway, log *slog.Logger) error {
 	v, err := pki.LoadVerifier(h.tls.CA, h.tls.CRL)
 	if err != nil {
@@ -87,6 +87,7 @@ func (h *handoffSetup) start(ctx context.Context, gw *gateway.Gateway, log *slog
 	if len(clients) > 0 {
 		a := &handoff.Asker{G: gw, Peers: clients, Neighbour: func(name string) *handoff.Client { return names[name] }, Log: log}
 		gw.SetMissing(a.Missing)
+		go (&handoff.Offerer{G: gw, Peers: names, Log: log}).Run(ctx)
 	}
 	return nil
 }

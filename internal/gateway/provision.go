@@ -166,3 +166,61 @@ func (g *Gateway) ProvenanceOfPeer(peer netip.Addr) []string {
 	}
 	return out
 }
+
+// Offerable is an SA a gateway may offer its neighbours, keys included.
+type Offerable struct {
+	Config ipsec.Config
+	From   string // the neighbour that provisioned it here; empty: this gateway's own (files, the security server)
+}
+
+// Offerable returns the SAs this gateway offers its neighbours, keys
+// included (the caller wipes them: Config.WipeKeys): every SA it obtained
+// itself, and every SA a neighbour provisioned that has since carried
+// verified traffic here — the mobile is here now, and its next move is
+// to one of this gateway's neighbours (DESIGN.md, handoff). A read-class
+// SA a neighbour provisioned is not offered on: without an integrity key
+// no packet on it is verified here, so its traffic is not seen.
+func (g *Gateway) Offerable() []Offerable {
+	type cand struct {
+		e    *ipsec.Entry
+		mine bool
+	}
+	var cands []cand
+	s := &g.sources
+	s.mu.Lock()
+	for _, name := range s.order {
+		for _, e := range s.sets[name] {
+			cands = append(cands, cand{e, name != provisionSource})
+		}
+	}
+	s.mu.Unlock()
+	var out []Offerable
+	for _, c := range cands {
+		id := c.e.Config.ID()
+		var from string
+		if !c.mine {
+			prov, ok := g.ProvenanceOf(id)
+			if !ok || !g.carried(id) {
+				continue
+			}
+			from = prov.From
+		}
+		if cfg, ok := c.e.Keyed(); ok {
+			out = append(out, Offerable{Config: cfg, From: from})
+		}
+	}
+	return out
+}
+
+// carried reports whether the gateway has verified a packet on SA id.
+func (g *Gateway) carried(id ipsec.ID) bool {
+	g.smu.Lock()
+	st := g.states[id]
+	g.smu.Unlock()
+	if st == nil {
+		return false
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.maxIn > 0
+}

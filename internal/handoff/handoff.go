@@ -18,11 +18,15 @@
 // panic".
 //
 // Offer (offer.go) pre-provisions: a gateway gives its neighbours the
-// SAs it obtained, which they keep with their provenance.
+// SAs it obtained, which they keep with their provenance; Offerer
+// (offerer.go) decides what to offer whom, and when. Asker (asker.go)
+// asks the provenance gateway, then the other neighbours, when a mobile's
+// flows appear mid-stream.
 //
-// Not built yet (issue 15): asking the provenance gateway when unknown
-// traffic appears (the gateway CLI does not serve or call Take or Offer
-// yet), and forwarding the old gateway's stragglers.
+// Not built yet (issue 15): forwarding the old gateway's stragglers (it
+// drops them; the endpoints' TCP resends them), and neighbour sets that
+// change while the gateway runs (the proxy management service's pushes,
+// multicast discovery): Asker and Offerer take a fixed set.
 package handoff
 
 import (

@@ -123,8 +123,15 @@ type record struct {
 // Memory returns a Dir that keeps everything in this process: for a
 // gateway whose whole life is one process (the lab, tests). Nothing
 // survives the process, so a gateway that restarts must not use it.
-func Memory() *Dir {
-	return &Dir{mem: true, recs: map[SeqKey]record{}, salts: map[SeqKey]record{}, newSalts: map[SeqKey]uint64{}, leases: map[SeqKey][]*Lease{}}
+func Memory() *Dir { return MemoryIn(Partition{}) }
+
+// MemoryIn is Memory with IV blocks from partition part only: for
+// gateways of one process that seal on the same SAs (the lab's handoff),
+// each in a partition of its own, as the security server gives gateways
+// that share no state directory.
+func MemoryIn(part Partition) *Dir {
+	part.N = max(part.N, 1)
+	return &Dir{mem: true, part: part, recs: map[SeqKey]record{}, salts: map[SeqKey]record{}, newSalts: map[SeqKey]uint64{}, leases: map[SeqKey][]*Lease{}}
 }
 
 // Open opens (or creates) the state directory at path.
@@ -239,7 +246,10 @@ func (d *Dir) IVBlock() (uint64, error) {
 	defer d.ivMu.Unlock()
 	if d.mem {
 		d.ivNext++
-		return d.ivNext, nil
+		if b := d.ivNext*uint64(d.part.N) + uint64(d.part.K); b <= MaxBlock {
+			return b, nil
+		}
+		return 0, fmt.Errorf("state dir: iv block space exhausted (%d blocks handed out)", d.ivNext-1)
 	}
 	var buf [2 * ivSlot]byte
 	n, err := d.ivf.ReadAt(buf[:], 0)

@@ -178,6 +178,25 @@ func TestMemory(t *testing.T) {
 	}
 }
 
+// TestMemoryIn: Memory dirs in distinct partitions never hand out the
+// same IV block.
+func TestMemoryIn(t *testing.T) {
+	seen := map[uint64]int{}
+	for k := range uint32(3) {
+		d := MemoryIn(Partition{K: k, N: 3})
+		for range 50 {
+			b, err := d.IVBlock()
+			if err != nil || b == 0 || b%3 != uint64(k) {
+				t.Fatalf("partition %d/3: block %d, %v", k, b, err)
+			}
+			if p, dup := seen[b]; dup {
+				t.Fatalf("block %d in partitions %d and %d", b, p, k)
+			}
+			seen[b] = int(k)
+		}
+	}
+}
+
 // TestDrop: a dropped lease is no longer kept, and what it was allowed
 // stays the floor of the next one.
 func TestDrop(t *testing.T) {
