@@ -56,6 +56,49 @@ func TestRelayAndMiddle(t *testing.T) {
 	}
 }
 
+// TestCells: three cells with relays, a download to the mobile while it
+// moves from cell 0 to 1 to 2; every cell's radio carries some of it both
+// ways, what a radio brings to a cell the mobile left is lost (Stranded)
+// and TCP makes up for it: the bytes arrive intact.
+func TestCells(t *testing.T) {
+	n, err := New(Config{Wired: wired, Radio: radio, Hosts: gvhost.Options{SACK: true}, Cells: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := n.Move(3); err == nil {
+		t.Fatal("moved to a cell that is not there")
+	}
+	done := make(chan error, 1)
+	go func() { _, err := n.Transfer(true, 4<<20, 30*time.Second); done <- err }()
+	var moved []uint64
+	for cell := 1; cell < 3; cell++ {
+		for n.Radios[cell-1].AB.Stats().Delivered < 300 {
+			select {
+			case err := <-done:
+				t.Fatalf("the transfer ended in cell %d: %v", cell-1, err)
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		if err := n.Move(cell); err != nil {
+			t.Fatal(err)
+		}
+		moved = append(moved, n.Radios[cell-1].AB.Stats().Delivered)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n.Cell() != 2 {
+		t.Fatalf("in cell %d", n.Cell())
+	}
+	for i, r := range n.Radios {
+		if ab, ba := r.AB.Stats(), r.BA.Stats(); ab.Delivered == 0 || ba.Delivered == 0 {
+			t.Errorf("cell %d's radio carried %d packets down, %d up", i, ab.Delivered, ba.Delivered)
+		}
+	}
+	t.Logf("moved after %v packets down each cell; %d stranded", moved, n.Stranded.Load())
+}
+
 func testSA(t *testing.T, spi uint32, src, dst string) ipsec.Config {
 	t.Helper()
 	key := make([]byte, 20)
