@@ -71,6 +71,10 @@ func (h *handoffSetup) start(ctx context.Context, gw *gateway.Gateway, log *slog
 		names[name] = c
 		clients = append(clients, c)
 	}
+	var a *handoff.Asker
+	if len(clients) > 0 {
+		a = &handoff.Asker{G: gw, Peers: clients, Neighbour: func(name string) *handoff.Client { return names[name] }, Log: log}
+	}
 	if h.listen != "" {
 		ln, err := net.Listen("tcp", h.listen)
 		if err != nil {
@@ -79,13 +83,15 @@ func (h *handoffSetup) start(ctx context.Context, gw *gateway.Gateway, log *slog
 		g := grpc.NewServer(append(handoff.ServerOptions(), grpc.Creds(credentials.NewTLS(v.ServerTLS(cert, pki.RoleGateway))))...)
 		srv := handoff.NewServer(gw, v, log)
 		srv.ServeOffers(gw, func(id pki.Identity) bool { return names[id.Name] != nil })
+		if a != nil {
+			srv.Arriving = a.Asking
+		}
 		srv.Attach(g)
 		go g.Serve(ln)
 		context.AfterFunc(ctx, g.Stop)
 		log.Info("gateway: serving handoffs", "listen", ln.Addr().String(), "neighbours", len(clients))
 	}
-	if len(clients) > 0 {
-		a := &handoff.Asker{G: gw, Peers: clients, Neighbour: func(name string) *handoff.Client { return names[name] }, Log: log}
+	if a != nil {
 		gw.SetMissing(a.Missing)
 		go (&handoff.Offerer{G: gw, Peers: names, Log: log}).Run(ctx)
 	}

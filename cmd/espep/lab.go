@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -26,8 +27,11 @@ RTT 20 ms). Each scenario moves data end to end (e2e), through snoop and
 through split, checks every transfer (SHA-256) and the endpoints' IPsec (no
 ICV or replay failure), and prints a table: goodput, its ratio to the
 radio's limit C·(1−p) and to end-to-end TCP, and PASS or FAIL. --json prints
-one JSON object per row instead; --plot writes an SVG of goodput over time
-in the outage scenario. The exit status is 1 if any row fails.
+one JSON object per row instead; --plot FILE writes an SVG of goodput over
+time in the outage scenario to FILE and, when the handoff scenario runs,
+one of the mobile moving across its three cells (the handoffs marked) to
+FILE with -handoff before its extension. The exit status is 1 if any row
+fails.
 
 scenarios:
 %s
@@ -40,7 +44,7 @@ func runLab(args []string, stdout, stderr io.Writer) error {
 	dur := fs.Duration("duration", 3*time.Second, "length of each transfer")
 	seed := fs.Uint64("seed", 1, "seed of the radio's loss and of the data")
 	asJSON := fs.Bool("json", false, "print one JSON object per row on stdout")
-	plot := fs.String("plot", "", "write an SVG of goodput over time (the outage scenario) to this file")
+	plot := fs.String("plot", "", "write SVGs of goodput over time (the outage and handoff scenarios) to this file (and FILE-handoff)")
 	par := fs.Int("parallel", 4, "runs at once")
 	fs.Usage = func() {
 		var b strings.Builder
@@ -61,7 +65,7 @@ func runLab(args []string, stdout, stderr io.Writer) error {
 	if *scen != "" {
 		names = strings.Split(*scen, ",")
 	}
-	if *plot != "" && len(names) > 0 && !slices.Contains(names, "outage") {
+	if *plot != "" && len(names) > 0 && !slices.Contains(names, "outage") && !slices.Contains(names, "handoff") {
 		names = append(names, "outage")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -94,10 +98,13 @@ func runLab(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if *plot != "" {
-		if err := writePlot(*plot, rows); err != nil {
+		paths, err := writePlots(*plot, rows)
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stderr, "lab: picture in %s\n", *plot)
+		for _, p := range paths {
+			fmt.Fprintf(stderr, "lab: picture in %s\n", p)
+		}
 	}
 	for _, r := range rows {
 		if r.Integrity != "pass" {
@@ -107,24 +114,56 @@ func runLab(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func writePlot(path string, rows []lab.Row) error {
-	var sel []lab.Row
-	var fade [2]time.Duration
+// writePlots draws the outage scenario's rows to path and the handoff
+// scenario's (ESP tunnel) to path with -handoff before its extension,
+// each if it ran; it returns the files written.
+func writePlots(path string, rows []lab.Row) ([]string, error) {
+	var fade, moves []lab.Row
 	for _, r := range rows {
-		if r.Scenario == "outage" {
-			sel = append(sel, r)
-			fade = r.Fade
+		switch {
+		case r.Scenario == "outage":
+			fade = append(fade, r)
+		case r.Scenario == "handoff" && r.IPsec == lab.IPsecTunnel:
+			moves = append(moves, r)
 		}
 	}
-	if len(sel) == 0 {
-		return errors.New("lab: --plot needs the outage scenario")
+	var written []string
+	if len(fade) > 0 {
+		title := fmt.Sprintf("Goodput through a fade: ESP tunnel, radio 20 Mbit/s with %s", fade[0].Radio)
+		if err := writeSVG(path, title, fade, lab.Marks{Fade: fade[0].Fade}); err != nil {
+			return nil, err
+		}
+		written = append(written, path)
 	}
+	if len(moves) > 0 {
+		m := lab.Marks{Floor: moves[0].LimitMbps / 2, FloorLabel: "half the radio's limit"}
+		for _, r := range moves {
+			if r.Mode == lab.ModeSplit {
+				for _, h := range r.Handoffs {
+					m.Handoffs = append(m.Handoffs, time.Duration(h*float64(time.Second)))
+				}
+			}
+		}
+		ext := filepath.Ext(path)
+		p := strings.TrimSuffix(path, ext) + "-handoff" + ext
+		title := fmt.Sprintf("The mobile moves across three gateways: ESP tunnel, radio 20 Mbit/s with %s loss", moves[0].Radio)
+		if err := writeSVG(p, title, moves, m); err != nil {
+			return nil, err
+		}
+		written = append(written, p)
+	}
+	if len(written) == 0 {
+		return nil, errors.New("lab: --plot needs the outage or the handoff scenario")
+	}
+	return written, nil
+}
+
+func writeSVG(path, title string, rows []lab.Row, m lab.Marks) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
-	title := fmt.Sprintf("Goodput through a fade: ESP tunnel, radio 20 Mbit/s with %s", sel[0].Radio)
-	if err := lab.Plot(f, title, sel, fade[0], fade[1]); err != nil {
+	if err := lab.Plot(f, title, rows, m); err != nil {
 		f.Close()
 		return err
 	}

@@ -85,6 +85,10 @@ func (g *Gateway) HandOver(mobile netip.Addr) Handoff {
 			st.mu.Unlock()
 			if mine && st.e.Write != nil {
 				sts[st] = true
+				// Before the flows go: a packet in process now that finds
+				// its flow gone finds the SA handed too, and is dropped
+				// rather than taken for a mobile arriving (heldForHandoff).
+				st.handed.Store(true)
 			}
 		}
 	}
@@ -225,6 +229,13 @@ func (g *Gateway) heldForHandoff(c *call, inner []byte, r route, st *saState, fr
 	tcp := header.TCP(c.ip.Upper(inner))
 	if len(tcp) < header.TCPMinLen || tcp.Flags()&header.TCPSyn != 0 || g.isProtected(r) {
 		return false
+	}
+	if st.handed.Load() {
+		// The mobile left with its flows while this packet was in
+		// process (HandOver marks the SA before it takes the flows): a
+		// straggler, not a mobile arriving — never ask for it back.
+		c.ctr.add(cHandedOver)
+		return true
 	}
 	st.mu.Lock()
 	mobile := st.peer[1] // toward the radio: the mobile is the destination

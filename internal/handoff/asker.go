@@ -27,6 +27,10 @@ type Asker struct {
 	// off). Quiet is how long after an ask the mobile is not asked about
 	// again (default 30 s).
 	Timeout, Quiet time.Duration
+	// Done, if set, is told of every ask when it ends: the mobile, how
+	// many flows came, and how long from the first held packet to the
+	// last part resumed.
+	Done func(mobile netip.Addr, flows int, took time.Duration)
 
 	mu    sync.Mutex
 	asked map[netip.Addr]time.Time // pending (zero) or answered at
@@ -69,6 +73,15 @@ func (a *Asker) Missing(mobile netip.Addr) bool {
 	return true
 }
 
+// Asking reports whether the mobile is being asked for now (for
+// Server.Arriving).
+func (a *Asker) Asking(mobile netip.Addr) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	at, seen := a.asked[mobile]
+	return seen && at.IsZero()
+}
+
 func (a *Asker) quiet() time.Duration {
 	if a.Quiet > 0 {
 		return a.Quiet
@@ -95,8 +108,12 @@ func (a *Asker) ask(mobile netip.Addr) {
 			break
 		}
 	}
+	took := time.Since(start)
 	if a.Log != nil {
-		a.Log.Info("handoff: asked for a mobile", "mobile", mobile, "flows", flows, "took", time.Since(start).Round(time.Microsecond))
+		a.Log.Info("handoff: asked for a mobile", "mobile", mobile, "flows", flows, "took", took.Round(time.Microsecond))
+	}
+	if a.Done != nil {
+		a.Done(mobile, flows, took)
 	}
 	a.mu.Lock()
 	a.asked[mobile] = time.Now()

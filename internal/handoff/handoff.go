@@ -102,6 +102,11 @@ type Server struct {
 	src      Source
 	prov     Provisioner // offer.go; nil: offers refused
 	allow    func(pki.Identity) bool
+	// Arriving, if set, reports a mobile this gateway is itself asking
+	// for (Asker.Asking): it is arriving here, not leaving, so a Take of
+	// it gets nothing — two gateways asking each other at once must not
+	// both hand over.
+	Arriving func(mobile netip.Addr) bool
 }
 
 // NewServer makes the service over src.
@@ -125,7 +130,12 @@ func (s *Server) Take(req *pb.TakeRequest, stream pb.Handoff_TakeServer) error {
 	if !ok {
 		return status.Error(codes.InvalidArgument, "want the mobile's address")
 	}
-	h := s.src.HandOver(mobile.Unmap())
+	var h gateway.Handoff
+	if s.Arriving != nil && s.Arriving(mobile.Unmap()) {
+		s.audit.Info("not handed over: arriving here", "to", who, "mobile", mobile.String())
+		return sendChunks(h, func(b []byte) error { return stream.Send(&pb.TakeChunk{Version: Version, Flows: b}) })
+	}
+	h = s.src.HandOver(mobile.Unmap())
 	s.audit.Info("handed over", "to", who, "mobile", mobile.String(), "flows", len(h.Flows), "sas", len(h.SAs))
 	return sendChunks(h, func(b []byte) error { return stream.Send(&pb.TakeChunk{Version: Version, Flows: b}) })
 }

@@ -156,6 +156,34 @@ func TestTake(t *testing.T) {
 	}
 }
 
+// TestTakeArriving: a gateway asked for a mobile it is itself asking for
+// (the mobile is arriving there) hands nothing over and keeps its flows.
+func TestTakeArriving(t *testing.T) {
+	old := splitEngine(t)
+	openFlows(old, mobile, 3, 1)
+	w := newWorld(t, EngineSource{old})
+	a := &Asker{}
+	a.asked = map[netip.Addr]time.Time{mobile: {}} // being asked for
+	addr, srv2 := w.serve(EngineSource{old}, "gw-2")
+	srv2.Arriving = a.Asking
+	n, err := w.clientAt(addr, newGW).Take(context.Background(), mobile, func(p Part) error {
+		if len(p.Flows)+len(p.SAs) != 0 {
+			t.Errorf("handed over %d flows, %d SAs", len(p.Flows), len(p.SAs))
+		}
+		return nil
+	})
+	if err != nil || n != 0 {
+		t.Fatalf("take: %d flows, %v", n, err)
+	}
+	if len(old.Export(false)) != 3 {
+		t.Fatal("a gateway handed over a mobile it was asking for")
+	}
+	a.asked[mobile] = time.Now() // answered: no longer arriving
+	if n, err := w.clientAt(addr, newGW).Take(context.Background(), mobile, func(Part) error { return nil }); err != nil || n != 3 {
+		t.Fatalf("take after the ask: %d flows, %v", n, err)
+	}
+}
+
 // TestTakeRefused: an agent's certificate, another encoding version, a
 // request without an address.
 func TestTakeRefused(t *testing.T) {

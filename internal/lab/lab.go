@@ -80,6 +80,18 @@ type Row struct {
 	// packet the gateway saw to the first it re-sealed.
 	SAReadyMs   float64 `json:"sa_ready_ms,omitempty"`
 	FirstSealMs float64 `json:"first_seal_ms,omitempty"`
+	// With several cells (scenario handoff): when the mobile moved, in
+	// seconds from the first flow's start; the least goodput over any
+	// second of the measured time; and the request/response flow beside
+	// the bulk one — responses checked whole, and the longest wait for one.
+	Handoffs      []float64 `json:"handoffs_s,omitempty"`
+	MinSecondMbps float64   `json:"min_second_mbps,omitempty"`
+	Exchanges     int       `json:"exchanges,omitempty"`
+	ExchangeMaxMs float64   `json:"exchange_max_ms,omitempty"`
+	// HandoffMs is how long each handoff took, from the new gateway's
+	// first held packet to the last part of the state resumed (over
+	// loopback gRPC with mutual TLS).
+	HandoffMs []float64 `json:"handoff_ms,omitempty"`
 	Detail      string  `json:"detail,omitempty"` // why it failed
 	// Series is the goodput in Mbit/s per SampleEvery (for the picture),
 	// from the first flow's start; Fade is the radio's outage in that time.
@@ -100,6 +112,8 @@ type run struct {
 	flows int
 	// outage is the part of the measured time the radio is down.
 	outage time.Duration
+	// exchanges runs a request/response flow beside the others.
+	exchanges bool
 }
 
 // Radio and wired links of the seed: 20 Mbit/s, RTT 20 ms, a queue of one
@@ -191,6 +205,16 @@ var Scenarios = []Scenario{
 	}},
 	{"ipip", "the ESP tunnel inside a Mobile IP tunnel (IP-in-IP, home agent to care-of address), 2 % loss", func(cfg Config) []run {
 		return grid("ipip", NetConfig{IPsec: IPsecTunnel, SACK: true, IPIP: true}, []impairment{bernoulli(0.02)}, []Mode{ModeE2E, ModeSplit}, 1, cfg.Seed)
+	}},
+	{"handoff", "the mobile moves across three cells, each with its gateway: a download and a request/response flow, 1 % loss", func(cfg Config) []run {
+		var runs []run
+		for _, p := range []IPsec{IPsecTransport, IPsecTunnel} {
+			runs = append(runs, grid("handoff", NetConfig{IPsec: p, SACK: true, Cells: 3}, []impairment{bernoulli(0.01)}, allModes, 1, cfg.Seed)...)
+		}
+		for i := range runs {
+			runs[i].exchanges = true
+		}
+		return runs
 	}},
 }
 
@@ -300,6 +324,7 @@ func execute(r run, cfg Config, seed uint64) Row {
 	wait0, waitOK := runQueueWait()
 	start := time.Now()
 	trs := make([]Transfer, r.flows)
+	var ex Exchanges
 	var wg sync.WaitGroup
 	for i := range r.flows {
 		wg.Add(1)
@@ -308,6 +333,14 @@ func execute(r run, cfg Config, seed uint64) Row {
 			trs[i] = flow(n.Wired, n.Mobile, uint16(5001+i), seed*8+uint64(i), cfg.Duration)
 		}()
 	}
+	if r.exchanges {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ex = exchange(n.Mobile, n.Wired, 6001, seed*8+7, cfg.Duration)
+		}()
+	}
+	moved := n.moveAcross(start, cfg.Duration)
 	wg.Wait()
 	row.CPUWait = -1
 	if wait1, ok := runQueueWait(); ok && waitOK {
@@ -361,6 +394,30 @@ func execute(r run, cfg Config, seed uint64) Row {
 	}
 	if len(per) > 1 {
 		row.Fairness = jain(per)
+	}
+	if r.exchanges {
+		row.Exchanges, row.ExchangeMaxMs = ex.Count, float64(ex.Max.Microseconds())/1000
+		if ex.Err != nil {
+			errs = append(errs, fmt.Errorf("request/response: %w", ex.Err))
+		} else if ex.Count == 0 {
+			errs = append(errs, errors.New("request/response: no response"))
+		}
+	}
+	if len(n.Radios) > 1 {
+		errs = append(errs, n.checkHandoffs(r.net.Mode)...)
+		for _, at := range moved() {
+			if len(trs) > 0 && !trs[0].Start.IsZero() {
+				row.Handoffs = append(row.Handoffs, at.Sub(trs[0].Start).Seconds())
+			}
+		}
+		if len(trs) > 0 {
+			row.MinSecondMbps = minSecond(row.Series, warm, trs[0].Elapsed)
+		}
+		if n.cells != nil {
+			for _, a := range n.cells.taken() {
+				row.HandoffMs = append(row.HandoffMs, float64(a.took.Microseconds())/1000)
+			}
+		}
 	}
 	measured := cfg.Duration - cfg.Warmup
 	up := 1 - r.outage.Seconds()/measured.Seconds()
@@ -417,6 +474,9 @@ func Table(w io.Writer, rows []Row) {
 		if r.SAReadyMs > 0 {
 			integ += fmt.Sprintf(" (SAs at the gateway %.1f ms after the upload; first re-seal %.1f ms after the first packet)", r.SAReadyMs, r.FirstSealMs)
 		}
+		if len(r.Handoffs) > 0 {
+			integ += " (" + r.handoffNote() + ")"
+		}
 		wait := "?"
 		if r.CPUWait >= 0 {
 			wait = fmt.Sprintf("%.2f", r.CPUWait)
@@ -429,6 +489,23 @@ func Table(w io.Writer, rows []Row) {
 	}
 }
 
+// handoffNote is what the table says of a row with several cells.
+func (r Row) handoffNote() string {
+	var at, took []string
+	for _, h := range r.Handoffs {
+		at = append(at, fmt.Sprintf("%.1f", h))
+	}
+	for _, h := range r.HandoffMs {
+		took = append(took, fmt.Sprintf("%.0f", h))
+	}
+	s := fmt.Sprintf("moved at %s s", strings.Join(at, ", "))
+	if len(took) > 0 {
+		s += fmt.Sprintf(", handed over in %s ms", strings.Join(took, ", "))
+	}
+	return s + fmt.Sprintf("; least 1 s: %.1f Mbit/s = %.2f of the limit; %d responses, the longest %.0f ms",
+		r.MinSecondMbps, r.MinSecondMbps/r.LimitMbps, r.Exchanges, r.ExchangeMaxMs)
+}
+
 // Rounded is the row with its figures rounded for printing.
 func (r Row) Rounded() Row {
 	round := func(v float64, digits int) float64 {
@@ -439,5 +516,13 @@ func (r Row) Rounded() Row {
 	r.LimitRatio, r.E2ERatio, r.Fairness = round(r.LimitRatio, 3), round(r.E2ERatio, 2), round(r.Fairness, 3)
 	r.CPUWait = round(r.CPUWait, 3)
 	r.SAReadyMs, r.FirstSealMs = round(r.SAReadyMs, 2), round(r.FirstSealMs, 2)
+	r.MinSecondMbps, r.ExchangeMaxMs = round(r.MinSecondMbps, 2), round(r.ExchangeMaxMs, 1)
+	r.Handoffs, r.HandoffMs = slices.Clone(r.Handoffs), slices.Clone(r.HandoffMs)
+	for i := range r.Handoffs {
+		r.Handoffs[i] = round(r.Handoffs[i], 3)
+	}
+	for i := range r.HandoffMs {
+		r.HandoffMs[i] = round(r.HandoffMs[i], 2)
+	}
 	return r
 }

@@ -66,6 +66,10 @@ type NetConfig struct {
 	// delegates its SAs to an in-process security server, which pushes
 	// them to the gateway (secserver.go).
 	FromServer bool
+	// Cells is how many base stations the mobile moves across (0: one),
+	// each with its radio and, unless end to end, a gateway of its own;
+	// the gateways hand the mobile over (handoff.go). Needs IPsec.
+	Cells int
 }
 
 // Net is the wired terminal and the mobile, their IPsec, the links and
@@ -74,7 +78,9 @@ type NetConfig struct {
 //	wired ─ [IPsec] ══ wired link ══ base station ══ radio ══ [IPsec] ─ mobile
 type Net struct {
 	*simnet.Net
-	Gateway *gateway.Gateway // nil in e2e mode
+	Gateway  *gateway.Gateway   // nil in e2e mode; cell 0's
+	Gateways []*gateway.Gateway // by cell
+	cells    *cellGateways      // with several cells
 	// The IPsec at each end (nil without IPsec).
 	wiredEnd, mobileEnd *simnet.IPsec
 	// PayloadPerFrame is the TCP payload one full-sized radio packet
@@ -117,53 +123,86 @@ func NewNet(cfg NetConfig) (*Net, error) {
 	n.PayloadPerFrame, n.FrameBytes = hostMTU-40-12, n.frame(cfg)
 
 	if cfg.Mode != ModeE2E {
-		sad := &ipsec.SAD{}
-		if cfg.IPsec != IPsecNone && !cfg.FromServer {
-			for _, c := range []ipsec.Config{wm, mw} {
-				c.Class = ipsec.ClassWrite
-				if cfg.Read {
-					c.Class, c.IntegKey = ipsec.ClassRead, nil // what a security server gives a read gateway
-				}
-				e, err := ipsec.NewEntry(c)
-				if err != nil {
-					return nil, fmt.Errorf("lab: %w", err)
-				}
-				if err := sad.Add(e); err != nil {
-					return nil, fmt.Errorf("lab: %w", err)
-				}
-			}
+		if err := n.newGateways(cfg, wm, mw); err != nil {
+			n.Close()
+			return nil, err
 		}
-		ecfg := engine.Config{Mode: engine.ModeSplit}
-		if cfg.Mode == ModeSnoop {
-			ecfg.Mode = engine.ModeSnoop
-		}
-		// The whole network lives and dies with this process — endpoints,
-		// SAs and gateway — so the gateway's reservations may too. The
-		// gateway sends through the network, built next.
-		g, err := gateway.New(gateway.Config{Engine: ecfg, Plain: true, Log: quietLog, State: statedir.Memory()}, sad,
-			func(to engine.Side, pkt []byte) { n.Send(to, pkt) })
-		if err != nil {
-			return nil, fmt.Errorf("lab: %w", err)
-		}
-		n.Gateway = g
 	}
+	scfg.Cells = cfg.Cells
 	sn, err := simnet.New(scfg)
 	if err != nil {
 		n.Close()
 		return nil, fmt.Errorf("lab: %w", err)
 	}
 	n.Net = sn
-	if n.Gateway != nil {
-		n.SetMiddle(n.Gateway.Process)
-		if cfg.FromServer && cfg.IPsec != IPsecNone {
-			if n.server, err = startLabServer(n.Gateway, cfg, wm, mw); err != nil {
-				n.Close()
-				return nil, fmt.Errorf("lab: %w", err)
-			}
-			n.SetMiddle(n.server.watchFirst(n.Gateway))
+	for i, g := range n.Gateways {
+		n.SetCellMiddle(i, g.Process)
+	}
+	if n.Gateway != nil && cfg.FromServer && cfg.IPsec != IPsecNone {
+		if n.server, err = startLabServer(n.Gateway, cfg, wm, mw); err != nil {
+			n.Close()
+			return nil, fmt.Errorf("lab: %w", err)
+		}
+		n.SetMiddle(n.server.watchFirst(n.Gateway))
+	}
+	if len(n.Gateways) > 1 {
+		if n.cells, err = startCellGateways(n.Gateways); err == nil {
+			err = provisioned(n.Gateways, []ipsec.Config{wm, mw})
+		}
+		if err != nil {
+			n.Close()
+			return nil, fmt.Errorf("lab: handoff: %w", err)
 		}
 	}
 	return n, nil
+}
+
+// newGateways makes the gateway of each cell, in its own IV partition
+// (the security server gives every gateway instance one); with one cell
+// it holds the SAs from the start (unless FromServer), with several only
+// cell 0's does, as its own source (an SA file's, which it offers on).
+func (n *Net) newGateways(cfg NetConfig, wm, mw ipsec.Config) error {
+	cells := max(cfg.Cells, 1)
+	if cells > 1 && (cfg.IPsec == IPsecNone || cfg.FromServer) {
+		return errors.New("lab: a network of several cells needs IPsec from SA files: handoff moves SA state")
+	}
+	var entries []*ipsec.Entry
+	if cfg.IPsec != IPsecNone && !cfg.FromServer {
+		for _, c := range []ipsec.Config{wm, mw} {
+			c.Class = ipsec.ClassWrite
+			if cfg.Read {
+				c.Class, c.IntegKey = ipsec.ClassRead, nil // what a security server gives a read gateway
+			}
+			e, err := ipsec.NewEntry(c.CloneKeys())
+			if err != nil {
+				return fmt.Errorf("lab: %w", err)
+			}
+			entries = append(entries, e)
+		}
+	}
+	ecfg := engine.Config{Mode: engine.ModeSplit}
+	if cfg.Mode == ModeSnoop {
+		ecfg.Mode = engine.ModeSnoop
+	}
+	for i := range cells {
+		// The whole network lives and dies with this process — endpoints,
+		// SAs and gateways — so the gateways' reservations may too. Each
+		// sends through the network, built next.
+		state := statedir.MemoryIn(statedir.Partition{K: uint32(i), N: uint32(cells)})
+		g, err := gateway.New(gateway.Config{Engine: ecfg, Plain: true, Log: quietLog, State: state}, &ipsec.SAD{},
+			func(to engine.Side, pkt []byte) { n.SendCell(i, to, pkt) })
+		if err != nil {
+			return fmt.Errorf("lab: %w", err)
+		}
+		n.Gateways = append(n.Gateways, g)
+	}
+	n.Gateway = n.Gateways[0]
+	if len(entries) > 0 {
+		if err := n.Gateway.SetSource("lab", entries); err != nil {
+			return fmt.Errorf("lab: %w", err)
+		}
+	}
+	return nil
 }
 
 // saConfigs are the SAs of a network: AES-GCM-128 (or AES-CBC with
@@ -234,17 +273,20 @@ func (n *Net) Check() error {
 	return errors.Join(errs...)
 }
 
-// Close stops everything: the network, the security server, then the
-// gateway and its engine.
+// Close stops everything: the gateways' handoff services, the network,
+// the security server, then the gateways and their engines.
 func (n *Net) Close() {
+	if n.cells != nil {
+		n.cells.close()
+	}
 	if n.Net != nil {
 		n.Net.Close()
 	}
 	if n.server != nil {
 		n.server.close()
 	}
-	if n.Gateway != nil {
-		n.Gateway.Close()
-		n.Gateway.Engine().Close()
+	for _, g := range n.Gateways {
+		g.Close()
+		g.Engine().Close()
 	}
 }

@@ -9,12 +9,24 @@ import (
 	"time"
 )
 
+// Marks are what a picture shows besides its lines.
+type Marks struct {
+	Fade     [2]time.Duration // a span shaded, labelled "radio down" (none when empty)
+	Handoffs []time.Duration  // instants the mobile moved, each a vertical line
+	// Floor is a goodput (Mbit/s) drawn as a dashed line with its label
+	// (none when 0): half the radio's limit, which a handoff's second
+	// must stay above.
+	Floor      float64
+	FloorLabel string
+}
+
 // Plot writes an SVG picture of goodput over time for the rows given (one
-// line each, e.g. e2e, snoop and split of one scenario), with the span
-// [fadeFrom, fadeTo) shaded if it is not empty. Each line is a moving
-// average over three bins (300 ms): the receiver reads in bursts when a
-// hole is filled, and single bins would spike past the link's rate.
-func Plot(w io.Writer, title string, rows []Row, fadeFrom, fadeTo time.Duration) error {
+// line each, e.g. e2e, snoop and split of one scenario), with the marks.
+// Each line is a moving average over three bins (300 ms): the receiver
+// reads in bursts when a hole is filled, and single bins would spike past
+// the link's rate.
+func Plot(w io.Writer, title string, rows []Row, m Marks) error {
+	fadeFrom, fadeTo := m.Fade[0], m.Fade[1]
 	rows = slices.Clone(rows)
 	for i := range rows {
 		rows[i].Series = smooth(rows[i].Series)
@@ -46,6 +58,14 @@ func Plot(w io.Writer, title string, rows []Row, fadeFrom, fadeTo time.Duration)
 		x0, x1 := x(fadeFrom.Seconds()), x(fadeTo.Seconds())
 		fmt.Fprintf(&b, `<rect x="%.1f" y="%d" width="%.1f" height="%.1f" fill="#e8e8e8"/>`+"\n", x0, top, x1-x0, ph)
 		fmt.Fprintf(&b, `<text x="%.1f" y="%d" fill="#666">radio down</text>`+"\n", x0+4, top+14)
+	}
+	for i, at := range m.Handoffs {
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%.1f" stroke="#555" stroke-dasharray="4 3"/>`+"\n", x(at.Seconds()), top, x(at.Seconds()), float64(top)+ph)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%d" fill="#555">handoff %d</text>`+"\n", x(at.Seconds())+4, top+14, i+1)
+	}
+	if m.Floor > 0 {
+		fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#2ca02c" stroke-dasharray="6 4"/>`+"\n", left, y(m.Floor), float64(left)+pw, y(m.Floor))
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" fill="#2ca02c" text-anchor="end">%s</text>`+"\n", float64(left)+pw-4, y(m.Floor)-4, html.EscapeString(m.FloorLabel))
 	}
 	// Axes and grid.
 	for i := 0; i <= 4; i++ {

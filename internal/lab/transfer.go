@@ -1,7 +1,9 @@
 package lab
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -103,4 +105,81 @@ func flow(src, dst *gvhost.Host, port uint16, seed uint64, d time.Duration) Tran
 	io.CopyN(h, newStream(seed), tr.Bytes)
 	tr.Intact = [32]byte(h.Sum(nil)) == sum
 	return tr
+}
+
+// Exchanges is what a request/response flow did.
+type Exchanges struct {
+	Count int           // responses received whole and as sent
+	Max   time.Duration // the longest from a request to its whole response
+	Err   error
+}
+
+// Sizes of a request/response flow's messages: a small request, a
+// response of a dozen segments (a web object, an API answer).
+const (
+	requestSize  = 200
+	responseSize = 16 << 10
+)
+
+// exchange has client ask server for responses, one after the other,
+// for d: each request names its number, the server answers with
+// responseSize bytes of the stream seeded by seed and that number, and
+// the client checks every byte. A response that is not what was sent, or
+// a connection that fails before d, is an error.
+func exchange(client, server *gvhost.Host, port uint16, seed uint64, d time.Duration) Exchanges {
+	ln, err := server.Listen(port)
+	if err != nil {
+		return Exchanges{Err: err}
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		req := make([]byte, requestSize)
+		for {
+			if _, err := io.ReadFull(c, req); err != nil {
+				return
+			}
+			n := binary.BigEndian.Uint64(req)
+			if _, err := io.CopyN(c, newStream(seed^n<<20), responseSize); err != nil {
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(d)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	c, err := client.Dial(ctx, netip.AddrPortFrom(server.Addr(), port))
+	if err != nil {
+		return Exchanges{Err: fmt.Errorf("dial: %w", err)}
+	}
+	defer c.Close()
+	c.SetDeadline(deadline)
+	var ex Exchanges
+	req := make([]byte, requestSize)
+	got, want := make([]byte, responseSize), make([]byte, responseSize)
+	for n := uint64(1); ; n++ {
+		start := time.Now()
+		binary.BigEndian.PutUint64(req, n)
+		if _, err := c.Write(req); err != nil {
+			break
+		}
+		if _, err := io.ReadFull(c, got); err != nil {
+			if time.Now().Before(deadline.Add(-100 * time.Millisecond)) {
+				ex.Err = fmt.Errorf("response %d: %w", n, err)
+			}
+			break
+		}
+		io.ReadFull(newStream(seed^n<<20), want)
+		if !bytes.Equal(got, want) {
+			ex.Err = fmt.Errorf("response %d is not the bytes the server sent", n)
+			break
+		}
+		ex.Count++
+		ex.Max = max(ex.Max, time.Since(start))
+	}
+	return ex
 }
