@@ -92,7 +92,7 @@ type Row struct {
 	// first held packet to the last part of the state resumed (over
 	// loopback gRPC with mutual TLS).
 	HandoffMs []float64 `json:"handoff_ms,omitempty"`
-	Detail      string  `json:"detail,omitempty"` // why it failed
+	Detail    string    `json:"detail,omitempty"` // why it failed
 	// Series is the goodput in Mbit/s per SampleEvery (for the picture),
 	// from the first flow's start; Fade is the radio's outage in that time.
 	Series []float64        `json:"-"`

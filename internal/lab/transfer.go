@@ -3,8 +3,8 @@ package lab
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math/rand/v2"
