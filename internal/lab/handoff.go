@@ -27,8 +27,10 @@ import (
 // Offer over mutual TLS on loopback, with its neighbours in the row
 // (gateway i − 1 and i + 1) as the only peers it takes offers from,
 // offers its SAs to (handoff.Offerer) and asks for a mobile it meets
-// mid-stream (handoff.Asker). Only gateway 0 starts with the SAs: the
-// others have them from their neighbours.
+// mid-stream (handoff.Asker; without transfer none is asked: the new
+// gateway meets the mobile's flows mid-stream and relays them). Only
+// gateway 0 starts with the SAs: the others have them from their
+// neighbours.
 type cellGateways struct {
 	dir     string
 	servers []*grpc.Server
@@ -50,7 +52,7 @@ type ask struct {
 // lasts a second or so.
 const offerEvery = 50 * time.Millisecond
 
-func startCellGateways(gws []*gateway.Gateway) (c *cellGateways, err error) {
+func startCellGateways(gws []*gateway.Gateway, transfer bool) (c *cellGateways, err error) {
 	c = &cellGateways{}
 	defer func() {
 		if err != nil {
@@ -115,9 +117,11 @@ func startCellGateways(gws []*gateway.Gateway) (c *cellGateways, err error) {
 			peers[name(j)] = cl
 			list = append(list, cl)
 		}
-		a := askers[i]
-		a.Peers, a.Neighbour = list, func(n string) *handoff.Client { return peers[n] }
-		g.SetMissing(a.Missing)
+		if transfer {
+			a := askers[i]
+			a.Peers, a.Neighbour = list, func(n string) *handoff.Client { return peers[n] }
+			g.SetMissing(a.Missing)
+		}
 		go (&handoff.Offerer{G: g, Peers: peers, Every: offerEvery, Log: quietLog}).Run(ctx)
 	}
 	return c, nil
@@ -190,6 +194,9 @@ func (n *Net) checkHandoffs(mode Mode) []error {
 		return nil
 	}
 	var errs []error
+	if n.noTransfer {
+		return nil
+	}
 	if asks := n.cells.taken(); len(asks) != len(n.Gateways)-1 {
 		errs = append(errs, fmt.Errorf("%d handoffs for %d moves: %+v", len(asks), len(n.Gateways)-1, asks))
 	}

@@ -267,3 +267,25 @@ func TestMinSecond(t *testing.T) {
 		t.Fatalf("no whole second measured: %v", got)
 	}
 }
+
+// TestLabNoStateTransfer: the handoff's baseline — the same moves in
+// split, the gateways holding each other's SAs but handing nothing over.
+// What the first gateway acknowledged early and had not delivered is
+// stranded with it, and the next one relays the endpoints' packets with
+// numbers the receiver's window has passed: the download stops at the
+// first move. With the handoff (TestLabHandoff) its least second carries
+// most of the radio's limit.
+func TestLabNoStateTransfer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a real-time run of three gateways")
+	}
+	nc := NetConfig{Mode: ModeSplit, IPsec: IPsecTunnel, SACK: true, Cells: 3, NoStateTransfer: true, Wired: wiredLink, Radio: radioLink}
+	nc.Radio.Loss = 0.01
+	r := execute(run{net: nc, flows: 1, exchanges: true, row: Row{Scenario: "handoff", Mode: ModeSplit, IPsec: IPsecTunnel, Loss: 0.01}},
+		Config{Duration: 3 * time.Second, Warmup: 500 * time.Millisecond}, 9)
+	t.Logf("without state transfer: %.2f Mbit/s, least second %.2f Mbit/s, %d responses (longest %.0f ms); %s: %s",
+		r.GoodputMbps, r.MinSecondMbps, r.Exchanges, r.ExchangeMaxMs, r.Integrity, r.Detail)
+	if r.MinSecondMbps > 0.2*r.LimitMbps {
+		t.Fatalf("the least second carried %.1f Mbit/s with nothing handed over", r.MinSecondMbps)
+	}
+}

@@ -70,6 +70,10 @@ type NetConfig struct {
 	// each with its radio and, unless end to end, a gateway of its own;
 	// the gateways hand the mobile over (handoff.go). Needs IPsec.
 	Cells int
+	// NoStateTransfer: the gateways pre-provision each other's SAs but
+	// never hand flows or SA counters over — the baseline a handoff is
+	// measured against.
+	NoStateTransfer bool
 }
 
 // Net is the wired terminal and the mobile, their IPsec, the links and
@@ -81,6 +85,8 @@ type Net struct {
 	Gateway  *gateway.Gateway   // nil in e2e mode; cell 0's
 	Gateways []*gateway.Gateway // by cell
 	cells    *cellGateways      // with several cells
+	// noTransfer: NetConfig.NoStateTransfer.
+	noTransfer bool
 	// The IPsec at each end (nil without IPsec).
 	wiredEnd, mobileEnd *simnet.IPsec
 	// PayloadPerFrame is the TCP payload one full-sized radio packet
@@ -97,7 +103,7 @@ const hostMTU = 1400
 
 // NewNet builds and starts a network.
 func NewNet(cfg NetConfig) (*Net, error) {
-	n := &Net{}
+	n := &Net{noTransfer: cfg.NoStateTransfer}
 	scfg := simnet.Config{Wired: cfg.Wired, Radio: cfg.Radio, Hosts: gvhost.Options{SACK: cfg.SACK, MTU: hostMTU, CC: "cubic"},
 		WiredHost: wiredHost, MobileHost: mobileHost}
 	var wm, mw ipsec.Config // wired → mobile, mobile → wired
@@ -146,7 +152,7 @@ func NewNet(cfg NetConfig) (*Net, error) {
 		n.SetMiddle(n.server.watchFirst(n.Gateway))
 	}
 	if len(n.Gateways) > 1 {
-		if n.cells, err = startCellGateways(n.Gateways); err == nil {
+		if n.cells, err = startCellGateways(n.Gateways, !cfg.NoStateTransfer); err == nil {
 			err = provisioned(n.Gateways, []ipsec.Config{wm, mw})
 		}
 		if err != nil {
