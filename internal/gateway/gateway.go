@@ -123,6 +123,14 @@ type Config struct {
 	// covers a predecessor only as far as its lead was smaller. Negative:
 	// none.
 	SeqJump int64
+	// TakeoverJump is how far further above the endpoint the gateway
+	// starts numbering an SA a neighbour provisioned, when no handoff
+	// brought the neighbour's last number (the neighbour is gone: crashed
+	// or cut off): the neighbour may have numbered the SA ahead of the
+	// endpoint by its lead, which only it knew. Default 65536 (a lead of
+	// resends and an unused block of reserved numbers fits many times);
+	// negative: none.
+	TakeoverJump int64
 	// DrainIdle is how long an SA the gateway numbers is kept after it
 	// left the SAD, counted from its last use — a packet that came on it
 	// or one the gateway sealed (default 30 s).
@@ -153,6 +161,9 @@ type Gateway struct {
 
 	routes *[routeShards]routeTable // the flows (flows.go)
 	prov   provisioned              // SAs neighbours offered (provision.go)
+	// provEntries are the SAD entries made for provisioned SAs (a set of
+	// *ipsec.Entry, read lock-free where SA states are made).
+	provEntries sync.Map
 
 	smu        sync.Mutex
 	stateCache sync.Map              // *ipsec.Entry → *saState: what state answered, until the tables change
@@ -192,6 +203,12 @@ func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gat
 		cfg.SeqJump = 1 << 16
 	case cfg.SeqJump < 0:
 		cfg.SeqJump = 0
+	}
+	switch {
+	case cfg.TakeoverJump == 0:
+		cfg.TakeoverJump = 1 << 16
+	case cfg.TakeoverJump < 0:
+		cfg.TakeoverJump = 0
 	}
 	if cfg.DrainIdle == 0 {
 		cfg.DrainIdle = 30 * time.Second

@@ -178,6 +178,7 @@ func (g *Gateway) Resume(h Handoff) error {
 func (st *saState) resume(g *Gateway, s *SAHandoff) {
 	st.mu.Lock()
 	st.handed.Store(false) // the mobile came back
+	st.jump = 0            // the gateway before says how far it numbered
 	st.maxIn = max(st.maxIn, s.MaxIn)
 	st.relayed = max(st.relayed, s.Relayed)
 	if s.Owned {

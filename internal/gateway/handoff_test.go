@@ -131,3 +131,87 @@ func buffered(flows []engine.FlowState) int {
 	}
 	return b
 }
+
+// TestTakeoverGone: the old gateway is gone (crashed mid-download) and
+// no handoff comes. Gateway 2 was provisioned the SAs by gateway 1; it
+// meets the flow mid-stream and, with nothing handed over, numbers the
+// SAs TakeoverJump above the endpoints — above what gateway 1 used, which
+// only gateway 1 knew (its lead: its own resends, which over a long
+// flow outgrow any replay window). In snoop mode (no early
+// acknowledgements: nothing is lost with gateway 1) the download
+// completes and neither router refuses a fresh packet.
+func TestTakeoverGone(t *testing.T) {
+	salts := randomSalts()
+	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 11}
+	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSnoop)
+	gw := func(k uint32, sad *ipsec.SAD) *Gateway {
+		st, err := statedir.Open(filepath.Join(t.TempDir(), "state"), statedir.Partition{K: k, N: 2}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		g, err := New(Config{Engine: engine.Config{Mode: engine.ModeSnoop}, State: st}, sad, n.output)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(g.Close)
+		return g
+	}
+	g1, g2 := gw(0, n.freshSAD(t)), gw(1, &ipsec.SAD{})
+	var cfgs []ipsec.Config
+	for _, c := range n.cfgs {
+		cfgs = append(cfgs, c.CloneKeys())
+	}
+	if err := g2.Provision("gw-1", cfgs, time.Minute, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	var moving sync.RWMutex
+	cur := g1
+	n.SetMiddle(func(from engine.Side, pkt []byte) {
+		moving.RLock()
+		g := cur
+		moving.RUnlock()
+		g.Process(from, pkt)
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := gvhost.Transfer(n.A, n.B, 5001, 2<<20, 30*time.Second)
+		done <- err
+	}()
+	for g1.Stats().Sealed < 500 {
+		select {
+		case err := <-done:
+			t.Fatalf("the transfer ended before the crash: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	moving.Lock()
+	g1.Close() // gone: nothing it had reaches anyone
+	cur = g2
+	moving.Unlock()
+	last := map[ipsec.ID]uint64{}
+	for _, st := range g1.SAs() {
+		last[st.ID] = st.GatewaySeq
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	if r := n.refusals(); r.FreshRefused != 0 || r.UnknownSPI != 0 {
+		t.Fatalf("the routers refused %+v", r)
+	}
+	for name, sa := range map[string]*ipsec.SA{"router A in": n.aIn, "router B in": n.bIn} {
+		if s := sa.Stats(); s.ICVFailures != 0 || s.OtherDrops != 0 {
+			t.Errorf("%s: %+v", name, s)
+		}
+	}
+	s2 := g2.Stats()
+	t.Logf("gateway 1 had numbered up to %v; gateway 2 %+v, sealed %d", last, g2.SAs(), s2.Sealed)
+	for _, st := range g2.SAs() {
+		if st.Owned && st.GatewaySeq < last[st.ID]+1<<15 {
+			t.Errorf("sa %v: gateway 2 at %d, gateway 1 had reached %d: no jump", st.ID, st.GatewaySeq, last[st.ID])
+		}
+	}
+	if s2.Sealed == 0 {
+		t.Fatalf("gateway 2 never sealed: %+v", s2)
+	}
+}

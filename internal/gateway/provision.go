@@ -122,6 +122,7 @@ func (p *provisioned) evict(now time.Time) {
 func (g *Gateway) applyProvisioned(p *provisioned) error {
 	var entries []*ipsec.Entry
 	var errs []error
+	g.provEntries.Clear()
 	for _, o := range p.sas {
 		e, err := ipsec.NewEntry(o.cfg.CloneKeys()) // the entry's own keys: o.cfg's are wiped when it goes, the entry may drain on
 		if err != nil {
@@ -129,6 +130,7 @@ func (g *Gateway) applyProvisioned(p *provisioned) error {
 			continue
 		}
 		entries = append(entries, e)
+		g.provEntries.Store(e, struct{}{})
 	}
 	errs = append(errs, g.SetSource(provisionSource, entries))
 	return errors.Join(errs...)

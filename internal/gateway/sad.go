@@ -41,6 +41,11 @@ type saState struct {
 	relayed   uint64
 	last      uint64 // last number the gateway sealed with
 	exhausted bool   // the SA's sequence numbers ran out at the gateway
+	// jump is added to SeqJump when the gateway takes the SA over: an SA
+	// a neighbour provisioned may have been numbered by that neighbour
+	// (Config.TakeoverJump), until a handoff brings its last number
+	// (Resume clears it).
+	jump uint64
 	// frame is the outer form the gateway seals in when the SA's
 	// configuration does not state it (esp_sa lines carry no mode and no
 	// UDP ports) or a NAT moved the ports: learned from verified packets.
@@ -112,6 +117,9 @@ func (st *saState) noteRelayed() {
 func (g *Gateway) newState(e *ipsec.Entry) *saState {
 	st := &saState{e: e, key: statedir.SeqKey{ID: e.Config.ID(), KeyID: e.KeyID}, nonce: newNoncePlan(e.Config, g.ivs)}
 	st.peer = [2]netip.Addr{e.Config.Src, e.Config.Dst}
+	if _, ok := g.provEntries.Load(e); ok {
+		st.jump = uint64(g.cfg.TakeoverJump)
+	}
 	if g.cfg.State != nil {
 		if salt, ok := g.cfg.State.Salt(st.key); ok {
 			st.nonce.recall(salt)
@@ -179,7 +187,7 @@ func (g *Gateway) inherit(nst, old *saState) {
 	old.mu.Lock()
 	defer old.mu.Unlock()
 	nst.owned, nst.last, nst.maxIn, nst.lease, nst.exhausted = old.owned, old.last, old.maxIn, old.lease, old.exhausted
-	nst.relayed = old.relayed
+	nst.relayed, nst.jump = old.relayed, old.jump
 	nst.peer = old.peer
 	if old.learned {
 		nst.learned = true

@@ -259,7 +259,7 @@ func (g *Gateway) sealOn(ctr *stripe, st *saState, buf []byte, off, n int) ([]by
 			g.reserve(st)
 			st.last = max(st.last, st.lease.Floor())
 		}
-		st.last += uint64(g.cfg.SeqJump)
+		st.last += uint64(g.cfg.SeqJump) + st.jump
 	}
 	// Above the gateway's own last number, and above any endpoint number
 	// relayed since the takeover. Not above the endpoint's highest: in

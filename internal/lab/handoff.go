@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/handoff"
 	"github.com/espep/espep/internal/pki"
@@ -140,6 +141,14 @@ func provisioned(gws []*gateway.Gateway, cfgs []ipsec.Config) error {
 		}
 		return true
 	})
+}
+
+// crash takes gateway i out as a crash would: its handoff service stops
+// answering, and nothing reaches it or leaves it any more.
+func (n *Net) crash(i int) {
+	n.cells.servers[i].Stop()
+	n.SetCellMiddle(i, func(engine.Side, []byte) {})
+	n.Gateways[i].Close()
 }
 
 // taken returns the handoffs so far.

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/espep/espep/internal/gvhost"
 )
 
 // TestLab runs a short scenario set: every run passes its own checks
@@ -287,5 +289,88 @@ func TestLabNoStateTransfer(t *testing.T) {
 		r.GoodputMbps, r.MinSecondMbps, r.Exchanges, r.ExchangeMaxMs, r.Integrity, r.Detail)
 	if r.MinSecondMbps > 0.2*r.LimitMbps {
 		t.Fatalf("the least second carried %.1f Mbit/s with nothing handed over", r.MinSecondMbps)
+	}
+}
+
+// TestLabGatewayGone: the gateway the mobile leaves crashes as it leaves,
+// so no handoff comes (DESIGN.md rule 6, issue 15). Split, ESP tunnel,
+// two cells. What the endpoints see, held here:
+//   - the new gateway asks the gone one, is refused at once (a connection
+//     refused; at most Asker.Timeout, 2 s, when it does not answer), and
+//     from then on carries the mobile's traffic, numbering the SAs
+//     TakeoverJump above the endpoints: no packet is refused as a replay;
+//   - the download under way stalls for good: the bytes the gone gateway
+//     had acknowledged early died with it, and the sender will not send
+//     them again (TCP gives up on it after its retransmission limit — the
+//     bytes the application was told were delivered are lost: what rule 5
+//     cannot hold for a crash, only for a handoff);
+//   - a new connection after the crash works at once, accelerated by the
+//     new gateway: 1 MB intact.
+func TestLabGatewayGone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: real-time transfers through two gateways")
+	}
+	nc := NetConfig{Mode: ModeSplit, IPsec: IPsecTunnel, SACK: true, Cells: 2, Wired: wiredLink, Radio: radioLink}
+	nc.Radio.Loss = 0.01
+	n, err := NewNet(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	bulk := make(chan Transfer, 1)
+	go func() { bulk <- flow(n.Wired, n.Mobile, 5001, 1, 4*time.Second) }()
+	time.Sleep(1500 * time.Millisecond)
+	crashed := time.Now()
+	n.crash(0)
+	must(t, n.Move(1))
+	time.Sleep(300 * time.Millisecond)
+	fresh := flowSized(t, n, 5002, 1<<20, 10*time.Second)
+	tr := <-bulk
+	asks := n.cells.taken()
+	t.Logf("after the crash: %d handoffs asked %+v; a new 1 MB download took %v; the old download had %d bytes, %d of them after the crash",
+		len(asks), asks, fresh.Round(time.Millisecond), tr.Bytes, bytesAfter(tr, crashed))
+	if len(asks) != 1 || asks[0].flows != 0 || asks[0].took > 2500*time.Millisecond {
+		t.Errorf("the new gateway's ask: %+v", asks)
+	}
+	if err := n.Check(); err != nil {
+		t.Errorf("the endpoints refused packets: %v", err)
+	}
+	if !tr.Intact {
+		t.Error("the old download's bytes are not the sender's")
+	}
+	if after := bytesAfter(tr, crashed.Add(time.Second)); after > 64<<10 {
+		t.Errorf("the old download carried on (%d bytes more than a second after the crash): were the early-acknowledged bytes not lost?", after)
+	}
+	if st := n.Gateways[1].Stats(); st.Sealed == 0 || st.Engine.FlowsMax == 0 {
+		t.Errorf("the new gateway did not carry the new flow: %+v", st)
+	}
+}
+
+// flowSized sends size bytes from the wired host to the mobile on a new
+// connection, checked, and returns how long it took.
+func flowSized(t *testing.T, n *Net, port uint16, size int, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	if _, err := gvhost.Transfer(n.Wired, n.Mobile, port, size, timeout); err != nil {
+		t.Fatalf("a new download after the crash: %v", err)
+	}
+	return time.Since(start)
+}
+
+// bytesAfter is how many of tr's bytes arrived after at.
+func bytesAfter(tr Transfer, at time.Time) int64 {
+	var b int64
+	for i, v := range tr.Samples {
+		if tr.Start.Add(time.Duration(i) * SampleEvery).After(at) {
+			b += v
+		}
+	}
+	return b
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }
