@@ -48,8 +48,14 @@ same certificate): a mobile that moves here from a neighbour brings its
 flows — the first of its packets on a flow this gateway does not know are
 held while the neighbour is asked, then the flow, its SA counters and its
 replay windows continue here; the neighbour hands over its side when asked.
-Gateways that share SAs and no state directory need distinct IV partitions
-(iv-partition in --config, or the one the security server gives).
+The gateway offers its SAs to its neighbours (and, once a mobile's traffic
+reaches it, those a neighbour offered it), so that the next gateway has
+them before the mobile arrives. --pms HOST:PORT with --station
+AREA@LAT,LON: the neighbours are also those the proxy management service
+(espep secserver --pms) names from the base stations' locations, as they
+change. Gateways that share SAs and no state directory need distinct IV
+partitions (iv-partition in --config, or the one the security server
+gives).
 
 Two interfaces: AF_PACKET, forwarding every frame between them as the only
 forwarder (keep kernel IP forwarding off between the two; the peers need
@@ -173,6 +179,9 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	handoffListen := fs.String("handoff-listen", "", "serve handoffs (Take, Offer) to neighbour gateways at host:port (mutual TLS with the --secserver-cert certificate)")
 	var handoffPeers stringList
 	fs.Var(&handoffPeers, "handoff-peer", "a neighbour gateway, NAME@HOST:PORT, asked for a mobile whose flows meet this one mid-stream; repeatable")
+	pmsAddr := fs.String("pms", "", "the proxy management service at host:port (espep secserver --pms): neighbours from base-station locations, beside --handoff-peer")
+	var stations stringList
+	fs.Var(&stations, "station", "with --pms: a base station of this gateway, AREA@LATITUDE,LONGITUDE (an area its certificate serves); repeatable")
 	fs.Usage = func() { fmt.Fprint(stderr, gatewayUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return nil, 0, usageError{err.Error()}
@@ -193,6 +202,7 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 		"secserver-key": func() { fc.SecServer.Key = *ssKey }, "secserver-ca": func() { fc.SecServer.CA = *ssCA },
 		"secserver-crl": func() { fc.SecServer.CRL = *ssCRL }, "secserver-read": func() { fc.SecServer.Read = *ssRead },
 		"handoff-listen": func() { fc.HandoffListen = *handoffListen }, "handoff-peer": func() { fc.HandoffPeers = handoffPeers },
+		"pms": func() { fc.PMS = *pmsAddr }, "station": func() { fc.Stations = stations },
 	}
 	fs.Visit(func(f *flag.Flag) {
 		if s := set[f.Name]; s != nil {

@@ -275,6 +275,9 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 	handoffListen := fs.String("handoff-listen", "", "IPsec gateway: serve handoffs (Take, Offer) to neighbour gateways at host:port (mutual TLS with the --secserver-cert certificate)")
 	var handoffPeers stringList
 	fs.Var(&handoffPeers, "handoff-peer", "IPsec gateway: a neighbour gateway, NAME@HOST:PORT, asked for a mobile whose flows meet this one mid-stream; repeatable")
+	pmsAddr := fs.String("pms", "", "IPsec gateway: the proxy management service at host:port: neighbours from base-station locations, beside --handoff-peer")
+	var stations stringList
+	fs.Var(&stations, "station", "with --pms: a base station of this gateway, AREA@LATITUDE,LONGITUDE; repeatable")
 	fs.Usage = func() { fmt.Fprint(stderr, linkemUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err.Error()}
@@ -287,7 +290,7 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 		return nil, usageError{"linkem: --secserver needs --secserver-cert, --secserver-key and --secserver-ca"}
 	}
 	c := &linkemSetup{a: *a, b: *b, saPaths: saPaths, stateDir: *stateDir, secserver: ss, dur: *dur, pcapAB: *pcapAB, pcapBA: *pcapBA,
-		handoff: handoffSetup{listen: *handoffListen, peers: handoffPeers, tls: ss}}
+		handoff: handoffSetup{listen: *handoffListen, peers: handoffPeers, pms: *pmsAddr, stations: stations, tls: ss}}
 	if *part != "" {
 		var err error
 		if c.partition, err = statedir.ParsePartition(*part); err != nil {

@@ -47,6 +47,8 @@ import (
 //	drain-idle      = 30s           # an SA the gateway numbers, gone from the SA files, kept this long after its last packet
 //	handoff-listen  = 10.99.0.1:7700  # serve handoffs to neighbour gateways (mutual TLS, the secserver-cert certificate)
 //	handoff-peer    = gw-2@10.99.0.2:7700  # a neighbour, asked for mobiles met mid-stream; may be given more than once
+//	pms             = 10.0.0.9:7443 # the proxy management service: neighbours from base-station locations (beside handoff-peer)
+//	station         = cell-1@48.8566,2.3522  # a base station of this gateway: its area, latitude, longitude; may be given more than once
 //	max-local-rexmits = 6
 //	dupacks         = auto          # snoop: auto | forward | swallow
 //	shards          = 8             # parts of the flow table (default 4 per core)
@@ -75,6 +77,11 @@ type FileConfig struct {
 	// SecServer's certificate files.
 	HandoffListen string
 	HandoffPeers  []string
+	// PMS is the proxy management service (host:port, or a list) the
+	// gateway joins with its base stations (Stations: AREA@LAT,LON) to be
+	// told its neighbours; empty: none.
+	PMS      string
+	Stations []string
 	// Gateway holds the engine and gateway settings (zero: defaults).
 	Gateway Config
 }
@@ -121,7 +128,7 @@ func ParseFileConfig(r io.Reader, name string) (*FileConfig, error) {
 	c := &FileConfig{}
 	e := &c.Gateway.Engine
 	e.Mode = engine.ModeSplit // the gateway's default, as on the command line
-	rd := keyval.NewReader(r, name, GatewayMagic, 1, "sa-file", "handoff-peer")
+	rd := keyval.NewReader(r, name, GatewayMagic, 1, "sa-file", "handoff-peer", "station")
 	var last keyval.Line
 	for {
 		l, err := rd.Next()
@@ -188,6 +195,10 @@ func (c *FileConfig) set(e *engine.Config, key, val string) error {
 		c.HandoffListen = val
 	case "handoff-peer":
 		c.HandoffPeers = append(c.HandoffPeers, val)
+	case "pms":
+		c.PMS = val
+	case "station":
+		c.Stations = append(c.Stations, val)
 	case "secserver-read":
 		c.SecServer.Read, err = keyval.Bool(val)
 	case "plain":

@@ -56,6 +56,7 @@ const (
 	cNotIPsec
 	cHandedOver
 	cHeldForHandoff
+	cReleased
 	numCounters
 )
 
@@ -108,6 +109,7 @@ var counterTable = [numCounters]ctable.Def{
 	cNotIPsec:          outcome("NotIPsec", "not-ipsec", "not_ipsec"),
 	cHandedOver:        outcome("HandedOver", "handed-over", "handed_over"),
 	cHeldForHandoff:    outcome("HeldForHandoff", "held-for-handoff", "held_for_handoff"),
+	cReleased:          outcome("Released", "released", "released_after_handoff"),
 }
 
 // CounterTable returns the gateway's counter table (Stats fields, CLI

@@ -165,7 +165,7 @@ func (g *Gateway) processWrite(c *call, from engine.Side, e *ipsec.Entry, l ipse
 	case openUnusable:
 		return // verified but nothing to deliver (counted): no stale number goes out
 	}
-	if g.heldForHandoff(c, inner, routeOf(&c.ip), st, from) {
+	if g.heldForHandoff(c, inner, tunHdr, routeOf(&c.ip), st, from) {
 		return
 	}
 	if !g.noteRoute(routeOf(&c.ip), st, from, tunHdr) {

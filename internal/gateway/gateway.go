@@ -153,6 +153,7 @@ type Gateway struct {
 	// missing, when set, is told of a mobile whose flows seem to be at
 	// another gateway (handoff.go). It never blocks.
 	missing atomic.Pointer[func(mobile netip.Addr) bool]
+	held    held     // packets held while a mobile's flows are asked for (handoff.go)
 	ivs     *ivSpace // nil without State
 
 	closed atomic.Bool // Close: no Process starts; Close waits for those under way (stripe.busy)
@@ -266,6 +267,7 @@ func (g *Gateway) Close() {
 	}
 	g.eng.Close()
 	g.wipeProvisioned()
+	g.dropHeld()
 	g.smu.Lock()
 	defer g.smu.Unlock()
 	for _, m := range []map[ipsec.ID]*saState{g.states, g.draining} {

@@ -3,6 +3,8 @@ package gateway
 import (
 	"fmt"
 	"net/netip"
+	"slices"
+	"sync"
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/ipsec"
@@ -207,11 +209,13 @@ func (st *saState) resume(g *Gateway, s *SAHandoff) {
 // flow it does not know arrives mid-stream (not a SYN) on an SA — the
 // mark of a mobile that moved here with its flows at another gateway —
 // with the mobile's address (the SA's end on the radio side). If missing
-// reports true, the packet is held back (dropped, counted HeldForHandoff;
-// its sender resends it) rather than relayed: relayed with the endpoint's
-// numbers it would fall behind what the receiver saw from the other
-// gateway, and the flow it belongs to is about to arrive (Resume). missing
-// must not block; nil turns it off.
+// reports true, the packet is held back (counted HeldForHandoff; kept
+// until ReleaseHeld if there is room, else dropped and its sender resends
+// it) rather than relayed: relayed with the endpoint's numbers it would
+// fall behind what the receiver saw from the other gateway, and the flow
+// it belongs to is about to arrive (Resume). Whoever answers true must
+// call ReleaseHeld for the mobile when the asking ends. missing must not
+// block; nil turns it off.
 func (g *Gateway) SetMissing(missing func(mobile netip.Addr) bool) {
 	if missing == nil {
 		g.missing.Store(nil)
@@ -222,7 +226,7 @@ func (g *Gateway) SetMissing(missing func(mobile netip.Addr) bool) {
 
 // heldForHandoff reports whether a verified packet of flow r on st, from
 // side from, waits for its flow to be handed over.
-func (g *Gateway) heldForHandoff(c *call, inner []byte, r route, st *saState, from engine.Side) bool {
+func (g *Gateway) heldForHandoff(c *call, inner, tunHdr []byte, r route, st *saState, from engine.Side) bool {
 	h := g.missing.Load()
 	if h == nil || !c.ip.IsTCP() {
 		return false
@@ -248,5 +252,119 @@ func (g *Gateway) heldForHandoff(c *call, inner []byte, r route, st *saState, fr
 		return false
 	}
 	c.ctr.add(cHeldForHandoff)
+	g.hold(mobile, heldPkt{from: from, st: st, orig: c.orig, inner: inner, tun: tunHdr})
 	return true
+}
+
+// Held packets: what heldForHandoff holds back is kept — verified and
+// opened, bounded (maxHeld packets, maxHeldBytes in all) — until
+// ReleaseHeld, when the mobile's flows have come (or not), and then goes
+// to the engine as if it had just arrived: a request or an ACK held for
+// the 10–50 ms a handoff takes is not lost to its sender's retransmission
+// timeout (hundreds of milliseconds). What does not fit is dropped (its
+// sender resends it). Only verified packets are held, so only a holder
+// of the SA's keys can fill the table; the Asker releases every mobile it
+// asked for when the ask ends.
+const (
+	maxHeld      = 1024
+	maxHeldBytes = 4 << 20
+)
+
+// heldPkt is one packet held for a handoff (hold keeps copies of its
+// slices).
+type heldPkt struct {
+	from  engine.Side
+	st    *saState
+	orig  []byte // as it came: what goes on if the gateway may not seal yet
+	inner []byte // opened
+	tun   []byte // its IP-in-IP header, if any
+}
+
+// held is the gateway's table of held packets, by mobile.
+type held struct {
+	mu    sync.Mutex
+	pkts  map[netip.Addr][]heldPkt
+	n     int
+	bytes int
+}
+
+// hold keeps a copy of p for mobile, if there is room.
+func (g *Gateway) hold(mobile netip.Addr, p heldPkt) {
+	h := &g.held
+	size := len(p.orig) + len(p.inner)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.n >= maxHeld || h.bytes+size > maxHeldBytes {
+		return
+	}
+	if h.pkts == nil {
+		h.pkts = map[netip.Addr][]heldPkt{}
+	}
+	p.orig, p.inner, p.tun = slices.Clone(p.orig), slices.Clone(p.inner), slices.Clone(p.tun)
+	h.pkts[mobile] = append(h.pkts[mobile], p)
+	h.n++
+	h.bytes += size
+}
+
+// ReleaseHeld hands the engine, in the order they came, the packets held
+// for mobile while its flows were asked for (SetMissing), now that the
+// asking is over: the flows are here (Resume), or they are not and the
+// packets go on as any packet of a flow met mid-stream. Packets of an SA
+// handed on meanwhile are dropped.
+func (g *Gateway) ReleaseHeld(mobile netip.Addr) {
+	h := &g.held
+	h.mu.Lock()
+	pkts := h.pkts[mobile]
+	delete(h.pkts, mobile)
+	for _, p := range pkts {
+		h.n--
+		h.bytes -= len(p.orig) + len(p.inner)
+	}
+	h.mu.Unlock()
+	for _, p := range pkts {
+		g.release(p)
+		clear(p.inner) // plaintext
+	}
+}
+
+// dropHeld clears every held packet (Close): they are plaintext.
+func (g *Gateway) dropHeld() {
+	h := &g.held
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for m, pkts := range h.pkts {
+		for _, p := range pkts {
+			clear(p.inner)
+		}
+		delete(h.pkts, m)
+	}
+	h.n, h.bytes = 0, 0
+}
+
+// release puts one held packet through what follows the hold in
+// processWrite.
+func (g *Gateway) release(p heldPkt) {
+	c := g.calls.Get().(*call)
+	defer g.calls.Put(c)
+	c.ctr.busy.Add(1)
+	defer c.ctr.busy.Add(-1)
+	if g.closed.Load() || p.st.handed.Load() || len(p.inner) > len(c.buf)-ipsec.MaxHeadroom {
+		return
+	}
+	inner := c.buf[ipsec.MaxHeadroom : ipsec.MaxHeadroom+len(p.inner)]
+	copy(inner, p.inner)
+	if header.Parse(inner, &c.ip) != nil {
+		return
+	}
+	c.orig, c.st, c.more = p.orig, p.st, false
+	defer func() { c.orig, c.st = nil, nil }()
+	if !g.noteRoute(routeOf(&c.ip), p.st, p.from, p.tun) {
+		c.ctr.add(cBindingViolations)
+		return
+	}
+	c.ctr.add(cReleased)
+	g.eng.Handle(p.from, inner, engine.Input{Tag: c, IP: &c.ip})
+	if g.owedN.Load() > 0 {
+		g.payOwed()
+	}
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -41,50 +42,20 @@ func gatewayHandoff(t *testing.T, enc ipsec.Enc, mode engine.Mode) {
 	salts := randomSalts()
 	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 7}
 	n := newTestNet(t, enc, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, mode)
-	gw := func(k uint32) *Gateway {
-		st, err := statedir.Open(filepath.Join(t.TempDir(), "state"), statedir.Partition{K: k, N: 2}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		g, err := New(Config{Engine: engine.Config{Mode: mode}, State: st}, n.freshSAD(t), n.output)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(g.Close)
-		return g
-	}
-	g1, g2 := gw(0), gw(1)
-	var moving sync.RWMutex
-	cur := g1
-	n.SetMiddle(func(from engine.Side, pkt []byte) {
-		moving.RLock()
-		g := cur
-		moving.RUnlock()
-		g.Process(from, pkt)
-	})
-	done := make(chan error, 1)
+	p := newGatewayPair(t, n, Config{Engine: engine.Config{Mode: mode}}, n.freshSAD(t))
+	g1, g2 := p.g1, p.g2
 	size := 4 << 20
 	if mode == engine.ModeSnoop {
 		size = 2 << 20 // snoop moves at the end-to-end sender's pace
 	}
-	go func() {
-		_, err := gvhost.Transfer(n.A, n.B, 5001, size, 60*time.Second)
-		done <- err
-	}()
-	for g1.Stats().Opened < 1000 {
-		select {
-		case err := <-done:
-			t.Fatalf("the transfer ended before the move: %v", err)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	moving.Lock()
+	done := startTransfer(t, n, size, 60*time.Second, func() bool { return g1.Stats().Opened >= 1000 })
+	var h Handoff
+	var err error
 	start := time.Now()
-	h := g1.HandOver(netip.MustParseAddr("192.0.2.2"))
-	err := g2.Resume(h)
-	cur = g2
-	moving.Unlock()
+	p.move(func() {
+		h = g1.HandOver(netip.MustParseAddr("192.0.2.2"))
+		err = g2.Resume(h)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,20 +115,8 @@ func TestTakeoverGone(t *testing.T) {
 	salts := randomSalts()
 	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 11}
 	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSnoop)
-	gw := func(k uint32, sad *ipsec.SAD) *Gateway {
-		st, err := statedir.Open(filepath.Join(t.TempDir(), "state"), statedir.Partition{K: k, N: 2}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		g, err := New(Config{Engine: engine.Config{Mode: engine.ModeSnoop}, State: st}, sad, n.output)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(g.Close)
-		return g
-	}
-	g1, g2 := gw(0, n.freshSAD(t)), gw(1, &ipsec.SAD{})
+	p := newGatewayPair(t, n, Config{Engine: engine.Config{Mode: engine.ModeSnoop}}, &ipsec.SAD{})
+	g1, g2 := p.g1, p.g2
 	var cfgs []ipsec.Config
 	for _, c := range n.cfgs {
 		cfgs = append(cfgs, c.CloneKeys())
@@ -165,30 +124,8 @@ func TestTakeoverGone(t *testing.T) {
 	if err := g2.Provision("gw-1", cfgs, time.Minute, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	var moving sync.RWMutex
-	cur := g1
-	n.SetMiddle(func(from engine.Side, pkt []byte) {
-		moving.RLock()
-		g := cur
-		moving.RUnlock()
-		g.Process(from, pkt)
-	})
-	done := make(chan error, 1)
-	go func() {
-		_, err := gvhost.Transfer(n.A, n.B, 5001, 2<<20, 30*time.Second)
-		done <- err
-	}()
-	for g1.Stats().Sealed < 500 {
-		select {
-		case err := <-done:
-			t.Fatalf("the transfer ended before the crash: %v", err)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	moving.Lock()
-	g1.Close() // gone: nothing it had reaches anyone
-	cur = g2
-	moving.Unlock()
+	done := startTransfer(t, n, 2<<20, 30*time.Second, func() bool { return g1.Stats().Sealed >= 500 })
+	p.move(g1.Close) // gone: nothing it had reaches anyone
 	last := map[ipsec.ID]uint64{}
 	for _, st := range g1.SAs() {
 		last[st.ID] = st.GatewaySeq
@@ -213,5 +150,115 @@ func TestTakeoverGone(t *testing.T) {
 	}
 	if s2.Sealed == 0 {
 		t.Fatalf("gateway 2 never sealed: %+v", s2)
+	}
+}
+
+// gatewayPair is two gateways on a test network, in IV partitions 0 and
+// 1 of 2, each with a state directory of its own: gateway 1 (with the
+// network's SAs) in the middle until move puts gateway 2 there.
+type gatewayPair struct {
+	g1, g2 *Gateway
+	mu     sync.RWMutex
+	cur    *Gateway
+}
+
+// newGatewayPair makes the pair, gateway 2 with sad2.
+func newGatewayPair(t *testing.T, n *testNet, cfg Config, sad2 *ipsec.SAD) *gatewayPair {
+	t.Helper()
+	gw := func(k uint32, sad *ipsec.SAD) *Gateway {
+		st, err := statedir.Open(filepath.Join(t.TempDir(), "state"), statedir.Partition{K: k, N: 2}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		c := cfg
+		c.State = st
+		g, err := New(c, sad, n.output)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(g.Close)
+		return g
+	}
+	p := &gatewayPair{g1: gw(0, n.freshSAD(t)), g2: gw(1, sad2)}
+	p.cur = p.g1
+	n.SetMiddle(func(from engine.Side, pkt []byte) {
+		p.mu.RLock()
+		g := p.cur
+		p.mu.RUnlock()
+		g.Process(from, pkt)
+	})
+	return p
+}
+
+// move runs f with no packet in either gateway's hands, then puts
+// gateway 2 in the middle.
+func (p *gatewayPair) move(f func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	f()
+	p.cur = p.g2
+}
+
+// startTransfer starts a download of size from A to B and returns once
+// ready holds (failing the test if the download ends first); the channel
+// gives the download's result.
+func startTransfer(t *testing.T, n *testNet, size int, timeout time.Duration, ready func() bool) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := gvhost.Transfer(n.A, n.B, 5001, size, timeout)
+		done <- err
+	}()
+	for !ready() {
+		select {
+		case err := <-done:
+			t.Fatalf("the transfer ended too soon: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return done
+}
+
+// TestHeldBounded: held packets are bounded in number and bytes across
+// mobiles, released in the order they came and only once, and cleared by
+// Close.
+func TestHeldBounded(t *testing.T) {
+	g, err := New(Config{Engine: engine.Config{Mode: engine.ModeSplit}, Log: slog.New(slog.DiscardHandler)}, &ipsec.SAD{}, func(engine.Side, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	e, err := ipsec.NewEntry(tunnelConfig(0x1001, "192.0.2.1", "192.0.2.2", ipsec.EncAESGCM16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := g.newState(e)
+	st.handed.Store(true) // released packets are dropped: the engine is not the point here
+	a, b := netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")
+	pkt := make([]byte, 1400)
+	for i := range maxHeld + 10 {
+		m := a
+		if i%2 == 1 {
+			m = b
+		}
+		g.hold(m, heldPkt{st: st, orig: pkt, inner: pkt})
+	}
+	if g.held.n != maxHeld || g.held.bytes > maxHeldBytes {
+		t.Fatalf("%d packets, %d bytes held", g.held.n, g.held.bytes)
+	}
+	big := make([]byte, maxHeldBytes)
+	g.hold(a, heldPkt{st: st, orig: big})
+	if g.held.bytes > maxHeldBytes {
+		t.Fatalf("%d bytes held", g.held.bytes)
+	}
+	g.ReleaseHeld(a)
+	if n := len(g.held.pkts[a]); n != 0 || g.held.n != maxHeld/2 {
+		t.Fatalf("after releasing one mobile: %d of its packets, %d in all", n, g.held.n)
+	}
+	g.ReleaseHeld(a) // nothing left: nothing happens
+	g.Close()
+	if g.held.n != 0 || g.held.bytes != 0 || len(g.held.pkts) != 0 {
+		t.Fatalf("after Close: %d packets, %d bytes", g.held.n, g.held.bytes)
 	}
 }

@@ -42,7 +42,8 @@ type Stats struct {
 	Drains                     uint64 // SAs the gateway numbers that left the SAD and were kept while their packets came
 	Wiped                      uint64 // SA entries whose keys the gateway wiped
 	HandedOver                 uint64 // verified packets on SAs handed to another gateway: dropped, never relayed with the endpoint's numbers
-	HeldForHandoff             uint64 // verified packets of flows being asked of another gateway: dropped (their senders resend)
+	HeldForHandoff             uint64 // verified packets of flows being asked of another gateway: held (as many as fit, ReleaseHeld) or dropped
+	Released                   uint64 // held packets handed to the engine when the asking ended
 	Engine                     engine.Stats
 }
 

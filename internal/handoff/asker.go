@@ -14,14 +14,15 @@ import (
 // mid-stream (gateway.SetMissing): the gateway its SAs came from first
 // (their provenance, when a neighbour provisioned them), then every
 // neighbour, one at a time, until one hands the mobile over. While it
-// asks, the mobile's packets are held (the gateway drops them; TCP resends
-// them); after an answer — flows or none — the mobile is not asked about
-// again for a while, and its unknown flows are relayed as before.
+// asks, the mobile's packets are held (as many as the gateway's bound
+// allows; the rest dropped, and TCP resends them) and handed on when the
+// asking ends (gateway.ReleaseHeld); after an answer — flows or none — the
+// mobile is not asked about again for a while, and its unknown flows are
+// relayed as before.
 type Asker struct {
-	G         *gateway.Gateway
-	Neighbour func(name string) *Client // the client for a neighbour by name (provenance); nil: none
-	Peers     []*Client                 // every neighbour
-	Log       *slog.Logger
+	G     *gateway.Gateway
+	Peers Peers // the neighbours, by name (nil: none; Missing holds nothing)
+	Log   *slog.Logger
 	// Timeout bounds one ask (default 2 s): how long a mobile's packets
 	// may be held when a neighbour does not answer (gone: crashed or cut
 	// off). Quiet is how long after an ask the mobile is not asked about
@@ -42,8 +43,8 @@ const maxAsked = 4096
 // Missing is the gateway's hook: true (hold the packet) while the mobile
 // is being asked for.
 func (a *Asker) Missing(mobile netip.Addr) bool {
-	if len(a.Peers) == 0 && a.Neighbour == nil {
-		return false
+	if a.Peers == nil || len(a.Peers.All()) == 0 {
+		return false // no one to ask: relay, as before handoffs
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -118,26 +119,24 @@ func (a *Asker) ask(mobile netip.Addr) {
 	a.mu.Lock()
 	a.asked[mobile] = time.Now()
 	a.mu.Unlock()
+	// Answered first: a packet that comes now goes on, not into the hold
+	// that is being emptied.
+	a.G.ReleaseHeld(mobile)
 }
 
 // order is whom to ask: the gateways the mobile's SAs came from, then
 // the other neighbours.
 func (a *Asker) order(mobile netip.Addr) []*Client {
 	var out []*Client
-	if a.Neighbour != nil {
-		for _, from := range a.G.ProvenanceOfPeer(mobile) {
-			if c := a.Neighbour(from); c != nil {
-				out = append(out, c)
-			}
+	seen := map[*Client]bool{}
+	for _, from := range a.G.ProvenanceOfPeer(mobile) {
+		if c := a.Peers.Get(from); c != nil && !seen[c] {
+			out, seen[c] = append(out, c), true
 		}
 	}
-	for _, c := range a.Peers {
-		dup := false
-		for _, o := range out {
-			dup = dup || o == c
-		}
-		if !dup {
-			out = append(out, c)
+	for _, c := range a.Peers.All() {
+		if !seen[c] {
+			out, seen[c] = append(out, c), true
 		}
 	}
 	return out

@@ -19,7 +19,7 @@ import (
 // (a rekey gives new keys under a new SPI, or the same SPI again).
 type Offerer struct {
 	G     *gateway.Gateway
-	Peers map[string]*Client // the neighbours, by certificate name
+	Peers Peers // the neighbours, by certificate name
 	// TTL is how long a neighbour keeps what it is offered (default 10
 	// minutes; at most gateway.MaxProvisionTTL); Every how often the
 	// gateway's SAs are looked at (default 1 s).
@@ -78,8 +78,9 @@ func (o *Offerer) Once(ctx context.Context) int {
 	}
 	// Forget what the gateway no longer holds (bounds the table by the
 	// SAD times the neighbours).
+	peers := o.Peers.All()
 	held := map[offerKey]bool{}
-	for peer := range o.Peers {
+	for peer := range peers {
 		for i := range sas {
 			held[keyOf(peer, &sas[i].Config)] = true
 		}
@@ -91,7 +92,7 @@ func (o *Offerer) Once(ctx context.Context) int {
 	}
 	o.mu.Unlock()
 	total := 0
-	for peer, c := range o.Peers {
+	for peer, c := range peers {
 		var batch []ipsec.Config
 		var keys []offerKey
 		o.mu.Lock()

@@ -59,11 +59,11 @@ func TestOfferer(t *testing.T) {
 		nodes[name] = &node{g, addr, pki.Identity{Role: pki.RoleGateway, Name: name, Areas: []string{"cell-" + name}}}
 	}
 	offerer := func(name string) *Offerer {
-		o := &Offerer{G: nodes[name].g, Peers: map[string]*Client{}, TTL: time.Minute}
+		peers := StaticPeers{}
 		for _, n := range neighbours[name] {
-			o.Peers[n] = w.clientAt(nodes[n].addr, nodes[name].id)
+			peers[n] = w.clientAt(nodes[n].addr, nodes[name].id)
 		}
-		return o
+		return &Offerer{G: nodes[name].g, Peers: peers, TTL: time.Minute}
 	}
 	own := func(cfgs ...ipsec.Config) []*ipsec.Entry {
 		var es []*ipsec.Entry

@@ -33,10 +33,10 @@ import (
 // gateway 0 starts with the SAs: the others have them from their
 // neighbours.
 type cellGateways struct {
-	dir     string
-	servers []*grpc.Server
-	clients []*handoff.Client
-	cancel  context.CancelFunc
+	dir        string
+	servers    []*grpc.Server
+	neighbours []*handoff.Neighbours // each gateway's
+	cancel     context.CancelFunc
 
 	mu   sync.Mutex
 	asks []ask // every handoff a gateway asked for, in order
@@ -90,7 +90,7 @@ func startCellGateways(gws []*gateway.Gateway, transfer bool) (c *cellGateways, 
 		}
 		srv := grpc.NewServer(append(handoff.ServerOptions(), grpc.Creds(credentials.NewTLS(v.ServerTLS(certs[i], pki.RoleGateway))))...)
 		hs := handoff.NewServer(g, v, quietLog)
-		hs.ServeOffers(g, func(id pki.Identity) bool { return id.Name == name(i-1) || id.Name == name(i+1) })
+		hs.ServeOffers(g, func(id pki.Identity) bool { return id.Name == name(i-1) || id.Name == name(i+1) }) // the row
 		hs.Arriving = askers[i].Asking
 		hs.Attach(srv)
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -104,26 +104,20 @@ func startCellGateways(gws []*gateway.Gateway, transfer bool) (c *cellGateways, 
 	var ctx context.Context
 	ctx, c.cancel = context.WithCancel(context.Background())
 	for i, g := range gws {
-		peers := map[string]*handoff.Client{}
-		var list []*handoff.Client
+		nb := &handoff.Neighbours{TLS: v.ClientTLS(certs[i], pki.RoleGateway), Log: quietLog}
+		var peers []handoff.Peer
 		for _, j := range []int{i - 1, i + 1} {
-			if j < 0 || j >= len(gws) {
-				continue
+			if j >= 0 && j < len(gws) {
+				peers = append(peers, handoff.Peer{Name: name(j), Addr: addrs[j]})
 			}
-			cl, err := handoff.Dial(addrs[j], v.ClientTLS(certs[i], pki.RoleGateway))
-			if err != nil {
-				return nil, err
-			}
-			c.clients = append(c.clients, cl)
-			peers[name(j)] = cl
-			list = append(list, cl)
 		}
+		nb.Set(peers)
+		c.neighbours = append(c.neighbours, nb)
 		if transfer {
-			a := askers[i]
-			a.Peers, a.Neighbour = list, func(n string) *handoff.Client { return peers[n] }
-			g.SetMissing(a.Missing)
+			askers[i].Peers = nb
+			g.SetMissing(askers[i].Missing)
 		}
-		go (&handoff.Offerer{G: g, Peers: peers, Every: offerEvery, Log: quietLog}).Run(ctx)
+		go (&handoff.Offerer{G: g, Peers: nb, Every: offerEvery, Log: quietLog}).Run(ctx)
 	}
 	return c, nil
 }
@@ -162,8 +156,8 @@ func (c *cellGateways) close() {
 	if c.cancel != nil {
 		c.cancel()
 	}
-	for _, cl := range c.clients {
-		cl.Close()
+	for _, nb := range c.neighbours {
+		nb.Close()
 	}
 	for _, s := range c.servers {
 		s.Stop()
