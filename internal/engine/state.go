@@ -130,7 +130,7 @@ func (sp *splitFlow) state() *SplitState {
 
 // restore rebuilds a split flow from its state; the segments in flight
 // count as sent now (for RACK's order) and give no RTT or rate sample.
-func (e *shard) restore(f *flow, ss *SplitState, now time.Time) (err error) {
+func (e *shard) restore(f *flow, ss *SplitState, now time.Time, moved bool) (err error) {
 	sp := &splitFlow{ts: ss.TS, shift: ss.Shift, tsOn: ss.TSOn, sackOn: ss.SACKOn, ip: ss.IP, moved: true}
 	defer func() {
 		if err != nil { // give back what was buffered
@@ -190,6 +190,9 @@ func (e *shard) restore(f *flow, ss *SplitState, now time.Time) (err error) {
 				return fmt.Errorf("engine: import: stream %d: segments out of order", i)
 			}
 			prev = s.end
+			if moved && Side(i) == Wire && !s.sacked {
+				s.lost = true // on the old radio: resent first (ImportMoved)
+			}
 			switch {
 			case s.sacked:
 			case s.lost:
@@ -280,12 +283,21 @@ func (e *shard) export(out []FlowState, match func(wire, radio netip.AddrPort) b
 
 // Import installs flows exported elsewhere and starts their timers. A flow
 // that already exists here is replaced.
-func (e *Engine) Import(states []FlowState) error {
+func (e *Engine) Import(states []FlowState) error { return e.importAll(states, false) }
+
+// ImportMoved is Import for flows whose radio host moved here with them
+// (a handoff): split's segments in flight toward it went out on a radio
+// it has left, so they are presumed lost and resent first — the data
+// older than what is now on the air goes first — rather than after a
+// retransmission timeout.
+func (e *Engine) ImportMoved(states []FlowState) error { return e.importAll(states, true) }
+
+func (e *Engine) importAll(states []FlowState, moved bool) error {
 	for _, fs := range states {
 		if !fs.Wire.IsValid() || !fs.Radio.IsValid() {
 			return fmt.Errorf("engine: import: flow without endpoints")
 		}
-		if err := e.shardOf(flowKey{fs.Wire, fs.Radio}).importFlow(&fs); err != nil {
+		if err := e.shardOf(flowKey{fs.Wire, fs.Radio}).importFlow(&fs, moved); err != nil {
 			return err
 		}
 	}
@@ -293,7 +305,7 @@ func (e *Engine) Import(states []FlowState) error {
 }
 
 // importFlow installs one exported flow and starts its timers.
-func (e *shard) importFlow(fs *FlowState) error {
+func (e *shard) importFlow(fs *FlowState, moved bool) error {
 	e.lock()
 	defer e.unlock()
 	now := e.cfg.Clock.Now()
@@ -313,7 +325,7 @@ func (e *shard) importFlow(fs *FlowState) error {
 		if !f.split {
 			return fmt.Errorf("engine: import: split state on a %v flow", fs.Mode)
 		}
-		if err := e.restore(f, fs.Split, now); err != nil {
+		if err := e.restore(f, fs.Split, now, moved); err != nil {
 			return err
 		}
 	}

@@ -170,7 +170,7 @@ func (g *Gateway) Resume(h Handoff) error {
 		// cannot be sealed on, and TCP sees their packets dropped.
 		g.log.Warn("gateway: resume: SAs not held here with the same keys", "missing", missing, "of", len(h.SAs))
 	}
-	if err := g.eng.Import(h.Flows); err != nil {
+	if err := g.eng.ImportMoved(h.Flows); err != nil {
 		return fmt.Errorf("gateway: resume: %w", err)
 	}
 	return nil

@@ -191,6 +191,41 @@ func TestTakeArriving(t *testing.T) {
 	}
 }
 
+// TestImportMoved: flows imported after their radio host moved resend
+// what was in flight toward it at once (it went out on the radio the host
+// left), the oldest first; imported as they are, they wait for a timer.
+func TestImportMoved(t *testing.T) {
+	old := splitEngine(t)
+	openFlows(old, mobile, 1, 16)
+	flows := old.Export(true)
+	for _, moved := range []bool{false, true} {
+		var seqs []uint32
+		neu := splitEngineOut(t, func(to engine.Side, pkt []byte, _ engine.Emitted) {
+			if to == engine.Radio {
+				if tcp := header.TCP(pkt[20:]); len(tcp.Payload()) > 0 {
+					seqs = append(seqs, tcp.Seq())
+				}
+			}
+		})
+		var err error
+		if moved {
+			err = neu.ImportMoved(flows)
+		} else {
+			err = neu.Import(flows)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case !moved && len(seqs) != 0:
+			t.Fatalf("imported as they are, the flows sent %d segments at once", len(seqs))
+		case moved && (len(seqs) == 0 || seqs[0] != 1001):
+			t.Fatalf("imported moved, the flows sent %v at once: want the oldest in flight (1001) first", seqs)
+		}
+		t.Logf("moved %v: %d segments sent at once", moved, len(seqs))
+	}
+}
+
 // TestTakeRefused: an agent's certificate, another encoding version, a
 // request without an address.
 func TestTakeRefused(t *testing.T) {
@@ -260,7 +295,7 @@ func BenchmarkTake(b *testing.B) {
 							firstSum.d += time.Since(start)
 							firstSum.n++
 						}
-						return neu.Import(p.Flows)
+						return neu.ImportMoved(p.Flows)
 					})
 					firstSum.runs++
 					if sent.Load() == 0 {
