@@ -57,6 +57,7 @@ const (
 	cHandedOver
 	cHeldForHandoff
 	cReleased
+	cBehind
 	numCounters
 )
 
@@ -110,6 +111,7 @@ var counterTable = [numCounters]ctable.Def{
 	cHandedOver:        outcome("HandedOver", "handed-over", "handed_over"),
 	cHeldForHandoff:    outcome("HeldForHandoff", "held-for-handoff", "held_for_handoff"),
 	cReleased:          outcome("Released", "released", "released_after_handoff"),
+	cBehind:            outcome("Behind", "behind", "behind_dropped"),
 }
 
 // CounterTable returns the gateway's counter table (Stats fields, CLI

@@ -124,12 +124,17 @@ type Config struct {
 	// none.
 	SeqJump int64
 	// TakeoverJump is how far further above the endpoint the gateway
-	// starts numbering an SA a neighbour provisioned, when no handoff
-	// brought the neighbour's last number (the neighbour is gone: crashed
-	// or cut off): the neighbour may have numbered the SA ahead of the
-	// endpoint by its lead, which only it knew. Default 65536 (a lead of
-	// resends and an unused block of reserved numbers fits many times);
-	// negative: none.
+	// starts numbering an SA another gateway may have numbered — one a
+	// neighbour provisioned, or any SA once the gateway has handoff
+	// neighbours (SetMissing) — when no handoff brought that gateway's
+	// last number (it is gone: crashed or cut off): it may have numbered
+	// the SA ahead of the endpoint by its lead, which only it knew.
+	// Default 65536 (many times a lead of resends); negative: none. The
+	// price: should this gateway in turn stop with no successor, the
+	// endpoint's next TakeoverJump packets are refused (the lead, see the
+	// package doc) until a rekey; and a gateway that follows it, handed its
+	// numbers, drops rather than relays the endpoint's packets it may not
+	// seal yet (they would be refused as replays: counted behind).
 	TakeoverJump int64
 	// DrainIdle is how long an SA the gateway numbers is kept after it
 	// left the SAD, counted from its last use — a packet that came on it

@@ -180,7 +180,7 @@ func (g *Gateway) Resume(h Handoff) error {
 func (st *saState) resume(g *Gateway, s *SAHandoff) {
 	st.mu.Lock()
 	st.handed.Store(false) // the mobile came back
-	st.jump = 0            // the gateway before says how far it numbered
+	st.resumed = true      // the gateway before says how far it numbered
 	st.maxIn = max(st.maxIn, s.MaxIn)
 	st.relayed = max(st.relayed, s.Relayed)
 	if s.Owned {
@@ -304,6 +304,32 @@ func (g *Gateway) hold(mobile netip.Addr, p heldPkt) {
 	h.pkts[mobile] = append(h.pkts[mobile], p)
 	h.n++
 	h.bytes += size
+}
+
+// Unanswered tells the gateway that no neighbour handed mobile over when
+// asked (the gateway it came from is gone): the mobile's SAs may have been
+// numbered ahead of the endpoints by a gateway that no longer says how far
+// — by its own takeover jump and its resends — so the gateway numbers
+// them twice TakeoverJump above the endpoints (takeoverJump), at once for
+// those it numbers already (a new flow came before the ask ended).
+// Numbers only go up (rule 2).
+func (g *Gateway) Unanswered(mobile netip.Addr) {
+	g.smu.Lock()
+	sts := make([]*saState, 0, len(g.states))
+	for _, st := range g.states {
+		sts = append(sts, st)
+	}
+	g.smu.Unlock()
+	for _, st := range sts {
+		st.mu.Lock()
+		if (st.peer[0] == mobile || st.peer[1] == mobile) && !st.resumed && !st.unanswered {
+			st.unanswered = true
+			if st.owned {
+				st.last = max(st.last, st.maxIn+g.takeoverJump(st))
+			}
+		}
+		st.mu.Unlock()
+	}
 }
 
 // ReleaseHeld hands the engine, in the order they came, the packets held

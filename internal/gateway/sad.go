@@ -41,11 +41,12 @@ type saState struct {
 	relayed   uint64
 	last      uint64 // last number the gateway sealed with
 	exhausted bool   // the SA's sequence numbers ran out at the gateway
-	// jump is added to SeqJump when the gateway takes the SA over: an SA
-	// a neighbour provisioned may have been numbered by that neighbour
-	// (Config.TakeoverJump), until a handoff brings its last number
-	// (Resume clears it).
-	jump uint64
+	// provisioned: a neighbour gave the SA (provision.go); unanswered:
+	// the mobile's flows on it came mid-stream and no neighbour handed
+	// them over (Unanswered); resumed: a handoff brought the last number
+	// the gateway before used on it. Without resumed, another gateway may
+	// have numbered the SA ahead of the endpoint (takeoverJump).
+	provisioned, unanswered, resumed bool
 	// frame is the outer form the gateway seals in when the SA's
 	// configuration does not state it (esp_sa lines carry no mode and no
 	// UDP ports) or a NAT moved the ports: learned from verified packets.
@@ -102,6 +103,19 @@ func (st *saState) release() {
 // noteRelayed records that an original of st's SA (and of each SA around
 // it) went out with the endpoint's own number: the gateway numbers above
 // it from now on.
+// behind reports whether the endpoint's numbers on st are a replay window
+// or more behind the last number the gateways numbering it have used: a
+// packet relayed as it came would be refused as a replay.
+func (st *saState) behind() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	w := uint64(max(st.e.Config.ReplayWindow, 0))
+	if w == 0 {
+		w = 32 // the smallest common default
+	}
+	return st.owned && st.maxIn+w <= st.last
+}
+
 func (st *saState) noteRelayed() {
 	for i := 0; st != nil && i < maxBundle; i++ {
 		st.mu.Lock()
@@ -117,9 +131,7 @@ func (st *saState) noteRelayed() {
 func (g *Gateway) newState(e *ipsec.Entry) *saState {
 	st := &saState{e: e, key: statedir.SeqKey{ID: e.Config.ID(), KeyID: e.KeyID}, nonce: newNoncePlan(e.Config, g.ivs)}
 	st.peer = [2]netip.Addr{e.Config.Src, e.Config.Dst}
-	if _, ok := g.provEntries.Load(e); ok {
-		st.jump = uint64(g.cfg.TakeoverJump)
-	}
+	_, st.provisioned = g.provEntries.Load(e)
 	if g.cfg.State != nil {
 		if salt, ok := g.cfg.State.Salt(st.key); ok {
 			st.nonce.recall(salt)
@@ -187,7 +199,7 @@ func (g *Gateway) inherit(nst, old *saState) {
 	old.mu.Lock()
 	defer old.mu.Unlock()
 	nst.owned, nst.last, nst.maxIn, nst.lease, nst.exhausted = old.owned, old.last, old.maxIn, old.lease, old.exhausted
-	nst.relayed, nst.jump = old.relayed, old.jump
+	nst.relayed, nst.provisioned, nst.unanswered, nst.resumed = old.relayed, old.provisioned, old.unanswered, old.resumed
 	nst.peer = old.peer
 	if old.learned {
 		nst.learned = true

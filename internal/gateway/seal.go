@@ -57,6 +57,10 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte, m engine.Emitted) {
 		// bundle), the packet goes out as it came; from then on the
 		// gateway numbers every packet on them.
 		if !g.maySeal(c.st) {
+			if c.st.behind() {
+				ctr.add(cBehind) // the receiver would refuse it: its number is behind
+				return
+			}
 			ctr.add(cOriginals)
 			c.st.noteRelayed()
 			g.out(to, c.orig)
@@ -259,7 +263,7 @@ func (g *Gateway) sealOn(ctr *stripe, st *saState, buf []byte, off, n int) ([]by
 			g.reserve(st)
 			st.last = max(st.last, st.lease.Floor())
 		}
-		st.last += uint64(g.cfg.SeqJump) + st.jump
+		st.last += uint64(g.cfg.SeqJump) + g.takeoverJump(st)
 	}
 	// Above the gateway's own last number, and above any endpoint number
 	// relayed since the takeover. Not above the endpoint's highest: in
@@ -296,6 +300,24 @@ func (g *Gateway) sealOn(ctr *stripe, st *saState, buf []byte, off, n int) ([]by
 		st.lastUse.Store(time.Now().UnixNano())
 	}
 	return out, st.outer, nil
+}
+
+// takeoverJump is how much further above the endpoint the gateway starts
+// numbering st when it takes it over (st.mu held), unless a handoff said
+// how far the gateway before went (Resume): TakeoverJump if another
+// gateway may have numbered it — a neighbour gave it, or the gateway has
+// handoff neighbours (SetMissing), one of which may have carried the
+// mobile on it (and may be gone, its lead with it) — and twice that once
+// the mobile's flows came mid-stream and no neighbour handed them over
+// (Unanswered): the gateway before jumped once itself.
+func (g *Gateway) takeoverJump(st *saState) uint64 {
+	switch {
+	case st.resumed || !st.provisioned && g.missing.Load() == nil:
+		return 0
+	case st.unanswered:
+		return 2 * uint64(g.cfg.TakeoverJump)
+	}
+	return uint64(g.cfg.TakeoverJump)
 }
 
 // reserve takes st's lease on its sequence space and asks for the first

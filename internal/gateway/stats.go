@@ -44,6 +44,7 @@ type Stats struct {
 	HandedOver                 uint64 // verified packets on SAs handed to another gateway: dropped, never relayed with the endpoint's numbers
 	HeldForHandoff             uint64 // verified packets of flows being asked of another gateway: held (as many as fit, ReleaseHeld) or dropped
 	Released                   uint64 // held packets handed to the engine when the asking ended
+	Behind                     uint64 // packets not relayed as they came while the gateway could not yet seal: their numbers a replay window behind what the gateway before it had used
 	Engine                     engine.Stats
 }
 

@@ -116,6 +116,9 @@ func (a *Asker) ask(mobile netip.Addr) {
 	if a.Done != nil {
 		a.Done(mobile, flows, took)
 	}
+	if flows == 0 {
+		a.G.Unanswered(mobile) // whoever carried it is gone, its numbers with it
+	}
 	a.mu.Lock()
 	a.asked[mobile] = time.Now()
 	a.mu.Unlock()

@@ -271,17 +271,23 @@ func installedAfter(t *testing.T, logs string, t0 time.Time) time.Duration {
 // returns how long it took.
 func ncSend(t *testing.T, b *Bed, from, to, dst, dir string, size int, timeout time.Duration) (time.Duration, error) {
 	t.Helper()
+	return ncSendPort(t, b, from, to, dst, dir, 5001, size, timeout)
+}
+
+// ncSendPort is ncSend on TCP port port, its files named after the port.
+func ncSendPort(t *testing.T, b *Bed, from, to, dst, dir string, port, size int, timeout time.Duration) (time.Duration, error) {
+	t.Helper()
 	payload := make([]byte, size)
 	rand.Read(payload)
-	in, out := filepath.Join(dir, "in.bin"), filepath.Join(dir, "out.bin")
+	in, out := filepath.Join(dir, fmt.Sprintf("in-%d.bin", port)), filepath.Join(dir, fmt.Sprintf("out-%d.bin", port))
 	os.Remove(out)
 	must(t, os.WriteFile(in, payload, 0o600))
 	secs := int(timeout / time.Second)
-	rx, err := b.Start(to, "sh", "-c", fmt.Sprintf("exec timeout %d nc -l -s %s -p 5001 > %s", secs+5, dst, out))
+	rx, err := b.Start(to, "sh", "-c", fmt.Sprintf("exec timeout %d nc -l -s %s -p %d > %s", secs+5, dst, port, out))
 	must(t, err)
-	must(t, b.WaitListen(to, "tcp", 5001, 5*time.Second))
+	must(t, b.WaitListen(to, "tcp", port, 5*time.Second))
 	start := time.Now()
-	o, err := b.Run(from, "sh", "-c", fmt.Sprintf("timeout %d nc -N -w %d %s 5001 < %s", secs, secs, dst, in))
+	o, err := b.Run(from, "sh", "-c", fmt.Sprintf("timeout %d nc -N -w %d %s %d < %s", secs, secs, dst, port, in))
 	if err != nil {
 		rx.Signal(syscall.SIGTERM) // no connection: try again now, not at the listener's timeout (timeout passes it on to nc)
 	}
