@@ -53,7 +53,9 @@ reaches it, those a neighbour offered it), so that the next gateway has
 them before the mobile arrives. --pms HOST:PORT with --station
 AREA@LAT,LON: the neighbours are also those the proxy management service
 (espep secserver --pms) names from the base stations' locations, as they
-change. Gateways that share SAs and no state directory need distinct IV
+change; with --discover GROUP:PORT, also those that answer a TTL-limited
+multicast probe (--discover-ttl, default 2), nearest first. Gateways that
+share SAs and no state directory need distinct IV
 partitions (iv-partition in --config, or the one the security server
 gives).
 
@@ -182,6 +184,9 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	pmsAddr := fs.String("pms", "", "the proxy management service at host:port (espep secserver --pms): neighbours from base-station locations, beside --handoff-peer")
 	var stations stringList
 	fs.Var(&stations, "station", "with --pms: a base station of this gateway, AREA@LATITUDE,LONGITUDE (an area its certificate serves); repeatable")
+	discover := fs.String("discover", "", "find neighbours by TTL-limited multicast on this group ADDR:PORT (answering others' probes, probing every 30 s), beside --handoff-peer and --pms")
+	discoverTTL := fs.Int("discover-ttl", 2, "with --discover: the probes' TTL (each multicast router takes one)")
+	discoverIface := fs.String("discover-iface", "", "with --discover: the interface to join and probe on (default: as routed)")
 	fs.Usage = func() { fmt.Fprint(stderr, gatewayUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return nil, 0, usageError{err.Error()}
@@ -203,6 +208,8 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 		"secserver-crl": func() { fc.SecServer.CRL = *ssCRL }, "secserver-read": func() { fc.SecServer.Read = *ssRead },
 		"handoff-listen": func() { fc.HandoffListen = *handoffListen }, "handoff-peer": func() { fc.HandoffPeers = handoffPeers },
 		"pms": func() { fc.PMS = *pmsAddr }, "station": func() { fc.Stations = stations },
+		"discover": func() { fc.Discover = *discover }, "discover-ttl": func() { fc.DiscoverTTL = *discoverTTL },
+		"discover-iface": func() { fc.DiscoverIface = *discoverIface },
 	}
 	fs.Visit(func(f *flag.Flag) {
 		if s := set[f.Name]; s != nil {

@@ -2,18 +2,22 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/handoff"
+	"github.com/espep/espep/internal/mcast"
 	"github.com/espep/espep/internal/pki"
 	"github.com/espep/espep/internal/pms"
 )
@@ -28,15 +32,22 @@ type handoffSetup struct {
 	peers    []string
 	pms      string
 	stations []string
-	tls      gateway.SecServerConfig // Cert, Key, CA, CRL
+	// discover is the multicast group of neighbour discovery (scheme B),
+	// with its TTL and interface.
+	discover, discoverIface string
+	discoverTTL             int
+	tls                     gateway.SecServerConfig // Cert, Key, CA, CRL
 }
 
 // handoffOf is a gateway configuration's handoff part.
 func handoffOf(fc *gateway.FileConfig) *handoffSetup {
-	return &handoffSetup{listen: fc.HandoffListen, peers: fc.HandoffPeers, pms: fc.PMS, stations: fc.Stations, tls: fc.SecServer}
+	return &handoffSetup{listen: fc.HandoffListen, peers: fc.HandoffPeers, pms: fc.PMS, stations: fc.Stations,
+		discover: fc.Discover, discoverTTL: fc.DiscoverTTL, discoverIface: fc.DiscoverIface, tls: fc.SecServer}
 }
 
-func (h *handoffSetup) enabled() bool { return h.listen != "" || len(h.peers) > 0 || h.pms != "" }
+func (h *handoffSetup) enabled() bool {
+	return h.listen != "" || len(h.peers) > 0 || h.pms != "" || h.discover != ""
+}
 
 // check refuses a setup that cannot work.
 func (h *handoffSetup) check() error {
@@ -51,6 +62,11 @@ func (h *handoffSetup) check() error {
 			return fmt.Errorf("--handoff-peer %q: want NAME@HOST:PORT (NAME: the neighbour's certificate name)", p)
 		}
 	}
+	if h.discover != "" {
+		if _, err := netip.ParseAddrPort(h.discover); err != nil || h.listen == "" {
+			return fmt.Errorf("--discover %q: want a multicast ADDR:PORT, and --handoff-listen (the address answers give)", h.discover)
+		}
+	}
 	if h.pms != "" {
 		if h.listen == "" || len(h.stations) == 0 {
 			return fmt.Errorf("--pms needs --handoff-listen (the address neighbours are told; a host they reach, not a wildcard) and at least one --station")
@@ -60,6 +76,27 @@ func (h *handoffSetup) check() error {
 		}
 	}
 	return nil
+}
+
+// peerSources are the parts of a gateway's neighbour set — fixed
+// (--handoff-peer), the proxy management service's, multicast
+// discovery's — and the set they make together.
+type peerSources struct {
+	mu                sync.Mutex
+	fixed, pms, mcast []handoff.Peer
+	nb                *handoff.Neighbours
+}
+
+// update changes a part (with mu held) and sets the neighbours anew: the
+// fixed first, then the service's, then discovery's (a name given twice
+// keeps its first address).
+func (s *peerSources) update(change func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if change != nil {
+		change()
+	}
+	s.nb.Set(slices.Concat(s.fixed, s.pms, s.mcast))
 }
 
 // parseStations reads AREA@LAT,LON values.
@@ -93,13 +130,13 @@ func (h *handoffSetup) start(ctx context.Context, gw *gateway.Gateway, log *slog
 	if err != nil {
 		return fmt.Errorf("handoff: %w", err)
 	}
-	var fixed []handoff.Peer
+	src := &peerSources{nb: &handoff.Neighbours{TLS: v.ClientTLS(cert, pki.RoleGateway), Log: log}}
 	for _, p := range h.peers {
 		name, addr, _ := strings.Cut(p, "@")
-		fixed = append(fixed, handoff.Peer{Name: name, Addr: addr})
+		src.fixed = append(src.fixed, handoff.Peer{Name: name, Addr: addr})
 	}
-	nb := &handoff.Neighbours{TLS: v.ClientTLS(cert, pki.RoleGateway), Log: log}
-	nb.Set(fixed)
+	nb := src.nb
+	src.update(nil)
 	context.AfterFunc(ctx, nb.Close)
 	a := &handoff.Asker{G: gw, Peers: nb, Log: log}
 	if h.listen != "" {
@@ -114,7 +151,7 @@ func (h *handoffSetup) start(ctx context.Context, gw *gateway.Gateway, log *slog
 		srv.Attach(g)
 		go g.Serve(ln)
 		context.AfterFunc(ctx, g.Stop)
-		log.Info("gateway: serving handoffs", "listen", ln.Addr().String(), "neighbours", len(fixed))
+		log.Info("gateway: serving handoffs", "listen", ln.Addr().String(), "neighbours", len(src.fixed))
 	}
 	if h.pms != "" {
 		stations, _ := parseStations(h.stations) // checked
@@ -124,13 +161,26 @@ func (h *handoffSetup) start(ctx context.Context, gw *gateway.Gateway, log *slog
 		}
 		context.AfterFunc(ctx, func() { c.Close() })
 		go c.Follow(ctx, stations, h.listen, log, func(ns []pms.Neighbour) {
-			peers := slices.Clone(fixed)
+			var peers []handoff.Peer
 			for _, n := range ns {
 				peers = append(peers, handoff.Peer{Name: n.Gateway, Addr: n.Addr})
 			}
-			nb.Set(peers)
+			src.update(func() { src.pms = peers })
 			log.Info("gateway: neighbours from the proxy management service", "neighbours", len(ns), "in-use", len(nb.All()))
 		})
+	}
+	if h.discover != "" {
+		if cert.Leaf == nil {
+			return errors.New("handoff: discovery: the gateway's certificate was not parsed")
+		}
+		id, err := pki.IdentityOf(cert.Leaf)
+		if err != nil {
+			return fmt.Errorf("handoff: discovery: %w", err)
+		}
+		group, _ := netip.ParseAddrPort(h.discover) // checked
+		d := &handoff.Discovery{Config: mcast.Config{Group: group, Iface: h.discoverIface, Name: id.Name, Addr: h.listen, Log: log},
+			TTL: h.discoverTTL, Log: log, Set: func(p []handoff.Peer) { src.update(func() { src.mcast = p }) }}
+		go d.Run(ctx)
 	}
 	gw.SetMissing(a.Missing)
 	go (&handoff.Offerer{G: gw, Peers: nb, Log: log}).Run(ctx)

@@ -19,6 +19,12 @@ func TestHandoffFlags(t *testing.T) {
 		{append(base, "--handoff-listen", "127.0.0.1:7700"), "need the gateway's certificate"},
 		{append(append(base, certs...), "--handoff-peer", "10.0.0.2:7700"), "want NAME@HOST:PORT"},
 		{append(append(base, certs...), "--handoff-peer", "@10.0.0.2:7700"), "want NAME@HOST:PORT"},
+		{append(append(base, certs...), "--pms", "10.0.0.9:7443", "--station", "cell-1@48.85,2.35"), "--pms needs --handoff-listen"},
+		{append(append(base, certs...), "--pms", "10.0.0.9:7443", "--handoff-listen", "10.0.0.1:7700"), "--pms needs"},
+		{append(append(base, certs...), "--pms", "10.0.0.9:7443", "--handoff-listen", "10.0.0.1:7700", "--station", "cell-1@91,2"), "want AREA@LATITUDE,LONGITUDE"},
+		{append(append(base, certs...), "--pms", "10.0.0.9:7443", "--handoff-listen", "10.0.0.1:7700", "--station", "cell-1"), "want AREA@LATITUDE,LONGITUDE"},
+		{append(append(base, certs...), "--discover", "239.77.0.1:7777"), "--discover"},
+		{append(append(base, certs...), "--discover", "nonsense", "--handoff-listen", "10.0.0.1:7700"), "--discover"},
 	} {
 		_, _, err := gatewayConfig(tc.args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -36,5 +42,15 @@ func TestHandoffFlags(t *testing.T) {
 	}
 	if h := handoffOf(fc); !h.enabled() || h.listen != ":7700" || len(h.peers) != 2 || h.tls.Cert != "gw.crt" {
 		t.Fatalf("%+v", h)
+	}
+	fc, _, err = gatewayConfig(append(append(base, certs...), "--handoff-listen", "10.0.0.1:7700", "--pms", "10.0.0.9:7443",
+		"--station", "cell-1@48.85,2.35", "--station", "cell-2@-33.9,151.2", "--discover", "239.77.0.1:7777", "--discover-ttl", "3"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := handoffOf(fc)
+	st, err := parseStations(h.stations)
+	if err != nil || len(st) != 2 || st[1].Lat != -33.9 || st[1].Lon != 151.2 || h.pms != "10.0.0.9:7443" || h.discover != "239.77.0.1:7777" || h.discoverTTL != 3 {
+		t.Fatalf("%+v %+v %v", h, st, err)
 	}
 }

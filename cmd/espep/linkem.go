@@ -278,6 +278,9 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 	pmsAddr := fs.String("pms", "", "IPsec gateway: the proxy management service at host:port: neighbours from base-station locations, beside --handoff-peer")
 	var stations stringList
 	fs.Var(&stations, "station", "with --pms: a base station of this gateway, AREA@LATITUDE,LONGITUDE; repeatable")
+	discover := fs.String("discover", "", "IPsec gateway: find neighbours by TTL-limited multicast on this group ADDR:PORT")
+	discoverTTL := fs.Int("discover-ttl", 2, "with --discover: the probes' TTL")
+	discoverIface := fs.String("discover-iface", "", "with --discover: the interface to join and probe on")
 	fs.Usage = func() { fmt.Fprint(stderr, linkemUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err.Error()}
@@ -290,7 +293,8 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 		return nil, usageError{"linkem: --secserver needs --secserver-cert, --secserver-key and --secserver-ca"}
 	}
 	c := &linkemSetup{a: *a, b: *b, saPaths: saPaths, stateDir: *stateDir, secserver: ss, dur: *dur, pcapAB: *pcapAB, pcapBA: *pcapBA,
-		handoff: handoffSetup{listen: *handoffListen, peers: handoffPeers, pms: *pmsAddr, stations: stations, tls: ss}}
+		handoff: handoffSetup{listen: *handoffListen, peers: handoffPeers, pms: *pmsAddr, stations: stations,
+			discover: *discover, discoverTTL: *discoverTTL, discoverIface: *discoverIface, tls: ss}}
 	if *part != "" {
 		var err error
 		if c.partition, err = statedir.ParsePartition(*part); err != nil {

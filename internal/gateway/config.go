@@ -49,6 +49,9 @@ import (
 //	handoff-peer    = gw-2@10.99.0.2:7700  # a neighbour, asked for mobiles met mid-stream; may be given more than once
 //	pms             = 10.0.0.9:7443 # the proxy management service: neighbours from base-station locations (beside handoff-peer)
 //	station         = cell-1@48.8566,2.3522  # a base station of this gateway: its area, latitude, longitude; may be given more than once
+//	discover        = 239.77.0.1:7777  # TTL-limited multicast discovery of neighbours (answering, and probing every 30 s)
+//	discover-ttl    = 2             # the probes' TTL: each multicast router takes one
+//	discover-iface  = eth1          # the interface to join and probe on (default: as routed)
 //	max-local-rexmits = 6
 //	dupacks         = auto          # snoop: auto | forward | swallow
 //	shards          = 8             # parts of the flow table (default 4 per core)
@@ -82,6 +85,12 @@ type FileConfig struct {
 	// told its neighbours; empty: none.
 	PMS      string
 	Stations []string
+	// Discover is the multicast group (ADDR:PORT) of neighbour discovery
+	// by TTL-limited probes, DiscoverTTL their TTL (0: 2), DiscoverIface
+	// the interface; empty: none.
+	Discover      string
+	DiscoverTTL   int
+	DiscoverIface string
 	// Gateway holds the engine and gateway settings (zero: defaults).
 	Gateway Config
 }
@@ -199,6 +208,15 @@ func (c *FileConfig) set(e *engine.Config, key, val string) error {
 		c.PMS = val
 	case "station":
 		c.Stations = append(c.Stations, val)
+	case "discover":
+		c.Discover = val
+	case "discover-ttl":
+		c.DiscoverTTL, err = strconv.Atoi(val)
+		if err == nil && (c.DiscoverTTL < 1 || c.DiscoverTTL > 255) {
+			err = fmt.Errorf("want 1 to 255")
+		}
+	case "discover-iface":
+		c.DiscoverIface = val
 	case "secserver-read":
 		c.SecServer.Read, err = keyval.Bool(val)
 	case "plain":

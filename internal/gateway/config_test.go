@@ -111,15 +111,21 @@ func FuzzFileConfig(f *testing.F) {
 func TestFileConfigHandoff(t *testing.T) {
 	c, err := ParseFileConfig(strings.NewReader("espep-gateway 1\nwire = a\nradio = b\nhandoff-listen = 10.99.0.1:7700\n"+
 		"handoff-peer = gw-2@10.99.0.2:7700\nhandoff-peer = gw-3@10.99.0.3:7700\npms = 10.0.0.9:7443\n"+
-		"station = cell-1@48.85,2.35\nstation = cell-2@48.86,2.36\n"), "x")
+		"station = cell-1@48.85,2.35\nstation = cell-2@48.86,2.36\ndiscover = 239.77.0.1:7777\ndiscover-ttl = 3\ndiscover-iface = eth1\n"), "x")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.HandoffListen != "10.99.0.1:7700" || len(c.HandoffPeers) != 2 || c.HandoffPeers[1] != "gw-3@10.99.0.3:7700" ||
-		c.PMS != "10.0.0.9:7443" || len(c.Stations) != 2 || c.Stations[1] != "cell-2@48.86,2.36" {
+		c.PMS != "10.0.0.9:7443" || len(c.Stations) != 2 || c.Stations[1] != "cell-2@48.86,2.36" ||
+		c.Discover != "239.77.0.1:7777" || c.DiscoverTTL != 3 || c.DiscoverIface != "eth1" {
 		t.Fatalf("%+v", c)
 	}
 	if _, err := ParseFileConfig(strings.NewReader("espep-gateway 1\nhandoff-listen = a:1\nhandoff-listen = b:2\n"), "x"); err == nil {
 		t.Fatal("handoff-listen twice taken")
+	}
+	for _, bad := range []string{"discover-ttl = 0", "discover-ttl = 256", "discover-ttl = x"} {
+		if _, err := ParseFileConfig(strings.NewReader("espep-gateway 1\n"+bad+"\n"), "x"); err == nil {
+			t.Fatalf("%q taken", bad)
+		}
 	}
 }

@@ -2,9 +2,12 @@ package handoff
 
 import (
 	"crypto/tls"
+	"fmt"
 	"log/slog"
 	"maps"
 	"sync"
+
+	"github.com/espep/espep/internal/pki"
 )
 
 // Neighbours is a gateway's current set of handoff neighbours — the
@@ -13,7 +16,8 @@ import (
 // takes. The set may change while the gateway runs (the proxy management
 // service pushes a new one whenever it changes; --handoff-peer names a
 // fixed part): Set dials the new neighbours and closes the connections of
-// those that left.
+// those that left. Each connection admits only the certificate of the name
+// it was given for.
 type Neighbours struct {
 	TLS *tls.Config // the gateway's client TLS (pki.Verifier.ClientTLS, admitting gateways)
 	Log *slog.Logger
@@ -56,7 +60,7 @@ func (n *Neighbours) Set(peers []Peer) {
 		if _, ok := n.clients[name]; ok {
 			continue
 		}
-		c, err := Dial(addr, n.TLS)
+		c, err := Dial(addr, pinned(n.TLS, name))
 		if err != nil {
 			if n.Log != nil {
 				n.Log.Warn("handoff: neighbour left out", "neighbour", name, "addr", addr, "err", err)
@@ -65,6 +69,30 @@ func (n *Neighbours) Set(peers []Peer) {
 		}
 		n.clients[name], n.addrs[name] = c, addr
 	}
+}
+
+// pinned is cfg admitting only a peer whose certificate names it name: an
+// address from a push or a multicast answer (which anyone can send) must
+// not lead the gateway to hand SAs or flows to another gateway of the CA.
+func pinned(cfg *tls.Config, name string) *tls.Config {
+	c := cfg.Clone()
+	verify := c.VerifyConnection
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if verify != nil {
+			if err := verify(cs); err != nil {
+				return err
+			}
+		}
+		id, err := pki.PeerIdentity(cs)
+		if err != nil {
+			return err
+		}
+		if id.Name != name {
+			return fmt.Errorf("handoff: neighbour %q presented the certificate of %q", name, id.Name)
+		}
+		return nil
+	}
+	return c
 }
 
 // Get is the connection to the neighbour called name, nil if it is not

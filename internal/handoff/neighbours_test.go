@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -127,5 +128,35 @@ func TestNeighboursFromPMS(t *testing.T) {
 	stale := w.clientAt(nodes["gw-2"].addr, pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-gw-1"}})
 	if err := stale.Offer(ctx, []ipsec.Config{sa}, time.Minute); err == nil {
 		t.Fatal("gw-2 took an offer from a gateway that is no longer its neighbour")
+	}
+}
+
+// TestNeighbourPinned: a neighbour set naming gw-2 at the address where
+// another gateway of the CA (gw-9) serves: the connection is refused, so
+// nothing — no offer, no flow — reaches the wrong gateway.
+func TestNeighbourPinned(t *testing.T) {
+	w := newWorld(t, EngineSource{splitEngine(t)})
+	g, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit}, Log: slog.New(slog.DiscardHandler)}, &ipsec.SAD{},
+		func(engine.Side, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Close)
+	addr, srv := w.serve(g, "gw-9")
+	srv.ServeOffers(g, nil)
+	me := pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-gw-1"}}
+	nb := &Neighbours{TLS: w.v.ClientTLS(w.cert(me), pki.RoleGateway)}
+	t.Cleanup(nb.Close)
+	nb.Set([]Peer{{Name: "gw-2", Addr: addr}})
+	c := nb.Get("gw-2")
+	if c == nil {
+		t.Fatal("no connection to try") // grpc dials lazily: the refusal comes with the first call
+	}
+	if err := c.Offer(context.Background(), nil, time.Minute); err == nil || !strings.Contains(err.Error(), "gw-9") {
+		t.Fatalf("an offer to gw-2 reached gw-9: %v", err)
+	}
+	nb.Set([]Peer{{Name: "gw-9", Addr: addr}})
+	if err := nb.Get("gw-9").Offer(context.Background(), nil, time.Minute); err != nil {
+		t.Fatalf("the right name: %v", err)
 	}
 }
