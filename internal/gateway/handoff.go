@@ -37,9 +37,10 @@ import (
 //     them; the new engine resends what the radio host lacks, oldest
 //     first.
 //
-// Not handed over: flows inside an IP-in-IP tunnel (their outer header
-// is learned again from their next packet), read-class SAs (nothing is
-// numbered on them). After HandOver the old gateway stops sealing on the
+// Flows inside an IP-in-IP tunnel go with their outer header (the new
+// gateway learns it again from their next packet, should the move have
+// changed it). Not handed over: read-class SAs (nothing is numbered on
+// them). After HandOver the old gateway stops sealing on the
 // SAs, and drops (counts, HandedOver) the packets that still reach it on
 // them: relayed, their endpoint numbers would fall behind what the
 // receiver has seen. Forwarding them to the new gateway instead is not
@@ -60,11 +61,16 @@ type SAHandoff struct {
 }
 
 // RouteHandoff binds one direction of a flow to the SA its packets came
-// on.
+// on, and to the IP-in-IP tunnel they came in, if any.
 type RouteHandoff struct {
 	Src, Dst netip.AddrPort
 	From     engine.Side
 	SA       ipsec.ID
+	// Tun is the outer IPv4 or IPv6 header of the flow's IP-in-IP tunnel
+	// (RFC 2003/2473), nil when none: what the new gateway wraps the
+	// flow's packets in until its own next packet shows the tunnel again
+	// (a care-of address that changed with the move, say).
+	Tun []byte
 }
 
 // Handoff is what a gateway hands over for one mobile.
@@ -101,10 +107,14 @@ func (g *Gateway) HandOver(mobile netip.Addr) Handoff {
 		t.mu.Lock()
 		var gone []route
 		t.flows.each(func(r route, v *via) {
-			if !sts[v.st] || v.tun != nil || !r.tcp() {
+			if !sts[v.st] || !r.tcp() {
 				return
 			}
-			h.Routes = append(h.Routes, RouteHandoff{Src: r.src, Dst: r.dst, From: v.from, SA: v.st.e.Config.ID()})
+			rh := RouteHandoff{Src: r.src, Dst: r.dst, From: v.from, SA: v.st.e.Config.ID()}
+			if v.tun != nil {
+				rh.Tun = slices.Clone(v.tun.b)
+			}
+			h.Routes = append(h.Routes, rh)
 			if v.from == engine.Radio {
 				radioEnds[r.src] = true
 			} else {
@@ -159,10 +169,10 @@ func (g *Gateway) Resume(h Handoff) error {
 	}
 	for _, r := range h.Routes {
 		e, ok := sad.Get(r.SA)
-		if !ok || e.Write == nil {
+		if !ok || e.Write == nil || r.Tun != nil && !validTunnel(r.Tun) {
 			continue
 		}
-		g.noteRoute(route{r.Src, r.Dst}, g.state(e), r.From, nil)
+		g.noteRoute(route{r.Src, r.Dst}, g.state(e), r.From, r.Tun)
 	}
 	if missing > 0 {
 		// Not an error that stops the handoff: the flows still come (the
@@ -174,6 +184,20 @@ func (g *Gateway) Resume(h Handoff) error {
 		return fmt.Errorf("gateway: resume: %w", err)
 	}
 	return nil
+}
+
+// validTunnel reports whether b is an outer header peelIPIP would have
+// taken: IPv4 without options or IPv6 without extension headers, carrying
+// IPv4 or IPv6. A handoff comes from an authenticated gateway, but what it
+// says is checked like a packet.
+func validTunnel(b []byte) bool {
+	switch {
+	case len(b) == header.IPv4MinLen && b[0] == 0x45:
+		return b[9] == header.ProtoIPIP || b[9] == header.ProtoIPv6
+	case len(b) == header.IPv6Len && b[0]>>4 == 6:
+		return b[6] == header.ProtoIPIP || b[6] == header.ProtoIPv6
+	}
+	return false
 }
 
 // resume takes an SA's state from the gateway before.

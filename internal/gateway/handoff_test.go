@@ -262,3 +262,57 @@ func TestHeldBounded(t *testing.T) {
 		t.Fatalf("after Close: %d packets, %d bytes", g.held.n, g.held.bytes)
 	}
 }
+
+// TestGatewayHandoffIPIP: a mobile whose ESP tunnel runs inside an
+// IP-in-IP tunnel (a Mobile IP home agent's, RFC 2003) moves: its flows go
+// with their outer header, and gateway 2 wraps what it sends in it at
+// once. The download arrives intact, nothing reaches an endpoint outside
+// the tunnel, nothing is refused. A handed outer header that is not one
+// is not taken.
+func TestGatewayHandoffIPIP(t *testing.T) {
+	ab := tunnelConfig(0x1001, "192.0.2.1", "192.0.2.2", ipsec.EncAESGCM16)
+	ba := tunnelConfig(0x2002, "192.0.2.2", "192.0.2.1", ipsec.EncAESGCM16)
+	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.01, Seed: 5}
+	salts := randomSalts()
+	n := newTestNetWrap(t, ab, ba, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSplit, ipsec.ClassWrite, true)
+	p := newGatewayPair(t, n, Config{Engine: engine.Config{Mode: engine.ModeSplit}}, n.freshSAD(t))
+	done := startTransfer(t, n, 4<<20, 60*time.Second, func() bool { return p.g1.Stats().Opened >= 1000 })
+	var h Handoff
+	var err error
+	p.move(func() {
+		h = p.g1.HandOver(netip.MustParseAddr("192.0.2.2"))
+		err = p.g2.Resume(h)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tunnels := 0
+	for _, r := range h.Routes {
+		if validTunnel(r.Tun) {
+			tunnels++
+		}
+	}
+	if len(h.Flows) != 1 || tunnels < 2 {
+		t.Fatalf("handed over %d flows, %d routes with their tunnel: %+v", len(h.Flows), tunnels, h.Routes)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	s2 := p.g2.Stats()
+	if s2.Sealed == 0 || s2.IPIP == 0 {
+		t.Fatalf("gateway 2 did not carry the flow in the tunnel: %+v", s2)
+	}
+	for _, sa := range n.receivers() {
+		if s := sa.Stats(); s.ICVFailures != 0 || s.ReplayDrops != 0 || s.OtherDrops != 0 {
+			t.Fatalf("endpoint refused packets: %+v", s)
+		}
+	}
+	if r := n.refusals(); r.NotInTunnel != 0 || r.FreshRefused != 0 {
+		t.Fatalf("the endpoints refused %+v", r)
+	}
+	for _, bad := range [][]byte{nil, make([]byte, 20), append([]byte{0x46}, make([]byte, 23)...), make([]byte, 40)} {
+		if validTunnel(bad) {
+			t.Errorf("%x taken as an outer header", bad)
+		}
+	}
+}
