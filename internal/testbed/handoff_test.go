@@ -61,6 +61,8 @@ func TestGatewayHandoffHosts(t *testing.T) {
 	moved := time.Now()
 	must(t, b.IP(ns["a"], "route", "replace", lb+"/32", "dev", "a2", "src", la))
 	must(t, b.IP(ns["b"], "route", "replace", la+"/32", "dev", "b2", "src", lb))
+	after := grewIn(filepath.Join(dir, "out-5001.bin"), 2*time.Second)
+	t.Logf("the 2 s after the move: %.1f Mbit/s (TestGatewayNoHandoffHosts: the same switch with no state transfer)", float64(after*8)/2e6)
 	if err := <-done; err != nil {
 		t.Fatalf("%v\ngateway 1:\n%s\ngateway 2:\n%s", err, lastLines([]byte(gws[0].Output()), 10), lastLines([]byte(gws[1].Output()), 10))
 	}
@@ -137,16 +139,26 @@ func twoPaths(t *testing.T, b *Bed, la, lb string) map[string]string {
 // control link, with certificates of one CA.
 func handoffGateways(t *testing.T, b *Bed, ns map[string]string, dir string, sa [2]string) []*Proc {
 	t.Helper()
+	return pathGateways(t, b, ns, dir, sa, true)
+}
+
+// pathGateways is handoffGateways, without the handoff flags when
+// handoff is false: two gateways that know nothing of each other.
+func pathGateways(t *testing.T, b *Bed, ns map[string]string, dir string, sa [2]string, handoff bool) []*Proc {
+	t.Helper()
 	keys := newSecPKI(t, dir)
 	keys.issue(t, "gw-1", pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-1"}})
 	keys.issue(t, "gw-2", pki.Identity{Role: pki.RoleGateway, Name: "gw-2", Areas: []string{"cell-2"}})
 	var gws []*Proc
 	for i, g := range []struct{ ns, self, peer, peerAddr string }{{"m1", "gw-1", "gw-2", "10.99.0.2"}, {"m2", "gw-2", "gw-1", "10.99.0.1"}} {
 		self := map[string]string{"gw-1": "10.99.0.1", "gw-2": "10.99.0.2"}[g.self]
-		args := append([]string{espepBin, "linkem", "--a", "xa", "--b", "xb", "--sa", sa[i],
+		args := []string{espepBin, "linkem", "--a", "xa", "--b", "xb", "--sa", sa[i],
 			"--state-dir", filepath.Join(dir, g.self+"-state"), "--iv-partition", fmt.Sprintf("%d/2", i), "--mode", "split",
-			"--rate", "20mbit", "--delay", "5ms", "--queue", "200p", "--ab.loss", "1%", "--seed", "3",
-			"--handoff-listen", self + ":7700", "--handoff-peer", g.peer + "@" + g.peerAddr + ":7700"}, keys.flags("secserver-", g.self)...)
+			"--rate", "20mbit", "--delay", "5ms", "--queue", "200p", "--ab.loss", "1%", "--seed", "3"}
+		if handoff {
+			args = append(append(args, "--handoff-listen", self+":7700", "--handoff-peer", g.peer+"@"+g.peerAddr+":7700"),
+				keys.flags("secserver-", g.self)...)
+		}
 		p, err := b.Start(ns[g.ns], args...)
 		must(t, err)
 		must(t, waitFor(p, "linkem running", 10*time.Second))
@@ -363,5 +375,63 @@ func TestGatewayGoneHosts(t *testing.T) {
 		if lead, _ := strconv.Atoi(m[2]); lead < 1<<15 {
 			t.Errorf("sa %s: gateway 2 took it over only %d above the endpoint", m[1], lead)
 		}
+	}
+}
+
+// grewIn is how much the file at path grows in the next d.
+func grewIn(path string, d time.Duration) int64 {
+	size := func() int64 {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return 0
+		}
+		return fi.Size()
+	}
+	before := size()
+	time.Sleep(d)
+	return size() - before
+}
+
+// TestGatewayNoHandoffHosts: the baseline of TestGatewayHandoffHosts —
+// the same two gateways and the same switch halfway through a download,
+// but the gateways know nothing of each other (no handoff, no state
+// transfer; gateway 2 has the SAs from its file). What gateway 1
+// acknowledged early is stranded with it: the download stops at the
+// move, where with the handoff it goes on at the radio's rate.
+func TestGatewayNoHandoffHosts(t *testing.T) {
+	b := ForTest(t)
+	dir := t.TempDir()
+	const la, lb = "10.77.0.1", "10.77.0.2"
+	ns := twoPaths(t, b, la, lb)
+	c := hostCases[0]
+	saPath := filepath.Join(dir, "sa.conf")
+	must(t, os.WriteFile(saPath, []byte(c.saFile(la, lb)), 0o600))
+	gws := pathGateways(t, b, ns, dir, [2]string{saPath, saPath}, false)
+	hosts := handoffHosts(t, b, ns, dir, c, saPath, la, lb)
+	size := 8 << 20
+	done := make(chan error, 1)
+	go func() {
+		_, err := ncSendPort(t, b, ns["a"], ns["b"], lb, dir, 5001, size, 8*time.Second)
+		done <- err
+	}()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if c := hostMetrics(t, b, ns["b"], "127.0.0.1:9101"); c["opened"] > size/1400/2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the download did not get halfway:\n%s", lastLines([]byte(gws[0].Output()), 8))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	must(t, b.IP(ns["a"], "route", "replace", lb+"/32", "dev", "a2", "src", la))
+	must(t, b.IP(ns["b"], "route", "replace", la+"/32", "dev", "b2", "src", lb))
+	after := grewIn(filepath.Join(dir, "out-5001.bin"), 2*time.Second)
+	err := <-done
+	t.Logf("the 2 s after the move with no state transfer: %.2f Mbit/s; the download: %v", float64(after*8)/2e6, err)
+	if err == nil || after > 256<<10 {
+		t.Fatalf("the download went on (%d bytes in the 2 s after the move, %v): then the handoff proves nothing", after, err)
+	}
+	for _, p := range append(gws, hosts...) {
+		p.Signal(syscall.SIGTERM)
 	}
 }
