@@ -43,8 +43,8 @@ import (
 // them). After HandOver the old gateway stops sealing on the
 // SAs, and drops (counts, HandedOver) the packets that still reach it on
 // them: relayed, their endpoint numbers would fall behind what the
-// receiver has seen. Forwarding them to the new gateway instead is not
-// built yet (issue 15); the endpoints' TCP resends them.
+// receiver has seen. They are not forwarded to the new gateway (a
+// choice: few arrive, and the endpoints' TCP resends them).
 
 // SAHandoff is an SA's state as one gateway passes it to the next.
 type SAHandoff struct {

@@ -23,10 +23,15 @@
 // asks the provenance gateway, then the other neighbours, when a mobile's
 // flows appear mid-stream.
 //
-// Not built yet (issue 15): forwarding the old gateway's stragglers (it
-// drops them; the endpoints' TCP resends them), and neighbour sets that
-// change while the gateway runs (the proxy management service's pushes,
-// multicast discovery): Asker and Offerer take a fixed set.
+// Neighbours (neighbours.go) is the set a gateway asks, offers to and
+// takes offers from, as fixed peers, the proxy management service's
+// pushes and multicast discovery (discovery.go) make it.
+//
+// Not done, by choice: the old gateway does not forward its stragglers —
+// packets that reach it after it handed a mobile over — to the new one;
+// it drops them and the endpoints' TCP resends them (few: the new gateway
+// keeps what arrives while it asks, and resends at once what was in
+// flight on the old radio).
 package handoff
 
 import (
