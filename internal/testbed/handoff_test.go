@@ -48,19 +48,9 @@ func TestGatewayHandoffHosts(t *testing.T) {
 		took, err = ncSend(t, b, ns["a"], ns["b"], lb, dir, size, 120*time.Second)
 		done <- err
 	}()
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		// Gateway 1 carries the flow: wait for half the packets at b.
-		if c := hostMetrics(t, b, ns["b"], "127.0.0.1:9101"); c["opened"] > size/1400/2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the download did not get halfway:\n%s", lastLines([]byte(gws[0].Output()), 8))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	whenOpened(t, b, ns, size/1400/2, gws[0]) // halfway, through gateway 1
 	moved := time.Now()
-	must(t, b.IP(ns["a"], "route", "replace", lb+"/32", "dev", "a2", "src", la))
-	must(t, b.IP(ns["b"], "route", "replace", la+"/32", "dev", "b2", "src", lb))
+	moveToPath2(t, b, ns, la, lb)
 	after := grewIn(filepath.Join(dir, "out-5001.bin"), 2*time.Second)
 	t.Logf("the 2 s after the move: %.1f Mbit/s (TestGatewayNoHandoffHosts: the same switch with no state transfer)", float64(after*8)/2e6)
 	if err := <-done; err != nil {
@@ -193,7 +183,7 @@ func TestGatewayHandoffStrongSwan(t *testing.T) {
 	must(t, s.StartCharon("aes128gcm16"))
 	cfgs := giveKeys(t, s, sa1, false)
 	// Gateway 1 offers what its file gave it to its neighbour.
-	must(t, waitFor(gws[1], fmt.Sprintf(`msg=provisioned from=gw-1`), 10*time.Second))
+	must(t, waitFor(gws[1], `msg=provisioned from=gw-1`, 10*time.Second))
 	size := max(*gatewaySize, 8) << 20
 	x := newPeerTransfer(t, s, dir, size, 0, 300)
 	sent := make(chan error, 1)
@@ -216,8 +206,7 @@ func TestGatewayHandoffStrongSwan(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	moved := time.Since(start)
-	must(t, b.IP(ns["a"], "route", "replace", SSRightOuter+"/32", "dev", "a2", "src", SSLeftOuter))
-	must(t, b.IP(ns["b"], "route", "replace", SSLeftOuter+"/32", "dev", "b2", "src", SSRightOuter))
+	moveToPath2(t, b, ns, SSLeftOuter, SSRightOuter)
 	if err := <-sent; err != nil {
 		t.Fatalf("sender: %v", err)
 	}
@@ -310,18 +299,9 @@ func TestGatewayGoneHosts(t *testing.T) {
 		_, err := ncSendPort(t, b, ns["a"], ns["b"], lb, dir, 5001, 64<<20, 15*time.Second)
 		first <- err
 	}()
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if c := hostMetrics(t, b, ns["b"], "127.0.0.1:9101"); c["opened"] > 3000 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the download did not start:\n%s", lastLines([]byte(gws[0].Output()), 8))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	whenOpened(t, b, ns, 3000, gws[0])
 	must(t, gws[0].Signal(syscall.SIGKILL))
-	must(t, b.IP(ns["a"], "route", "replace", lb+"/32", "dev", "a2", "src", la))
-	must(t, b.IP(ns["b"], "route", "replace", la+"/32", "dev", "b2", "src", lb))
+	moveToPath2(t, b, ns, la, lb)
 	killed := time.Now()
 	took, err := ncSendPort(t, b, ns["a"], ns["b"], lb, dir, 5002, 8<<20, 60*time.Second)
 	if err != nil {
@@ -414,17 +394,8 @@ func TestGatewayNoHandoffHosts(t *testing.T) {
 		_, err := ncSendPort(t, b, ns["a"], ns["b"], lb, dir, 5001, size, 8*time.Second)
 		done <- err
 	}()
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if c := hostMetrics(t, b, ns["b"], "127.0.0.1:9101"); c["opened"] > size/1400/2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the download did not get halfway:\n%s", lastLines([]byte(gws[0].Output()), 8))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	must(t, b.IP(ns["a"], "route", "replace", lb+"/32", "dev", "a2", "src", la))
-	must(t, b.IP(ns["b"], "route", "replace", la+"/32", "dev", "b2", "src", lb))
+	whenOpened(t, b, ns, size/1400/2, gws[0])
+	moveToPath2(t, b, ns, la, lb)
 	after := grewIn(filepath.Join(dir, "out-5001.bin"), 2*time.Second)
 	err := <-done
 	t.Logf("the 2 s after the move with no state transfer: %.2f Mbit/s; the download: %v", float64(after*8)/2e6, err)
@@ -434,4 +405,27 @@ func TestGatewayNoHandoffHosts(t *testing.T) {
 	for _, p := range append(gws, hosts...) {
 		p.Signal(syscall.SIGTERM)
 	}
+}
+
+// whenOpened returns once host b (metrics on 127.0.0.1:9101) has opened
+// more than n packets, failing the test after 30 s (gw's log shown).
+func whenOpened(t *testing.T, b *Bed, ns map[string]string, n int, gw *Proc) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if c := hostMetrics(t, b, ns["b"], "127.0.0.1:9101"); c["opened"] > n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host b opened no more than %d packets in 30 s:\n%s", n, lastLines([]byte(gw.Output()), 8))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// moveToPath2 moves a's route to lb and b's to la onto the second path
+// of twoPaths.
+func moveToPath2(t *testing.T, b *Bed, ns map[string]string, la, lb string) {
+	t.Helper()
+	must(t, b.IP(ns["a"], "route", "replace", lb+"/32", "dev", "a2", "src", la))
+	must(t, b.IP(ns["b"], "route", "replace", la+"/32", "dev", "b2", "src", lb))
 }
