@@ -178,15 +178,8 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	ssCA := fs.String("secserver-ca", "", "with --secserver: the CA's certificate")
 	ssCRL := fs.String("secserver-crl", "", "with --secserver: the CA's revocation list (re-read while running)")
 	ssRead := fs.Bool("secserver-read", false, "with --secserver: ask for read grants only")
-	handoffListen := fs.String("handoff-listen", "", "serve handoffs (Take, Offer) to neighbour gateways at host:port (mutual TLS with the --secserver-cert certificate)")
-	var handoffPeers stringList
-	fs.Var(&handoffPeers, "handoff-peer", "a neighbour gateway, NAME@HOST:PORT, asked for a mobile whose flows meet this one mid-stream; repeatable")
-	pmsAddr := fs.String("pms", "", "the proxy management service at host:port (espep secserver --pms): neighbours from base-station locations, beside --handoff-peer")
-	var stations stringList
-	fs.Var(&stations, "station", "with --pms: a base station of this gateway, AREA@LATITUDE,LONGITUDE (an area its certificate serves); repeatable")
-	discover := fs.String("discover", "", "find neighbours by TTL-limited multicast on this group ADDR:PORT (answering others' probes, probing every 30 s), beside --handoff-peer and --pms")
-	discoverTTL := fs.Int("discover-ttl", 2, "with --discover: the probes' TTL (each multicast router takes one)")
-	discoverIface := fs.String("discover-iface", "", "with --discover: the interface to join and probe on (default: as routed)")
+	var h handoffSetup
+	addHandoffFlags(fs, &h)
 	fs.Usage = func() { fmt.Fprint(stderr, gatewayUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return nil, 0, usageError{err.Error()}
@@ -206,10 +199,10 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 		"secserver": func() { fc.SecServer.Addr = *ssAddr }, "secserver-cert": func() { fc.SecServer.Cert = *ssCert },
 		"secserver-key": func() { fc.SecServer.Key = *ssKey }, "secserver-ca": func() { fc.SecServer.CA = *ssCA },
 		"secserver-crl": func() { fc.SecServer.CRL = *ssCRL }, "secserver-read": func() { fc.SecServer.Read = *ssRead },
-		"handoff-listen": func() { fc.HandoffListen = *handoffListen }, "handoff-peer": func() { fc.HandoffPeers = handoffPeers },
-		"pms": func() { fc.PMS = *pmsAddr }, "station": func() { fc.Stations = stations },
-		"discover": func() { fc.Discover = *discover }, "discover-ttl": func() { fc.DiscoverTTL = *discoverTTL },
-		"discover-iface": func() { fc.DiscoverIface = *discoverIface },
+		"handoff-listen": func() { fc.HandoffListen = h.listen }, "handoff-peer": func() { fc.HandoffPeers = h.peers },
+		"pms": func() { fc.PMS = h.pms }, "station": func() { fc.Stations = h.stations },
+		"discover": func() { fc.Discover = h.discover }, "discover-ttl": func() { fc.DiscoverTTL = h.discoverTTL },
+		"discover-iface": func() { fc.DiscoverIface = h.discoverIface },
 	}
 	fs.Visit(func(f *flag.Flag) {
 		if s := set[f.Name]; s != nil {

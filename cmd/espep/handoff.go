@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -37,6 +38,18 @@ type handoffSetup struct {
 	discover, discoverIface string
 	discoverTTL             int
 	tls                     gateway.SecServerConfig // Cert, Key, CA, CRL
+}
+
+// addHandoffFlags defines the handoff flags of espep gateway and espep
+// linkem on fs, into h.
+func addHandoffFlags(fs *flag.FlagSet, h *handoffSetup) {
+	fs.StringVar(&h.listen, "handoff-listen", "", "serve handoffs (Take, Offer) to neighbour gateways at host:port (mutual TLS with the --secserver-cert certificate)")
+	fs.Var((*stringList)(&h.peers), "handoff-peer", "a neighbour gateway, NAME@HOST:PORT, asked for a mobile whose flows meet this one mid-stream; repeatable")
+	fs.StringVar(&h.pms, "pms", "", "the proxy management service at host:port (espep secserver --pms): neighbours from base-station locations, beside --handoff-peer")
+	fs.Var((*stringList)(&h.stations), "station", "with --pms: a base station of this gateway, AREA@LATITUDE,LONGITUDE (an area its certificate serves); repeatable")
+	fs.StringVar(&h.discover, "discover", "", "find neighbours by TTL-limited multicast on this group ADDR:PORT (answering others' probes, probing every 30 s), beside --handoff-peer and --pms")
+	fs.IntVar(&h.discoverTTL, "discover-ttl", 2, "with --discover: the probes' TTL (each multicast router takes one)")
+	fs.StringVar(&h.discoverIface, "discover-iface", "", "with --discover: the interface to join and probe on (default: as routed)")
 }
 
 // handoffOf is a gateway configuration's handoff part.

@@ -272,15 +272,8 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 	fs.StringVar(&ss.CA, "secserver-ca", "", "with --secserver: the CA's certificate")
 	fs.StringVar(&ss.CRL, "secserver-crl", "", "with --secserver: the CA's revocation list")
 	part := fs.String("iv-partition", "", "IPsec gateway: K/N, the IV partition of this gateway's state directory (gateways that share SAs and no state directory need distinct ones; with --secserver it comes from the server)")
-	handoffListen := fs.String("handoff-listen", "", "IPsec gateway: serve handoffs (Take, Offer) to neighbour gateways at host:port (mutual TLS with the --secserver-cert certificate)")
-	var handoffPeers stringList
-	fs.Var(&handoffPeers, "handoff-peer", "IPsec gateway: a neighbour gateway, NAME@HOST:PORT, asked for a mobile whose flows meet this one mid-stream; repeatable")
-	pmsAddr := fs.String("pms", "", "IPsec gateway: the proxy management service at host:port: neighbours from base-station locations, beside --handoff-peer")
-	var stations stringList
-	fs.Var(&stations, "station", "with --pms: a base station of this gateway, AREA@LATITUDE,LONGITUDE; repeatable")
-	discover := fs.String("discover", "", "IPsec gateway: find neighbours by TTL-limited multicast on this group ADDR:PORT")
-	discoverTTL := fs.Int("discover-ttl", 2, "with --discover: the probes' TTL")
-	discoverIface := fs.String("discover-iface", "", "with --discover: the interface to join and probe on")
+	var h handoffSetup
+	addHandoffFlags(fs, &h) // IPsec gateway: handoffs to and from neighbours
 	fs.Usage = func() { fmt.Fprint(stderr, linkemUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err.Error()}
@@ -293,8 +286,8 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 		return nil, usageError{"linkem: --secserver needs --secserver-cert, --secserver-key and --secserver-ca"}
 	}
 	c := &linkemSetup{a: *a, b: *b, saPaths: saPaths, stateDir: *stateDir, secserver: ss, dur: *dur, pcapAB: *pcapAB, pcapBA: *pcapBA,
-		handoff: handoffSetup{listen: *handoffListen, peers: handoffPeers, pms: *pmsAddr, stations: stations,
-			discover: *discover, discoverTTL: *discoverTTL, discoverIface: *discoverIface, tls: ss}}
+		handoff: h}
+	c.handoff.tls = ss
 	if *part != "" {
 		var err error
 		if c.partition, err = statedir.ParsePartition(*part); err != nil {

@@ -30,13 +30,7 @@ import (
 // a packet. (The same switch without the handoff loses the bytes gateway
 // 1 acknowledged early: the download never completes.)
 func TestGatewayHandoffHosts(t *testing.T) {
-	b := ForTest(t)
-	dir := t.TempDir()
-	const la, lb = "10.77.0.1", "10.77.0.2"
-	ns := twoPaths(t, b, la, lb)
-	c := hostCases[0] // AES-GCM, transport
-	saPath := filepath.Join(dir, "sa.conf")
-	must(t, os.WriteFile(saPath, []byte(c.saFile(la, lb)), 0o600))
+	b, ns, dir, c, saPath := hostsOnTwoPaths(t)
 	gws := handoffGateways(t, b, ns, dir, [2]string{saPath, saPath})
 	hosts := handoffHosts(t, b, ns, dir, c, saPath, la, lb)
 	// The download, and the move halfway.
@@ -285,13 +279,7 @@ func handoffHosts(t *testing.T, b *Bed, ns map[string]string, dir string, c host
 // the first packet or two of each SA, which gateway 2 relays as they came
 // before it may seal.
 func TestGatewayGoneHosts(t *testing.T) {
-	b := ForTest(t)
-	dir := t.TempDir()
-	const la, lb = "10.77.0.1", "10.77.0.2"
-	ns := twoPaths(t, b, la, lb)
-	c := hostCases[0] // AES-GCM, transport
-	saPath := filepath.Join(dir, "sa.conf")
-	must(t, os.WriteFile(saPath, []byte(c.saFile(la, lb)), 0o600))
+	b, ns, dir, c, saPath := hostsOnTwoPaths(t)
 	gws := handoffGateways(t, b, ns, dir, [2]string{saPath, saPath})
 	hosts := handoffHosts(t, b, ns, dir, c, saPath, la, lb)
 	first := make(chan error, 1)
@@ -379,13 +367,7 @@ func grewIn(path string, d time.Duration) int64 {
 // acknowledged early is stranded with it: the download stops at the
 // move, where with the handoff it goes on at the radio's rate.
 func TestGatewayNoHandoffHosts(t *testing.T) {
-	b := ForTest(t)
-	dir := t.TempDir()
-	const la, lb = "10.77.0.1", "10.77.0.2"
-	ns := twoPaths(t, b, la, lb)
-	c := hostCases[0]
-	saPath := filepath.Join(dir, "sa.conf")
-	must(t, os.WriteFile(saPath, []byte(c.saFile(la, lb)), 0o600))
+	b, ns, dir, c, saPath := hostsOnTwoPaths(t)
 	gws := pathGateways(t, b, ns, dir, [2]string{saPath, saPath}, false)
 	hosts := handoffHosts(t, b, ns, dir, c, saPath, la, lb)
 	size := 8 << 20
@@ -428,4 +410,21 @@ func moveToPath2(t *testing.T, b *Bed, ns map[string]string, la, lb string) {
 	t.Helper()
 	must(t, b.IP(ns["a"], "route", "replace", lb+"/32", "dev", "a2", "src", la))
 	must(t, b.IP(ns["b"], "route", "replace", la+"/32", "dev", "b2", "src", lb))
+}
+
+// la and lb are the espep hosts' addresses on twoPaths.
+const la, lb = "10.77.0.1", "10.77.0.2"
+
+// hostsOnTwoPaths is the set-up of the espep-host tests on twoPaths: the
+// namespaces, a directory, and an SA file of AES-GCM transport SAs
+// between la and lb (hostCases[0]).
+func hostsOnTwoPaths(t *testing.T) (b *Bed, ns map[string]string, dir string, c hostCase, saPath string) {
+	t.Helper()
+	b = ForTest(t)
+	dir = t.TempDir()
+	ns = twoPaths(t, b, la, lb)
+	c = hostCases[0]
+	saPath = filepath.Join(dir, "sa.conf")
+	must(t, os.WriteFile(saPath, []byte(c.saFile(la, lb)), 0o600))
+	return b, ns, dir, c, saPath
 }
