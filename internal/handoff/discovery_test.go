@@ -50,3 +50,35 @@ func TestDiscovery(t *testing.T) {
 		t.Fatalf("sets %v, want %v", sets, want)
 	}
 }
+
+// TestDiscoveryProbers: a gateway whose probe this one answered is a
+// neighbour at once (the relation is symmetric), nearest first with those
+// that answered, until three rounds pass without its probe.
+func TestDiscoveryProbers(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sets := make(chan []Peer, 16)
+	probed := make(chan mcast.Answer, 4)
+	d := &Discovery{Every: 100 * time.Millisecond, Set: func(p []Peer) { sets <- p }, probed: probed,
+		probe: func(context.Context, mcast.Config, int, time.Duration) ([]mcast.Answer, error) {
+			return []mcast.Answer{{Name: "gw-far", Addr: "10.0.0.9:7700", Hops: 2}}, nil
+		}}
+	go d.Run(ctx)
+	want := func(w ...Peer) {
+		t.Helper()
+		for deadline := time.After(2 * time.Second); ; {
+			select {
+			case got := <-sets:
+				if slices.Equal(got, w) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("never the set %v", w)
+			}
+		}
+	}
+	want(Peer{"gw-far", "10.0.0.9:7700"})
+	probed <- mcast.Answer{Name: "gw-near", Addr: "10.0.0.2:7700", Hops: 1}
+	want(Peer{"gw-near", "10.0.0.2:7700"}, Peer{"gw-far", "10.0.0.9:7700"})
+	want(Peer{"gw-far", "10.0.0.9:7700"}) // its probes stopped: gone after three rounds
+}

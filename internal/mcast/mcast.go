@@ -22,6 +22,11 @@ type Config struct {
 	Name  string         // this gateway's name
 	Addr  string         // where it takes handoff requests
 	Log   *slog.Logger
+	// Probed, if set, is told of every probe Serve answers: the prober
+	// (its name, handoff address and hops) — a gateway within the
+	// prober's TTL, so, the relation being symmetric, a candidate
+	// neighbour of this one too. It must not block.
+	Probed func(Answer)
 }
 
 func (c *Config) check() error {
@@ -183,6 +188,13 @@ func Serve(ctx context.Context, cfg Config) error {
 		}
 		if _, err := p.WriteTo(out, nil, from); err != nil {
 			cfg.Log.Debug("mcast: answer", "to", from, "err", err)
+		}
+		if cfg.Probed != nil && int(cm.TTL) <= int(m.TTLSent) {
+			a := Answer{Name: m.Name, Addr: m.Addr, Hops: int(m.TTLSent) - cm.TTL}
+			if ua, ok := from.(*net.UDPAddr); ok {
+				a.From = ua.AddrPort().Addr().Unmap()
+			}
+			cfg.Probed(a)
 		}
 	}
 }

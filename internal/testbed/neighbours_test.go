@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/espep/espep/internal/pki"
 )
 
 // TestNeighboursMulticast: discovery scheme B across real multicast
@@ -103,5 +105,54 @@ func TestNeighboursMulticast(t *testing.T) {
 	}
 	if out := probe(1); !strings.Contains(out, "0 answered") {
 		t.Fatalf("TTL 1: want no one (both are beyond a router):\n%s", out)
+	}
+	discoverGateways(t, b, ns, dir)
+}
+
+// discoverGateways: the same routing with espep gateways (espep linkem,
+// IPsec gateway, between two idle interfaces of their own) finding their
+// neighbours by --discover (TTL 2, on another port of the group). g0
+// holds an SA from its file; once its probe finds g1 — one router away,
+// with g2 two away left out — it offers g1 the SA over mutual TLS, name
+// pinned, and g1 takes it: g1's own probe went out before g0 was up, so
+// g0 is its neighbour because g1 answered g0's probe (the relation is
+// symmetric). Discovery → neighbour set → pre-provisioning, in the
+// gateway. (The first version of this test found that asymmetry: g1
+// refused g0's offers for 30 s, until its next probe.)
+func discoverGateways(t *testing.T, b *Bed, ns map[string]string, dir string) {
+	keys := newSecPKI(t, dir)
+	addrs := map[string]string{"g0": "10.90.0.2", "g1": "10.90.1.2", "g2": "10.90.3.2"}
+	gws := map[string]*Proc{}
+	for _, g := range []string{"g1", "g2", "g0"} { // g0, the prober, last: the others answer its first probe
+		name := "gw-" + g
+		keys.issue(t, name, pki.Identity{Role: pki.RoleGateway, Name: name, Areas: []string{"cell-" + g}})
+		must(t, b.Veth(ns[g], "xa", ns[g], "xb"))
+		sa := filepath.Join(dir, g+".sa")
+		body := "espep-sa 1\n"
+		if g == "g0" {
+			body = hostCases[0].saFile("10.77.0.1", "10.77.0.2")
+		}
+		must(t, os.WriteFile(sa, []byte(body), 0o600))
+		args := append([]string{espepBin, "linkem", "--a", "xa", "--b", "xb", "--sa", sa, "--state-dir", filepath.Join(dir, g+"-state"),
+			"--handoff-listen", addrs[g] + ":7700", "--discover", "239.77.0.1:7778", "--discover-ttl", "2", "--discover-iface", "e0"},
+			keys.flags("secserver-", name)...)
+		p, err := b.Start(ns[g], args...)
+		must(t, err)
+		must(t, waitFor(p, "linkem running", 10*time.Second))
+		gws[g] = p
+	}
+	must(t, waitFor(gws["g0"], "neighbours from multicast discovery", 10*time.Second))
+	must(t, waitFor(gws["g1"], "msg=provisioned from=gw-g0", 10*time.Second))
+	time.Sleep(500 * time.Millisecond)
+	if strings.Contains(gws["g2"].Output(), "from=gw-g0") {
+		t.Fatalf("g2, two routers away, was provisioned by g0 with TTL 2:\n%s", lastLines([]byte(gws["g2"].Output()), 8))
+	}
+	line := gws["g0"].Output()
+	if i := strings.Index(line, "neighbours from multicast discovery"); i >= 0 {
+		line, _, _ = strings.Cut(line[i:], "\n")
+	}
+	t.Logf("g0: %s", line)
+	if !strings.Contains(line, "neighbours=1") {
+		t.Fatalf("g0's neighbours: %s", line)
 	}
 }
