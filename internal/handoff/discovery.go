@@ -20,7 +20,11 @@ import (
 // neighbour from its own first probe on, not 30 s later. Answers and
 // probes are not authenticated — anyone can send one — so they only name
 // candidates: Neighbours dials each over mutual TLS and admits only the
-// certificate of the name given.
+// certificate of the name given. A forged one can still name a wrong
+// address for a gateway (the pin refuses it, and that neighbour is
+// unreachable until the next probe): discovery is as trustworthy as the
+// network that carries it, which is why the proxy management service
+// (scheme A) and fixed peers exist beside it.
 type Discovery struct {
 	Config mcast.Config // the group, the interface, this gateway's name and handoff address
 	TTL    int          // default 2: the gateways one multicast router away
