@@ -11,7 +11,7 @@ import (
 )
 
 // strongswan reads the messages recorded from two strongSwan peers
-// (testdata/strongswan; internal/testbed TestRecordIKE): IKE_SA_INIT,
+// (testdata/strongswan; internal/testbed TestStrongSwanIKE): IKE_SA_INIT,
 // IKE_AUTH, a CREATE_CHILD_SA rekey of the CHILD_SA and the DELETE of the
 // old one, each request and response.
 func strongswan(t testing.TB) [][]byte {
