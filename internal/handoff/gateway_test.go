@@ -3,7 +3,6 @@ package handoff
 import (
 	"context"
 	"crypto/rand"
-	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -172,11 +171,7 @@ func TestOfferRefused(t *testing.T) {
 	if err := w.client(neighbour).Offer(ctx, nil, time.Minute); err == nil || !strings.Contains(err.Error(), "Unimplemented") {
 		t.Fatalf("an offer to a gateway that takes none: %v", err)
 	}
-	g, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit}, Log: slog.New(slog.DiscardHandler)}, &ipsec.SAD{}, func(engine.Side, []byte) {})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
+	g := idleGateway(t, nil)
 	addr, srv := w.serve(g, "gw-new")
 	srv.ServeOffers(g, nil)
 	c := w.clientAt(addr, neighbour)

@@ -19,6 +19,8 @@ import (
 	"github.com/espep/espep/internal/packettest"
 	"github.com/espep/espep/internal/pki"
 	"github.com/espep/espep/internal/secserver/sectest"
+	"github.com/espep/espep/internal/statedir"
+	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
 )
 
@@ -29,6 +31,20 @@ var server = netip.MustParseAddrPort("192.0.2.10:443")
 func splitEngine(t testing.TB) *engine.Engine {
 	t.Helper()
 	return splitEngineOut(t, func(engine.Side, []byte, engine.Emitted) {})
+}
+
+// idleGateway is a split gateway with no SA and no network (its packets
+// go nowhere), with the state directory given (nil: none), closed when
+// the test ends: a handoff or offer service's gateway.
+func idleGateway(t testing.TB, state *statedir.Dir) *gateway.Gateway {
+	t.Helper()
+	g, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit}, Log: slog.New(slog.DiscardHandler), State: state},
+		&ipsec.SAD{}, func(engine.Side, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Close)
+	return g
 }
 
 // splitEngineOut is a split engine sending through out.

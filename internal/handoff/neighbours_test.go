@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/pki"
 	"github.com/espep/espep/internal/pms"
@@ -54,12 +53,7 @@ func TestNeighboursFromPMS(t *testing.T) {
 	nodes := map[string]*node{}
 	for i, name := range []string{"gw-1", "gw-2"} {
 		id := pki.Identity{Role: pki.RoleGateway, Name: name, Areas: []string{"cell-" + name}}
-		gw, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit}, Log: slog.New(slog.DiscardHandler),
-			State: statedir.MemoryIn(statedir.Partition{K: uint32(i), N: 2})}, &ipsec.SAD{}, func(engine.Side, []byte) {})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(gw.Close)
+		gw := idleGateway(t, statedir.MemoryIn(statedir.Partition{K: uint32(i), N: 2}))
 		nd := &node{g: gw, nb: &Neighbours{TLS: w.v.ClientTLS(w.cert(id), pki.RoleGateway)}, joined: make(chan int, 16)}
 		t.Cleanup(nd.nb.Close)
 		addr, srv := w.serve(gw, name)
@@ -136,12 +130,7 @@ func TestNeighboursFromPMS(t *testing.T) {
 // nothing — no offer, no flow — reaches the wrong gateway.
 func TestNeighbourPinned(t *testing.T) {
 	w := newWorld(t, EngineSource{splitEngine(t)})
-	g, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit}, Log: slog.New(slog.DiscardHandler)}, &ipsec.SAD{},
-		func(engine.Side, []byte) {})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(g.Close)
+	g := idleGateway(t, nil)
 	addr, srv := w.serve(g, "gw-9")
 	srv.ServeOffers(g, nil)
 	me := pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-gw-1"}}

@@ -3,7 +3,6 @@ package handoff
 import (
 	"context"
 	"crypto/rand"
-	"log/slog"
 	"net/netip"
 	"testing"
 	"time"
@@ -40,13 +39,7 @@ func TestOfferer(t *testing.T) {
 	nodes := map[string]*node{}
 	neighbours := map[string][]string{"gw-1": {"gw-2"}, "gw-2": {"gw-1", "gw-3"}, "gw-3": {"gw-2"}}
 	for i, name := range []string{"gw-1", "gw-2", "gw-3"} {
-		g, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit}, Log: slog.New(slog.DiscardHandler),
-			State: statedir.MemoryIn(statedir.Partition{K: uint32(i), N: 3})}, &ipsec.SAD{},
-			func(engine.Side, []byte) {})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(g.Close)
+		g := idleGateway(t, statedir.MemoryIn(statedir.Partition{K: uint32(i), N: 3}))
 		addr, srv := w.serve(g, name)
 		srv.ServeOffers(g, func(id pki.Identity) bool {
 			for _, n := range neighbours[name] {
