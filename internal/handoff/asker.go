@@ -43,8 +43,8 @@ const maxAsked = 4096
 // Missing is the gateway's hook: true (hold the packet) while the mobile
 // is being asked for.
 func (a *Asker) Missing(mobile netip.Addr) bool {
-	if a.Peers == nil || len(a.Peers.All()) == 0 {
-		return false // no one to ask: relay, as before handoffs
+	if a.Peers == nil {
+		return false
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -57,6 +57,11 @@ func (a *Asker) Missing(mobile netip.Addr) bool {
 		return true // being asked
 	case seen && time.Since(at) < a.quiet():
 		return false // answered lately: relay
+	}
+	// Only a new ask looks at the neighbours (a copy of the set): the
+	// packets of flows relayed after an answer pass above, at a map lookup.
+	if len(a.Peers.All()) == 0 {
+		return false // no one to ask: relay, as before handoffs
 	}
 	if len(a.asked) >= maxAsked {
 		for m, t := range a.asked {
