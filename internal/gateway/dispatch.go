@@ -168,15 +168,25 @@ func (g *Gateway) processWrite(c *call, from engine.Side, e *ipsec.Entry, l ipse
 	if g.heldForHandoff(c, inner, tunHdr, routeOf(&c.ip), st, from) {
 		return
 	}
+	g.toEngine(c, from, inner, st, tunHdr)
+}
+
+// toEngine binds the flow of c's opened packet inner to st (and its
+// IP-in-IP tunnel) and hands the packet to the engine: what follows the
+// opening of a write-class packet, and the release of a held one. It
+// reports false, the packet dropped, when another peer's SA holds the
+// flow.
+func (g *Gateway) toEngine(c *call, from engine.Side, inner []byte, st *saState, tunHdr []byte) bool {
 	if !g.noteRoute(routeOf(&c.ip), st, from, tunHdr) {
 		c.ctr.add(cBindingViolations)
-		return
+		return false
 	}
 	c.st = st
 	g.eng.Handle(from, inner, engine.Input{Tag: c, IP: &c.ip, More: c.more})
 	if g.owedN.Load() > 0 {
 		g.payOwed()
 	}
+	return true
 }
 
 // processPlain handles a packet that is not IPsec: relayed as it came,

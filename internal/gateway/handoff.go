@@ -392,7 +392,7 @@ func (g *Gateway) dropHeld() {
 }
 
 // release puts one held packet through what follows the hold in
-// processWrite.
+// processWrite (toEngine).
 func (g *Gateway) release(p heldPkt) {
 	c := g.calls.Get().(*call)
 	defer g.calls.Put(c)
@@ -406,15 +406,9 @@ func (g *Gateway) release(p heldPkt) {
 	if header.Parse(inner, &c.ip) != nil {
 		return
 	}
-	c.orig, c.st, c.more = p.orig, p.st, false
+	c.orig, c.more = p.orig, false
 	defer func() { c.orig, c.st = nil, nil }()
-	if !g.noteRoute(routeOf(&c.ip), p.st, p.from, p.tun) {
-		c.ctr.add(cBindingViolations)
-		return
-	}
-	c.ctr.add(cReleased)
-	g.eng.Handle(p.from, inner, engine.Input{Tag: c, IP: &c.ip})
-	if g.owedN.Load() > 0 {
-		g.payOwed()
+	if g.toEngine(c, p.from, inner, p.st, p.tun) {
+		c.ctr.add(cReleased)
 	}
 }
