@@ -1,14 +1,12 @@
 // Package ikev2 reads IKEv2 messages (RFC 7296) as they pass a gateway:
 // the header, the chain of payloads, and the payloads a gateway following
 // IKE needs — SA proposals and transforms, KE, Nonce, Notify, Delete,
-// traffic selectors — and the SK payload's parts (IV, ciphertext, ICV)
-// for decryption elsewhere. It only reads: it builds no message a peer
-// would accept, and it holds no key. Every length is checked against the
-// bytes given; bad input is an error, never a panic.
-//
-// This is the first part of issue 16 (scheme 2: following IKE). Not built
-// yet: decrypting the SK payload, key derivation, the gateway following
-// exchanges, the delegation of IKE SA keys.
+// traffic selectors; it opens SK payloads with an IKE SA's delegated keys
+// (Keys.Open: integrity first) and derives CHILD_SA keys (prf+, RFC 7296
+// §2.17: Child.Derive). It only reads: it builds no message a peer would
+// accept, and it cannot authenticate as a peer. Every length is checked
+// against the bytes given; bad input is an error, never a panic. Package
+// ikefollow keeps the state of the exchanges.
 package ikev2
 
 import (
@@ -116,14 +114,7 @@ func (m *Message) Response() bool { return m.Flags&FlagResponse != 0 }
 func (m *Message) Initiator() bool { return m.Flags&FlagInitiator != 0 }
 
 // Find returns the first payload of type t.
-func (m *Message) Find(t uint8) (Payload, bool) {
-	for _, p := range m.Payloads {
-		if p.Type == t {
-			return p, true
-		}
-	}
-	return Payload{}, false
-}
+func (m *Message) Find(t uint8) (Payload, bool) { return find(m.Payloads, t) }
 
 // Parse reads an IKE message (what follows the UDP header, or the
 // non-ESP marker on port 4500). The header's Length must be the bytes

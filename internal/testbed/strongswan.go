@@ -19,14 +19,17 @@ import (
 //
 // Each end runs charon with the userspace ESP backend (kernel-libipsec,
 // tunnel mode, ESP in UDP 4500), IKEv2 with a PSK; the CHILD_SA protects
-// 10.78.1.1 ⇄ 10.78.2.1. charon logs the CHILD_SA keys (chd = 4) to
-// Dir/{left,right}/charon.log.
+// 10.78.1.1 ⇄ 10.78.2.1. charon logs the CHILD_SA keys (chd = 4) and the
+// IKE SA keys (ike = 4; the PSK too) to Dir/{left,right}/charon.log.
 type StrongSwan struct {
 	Bed                    *Bed
 	Left, GW, Radio, Right string
 	Linkem                 *Proc
 	Dir                    string
-	charon                 map[string]*Proc
+	// IKEProposals is the IKE SA's proposal for charon (swanctl's
+	// proposals); empty means aes128-sha256-x25519.
+	IKEProposals string
+	charon       map[string]*Proc
 }
 
 // Addresses of the StrongSwan topology.
@@ -138,6 +141,20 @@ func (s *StrongSwan) StartCharon(esp string) error {
 	return nil
 }
 
+// Rekey rekeys the CHILD_SA "pep" from one side ("left" or "right"), or
+// the IKE SA from the left ("ike"), and returns once swanctl has asked.
+func (s *StrongSwan) Rekey(what string) error {
+	args := []string{"--rekey", "--child", "pep", "--uri", s.vici(what)}
+	if what == "ike" {
+		args = []string{"--rekey", "--ike", "pep", "--uri", s.vici("left")}
+	}
+	out, err := exec.Command("swanctl", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("swanctl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
 // SAs returns `swanctl --list-sas` of one side.
 func (s *StrongSwan) SAs(side string) (string, error) {
 	out, err := exec.Command("swanctl", "--list-sas", "--uri", s.vici(side)).CombinedOutput()
@@ -148,6 +165,10 @@ func (s *StrongSwan) startOne(side, esp string) error {
 	d := filepath.Join(s.Dir, side)
 	if err := os.MkdirAll(filepath.Join(d, "run"), 0o700); err != nil {
 		return err
+	}
+	ike := s.IKEProposals
+	if ike == "" {
+		ike = "aes128-sha256-x25519"
 	}
 	la, ra, lts, rts, ns := SSLeftOuter, SSRightOuter, SSLeftInner, SSRightInner, s.Left
 	if side == "right" {
@@ -169,6 +190,7 @@ func (s *StrongSwan) startOne(side, esp string) error {
       flush_line = yes
       default = 1
       chd = 4
+      ike = 4
     }
   }
   syslog { daemon { default = -1 } }
@@ -179,7 +201,7 @@ func (s *StrongSwan) startOne(side, esp string) error {
     version = 2
     local_addrs = %s
     remote_addrs = %s
-    proposals = aes128-sha256-x25519
+    proposals = %s
     local { auth = psk
             id = %s }
     remote { auth = psk
@@ -200,7 +222,7 @@ secrets {
             id-b = right
             secret = "espep-testbed-psk-not-secret" }
 }
-`, la, ra, side, map[string]string{"left": "right", "right": "left"}[side], lts, rts, esp)
+`, la, ra, ike, side, map[string]string{"left": "right", "right": "left"}[side], lts, rts, esp)
 	if err := os.WriteFile(filepath.Join(d, "strongswan.conf"), []byte(conf), 0o600); err != nil {
 		return err
 	}
