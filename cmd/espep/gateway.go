@@ -14,6 +14,7 @@ import (
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
+	"github.com/espep/espep/internal/ikefollow"
 	"github.com/espep/espep/internal/linkem"
 	"github.com/espep/espep/internal/metrics"
 	"github.com/espep/espep/internal/netem"
@@ -26,6 +27,7 @@ import (
 
 const gatewayUsage = `usage: espep gateway --wire IFACE --radio IFACE --sa FILE [--sa FILE…] --state-dir DIR [--mode split|snoop] [--metrics ADDR] [--config FILE]
        espep gateway --wire IFACE --radio IFACE --secserver HOST:PORT --secserver-cert FILE --secserver-key FILE --secserver-ca FILE …
+       espep gateway --wire IFACE --radio IFACE --ike-keys FILE …
 
 The IPsec-aware PEP between a wired and a radio side. It opens the ESP/AH
 of the SAs in the SA files (native or Wireshark esp_sa lines, mode 0600;
@@ -42,6 +44,15 @@ other setting (see README); flags override it.
 first ESP/AH packet on an SPI it lacks, between two addresses the gateway
 asks the security server (gRPC, mutual TLS with a gateway certificate from
 espep pki) for their SAs; what came before is relayed untouched.
+
+--ike-keys FILE (beside or instead of --sa; espep-ike 1, mode 0600,
+re-read when it changes): the keys of IKE SAs (SK_d, SK_a*, SK_e*) that a
+party holding them delegates. The gateway reads the IKE messages it
+relays, opens them with those keys and derives every CHILD_SA they create
+— IKE_AUTH's and each CREATE_CHILD_SA rekey — the moment the exchange's
+response passes. A rekey with PFS cannot be followed: the security server
+is asked (--secserver) and it is counted; an IKE SA rekey needs its new
+keys in the file.
 
 --handoff-listen and --handoff-peer NAME@HOST:PORT (mutual TLS with the
 same certificate): a mobile that moves here from a neighbour brings its
@@ -120,6 +131,10 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if ss != nil {
 		src = serveSAs(ctx, gw, ss)
 	}
+	var ike *gateway.IKESAs
+	if len(fc.IKEKeyFiles) > 0 {
+		ike = followIKE(ctx, gw, fc.IKEKeyFiles, log)
+	}
 	if h := handoffOf(fc); h.enabled() {
 		if err := h.start(ctx, gw, log); err != nil {
 			return err
@@ -129,6 +144,9 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		counters := gw.Counters("espep_gateway_")
 		if src != nil {
 			counters = append(counters, src.Counters("espep_gateway_")...)
+		}
+		if ike != nil {
+			counters = append(counters, ike.Counters("espep_gateway_")...)
 		}
 		reg, err := metrics.Registry(counters)
 		if err != nil {
@@ -151,6 +169,9 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if src != nil {
 		fmt.Fprintf(stdout, "secserver: %s\n", src.Stats().Summary())
 	}
+	if ike != nil {
+		fmt.Fprintf(stdout, "ike: %s\n", ike.Stats().Summary())
+	}
 	return err
 }
 
@@ -164,6 +185,8 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	radio := fs.String("radio", "", "the radio interface, or tun:NAME")
 	var saPaths stringList
 	fs.Var(&saPaths, "sa", "SA file (native or esp_sa), watched; repeatable")
+	var ikePaths stringList
+	fs.Var(&ikePaths, "ike-keys", "IKE SA key file (espep-ike 1), watched: follow IKE and derive the CHILD_SAs (scheme 2); repeatable")
 	stateDir := fs.String("state-dir", "", "directory for the IV blocks and sequence numbers the gateway reserves")
 	ef := engine.AddFlags(fs) // --mode, --cc, … spelled as in the config file
 	plain := fs.Bool("plain", false, "accelerate TCP that is not IPsec-protected too")
@@ -194,6 +217,7 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	}
 	set := map[string]func(){
 		"wire": func() { fc.Wire = *wire }, "radio": func() { fc.Radio = *radio }, "sa": func() { fc.SAFiles = saPaths },
+		"ike-keys":  func() { fc.IKEKeyFiles = ikePaths },
 		"state-dir": func() { fc.StateDir = *stateDir }, "metrics": func() { fc.Metrics = *maddr }, "plain": func() { fc.Gateway.Plain = *plain },
 		"routes": func() { fc.Routes = *routes }, "wire-iface": func() { fc.WireIface = *wireIf }, "radio-iface": func() { fc.RadioIface = *radioIf },
 		"secserver": func() { fc.SecServer.Addr = *ssAddr }, "secserver-cert": func() { fc.SecServer.Cert = *ssCert },
@@ -212,9 +236,9 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	if err := ef.Apply(&fc.Gateway.Engine); err != nil {
 		return nil, 0, usageError{"gateway: " + err.Error()}
 	}
-	if fc.Wire == "" || fc.Radio == "" || len(fc.SAFiles) == 0 && fc.SecServer.Addr == "" || fs.NArg() != 0 {
+	if fc.Wire == "" || fc.Radio == "" || len(fc.SAFiles) == 0 && len(fc.IKEKeyFiles) == 0 && fc.SecServer.Addr == "" || fs.NArg() != 0 {
 		fs.Usage()
-		return nil, 0, usageError{"gateway: need --wire, --radio and --sa or --secserver (or a --config that gives them)"}
+		return nil, 0, usageError{"gateway: need --wire, --radio and --sa, --ike-keys or --secserver (or a --config that gives them)"}
 	}
 	if ss := fc.SecServer; ss.Addr != "" && (ss.Cert == "" || ss.Key == "" || ss.CA == "") {
 		return nil, 0, usageError{"gateway: --secserver needs --secserver-cert, --secserver-key and --secserver-ca"}
@@ -308,6 +332,15 @@ func watchSAs(ctx context.Context, gw *gateway.Gateway, paths []string, log *slo
 	signal.Notify(hup, syscall.SIGHUP)
 	go sf.Watch(ctx, 200*time.Millisecond, hup)
 	return func() { signal.Stop(hup) }
+}
+
+// followIKE has the gateway follow IKE with the keys the files delegate
+// until ctx ends (scheme 2).
+func followIKE(ctx context.Context, gw *gateway.Gateway, paths []string, log *slog.Logger) *gateway.IKESAs {
+	ike := gateway.NewIKESAs(gw, ikefollow.New(ikefollow.Config{Log: log}))
+	go ike.Run(ctx)
+	go ike.WatchKeyFiles(ctx, 200*time.Millisecond, paths...)
+	return ike
 }
 
 // partitionOf is the IV partition of gateway identifier id: gateways that

@@ -136,6 +136,7 @@ type linkemSetup struct {
 	wire           *netem.Config  // the wired leg, or nil
 	engine         *engine.Config // nil: none
 	saPaths        []string
+	ikePaths       []string
 	stateDir       string
 	secserver      gateway.SecServerConfig
 	partition      statedir.Partition // zero: from the security server, or none
@@ -173,7 +174,8 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	var gw *gateway.Gateway
 	var br *linkem.Bridge
-	if len(c.saPaths) > 0 || c.secserver.Addr != "" {
+	var ike *gateway.IKESAs
+	if len(c.saPaths) > 0 || len(c.ikePaths) > 0 || c.secserver.Addr != "" {
 		if c.engine == nil {
 			c.engine = &engine.Config{Mode: engine.ModeSplit}
 		}
@@ -204,6 +206,9 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 		}
 		if ss != nil {
 			serveSAs(ctx, gw, ss)
+		}
+		if len(c.ikePaths) > 0 {
+			ike = followIKE(ctx, gw, c.ikePaths, log)
 		}
 		if c.handoff.enabled() {
 			if err := c.handoff.start(ctx, gw, log); err != nil {
@@ -242,6 +247,9 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	err = br.Run(ctx)
 	printLinkemStats(stdout, c.a, c.b, br.Stats())
 	printGatewayStats(stdout, gw, br.Engine())
+	if ike != nil {
+		fmt.Fprintf(stdout, "ike: %s\n", ike.Stats().Summary())
+	}
 	return err
 }
 
@@ -264,6 +272,8 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 	wire := addImpairments(fs, "wire.", " (a wired leg between a and the engine, both ways)")
 	var saPaths stringList
 	fs.Var(&saPaths, "sa", "IPsec gateway: open and re-seal the ESP/AH of the SAs in this file (native or esp_sa; re-read when it changes and on SIGHUP) around the engine; repeatable")
+	var ikePaths stringList
+	fs.Var(&ikePaths, "ike-keys", "IPsec gateway: follow IKE with the IKE SA keys in this file (espep-ike 1; re-read when it changes) and derive the CHILD_SAs, as espep gateway does; repeatable")
 	stateDir := fs.String("state-dir", "", "IPsec gateway: directory for the IV blocks and sequence numbers it reserves (without it, AES-GCM, ChaCha20 and AES-CTR SAs are relayed)")
 	var ss gateway.SecServerConfig
 	fs.StringVar(&ss.Addr, "secserver", "", "IPsec gateway: get SAs from the security server at host:port (beside or instead of --sa), as espep gateway does")
@@ -285,7 +295,7 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 	if ss.Addr != "" && (ss.Cert == "" || ss.Key == "" || ss.CA == "") {
 		return nil, usageError{"linkem: --secserver needs --secserver-cert, --secserver-key and --secserver-ca"}
 	}
-	c := &linkemSetup{a: *a, b: *b, saPaths: saPaths, stateDir: *stateDir, secserver: ss, dur: *dur, pcapAB: *pcapAB, pcapBA: *pcapBA,
+	c := &linkemSetup{a: *a, b: *b, saPaths: saPaths, ikePaths: ikePaths, stateDir: *stateDir, secserver: ss, dur: *dur, pcapAB: *pcapAB, pcapBA: *pcapBA,
 		handoff: h}
 	c.handoff.tls = ss
 	if *part != "" {

@@ -25,6 +25,7 @@ import (
 //	radio-iface     = eth1          #   what arrives here goes into the radio device (table route-table+1)
 //	route-table     = 100
 //	sa-file         = gateway.sa    # native or esp_sa lines; relative to this file; may be given more than once
+//	ike-key-file    = ike.keys      # IKE SA keys (espep-ike 1): follow IKE, derive CHILD_SAs (scheme 2); repeatable
 //	state-dir       = state         # IV blocks and sequence numbers (0700); without it no AES-GCM,
 //	                                # ChaCha20-Poly1305 or AES-CTR SA is sealed on
 //	iv-partition    = 0/1           # this gateway's share K/N of the IV block space
@@ -69,9 +70,12 @@ type FileConfig struct {
 	WireIface, RadioIface string
 	RouteTable            int
 	SAFiles               []string
-	StateDir              string
-	IVPartition           statedir.Partition
-	Metrics               string
+	// IKEKeyFiles hold IKE SA keys delegated to the gateway (ikefollow's
+	// key file): with any, it follows IKE and derives CHILD_SAs (ike.go).
+	IKEKeyFiles []string
+	StateDir    string
+	IVPartition statedir.Partition
+	Metrics     string
 	// SecServer is the security server the gateway fetches SAs from
 	// (fetch.go), with the files of its mutual TLS; Addr empty: none.
 	SecServer SecServerConfig
@@ -119,9 +123,11 @@ func LoadFileConfig(path string) (*FileConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	for i, p := range c.SAFiles {
-		if !filepath.IsAbs(p) {
-			c.SAFiles[i] = filepath.Join(filepath.Dir(path), p)
+	for _, files := range [][]string{c.SAFiles, c.IKEKeyFiles} {
+		for i, p := range files {
+			if !filepath.IsAbs(p) {
+				files[i] = filepath.Join(filepath.Dir(path), p)
+			}
 		}
 	}
 	for _, p := range []*string{&c.StateDir, &c.SecServer.Cert, &c.SecServer.Key, &c.SecServer.CA, &c.SecServer.CRL} {
@@ -137,7 +143,7 @@ func ParseFileConfig(r io.Reader, name string) (*FileConfig, error) {
 	c := &FileConfig{}
 	e := &c.Gateway.Engine
 	e.Mode = engine.ModeSplit // the gateway's default, as on the command line
-	rd := keyval.NewReader(r, name, GatewayMagic, 1, "sa-file", "handoff-peer", "station")
+	rd := keyval.NewReader(r, name, GatewayMagic, 1, "sa-file", "ike-key-file", "handoff-peer", "station")
 	var last keyval.Line
 	for {
 		l, err := rd.Next()
@@ -171,6 +177,8 @@ func (c *FileConfig) set(e *engine.Config, key, val string) error {
 		c.Radio = val
 	case "sa-file":
 		c.SAFiles = append(c.SAFiles, val)
+	case "ike-key-file":
+		c.IKEKeyFiles = append(c.IKEKeyFiles, val)
 	case "routes":
 		c.Routes, err = keyval.Bool(val)
 	case "wire-iface":

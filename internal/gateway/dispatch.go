@@ -101,6 +101,9 @@ func (g *Gateway) process(c *call, from engine.Side, pkt []byte) {
 	case ipsec.KindIKE:
 		c.ctr.add(cIKE) // the early signal of a new SA
 		g.wantSAs(&l)
+		if f := g.ike.Load(); f != nil {
+			(*f)(pkt, l) // by value: a pointer would make l escape for every packet
+		}
 		g.relay(c, to, c.orig)
 		return
 	case ipsec.KindKeepalive:

@@ -155,6 +155,9 @@ type Gateway struct {
 	// lacks (an IKE packet, an unknown SPI): the security server source
 	// (fetch.go). It never blocks.
 	want atomic.Pointer[func(a, b netip.Addr)]
+	// ike, when set, is handed every IKE message relayed (IKE following,
+	// ike.go). It never blocks.
+	ike atomic.Pointer[func(pkt []byte, l ipsec.Loc)]
 	// missing, when set, is told of a mobile whose flows seem to be at
 	// another gateway (handoff.go). It never blocks.
 	missing atomic.Pointer[func(mobile netip.Addr) bool]

@@ -100,8 +100,6 @@ type Result struct {
 	PFS     [][2]netip.Addr
 }
 
-func (r *Result) empty() bool { return len(r.Created) == 0 && len(r.Deleted) == 0 && len(r.PFS) == 0 }
-
 // Follower follows the IKE SAs whose keys it is given. Its methods may be
 // called from several goroutines; each call holds one lock throughout
 // (IKE is a few messages per SA per hour: no concurrency is needed).

@@ -132,21 +132,34 @@ func strongSwanIKE(t *testing.T, c ikeCase) {
 // readIKE returns the IKE messages of a capture, in order.
 func readIKE(t *testing.T, path string) [][]byte {
 	t.Helper()
+	var msgs [][]byte
+	for _, fr := range readFrames(t, path) {
+		if msg, ok := ikeOf(fr, 1); ok {
+			msgs = append(msgs, msg)
+		}
+	}
+	return msgs
+}
+
+// readFrames returns the Ethernet frames of a capture, in order.
+func readFrames(t *testing.T, path string) [][]byte {
+	t.Helper()
 	f, err := os.Open(path)
 	must(t, err)
 	defer f.Close()
 	r, err := pcapio.NewReader(f)
 	must(t, err)
-	var msgs [][]byte
+	if r.LinkType != 1 {
+		t.Fatalf("%s: link type %d, not Ethernet", path, r.LinkType)
+	}
+	var frames [][]byte
 	for {
 		rec, err := r.Next()
 		if errors.Is(err, io.EOF) {
-			return msgs
+			return frames
 		}
 		must(t, err)
-		if msg, ok := ikeOf(rec.Data, r.LinkType); ok {
-			msgs = append(msgs, append([]byte(nil), msg...))
-		}
+		frames = append(frames, append([]byte(nil), rec.Data...))
 	}
 }
 

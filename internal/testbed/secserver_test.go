@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -170,12 +171,17 @@ func secserverTransfer(t *testing.T, s *StrongSwan, dir string, srv *Proc, cfgs 
 	return mbps
 }
 
+var hexDumpRE = regexp.MustCompile(`(?m)^\S+ \d+\[\w+\]\s+\d+: [0-9A-F]{2} .*$`)
+
 // charonClean fails the test if either charon logged a replay or an
 // integrity failure.
 func charonClean(t *testing.T, s *StrongSwan) {
 	t.Helper()
 	for _, side := range []string{"left", "right"} {
 		log, _ := os.ReadFile(s.CharonLog(side))
+		// Not in the hex dumps of keys and messages (ike = 4): their
+		// ASCII columns can spell anything.
+		log = hexDumpRE.ReplaceAll(log, nil)
 		for _, bad := range []string{"verification failed", "replay", "ICV"} {
 			if bytes.Contains(bytes.ToLower(log), bytes.ToLower([]byte(bad))) {
 				t.Errorf("%s: charon logged %q", side, bad)

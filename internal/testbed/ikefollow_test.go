@@ -1,0 +1,331 @@
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/espep/espep/internal/charonlog"
+	"github.com/espep/espep/internal/ikefollow"
+	"github.com/espep/espep/internal/ikev2"
+	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/ipsec"
+)
+
+// TestGatewayFollowsIKE: scheme 2 with unmodified strongSwan peers. The
+// gateway (espep linkem --ike-keys, split, 20 Mbit/s radio with 2 % loss
+// toward the right) is given only the IKE SA keys — the test reads them
+// from the left charon's log (ike = 4) and writes them to the gateway's
+// key file as a delegating party would, after IKE_AUTH is over: the
+// gateway held the exchange's messages until they came. It derives the
+// CHILD_SA, takes the flow over, and follows two CHILD_SA rekeys (swanctl
+// --rekey, once from each end) during the transfer. The file crosses
+// intact, neither charon logs a replay or an integrity failure, and what
+// the gateway derived is what charon installed (the same follower run on
+// the capture of the IKE messages, compared key for key with both charon
+// logs; tshark, given the same IKE keys, decrypts the same messages and
+// finds the same CHILD_SA SPIs).
+//
+// With PFS on the CHILD_SA ("pfs"), the rekeys carry KE payloads: the
+// gateway cannot derive them, asks the security server (scheme 3: the
+// right peer's agent uploads its SAs from charon's log) and counts it; the
+// transfer still crosses intact.
+func TestGatewayFollowsIKE(t *testing.T) {
+	needStrongSwan(t)
+	for _, pfs := range []bool{false, true} {
+		name := map[bool]string{false: "nopfs", true: "pfs"}[pfs]
+		t.Run(name, func(t *testing.T) { gatewayFollowsIKE(t, pfs) })
+	}
+}
+
+func gatewayFollowsIKE(t *testing.T, pfs bool) {
+	b := ForTest(t)
+	dir := t.TempDir()
+	keyPath := filepath.Join(dir, "ike.keys")
+	must(t, os.WriteFile(keyPath, []byte("espep-ike 1\n"), 0o600))
+	middle := append(append([]string{"linkem", "--a", "ra", "--b", "rb", "--ike-keys", keyPath, "--state-dir", filepath.Join(dir, "state")},
+		engineFlags("split")...), "--rate", "20mbit", "--delay", "10ms", "--queue", "200p", "--ab.loss", "2%", "--seed", "3")
+	esp := "aes128gcm16"
+	const addr = "127.0.0.1:7446"
+	var srv *Proc
+	var keys *secPKI
+	var before func(*StrongSwan) error
+	if pfs {
+		esp = "aes128gcm16-x25519"
+		keys = newSecPKI(t, dir)
+		keys.issue(t, "gw", pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-1"}})
+		keys.issue(t, "agent", pki.Identity{Role: pki.RoleAgent, Name: "right-peer", Addrs: []netip.Addr{netip.MustParseAddr(SSRightOuter)}})
+		middle = append(append(middle, "--secserver", addr), keys.flags("secserver-", "gw")...)
+		before = func(s *StrongSwan) error {
+			srv = keys.startServer(t, b, s.Radio, addr)
+			return nil
+		}
+	}
+	s, err := NewStrongSwanBefore(b, espepBin, dir, middle, before)
+	must(t, err)
+	capPath := filepath.Join(dir, "ike.pcap")
+	dump, err := b.Start(s.GW, "tcpdump", "-U", "--immediate-mode", "-ni", "gr", "-w", capPath, "udp port 500 or (udp port 4500 and udp[8:4] = 0)")
+	must(t, err)
+	must(t, b.WaitFile(capPath, 5*time.Second))
+	must(t, s.StartCharon(esp))
+	// The delegating party: every IKE SA key set charon logs goes to the
+	// gateway's key file.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go delegateIKE(ctx, t, s.CharonLog("left"), keyPath)
+	must(t, waitFor(s.Linkem, `msg="gateway: IKE: CHILD_SA derived"`, 10*time.Second))
+	var agent *Proc
+	if pfs {
+		must(t, os.Chmod(s.CharonLog("right"), 0o600))
+		agent, err = b.Start(s.Radio, append([]string{espepBin, "agent", "--secserver", addr, "--charon-log", s.CharonLog("right"),
+			"--area", "cell-1", "--interval", "200ms"}, keys.flags("", "agent")...)...)
+		must(t, err)
+	}
+	giveKeys(t, s, "", false) // the tunnel carries
+
+	size := max(*gatewaySize, 16) << 20 // long enough for two rekeys
+	x := newPeerTransfer(t, s, dir, size, 0, 300)
+	sender, err := b.Start(s.Left, x.sender...)
+	must(t, err)
+	for i, side := range []string{"left", "right"} {
+		time.Sleep(2 * time.Second)
+		want := 2 * (i + 2) // two SAs per CHILD_SA derived
+		if pfs {
+			want = 2 // only IKE_AUTH's
+		}
+		start := time.Now()
+		must(t, s.Rekey(side))
+		pattern := `msg="gateway: IKE: CHILD_SA derived"`
+		if pfs {
+			pattern = `msg="gateway: IKE: CHILD_SA with PFS; asking the security server"`
+			want = i + 1
+		}
+		for strings.Count(s.Linkem.Output(), pattern) < want {
+			if time.Since(start) > 10*time.Second {
+				t.Fatalf("rekey %d: the gateway did not follow it:\n%s", i+1, lastLines([]byte(s.Linkem.Output()), 12))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Logf("rekey %d (from the %s): the gateway had it %v after swanctl --rekey was run", i+1, side, time.Since(start).Round(time.Millisecond))
+	}
+	if err := sender.Wait(300 * time.Second); err != nil {
+		t.Fatalf("sender: %v\n%s", err, lastLines([]byte(s.Linkem.Output()), 10))
+	}
+	if err := x.received(); err != nil {
+		t.Fatalf("%v\n%s", err, lastLines([]byte(s.Linkem.Output()), 10))
+	}
+	charonClean(t, s)
+	dump.Stop()
+	procs := []*Proc{s.Linkem}
+	if pfs {
+		procs = append(procs, agent, srv)
+	}
+	for _, p := range procs {
+		p.Signal(syscall.SIGTERM)
+	}
+	for _, p := range procs {
+		p.Wait(5 * time.Second)
+	}
+	out := s.Linkem.Output()
+	gc, ec, ic := counters(out, "gateway:"), counters(out, "engine:"), counters(out, "ike:")
+	t.Logf("gateway %v\nengine %v\nike %v", gc, ec, ic)
+	if gc["opened"] < 1000 || gc["sealed"] < 1000 || gc["icv-failures"]+gc["nonce-downgrades"]+gc["seal-errors"] != 0 || ec["early-acked"] < size/2 {
+		t.Fatalf("the gateway did not work on the flow:\n%s", lastLines([]byte(out), 60))
+	}
+	if ic["integrity"]+ic["malformed"]+ic["queue-drops"] != 0 || ic["bound"] != 1 {
+		t.Errorf("ike counters %v", ic)
+	}
+	if pfs {
+		if ic["children"] != 1 || ic["pfs"] != 2 || ic["pfs-fallbacks"] != 2 {
+			t.Errorf("with PFS: ike counters %v, want IKE_AUTH's CHILD_SA derived and both rekeys handed to the server", ic)
+		}
+	} else if ic["children"] != 3 || ic["installed"] != 6 || ic["removed"] != 4 {
+		t.Errorf("ike counters %v, want 3 CHILD_SAs derived, the 2 rekeyed away removed", ic)
+	}
+	for _, m := range reseals.FindAllStringSubmatch(out, -1) {
+		t.Logf("first packet re-sealed on a derived SA (spi %s) %s after the exchange's last message", m[1], m[2])
+	}
+	checkDerived(t, s, capPath, pfs)
+}
+
+var reseals = regexp.MustCompile(`msg="gateway: IKE: first packet re-sealed on a derived SA" spi=(\d+) after=(\S+)`)
+
+// delegateIKE writes the IKE SA keys of a charon log to an IKE key file
+// whenever the log shows new ones, until ctx ends.
+func delegateIKE(ctx context.Context, t *testing.T, log, path string) {
+	n := 0
+	for ctx.Err() == nil {
+		time.Sleep(50 * time.Millisecond)
+		f, err := os.Open(log)
+		if err != nil {
+			continue
+		}
+		keys, err := charonlog.ParseIKE(f, log)
+		f.Close()
+		if err != nil || len(keys) == n {
+			continue
+		}
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, ikefollow.AppendKeyFile(nil, keys...), 0o600); err == nil && os.Rename(tmp, path) == nil {
+			n = len(keys)
+		}
+	}
+}
+
+// checkDerived runs the follower on the capture of the IKE messages with
+// the keys charon logged and compares what it derives with what both
+// charons installed; tshark, with the same keys, must find the same
+// CHILD_SA SPIs in the decrypted messages.
+func checkDerived(t *testing.T, s *StrongSwan, capPath string, pfs bool) {
+	t.Helper()
+	f, err := os.Open(s.CharonLog("left"))
+	must(t, err)
+	keys, err := charonlog.ParseIKE(f, "left")
+	f.Close()
+	must(t, err)
+	fl := ikefollow.New(ikefollow.Config{})
+	var derived []ipsec.Config
+	for _, k := range keys {
+		r, err := fl.AddKeys(k)
+		must(t, err)
+		derived = append(derived, r.Created...)
+	}
+	for _, p := range ikePackets(t, capPath) {
+		derived = append(derived, fl.Observe(p).Created...)
+	}
+	for _, side := range []string{"left", "right"} {
+		f, err := os.Open(s.CharonLog(side))
+		must(t, err)
+		installed, err := charonlog.Parse(f, side)
+		f.Close()
+		must(t, err)
+		if pfs {
+			installed = installed[:2] // IKE_AUTH's CHILD_SA; the rekeys' were not derivable
+		}
+		if len(derived) != len(installed) {
+			t.Errorf("%s: derived %d SAs, charon installed %d", side, len(derived), len(installed))
+		}
+		for _, c := range installed {
+			ok := false
+			for _, d := range derived {
+				ok = ok || d.SPI == c.SPI && d.Dst == c.Dst && bytes.Equal(d.EncKey, c.EncKey) && bytes.Equal(d.IntegKey, c.IntegKey)
+			}
+			if !ok {
+				t.Errorf("%s: charon's SA %#08x→%v was not derived with its keys", side, c.SPI, c.Dst)
+			}
+		}
+	}
+	t.Logf("the follower, on the capture: %d SAs derived, the same as both charons installed", len(derived))
+	tsharkSPIs(t, capPath, keys, derived)
+}
+
+// ikePackets reads the IKE messages of a capture.
+func ikePackets(t *testing.T, path string) []ikefollow.Packet {
+	t.Helper()
+	var out []ikefollow.Packet
+	for _, fr := range readFrames(t, path) {
+		msg, ok := ikeOf(fr, 1)
+		if !ok {
+			continue
+		}
+		ip := fr[14:]
+		ihl := int(ip[0]&0xf) * 4
+		src, _ := netip.AddrFromSlice(ip[12:16])
+		dst, _ := netip.AddrFromSlice(ip[16:20])
+		sp, dp := uint16(ip[ihl])<<8|uint16(ip[ihl+1]), uint16(ip[ihl+2])<<8|uint16(ip[ihl+3])
+		out = append(out, ikefollow.Packet{Src: netip.AddrPortFrom(src, sp), Dst: netip.AddrPortFrom(dst, dp), Msg: append([]byte(nil), msg...)})
+	}
+	return out
+}
+
+// tsharkSPIs has tshark decrypt the capture's IKE messages with the same
+// IKE keys (its ikev2_decryption_table, which needs each IKE SA's SPIs:
+// those of the messages the keys open) and checks that the ESP SPIs in
+// what it decrypted are the ones derived (with PFS: among them).
+func tsharkSPIs(t *testing.T, capPath string, keys []ikev2.Keys, derived []ipsec.Config) {
+	t.Helper()
+	tshark, err := exec.LookPath("tshark")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("tshark: %v", err)
+		}
+		t.Skipf("tshark not installed: %v", err)
+	}
+	var table strings.Builder
+	for _, k := range keys {
+		for _, p := range ikePackets(t, capPath) {
+			m, err := ikev2.Parse(p.Msg)
+			if err != nil || m.Exchange == ikev2.ExchangeSAInit {
+				continue
+			}
+			if _, err := k.Open(p.Msg, &m); err == nil {
+				fmt.Fprintf(&table, "%016x,%016x,%x,%x,%q,%x,%x,%q\n", m.SPIi, m.SPIr, k.Ei, k.Er, wiresharkEncr(k), k.Ai, k.Ar, wiresharkInteg(k))
+				break
+			}
+		}
+	}
+	home := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(home, ".config", "wireshark"), 0o700))
+	must(t, os.WriteFile(filepath.Join(home, ".config", "wireshark", "ikev2_decryption_table"), []byte(table.String()), 0o600))
+	cmd := exec.Command(tshark, "-r", capPath, "-T", "fields", "-e", "isakmp.spi")
+	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tshark: %v", err)
+	}
+	seen := map[uint32]bool{}
+	for _, f := range strings.FieldsFunc(string(out), func(r rune) bool { return r == ',' || r == '\n' || r == '\t' }) {
+		if len(f) == 8 {
+			v, err := strconv.ParseUint(f, 16, 32)
+			must(t, err)
+			seen[uint32(v)] = true
+		}
+	}
+	mine := map[uint32]bool{}
+	for _, d := range derived {
+		mine[d.SPI] = true
+		if !seen[d.SPI] {
+			t.Errorf("tshark, with the same IKE keys, did not find the derived SPI %#08x (it found %v)", d.SPI, seen)
+		}
+	}
+	if len(mine) == len(derived) && len(seen) == 0 {
+		t.Fatal("tshark decrypted nothing")
+	}
+	t.Logf("tshark decrypted the IKE messages with the delegated keys: %d ESP SPIs, %d of them derived", len(seen), len(mine))
+}
+
+// wiresharkEncr and wiresharkInteg name an IKE SA's transforms as
+// Wireshark's ikev2_decryption_table does.
+func wiresharkEncr(k ikev2.Keys) string {
+	switch k.Encr {
+	case ikev2.EncrAESCBC:
+		return fmt.Sprintf("AES-CBC-%d [RFC3602]", 8*len(k.Ei))
+	case ikev2.EncrAESGCM16:
+		return fmt.Sprintf("AES-GCM-%d with 16 octet ICV [RFC5282]", 8*(len(k.Ei)-4))
+	case ikev2.EncrAESGCM12:
+		return fmt.Sprintf("AES-GCM-%d with 12 octet ICV [RFC5282]", 8*(len(k.Ei)-4))
+	}
+	return "?"
+}
+
+func wiresharkInteg(k ikev2.Keys) string {
+	switch k.Integ {
+	case ikev2.IntegHMACSHA2256128:
+		return "HMAC_SHA2_256_128 [RFC4868]"
+	case ikev2.IntegHMACSHA2384192:
+		return "HMAC_SHA2_384_192 [RFC4868]"
+	case ikev2.IntegHMACSHA2512256:
+		return "HMAC_SHA2_512_256 [RFC4868]"
+	}
+	return "NONE [RFC4306]"
+}
