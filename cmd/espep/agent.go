@@ -18,7 +18,7 @@ import (
 )
 
 const agentUsage = `usage: espep agent --secserver HOST:PORT --cert FILE --key FILE --ca FILE [--crl FILE]
-                  (--keys FILE | --host-config FILE | --host-socket PATH | --charon-log FILE | --xfrm)…
+                  (--keys FILE | --host-config FILE | --host-socket PATH | --charon-log FILE | --xfrm | --ike-charon-log FILE)…
                   [--area AREA] [--class read|write] [--interval D] [--once]
                   [--rekey-command CMD] [--duration D]
 
@@ -38,6 +38,11 @@ and withdraws those that leave (deleted, rekeyed away):
                  host runs them
   --xfrm         the Linux kernel's SAD (netlink; needs CAP_NET_ADMIN):
                  every SA, so cap them with --class
+Scheme 2, the IKE SAs' keys: gateways that follow IKE derive every
+CHILD_SA (rekeys included) from them; they go to write gateways only:
+  --ike-charon-log  strongSwan's charon log written with "ike = 4" (mode
+                 0600; charon then also logs its PSK and DH secrets): the
+                 keys of each IKE SA, uploaded once
 --class is a ceiling (read: no integrity key, and no AEAD SA); below it
 each SA's own class counts (esp_sa lines and charon's SAs: write).
 
@@ -63,11 +68,12 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	keyFile := fs.String("key", "", "its key")
 	caFile := fs.String("ca", "", "the CA's certificate")
 	crlFile := fs.String("crl", "", "the CA's revocation list")
-	var keys, hostCfgs, hostSocks, charonLogs stringList
+	var keys, hostCfgs, hostSocks, charonLogs, ikeLogs stringList
 	fs.Var(&keys, "keys", "key file to delegate (repeatable)")
 	fs.Var(&hostCfgs, "host-config", "espep host configuration: delegate the SAs of its policies with proxy = read|write (repeatable)")
 	fs.Var(&hostSocks, "host-socket", "a running espep host's control socket: delegate its SAs, install its sa = server pairs (repeatable)")
 	fs.Var(&charonLogs, "charon-log", "strongSwan charon log (chd = 4): delegate the CHILD_SAs charon holds (repeatable)")
+	fs.Var(&ikeLogs, "ike-charon-log", "strongSwan charon log (ike = 4): delegate the IKE SA keys it shows, for gateways that follow IKE (repeatable)")
 	useXFRM := fs.Bool("xfrm", false, "delegate the Linux kernel's SAs (netlink)")
 	area := fs.String("area", "", "the radio area the endpoint is in (a mobile's cell); none for a wired endpoint: its SAs reach gateways through its peer's area")
 	class := fs.String("class", "", "delegate every SA in this class: read or write")
@@ -79,11 +85,11 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
-	if *addr == "" || *certFile == "" || *keyFile == "" || *caFile == "" || len(keys)+len(hostCfgs)+len(hostSocks)+len(charonLogs) == 0 && !*useXFRM || fs.NArg() != 0 {
+	if *addr == "" || *certFile == "" || *keyFile == "" || *caFile == "" || len(keys)+len(hostCfgs)+len(hostSocks)+len(charonLogs)+len(ikeLogs) == 0 && !*useXFRM || fs.NArg() != 0 {
 		fs.Usage()
-		return usageError{"agent: need --secserver, --cert, --key, --ca, and a source (--keys, --host-config, --host-socket, --charon-log or --xfrm)"}
+		return usageError{"agent: need --secserver, --cert, --key, --ca, and a source (--keys, --host-config, --host-socket, --charon-log, --xfrm or --ike-charon-log)"}
 	}
-	cfg := agent.Config{Files: keys, HostConfigs: hostCfgs, HostSockets: hostSocks, CharonLogs: charonLogs, XFRM: *useXFRM,
+	cfg := agent.Config{Files: keys, HostConfigs: hostCfgs, HostSockets: hostSocks, CharonLogs: charonLogs, IKECharonLogs: ikeLogs, XFRM: *useXFRM,
 		Area: *area, Log: slog.New(slog.NewTextHandler(stderr, nil))}
 	switch *class {
 	case "":
@@ -105,7 +111,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	a := agent.New(cfg, c)
 	if *once {
 		err := a.Sync(ctx)
-		fmt.Fprintf(stdout, "agent: %d uploaded, %d withdrawn, %d pairs installed\n", a.Uploads, a.Withdrawals, a.Installs)
+		fmt.Fprintf(stdout, "agent: %d uploaded, %d withdrawn, %d pairs installed, %d IKE SAs' keys uploaded\n", a.Uploads, a.Withdrawals, a.Installs, a.IKEUploads)
 		return err
 	}
 	if *dur > 0 {
@@ -125,6 +131,6 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	}
 	go a.FollowOrders(ctx, c, rekey)
 	a.Run(ctx, *every)
-	fmt.Fprintf(stdout, "agent: %d uploaded, %d withdrawn, %d pairs installed\n", a.Uploads, a.Withdrawals, a.Installs)
+	fmt.Fprintf(stdout, "agent: %d uploaded, %d withdrawn, %d pairs installed, %d IKE SAs' keys uploaded\n", a.Uploads, a.Withdrawals, a.Installs, a.IKEUploads)
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/ikefollow"
+	"github.com/espep/espep/internal/ikev2"
 	"github.com/espep/espep/internal/linkem"
 	"github.com/espep/espep/internal/metrics"
 	"github.com/espep/espep/internal/netem"
@@ -127,13 +128,13 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if len(fc.SAFiles) > 0 {
 		defer watchSAs(ctx, gw, fc.SAFiles, log)()
 	}
+	var ike *gateway.IKESAs
+	if ss != nil || len(fc.IKEKeyFiles) > 0 {
+		ike = followIKE(ctx, gw, ss, fc.IKEKeyFiles, log)
+	}
 	var src *gateway.ServerSAs
 	if ss != nil {
 		src = serveSAs(ctx, gw, ss)
-	}
-	var ike *gateway.IKESAs
-	if len(fc.IKEKeyFiles) > 0 {
-		ike = followIKE(ctx, gw, fc.IKEKeyFiles, log)
 	}
 	if h := handoffOf(fc); h.enabled() {
 		if err := h.start(ctx, gw, log); err != nil {
@@ -334,12 +335,24 @@ func watchSAs(ctx context.Context, gw *gateway.Gateway, paths []string, log *slo
 	return func() { signal.Stop(hup) }
 }
 
-// followIKE has the gateway follow IKE with the keys the files delegate
-// until ctx ends (scheme 2).
-func followIKE(ctx context.Context, gw *gateway.Gateway, paths []string, log *slog.Logger) *gateway.IKESAs {
+// followIKE has the gateway follow IKE (scheme 2) until ctx ends, with
+// the IKE SA keys the files delegate and those the security server (if
+// any) releases with a pair's SAs. Called before the server is first
+// asked.
+func followIKE(ctx context.Context, gw *gateway.Gateway, ss *secserverConn, paths []string, log *slog.Logger) *gateway.IKESAs {
 	ike := gateway.NewIKESAs(gw, ikefollow.New(ikefollow.Config{Log: log}))
 	go ike.Run(ctx)
-	go ike.WatchKeyFiles(ctx, 200*time.Millisecond, paths...)
+	if len(paths) > 0 {
+		go ike.WatchKeyFiles(ctx, 200*time.Millisecond, paths...)
+	}
+	if ss != nil {
+		ss.c.OnIKE = func(k ikev2.Keys) {
+			if err := ike.AddKeys(k); err != nil {
+				log.Warn("gateway: IKE SA keys from the security server refused", "err", err)
+			}
+			k.Wipe()
+		}
+	}
 	return ike
 }
 

@@ -204,11 +204,11 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 		if len(c.saPaths) > 0 {
 			defer watchSAs(ctx, gw, c.saPaths, log)()
 		}
+		if ss != nil || len(c.ikePaths) > 0 {
+			ike = followIKE(ctx, gw, ss, c.ikePaths, log)
+		}
 		if ss != nil {
 			serveSAs(ctx, gw, ss)
-		}
-		if len(c.ikePaths) > 0 {
-			ike = followIKE(ctx, gw, c.ikePaths, log)
 		}
 		if c.handoff.enabled() {
 			if err := c.handoff.start(ctx, gw, log); err != nil {

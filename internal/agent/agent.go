@@ -36,6 +36,7 @@ type Server interface {
 	Upload(ctx context.Context, area string, sas []ipsec.Config) error
 	Withdraw(ctx context.Context, ids []ipsec.ID) error
 	Generate(ctx context.Context, w secserver.Want) (out, in ipsec.Config, err error)
+	UploadIKE(ctx context.Context, area string, us []secserver.IKEUpload) error
 }
 
 // Config is what the agent delegates and where from.
@@ -53,6 +54,9 @@ type Config struct {
 	// CharonLogs are strongSwan charon logs written with "chd = 4": the
 	// CHILD_SAs charon holds (not those rekeyed away) are delegated.
 	CharonLogs []string
+	// IKECharonLogs are charon logs written with "ike = 4": the IKE SA
+	// keys they show are delegated (scheme 2, ike.go).
+	IKECharonLogs []string
 	// XFRM delegates the SAs of the Linux kernel's SAD (read over
 	// netlink) — every one: the kernel has no per-SA proxy permission,
 	// so Class should cap them.
@@ -78,7 +82,11 @@ type Agent struct {
 	// Uploads and Withdrawals count what the agent sent; Installs the
 	// pairs installed in hosts.
 	Uploads, Withdrawals, Installs int
-	pairs                          pairState // pairs.go
+	// IKEUploads counts the IKE SAs whose keys were uploaded; ikeUp is
+	// a digest of each one's SK_d (no key is kept).
+	IKEUploads int
+	ikeUp      map[[32]byte]bool
+	pairs      pairState // pairs.go
 }
 
 // New makes an agent for srv.
@@ -86,7 +94,7 @@ func New(cfg Config, srv Server) *Agent {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Agent{cfg: cfg, srv: srv, up: map[ipsec.ID][32]byte{}, pairs: newPairState()}
+	return &Agent{cfg: cfg, srv: srv, up: map[ipsec.ID][32]byte{}, ikeUp: map[[32]byte]bool{}, pairs: newPairState()}
 }
 
 // Sync reads the files and brings the server up to date: it uploads the
@@ -95,7 +103,7 @@ func New(cfg Config, srv Server) *Agent {
 // open to others) withdraws nothing of what it gave before.
 func (a *Agent) Sync(ctx context.Context) error {
 	err := a.delegate(ctx)
-	return errors.Join(err, a.syncPairs(ctx))
+	return errors.Join(err, a.delegateIKE(ctx), a.syncPairs(ctx))
 }
 
 // delegate is scheme 3: the sources' SAs that permit a proxy uploaded,

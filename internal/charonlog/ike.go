@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net/netip"
 	"regexp"
 	"strings"
 
@@ -14,26 +15,46 @@ import (
 var (
 	ikeProposalRE = regexp.MustCompile(`^selected proposal: IKE:(\S+)`)
 	skRE          = regexp.MustCompile(`^Sk_(d|ai|ar|ei|er|pi|pr) secret => (\d+) bytes`)
+	receivedRE    = regexp.MustCompile(`^received packet: from (\S+)\[\d+\] to (\S+)\[\d+\]`)
 )
 
-// ParseIKE reads one charon log written with the IKE log level at 4
+// IKESA is one IKE SA's keys as a charon log shows them, with the two
+// addresses of the message whose processing derived them (the IKE SA's
+// peers, in either order).
+type IKESA struct {
+	Keys  ikev2.Keys
+	Peers [2]netip.Addr
+}
+
+// ParseIKE is ParseIKESAs without the addresses.
+func ParseIKE(r io.Reader, name string) ([]ikev2.Keys, error) {
+	sas, err := ParseIKESAs(r, name)
+	out := make([]ikev2.Keys, len(sas))
+	for i := range sas {
+		out[i] = sas[i].Keys
+	}
+	return out, err
+}
+
+// ParseIKESAs reads one charon log written with the IKE log level at 4
 // ("ike = 4", which also dumps the Diffie-Hellman secret, SKEYSEED and a
 // PSK) and returns the keys of every IKE SA it derived — the first one and
 // every rekey — with the transforms charon selected, in the order they
 // appear. charon prints no SPIs with its keys: they are zero, to be bound
 // to the IKE SA whose messages they verify. SK_pi and SK_pr are left out
 // (a gateway following IKE must not be able to authenticate as a peer).
-func ParseIKE(r io.Reader, name string) ([]ikev2.Keys, error) {
+func ParseIKESAs(r io.Reader, name string) ([]IKESA, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), 1<<20)
 	type state struct {
 		proposal string
 		keys     map[string][]byte
 		cur      string
+		peers    [2]netip.Addr // of the last packet the thread received
 	}
 	threads := map[string]*state{}
 	var last string // the last IKE proposal selected by any thread
-	var out []ikev2.Keys
+	var out []IKESA
 	for n := 1; sc.Scan(); n++ {
 		m := lineRE.FindStringSubmatch(sc.Text())
 		if m == nil {
@@ -44,6 +65,16 @@ func ParseIKE(r io.Reader, name string) ([]ikev2.Keys, error) {
 		if th == nil {
 			th = &state{keys: map[string][]byte{}}
 			threads[tid] = th
+		}
+		if group == "NET" {
+			if mm := receivedRE.FindStringSubmatch(msg); mm != nil {
+				a, err1 := netip.ParseAddr(mm[1])
+				b, err2 := netip.ParseAddr(mm[2])
+				if err1 == nil && err2 == nil {
+					th.peers = [2]netip.Addr{a, b}
+				}
+			}
+			continue
 		}
 		if group == "CFG" {
 			if mm := ikeProposalRE.FindStringSubmatch(msg); mm != nil {
@@ -86,7 +117,7 @@ func ParseIKE(r io.Reader, name string) ([]ikev2.Keys, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", name, n, err)
 		}
-		out = append(out, k)
+		out = append(out, IKESA{Keys: k, Peers: th.peers})
 		th.keys = map[string][]byte{}
 		th.proposal = ""
 	}

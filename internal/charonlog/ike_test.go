@@ -45,4 +45,20 @@ func TestParseIKEBothEnds(t *testing.T) {
 	if bytes.Equal(got[0][0].D, got[0][1].D) {
 		t.Error("the rekeyed IKE SA has the same SK_d")
 	}
+	// Each key set comes with the IKE SA's two addresses.
+	f, err := os.Open(filepath.Join("..", "ikev2", "testdata", "follow", "right-charon.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sas, err := ParseIKESAs(f, "right")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, sa := range sas {
+		p := map[string]bool{sa.Peers[0].String(): true, sa.Peers[1].String(): true}
+		if !p["10.77.1.1"] || !p["10.77.2.1"] {
+			t.Errorf("key set %d: peers %v", i, sa.Peers)
+		}
+	}
 }

@@ -22,6 +22,7 @@
 package ikefollow
 
 import (
+	"bytes"
 	"container/list"
 	"errors"
 	"log/slog"
@@ -138,10 +139,13 @@ func (f *Follower) AddKeys(k ikev2.Keys) (Result, error) {
 	if err := k.Validate(); err != nil {
 		return Result{}, err
 	}
-	k = k.Clone()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var res Result
+	if f.known(&k) {
+		return res, nil // given again (a server resends what it gave)
+	}
+	k = k.Clone()
 	if k.SPIi == 0 && k.SPIr == 0 {
 		if len(f.unbound) == f.cfg.MaxUnbound {
 			f.unbound[0].Wipe()
@@ -206,6 +210,22 @@ func (f *Follower) Observe(p Packet) Result {
 	}
 	f.read(sa, p, &m, &res)
 	return res
+}
+
+// known reports whether the follower has keys with k's SK_d already,
+// bound or not.
+func (f *Follower) known(k *ikev2.Keys) bool {
+	for i := range f.unbound {
+		if bytes.Equal(f.unbound[i].D, k.D) {
+			return true
+		}
+	}
+	for _, sa := range f.sas {
+		if sa.keys != nil && bytes.Equal(sa.keys.D, k.D) {
+			return true
+		}
+	}
+	return false
 }
 
 // lookup returns the IKE SA s, making it (unkeyed, evicting the least

@@ -364,3 +364,18 @@ func FuzzObserve(f *testing.F) {
 		}
 	})
 }
+
+// TestKeysAgain: the same keys given again (a server resends what it
+// gave with every answer) change nothing and take no room.
+func TestKeysAgain(t *testing.T) {
+	v := load(t, "follow")
+	keys := ikeKeys(t, v.left)
+	f := New(Config{MaxUnbound: 2})
+	for range 5 {
+		follow(t, f, nil, keys)
+	}
+	got := follow(t, f, v.packets, keys)
+	if st := f.Stats(); len(got.Created) != 8 || st.Bound != 2 {
+		t.Fatalf("%d SAs, stats %+v", len(got.Created), st)
+	}
+}

@@ -117,14 +117,32 @@ func ParseKeyFile(r io.Reader, name string) ([]ikev2.Keys, error) {
 	return out, nil
 }
 
-func setKey(k *ikev2.Keys, key, v string) error {
-	name := func(m map[string]uint16) (uint16, error) {
-		id, ok := m[strings.ToLower(v)]
-		if !ok {
-			return 0, fmt.Errorf("%q not supported", v)
-		}
-		return id, nil
+// TransformID is the ID of a transform by its name in the key file
+// ("hmac-sha2-256", "aes-gcm16", "none"); kind is "prf", "encr" or
+// "integ".
+func TransformID(kind, name string) (uint16, error) {
+	m := map[string]map[string]uint16{"prf": prfNames, "encr": encrNames, "integ": integNames}[kind]
+	id, ok := m[strings.ToLower(name)]
+	if !ok {
+		return 0, fmt.Errorf("%s %q not supported", kind, name)
 	}
+	return id, nil
+}
+
+// TransformNames are the names of k's transforms in the key file.
+func TransformNames(k *ikev2.Keys) (prf, encr, integ string) {
+	nameOf := func(m map[string]uint16, id uint16) string {
+		for n, v := range m {
+			if v == id {
+				return n
+			}
+		}
+		return strconv.Itoa(int(id))
+	}
+	return nameOf(prfNames, k.PRF), nameOf(encrNames, k.Encr), nameOf(integNames, k.Integ)
+}
+
+func setKey(k *ikev2.Keys, key, v string) error {
 	var err error
 	switch key {
 	case "spi-i", "spi-r":
@@ -137,12 +155,11 @@ func setKey(k *ikev2.Keys, key, v string) error {
 		} else {
 			k.SPIr = s
 		}
-	case "prf":
-		k.PRF, err = name(prfNames)
-	case "encr":
-		k.Encr, err = name(encrNames)
-	case "integ":
-		k.Integ, err = name(integNames)
+	case "prf", "encr", "integ":
+		var id uint16
+		if id, err = TransformID(key, v); err == nil {
+			*map[string]*uint16{"prf": &k.PRF, "encr": &k.Encr, "integ": &k.Integ}[key] = id
+		}
 	case "sk-d", "sk-ai", "sk-ar", "sk-ei", "sk-er":
 		b, herr := hex.DecodeString(strings.TrimPrefix(v, "0x"))
 		if herr != nil || len(b) == 0 || len(b) > 64 {
@@ -161,20 +178,13 @@ func AppendKeyFile(b []byte, keys ...ikev2.Keys) []byte {
 	if len(b) == 0 {
 		b = append(b, keyFileMagic+" 1\n"...)
 	}
-	nameOf := func(m map[string]uint16, id uint16) string {
-		for n, v := range m {
-			if v == id {
-				return n
-			}
-		}
-		return strconv.Itoa(int(id))
-	}
 	for _, k := range keys {
 		b = append(b, "\n[ike]\n"...)
 		if k.SPIi != 0 || k.SPIr != 0 {
 			b = fmt.Appendf(b, "spi-i = %#016x\nspi-r = %#016x\n", k.SPIi, k.SPIr)
 		}
-		b = fmt.Appendf(b, "prf = %s\nencr = %s\ninteg = %s\n", nameOf(prfNames, k.PRF), nameOf(encrNames, k.Encr), nameOf(integNames, k.Integ))
+		prf, encr, integ := TransformNames(&k)
+		b = fmt.Appendf(b, "prf = %s\nencr = %s\ninteg = %s\n", prf, encr, integ)
 		for _, x := range []struct {
 			n string
 			v []byte

@@ -5,12 +5,14 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/espep/espep/internal/ikev2"
 	"github.com/espep/espep/internal/rpcauth"
 	"github.com/espep/espep/internal/secserver/pb"
 	"github.com/espep/espep/ipsec"
@@ -21,6 +23,10 @@ type Client struct {
 	cc    *grpc.ClientConn
 	api   pb.SecurityServerClient
 	class pb.Class
+	// OnIKE, if set before the first Fetch or Watch, is given the IKE SA
+	// keys the server releases with a pair's SAs (scheme 2); the keys are
+	// the callee's to keep and wipe. Without it they are wiped unread.
+	OnIKE func(ikev2.Keys)
 }
 
 // Dial connects to the server at addr with tlsCfg (pki.Verifier.ClientTLS).
@@ -58,7 +64,44 @@ func (c *Client) Fetch(ctx context.Context, a, b netip.Addr) ([]ipsec.Config, er
 		}
 		out = append(out, cfg)
 	}
+	c.takeIKE(r.GetIke())
 	return out, nil
+}
+
+// takeIKE hands released IKE keys to OnIKE (a bad entry is skipped: the
+// server checked it).
+func (c *Client) takeIKE(xs []*pb.IKEKeys) {
+	for _, x := range xs {
+		u, err := ikeFromPB(x)
+		if err != nil {
+			continue
+		}
+		if c.OnIKE == nil {
+			u.Keys.Wipe()
+			continue
+		}
+		c.OnIKE(u.Keys)
+	}
+}
+
+// UploadIKE gives the server the keys of IKE SAs of this endpoint, from
+// area (scheme 2).
+func (c *Client) UploadIKE(ctx context.Context, area string, us []IKEUpload) error {
+	req := &pb.UploadIKERequest{Area: area}
+	for i := range us {
+		req.Keys = append(req.Keys, ikeToPB(&us[i]))
+	}
+	defer func() {
+		for _, x := range req.Keys {
+			for _, b := range [][]byte{x.SkD, x.SkAi, x.SkAr, x.SkEi, x.SkEr} {
+				clear(b)
+			}
+		}
+	}()
+	if _, err := c.api.UploadIKE(ctx, req); err != nil {
+		return fmt.Errorf("secserver: upload ike: %w", err)
+	}
+	return nil
 }
 
 // Upload gives the server SAs of this endpoint (each with its class: the
@@ -119,8 +162,12 @@ func (c *Client) Watch(ctx context.Context, apply func(add []ipsec.Config, remov
 			}
 			add = append(add, cfg)
 		}
+		c.takeIKE(ev.GetIke())
 		var remove []ipsec.ID
 		for _, x := range ev.GetRemoved() {
+			if strings.HasPrefix(x.GetProto(), IKEProtoPrefix) {
+				continue // IKE keys withdrawn: the follower forgets them with their IKE SA
+			}
 			dst, ok := netip.AddrFromSlice(x.GetDst())
 			if !ok {
 				return fmt.Errorf("secserver: watch: a removal without a destination")

@@ -199,6 +199,13 @@ func (s *Server) Withdraw(ctx context.Context, req *pb.WithdrawRequest) (*pb.Wit
 		if !found {
 			continue
 		}
+		if rec.IKE {
+			if err := s.withdrawIKE(id, who, k, rec); err != nil {
+				return nil, err
+			}
+			removed++
+			continue
+		}
 		c, err := s.configOf(rec)
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "stored sa: %v", err)
@@ -244,6 +251,19 @@ func (s *Server) Fetch(ctx context.Context, req *pb.FetchRequest) (*pb.FetchRepl
 	reply := &pb.FetchReply{}
 	now := s.now()
 	for _, rec := range recs {
+		if rec.IKE {
+			if want != ipsec.ClassWrite {
+				continue // a read gateway asked for SAs, not for IKE keys: nothing to refuse
+			}
+			k, err := s.grantIKE(id, who, "fetch", rec, want, now)
+			if err != nil {
+				return nil, err
+			}
+			if k != nil {
+				reply.Ike = append(reply.Ike, k)
+			}
+			continue
+		}
 		sa, err := s.grant(id, who, "fetch", rec, want, now)
 		if err != nil {
 			return nil, err

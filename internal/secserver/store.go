@@ -33,6 +33,8 @@ type Record struct {
 	Generated bool        `json:",omitempty"`
 	Created   time.Time   `json:",omitzero"`
 	Permit    ipsec.Class `json:",omitempty"`
+	// IKE marks an IKE SA's keys (ike.go): SA then holds a pb.IKEKeys.
+	IKE bool `json:",omitempty"`
 }
 
 // Store keeps records and gateway identifiers durably.

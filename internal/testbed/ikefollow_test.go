@@ -23,45 +23,57 @@ import (
 )
 
 // TestGatewayFollowsIKE: scheme 2 with unmodified strongSwan peers. The
-// gateway (espep linkem --ike-keys, split, 20 Mbit/s radio with 2 % loss
-// toward the right) is given only the IKE SA keys — the test reads them
-// from the left charon's log (ike = 4) and writes them to the gateway's
-// key file as a delegating party would, after IKE_AUTH is over: the
-// gateway held the exchange's messages until they came. It derives the
-// CHILD_SA, takes the flow over, and follows two CHILD_SA rekeys (swanctl
-// --rekey, once from each end) during the transfer. The file crosses
-// intact, neither charon logs a replay or an integrity failure, and what
-// the gateway derived is what charon installed (the same follower run on
-// the capture of the IKE messages, compared key for key with both charon
-// logs; tshark, given the same IKE keys, decrypts the same messages and
-// finds the same CHILD_SA SPIs).
+// gateway (espep linkem, split, 20 Mbit/s radio with 2 % loss toward the
+// right) is given only the IKE SA keys, after IKE_AUTH is over (it held
+// the exchange's messages until they came):
 //
-// With PFS on the CHILD_SA ("pfs"), the rekeys carry KE payloads: the
-// gateway cannot derive them, asks the security server (scheme 3: the
-// right peer's agent uploads its SAs from charon's log) and counts it; the
-// transfer still crosses intact.
+//   - "file": the test reads them from the left charon's log (ike = 4)
+//     and writes them to the gateway's --ike-keys file;
+//   - "secserver": the right peer's espep agent (--ike-charon-log) uploads
+//     them to the security server, which pushes them to the gateway
+//     (--secserver): the delegation as deployed, no CHILD_SA key
+//     anywhere but in the peers;
+//   - "pfs": as "secserver", with PFS on the CHILD_SA: the rekeys carry
+//     KE payloads, the gateway cannot derive them, asks the server
+//     (scheme 3: the agent also uploads the CHILD_SAs, --charon-log) and
+//     counts it.
+//
+// The gateway derives the CHILD_SA, takes the flow over and follows two
+// CHILD_SA rekeys (swanctl --rekey, once from each end) during the
+// transfer. The file crosses intact, neither charon logs a replay or an
+// integrity failure, and what the gateway derives is what charon
+// installed (the same follower run on the capture of the IKE messages,
+// compared key for key with both charon logs; tshark, given the same IKE
+// keys, decrypts the same messages and finds the same CHILD_SA SPIs).
 func TestGatewayFollowsIKE(t *testing.T) {
 	needStrongSwan(t)
-	for _, pfs := range []bool{false, true} {
-		name := map[bool]string{false: "nopfs", true: "pfs"}[pfs]
-		t.Run(name, func(t *testing.T) { gatewayFollowsIKE(t, pfs) })
+	for _, c := range []struct {
+		name        string
+		server, pfs bool
+	}{{"file", false, false}, {"secserver", true, false}, {"pfs", true, true}} {
+		t.Run(c.name, func(t *testing.T) { gatewayFollowsIKE(t, c.server, c.pfs) })
 	}
 }
 
-func gatewayFollowsIKE(t *testing.T, pfs bool) {
+func gatewayFollowsIKE(t *testing.T, server, pfs bool) {
 	b := ForTest(t)
 	dir := t.TempDir()
-	keyPath := filepath.Join(dir, "ike.keys")
-	must(t, os.WriteFile(keyPath, []byte("espep-ike 1\n"), 0o600))
-	middle := append(append([]string{"linkem", "--a", "ra", "--b", "rb", "--ike-keys", keyPath, "--state-dir", filepath.Join(dir, "state")},
+	middle := append(append([]string{"linkem", "--a", "ra", "--b", "rb", "--state-dir", filepath.Join(dir, "state")},
 		engineFlags("split")...), "--rate", "20mbit", "--delay", "10ms", "--queue", "200p", "--ab.loss", "2%", "--seed", "3")
+	keyPath := filepath.Join(dir, "ike.keys")
+	if !server {
+		must(t, os.WriteFile(keyPath, []byte("espep-ike 1\n"), 0o600))
+		middle = append(middle, "--ike-keys", keyPath)
+	}
 	esp := "aes128gcm16"
+	if pfs {
+		esp = "aes128gcm16-x25519"
+	}
 	const addr = "127.0.0.1:7446"
 	var srv *Proc
 	var keys *secPKI
 	var before func(*StrongSwan) error
-	if pfs {
-		esp = "aes128gcm16-x25519"
+	if server {
 		keys = newSecPKI(t, dir)
 		keys.issue(t, "gw", pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-1"}})
 		keys.issue(t, "agent", pki.Identity{Role: pki.RoleAgent, Name: "right-peer", Addrs: []netip.Addr{netip.MustParseAddr(SSRightOuter)}})
@@ -79,18 +91,24 @@ func gatewayFollowsIKE(t *testing.T, pfs bool) {
 	must(t, b.WaitFile(capPath, 5*time.Second))
 	must(t, s.StartCharon(esp))
 	// The delegating party: every IKE SA key set charon logs goes to the
-	// gateway's key file.
+	// gateway.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go delegateIKE(ctx, t, s.CharonLog("left"), keyPath)
-	must(t, waitFor(s.Linkem, `msg="gateway: IKE: CHILD_SA derived"`, 10*time.Second))
 	var agent *Proc
-	if pfs {
+	if server {
+		// charon writes its log for all to read; it holds keys, and the
+		// agent refuses a key source open to others.
 		must(t, os.Chmod(s.CharonLog("right"), 0o600))
-		agent, err = b.Start(s.Radio, append([]string{espepBin, "agent", "--secserver", addr, "--charon-log", s.CharonLog("right"),
-			"--area", "cell-1", "--interval", "200ms"}, keys.flags("", "agent")...)...)
+		args := []string{espepBin, "agent", "--secserver", addr, "--ike-charon-log", s.CharonLog("right"), "--area", "cell-1", "--interval", "200ms"}
+		if pfs {
+			args = append(args, "--charon-log", s.CharonLog("right"))
+		}
+		agent, err = b.Start(s.Radio, append(args, keys.flags("", "agent")...)...)
 		must(t, err)
+	} else {
+		go delegateIKE(ctx, t, s.CharonLog("left"), keyPath)
 	}
+	must(t, waitFor(s.Linkem, `msg="gateway: IKE: CHILD_SA derived"`, 10*time.Second))
 	giveKeys(t, s, "", false) // the tunnel carries
 
 	size := max(*gatewaySize, 16) << 20 // long enough for two rekeys
@@ -127,7 +145,7 @@ func gatewayFollowsIKE(t *testing.T, pfs bool) {
 	charonClean(t, s)
 	dump.Stop()
 	procs := []*Proc{s.Linkem}
-	if pfs {
+	if server {
 		procs = append(procs, agent, srv)
 	}
 	for _, p := range procs {

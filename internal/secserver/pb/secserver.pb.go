@@ -80,6 +80,200 @@ func (Class) EnumDescriptor() ([]byte, []int) {
 	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{0}
 }
 
+// IKEKeys are an IKE SA's keys a gateway needs to follow it (RFC 7296
+// §2.14): not SK_pi or SK_pr, with which it could authenticate as a peer.
+type IKEKeys struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Initiator     []byte                 `protobuf:"bytes,1,opt,name=initiator,proto3" json:"initiator,omitempty"` // the IKE SA's two addresses (4 or 16 bytes)
+	Responder     []byte                 `protobuf:"bytes,2,opt,name=responder,proto3" json:"responder,omitempty"`
+	SpiI          uint64                 `protobuf:"varint,3,opt,name=spi_i,json=spiI,proto3" json:"spi_i,omitempty"` // 0 and 0: not known to the uploader (bound by the messages they verify)
+	SpiR          uint64                 `protobuf:"varint,4,opt,name=spi_r,json=spiR,proto3" json:"spi_r,omitempty"`
+	Prf           string                 `protobuf:"bytes,5,opt,name=prf,proto3" json:"prf,omitempty"`     // ikefollow's key file names: "hmac-sha2-256", …
+	Encr          string                 `protobuf:"bytes,6,opt,name=encr,proto3" json:"encr,omitempty"`   // "aes-cbc", "aes-gcm16", …
+	Integ         string                 `protobuf:"bytes,7,opt,name=integ,proto3" json:"integ,omitempty"` // "hmac-sha2-256-128", "none"
+	SkD           []byte                 `protobuf:"bytes,8,opt,name=sk_d,json=skD,proto3" json:"sk_d,omitempty"`
+	SkAi          []byte                 `protobuf:"bytes,9,opt,name=sk_ai,json=skAi,proto3" json:"sk_ai,omitempty"`
+	SkAr          []byte                 `protobuf:"bytes,10,opt,name=sk_ar,json=skAr,proto3" json:"sk_ar,omitempty"`
+	SkEi          []byte                 `protobuf:"bytes,11,opt,name=sk_ei,json=skEi,proto3" json:"sk_ei,omitempty"`
+	SkEr          []byte                 `protobuf:"bytes,12,opt,name=sk_er,json=skEr,proto3" json:"sk_er,omitempty"`
+	HardSeconds   int64                  `protobuf:"varint,13,opt,name=hard_seconds,json=hardSeconds,proto3" json:"hard_seconds,omitempty"` // kept this long (0: the server's default)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IKEKeys) Reset() {
+	*x = IKEKeys{}
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IKEKeys) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IKEKeys) ProtoMessage() {}
+
+func (x *IKEKeys) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IKEKeys.ProtoReflect.Descriptor instead.
+func (*IKEKeys) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *IKEKeys) GetInitiator() []byte {
+	if x != nil {
+		return x.Initiator
+	}
+	return nil
+}
+
+func (x *IKEKeys) GetResponder() []byte {
+	if x != nil {
+		return x.Responder
+	}
+	return nil
+}
+
+func (x *IKEKeys) GetSpiI() uint64 {
+	if x != nil {
+		return x.SpiI
+	}
+	return 0
+}
+
+func (x *IKEKeys) GetSpiR() uint64 {
+	if x != nil {
+		return x.SpiR
+	}
+	return 0
+}
+
+func (x *IKEKeys) GetPrf() string {
+	if x != nil {
+		return x.Prf
+	}
+	return ""
+}
+
+func (x *IKEKeys) GetEncr() string {
+	if x != nil {
+		return x.Encr
+	}
+	return ""
+}
+
+func (x *IKEKeys) GetInteg() string {
+	if x != nil {
+		return x.Integ
+	}
+	return ""
+}
+
+func (x *IKEKeys) GetSkD() []byte {
+	if x != nil {
+		return x.SkD
+	}
+	return nil
+}
+
+func (x *IKEKeys) GetSkAi() []byte {
+	if x != nil {
+		return x.SkAi
+	}
+	return nil
+}
+
+func (x *IKEKeys) GetSkAr() []byte {
+	if x != nil {
+		return x.SkAr
+	}
+	return nil
+}
+
+func (x *IKEKeys) GetSkEi() []byte {
+	if x != nil {
+		return x.SkEi
+	}
+	return nil
+}
+
+func (x *IKEKeys) GetSkEr() []byte {
+	if x != nil {
+		return x.SkEr
+	}
+	return nil
+}
+
+func (x *IKEKeys) GetHardSeconds() int64 {
+	if x != nil {
+		return x.HardSeconds
+	}
+	return 0
+}
+
+type UploadIKERequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*IKEKeys             `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	Area          string                 `protobuf:"bytes,2,opt,name=area,proto3" json:"area,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadIKERequest) Reset() {
+	*x = UploadIKERequest{}
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadIKERequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadIKERequest) ProtoMessage() {}
+
+func (x *UploadIKERequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadIKERequest.ProtoReflect.Descriptor instead.
+func (*UploadIKERequest) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *UploadIKERequest) GetKeys() []*IKEKeys {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *UploadIKERequest) GetArea() string {
+	if x != nil {
+		return x.Area
+	}
+	return ""
+}
+
 // SA is one security association, as ipsec.Config holds it.
 type SA struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -109,7 +303,7 @@ type SA struct {
 
 func (x *SA) Reset() {
 	*x = SA{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[0]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -121,7 +315,7 @@ func (x *SA) String() string {
 func (*SA) ProtoMessage() {}
 
 func (x *SA) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[0]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -134,7 +328,7 @@ func (x *SA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SA.ProtoReflect.Descriptor instead.
 func (*SA) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{0}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *SA) GetSpi() uint32 {
@@ -275,7 +469,7 @@ type UploadRequest struct {
 
 func (x *UploadRequest) Reset() {
 	*x = UploadRequest{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[1]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -287,7 +481,7 @@ func (x *UploadRequest) String() string {
 func (*UploadRequest) ProtoMessage() {}
 
 func (x *UploadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[1]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -300,7 +494,7 @@ func (x *UploadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadRequest.ProtoReflect.Descriptor instead.
 func (*UploadRequest) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{1}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *UploadRequest) GetSas() []*SA {
@@ -326,7 +520,7 @@ type UploadReply struct {
 
 func (x *UploadReply) Reset() {
 	*x = UploadReply{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[2]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +532,7 @@ func (x *UploadReply) String() string {
 func (*UploadReply) ProtoMessage() {}
 
 func (x *UploadReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[2]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +545,7 @@ func (x *UploadReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadReply.ProtoReflect.Descriptor instead.
 func (*UploadReply) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{2}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *UploadReply) GetStored() uint32 {
@@ -372,7 +566,7 @@ type SAID struct {
 
 func (x *SAID) Reset() {
 	*x = SAID{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[3]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -384,7 +578,7 @@ func (x *SAID) String() string {
 func (*SAID) ProtoMessage() {}
 
 func (x *SAID) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[3]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -397,7 +591,7 @@ func (x *SAID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SAID.ProtoReflect.Descriptor instead.
 func (*SAID) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{3}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SAID) GetSpi() uint32 {
@@ -430,7 +624,7 @@ type WithdrawRequest struct {
 
 func (x *WithdrawRequest) Reset() {
 	*x = WithdrawRequest{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[4]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +636,7 @@ func (x *WithdrawRequest) String() string {
 func (*WithdrawRequest) ProtoMessage() {}
 
 func (x *WithdrawRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[4]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +649,7 @@ func (x *WithdrawRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WithdrawRequest.ProtoReflect.Descriptor instead.
 func (*WithdrawRequest) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{4}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WithdrawRequest) GetIds() []*SAID {
@@ -474,7 +668,7 @@ type WithdrawReply struct {
 
 func (x *WithdrawReply) Reset() {
 	*x = WithdrawReply{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[5]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +680,7 @@ func (x *WithdrawReply) String() string {
 func (*WithdrawReply) ProtoMessage() {}
 
 func (x *WithdrawReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[5]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +693,7 @@ func (x *WithdrawReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WithdrawReply.ProtoReflect.Descriptor instead.
 func (*WithdrawReply) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{5}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WithdrawReply) GetRemoved() uint32 {
@@ -520,7 +714,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[6]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -532,7 +726,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[6]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -545,7 +739,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{6}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FetchRequest) GetA() []byte {
@@ -572,13 +766,14 @@ func (x *FetchRequest) GetClass() Class {
 type FetchReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Sas           []*SA                  `protobuf:"bytes,1,rep,name=sas,proto3" json:"sas,omitempty"`
+	Ike           []*IKEKeys             `protobuf:"bytes,2,rep,name=ike,proto3" json:"ike,omitempty"` // the pair's IKE SA keys, for a write gateway
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FetchReply) Reset() {
 	*x = FetchReply{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[7]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +785,7 @@ func (x *FetchReply) String() string {
 func (*FetchReply) ProtoMessage() {}
 
 func (x *FetchReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[7]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,12 +798,19 @@ func (x *FetchReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchReply.ProtoReflect.Descriptor instead.
 func (*FetchReply) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{7}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FetchReply) GetSas() []*SA {
 	if x != nil {
 		return x.Sas
+	}
+	return nil
+}
+
+func (x *FetchReply) GetIke() []*IKEKeys {
+	if x != nil {
+		return x.Ike
 	}
 	return nil
 }
@@ -621,7 +823,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[8]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +835,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[8]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +848,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{8}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{10}
 }
 
 type RegisterReply struct {
@@ -658,7 +860,7 @@ type RegisterReply struct {
 
 func (x *RegisterReply) Reset() {
 	*x = RegisterReply{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[9]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -670,7 +872,7 @@ func (x *RegisterReply) String() string {
 func (*RegisterReply) ProtoMessage() {}
 
 func (x *RegisterReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[9]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -683,7 +885,7 @@ func (x *RegisterReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterReply.ProtoReflect.Descriptor instead.
 func (*RegisterReply) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{9}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterReply) GetGatewayId() uint64 {
@@ -702,7 +904,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[10]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +916,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[10]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +929,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{10}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WatchRequest) GetClass() Class {
@@ -743,13 +945,14 @@ type WatchEvent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Sas           []*SA                  `protobuf:"bytes,1,rep,name=sas,proto3" json:"sas,omitempty"`
 	Removed       []*SAID                `protobuf:"bytes,2,rep,name=removed,proto3" json:"removed,omitempty"`
+	Ike           []*IKEKeys             `protobuf:"bytes,3,rep,name=ike,proto3" json:"ike,omitempty"` // IKE SA keys given (write gateways only)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[11]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +964,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[11]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +977,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{11}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchEvent) GetSas() []*SA {
@@ -791,6 +994,13 @@ func (x *WatchEvent) GetRemoved() []*SAID {
 	return nil
 }
 
+func (x *WatchEvent) GetIke() []*IKEKeys {
+	if x != nil {
+		return x.Ike
+	}
+	return nil
+}
+
 type HeartbeatRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	GatewayId     uint64                 `protobuf:"varint,1,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
@@ -801,7 +1011,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[12]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -813,7 +1023,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[12]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -826,7 +1036,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{12}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HeartbeatRequest) GetGatewayId() uint64 {
@@ -852,7 +1062,7 @@ type HeartbeatReply struct {
 
 func (x *HeartbeatReply) Reset() {
 	*x = HeartbeatReply{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[13]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +1074,7 @@ func (x *HeartbeatReply) String() string {
 func (*HeartbeatReply) ProtoMessage() {}
 
 func (x *HeartbeatReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[13]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +1087,7 @@ func (x *HeartbeatReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatReply.ProtoReflect.Descriptor instead.
 func (*HeartbeatReply) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{13}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HeartbeatReply) GetLeaseMs() int64 {
@@ -895,7 +1105,7 @@ type OrdersRequest struct {
 
 func (x *OrdersRequest) Reset() {
 	*x = OrdersRequest{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[14]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +1117,7 @@ func (x *OrdersRequest) String() string {
 func (*OrdersRequest) ProtoMessage() {}
 
 func (x *OrdersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[14]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +1130,7 @@ func (x *OrdersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OrdersRequest.ProtoReflect.Descriptor instead.
 func (*OrdersRequest) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{14}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{16}
 }
 
 type Order struct {
@@ -933,7 +1143,7 @@ type Order struct {
 
 func (x *Order) Reset() {
 	*x = Order{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[15]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1155,7 @@ func (x *Order) String() string {
 func (*Order) ProtoMessage() {}
 
 func (x *Order) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[15]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1168,7 @@ func (x *Order) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Order.ProtoReflect.Descriptor instead.
 func (*Order) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{15}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Order) GetRekey() []*SAID {
@@ -992,7 +1202,7 @@ type GenerateRequest struct {
 
 func (x *GenerateRequest) Reset() {
 	*x = GenerateRequest{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[16]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1214,7 @@ func (x *GenerateRequest) String() string {
 func (*GenerateRequest) ProtoMessage() {}
 
 func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[16]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1227,7 @@ func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRequest) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{16}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GenerateRequest) GetLocal() []byte {
@@ -1093,7 +1303,7 @@ type GenerateReply struct {
 
 func (x *GenerateReply) Reset() {
 	*x = GenerateReply{}
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[17]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1315,7 @@ func (x *GenerateReply) String() string {
 func (*GenerateReply) ProtoMessage() {}
 
 func (x *GenerateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_secserver_proto_msgTypes[17]
+	mi := &file_proto_espep_v1_secserver_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1328,7 @@ func (x *GenerateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateReply.ProtoReflect.Descriptor instead.
 func (*GenerateReply) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{17}
+	return file_proto_espep_v1_secserver_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GenerateReply) GetOut() *SA {
@@ -1139,7 +1349,25 @@ var File_proto_espep_v1_secserver_proto protoreflect.FileDescriptor
 
 const file_proto_espep_v1_secserver_proto_rawDesc = "" +
 	"\n" +
-	"\x1eproto/espep/v1/secserver.proto\x12\bespep.v1\"\xf0\x03\n" +
+	"\x1eproto/espep/v1/secserver.proto\x12\bespep.v1\"\xb5\x02\n" +
+	"\aIKEKeys\x12\x1c\n" +
+	"\tinitiator\x18\x01 \x01(\fR\tinitiator\x12\x1c\n" +
+	"\tresponder\x18\x02 \x01(\fR\tresponder\x12\x13\n" +
+	"\x05spi_i\x18\x03 \x01(\x04R\x04spiI\x12\x13\n" +
+	"\x05spi_r\x18\x04 \x01(\x04R\x04spiR\x12\x10\n" +
+	"\x03prf\x18\x05 \x01(\tR\x03prf\x12\x12\n" +
+	"\x04encr\x18\x06 \x01(\tR\x04encr\x12\x14\n" +
+	"\x05integ\x18\a \x01(\tR\x05integ\x12\x11\n" +
+	"\x04sk_d\x18\b \x01(\fR\x03skD\x12\x13\n" +
+	"\x05sk_ai\x18\t \x01(\fR\x04skAi\x12\x13\n" +
+	"\x05sk_ar\x18\n" +
+	" \x01(\fR\x04skAr\x12\x13\n" +
+	"\x05sk_ei\x18\v \x01(\fR\x04skEi\x12\x13\n" +
+	"\x05sk_er\x18\f \x01(\fR\x04skEr\x12!\n" +
+	"\fhard_seconds\x18\r \x01(\x03R\vhardSeconds\"M\n" +
+	"\x10UploadIKERequest\x12%\n" +
+	"\x04keys\x18\x01 \x03(\v2\x11.espep.v1.IKEKeysR\x04keys\x12\x12\n" +
+	"\x04area\x18\x02 \x01(\tR\x04area\"\xf0\x03\n" +
 	"\x02SA\x12\x10\n" +
 	"\x03spi\x18\x01 \x01(\rR\x03spi\x12\x14\n" +
 	"\x05proto\x18\x02 \x01(\tR\x05proto\x12\x10\n" +
@@ -1178,20 +1406,22 @@ const file_proto_espep_v1_secserver_proto_rawDesc = "" +
 	"\fFetchRequest\x12\f\n" +
 	"\x01a\x18\x01 \x01(\fR\x01a\x12\f\n" +
 	"\x01b\x18\x02 \x01(\fR\x01b\x12%\n" +
-	"\x05class\x18\x03 \x01(\x0e2\x0f.espep.v1.ClassR\x05class\",\n" +
+	"\x05class\x18\x03 \x01(\x0e2\x0f.espep.v1.ClassR\x05class\"Q\n" +
 	"\n" +
 	"FetchReply\x12\x1e\n" +
-	"\x03sas\x18\x01 \x03(\v2\f.espep.v1.SAR\x03sas\"\x11\n" +
+	"\x03sas\x18\x01 \x03(\v2\f.espep.v1.SAR\x03sas\x12#\n" +
+	"\x03ike\x18\x02 \x03(\v2\x11.espep.v1.IKEKeysR\x03ike\"\x11\n" +
 	"\x0fRegisterRequest\".\n" +
 	"\rRegisterReply\x12\x1d\n" +
 	"\n" +
 	"gateway_id\x18\x01 \x01(\x04R\tgatewayId\"5\n" +
 	"\fWatchRequest\x12%\n" +
-	"\x05class\x18\x01 \x01(\x0e2\x0f.espep.v1.ClassR\x05class\"V\n" +
+	"\x05class\x18\x01 \x01(\x0e2\x0f.espep.v1.ClassR\x05class\"{\n" +
 	"\n" +
 	"WatchEvent\x12\x1e\n" +
 	"\x03sas\x18\x01 \x03(\v2\f.espep.v1.SAR\x03sas\x12(\n" +
-	"\aremoved\x18\x02 \x03(\v2\x0e.espep.v1.SAIDR\aremoved\"]\n" +
+	"\aremoved\x18\x02 \x03(\v2\x0e.espep.v1.SAIDR\aremoved\x12#\n" +
+	"\x03ike\x18\x03 \x03(\v2\x11.espep.v1.IKEKeysR\x03ike\"]\n" +
 	"\x10HeartbeatRequest\x12\x1d\n" +
 	"\n" +
 	"gateway_id\x18\x01 \x01(\x04R\tgatewayId\x12*\n" +
@@ -1219,7 +1449,7 @@ const file_proto_espep_v1_secserver_proto_rawDesc = "" +
 	"\x11CLASS_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"CLASS_READ\x10\x01\x12\x0f\n" +
-	"\vCLASS_WRITE\x10\x022\xf3\x03\n" +
+	"\vCLASS_WRITE\x10\x022\xb3\x04\n" +
 	"\x0eSecurityServer\x128\n" +
 	"\x06Upload\x12\x17.espep.v1.UploadRequest\x1a\x15.espep.v1.UploadReply\x12>\n" +
 	"\bWithdraw\x12\x19.espep.v1.WithdrawRequest\x1a\x17.espep.v1.WithdrawReply\x125\n" +
@@ -1228,7 +1458,8 @@ const file_proto_espep_v1_secserver_proto_rawDesc = "" +
 	"\x05Watch\x12\x16.espep.v1.WatchRequest\x1a\x14.espep.v1.WatchEvent0\x01\x12A\n" +
 	"\tHeartbeat\x12\x1a.espep.v1.HeartbeatRequest\x1a\x18.espep.v1.HeartbeatReply\x124\n" +
 	"\x06Orders\x12\x17.espep.v1.OrdersRequest\x1a\x0f.espep.v1.Order0\x01\x12>\n" +
-	"\bGenerate\x12\x19.espep.v1.GenerateRequest\x1a\x17.espep.v1.GenerateReplyB.Z,github.com/espep/espep/internal/secserver/pbb\x06proto3"
+	"\bGenerate\x12\x19.espep.v1.GenerateRequest\x1a\x17.espep.v1.GenerateReply\x12>\n" +
+	"\tUploadIKE\x12\x1a.espep.v1.UploadIKERequest\x1a\x15.espep.v1.UploadReplyB.Z,github.com/espep/espep/internal/secserver/pbb\x06proto3"
 
 var (
 	file_proto_espep_v1_secserver_proto_rawDescOnce sync.Once
@@ -1243,64 +1474,71 @@ func file_proto_espep_v1_secserver_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_espep_v1_secserver_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_proto_espep_v1_secserver_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_proto_espep_v1_secserver_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_proto_espep_v1_secserver_proto_goTypes = []any{
 	(Class)(0),               // 0: espep.v1.Class
-	(*SA)(nil),               // 1: espep.v1.SA
-	(*UploadRequest)(nil),    // 2: espep.v1.UploadRequest
-	(*UploadReply)(nil),      // 3: espep.v1.UploadReply
-	(*SAID)(nil),             // 4: espep.v1.SAID
-	(*WithdrawRequest)(nil),  // 5: espep.v1.WithdrawRequest
-	(*WithdrawReply)(nil),    // 6: espep.v1.WithdrawReply
-	(*FetchRequest)(nil),     // 7: espep.v1.FetchRequest
-	(*FetchReply)(nil),       // 8: espep.v1.FetchReply
-	(*RegisterRequest)(nil),  // 9: espep.v1.RegisterRequest
-	(*RegisterReply)(nil),    // 10: espep.v1.RegisterReply
-	(*WatchRequest)(nil),     // 11: espep.v1.WatchRequest
-	(*WatchEvent)(nil),       // 12: espep.v1.WatchEvent
-	(*HeartbeatRequest)(nil), // 13: espep.v1.HeartbeatRequest
-	(*HeartbeatReply)(nil),   // 14: espep.v1.HeartbeatReply
-	(*OrdersRequest)(nil),    // 15: espep.v1.OrdersRequest
-	(*Order)(nil),            // 16: espep.v1.Order
-	(*GenerateRequest)(nil),  // 17: espep.v1.GenerateRequest
-	(*GenerateReply)(nil),    // 18: espep.v1.GenerateReply
+	(*IKEKeys)(nil),          // 1: espep.v1.IKEKeys
+	(*UploadIKERequest)(nil), // 2: espep.v1.UploadIKERequest
+	(*SA)(nil),               // 3: espep.v1.SA
+	(*UploadRequest)(nil),    // 4: espep.v1.UploadRequest
+	(*UploadReply)(nil),      // 5: espep.v1.UploadReply
+	(*SAID)(nil),             // 6: espep.v1.SAID
+	(*WithdrawRequest)(nil),  // 7: espep.v1.WithdrawRequest
+	(*WithdrawReply)(nil),    // 8: espep.v1.WithdrawReply
+	(*FetchRequest)(nil),     // 9: espep.v1.FetchRequest
+	(*FetchReply)(nil),       // 10: espep.v1.FetchReply
+	(*RegisterRequest)(nil),  // 11: espep.v1.RegisterRequest
+	(*RegisterReply)(nil),    // 12: espep.v1.RegisterReply
+	(*WatchRequest)(nil),     // 13: espep.v1.WatchRequest
+	(*WatchEvent)(nil),       // 14: espep.v1.WatchEvent
+	(*HeartbeatRequest)(nil), // 15: espep.v1.HeartbeatRequest
+	(*HeartbeatReply)(nil),   // 16: espep.v1.HeartbeatReply
+	(*OrdersRequest)(nil),    // 17: espep.v1.OrdersRequest
+	(*Order)(nil),            // 18: espep.v1.Order
+	(*GenerateRequest)(nil),  // 19: espep.v1.GenerateRequest
+	(*GenerateReply)(nil),    // 20: espep.v1.GenerateReply
 }
 var file_proto_espep_v1_secserver_proto_depIdxs = []int32{
-	0,  // 0: espep.v1.SA.class:type_name -> espep.v1.Class
-	1,  // 1: espep.v1.UploadRequest.sas:type_name -> espep.v1.SA
-	4,  // 2: espep.v1.WithdrawRequest.ids:type_name -> espep.v1.SAID
-	0,  // 3: espep.v1.FetchRequest.class:type_name -> espep.v1.Class
-	1,  // 4: espep.v1.FetchReply.sas:type_name -> espep.v1.SA
-	0,  // 5: espep.v1.WatchRequest.class:type_name -> espep.v1.Class
-	1,  // 6: espep.v1.WatchEvent.sas:type_name -> espep.v1.SA
-	4,  // 7: espep.v1.WatchEvent.removed:type_name -> espep.v1.SAID
-	4,  // 8: espep.v1.HeartbeatRequest.numbered:type_name -> espep.v1.SAID
-	4,  // 9: espep.v1.Order.rekey:type_name -> espep.v1.SAID
-	0,  // 10: espep.v1.GenerateRequest.class:type_name -> espep.v1.Class
-	4,  // 11: espep.v1.GenerateRequest.replace:type_name -> espep.v1.SAID
-	1,  // 12: espep.v1.GenerateReply.out:type_name -> espep.v1.SA
-	1,  // 13: espep.v1.GenerateReply.in:type_name -> espep.v1.SA
-	2,  // 14: espep.v1.SecurityServer.Upload:input_type -> espep.v1.UploadRequest
-	5,  // 15: espep.v1.SecurityServer.Withdraw:input_type -> espep.v1.WithdrawRequest
-	7,  // 16: espep.v1.SecurityServer.Fetch:input_type -> espep.v1.FetchRequest
-	9,  // 17: espep.v1.SecurityServer.Register:input_type -> espep.v1.RegisterRequest
-	11, // 18: espep.v1.SecurityServer.Watch:input_type -> espep.v1.WatchRequest
-	13, // 19: espep.v1.SecurityServer.Heartbeat:input_type -> espep.v1.HeartbeatRequest
-	15, // 20: espep.v1.SecurityServer.Orders:input_type -> espep.v1.OrdersRequest
-	17, // 21: espep.v1.SecurityServer.Generate:input_type -> espep.v1.GenerateRequest
-	3,  // 22: espep.v1.SecurityServer.Upload:output_type -> espep.v1.UploadReply
-	6,  // 23: espep.v1.SecurityServer.Withdraw:output_type -> espep.v1.WithdrawReply
-	8,  // 24: espep.v1.SecurityServer.Fetch:output_type -> espep.v1.FetchReply
-	10, // 25: espep.v1.SecurityServer.Register:output_type -> espep.v1.RegisterReply
-	12, // 26: espep.v1.SecurityServer.Watch:output_type -> espep.v1.WatchEvent
-	14, // 27: espep.v1.SecurityServer.Heartbeat:output_type -> espep.v1.HeartbeatReply
-	16, // 28: espep.v1.SecurityServer.Orders:output_type -> espep.v1.Order
-	18, // 29: espep.v1.SecurityServer.Generate:output_type -> espep.v1.GenerateReply
-	22, // [22:30] is the sub-list for method output_type
-	14, // [14:22] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	1,  // 0: espep.v1.UploadIKERequest.keys:type_name -> espep.v1.IKEKeys
+	0,  // 1: espep.v1.SA.class:type_name -> espep.v1.Class
+	3,  // 2: espep.v1.UploadRequest.sas:type_name -> espep.v1.SA
+	6,  // 3: espep.v1.WithdrawRequest.ids:type_name -> espep.v1.SAID
+	0,  // 4: espep.v1.FetchRequest.class:type_name -> espep.v1.Class
+	3,  // 5: espep.v1.FetchReply.sas:type_name -> espep.v1.SA
+	1,  // 6: espep.v1.FetchReply.ike:type_name -> espep.v1.IKEKeys
+	0,  // 7: espep.v1.WatchRequest.class:type_name -> espep.v1.Class
+	3,  // 8: espep.v1.WatchEvent.sas:type_name -> espep.v1.SA
+	6,  // 9: espep.v1.WatchEvent.removed:type_name -> espep.v1.SAID
+	1,  // 10: espep.v1.WatchEvent.ike:type_name -> espep.v1.IKEKeys
+	6,  // 11: espep.v1.HeartbeatRequest.numbered:type_name -> espep.v1.SAID
+	6,  // 12: espep.v1.Order.rekey:type_name -> espep.v1.SAID
+	0,  // 13: espep.v1.GenerateRequest.class:type_name -> espep.v1.Class
+	6,  // 14: espep.v1.GenerateRequest.replace:type_name -> espep.v1.SAID
+	3,  // 15: espep.v1.GenerateReply.out:type_name -> espep.v1.SA
+	3,  // 16: espep.v1.GenerateReply.in:type_name -> espep.v1.SA
+	4,  // 17: espep.v1.SecurityServer.Upload:input_type -> espep.v1.UploadRequest
+	7,  // 18: espep.v1.SecurityServer.Withdraw:input_type -> espep.v1.WithdrawRequest
+	9,  // 19: espep.v1.SecurityServer.Fetch:input_type -> espep.v1.FetchRequest
+	11, // 20: espep.v1.SecurityServer.Register:input_type -> espep.v1.RegisterRequest
+	13, // 21: espep.v1.SecurityServer.Watch:input_type -> espep.v1.WatchRequest
+	15, // 22: espep.v1.SecurityServer.Heartbeat:input_type -> espep.v1.HeartbeatRequest
+	17, // 23: espep.v1.SecurityServer.Orders:input_type -> espep.v1.OrdersRequest
+	19, // 24: espep.v1.SecurityServer.Generate:input_type -> espep.v1.GenerateRequest
+	2,  // 25: espep.v1.SecurityServer.UploadIKE:input_type -> espep.v1.UploadIKERequest
+	5,  // 26: espep.v1.SecurityServer.Upload:output_type -> espep.v1.UploadReply
+	8,  // 27: espep.v1.SecurityServer.Withdraw:output_type -> espep.v1.WithdrawReply
+	10, // 28: espep.v1.SecurityServer.Fetch:output_type -> espep.v1.FetchReply
+	12, // 29: espep.v1.SecurityServer.Register:output_type -> espep.v1.RegisterReply
+	14, // 30: espep.v1.SecurityServer.Watch:output_type -> espep.v1.WatchEvent
+	16, // 31: espep.v1.SecurityServer.Heartbeat:output_type -> espep.v1.HeartbeatReply
+	18, // 32: espep.v1.SecurityServer.Orders:output_type -> espep.v1.Order
+	20, // 33: espep.v1.SecurityServer.Generate:output_type -> espep.v1.GenerateReply
+	5,  // 34: espep.v1.SecurityServer.UploadIKE:output_type -> espep.v1.UploadReply
+	26, // [26:35] is the sub-list for method output_type
+	17, // [17:26] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_proto_espep_v1_secserver_proto_init() }
@@ -1314,7 +1552,7 @@ func file_proto_espep_v1_secserver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_espep_v1_secserver_proto_rawDesc), len(file_proto_espep_v1_secserver_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,6 +37,7 @@ const (
 	SecurityServer_Heartbeat_FullMethodName = "/espep.v1.SecurityServer/Heartbeat"
 	SecurityServer_Orders_FullMethodName    = "/espep.v1.SecurityServer/Orders"
 	SecurityServer_Generate_FullMethodName  = "/espep.v1.SecurityServer/Generate"
+	SecurityServer_UploadIKE_FullMethodName = "/espep.v1.SecurityServer/UploadIKE"
 )
 
 // SecurityServerClient is the client API for SecurityServer service.
@@ -75,6 +76,12 @@ type SecurityServerClient interface {
 	// addresses and a peer; the server makes it (or returns the pair it made
 	// before, to the peer's agent too) and keeps it for the gateways.
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (*GenerateReply, error)
+	// UploadIKE stores the keys of IKE SAs of the caller's endpoint (scheme
+	// 2: a gateway that has them derives every CHILD_SA itself). Agents
+	// only, for IKE SAs with an address the caller owns. IKE keys control
+	// every CHILD_SA of their IKE SA: they are released with Fetch and
+	// Watch to gateways that get the write class of the pair, never read.
+	UploadIKE(ctx context.Context, in *UploadIKERequest, opts ...grpc.CallOption) (*UploadReply, error)
 }
 
 type securityServerClient struct {
@@ -183,6 +190,16 @@ func (c *securityServerClient) Generate(ctx context.Context, in *GenerateRequest
 	return out, nil
 }
 
+func (c *securityServerClient) UploadIKE(ctx context.Context, in *UploadIKERequest, opts ...grpc.CallOption) (*UploadReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UploadReply)
+	err := c.cc.Invoke(ctx, SecurityServer_UploadIKE_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SecurityServerServer is the server API for SecurityServer service.
 // All implementations must embed UnimplementedSecurityServerServer
 // for forward compatibility.
@@ -219,6 +236,12 @@ type SecurityServerServer interface {
 	// addresses and a peer; the server makes it (or returns the pair it made
 	// before, to the peer's agent too) and keeps it for the gateways.
 	Generate(context.Context, *GenerateRequest) (*GenerateReply, error)
+	// UploadIKE stores the keys of IKE SAs of the caller's endpoint (scheme
+	// 2: a gateway that has them derives every CHILD_SA itself). Agents
+	// only, for IKE SAs with an address the caller owns. IKE keys control
+	// every CHILD_SA of their IKE SA: they are released with Fetch and
+	// Watch to gateways that get the write class of the pair, never read.
+	UploadIKE(context.Context, *UploadIKERequest) (*UploadReply, error)
 	mustEmbedUnimplementedSecurityServerServer()
 }
 
@@ -252,6 +275,9 @@ func (UnimplementedSecurityServerServer) Orders(*OrdersRequest, grpc.ServerStrea
 }
 func (UnimplementedSecurityServerServer) Generate(context.Context, *GenerateRequest) (*GenerateReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Generate not implemented")
+}
+func (UnimplementedSecurityServerServer) UploadIKE(context.Context, *UploadIKERequest) (*UploadReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method UploadIKE not implemented")
 }
 func (UnimplementedSecurityServerServer) mustEmbedUnimplementedSecurityServerServer() {}
 func (UnimplementedSecurityServerServer) testEmbeddedByValue()                        {}
@@ -404,6 +430,24 @@ func _SecurityServer_Generate_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SecurityServer_UploadIKE_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UploadIKERequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecurityServerServer).UploadIKE(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecurityServer_UploadIKE_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecurityServerServer).UploadIKE(ctx, req.(*UploadIKERequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SecurityServer_ServiceDesc is the grpc.ServiceDesc for SecurityServer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -434,6 +478,10 @@ var SecurityServer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Generate",
 			Handler:    _SecurityServer_Generate_Handler,
+		},
+		{
+			MethodName: "UploadIKE",
+			Handler:    _SecurityServer_UploadIKE_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
