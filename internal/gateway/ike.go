@@ -40,11 +40,11 @@ type IKEStats struct {
 	// completed the last exchange to its SAs being in the SAD, in
 	// microseconds; InstallMaxUs the longest so far.
 	InstallUs, InstallMaxUs uint64
-	// ResealMs is the time from that response's arrival (or, for SAs
-	// whose messages waited for their keys, from the keys' arrival) to
-	// the gateway's first packet sealed on an SA it created, in
-	// milliseconds (polled every millisecond: ±1 ms) — mostly the
-	// endpoint's time to switch to the new SA; ResealMaxMs the longest.
+	// ResealMs is the time from that response's arrival to the gateway's
+	// first packet sealed on an SA it created, in milliseconds (polled
+	// every millisecond: ±1 ms) — mostly the endpoint's time to switch to
+	// the new SA; ResealMaxMs the longest. SAs whose exchange was held
+	// until its keys came are not timed.
 	ResealMs, ResealMaxMs uint64
 }
 
@@ -115,7 +115,7 @@ func (s *IKESAs) AddKeys(k ikev2.Keys) error {
 	if err != nil {
 		return err
 	}
-	s.apply(res, time.Now())
+	s.apply(res, time.Time{}) // exchanges that ended before their keys came: not timed
 	return nil
 }
 
@@ -143,7 +143,8 @@ func (s *IKESAs) Run(ctx context.Context) {
 }
 
 // apply installs what the follower derived, withdraws what was deleted,
-// and hands PFS pairs to the security server.
+// and hands PFS pairs to the security server; at is when the response
+// that completed the exchange arrived (zero: not timed).
 func (s *IKESAs) apply(res ikefollow.Result, at time.Time) {
 	if len(res.Created) == 0 && len(res.Deleted) == 0 && len(res.PFS) == 0 {
 		return
@@ -165,7 +166,9 @@ func (s *IKESAs) apply(res ikefollow.Result, at time.Time) {
 			continue
 		}
 		s.sas[id] = e
-		s.timing[id] = at
+		if !at.IsZero() {
+			s.timing[id] = at
+		}
 		s.stats.Installed++
 		s.log.Info("gateway: IKE: CHILD_SA derived", "spi", c.SPI, "src", c.Src, "dst", c.Dst, "enc", c.Enc)
 	}
@@ -193,7 +196,7 @@ func (s *IKESAs) apply(res ikefollow.Result, at time.Time) {
 	if err := s.g.SetSource("ike", all); err != nil {
 		s.log.Warn("gateway: IKE", "err", err)
 	}
-	if len(res.Created) > 0 {
+	if len(res.Created) > 0 && !at.IsZero() {
 		us := uint64(time.Since(at).Microseconds())
 		s.stats.InstallUs = us
 		s.stats.InstallMaxUs = max(s.stats.InstallMaxUs, us)

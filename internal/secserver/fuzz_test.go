@@ -1,6 +1,8 @@
 package secserver
 
 import (
+	"bytes"
+	"net/netip"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -46,6 +48,38 @@ func FuzzToConfig(f *testing.F) {
 		back, err := toConfig(toPB(&c, c.Class))
 		if err != nil || back.ID() != c.ID() || back.Class != c.Class || string(back.EncKey) != string(c.EncKey) {
 			t.Fatalf("round trip: %+v %v", back, err)
+		}
+	})
+}
+
+// FuzzIKEFromPB: any IKE keys message an agent sends is checked into keys
+// (which round-trip) or refused, never a panic.
+func FuzzIKEFromPB(f *testing.F) {
+	gcm := ikeKeysPB(wired, mobile)
+	gcm.Encr, gcm.Integ, gcm.SkAi, gcm.SkAr, gcm.SkEi, gcm.SkEr = "aes-gcm16", "none", nil, nil, make([]byte, 20), make([]byte, 20)
+	bad := ikeKeysPB(wired, mobile)
+	bad.SpiI, bad.HardSeconds = 7, -1
+	v6 := ikeKeysPB(netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2"))
+	v6.SpiI, v6.SpiR, v6.HardSeconds = 1, 2, 3600
+	for _, x := range []*pb.IKEKeys{ikeKeysPB(wired, mobile), gcm, bad, v6} {
+		b, err := proto.Marshal(x)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var x pb.IKEKeys
+		if proto.Unmarshal(b, &x) != nil {
+			return
+		}
+		u, err := ikeFromPB(&x)
+		if err != nil {
+			return
+		}
+		again, err := ikeFromPB(ikeToPB(&u))
+		if err != nil || again.Keys.PRF != u.Keys.PRF || again.Initiator != u.Initiator || !bytes.Equal(again.Keys.D, u.Keys.D) {
+			t.Fatalf("round trip: %v", err)
 		}
 	})
 }
