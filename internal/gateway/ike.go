@@ -34,6 +34,7 @@ type IKEStats struct {
 	ikefollow.Stats
 	Queued, QueueDrops uint64 // IKE messages handed to the follower, and dropped for a full queue
 	Installed, Removed uint64 // SAs derived and installed; withdrawn by a verified Delete
+	Full               uint64 // derived SAs not installed: the source holds maxDerived already
 	Fallbacks          uint64 // CHILD_SAs with PFS handed to the security server
 	Unfollowed         uint64 // CHILD_SAs with PFS and no security server to ask
 	// InstallUs is the time from the arrival of the response that
@@ -69,8 +70,13 @@ type arrival struct {
 	at time.Time
 }
 
-// ikeQueue bounds the IKE messages waiting for the follower.
-const ikeQueue = 256
+// ikeQueue bounds the IKE messages waiting for the follower; maxDerived
+// the SAs the source holds (each IKE SA's Delete takes its CHILD_SAs
+// away; a missed one leaves them until then).
+const (
+	ikeQueue   = 256
+	maxDerived = 1 << 16
+)
 
 // NewIKESAs makes IKE following a source of g's SAs and has the packet
 // path hand it IKE messages; Run does the following.
@@ -159,6 +165,11 @@ func (s *IKESAs) apply(res ikefollow.Result, at time.Time) {
 			continue
 		}
 		id := e.Config.ID()
+		if len(s.sas) >= maxDerived {
+			e.Wipe()
+			s.stats.Full++
+			continue
+		}
 		if old := s.sas[id]; old != nil {
 			// The same SA again (an exchange read twice): keep the one
 			// in use, with its numbers.
@@ -257,6 +268,7 @@ var ikeTable = []ctable.Def{
 	{Field: "Evicted", Name: "evicted", Family: "ike_evicted_total", Help: "IKE SAs forgotten to stay within the follower's bound."},
 	{Field: "Installed", Name: "installed", Family: "ike_sas_installed_total", Help: "Derived SAs installed in the gateway's SAD."},
 	{Field: "Removed", Name: "removed", Family: "ike_sas_removed_total", Help: "Derived SAs withdrawn by a verified Delete."},
+	{Field: "Full", Name: "full", Family: "ike_sas_full_total", Help: "Derived SAs not installed: the IKE source held its most already."},
 	{Field: "Fallbacks", Name: "pfs-fallbacks", Family: "ike_pfs_fallbacks_total", Help: "CHILD_SAs with PFS whose SAs were asked of the security server."},
 	{Field: "Unfollowed", Name: "unfollowed", Family: "ike_unfollowed_total", Help: "CHILD_SAs with PFS and no security server to ask: relayed."},
 	{Field: "InstallUs", Name: "install-us", Family: "ike_install_last_us", Help: "Microseconds from the arrival of the response that completed the last exchange to its SAs in the SAD.", Gauge: true},

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/espep/espep/internal/ikev2"
@@ -23,9 +24,12 @@ type ikeSA struct {
 	// twice).
 	pending map[reqKey]*request
 	done    []reqKey
-	held    []Packet      // messages waiting for keys
-	elem    *list.Element // in Follower.unkeyed while it has no keys
-	seen    time.Time
+	held    []Packet // messages waiting for keys
+	// children are the SAs derived on this IKE SA (or inherited from the
+	// one it rekeyed) and not yet deleted: they go with its Delete.
+	children []ipsec.ID
+	elem     *list.Element // in Follower.unkeyed while it has no keys
+	seen     time.Time
 	// encap: ESP goes in UDP (NAT detected in IKE_SA_INIT, or inherited
 	// by a rekeyed IKE SA from the one before).
 	encap, encapKnown bool
@@ -45,8 +49,9 @@ type request struct {
 }
 
 const (
-	maxPending = 8
-	maxDone    = 16
+	maxPending  = 8
+	maxDone     = 16
+	maxChildren = 1024 // SAs remembered per IKE SA for its Delete
 )
 
 // initReq is an IKE_SA_INIT exchange, by the initiator's SPI: its nonces,
@@ -73,17 +78,8 @@ func (f *Follower) saInit(p Packet, m *ikev2.Message) {
 			return
 		}
 		if in == nil {
-			if len(f.inits) >= f.cfg.MaxIKESAs {
-				// Unanswered requests are the cheapest to forge.
-				for k, v := range f.inits {
-					if v.spiR == 0 {
-						delete(f.inits, k)
-						break
-					}
-				}
-				if len(f.inits) >= f.cfg.MaxIKESAs {
-					return
-				}
+			if len(f.inits) >= f.cfg.MaxIKESAs && !f.evictInit() {
+				return
 			}
 			in = &initReq{}
 			f.inits[m.SPIi] = in
@@ -125,6 +121,27 @@ func (f *Follower) saInit(p Packet, m *ikev2.Message) {
 	if sa := f.sas[spis{m.SPIi, m.SPIr}]; sa != nil && sa.init == nil {
 		sa.init = in
 	}
+}
+
+// evictInit makes room among the IKE_SA_INIT exchanges (anyone can forge
+// them): an unanswered one first, else one whose IKE SA has no keys —
+// never one a keyed IKE SA still needs. False if every one is needed.
+func (f *Follower) evictInit() bool {
+	var fallback uint64
+	found := false
+	for spi, in := range f.inits {
+		if in.spiR == 0 {
+			delete(f.inits, spi)
+			return true
+		}
+		if sa := f.sas[spis{spi, in.spiR}]; !found && (sa == nil || sa.keys == nil) {
+			fallback, found = spi, true
+		}
+	}
+	if found {
+		delete(f.inits, fallback)
+	}
+	return found
 }
 
 // retry reports whether the request before was answered by COOKIE or
@@ -252,6 +269,8 @@ func (f *Follower) created(sa *ikeSA, req *request, resp []ikev2.Payload, exchan
 		f.stats.IKERekeys++
 		if next := f.lookup(spis{c.NewSPIi, c.NewSPIr}, true); next != nil {
 			next.encap, next.encapKnown = sa.encap || sa.natFromInit(), true
+			// The CHILD_SAs move to the new IKE SA (RFC 7296 §2.18).
+			next.children, sa.children = append(next.children, sa.children...), nil
 		}
 		return
 	}
@@ -282,9 +301,12 @@ func (f *Follower) created(sa *ikeSA, req *request, resp []ikev2.Payload, exchan
 		return
 	}
 	encap := sa.encap || sa.natFromInit()
-	res.Created = append(res.Created,
-		childConfig(c.Child, c.Child.SPIr, req.src, req.dst, iToR, c.Child.TSi, c.Child.TSr, encap),
-		childConfig(c.Child, c.Child.SPIi, req.dst, req.src, rToI, c.Child.TSr, c.Child.TSi, encap))
+	a := childConfig(c.Child, c.Child.SPIr, req.src, req.dst, iToR, c.Child.TSi, c.Child.TSr, encap)
+	b := childConfig(c.Child, c.Child.SPIi, req.dst, req.src, rToI, c.Child.TSr, c.Child.TSi, encap)
+	res.Created = append(res.Created, a, b)
+	if len(sa.children) < maxChildren {
+		sa.children = append(sa.children, a.ID(), b.ID())
+	}
 	f.stats.Children++
 }
 
@@ -307,6 +329,9 @@ func (f *Follower) deleted(sa *ikeSA, req *request, resp []ikev2.Payload, res *R
 				continue
 			}
 			if d.Protocol == ikev2.ProtoIKE {
+				// Its CHILD_SAs go with it (RFC 7296 §1.4.1).
+				res.Deleted = append(res.Deleted, sa.children...)
+				f.stats.Deletes += uint64(len(sa.children))
 				f.forget(sa)
 				return
 			}
@@ -315,7 +340,9 @@ func (f *Follower) deleted(sa *ikeSA, req *request, resp []ikev2.Payload, res *R
 				proto = ipsec.AH
 			}
 			for _, s := range d.SPIs {
-				res.Deleted = append(res.Deleted, ipsec.ID{SPI: binary.BigEndian.Uint32(s), Dst: x.dst, Proto: proto})
+				id := ipsec.ID{SPI: binary.BigEndian.Uint32(s), Dst: x.dst, Proto: proto}
+				res.Deleted = append(res.Deleted, id)
+				sa.children = slices.DeleteFunc(sa.children, func(c ipsec.ID) bool { return c == id })
 				f.stats.Deletes++
 			}
 		}

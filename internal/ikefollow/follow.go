@@ -152,15 +152,14 @@ func (f *Follower) AddKeys(k ikev2.Keys) (Result, error) {
 			f.unbound = f.unbound[1:]
 		}
 		f.unbound = append(f.unbound, k)
-		// Perhaps an IKE SA already waits for them.
-		for e := f.unkeyed.Front(); e != nil; {
-			next := e.Next()
+		// Perhaps an IKE SA already waits for them: only the new keys
+		// are tried (the others were, on each message as it came).
+		for e := f.unkeyed.Front(); e != nil; e = e.Next() {
 			sa := e.Value.(*ikeSA)
-			if f.tryBind(sa) {
+			if f.tryBind(sa, sa.held, len(f.unbound)-1) {
 				f.release(sa, &res)
 				break
 			}
-			e = next
 		}
 		return res, nil
 	}
@@ -201,9 +200,8 @@ func (f *Follower) Observe(p Packet) Result {
 	}
 	sa.seen = f.cfg.Now()
 	if sa.keys == nil {
-		f.hold(sa, p)
-		if !f.tryBind(sa) {
-			return res
+		if !f.hold(sa, p) || !f.tryBind(sa, sa.held[len(sa.held)-1:], 0) {
+			return res // a message is tried once against the unbound keys: a flood costs ≤ MaxUnbound checks each
 		}
 		f.release(sa, &res)
 		return res
@@ -290,14 +288,15 @@ func (f *Follower) bind(sa *ikeSA, k ikev2.Keys) {
 	f.stats.Bound++
 }
 
-// tryBind looks for unbound keys that verify one of sa's held messages.
-func (f *Follower) tryBind(sa *ikeSA) bool {
-	for _, h := range sa.held {
+// tryBind looks for an unbound key set, from index from on, that
+// verifies one of msgs (held messages of sa), and binds it to sa.
+func (f *Follower) tryBind(sa *ikeSA, msgs []Packet, from int) bool {
+	for _, h := range msgs {
 		m, err := ikev2.Parse(h.Msg)
 		if err != nil {
 			continue
 		}
-		for i := range f.unbound {
+		for i := from; i < len(f.unbound); i++ {
 			k := &f.unbound[i]
 			if _, err := k.Open(h.Msg, &m); err == nil {
 				f.bind(sa, *k)
@@ -309,16 +308,18 @@ func (f *Follower) tryBind(sa *ikeSA) bool {
 	return false
 }
 
-// hold keeps a copy of a message of an IKE SA whose keys have not come.
-func (f *Follower) hold(sa *ikeSA, p Packet) {
+// hold keeps a copy of a message of an IKE SA whose keys have not come;
+// false if a bound refused it.
+func (f *Follower) hold(sa *ikeSA, p Packet) bool {
 	if len(sa.held) >= f.cfg.MaxHeld || f.heldBytes+len(p.Msg) > f.cfg.MaxHeldBytes {
 		f.stats.Unkeyed++
-		return
+		return false
 	}
 	p.Msg = append([]byte(nil), p.Msg...)
 	sa.held = append(sa.held, p)
 	f.heldBytes += len(p.Msg)
 	f.stats.Held++
+	return true
 }
 
 // release reads the messages held for sa, now that it has keys.

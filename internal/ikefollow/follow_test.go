@@ -186,10 +186,19 @@ func TestStrongSwanRekeys(t *testing.T) {
 	if st.Children != 4 || st.Bound != 2 || st.IKERekeys != 1 || st.Integrity != 0 || st.Malformed != 0 || st.PFS != 0 || st.Missed != 0 {
 		t.Errorf("stats %+v", st)
 	}
-	// The three rekeys deleted the SAs before them, both halves.
+	// The three rekeys deleted the SAs before them, both halves; the IKE
+	// SA's Delete (after its rekey) none: its CHILD_SAs had moved to the
+	// new IKE SA, which holds the live two.
 	if len(got.Deleted) != 6 {
 		t.Errorf("deleted %v, want the 6 SAs of the 3 CHILD_SAs rekeyed away", got.Deleted)
 	}
+	f.mu.Lock()
+	for _, sa := range f.sas {
+		if sa.keys != nil && len(sa.children) != 2 {
+			t.Errorf("IKE SA %#x holds %d CHILD_SA halves, want the live 2", sa.spis.i, len(sa.children))
+		}
+	}
+	f.mu.Unlock()
 	for _, c := range got.Created {
 		c.WipeKeys()
 	}
@@ -319,7 +328,21 @@ func TestBounded(t *testing.T) {
 	v := load(t, "follow")
 	keys := ikeKeys(t, v.left)
 	f := New(Config{MaxIKESAs: 64, MaxHeldBytes: 4096})
-	follow(t, f, v.packets[:4], keys[:1]) // IKE_SA_INIT and IKE_AUTH: bound
+	// Forged IKE_SA_INIT exchanges (cleartext: anyone can) fill the
+	// table first; a real one still gets its IKE_AUTH CHILD_SA derived.
+	for i := range 10000 {
+		for _, p := range v.packets[:2] {
+			msg := append([]byte(nil), p.Msg...)
+			binary.BigEndian.PutUint64(msg, uint64(i)+1<<41)
+			if binary.BigEndian.Uint64(msg[8:]) != 0 {
+				binary.BigEndian.PutUint64(msg[8:], uint64(i)+1<<42)
+			}
+			f.Observe(Packet{Src: p.Src, Dst: p.Dst, Msg: msg})
+		}
+	}
+	if got := follow(t, f, v.packets[:4], keys[:1]); len(got.Created) != 2 { // IKE_SA_INIT and IKE_AUTH: bound
+		t.Fatalf("after a flood of IKE_SA_INITs: %d SAs from IKE_AUTH, stats %+v", len(got.Created), f.Stats())
+	}
 	auth := v.packets[2]
 	for i := range 10000 {
 		msg := append([]byte(nil), auth.Msg...)
