@@ -44,7 +44,9 @@ other setting (see README); flags override it.
 --secserver (beside or instead of --sa): on the first IKE packet, or the
 first ESP/AH packet on an SPI it lacks, between two addresses the gateway
 asks the security server (gRPC, mutual TLS with a gateway certificate from
-espep pki) for their SAs; what came before is relayed untouched.
+espep pki) for their SAs; what came before is relayed untouched. IKE SA
+keys that agents delegated (espep agent --ike-charon-log) come with them,
+and the gateway follows IKE with them as with --ike-keys.
 
 --ike-keys FILE (beside or instead of --sa; espep-ike 1, mode 0600,
 re-read when it changes): the keys of IKE SAs (SK_d, SK_a*, SK_e*) that a
