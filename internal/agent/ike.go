@@ -9,7 +9,6 @@ import (
 
 	"github.com/espep/espep/internal/charonlog"
 	"github.com/espep/espep/internal/secserver"
-	"github.com/espep/espep/ipsec/safile"
 )
 
 // delegateIKE is scheme 2: the IKE SA keys charon's logs show (written
@@ -74,17 +73,11 @@ func (a *Agent) delegateIKE(ctx context.Context) error {
 // readIKECharonLog reads the IKE SA keys of a charon log, which holds
 // keys and so must be closed to group and others.
 func readIKECharonLog(path string) ([]charonlog.IKESA, error) {
-	if err := safile.CheckPrivate(path); err != nil {
-		return nil, err
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	defer f.Close()
-	sas, err := charonlog.ParseIKESAs(f, path)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	return sas, nil
+	return readPrivate(path, func(f *os.File) ([]charonlog.IKESA, error) {
+		sas, err := charonlog.ParseIKESAs(f, path)
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		return sas, nil
+	})
 }

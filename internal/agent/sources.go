@@ -76,7 +76,7 @@ func readCharonLog(path string) ([]ipsec.Config, error) {
 
 // readPrivate parses a file that holds keys, and so must be closed to
 // group and others; an empty result is not nil (nil: unreadable).
-func readPrivate(path string, parse func(*os.File) ([]ipsec.Config, error)) ([]ipsec.Config, error) {
+func readPrivate[T any](path string, parse func(*os.File) ([]T, error)) ([]T, error) {
 	if err := safile.CheckPrivate(path); err != nil {
 		return nil, err
 	}
@@ -85,11 +85,11 @@ func readPrivate(path string, parse func(*os.File) ([]ipsec.Config, error)) ([]i
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	defer f.Close()
-	cfgs, err := parse(f)
-	if cfgs == nil && err == nil {
-		cfgs = []ipsec.Config{}
+	got, err := parse(f)
+	if got == nil && err == nil {
+		got = []T{}
 	}
-	return cfgs, err
+	return got, err
 }
 
 // readXFRM reads the kernel's SAD (Linux XFRM over netlink).
