@@ -347,7 +347,9 @@ func followIKE(ctx context.Context, gw *gateway.Gateway, ss *secserverConn, path
 	if len(paths) > 0 {
 		go ike.WatchKeyFiles(ctx, 200*time.Millisecond, paths...)
 	}
-	if ss != nil {
+	if ss == nil {
+		log.Warn("gateway: following IKE without a security server: a CHILD_SA rekeyed with PFS cannot be derived, and split flows on it stall (the bytes acknowledged early can no longer be sealed); give --secserver where peers use PFS")
+	} else {
 		ss.c.OnIKE = func(k ikev2.Keys) {
 			if err := ike.AddKeys(k); err != nil {
 				log.Warn("gateway: IKE SA keys from the security server refused", "err", err)

@@ -229,6 +229,23 @@ func TestStrongSwanPFS(t *testing.T) {
 	}
 }
 
+// TestStrongSwanChaCha: ChaCha20-Poly1305 for IKE (RFC 7634) and ESP:
+// IKE_AUTH's CHILD_SA and a rekey's, as both charons installed them.
+func TestStrongSwanChaCha(t *testing.T) {
+	v := load(t, "follow-chacha")
+	keys := ikeKeys(t, v.left)
+	if len(keys) != 1 || keys[0].Encr != ikev2.EncrChaCha20Poly1305 {
+		t.Fatalf("keys %+v", keys)
+	}
+	f := New(Config{})
+	got := follow(t, f, v.packets, keys)
+	sameSAs(t, got.Created, childSAs(t, v.left))
+	sameSAs(t, got.Created, childSAs(t, v.right))
+	if st := f.Stats(); st.Children != 2 || st.Integrity != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
 // TestKeysLate: the keys come after the messages (the delegation is slower
 // than IKE): the messages were held, and are read when they come.
 func TestKeysLate(t *testing.T) {

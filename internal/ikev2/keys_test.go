@@ -46,12 +46,13 @@ func recorded(t testing.TB, name string) ([][]byte, []ikev2.Keys) {
 }
 
 // TestOpenStrongSwan: every encrypted message two strongSwan peers sent
-// opens with the keys charon logged — AES-CBC + HMAC-SHA-256 and AES-GCM
-// (RFC 5282) SK payloads, both directions — into payloads that parse;
+// opens with the keys charon logged — AES-CBC + HMAC-SHA-256, AES-GCM
+// (RFC 5282) and ChaCha20-Poly1305 (RFC 7634) SK payloads, both
+// directions — into payloads that parse;
 // under the wrong key set (the other IKE SA's), or with any bit of the
 // message changed, it is ErrIntegrity and nothing is decrypted.
 func TestOpenStrongSwan(t *testing.T) {
-	for _, name := range []string{"follow", "follow-pfs"} {
+	for _, name := range []string{"follow", "follow-pfs", "follow-chacha"} {
 		msgs, keys := recorded(t, name)
 		opened := 0
 		for i, b := range msgs {
@@ -116,7 +117,7 @@ func TestPRFPlusLength(t *testing.T) {
 // error or payloads; it never panics.
 func FuzzOpen(f *testing.F) {
 	var keys []ikev2.Keys
-	for _, name := range []string{"follow", "follow-pfs"} {
+	for _, name := range []string{"follow", "follow-pfs", "follow-chacha"} {
 		msgs, ks := recorded(f, name)
 		keys = append(keys, ks...)
 		for _, m := range msgs {

@@ -39,6 +39,8 @@ var ikeCases = []ikeCase{
 	// With PFS: AES-GCM for IKE's SK payload (RFC 5282) and ESP; the rekey
 	// carries a KE payload the gateway cannot follow.
 	{"follow-pfs", "aes128gcm16-prfsha256-x25519", "aes128gcm16-x25519", []string{"left"}},
+	// ChaCha20-Poly1305 for IKE's SK payload (RFC 7634) and ESP.
+	{"follow-chacha", "chacha20poly1305-prfsha256-x25519", "chacha20poly1305", []string{"left"}},
 }
 
 // TestStrongSwanIKE: the IKEv2 messages two strongSwan peers exchange —
