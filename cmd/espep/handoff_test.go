@@ -54,3 +54,15 @@ func TestHandoffFlags(t *testing.T) {
 		t.Fatalf("%+v %+v %v", h, st, err)
 	}
 }
+
+// TestGatewayIKEKeysFlag: --ike-keys alone is a source of SAs (scheme 2),
+// repeatable; without any source the gateway refuses to start.
+func TestGatewayIKEKeysFlag(t *testing.T) {
+	fc, _, err := gatewayConfig([]string{"--wire", "a", "--radio", "b", "--ike-keys", "x.keys", "--ike-keys", "y.keys"}, io.Discard)
+	if err != nil || len(fc.IKEKeyFiles) != 2 || fc.IKEKeyFiles[1] != "y.keys" || len(fc.SAFiles) != 0 {
+		t.Fatalf("%+v %v", fc, err)
+	}
+	if _, _, err := gatewayConfig([]string{"--wire", "a", "--radio", "b"}, io.Discard); err == nil || !strings.Contains(err.Error(), "--ike-keys") {
+		t.Fatalf("no source: %v", err)
+	}
+}

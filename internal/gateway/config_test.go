@@ -27,6 +27,9 @@ func TestFileConfig(t *testing.T) {
 		!rel(c.SAFiles[0]) || c.SAFiles[1] != "/etc/espep/more.sa" || !rel(c.StateDir) || c.IVPartition != (statedir.Partition{K: 3, N: 8}) {
 		t.Errorf("interfaces and files: %+v", c)
 	}
+	if len(c.IKEKeyFiles) != 2 || !rel(c.IKEKeyFiles[0]) || c.IKEKeyFiles[1] != "/etc/espep/more.keys" {
+		t.Errorf("IKE key files: %v", c.IKEKeyFiles)
+	}
 	if ss := c.SecServer; ss.Addr != "secserver.example:7443" || !strings.HasSuffix(ss.Cert, filepath.Join("testdata", "pki", "gw1.crt")) ||
 		!filepath.IsAbs(ss.Key) && !strings.HasPrefix(ss.Key, "testdata") || ss.CA != "/etc/espep/pki/ca.crt" ||
 		!strings.HasSuffix(ss.CRL, filepath.Join("testdata", "pki", "ca.crl")) || !ss.Read {
