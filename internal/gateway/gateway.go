@@ -161,8 +161,14 @@ type Gateway struct {
 	// missing, when set, is told of a mobile whose flows seem to be at
 	// another gateway (handoff.go). It never blocks.
 	missing atomic.Pointer[func(mobile netip.Addr) bool]
-	held    held     // packets held while a mobile's flows are asked for (handoff.go)
-	ivs     *ivSpace // nil without State
+	// unanswered are the mobiles no neighbour handed over when asked
+	// (Unanswered): an SA of theirs taken over later — its first packet
+	// came after the ask ended — jumps twice too (takeoverJump). At most
+	// maxUnanswered are kept; nunanswered counts them.
+	unanswered  sync.Map // netip.Addr → struct{}
+	nunanswered atomic.Int64
+	held        held     // packets held while a mobile's flows are asked for (handoff.go)
+	ivs         *ivSpace // nil without State
 
 	closed atomic.Bool // Close: no Process starts; Close waits for those under way (stripe.busy)
 	calls  sync.Pool   // *call

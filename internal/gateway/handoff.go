@@ -338,6 +338,11 @@ func (g *Gateway) hold(mobile netip.Addr, p heldPkt) {
 // those it numbers already (a new flow came before the ask ended).
 // Numbers only go up (rule 2).
 func (g *Gateway) Unanswered(mobile netip.Addr) {
+	if g.nunanswered.Load() < maxUnanswered {
+		if _, had := g.unanswered.LoadOrStore(mobile, struct{}{}); !had {
+			g.nunanswered.Add(1)
+		}
+	}
 	g.smu.Lock()
 	sts := make([]*saState, 0, len(g.states))
 	for _, st := range g.states {
@@ -354,6 +359,22 @@ func (g *Gateway) Unanswered(mobile netip.Addr) {
 		}
 		st.mu.Unlock()
 	}
+}
+
+// maxUnanswered bounds the mobiles remembered as unanswered; past it, an
+// SA of such a mobile first seen after its ask ended jumps once, as if
+// answered (counted nowhere: 4,096 mobiles whose gateway died at once).
+const maxUnanswered = 4096
+
+// wasUnanswered reports whether either peer is a mobile no neighbour
+// handed over.
+func (g *Gateway) wasUnanswered(peer [2]netip.Addr) bool {
+	for _, a := range peer {
+		if _, ok := g.unanswered.Load(a); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // ReleaseHeld hands the engine, in the order they came, the packets held

@@ -314,7 +314,12 @@ func (g *Gateway) takeoverJump(st *saState) uint64 {
 	switch {
 	case st.resumed || !st.provisioned && g.missing.Load() == nil:
 		return 0
-	case st.unanswered:
+	case st.unanswered || g.wasUnanswered(st.peer):
+		// Also for an SA whose first packet came after the ask ended:
+		// the gateway before numbered it too (found by
+		// TestGatewayGoneHosts, 1 run in 3: the mobile's SA toward the
+		// wired host came after the ask and jumped into the dead
+		// gateway's numbers).
 		return 2 * uint64(g.cfg.TakeoverJump)
 	}
 	return uint64(g.cfg.TakeoverJump)

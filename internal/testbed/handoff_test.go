@@ -293,7 +293,12 @@ func TestGatewayGoneHosts(t *testing.T) {
 	killed := time.Now()
 	took, err := ncSendPort(t, b, ns["a"], ns["b"], lb, dir, 5002, 8<<20, 60*time.Second)
 	if err != nil {
-		t.Fatalf("a new download after gateway 1 was killed: %v\ngateway 2:\n%s", err, lastLines([]byte(gws[1].Output()), 12))
+		gws[1].Signal(syscall.SIGTERM)
+		gws[1].Wait(5 * time.Second)
+		for _, h := range []string{"a", "b"} {
+			t.Logf("host %s: %v", h, hostMetrics(t, b, ns[h], "127.0.0.1:9101"))
+		}
+		t.Fatalf("a new download after gateway 1 was killed: %v\ngateway 2:\n%s", err, lastLines([]byte(gws[1].Output()), 40))
 	}
 	t.Logf("gateway 1 killed; a new 8 MB download took %v (%.1f Mbit/s) through gateway 2, started %v after the kill",
 		took.Round(time.Millisecond), float64(8<<20*8)/took.Seconds()/1e6, time.Since(killed).Round(time.Millisecond)-took.Round(time.Millisecond))
