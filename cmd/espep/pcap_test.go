@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -23,26 +22,11 @@ const ssDir = "../../ipsec/testdata/strongswan"
 // readPcap returns the link type and every frame of a capture.
 func readPcap(t *testing.T, path string) (uint32, [][]byte) {
 	t.Helper()
-	f, err := os.Open(path)
+	link, frames, err := pcapio.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	r, err := pcapio.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out [][]byte
-	for {
-		rec, err := r.Next()
-		if err == io.EOF {
-			return r.LinkType, out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, append([]byte(nil), rec.Data...))
-	}
+	return link, frames
 }
 
 // countESP counts the ESP packets in a capture, independently of pcaptool.

@@ -2,9 +2,7 @@ package gateway
 
 import (
 	"context"
-	"encoding/binary"
 	"log/slog"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,20 +90,15 @@ func NewIKESAs(g *Gateway, f *ikefollow.Follower) *IKESAs {
 // message in UDP at l.Off. It never blocks; it copies only what it
 // queues.
 func (s *IKESAs) offer(pkt []byte, l ipsec.Loc) {
-	if l.Off+8 > l.Len || l.Len > len(pkt) {
+	p, ok := ikefollow.PacketAt(pkt, l)
+	if !ok {
 		return
-	}
-	udp := pkt[l.Off:l.Len]
-	sp, dp := binary.BigEndian.Uint16(udp), binary.BigEndian.Uint16(udp[2:])
-	msg := udp[8:]
-	if sp == ipsec.PortNATT || dp == ipsec.PortNATT {
-		msg = msg[4:] // the non-ESP marker (Locate checked it)
 	}
 	if len(s.in) == cap(s.in) {
 		s.drops.Add(1)
 		return
 	}
-	p := ikefollow.Packet{Src: netip.AddrPortFrom(l.Src, sp), Dst: netip.AddrPortFrom(l.Dst, dp), Msg: append([]byte(nil), msg...)}
+	p.Msg = append([]byte(nil), p.Msg...)
 	select {
 	case s.in <- arrival{p, time.Now()}:
 		s.queued.Add(1)

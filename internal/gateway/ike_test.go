@@ -2,9 +2,6 @@ package gateway
 
 import (
 	"context"
-	"encoding/binary"
-	"errors"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -30,25 +27,13 @@ import (
 func ikeRecording(t *testing.T) (pkts [][]byte, log string) {
 	t.Helper()
 	dir := filepath.Join("..", "ikev2", "testdata", "follow")
-	f, err := os.Open(filepath.Join(dir, "ike.pcap"))
+	link, frames, err := pcapio.ReadFile(filepath.Join(dir, "ike.pcap"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	r, err := pcapio.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		rec, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(rec.Data) > 14 && binary.BigEndian.Uint16(rec.Data[12:]) == 0x0800 {
-			pkts = append(pkts, append([]byte(nil), rec.Data[14:]...))
+	for _, fr := range frames {
+		if off, _, ok, err := pcapio.IPOffset(link, fr); err == nil && ok {
+			pkts = append(pkts, fr[off:])
 		}
 	}
 	return pkts, filepath.Join(dir, "left-charon.log")

@@ -24,6 +24,7 @@ package ikefollow
 import (
 	"bytes"
 	"container/list"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -31,6 +32,7 @@ import (
 	"time"
 
 	"github.com/espep/espep/internal/ikev2"
+	"github.com/espep/espep/internal/pcapio"
 	"github.com/espep/espep/ipsec"
 )
 
@@ -88,6 +90,37 @@ type Stats struct {
 type Packet struct {
 	Src, Dst netip.AddrPort
 	Msg      []byte
+}
+
+// PacketAt is the IKE message of pkt, an IP packet that ipsec.Locate
+// found to be IKE (l.Kind KindIKE: UDP at l.Off, on port 500, or on 4500
+// behind the non-ESP marker), with its addresses. Msg is a view into
+// pkt: a caller that keeps the Packet copies it.
+func PacketAt(pkt []byte, l ipsec.Loc) (Packet, bool) {
+	if l.Kind != ipsec.KindIKE || l.Off+8 > l.Len || l.Len > len(pkt) {
+		return Packet{}, false
+	}
+	udp := pkt[l.Off:l.Len]
+	sp, dp := binary.BigEndian.Uint16(udp), binary.BigEndian.Uint16(udp[2:])
+	msg := udp[8:]
+	if sp != ipsec.PortIKE && dp != ipsec.PortIKE {
+		msg = msg[4:] // the non-ESP marker (Locate checked it)
+	}
+	return Packet{Src: netip.AddrPortFrom(l.Src, sp), Dst: netip.AddrPortFrom(l.Dst, dp), Msg: msg}, true
+}
+
+// PacketOfFrame is PacketAt for a captured frame of the link type (the
+// Msg a view into frame): how tools and tests read IKE from a capture.
+func PacketOfFrame(linkType uint32, frame []byte) (Packet, bool) {
+	off, _, ok, err := pcapio.IPOffset(linkType, frame)
+	if err != nil || !ok {
+		return Packet{}, false
+	}
+	l, err := ipsec.Locate(frame[off:])
+	if err != nil {
+		return Packet{}, false
+	}
+	return PacketAt(frame[off:], l)
 }
 
 // Result is what one call found: the SAs exchanges created (both

@@ -3,8 +3,6 @@ package ikefollow
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
-	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -27,25 +25,13 @@ type vectors struct {
 func load(t testing.TB, name string) vectors {
 	t.Helper()
 	dir := filepath.Join("..", "ikev2", "testdata", name)
-	f, err := os.Open(filepath.Join(dir, "ike.pcap"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := pcapio.NewReader(f)
+	link, frames, err := pcapio.ReadFile(filepath.Join(dir, "ike.pcap"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := vectors{left: filepath.Join(dir, "left-charon.log"), right: filepath.Join(dir, "right-charon.log")}
-	for {
-		rec, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if p, ok := packetOf(rec.Data); ok {
+	for _, fr := range frames {
+		if p, ok := PacketOfFrame(link, fr); ok {
 			v.packets = append(v.packets, p)
 		}
 	}
@@ -53,30 +39,6 @@ func load(t testing.TB, name string) vectors {
 		t.Fatalf("%s: %d IKE messages", name, len(v.packets))
 	}
 	return v
-}
-
-// packetOf reads an Ethernet frame of IKE over UDP/IPv4.
-func packetOf(frame []byte) (Packet, bool) {
-	if len(frame) < 14+20+8 || binary.BigEndian.Uint16(frame[12:]) != 0x0800 {
-		return Packet{}, false
-	}
-	ip := frame[14:]
-	ihl := int(ip[0]&0xf) * 4
-	if ip[9] != 17 || len(ip) < ihl+8 {
-		return Packet{}, false
-	}
-	src, _ := netip.AddrFromSlice(ip[12:16])
-	dst, _ := netip.AddrFromSlice(ip[16:20])
-	udp := ip[ihl:]
-	sp, dp := binary.BigEndian.Uint16(udp), binary.BigEndian.Uint16(udp[2:])
-	msg := udp[8:]
-	if sp == 4500 || dp == 4500 {
-		if len(msg) < 4 || binary.BigEndian.Uint32(msg) != 0 {
-			return Packet{}, false
-		}
-		msg = msg[4:]
-	}
-	return Packet{Src: netip.AddrPortFrom(src, sp), Dst: netip.AddrPortFrom(dst, dp), Msg: append([]byte(nil), msg...)}, true
 }
 
 func ikeKeys(t testing.TB, log string) []ikev2.Keys {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 )
 
@@ -162,3 +163,27 @@ func (pw *Writer) Write(t time.Time, data []byte, origLen int) error {
 
 // Flush writes buffered records out.
 func (pw *Writer) Flush() error { return pw.w.Flush() }
+
+// ReadFile returns the link type and a copy of every record's data of the
+// capture at path, in order (tests and tools that want a whole capture).
+func ReadFile(path string) (linkType uint32, frames [][]byte, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer f.Close()
+	r, err := NewReader(f)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			return r.LinkType, frames, nil
+		}
+		if err != nil {
+			return 0, nil, fmt.Errorf("%s: %w", path, err)
+		}
+		frames = append(frames, append([]byte(nil), rec.Data...))
+	}
+}

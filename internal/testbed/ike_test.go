@@ -1,11 +1,8 @@
 package testbed
 
 import (
-	"encoding/binary"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/espep/espep/internal/ikefollow"
 	"github.com/espep/espep/internal/ikev2"
 	"github.com/espep/espep/internal/pcapio"
 )
@@ -135,55 +133,23 @@ func strongSwanIKE(t *testing.T, c ikeCase) {
 func readIKE(t *testing.T, path string) [][]byte {
 	t.Helper()
 	var msgs [][]byte
-	for _, fr := range readFrames(t, path) {
-		if msg, ok := ikeOf(fr, 1); ok {
-			msgs = append(msgs, msg)
-		}
+	for _, p := range ikePackets(t, path) {
+		msgs = append(msgs, p.Msg)
 	}
 	return msgs
 }
 
-// readFrames returns the Ethernet frames of a capture, in order.
-func readFrames(t *testing.T, path string) [][]byte {
+// ikePackets reads the IKE messages of a capture, with their addresses
+// (each Msg its own copy).
+func ikePackets(t *testing.T, path string) []ikefollow.Packet {
 	t.Helper()
-	f, err := os.Open(path)
+	link, frames, err := pcapio.ReadFile(path)
 	must(t, err)
-	defer f.Close()
-	r, err := pcapio.NewReader(f)
-	must(t, err)
-	if r.LinkType != 1 {
-		t.Fatalf("%s: link type %d, not Ethernet", path, r.LinkType)
-	}
-	var frames [][]byte
-	for {
-		rec, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			return frames
+	var out []ikefollow.Packet
+	for _, fr := range frames {
+		if p, ok := ikefollow.PacketOfFrame(link, fr); ok {
+			out = append(out, p)
 		}
-		must(t, err)
-		frames = append(frames, append([]byte(nil), rec.Data...))
 	}
-}
-
-// ikeOf is the IKE message in an Ethernet frame of UDP to or from port 500
-// or 4500 (after the 4500 port's non-ESP marker), if it holds one.
-func ikeOf(frame []byte, link uint32) ([]byte, bool) {
-	if link != 1 || len(frame) < 14+20+8 || binary.BigEndian.Uint16(frame[12:]) != 0x0800 {
-		return nil, false
-	}
-	ip := frame[14:]
-	ihl := int(ip[0]&0xf) * 4
-	if ip[9] != 17 || len(ip) < ihl+8 {
-		return nil, false
-	}
-	udp := ip[ihl:]
-	sp, dp := binary.BigEndian.Uint16(udp), binary.BigEndian.Uint16(udp[2:])
-	payload := udp[8:]
-	switch {
-	case sp == 500 || dp == 500:
-		return payload, true
-	case (sp == 4500 || dp == 4500) && len(payload) >= 4 && binary.BigEndian.Uint32(payload) == 0:
-		return payload[4:], true
-	}
-	return nil, false
+	return out
 }

@@ -267,25 +267,6 @@ func checkDerived(t *testing.T, s *StrongSwan, capPath string, pfs bool) {
 	tsharkSPIs(t, capPath, keys, derived)
 }
 
-// ikePackets reads the IKE messages of a capture.
-func ikePackets(t *testing.T, path string) []ikefollow.Packet {
-	t.Helper()
-	var out []ikefollow.Packet
-	for _, fr := range readFrames(t, path) {
-		msg, ok := ikeOf(fr, 1)
-		if !ok {
-			continue
-		}
-		ip := fr[14:]
-		ihl := int(ip[0]&0xf) * 4
-		src, _ := netip.AddrFromSlice(ip[12:16])
-		dst, _ := netip.AddrFromSlice(ip[16:20])
-		sp, dp := uint16(ip[ihl])<<8|uint16(ip[ihl+1]), uint16(ip[ihl+2])<<8|uint16(ip[ihl+3])
-		out = append(out, ikefollow.Packet{Src: netip.AddrPortFrom(src, sp), Dst: netip.AddrPortFrom(dst, dp), Msg: append([]byte(nil), msg...)})
-	}
-	return out
-}
-
 // tsharkSPIs has tshark decrypt the capture's IKE messages with the same
 // IKE keys (its ikev2_decryption_table, which needs each IKE SA's SPIs:
 // those of the messages the keys open) and checks that the ESP SPIs in
