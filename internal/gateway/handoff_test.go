@@ -112,18 +112,8 @@ func buffered(flows []engine.FlowState) int {
 // acknowledgements: nothing is lost with gateway 1) the download
 // completes and neither router refuses a fresh packet.
 func TestTakeoverGone(t *testing.T) {
-	salts := randomSalts()
-	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 11}
-	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSnoop)
-	p := newGatewayPair(t, n, Config{Engine: engine.Config{Mode: engine.ModeSnoop}}, &ipsec.SAD{})
+	n, p := provisionedPair(t, netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 11})
 	g1, g2 := p.g1, p.g2
-	var cfgs []ipsec.Config
-	for _, c := range n.cfgs {
-		cfgs = append(cfgs, c.CloneKeys())
-	}
-	if err := g2.Provision("gw-1", cfgs, time.Minute, time.Now()); err != nil {
-		t.Fatal(err)
-	}
 	done := startTransfer(t, n, 2<<20, 30*time.Second, func() bool { return g1.Stats().Sealed >= 500 })
 	p.move(g1.Close) // gone: nothing it had reaches anyone
 	last := map[ipsec.ID]uint64{}
@@ -317,6 +307,25 @@ func TestGatewayHandoffIPIP(t *testing.T) {
 	}
 }
 
+// provisionedPair is the network of the tests of a gateway that dies: two
+// snoop gateways on AES-GCM SAs, the second provisioned with the SAs by
+// the first. Snoop: what a dead gateway held is the endpoints' to resend,
+// so a transfer completes (split's early-acked bytes would die with it).
+func provisionedPair(t *testing.T, radio netem.Config) (*testNet, *gatewayPair) {
+	t.Helper()
+	salts := randomSalts()
+	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSnoop)
+	p := newGatewayPair(t, n, Config{Engine: engine.Config{Mode: engine.ModeSnoop}}, &ipsec.SAD{})
+	var cfgs []ipsec.Config
+	for _, c := range n.cfgs {
+		cfgs = append(cfgs, c.CloneKeys())
+	}
+	if err := p.g2.Provision("gw-1", cfgs, time.Minute, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return n, p
+}
+
 // TestUnansweredBeforeFirstPacket: when the ask for a mobile comes back
 // empty before any packet of one of its SAs reaches the gateway, that SA
 // still jumps twice TakeoverJump when its first packet comes: the dead
@@ -324,20 +333,8 @@ func TestGatewayHandoffIPIP(t *testing.T) {
 // failed 1 run in 3 without this: the SA toward the wired host jumped
 // once, into the dead gateway's numbers, and the host refused it).
 func TestUnansweredBeforeFirstPacket(t *testing.T) {
-	salts := randomSalts()
-	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Seed: 12}
-	// Snoop: what the dead gateway held is the endpoints' to resend, so
-	// the transfer completes (split's early-acked bytes would die with it).
-	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSnoop)
-	p := newGatewayPair(t, n, Config{Engine: engine.Config{Mode: engine.ModeSnoop}}, &ipsec.SAD{})
+	n, p := provisionedPair(t, netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Seed: 12})
 	g1, g2 := p.g1, p.g2
-	var cfgs []ipsec.Config
-	for _, c := range n.cfgs {
-		cfgs = append(cfgs, c.CloneKeys())
-	}
-	if err := g2.Provision("gw-1", cfgs, time.Minute, time.Now()); err != nil {
-		t.Fatal(err)
-	}
 	done := startTransfer(t, n, 2<<20, 30*time.Second, func() bool { return g1.Stats().Sealed >= 500 })
 	for _, c := range n.cfgs {
 		g2.Unanswered(c.Dst) // before g2 has a state of any SA
