@@ -163,12 +163,10 @@ type Gateway struct {
 	missing atomic.Pointer[func(mobile netip.Addr) bool]
 	// unanswered are the mobiles no neighbour handed over when asked
 	// (Unanswered): an SA of theirs taken over later — its first packet
-	// came after the ask ended — jumps twice too (takeoverJump). At most
-	// maxUnanswered are kept; nunanswered counts them.
-	unanswered  sync.Map // netip.Addr → struct{}
-	nunanswered atomic.Int64
-	held        held     // packets held while a mobile's flows are asked for (handoff.go)
-	ivs         *ivSpace // nil without State
+	// came after the ask ended — jumps twice too (takeoverJump).
+	unanswered recentAddrs
+	held       held     // packets held while a mobile's flows are asked for (handoff.go)
+	ivs        *ivSpace // nil without State
 
 	closed atomic.Bool // Close: no Process starts; Close waits for those under way (stripe.busy)
 	calls  sync.Pool   // *call

@@ -338,11 +338,7 @@ func (g *Gateway) hold(mobile netip.Addr, p heldPkt) {
 // those it numbers already (a new flow came before the ask ended).
 // Numbers only go up (rule 2).
 func (g *Gateway) Unanswered(mobile netip.Addr) {
-	if g.nunanswered.Load() < maxUnanswered {
-		if _, had := g.unanswered.LoadOrStore(mobile, struct{}{}); !had {
-			g.nunanswered.Add(1)
-		}
-	}
+	g.unanswered.add(mobile)
 	g.smu.Lock()
 	sts := make([]*saState, 0, len(g.states))
 	for _, st := range g.states {
@@ -361,20 +357,48 @@ func (g *Gateway) Unanswered(mobile netip.Addr) {
 	}
 }
 
-// maxUnanswered bounds the mobiles remembered as unanswered; past it, an
-// SA of such a mobile first seen after its ask ended jumps once, as if
-// answered (counted nowhere: 4,096 mobiles whose gateway died at once).
+// maxUnanswered bounds the mobiles remembered as unanswered: the most
+// recent ones are kept. An SA of a mobile forgotten since, first seen
+// only now, jumps once, as if its ask had been answered.
 const maxUnanswered = 4096
+
+// recentAddrs is a set of the last addresses added (at most
+// maxUnanswered; the oldest goes first). Its methods may be called from
+// several goroutines; its lock is the last taken (under a saState's).
+type recentAddrs struct {
+	mu    sync.Mutex
+	set   map[netip.Addr]struct{}
+	order []netip.Addr // oldest first
+}
+
+func (r *recentAddrs) add(a netip.Addr) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.set[a]; ok {
+		return
+	}
+	if r.set == nil {
+		r.set = map[netip.Addr]struct{}{}
+	}
+	if len(r.order) == maxUnanswered {
+		delete(r.set, r.order[0])
+		r.order = append(r.order[:0], r.order[1:]...)
+	}
+	r.set[a] = struct{}{}
+	r.order = append(r.order, a)
+}
+
+func (r *recentAddrs) has(a netip.Addr) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.set[a]
+	return ok
+}
 
 // wasUnanswered reports whether either peer is a mobile no neighbour
 // handed over.
 func (g *Gateway) wasUnanswered(peer [2]netip.Addr) bool {
-	for _, a := range peer {
-		if _, ok := g.unanswered.Load(a); ok {
-			return true
-		}
-	}
-	return false
+	return g.unanswered.has(peer[0]) || g.unanswered.has(peer[1])
 }
 
 // ReleaseHeld hands the engine, in the order they came, the packets held

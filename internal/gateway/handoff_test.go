@@ -359,3 +359,20 @@ func TestUnansweredBeforeFirstPacket(t *testing.T) {
 		t.Fatalf("gateway 2 numbers no SA: %+v", g2.SAs())
 	}
 }
+
+// TestRecentAddrsBounded: the unanswered mobiles are the most recent
+// maxUnanswered; the oldest goes first, an address given again stays once.
+func TestRecentAddrsBounded(t *testing.T) {
+	var r recentAddrs
+	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}) }
+	for i := range maxUnanswered + 10 {
+		r.add(addr(i))
+		r.add(addr(i))
+	}
+	if len(r.set) != maxUnanswered || len(r.order) != maxUnanswered {
+		t.Fatalf("%d addresses kept, %d in order", len(r.set), len(r.order))
+	}
+	if r.has(addr(9)) || !r.has(addr(10)) || !r.has(addr(maxUnanswered+9)) {
+		t.Fatal("not the most recent ones")
+	}
+}
