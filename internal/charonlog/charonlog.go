@@ -31,13 +31,44 @@ var (
 	initRE     = regexp.MustCompile(`^establishing CHILD_SA (\S+\{\d+\})`)
 )
 
+// dump is the key dumps of one charon thread: a line naming a key
+// ("encryption initiator key => 16 bytes", "Sk_d secret => 32 bytes")
+// and then lines of hex.
+type dump struct {
+	keys map[string][]byte // key name → bytes
+	cur  string            // key whose hex dump lines follow
+}
+
+// start begins the dump of key name.
+func (d *dump) start(name string) {
+	if d.keys == nil {
+		d.keys = map[string][]byte{}
+	}
+	d.cur = name
+	d.keys[name] = nil
+}
+
+// hexLine takes msg if it is a hex line of the key being dumped; any other
+// line ends the dump.
+func (d *dump) hexLine(msg string) (bool, error) {
+	if mm := hexRE.FindStringSubmatch(msg); mm != nil && d.cur != "" {
+		b, err := hex.DecodeString(strings.ReplaceAll(mm[1], " ", ""))
+		if err != nil {
+			return true, fmt.Errorf("key dump: %w", err)
+		}
+		d.keys[d.cur] = append(d.keys[d.cur], b...)
+		return true, nil
+	}
+	d.cur = ""
+	return false, nil
+}
+
 // thread is what one charon worker thread is in the middle of.
 type thread struct {
 	proposal string
 	child    string
-	keys     map[string][]byte // "encryption initiator" → bytes
-	cur      string            // key whose hex dump lines follow
-	dir      string            // "inbound" / "outbound" before an SPI line
+	dump            // "encryption initiator" → bytes
+	dir      string // "inbound" / "outbound" before an SPI line
 }
 
 type found struct {
@@ -107,7 +138,7 @@ func (p *parser) line(text string) error {
 	tid, group, msg := m[1], m[2], m[3]
 	th := p.threads[tid]
 	if th == nil {
-		th = &thread{keys: map[string][]byte{}}
+		th = &thread{}
 		p.threads[tid] = th
 	}
 	switch group {
@@ -117,7 +148,7 @@ func (p *parser) line(text string) error {
 		}
 	case "CFG":
 		if mm := proposalRE.FindStringSubmatch(msg); mm != nil {
-			*th = thread{proposal: mm[1], keys: map[string][]byte{}}
+			*th = thread{proposal: mm[1]}
 		}
 	case "CHD":
 		return p.child(th, msg)
@@ -141,19 +172,12 @@ func (p *parser) child(th *thread, msg string) error {
 		return nil
 	}
 	if mm := keyRE.FindStringSubmatch(msg); mm != nil {
-		th.cur = mm[1] + " " + mm[2]
-		th.keys[th.cur] = nil
+		th.start(mm[1] + " " + mm[2])
 		return nil
 	}
-	if mm := hexRE.FindStringSubmatch(msg); mm != nil && th.cur != "" {
-		b, err := hex.DecodeString(strings.ReplaceAll(mm[1], " ", ""))
-		if err != nil {
-			return fmt.Errorf("key dump: %w", err)
-		}
-		th.keys[th.cur] = append(th.keys[th.cur], b...)
-		return nil
+	if ok, err := th.hexLine(msg); ok {
+		return err
 	}
-	th.cur = ""
 	switch {
 	case strings.HasPrefix(msg, "adding inbound ESP SA"):
 		th.dir = "inbound"

@@ -2,7 +2,6 @@ package charonlog
 
 import (
 	"bufio"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/netip"
@@ -48,9 +47,8 @@ func ParseIKESAs(r io.Reader, name string) ([]IKESA, error) {
 	sc.Buffer(make([]byte, 4096), 1<<20)
 	type state struct {
 		proposal string
-		keys     map[string][]byte
-		cur      string
-		peers    [2]netip.Addr // of the last packet the thread received
+		dump
+		peers [2]netip.Addr // of the last packet the thread received
 	}
 	threads := map[string]*state{}
 	var last string // the last IKE proposal selected by any thread
@@ -63,7 +61,7 @@ func ParseIKESAs(r io.Reader, name string) ([]IKESA, error) {
 		tid, group, msg := m[1], m[2], m[3]
 		th := threads[tid]
 		if th == nil {
-			th = &state{keys: map[string][]byte{}}
+			th = &state{}
 			threads[tid] = th
 		}
 		if group == "NET" {
@@ -85,15 +83,12 @@ func ParseIKESAs(r io.Reader, name string) ([]IKESA, error) {
 		if group != "IKE" {
 			continue
 		}
-		if mm := hexRE.FindStringSubmatch(msg); mm != nil && th.cur != "" {
-			b, err := hex.DecodeString(strings.ReplaceAll(mm[1], " ", ""))
+		if ok, err := th.hexLine(msg); ok {
 			if err != nil {
-				return nil, fmt.Errorf("%s:%d: key dump: %w", name, n, err)
+				return nil, fmt.Errorf("%s:%d: %w", name, n, err)
 			}
-			th.keys[th.cur] = append(th.keys[th.cur], b...)
 			continue
 		}
-		th.cur = ""
 		mm := skRE.FindStringSubmatch(msg)
 		if mm == nil {
 			continue
@@ -102,8 +97,7 @@ func ParseIKESAs(r io.Reader, name string) ([]IKESA, error) {
 			clear(th.keys)
 		}
 		if mm[1] != "pi" {
-			th.cur = mm[1]
-			th.keys[th.cur] = nil
+			th.start(mm[1])
 			continue
 		}
 		// SK_pi comes after the keys a gateway needs: this IKE SA's
@@ -118,7 +112,7 @@ func ParseIKESAs(r io.Reader, name string) ([]IKESA, error) {
 			return nil, fmt.Errorf("%s:%d: %w", name, n, err)
 		}
 		out = append(out, IKESA{Keys: k, Peers: th.peers})
-		th.keys = map[string][]byte{}
+		th.dump = dump{}
 		th.proposal = ""
 	}
 	if err := sc.Err(); err != nil {
