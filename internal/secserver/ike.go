@@ -166,8 +166,13 @@ func (s *Server) UploadIKE(ctx context.Context, req *pb.UploadIKERequest) (*pb.U
 }
 
 // grantIKE is what gateway id may have of stored IKE keys: nil for
-// expired ones, the keys (audited as released), or a refusal (audited).
+// expired ones, and for a gateway that asks for read (it asked for SAs
+// it may read, not for keys that derive every CHILD_SA's: nothing to
+// refuse), the keys (audited as released), or a refusal (audited).
 func (s *Server) grantIKE(id pki.Identity, who, call string, rec Record, want ipsec.Class, now time.Time) (*pb.IKEKeys, error) {
+	if want != ipsec.ClassWrite {
+		return nil, nil
+	}
 	var x pb.IKEKeys
 	if err := proto.Unmarshal(rec.SA, &x); err != nil {
 		return nil, status.Errorf(codes.Internal, "stored ike keys: %v", err)
@@ -182,8 +187,6 @@ func (s *Server) grantIKE(id pki.Identity, who, call string, rec Record, want ip
 		return nil, nil
 	case !id.Serves(rec.Area):
 		return nil, s.refuseIKE(call, who, &u, codes.PermissionDenied, fmt.Sprintf("uploaded from area %q, which %q does not serve", rec.Area, id.Name))
-	case want != ipsec.ClassWrite:
-		return nil, s.refuseIKE(call, who, &u, codes.PermissionDenied, "IKE SA keys go to write gateways only: they derive every CHILD_SA's keys")
 	}
 	s.audit.Info("released", "call", call, "who", who, "ike", u.Initiator.String()+"-"+u.Responder.String(), "class", "write")
 	return &x, nil

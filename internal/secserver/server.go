@@ -251,28 +251,30 @@ func (s *Server) Fetch(ctx context.Context, req *pb.FetchRequest) (*pb.FetchRepl
 	reply := &pb.FetchReply{}
 	now := s.now()
 	for _, rec := range recs {
-		if rec.IKE {
-			if want != ipsec.ClassWrite {
-				continue // a read gateway asked for SAs, not for IKE keys: nothing to refuse
-			}
-			k, err := s.grantIKE(id, who, "fetch", rec, want, now)
-			if err != nil {
-				return nil, err
-			}
-			if k != nil {
-				reply.Ike = append(reply.Ike, k)
-			}
-			continue
-		}
-		sa, err := s.grant(id, who, "fetch", rec, want, now)
+		sa, k, err := s.release(id, who, "fetch", rec, want, now)
 		if err != nil {
 			return nil, err
 		}
 		if sa != nil {
 			reply.Sas = append(reply.Sas, sa)
 		}
+		if k != nil {
+			reply.Ike = append(reply.Ike, k)
+		}
 	}
 	return reply, nil
+}
+
+// release is what gateway id may have of a stored record in class want:
+// an SA (grant) or an IKE SA's keys (grantIKE), nil for neither, or a
+// refusal (audited).
+func (s *Server) release(id pki.Identity, who, call string, rec Record, want ipsec.Class, now time.Time) (*pb.SA, *pb.IKEKeys, error) {
+	if rec.IKE {
+		k, err := s.grantIKE(id, who, call, rec, want, now)
+		return nil, k, err
+	}
+	sa, err := s.grant(id, who, call, rec, want, now)
+	return sa, nil, err
 }
 
 // grant is what gateway id may have of a stored SA in class want (at

@@ -181,20 +181,16 @@ func (s *Server) send(stream pb.SecurityServer_WatchServer, w *watcher, c change
 	ev := &pb.WatchEvent{Removed: c.removed}
 	now := s.now()
 	for _, rec := range c.recs {
-		if rec.IKE {
-			if w.want != ipsec.ClassWrite {
-				continue
-			}
-			if k, err := s.grantIKE(w.id, w.who, "watch", rec, w.want, now); err == nil && k != nil {
-				ev.Ike = append(ev.Ike, k)
-			}
-			continue
+		sa, k, err := s.release(w.id, w.who, "watch", rec, w.want, now)
+		if err != nil {
+			continue // refused (audited): the others still go
 		}
-		sa, err := s.grant(w.id, w.who, "watch", rec, w.want, now)
-		if err != nil || sa == nil {
-			continue // refused (audited) or expired: the others still go
+		if sa != nil {
+			ev.Sas = append(ev.Sas, sa)
 		}
-		ev.Sas = append(ev.Sas, sa)
+		if k != nil {
+			ev.Ike = append(ev.Ike, k)
+		}
 	}
 	if len(ev.Sas) == 0 && len(ev.Removed) == 0 && len(ev.Ike) == 0 && len(c.recs)+len(c.removed) > 0 {
 		return nil // nothing this gateway may have (the first event always goes: it marks the whole state sent)
