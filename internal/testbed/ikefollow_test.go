@@ -131,7 +131,17 @@ func gatewayFollowsIKE(t *testing.T, server, pfs bool) {
 		start := time.Now()
 		must(t, s.Rekey(side))
 		if side == "ike" {
-			continue // nothing to derive: the next rekey shows the new keys came
+			// Nothing to derive. Wait for the rekey to complete (the
+			// initiator's log has the new IKE SA's keys): a request lost
+			// on the radio is sent again after 4 s, and the next CHILD_SA
+			// rekey must be on the new IKE SA.
+			for strings.Count(readLog(s.CharonLog("left")), "Sk_d secret") < 2 {
+				if time.Since(start) > 20*time.Second {
+					t.Fatalf("the IKE SA rekey did not complete in 20 s")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			continue // the next rekey shows the new keys came
 		}
 		children++
 		want := 2 * (children + 1) // two SAs per CHILD_SA derived, IKE_AUTH's first
@@ -197,6 +207,12 @@ func gatewayFollowsIKE(t *testing.T, server, pfs bool) {
 }
 
 var reseals = regexp.MustCompile(`msg="gateway: IKE: first packet re-sealed on a derived SA" spi=(\d+) after=(\S+)`)
+
+// readLog is the text of a log file ("" if it cannot be read yet).
+func readLog(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
 
 // delegateIKE writes the IKE SA keys of a charon log to an IKE key file
 // whenever the log shows new ones, until ctx ends.
