@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/espep/espep/internal/ikev2"
@@ -61,4 +62,29 @@ func TestParseIKEBothEnds(t *testing.T) {
 			t.Errorf("key set %d: peers %v", i, sa.Peers)
 		}
 	}
+}
+
+// FuzzParseIKE: any log gives IKE SAs whose keys are valid, or an error;
+// never a panic.
+func FuzzParseIKE(f *testing.F) {
+	for _, name := range []string{"follow", "follow-pfs"} {
+		b, err := os.ReadFile(filepath.Join("..", "ikev2", "testdata", name, "left-charon.log"))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(string(b))
+	}
+	f.Add("00:00:00 04[CFG] selected proposal: IKE:AES_CBC_128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/CURVE_25519\n" +
+		"00:00:00 05[IKE] Sk_d secret => 2 bytes @ 0x0\n00:00:00 05[IKE]    0: 7E 07  ~.\n00:00:00 05[IKE] Sk_pi secret => 0 bytes\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		sas, err := ParseIKESAs(strings.NewReader(s), "fuzz")
+		if err != nil {
+			return
+		}
+		for _, sa := range sas {
+			if err := sa.Keys.Validate(); err != nil {
+				t.Fatalf("invalid keys returned: %v", err)
+			}
+		}
+	})
 }

@@ -104,7 +104,10 @@ func PacketAt(pkt []byte, l ipsec.Loc) (Packet, bool) {
 	sp, dp := binary.BigEndian.Uint16(udp), binary.BigEndian.Uint16(udp[2:])
 	msg := udp[8:]
 	if sp != ipsec.PortIKE && dp != ipsec.PortIKE {
-		msg = msg[4:] // the non-ESP marker (Locate checked it)
+		if len(msg) < 4 {
+			return Packet{}, false // no non-ESP marker: a Loc not from Locate
+		}
+		msg = msg[4:]
 	}
 	return Packet{Src: netip.AddrPortFrom(l.Src, sp), Dst: netip.AddrPortFrom(l.Dst, dp), Msg: msg}, true
 }

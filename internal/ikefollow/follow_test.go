@@ -381,3 +381,22 @@ func TestKeysAgain(t *testing.T) {
 		t.Fatalf("%d SAs, stats %+v", len(got.Created), st)
 	}
 }
+
+// FuzzPacketOfFrame: any frame is an IKE packet whose message lies within
+// it, or none; never a panic.
+func FuzzPacketOfFrame(f *testing.F) {
+	link, frames, err := pcapio.ReadFile(filepath.Join("..", "ikev2", "testdata", "follow", "ike.pcap"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, fr := range frames[:4] {
+		f.Add(fr)
+		f.Add(fr[:len(fr)/2])
+	}
+	f.Fuzz(func(t *testing.T, fr []byte) {
+		p, ok := PacketOfFrame(link, fr)
+		if ok && (len(p.Msg) > len(fr) || !p.Src.IsValid()) {
+			t.Fatalf("packet %+v from %d bytes", p, len(fr))
+		}
+	})
+}
