@@ -100,17 +100,10 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	}
 	var ss *secserverConn
 	if fc.SecServer.Addr != "" {
-		// Registering first (and waiting for the server) only when the IV
-		// partition is to come from it; otherwise the lease registers.
-		if ss, err = dialSecServer(ctx, fc.SecServer, fc.IVPartition.N == 0, log); err != nil {
+		if ss, err = dialWithPartition(ctx, fc.SecServer, &fc.IVPartition, log); err != nil {
 			return err
 		}
 		defer ss.c.Close()
-		if fc.IVPartition.N == 0 {
-			if fc.IVPartition, err = partitionOf(ss.id, log); err != nil {
-				return err
-			}
-		}
 	}
 	state, err := openState(fc.StateDir, fc.IVPartition, log)
 	if err != nil {
@@ -144,22 +137,9 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if fc.Metrics != "" {
-		counters := gw.Counters("espep_gateway_")
-		if src != nil {
-			counters = append(counters, src.Counters("espep_gateway_")...)
-		}
-		if ike != nil {
-			counters = append(counters, ike.Counters("espep_gateway_")...)
-		}
-		reg, err := metrics.Registry(counters)
-		if err != nil {
+		if err := serveMetrics(ctx, fc.Metrics, gw, src, ike, log); err != nil {
 			return err
 		}
-		go func() {
-			if err := metrics.Serve(ctx, fc.Metrics, reg, log); err != nil {
-				log.Error("gateway: metrics", "err", err)
-			}
-		}()
 	}
 	cc0 := fc.Gateway.Engine.CC
 	if cc0 == "" {
@@ -370,6 +350,46 @@ func partitionOf(id uint64, log *slog.Logger) (statedir.Partition, error) {
 	p := statedir.Partition{K: uint32(id), N: 1 << 16}
 	log.Info("gateway: IV partition from the security server", "partition", p.String())
 	return p, nil
+}
+
+// dialWithPartition dials the security server; when *part is not set it
+// registers first (waiting for the server) and takes the IV partition
+// from the identifier it is given — otherwise the lease registers later.
+func dialWithPartition(ctx context.Context, cfg gateway.SecServerConfig, part *statedir.Partition, log *slog.Logger) (*secserverConn, error) {
+	ss, err := dialSecServer(ctx, cfg, part.N == 0, log)
+	if err != nil {
+		return nil, err
+	}
+	if part.N == 0 {
+		if *part, err = partitionOf(ss.id, log); err != nil {
+			ss.c.Close()
+			return nil, err
+		}
+	}
+	return ss, nil
+}
+
+// serveMetrics serves the gateway's counters (and those of its security
+// server and IKE sources, when it has them) in Prometheus's text format
+// on addr until ctx ends.
+func serveMetrics(ctx context.Context, addr string, gw *gateway.Gateway, src *gateway.ServerSAs, ike *gateway.IKESAs, log *slog.Logger) error {
+	counters := gw.Counters("espep_gateway_")
+	if src != nil {
+		counters = append(counters, src.Counters("espep_gateway_")...)
+	}
+	if ike != nil {
+		counters = append(counters, ike.Counters("espep_gateway_")...)
+	}
+	reg, err := metrics.Registry(counters)
+	if err != nil {
+		return err
+	}
+	go func() {
+		if err := metrics.Serve(ctx, addr, reg, log); err != nil {
+			log.Error("gateway: metrics", "err", err)
+		}
+	}()
+	return nil
 }
 
 // serveSAs makes the security server a source of the gateway's SAs until

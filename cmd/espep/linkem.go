@@ -150,24 +150,10 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	for _, x := range []struct {
-		path string
-		c    *netem.Config
-	}{{c.pcapAB, &c.ab}, {c.pcapBA, &c.ba}} {
-		if x.path == "" {
-			continue
-		}
-		f, err := os.Create(x.path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		capture, flush, err := netem.PcapCapture(f, pcapio.LinkEthernet)
-		if err != nil {
-			return err
-		}
-		defer flush()
-		x.c.Capture = capture
+	closeCaptures, err := c.openCaptures()
+	defer closeCaptures()
+	if err != nil {
+		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -176,44 +162,11 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 	var br *linkem.Bridge
 	var ike *gateway.IKESAs
 	if len(c.saPaths) > 0 || len(c.ikePaths) > 0 || c.secserver.Addr != "" {
-		if c.engine == nil {
-			c.engine = &engine.Config{Mode: engine.ModeSplit}
-		}
-		var ss *secserverConn
-		part := c.partition
-		if c.secserver.Addr != "" {
-			if ss, err = dialSecServer(ctx, c.secserver, true, log); err != nil {
-				return err
-			}
-			defer ss.c.Close()
-			if part.N == 0 {
-				if part, err = partitionOf(ss.id, log); err != nil {
-					return err
-				}
-			}
-		}
-		state, err := openState(c.stateDir, part, log)
+		var closeGateway func()
+		br, gw, ike, closeGateway, err = c.openIPsecGateway(ctx, log)
+		defer closeGateway()
 		if err != nil {
 			return err
-		}
-		defer closeState(state, log)
-		if br, gw, err = openBridge(c.a, c.b, c.ab, c.ba, c.wire, gateway.Config{Engine: *c.engine, Log: log, State: state}); err != nil {
-			return err
-		}
-		defer gw.Close()
-		if len(c.saPaths) > 0 {
-			defer watchSAs(ctx, gw, c.saPaths, log)()
-		}
-		if ss != nil || len(c.ikePaths) > 0 {
-			ike = followIKE(ctx, gw, ss, c.ikePaths, log)
-		}
-		if ss != nil {
-			serveSAs(ctx, gw, ss)
-		}
-		if c.handoff.enabled() {
-			if err := c.handoff.start(ctx, gw, log); err != nil {
-				return err
-			}
 		}
 	} else if br, err = linkem.OpenGateway(c.a, c.b, c.ab, c.ba, c.engine, c.wire, log); err != nil {
 		return err
@@ -251,6 +204,84 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "ike: %s\n", ike.Stats().Summary())
 	}
 	return err
+}
+
+// openCaptures starts the pcap captures the flags ask for; closeAll
+// flushes and closes them (also after an error).
+func (c *linkemSetup) openCaptures() (closeAll func(), err error) {
+	var closers []func()
+	closeAll = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	for _, x := range []struct {
+		path string
+		c    *netem.Config
+	}{{c.pcapAB, &c.ab}, {c.pcapBA, &c.ba}} {
+		if x.path == "" {
+			continue
+		}
+		f, err := os.Create(x.path)
+		if err != nil {
+			return closeAll, err
+		}
+		closers = append(closers, func() { f.Close() })
+		capture, flush, err := netem.PcapCapture(f, pcapio.LinkEthernet)
+		if err != nil {
+			return closeAll, err
+		}
+		closers = append(closers, func() { flush() })
+		x.c.Capture = capture
+	}
+	return closeAll, nil
+}
+
+// openIPsecGateway opens the bridge with an IPsec gateway around the
+// engine and starts its SA sources (files, IKE, the security server) and
+// handoffs; closeAll stops them in reverse order (also after an error).
+func (c *linkemSetup) openIPsecGateway(ctx context.Context, log *slog.Logger) (br *linkem.Bridge, gw *gateway.Gateway, ike *gateway.IKESAs, closeAll func(), err error) {
+	var closers []func()
+	closeAll = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	if c.engine == nil {
+		c.engine = &engine.Config{Mode: engine.ModeSplit}
+	}
+	var ss *secserverConn
+	part := c.partition
+	if c.secserver.Addr != "" {
+		if ss, err = dialWithPartition(ctx, c.secserver, &part, log); err != nil {
+			return nil, nil, nil, closeAll, err
+		}
+		closers = append(closers, func() { ss.c.Close() })
+	}
+	state, err := openState(c.stateDir, part, log)
+	if err != nil {
+		return nil, nil, nil, closeAll, err
+	}
+	closers = append(closers, func() { closeState(state, log) })
+	if br, gw, err = openBridge(c.a, c.b, c.ab, c.ba, c.wire, gateway.Config{Engine: *c.engine, Log: log, State: state}); err != nil {
+		return nil, nil, nil, closeAll, err
+	}
+	closers = append(closers, func() { gw.Close() })
+	if len(c.saPaths) > 0 {
+		closers = append(closers, watchSAs(ctx, gw, c.saPaths, log))
+	}
+	if ss != nil || len(c.ikePaths) > 0 {
+		ike = followIKE(ctx, gw, ss, c.ikePaths, log)
+	}
+	if ss != nil {
+		serveSAs(ctx, gw, ss)
+	}
+	if c.handoff.enabled() {
+		if err := c.handoff.start(ctx, gw, log); err != nil {
+			return nil, nil, nil, closeAll, err
+		}
+	}
+	return br, gw, ike, closeAll, nil
 }
 
 // linkemArgs reads espep linkem's command line.
@@ -307,13 +338,29 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 	if err := c.handoff.check(); err != nil {
 		return nil, usageError{"linkem: " + err.Error()}
 	}
+	if err := c.impair(fs, both, ab, ba, wire); err != nil {
+		return nil, usageError{"linkem: " + err.Error()}
+	}
+	if ef.Given() {
+		c.engine = &engine.Config{}
+		if err := ef.Apply(c.engine); err != nil {
+			return nil, usageError{"linkem: " + err.Error()}
+		}
+	}
+	return c, nil
+}
+
+// impair sets the link's impairments from the flags: those for both
+// directions first, then each direction's own, and the wired leg's if any
+// of its flags was given.
+func (c *linkemSetup) impair(fs *flag.FlagSet, both, ab, ba, wire *impairmentFlags) error {
 	for _, step := range []struct {
 		f *impairmentFlags
 		c []*netem.Config
 	}{{both, []*netem.Config{&c.ab, &c.ba}}, {ab, []*netem.Config{&c.ab}}, {ba, []*netem.Config{&c.ba}}} {
 		for _, nc := range step.c {
 			if err := step.f.apply(nc); err != nil {
-				return nil, usageError{"linkem: " + err.Error()}
+				return err
 			}
 		}
 	}
@@ -326,17 +373,9 @@ func linkemArgs(args []string, stderr io.Writer) (*linkemSetup, error) {
 		}
 	})
 	if c.wire != nil {
-		if err := wire.apply(c.wire); err != nil {
-			return nil, usageError{"linkem: " + err.Error()}
-		}
+		return wire.apply(c.wire)
 	}
-	if ef.Given() {
-		c.engine = &engine.Config{}
-		if err := ef.Apply(c.engine); err != nil {
-			return nil, usageError{"linkem: " + err.Error()}
-		}
-	}
-	return c, nil
+	return nil
 }
 
 func describe(c netem.Config) string {

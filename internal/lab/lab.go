@@ -323,8 +323,34 @@ func execute(r run, cfg Config, seed uint64) Row {
 	defer n.Close()
 	wait0, waitOK := runQueueWait()
 	start := time.Now()
-	trs := make([]Transfer, r.flows)
-	var ex Exchanges
+	trs, ex, moved := runTransfers(n, r, cfg, seed)
+	row.CPUWait = -1
+	if wait1, ok := runQueueWait(); ok && waitOK {
+		row.CPUWait = (wait1 - wait0).Seconds() / time.Since(start).Seconds()
+	}
+	warm := int(cfg.Warmup / SampleEvery)
+	errs := addGoodput(&row, trs, warm)
+	if err := n.Check(); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, addEvents(&row, n, r, trs, ex, moved, warm)...)
+	measured := cfg.Duration - cfg.Warmup
+	up := 1 - r.outage.Seconds()/measured.Seconds()
+	row.LimitMbps = radioLink.Rate / 1e6 * (1 - row.Loss) * float64(n.PayloadPerFrame) / float64(n.FrameBytes) * up
+	row.LimitRatio = row.GoodputMbps / row.LimitMbps
+	row.Integrity = "pass"
+	if len(errs) > 0 {
+		return fail(errors.Join(errs...))
+	}
+	return row
+}
+
+// runTransfers runs the run's bulk flows (and its request/response
+// exchange, if it has one) to the end, moving the mobile across cells as
+// the scenario says; moved reports when it moved.
+func runTransfers(n *Net, r run, cfg Config, seed uint64) (trs []Transfer, ex Exchanges, moved func() []time.Time) {
+	start := time.Now()
+	trs = make([]Transfer, r.flows)
 	var wg sync.WaitGroup
 	for i := range r.flows {
 		wg.Add(1)
@@ -340,15 +366,16 @@ func execute(r run, cfg Config, seed uint64) Row {
 			ex = exchange(n.Mobile, n.Wired, 6001, seed*8+7, cfg.Duration)
 		}()
 	}
-	moved := n.moveAcross(start, cfg.Duration)
+	moved = n.moveAcross(start, cfg.Duration)
 	wg.Wait()
-	row.CPUWait = -1
-	if wait1, ok := runQueueWait(); ok && waitOK {
-		row.CPUWait = (wait1 - wait0).Seconds() / time.Since(start).Seconds()
-	}
-	warm := int(cfg.Warmup / SampleEvery)
+	return trs, ex, moved
+}
+
+// addGoodput sums the flows' goodput after the warm-up into row (total,
+// per-second series, fairness) and reports flows that failed or whose
+// bytes were not intact.
+func addGoodput(row *Row, trs []Transfer, warm int) (errs []error) {
 	var per []float64
-	var errs []error
 	for i, tr := range trs {
 		if tr.Err != nil {
 			errs = append(errs, fmt.Errorf("flow %d: %w", i, tr.Err))
@@ -376,9 +403,15 @@ func execute(r run, cfg Config, seed uint64) Row {
 		per = append(per, mbps)
 		row.GoodputMbps += mbps
 	}
-	if err := n.Check(); err != nil {
-		errs = append(errs, err)
+	if len(per) > 1 {
+		row.Fairness = jain(per)
 	}
+	return errs
+}
+
+// addEvents records what happened besides the bulk bytes: the security
+// server's timings, the fade, the exchanges and the handoffs.
+func addEvents(row *Row, n *Net, r run, trs []Transfer, ex Exchanges, moved func() []time.Time, warm int) (errs []error) {
 	if n.server != nil {
 		row.SAReadyMs = float64(n.server.SAReady.Microseconds()) / 1000
 		row.FirstSealMs = float64(n.server.firstSeal().Microseconds()) / 1000
@@ -386,14 +419,12 @@ func execute(r run, cfg Config, seed uint64) Row {
 			errs = append(errs, errors.New("the gateway never re-sealed a packet on the SAs the security server gave"))
 		}
 	}
+	started := len(trs) > 0 && !trs[0].Start.IsZero()
 	for _, o := range r.net.Radio.Outages {
-		if len(trs) > 0 && !trs[0].Start.IsZero() {
+		if started {
 			off := trs[0].Start.Sub(n.Started)
 			row.Fade = [2]time.Duration{o.From - off, o.To - off}
 		}
-	}
-	if len(per) > 1 {
-		row.Fairness = jain(per)
 	}
 	if r.exchanges {
 		row.Exchanges, row.ExchangeMaxMs = ex.Count, float64(ex.Max.Microseconds())/1000
@@ -403,31 +434,24 @@ func execute(r run, cfg Config, seed uint64) Row {
 			errs = append(errs, errors.New("request/response: no response"))
 		}
 	}
-	if len(n.Radios) > 1 {
-		errs = append(errs, n.checkHandoffs(r.net.Mode)...)
-		for _, at := range moved() {
-			if len(trs) > 0 && !trs[0].Start.IsZero() {
-				row.Handoffs = append(row.Handoffs, at.Sub(trs[0].Start).Seconds())
-			}
-		}
-		if len(trs) > 0 {
-			row.MinSecondMbps = minSecond(row.Series, warm, trs[0].Elapsed)
-		}
-		if n.cells != nil {
-			for _, a := range n.cells.taken() {
-				row.HandoffMs = append(row.HandoffMs, float64(a.took.Microseconds())/1000)
-			}
+	if len(n.Radios) <= 1 {
+		return errs
+	}
+	errs = append(errs, n.checkHandoffs(r.net.Mode)...)
+	for _, at := range moved() {
+		if started {
+			row.Handoffs = append(row.Handoffs, at.Sub(trs[0].Start).Seconds())
 		}
 	}
-	measured := cfg.Duration - cfg.Warmup
-	up := 1 - r.outage.Seconds()/measured.Seconds()
-	row.LimitMbps = radioLink.Rate / 1e6 * (1 - row.Loss) * float64(n.PayloadPerFrame) / float64(n.FrameBytes) * up
-	row.LimitRatio = row.GoodputMbps / row.LimitMbps
-	row.Integrity = "pass"
-	if len(errs) > 0 {
-		return fail(errors.Join(errs...))
+	if len(trs) > 0 {
+		row.MinSecondMbps = minSecond(row.Series, warm, trs[0].Elapsed)
 	}
-	return row
+	if n.cells != nil {
+		for _, a := range n.cells.taken() {
+			row.HandoffMs = append(row.HandoffMs, float64(a.took.Microseconds())/1000)
+		}
+	}
+	return errs
 }
 
 // jain is Jain's fairness index: 1 when all shares are equal, 1/n when one

@@ -166,11 +166,36 @@ func (s *StrongSwan) startOne(side, esp string) error {
 	if err := os.MkdirAll(filepath.Join(d, "run"), 0o700); err != nil {
 		return err
 	}
+	ns, err := s.writeConfig(d, side, esp)
+	if err != nil {
+		return err
+	}
+	// `ip netns exec` gives charon a private mount namespace: bind a
+	// directory of its own over /run for its pid file.
+	p, err := s.Bed.Start(ns, "sh", "-c", fmt.Sprintf("mount --bind %s/run /run && STRONGSWAN_CONF=%s/strongswan.conf exec %s", d, d, charonPath))
+	if err != nil {
+		return err
+	}
+	s.charon[side] = p
+	sock := filepath.Join(d, "charon.vici")
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("charon %s did not start:\n%s", side, p.Output())
+}
+
+// writeConfig writes one side's strongswan.conf and swanctl.conf into d
+// and returns the namespace that side runs in.
+func (s *StrongSwan) writeConfig(d, side, esp string) (ns string, err error) {
 	ike := s.IKEProposals
 	if ike == "" {
 		ike = "aes128-sha256-x25519"
 	}
-	la, ra, lts, rts, ns := SSLeftOuter, SSRightOuter, SSLeftInner, SSRightInner, s.Left
+	la, ra, lts, rts := SSLeftOuter, SSRightOuter, SSLeftInner, SSRightInner
+	ns = s.Left
 	if side == "right" {
 		la, ra, lts, rts, ns = SSRightOuter, SSLeftOuter, SSRightInner, SSLeftInner, s.Right
 	}
@@ -224,26 +249,9 @@ secrets {
 }
 `, la, ra, ike, side, map[string]string{"left": "right", "right": "left"}[side], lts, rts, esp)
 	if err := os.WriteFile(filepath.Join(d, "strongswan.conf"), []byte(conf), 0o600); err != nil {
-		return err
+		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(d, "swanctl.conf"), []byte(swanctl), 0o600); err != nil {
-		return err
-	}
-	// `ip netns exec` gives charon a private mount namespace: bind a
-	// directory of its own over /run for its pid file.
-	p, err := s.Bed.Start(ns, "sh", "-c", fmt.Sprintf("mount --bind %s/run /run && STRONGSWAN_CONF=%s/strongswan.conf exec %s", d, d, charonPath))
-	if err != nil {
-		return err
-	}
-	s.charon[side] = p
-	sock := filepath.Join(d, "charon.vici")
-	for i := 0; i < 100; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("charon %s did not start:\n%s", side, p.Output())
+	return ns, os.WriteFile(filepath.Join(d, "swanctl.conf"), []byte(swanctl), 0o600)
 }
 
 // CharonLog is the path of one side's charon log (with CHILD_SA keys).
