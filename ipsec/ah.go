@@ -77,7 +77,7 @@ func (sa *SA) sealAH(buf []byte, off int, pkt []byte, pl plainLayout, seq uint64
 	return out, nil
 }
 
-func (sa *SA) openAH(pkt []byte, l Loc) ([]byte, error) {
+func (sa *SA) openAH(pkt []byte, l *Loc) ([]byte, error) {
 	a := header.AH(pkt[l.Off:])
 	n, icvLen := a.Len(), sa.cfg.Integ.icvLen()
 	// RFC 4302 §2.2 and §2.6: the length is the header with this SA's ICV,

@@ -19,6 +19,11 @@ import (
 // e = SPI ‖ Seq ‖ IV ‖ plaintext-with-trailer ‖ ICV.
 // An espCipher keeps scratch state and is used by one goroutine at a time
 // (the SA's inbound or outbound lock holder).
+// espLens are an ESP transform's fixed lengths (its espCipher's ivLen,
+// align and icvLen), kept beside the SA so the packet path reads them
+// without three interface calls.
+type espLens struct{ iv, align, icv int }
+
 type espCipher interface {
 	ivLen() int
 	align() int  // the ciphertext (payload ‖ padding ‖ trailer) is a multiple of this

@@ -125,7 +125,7 @@ func (sa *SA) sealESP(buf []byte, off int, pkt []byte, pl plainLayout, seq uint6
 	if c == nil {
 		return nil, fmt.Errorf("sa %v: %w", sa.id, ErrHardExpired)
 	}
-	ivLen, a, icv := c.ivLen(), c.align(), c.icvLen()
+	ivLen, a, icv := sa.lens.iv, sa.lens.align, sa.lens.icv
 	payload := pkt[pl.hlen:]
 	plen := len(payload)
 	padded := (plen + 2 + a - 1) / a * a
@@ -203,16 +203,20 @@ func (sa *SA) sealESP(buf []byte, off int, pkt []byte, pl plainLayout, seq uint6
 // transport mode. The result lies within pkt. Nothing of the packet is
 // used, and the window does not move, unless the ICV is good.
 func (sa *SA) Open(pkt []byte) ([]byte, error) {
-	l, err := Locate(pkt)
-	if err != nil {
+	var l Loc
+	if err := locate(pkt, &l); err != nil {
 		sa.otherDrops.Add(1)
 		return nil, fmt.Errorf("sa %v: open: %w", sa.id, err)
 	}
-	return sa.OpenAt(pkt, l)
+	return sa.openAt(pkt, &l)
 }
 
 // OpenAt is Open for a packet that Locate already parsed.
-func (sa *SA) OpenAt(pkt []byte, l Loc) ([]byte, error) {
+func (sa *SA) OpenAt(pkt []byte, l Loc) ([]byte, error) { return sa.openAt(pkt, &l) }
+
+// openAt is OpenAt with the location by pointer: the Loc is not copied
+// down the stages (Open's per-packet cost is a few such copies).
+func (sa *SA) openAt(pkt []byte, l *Loc) ([]byte, error) {
 	// RFC 4301 §4.4.2: an SA is (SPI, destination, protocol); a packet
 	// for another destination is not this SA's, whatever its SPI.
 	if (l.Kind != KindESP && l.Kind != KindAH) || Proto(l.Kind.proto()) != sa.cfg.Proto || l.SPI != sa.cfg.SPI ||
@@ -234,7 +238,7 @@ func (k Kind) proto() uint8 {
 	return header.ProtoESP
 }
 
-func (sa *SA) openESP(pkt []byte, l Loc) ([]byte, error) {
+func (sa *SA) openESP(pkt []byte, l *Loc) ([]byte, error) {
 	sa.in.Lock()
 	c := sa.in.c
 	if c == nil {
@@ -242,9 +246,9 @@ func (sa *SA) openESP(pkt []byte, l Loc) ([]byte, error) {
 		return nil, fmt.Errorf("sa %v: %w", sa.id, ErrHardExpired)
 	}
 	e := pkt[l.Off:]
-	ivLen, icv := c.ivLen(), c.icvLen()
+	ivLen, icv := sa.lens.iv, sa.lens.icv
 	ct := len(e) - header.ESPLen - ivLen - icv
-	if ct < 2 || ct%c.align() != 0 {
+	if ct < 2 || ct%sa.lens.align != 0 {
 		sa.in.Unlock()
 		sa.otherDrops.Add(1)
 		return nil, fmt.Errorf("sa %v: esp ciphertext of %d bytes: %w", sa.id, ct, ErrMalformed)
@@ -335,7 +339,7 @@ func (sa *SA) openESNSearch(c espCipher, e []byte, seq uint64) (uint64, error) {
 }
 
 // decap turns a verified, decrypted payload into the packet to deliver.
-func (sa *SA) decap(pkt []byte, l Loc, payload []byte, next uint8) ([]byte, error) {
+func (sa *SA) decap(pkt []byte, l *Loc, payload []byte, next uint8) ([]byte, error) {
 	if next == header.ProtoNoNext {
 		return nil, fmt.Errorf("sa %v: %w", sa.id, ErrDummy)
 	}

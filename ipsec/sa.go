@@ -214,6 +214,7 @@ type SA struct {
 	clock   func() time.Time
 	softHit atomic.Bool
 	dead    atomic.Bool
+	lens    espLens // ESP: the transform's fixed lengths, read without calls
 
 	out struct {
 		sync.Mutex
@@ -281,6 +282,7 @@ func New(cfg Config) (*SA, error) {
 			sa.in.c, err = newESPCipher(cfg.Enc, cfg.EncKey, cfg.Integ, cfg.IntegKey)
 		}
 		if err == nil {
+			sa.lens = espLens{iv: sa.in.c.ivLen(), align: sa.in.c.align(), icv: sa.in.c.icvLen()}
 			if cfg.Enc == EncAESCBC {
 				sa.out.ivSrc, err = newCBCIV()
 			} else {
