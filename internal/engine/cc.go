@@ -237,7 +237,7 @@ func (b *bbr) OnAck(s *AckSample) {
 		gain = bbrHighGain
 	}
 	if bw > 0 && s.MinRTT > 0 {
-		target := int(b.bdp(bw, gain)) + 3*s.MSS
+		target := int(b.bdp(bw, gain)) + 3*bbrQuantum(bw, s.MSS)
 		if b.mode == bbrStartup || b.cwnd < target {
 			b.cwnd = min(b.cwnd+s.Acked, max(target, b.cwnd))
 		} else {
@@ -247,6 +247,19 @@ func (b *bbr) OnAck(s *AckSample) {
 		b.cwnd += s.Acked
 	}
 	b.cwnd = max(b.cwnd, 4*s.MSS)
+}
+
+// bbrQuantum is what the sender may put out back to back at bandwidth bw
+// (bytes per second): a millisecond of it, at least two segments and at
+// most 64 KiB — Linux's TSO autosizing, whose three quanta BBR adds to its
+// window target (tcp_bbr.c, bbr_quantization_budget). Without it the
+// window is two BDPs of the *minimum* RTT plus three segments, which is a
+// dozen segments where the path's RTT is tens of microseconds; a receiver
+// that takes its packets in batches (a userspace IPsec host, GRO) then
+// answers a millisecond later, and the window, not the path, sets the
+// rate: 0.35 Gbit/s between two espep hosts that move 1 Gbit/s.
+func bbrQuantum(bw float64, mss int) int {
+	return max(2*mss, min(int(bw*1e-3), 64<<10))
 }
 
 func (b *bbr) bdp(bw, gain float64) float64 {

@@ -57,10 +57,40 @@ func TestRenoOnItsOwn(t *testing.T) {
 	}
 }
 
+// TestBBRQuantumOnShortPaths: where the minimum RTT is tens of
+// microseconds (two hosts behind the gateway on one machine, a LAN) the
+// two BDPs are a few segments; the window keeps three send quanta (a
+// millisecond of the bandwidth, at most 64 KiB each) above them, so a
+// receiver that answers in batches a millisecond later does not set the
+// rate (Linux's bbr_quantization_budget). At radio rates the quantum is
+// two segments.
+func TestBBRQuantumOnShortPaths(t *testing.T) {
+	c, err := newController(CCBBR, ccMSS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const minRTT = 50 * time.Microsecond
+	rate := 100e6 // 0.8 Gbit/s: BDP 5 kB, a quantum 64 KiB
+	now := time.Unix(0, 0)
+	for range 40 {
+		now = now.Add(minRTT)
+		ackRound(c, now, rate, minRTT, false)
+	}
+	if c.(*bbr).mode != bbrProbeBW {
+		t.Fatalf("mode %d, want probe-bandwidth", c.(*bbr).mode)
+	}
+	if w, want := c.Window(), 2*5000+3*(64<<10); w != want {
+		t.Fatalf("window %d, want 2 BDP + 3 × 64 KiB = %d", w, want)
+	}
+	if q := bbrQuantum(2.5e6, 1448); q != 2*1448 {
+		t.Fatalf("quantum at 20 Mbit/s: %d bytes, want two segments", q)
+	}
+}
+
 // TestBBROnItsOwn: the model — the bottleneck bandwidth is the largest
 // delivery rate of the last ten rounds, startup paces at 2/ln 2 of it and
 // leaves after three rounds without 25 % growth, probe-bandwidth cycles
-// its gains and holds two BDPs (plus three segments) in flight; losses
+// its gains and holds two BDPs (plus three send quanta) in flight; losses
 // leave it alone, a timeout cuts the window to a quarter.
 func TestBBROnItsOwn(t *testing.T) {
 	c, err := newController(CCBBR, ccMSS)
@@ -98,8 +128,8 @@ func TestBBROnItsOwn(t *testing.T) {
 	for range 16 {
 		round(rate)
 		gains[c.PacingRate()/rate] = true
-		if w := c.Window(); w != 2*40000+3*ccMSS {
-			t.Fatalf("probe-bandwidth window %d, want 2 BDP + 3 segments", w)
+		if w := c.Window(); w != 2*40000+3*2*ccMSS { // a quantum of 1 ms at 1 MB/s is less than two segments
+			t.Fatalf("probe-bandwidth window %d, want 2 BDP + 3 quanta of two segments", w)
 		}
 	}
 	if !gains[1.25] || !gains[0.75] || !gains[1] {

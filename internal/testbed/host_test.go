@@ -248,6 +248,23 @@ func (p *hostPair) startHosts(t *testing.T, c hostCase, edit func(string) string
 // arguments may name the SA file as {sa} and a state directory as {state}.
 func startHostPairVia(t *testing.T, c hostCase, capture bool, middle []string) *hostPair {
 	t.Helper()
+	return startHostPairMid(t, c, capture, middle, false)
+}
+
+// startHostPairRouted is startHostPairVia with m a router: a on
+// 10.77.1.0/24, b on 10.77.2.0/24, m forwarding between them (xa
+// 10.77.1.254, xb 10.77.2.254) — so a gateway in TUN mode can sit there;
+// with middle nil the kernel forwards. IPv4 outer addresses only.
+func startHostPairRouted(t *testing.T, c hostCase, middle []string) *hostPair {
+	t.Helper()
+	if c.outer6 {
+		t.Fatal("startHostPairRouted: IPv4 outer addresses only")
+	}
+	return startHostPairMid(t, c, false, middle, true)
+}
+
+func startHostPairMid(t *testing.T, c hostCase, capture bool, middle []string, routed bool) *hostPair {
+	t.Helper()
 	b := ForTest(t)
 	p := &hostPair{b: b, dir: t.TempDir()}
 	var err error
@@ -257,7 +274,7 @@ func startHostPairVia(t *testing.T, c hostCase, capture bool, middle []string) *
 	must(t, err)
 	a, bn, dir := p.a, p.bn, p.dir
 	var m string
-	if middle == nil {
+	if middle == nil && !routed {
 		must(t, b.Veth(a, "a0", bn, "b0"))
 	} else {
 		m, err = b.NS("m")
@@ -269,9 +286,22 @@ func startHostPairVia(t *testing.T, c hostCase, capture bool, middle []string) *
 	if c.outer6 {
 		oa, ob, plen = "fd00:77::1", "fd00:77::2", "/64"
 	}
+	if routed {
+		ob = "10.77.2.1"
+	}
 	// nodad: the address is usable at once (no duplicate detection wait)
 	must(t, b.IP(a, "addr", "add", oa+plen, "dev", "a0", "nodad"))
 	must(t, b.IP(bn, "addr", "add", ob+plen, "dev", "b0", "nodad"))
+	if routed {
+		must(t, b.Addr(m, "xa", "10.77.1.254/24"))
+		must(t, b.Addr(m, "xb", "10.77.2.254/24"))
+		must(t, b.IP(a, "route", "add", "default", "via", "10.77.1.254"))
+		must(t, b.IP(bn, "route", "add", "default", "via", "10.77.2.254"))
+		for _, sc := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"} {
+			_, err := b.Run(m, "sysctl", "-qw", sc)
+			must(t, err)
+		}
+	}
 	la, lb, ta, tb := oa, ob, "", ""
 	if c.mode == "tunnel" {
 		la, lb = "10.78.1.1", "10.78.2.1"
@@ -540,7 +570,22 @@ func TestHostThroughput(t *testing.T) {
 			via := iperf(t, gth, "-t", "5", "-B", g.la).End.SumReceived.BitsPerSecond / 1e6
 			g.mid.Stop()
 			gc := counters(g.mid.Output(), "gateway:")
-			t.Logf("%s: through espep hosts with espep gateway between them %.0f Mbit/s, %.3f of the hosts' own (gateway sealed %d)", c.name, via, via/espep, gc["sealed"])
+			t.Logf("%s: through espep hosts with espep gateway (AF_PACKET, split) between them %.0f Mbit/s, %.3f of the hosts' own (gateway sealed %d)", c.name, via, via/espep, gc["sealed"])
+			// The gateway's routed mode: m a router, the hosts' own
+			// throughput measured through the kernel's forwarding there,
+			// then with espep gateway in TUN mode in m, split and snoop.
+			k := startHostPairRouted(t, c, nil)
+			fwd := iperf(t, &TwoHosts{Bed: k.b, A: k.a, B: k.bn, BAddr: k.lb}, "-t", "5", "-B", k.la).End.SumReceived.BitsPerSecond / 1e6
+			t.Logf("%s: espep hosts through a kernel router %.0f Mbit/s", c.name, fwd)
+			for _, mode := range []string{"split", "snoop"} {
+				g := startHostPairRouted(t, c, []string{"gateway", "--wire", "tun:gw-wire", "--radio", "tun:gw-radio", "--routes", "--wire-iface", "xa", "--radio-iface", "xb",
+					"--sa", "{sa}", "--state-dir", "{state}", "--mode", mode})
+				via := iperf(t, &TwoHosts{Bed: g.b, A: g.a, B: g.bn, BAddr: g.lb}, "-t", "5", "-B", g.la).End.SumReceived.BitsPerSecond / 1e6
+				g.mid.Stop()
+				gc := counters(g.mid.Output(), "gateway:")
+				t.Logf("%s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d)",
+					c.name, mode, via, via/fwd, gc["opened"], gc["sealed"], counters(g.mid.Output(), "engine:")["early-acked"])
+			}
 		})
 	}
 }
