@@ -548,7 +548,10 @@ var hostBench = flag.Bool("hostbench", false, "run the espep host throughput har
 // TestHostThroughput measures TCP (iperf3, CUBIC) between two namespaces
 // over a plain veth and, in the same run, through two espep hosts in
 // tunnel mode with AES-GCM-128 and with AES-CBC + HMAC-SHA-256, and
-// reports both and their ratio. Run with:
+// reports both and their ratio; then the same hosts with espep gateway
+// between them — as a transparent bridge (AF_PACKET) and in TUN mode in a
+// router, against the hosts through the kernel's forwarding there — with
+// each process's CPU per megabyte. Run with:
 //
 //	go test ./internal/testbed -run TestHostThroughput -hostbench -v
 func TestHostThroughput(t *testing.T) {
@@ -560,34 +563,61 @@ func TestHostThroughput(t *testing.T) {
 			p := startHostPairOpt(t, c, false)
 			th := &TwoHosts{Bed: p.b, A: p.a, B: p.bn, BAddr: "10.77.1.2"}
 			plain := iperf(t, th, "-t", "5").End.SumReceived.BitsPerSecond / 1e6
-			th.BAddr = p.lb
-			espep := iperf(t, th, "-t", "5", "-B", p.la).End.SumReceived.BitsPerSecond / 1e6
-			t.Logf("%s: plain veth %.0f Mbit/s, through espep host %.0f Mbit/s, ratio %.3f", c.name, plain, espep, espep/plain)
+			espep, cpu := hostIperf(t, p)
+			t.Logf("%s: plain veth %.0f Mbit/s, through espep host %.0f Mbit/s, ratio %.3f (%s)", c.name, plain, espep, espep/plain, cpu)
 			// The same hosts with espep gateway between them (AF_PACKET, a
 			// transparent bridge, split), sealing on their SA.
 			g := startHostPairVia(t, c, false, []string{"gateway", "--wire", "xa", "--radio", "xb", "--sa", "{sa}", "--state-dir", "{state}"})
-			gth := &TwoHosts{Bed: g.b, A: g.a, B: g.bn, BAddr: g.lb}
-			via := iperf(t, gth, "-t", "5", "-B", g.la).End.SumReceived.BitsPerSecond / 1e6
+			via, cpu := hostIperf(t, g)
 			g.mid.Stop()
 			gc := counters(g.mid.Output(), "gateway:")
-			t.Logf("%s: through espep hosts with espep gateway (AF_PACKET, split) between them %.0f Mbit/s, %.3f of the hosts' own (gateway sealed %d)", c.name, via, via/espep, gc["sealed"])
+			t.Logf("%s: through espep hosts with espep gateway (AF_PACKET, split) between them %.0f Mbit/s, %.3f of the hosts' own (gateway sealed %d; %s)", c.name, via, via/espep, gc["sealed"], cpu)
 			// The gateway's routed mode: m a router, the hosts' own
 			// throughput measured through the kernel's forwarding there,
 			// then with espep gateway in TUN mode in m, split and snoop.
 			k := startHostPairRouted(t, c, nil)
-			fwd := iperf(t, &TwoHosts{Bed: k.b, A: k.a, B: k.bn, BAddr: k.lb}, "-t", "5", "-B", k.la).End.SumReceived.BitsPerSecond / 1e6
-			t.Logf("%s: espep hosts through a kernel router %.0f Mbit/s", c.name, fwd)
+			fwd, cpu := hostIperf(t, k)
+			t.Logf("%s: espep hosts through a kernel router %.0f Mbit/s (%s)", c.name, fwd, cpu)
 			for _, mode := range []string{"split", "snoop"} {
 				g := startHostPairRouted(t, c, []string{"gateway", "--wire", "tun:gw-wire", "--radio", "tun:gw-radio", "--routes", "--wire-iface", "xa", "--radio-iface", "xb",
 					"--sa", "{sa}", "--state-dir", "{state}", "--mode", mode})
-				via := iperf(t, &TwoHosts{Bed: g.b, A: g.a, B: g.bn, BAddr: g.lb}, "-t", "5", "-B", g.la).End.SumReceived.BitsPerSecond / 1e6
+				via, cpu := hostIperf(t, g)
 				g.mid.Stop()
 				gc := counters(g.mid.Output(), "gateway:")
-				t.Logf("%s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d)",
-					c.name, mode, via, via/fwd, gc["opened"], gc["sealed"], counters(g.mid.Output(), "engine:")["early-acked"])
+				t.Logf("%s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d; %s)",
+					c.name, mode, via, via/fwd, gc["opened"], gc["sealed"], counters(g.mid.Output(), "engine:")["early-acked"], cpu)
 			}
 		})
 	}
+}
+
+// hostIperf runs iperf3 for 5 s from p's host a to host b through their
+// tunnel and returns the goodput in Mbit/s and, as text, the CPU each
+// espep process (host a, host b, the middle) spent per megabyte.
+func hostIperf(t *testing.T, p *hostPair) (mbps float64, cpu string) {
+	t.Helper()
+	procs := []*Proc{p.ha, p.hb, p.mid}
+	names := []string{"host a", "host b", "middle"}
+	before := make([]time.Duration, len(procs))
+	for i, pr := range procs {
+		if pr != nil {
+			before[i], _ = pr.CPU()
+		}
+	}
+	r := iperf(t, &TwoHosts{Bed: p.b, A: p.a, B: p.bn, BAddr: p.lb}, "-t", "5", "-B", p.la)
+	mb := r.End.SumReceived.Bytes / 1e6
+	var parts []string
+	for i, pr := range procs {
+		if pr == nil || mb == 0 {
+			continue
+		}
+		after, err := pr.CPU()
+		if err != nil {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %.2f ms CPU/MB", names[i], (after-before[i]).Seconds()*1e3/mb))
+	}
+	return r.End.SumReceived.BitsPerSecond / 1e6, strings.Join(parts, ", ")
 }
 
 // TestHostReload: SIGHUP in the middle of a TCP transfer reloads the
