@@ -103,7 +103,9 @@ func TestGatewayTUNThroughput(t *testing.T) {
 	t.Logf("TCP through namespace g (iperf3, CUBIC, %d s):\n%s\nCPU per MB at 20 Mbit/s ÷ at full rate: %.2f", secs, strings.Join(rows, "\n"), ratio)
 	// Loose bounds, so that a regression of the kind this harness measures
 	// fails CI; the goals are in the README.
-	if got["relay"].gbps < 0.3 || got["split"].gbps < 0.1 {
+	// (Alone, this machine measures relay ~10 and split ~3 Gbit/s; CI runs
+	// other packages beside this one.)
+	if got["relay"].gbps < 1 || got["split"].gbps < 0.5 {
 		t.Errorf("relay %.2f Gbit/s, split %.2f Gbit/s: far below what this machine does", got["relay"].gbps, got["split"].gbps)
 	}
 	// (The 2 s run reads CPU time in 10 ms ticks: at 20 Mbit/s a few
