@@ -414,7 +414,10 @@ func (e *Engine) ProcessOpaque(from Side, pkt, wire []byte) {
 
 // Handle is Process, ProcessPlain and ProcessOpaque in one, with a tag
 // handed back if the packet is forwarded unchanged. It reports false for
-// a Plain packet refused by a verified flow (nothing was sent).
+// a Plain packet refused by a verified flow (nothing was sent). The
+// engine reads pkt (and in.Wire) only during the call — what it forwards
+// goes to Output before Handle returns, what it keeps it copies — so the
+// caller may reuse the buffer at once (the TUN and AF_PACKET readers do).
 func (e *Engine) Handle(from Side, pkt []byte, in Input) bool {
 	wire := pkt
 	if in.Kind == Opaque {

@@ -117,7 +117,7 @@ func OpenWith(a, b string, ab, ba netem.Config, wire *netem.Config, mk func(out 
 	}
 	br := &Bridge{a: pa, b: pb, log: log}
 	toA := br.toA
-	fromWire := func(f []byte) { br.ab.Send(f) }
+	fromWire := func(f []byte) { sendOn(br.ab, f) }
 	if mk != nil {
 		if br.proc, err = mk(br.engineOut); err != nil {
 			pa.close()
@@ -151,15 +151,17 @@ func OpenWith(a, b string, ab, ba netem.Config, wire *netem.Config, mk func(out 
 // returns the first read error other than the cancellation.
 func (br *Bridge) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
-	fromA := br.ab.Send
+	// The ports lend their read buffers: what goes into a link that
+	// queues is copied there (sendOn), and nothing else keeps a frame.
+	fromA := func(f []byte) { sendOn(br.ab, f) }
 	if br.proc != nil {
 		fromA = br.fromWire
 	}
 	if br.wire != nil {
-		fromA = br.wire.AB.Send
+		fromA = func(f []byte) { sendOn(br.wire.AB, f) }
 	}
 	go func() { errc <- br.a.readLoop(ctx, fromA) }()
-	go func() { errc <- br.b.readLoop(ctx, br.ba.Send) }()
+	go func() { errc <- br.b.readLoop(ctx, func(f []byte) { sendOn(br.ba, f) }) }()
 	var first error
 	for i := 0; i < 2; i++ {
 		if err := <-errc; err != nil && first == nil && ctx.Err() == nil {
@@ -203,8 +205,21 @@ func isIP(f []byte) bool {
 	return et == 0x0800 || et == 0x86dd
 }
 
+// sendOn sends f on l: lent as it is to a transparent link, which
+// delivers it before Send returns, and copied for one that queues it.
+func sendOn(l *netem.Link, f []byte) {
+	if l.Transparent() {
+		l.Send(f)
+		return
+	}
+	l.Send(append([]byte(nil), f...))
+}
+
 // fromWire takes a frame read on a: IP goes to the engine, the rest on.
-func (br *Bridge) fromWire(f []byte) { br.toEngine(engine.Wire, f, br.ab.Send) }
+func (br *Bridge) fromWire(f []byte) { br.toEngine(engine.Wire, f, br.toB) }
+
+// toB sends a frame toward b, over the radio.
+func (br *Bridge) toB(f []byte) { sendOn(br.ab, f) }
 
 // fromRadio takes a frame that crossed the radio toward a.
 func (br *Bridge) fromRadio(f []byte) { br.toEngine(engine.Radio, f, br.toA) }
@@ -212,7 +227,7 @@ func (br *Bridge) fromRadio(f []byte) { br.toEngine(engine.Radio, f, br.toA) }
 // toA sends a frame toward a, over the wired leg if there is one.
 func (br *Bridge) toA(f []byte) {
 	if br.wire != nil {
-		br.wire.BA.Send(f)
+		sendOn(br.wire.BA, f)
 		return
 	}
 	br.a.write(f)
@@ -245,12 +260,22 @@ func (br *Bridge) engineOut(to engine.Side, pkt []byte) {
 	if !ok {
 		return
 	}
-	f := make([]byte, etherLen+len(pkt))
+	bp := framePool.Get().(*[]byte)
+	if cap(*bp) < etherLen+len(pkt) {
+		*bp = make([]byte, etherLen+len(pkt))
+	}
+	f := (*bp)[:etherLen+len(pkt)]
 	copy(f, hdr[:])
 	copy(f[etherLen:], pkt)
 	if to == engine.Radio {
-		br.ab.Send(f)
+		br.toB(f)
 	} else {
 		br.toA(f)
 	}
+	framePool.Put(bp)
 }
+
+// framePool holds the buffers engineOut frames packets in: each is lent
+// to the link for one Send (sendOn copies it where the link queues), so
+// it is back in the pool when Send returns.
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}

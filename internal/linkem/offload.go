@@ -59,10 +59,10 @@ var errOffload = errors.New("offloaded frame")
 
 // finish turns frame — what a packet socket read after h — into the
 // frames the wire would carry, each handed to emit (in place where it
-// can: emit must not keep its argument). It reports whether it
+// can, segments in scratch: emit must not keep its argument). It reports whether it
 // completed a checksum and how many segments a super-frame became (0:
 // none was).
-func finish(h vnetHdr, frame []byte, emit func([]byte)) (csum bool, segs int, err error) {
+func finish(h vnetHdr, frame, scratch []byte, emit func([]byte)) (csum bool, segs int, err error) {
 	switch h.gsoType &^ gsoECN {
 	case gsoNone:
 		if h.flags&vnetNeedsCsum != 0 {
@@ -76,7 +76,7 @@ func finish(h vnetHdr, frame []byte, emit func([]byte)) (csum bool, segs int, er
 	case gsoTCPv4, gsoTCPv6, gsoUDPL4:
 		// Every segment's checksum is computed whole: the partial one
 		// goes with the super-frame.
-		n, err := segment(frame, h.gsoSize, emit)
+		n, err := segment(frame, h.gsoSize, scratch, emit)
 		return false, n, err
 	}
 	return false, 0, fmt.Errorf("gso type %d: %w", h.gsoType, errOffload)
@@ -116,8 +116,9 @@ const maxSegments = 128
 // payload bytes each, with headers made as the sender's stack would have
 // made them: IPv4 identification counting up, lengths, TCP sequence
 // numbers, FIN and PSH on the last segment only, CWR on the first only,
-// and every checksum whole.
-func segment(frame []byte, mss int, emit func([]byte)) (int, error) {
+// and every checksum whole. Each frame is built in scratch (or a buffer of
+// its own if scratch is too small) and valid only during its emit.
+func segment(frame []byte, mss int, scratch []byte, emit func([]byte)) (int, error) {
 	eth, ip, err := frameHeaders(frame)
 	if err != nil {
 		return 0, err
@@ -149,7 +150,11 @@ func segment(frame []byte, mss int, emit func([]byte)) (int, error) {
 		emit(f)
 		return 1, nil
 	}
-	buf := make([]byte, hdrs+mss)
+	buf := scratch
+	if cap(buf) < hdrs+mss {
+		buf = make([]byte, hdrs+mss)
+	}
+	buf = buf[:hdrs+mss]
 	for i := range n {
 		chunk := payload[i*mss : min((i+1)*mss, len(payload))]
 		f := buf[:hdrs+len(chunk)]

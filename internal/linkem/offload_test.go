@@ -56,7 +56,7 @@ func TestSegmentTCP(t *testing.T) {
 				header.IPv4(super[etherLen:]).SetID(100)
 			}
 			var got [][]byte
-			_, n, err := finish(vnetHdr{gsoType: tc.gso | gsoECN, gsoSize: 1448, flags: vnetNeedsCsum}, super,
+			_, n, err := finish(vnetHdr{gsoType: tc.gso | gsoECN, gsoSize: 1448, flags: vnetNeedsCsum}, super, nil,
 				func(f []byte) { got = append(got, append([]byte(nil), f...)) })
 			if err != nil || n != 7 || len(got) != 7 {
 				t.Fatalf("%d segments (%d emitted), err %v; want 7", n, len(got), err)
@@ -100,7 +100,7 @@ func TestSegmentUDP(t *testing.T) {
 	payload := bytes.Repeat([]byte("0123456789"), 350) // 3500 bytes: 1200+1200+1100
 	super := ether(packettest.UDP(netip.MustParseAddrPort("10.0.0.1:4500"), netip.MustParseAddrPort("10.0.0.2:4500"), payload))
 	var got [][]byte
-	if _, n, err := finish(vnetHdr{gsoType: gsoUDPL4, gsoSize: 1200}, super, func(f []byte) { got = append(got, append([]byte(nil), f...)) }); err != nil || n != 3 {
+	if _, n, err := finish(vnetHdr{gsoType: gsoUDPL4, gsoSize: 1200}, super, nil, func(f []byte) { got = append(got, append([]byte(nil), f...)) }); err != nil || n != 3 {
 		t.Fatalf("%d datagrams, %v", n, err)
 	}
 	var joined []byte
@@ -128,14 +128,14 @@ func TestCompleteChecksum(t *testing.T) {
 	if l4Valid(t, f) {
 		t.Fatal("the partial checksum verifies: the test tests nothing")
 	}
-	csum, _, err := finish(vnetHdr{flags: vnetNeedsCsum, csumStart: etherLen + header.IPv4MinLen, csumOffset: 16}, f, func([]byte) {})
+	csum, _, err := finish(vnetHdr{flags: vnetNeedsCsum, csumStart: etherLen + header.IPv4MinLen, csumOffset: 16}, f, nil, func([]byte) {})
 	if err != nil || !csum || !l4Valid(t, f) {
 		t.Fatalf("completed %v, err %v, valid %v", csum, err, l4Valid(t, f))
 	}
-	if _, _, err := finish(vnetHdr{flags: vnetNeedsCsum, csumStart: len(f), csumOffset: 16}, f, func([]byte) {}); err == nil {
+	if _, _, err := finish(vnetHdr{flags: vnetNeedsCsum, csumStart: len(f), csumOffset: 16}, f, nil, func([]byte) {}); err == nil {
 		t.Fatal("a checksum outside the frame was accepted")
 	}
-	if _, _, err := finish(vnetHdr{gsoType: gsoUDP, gsoSize: 100}, f, func([]byte) {}); err == nil {
+	if _, _, err := finish(vnetHdr{gsoType: gsoUDP, gsoSize: 100}, f, nil, func([]byte) {}); err == nil {
 		t.Fatal("UFO was accepted")
 	}
 }
@@ -155,7 +155,7 @@ func FuzzFinish(f *testing.F) {
 			return
 		}
 		frame := append([]byte(nil), b[vnetHdrLen:]...)
-		_, segs, err := finish(h, frame, func(out []byte) {
+		_, segs, err := finish(h, frame, nil, func(out []byte) {
 			if h.gsoType&^gsoECN == gsoNone {
 				return
 			}

@@ -63,16 +63,19 @@ func openPort(name string) (*port, error) {
 	return p, nil
 }
 
-// readLoop hands every frame read to the link until ctx is done, each
+// readLoop hands every frame read to send until ctx is done, each
 // finished as the wire would carry it (checksums whole, super-frames cut
-// into segments).
+// into segments). The frame is the port's buffer, lent for the call:
+// send must copy what it keeps (Bridge.sendOn does, for a link that
+// queues).
 func (p *port) readLoop(ctx context.Context, send func([]byte)) error {
 	buf := make([]byte, vnetHdrLen+65536+18)
+	scratch := make([]byte, 65536+18) // a super-frame's segments, one at a time
 	emit := func(f []byte) {
 		if len(f) > p.mtu+18 { // Ethernet header and one VLAN tag
 			p.c.oversize.Add(1)
 		}
-		send(append([]byte(nil), f...))
+		send(f) // borrowed: valid until send returns (see Bridge.sendOn)
 	}
 	for ctx.Err() == nil {
 		n, _, err := unix.Recvfrom(p.fd, buf, 0)
@@ -92,7 +95,7 @@ func (p *port) readLoop(ctx context.Context, send func([]byte)) error {
 			p.c.offloadErrors.Add(1)
 			continue
 		}
-		csum, segs, err := finish(h, buf[vnetHdrLen:n], emit)
+		csum, segs, err := finish(h, buf[vnetHdrLen:n], scratch, emit)
 		switch {
 		case err != nil:
 			p.c.offloadErrors.Add(1) // dropped: forwarded, the receiver would drop it

@@ -55,6 +55,11 @@ type Link struct {
 	transparent bool
 }
 
+// Transparent reports whether the link impairs nothing, and so delivers
+// each packet at once, in Send's goroutine, and keeps none: a caller may
+// lend it a buffer it reuses after Send returns.
+func (l *Link) Transparent() bool { return l.transparent }
+
 // sendThrough is Send on a transparent link: counted, captured and
 // delivered now.
 func (l *Link) sendThrough(pkt []byte) {
