@@ -551,50 +551,64 @@ var hostBench = flag.Bool("hostbench", false, "run the espep host throughput har
 // reports both and their ratio; then the same hosts with espep gateway
 // between them — as a transparent bridge (AF_PACKET) and in TUN mode in a
 // router, against the hosts through the kernel's forwarding there — with
-// each process's CPU per megabyte. Run with:
+// each process's CPU per megabyte. Without -hostbench it runs AES-GCM
+// only, 2 s a run, and holds the gateway's cost with a loose bound (the
+// figures are in the README); with it:
 //
 //	go test ./internal/testbed -run TestHostThroughput -hostbench -v
 func TestHostThroughput(t *testing.T) {
-	if !*hostBench {
-		t.Skip("harness: run with -hostbench")
+	secs, cases := 2, []hostCase{hostCases[2]}
+	if *hostBench {
+		secs = 5
+		cases = append(cases, hostCase{name: "esp-tunnel-cbc", mode: "tunnel", proto: "esp", enc: "aes-cbc", ekey: 16, integ: "hmac-sha256-128", ikey: 32})
 	}
-	for _, c := range []hostCase{hostCases[2], {name: "esp-tunnel-cbc", mode: "tunnel", proto: "esp", enc: "aes-cbc", ekey: 16, integ: "hmac-sha256-128", ikey: 32}} {
+	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			p := startHostPairOpt(t, c, false)
 			th := &TwoHosts{Bed: p.b, A: p.a, B: p.bn, BAddr: "10.77.1.2"}
-			plain := iperf(t, th, "-t", "5").End.SumReceived.BitsPerSecond / 1e6
-			espep, cpu := hostIperf(t, p)
+			plain := iperf(t, th, "-t", fmt.Sprint(secs)).End.SumReceived.BitsPerSecond / 1e6
+			espep, cpu := hostIperf(t, p, secs)
 			t.Logf("%s: plain veth %.0f Mbit/s, through espep host %.0f Mbit/s, ratio %.3f (%s)", c.name, plain, espep, espep/plain, cpu)
 			// The same hosts with espep gateway between them (AF_PACKET, a
 			// transparent bridge, split), sealing on their SA.
 			g := startHostPairVia(t, c, false, []string{"gateway", "--wire", "xa", "--radio", "xb", "--sa", "{sa}", "--state-dir", "{state}"})
-			via, cpu := hostIperf(t, g)
+			via, cpu := hostIperf(t, g, secs)
 			g.mid.Stop()
 			gc := counters(g.mid.Output(), "gateway:")
 			t.Logf("%s: through espep hosts with espep gateway (AF_PACKET, split) between them %.0f Mbit/s, %.3f of the hosts' own (gateway sealed %d; %s)", c.name, via, via/espep, gc["sealed"], cpu)
+			// Loose: 0.61–0.65 here alone (0.35 while BBR's window was
+			// a dozen segments on such short paths); CI runs other
+			// packages beside this one.
+			if via/espep < 0.3 || gc["sealed"] == 0 {
+				t.Errorf("espep gateway between espep hosts: %.3f of their own throughput (sealed %d), want ≥ 0.3", via/espep, gc["sealed"])
+			}
 			// The gateway's routed mode: m a router, the hosts' own
 			// throughput measured through the kernel's forwarding there,
 			// then with espep gateway in TUN mode in m, split and snoop.
 			k := startHostPairRouted(t, c, nil)
-			fwd, cpu := hostIperf(t, k)
+			fwd, cpu := hostIperf(t, k, secs)
 			t.Logf("%s: espep hosts through a kernel router %.0f Mbit/s (%s)", c.name, fwd, cpu)
 			for _, mode := range []string{"split", "snoop"} {
 				g := startHostPairRouted(t, c, []string{"gateway", "--wire", "tun:gw-wire", "--radio", "tun:gw-radio", "--routes", "--wire-iface", "xa", "--radio-iface", "xb",
 					"--sa", "{sa}", "--state-dir", "{state}", "--mode", mode})
-				via, cpu := hostIperf(t, g)
+				via, cpu := hostIperf(t, g, secs)
 				g.mid.Stop()
 				gc := counters(g.mid.Output(), "gateway:")
 				t.Logf("%s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d; %s)",
 					c.name, mode, via, via/fwd, gc["opened"], gc["sealed"], counters(g.mid.Output(), "engine:")["early-acked"], cpu)
+				if via/fwd < 0.3 || gc["sealed"] == 0 {
+					t.Errorf("espep gateway (TUN, %s) between espep hosts: %.3f of their own throughput (sealed %d), want ≥ 0.3", mode, via/fwd, gc["sealed"])
+				}
 			}
 		})
 	}
 }
 
-// hostIperf runs iperf3 for 5 s from p's host a to host b through their
-// tunnel and returns the goodput in Mbit/s and, as text, the CPU each
-// espep process (host a, host b, the middle) spent per megabyte.
-func hostIperf(t *testing.T, p *hostPair) (mbps float64, cpu string) {
+// hostIperf runs iperf3 for secs seconds from p's host a to host b
+// through their tunnel and returns the goodput in Mbit/s and, as text,
+// the CPU each espep process (host a, host b, the middle) spent per
+// megabyte.
+func hostIperf(t *testing.T, p *hostPair, secs int) (mbps float64, cpu string) {
 	t.Helper()
 	procs := []*Proc{p.ha, p.hb, p.mid}
 	names := []string{"host a", "host b", "middle"}
@@ -604,7 +618,7 @@ func hostIperf(t *testing.T, p *hostPair) (mbps float64, cpu string) {
 			before[i], _ = pr.CPU()
 		}
 	}
-	r := iperf(t, &TwoHosts{Bed: p.b, A: p.a, B: p.bn, BAddr: p.lb}, "-t", "5", "-B", p.la)
+	r := iperf(t, &TwoHosts{Bed: p.b, A: p.a, B: p.bn, BAddr: p.lb}, "-t", fmt.Sprint(secs), "-B", p.la)
 	mb := r.End.SumReceived.Bytes / 1e6
 	var parts []string
 	for i, pr := range procs {
