@@ -132,7 +132,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		src = serveSAs(ctx, gw, ss)
 	}
 	if h := handoffOf(fc); h.enabled() {
-		if err := h.start(ctx, gw, log); err != nil {
+		if err := h.start(ctx, gw, ike, log); err != nil {
 			return err
 		}
 	}

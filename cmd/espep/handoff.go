@@ -133,8 +133,10 @@ func parseStations(vals []string) ([]pms.Station, error) {
 // start serves Take and Offer (taking offers from the neighbours only),
 // keeps the neighbour set (fixed, and the proxy management service's as
 // it changes), has gw ask its neighbours for mobiles it meets mid-stream
-// and offer them its SAs (handoff.Offerer), until ctx ends.
-func (h *handoffSetup) start(ctx context.Context, gw *gateway.Gateway, log *slog.Logger) error {
+// and offer them its SAs (handoff.Offerer), until ctx ends. With ike
+// (nil: the gateway follows no IKE) the keys of the IKE SAs it follows
+// are offered and taken too.
+func (h *handoffSetup) start(ctx context.Context, gw *gateway.Gateway, ike *gateway.IKESAs, log *slog.Logger) error {
 	v, err := pki.LoadVerifier(h.tls.CA, h.tls.CRL)
 	if err != nil {
 		return fmt.Errorf("handoff: %w", err)
@@ -160,6 +162,9 @@ func (h *handoffSetup) start(ctx context.Context, gw *gateway.Gateway, log *slog
 		g := grpc.NewServer(append(handoff.ServerOptions(), grpc.Creds(credentials.NewTLS(v.ServerTLS(cert, pki.RoleGateway))))...)
 		srv := handoff.NewServer(gw, v, log)
 		srv.ServeOffers(gw, func(id pki.Identity) bool { return nb.Has(id.Name) })
+		if ike != nil {
+			srv.ServeIKEOffers(ike)
+		}
 		srv.Arriving = a.Asking
 		srv.Attach(g)
 		go g.Serve(ln)
@@ -196,6 +201,10 @@ func (h *handoffSetup) start(ctx context.Context, gw *gateway.Gateway, log *slog
 		go d.Run(ctx)
 	}
 	gw.SetMissing(a.Missing)
-	go (&handoff.Offerer{G: gw, Peers: nb, Log: log}).Run(ctx)
+	o := &handoff.Offerer{G: gw, Peers: nb, Log: log}
+	if ike != nil {
+		o.IKE = ike
+	}
+	go o.Run(ctx)
 	return nil
 }

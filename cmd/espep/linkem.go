@@ -277,7 +277,7 @@ func (c *linkemSetup) openIPsecGateway(ctx context.Context, log *slog.Logger) (b
 		serveSAs(ctx, gw, ss)
 	}
 	if c.handoff.enabled() {
-		if err := c.handoff.start(ctx, gw, log); err != nil {
+		if err := c.handoff.start(ctx, gw, ike, log); err != nil {
 			return nil, nil, nil, closeAll, err
 		}
 	}

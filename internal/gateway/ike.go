@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -116,6 +118,26 @@ func (s *IKESAs) AddKeys(k ikev2.Keys) error {
 	}
 	s.apply(res, time.Time{}) // exchanges that ended before their keys came: not timed
 	return nil
+}
+
+// Keyed returns the keys of the IKE SAs this gateway follows (copies:
+// the caller wipes them), for its neighbours (handoff.Offerer).
+func (s *IKESAs) Keyed() []ikefollow.KeyedSA { return s.f.Keyed() }
+
+// ProvisionIKE takes IKE SA keys a neighbour gateway handed over (from,
+// its certificate name), each kept for ttl unless its IKE SA's messages
+// come here, and installs what messages held for them complete.
+func (s *IKESAs) ProvisionIKE(from string, keys []ikefollow.KeyedSA, ttl time.Duration) error {
+	var errs []error
+	for _, k := range keys {
+		res, err := s.f.AddHanded(k, ttl)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("ike keys from %s: %w", from, err))
+			continue
+		}
+		s.apply(res, time.Time{})
+	}
+	return errors.Join(errs...)
 }
 
 // Run follows the queued messages until ctx ends, and times the first
@@ -253,6 +275,7 @@ var ikeTable = []ctable.Def{
 	{Field: "Unkeyed", Name: "unkeyed", Family: "ike_unkeyed_total", Help: "IKE messages dropped: no keys came in time, or a bound was reached."},
 	{Field: "Unsupported", Name: "unsupported", Family: "ike_unsupported_total", Help: "IKE messages or CHILD_SAs with transforms (or fragments) the follower does not handle."},
 	{Field: "Bound", Name: "bound", Family: "ike_keys_bound_total", Help: "Delegated IKE SA keys bound to an IKE SA."},
+	{Field: "Handed", Name: "handed", Family: "ike_keys_handed_total", Help: "IKE SA keys taken from a neighbour gateway."},
 	{Field: "Children", Name: "children", Family: "ike_children_total", Help: "CHILD_SAs whose keys the follower derived."},
 	{Field: "PFS", Name: "pfs", Family: "ike_pfs_total", Help: "CHILD_SAs with PFS: not derivable from the IKE SA keys."},
 	{Field: "Missed", Name: "missed", Family: "ike_missed_total", Help: "IKE_AUTH CHILD_SAs not derived for want of unambiguous IKE_SA_INIT nonces."},

@@ -88,7 +88,7 @@ func gatewaysOverGRPC(t *testing.T, onTraffic bool) {
 	addr2, srv2 := w.serve(g2, "gw-new")
 	srv2.ServeOffers(g2, func(id pki.Identity) bool { return id.Name == "gw-old" }) // its one neighbour
 	if err := w.clientAt(addr2, pki.Identity{Role: pki.RoleGateway, Name: "gw-old", Areas: []string{"cell-gw-old"}}).Offer(context.Background(),
-		[]ipsec.Config{ab, ba}, time.Minute); err != nil {
+		[]ipsec.Config{ab, ba}, nil, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	prov, ok := g2.ProvenanceOf(ab.ID())
@@ -97,7 +97,7 @@ func gatewaysOverGRPC(t *testing.T, onTraffic bool) {
 	}
 	// An offer from a gateway that is not a neighbour is refused.
 	if err := w.clientAt(addr2, pki.Identity{Role: pki.RoleGateway, Name: "gw-far", Areas: []string{"cell-far"}}).Offer(context.Background(),
-		[]ipsec.Config{ab}, time.Minute); err == nil {
+		[]ipsec.Config{ab}, nil, time.Minute); err == nil {
 		t.Fatal("an offer from a gateway that is not a neighbour was taken")
 	}
 	var moving sync.RWMutex
@@ -168,7 +168,7 @@ func TestOfferRefused(t *testing.T) {
 	w := newWorld(t, EngineSource{splitEngine(t)}) // serves Take only: no offers
 	neighbour := pki.Identity{Role: pki.RoleGateway, Name: "gw-old", Areas: []string{"cell-1"}}
 	ctx := context.Background()
-	if err := w.client(neighbour).Offer(ctx, nil, time.Minute); err == nil || !strings.Contains(err.Error(), "Unimplemented") {
+	if err := w.client(neighbour).Offer(ctx, nil, nil, time.Minute); err == nil || !strings.Contains(err.Error(), "Unimplemented") {
 		t.Fatalf("an offer to a gateway that takes none: %v", err)
 	}
 	g := idleGateway(t, nil)
@@ -180,13 +180,13 @@ func TestOfferRefused(t *testing.T) {
 		many = append(many, ipsec.Config{SPI: uint32(0x100 + i), Proto: ipsec.ESP, Src: netip.MustParseAddr("192.0.2.1"),
 			Dst: netip.MustParseAddr("192.0.2.2"), Mode: ipsec.Tunnel, Enc: ipsec.EncAESGCM16, EncKey: make([]byte, 20), Class: ipsec.ClassWrite})
 	}
-	if err := c.Offer(ctx, many, time.Minute); err == nil || !strings.Contains(err.Error(), "InvalidArgument") {
+	if err := c.Offer(ctx, many, nil, time.Minute); err == nil || !strings.Contains(err.Error(), "InvalidArgument") {
 		t.Fatalf("an offer of %d SAs: %v", len(many), err)
 	}
 	if _, err := c.api.Offer(ctx, &hpb.OfferRequest{Sas: []byte("espep-sa 1\n[sa]\nspi = zz\n")}); err == nil {
 		t.Fatal("an offer that is no SA file was taken")
 	}
-	if err := c.Offer(ctx, many[:2], time.Minute); err != nil {
+	if err := c.Offer(ctx, many[:2], nil, time.Minute); err != nil {
 		t.Fatalf("a good offer: %v", err)
 	}
 	if p, ok := g.ProvenanceOf(many[0].ID()); !ok || p.From != "gw-old" {

@@ -105,7 +105,8 @@ type Server struct {
 	verifier *pki.Verifier
 	audit    *slog.Logger
 	src      Source
-	prov     Provisioner // offer.go; nil: offers refused
+	prov     Provisioner    // offer.go; nil: offers refused
+	ikeProv  IKEProvisioner // offer.go; nil: offered IKE keys are not taken
 	allow    func(pki.Identity) bool
 	// Arriving, if set, reports a mobile this gateway is itself asking
 	// for (Asker.Asking): it is arriving here, not leaving, so a Take of

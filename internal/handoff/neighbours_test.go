@@ -120,7 +120,7 @@ func TestNeighboursFromPMS(t *testing.T) {
 		t.Fatal("gw-2 keeps a neighbour the service no longer names")
 	}
 	stale := w.clientAt(nodes["gw-2"].addr, pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-gw-1"}})
-	if err := stale.Offer(ctx, []ipsec.Config{sa}, time.Minute); err == nil {
+	if err := stale.Offer(ctx, []ipsec.Config{sa}, nil, time.Minute); err == nil {
 		t.Fatal("gw-2 took an offer from a gateway that is no longer its neighbour")
 	}
 }
@@ -141,11 +141,11 @@ func TestNeighbourPinned(t *testing.T) {
 	if c == nil {
 		t.Fatal("no connection to try") // grpc dials lazily: the refusal comes with the first call
 	}
-	if err := c.Offer(context.Background(), nil, time.Minute); err == nil || !strings.Contains(err.Error(), "gw-9") {
+	if err := c.Offer(context.Background(), nil, nil, time.Minute); err == nil || !strings.Contains(err.Error(), "gw-9") {
 		t.Fatalf("an offer to gw-2 reached gw-9: %v", err)
 	}
 	nb.Set([]Peer{{Name: "gw-9", Addr: addr}})
-	if err := nb.Get("gw-9").Offer(context.Background(), nil, time.Minute); err != nil {
+	if err := nb.Get("gw-9").Offer(context.Background(), nil, nil, time.Minute); err != nil {
 		t.Fatalf("the right name: %v", err)
 	}
 }

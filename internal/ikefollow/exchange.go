@@ -31,8 +31,12 @@ type ikeSA struct {
 	elem     *list.Element // in Follower.unkeyed while it has no keys
 	seen     time.Time
 	// encap: ESP goes in UDP (NAT detected in IKE_SA_INIT, or inherited
-	// by a rekeyed IKE SA from the one before).
+	// by a rekeyed IKE SA from the one before, or said by the neighbour
+	// that handed its keys over).
 	encap, encapKnown bool
+	// handedUntil: keys a neighbour handed over (handed.go) for an IKE SA
+	// not seen here since; past it they may make room for another.
+	handedUntil time.Time
 }
 
 // reqKey names an exchange of an IKE SA: each end numbers its own

@@ -76,6 +76,7 @@ type Stats struct {
 	Unkeyed     uint64 // dropped: no keys came in time, or a bound was reached
 	Unsupported uint64 // SKF fragments, transforms not supported
 	Bound       uint64 // delegated key sets bound to an IKE SA (by SPIs or by a verified message)
+	Handed      uint64 // IKE SAs' keys taken from a neighbour gateway (AddHanded)
 	Children    uint64 // CHILD_SAs whose keys were derived
 	PFS         uint64 // CHILD_SAs with PFS: not derivable, left to another source
 	Missed      uint64 // CHILD_SAs not derived for want of (unambiguous) IKE_SA_INIT nonces
@@ -234,7 +235,7 @@ func (f *Follower) Observe(p Packet) Result {
 		f.stats.Unkeyed++
 		return res
 	}
-	sa.seen = f.cfg.Now()
+	sa.seen, sa.handedUntil = f.cfg.Now(), time.Time{} // its traffic is here: no longer a neighbour's offer
 	if sa.keys == nil {
 		if !f.hold(sa, p) || !f.tryBind(sa, sa.held[len(sa.held)-1:], 0) {
 			return res // a message is tried once against the unbound keys: a flood costs ≤ MaxUnbound checks each
@@ -275,11 +276,13 @@ func (f *Follower) lookup(s spis, create bool) *ikeSA {
 		return nil
 	}
 	if len(f.sas) >= f.cfg.MaxIKESAs {
-		victim := f.unkeyed.Front()
-		if victim == nil {
+		if victim := f.unkeyed.Front(); victim != nil {
+			f.forget(victim.Value.(*ikeSA))
+		} else if victim := f.lapsedHanded(); victim != nil {
+			f.forget(victim)
+		} else {
 			return nil // every tracked IKE SA has keys: they came from a trusted source
 		}
-		f.forget(victim.Value.(*ikeSA))
 		f.stats.Evicted++
 	}
 	sa := &ikeSA{spis: s, seen: f.cfg.Now(), pending: map[reqKey]*request{}}

@@ -22,9 +22,12 @@ const (
 )
 
 type OfferRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sas           []byte                 `protobuf:"bytes,1,opt,name=sas,proto3" json:"sas,omitempty"` // native SA file text (ipsec/safile), keys included
-	TtlSeconds    uint32                 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Sas        []byte                 `protobuf:"bytes,1,opt,name=sas,proto3" json:"sas,omitempty"` // native SA file text (ipsec/safile), keys included
+	TtlSeconds uint32                 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// IKE SAs the caller follows (scheme 2), for the callee to follow their
+	// CHILD_SA rekeys once the mobile is there.
+	Ike           []*OfferedIKE `protobuf:"bytes,3,rep,name=ike,proto3" json:"ike,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -73,6 +76,65 @@ func (x *OfferRequest) GetTtlSeconds() uint32 {
 	return 0
 }
 
+func (x *OfferRequest) GetIke() []*OfferedIKE {
+	if x != nil {
+		return x.Ike
+	}
+	return nil
+}
+
+type OfferedIKE struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []byte                 `protobuf:"bytes,1,opt,name=keys,proto3" json:"keys,omitempty"`    // an espep-ike 1 key file (internal/ikefollow) of one [ike] block, its SPIs given
+	Encap         bool                   `protobuf:"varint,2,opt,name=encap,proto3" json:"encap,omitempty"` // the IKE SA's ESP goes in UDP (NAT detected in its IKE_SA_INIT)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OfferedIKE) Reset() {
+	*x = OfferedIKE{}
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OfferedIKE) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OfferedIKE) ProtoMessage() {}
+
+func (x *OfferedIKE) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OfferedIKE.ProtoReflect.Descriptor instead.
+func (*OfferedIKE) Descriptor() ([]byte, []int) {
+	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *OfferedIKE) GetKeys() []byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *OfferedIKE) GetEncap() bool {
+	if x != nil {
+		return x.Encap
+	}
+	return false
+}
+
 type OfferReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Taken         uint32                 `protobuf:"varint,1,opt,name=taken,proto3" json:"taken,omitempty"`
@@ -82,7 +144,7 @@ type OfferReply struct {
 
 func (x *OfferReply) Reset() {
 	*x = OfferReply{}
-	mi := &file_proto_espep_v1_handoff_proto_msgTypes[1]
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -94,7 +156,7 @@ func (x *OfferReply) String() string {
 func (*OfferReply) ProtoMessage() {}
 
 func (x *OfferReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_handoff_proto_msgTypes[1]
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -107,7 +169,7 @@ func (x *OfferReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OfferReply.ProtoReflect.Descriptor instead.
 func (*OfferReply) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{1}
+	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *OfferReply) GetTaken() uint32 {
@@ -127,7 +189,7 @@ type TakeRequest struct {
 
 func (x *TakeRequest) Reset() {
 	*x = TakeRequest{}
-	mi := &file_proto_espep_v1_handoff_proto_msgTypes[2]
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -139,7 +201,7 @@ func (x *TakeRequest) String() string {
 func (*TakeRequest) ProtoMessage() {}
 
 func (x *TakeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_handoff_proto_msgTypes[2]
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -152,7 +214,7 @@ func (x *TakeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TakeRequest.ProtoReflect.Descriptor instead.
 func (*TakeRequest) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{2}
+	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *TakeRequest) GetMobile() []byte {
@@ -179,7 +241,7 @@ type TakeChunk struct {
 
 func (x *TakeChunk) Reset() {
 	*x = TakeChunk{}
-	mi := &file_proto_espep_v1_handoff_proto_msgTypes[3]
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -191,7 +253,7 @@ func (x *TakeChunk) String() string {
 func (*TakeChunk) ProtoMessage() {}
 
 func (x *TakeChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_espep_v1_handoff_proto_msgTypes[3]
+	mi := &file_proto_espep_v1_handoff_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -204,7 +266,7 @@ func (x *TakeChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TakeChunk.ProtoReflect.Descriptor instead.
 func (*TakeChunk) Descriptor() ([]byte, []int) {
-	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{3}
+	return file_proto_espep_v1_handoff_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TakeChunk) GetVersion() uint32 {
@@ -225,11 +287,16 @@ var File_proto_espep_v1_handoff_proto protoreflect.FileDescriptor
 
 const file_proto_espep_v1_handoff_proto_rawDesc = "" +
 	"\n" +
-	"\x1cproto/espep/v1/handoff.proto\x12\bespep.v1\"A\n" +
+	"\x1cproto/espep/v1/handoff.proto\x12\bespep.v1\"i\n" +
 	"\fOfferRequest\x12\x10\n" +
 	"\x03sas\x18\x01 \x01(\fR\x03sas\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\rR\n" +
-	"ttlSeconds\"\"\n" +
+	"ttlSeconds\x12&\n" +
+	"\x03ike\x18\x03 \x03(\v2\x14.espep.v1.OfferedIKER\x03ike\"6\n" +
+	"\n" +
+	"OfferedIKE\x12\x12\n" +
+	"\x04keys\x18\x01 \x01(\fR\x04keys\x12\x14\n" +
+	"\x05encap\x18\x02 \x01(\bR\x05encap\"\"\n" +
 	"\n" +
 	"OfferReply\x12\x14\n" +
 	"\x05taken\x18\x01 \x01(\rR\x05taken\"?\n" +
@@ -255,23 +322,25 @@ func file_proto_espep_v1_handoff_proto_rawDescGZIP() []byte {
 	return file_proto_espep_v1_handoff_proto_rawDescData
 }
 
-var file_proto_espep_v1_handoff_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_proto_espep_v1_handoff_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_proto_espep_v1_handoff_proto_goTypes = []any{
 	(*OfferRequest)(nil), // 0: espep.v1.OfferRequest
-	(*OfferReply)(nil),   // 1: espep.v1.OfferReply
-	(*TakeRequest)(nil),  // 2: espep.v1.TakeRequest
-	(*TakeChunk)(nil),    // 3: espep.v1.TakeChunk
+	(*OfferedIKE)(nil),   // 1: espep.v1.OfferedIKE
+	(*OfferReply)(nil),   // 2: espep.v1.OfferReply
+	(*TakeRequest)(nil),  // 3: espep.v1.TakeRequest
+	(*TakeChunk)(nil),    // 4: espep.v1.TakeChunk
 }
 var file_proto_espep_v1_handoff_proto_depIdxs = []int32{
-	2, // 0: espep.v1.Handoff.Take:input_type -> espep.v1.TakeRequest
-	0, // 1: espep.v1.Handoff.Offer:input_type -> espep.v1.OfferRequest
-	3, // 2: espep.v1.Handoff.Take:output_type -> espep.v1.TakeChunk
-	1, // 3: espep.v1.Handoff.Offer:output_type -> espep.v1.OfferReply
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	1, // 0: espep.v1.OfferRequest.ike:type_name -> espep.v1.OfferedIKE
+	3, // 1: espep.v1.Handoff.Take:input_type -> espep.v1.TakeRequest
+	0, // 2: espep.v1.Handoff.Offer:input_type -> espep.v1.OfferRequest
+	4, // 3: espep.v1.Handoff.Take:output_type -> espep.v1.TakeChunk
+	2, // 4: espep.v1.Handoff.Offer:output_type -> espep.v1.OfferReply
+	3, // [3:5] is the sub-list for method output_type
+	1, // [1:3] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_proto_espep_v1_handoff_proto_init() }
@@ -285,7 +354,7 @@ func file_proto_espep_v1_handoff_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_espep_v1_handoff_proto_rawDesc), len(file_proto_espep_v1_handoff_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
