@@ -121,14 +121,15 @@ func twoPaths(t *testing.T, b *Bed, la, lb string) map[string]string {
 // (split, 20 Mbit/s, 5 ms, 1 % loss toward b; IV partitions 0 and 1 of
 // 2) with the SA files sa, each the other's handoff neighbour over the
 // control link, with certificates of one CA.
-func handoffGateways(t *testing.T, b *Bed, ns map[string]string, dir string, sa [2]string) []*Proc {
+func handoffGateways(t *testing.T, b *Bed, ns map[string]string, dir string, sa [2]string, extra ...[]string) []*Proc {
 	t.Helper()
-	return pathGateways(t, b, ns, dir, sa, true)
+	return pathGateways(t, b, ns, dir, sa, true, extra...)
 }
 
 // pathGateways is handoffGateways, without the handoff flags when
-// handoff is false: two gateways that know nothing of each other.
-func pathGateways(t *testing.T, b *Bed, ns map[string]string, dir string, sa [2]string, handoff bool) []*Proc {
+// handoff is false: two gateways that know nothing of each other. extra,
+// if given, are more flags for gateway 1, then gateway 2.
+func pathGateways(t *testing.T, b *Bed, ns map[string]string, dir string, sa [2]string, handoff bool, extra ...[]string) []*Proc {
 	t.Helper()
 	keys := newSecPKI(t, dir)
 	keys.issue(t, "gw-1", pki.Identity{Role: pki.RoleGateway, Name: "gw-1", Areas: []string{"cell-1"}})
@@ -142,6 +143,9 @@ func pathGateways(t *testing.T, b *Bed, ns map[string]string, dir string, sa [2]
 		if handoff {
 			args = append(append(args, "--handoff-listen", self+":7700", "--handoff-peer", g.peer+"@"+g.peerAddr+":7700"),
 				keys.flags("secserver-", g.self)...)
+		}
+		if i < len(extra) {
+			args = append(args, extra[i]...)
 		}
 		p, err := b.Start(ns[g.ns], args...)
 		must(t, err)
