@@ -82,7 +82,7 @@ type Stats struct {
 	Missed      uint64 // CHILD_SAs not derived for want of (unambiguous) IKE_SA_INIT nonces
 	IKERekeys   uint64 // IKE SA rekeys seen (the new IKE SA needs its keys delegated)
 	Deletes     uint64 // CHILD_SAs a verified Delete removed
-	Evicted     uint64 // IKE SAs forgotten to stay within MaxIKESAs
+	Evicted     uint64 // IKE SAs forgotten to stay within MaxIKESAs, or whose handed keys lapsed unused
 }
 
 // Packet is one IKE message as the gateway relays it: the UDP addresses

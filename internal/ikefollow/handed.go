@@ -17,9 +17,11 @@ import (
 // and derives their keys, as the first gateway would have.
 //
 // Handed keys are the neighbour's to keep only for a while: an IKE SA
-// whose messages never come here lapses after the offer's TTL, and
-// may then make room (lookup) for another — a neighbour is trusted with
-// keys, not with this gateway's table.
+// whose messages never come here lapses after the offer's TTL — it is
+// forgotten, its keys wiped, at the next Keyed or AddHanded (the
+// gateway's Offerer calls Keyed every second), and until then may make
+// room (lookup) for another. A neighbour is trusted with keys, not with
+// this gateway's table.
 
 // KeyedSA is an IKE SA's keys as a gateway hands them over: SPIs set,
 // and whether its ESP goes in UDP (RFC 3948; NAT found in IKE_SA_INIT).
@@ -35,6 +37,7 @@ type KeyedSA struct {
 func (f *Follower) Keyed() []KeyedSA {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.forgetLapsed()
 	var out []KeyedSA
 	for _, sa := range f.sas {
 		if sa.keys == nil || !sa.handedUntil.IsZero() {
@@ -57,6 +60,7 @@ func (f *Follower) AddHanded(k KeyedSA, ttl time.Duration) (Result, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.forgetLapsed()
 	var res Result
 	if f.known(&k.Keys) {
 		return res, nil
@@ -82,8 +86,21 @@ func (f *Follower) AddHanded(k KeyedSA, ttl time.Duration) (Result, error) {
 	return res, nil
 }
 
+// forgetLapsed forgets the IKE SAs whose handed keys lapsed unused
+// (f.mu held).
+func (f *Follower) forgetLapsed() {
+	now := f.cfg.Now()
+	for _, sa := range f.sas { // forget deletes from f.sas: allowed while ranging
+		if !sa.handedUntil.IsZero() && now.After(sa.handedUntil) {
+			f.forget(sa)
+			f.stats.Evicted++
+		}
+	}
+}
+
 // lapsedHanded returns an IKE SA whose handed keys have lapsed unused, or
-// nil (f.mu held; only when the table is full: a scan is fine).
+// nil (f.mu held; a scan of at most MaxIKESAs, once a second or when
+// the table is full).
 func (f *Follower) lapsedHanded() *ikeSA {
 	now := f.cfg.Now()
 	for _, sa := range f.sas {

@@ -57,8 +57,8 @@ func TestHanded(t *testing.T) {
 
 // TestHandedBounded: keys without SPIs or invalid are refused; a full
 // table of IKE SAs keyed by neighbours refuses more until their offers
-// lapse unused, then makes room — but never for an IKE SA whose traffic
-// came here.
+// lapse unused — then they are forgotten, keys wiped — but an IKE SA
+// whose traffic came here is never pushed out.
 func TestHandedBounded(t *testing.T) {
 	now := time.Unix(1000, 0)
 	f := New(Config{MaxIKESAs: 2, Now: func() time.Time { return now }})
@@ -87,6 +87,15 @@ func TestHandedBounded(t *testing.T) {
 		t.Fatalf("lapsed offers made no room: %v", err)
 	}
 	f.mu.Lock()
+	n := len(f.sas)
+	f.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d IKE SAs kept, want only the live offer: the lapsed ones are forgotten, their keys wiped", n)
+	}
+	if _, err := f.AddHanded(k(5), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
 	for _, sa := range f.sas {
 		sa.handedUntil = time.Time{} // as if its traffic had come
 	}
@@ -95,7 +104,7 @@ func TestHandedBounded(t *testing.T) {
 	if _, err := f.AddHanded(k(4), time.Minute); err == nil {
 		t.Fatal("an IKE SA whose traffic came here was pushed out by a neighbour's offer")
 	}
-	if st := f.Stats(); st.Handed != 3 || st.Evicted != 1 {
+	if st := f.Stats(); st.Handed != 4 || st.Evicted != 2 {
 		t.Errorf("stats %+v", st)
 	}
 }
