@@ -193,16 +193,7 @@ func TestGatewayHandoffStrongSwan(t *testing.T) {
 		}
 		sent <- err
 	}()
-	out := filepath.Join(dir, "out")
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		if fi, err := os.Stat(out); err == nil && fi.Size() > int64(size/2) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the download did not get halfway:\n%s", lastLines([]byte(gws[0].Output()), 8))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	halfway(t, filepath.Join(dir, "out"), size, gws[0])
 	moved := time.Since(start)
 	moveToPath2(t, b, ns, SSLeftOuter, SSRightOuter)
 	if err := <-sent; err != nil {
@@ -248,6 +239,21 @@ func TestGatewayHandoffStrongSwan(t *testing.T) {
 	}
 	if g2["sealed"] < 500 {
 		t.Fatalf("gateway 2 did not carry the flow on: %v", g2)
+	}
+}
+
+// halfway waits (at most 60 s) until the download into out has more than
+// half of its size bytes; gw's log tail says why if it never does.
+func halfway(t *testing.T, out string, size int, gw *Proc) {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		if fi, err := os.Stat(out); err == nil && fi.Size() > int64(size/2) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the download did not get halfway:\n%s", lastLines([]byte(gw.Output()), 8))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

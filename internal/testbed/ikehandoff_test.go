@@ -48,16 +48,7 @@ func TestGatewayHandoffFollowsIKE(t *testing.T) {
 	sender, err := b.Start(s.Left, x.sender...)
 	must(t, err)
 	start := time.Now()
-	out := filepath.Join(dir, "out")
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		if fi, err := os.Stat(out); err == nil && fi.Size() > int64(size/2) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the download did not get halfway:\n%s", lastLines([]byte(gws[0].Output()), 8))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	halfway(t, filepath.Join(dir, "out"), size, gws[0])
 	moveToPath2(t, b, ns, SSLeftOuter, SSRightOuter)
 	must(t, waitFor(gws[1], `msg="handoff: asked for a mobile"`, 10*time.Second))
 	time.Sleep(500 * time.Millisecond)
