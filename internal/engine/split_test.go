@@ -838,7 +838,28 @@ func TestSplitExportImport(t *testing.T) {
 	if len(toW) != 1 || toW[0].ack != h.W()+7*988 || len(toR) != 2 || toR[0].seq != h.W()+5*988 || toR[1].seq != h.W()+6*988 {
 		t.Fatalf("after the hole: toward wire %+v, toward radio %+v", toW, toR)
 	}
+	// A stream holding more than BufferPerFlow — the exporter's advertised
+	// edge crept past it by window-scale rounding (RFC 7323 Appendix F) —
+	// is taken up to importSlack beyond, refused past it.
+	hold := func(f *FlowState, n int) { // n bytes held in order from SndUna
+		x := &f.Split.Streams[0]
+		x.OOO, x.Data = nil, make([]byte, n)
+		x.RcvNxt = x.SndUna + uint32(n)
+		x.RcvEdge = x.RcvNxt
+	}
+	var crept []FlowState
+	json.Unmarshal(b, &crept)
+	hold(&crept[0], 4<<20+200<<10)
+	quiet, err := New(Config{Mode: ModeSplit}, func(Side, []byte, Emitted) {}) // its bytes are zeros: not the harness's checker
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer quiet.Close()
+	if err := quiet.Import(crept); err != nil {
+		t.Fatalf("a stream 200 KB past BufferPerFlow was refused: %v", err)
+	}
 	for _, bad := range []func(*FlowState){
+		func(f *FlowState) { hold(f, 4<<20+importSlack+1) },
 		func(f *FlowState) { f.Split.Streams[0].Data = nil },
 		func(f *FlowState) { f.Split.Streams[0].SMSS = 0 },
 		func(f *FlowState) { f.Split.Streams[0].Segs[0].End = f.Split.Streams[0].Segs[0].Seq },

@@ -128,6 +128,17 @@ func (sp *splitFlow) state() *SplitState {
 	return ss
 }
 
+// importSlack is how far past BufferPerFlow an imported stream may hold.
+// The exporter kept within BufferPerFlow of what it advertised, but an
+// advertised right edge never moves left and is rounded up to the window
+// scale's unit from an ACK that moves by other amounts, so while the
+// receiver is slower than the sender it creeps past sndUna+BufferPerFlow
+// by up to 2^wscale−1 bytes an ACK (RFC 7323 Appendix F; Linux has the
+// same creep): 54–200 KB were seen with wscale 10 after a few seconds
+// toward a 20 Mbit/s radio. Refusing such a flow would lose every byte the
+// exporter acknowledged early (DESIGN.md rule 5).
+const importSlack = 1 << 20
+
 // restore rebuilds a split flow from its state; the segments in flight
 // count as sent now (for RACK's order) and give no RTT or rate sample.
 func (e *shard) restore(f *flow, ss *SplitState, now time.Time, moved bool) (err error) {
@@ -152,7 +163,7 @@ func (e *shard) restore(f *flow, ss *SplitState, now time.Time, moved bool) (err
 		}
 		una := seqnum.Value(x.SndUna)
 		held := diff(una, seqnum.Value(x.RcvNxt))
-		if held < 0 || held > len(x.Data) || len(x.Data) > e.cfg.BufferPerFlow+chunkSize {
+		if held < 0 || held > len(x.Data) || len(x.Data) > e.cfg.BufferPerFlow+importSlack {
 			return fmt.Errorf("engine: import: stream %d: %d bytes held, %d given (bound %d)", i, held, len(x.Data), e.cfg.BufferPerFlow)
 		}
 		if sent := diff(una, seqnum.Value(x.SndNxt)); sent < 0 || sent > held+btoi(x.FinSent) {
