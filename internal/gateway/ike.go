@@ -126,8 +126,10 @@ func (s *IKESAs) Keyed() []ikefollow.KeyedSA { return s.f.Keyed() }
 
 // ProvisionIKE takes IKE SA keys a neighbour gateway handed over (from,
 // its certificate name), each kept for ttl unless its IKE SA's messages
-// come here, and installs what messages held for them complete.
+// come here (bounded as Provision bounds SAs), and installs what messages
+// held for them complete.
 func (s *IKESAs) ProvisionIKE(from string, keys []ikefollow.KeyedSA, ttl time.Duration) error {
+	ttl = provisionTTL(ttl)
 	var errs []error
 	for _, k := range keys {
 		res, err := s.f.AddHanded(k, ttl)

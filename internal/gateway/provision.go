@@ -49,11 +49,17 @@ type offered struct {
 	Provenance
 }
 
+// provisionTTL is how long what a neighbour offers for ttl is kept: at
+// least a second, at most MaxProvisionTTL.
+func provisionTTL(ttl time.Duration) time.Duration {
+	return min(max(ttl, time.Second), MaxProvisionTTL)
+}
+
 // Provision takes SAs a neighbour offered (from: its name) for ttl and
 // puts them in the SAD. An SA already provisioned is replaced (its
 // provenance too). It returns an error for what the SAD refused.
 func (g *Gateway) Provision(from string, cfgs []ipsec.Config, ttl time.Duration, now time.Time) error {
-	ttl = min(max(ttl, time.Second), MaxProvisionTTL)
+	ttl = provisionTTL(ttl)
 	p := &g.prov
 	p.mu.Lock()
 	if p.sas == nil {

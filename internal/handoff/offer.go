@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/handoff/pb"
 	"github.com/espep/espep/internal/ikefollow"
 	"github.com/espep/espep/internal/pki"
@@ -85,7 +84,7 @@ func (s *Server) Offer(ctx context.Context, req *pb.OfferRequest) (*pb.OfferRepl
 			ikeKeys[i].Keys.Wipe()
 		}
 	}()
-	ttl := min(time.Duration(req.GetTtlSeconds())*time.Second, gateway.MaxProvisionTTL)
+	ttl := time.Duration(req.GetTtlSeconds()) * time.Second // bounded by the gateway (Provision, ProvisionIKE)
 	if err := s.prov.Provision(id.Name, cfgs, ttl, time.Now()); err != nil {
 		s.audit.Warn("offer: some SAs not taken", "who", who, "err", err.Error())
 	}

@@ -166,19 +166,13 @@ func pathGateways(t *testing.T, b *Bed, ns map[string]string, dir string, sa [2]
 // charon logs no replay or verification failure on either side, and the
 // CHILD_SA stays installed.
 func TestGatewayHandoffStrongSwan(t *testing.T) {
-	needStrongSwan(t)
-	b := ForTest(t)
-	dir := t.TempDir()
-	ns := twoPaths(t, b, SSLeftOuter, SSRightOuter)
-	must(t, b.Addr(ns["a"], "lo", SSLeftInner+"/32"))
-	must(t, b.Addr(ns["b"], "lo", SSRightInner+"/32"))
+	b, ns, dir := strongSwanTwoPaths(t)
 	sa1, sa2 := filepath.Join(dir, "gw-1.sa"), filepath.Join(dir, "gw-2.sa")
 	for _, p := range []string{sa1, sa2} {
 		must(t, os.WriteFile(p, []byte("espep-sa 1\n"), 0o600))
 	}
 	gws := handoffGateways(t, b, ns, dir, [2]string{sa1, sa2})
-	s := &StrongSwan{Bed: b, Dir: dir, Left: ns["a"], Right: ns["b"], Linkem: gws[0], charon: map[string]*Proc{}}
-	must(t, s.StartCharon("aes128gcm16"))
+	s := startCharonsOnPaths(t, b, ns, dir, gws[0])
 	cfgs := giveKeys(t, s, sa1, false)
 	// Gateway 1 offers what its file gave it to its neighbour.
 	must(t, waitFor(gws[1], `msg=provisioned from=gw-1`, 10*time.Second))
@@ -240,6 +234,29 @@ func TestGatewayHandoffStrongSwan(t *testing.T) {
 	if g2["sealed"] < 500 {
 		t.Fatalf("gateway 2 did not carry the flow on: %v", g2)
 	}
+}
+
+// strongSwanTwoPaths is the topology of TestGatewayHandoffHosts for two
+// strongSwan peers: a (left) and b (right, the mobile) on two paths, the
+// tunnel's inner addresses on their loopbacks.
+func strongSwanTwoPaths(t *testing.T) (b *Bed, ns map[string]string, dir string) {
+	t.Helper()
+	needStrongSwan(t)
+	b = ForTest(t)
+	dir = t.TempDir()
+	ns = twoPaths(t, b, SSLeftOuter, SSRightOuter)
+	must(t, b.Addr(ns["a"], "lo", SSLeftInner+"/32"))
+	must(t, b.Addr(ns["b"], "lo", SSRightInner+"/32"))
+	return b, ns, dir
+}
+
+// startCharonsOnPaths starts charon in a and b (AES-GCM tunnel) with gw,
+// the first path's gateway, as the testbed's middle box.
+func startCharonsOnPaths(t *testing.T, b *Bed, ns map[string]string, dir string, gw *Proc) *StrongSwan {
+	t.Helper()
+	s := &StrongSwan{Bed: b, Dir: dir, Left: ns["a"], Right: ns["b"], Linkem: gw, charon: map[string]*Proc{}}
+	must(t, s.StartCharon("aes128gcm16"))
+	return s
 }
 
 // halfway waits (at most 60 s) until the download into out has more than

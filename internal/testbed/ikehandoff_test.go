@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,21 +23,15 @@ import (
 // installed) and carries the flow on the new SA. The file arrives intact
 // and no charon logs a replay or an integrity failure.
 func TestGatewayHandoffFollowsIKE(t *testing.T) {
-	needStrongSwan(t)
-	b := ForTest(t)
-	dir := t.TempDir()
-	ns := twoPaths(t, b, SSLeftOuter, SSRightOuter)
-	must(t, b.Addr(ns["a"], "lo", SSLeftInner+"/32"))
-	must(t, b.Addr(ns["b"], "lo", SSRightInner+"/32"))
+	b, ns, dir := strongSwanTwoPaths(t)
 	var sas, ikes [2]string
 	for i := range sas {
-		sas[i], ikes[i] = filepath.Join(dir, "gw.sa"), filepath.Join(dir, "gw-"+string(rune('1'+i))+".ike")
+		sas[i], ikes[i] = filepath.Join(dir, fmt.Sprintf("gw-%d.sa", i+1)), filepath.Join(dir, fmt.Sprintf("gw-%d.ike", i+1))
 		must(t, os.WriteFile(sas[i], []byte("espep-sa 1\n"), 0o600))
 		must(t, os.WriteFile(ikes[i], []byte("espep-ike 1\n"), 0o600))
 	}
 	gws := handoffGateways(t, b, ns, dir, sas, []string{"--ike-keys", ikes[0]}, []string{"--ike-keys", ikes[1]})
-	s := &StrongSwan{Bed: b, Dir: dir, Left: ns["a"], Right: ns["b"], Linkem: gws[0], charon: map[string]*Proc{}}
-	must(t, s.StartCharon("aes128gcm16"))
+	s := startCharonsOnPaths(t, b, ns, dir, gws[0])
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go delegateIKE(ctx, t, s.CharonLog("left"), ikes[0]) // to gateway 1 only
