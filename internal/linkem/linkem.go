@@ -7,7 +7,7 @@
 // virtio_net_hdr before each (PACKET_VNET_HDR), so that the interfaces
 // may keep their offloads: a frame whose checksum the kernel left to the
 // NIC gets it completed, and a GSO/GRO super-frame is cut into the
-// segments the wire would have carried (offload.go), before anything
+// segments the wire would have carried (package offload), before anything
 // else sees them. Frames longer than the interface MTU after that are
 // counted as oversize.
 package linkem

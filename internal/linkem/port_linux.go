@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/espep/espep/internal/offload"
 	"golang.org/x/sys/unix"
 )
 
@@ -69,7 +70,7 @@ func openPort(name string) (*port, error) {
 // send must copy what it keeps (Bridge.sendOn does, for a link that
 // queues).
 func (p *port) readLoop(ctx context.Context, send func([]byte)) error {
-	buf := make([]byte, vnetHdrLen+65536+18)
+	buf := make([]byte, offload.HdrLen+65536+18)
 	scratch := make([]byte, 65536+18) // a super-frame's segments, one at a time
 	emit := func(f []byte) {
 		if len(f) > p.mtu+18 { // Ethernet header and one VLAN tag
@@ -90,12 +91,13 @@ func (p *port) readLoop(ctx context.Context, send func([]byte)) error {
 		}
 		p.c.rxFrames.Add(1)
 		p.c.rxBytes.Add(uint64(n))
-		h, err := parseVnetHdr(buf[:n])
+		h, err := offload.ParseHdr(buf[:n])
 		if err != nil {
 			p.c.offloadErrors.Add(1)
 			continue
 		}
-		csum, segs, err := finish(h, buf[vnetHdrLen:n], scratch, emit)
+		frame := buf[offload.HdrLen:n]
+		csum, segs, err := offload.Finish(h, frame, offload.EtherLen(frame), scratch, emit)
 		switch {
 		case err != nil:
 			p.c.offloadErrors.Add(1) // dropped: forwarded, the receiver would drop it
@@ -109,7 +111,7 @@ func (p *port) readLoop(ctx context.Context, send func([]byte)) error {
 }
 
 // noOffload is the virtio_net_hdr of a finished frame.
-var noOffload [vnetHdrLen]byte
+var noOffload [offload.HdrLen]byte
 
 func (p *port) write(f []byte) {
 	if _, err := unix.Writev(p.fd, [][]byte{noOffload[:], f}); err != nil {

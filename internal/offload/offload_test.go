@@ -1,4 +1,4 @@
-package linkem
+package offload
 
 import (
 	"bytes"
@@ -9,6 +9,9 @@ import (
 	"github.com/espep/espep/internal/packettest"
 	"github.com/espep/espep/ipsec/header"
 )
+
+// etherLen is an untagged Ethernet header's length.
+const etherLen = 14
 
 // ether puts an Ethernet header (IPv4 or IPv6 by the packet) before pkt.
 func ether(pkt []byte) []byte {
@@ -25,38 +28,50 @@ func ether(pkt []byte) []byte {
 
 // l4Valid reports whether a frame's TCP or UDP checksum verifies.
 func l4Valid(t *testing.T, f []byte) bool {
+	return l4ValidAt(t, f, etherLen)
+}
+
+// l4ValidAt is l4Valid for a frame with l2 bytes before its IP packet.
+func l4ValidAt(t *testing.T, f []byte, l2 int) bool {
 	t.Helper()
 	var ip header.Parsed
-	if err := header.Parse(f[etherLen:], &ip); err != nil {
+	if err := header.Parse(f[l2:], &ip); err != nil {
 		t.Fatal(err)
 	}
-	l4 := ip.Upper(f[etherLen:])
+	l4 := ip.Upper(f[l2:])
 	return header.Checksum(l4, header.PseudoHeaderSum(ip.Src.AsSlice(), ip.Dst.AsSlice(), ip.Proto, len(l4))) == 0xffff
 }
 
 // TestSegmentTCP: a GSO super-frame becomes the segments the sender's
 // stack would have put on the wire — IPv4 and IPv6, with TCP options —
 // each with its own lengths, identification, sequence number, flags and
-// whole checksums, and between them exactly the super-frame's payload.
+// whole checksums, and between them exactly the super-frame's payload;
+// in Ethernet frames (a packet socket's) and bare (a TUN device's).
 func TestSegmentTCP(t *testing.T) {
 	ts := []byte{header.TCPOptNop, header.TCPOptNop, header.TCPOptTimestamp, 10, 0, 0, 0, 1, 0, 0, 0, 2}
 	for _, tc := range []struct {
 		name     string
 		src, dst string
 		gso      uint8
-	}{{"v4", "10.0.0.1:5001", "10.0.0.2:80", gsoTCPv4}, {"v6", "[fd00::1]:5001", "[fd00::2]:80", gsoTCPv6}} {
+		l2       int
+	}{{"v4", "10.0.0.1:5001", "10.0.0.2:80", GSOTCPv4, etherLen}, {"v6", "[fd00::1]:5001", "[fd00::2]:80", GSOTCPv6, etherLen},
+		{"tun-v4", "10.0.0.1:5001", "10.0.0.2:80", GSOTCPv4, 0}, {"tun-v6", "[fd00::1]:5001", "[fd00::2]:80", GSOTCPv6, 0}} {
 		t.Run(tc.name, func(t *testing.T) {
+			etherLen := tc.l2
 			payload := make([]byte, 10000)
 			for i := range payload {
 				payload[i] = byte(i * 7)
 			}
 			src, dst := netip.MustParseAddrPort(tc.src), netip.MustParseAddrPort(tc.dst)
-			super := ether(packettest.Segment(src, dst, header.TCPAck|header.TCPPsh|header.TCPFin|header.TCPCwr, 1000, 1, 500, ts, payload))
-			if tc.gso == gsoTCPv4 {
+			super := packettest.Segment(src, dst, header.TCPAck|header.TCPPsh|header.TCPFin|header.TCPCwr, 1000, 1, 500, ts, payload)
+			if tc.l2 > 0 {
+				super = ether(super)
+			}
+			if tc.gso == GSOTCPv4 {
 				header.IPv4(super[etherLen:]).SetID(100)
 			}
 			var got [][]byte
-			_, n, err := finish(vnetHdr{gsoType: tc.gso | gsoECN, gsoSize: 1448, flags: vnetNeedsCsum}, super, nil,
+			_, n, err := Finish(Hdr{GSOType: tc.gso | GSOECN, GSOSize: 1448, Flags: NeedsCsum}, super, etherLen, nil,
 				func(f []byte) { got = append(got, append([]byte(nil), f...)) })
 			if err != nil || n != 7 || len(got) != 7 {
 				t.Fatalf("%d segments (%d emitted), err %v; want 7", n, len(got), err)
@@ -67,13 +82,13 @@ func TestSegmentTCP(t *testing.T) {
 				if err := header.Parse(f[etherLen:], &ip); err != nil || ip.Len != len(f)-etherLen {
 					t.Fatalf("segment %d: %v, length %d of %d", i, err, ip.Len, len(f)-etherLen)
 				}
-				if tc.gso == gsoTCPv4 {
+				if tc.gso == GSOTCPv4 {
 					h := header.IPv4(f[etherLen:])
 					if !h.ChecksumValid() || h.ID() != 100+uint16(i) {
 						t.Fatalf("segment %d: ipv4 checksum %v, id %d", i, h.ChecksumValid(), h.ID())
 					}
 				}
-				if !l4Valid(t, f) {
+				if !l4ValidAt(t, f, tc.l2) {
 					t.Fatalf("segment %d: bad tcp checksum", i)
 				}
 				tcp := header.TCP(ip.Upper(f[etherLen:]))
@@ -100,7 +115,7 @@ func TestSegmentUDP(t *testing.T) {
 	payload := bytes.Repeat([]byte("0123456789"), 350) // 3500 bytes: 1200+1200+1100
 	super := ether(packettest.UDP(netip.MustParseAddrPort("10.0.0.1:4500"), netip.MustParseAddrPort("10.0.0.2:4500"), payload))
 	var got [][]byte
-	if _, n, err := finish(vnetHdr{gsoType: gsoUDPL4, gsoSize: 1200}, super, nil, func(f []byte) { got = append(got, append([]byte(nil), f...)) }); err != nil || n != 3 {
+	if _, n, err := Finish(Hdr{GSOType: GSOUDPL4, GSOSize: 1200}, super, etherLen, nil, func(f []byte) { got = append(got, append([]byte(nil), f...)) }); err != nil || n != 3 {
 		t.Fatalf("%d datagrams, %v", n, err)
 	}
 	var joined []byte
@@ -128,43 +143,57 @@ func TestCompleteChecksum(t *testing.T) {
 	if l4Valid(t, f) {
 		t.Fatal("the partial checksum verifies: the test tests nothing")
 	}
-	csum, _, err := finish(vnetHdr{flags: vnetNeedsCsum, csumStart: etherLen + header.IPv4MinLen, csumOffset: 16}, f, nil, func([]byte) {})
+	csum, _, err := Finish(Hdr{Flags: NeedsCsum, CsumStart: etherLen + header.IPv4MinLen, CsumOffset: 16}, f, etherLen, nil, func([]byte) {})
 	if err != nil || !csum || !l4Valid(t, f) {
 		t.Fatalf("completed %v, err %v, valid %v", csum, err, l4Valid(t, f))
 	}
-	if _, _, err := finish(vnetHdr{flags: vnetNeedsCsum, csumStart: len(f), csumOffset: 16}, f, nil, func([]byte) {}); err == nil {
+	if _, _, err := Finish(Hdr{Flags: NeedsCsum, CsumStart: len(f), CsumOffset: 16}, f, etherLen, nil, func([]byte) {}); err == nil {
 		t.Fatal("a checksum outside the frame was accepted")
 	}
-	if _, _, err := finish(vnetHdr{gsoType: gsoUDP, gsoSize: 100}, f, nil, func([]byte) {}); err == nil {
+	if _, _, err := Finish(Hdr{GSOType: GSOUDP, GSOSize: 100}, f, etherLen, nil, func([]byte) {}); err == nil {
 		t.Fatal("UFO was accepted")
 	}
 }
 
 // FuzzFinish: any virtio_net_hdr and frame give frames or an error, never
-// a panic; every frame a super-frame became is a whole IP packet.
+// a panic; every frame a super-frame became is a whole IP packet. The
+// header's flag 0x80 (unused by the kernel) makes the frame a TUN
+// device's — an IP packet with no link-layer header — instead of an
+// Ethernet frame.
 func FuzzFinish(f *testing.F) {
 	src, dst := netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:80")
-	seg := ether(packettest.Segment(src, dst, header.TCPAck, 1, 1, 500, nil, make([]byte, 3000)))
-	for _, h := range [][]byte{{0, gsoTCPv4, 54, 0, 0xa8, 5, 0, 0, 0, 0}, {1, 0, 0, 0, 0, 0, 34, 0, 16, 0}, {0, gsoUDPL4, 0, 0, 100, 0, 0, 0, 0, 0},
-		{1, gsoTCPv6 | gsoECN, 0, 0, 1, 0, 255, 255, 255, 255}} {
+	bare := packettest.Segment(src, dst, header.TCPAck, 1, 1, 500, nil, make([]byte, 3000))
+	seg := ether(bare)
+	src6, dst6 := netip.MustParseAddrPort("[fd00::1]:5001"), netip.MustParseAddrPort("[fd00::2]:80")
+	bare6 := packettest.Segment(src6, dst6, header.TCPAck, 1, 1, 500, nil, make([]byte, 2000))
+	for _, h := range [][]byte{{0, GSOTCPv4, 54, 0, 0xa8, 5, 0, 0, 0, 0}, {1, 0, 0, 0, 0, 0, 34, 0, 16, 0}, {0, GSOUDPL4, 0, 0, 100, 0, 0, 0, 0, 0},
+		{1, GSOTCPv6 | GSOECN, 0, 0, 1, 0, 255, 255, 255, 255}} {
 		f.Add(append(h, seg...))
 	}
+	for _, h := range [][]byte{{0x80, GSOTCPv4, 40, 0, 0xa8, 5, 20, 0, 16, 0}, {0x81, 0, 0, 0, 0, 0, 20, 0, 16, 0}, {0x81, 0, 0, 0, 0, 0, 0xff, 0xff, 16, 0}} {
+		f.Add(append(h, bare...))
+	}
+	f.Add(append([]byte{0x81, GSOTCPv6, 60, 0, 0x90, 1, 40, 0, 16, 0}, bare6...))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		h, err := parseVnetHdr(b)
+		h, err := ParseHdr(b)
 		if err != nil {
 			return
 		}
-		frame := append([]byte(nil), b[vnetHdrLen:]...)
-		_, segs, err := finish(h, frame, nil, func(out []byte) {
-			if h.gsoType&^gsoECN == gsoNone {
+		l2 := etherLen
+		if h.Flags&0x80 != 0 {
+			l2 = 0
+		}
+		frame := append([]byte(nil), b[HdrLen:]...)
+		_, segs, err := Finish(h, frame, l2, nil, func(out []byte) {
+			if h.GSOType&^GSOECN == GSONone {
 				return
 			}
 			var ip header.Parsed
-			if e := header.Parse(out[etherLen:], &ip); e != nil || ip.Len != len(out)-etherLen {
+			if e := header.Parse(out[l2:], &ip); e != nil || ip.Len != len(out)-l2 {
 				t.Fatalf("a segment that is not a whole packet: %v", e)
 			}
 		})
-		if err == nil && segs > maxSegments {
+		if err == nil && segs > MaxSegments {
 			t.Fatalf("%d segments", segs)
 		}
 	})

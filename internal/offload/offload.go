@@ -1,4 +1,10 @@
-package linkem
+// Package offload finishes what a Linux device with its offloads left on
+// hands to user space (a packet socket with PACKET_VNET_HDR, a TUN device
+// with IFF_VNET_HDR): checksums only begun and GSO/GRO super-packets,
+// described by the virtio_net_hdr before each. It turns them into the
+// packets the wire would have carried. It does not coalesce (GRO) on the
+// way back: that is the TUN writer's job.
+package offload
 
 import (
 	"encoding/binary"
@@ -8,8 +14,8 @@ import (
 	"github.com/espep/espep/ipsec/header"
 )
 
-// Offloads. A NIC (or a veth) with its offloads left on hands a packet
-// socket frames the kernel has not finished: checksums only begun
+// A NIC (or a veth, or the stack routing into a TUN device) with its
+// offloads left on hands user space frames the kernel has not finished: checksums only begun
 // (CHECKSUM_PARTIAL: the field holds the pseudo-header sum, the rest is
 // the NIC's job), and GSO/GRO super-frames that carry many segments'
 // payload under one header. Forwarded as they are, the receiver drops
@@ -27,59 +33,63 @@ import (
 //	    u16 csum_offset;             where, from csum_start, the sum goes
 //	};
 
-// vnetHdrLen is the length of struct virtio_net_hdr.
-const vnetHdrLen = 10
+// HdrLen is the length of struct virtio_net_hdr.
+const HdrLen = 10
 
+// The header's flags and GSO types.
 const (
-	vnetNeedsCsum = 1
-	gsoNone       = 0
-	gsoTCPv4      = 1
-	gsoUDP        = 3 // UFO: IP fragmentation, which no current kernel produces
-	gsoTCPv6      = 4
-	gsoUDPL4      = 5
-	gsoECN        = 0x80
+	NeedsCsum = 1
+	GSONone   = 0
+	GSOTCPv4  = 1
+	GSOUDP    = 3 // UFO: IP fragmentation, which no current kernel produces
+	GSOTCPv6  = 4
+	GSOUDPL4  = 5
+	GSOECN    = 0x80
 )
 
-// vnetHdr is a parsed virtio_net_hdr.
-type vnetHdr struct {
-	flags, gsoType                         uint8
-	hdrLen, gsoSize, csumStart, csumOffset int
+// Hdr is a parsed virtio_net_hdr.
+type Hdr struct {
+	Flags, GSOType                         uint8
+	HdrLen, GSOSize, CsumStart, CsumOffset int
 }
 
-func parseVnetHdr(b []byte) (vnetHdr, error) {
-	if len(b) < vnetHdrLen {
-		return vnetHdr{}, fmt.Errorf("virtio_net_hdr: %d bytes: %w", len(b), header.ErrTruncated)
+// ParseHdr reads the virtio_net_hdr at the start of b.
+func ParseHdr(b []byte) (Hdr, error) {
+	if len(b) < HdrLen {
+		return Hdr{}, fmt.Errorf("virtio_net_hdr: %d bytes: %w", len(b), header.ErrTruncated)
 	}
-	return vnetHdr{flags: b[0], gsoType: b[1], hdrLen: int(binary.LittleEndian.Uint16(b[2:])),
-		gsoSize: int(binary.LittleEndian.Uint16(b[4:])), csumStart: int(binary.LittleEndian.Uint16(b[6:])),
-		csumOffset: int(binary.LittleEndian.Uint16(b[8:]))}, nil
+	return Hdr{Flags: b[0], GSOType: b[1], HdrLen: int(binary.LittleEndian.Uint16(b[2:])),
+		GSOSize: int(binary.LittleEndian.Uint16(b[4:])), CsumStart: int(binary.LittleEndian.Uint16(b[6:])),
+		CsumOffset: int(binary.LittleEndian.Uint16(b[8:]))}, nil
 }
 
-var errOffload = errors.New("offloaded frame")
+// ErrOffload is what a frame the package cannot finish is refused with.
+var ErrOffload = errors.New("offloaded frame")
 
-// finish turns frame — what a packet socket read after h — into the
-// frames the wire would carry, each handed to emit (in place where it
-// can, segments in scratch: emit must not keep its argument). It reports whether it
-// completed a checksum and how many segments a super-frame became (0:
-// none was).
-func finish(h vnetHdr, frame, scratch []byte, emit func([]byte)) (csum bool, segs int, err error) {
-	switch h.gsoType &^ gsoECN {
-	case gsoNone:
-		if h.flags&vnetNeedsCsum != 0 {
-			if err := completeChecksum(frame, h.csumStart, h.csumOffset); err != nil {
+// Finish turns frame — what a read gave after h: l2 bytes of link-layer
+// header (an Ethernet header; none from a TUN device), then an IP packet —
+// into the frames the wire would carry, each handed to emit (in place
+// where it can, segments in scratch: emit must not keep its argument).
+// It reports whether it completed a checksum and how many segments a
+// super-frame became (0: none was).
+func Finish(h Hdr, frame []byte, l2 int, scratch []byte, emit func([]byte)) (csum bool, segs int, err error) {
+	switch h.GSOType &^ GSOECN {
+	case GSONone:
+		if h.Flags&NeedsCsum != 0 {
+			if err := completeChecksum(frame, h.CsumStart, h.CsumOffset); err != nil {
 				return false, 0, err
 			}
 			csum = true
 		}
 		emit(frame)
 		return csum, 0, nil
-	case gsoTCPv4, gsoTCPv6, gsoUDPL4:
+	case GSOTCPv4, GSOTCPv6, GSOUDPL4:
 		// Every segment's checksum is computed whole: the partial one
 		// goes with the super-frame.
-		n, err := segment(frame, h.gsoSize, scratch, emit)
+		n, err := segment(frame, l2, h.GSOSize, scratch, emit)
 		return false, n, err
 	}
-	return false, 0, fmt.Errorf("gso type %d: %w", h.gsoType, errOffload)
+	return false, 0, fmt.Errorf("gso type %d: %w", h.GSOType, ErrOffload)
 }
 
 // completeChecksum finishes a CHECKSUM_PARTIAL frame: the one's
@@ -87,30 +97,24 @@ func finish(h vnetHdr, frame, scratch []byte, emit func([]byte)) (csum bool, seg
 // start+off holds the pseudo-header sum), folded, complemented, stored.
 func completeChecksum(frame []byte, start, off int) error {
 	if start < 0 || off < 0 || start+off+2 > len(frame) {
-		return fmt.Errorf("checksum at %d+%d outside a %d-byte frame: %w", start, off, len(frame), errOffload)
+		return fmt.Errorf("checksum at %d+%d outside a %d-byte frame: %w", start, off, len(frame), ErrOffload)
 	}
 	binary.BigEndian.PutUint16(frame[start+off:], ^header.Checksum(frame[start:], 0))
 	return nil
 }
 
-// frameHeaders finds the layers of an Ethernet frame carrying IP: the
-// Ethernet header's length (a VLAN tag included), and the IP packet's
-// parsed headers.
-func frameHeaders(frame []byte) (eth int, ip header.Parsed, err error) {
-	eth = etherLen
+// EtherLen is the length of the Ethernet header before an Ethernet
+// frame's payload: 14, or 18 with a VLAN tag.
+func EtherLen(frame []byte) int {
 	if len(frame) >= 18 && binary.BigEndian.Uint16(frame[12:]) == 0x8100 {
-		eth = 18
+		return 18
 	}
-	if len(frame) <= eth {
-		return 0, ip, fmt.Errorf("%d-byte frame: %w", len(frame), header.ErrTruncated)
-	}
-	err = header.Parse(frame[eth:], &ip)
-	return eth, ip, err
+	return 14
 }
 
-// maxSegments bounds what one super-frame may become (64 KB of 536-byte
+// MaxSegments bounds what one super-frame may become (64 KB of 536-byte
 // segments is 123).
-const maxSegments = 128
+const MaxSegments = 128
 
 // segment cuts a TCP or UDP super-frame into frames of at most mss
 // payload bytes each, with headers made as the sender's stack would have
@@ -118,13 +122,16 @@ const maxSegments = 128
 // numbers, FIN and PSH on the last segment only, CWR on the first only,
 // and every checksum whole. Each frame is built in scratch (or a buffer of
 // its own if scratch is too small) and valid only during its emit.
-func segment(frame []byte, mss int, scratch []byte, emit func([]byte)) (int, error) {
-	eth, ip, err := frameHeaders(frame)
-	if err != nil {
+func segment(frame []byte, eth, mss int, scratch []byte, emit func([]byte)) (int, error) {
+	if eth < 0 || len(frame) <= eth {
+		return 0, fmt.Errorf("%d-byte frame: %w", len(frame), header.ErrTruncated)
+	}
+	var ip header.Parsed
+	if err := header.Parse(frame[eth:], &ip); err != nil {
 		return 0, err
 	}
 	if ip.Fragment || ip.Proto != header.ProtoTCP && ip.Proto != header.ProtoUDP || mss <= 0 {
-		return 0, fmt.Errorf("gso of protocol %d (fragment %v, size %d): %w", ip.Proto, ip.Fragment, mss, errOffload)
+		return 0, fmt.Errorf("gso of protocol %d (fragment %v, size %d): %w", ip.Proto, ip.Fragment, mss, ErrOffload)
 	}
 	pkt := frame[eth : eth+ip.Len]
 	l4 := ip.L4
@@ -141,8 +148,8 @@ func segment(frame []byte, mss int, scratch []byte, emit func([]byte)) (int, err
 	hdrs := eth + l4 + hl
 	payload := frame[hdrs : eth+ip.Len]
 	n := (len(payload) + mss - 1) / mss
-	if n > maxSegments {
-		return 0, fmt.Errorf("%d segments: %w", n, errOffload)
+	if n > MaxSegments {
+		return 0, fmt.Errorf("%d segments: %w", n, ErrOffload)
 	}
 	if n <= 1 {
 		f := frame[:hdrs+len(payload)]
