@@ -76,7 +76,7 @@ func Finish(h Hdr, frame []byte, l2 int, scratch []byte, emit func([]byte)) (csu
 	switch h.GSOType &^ GSOECN {
 	case GSONone:
 		if h.Flags&NeedsCsum != 0 {
-			if err := completeChecksum(frame, h.CsumStart, h.CsumOffset); err != nil {
+			if err := CompleteChecksum(frame, h.CsumStart, h.CsumOffset); err != nil {
 				return false, 0, err
 			}
 			csum = true
@@ -92,10 +92,10 @@ func Finish(h Hdr, frame []byte, l2 int, scratch []byte, emit func([]byte)) (csu
 	return false, 0, fmt.Errorf("gso type %d: %w", h.GSOType, ErrOffload)
 }
 
-// completeChecksum finishes a CHECKSUM_PARTIAL frame: the one's
+// CompleteChecksum finishes a CHECKSUM_PARTIAL frame: the one's
 // complement sum from start to the end of the frame (the field at
 // start+off holds the pseudo-header sum), folded, complemented, stored.
-func completeChecksum(frame []byte, start, off int) error {
+func CompleteChecksum(frame []byte, start, off int) error {
 	if start < 0 || off < 0 || start+off+2 > len(frame) {
 		return fmt.Errorf("checksum at %d+%d outside a %d-byte frame: %w", start, off, len(frame), ErrOffload)
 	}
@@ -123,59 +123,121 @@ const MaxSegments = 128
 // and every checksum whole. Each frame is built in scratch (or a buffer of
 // its own if scratch is too small) and valid only during its emit.
 func segment(frame []byte, eth, mss int, scratch []byte, emit func([]byte)) (int, error) {
-	if eth < 0 || len(frame) <= eth {
-		return 0, fmt.Errorf("%d-byte frame: %w", len(frame), header.ErrTruncated)
-	}
-	var ip header.Parsed
-	if err := header.Parse(frame[eth:], &ip); err != nil {
+	c, err := cut(frame, eth, mss)
+	if err != nil {
 		return 0, err
 	}
-	if ip.Fragment || ip.Proto != header.ProtoTCP && ip.Proto != header.ProtoUDP || mss <= 0 {
-		return 0, fmt.Errorf("gso of protocol %d (fragment %v, size %d): %w", ip.Proto, ip.Fragment, mss, ErrOffload)
-	}
-	pkt := frame[eth : eth+ip.Len]
-	l4 := ip.L4
-	hl := header.UDPLen
-	if ip.Proto == header.ProtoTCP {
-		t, err := header.ParseTCP(pkt[l4:])
-		if err != nil {
-			return 0, err
-		}
-		hl = t.HeaderLen()
-	} else if len(pkt) < l4+hl {
-		return 0, fmt.Errorf("udp header: %w", header.ErrTruncated)
-	}
-	hdrs := eth + l4 + hl
-	payload := frame[hdrs : eth+ip.Len]
-	n := (len(payload) + mss - 1) / mss
-	if n > MaxSegments {
-		return 0, fmt.Errorf("%d segments: %w", n, ErrOffload)
-	}
-	if n <= 1 {
-		f := frame[:hdrs+len(payload)]
-		finishL4(f, eth, &ip)
+	if c.n <= 1 {
+		f := frame[:c.hdrs+len(c.payload)]
+		finishL4(f, eth, &c.ip)
 		emit(f)
 		return 1, nil
 	}
 	buf := scratch
-	if cap(buf) < hdrs+mss {
-		buf = make([]byte, hdrs+mss)
+	if cap(buf) < c.hdrs+mss {
+		buf = make([]byte, c.hdrs+mss)
 	}
-	buf = buf[:hdrs+mss]
+	for i := range c.n {
+		emit(c.build(buf, frame, eth, mss, i))
+	}
+	return c.n, nil
+}
+
+// SegmentInto is segment for a TUN device's super-packet (an IP packet,
+// no link-layer header) after h: segment i goes to bufs[i][off:], its
+// length to sizes[i]. It returns how many segments there are, or an error
+// (nothing usable written) if the packet cannot be cut or they do not
+// fit in bufs. pkt may be bufs[0][off:] itself — the reader's first
+// buffer, read into — because segment 0, whose headers every other
+// segment copies, is built last, where its payload already is.
+func SegmentInto(h Hdr, pkt []byte, bufs [][]byte, off int, sizes []int) (int, error) {
+	switch h.GSOType &^ GSOECN {
+	case GSOTCPv4, GSOTCPv6, GSOUDPL4:
+	default:
+		return 0, fmt.Errorf("gso type %d: %w", h.GSOType, ErrOffload)
+	}
+	c, err := cut(pkt, 0, h.GSOSize)
+	if err != nil {
+		return 0, err
+	}
+	n := max(c.n, 1) // a super-packet without payload is its headers
+	if n > len(bufs) || n > len(sizes) {
+		return 0, fmt.Errorf("%d segments for %d buffers: %w", n, min(len(bufs), len(sizes)), ErrOffload)
+	}
 	for i := range n {
-		chunk := payload[i*mss : min((i+1)*mss, len(payload))]
-		f := buf[:hdrs+len(chunk)]
-		copy(f, frame[:hdrs])
-		copy(f[hdrs:], chunk)
-		fixLengths(f, eth, &ip, i, i == 0, i == n-1)
-		if ip.Proto == header.ProtoTCP {
-			t := header.TCP(f[eth+l4:])
-			t.SetSeq(t.Seq() + uint32(i*mss))
+		if need := off + c.hdrs + min(h.GSOSize, len(c.payload)-i*h.GSOSize); len(bufs[i]) < need {
+			return 0, fmt.Errorf("segment %d: %d bytes for %d: %w", i, len(bufs[i]), need, ErrOffload)
 		}
-		finishL4(f, eth, &ip)
-		emit(f)
 	}
-	return n, nil
+	if n == 1 {
+		f := pkt[:c.hdrs+len(c.payload)]
+		finishL4(f, 0, &c.ip)
+		sizes[0] = copy(bufs[0][off:], f)
+		return 1, nil
+	}
+	for i := c.n - 1; i >= 0; i-- {
+		sizes[i] = len(c.build(bufs[i][off:], pkt, 0, h.GSOSize, i))
+	}
+	return c.n, nil
+}
+
+// cutting is a super-frame's layout: its parsed IP headers, the length
+// of all headers before the payload, the payload, and how many segments
+// of the size asked it makes.
+type cutting struct {
+	ip      header.Parsed
+	hdrs, n int
+	payload []byte
+}
+
+// cut checks a super-frame (eth bytes of link-layer header first) and
+// lays it out in segments of mss payload bytes.
+func cut(frame []byte, eth, mss int) (cutting, error) {
+	var c cutting
+	if eth < 0 || len(frame) <= eth {
+		return c, fmt.Errorf("%d-byte frame: %w", len(frame), header.ErrTruncated)
+	}
+	if err := header.Parse(frame[eth:], &c.ip); err != nil {
+		return c, err
+	}
+	ip := &c.ip
+	if ip.Fragment || ip.Proto != header.ProtoTCP && ip.Proto != header.ProtoUDP || mss <= 0 {
+		return c, fmt.Errorf("gso of protocol %d (fragment %v, size %d): %w", ip.Proto, ip.Fragment, mss, ErrOffload)
+	}
+	pkt := frame[eth : eth+ip.Len]
+	hl := header.UDPLen
+	if ip.Proto == header.ProtoTCP {
+		t, err := header.ParseTCP(pkt[ip.L4:])
+		if err != nil {
+			return c, err
+		}
+		hl = t.HeaderLen()
+	} else if len(pkt) < ip.L4+hl {
+		return c, fmt.Errorf("udp header: %w", header.ErrTruncated)
+	}
+	c.hdrs = eth + ip.L4 + hl
+	c.payload = frame[c.hdrs : eth+ip.Len]
+	c.n = (len(c.payload) + mss - 1) / mss
+	if c.n > MaxSegments {
+		return c, fmt.Errorf("%d segments: %w", c.n, ErrOffload)
+	}
+	return c, nil
+}
+
+// build makes segment i of frame in buf (which has room for the headers
+// and mss bytes) and returns it.
+func (c *cutting) build(buf, frame []byte, eth, mss, i int) []byte {
+	chunk := c.payload[i*mss : min((i+1)*mss, len(c.payload))]
+	f := buf[:c.hdrs+len(chunk)]
+	copy(f, frame[:c.hdrs])
+	copy(f[c.hdrs:], chunk)
+	fixLengths(f, eth, &c.ip, i, i == 0, i == c.n-1)
+	if c.ip.Proto == header.ProtoTCP {
+		t := header.TCP(f[eth+c.ip.L4:])
+		t.SetSeq(t.Seq() + uint32(i*mss))
+	}
+	finishL4(f, eth, &c.ip)
+	return f
 }
 
 // fixLengths makes frame f (segment i of a super-frame whose headers ip

@@ -3,6 +3,7 @@ package offload
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"testing"
 
@@ -195,6 +196,125 @@ func FuzzFinish(f *testing.F) {
 		})
 		if err == nil && segs > MaxSegments {
 			t.Fatalf("%d segments", segs)
+		}
+	})
+}
+
+// segmentsOf is what Finish emits for a bare IP super-packet.
+func segmentsOf(h Hdr, pkt []byte) ([][]byte, error) {
+	var got [][]byte
+	_, _, err := Finish(h, append([]byte(nil), pkt...), 0, nil, func(f []byte) { got = append(got, append([]byte(nil), f...)) })
+	return got, err
+}
+
+// intoBufs runs SegmentInto with n buffers of size bytes after off; in
+// place, with pkt read into the first buffer (which is then made large
+// enough for it), as a TUN reader does.
+func intoBufs(h Hdr, pkt []byte, n, size, off int, inPlace bool) ([][]byte, error) {
+	bufs, sizes := make([][]byte, n), make([]int, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, off+size)
+	}
+	src := append([]byte(nil), pkt...)
+	if inPlace && n > 0 {
+		if len(pkt) > size {
+			bufs[0] = make([]byte, off+len(pkt))
+		}
+		src = bufs[0][off : off+copy(bufs[0][off:], pkt)]
+	}
+	k, err := SegmentInto(h, src, bufs, off, sizes)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, k)
+	for i := range out {
+		out[i] = bufs[i][off : off+sizes[i]]
+	}
+	return out, nil
+}
+
+// TestSegmentInto: a TUN device's super-packet cut into the reader's
+// buffers is, segment for segment, what Finish emits; buffers too few or
+// too small are an error, not a short segment.
+func TestSegmentInto(t *testing.T) {
+	src, dst := netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:80")
+	src6, dst6 := netip.MustParseAddrPort("[fd00::1]:5001"), netip.MustParseAddrPort("[fd00::2]:80")
+	for _, tc := range []struct {
+		name string
+		h    Hdr
+		pkt  []byte
+		segs int
+	}{
+		{"tcp4", Hdr{GSOType: GSOTCPv4, GSOSize: 1448}, packettest.Segment(src, dst, header.TCPAck|header.TCPPsh, 1, 1, 500, nil, make([]byte, 5000)), 4},
+		{"tcp6", Hdr{GSOType: GSOTCPv6, GSOSize: 1000}, packettest.Segment(src6, dst6, header.TCPAck, 1, 1, 500, nil, make([]byte, 3000)), 3},
+		{"one", Hdr{GSOType: GSOTCPv4, GSOSize: 1448}, packettest.Segment(src, dst, header.TCPAck, 1, 1, 500, nil, make([]byte, 100)), 1},
+		{"empty", Hdr{GSOType: GSOTCPv4, GSOSize: 1448}, packettest.Segment(src, dst, header.TCPAck, 1, 1, 500, nil, nil), 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want, err := segmentsOf(tc.h, tc.pkt)
+			if err != nil || len(want) != tc.segs {
+				t.Fatalf("Finish: %d segments, %v", len(want), err)
+			}
+			for _, inPlace := range []bool{false, true} {
+				got, err := intoBufs(tc.h, tc.pkt, 8, 1600, 16, inPlace)
+				if err != nil || len(got) != len(want) {
+					t.Fatalf("SegmentInto (in place %v): %d segments, %v; want %d", inPlace, len(got), err, len(want))
+				}
+				for i := range got {
+					if !bytes.Equal(got[i], want[i]) {
+						t.Fatalf("segment %d (in place %v) differs from Finish's", i, inPlace)
+					}
+					if !l4ValidAt(t, got[i], 0) {
+						t.Fatalf("segment %d: bad checksum", i)
+					}
+				}
+			}
+			if tc.segs > 1 {
+				if _, err := intoBufs(tc.h, tc.pkt, tc.segs-1, 1600, 16, false); !errors.Is(err, ErrOffload) {
+					t.Fatalf("too few buffers: %v", err)
+				}
+			}
+			if _, err := intoBufs(tc.h, tc.pkt, 8, 30, 16, false); !errors.Is(err, ErrOffload) {
+				t.Fatalf("buffers too small: %v", err)
+			}
+		})
+	}
+	if _, err := intoBufs(Hdr{}, packettest.Segment(src, dst, header.TCPAck, 1, 1, 500, nil, nil), 8, 1600, 16, false); !errors.Is(err, ErrOffload) {
+		t.Fatalf("no GSO: %v", err)
+	}
+}
+
+// FuzzSegmentInto: for any header and packet, SegmentInto fails or gives
+// exactly the segments Finish emits for a bare IP frame, whether it cuts
+// from a copy or in place.
+func FuzzSegmentInto(f *testing.F) {
+	src, dst := netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:80")
+	src6, dst6 := netip.MustParseAddrPort("[fd00::1]:5001"), netip.MustParseAddrPort("[fd00::2]:80")
+	f.Add([]byte{0, GSOTCPv4, 40, 0, 0xa8, 5, 20, 0, 16, 0}, packettest.Segment(src, dst, header.TCPAck, 1, 1, 500, nil, make([]byte, 3000)))
+	f.Add([]byte{1, GSOTCPv6 | GSOECN, 60, 0, 0x10, 0, 40, 0, 16, 0}, packettest.Segment(src6, dst6, header.TCPFin, 1, 1, 500, nil, make([]byte, 200)))
+	f.Add([]byte{0, GSOUDPL4, 0, 0, 100, 0, 0, 0, 0, 0}, packettest.Segment(src, dst, header.TCPAck, 1, 1, 500, nil, make([]byte, 1000)))
+	f.Add([]byte{0, GSOTCPv4, 0, 0, 1, 0, 0, 0, 0, 0}, packettest.Segment(src, dst, header.TCPAck, 1, 1, 500, nil, make([]byte, 130)))
+	f.Fuzz(func(t *testing.T, hb, pkt []byte) {
+		h, err := ParseHdr(hb)
+		if err != nil {
+			return
+		}
+		got, err := intoBufs(h, pkt, MaxSegments, 9000, 16, false)
+		inPlace, errInPlace := intoBufs(h, pkt, MaxSegments, 9000, 16, true)
+		if (err == nil) != (errInPlace == nil) {
+			t.Fatalf("in place: %v; from a copy: %v", errInPlace, err)
+		}
+		if err != nil {
+			return
+		}
+		want, err := segmentsOf(h, pkt)
+		if err != nil || len(want) != len(got) || len(inPlace) != len(got) {
+			t.Fatalf("SegmentInto gave %d segments (%d in place), Finish %d (%v)", len(got), len(inPlace), len(want), err)
+		}
+		for i := range got {
+			if !bytes.Equal(got[i], want[i]) || !bytes.Equal(inPlace[i], want[i]) {
+				t.Fatalf("segment %d differs", i)
+			}
 		}
 	})
 }
