@@ -273,7 +273,11 @@ func fixLengths(f []byte, eth int, ip *header.Parsed, i int, first, last bool) {
 func finishL4(f []byte, eth int, ip *header.Parsed) {
 	pkt := f[eth:]
 	l4 := pkt[ip.L4:]
-	src, dst := ip.Src.AsSlice(), ip.Dst.AsSlice()
+	// The addresses from the header itself (netip's AsSlice allocates).
+	src, dst := pkt[12:16], pkt[16:20]
+	if ip.Version == 6 {
+		src, dst = pkt[8:24], pkt[24:40]
+	}
 	sum := header.PseudoHeaderSum(src, dst, ip.Proto, len(l4))
 	if ip.Proto == header.ProtoTCP {
 		l4[16], l4[17] = 0, 0

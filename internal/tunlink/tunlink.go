@@ -45,6 +45,14 @@ type Stats struct {
 	Read, Written, WriteErrors [2]uint64
 	Writes                     [2]uint64 // Write calls (batches)
 	Reads                      [2]uint64 // Read calls
+	Unfinished                 [2]uint64 // read, but their offloads could not be finished: dropped
+}
+
+// packetIO is how the link reads and writes a device's packets: the
+// device's own methods, or on Linux its own system calls (rawio_linux.go).
+type packetIO interface {
+	Read(bufs [][]byte, sizes []int, offset int) (int, error)
+	Write(bufs [][]byte, offset int) (int, error)
 }
 
 // Link is the two devices and the processor between them.
@@ -59,6 +67,7 @@ type Stats struct {
 type Link struct {
 	names [2]string
 	dev   [2]tun.Device
+	io    [2]packetIO
 	proc  Processor
 	log   *slog.Logger
 
@@ -95,6 +104,7 @@ func Open(wire, radio string, mk func(out func(to engine.Side, pkt []byte)) (Pro
 			return nil, fmt.Errorf("tunlink: tun %s: %w", name, err)
 		}
 		l.dev[side] = d
+		l.io[side] = newIO(d)
 	}
 	p, err := mk(l.send)
 	if err != nil {
@@ -149,7 +159,7 @@ func (l *Link) writeLocked(to engine.Side) {
 		return
 	}
 	n := len(b.bufs)
-	if _, err := l.dev[to].Write(b.bufs, headroom); err != nil {
+	if _, err := l.io[to].Write(b.bufs, headroom); err != nil {
 		l.werr[to].Add(uint64(n))
 	} else {
 		l.written[to].Add(uint64(n))
@@ -180,14 +190,14 @@ func (l *Link) Run(ctx context.Context) error {
 }
 
 func (l *Link) readLoop(side engine.Side) error {
-	d := l.dev[side]
+	d, io := l.dev[side], l.io[side]
 	n := d.BatchSize()
 	bufs, sizes := make([][]byte, n), make([]int, n)
 	for i := range bufs {
 		bufs[i] = make([]byte, headroom+65536)
 	}
 	for {
-		cnt, err := d.Read(bufs, sizes, headroom)
+		cnt, err := io.Read(bufs, sizes, headroom)
 		l.active.Add(1)
 		if bp, ok := l.proc.(batchProcessor); ok {
 			for i := range cnt {
@@ -236,7 +246,7 @@ func (s Stats) Summary() string {
 		if i > 0 {
 			b.WriteString("; ")
 		}
-		fmt.Fprintf(&b, "%s read %d in %d reads, wrote %d in %d writes, %d write errors", name, s.Read[i], s.Reads[i], s.Written[i], s.Writes[i], s.WriteErrors[i])
+		fmt.Fprintf(&b, "%s read %d in %d reads, wrote %d in %d writes, %d write errors, %d unfinished", name, s.Read[i], s.Reads[i], s.Written[i], s.Writes[i], s.WriteErrors[i], s.Unfinished[i])
 	}
 	return b.String()
 }
@@ -247,6 +257,9 @@ func (l *Link) Stats() Stats {
 	for i := range 2 {
 		s.Read[i], s.Written[i], s.WriteErrors[i], s.Writes[i] = l.read[i].Load(), l.written[i].Load(), l.werr[i].Load(), l.writes[i].Load()
 		s.Reads[i] = l.reads[i].Load()
+		if d, ok := l.io[i].(interface{ Dropped() uint64 }); ok {
+			s.Unfinished[i] = d.Dropped()
+		}
 	}
 	return s
 }

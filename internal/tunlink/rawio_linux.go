@@ -1,0 +1,169 @@
+package tunlink
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"github.com/espep/espep/internal/offload"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// Why the link makes a device's system calls itself.
+//
+// At a radio's rate a TUN device carries a packet (an ACK, mostly) every
+// few hundred microseconds, each its own read. The Go runtime wraps an
+// ordinary system call in entersyscall/exitsyscall, and entersyscall wakes
+// the runtime's monitor thread (sysmon) whenever every P was idle — which,
+// between such packets, they always are; sysmon then polls every 20 µs
+// until they are idle again. Measured through the gateway at 20 Mbit/s,
+// that and the scheduler's hand-offs around it were a sixth of its CPU.
+// A read or write on a non-blocking TUN descriptor returns at once (EAGAIN
+// when there is nothing), so it is made with RawSyscall, outside the
+// runtime's bookkeeping, and the wait for readability is the runtime
+// poller's (syscall.RawConn), as before. What the virtio_net_hdr asks is
+// done by package offload: a checksum completed, a GSO super-packet cut
+// into segments. Batches of more than one packet are still written by the
+// device (wireguard-go), whose GRO coalesces a flow's segments into one
+// write — at full rate that saves far more than the system call costs.
+
+// rawIO is one device's packet I/O with the device's virtio_net_hdr on
+// (tun.Device.BatchSize > 1). One goroutine reads and one at a time
+// writes (the side's batch lock), so each direction's call state is its
+// own and needs no lock.
+type rawIO struct {
+	dev         packetIO // writes batches
+	read, write rawOp
+	bad         atomic.Uint64 // packets read that could not be finished, dropped
+}
+
+// newIO returns the I/O for d: rawIO when d has its virtio header on and
+// a descriptor the runtime polls, else d itself.
+func newIO(d tun.Device) packetIO {
+	if d.BatchSize() <= 1 || d.File() == nil {
+		return d
+	}
+	r, err := newRawIO(d, d.File())
+	if err != nil {
+		return d
+	}
+	return r
+}
+
+// newRawIO does d's I/O on f, its descriptor (non-blocking, polled by the
+// runtime); batches of more than one packet are written by d.
+func newRawIO(d packetIO, f *os.File) (*rawIO, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("tunlink: %w", err)
+	}
+	r := &rawIO{dev: d}
+	r.read = rawOp{rc: rc, trap: syscall.SYS_READ}
+	r.write = rawOp{rc: rc, trap: syscall.SYS_WRITE}
+	r.read.fn, r.write.fn = r.read.call, r.write.call // bound once: no allocation per call
+	return r, nil
+}
+
+// Read reads one packet or super-packet into bufs[0] (its virtio header
+// in the offset before it: offset must be at least offload.HdrLen) and
+// gives the packets it carries in bufs, as tun.Device.Read does. A packet
+// that cannot be finished is counted and dropped (0 packets, no error):
+// it would not be a reason to stop reading.
+func (r *rawIO) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if offset < offload.HdrLen || len(bufs) == 0 || len(sizes) < len(bufs) {
+		return 0, fmt.Errorf("tunlink: read with offset %d into %d buffers", offset, len(bufs))
+	}
+	n, err := r.read.do(bufs[0][offset-offload.HdrLen:])
+	if err != nil {
+		return 0, err
+	}
+	h, err := offload.ParseHdr(bufs[0][offset-offload.HdrLen : offset-offload.HdrLen+n])
+	if err != nil {
+		r.bad.Add(1)
+		return 0, nil
+	}
+	pkt := bufs[0][offset : offset-offload.HdrLen+n]
+	if h.GSOType&^offload.GSOECN == offload.GSONone {
+		if h.Flags&offload.NeedsCsum != 0 && offload.CompleteChecksum(pkt, h.CsumStart, h.CsumOffset) != nil {
+			r.bad.Add(1)
+			return 0, nil
+		}
+		sizes[0] = len(pkt)
+		return 1, nil
+	}
+	k, err := offload.SegmentInto(h, pkt, bufs, offset, sizes)
+	if err != nil {
+		r.bad.Add(1)
+		return 0, nil
+	}
+	return k, nil
+}
+
+// Write writes one packet itself, after a virtio header that asks
+// nothing; more go to the device, which coalesces them.
+func (r *rawIO) Write(bufs [][]byte, offset int) (int, error) {
+	if len(bufs) != 1 || offset < offload.HdrLen {
+		return r.dev.Write(bufs, offset)
+	}
+	b := bufs[0][offset-offload.HdrLen:]
+	clear(b[:offload.HdrLen])
+	if _, err := r.write.do(b); err != nil {
+		return 0, err
+	}
+	return 1, nil
+}
+
+// Dropped is how many packets read could not be finished.
+func (r *rawIO) Dropped() uint64 { return r.bad.Load() }
+
+// rawOp is one direction's system call on the descriptor: its argument
+// and results live here so that the function the runtime poller calls
+// is made once.
+type rawOp struct {
+	rc    syscall.RawConn
+	trap  uintptr
+	fn    func(fd uintptr) bool
+	p     []byte
+	n     int
+	errno syscall.Errno
+}
+
+// call makes the system call; false (wait for the descriptor) on EAGAIN.
+func (o *rawOp) call(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(o.trap, fd, uintptr(unsafe.Pointer(unsafe.SliceData(o.p))), uintptr(len(o.p)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		o.n, o.errno = int(r), e
+		return true
+	}
+}
+
+// do reads into p or writes p, waiting in the runtime's poller while
+// the descriptor is not ready. A closed device (the poller's error, or
+// EBADFD once the device is gone) is os.ErrClosed.
+func (o *rawOp) do(p []byte) (int, error) {
+	o.p = p
+	var err error
+	if o.trap == syscall.SYS_READ {
+		err = o.rc.Read(o.fn)
+	} else {
+		err = o.rc.Write(o.fn)
+	}
+	o.p = nil
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("tunlink: %w (%v)", os.ErrClosed, err)
+	case o.errno == syscall.EBADFD:
+		return 0, os.ErrClosed
+	case o.errno != 0:
+		return 0, o.errno
+	}
+	return o.n, nil
+}

@@ -1,0 +1,199 @@
+package tunlink
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/espep/espep/internal/offload"
+	"github.com/espep/espep/internal/packettest"
+	"github.com/espep/espep/ipsec/header"
+	"golang.org/x/sys/unix"
+)
+
+// seqpacket is a stand-in for a TUN descriptor that needs no root: a unix
+// SOCK_SEQPACKET pair keeps each write one message, as the device keeps
+// each packet. dev is rawIO's end (non-blocking, runtime-polled), peer
+// the kernel's.
+func seqpacket(t *testing.T) (dev *os.File, peer int) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		t.Fatal(err)
+	}
+	dev = os.NewFile(uintptr(fds[0]), "seqpacket")
+	t.Cleanup(func() { dev.Close(); unix.Close(fds[1]) })
+	return dev, fds[1]
+}
+
+// batchRecorder stands for the device's own Write (batches).
+type batchRecorder struct{ batches int }
+
+func (b *batchRecorder) Read([][]byte, []int, int) (int, error) { return 0, errors.New("unused") }
+func (b *batchRecorder) Write(bufs [][]byte, _ int) (int, error) {
+	b.batches++
+	return len(bufs), nil
+}
+
+func readBufs() ([][]byte, []int) {
+	bufs, sizes := make([][]byte, offload.MaxSegments), make([]int, offload.MaxSegments)
+	for i := range bufs {
+		bufs[i] = make([]byte, headroom+65536)
+	}
+	return bufs, sizes
+}
+
+// TestRawIO: what the kernel hands a TUN descriptor with its virtio
+// header on — a finished packet, one whose checksum it left to us, a GSO
+// super-packet, garbage — is read as the wire's packets (the super-packet
+// as exactly the segments package offload makes), garbage counted and
+// dropped; one packet is written with a virtio header that asks nothing,
+// several go to the device; a read waits in the poller for a packet; and
+// a closed descriptor ends the reader with os.ErrClosed.
+func TestRawIO(t *testing.T) {
+	f, peer := seqpacket(t)
+	rec := &batchRecorder{}
+	r, err := newRawIO(rec, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bufs, sizes := readBufs()
+	src, dst := netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:80")
+	whole := packettest.Segment(src, dst, header.TCPAck, 7, 1, 500, nil, make([]byte, 100))
+
+	// A finished packet, as it is.
+	send := func(h []byte, pkt []byte) {
+		t.Helper()
+		if _, err := unix.Write(peer, append(append([]byte(nil), h...), pkt...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var none [offload.HdrLen]byte
+	send(none[:], whole)
+	if n, err := r.Read(bufs, sizes, headroom); err != nil || n != 1 || !bytes.Equal(bufs[0][headroom:headroom+sizes[0]], whole) {
+		t.Fatalf("finished packet: %d, %v", n, err)
+	}
+
+	// Checksum left to us: the field holds the pseudo-header sum only.
+	partial := append([]byte(nil), whole...)
+	tcp := partial[header.IPv4MinLen:]
+	tcp[16], tcp[17] = 0, 0
+	ps := ^header.Checksum(nil, header.PseudoHeaderSum(src.Addr().AsSlice(), dst.Addr().AsSlice(), header.ProtoTCP, len(tcp)))
+	tcp[16], tcp[17] = byte(^ps>>8), byte(^ps)
+	send([]byte{offload.NeedsCsum, 0, 0, 0, 0, 0, header.IPv4MinLen, 0, 16, 0}, partial)
+	if n, err := r.Read(bufs, sizes, headroom); err != nil || n != 1 || !bytes.Equal(bufs[0][headroom:headroom+sizes[0]], whole) {
+		t.Fatalf("partial checksum: %d, %v; the packet is not the finished one", n, err)
+	}
+
+	// A super-packet: the segments offload makes, in order.
+	super := packettest.Segment(src, dst, header.TCPAck|header.TCPPsh, 1000, 1, 500, nil, bytes.Repeat([]byte("espep"), 2000))
+	h := offload.Hdr{GSOType: offload.GSOTCPv4, GSOSize: 1448}
+	var want [][]byte
+	if _, _, err := offload.Finish(h, append([]byte(nil), super...), 0, nil, func(p []byte) { want = append(want, append([]byte(nil), p...)) }); err != nil {
+		t.Fatal(err)
+	}
+	send([]byte{0, offload.GSOTCPv4, 0, 0, 1448 & 0xff, 1448 >> 8, 0, 0, 0, 0}, super)
+	n, err := r.Read(bufs, sizes, headroom)
+	if err != nil || n != len(want) || n != 7 {
+		t.Fatalf("super-packet: %d packets, %v; want %d", n, err, len(want))
+	}
+	for i := range n {
+		if !bytes.Equal(bufs[i][headroom:headroom+sizes[i]], want[i]) {
+			t.Fatalf("segment %d differs from offload's", i)
+		}
+	}
+
+	// Garbage: counted, dropped, not an error.
+	send([]byte{0, 0x42}, nil)
+	send([]byte{0, offload.GSOTCPv4, 0, 0, 0, 0, 0, 0, 0, 0}, []byte{0x45, 1, 2})
+	for range 2 {
+		if n, err := r.Read(bufs, sizes, headroom); err != nil || n != 0 {
+			t.Fatalf("garbage: %d packets, %v", n, err)
+		}
+	}
+	if r.Dropped() != 2 {
+		t.Fatalf("%d dropped, want 2", r.Dropped())
+	}
+
+	// One packet written by rawIO, after an empty virtio header.
+	out := make([]byte, headroom+len(whole))
+	copy(out[headroom:], whole)
+	if _, err := r.Write([][]byte{out}, headroom); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 2000)
+	m, err := unix.Read(peer, got)
+	if err != nil || m != offload.HdrLen+len(whole) || !bytes.Equal(got[:offload.HdrLen], none[:]) || !bytes.Equal(got[offload.HdrLen:m], whole) {
+		t.Fatalf("written: %d bytes, %v", m, err)
+	}
+	if _, err := r.Write([][]byte{out, out}, headroom); err != nil || rec.batches != 1 {
+		t.Fatalf("a batch of two went to the device %d times (%v)", rec.batches, err)
+	}
+
+	// A read with nothing there waits in the poller.
+	done := make(chan int)
+	go func() {
+		n, _ := r.Read(bufs, sizes, headroom)
+		done <- n
+	}()
+	select {
+	case n := <-done:
+		t.Fatalf("read returned %d with nothing to read", n)
+	case <-time.After(50 * time.Millisecond):
+	}
+	send(none[:], whole)
+	if n := <-done; n != 1 {
+		t.Fatalf("woken read: %d packets", n)
+	}
+
+	// Closed.
+	go func() {
+		_, err := r.Read(bufs, sizes, headroom)
+		done <- map[bool]int{true: 1}[errors.Is(err, os.ErrClosed)]
+	}()
+	time.Sleep(20 * time.Millisecond)
+	f.Close()
+	if <-done != 1 {
+		t.Fatal("the read on a closed descriptor did not end with os.ErrClosed")
+	}
+}
+
+// TestRawIOZeroAllocs: reading a packet, a super-packet, and writing one
+// allocate nothing.
+func TestRawIOZeroAllocs(t *testing.T) {
+	f, peer := seqpacket(t)
+	r, err := newRawIO(&batchRecorder{}, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bufs, sizes := readBufs()
+	src, dst := netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:80")
+	pkt := append(make([]byte, offload.HdrLen), packettest.Segment(src, dst, header.TCPAck, 7, 1, 500, nil, make([]byte, 1400))...)
+	super := append([]byte{0, offload.GSOTCPv4, 0, 0, 1448 & 0xff, 1448 >> 8, 0, 0, 0, 0},
+		packettest.Segment(src, dst, header.TCPAck, 7, 1, 500, nil, make([]byte, 20000))...)
+	out := [][]byte{make([]byte, headroom+1400)}
+	sink := make([]byte, 70000)
+	allocs := testing.AllocsPerRun(200, func() {
+		unix.Write(peer, pkt)
+		unix.Write(peer, super)
+		if n, err := r.Read(bufs, sizes, headroom); n != 1 || err != nil {
+			t.Fatalf("read %d, %v", n, err)
+		}
+		if n, err := r.Read(bufs, sizes, headroom); n != 14 || err != nil {
+			t.Fatalf("read super %d, %v", n, err)
+		}
+		if _, err := r.Write(out, headroom); err != nil {
+			t.Fatal(err)
+		}
+		unix.Read(peer, sink)
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per round", allocs)
+	}
+}
