@@ -23,20 +23,21 @@ import (
 // A read or write on a non-blocking TUN descriptor returns at once (EAGAIN
 // when there is nothing), so it is made with RawSyscall, outside the
 // runtime's bookkeeping, and the wait for readability is the runtime
-// poller's (syscall.RawConn), as before. What the virtio_net_hdr asks is
-// done by package offload: a checksum completed, a GSO super-packet cut
-// into segments. Batches of more than one packet are still written by the
-// device (wireguard-go), whose GRO coalesces a flow's segments into one
-// write — at full rate that saves far more than the system call costs.
+// poller's (syscall.RawConn), as before. Package offload does what the
+// virtio_net_hdr asks of a read (a checksum completed, a GSO super-packet
+// cut into segments) and, for a batch written, coalesces each flow's
+// segments into one super-packet (GRO), as wireguard-go's device did: at
+// full rate that makes a write of dozens of packets cost about one.
 
 // rawIO is one device's packet I/O with the device's virtio_net_hdr on
 // (tun.Device.BatchSize > 1). One goroutine reads and one at a time
 // writes (the side's batch lock), so each direction's call state is its
 // own and needs no lock.
 type rawIO struct {
-	dev         packetIO // writes batches
 	read, write rawOp
-	bad         atomic.Uint64 // packets read that could not be finished, dropped
+	gro         offload.Coalescer // the writer's
+	out         []int             // the writer's: what Coalesce says to write
+	bad         atomic.Uint64     // packets read that could not be finished, dropped
 }
 
 // newIO returns the I/O for d: rawIO when d has its virtio header on and
@@ -45,21 +46,21 @@ func newIO(d tun.Device) packetIO {
 	if d.BatchSize() <= 1 || d.File() == nil {
 		return d
 	}
-	r, err := newRawIO(d, d.File())
+	r, err := newRawIO(d.File())
 	if err != nil {
 		return d
 	}
 	return r
 }
 
-// newRawIO does d's I/O on f, its descriptor (non-blocking, polled by the
-// runtime); batches of more than one packet are written by d.
-func newRawIO(d packetIO, f *os.File) (*rawIO, error) {
+// newRawIO does the I/O of the TUN device whose descriptor (non-blocking,
+// polled by the runtime) is f.
+func newRawIO(f *os.File) (*rawIO, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("tunlink: %w", err)
 	}
-	r := &rawIO{dev: d}
+	r := &rawIO{}
 	r.read = rawOp{rc: rc, trap: syscall.SYS_READ}
 	r.write = rawOp{rc: rc, trap: syscall.SYS_WRITE}
 	r.read.fn, r.write.fn = r.read.call, r.write.call // bound once: no allocation per call
@@ -101,18 +102,28 @@ func (r *rawIO) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return k, nil
 }
 
-// Write writes one packet itself, after a virtio header that asks
-// nothing; more go to the device, which coalesces them.
+// Write writes bufs (each a packet after offset bytes of headroom, at
+// least offload.HdrLen): a flow's segments coalesced into super-packets
+// (growing in their first segment's buffer, up to its capacity), each
+// write after its virtio header. It returns how many writes succeeded and
+// the first error.
 func (r *rawIO) Write(bufs [][]byte, offset int) (int, error) {
-	if len(bufs) != 1 || offset < offload.HdrLen {
-		return r.dev.Write(bufs, offset)
+	if offset < offload.HdrLen {
+		return 0, fmt.Errorf("tunlink: write with offset %d", offset)
 	}
-	b := bufs[0][offset-offload.HdrLen:]
-	clear(b[:offload.HdrLen])
-	if _, err := r.write.do(b); err != nil {
-		return 0, err
+	r.out = r.gro.Coalesce(bufs, offset, r.out[:0])
+	var first error
+	n := 0
+	for _, i := range r.out {
+		if _, err := r.write.do(bufs[i][offset-offload.HdrLen:]); err != nil {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		n++
 	}
-	return 1, nil
+	return n, first
 }
 
 // Dropped is how many packets read could not be finished.

@@ -32,15 +32,6 @@ func seqpacket(t *testing.T) (dev *os.File, peer int) {
 	return dev, fds[1]
 }
 
-// batchRecorder stands for the device's own Write (batches).
-type batchRecorder struct{ batches int }
-
-func (b *batchRecorder) Read([][]byte, []int, int) (int, error) { return 0, errors.New("unused") }
-func (b *batchRecorder) Write(bufs [][]byte, _ int) (int, error) {
-	b.batches++
-	return len(bufs), nil
-}
-
 func readBufs() ([][]byte, []int) {
 	bufs, sizes := make([][]byte, offload.MaxSegments), make([]int, offload.MaxSegments)
 	for i := range bufs {
@@ -54,12 +45,12 @@ func readBufs() ([][]byte, []int) {
 // super-packet, garbage — is read as the wire's packets (the super-packet
 // as exactly the segments package offload makes), garbage counted and
 // dropped; one packet is written with a virtio header that asks nothing,
-// several go to the device; a read waits in the poller for a packet; and
-// a closed descriptor ends the reader with os.ErrClosed.
+// a flow's contiguous segments as one super-packet; a read waits in the
+// poller for a packet; and a closed descriptor ends the reader with
+// os.ErrClosed.
 func TestRawIO(t *testing.T) {
 	f, peer := seqpacket(t)
-	rec := &batchRecorder{}
-	r, err := newRawIO(rec, f)
+	r, err := newRawIO(f)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,13 +118,38 @@ func TestRawIO(t *testing.T) {
 	if _, err := r.Write([][]byte{out}, headroom); err != nil {
 		t.Fatal(err)
 	}
-	got := make([]byte, 2000)
+	got := make([]byte, 4000)
 	m, err := unix.Read(peer, got)
 	if err != nil || m != offload.HdrLen+len(whole) || !bytes.Equal(got[:offload.HdrLen], none[:]) || !bytes.Equal(got[offload.HdrLen:m], whole) {
 		t.Fatalf("written: %d bytes, %v", m, err)
 	}
-	if _, err := r.Write([][]byte{out, out}, headroom); err != nil || rec.batches != 1 {
-		t.Fatalf("a batch of two went to the device %d times (%v)", rec.batches, err)
+	// Two contiguous segments of a flow: one write, which the kernel's
+	// segmentation (offload.SegmentInto's) turns back into both.
+	var two [][]byte
+	for i := range 2 {
+		p := packettest.Segment(src, dst, header.TCPAck, 1000+uint32(i*1400), 1, 500, nil, bytes.Repeat([]byte{byte(i)}, 1400))
+		header.IPv4(p).SetID(uint16(5 + i))
+		header.IPv4(p).UpdateChecksum()
+		two = append(two, p)
+	}
+	batch := [][]byte{make([]byte, headroom+len(two[0]), bufSize), make([]byte, headroom+len(two[1]), bufSize)}
+	copy(batch[0][headroom:], two[0])
+	copy(batch[1][headroom:], two[1])
+	if n, err := r.Write(batch, headroom); err != nil || n != 1 {
+		t.Fatalf("a flow's two segments: %d writes, %v", n, err)
+	}
+	m, err = unix.Read(peer, got[:cap(got)])
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2, err := offload.ParseHdr(got[:m])
+	segs, segSizes := make([][]byte, 4), make([]int, 4)
+	for i := range segs {
+		segs[i] = make([]byte, 2000)
+	}
+	k, err2 := offload.SegmentInto(h2, got[offload.HdrLen:m], segs, 0, segSizes)
+	if err != nil || err2 != nil || k != 2 || !bytes.Equal(segs[0][:segSizes[0]], two[0]) || !bytes.Equal(segs[1][:segSizes[1]], two[1]) {
+		t.Fatalf("the super-packet written (%+v, %v, %v) is not the two segments (%d)", h2, err, err2, k)
 	}
 
 	// A read with nothing there waits in the poller.
@@ -164,11 +180,11 @@ func TestRawIO(t *testing.T) {
 	}
 }
 
-// TestRawIOZeroAllocs: reading a packet, a super-packet, and writing one
-// allocate nothing.
+// TestRawIOZeroAllocs: reading a packet and a super-packet, writing one
+// packet and a batch coalesced into one, allocate nothing.
 func TestRawIOZeroAllocs(t *testing.T) {
 	f, peer := seqpacket(t)
-	r, err := newRawIO(&batchRecorder{}, f)
+	r, err := newRawIO(f)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,6 +195,17 @@ func TestRawIOZeroAllocs(t *testing.T) {
 		packettest.Segment(src, dst, header.TCPAck, 7, 1, 500, nil, make([]byte, 20000))...)
 	out := [][]byte{make([]byte, headroom+1400)}
 	sink := make([]byte, 70000)
+	var flow [][]byte // a flow's contiguous segments, coalesced when written
+	for i := range 4 {
+		p := packettest.Segment(src, dst, header.TCPAck, 1000+uint32(i*1400), 1, 500, nil, make([]byte, 1400))
+		header.IPv4(p).SetID(uint16(i))
+		header.IPv4(p).UpdateChecksum()
+		flow = append(flow, p)
+	}
+	batch := make([][]byte, len(flow))
+	for i := range batch {
+		batch[i] = make([]byte, 0, bufSize)
+	}
 	allocs := testing.AllocsPerRun(200, func() {
 		unix.Write(peer, pkt)
 		unix.Write(peer, super)
@@ -190,6 +217,14 @@ func TestRawIOZeroAllocs(t *testing.T) {
 		}
 		if _, err := r.Write(out, headroom); err != nil {
 			t.Fatal(err)
+		}
+		unix.Read(peer, sink)
+		for i, p := range flow {
+			batch[i] = batch[i][:headroom+len(p)]
+			copy(batch[i][headroom:], p)
+		}
+		if n, err := r.Write(batch, headroom); n != 1 || err != nil {
+			t.Fatalf("a flow's batch: %d writes, %v", n, err)
 		}
 		unix.Read(peer, sink)
 	})

@@ -1,0 +1,235 @@
+package offload
+
+import (
+	"bytes"
+	"encoding/binary"
+
+	"github.com/espep/espep/ipsec/header"
+)
+
+// Coalescing (GRO) for writes into a TUN device with its virtio header
+// on. A batch's TCP segments of one flow that follow each other in
+// sequence become one GSO super-packet: the kernel takes it through its
+// stack once and cuts it (tcp_gso_segment) only where it must — on the
+// way out of a device without TSO — into exactly the segments that went
+// in. That is what makes a write of many packets cost about one packet.
+//
+// Only what the kernel's segmentation gives back unchanged is merged:
+// IPv4 without options or fragments, its identification counting up by
+// one, and TOS, TTL and flags equal; IPv6 without extension headers, its
+// first word and hop limit equal; TCP with only ACK set (PSH allowed on
+// the last segment merged), the same acknowledgment, window and options,
+// sequence numbers contiguous, every segment the first's size but the
+// last (which may be shorter, and ends the super-packet). Anything else
+// is written as it is, and ends its flow's open super-packet, so that a
+// flow's packets keep their order.
+
+// maxOpen bounds the super-packets a batch keeps open at once (flows
+// interleaved in one batch); beyond it, the oldest is closed.
+const maxOpen = 8
+
+// Coalescer merges a batch's segments; it keeps its scratch state
+// between calls, so one per writer.
+type Coalescer struct {
+	items []groItem // one per packet to write, in order
+	open  []int     // items still open to more segments
+}
+
+// groItem is one packet to write: alone, or a super-packet being built
+// in bufs[idx].
+type groItem struct {
+	idx     int    // the batch entry (the super-packet grows in it)
+	ipLen   int    // IP header length
+	tcpLen  int    // TCP header length
+	size    int    // payload bytes per segment (the first's)
+	segs    int    // segments merged, the first included; 0: not a candidate
+	nextSeq uint32 // sequence number the next segment must have
+	nextID  uint16 // IPv4 identification it must have
+	v6      bool
+}
+
+// Coalesce merges bufs — each offset bytes of headroom (at least HdrLen),
+// then an IP packet with whole checksums — in place and writes a
+// virtio_net_hdr in the HdrLen bytes before each packet it returns the
+// index of, in out (appended, in the order to write them). A merged
+// super-packet grows within its first segment's buffer (up to its
+// capacity; 64 KiB of IP packet at most); the other segments' entries
+// are not returned.
+func (c *Coalescer) Coalesce(bufs [][]byte, offset int, out []int) []int {
+	c.items, c.open = c.items[:0], c.open[:0]
+	for i := range bufs {
+		c.merge(bufs, offset, i)
+	}
+	for k := range c.items {
+		it := &c.items[k]
+		out = append(out, it.idx)
+		it.finish(bufs[it.idx], offset)
+	}
+	return out
+}
+
+// merge adds packet i to its flow's open super-packet if it may, or else
+// makes it an item of its own, which later segments may merge into.
+func (c *Coalescer) merge(bufs [][]byte, offset, i int) {
+	pkt := bufs[i][offset:]
+	ipLen, tcpLen, payload, ok := candidate(pkt)
+	at := c.find(bufs, offset, pkt)
+	if at >= 0 {
+		it := &c.items[c.open[at]]
+		first := bufs[it.idx][offset:]
+		if ok && mergeable(it, first, pkt, ipLen, tcpLen, payload) && cap(bufs[it.idx]) >= offset+len(first)+payload {
+			b := append(bufs[it.idx], pkt[ipLen+tcpLen:]...)
+			bufs[it.idx] = b
+			it.segs++
+			it.nextSeq += uint32(payload)
+			it.nextID++
+			if tcp := header.TCP(pkt[ipLen:]); payload < it.size || tcp.Has(header.TCPPsh) {
+				b[offset+ipLen+13] |= tcp.Flags() & header.TCPPsh
+				c.close(at) // nothing may follow a short or pushed segment
+			}
+			return
+		}
+		c.close(at) // a packet of the flow that does not continue it
+	}
+	it := groItem{idx: i}
+	if ok && payload > 0 && !header.TCP(pkt[ipLen:]).Has(header.TCPPsh) {
+		it = groItem{idx: i, ipLen: ipLen, tcpLen: tcpLen, size: payload, segs: 1,
+			nextSeq: header.TCP(pkt[ipLen:]).Seq() + uint32(payload), v6: pkt[0]>>4 == 6}
+		if !it.v6 {
+			it.nextID = header.IPv4(pkt).ID() + 1
+		}
+		if len(c.open) == maxOpen {
+			c.close(0)
+		}
+		c.open = append(c.open, len(c.items))
+	}
+	c.items = append(c.items, it)
+}
+
+// find returns the position in c.open of pkt's flow's open super-packet
+// (same addresses and ports), or -1.
+func (c *Coalescer) find(bufs [][]byte, offset int, pkt []byte) int {
+	ipLen, addrs, ok := flowOf(pkt)
+	if !ok {
+		return -1
+	}
+	v6 := pkt[0]>>4 == 6
+	for k, n := range c.open {
+		it := &c.items[n]
+		if it.v6 != v6 {
+			continue
+		}
+		first := bufs[it.idx][offset:]
+		fa := first[12:20]
+		if v6 {
+			fa = first[8:40]
+		}
+		if bytes.Equal(fa, addrs) && bytes.Equal(first[it.ipLen:it.ipLen+4], pkt[ipLen:ipLen+4]) {
+			return k
+		}
+	}
+	return -1
+}
+
+// close takes c.open[k] off the open list (its item stays).
+func (c *Coalescer) close(k int) { c.open = append(c.open[:k], c.open[k+1:]...) }
+
+// flowOf returns a TCP packet's IP header length and its addresses (as
+// they sit in the header), if it is one whose flow find can match.
+func flowOf(pkt []byte) (ipLen int, addrs []byte, ok bool) {
+	switch {
+	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4 && pkt[9] == header.ProtoTCP:
+		ipLen = int(pkt[0]&0xf) * 4
+		return ipLen, pkt[12:20], ipLen >= header.IPv4MinLen && len(pkt) >= ipLen+4
+	case len(pkt) >= header.IPv6Len+4 && pkt[0]>>4 == 6 && pkt[6] == header.ProtoTCP:
+		return header.IPv6Len, pkt[8:40], true
+	}
+	return 0, nil, false
+}
+
+// candidate reports whether pkt may be part of a super-packet: TCP
+// directly in IPv4 without options or fragments, or in IPv6 without
+// extension headers, lengths consistent, only ACK (and PSH) set, no
+// urgent pointer.
+func candidate(pkt []byte) (ipLen, tcpLen, payload int, ok bool) {
+	switch {
+	case len(pkt) >= header.IPv4MinLen && pkt[0] == 0x45:
+		h := header.IPv4(pkt)
+		if h.Protocol() != header.ProtoTCP || h.IsFragment() || h.TotalLen() != len(pkt) {
+			return 0, 0, 0, false
+		}
+		ipLen = header.IPv4MinLen
+	case len(pkt) >= header.IPv6Len && pkt[0]>>4 == 6:
+		if pkt[6] != header.ProtoTCP || int(binary.BigEndian.Uint16(pkt[4:]))+header.IPv6Len != len(pkt) {
+			return 0, 0, 0, false
+		}
+		ipLen = header.IPv6Len
+	default:
+		return 0, 0, 0, false
+	}
+	if len(pkt) < ipLen+header.TCPMinLen {
+		return 0, 0, 0, false
+	}
+	tcp := header.TCP(pkt[ipLen:])
+	tcpLen = tcp.HeaderLen()
+	if tcpLen < header.TCPMinLen || ipLen+tcpLen > len(pkt) || tcp.Flags()&^header.TCPPsh != header.TCPAck || tcp[18]|tcp[19] != 0 {
+		return 0, 0, 0, false
+	}
+	return ipLen, tcpLen, len(pkt) - ipLen - tcpLen, true
+}
+
+// mergeable reports whether pkt continues super-packet it (whose first
+// segment's headers are first's).
+func mergeable(it *groItem, first, pkt []byte, ipLen, tcpLen, payload int) bool {
+	if it.segs == 0 || ipLen != it.ipLen || tcpLen != it.tcpLen || payload > it.size || payload == 0 {
+		return false
+	}
+	if !it.v6 && len(first)+payload > 65535 || it.v6 && len(first)-header.IPv6Len+payload > 65535 {
+		return false
+	}
+	if it.v6 {
+		if !bytes.Equal(first[:4], pkt[:4]) || first[7] != pkt[7] {
+			return false // traffic class, flow label, hop limit
+		}
+	} else {
+		h, f := header.IPv4(pkt), header.IPv4(first)
+		if h.TOS() != f.TOS() || h.TTL() != f.TTL() || h.FlagsFrag() != f.FlagsFrag() || h.ID() != it.nextID {
+			return false
+		}
+	}
+	t, ft := header.TCP(pkt[ipLen:]), header.TCP(first[ipLen:])
+	return t.Seq() == it.nextSeq && t.Ack() == ft.Ack() && t.Window() == ft.Window() &&
+		bytes.Equal(t[header.TCPMinLen:tcpLen], ft[header.TCPMinLen:tcpLen])
+}
+
+// finish writes the virtio_net_hdr in the HdrLen bytes before the
+// packet at b[offset:]: nothing asked of a packet alone (its checksums
+// are whole); for a super-packet, its new lengths and IPv4 header
+// checksum, and segmentation with the TCP checksum left partial (the
+// pseudo-header sum), which the kernel completes per segment
+// (VIRTIO_NET_HDR_F_NEEDS_CSUM).
+func (it *groItem) finish(b []byte, offset int) {
+	vh := b[offset-HdrLen : offset]
+	clear(vh)
+	if it.segs < 2 {
+		return
+	}
+	pkt := b[offset:]
+	gso := uint8(GSOTCPv4)
+	src, dst := pkt[12:16], pkt[16:20]
+	if it.v6 {
+		gso, src, dst = GSOTCPv6, pkt[8:24], pkt[24:40]
+		binary.BigEndian.PutUint16(pkt[4:], uint16(len(pkt)-header.IPv6Len))
+	} else {
+		h := header.IPv4(pkt)
+		h.SetTotalLen(len(pkt))
+		h.UpdateChecksum()
+	}
+	l4 := len(pkt) - it.ipLen
+	binary.BigEndian.PutUint16(pkt[it.ipLen+16:], header.Checksum(nil, header.PseudoHeaderSum(src, dst, header.ProtoTCP, l4)))
+	vh[0], vh[1] = NeedsCsum, gso
+	binary.LittleEndian.PutUint16(vh[2:], uint16(it.ipLen+it.tcpLen))
+	binary.LittleEndian.PutUint16(vh[4:], uint16(it.size))
+	binary.LittleEndian.PutUint16(vh[6:], uint16(it.ipLen))
+	binary.LittleEndian.PutUint16(vh[8:], 16)
+}

@@ -1,0 +1,318 @@
+package offload
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/espep/espep/internal/packettest"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// seg is one TCP segment of a test batch.
+type seg struct {
+	flow    int // 0, 1: IPv4 flows; 2: IPv6
+	seq     uint32
+	id      uint16
+	flags   uint8
+	win     uint16
+	payload int
+}
+
+var groFlows = []struct{ src, dst netip.AddrPort }{
+	{netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:80")},
+	{netip.MustParseAddrPort("10.0.0.1:5002"), netip.MustParseAddrPort("10.0.0.2:80")},
+	{netip.MustParseAddrPort("[fd00::1]:5001"), netip.MustParseAddrPort("[fd00::2]:80")},
+}
+
+func (s seg) packet() []byte {
+	f := groFlows[s.flow]
+	payload := make([]byte, s.payload)
+	for i := range payload {
+		payload[i] = byte(int(s.seq) + i)
+	}
+	ts := []byte{header.TCPOptNop, header.TCPOptNop, header.TCPOptTimestamp, 10, 0, 0, 0, 1, 0, 0, 0, 2}
+	win := s.win
+	if win == 0 {
+		win = 500
+	}
+	p := packettest.Segment(f.src, f.dst, s.flags, s.seq, 77, win, ts, payload)
+	if p[0]>>4 == 4 {
+		header.IPv4(p).SetID(s.id)
+		header.IPv4(p).UpdateChecksum()
+	}
+	return p
+}
+
+// batchOf lays packets out as a writer's batch: headroom, packet, room to
+// grow.
+func batchOf(pkts [][]byte, capacity int) [][]byte {
+	bufs := make([][]byte, len(pkts))
+	for i, p := range pkts {
+		b := make([]byte, 16+len(p), max(capacity, 16+len(p)))
+		copy(b[16:], p)
+		bufs[i] = b
+	}
+	return bufs
+}
+
+// unwrite is what the kernel makes of what Coalesce says to write: each
+// super-packet cut back into segments (SegmentInto does what the kernel's
+// tcp_gso_segment does), each packet alone as it is.
+func unwrite(t *testing.T, bufs [][]byte, out []int) [][]byte {
+	t.Helper()
+	var got [][]byte
+	segs, sizes := make([][]byte, MaxSegments), make([]int, MaxSegments)
+	for i := range segs {
+		segs[i] = make([]byte, 65536)
+	}
+	for _, i := range out {
+		h, err := ParseHdr(bufs[i][16-HdrLen:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		pkt := bufs[i][16:]
+		if h.GSOType == GSONone {
+			if h != (Hdr{}) {
+				t.Fatalf("a packet alone with header %+v", h)
+			}
+			got = append(got, append([]byte(nil), pkt...))
+			continue
+		}
+		if h.Flags != NeedsCsum || h.CsumStart+h.CsumOffset+2 > len(pkt) || h.HdrLen > len(pkt) {
+			t.Fatalf("super-packet header %+v", h)
+		}
+		n, err := SegmentInto(h, append([]byte(nil), pkt...), segs, 0, sizes)
+		if err != nil {
+			t.Fatalf("super-packet %d: %v", i, err)
+		}
+		for k := range n {
+			got = append(got, append([]byte(nil), segs[k][:sizes[k]]...))
+		}
+	}
+	return got
+}
+
+// flowKey names a packet's flow for ordering checks (addresses, ports).
+func flowKey(p []byte) string {
+	if ipLen, addrs, ok := flowOf(p); ok {
+		return fmt.Sprintf("%x/%x", addrs, p[ipLen:ipLen+4])
+	}
+	return "other"
+}
+
+// sameByFlow reports whether got is want with flows interleaved
+// differently: within each flow, the same packets in the same order.
+func sameByFlow(got, want [][]byte) error {
+	if len(got) != len(want) {
+		return fmt.Errorf("%d packets out of %d", len(got), len(want))
+	}
+	by := func(ps [][]byte) map[string][][]byte {
+		m := map[string][][]byte{}
+		for _, p := range ps {
+			m[flowKey(p)] = append(m[flowKey(p)], p)
+		}
+		return m
+	}
+	g, w := by(got), by(want)
+	for k, ws := range w {
+		gs := g[k]
+		if len(gs) != len(ws) {
+			return fmt.Errorf("flow %s: %d packets out of %d", k, len(gs), len(ws))
+		}
+		for i := range ws {
+			if !bytes.Equal(gs[i], ws[i]) {
+				return fmt.Errorf("flow %s: packet %d differs", k, i)
+			}
+		}
+	}
+	return nil
+}
+
+// run coalesces segs and checks the round trip; it returns how many
+// writes there were.
+func runGRO(t *testing.T, c *Coalescer, pkts [][]byte, capacity int) int {
+	t.Helper()
+	bufs := batchOf(pkts, capacity)
+	out := c.Coalesce(bufs, 16, nil)
+	if err := sameByFlow(unwrite(t, bufs, out), pkts); err != nil {
+		t.Fatal(err)
+	}
+	return len(out)
+}
+
+// TestCoalesce: a flow's contiguous segments become one write that the
+// kernel's segmentation turns back into exactly those segments; what
+// breaks a run — a gap, a pure ACK, a different window or identification,
+// PSH, 64 KiB, a buffer without room — starts a new write, and flows
+// interleaved in a batch each keep their order.
+func TestCoalesce(t *testing.T) {
+	run := func(n int, f func(i int) seg) [][]byte {
+		var ps [][]byte
+		for i := range n {
+			ps = append(ps, f(i).packet())
+		}
+		return ps
+	}
+	contiguous := func(flow, n int) func(i int) seg {
+		return func(i int) seg {
+			return seg{flow: flow, seq: 1000 + uint32(i*1448), id: uint16(10 + i), flags: header.TCPAck, payload: 1448}
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		pkts   [][]byte
+		cap    int
+		writes int
+	}{
+		{"one flow", run(10, contiguous(0, 10)), 65536, 1},
+		{"ipv6", run(10, contiguous(2, 10)), 65536, 1},
+		{"short last, psh", run(5, func(i int) seg {
+			s := contiguous(0, 5)(i)
+			if i == 4 {
+				s.payload, s.flags = 100, header.TCPAck|header.TCPPsh
+			}
+			return s
+		}), 65536, 1},
+		{"psh in the middle", run(6, func(i int) seg {
+			s := contiguous(0, 6)(i)
+			if i == 2 {
+				s.flags |= header.TCPPsh
+			}
+			return s
+		}), 65536, 2},
+		{"interleaved", run(12, func(i int) seg { return contiguous(i%3, 4)(i / 3) }), 65536, 3},
+		{"gap", run(6, func(i int) seg {
+			s := contiguous(0, 6)(i)
+			if i >= 3 {
+				s.seq += 1448
+			}
+			return s
+		}), 65536, 2},
+		{"pure ack between", run(6, func(i int) seg {
+			s := contiguous(0, 6)(i)
+			if i == 3 {
+				s.payload = 0
+			}
+			return s
+		}), 65536, 3},
+		{"window changes", run(6, func(i int) seg {
+			s := contiguous(0, 6)(i)
+			if i >= 3 {
+				s.win = 600
+			}
+			return s
+		}), 65536, 2},
+		{"id not counting", run(4, func(i int) seg {
+			s := contiguous(0, 4)(i)
+			s.id = 7
+			return s
+		}), 65536, 4},
+		{"syn and fin alone", run(3, func(i int) seg {
+			s := contiguous(0, 3)(i)
+			s.flags = []uint8{header.TCPSyn, header.TCPAck | header.TCPFin, header.TCPAck | header.TCPRst}[i]
+			return s
+		}), 65536, 3},
+		{"64 KiB", run(50, contiguous(0, 50)), 1 << 17, 2},
+		{"no room", run(4, contiguous(0, 4)), 0, 4},
+		{"longer than the first", run(3, func(i int) seg {
+			s := contiguous(0, 3)(i)
+			if i == 0 {
+				s.payload = 1000
+			}
+			s.seq = 1000 + uint32(i*1000)
+			return s
+		}), 65536, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var c Coalescer
+			if got := runGRO(t, &c, tc.pkts, tc.cap); got != tc.writes {
+				t.Fatalf("%d writes, want %d", got, tc.writes)
+			}
+		})
+	}
+	// Not TCP, and too short to be anything: alone and unharmed.
+	var c Coalescer
+	udp := packettest.UDP(groFlows[0].src, groFlows[0].dst, make([]byte, 100))
+	if got := runGRO(t, &c, [][]byte{udp, udp, {0x45, 0}}, 65536); got != 3 {
+		t.Fatalf("%d writes of 3 packets that are not TCP", got)
+	}
+}
+
+// TestCoalesceZeroAllocs: a warmed-up Coalescer allocates nothing.
+func TestCoalesceZeroAllocs(t *testing.T) {
+	var pkts [][]byte
+	for i := range 32 {
+		pkts = append(pkts, seg{flow: i % 2, seq: 1000 + uint32(i/2*1448), id: uint16(i / 2), flags: header.TCPAck, payload: 1448}.packet())
+	}
+	bufs := batchOf(pkts, 65536)
+	orig := make([][]byte, len(bufs))
+	copy(orig, bufs)
+	var c Coalescer
+	out := make([]int, 0, len(bufs))
+	c.Coalesce(bufs, 16, out)
+	allocs := testing.AllocsPerRun(100, func() {
+		for i, b := range orig { // undo the merge's growth
+			bufs[i] = b[:16+len(pkts[i])]
+			copy(bufs[i][16:], pkts[i])
+		}
+		out = c.Coalesce(bufs, 16, out[:0])
+	})
+	if allocs != 0 || len(out) != 2 {
+		t.Fatalf("%v allocations, %d writes", allocs, len(out))
+	}
+}
+
+// FuzzCoalesce: any batch — segments of three flows with the fuzzer's
+// sequence numbers, sizes, flags, identifications and windows, and raw
+// bytes — is written so that the kernel's segmentation gives back every
+// packet, each flow in its order.
+func FuzzCoalesce(f *testing.F) {
+	f.Add([]byte{0, 0, 5, 0x10, 0, 0, 5, 0x10, 0, 0, 5, 0x10})
+	f.Add([]byte{0, 0, 5, 0x10, 1, 0, 5, 0x10, 0, 0, 5, 0x18, 2, 0, 5, 0x10, 2, 0, 1, 0x10})
+	f.Add([]byte{0, 0, 5, 0x10, 0, 1, 5, 0x10, 0, 0, 0, 0x10, 0, 0, 5, 0x11, 3, 0x45, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var pkts [][]byte
+		next := [3]uint32{1000, 1000, 1000}
+		ids := [3]uint16{}
+		for len(b) >= 4 && len(pkts) < 64 {
+			d := b[:4]
+			b = b[4:]
+			if d[0]%4 == 3 { // raw bytes
+				pkts = append(pkts, append([]byte(nil), d[1:]...))
+				continue
+			}
+			s := seg{flow: int(d[0] % 4), flags: d[3], payload: int(d[2]) * 100, win: 500 + uint16(d[0]>>4)}
+			s.seq = next[s.flow] + uint32(d[1]>>4)*100
+			s.id = ids[s.flow] + uint16(d[1]&3)
+			next[s.flow], ids[s.flow] = s.seq+uint32(s.payload), s.id+1
+			pkts = append(pkts, s.packet())
+		}
+		var c Coalescer
+		runGRO(t, &c, pkts, 65536)
+	})
+}
+
+// The header must name what a kernel reads: flags, type, then the
+// little-endian lengths.
+func TestCoalesceHeader(t *testing.T) {
+	var pkts [][]byte
+	for i := range 3 {
+		pkts = append(pkts, seg{seq: 1 + uint32(i*1448), id: uint16(i), flags: header.TCPAck, payload: 1448}.packet())
+	}
+	bufs := batchOf(pkts, 65536)
+	var c Coalescer
+	out := c.Coalesce(bufs, 16, nil)
+	vh := bufs[out[0]][16-HdrLen : 16]
+	want := []byte{NeedsCsum, GSOTCPv4, 0, 0, 0, 0, 20, 0, 16, 0}
+	binary.LittleEndian.PutUint16(want[2:], 20+32)
+	binary.LittleEndian.PutUint16(want[4:], 1448)
+	if len(out) != 1 || !bytes.Equal(vh, want) {
+		t.Fatalf("header % x, want % x", vh, want)
+	}
+	if ip := header.IPv4(bufs[out[0]][16:]); ip.TotalLen() != 20+32+3*1448 || !ip.ChecksumValid() {
+		t.Fatalf("super-packet length %d, checksum valid %v", ip.TotalLen(), ip.ChecksumValid())
+	}
+}
