@@ -122,8 +122,8 @@ func (e *shard) transmit(f *flow, to Side, st *stream, s *txSeg, now time.Time) 
 		flags |= header.TCPFin
 		n--
 	}
-	if s.end-seqnum.Value(btoi(s.fin)) == st.rcvNxt {
-		flags |= header.TCPPsh
+	if dataEnd := s.end - seqnum.Value(btoi(s.fin)); st.pushOn && s.seq.LessThan(st.push) && st.push.LessThanEq(dataEnd) {
+		flags |= header.TCPPsh // the sender's push is in this segment
 	}
 	e.emit(f, to, segment{seq: s.seq, flags: flags, data: st, n: n})
 }

@@ -51,7 +51,13 @@ type stream struct {
 	sack    [4]span      // scratch for SACK blocks
 	finSeen bool         // the sender's FIN has been seen, at finSeq
 	finSeq  seqnum.Value
-	buf     seqBuf // the bytes [sndUna, rcvNxt) and those held in ooo
+	// The sender's latest push (PSH): the end of the segment that carried
+	// it. The segment toward the receiver that ends there or covers it
+	// carries PSH, and no other, so PSH keeps its end-to-end meaning and a
+	// run of segments between pushes can be written as one super-packet.
+	pushOn bool
+	push   seqnum.Value
+	buf    seqBuf // the bytes [sndUna, rcvNxt) and those held in ooo
 	ackNow  bool   // an ACK is owed to the sender
 	// Delayed ACK (RFC 9293 §3.8.6.3, RFC 5681 §4.2): in-order segments
 	// taken since the last ACK to the sender, and when the one owed for
@@ -290,6 +296,9 @@ func (e *shard) takeData(st *stream, p *parsed, now time.Time, budget bool) {
 	seq := seqnum.Value(p.tcp.Seq())
 	data := p.tcp.Payload()
 	end := seq.Add(seqnum.Size(len(data)))
+	if p.tcp.Has(header.TCPPsh) && len(data) > 0 && (!st.pushOn || st.push.LessThan(end)) {
+		st.pushOn, st.push = true, end
+	}
 	// A segment with a FIN has its data acknowledged at once; the FIN
 	// itself only when the receiver has it (ackValue).
 	st.ackNow = st.ackNow || st.finSeen || (len(data) > 0 && (p.tcp.Has(header.TCPFin) || seq != st.rcvNxt || len(st.ooo) > 0))

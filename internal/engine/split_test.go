@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math/rand"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -319,6 +320,34 @@ func TestSplitEarlyAck(t *testing.T) {
 		if st := h.e.Stats(); st.EarlyAcked != 3000 || st.Relayed != 0 {
 			t.Fatalf("ws %d: %+v", ws, st)
 		}
+	}
+}
+
+// TestSplitPush: PSH toward the receiver is where the sender pushed —
+// on the segment that carries the sender's pushed byte, however the
+// engine cut the bytes — and on no other, so that the segments between
+// pushes are a run a TUN writer can coalesce.
+func TestSplitPush(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	for i := range 5 {
+		flags := uint8(0)
+		if i == 4 {
+			flags = header.TCPPsh
+		}
+		h.fromW(i*988, 988, flags)
+	}
+	h.fromW(5*988, 2000, header.TCPPsh) // resegmented: 988, 988, 24
+	h.fromW(5*988+2000, 988, 0)
+	toR := h.sentTo(Radio)
+	var pushed []int
+	for i, p := range toR {
+		if p.flags&header.TCPPsh != 0 {
+			pushed = append(pushed, i)
+		}
+	}
+	if len(toR) != 9 || !slices.Equal(pushed, []int{4, 7}) {
+		t.Fatalf("%d segments toward the radio, PSH on %v; want 9, PSH on [4 7]", len(toR), pushed)
 	}
 }
 

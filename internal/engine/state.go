@@ -71,6 +71,8 @@ type StreamState struct {
 	OOO             [][2]uint32 // ranges held above RcvNxt
 	FinSeen         bool
 	FinSeq          uint32
+	PushOn          bool // the sender pushed, up to Push
+	Push            uint32
 	// Data is every byte held, from SndUna on (through the last range
 	// held out of order; the gaps are zeros).
 	Data              []byte
@@ -104,6 +106,7 @@ func (sp *splitFlow) state() *SplitState {
 		st := &sp.st[i]
 		x := &ss.Streams[i]
 		*x = StreamState{RcvNxt: uint32(st.rcvNxt), RcvEdge: uint32(st.rcvEdge), FinSeen: st.finSeen, FinSeq: uint32(st.finSeq),
+			PushOn: st.pushOn, Push: uint32(st.push),
 			SndUna: uint32(st.sndUna), SndNxt: uint32(st.sndNxt), Wnd: st.wnd, WL1: uint32(st.wl1), WL2: uint32(st.wl2),
 			FinSent: st.finSent, FinAcked: st.finAcked, SMSS: st.smss, SRTT: st.srtt, RTTVar: st.rttvar, RTO: st.rto,
 			MinRTT: st.minRTT, Backoff: st.backoff, InRecovery: st.inRecovery, Recover: uint32(st.recover),
@@ -174,7 +177,7 @@ func (e *shard) restore(f *flow, ss *SplitState, now time.Time, moved bool) (err
 			return fmt.Errorf("engine: import: %w", err)
 		}
 		*st = stream{from: Side(i), rcvNxt: seqnum.Value(x.RcvNxt), rcvEdge: seqnum.Value(x.RcvEdge), finSeen: x.FinSeen,
-			finSeq: seqnum.Value(x.FinSeq), sndUna: una, sndNxt: seqnum.Value(x.SndNxt), wnd: x.Wnd,
+			finSeq: seqnum.Value(x.FinSeq), pushOn: x.PushOn, push: seqnum.Value(x.Push), sndUna: una, sndNxt: seqnum.Value(x.SndNxt), wnd: x.Wnd,
 			wl1: seqnum.Value(x.WL1), wl2: seqnum.Value(x.WL2), finSent: x.FinSent, finAcked: x.FinAcked, smss: x.SMSS,
 			srtt: x.SRTT, rttvar: x.RTTVar, rto: x.RTO, minRTT: x.MinRTT, backoff: min(max(x.Backoff, 0), maxBackoff),
 			inRecovery: x.InRecovery, recover: seqnum.Value(x.Recover), reoMult: min(max(x.ReoMult, 0), maxReoMult),

@@ -38,6 +38,7 @@ type rawIO struct {
 	gro         offload.Coalescer // the writer's
 	out         []int             // the writer's: what Coalesce says to write
 	bad         atomic.Uint64     // packets read that could not be finished, dropped
+	writeCalls  atomic.Uint64     // write system calls (super-packets and packets alone)
 }
 
 // newIO returns the I/O for d: rawIO when d has its virtio header on and
@@ -114,6 +115,7 @@ func (r *rawIO) Write(bufs [][]byte, offset int) (int, error) {
 	r.out = r.gro.Coalesce(bufs, offset, r.out[:0])
 	var first error
 	n := 0
+	r.writeCalls.Add(uint64(len(r.out)))
 	for _, i := range r.out {
 		if _, err := r.write.do(bufs[i][offset-offload.HdrLen:]); err != nil {
 			if first == nil {
@@ -128,6 +130,9 @@ func (r *rawIO) Write(bufs [][]byte, offset int) (int, error) {
 
 // Dropped is how many packets read could not be finished.
 func (r *rawIO) Dropped() uint64 { return r.bad.Load() }
+
+// WriteCalls is how many write system calls the batches took.
+func (r *rawIO) WriteCalls() uint64 { return r.writeCalls.Load() }
 
 // rawOp is one direction's system call on the descriptor: its argument
 // and results live here so that the function the runtime poller calls

@@ -46,6 +46,7 @@ type Stats struct {
 	Writes                     [2]uint64 // Write calls (batches)
 	Reads                      [2]uint64 // Read calls
 	Unfinished                 [2]uint64 // read, but their offloads could not be finished: dropped
+	WriteCalls                 [2]uint64 // write system calls (a batch's flows coalesced), when the link makes them
 }
 
 // packetIO is how the link reads and writes a device's packets: the
@@ -246,7 +247,7 @@ func (s Stats) Summary() string {
 		if i > 0 {
 			b.WriteString("; ")
 		}
-		fmt.Fprintf(&b, "%s read %d in %d reads, wrote %d in %d writes, %d write errors, %d unfinished", name, s.Read[i], s.Reads[i], s.Written[i], s.Writes[i], s.WriteErrors[i], s.Unfinished[i])
+		fmt.Fprintf(&b, "%s read %d in %d reads, wrote %d in %d batches (%d system calls), %d write errors, %d unfinished", name, s.Read[i], s.Reads[i], s.Written[i], s.Writes[i], s.WriteCalls[i], s.WriteErrors[i], s.Unfinished[i])
 	}
 	return b.String()
 }
@@ -259,6 +260,9 @@ func (l *Link) Stats() Stats {
 		s.Reads[i] = l.reads[i].Load()
 		if d, ok := l.io[i].(interface{ Dropped() uint64 }); ok {
 			s.Unfinished[i] = d.Dropped()
+		}
+		if d, ok := l.io[i].(interface{ WriteCalls() uint64 }); ok {
+			s.WriteCalls[i] = d.WriteCalls()
 		}
 	}
 	return s
