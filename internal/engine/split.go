@@ -58,7 +58,7 @@ type stream struct {
 	pushOn bool
 	push   seqnum.Value
 	buf    seqBuf // the bytes [sndUna, rcvNxt) and those held in ooo
-	ackNow  bool   // an ACK is owed to the sender
+	ackNow bool   // an ACK is owed to the sender
 	// Delayed ACK (RFC 9293 §3.8.6.3, RFC 5681 §4.2): in-order segments
 	// taken since the last ACK to the sender, and when the one owed for
 	// them is due.
