@@ -20,6 +20,7 @@ import (
 	"github.com/espep/espep/internal/metrics"
 	"github.com/espep/espep/internal/netem"
 	"github.com/espep/espep/internal/pki"
+	"github.com/espep/espep/internal/procs"
 	"github.com/espep/espep/internal/secserver"
 	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/internal/tunlink"
@@ -140,6 +141,9 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		if err := serveMetrics(ctx, fc.Metrics, gw, src, ike, log); err != nil {
 			return err
 		}
+	}
+	if os.Getenv("GOMAXPROCS") == "" { // an operator's setting stands
+		go procs.Run(ctx, log)
 	}
 	cc0 := fc.Gateway.Engine.CC
 	if cc0 == "" {
