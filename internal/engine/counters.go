@@ -35,6 +35,7 @@ var CounterTable = []ctable.Def{
 	{Field: "Resets", Name: "resets", Family: "resets_total", Help: "RSTs split passed on."},
 	{Field: "GaveUp", Name: "gave-up", Family: "gave_up_total", Help: "Split flows reset because their receiver stopped answering."},
 	{Field: "OutOfWindow", Name: "out-of-window", Family: "out_of_window_total", Help: "Segments beyond the advertised window or the out-of-order bound (split)."},
+	{Field: "TimerFires", Name: "timer-fires", Family: "timer_fires_total", Help: "Split-mode timer callbacks: the engine's own wake-ups (RTO, RACK, tail probes, pacing, delayed ACKs)."},
 	{Field: "BufferedBytes", Name: "buffered-bytes", Family: "buffered_bytes", Help: "Bytes split holds: acknowledged early, not yet by the receiver (whole chunks).", Gauge: true},
 	{Field: "Requests", Name: "requests", Family: "requests_total", LabelName: "what", Label: "served", Help: "Packets asked of the engine (keep-alives, fresh ACKs): served, or refused with the queue full."},
 	{Field: "RequestsRefused", Name: "requests-refused", Family: "requests_total", LabelName: "what", Label: "refused"},

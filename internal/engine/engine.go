@@ -128,6 +128,7 @@ type Stats struct {
 	TailProbes                  uint64 // tail loss probes (RFC 8985 §7)
 	GaveUp                      uint64 // flows reset because the receiver stopped answering
 	OutOfWindow                 uint64 // segments beyond the advertised window or the out-of-order bound
+	TimerFires                  uint64 // split-mode timer callbacks: the engine's own wake-ups
 	BufferedBytes               int    // bytes held in split buffers (whole chunks)
 
 	// Requests (Engine.Request, Elicit, Ack) served, and refused because

@@ -361,15 +361,7 @@ func (e *Engine) setOut(out Output) {
 }
 
 // timerFires sums the shards' split timer callbacks.
-func (e *Engine) timerFires() uint64 {
-	var n uint64
-	for _, s := range e.shards {
-		s.mu.Lock()
-		n += s.timerFires
-		s.mu.Unlock()
-	}
-	return n
-}
+func (e *Engine) timerFires() uint64 { return e.Stats().TimerFires }
 
 // TestSnoopRefreshesTimestamp: a local resend carries the sender's latest
 // TSval (the receiver's PAWS check would drop the cached one), with a

@@ -161,7 +161,7 @@ func (e *shard) splitTimer(f *flow, from Side) {
 	st := &f.sp.st[from]
 	now := e.cfg.Clock.Now()
 	st.timerAt = time.Time{}
-	e.timerFires++
+	e.st.TimerFires++
 	due := func(t time.Time) bool { return !t.IsZero() && !now.Before(t) }
 	if due(st.tlpAt) {
 		e.probeTail(f, st, now) // restarts the RTO when it probes

@@ -37,8 +37,6 @@ type shard struct {
 
 	// This shard's share of the engine's bounds.
 	maxFlows, maxPlain, maxChunks, cacheTotal int
-
-	timerFires uint64 // split-mode timer callbacks (tests watch for spinning)
 }
 
 func (e *shard) lock() { e.mu.Lock() }

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -241,9 +242,16 @@ func (b *Bed) Start(ns string, args ...string) (*Proc, error) {
 	return p, nil
 }
 
-// CPU returns the processor time the process has used so far (user and
-// system, from /proc/PID/stat).
+// CPU returns the processor time the process has used so far: the sum of
+// its threads' run time in nanoseconds (/proc/PID/task/*/schedstat; the
+// kernel's softirq work done in its system calls included, as in its
+// user and system time), or, where the kernel keeps no such figure, its
+// user and system time in 10 ms ticks (/proc/PID/stat) — too coarse for
+// a few seconds at a radio's rate.
 func (p *Proc) CPU() (time.Duration, error) {
+	if d, err := p.runTime(); err == nil {
+		return d, nil
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
 	if err != nil {
 		return 0, err
@@ -261,6 +269,32 @@ func (p *Proc) CPU() (time.Duration, error) {
 		return 0, err
 	}
 	return time.Duration(u+sy) * 10 * time.Millisecond, nil // USER_HZ is 100 on Linux
+}
+
+// runTime sums the run time of the process's threads (the first field of
+// each thread's schedstat).
+func (p *Proc) runTime() (time.Duration, error) {
+	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", p.cmd.Process.Pid))
+	if err != nil || len(files) == 0 {
+		return 0, fmt.Errorf("no schedstat for pid %d", p.cmd.Process.Pid)
+	}
+	var sum time.Duration
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // a thread that ended meanwhile
+		}
+		fields := strings.Fields(string(b))
+		if len(fields) == 0 {
+			return 0, fmt.Errorf("%s: empty", f)
+		}
+		ns, err := strconv.ParseInt(fields[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", f, err)
+		}
+		sum += time.Duration(ns)
+	}
+	return sum, nil
 }
 
 // Output returns what the process wrote so far (stdout and stderr).

@@ -1,10 +1,12 @@
 package testbed
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,10 +56,13 @@ func TestGatewayTUNThroughput(t *testing.T) {
 			must(t, waitFor(gw, "gateway running", 10*time.Second))
 			defer func() {
 				gw.Stop()
-				// The exit summary's packets per system call: what the
-				// CPU per megabyte follows.
-				if i := strings.Index(gw.Output(), "io: "); i >= 0 {
-					t.Logf("%s%s: %s", mode, rate, strings.SplitN(gw.Output()[i:], "\n", 2)[0])
+				// The exit summary's packets per system call and the
+				// engine's timer wake-ups: what the CPU per megabyte
+				// follows.
+				for _, line := range strings.Split(gw.Output(), "\n") {
+					if strings.HasPrefix(line, "io: ") || strings.HasPrefix(line, "engine: ") {
+						t.Logf("%s%s: %s", mode, rate, line)
+					}
 				}
 			}()
 		}
@@ -83,34 +88,36 @@ func TestGatewayTUNThroughput(t *testing.T) {
 	var rows []string
 	got := map[string]result{}
 	for _, c := range []struct{ mode, rate string }{{"kernel", ""}, {"relay", ""}, {"split", ""}, {"split", "20M"}} {
-		var best result
+		var rs []result
 		var all []string
 		for range runs {
 			r := measure(c.mode, c.rate)
 			all = append(all, fmt.Sprintf("%.2f (%.2f ms/MB)", r.gbps, r.cpuPerMB))
-			if r.gbps > best.gbps {
-				best = r
-			}
+			rs = append(rs, r)
 		}
+		// The best throughput, and the median CPU per megabyte.
+		best := slices.MaxFunc(rs, func(a, b result) int { return cmp.Compare(a.gbps, b.gbps) })
+		slices.SortFunc(rs, func(a, b result) int { return cmp.Compare(a.cpuPerMB, b.cpuPerMB) })
+		best.cpuPerMB = rs[len(rs)/2].cpuPerMB
 		name := c.mode
 		if c.rate != "" {
 			name += "@" + c.rate
 		}
 		got[name] = best
-		rows = append(rows, fmt.Sprintf("| %-10s | %s Gbit/s | %.2f ms CPU/MB |", name, strings.Join(all, ", "), best.cpuPerMB))
+		rows = append(rows, fmt.Sprintf("| %-10s | %s Gbit/s | %.2f ms CPU/MB (median) |", name, strings.Join(all, ", "), best.cpuPerMB))
 	}
 	ratio := got["split@20M"].cpuPerMB / got["split"].cpuPerMB
 	t.Logf("TCP through namespace g (iperf3, CUBIC, %d s):\n%s\nCPU per MB at 20 Mbit/s ÷ at full rate: %.2f", secs, strings.Join(rows, "\n"), ratio)
 	// Loose bounds, so that a regression of the kind this harness measures
 	// fails CI; the goals are in the README.
-	// (Alone, this machine measures relay ~10 and split ~3 Gbit/s; CI runs
-	// other packages beside this one.)
-	if got["relay"].gbps < 1 || got["split"].gbps < 0.5 {
+	// (Alone, this machine measures relay ~12 and split ~4.6 Gbit/s; CI
+	// runs other packages beside this one.)
+	if got["relay"].gbps < 2 || got["split"].gbps < 1 {
 		t.Errorf("relay %.2f Gbit/s, split %.2f Gbit/s: far below what this machine does", got["relay"].gbps, got["split"].gbps)
 	}
-	// (The 2 s run reads CPU time in 10 ms ticks: at 20 Mbit/s a few
-	// dozen of them, so the bound on the ratio is loose.)
-	if got["split@20M"].gbps < 0.015 || ratio > 8 {
+	// (Measured alone: 2.3–2.5 over 10 s runs; before the TUN writes
+	// were coalesced and GOMAXPROCS followed the load, 5.)
+	if got["split@20M"].gbps < 0.015 || ratio > 4 {
 		t.Errorf("at 20 Mbit/s: %.3f Gbit/s, CPU per MB %.1f× the full rate's", got["split@20M"].gbps, ratio)
 	}
 }
