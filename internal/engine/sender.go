@@ -128,9 +128,14 @@ func (e *shard) transmit(f *flow, to Side, st *stream, s *txSeg, now time.Time) 
 	e.emit(f, to, segment{seq: s.seq, flags: flags, data: st, n: n})
 }
 
-// schedule arms the stream's timer for its earliest deadline. The timer
-// is re-armed only when that deadline moves earlier; a timer that fires
-// early finds nothing due and re-arms, so a busy flow allocates nothing.
+// schedule arms the stream's timer for its earliest deadline. While
+// bytes are in flight the timer is re-armed only when that deadline moves
+// earlier: a timer that fires early finds nothing due and re-arms, which
+// is cheaper than moving it at every ACK. Once nothing is in flight — a
+// flow at a trickle, between bursts — a deadline that moved later (the
+// tail probe's, gone with the ACK, leaving a delayed ACK's) moves the
+// timer with it, and no deadline stops it: a wake-up for nothing at every
+// burst was most of the engine's timer callbacks at 20 Mbit/s.
 func (e *shard) schedule(f *flow, st *stream, now time.Time) {
 	st.armTLP(f.sp.sackOn && !e.cfg.NoTailProbes)
 	var at time.Time
@@ -139,7 +144,15 @@ func (e *shard) schedule(f *flow, st *stream, now time.Time) {
 			at = d
 		}
 	}
-	if at.IsZero() || (!st.timerAt.IsZero() && !at.Before(st.timerAt)) {
+	idle := st.inflight == 0 && len(st.segs) == 0
+	if at.IsZero() {
+		if idle && !st.timerAt.IsZero() && st.timer != nil {
+			st.timer.Stop()
+			st.timerAt = time.Time{}
+		}
+		return
+	}
+	if !st.timerAt.IsZero() && (at.Equal(st.timerAt) || at.After(st.timerAt) && !idle) {
 		return
 	}
 	st.timerAt = at
