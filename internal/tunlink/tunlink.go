@@ -193,9 +193,13 @@ func (l *Link) Run(ctx context.Context) error {
 func (l *Link) readLoop(side engine.Side) error {
 	d, io := l.dev[side], l.io[side]
 	n := d.BatchSize()
+	// The first buffer takes a whole super-packet (the read); the others
+	// only its segments, which the device's MTU bounds (one larger is
+	// refused and counted, not cut short): 1.2 MB a device, not 8.
 	bufs, sizes := make([][]byte, n), make([]int, n)
-	for i := range bufs {
-		bufs[i] = make([]byte, headroom+65536)
+	bufs[0] = make([]byte, headroom+65536)
+	for i := 1; i < n; i++ {
+		bufs[i] = make([]byte, headroom+MTU)
 	}
 	for {
 		cnt, err := io.Read(bufs, sizes, headroom)
