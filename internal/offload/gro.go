@@ -150,7 +150,12 @@ func flowOf(pkt []byte) (ipLen int, addrs []byte, ok bool) {
 // candidate reports whether pkt may be part of a super-packet: TCP
 // directly in IPv4 without options or fragments, or in IPv6 without
 // extension headers, lengths consistent, only ACK (and PSH) set, no
-// urgent pointer.
+// urgent pointer, and — if it carries data — its checksums valid. A
+// super-packet's checksums are made anew (the kernel's segmentation
+// completes them per segment), so merging a packet whose checksum is
+// wrong — corrupted, or forged, on its way to a relay — would turn it
+// into one the receiver accepts; such a packet is written as it came,
+// for the receiver to drop (as Linux's own GRO verifies before merging).
 func candidate(pkt []byte) (ipLen, tcpLen, payload int, ok bool) {
 	switch {
 	case len(pkt) >= header.IPv4MinLen && pkt[0] == 0x45:
@@ -175,7 +180,24 @@ func candidate(pkt []byte) (ipLen, tcpLen, payload int, ok bool) {
 	if tcpLen < header.TCPMinLen || ipLen+tcpLen > len(pkt) || tcp.Flags()&^header.TCPPsh != header.TCPAck || tcp[18]|tcp[19] != 0 {
 		return 0, 0, 0, false
 	}
-	return ipLen, tcpLen, len(pkt) - ipLen - tcpLen, true
+	payload = len(pkt) - ipLen - tcpLen
+	if payload > 0 && !checksumsValid(pkt, ipLen) {
+		return 0, 0, 0, false
+	}
+	return ipLen, tcpLen, payload, true
+}
+
+// checksumsValid verifies a TCP packet's checksum (and IPv4's header
+// checksum).
+func checksumsValid(pkt []byte, ipLen int) bool {
+	src, dst := pkt[12:16], pkt[16:20]
+	if ipLen == header.IPv6Len {
+		src, dst = pkt[8:24], pkt[24:40]
+	} else if !header.IPv4(pkt).ChecksumValid() {
+		return false
+	}
+	l4 := pkt[ipLen:]
+	return header.Checksum(l4, header.PseudoHeaderSum(src, dst, header.ProtoTCP, len(l4))) == 0xffff
 }
 
 // mergeable reports whether pkt continues super-packet it (whose first

@@ -217,6 +217,16 @@ func TestCoalesce(t *testing.T) {
 		}), 65536, 3},
 		{"64 KiB", run(50, contiguous(0, 50)), 1 << 17, 2},
 		{"no room", run(4, contiguous(0, 4)), 0, 4},
+		{"a corrupted segment", func() [][]byte {
+			ps := run(4, contiguous(0, 4))
+			ps[2][len(ps[2])-1] ^= 0xff // its checksum no longer holds: written as it came
+			return ps
+		}(), 65536, 3},
+		{"a bad ipv4 header checksum", func() [][]byte {
+			ps := run(4, contiguous(0, 4))
+			ps[1][10] ^= 0xff
+			return ps
+		}(), 65536, 3},
 		{"longer than the first", run(3, func(i int) seg {
 			s := contiguous(0, 3)(i)
 			if i == 0 {
@@ -266,13 +276,16 @@ func TestCoalesceZeroAllocs(t *testing.T) {
 }
 
 // FuzzCoalesce: any batch — segments of three flows with the fuzzer's
-// sequence numbers, sizes, flags, identifications and windows, and raw
-// bytes — is written so that the kernel's segmentation gives back every
-// packet, each flow in its order.
+// sequence numbers, sizes, flags, identifications and windows, some with
+// a byte corrupted, and raw bytes — is written so that the kernel's
+// segmentation gives back every packet exactly, each flow in its order:
+// in particular a corrupted packet stays corrupted (its checksum is not
+// made anew by merging it).
 func FuzzCoalesce(f *testing.F) {
 	f.Add([]byte{0, 0, 5, 0x10, 0, 0, 5, 0x10, 0, 0, 5, 0x10})
 	f.Add([]byte{0, 0, 5, 0x10, 1, 0, 5, 0x10, 0, 0, 5, 0x18, 2, 0, 5, 0x10, 2, 0, 1, 0x10})
 	f.Add([]byte{0, 0, 5, 0x10, 0, 1, 5, 0x10, 0, 0, 0, 0x10, 0, 0, 5, 0x11, 3, 0x45, 0, 0})
+	f.Add([]byte{0, 0, 5, 0x10, 0x40, 0, 200, 0x10, 0, 0, 5, 0x10, 0x42, 0, 5, 0x10, 0x40, 0, 10, 0x10})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var pkts [][]byte
 		next := [3]uint32{1000, 1000, 1000}
@@ -288,7 +301,11 @@ func FuzzCoalesce(f *testing.F) {
 			s.seq = next[s.flow] + uint32(d[1]>>4)*100
 			s.id = ids[s.flow] + uint16(d[1]&3)
 			next[s.flow], ids[s.flow] = s.seq+uint32(s.payload), s.id+1
-			pkts = append(pkts, s.packet())
+			p := s.packet()
+			if d[0]&0x40 != 0 { // corrupted on its way, as a relay may be handed it
+				p[int(d[2])*len(p)/256] ^= 0x5a
+			}
+			pkts = append(pkts, p)
 		}
 		var c Coalescer
 		runGRO(t, &c, pkts, 65536)
