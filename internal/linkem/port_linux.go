@@ -4,9 +4,13 @@ package linkem
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
 
 	"github.com/espep/espep/internal/offload"
 	"golang.org/x/sys/unix"
@@ -14,11 +18,41 @@ import (
 
 // port is an AF_PACKET socket bound to one interface, in promiscuous mode,
 // blind to the frames it sends itself.
+//
+// Its socket is non-blocking and polled by the runtime, and its reads and
+// writes are raw system calls (RawSyscall), for the reason tunlink's are:
+// an ordinary Go system call — worse, a blocking one, which the runtime's
+// sysmon must notice to hand its P on — wakes sysmon at every frame of a
+// trickle. A read that finds nothing waits in the poller; a write the
+// socket cannot take yet (EAGAIN) waits for it there. One goroutine
+// reads; writers, one at a time (wmu), come from the links and the engine.
 type port struct {
 	name string
-	fd   int
+	f    *os.File // the socket
+	rc   syscall.RawConn
 	mtu  int
 	c    portCounters
+
+	rbuf   []byte // the reader's: what read fills
+	rn     int
+	rerr   syscall.Errno
+	readFn func(fd uintptr) bool
+
+	wmu     sync.Mutex
+	iov     [2]unix.Iovec // under wmu: the virtio header and the frame
+	werr    syscall.Errno
+	writeFn func(fd uintptr) bool
+}
+
+// newPort makes a port of f, a packet socket (or, in tests, any file).
+func newPort(name string, f *os.File, mtu int) (*port, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("linkem: %s: %w", name, err)
+	}
+	p := &port{name: name, f: f, rc: rc, mtu: mtu}
+	p.readFn, p.writeFn = p.readCall, p.writeCall // bound once: no allocation per frame
+	return p, nil
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
@@ -28,11 +62,10 @@ func openPort(name string) (*port, error) {
 	if err != nil {
 		return nil, fmt.Errorf("linkem: interface %s: %w", name, err)
 	}
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, int(htons(unix.ETH_P_ALL)))
 	if err != nil {
 		return nil, fmt.Errorf("linkem: packet socket on %s (needs CAP_NET_RAW): %w", name, err)
 	}
-	p := &port{name: name, fd: fd, mtu: ifi.MTU}
 	fail := func(what string, err error) (*port, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("linkem: %s on %s: %w", what, name, err)
@@ -53,13 +86,14 @@ func openPort(name string) (*port, error) {
 	if err := unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, &mreq); err != nil {
 		return fail("promiscuous mode", err)
 	}
-	// Wake up now and then to notice cancellation.
-	tv := unix.Timeval{Usec: 200_000}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return fail("receive timeout", err)
-	}
 	for _, opt := range []int{unix.SO_RCVBUF, unix.SO_SNDBUF} {
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, 4<<20) // best effort
+	}
+	// Non-blocking when made a file: the runtime's poller takes it.
+	p, err := newPort(name, os.NewFile(uintptr(fd), "packet:"+name), ifi.MTU)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
 	}
 	return p, nil
 }
@@ -78,17 +112,21 @@ func (p *port) readLoop(ctx context.Context, send func([]byte)) error {
 		}
 		send(f) // borrowed: valid until send returns (see Bridge.sendOn)
 	}
-	for ctx.Err() == nil {
-		n, _, err := unix.Recvfrom(p.fd, buf, 0)
+	// The read waiting in the poller ends when ctx does.
+	defer context.AfterFunc(ctx, func() { p.f.SetReadDeadline(time.Now()) })()
+	p.rbuf = buf
+	for {
+		err := p.rc.Read(p.readFn)
+		if err == nil && p.rerr != 0 {
+			err = p.rerr
+		}
 		if err != nil {
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-				continue
-			}
 			if ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("linkem: read %s: %w", p.name, err)
 		}
+		n := p.rn
 		p.c.rxFrames.Add(1)
 		p.c.rxBytes.Add(uint64(n))
 		h, err := offload.ParseHdr(buf[:n])
@@ -107,14 +145,43 @@ func (p *port) readLoop(ctx context.Context, send func([]byte)) error {
 			p.c.segmented.Add(1)
 		}
 	}
-	return nil
+}
+
+// readCall reads a frame into rbuf; false (wait) when there is none.
+func (p *port) readCall(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p.rbuf))), uintptr(len(p.rbuf)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		p.rn, p.rerr = int(r), e
+		return true
+	}
 }
 
 // noOffload is the virtio_net_hdr of a finished frame.
 var noOffload [offload.HdrLen]byte
 
+// write sends frame f (finished: no offloads asked of the kernel).
 func (p *port) write(f []byte) {
-	if _, err := unix.Writev(p.fd, [][]byte{noOffload[:], f}); err != nil {
+	if len(f) == 0 {
+		return
+	}
+	p.wmu.Lock()
+	p.iov[0] = unix.Iovec{Base: &noOffload[0]}
+	p.iov[0].SetLen(len(noOffload))
+	p.iov[1] = unix.Iovec{Base: unsafe.SliceData(f)}
+	p.iov[1].SetLen(len(f))
+	err := p.rc.Write(p.writeFn)
+	if err == nil && p.werr != 0 {
+		err = p.werr
+	}
+	p.iov[1] = unix.Iovec{} // keep no reference to the frame
+	p.wmu.Unlock()
+	if err != nil {
 		p.c.txErrors.Add(1)
 		return
 	}
@@ -122,4 +189,19 @@ func (p *port) write(f []byte) {
 	p.c.txBytes.Add(uint64(len(f)))
 }
 
-func (p *port) close() { unix.Close(p.fd) }
+// writeCall sends iov; false (wait) while the socket cannot take it.
+func (p *port) writeCall(fd uintptr) bool {
+	for {
+		_, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&p.iov[0])), uintptr(len(p.iov)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		p.werr = e
+		return true
+	}
+}
+
+func (p *port) close() { p.f.Close() }
