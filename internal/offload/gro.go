@@ -77,7 +77,8 @@ func (c *Coalescer) merge(bufs [][]byte, offset, i int) {
 	if at >= 0 {
 		it := &c.items[c.open[at]]
 		first := bufs[it.idx][offset:]
-		if ok && mergeable(it, first, pkt, ipLen, tcpLen, payload) && cap(bufs[it.idx]) >= offset+len(first)+payload {
+		if ok && mergeable(it, first, pkt, ipLen, tcpLen, payload) && cap(bufs[it.idx]) >= offset+len(first)+payload &&
+			intact(it, first, pkt) {
 			b := append(bufs[it.idx], pkt[ipLen+tcpLen:]...)
 			bufs[it.idx] = b
 			it.segs++
@@ -150,12 +151,8 @@ func flowOf(pkt []byte) (ipLen int, addrs []byte, ok bool) {
 // candidate reports whether pkt may be part of a super-packet: TCP
 // directly in IPv4 without options or fragments, or in IPv6 without
 // extension headers, lengths consistent, only ACK (and PSH) set, no
-// urgent pointer, and — if it carries data — its checksums valid. A
-// super-packet's checksums are made anew (the kernel's segmentation
-// completes them per segment), so merging a packet whose checksum is
-// wrong — corrupted, or forged, on its way to a relay — would turn it
-// into one the receiver accepts; such a packet is written as it came,
-// for the receiver to drop (as Linux's own GRO verifies before merging).
+// urgent pointer. (Its checksums are checked only if it is merged:
+// intact.)
 func candidate(pkt []byte) (ipLen, tcpLen, payload int, ok bool) {
 	switch {
 	case len(pkt) >= header.IPv4MinLen && pkt[0] == 0x45:
@@ -180,11 +177,20 @@ func candidate(pkt []byte) (ipLen, tcpLen, payload int, ok bool) {
 	if tcpLen < header.TCPMinLen || ipLen+tcpLen > len(pkt) || tcp.Flags()&^header.TCPPsh != header.TCPAck || tcp[18]|tcp[19] != 0 {
 		return 0, 0, 0, false
 	}
-	payload = len(pkt) - ipLen - tcpLen
-	if payload > 0 && !checksumsValid(pkt, ipLen) {
-		return 0, 0, 0, false
-	}
-	return ipLen, tcpLen, payload, true
+	return ipLen, tcpLen, len(pkt) - ipLen - tcpLen, true
+}
+
+// intact reports whether pkt, and the super-packet's first segment if
+// nothing has been merged into it yet, have valid checksums. A
+// super-packet's checksums are made anew (the kernel's segmentation
+// completes them per segment), so merging a packet whose checksum is
+// wrong — corrupted, or forged, on its way to a relay — would turn it
+// into one the receiver accepts; such a packet is written as it came, for
+// the receiver to drop (as Linux's own GRO verifies before merging). Only
+// packets that are merged are summed: one written alone keeps its
+// checksum either way.
+func intact(it *groItem, first, pkt []byte) bool {
+	return (it.segs > 1 || checksumsValid(first, it.ipLen)) && checksumsValid(pkt, it.ipLen)
 }
 
 // checksumsValid verifies a TCP packet's checksum (and IPv4's header
