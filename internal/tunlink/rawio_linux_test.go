@@ -32,6 +32,20 @@ func seqpacket(t *testing.T) (dev *os.File, peer int) {
 	return dev, fds[1]
 }
 
+// flowSegments is n contiguous 1400-byte segments of one flow, as its
+// sender makes them (IPv4 identifications counting up): a run the
+// writer coalesces.
+func flowSegments(src, dst netip.AddrPort, n int) [][]byte {
+	var out [][]byte
+	for i := range n {
+		p := packettest.Segment(src, dst, header.TCPAck, 1000+uint32(i*1400), 1, 500, nil, bytes.Repeat([]byte{byte(i)}, 1400))
+		header.IPv4(p).SetID(uint16(5 + i))
+		header.IPv4(p).UpdateChecksum()
+		out = append(out, p)
+	}
+	return out
+}
+
 func readBufs() ([][]byte, []int) {
 	bufs, sizes := make([][]byte, offload.MaxSegments), make([]int, offload.MaxSegments)
 	for i := range bufs {
@@ -125,13 +139,7 @@ func TestRawIO(t *testing.T) {
 	}
 	// Two contiguous segments of a flow: one write, which the kernel's
 	// segmentation (offload.SegmentInto's) turns back into both.
-	var two [][]byte
-	for i := range 2 {
-		p := packettest.Segment(src, dst, header.TCPAck, 1000+uint32(i*1400), 1, 500, nil, bytes.Repeat([]byte{byte(i)}, 1400))
-		header.IPv4(p).SetID(uint16(5 + i))
-		header.IPv4(p).UpdateChecksum()
-		two = append(two, p)
-	}
+	two := flowSegments(src, dst, 2)
 	batch := [][]byte{make([]byte, headroom+len(two[0]), bufSize), make([]byte, headroom+len(two[1]), bufSize)}
 	copy(batch[0][headroom:], two[0])
 	copy(batch[1][headroom:], two[1])
@@ -195,13 +203,7 @@ func TestRawIOZeroAllocs(t *testing.T) {
 		packettest.Segment(src, dst, header.TCPAck, 7, 1, 500, nil, make([]byte, 20000))...)
 	out := [][]byte{make([]byte, headroom+1400)}
 	sink := make([]byte, 70000)
-	var flow [][]byte // a flow's contiguous segments, coalesced when written
-	for i := range 4 {
-		p := packettest.Segment(src, dst, header.TCPAck, 1000+uint32(i*1400), 1, 500, nil, make([]byte, 1400))
-		header.IPv4(p).SetID(uint16(i))
-		header.IPv4(p).UpdateChecksum()
-		flow = append(flow, p)
-	}
+	flow := flowSegments(src, dst, 4) // coalesced when written
 	batch := make([][]byte, len(flow))
 	for i := range batch {
 		batch[i] = make([]byte, 0, bufSize)
