@@ -296,9 +296,7 @@ func (e *shard) takeData(st *stream, p *parsed, now time.Time, budget bool) {
 	seq := seqnum.Value(p.tcp.Seq())
 	data := p.tcp.Payload()
 	end := seq.Add(seqnum.Size(len(data)))
-	if p.tcp.Has(header.TCPPsh) && len(data) > 0 && (!st.pushOn || st.push.LessThan(end)) {
-		st.pushOn, st.push = true, end
-	}
+	pushed := end // where the sender pushed, if it did; recorded once bytes are taken
 	// A segment with a FIN has its data acknowledged at once; the FIN
 	// itself only when the receiver has it (ackValue).
 	st.ackNow = st.ackNow || st.finSeen || (len(data) > 0 && (p.tcp.Has(header.TCPFin) || seq != st.rcvNxt || len(st.ooo) > 0))
@@ -336,9 +334,11 @@ func (e *shard) takeData(st *stream, p *parsed, now time.Time, budget bool) {
 			return
 		}
 		st.buf.write(&e.pool, seq, data)
+		st.pushedTo(pushed, p.tcp.Has(header.TCPPsh))
 		return
 	}
 	st.buf.write(&e.pool, seq, data)
+	st.pushedTo(pushed, p.tcp.Has(header.TCPPsh))
 	st.rcvNxt = end
 	for len(st.ooo) > 0 && st.ooo[0].start.LessThanEq(st.rcvNxt) {
 		st.rcvNxt = seqnum.Max(st.rcvNxt, st.ooo[0].end)
@@ -353,6 +353,15 @@ func (e *shard) takeData(st *stream, p *parsed, now time.Time, budget bool) {
 	n := uint64(seq.Size(st.rcvNxt))
 	e.st.EarlyAcked += n
 	st.earlyAcked += n
+}
+
+// pushedTo records a push (PSH) by the sender up to at, for a segment
+// whose bytes were taken: one refused (beyond the window, past the
+// out-of-order bound) changes nothing.
+func (st *stream) pushedTo(at seqnum.Value, psh bool) {
+	if psh && (!st.pushOn || st.push.LessThan(at)) {
+		st.pushOn, st.push = true, at
+	}
 }
 
 // ackAcceptable reports whether ack may be taken by the sender of st:

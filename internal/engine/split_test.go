@@ -326,10 +326,16 @@ func TestSplitEarlyAck(t *testing.T) {
 // TestSplitPush: PSH toward the receiver is where the sender pushed —
 // on the segment that carries the sender's pushed byte, however the
 // engine cut the bytes — and on no other, so that the segments between
-// pushes are a run a TUN writer can coalesce.
+// pushes are a run a TUN writer can coalesce; a pushed segment the engine
+// refuses moves nothing.
 func TestSplitPush(t *testing.T) {
 	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
 	h.establish()
+	// A segment far beyond the window, pushed: refused, and its push with it.
+	h.fromW(1<<30, 988, header.TCPPsh)
+	if h.e.Stats().OutOfWindow != 1 {
+		t.Fatalf("a segment 1 GiB ahead was not refused: %+v", h.e.Stats())
+	}
 	for i := range 5 {
 		flags := uint8(0)
 		if i == 4 {
