@@ -283,7 +283,8 @@ func (e *shard) splitProcess(f *flow, from Side, p *parsed) {
 // is in order and holding (and SACKing) what is not.
 //
 // In-order data is acknowledged as a receiver does: every second segment,
-// or after delAck (RFC 9293 §3.8.6.3) — and no more often than the
+// or after delAck (RFC 9293 §3.8.6.3), or at once where the sender
+// pushed (within a batch, once at its end) — and no more often than the
 // receiver acknowledges: once the engine has sent ackSlack packets more
 // toward the sender than the receiver sent (budget false), every
 // stretchAck-th segment. Otherwise the gateway would send more packets on
@@ -345,7 +346,11 @@ func (e *shard) takeData(st *stream, p *parsed, now time.Time, budget bool) {
 		st.ooo = append(st.ooo[:0], st.ooo[1:]...)
 	}
 	st.unacked++
-	if st.unacked >= stretchAck || st.unacked >= 2 && budget {
+	// A pushed segment is the end of what the sender has to send for now:
+	// no second one is coming to share the ACK with, and holding it for
+	// delAck only delays the sender and costs the gateway a timer wake-up
+	// (at a radio's rate, half of the engine's wake-ups were such ACKs).
+	if st.unacked >= stretchAck || budget && (st.unacked >= 2 || p.tcp.Has(header.TCPPsh)) {
 		st.ackNow = true
 	} else if st.ackAt.IsZero() {
 		st.ackAt = now.Add(delAck)

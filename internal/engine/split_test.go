@@ -381,6 +381,38 @@ func TestSplitIdleTimer(t *testing.T) {
 	}
 }
 
+// TestSplitPushAck: a lone segment the sender pushed is acknowledged at
+// once, where an unpushed one waits for delAck; but pushes do not let the
+// engine send more ACKs toward the sender than the receiver sends beyond
+// ackSlack — past that, the engine acknowledges as it does without them.
+func TestSplitPushAck(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	h.fromW(0, 988, header.TCPPsh)
+	if toW := h.sentTo(Wire); len(toW) != 1 || toW[0].ack != h.W()+988 {
+		t.Fatalf("a pushed segment: %+v toward the sender, want its ACK at once", toW)
+	}
+	h.fromW(988, 988, 0)
+	if toW := h.sentTo(Wire); len(toW) != 0 {
+		t.Fatalf("an unpushed lone segment was acknowledged at once: %+v", toW)
+	}
+	h.clock.Advance(delAck)
+	if toW := h.sentTo(Wire); len(toW) != 1 || toW[0].ack != h.W()+2*988 {
+		t.Fatalf("after delAck: %+v toward the sender, want the delayed ACK", toW)
+	}
+	// The radio host sends nothing: every ACK toward the wire host is the
+	// engine's own.
+	const n = 2 * ackSlack
+	acks := 0
+	for i := range n {
+		h.fromW((2+i)*988, 988, header.TCPPsh)
+		acks += len(h.sentTo(Wire))
+	}
+	if acks < ackSlack || acks > ackSlack+n/stretchAck+4 {
+		t.Fatalf("%d ACKs toward the sender for %d pushed segments and none from the receiver: want about %d, then one every %d", acks, n, ackSlack, stretchAck)
+	}
+}
+
 // TestSplitSACKGeneration: data from the sender with holes is held and
 // SACKed, the most recent block first (RFC 2018 §4); filling a hole moves
 // the cumulative ACK over everything held.
