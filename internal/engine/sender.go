@@ -128,14 +128,14 @@ func (e *shard) transmit(f *flow, to Side, st *stream, s *txSeg, now time.Time) 
 	e.emit(f, to, segment{seq: s.seq, flags: flags, data: st, n: n})
 }
 
-// schedule arms the stream's timer for its earliest deadline. While
-// bytes are in flight the timer is re-armed only when that deadline moves
-// earlier: a timer that fires early finds nothing due and re-arms, which
-// is cheaper than moving it at every ACK. Once nothing is in flight — a
-// flow at a trickle, between bursts — a deadline that moved later (the
-// tail probe's, gone with the ACK, leaving a delayed ACK's) moves the
-// timer with it, and no deadline stops it: a wake-up for nothing at every
-// burst was most of the engine's timer callbacks at 20 Mbit/s.
+// schedule arms the stream's timer for its earliest deadline. Within a
+// batch (Input.More) the timer is re-armed only when that deadline moves
+// earlier; a deadline that moved later (the RTO's and the tail probe's
+// follow every ACK) moves the timer at the batch's last packet, once,
+// and no deadline stops it once nothing is in flight. A timer left early
+// fires for nothing and re-arms: once per burst at a trickle, where each
+// such wake-up of an idle process costs more than moving the timer at
+// every batch does at full rate.
 func (e *shard) schedule(f *flow, st *stream, now time.Time) {
 	st.armTLP(f.sp.sackOn && !e.cfg.NoTailProbes)
 	var at time.Time
@@ -152,7 +152,7 @@ func (e *shard) schedule(f *flow, st *stream, now time.Time) {
 		}
 		return
 	}
-	if !st.timerAt.IsZero() && (at.Equal(st.timerAt) || at.After(st.timerAt) && !idle) {
+	if !st.timerAt.IsZero() && (at.Equal(st.timerAt) || at.After(st.timerAt) && !idle && e.cur.More) {
 		return
 	}
 	st.timerAt = at

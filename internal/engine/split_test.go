@@ -413,6 +413,38 @@ func TestSplitPushAck(t *testing.T) {
 	}
 }
 
+// TestSplitTimerFollowsAcks: ACKs that keep coming while data is in
+// flight move the tail probe's deadline later each time, and the timer
+// with it; under the old rule (move it only once nothing is in flight) it
+// fired early, for nothing, between every two of them.
+func TestSplitTimerFollowsAcks(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	for i := range 10 {
+		flags := uint8(0)
+		if i == 9 {
+			flags = header.TCPPsh
+		}
+		h.fromW(i*988, 988, flags)
+	}
+	if toR := h.sentTo(Radio); len(toR) != 10 {
+		t.Fatalf("%d segments toward the radio, want 10", len(toR))
+	}
+	fires := h.e.timerFires()
+	for i := 1; i < 10; i++ { // one segment acknowledged a millisecond
+		h.clock.Advance(time.Millisecond)
+		h.ackR(i*988, 65535)
+	}
+	if n := h.e.timerFires() - fires; n != 0 {
+		t.Fatalf("%d timer callbacks while ACKs kept coming, want 0", n)
+	}
+	h.take()
+	h.clock.Advance(time.Second) // the last segment's ACK is lost: the probe fires
+	if n := h.e.timerFires() - fires; n == 0 || h.e.Stats().TailProbes != 1 {
+		t.Fatalf("%d timer callbacks, %d tail probes once the ACKs stopped, want the probe", n, h.e.Stats().TailProbes)
+	}
+}
+
 // TestSplitSACKGeneration: data from the sender with holes is held and
 // SACKed, the most recent block first (RFC 2018 §4); filling a hole moves
 // the cumulative ACK over everything held.
