@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/fdclock"
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/ikefollow"
 	"github.com/espep/espep/internal/ikev2"
@@ -112,13 +113,21 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	}
 	defer closeState(state, log)
 	fc.Gateway.State = state
+	// The engine's timers, moved at every ACK, on a clock that does not
+	// wake the process for the ones it moved (package fdclock).
+	clk, err := fdclock.New()
+	if err != nil {
+		log.Info("engine timers on the runtime's timers", "why", err)
+	}
+	defer clk.Close()
+	fc.Gateway.Engine.Clock = clk
 	gw, gio, err := openGatewayIO(fc, log)
 	if err != nil {
 		return err
 	}
 	// Stopping, in order: the packet I/O (devices, rules, sockets), then
 	// the gateway (its engine's timers, the numbers recorded), then the
-	// state directory (deferred above).
+	// clock and the state directory (deferred above).
 	defer gw.Close()
 	defer gio.close()
 	if len(fc.SAFiles) > 0 {
