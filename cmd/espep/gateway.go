@@ -113,12 +113,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	}
 	defer closeState(state, log)
 	fc.Gateway.State = state
-	// The engine's timers, moved at every ACK, on a clock that does not
-	// wake the process for the ones it moved (package fdclock).
-	clk, err := fdclock.New()
-	if err != nil {
-		log.Info("engine timers on the runtime's timers", "why", err)
-	}
+	clk := engineClock(log)
 	defer clk.Close()
 	fc.Gateway.Engine.Clock = clk
 	gw, gio, err := openGatewayIO(fc, log)
@@ -169,6 +164,17 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "ike: %s\n", ike.Stats().Summary())
 	}
 	return err
+}
+
+// engineClock is the clock for the engine's timers, which are moved at
+// every ACK: one that does not wake the process for the ones it moved
+// (package fdclock), or, where it cannot be had, one that does.
+func engineClock(log *slog.Logger) *fdclock.Clock {
+	clk, err := fdclock.New()
+	if err != nil {
+		log.Info("engine timers on the runtime's timers", "why", err)
+	}
+	return clk
 }
 
 // gatewayConfig reads the command line and the --config file it names;
