@@ -80,8 +80,15 @@ func (st *stream) enterRecovery(lost seqnum.Value, inflightBefore int, now time.
 // when only one segment is in flight (RFC 8985 §7.2).
 const wcDelAck = 200 * time.Millisecond
 
-// armTLP sets the probe timeout (RFC 8985 §7.2): two smoothed RTTs after
-// new data last went out or a new cumulative ACK came, or the RTO if that
+// ptoSlack is added to every probe timeout, as Linux adds 2 ms
+// (TCP_TIMEOUT_MIN_US): over a path of a few hundred microseconds two
+// SRTTs are less than the scheduling delay of the receiver's ACK, and the
+// probe goes out for nothing — through namespaces, at full rate, about
+// 150 a second.
+const ptoSlack = 2 * time.Millisecond
+
+// armTLP sets the probe timeout (RFC 8985 §7.2): two smoothed RTTs (and
+// ptoSlack) after new data last went out or a new cumulative ACK came, or the RTO if that
 // is sooner — on a SACK flow with something in flight, not in
 // recovery, not after an RTO (until a new cumulative ACK) and no probe
 // already out.
@@ -90,7 +97,7 @@ func (st *stream) armTLP(sackOn bool) {
 	if !sackOn || st.tlpOut || st.inRecovery || st.backoff > 0 || st.nLost > 0 || len(st.segs) == 0 || st.srtt == 0 || st.ptoBase.IsZero() {
 		return
 	}
-	pto := 2 * st.srtt
+	pto := 2*st.srtt + ptoSlack
 	if len(st.segs) == 1 {
 		pto += wcDelAck
 	}

@@ -445,6 +445,27 @@ func TestSplitTimerFollowsAcks(t *testing.T) {
 	}
 }
 
+// TestSplitProbeSlack: over a path of a hundred microseconds the tail
+// probe waits two SRTTs and ptoSlack, not two SRTTs alone — which a
+// receiver's ACK delayed by a scheduler's hiccup outlasts.
+func TestSplitProbeSlack(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	for i := range 10 {
+		h.fromW(i*988, 988, 0)
+	}
+	h.clock.Advance(100 * time.Microsecond)
+	h.ackR(5*988, 65535) // an RTT sample of 100 µs; five segments still out
+	h.clock.Advance(ptoSlack)
+	if n := h.e.Stats().TailProbes; n != 0 {
+		t.Fatalf("%d tail probes within 2 ms of an ACK on a 100 µs path", n)
+	}
+	h.clock.Advance(time.Millisecond)
+	if n := h.e.Stats().TailProbes; n != 1 {
+		t.Fatalf("%d tail probes once two SRTTs and ptoSlack passed, want 1", n)
+	}
+}
+
 // TestSplitSACKGeneration: data from the sender with holes is held and
 // SACKed, the most recent block first (RFC 2018 §4); filling a hole moves
 // the cumulative ACK over everything held.
