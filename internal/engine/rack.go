@@ -87,11 +87,11 @@ const wcDelAck = 200 * time.Millisecond
 // 150 a second.
 const ptoSlack = 2 * time.Millisecond
 
-// armTLP sets the probe timeout (RFC 8985 §7.2): two smoothed RTTs (and
-// ptoSlack) after new data last went out or a new cumulative ACK came, or the RTO if that
-// is sooner — on a SACK flow with something in flight, not in
-// recovery, not after an RTO (until a new cumulative ACK) and no probe
-// already out.
+// armTLP sets the probe timeout (RFC 8985 §7.2): two smoothed RTTs and
+// ptoSlack after new data last went out or a new cumulative ACK came, or
+// the RTO if that is sooner — on a SACK flow with something in flight,
+// not in recovery, not after an RTO (until a new cumulative ACK) and no
+// probe already out.
 func (st *stream) armTLP(sackOn bool) {
 	st.tlpAt = time.Time{}
 	if !sackOn || st.tlpOut || st.inRecovery || st.backoff > 0 || st.nLost > 0 || len(st.segs) == 0 || st.srtt == 0 || st.ptoBase.IsZero() {
