@@ -202,8 +202,7 @@ func checksumsValid(pkt []byte, ipLen int) bool {
 	} else if !header.IPv4(pkt).ChecksumValid() {
 		return false
 	}
-	l4 := pkt[ipLen:]
-	return header.Checksum(l4, header.PseudoHeaderSum(src, dst, header.ProtoTCP, len(l4))) == 0xffff
+	return header.TCP(pkt[ipLen:]).ChecksumValid(src, dst)
 }
 
 // mergeable reports whether pkt continues super-packet it (whose first
