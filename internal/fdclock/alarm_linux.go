@@ -7,13 +7,14 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/espep/espep/internal/rawfd"
 	"golang.org/x/sys/unix"
 )
 
 // fdAlarm is a timerfd (CLOCK_MONOTONIC, non-blocking) in the runtime's
-// poller. Its system calls are RawSyscalls: an ordinary one wakes the
-// runtime's monitor thread when every P was idle (see package tunlink's
-// rawio_linux.go), which is what this clock is for avoiding.
+// poller. Its system calls are RawSyscalls (the read through package
+// rawfd): an ordinary one wakes the runtime's monitor thread when every P
+// was idle, which is what this clock is for avoiding.
 type fdAlarm struct {
 	f  *os.File
 	rc syscall.RawConn
@@ -23,10 +24,9 @@ type fdAlarm struct {
 	spec    unix.ItimerSpec
 	setErr  syscall.Errno
 	setCall func(fd uintptr)
-	// wait's, on the clock's goroutine: the expiration count, and the same.
-	buf      [8]byte
-	readErr  syscall.Errno
-	readCall func(fd uintptr) bool
+	// wait's, on the clock's goroutine: the read, and the expiration count.
+	rd  rawfd.Op
+	buf [8]byte
 }
 
 func newAlarm() (alarm, error) {
@@ -41,7 +41,8 @@ func newAlarm() (alarm, error) {
 		return nil, fmt.Errorf("timerfd: %w", err)
 	}
 	a := &fdAlarm{f: f, rc: rc}
-	a.setCall, a.readCall = a.settime, a.readOnce
+	a.setCall = a.settime
+	a.rd.Init(rc, syscall.SYS_READ, false)
 	return a, nil
 }
 
@@ -66,25 +67,14 @@ func (a *fdAlarm) settime(fd uintptr) {
 
 // wait parks in the runtime's poller until the timerfd has expired.
 func (a *fdAlarm) wait() error {
-	a.readErr = 0
-	if err := a.rc.Read(a.readCall); err != nil {
+	_, errno, err := a.rd.Do(unsafe.Pointer(&a.buf[0]), uintptr(len(a.buf)))
+	if err != nil {
 		return err
 	}
-	if a.readErr != 0 {
-		return fmt.Errorf("timerfd read: %w", a.readErr)
+	if errno != 0 {
+		return fmt.Errorf("timerfd read: %w", errno)
 	}
 	return nil
-}
-
-// readOnce reads the expiration count; false (wait for readability) when
-// there is none yet.
-func (a *fdAlarm) readOnce(fd uintptr) bool {
-	_, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&a.buf[0])), uintptr(len(a.buf)))
-	if e == syscall.EAGAIN {
-		return false
-	}
-	a.readErr = e
-	return true
 }
 
 func (a *fdAlarm) close() error { return a.f.Close() }

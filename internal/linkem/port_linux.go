@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/espep/espep/internal/offload"
+	"github.com/espep/espep/internal/rawfd"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,7 +21,7 @@ import (
 // blind to the frames it sends itself.
 //
 // Its socket is non-blocking and polled by the runtime, and its reads and
-// writes are raw system calls (RawSyscall), for the reason tunlink's are:
+// writes are raw system calls (package rawfd), for the reason tunlink's are:
 // an ordinary Go system call — worse, a blocking one, which the runtime's
 // sysmon must notice to hand its P on — wakes sysmon at every frame of a
 // trickle. A read that finds nothing waits in the poller; a write the
@@ -29,19 +30,14 @@ import (
 type port struct {
 	name string
 	f    *os.File // the socket
-	rc   syscall.RawConn
 	mtu  int
 	c    portCounters
 
-	rbuf   []byte // the reader's: what read fills
-	rn     int
-	rerr   syscall.Errno
-	readFn func(fd uintptr) bool
+	rd rawfd.Op // the reader's
 
-	wmu     sync.Mutex
-	iov     [2]unix.Iovec // under wmu: the virtio header and the frame
-	werr    syscall.Errno
-	writeFn func(fd uintptr) bool
+	wmu sync.Mutex
+	wr  rawfd.Op      // under wmu
+	iov [2]unix.Iovec // under wmu: the virtio header and the frame
 }
 
 // newPort makes a port of f, a packet socket (or, in tests, any file).
@@ -50,8 +46,9 @@ func newPort(name string, f *os.File, mtu int) (*port, error) {
 	if err != nil {
 		return nil, fmt.Errorf("linkem: %s: %w", name, err)
 	}
-	p := &port{name: name, f: f, rc: rc, mtu: mtu}
-	p.readFn, p.writeFn = p.readCall, p.writeCall // bound once: no allocation per frame
+	p := &port{name: name, f: f, mtu: mtu}
+	p.rd.Init(rc, syscall.SYS_READ, false)
+	p.wr.Init(rc, syscall.SYS_WRITEV, true)
 	return p, nil
 }
 
@@ -114,11 +111,10 @@ func (p *port) readLoop(ctx context.Context, send func([]byte)) error {
 	}
 	// The read waiting in the poller ends when ctx does.
 	defer context.AfterFunc(ctx, func() { p.f.SetReadDeadline(time.Now()) })()
-	p.rbuf = buf
 	for {
-		err := p.rc.Read(p.readFn)
-		if err == nil && p.rerr != 0 {
-			err = p.rerr
+		n, errno, err := p.rd.Do(unsafe.Pointer(unsafe.SliceData(buf)), uintptr(len(buf)))
+		if err == nil && errno != 0 {
+			err = errno
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -126,7 +122,6 @@ func (p *port) readLoop(ctx context.Context, send func([]byte)) error {
 			}
 			return fmt.Errorf("linkem: read %s: %w", p.name, err)
 		}
-		n := p.rn
 		p.c.rxFrames.Add(1)
 		p.c.rxBytes.Add(uint64(n))
 		h, err := offload.ParseHdr(buf[:n])
@@ -147,21 +142,6 @@ func (p *port) readLoop(ctx context.Context, send func([]byte)) error {
 	}
 }
 
-// readCall reads a frame into rbuf; false (wait) when there is none.
-func (p *port) readCall(fd uintptr) bool {
-	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p.rbuf))), uintptr(len(p.rbuf)))
-		switch e {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		p.rn, p.rerr = int(r), e
-		return true
-	}
-}
-
 // noOffload is the virtio_net_hdr of a finished frame.
 var noOffload [offload.HdrLen]byte
 
@@ -175,9 +155,9 @@ func (p *port) write(f []byte) {
 	p.iov[0].SetLen(len(noOffload))
 	p.iov[1] = unix.Iovec{Base: unsafe.SliceData(f)}
 	p.iov[1].SetLen(len(f))
-	err := p.rc.Write(p.writeFn)
-	if err == nil && p.werr != 0 {
-		err = p.werr
+	_, errno, err := p.wr.Do(unsafe.Pointer(&p.iov[0]), uintptr(len(p.iov)))
+	if err == nil && errno != 0 {
+		err = errno
 	}
 	p.iov[1] = unix.Iovec{} // keep no reference to the frame
 	p.wmu.Unlock()
@@ -187,21 +167,6 @@ func (p *port) write(f []byte) {
 	}
 	p.c.txFrames.Add(1)
 	p.c.txBytes.Add(uint64(len(f)))
-}
-
-// writeCall sends iov; false (wait) while the socket cannot take it.
-func (p *port) writeCall(fd uintptr) bool {
-	for {
-		_, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&p.iov[0])), uintptr(len(p.iov)))
-		switch e {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		p.werr = e
-		return true
-	}
 }
 
 func (p *port) close() { p.f.Close() }

@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/espep/espep/internal/offload"
+	"github.com/espep/espep/internal/rawfd"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
@@ -34,7 +35,7 @@ import (
 // writes (the side's batch lock), so each direction's call state is its
 // own and needs no lock.
 type rawIO struct {
-	read, write rawOp
+	read, write rawfd.Op
 	gro         offload.Coalescer // the writer's
 	out         []int             // the writer's: what Coalesce says to write
 	bad         atomic.Uint64     // packets read that could not be finished, dropped
@@ -62,9 +63,8 @@ func newRawIO(f *os.File) (*rawIO, error) {
 		return nil, fmt.Errorf("tunlink: %w", err)
 	}
 	r := &rawIO{}
-	r.read = rawOp{rc: rc, trap: syscall.SYS_READ}
-	r.write = rawOp{rc: rc, trap: syscall.SYS_WRITE}
-	r.read.fn, r.write.fn = r.read.call, r.write.call // bound once: no allocation per call
+	r.read.Init(rc, syscall.SYS_READ, false)
+	r.write.Init(rc, syscall.SYS_WRITE, true)
 	return r, nil
 }
 
@@ -77,7 +77,7 @@ func (r *rawIO) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if offset < offload.HdrLen || len(bufs) == 0 || len(sizes) < len(bufs) {
 		return 0, fmt.Errorf("tunlink: read with offset %d into %d buffers", offset, len(bufs))
 	}
-	n, err := r.read.do(bufs[0][offset-offload.HdrLen:])
+	n, err := do(&r.read, bufs[0][offset-offload.HdrLen:])
 	if err != nil {
 		return 0, err
 	}
@@ -117,7 +117,7 @@ func (r *rawIO) Write(bufs [][]byte, offset int) (int, error) {
 	n := 0
 	r.writeCalls.Add(uint64(len(r.out)))
 	for _, i := range r.out {
-		if _, err := r.write.do(bufs[i][offset-offload.HdrLen:]); err != nil {
+		if _, err := do(&r.write, bufs[i][offset-offload.HdrLen:]); err != nil {
 			if first == nil {
 				first = err
 			}
@@ -134,52 +134,18 @@ func (r *rawIO) Dropped() uint64 { return r.bad.Load() }
 // WriteCalls is how many write system calls the batches took.
 func (r *rawIO) WriteCalls() uint64 { return r.writeCalls.Load() }
 
-// rawOp is one direction's system call on the descriptor: its argument
-// and results live here so that the function the runtime poller calls
-// is made once.
-type rawOp struct {
-	rc    syscall.RawConn
-	trap  uintptr
-	fn    func(fd uintptr) bool
-	p     []byte
-	n     int
-	errno syscall.Errno
-}
-
-// call makes the system call; false (wait for the descriptor) on EAGAIN.
-func (o *rawOp) call(fd uintptr) bool {
-	for {
-		r, _, e := syscall.RawSyscall(o.trap, fd, uintptr(unsafe.Pointer(unsafe.SliceData(o.p))), uintptr(len(o.p)))
-		switch e {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		o.n, o.errno = int(r), e
-		return true
-	}
-}
-
-// do reads into p or writes p, waiting in the runtime's poller while
-// the descriptor is not ready. A closed device (the poller's error, or
-// EBADFD once the device is gone) is os.ErrClosed.
-func (o *rawOp) do(p []byte) (int, error) {
-	o.p = p
-	var err error
-	if o.trap == syscall.SYS_READ {
-		err = o.rc.Read(o.fn)
-	} else {
-		err = o.rc.Write(o.fn)
-	}
-	o.p = nil
+// do reads into p or writes p with op, waiting in the runtime's poller
+// while the descriptor is not ready. A closed device (the poller's error,
+// or EBADFD once the device is gone) is os.ErrClosed.
+func do(op *rawfd.Op, p []byte) (int, error) {
+	n, errno, err := op.Do(unsafe.Pointer(unsafe.SliceData(p)), uintptr(len(p)))
 	switch {
 	case err != nil:
 		return 0, fmt.Errorf("tunlink: %w (%v)", os.ErrClosed, err)
-	case o.errno == syscall.EBADFD:
+	case errno == syscall.EBADFD:
 		return 0, os.ErrClosed
-	case o.errno != 0:
-		return 0, o.errno
+	case errno != 0:
+		return 0, errno
 	}
-	return o.n, nil
+	return n, nil
 }
