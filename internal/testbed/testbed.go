@@ -36,6 +36,7 @@ type Bed struct {
 	mu     sync.Mutex
 	nss    []string
 	procs  []*Proc
+	cpus   map[string]string // namespace → CPU list its commands run on (Box)
 	closed bool
 }
 
@@ -185,7 +186,7 @@ func (b *Bed) IP(ns string, args ...string) error {
 func (b *Bed) Run(ns string, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, args...)...)
+	cmd := exec.CommandContext(ctx, "ip", b.execArgs(ns, args)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("in %s: %s: %v: %s", ns, strings.Join(args, " "), err, bytes.TrimSpace(lastLines(out, 5)))
@@ -229,7 +230,7 @@ func (s *syncBuffer) String() string {
 // Start runs a command in a namespace in the background; Close stops it.
 func (b *Bed) Start(ns string, args ...string) (*Proc, error) {
 	p := &Proc{done: make(chan struct{})}
-	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	p.cmd = exec.Command("ip", b.execArgs(ns, args)...)
 	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {

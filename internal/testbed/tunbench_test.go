@@ -29,96 +29,40 @@ func TestGatewayTUNThroughput(t *testing.T) {
 	if *tunBench {
 		secs, runs = 10, 3
 	}
-	b := ForTest(t)
-	dir := t.TempDir()
-	ns := routedThree(t, b, "10.83")
-	g := ns["g"]
-	must(t, os.WriteFile(filepath.Join(dir, "none.sa"), []byte("espep-sa 1\n"), 0o600))
-	th := &TwoHosts{Bed: b, A: ns["a"], B: ns["b"], BAddr: "10.83.2.1"}
-
-	type result struct {
-		gbps, cpuPerMB float64
-		timerFires     int // the engine's timer callbacks (split), from its exit summary
-	}
-	measure := func(mode string, rate string) (res result) {
-		t.Helper()
-		var gw *Proc
-		if mode != "kernel" {
-			conf := filepath.Join(dir, mode+".conf")
-			body := "espep-gateway 1\nwire = tun:gw-wire\nradio = tun:gw-radio\nroutes = yes\nwire-iface = ga\nradio-iface = gb\nsa-file = none.sa\nstate-dir = state\n"
-			if mode == "split" {
-				body += "plain = yes\nmode = split\n"
-			}
-			must(t, os.WriteFile(conf, []byte(body), 0o600))
-			var err error
-			args := []string{espepBin, "gateway", "--config", conf}
-			if prof := os.Getenv("TUNBENCH_PROFILE"); prof != "" {
-				args = append([]string{"env", "ESPEP_CPUPROFILE=" + prof + "." + mode + rate}, args...)
-			}
-			gw, err = b.Start(g, args...)
-			must(t, err)
-			must(t, waitFor(gw, "gateway running", 10*time.Second))
-			defer func() {
-				gw.Stop()
-				// The exit summary's packets per system call and the
-				// engine's timer wake-ups: what the CPU per megabyte
-				// follows.
-				for _, line := range strings.Split(gw.Output(), "\n") {
-					if strings.HasPrefix(line, "io: ") || strings.HasPrefix(line, "engine: ") {
-						t.Logf("%s%s: %s", mode, rate, line)
-					}
-					if f := strings.Fields(line); len(f) > 0 && f[0] == "engine:" {
-						if i := slices.Index(f, "timer-fires"); i >= 0 && i+1 < len(f) {
-							res.timerFires, _ = strconv.Atoi(f[i+1])
-						}
-					}
-				}
-			}()
-		}
-		args := []string{"-t", fmt.Sprint(secs)}
-		if rate != "" {
-			args = append(args, "-b", rate)
-		}
-		cpu0 := time.Duration(0)
-		if gw != nil {
-			cpu0, _ = gw.CPU()
-		}
-		r := iperf(t, th, args...)
-		res.gbps = r.End.SumReceived.BitsPerSecond / 1e9
-		if gw != nil {
-			cpu1, err := gw.CPU()
-			must(t, err)
-			if mb := r.End.SumReceived.Bytes / 1e6; mb > 0 {
-				res.cpuPerMB = (cpu1 - cpu0).Seconds() * 1e3 / mb // ms of CPU per MB
-			}
-		}
-		return res
-	}
+	shared, boxed := newTUNRig(t, false), newTUNRig(t, true)
 	var rows []string
-	got := map[string]result{}
-	for _, c := range []struct{ mode, rate string }{{"kernel", ""}, {"relay", ""}, {"split", ""}, {"split", "20M"}} {
-		var rs []result
+	got := map[string]tunResult{}
+	for _, c := range []struct {
+		rig        *tunRig
+		mode, rate string
+	}{{shared, "kernel", ""}, {shared, "relay", ""}, {shared, "split", ""}, {shared, "split", "20M"}, {boxed, "split", ""}, {boxed, "split", "20M"}} {
+		var rs []tunResult
 		var all []string
 		for range runs {
-			r := measure(c.mode, c.rate)
+			r := c.rig.measure(t, c.mode, c.rate, secs)
 			all = append(all, fmt.Sprintf("%.2f (%.2f ms/MB)", r.gbps, r.cpuPerMB))
 			rs = append(rs, r)
 		}
 		// The best throughput, the median CPU per megabyte, the most
 		// timer callbacks.
-		best := slices.MaxFunc(rs, func(a, b result) int { return cmp.Compare(a.gbps, b.gbps) })
-		slices.SortFunc(rs, func(a, b result) int { return cmp.Compare(a.cpuPerMB, b.cpuPerMB) })
+		best := slices.MaxFunc(rs, func(a, b tunResult) int { return cmp.Compare(a.gbps, b.gbps) })
+		slices.SortFunc(rs, func(a, b tunResult) int { return cmp.Compare(a.cpuPerMB, b.cpuPerMB) })
 		best.cpuPerMB = rs[len(rs)/2].cpuPerMB
-		best.timerFires = slices.MaxFunc(rs, func(a, b result) int { return cmp.Compare(a.timerFires, b.timerFires) }).timerFires
+		best.timerFires = slices.MaxFunc(rs, func(a, b tunResult) int { return cmp.Compare(a.timerFires, b.timerFires) }).timerFires
 		name := c.mode
 		if c.rate != "" {
 			name += "@" + c.rate
 		}
+		if c.rig.boxed {
+			name += " (own CPU)"
+		}
 		got[name] = best
-		rows = append(rows, fmt.Sprintf("| %-10s | %s Gbit/s | %.2f ms CPU/MB (median) |", name, strings.Join(all, ", "), best.cpuPerMB))
+		rows = append(rows, fmt.Sprintf("| %-20s | %s Gbit/s | %.2f ms CPU/MB (median) |", name, strings.Join(all, ", "), best.cpuPerMB))
 	}
 	ratio := got["split@20M"].cpuPerMB / got["split"].cpuPerMB
-	t.Logf("TCP through namespace g (iperf3, CUBIC, %d s):\n%s\nCPU per MB at 20 Mbit/s ÷ at full rate: %.2f", secs, strings.Join(rows, "\n"), ratio)
+	boxedRatio := got["split@20M (own CPU)"].cpuPerMB / got["split (own CPU)"].cpuPerMB
+	t.Logf("TCP through namespace g (iperf3, CUBIC, %d s):\n%s\nCPU per MB at 20 Mbit/s ÷ at full rate: %.2f on shared CPUs, %.2f with g on a CPU of its own",
+		secs, strings.Join(rows, "\n"), ratio, boxedRatio)
 	// Loose bounds, so that a regression of the kind this harness measures
 	// fails CI; the goals are in the README.
 	// (Alone, this machine measures relay ~12 and split ~4.6 Gbit/s; CI
@@ -132,10 +76,113 @@ func TestGatewayTUNThroughput(t *testing.T) {
 		t.Errorf("at 20 Mbit/s: %.3f Gbit/s, CPU per MB %.1f× the full rate's", got["split@20M"].gbps, ratio)
 	}
 	// At a trickle the engine's timers must not wake it for what an ACK
-	// or a push made moot (0–3 callbacks in 10 s now; 38 a second when
-	// pushed segments waited for a delayed ACK and a timer left early
-	// fired for nothing).
-	if n := got["split@20M"].timerFires; n > 5*secs {
+	// or a push made moot: 38 a second when pushed segments waited for
+	// a delayed ACK and a timer left early fired for nothing. What is
+	// left is delayed ACKs proper — a burst's last odd segment when the
+	// receiver's own ACKs left no budget (ackSlack) to answer its push
+	// at once: 0–3 in 10 s on an AMD EPYC here, 0.1–7 a second on an
+	// Intel Xeon, varying run to run with the receiver's ACKs.
+	if n := got["split@20M"].timerFires; n > 15*secs {
 		t.Errorf("at 20 Mbit/s the engine's timers fired %d times in %d s", n, secs)
 	}
+}
+
+// tunRig is TestGatewayTUNThroughput's network: a — g — b, routed in g.
+// Boxed, a and b run on CPU 0 and g on CPU 1, each handling the packets
+// that arrive on its interfaces (Bed.Box): g as a machine of its own,
+// charged for its own work only — not for the endpoints' TCP, which a
+// veth otherwise runs in the context of g's writes — and not preempted by
+// the endpoints it wakes.
+type tunRig struct {
+	b     *Bed
+	g     string
+	th    *TwoHosts
+	dir   string
+	boxed bool
+}
+
+type tunResult struct {
+	gbps, cpuPerMB float64
+	timerFires     int // the engine's timer callbacks (split), from its exit summary
+}
+
+func newTUNRig(t *testing.T, boxed bool) *tunRig {
+	t.Helper()
+	b := ForTest(t)
+	dir := t.TempDir()
+	ns := routedThree(t, b, "10.83")
+	if boxed {
+		must(t, b.Box(ns["a"], "0", "a0"))
+		must(t, b.Box(ns["b"], "0", "b0"))
+		must(t, b.Box(ns["g"], "1", "ga", "gb"))
+	}
+	must(t, os.WriteFile(filepath.Join(dir, "none.sa"), []byte("espep-sa 1\n"), 0o600))
+	return &tunRig{b: b, g: ns["g"], th: &TwoHosts{Bed: b, A: ns["a"], B: ns["b"], BAddr: "10.83.2.1"}, dir: dir, boxed: boxed}
+}
+
+// measure runs iperf3 for secs seconds from a to b (at rate, if given)
+// with g forwarding (mode kernel) or espep gateway there (relay, split),
+// and returns the goodput and the gateway's CPU per megabyte.
+func (r *tunRig) measure(t *testing.T, mode, rate string, secs int) (res tunResult) {
+	t.Helper()
+	var gw *Proc
+	if mode != "kernel" {
+		gw = r.startGateway(t, mode, rate)
+		defer func() { res.timerFires = r.stopGateway(t, gw, mode+rate) }()
+	}
+	args := []string{"-t", fmt.Sprint(secs)}
+	if rate != "" {
+		args = append(args, "-b", rate)
+	}
+	cpu0 := time.Duration(0)
+	if gw != nil {
+		cpu0, _ = gw.CPU()
+	}
+	ir := iperf(t, r.th, args...)
+	res.gbps = ir.End.SumReceived.BitsPerSecond / 1e9
+	if gw != nil {
+		cpu1, err := gw.CPU()
+		must(t, err)
+		if mb := ir.End.SumReceived.Bytes / 1e6; mb > 0 {
+			res.cpuPerMB = (cpu1 - cpu0).Seconds() * 1e3 / mb // ms of CPU per MB
+		}
+	}
+	return res
+}
+
+func (r *tunRig) startGateway(t *testing.T, mode, rate string) *Proc {
+	t.Helper()
+	conf := filepath.Join(r.dir, mode+".conf")
+	body := "espep-gateway 1\nwire = tun:gw-wire\nradio = tun:gw-radio\nroutes = yes\nwire-iface = ga\nradio-iface = gb\nsa-file = none.sa\nstate-dir = state\n"
+	if mode == "split" {
+		body += "plain = yes\nmode = split\n"
+	}
+	must(t, os.WriteFile(conf, []byte(body), 0o600))
+	args := []string{espepBin, "gateway", "--config", conf}
+	if prof := os.Getenv("TUNBENCH_PROFILE"); prof != "" {
+		args = append([]string{"env", "ESPEP_CPUPROFILE=" + prof + "." + mode + rate}, args...)
+	}
+	gw, err := r.b.Start(r.g, args...)
+	must(t, err)
+	must(t, waitFor(gw, "gateway running", 10*time.Second))
+	return gw
+}
+
+// stopGateway stops gw, logs its exit summary's packets per system call
+// and the engine's counters — what the CPU per megabyte follows — and
+// returns the engine's timer callbacks.
+func (r *tunRig) stopGateway(t *testing.T, gw *Proc, name string) (fires int) {
+	t.Helper()
+	gw.Stop()
+	for _, line := range strings.Split(gw.Output(), "\n") {
+		if strings.HasPrefix(line, "io: ") || strings.HasPrefix(line, "engine: ") {
+			t.Logf("%s: %s", name, line)
+		}
+		if f := strings.Fields(line); len(f) > 0 && f[0] == "engine:" {
+			if i := slices.Index(f, "timer-fires"); i >= 0 && i+1 < len(f) {
+				fires, _ = strconv.Atoi(f[i+1])
+			}
+		}
+	}
+	return fires
 }
