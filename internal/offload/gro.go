@@ -13,6 +13,9 @@ import (
 // stack once and cuts it (tcp_gso_segment) only where it must — on the
 // way out of a device without TSO — into exactly the segments that went
 // in. That is what makes a write of many packets cost about one packet.
+// With Coalescer.UDP, a flow's UDP datagrams of one size (the last may be
+// shorter) do the same (GSO_UDP_L4, __udp_gso_segment): ESP in UDP, a
+// datagram per packet, is what a gateway writes most.
 //
 // Only what the kernel's segmentation gives back unchanged is merged:
 // IPv4 without options or fragments, its identification counting up by
@@ -22,15 +25,27 @@ import (
 // sequence numbers contiguous, every segment the first's size but the
 // last (which may be shorter, and ends the super-packet). Anything else
 // is written as it is, and ends its flow's open super-packet, so that a
-// flow's packets keep their order.
+// flow's packets keep their order. UDP: the same IP rules, the UDP
+// length field the datagram's, at most maxUDPSegs datagrams (the kernel
+// refuses more, UDP_MAX_SEGMENTS); the segmentation computes every
+// datagram's checksum, so one sent without (zero, over IPv4) comes out
+// with one — the same datagram to its receiver.
 
 // maxOpen bounds the super-packets a batch keeps open at once (flows
 // interleaved in one batch); beyond it, the oldest is closed.
 const maxOpen = 8
 
+// maxUDPSegs bounds the datagrams of a UDP super-packet: the kernel's
+// UDP_MAX_SEGMENTS (64 before Linux 6.10, 128 since).
+const maxUDPSegs = 64
+
 // Coalescer merges a batch's segments; it keeps its scratch state
 // between calls, so one per writer.
 type Coalescer struct {
+	// UDP: merge UDP datagrams too. The device must take GSO_UDP_L4
+	// (TUN_F_USO4 and TUN_F_USO6 set, Linux 6.2 on); TCP alone otherwise.
+	UDP bool
+
 	items []groItem // one per packet to write, in order
 	open  []int     // items still open to more segments
 }
@@ -40,11 +55,12 @@ type Coalescer struct {
 type groItem struct {
 	idx     int    // the batch entry (the super-packet grows in it)
 	ipLen   int    // IP header length
-	tcpLen  int    // TCP header length
+	l4Len   int    // TCP or UDP header length
 	size    int    // payload bytes per segment (the first's)
 	segs    int    // segments merged, the first included; 0: not a candidate
-	nextSeq uint32 // sequence number the next segment must have
+	nextSeq uint32 // TCP: sequence number the next segment must have
 	nextID  uint16 // IPv4 identification it must have
+	proto   uint8  // header.ProtoTCP or header.ProtoUDP
 	v6      bool
 }
 
@@ -72,18 +88,24 @@ func (c *Coalescer) Coalesce(bufs [][]byte, offset int, out []int) []int {
 // makes it an item of its own, which later segments may merge into.
 func (c *Coalescer) merge(bufs [][]byte, offset, i int) {
 	pkt := bufs[i][offset:]
-	ipLen, tcpLen, payload, ok := candidate(pkt)
+	ipLen, l4Len, payload, proto := candidate(pkt, c.UDP)
 	at := c.find(bufs, offset, pkt)
 	if at >= 0 {
 		it := &c.items[c.open[at]]
 		first := bufs[it.idx][offset:]
-		if ok && mergeable(it, first, pkt, ipLen, tcpLen, payload) && cap(bufs[it.idx]) >= offset+len(first)+payload &&
+		if proto == it.proto && mergeable(it, first, pkt, ipLen, l4Len, payload) && cap(bufs[it.idx]) >= offset+len(first)+payload &&
 			intact(it, first, pkt) {
-			b := append(bufs[it.idx], pkt[ipLen+tcpLen:]...)
+			b := append(bufs[it.idx], pkt[ipLen+l4Len:]...)
 			bufs[it.idx] = b
 			it.segs++
 			it.nextSeq += uint32(payload)
 			it.nextID++
+			if proto == header.ProtoUDP {
+				if payload < it.size || it.segs == maxUDPSegs {
+					c.close(at) // nothing may follow a short datagram
+				}
+				return
+			}
 			if tcp := header.TCP(pkt[ipLen:]); payload < it.size || tcp.Has(header.TCPPsh) {
 				b[offset+ipLen+13] |= tcp.Flags() & header.TCPPsh
 				c.close(at) // nothing may follow a short or pushed segment
@@ -93,9 +115,11 @@ func (c *Coalescer) merge(bufs [][]byte, offset, i int) {
 		c.close(at) // a packet of the flow that does not continue it
 	}
 	it := groItem{idx: i}
-	if ok && payload > 0 && !header.TCP(pkt[ipLen:]).Has(header.TCPPsh) {
-		it = groItem{idx: i, ipLen: ipLen, tcpLen: tcpLen, size: payload, segs: 1,
-			nextSeq: header.TCP(pkt[ipLen:]).Seq() + uint32(payload), v6: pkt[0]>>4 == 6}
+	if proto != 0 && payload > 0 && (proto == header.ProtoUDP || !header.TCP(pkt[ipLen:]).Has(header.TCPPsh)) {
+		it = groItem{idx: i, ipLen: ipLen, l4Len: l4Len, size: payload, segs: 1, proto: proto, v6: pkt[0]>>4 == 6}
+		if proto == header.ProtoTCP {
+			it.nextSeq = header.TCP(pkt[ipLen:]).Seq() + uint32(payload)
+		}
 		if !it.v6 {
 			it.nextID = header.IPv4(pkt).ID() + 1
 		}
@@ -108,7 +132,7 @@ func (c *Coalescer) merge(bufs [][]byte, offset, i int) {
 }
 
 // find returns the position in c.open of pkt's flow's open super-packet
-// (same addresses and ports), or -1.
+// (same protocol, addresses and ports), or -1.
 func (c *Coalescer) find(bufs [][]byte, offset int, pkt []byte) int {
 	ipLen, addrs, ok := flowOf(pkt)
 	if !ok {
@@ -121,11 +145,11 @@ func (c *Coalescer) find(bufs [][]byte, offset int, pkt []byte) int {
 			continue
 		}
 		first := bufs[it.idx][offset:]
-		fa := first[12:20]
+		fa, fp := first[12:20], first[9]
 		if v6 {
-			fa = first[8:40]
+			fa, fp = first[8:40], first[6]
 		}
-		if bytes.Equal(fa, addrs) && bytes.Equal(first[it.ipLen:it.ipLen+4], pkt[ipLen:ipLen+4]) {
+		if fp == pkt[9-3*btoi(v6)] && bytes.Equal(fa, addrs) && bytes.Equal(first[it.ipLen:it.ipLen+4], pkt[ipLen:ipLen+4]) {
 			return k
 		}
 	}
@@ -135,49 +159,64 @@ func (c *Coalescer) find(bufs [][]byte, offset int, pkt []byte) int {
 // close takes c.open[k] off the open list (its item stays).
 func (c *Coalescer) close(k int) { c.open = append(c.open[:k], c.open[k+1:]...) }
 
-// flowOf returns a TCP packet's IP header length and its addresses (as
-// they sit in the header), if it is one whose flow find can match.
+// flowOf returns a TCP or UDP packet's IP header length and its
+// addresses (as they sit in the header), if it is one whose flow find can
+// match.
 func flowOf(pkt []byte) (ipLen int, addrs []byte, ok bool) {
 	switch {
-	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4 && pkt[9] == header.ProtoTCP:
+	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4 && (pkt[9] == header.ProtoTCP || pkt[9] == header.ProtoUDP):
 		ipLen = int(pkt[0]&0xf) * 4
 		return ipLen, pkt[12:20], ipLen >= header.IPv4MinLen && len(pkt) >= ipLen+4
-	case len(pkt) >= header.IPv6Len+4 && pkt[0]>>4 == 6 && pkt[6] == header.ProtoTCP:
+	case len(pkt) >= header.IPv6Len+4 && pkt[0]>>4 == 6 && (pkt[6] == header.ProtoTCP || pkt[6] == header.ProtoUDP):
 		return header.IPv6Len, pkt[8:40], true
 	}
 	return 0, nil, false
 }
 
-// candidate reports whether pkt may be part of a super-packet: TCP
-// directly in IPv4 without options or fragments, or in IPv6 without
-// extension headers, lengths consistent, only ACK (and PSH) set, no
-// urgent pointer. (Its checksums are checked only if it is merged:
-// intact.)
-func candidate(pkt []byte) (ipLen, tcpLen, payload int, ok bool) {
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// candidate reports whether pkt may be part of a super-packet, and its
+// protocol if so (0 if not): TCP directly in IPv4 without options or
+// fragments, or in IPv6 without extension headers, lengths consistent,
+// only ACK (and PSH) set, no urgent pointer; with udp, UDP likewise, its
+// length field the datagram's. (Its checksums are checked only if it is
+// merged: intact.)
+func candidate(pkt []byte, udp bool) (ipLen, l4Len, payload int, proto uint8) {
 	switch {
 	case len(pkt) >= header.IPv4MinLen && pkt[0] == 0x45:
 		h := header.IPv4(pkt)
-		if h.Protocol() != header.ProtoTCP || h.IsFragment() || h.TotalLen() != len(pkt) {
-			return 0, 0, 0, false
+		if h.IsFragment() || h.TotalLen() != len(pkt) {
+			return 0, 0, 0, 0
 		}
-		ipLen = header.IPv4MinLen
+		ipLen, proto = header.IPv4MinLen, h.Protocol()
 	case len(pkt) >= header.IPv6Len && pkt[0]>>4 == 6:
-		if pkt[6] != header.ProtoTCP || int(binary.BigEndian.Uint16(pkt[4:]))+header.IPv6Len != len(pkt) {
-			return 0, 0, 0, false
+		if int(binary.BigEndian.Uint16(pkt[4:]))+header.IPv6Len != len(pkt) {
+			return 0, 0, 0, 0
 		}
-		ipLen = header.IPv6Len
+		ipLen, proto = header.IPv6Len, pkt[6]
 	default:
-		return 0, 0, 0, false
+		return 0, 0, 0, 0
 	}
-	if len(pkt) < ipLen+header.TCPMinLen {
-		return 0, 0, 0, false
+	if proto == header.ProtoUDP && udp {
+		if len(pkt) < ipLen+header.UDPLen || header.UDP(pkt[ipLen:]).Length() != len(pkt)-ipLen {
+			return 0, 0, 0, 0
+		}
+		return ipLen, header.UDPLen, len(pkt) - ipLen - header.UDPLen, proto
+	}
+	if proto != header.ProtoTCP || len(pkt) < ipLen+header.TCPMinLen {
+		return 0, 0, 0, 0
 	}
 	tcp := header.TCP(pkt[ipLen:])
-	tcpLen = tcp.HeaderLen()
-	if tcpLen < header.TCPMinLen || ipLen+tcpLen > len(pkt) || tcp.Flags()&^header.TCPPsh != header.TCPAck || tcp[18]|tcp[19] != 0 {
-		return 0, 0, 0, false
+	l4Len = tcp.HeaderLen()
+	if l4Len < header.TCPMinLen || ipLen+l4Len > len(pkt) || tcp.Flags()&^header.TCPPsh != header.TCPAck || tcp[18]|tcp[19] != 0 {
+		return 0, 0, 0, 0
 	}
-	return ipLen, tcpLen, len(pkt) - ipLen - tcpLen, true
+	return ipLen, l4Len, len(pkt) - ipLen - l4Len, proto
 }
 
 // intact reports whether pkt, and the super-packet's first segment if
@@ -190,25 +229,30 @@ func candidate(pkt []byte) (ipLen, tcpLen, payload int, ok bool) {
 // packets that are merged are summed: one written alone keeps its
 // checksum either way.
 func intact(it *groItem, first, pkt []byte) bool {
-	return (it.segs > 1 || checksumsValid(first, it.ipLen)) && checksumsValid(pkt, it.ipLen)
+	return (it.segs > 1 || checksumsValid(first, it.ipLen, it.proto)) && checksumsValid(pkt, it.ipLen, it.proto)
 }
 
-// checksumsValid verifies a TCP packet's checksum (and IPv4's header
-// checksum).
-func checksumsValid(pkt []byte, ipLen int) bool {
+// checksumsValid verifies a TCP or UDP packet's checksum (and IPv4's
+// header checksum). A UDP datagram over IPv4 without a checksum (zero)
+// passes: nothing it carries could have been checked, merged or not.
+func checksumsValid(pkt []byte, ipLen int, proto uint8) bool {
 	src, dst := pkt[12:16], pkt[16:20]
 	if ipLen == header.IPv6Len {
 		src, dst = pkt[8:24], pkt[24:40]
 	} else if !header.IPv4(pkt).ChecksumValid() {
 		return false
 	}
+	if proto == header.ProtoUDP {
+		u := header.UDP(pkt[ipLen:])
+		return ipLen != header.IPv6Len && u.Checksum() == 0 || u.ChecksumValid(src, dst)
+	}
 	return header.TCP(pkt[ipLen:]).ChecksumValid(src, dst)
 }
 
 // mergeable reports whether pkt continues super-packet it (whose first
 // segment's headers are first's).
-func mergeable(it *groItem, first, pkt []byte, ipLen, tcpLen, payload int) bool {
-	if it.segs == 0 || ipLen != it.ipLen || tcpLen != it.tcpLen || payload > it.size || payload == 0 {
+func mergeable(it *groItem, first, pkt []byte, ipLen, l4Len, payload int) bool {
+	if it.segs == 0 || ipLen != it.ipLen || l4Len != it.l4Len || payload > it.size || payload == 0 {
 		return false
 	}
 	if !it.v6 && len(first)+payload > 65535 || it.v6 && len(first)-header.IPv6Len+payload > 65535 {
@@ -224,16 +268,19 @@ func mergeable(it *groItem, first, pkt []byte, ipLen, tcpLen, payload int) bool 
 			return false
 		}
 	}
+	if it.proto == header.ProtoUDP {
+		return true // the ports matched in find
+	}
 	t, ft := header.TCP(pkt[ipLen:]), header.TCP(first[ipLen:])
 	return t.Seq() == it.nextSeq && t.Ack() == ft.Ack() && t.Window() == ft.Window() &&
-		bytes.Equal(t[header.TCPMinLen:tcpLen], ft[header.TCPMinLen:tcpLen])
+		bytes.Equal(t[header.TCPMinLen:l4Len], ft[header.TCPMinLen:l4Len])
 }
 
 // finish writes the virtio_net_hdr in the HdrLen bytes before the
 // packet at b[offset:]: nothing asked of a packet alone (its checksums
 // are whole); for a super-packet, its new lengths and IPv4 header
-// checksum, and segmentation with the TCP checksum left partial (the
-// pseudo-header sum), which the kernel completes per segment
+// checksum, and segmentation with the TCP or UDP checksum left partial
+// (the pseudo-header sum), which the kernel completes per segment
 // (VIRTIO_NET_HDR_F_NEEDS_CSUM).
 func (it *groItem) finish(b []byte, offset int) {
 	vh := b[offset-HdrLen : offset]
@@ -242,7 +289,7 @@ func (it *groItem) finish(b []byte, offset int) {
 		return
 	}
 	pkt := b[offset:]
-	gso := uint8(GSOTCPv4)
+	gso, csum := uint8(GSOTCPv4), 16
 	src, dst := pkt[12:16], pkt[16:20]
 	if it.v6 {
 		gso, src, dst = GSOTCPv6, pkt[8:24], pkt[24:40]
@@ -253,10 +300,14 @@ func (it *groItem) finish(b []byte, offset int) {
 		h.UpdateChecksum()
 	}
 	l4 := len(pkt) - it.ipLen
-	binary.BigEndian.PutUint16(pkt[it.ipLen+16:], header.Checksum(nil, header.PseudoHeaderSum(src, dst, header.ProtoTCP, l4)))
+	if it.proto == header.ProtoUDP {
+		gso, csum = GSOUDPL4, 6
+		binary.BigEndian.PutUint16(pkt[it.ipLen+4:], uint16(l4))
+	}
+	binary.BigEndian.PutUint16(pkt[it.ipLen+csum:], header.Checksum(nil, header.PseudoHeaderSum(src, dst, it.proto, l4)))
 	vh[0], vh[1] = NeedsCsum, gso
-	binary.LittleEndian.PutUint16(vh[2:], uint16(it.ipLen+it.tcpLen))
+	binary.LittleEndian.PutUint16(vh[2:], uint16(it.ipLen+it.l4Len))
 	binary.LittleEndian.PutUint16(vh[4:], uint16(it.size))
 	binary.LittleEndian.PutUint16(vh[6:], uint16(it.ipLen))
-	binary.LittleEndian.PutUint16(vh[8:], 16)
+	binary.LittleEndian.PutUint16(vh[8:], uint16(csum))
 }

@@ -46,6 +46,33 @@ func (s seg) packet() []byte {
 	return p
 }
 
+// dgram is one UDP datagram of a test batch (ESP in UDP, say).
+type dgram struct {
+	flow    int // as seg's
+	id      uint16
+	payload int
+	fill    byte
+	noSum   bool // sent without a checksum (zero; IPv4 only)
+}
+
+func (d dgram) packet() []byte {
+	f := groFlows[d.flow]
+	payload := make([]byte, d.payload)
+	for i := range payload {
+		payload[i] = d.fill + byte(i)
+	}
+	p := packettest.UDP(f.src, f.dst, payload)
+	if p[0]>>4 == 4 {
+		h := header.IPv4(p)
+		h.SetID(d.id)
+		h.UpdateChecksum()
+		if d.noSum {
+			header.UDP(p[header.IPv4MinLen:]).SetChecksum(0)
+		}
+	}
+	return p
+}
+
 // batchOf lays packets out as a writer's batch: headroom, packet, room to
 // grow.
 func batchOf(pkts [][]byte, capacity int) [][]byte {
@@ -98,9 +125,27 @@ func unwrite(t *testing.T, bufs [][]byte, out []int) [][]byte {
 // flowKey names a packet's flow for ordering checks (addresses, ports).
 func flowKey(p []byte) string {
 	if ipLen, addrs, ok := flowOf(p); ok {
-		return fmt.Sprintf("%x/%x", addrs, p[ipLen:ipLen+4])
+		return fmt.Sprintf("%x/%x/%x", addrs, p[ipLen:ipLen+4], p[9-3*btoi(p[0]>>4 == 6)])
 	}
 	return "other"
+}
+
+// samePacket reports whether got is want as the receiver sees it: the
+// same bytes, except that a UDP datagram over IPv4 sent without a
+// checksum may come out of the segmentation with a valid one.
+func samePacket(got, want []byte) bool {
+	if bytes.Equal(got, want) {
+		return true
+	}
+	if len(got) != len(want) || len(want) < header.IPv4MinLen+header.UDPLen || want[0] != 0x45 || want[9] != header.ProtoUDP {
+		return false
+	}
+	u := header.UDP(want[header.IPv4MinLen:])
+	if u.Checksum() != 0 || !bytes.Equal(got[:header.IPv4MinLen+6], want[:header.IPv4MinLen+6]) ||
+		!bytes.Equal(got[header.IPv4MinLen+8:], want[header.IPv4MinLen+8:]) {
+		return false
+	}
+	return header.UDP(got[header.IPv4MinLen:]).ChecksumValid(got[12:16], got[16:20])
 }
 
 // sameByFlow reports whether got is want with flows interleaved
@@ -123,7 +168,7 @@ func sameByFlow(got, want [][]byte) error {
 			return fmt.Errorf("flow %s: %d packets out of %d", k, len(gs), len(ws))
 		}
 		for i := range ws {
-			if !bytes.Equal(gs[i], ws[i]) {
+			if !samePacket(gs[i], ws[i]) {
 				return fmt.Errorf("flow %s: packet %d differs", k, i)
 			}
 		}
@@ -243,11 +288,89 @@ func TestCoalesce(t *testing.T) {
 			}
 		})
 	}
-	// Not TCP, and too short to be anything: alone and unharmed.
+	// UDP without c.UDP, and too short to be anything: alone and
+	// unharmed.
 	var c Coalescer
-	udp := packettest.UDP(groFlows[0].src, groFlows[0].dst, make([]byte, 100))
-	if got := runGRO(t, &c, [][]byte{udp, udp, {0x45, 0}}, 65536); got != 3 {
+	udp := func(i int) []byte { return dgram{id: uint16(i), payload: 100}.packet() }
+	if got := runGRO(t, &c, [][]byte{udp(0), udp(1), {0x45, 0}}, 65536); got != 3 {
 		t.Fatalf("%d writes of 3 packets that are not TCP", got)
+	}
+}
+
+// TestCoalesceUDP: with Coalescer.UDP, a flow's datagrams of one size
+// become one write (GSO_UDP_L4) that the kernel's segmentation turns back
+// into those datagrams — one sent without a checksum gets one — and what
+// breaks a run starts a new write: a longer datagram, an identification
+// out of step, a bad checksum, the segment limit, another flow.
+func TestCoalesceUDP(t *testing.T) {
+	run := func(n int, f func(i int) dgram) [][]byte {
+		var ps [][]byte
+		for i := range n {
+			ps = append(ps, f(i).packet())
+		}
+		return ps
+	}
+	esp := func(flow int) func(i int) dgram {
+		return func(i int) dgram { return dgram{flow: flow, id: uint16(30 + i), payload: 1420, fill: byte(i)} }
+	}
+	for _, tc := range []struct {
+		name   string
+		pkts   [][]byte
+		writes int
+	}{
+		{"one flow", run(10, esp(0)), 1},
+		{"ipv6", run(10, esp(2)), 1},
+		{"no checksum", run(6, func(i int) dgram { d := esp(0)(i); d.noSum = true; return d }), 1},
+		{"short last", run(5, func(i int) dgram {
+			d := esp(0)(i)
+			if i == 4 {
+				d.payload = 60
+			}
+			return d
+		}), 1},
+		{"short in the middle", run(6, func(i int) dgram {
+			d := esp(0)(i)
+			if i == 2 {
+				d.payload = 60
+			}
+			return d
+		}), 2},
+		{"longer than the first", run(3, func(i int) dgram {
+			d := esp(0)(i)
+			if i == 0 {
+				d.payload = 100
+			}
+			return d
+		}), 2},
+		{"id not counting", run(4, func(i int) dgram { d := esp(0)(i); d.id = 9; return d }), 4},
+		{"interleaved", run(12, func(i int) dgram { return esp(i % 3)(i / 3) }), 3},
+		{"a corrupted datagram", func() [][]byte {
+			ps := run(4, esp(0))
+			ps[2][len(ps[2])-1] ^= 0xff
+			return ps
+		}(), 3},
+		{"segment limit", run(maxUDPSegs+5, func(i int) dgram { d := esp(0)(i); d.payload = 200; return d }), 2},
+		{"tcp and udp between the same ports", func() [][]byte {
+			ps := run(3, esp(0))
+			tcp := seg{seq: 1, id: 33, flags: header.TCPAck, payload: 1420}.packet()
+			return append(append(ps[:2:2], tcp), ps[2]) // two flows: the datagrams merge
+		}(), 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Coalescer{UDP: true}
+			if got := runGRO(t, &c, tc.pkts, 65536); got != tc.writes {
+				t.Fatalf("%d writes, want %d", got, tc.writes)
+			}
+		})
+	}
+	// The header a kernel reads.
+	bufs := batchOf(run(3, esp(0)), 65536)
+	c := Coalescer{UDP: true}
+	out := c.Coalesce(bufs, 16, nil)
+	want := []byte{NeedsCsum, GSOUDPL4, 28, 0, 0, 0, 20, 0, 6, 0}
+	binary.LittleEndian.PutUint16(want[4:], 1420)
+	if vh := bufs[out[0]][16-HdrLen : 16]; len(out) != 1 || !bytes.Equal(vh, want) {
+		t.Fatalf("header % x, want % x", vh, want)
 	}
 }
 
@@ -286,6 +409,8 @@ func FuzzCoalesce(f *testing.F) {
 	f.Add([]byte{0, 0, 5, 0x10, 1, 0, 5, 0x10, 0, 0, 5, 0x18, 2, 0, 5, 0x10, 2, 0, 1, 0x10})
 	f.Add([]byte{0, 0, 5, 0x10, 0, 1, 5, 0x10, 0, 0, 0, 0x10, 0, 0, 5, 0x11, 3, 0x45, 0, 0})
 	f.Add([]byte{0, 0, 5, 0x10, 0x40, 0, 200, 0x10, 0, 0, 5, 0x10, 0x42, 0, 5, 0x10, 0x40, 0, 10, 0x10})
+	f.Add([]byte{0x80, 0, 170, 0, 0x80, 0, 170, 0, 0x80, 0x80, 170, 0, 0x80, 0, 20, 0, 0x82, 0, 170, 0, 0x82, 0, 170, 0, 1})
+	f.Add([]byte{0x80, 0, 170, 0, 0xc0, 0, 170, 9, 0x80, 1, 170, 0, 0x81, 0, 170, 0, 0x80, 0, 200, 0, 0x80, 0, 100, 0, 3})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var pkts [][]byte
 		next := [3]uint32{1000, 1000, 1000}
@@ -295,6 +420,17 @@ func FuzzCoalesce(f *testing.F) {
 			b = b[4:]
 			if d[0]%4 == 3 { // raw bytes
 				pkts = append(pkts, append([]byte(nil), d[1:]...))
+				continue
+			}
+			if d[0]&0x80 != 0 { // a datagram of the flow
+				u := dgram{flow: int(d[0] % 3), payload: int(d[2]) * 8, fill: d[1], noSum: d[1]&0x80 != 0}
+				u.id = ids[u.flow] + uint16(d[1]&1)
+				ids[u.flow] = u.id + 1
+				p := u.packet()
+				if d[0]&0x40 != 0 {
+					p[int(d[3])*len(p)/256] ^= 0x5a
+				}
+				pkts = append(pkts, p)
 				continue
 			}
 			s := seg{flow: int(d[0] % 4), flags: d[3], payload: int(d[2]) * 100, win: 500 + uint16(d[0]>>4)}
@@ -307,7 +443,7 @@ func FuzzCoalesce(f *testing.F) {
 			}
 			pkts = append(pkts, p)
 		}
-		var c Coalescer
+		c := Coalescer{UDP: len(b) > 0 && b[0]&1 != 0}
 		runGRO(t, &c, pkts, 65536)
 	})
 }

@@ -59,3 +59,10 @@ func (u UDP) UpdateChecksum(src, dst []byte) {
 	}
 	u.SetChecksum(c)
 }
+
+// ChecksumValid reports whether the checksum of the whole datagram u
+// holds over the pseudo header of src and dst. A zero checksum (none,
+// which IPv4 allows) is for the caller to accept or not.
+func (u UDP) ChecksumValid(src, dst []byte) bool {
+	return Checksum(u, PseudoHeaderSum(src, dst, ProtoUDP, len(u))) == 0xffff
+}
