@@ -25,7 +25,8 @@ type Op struct {
 	trap  uintptr
 	write bool // waits for writability, not readability
 	fn    func(fd uintptr) bool
-	ptr   unsafe.Pointer // the call's buffer (or iovec array), during Do
+	tryFn func(fd uintptr) bool // fn that never waits
+	ptr   unsafe.Pointer        // the call's buffer (or iovec array), during Do
 	len   uintptr
 	r     int
 	errno syscall.Errno
@@ -36,7 +37,7 @@ type Op struct {
 // write, else readable.
 func (o *Op) Init(rc syscall.RawConn, trap uintptr, write bool) {
 	o.rc, o.trap, o.write = rc, trap, write
-	o.fn = o.call // bound once: no allocation per call
+	o.fn, o.tryFn = o.call, o.try // bound once: no allocation per call
 }
 
 // Do makes the call with ptr and n, retried on EINTR and waited for in
@@ -51,6 +52,32 @@ func (o *Op) Do(ptr unsafe.Pointer, n uintptr) (r int, errno syscall.Errno, err 
 	}
 	o.ptr = nil // keep no reference to the caller's memory
 	return o.r, o.errno, err
+}
+
+// Try is Do without the wait: a descriptor that would block gives errno
+// EAGAIN at once.
+func (o *Op) Try(ptr unsafe.Pointer, n uintptr) (r int, errno syscall.Errno, err error) {
+	o.ptr, o.len, o.r, o.errno = ptr, n, 0, 0
+	if o.write {
+		err = o.rc.Write(o.tryFn)
+	} else {
+		err = o.rc.Read(o.tryFn)
+	}
+	o.ptr = nil
+	return o.r, o.errno, err
+}
+
+// try makes the system call once (again on EINTR), EAGAIN included in
+// its result.
+func (o *Op) try(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(o.trap, fd, uintptr(o.ptr), o.len)
+		if e == syscall.EINTR {
+			continue
+		}
+		o.r, o.errno = int(r), e
+		return true
+	}
 }
 
 // call makes the system call; false (wait for the descriptor) on EAGAIN.

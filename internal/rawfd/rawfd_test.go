@@ -72,11 +72,22 @@ func TestOp(t *testing.T) {
 		t.Fatalf("the peer read %q, %v", in[:n], err)
 	}
 
+	// Try does not wait: EAGAIN at once on an empty socket, the frame
+	// when there is one.
+	if n, errno, err := rd.Try(buf(b)); errno != unix.EAGAIN || err != nil {
+		t.Fatalf("try on nothing: %d %v %v", n, errno, err)
+	}
+	unix.Write(peer, []byte("more"))
+	if n, errno, err := rd.Try(buf(b)); errno != 0 || err != nil || string(b[:n]) != "more" {
+		t.Fatalf("try: %q %v %v", b[:n], errno, err)
+	}
+
 	if a := testing.AllocsPerRun(100, func() {
 		wr.Do(buf(out))
 		unix.Read(peer, in)
 		unix.Write(peer, out)
 		rd.Do(buf(b))
+		rd.Try(buf(b))
 	}); a != 0 {
 		t.Fatalf("%.1f allocations per write and read", a)
 	}

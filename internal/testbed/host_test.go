@@ -248,23 +248,35 @@ func (p *hostPair) startHosts(t *testing.T, c hostCase, edit func(string) string
 // arguments may name the SA file as {sa} and a state directory as {state}.
 func startHostPairVia(t *testing.T, c hostCase, capture bool, middle []string) *hostPair {
 	t.Helper()
-	return startHostPairMid(t, c, capture, middle, false)
+	return startHostPairMid(t, c, pairOpts{capture: capture, middle: middle})
 }
 
 // startHostPairRouted is startHostPairVia with m a router: a on
 // 10.77.1.0/24, b on 10.77.2.0/24, m forwarding between them (xa
 // 10.77.1.254, xb 10.77.2.254) — so a gateway in TUN mode can sit there;
 // with middle nil the kernel forwards. IPv4 outer addresses only.
-func startHostPairRouted(t *testing.T, c hostCase, middle []string) *hostPair {
+// With boxes, a and b run on CPU 0 and m on CPU 1, each namespace's
+// arriving packets handled on its own CPU (Bed.Box): the router as a
+// machine of its own, whose cost does not slow the hosts.
+func startHostPairRouted(t *testing.T, c hostCase, middle []string, boxes bool) *hostPair {
 	t.Helper()
 	if c.outer6 {
 		t.Fatal("startHostPairRouted: IPv4 outer addresses only")
 	}
-	return startHostPairMid(t, c, false, middle, true)
+	return startHostPairMid(t, c, pairOpts{middle: middle, routed: true, boxes: boxes})
 }
 
-func startHostPairMid(t *testing.T, c hostCase, capture bool, middle []string, routed bool) *hostPair {
+// pairOpts says how startHostPairMid builds a pair.
+type pairOpts struct {
+	capture bool     // tcpdump on a0
+	middle  []string // the espep command in m, if any
+	routed  bool     // m routes between two subnets
+	boxes   bool     // a and b on CPU 0, m on CPU 1 (Bed.Box); needs m
+}
+
+func startHostPairMid(t *testing.T, c hostCase, o pairOpts) *hostPair {
 	t.Helper()
+	capture, middle, routed := o.capture, o.middle, o.routed
 	b := ForTest(t)
 	p := &hostPair{b: b, dir: t.TempDir()}
 	var err error
@@ -281,6 +293,14 @@ func startHostPairMid(t *testing.T, c hostCase, capture bool, middle []string, r
 		must(t, err)
 		must(t, b.Veth(a, "a0", m, "xa"))
 		must(t, b.Veth(m, "xb", bn, "b0"))
+	}
+	if o.boxes {
+		if m == "" {
+			t.Fatal("startHostPairMid: boxes needs a middle namespace")
+		}
+		must(t, b.Box(a, "0", "a0"))
+		must(t, b.Box(bn, "0", "b0"))
+		must(t, b.Box(m, "1", "xa", "xb"))
 	}
 	oa, ob, plen := "10.77.1.1", "10.77.1.2", "/24"
 	if c.outer6 {
@@ -557,7 +577,9 @@ var hostBench = flag.Bool("hostbench", false, "run the espep host throughput har
 //
 //	go test ./internal/testbed -run TestHostThroughput -hostbench -v
 func TestHostThroughput(t *testing.T) {
-	secs, cases := 2, []hostCase{hostCases[2]}
+	// ESP in UDP: the gateway writes a flow's datagrams coalesced.
+	udp := hostCase{name: "esp-tunnel-udp-gcm", mode: "tunnel", udp: true, proto: "esp", enc: "aes-gcm16", ekey: 36, integ: "none"}
+	secs, cases := 2, []hostCase{hostCases[2], udp}
 	if *hostBench {
 		secs = 5
 		cases = append(cases, hostCase{name: "esp-tunnel-cbc", mode: "tunnel", proto: "esp", enc: "aes-cbc", ekey: 16, integ: "hmac-sha256-128", ikey: 32})
@@ -584,24 +606,69 @@ func TestHostThroughput(t *testing.T) {
 			}
 			// The gateway's routed mode: m a router, the hosts' own
 			// throughput measured through the kernel's forwarding there,
-			// then with espep gateway in TUN mode in m, split and snoop.
-			k := startHostPairRouted(t, c, nil)
-			fwd, cpu := hostIperf(t, k, secs)
-			t.Logf("%s: espep hosts through a kernel router %.0f Mbit/s (%s)", c.name, fwd, cpu)
-			for _, mode := range []string{"split", "snoop"} {
-				g := startHostPairRouted(t, c, []string{"gateway", "--wire", "tun:gw-wire", "--radio", "tun:gw-radio", "--routes", "--wire-iface", "xa", "--radio-iface", "xb",
-					"--sa", "{sa}", "--state-dir", "{state}", "--mode", mode})
-				via, cpu := hostIperf(t, g, secs)
-				g.mid.Stop()
-				gc := counters(g.mid.Output(), "gateway:")
-				t.Logf("%s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d; %s)",
-					c.name, mode, via, via/fwd, gc["opened"], gc["sealed"], counters(g.mid.Output(), "engine:")["early-acked"], cpu)
-				if via/fwd < 0.3 || gc["sealed"] == 0 {
-					t.Errorf("espep gateway (TUN, %s) between espep hosts: %.3f of their own throughput (sealed %d), want ≥ 0.3", mode, via/fwd, gc["sealed"])
-				}
-			}
+			// then with espep gateway in TUN mode in m, split and snoop —
+			// on shared CPUs, and with the router on a CPU of its own.
+			hostRouted(t, c, secs, false)
+			hostRouted(t, c, secs, true)
 		})
 	}
+}
+
+// hostRouted measures espep hosts through a kernel router, then through
+// espep gateway in TUN mode, split and snoop, in the router. With boxes
+// the hosts share CPU 0 and the router has CPU 1, as on a machine of its
+// own (Bed.Box): what the gateway then costs the hosts is what it would
+// cost them in the field — being the slower hop — not the processor time
+// it takes from them on this two-core machine.
+func hostRouted(t *testing.T, c hostCase, secs int, boxes bool) {
+	t.Helper()
+	where := "on shared CPUs"
+	if boxes {
+		where = "router on its own CPU"
+	}
+	k := startHostPairRouted(t, c, nil, boxes)
+	fwd, cpu := hostIperf(t, k, secs)
+	t.Logf("%s, %s: espep hosts through a kernel router %.0f Mbit/s (%s)", c.name, where, fwd, cpu)
+	for _, mode := range []string{"split", "snoop"} {
+		g := startHostPairRouted(t, c, []string{"gateway", "--wire", "tun:gw-wire", "--radio", "tun:gw-radio", "--routes", "--wire-iface", "xa", "--radio-iface", "xb",
+			"--sa", "{sa}", "--state-dir", "{state}", "--mode", mode}, boxes)
+		via, cpu := hostIperf(t, g, secs)
+		g.mid.Stop()
+		gc := counters(g.mid.Output(), "gateway:")
+		perWrite := radioPerWrite(g.mid.Output())
+		t.Logf("%s, %s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d, %.1f packets a write toward b; %s)",
+			c.name, where, mode, via, via/fwd, gc["opened"], gc["sealed"], counters(g.mid.Output(), "engine:")["early-acked"], perWrite, cpu)
+		// ESP in UDP toward b leaves in super-packets the kernel takes
+		// (GSO_UDP_L4) and b's host opens: 20–40 datagrams a write
+		// here; raw ESP is a write per packet.
+		if c.udp && perWrite < 3 {
+			t.Errorf("espep gateway (TUN, %s, %s): %.1f ESP-in-UDP packets a write toward b, want them coalesced", mode, where, perWrite)
+		}
+		// Loose: alone, 0.62–0.68 on shared CPUs and 0.77–0.97 with
+		// the router on its own; CI runs other packages beside this one.
+		want := 0.3
+		if boxes {
+			want = 0.5
+		}
+		if via/fwd < want || gc["sealed"] == 0 {
+			t.Errorf("espep gateway (TUN, %s, %s) between espep hosts: %.3f of their own throughput (sealed %d), want ≥ %.1f", mode, where, via/fwd, gc["sealed"], want)
+		}
+	}
+}
+
+// radioPerWrite reads from espep gateway's exit summary how many
+// packets each write system call toward the radio side carried.
+func radioPerWrite(out string) float64 {
+	m := regexp.MustCompile(`radio read \d+ in \d+ batches \(\d+ system calls\), wrote (\d+) in \d+ batches \((\d+) system calls\)`).FindStringSubmatch(out)
+	if m == nil {
+		return 0
+	}
+	pkts, _ := strconv.ParseFloat(m[1], 64)
+	calls, _ := strconv.ParseFloat(m[2], 64)
+	if calls == 0 {
+		return 0
+	}
+	return pkts / calls
 }
 
 // hostIperf runs iperf3 for secs seconds from p's host a to host b

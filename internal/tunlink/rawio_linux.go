@@ -1,6 +1,7 @@
 package tunlink
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sync/atomic"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/espep/espep/internal/offload"
 	"github.com/espep/espep/internal/rawfd"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
@@ -38,7 +40,10 @@ type rawIO struct {
 	read, write rawfd.Op
 	gro         offload.Coalescer // the writer's
 	out         []int             // the writer's: what Coalesce says to write
+	spare       []byte            // the reader's: where a drain reads (virtio header first)
+	held        int               // the reader's: a super-packet the drain read into spare, for the next Read
 	bad         atomic.Uint64     // packets read that could not be finished, dropped
+	readCalls   atomic.Uint64     // read system calls
 	writeCalls  atomic.Uint64     // write system calls (super-packets and packets alone)
 }
 
@@ -52,7 +57,25 @@ func newIO(d tun.Device) packetIO {
 	if err != nil {
 		return d
 	}
+	r.gro.UDP = setUSO(d.File())
 	return r
+}
+
+// setUSO asks the device for UDP segmentation offload besides TCP's
+// (TUN_F_USO4/6, Linux 6.2 on; wireguard-go asks for the same when it
+// can) and reports whether the device has it: then datagrams may be
+// written coalesced (GSO_UDP_L4).
+func setUSO(f *os.File) bool {
+	const flags = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_USO4 | unix.TUN_F_USO6
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { ierr = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, flags) }); err != nil {
+		return false
+	}
+	return ierr == nil
 }
 
 // newRawIO does the I/O of the TUN device whose descriptor (non-blocking,
@@ -62,7 +85,7 @@ func newRawIO(f *os.File) (*rawIO, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunlink: %w", err)
 	}
-	r := &rawIO{}
+	r := &rawIO{spare: make([]byte, offload.HdrLen+65536)}
 	r.read.Init(rc, syscall.SYS_READ, false)
 	r.write.Init(rc, syscall.SYS_WRITE, true)
 	return r, nil
@@ -70,37 +93,90 @@ func newRawIO(f *os.File) (*rawIO, error) {
 
 // Read reads one packet or super-packet into bufs[0] (its virtio header
 // in the offset before it: offset must be at least offload.HdrLen) and
-// gives the packets it carries in bufs, as tun.Device.Read does. A packet
-// that cannot be finished is counted and dropped (0 packets, no error):
-// it would not be a reason to stop reading.
+// gives the packets it carries in bufs, as tun.Device.Read does. After a
+// packet alone it takes, without waiting, what else the device holds, up
+// to len(bufs) packets: raw ESP and ESP in UDP come a packet a read, and
+// a batch of one is a write of one — under load the batch is now what
+// queued while the last was processed, its datagrams written coalesced. A
+// super-packet met on the way waits in spare for the next Read. A packet
+// that cannot be finished is counted and dropped (0 packets, no error): it
+// would not be a reason to stop reading.
 func (r *rawIO) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if offset < offload.HdrLen || len(bufs) == 0 || len(sizes) < len(bufs) {
 		return 0, fmt.Errorf("tunlink: read with offset %d into %d buffers", offset, len(bufs))
 	}
+	if r.held > 0 {
+		b := r.spare[:r.held]
+		r.held = 0
+		k, _ := r.finish(b, bufs, sizes, offset)
+		return k, nil
+	}
 	n, err := do(&r.read, bufs[0][offset-offload.HdrLen:])
+	r.readCalls.Add(1)
 	if err != nil {
 		return 0, err
 	}
-	h, err := offload.ParseHdr(bufs[0][offset-offload.HdrLen : offset-offload.HdrLen+n])
+	k, alone := r.finish(bufs[0][offset-offload.HdrLen:offset-offload.HdrLen+n], bufs, sizes, offset)
+	if !alone {
+		return k, nil
+	}
+	return r.drain(bufs, sizes, offset, k), nil
+}
+
+// finish turns b — a virtio header and what follows, read into bufs[0]
+// or into spare — into the packets it carries in bufs from index 0; alone
+// reports a packet that was not a super-packet.
+func (r *rawIO) finish(b []byte, bufs [][]byte, sizes []int, offset int) (k int, alone bool) {
+	h, err := offload.ParseHdr(b)
 	if err != nil {
 		r.bad.Add(1)
-		return 0, nil
+		return 0, true
 	}
-	pkt := bufs[0][offset : offset-offload.HdrLen+n]
+	pkt := b[offload.HdrLen:]
 	if h.GSOType&^offload.GSOECN == offload.GSONone {
 		if h.Flags&offload.NeedsCsum != 0 && offload.CompleteChecksum(pkt, h.CsumStart, h.CsumOffset) != nil {
 			r.bad.Add(1)
-			return 0, nil
+			return 0, true
+		}
+		if len(pkt) > len(bufs[0])-offset {
+			r.bad.Add(1)
+			return 0, true
+		}
+		if unsafe.SliceData(pkt) != unsafe.SliceData(bufs[0][offset:]) {
+			copy(bufs[0][offset:], pkt) // drained into spare
 		}
 		sizes[0] = len(pkt)
-		return 1, nil
+		return 1, true
 	}
-	k, err := offload.SegmentInto(h, pkt, bufs, offset, sizes)
+	k, err = offload.SegmentInto(h, pkt, bufs, offset, sizes)
 	if err != nil {
 		r.bad.Add(1)
-		return 0, nil
+		return 0, false
 	}
-	return k, nil
+	return k, false
+}
+
+// drain reads into spare, without waiting, until the device is empty,
+// bufs are full from k on, or a super-packet comes (held for the next
+// Read: the buffers left may be too few for its segments); each packet
+// alone is finished into the next of bufs. It returns the packets in
+// bufs now. An error ends it; the next Read's waiting read meets it.
+func (r *rawIO) drain(bufs [][]byte, sizes []int, offset, k int) int {
+	for k < len(bufs) {
+		n, errno, err := r.read.Try(unsafe.Pointer(unsafe.SliceData(r.spare)), uintptr(len(r.spare)))
+		r.readCalls.Add(1)
+		if err != nil || errno != 0 || n < offload.HdrLen {
+			return k
+		}
+		h, err := offload.ParseHdr(r.spare[:n])
+		if err == nil && (h.GSOType&^offload.GSOECN != offload.GSONone || n-offload.HdrLen > len(bufs[k])-offset) {
+			r.held = n
+			return k
+		}
+		got, _ := r.finish(r.spare[:n], bufs[k:], sizes[k:], offset)
+		k += got
+	}
+	return k
 }
 
 // Write writes bufs (each a packet after offset bytes of headroom, at
@@ -118,6 +194,9 @@ func (r *rawIO) Write(bufs [][]byte, offset int) (int, error) {
 	r.writeCalls.Add(uint64(len(r.out)))
 	for _, i := range r.out {
 		if _, err := do(&r.write, bufs[i][offset-offload.HdrLen:]); err != nil {
+			if errors.Is(err, unix.EINVAL) && bufs[i][offset-offload.HdrLen+1] == offload.GSOUDPL4 {
+				r.gro.UDP = false // a device that refuses them after all: datagrams alone from now on
+			}
 			if first == nil {
 				first = err
 			}
@@ -130,6 +209,9 @@ func (r *rawIO) Write(bufs [][]byte, offset int) (int, error) {
 
 // Dropped is how many packets read could not be finished.
 func (r *rawIO) Dropped() uint64 { return r.bad.Load() }
+
+// ReadCalls is how many read system calls the batches took.
+func (r *rawIO) ReadCalls() uint64 { return r.readCalls.Load() }
 
 // WriteCalls is how many write system calls the batches took.
 func (r *rawIO) WriteCalls() uint64 { return r.writeCalls.Load() }

@@ -114,6 +114,32 @@ func TestRawIO(t *testing.T) {
 		}
 	}
 
+	// Packets alone that queued: one Read takes them all; a
+	// super-packet among them waits for the next Read, which gives its
+	// segments; then the packets after it.
+	calls := r.ReadCalls()
+	for i := range 3 {
+		p := append([]byte(nil), whole...)
+		p[len(p)-1] = byte(i) // (its checksum no longer holds: not this test's matter)
+		send(none[:], p)
+	}
+	send([]byte{0, offload.GSOTCPv4, 0, 0, 1448 & 0xff, 1448 >> 8, 0, 0, 0, 0}, super)
+	send(none[:], whole)
+	if n, err := r.Read(bufs, sizes, headroom); err != nil || n != 3 || bufs[2][headroom+sizes[2]-1] != 2 {
+		t.Fatalf("drain: %d packets, %v; want the 3 alone", n, err)
+	}
+	if n, err := r.Read(bufs, sizes, headroom); err != nil || n != 7 || !bytes.Equal(bufs[6][headroom:headroom+sizes[6]], want[6]) {
+		t.Fatalf("the held super-packet: %d packets, %v", n, err)
+	}
+	if n, err := r.Read(bufs, sizes, headroom); err != nil || n != 1 || !bytes.Equal(bufs[0][headroom:headroom+sizes[0]], whole) {
+		t.Fatalf("after it: %d packets, %v", n, err)
+	}
+	// Four reads (the fourth the super-packet's), none for the held
+	// one, the last packet's and an EAGAIN.
+	if c := r.ReadCalls() - calls; c != 6 {
+		t.Fatalf("%d read system calls, want 6", c)
+	}
+
 	// Garbage: counted, dropped, not an error.
 	send([]byte{0, 0x42}, nil)
 	send([]byte{0, offload.GSOTCPv4, 0, 0, 0, 0, 0, 0, 0, 0}, []byte{0x45, 1, 2})

@@ -44,7 +44,8 @@ const headroom = 16
 type Stats struct {
 	Read, Written, WriteErrors [2]uint64
 	Writes                     [2]uint64 // Write calls (batches)
-	Reads                      [2]uint64 // Read calls
+	Reads                      [2]uint64 // Read calls (batches read)
+	ReadCalls                  [2]uint64 // read system calls, when the link makes them (a batch drains the device)
 	Unfinished                 [2]uint64 // read, but their offloads could not be finished: dropped
 	WriteCalls                 [2]uint64 // write system calls (a batch's flows coalesced), when the link makes them
 }
@@ -251,7 +252,8 @@ func (s Stats) Summary() string {
 		if i > 0 {
 			b.WriteString("; ")
 		}
-		fmt.Fprintf(&b, "%s read %d in %d reads, wrote %d in %d batches (%d system calls), %d write errors, %d unfinished", name, s.Read[i], s.Reads[i], s.Written[i], s.Writes[i], s.WriteCalls[i], s.WriteErrors[i], s.Unfinished[i])
+		fmt.Fprintf(&b, "%s read %d in %d batches (%d system calls), wrote %d in %d batches (%d system calls), %d write errors, %d unfinished",
+			name, s.Read[i], s.Reads[i], s.ReadCalls[i], s.Written[i], s.Writes[i], s.WriteCalls[i], s.WriteErrors[i], s.Unfinished[i])
 	}
 	return b.String()
 }
@@ -267,6 +269,9 @@ func (l *Link) Stats() Stats {
 		}
 		if d, ok := l.io[i].(interface{ WriteCalls() uint64 }); ok {
 			s.WriteCalls[i] = d.WriteCalls()
+		}
+		if d, ok := l.io[i].(interface{ ReadCalls() uint64 }); ok {
+			s.ReadCalls[i] = d.ReadCalls()
 		}
 	}
 	return s
