@@ -25,8 +25,8 @@ type Op struct {
 	trap  uintptr
 	write bool // waits for writability, not readability
 	fn    func(fd uintptr) bool
-	tryFn func(fd uintptr) bool // fn that never waits
-	ptr   unsafe.Pointer        // the call's buffer (or iovec array), during Do
+	wait  bool           // during a call: wait on EAGAIN (Do), or not (Try)
+	ptr   unsafe.Pointer // the call's buffer (or iovec array), during a call
 	len   uintptr
 	r     int
 	errno syscall.Errno
@@ -37,14 +37,24 @@ type Op struct {
 // write, else readable.
 func (o *Op) Init(rc syscall.RawConn, trap uintptr, write bool) {
 	o.rc, o.trap, o.write = rc, trap, write
-	o.fn, o.tryFn = o.call, o.try // bound once: no allocation per call
+	o.fn = o.call // bound once: no allocation per call
 }
 
 // Do makes the call with ptr and n, retried on EINTR and waited for in
 // the poller on EAGAIN. err is the poller's (the descriptor closed, a
 // deadline passed); otherwise errno is the call's and r its result.
 func (o *Op) Do(ptr unsafe.Pointer, n uintptr) (r int, errno syscall.Errno, err error) {
-	o.ptr, o.len, o.r, o.errno = ptr, n, 0, 0
+	return o.run(true, ptr, n)
+}
+
+// Try is Do without the wait: a descriptor that would block gives errno
+// EAGAIN at once.
+func (o *Op) Try(ptr unsafe.Pointer, n uintptr) (r int, errno syscall.Errno, err error) {
+	return o.run(false, ptr, n)
+}
+
+func (o *Op) run(wait bool, ptr unsafe.Pointer, n uintptr) (r int, errno syscall.Errno, err error) {
+	o.wait, o.ptr, o.len, o.r, o.errno = wait, ptr, n, 0, 0
 	if o.write {
 		err = o.rc.Write(o.fn)
 	} else {
@@ -54,40 +64,15 @@ func (o *Op) Do(ptr unsafe.Pointer, n uintptr) (r int, errno syscall.Errno, err 
 	return o.r, o.errno, err
 }
 
-// Try is Do without the wait: a descriptor that would block gives errno
-// EAGAIN at once.
-func (o *Op) Try(ptr unsafe.Pointer, n uintptr) (r int, errno syscall.Errno, err error) {
-	o.ptr, o.len, o.r, o.errno = ptr, n, 0, 0
-	if o.write {
-		err = o.rc.Write(o.tryFn)
-	} else {
-		err = o.rc.Read(o.tryFn)
-	}
-	o.ptr = nil
-	return o.r, o.errno, err
-}
-
-// try makes the system call once (again on EINTR), EAGAIN included in
-// its result.
-func (o *Op) try(fd uintptr) bool {
-	for {
-		r, _, e := syscall.RawSyscall(o.trap, fd, uintptr(o.ptr), o.len)
-		if e == syscall.EINTR {
-			continue
-		}
-		o.r, o.errno = int(r), e
-		return true
-	}
-}
-
-// call makes the system call; false (wait for the descriptor) on EAGAIN.
+// call makes the system call; false (wait for the descriptor) on EAGAIN
+// if the call waits.
 func (o *Op) call(fd uintptr) bool {
 	for {
 		r, _, e := syscall.RawSyscall(o.trap, fd, uintptr(o.ptr), o.len)
-		switch e {
-		case syscall.EINTR:
+		switch {
+		case e == syscall.EINTR:
 			continue
-		case syscall.EAGAIN:
+		case e == syscall.EAGAIN && o.wait:
 			return false
 		}
 		o.r, o.errno = int(r), e
