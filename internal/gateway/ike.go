@@ -205,6 +205,7 @@ func (s *IKESAs) apply(res ikefollow.Result, at time.Time) {
 			delete(s.sas, id)
 			delete(s.timing, id)
 			s.stats.Removed++
+			s.log.Info("gateway: IKE: SA removed", "sa", id)
 		}
 	}
 	for _, p := range res.PFS {
