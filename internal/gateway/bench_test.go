@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,7 +36,8 @@ type pathFlow struct {
 	seqW, seqR  uint32
 	data, acks  [][]byte
 	payload     []byte
-	ipip        bool // every packet in an IP-in-IP tunnel
+	ipip        bool           // every packet in an IP-in-IP tunnel
+	cfgs        []ipsec.Config // the flow's SAs as configured, keys kept (for tests that give them again)
 }
 
 // wrap puts pkt in the flow's IP-in-IP tunnel, if it has one.
@@ -78,6 +80,10 @@ func newPathRigIPIP(tb testing.TB, enc ipsec.Enc, withSAs bool, mode engine.Mode
 		ba := tunnelConfig(0x2002+uint32(i)<<8, fmt.Sprintf("192.0.2.%d", 2*i+2), fmt.Sprintf("192.0.2.%d", 2*i+1), enc)
 		if shared {
 			ab.ReplayWindow, ba.ReplayWindow = 4096, 4096
+		}
+		for _, c := range []ipsec.Config{ab, ba} {
+			c.EncKey, c.IntegKey = slices.Clone(c.EncKey), slices.Clone(c.IntegKey)
+			f.cfgs = append(f.cfgs, c)
 		}
 		var err error
 		if f.aOut, err = ipsec.New(ab); err != nil {

@@ -177,6 +177,12 @@ func (g *Gateway) state(e *ipsec.Entry) *saState {
 	case st != nil && st.e == e:
 	case g.draining[id] != nil && g.draining[id].e == e:
 		st = g.draining[id]
+	case st != nil && st.e.KeyID == e.KeyID && !g.inSAD(e):
+		// e is from a SAD replaced since the packet's lookup, by one
+		// giving the same SA again (the same keys): the state of the
+		// entry that replaced it carries on. A state on e would seal with
+		// keys about to be wiped, and take numbers the current state
+		// takes too (TestSealAcrossEntryReplacement).
 	default:
 		st = g.newState(e)
 		if old := g.states[id]; old != nil && old.e.KeyID == e.KeyID {
@@ -186,6 +192,13 @@ func (g *Gateway) state(e *ipsec.Entry) *saState {
 	}
 	g.stateCache.Store(e, st)
 	return st
+}
+
+// inSAD reports whether e is the entry the gateway's SAD holds for its
+// SA now (g.smu held: SetSAD swaps the SAD under it).
+func (g *Gateway) inSAD(e *ipsec.Entry) bool {
+	cur, ok := g.sad.Load().Get(e.Config.ID())
+	return ok && cur == e
 }
 
 // clearStateCache forgets state's answers, after the tables changed

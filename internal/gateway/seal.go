@@ -247,12 +247,12 @@ var errSeqWait = errors.New("sequence numbers not yet reserved")
 // capacity) and the SA to seal that in next, if the SA is part of a
 // bundle.
 func (g *Gateway) sealOn(ctr *stripe, st *saState, buf []byte, off, n int) ([]byte, *saState, error) {
+	st = lockCurrent(st)
+	defer st.mu.Unlock()
 	ivs, ok := st.nonce.ivSource()
 	if !ok {
 		return nil, nil, fmt.Errorf("sa %v: iv generator not confirmed", st.e.Config.ID())
 	}
-	st.mu.Lock()
-	defer st.mu.Unlock()
 	if st.handed.Load() {
 		return nil, nil, fmt.Errorf("sa %v: %w", st.e.Config.ID(), errHandedOver)
 	}
@@ -300,6 +300,28 @@ func (g *Gateway) sealOn(ctr *stripe, st *saState, buf []byte, off, n int) ([]by
 		st.lastUse.Store(time.Now().UnixNano())
 	}
 	return out, st.outer, nil
+}
+
+// lockCurrent locks and returns the state that carries st's SA now: st,
+// or the state a new entry for the same SA took over from it (inherit,
+// under st.mu) after the caller chose st. Sealing on st then would use
+// keys about to be wiped, or a number the new state takes again — the
+// receiver's replay window drops the second (found by
+// TestGatewayFollowsIKE under CI's load: a packet sealed 3 ms after the
+// security server gave an SA again failed, its old entry wiped). A
+// rekey's next (another SA) is not followed: st stays valid. (No cycle:
+// inherit links a state only to one made after it.)
+func lockCurrent(st *saState) *saState {
+	st.mu.Lock()
+	for {
+		next := st.next
+		if next == nil || next.e.Config.ID() != st.e.Config.ID() {
+			return st
+		}
+		st.mu.Unlock()
+		st = next
+		st.mu.Lock()
+	}
 }
 
 // takeoverJump is how much further above the endpoint the gateway starts
