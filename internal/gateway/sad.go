@@ -59,6 +59,11 @@ type saState struct {
 	// entry that replaced this one for the same SA in the SAD: where its
 	// flows' packets are sealed once this one cannot be used.
 	next *saState
+	// heir is the state a new entry for the same SA took this one's
+	// numbers over to (inherit), nil until then. Unlike next, which a
+	// flow's packets may also set back toward an older state, it only
+	// ever points at a newer state: following it ends.
+	heir *saState
 	// gen counts the rekeys behind this SA: one more than the SA its
 	// flows moved from (0: none seen).
 	gen int
@@ -233,7 +238,7 @@ func (g *Gateway) inherit(nst, old *saState) {
 	nst.nonce.broken = old.nonce.broken
 	old.nonce.mu.Unlock()
 	nst.nonce.mu.Unlock()
-	old.next = nst
+	old.next, old.heir = nst, nst
 }
 
 // SetSAD replaces the SAs the gateway works with, taking ownership of the

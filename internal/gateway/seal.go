@@ -303,25 +303,23 @@ func (g *Gateway) sealOn(ctr *stripe, st *saState, buf []byte, off, n int) ([]by
 }
 
 // lockCurrent locks and returns the state that carries st's SA now: st,
-// or the state a new entry for the same SA took over from it (inherit,
-// under st.mu) after the caller chose st. Sealing on st then would use
-// keys about to be wiped, or a number the new state takes again — the
-// receiver's replay window drops the second (found by
+// or the state a new entry for the same SA took over from it (its heir,
+// set by inherit under st.mu) after the caller chose st. Sealing on st
+// then would use keys about to be wiped, or a number the heir takes
+// again — the receiver's replay window drops the second (found by
 // TestGatewayFollowsIKE under CI's load: a packet sealed 3 ms after the
-// security server gave an SA again failed, its old entry wiped). A
-// rekey's next (another SA) is not followed: st stays valid. (No cycle:
-// inherit links a state only to one made after it.)
+// security server gave an SA again failed, its old entry wiped). Heirs
+// are always newer states, so the walk ends; next is not followed (a
+// flow's packets can point it back at an older state: a cycle).
 func lockCurrent(st *saState) *saState {
 	st.mu.Lock()
-	for {
-		next := st.next
-		if next == nil || next.e.Config.ID() != st.e.Config.ID() {
-			return st
-		}
+	for st.heir != nil {
+		heir := st.heir
 		st.mu.Unlock()
-		st = next
+		st = heir
 		st.mu.Lock()
 	}
+	return st
 }
 
 // takeoverJump is how much further above the endpoint the gateway starts
