@@ -306,9 +306,10 @@ func (g *Gateway) sealOn(ctr *stripe, st *saState, buf []byte, off, n int) ([]by
 // or the state a new entry for the same SA took over from it (its heir,
 // set by inherit under st.mu) after the caller chose st. Sealing on st
 // then would use keys about to be wiped, or a number the heir takes
-// again — the receiver's replay window drops the second (found by
-// TestGatewayFollowsIKE under CI's load: a packet sealed 3 ms after the
-// security server gave an SA again failed, its old entry wiped). Heirs
+// again — the receiver's replay window drops the second
+// (TestSealAcrossEntryReplacement; TestGatewayFollowsIKE failed so once
+// under CI's load: a seal 3 ms after the security server gave the SAs
+// again found its entry wiped). Heirs
 // are always newer states, so the walk ends; next is not followed (a
 // flow's packets can point it back at an older state: a cycle).
 func lockCurrent(st *saState) *saState {
