@@ -174,3 +174,47 @@ func TestSealAcrossEntryReplacement(t *testing.T) {
 		t.Fatalf("%d sealed, %d replacements: the test did not test", len(seqs), replaced)
 	}
 }
+
+// TestSourceRefusedStaysOut: an SA two sources give is taken from the
+// first, the second's entry wiped; when the first withdraws it and the
+// second offers its (wiped) entry again — the IKE follower does, with
+// every exchange it follows — that entry stays out of the SAD: a state
+// on it would seal with no keys.
+func TestSourceRefusedStaysOut(t *testing.T) {
+	c := tunnelConfig(0x1001, "192.0.2.1", "192.0.2.2", ipsec.EncAESGCM16)
+	entry := func() *ipsec.Entry {
+		cc := c
+		cc.EncKey = slices.Clone(c.EncKey)
+		e, err := ipsec.NewEntry(cc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	g, err := New(Config{Engine: engine.Config{Mode: engine.ModeSplit}}, &ipsec.SAD{}, func(engine.Side, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	server, ike := entry(), entry()
+	if err := g.SetSource("secserver", []*ipsec.Entry{server}); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SetSource("ike", []*ipsec.Entry{ike}); err == nil || !ike.Write.HardExpired() {
+		t.Fatalf("the second source's copy: %v, wiped %v", err, ike.Write.HardExpired())
+	}
+	if err := g.SetSource("secserver", nil); err != nil { // withdrawn
+		t.Fatal(err)
+	}
+	g.SetSource("ike", []*ipsec.Entry{ike}) // offered again
+	if got, ok := g.sad.Load().Get(c.ID()); ok {
+		t.Fatalf("a wiped entry entered the SAD (hard expired %v)", got.Write.HardExpired())
+	}
+	fresh := entry() // a live copy is taken
+	if err := g.SetSource("ike", []*ipsec.Entry{fresh}); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := g.sad.Load().Get(c.ID()); !ok || got != fresh {
+		t.Fatal("a live entry was refused")
+	}
+}
