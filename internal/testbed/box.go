@@ -9,7 +9,7 @@ import (
 
 // Box makes namespace ns stand for a machine of its own on this one: every
 // command started in it from now on (Start, Run) runs on the CPUs in list
-// (taskset's syntax, e.g. "0" or "0,1"), and the packets arriving on its
+// (CPU numbers separated by commas, e.g. "0" or "0,1"), and the packets arriving on its
 // interfaces devs are processed there too (receive packet steering; a veth
 // otherwise handles a frame in the sender's context, on the sender's
 // CPU). Two namespaces boxed on different CPUs then share no processor

@@ -159,13 +159,14 @@ func (r *rawIO) finish(b []byte, bufs [][]byte, sizes []int, offset int) (k int,
 // drain reads into spare, without waiting, until the device is empty,
 // bufs are full from k on, or a super-packet comes (held for the next
 // Read: the buffers left may be too few for its segments); each packet
-// alone is finished into the next of bufs. It returns the packets in
-// bufs now. An error ends it; the next Read's waiting read meets it.
+// alone is finished into the next of bufs (one that cannot be, counted
+// and dropped as Read's own). It returns the packets in bufs now. An error
+// ends it; the next Read's waiting read meets it.
 func (r *rawIO) drain(bufs [][]byte, sizes []int, offset, k int) int {
 	for k < len(bufs) {
 		n, errno, err := r.read.Try(unsafe.Pointer(unsafe.SliceData(r.spare)), uintptr(len(r.spare)))
 		r.readCalls.Add(1)
-		if err != nil || errno != 0 || n < offload.HdrLen {
+		if err != nil || errno != 0 || n == 0 {
 			return k
 		}
 		h, err := offload.ParseHdr(r.spare[:n])
