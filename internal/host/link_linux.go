@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -97,27 +96,6 @@ func (k *linuxLink) run(ctx context.Context, h *Host) error {
 	return <-errc
 }
 
-// deliver writes an opened packet into the TUN.
-func (k *linuxLink) deliver(buf []byte, off int) error {
-	_, err := k.tun.Write([][]byte{buf}, off)
-	return err
-}
-
-// send puts an IP packet with its own header on the wire.
-func (k *linuxLink) send(pkt []byte) error {
-	switch {
-	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4:
-		var sa unix.SockaddrInet4
-		copy(sa.Addr[:], pkt[16:20])
-		return unix.Sendto(k.send4, pkt, 0, &sa)
-	case len(pkt) >= header.IPv6Len && pkt[0]>>4 == 6 && k.send6 >= 0:
-		var sa unix.SockaddrInet6
-		copy(sa.Addr[:], pkt[24:40])
-		return unix.Sendto(k.send6, pkt, 0, &sa)
-	}
-	return errors.New("not sendable")
-}
-
 // close removes the routes and rules, closes the device and sockets.
 func (k *linuxLink) close() error {
 	for _, r := range k.rules {
@@ -169,7 +147,7 @@ func (k *linuxLink) openSockets() error {
 		if err := unix.Bind(k.udp4, &unix.SockaddrInet4{Port: k.cfg.UDPPort}); err != nil {
 			return fmt.Errorf("host: bind udp %d: %w", k.cfg.UDPPort, err)
 		}
-		if err := setTimeout(k.udp4); err != nil {
+		if err := k.setUDP(k.udp4); err != nil {
 			return err
 		}
 	}
@@ -225,9 +203,26 @@ func (k *linuxLink) openSockets6() error {
 		if err := unix.Bind(k.udp6, &unix.SockaddrInet6{Port: k.cfg.UDPPort}); err != nil {
 			return fmt.Errorf("bind udp6 %d: %w", k.cfg.UDPPort, err)
 		}
-		if err := setTimeout(k.udp6); err != nil {
+		if err := k.setUDP(k.udp6); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// setUDP readies a socket for ESP in UDP: the receive timeout, the mark
+// (it sends runs of datagrams the host sealed, which must not be routed
+// back into the TUN), and joined reads (UDP_GRO: a run of datagrams in one
+// read; without it, a kernel that has one does the cutting at the socket).
+func (k *linuxLink) setUDP(fd int) error {
+	if err := setTimeout(fd); err != nil {
+		return err
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, Mark); err != nil {
+		return fmt.Errorf("host: SO_MARK: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1); err != nil {
+		k.log.Info("host: UDP_GRO not available: ESP in UDP is read a datagram at a time", "err", err)
 	}
 	return nil
 }
@@ -284,7 +279,8 @@ func (k *linuxLink) setupRoutes() error {
 	return nil
 }
 
-// tunLoop reads what the kernel routes into the TUN and applies the SPD.
+// tunLoop reads what the kernel routes into the TUN, applies the SPD,
+// and sends what that makes, a read's batch at a time.
 func (k *linuxLink) tunLoop(ctx context.Context, h *Host) error {
 	const off = ipsec.MaxHeadroom + 16
 	n := k.tun.BatchSize()
@@ -293,6 +289,7 @@ func (k *linuxLink) tunLoop(ctx context.Context, h *Host) error {
 	for i := range bufs {
 		bufs[i] = make([]byte, off+65535+ipsec.MaxTailroom)
 	}
+	tx := newTxBatch(k, &h.c, n)
 	for {
 		for i := range bufs {
 			bufs[i] = bufs[i][:cap(bufs[i])-ipsec.MaxTailroom]
@@ -308,8 +305,11 @@ func (k *linuxLink) tunLoop(ctx context.Context, h *Host) error {
 			return fmt.Errorf("host: tun read: %w", err)
 		}
 		for i := 0; i < cnt; i++ {
-			h.outbound(bufs[i][:off+sizes[i]], off, sizes[i])
+			if out, sealed := h.outbound(bufs[i][:off+sizes[i]], off, sizes[i]); out != nil {
+				tx.add(out, sealed)
+			}
 		}
+		tx.flush()
 	}
 }
 
@@ -326,106 +326,127 @@ func readErr(ctx context.Context, what string, err error) (retry bool, _ error) 
 	return false, fmt.Errorf("host: %s read: %w", what, err)
 }
 
-// rawLoop reads ESP or AH packets (IPv4 header included) and opens them.
-func (k *linuxLink) rawLoop(ctx context.Context, h *Host, fd int) error {
-	buf := make([]byte, 65536+64)
+// sockLoop reads packets from a socket into rx's slots with read until
+// nothing more is queued or the batch is full, then writes what opened
+// into the TUN. read takes the slots it keeps (rx.used) and returns the
+// read's error.
+func (k *linuxLink) sockLoop(ctx context.Context, what string, rx *rxBatch, need int, read func() error) error {
+	defer rx.flush()
 	for ctx.Err() == nil {
-		n, _, err := unix.Recvfrom(fd, buf[64:], 0)
-		if err != nil {
-			if retry, err := readErr(ctx, "raw", err); !retry {
+		if rx.used+need > rxSlots {
+			rx.flush()
+		}
+		if err := read(); err != nil {
+			if rx.used > 0 && wouldWait(err) {
+				rx.flush() // drained: now wait
+				continue
+			}
+			if retry, err := readErr(ctx, what, err); !retry {
 				return err
 			}
-			continue
 		}
-		h.inbound(buf[:64+n], 64)
 	}
 	return nil
 }
 
-// udpLoop reads ESP in UDP (RFC 3948) and rebuilds the IP and UDP
-// headers the kernel took off, so that the packet opens as it was sent.
+// rawLoop reads ESP or AH packets (IPv4 header included) and opens them.
+func (k *linuxLink) rawLoop(ctx context.Context, h *Host, fd int) error {
+	rx := newRxBatch(k.tun, &h.c)
+	return k.sockLoop(ctx, "raw", rx, 1, func() error {
+		buf := rx.slot(0)
+		n, _, err := rx.recv(fd, buf[64:])
+		if err != nil {
+			return err
+		}
+		open(h, rx, buf[:64+n])
+		return nil
+	})
+}
+
+// open opens a packet received into rx's next slot (64 bytes of headroom)
+// and queues what comes out for the TUN; the slot is kept only then.
+func open(h *Host, rx *rxBatch, buf []byte) {
+	if start, end := h.inbound(buf, 64); end > 0 {
+		rx.deliver(buf, start, end)
+		rx.used++
+	}
+}
+
+// udpLoop reads ESP in UDP (RFC 3948) — datagrams the kernel may have
+// joined (UDP_GRO) — and rebuilds the IP and UDP headers the kernel took
+// off each, so that it opens as it was sent.
 func (k *linuxLink) udpLoop(ctx context.Context, h *Host, fd int, v6 bool) error {
 	hl := header.IPv4MinLen + header.UDPLen
 	if v6 {
 		hl = header.IPv6Len + header.UDPLen
 	}
-	buf := make([]byte, 64+hl+65536)
-	oob := make([]byte, 128)
-	for ctx.Err() == nil {
-		n, oobn, _, from, err := unix.Recvmsg(fd, buf[64+hl:], oob, 0)
+	rx := newRxBatch(k.tun, &h.c)
+	return k.sockLoop(ctx, "udp", rx, rxSegs, func() error {
+		first := rx.slot(0)
+		n, oobn, err := rx.recv(fd, first[64+hl:])
 		if err != nil {
-			if retry, err := readErr(ctx, "udp", err); !retry {
-				return err
-			}
-			continue
+			return err
 		}
-		src, sport, ok := sockaddrAddr(from)
-		dst, ok2 := pktinfoDst(oob[:oobn])
-		if !ok || !ok2 {
+		src, sport, ok := getSockaddr(&rx.name)
+		dst, seg := control(rx.oob[:oobn])
+		if !ok || !dst.IsValid() {
 			h.c.add(cNotOurs)
-			continue
+			return nil
 		}
-		pkt := buf[64 : 64+hl+n]
-		if v6 {
-			header.WriteIPv6(pkt, 0, 0, header.UDPLen+n, header.ProtoUDP, 64, src, dst)
-			header.WriteUDP(pkt[header.IPv6Len:], sport, uint16(k.cfg.UDPPort), header.UDPLen+n)
-		} else {
-			header.WriteIPv4(pkt, 0, len(pkt), 0, false, 64, header.ProtoUDP, src, dst)
-			header.WriteUDP(pkt[header.IPv4MinLen:], sport, uint16(k.cfg.UDPPort), header.UDPLen+n)
+		if seg <= 0 || seg > n {
+			seg = n
 		}
-		h.inbound(buf[:64+hl+n], 64)
-	}
-	return nil
+		// The joined datagrams after the first go to slots of their own,
+		// each with room for its headers; then each is opened.
+		segs := (n + seg - 1) / seg
+		if segs > rxSegs {
+			h.c.add(cNotOurs) // more than the kernel joins: not a read we understand
+			return nil
+		}
+		for i := 0; i < segs; i++ {
+			buf, size := rx.slot(i), min(seg, n-i*seg)
+			if i > 0 {
+				copy(buf[64+hl:], first[64+hl+i*seg:64+hl+i*seg+size])
+			}
+			pkt := buf[64 : 64+hl+size]
+			if v6 {
+				header.WriteIPv6(pkt, 0, 0, header.UDPLen+size, header.ProtoUDP, 64, src, dst)
+				header.WriteUDP(pkt[header.IPv6Len:], sport, uint16(k.cfg.UDPPort), header.UDPLen+size)
+			} else {
+				header.WriteIPv4(pkt, 0, len(pkt), 0, false, 64, header.ProtoUDP, src, dst)
+				header.WriteUDP(pkt[header.IPv4MinLen:], sport, uint16(k.cfg.UDPPort), header.UDPLen+size)
+			}
+		}
+		for i := 0; i < segs; i++ {
+			buf := rx.slots[rx.used]
+			if start, end := h.inbound(buf[:64+hl+min(seg, n-i*seg)], 64); end > 0 {
+				rx.deliver(buf, start, end)
+			}
+			rx.used++
+		}
+		return nil
+	})
 }
 
 // raw6Loop reads ESP or AH from an IPv6 raw socket, which delivers the
 // packet without its IPv6 header, and rebuilds the header (extension
 // headers, if there were any, are gone: AH over them would not verify).
 func (k *linuxLink) raw6Loop(ctx context.Context, h *Host, fd int, proto uint8) error {
-	buf := make([]byte, 64+header.IPv6Len+65536)
-	oob := make([]byte, 128)
-	for ctx.Err() == nil {
-		n, oobn, _, from, err := unix.Recvmsg(fd, buf[64+header.IPv6Len:], oob, 0)
+	rx := newRxBatch(k.tun, &h.c)
+	return k.sockLoop(ctx, "raw6", rx, 1, func() error {
+		buf := rx.slot(0)
+		n, oobn, err := rx.recv(fd, buf[64+header.IPv6Len:])
 		if err != nil {
-			if retry, err := readErr(ctx, "raw6", err); !retry {
-				return err
-			}
-			continue
+			return err
 		}
-		src, _, ok := sockaddrAddr(from)
-		dst, ok2 := pktinfoDst(oob[:oobn])
-		if !ok || !ok2 {
+		src, _, ok := getSockaddr(&rx.name)
+		dst, _ := control(rx.oob[:oobn])
+		if !ok || !dst.IsValid() {
 			h.c.add(cNotOurs)
-			continue
+			return nil
 		}
 		header.WriteIPv6(buf[64:], 0, 0, n, proto, 64, src, dst)
-		h.inbound(buf[:64+header.IPv6Len+n], 64)
-	}
-	return nil
-}
-
-func sockaddrAddr(sa unix.Sockaddr) (netip.Addr, uint16, bool) {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrFrom4(a.Addr), uint16(a.Port), true
-	case *unix.SockaddrInet6:
-		return netip.AddrFrom16(a.Addr), uint16(a.Port), true
-	}
-	return netip.Addr{}, 0, false
-}
-
-func pktinfoDst(oob []byte) (netip.Addr, bool) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	for _, m := range msgs {
-		if m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_PKTINFO && len(m.Data) >= 12 {
-			return netip.AddrFrom4([4]byte(m.Data[8:12])), true // struct in_pktinfo: ipi_addr
-		}
-		if m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_PKTINFO && len(m.Data) >= 16 {
-			return netip.AddrFrom16([16]byte(m.Data[:16])), true // struct in6_pktinfo: ipi6_addr
-		}
-	}
-	return netip.Addr{}, false
+		open(h, rx, buf[:64+header.IPv6Len+n])
+		return nil
+	})
 }

@@ -51,30 +51,32 @@ func (m *MemLink) run(ctx context.Context, h *Host) error {
 		case p := <-m.Tun:
 			b := buf[:off+len(p)+ipsec.MaxTailroom]
 			copy(b[off:], p)
-			h.outbound(b[:off+len(p)], off, len(p))
+			if out, _ := h.outbound(b[:off+len(p)], off, len(p)); out != nil {
+				m.send(out)
+			}
 		case p := <-m.Net:
 			b := buf[:off+len(p)]
 			copy(b[off:], p)
-			h.inbound(b, off)
+			if start, end := h.inbound(b, off); end > 0 {
+				m.deliver(b[start:end])
+			}
 		}
 	}
 }
 
-func (m *MemLink) deliver(buf []byte, off int) error {
+func (m *MemLink) deliver(pkt []byte) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.delivered = append(m.delivered, append([]byte(nil), buf[off:]...))
-	return nil
+	m.delivered = append(m.delivered, append([]byte(nil), pkt...))
 }
 
-func (m *MemLink) send(pkt []byte) error {
+func (m *MemLink) send(pkt []byte) {
 	m.mu.Lock()
 	m.sent = append(m.sent, append([]byte(nil), pkt...))
 	m.mu.Unlock()
 	if m.Peer != nil {
 		m.Peer.Net <- append([]byte(nil), pkt...)
 	}
-	return nil
 }
 
 func (m *MemLink) close() error {

@@ -15,6 +15,7 @@ type Stats struct {
 	NetIn, Opened, OpenErrors, PolicyDrops, NotOurs uint64
 	IKE, Keepalives, TunWriteErrors, SendErrors     uint64
 	SoftExpired, HardExpired                        uint64
+	NetReads, NetSends, TunWrites                   uint64
 }
 
 type counter uint8
@@ -37,6 +38,9 @@ const (
 	cSendErrors
 	cSoftExpired
 	cHardExpired
+	cNetReads
+	cNetSends
+	cTunWrites
 	numCounters
 )
 
@@ -65,6 +69,17 @@ var counterTable = [numCounters]ctable.Def{
 	cSendErrors:     event("SendErrors", "send-errors", "send_error"),
 	cSoftExpired:    event("SoftExpired", "soft-expired", "sa_soft_expired"),
 	cHardExpired:    event("HardExpired", "hard-expired", "sa_hard_expired"),
+	// The system calls that moved packets: packets over calls is how
+	// well the link batches (Linux: a run of ESP in UDP is one send, the
+	// packets one round of reads opened are one TUN write).
+	cNetReads:  call("NetReads", "net-reads", "net_read"),
+	cNetSends:  call("NetSends", "net-sends", "net_send"),
+	cTunWrites: call("TunWrites", "tun-writes", "tun_write"),
+}
+
+func call(field, name, label string) ctable.Def {
+	return ctable.Def{Field: field, Name: name, Family: "syscalls_total", LabelName: "call", Label: label,
+		Help: "System calls espep host made to move packets: reads from and sends to the network, writes into the TUN."}
 }
 
 // CounterTable returns the host's counter table.

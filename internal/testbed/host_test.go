@@ -192,6 +192,15 @@ func hostTransfer(t *testing.T, c hostCase, p *hostPair, payload []byte) {
 		sa["open-errors"]+sb["open-errors"]+sa["policy-drops"]+sb["policy-drops"] != 0 {
 		t.Fatalf("counters do not show the transfer going through IPsec with every packet accepted")
 	}
+	// Batched I/O: what one round of reads opened is one TUN write (here
+	// 11–40 packets a write), and a run of ESP in UDP is one send (~20
+	// datagrams a send).
+	if sb["tun-writes"] == 0 || sb["opened"] < 2*sb["tun-writes"] {
+		t.Errorf("host b wrote %d opened packets in %d TUN writes, want them batched", sb["opened"], sb["tun-writes"])
+	}
+	if c.udp && (sa["net-sends"] == 0 || sa["sealed"] < 3*sa["net-sends"]) {
+		t.Errorf("host a sent %d sealed datagrams in %d system calls, want runs of them in one", sa["sealed"], sa["net-sends"])
+	}
 	checkWire(t, c, capPath, saPath)
 }
 
@@ -230,6 +239,7 @@ func (p *hostPair) startHosts(t *testing.T, c hostCase, edit func(string) string
 	must(t, os.WriteFile(ca, []byte(edit(c.hostConfig(p.saPath, p.la, p.lb, ta, 0x1001))), 0o600))
 	must(t, os.WriteFile(cb, []byte(edit(c.hostConfig(p.saPath, p.lb, p.la, tb, 0x1002))), 0o600))
 	var err error
+	must(t, segmentBeforeCapture(b, p.a, "a0"))
 	p.capPath = filepath.Join(p.dir, "wire.pcap")
 	p.dump, err = b.Start(p.a, "tcpdump", "-U", "--immediate-mode", "-ni", "a0", "-w", p.capPath, "not arp")
 	must(t, err)
@@ -346,6 +356,7 @@ func startHostPairMid(t *testing.T, c hostCase, o pairOpts) *hostPair {
 	must(t, os.WriteFile(ca, []byte(c.hostConfig(p.saPath, la, lb, ta, 0x1001)), 0o600))
 	must(t, os.WriteFile(cb, []byte(c.hostConfig(p.saPath, lb, la, tb, 0x1002)), 0o600))
 	if capture {
+		must(t, segmentBeforeCapture(b, a, "a0"))
 		p.capPath = filepath.Join(dir, "wire.pcap")
 		p.dump, err = b.Start(a, "tcpdump", "-U", "--immediate-mode", "-ni", "a0", "-w", p.capPath, "not arp")
 		must(t, err)
@@ -358,6 +369,15 @@ func startHostPairMid(t *testing.T, c hostCase, o pairOpts) *hostPair {
 	must(t, waitFor(p.ha, "espep host running", 10*time.Second))
 	must(t, waitFor(p.hb, "espep host running", 10*time.Second))
 	return p
+}
+
+// segmentBeforeCapture turns UDP segmentation off on dev, so that a
+// capture there sees each datagram espep host sends in a run (one
+// sendmsg with UDP_SEGMENT) as the peer receives it, rather than the one
+// super-datagram the kernel hands a device that segments.
+func segmentBeforeCapture(b *Bed, ns, dev string) error {
+	_, err := b.Run(ns, "ethtool", "-K", dev, "tx-udp-segmentation", "off")
+	return err
 }
 
 // TestHostLifetimes: the a→b SA has a soft limit of 100 kB and a hard one
@@ -599,11 +619,11 @@ func TestHostThroughput(t *testing.T) {
 			g.mid.Stop()
 			gc := counters(g.mid.Output(), "gateway:")
 			t.Logf("%s: through espep hosts with espep gateway (AF_PACKET, split) between them %.0f Mbit/s, %.3f of the hosts' own (gateway sealed %d; %s)", c.name, via, via/espep, gc["sealed"], cpu)
-			// Loose: 0.61–0.65 here alone (0.35 while BBR's window was
-			// a dozen segments on such short paths); CI runs other
-			// packages beside this one.
-			if via/espep < 0.3 || gc["sealed"] == 0 {
-				t.Errorf("espep gateway between espep hosts: %.3f of their own throughput (sealed %d), want ≥ 0.3", via/espep, gc["sealed"])
+			// Loose: 0.24–0.41 here alone since the hosts batch their
+			// I/O (0.61–0.65 before, when they were a third as fast);
+			// CI runs other packages beside this one.
+			if via/espep < 0.12 || gc["sealed"] == 0 {
+				t.Errorf("espep gateway between espep hosts: %.3f of their own throughput (sealed %d), want ≥ 0.12", via/espep, gc["sealed"])
 			}
 			// The gateway's routed mode: m a router, the hosts' own
 			// throughput measured through the kernel's forwarding there,
@@ -636,20 +656,27 @@ func hostRouted(t *testing.T, c hostCase, secs int, boxes bool) {
 		via, cpu := hostIperf(t, g, secs)
 		g.mid.Stop()
 		gc := counters(g.mid.Output(), "gateway:")
-		perWrite := radioPerWrite(g.mid.Output())
-		t.Logf("%s, %s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d, %.1f packets a write toward b; %s)",
-			c.name, where, mode, via, via/fwd, gc["opened"], gc["sealed"], counters(g.mid.Output(), "engine:")["early-acked"], perWrite, cpu)
+		perWrite, perRead := radioPerWrite(g.mid.Output()), wirePerRead(g.mid.Output())
+		t.Logf("%s, %s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d, %.1f packets a read from a, %.1f a write toward b; %s)",
+			c.name, where, mode, via, via/fwd, gc["opened"], gc["sealed"], counters(g.mid.Output(), "engine:")["early-acked"], perRead, perWrite, cpu)
 		// ESP in UDP toward b leaves in super-packets the kernel takes
 		// (GSO_UDP_L4) and b's host opens: 9–25 datagrams a write
 		// here; raw ESP is a write per packet.
 		if c.udp && perWrite < 3 {
 			t.Errorf("espep gateway (TUN, %s, %s): %.1f ESP-in-UDP packets a write toward b, want them coalesced", mode, where, perWrite)
 		}
-		// Loose: alone, 0.59–0.81 on shared CPUs and 0.64–1.17 with
-		// the router on its own; CI runs other packages beside this one.
-		want := 0.3
+		// Host a sends runs of datagrams (UDP_SEGMENT), which reach the
+		// gateway's TUN whole: ~23 a read here.
+		if c.udp && perRead < 3 {
+			t.Errorf("espep gateway (TUN, %s, %s): %.1f ESP-in-UDP packets a read from a, want runs of them", mode, where, perRead)
+		}
+		// Loose: alone, 0.39–0.45 on shared CPUs and 0.53–0.95 with the
+		// router on its own (raw ESP at the top, ESP in UDP — where the
+		// hosts are fastest — at the bottom); CI runs other packages
+		// beside this one.
+		want := 0.2
 		if boxes {
-			want = 0.5
+			want = 0.35
 		}
 		if via/fwd < want || gc["sealed"] == 0 {
 			t.Errorf("espep gateway (TUN, %s, %s) between espep hosts: %.3f of their own throughput (sealed %d), want ≥ %.1f", mode, where, via/fwd, gc["sealed"], want)
@@ -660,7 +687,18 @@ func hostRouted(t *testing.T, c hostCase, secs int, boxes bool) {
 // radioPerWrite reads from espep gateway's exit summary how many
 // packets each write system call toward the radio side carried.
 func radioPerWrite(out string) float64 {
-	m := regexp.MustCompile(`radio read \d+ in \d+ batches \(\d+ system calls\), wrote (\d+) in \d+ batches \((\d+) system calls\)`).FindStringSubmatch(out)
+	return perCall(out, `radio read \d+ in \d+ batches \(\d+ system calls\), wrote (\d+) in \d+ batches \((\d+) system calls\)`)
+}
+
+// wirePerRead reads from espep gateway's exit summary how many packets
+// each read system call on the wire side brought.
+func wirePerRead(out string) float64 {
+	return perCall(out, `wire read (\d+) in \d+ batches \((\d+) system calls\)`)
+}
+
+// perCall is the ratio of the two numbers expr finds in out.
+func perCall(out, expr string) float64 {
+	m := regexp.MustCompile(expr).FindStringSubmatch(out)
 	if m == nil {
 		return 0
 	}
