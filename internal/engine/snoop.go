@@ -37,7 +37,7 @@ func (e *shard) downData(f *flow, p *parsed, pkt []byte) {
 	if f.sndMax.LessThan(end) {
 		f.sndMax = end // forwarded, cached or not: ACKs up to here are for bytes sent
 	}
-	now := e.cfg.Clock.Now()
+	now := p.now
 	// A resend from the sender replaces the cached copy (it may carry a
 	// newer timestamp); it is not an RTT sample (Karn).
 	i := f.cacheIndex(seq)
@@ -101,7 +101,7 @@ func (e *shard) upAck(f *flow, p *parsed, pkt []byte) bool {
 	case !f.ackValid || f.lastAck.LessThan(ack):
 		// With SACK a hole at the new ACK shows as blocks above it; without,
 		// every partial ACK in a repair points at one (NewReno).
-		e.newAck(f, ack, sackAbove(&p.opts, ack) || !(f.down.sackOK && f.up.sackOK))
+		e.newAck(f, ack, sackAbove(&p.opts, ack) || !(f.down.sackOK && f.up.sackOK), p.now)
 		f.lastWindow = win
 	// A duplicate ACK: same cumulative ACK, no data, and either a SACK
 	// block above the ACK (the receiver holds out-of-order data, whatever
@@ -146,12 +146,12 @@ func sackAbove(o *header.TCPOptions, ack seqnum.Value) bool {
 	return false
 }
 
-// newAck cleans the cache up to ack and takes an RTT sample. hole says
-// whether the ACK shows the segment at ack missing at the receiver.
-func (e *shard) newAck(f *flow, ack seqnum.Value, hole bool) {
+// newAck cleans the cache up to ack and takes an RTT sample, the ACK
+// having arrived at now. hole says whether the ACK shows the segment at
+// ack missing at the receiver.
+func (e *shard) newAck(f *flow, ack seqnum.Value, hole bool, now time.Time) {
 	f.lastAck, f.ackValid = ack, true
 	f.dupacks, f.expectDup = 0, 0
-	now := e.cfg.Clock.Now()
 	n := 0
 	for n < len(f.cache) && f.cache[n].end.LessThanEq(ack) {
 		if f.cache[n].rexmits == 0 && !f.cache[n].imported {

@@ -218,7 +218,7 @@ const maxSegment = 65535 - 200
 // toward it. The packet itself goes nowhere; the engine sends its own.
 func (e *shard) splitProcess(f *flow, from Side, p *parsed) {
 	sp := f.sp
-	now := e.cfg.Clock.Now()
+	now := p.now
 	sp.recv[from]++
 	in, out := &sp.st[from], &sp.st[from.other()]
 	t := p.tcp
