@@ -121,3 +121,28 @@ func TestGSORun(t *testing.T) {
 		})
 	}
 }
+
+func TestJoined(t *testing.T) {
+	for _, c := range []struct {
+		n, seg, want int
+		ok           bool
+	}{
+		{0, 0, 0, false}, // an empty datagram
+		{0, 1400, 0, false},
+		{1, 0, 1, true}, // a NAT keepalive
+		{1400, 0, 1, true},
+		{1400, 1400, 1, true},
+		{1400, 2000, 1, true},
+		{2800, 1400, 2, true},
+		{2801, 1400, 3, true},
+		{64 * 100, 100, 64, true},
+		{64*100 + 1, 100, 0, false},
+		{65000, 1, 0, false},
+		{100, -5, 1, true},
+	} {
+		got, ok := joined(c.n, c.seg, 64)
+		if ok != c.ok || ok && got != c.want {
+			t.Errorf("joined(%d, %d) = %d, %v; want %d, %v", c.n, c.seg, got, ok, c.want, c.ok)
+		}
+	}
+}

@@ -393,15 +393,15 @@ func (k *linuxLink) udpLoop(ctx context.Context, h *Host, fd int, v6 bool) error
 			h.c.add(cNotOurs)
 			return nil
 		}
-		if seg <= 0 || seg > n {
-			seg = n
-		}
 		// The joined datagrams after the first go to slots of their own,
 		// each with room for its headers; then each is opened.
-		segs := (n + seg - 1) / seg
-		if segs > rxSegs {
-			h.c.add(cNotOurs) // more than the kernel joins: not a read we understand
+		segs, ok := joined(n, seg, rxSegs)
+		if !ok {
+			h.c.add(cNotOurs) // empty, or more than the kernel joins
 			return nil
+		}
+		if seg <= 0 || seg > n {
+			seg = n
 		}
 		for i := 0; i < segs; i++ {
 			buf, size := rx.slot(i), min(seg, n-i*seg)

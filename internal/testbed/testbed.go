@@ -327,6 +327,16 @@ func (p *Proc) Stop() error {
 	return p.err
 }
 
+// Running reports whether the process has not ended.
+func (p *Proc) Running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
 // Wait waits for the process to end by itself, up to d.
 func (p *Proc) Wait(d time.Duration) error {
 	select {
