@@ -329,9 +329,9 @@ func readErr(ctx context.Context, what string, err error) (retry bool, _ error) 
 // sockLoop reads packets from a socket into rx's slots with read until
 // nothing more is queued or the batch is full, then writes what opened
 // into the TUN. read takes the slots it keeps (rx.used) and returns the
-// read's error.
+// read's error. What is pending when ctx ends is dropped: the TUN is
+// being closed.
 func (k *linuxLink) sockLoop(ctx context.Context, what string, rx *rxBatch, need int, read func() error) error {
-	defer rx.flush()
 	for ctx.Err() == nil {
 		if rx.used+need > rxSlots {
 			rx.flush()
