@@ -290,6 +290,7 @@ func openGatewayIO(fc *gateway.FileConfig, log *slog.Logger) (gw *gateway.Gatewa
 	if err != nil {
 		return nil, gio, err
 	}
+	gw.SetOutKnown(tl.SendKnown) // before Run: no packet has moved yet
 	undo := func() {}
 	fail := func(err error) (*gateway.Gateway, gatewayIO, error) {
 		undo()

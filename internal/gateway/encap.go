@@ -63,9 +63,9 @@ func sameTunnel(a, b []byte) bool {
 
 // send puts a packet the gateway made (sealed, or the engine's own plain
 // one) in the IP-in-IP tunnel its flow came in, if any, and sends it.
-func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr, ps *perShard) {
+func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr, ps *perShard, known bool) {
 	if h == nil {
-		g.out(to, pkt)
+		g.sendOut(to, pkt, known)
 		return
 	}
 	n := len(h.b) + len(pkt)
@@ -84,5 +84,16 @@ func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr, ps *perShard) {
 		ip.SetID(uint16(h.id.Add(1)))
 		ip.UpdateChecksum()
 	}
-	g.out(to, b)
+	g.sendOut(to, b, known)
+}
+
+// sendOut hands pkt to the link: through outKnown, if the link gave one,
+// when the gateway made pkt's checksums itself (known), so that the link
+// need not sum it again before coalescing it.
+func (g *Gateway) sendOut(to engine.Side, pkt []byte, known bool) {
+	if known && g.outKnown != nil {
+		g.outKnown(to, pkt)
+		return
+	}
+	g.out(to, pkt)
 }

@@ -145,12 +145,15 @@ type Config struct {
 
 // Gateway processes packets between the wire and the radio side.
 type Gateway struct {
-	cfg     Config
-	log     *slog.Logger
-	out     func(to engine.Side, pkt []byte)
-	eng     *engine.Engine
-	sad     atomic.Pointer[ipsec.SAD]
-	sources sources // what each SA source gives (sources.go)
+	cfg Config
+	log *slog.Logger
+	out func(to engine.Side, pkt []byte)
+	// outKnown, if set (SetOutKnown), takes the packets whose checksums
+	// the gateway made itself; out the rest.
+	outKnown func(to engine.Side, pkt []byte)
+	eng      *engine.Engine
+	sad      atomic.Pointer[ipsec.SAD]
+	sources  sources // what each SA source gives (sources.go)
 	// want, when set, is told of address pairs whose SAs the gateway
 	// lacks (an IKE packet, an unknown SPI): the security server source
 	// (fetch.go). It never blocks.
@@ -203,6 +206,13 @@ type perShard struct {
 	wrap []byte  // and put in their IP-in-IP tunnel here
 	ctr  *stripe // and counted here
 }
+
+// SetOutKnown gives the gateway a second way out for the packets whose
+// checksums it made itself — segments the engine built, packets it sealed
+// — which a link that coalesces (tunlink.Link.SendKnown) merges without
+// summing them again. Call it before the first packet; like out, it must
+// not keep pkt.
+func (g *Gateway) SetOutKnown(f func(to engine.Side, pkt []byte)) { g.outKnown = f }
 
 // New makes a gateway that sends through out (which must not keep pkt)
 // and takes its SAs from sad, whose entries it then owns (replace them

@@ -66,15 +66,16 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte, m engine.Emitted) {
 			g.out(to, c.orig)
 			return
 		}
-		g.sealFlow(to, pkt, routeOf(&c.ip), ps)
+		g.sealFlow(to, pkt, routeOf(&c.ip), ps, false)
 		return
 	}
-	g.sealFlow(to, pkt, route{m.Src, m.Dst}, ps)
+	g.sealFlow(to, pkt, route{m.Src, m.Dst}, ps, true)
 }
 
 // sealFlow seals pkt, a packet of flow r the engine sends on, on the SA
-// that carries the flow, in ps's buffers.
-func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard) {
+// that carries the flow, in ps's buffers. built says the engine made pkt
+// (and its checksums); what the gateway seals is its own either way.
+func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard, built bool) {
 	ctr := ps.ctr
 	t := g.routesOf(r)
 	t.mu.Lock()
@@ -95,7 +96,7 @@ func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard) {
 		ctr.add(cNoRoute)
 		return
 	case v.st == nil:
-		g.send(to, pkt, v.tun, ps) // a flow that came unprotected (Plain)
+		g.send(to, pkt, v.tun, ps, built) // a flow that came unprotected (Plain)
 		return
 	}
 	st := g.live(v.st)
@@ -143,7 +144,7 @@ func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard) {
 		off, n = len(buf)-cap(outer), len(outer)
 	}
 	ctr.add(cSealed)
-	g.send(to, outer, v.tun, ps)
+	g.send(to, outer, v.tun, ps, true)
 }
 
 // usable reports whether st's SA may carry packets: in the SAD (or, with

@@ -48,6 +48,7 @@ type Coalescer struct {
 
 	items []groItem // one per packet to write, in order
 	open  []int     // items still open to more segments
+	known []bool    // this call's: packets whose checksums need no check
 }
 
 // groItem is one packet to write: alone, or a super-packet being built
@@ -72,10 +73,20 @@ type groItem struct {
 // capacity; 64 KiB of IP packet at most); the other segments' entries
 // are not returned.
 func (c *Coalescer) Coalesce(bufs [][]byte, offset int, out []int) []int {
-	c.items, c.open = c.items[:0], c.open[:0]
+	return c.CoalesceKnown(bufs, nil, offset, out)
+}
+
+// CoalesceKnown is Coalesce where known[i] (when known is not nil) says
+// that packet i's checksums were made by the writer itself — a segment
+// it built, a datagram it sealed — so merging it needs no sum of it:
+// what intact guards against is a packet corrupted or forged on its way
+// in, and this one did not come in. Every other packet is verified.
+func (c *Coalescer) CoalesceKnown(bufs [][]byte, known []bool, offset int, out []int) []int {
+	c.items, c.open, c.known = c.items[:0], c.open[:0], known
 	for i := range bufs {
 		c.merge(bufs, offset, i)
 	}
+	c.known = nil
 	for k := range c.items {
 		it := &c.items[k]
 		out = append(out, it.idx)
@@ -94,7 +105,7 @@ func (c *Coalescer) merge(bufs [][]byte, offset, i int) {
 		it := &c.items[c.open[at]]
 		first := bufs[it.idx][offset:]
 		if proto == it.proto && mergeable(it, first, pkt, ipLen, l4Len, payload) && cap(bufs[it.idx]) >= offset+len(first)+payload &&
-			intact(it, first, pkt) {
+			c.intact(it, first, pkt, i) {
 			b := append(bufs[it.idx], pkt[ipLen+l4Len:]...)
 			bufs[it.idx] = b
 			it.segs++
@@ -228,9 +239,13 @@ func candidate(pkt []byte, udp bool) (ipLen, l4Len, payload int, proto uint8) {
 // the receiver to drop (as Linux's own GRO verifies before merging). Only
 // packets that are merged are summed: one written alone keeps its
 // checksum either way.
-func intact(it *groItem, first, pkt []byte) bool {
-	return (it.segs > 1 || checksumsValid(first, it.ipLen, it.proto)) && checksumsValid(pkt, it.ipLen, it.proto)
+// A packet the writer says it made (known) is not summed.
+func (c *Coalescer) intact(it *groItem, first, pkt []byte, i int) bool {
+	return (it.segs > 1 || c.isKnown(it.idx) || checksumsValid(first, it.ipLen, it.proto)) &&
+		(c.isKnown(i) || checksumsValid(pkt, it.ipLen, it.proto))
 }
+
+func (c *Coalescer) isKnown(i int) bool { return i < len(c.known) && c.known[i] }
 
 // checksumsValid verifies a TCP or UDP packet's checksum (and IPv4's
 // header checksum). A UDP datagram over IPv4 without a checksum (zero)

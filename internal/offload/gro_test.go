@@ -469,3 +469,39 @@ func TestCoalesceHeader(t *testing.T) {
 		t.Fatalf("super-packet length %d, checksum valid %v", ip.TotalLen(), ip.ChecksumValid())
 	}
 }
+
+// TestCoalesceKnown: a packet the writer says it made (known) is merged
+// without its checksum being summed — so even one whose checksum does not
+// hold is merged, the writer answering for it — while the same packet
+// not known is written alone, as Coalesce does.
+func TestCoalesceKnown(t *testing.T) {
+	batch := func() [][]byte {
+		var ps [][]byte
+		for i := range 4 {
+			ps = append(ps, seg{seq: 1000 + uint32(i*1000), id: uint16(i), flags: header.TCPAck, payload: 1000}.packet())
+		}
+		ps[0][len(ps[0])-1] ^= 0xff // the first's checksum no longer holds
+		ps[2][len(ps[2])-1] ^= 0xff // nor the third's
+		return ps
+	}
+	for _, c := range []struct {
+		name   string
+		known  []bool
+		writes int
+	}{
+		{"none known", nil, 4}, // nothing merges: with the first, the third, or into either
+		{"all known", []bool{true, true, true, true}, 1},
+		{"the bad ones known", []bool{true, false, true, false}, 1},
+		{"the first not known", []bool{false, true, true, true}, 2}, // it alone, the rest merged
+		{"the third not known", []bool{true, true, false, true}, 3}, // 1+2, then 3 and 4 alone: 4 would merge into 3
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var co Coalescer
+			bufs := batchOf(batch(), 65536)
+			out := co.CoalesceKnown(bufs, c.known, 16, nil)
+			if len(out) != c.writes {
+				t.Fatalf("%d writes, want %d", len(out), c.writes)
+			}
+		})
+	}
+}

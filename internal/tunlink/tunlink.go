@@ -57,6 +57,12 @@ type packetIO interface {
 	Write(bufs [][]byte, offset int) (int, error)
 }
 
+// knownWriter is a packetIO that coalesces and can be told which packets'
+// checksums the processor made itself (SendKnown), to merge them unsummed.
+type knownWriter interface {
+	WriteKnown(bufs [][]byte, known []bool, offset int) (int, error)
+}
+
 // Link is the two devices and the processor between them.
 //
 // Writes are batched: what the processor sends toward a side waits in
@@ -82,9 +88,10 @@ type Link struct {
 
 // batch is one side's packets waiting to be written.
 type batch struct {
-	mu   sync.Mutex
-	bufs [][]byte // pending, each headroom + packet (cap for coalescing)
-	free [][]byte
+	mu    sync.Mutex
+	bufs  [][]byte // pending, each headroom + packet (cap for coalescing)
+	known []bool   // per pending packet: sent with SendKnown
+	free  [][]byte
 }
 
 // batchMax bounds a batch: it is written when full.
@@ -119,7 +126,14 @@ func Open(wire, radio string, mk func(out func(to engine.Side, pkt []byte)) (Pro
 
 // send queues pkt (copied) for the device of side to, and writes the
 // batch if it is full, or if no reader will flush it soon.
-func (l *Link) send(to engine.Side, pkt []byte) {
+func (l *Link) send(to engine.Side, pkt []byte) { l.enqueue(to, pkt, false) }
+
+// SendKnown is send for a packet whose checksums the processor made
+// itself (a segment it built, a datagram it sealed): coalescing merges it
+// without summing it again.
+func (l *Link) SendKnown(to engine.Side, pkt []byte) { l.enqueue(to, pkt, true) }
+
+func (l *Link) enqueue(to engine.Side, pkt []byte, known bool) {
 	if len(pkt) > bufSize-headroom {
 		l.werr[to].Add(1)
 		return
@@ -135,6 +149,7 @@ func (l *Link) send(to engine.Side, pkt []byte) {
 	buf = buf[:headroom+len(pkt)]
 	copy(buf[headroom:], pkt)
 	b.bufs = append(b.bufs, buf)
+	b.known = append(b.known, known)
 	full := len(b.bufs) >= batchMax
 	if full {
 		l.writeLocked(to)
@@ -161,7 +176,13 @@ func (l *Link) writeLocked(to engine.Side) {
 		return
 	}
 	n := len(b.bufs)
-	if _, err := l.io[to].Write(b.bufs, headroom); err != nil {
+	var err error
+	if kw, ok := l.io[to].(knownWriter); ok {
+		_, err = kw.WriteKnown(b.bufs, b.known, headroom)
+	} else {
+		_, err = l.io[to].Write(b.bufs, headroom)
+	}
+	if err != nil {
 		l.werr[to].Add(uint64(n))
 	} else {
 		l.written[to].Add(uint64(n))
@@ -173,7 +194,7 @@ func (l *Link) writeLocked(to engine.Side) {
 		}
 	}
 	clear(b.bufs)
-	b.bufs = b.bufs[:0]
+	b.bufs, b.known = b.bufs[:0], b.known[:0]
 }
 
 // Run reads both devices until ctx ends, then closes them.

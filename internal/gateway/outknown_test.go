@@ -1,0 +1,56 @@
+package gateway
+
+import (
+	"testing"
+	"time"
+
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// TestOutKnown: with a second way out (SetOutKnown), the packets the
+// gateway made itself — segments and ACKs the engine built, packets it
+// sealed — take it, and every one of them has checksums that hold, the
+// promise that lets the link merge them unsummed; what it relays as it
+// came (the handshakes, read-class packets) takes the first.
+func TestOutKnown(t *testing.T) {
+	h := newHostileRig(t)
+	var known, other [][]byte
+	h.g.out = func(_ engine.Side, p []byte) { other = append(other, append([]byte(nil), p...)) }
+	h.g.SetOutKnown(func(_ engine.Side, p []byte) { known = append(known, append([]byte(nil), p...)) })
+	h.warmUp()
+	h.clock.Advance(time.Second)
+	if len(known) < 30 || len(other) == 0 {
+		t.Fatalf("%d packets out the known way, %d the other; want both used", len(known), len(other))
+	}
+	tcp := 0
+	for i, p := range known {
+		var ip header.Parsed
+		if err := header.Parse(p, &ip); err != nil {
+			t.Fatalf("known packet %d: %v", i, err)
+		}
+		src, dst := ip.Src.AsSlice(), ip.Dst.AsSlice()
+		if ip.Version == 4 && !header.IPv4(p).ChecksumValid() {
+			t.Fatalf("known packet %d: IPv4 header checksum does not hold", i)
+		}
+		switch ip.Proto {
+		case header.ProtoTCP:
+			tcp++
+			if !header.TCP(p[ip.L4:ip.Len]).ChecksumValid(src, dst) {
+				t.Fatalf("known packet %d: TCP checksum does not hold", i)
+			}
+			// The handshake passes end to end: its packets are the
+			// endpoints', with their checksums, never the known way.
+			if header.TCP(p[ip.L4:ip.Len]).Has(header.TCPSyn) {
+				t.Fatalf("known packet %d is a SYN the gateway relayed", i)
+			}
+		case header.ProtoUDP:
+			if u := header.UDP(p[ip.L4:ip.Len]); !(ip.Version == 4 && u.Checksum() == 0) && !u.ChecksumValid(src, dst) {
+				t.Fatalf("known packet %d: UDP checksum does not hold", i)
+			}
+		}
+	}
+	if tcp == 0 {
+		t.Fatal("no segment the engine built for a plain flow came the known way")
+	}
+}
