@@ -100,10 +100,8 @@ func (t *txBatch) sendRun(run []datagram) bool {
 	case errno == unix.EMSGSIZE:
 		return false
 	case errno == unix.EIO || errno == unix.EINVAL || errno == unix.ENOPROTOOPT || errno == unix.EOPNOTSUPP:
-		// Also what a source address the host does not have gets
-		// (EINVAL), which the raw socket would still send.
 		t.gso = false
-		t.k.log.Warn("host: segmented UDP send refused: ESP in UDP leaves one datagram a system call from now on", "err", errno, "src", run[0].src)
+		t.k.log.Warn("host: segmented UDP send refused: ESP in UDP leaves one datagram a system call from now on", "err", errno)
 		return false
 	}
 	for range run {

@@ -150,3 +150,42 @@ func TestRecvJoined(t *testing.T) {
 		t.Errorf("%.1f allocations a read, want 0", allocs)
 	}
 }
+
+// TestTxBatchRefused: a run the kernel refuses to segment (here: a
+// socket without UDP checksums, SO_NO_CHECK, which segmentation needs)
+// turns segmented sends off and goes to the raw socket one by one — none
+// here, so each is a send error, counted; a run refused for another
+// reason (a source address the machine does not have) is counted as
+// send errors and leaves segmented sends on.
+func TestTxBatchRefused(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		src     string
+		noCheck bool
+		gso     bool
+	}{
+		{"cannot segment", "127.0.0.1", true, false},
+		{"foreign source", "192.0.2.1", false, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, rport := loopUDP(t)
+			sfd, sport := loopUDP(t)
+			if c.noCheck {
+				if err := unix.SetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_NO_CHECK, 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var ctr counters
+			k := &linuxLink{cfg: &Config{UDPPort: int(sport)}, log: quiet(), udp4: sfd, udp6: -1, send4: -1, send6: -1}
+			tx := newTxBatch(k, &ctr, 16)
+			src, lo := netip.MustParseAddr(c.src), netip.MustParseAddr("127.0.0.1")
+			for i := range 3 {
+				tx.add(udpPacket(src, lo, sport, rport, 0, 500, byte(i)), true)
+			}
+			tx.flush()
+			if tx.gso != c.gso || ctr[cSendErrors].Load() != 3 {
+				t.Fatalf("segmented sends on: %v, send errors %d; want %v and 3", tx.gso, ctr[cSendErrors].Load(), c.gso)
+			}
+		})
+	}
+}
