@@ -251,8 +251,10 @@ func (e *shard) resend(f *flow, s *seg) {
 }
 
 // refreshTSval sets the TSval of the TCP segment in pkt (an IP packet the
-// engine parsed before) to v and fixes the checksum; it reports whether
-// the segment had a timestamp option.
+// engine parsed before) to v and adjusts the checksum for the change
+// alone (RFC 1624), so that a cached segment whose checksum did not hold —
+// corrupted on its way in — is not resent as one that does; it reports
+// whether the segment had a timestamp option.
 func refreshTSval(pkt []byte, v uint32) bool {
 	p, ok := parse(pkt)
 	if !ok || !p.opts.HasTS {
@@ -272,14 +274,12 @@ func refreshTSval(pkt []byte, v uint32) bool {
 			return false
 		}
 		if o[i] == header.TCPOptTimestamp && o[i+1] == 10 && i+10 <= len(o) {
-			binary.BigEndian.PutUint32(o[i+2:], v)
-			if pkt[0]>>4 == 4 {
-				ip := header.IPv4(pkt)
-				t.UpdateChecksum(ip.SrcBytes(), ip.DstBytes())
-			} else {
-				ip := header.IPv6(pkt)
-				t.UpdateChecksum(ip.SrcBytes(), ip.DstBytes())
-			}
+			at := header.TCPMinLen + i + 2 // the TSval, in the segment
+			lo, hi := at&^1, (at+5)&^1     // the 16-bit words it touches
+			var old [6]byte
+			n := copy(old[:], t[lo:hi])
+			binary.BigEndian.PutUint32(t[at:], v)
+			t.SetChecksum(header.ChecksumUpdate(t.Checksum(), old[:n], t[lo:hi]))
 			return true
 		}
 		i += int(o[i+1])

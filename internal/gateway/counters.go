@@ -58,6 +58,7 @@ const (
 	cHeldForHandoff
 	cReleased
 	cBehind
+	cBadChecksums
 	numCounters
 )
 
@@ -112,6 +113,7 @@ var counterTable = [numCounters]ctable.Def{
 	cHeldForHandoff:    outcome("HeldForHandoff", "held-for-handoff", "held_for_handoff"),
 	cReleased:          outcome("Released", "released", "released_after_handoff"),
 	cBehind:            outcome("Behind", "behind", "behind_dropped"),
+	cBadChecksums:      outcome("BadChecksums", "bad-checksums", "bad_checksum"),
 }
 
 // CounterTable returns the gateway's counter table (Stats fields, CLI

@@ -209,6 +209,13 @@ func (g *Gateway) processPlain(c *call, from engine.Side, pkt, tunHdr []byte) {
 		g.relay(c, to, c.orig)
 		return
 	}
+	if r.tcp() && !checksumsHold(pkt, &c.hdr) {
+		// Nothing but this checksum vouches for a plain segment: the
+		// engine would acknowledge it early and send its bytes on under a
+		// checksum of its own. Dropped, as the receiver's TCP would.
+		c.ctr.add(cBadChecksums)
+		return
+	}
 	buf := c.buf[ipsec.MaxHeadroom : ipsec.MaxHeadroom+len(pkt)]
 	copy(buf, pkt)
 	g.noteRoute(r, nil, from, tunHdr)
@@ -216,6 +223,21 @@ func (g *Gateway) processPlain(c *call, from engine.Side, pkt, tunHdr []byte) {
 	if !g.eng.Handle(from, buf, engine.Input{Kind: engine.Plain, Tag: c, IP: &c.ip, More: c.more}) {
 		c.ctr.add(cBindingViolations) // the engine has the flow as protected
 	}
+}
+
+// checksumsHold reports whether a TCP packet's checksum (and IPv4's
+// header checksum) hold; ip is pkt's parsed IP header.
+func checksumsHold(pkt []byte, ip *header.Parsed) bool {
+	if ip.Len > len(pkt) || ip.L4 > ip.Len {
+		return false
+	}
+	seg := header.TCP(pkt[ip.L4:ip.Len])
+	if ip.Version == 4 {
+		h := header.IPv4(pkt)
+		return h.ChecksumValid() && seg.ChecksumValid(h.SrcBytes(), h.DstBytes())
+	}
+	h := header.IPv6(pkt)
+	return seg.ChecksumValid(h.SrcBytes(), h.DstBytes())
 }
 
 // processRead snoops on a read-class SA's packet: the engine reads what

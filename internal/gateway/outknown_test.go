@@ -54,3 +54,29 @@ func TestOutKnown(t *testing.T) {
 		t.Fatal("no segment the engine built for a plain flow came the known way")
 	}
 }
+
+// TestPlainBadChecksum: a plain segment whose checksum does not hold is
+// dropped and counted before the engine sees it — split would otherwise
+// acknowledge it early and send its bytes on under a checksum of its own —
+// while the same segment intact is taken (and acknowledged).
+func TestPlainBadChecksum(t *testing.T) {
+	h := newHostileRig(t)
+	h.warmUp()
+	for _, i := range []int{7, 8} { // the plain flows, IPv4 and IPv6
+		fl := &h.flows[i]
+		seg := h.segment(i, engine.Wire, header.TCPAck|header.TCPPsh, nil, []byte("plain bytes"))
+		bad := append([]byte(nil), seg...)
+		bad[len(bad)-1] ^= 0x20
+		before, out := h.g.Stats(), len(h.out)
+		h.g.Process(engine.Wire, bad)
+		if st := h.g.Stats(); st.BadChecksums != before.BadChecksums+1 || len(h.out) != out {
+			t.Fatalf("flow %d: bad checksums %d → %d, %d packets out; want it counted and nothing sent", i, before.BadChecksums, st.BadChecksums, len(h.out)-out)
+		}
+		h.g.Process(engine.Wire, seg)
+		fl.seqW += uint32(len("plain bytes"))
+		h.clock.Advance(50 * time.Millisecond)
+		if st := h.g.Stats(); st.BadChecksums != before.BadChecksums+1 || len(h.out) == out {
+			t.Fatalf("flow %d: the intact segment was not taken (%d packets out)", i, len(h.out)-out)
+		}
+	}
+}

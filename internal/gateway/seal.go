@@ -69,7 +69,9 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte, m engine.Emitted) {
 		g.sealFlow(to, pkt, routeOf(&c.ip), ps, false)
 		return
 	}
-	g.sealFlow(to, pkt, route{m.Src, m.Dst}, ps, true)
+	// Built or Cached: a cached segment resent is the endpoint's, with
+	// the checksum it came with — not one the gateway may vouch for.
+	g.sealFlow(to, pkt, route{m.Src, m.Dst}, ps, m.Origin == engine.Built)
 }
 
 // sealFlow seals pkt, a packet of flow r the engine sends on, on the SA

@@ -26,6 +26,7 @@ type Stats struct {
 	Undeliverable              uint64 // verified, but nothing to deliver (dummy, bad trailer, bad inner packet): dropped
 	Selectors                  uint64 // verified, but outside the SA's traffic selectors (RFC 4301 §5.2): dropped
 	BindingViolations          uint64 // packets claiming a protected flow in the clear or on another peer's SA: dropped
+	BadChecksums               uint64 // plain TCP segments whose checksum did not hold: dropped, as the receiver's TCP would
 	NoState                    uint64 // packets of counter-IV SAs relayed for want of a state directory
 	Sealed, SealErrors         uint64
 	SeqWaits                   uint64 // seals held back: the SA's next numbers not yet reserved on disk

@@ -48,6 +48,20 @@ func Checksum(b []byte, initial uint32) uint16 {
 	return uint16(sum)
 }
 
+// ChecksumUpdate returns what a checksum field that holds check becomes
+// when bytes of the region it covers change from old to new — the same
+// span, starting at an even offset of the region, before and after — by
+// RFC 1624's equation 3, HC' = ~(~HC + ~m + m'), without summing the rest.
+// Unlike a sum made anew, it keeps a region that was corrupted corrupted:
+// a packet whose checksum did not hold still does not.
+func ChecksumUpdate(check uint16, old, new []byte) uint16 {
+	sum := uint32(^check) + uint32(^Checksum(old, 0)) + uint32(Checksum(new, 0))
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
 // PseudoHeaderSum returns the unfolded sum of the IPv4 or IPv6 pseudo header
 // (RFC 768, RFC 8200 §8.1) used by TCP and UDP checksums.
 func PseudoHeaderSum(src, dst []byte, proto uint8, length int) uint32 {

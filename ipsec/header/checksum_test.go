@@ -24,6 +24,44 @@ func checksumRef(b []byte, initial uint32) uint16 {
 	return uint16(sum)
 }
 
+// TestChecksumUpdate: adjusting a checksum for a changed span gives what
+// summing the whole region anew gives, for spans at every even offset and
+// of every length, regions of odd and even lengths, bytes that make every
+// carry; and a region whose checksum did not hold still does not, by the
+// same amount.
+func TestChecksumUpdate(t *testing.T) {
+	r := rand.New(rand.NewSource(2))
+	for round := 0; round < 3000; round++ {
+		n := 8 + r.Intn(120)
+		region := make([]byte, n)
+		for i := range region {
+			region[i] = byte(r.Intn(256))
+			if round%3 == 0 {
+				region[i] = 0xff
+			}
+		}
+		check := ^Checksum(region, 0) // the field, as if it sat outside the region
+		lo := 2 * r.Intn(n/2)
+		hi := lo + 2*r.Intn((n-lo)/2+1)
+		if hi > n {
+			hi = n
+		}
+		old := append([]byte(nil), region[lo:hi]...)
+		for i := lo; i < hi; i++ {
+			region[i] = byte(r.Intn(256))
+		}
+		got, want := ChecksumUpdate(check, old, region[lo:hi]), ^Checksum(region, 0)
+		// ~0 and ~0xffff are both a zero sum in one's complement.
+		if got != want && !(got|want == 0xffff && got&want == 0) {
+			t.Fatalf("round %d: %d bytes, span %d–%d: %#04x, want %#04x", round, n, lo, hi, got, want)
+		}
+		// Wrong before the change, wrong after.
+		if bad := ChecksumUpdate(check^0x0100, old, region[lo:hi]); bad == got {
+			t.Fatalf("round %d: a wrong checksum came out right", round)
+		}
+	}
+}
+
 // TestChecksum: the word-wise sum equals the plain one for every length
 // up to a few hundred bytes, any initial value, bytes that make every
 // carry (all 0xff) and random ones, at every alignment.

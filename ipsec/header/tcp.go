@@ -68,6 +68,9 @@ func (t TCP) SetAck(v uint32)    { binary.BigEndian.PutUint32(t[8:], v) }
 func (t TCP) SetFlags(f uint8)   { t[13] = f }
 func (t TCP) SetWindow(w uint16) { binary.BigEndian.PutUint16(t[14:], w) }
 
+// SetChecksum sets the checksum field.
+func (t TCP) SetChecksum(c uint16) { binary.BigEndian.PutUint16(t[16:], c) }
+
 // Has reports whether every flag in f is set.
 func (t TCP) Has(f uint8) bool { return t[13]&f == f }
 
