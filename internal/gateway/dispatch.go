@@ -209,7 +209,7 @@ func (g *Gateway) processPlain(c *call, from engine.Side, pkt, tunHdr []byte) {
 		g.relay(c, to, c.orig)
 		return
 	}
-	if r.tcp() && !checksumsHold(pkt, &c.hdr) {
+	if r.tcp() && (c.hdr.L4 > c.hdr.Len || !header.ChecksumsValid(pkt[:c.hdr.Len], c.hdr.L4, header.ProtoTCP)) {
 		// Nothing but this checksum vouches for a plain segment: the
 		// engine would acknowledge it early and send its bytes on under a
 		// checksum of its own. Dropped, as the receiver's TCP would.
@@ -223,21 +223,6 @@ func (g *Gateway) processPlain(c *call, from engine.Side, pkt, tunHdr []byte) {
 	if !g.eng.Handle(from, buf, engine.Input{Kind: engine.Plain, Tag: c, IP: &c.ip, More: c.more}) {
 		c.ctr.add(cBindingViolations) // the engine has the flow as protected
 	}
-}
-
-// checksumsHold reports whether a TCP packet's checksum (and IPv4's
-// header checksum) hold; ip is pkt's parsed IP header.
-func checksumsHold(pkt []byte, ip *header.Parsed) bool {
-	if ip.Len > len(pkt) || ip.L4 > ip.Len {
-		return false
-	}
-	seg := header.TCP(pkt[ip.L4:ip.Len])
-	if ip.Version == 4 {
-		h := header.IPv4(pkt)
-		return h.ChecksumValid() && seg.ChecksumValid(h.SrcBytes(), h.DstBytes())
-	}
-	h := header.IPv6(pkt)
-	return seg.ChecksumValid(h.SrcBytes(), h.DstBytes())
 }
 
 // processRead snoops on a read-class SA's packet: the engine reads what

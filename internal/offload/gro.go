@@ -241,28 +241,11 @@ func candidate(pkt []byte, udp bool) (ipLen, l4Len, payload int, proto uint8) {
 // checksum either way.
 // A packet the writer says it made (known) is not summed.
 func (c *Coalescer) intact(it *groItem, first, pkt []byte, i int) bool {
-	return (it.segs > 1 || c.isKnown(it.idx) || checksumsValid(first, it.ipLen, it.proto)) &&
-		(c.isKnown(i) || checksumsValid(pkt, it.ipLen, it.proto))
+	return (it.segs > 1 || c.isKnown(it.idx) || header.ChecksumsValid(first, it.ipLen, it.proto)) &&
+		(c.isKnown(i) || header.ChecksumsValid(pkt, it.ipLen, it.proto))
 }
 
 func (c *Coalescer) isKnown(i int) bool { return i < len(c.known) && c.known[i] }
-
-// checksumsValid verifies a TCP or UDP packet's checksum (and IPv4's
-// header checksum). A UDP datagram over IPv4 without a checksum (zero)
-// passes: nothing it carries could have been checked, merged or not.
-func checksumsValid(pkt []byte, ipLen int, proto uint8) bool {
-	src, dst := pkt[12:16], pkt[16:20]
-	if ipLen == header.IPv6Len {
-		src, dst = pkt[8:24], pkt[24:40]
-	} else if !header.IPv4(pkt).ChecksumValid() {
-		return false
-	}
-	if proto == header.ProtoUDP {
-		u := header.UDP(pkt[ipLen:])
-		return ipLen != header.IPv6Len && u.Checksum() == 0 || u.ChecksumValid(src, dst)
-	}
-	return header.TCP(pkt[ipLen:]).ChecksumValid(src, dst)
-}
 
 // mergeable reports whether pkt continues super-packet it (whose first
 // segment's headers are first's).

@@ -62,6 +62,26 @@ func ChecksumUpdate(check uint16, old, new []byte) uint16 {
 	return ^uint16(sum)
 }
 
+// ChecksumsValid reports whether a TCP or UDP packet's checksum holds —
+// and over IPv4 its header checksum too. pkt is the whole IP packet (as
+// long as its header says), l4 the offset of its TCP or UDP header, proto
+// which it is. A UDP datagram over IPv4 without a checksum (zero) passes:
+// RFC 768 lets it go unchecked.
+func ChecksumsValid(pkt []byte, l4 int, proto uint8) bool {
+	v6 := pkt[0]>>4 == 6
+	src, dst := pkt[12:16], pkt[16:20]
+	if v6 {
+		src, dst = pkt[8:24], pkt[24:40]
+	} else if !IPv4(pkt).ChecksumValid() {
+		return false
+	}
+	if proto == ProtoUDP {
+		u := UDP(pkt[l4:])
+		return !v6 && u.Checksum() == 0 || u.ChecksumValid(src, dst)
+	}
+	return TCP(pkt[l4:]).ChecksumValid(src, dst)
+}
+
 // PseudoHeaderSum returns the unfolded sum of the IPv4 or IPv6 pseudo header
 // (RFC 768, RFC 8200 §8.1) used by TCP and UDP checksums.
 func PseudoHeaderSum(src, dst []byte, proto uint8, length int) uint32 {
