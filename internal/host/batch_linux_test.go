@@ -32,6 +32,13 @@ func loopUDP(t *testing.T) (int, uint16) {
 	return fd, uint16(sa.(*unix.SockaddrInet4).Port)
 }
 
+// loopTx is a txBatch sending ESP in UDP from fd, a UDP socket bound to
+// port: a link with that socket alone (no raw sockets, no TUN).
+func loopTx(fd int, port uint16, c *counters) *txBatch {
+	k := &linuxLink{cfg: &Config{UDPPort: int(port)}, log: quiet(), udp4: fd, udp6: -1, send4: -1, send6: -1}
+	return newTxBatch(k, c, 16)
+}
+
 // TestTxBatchRuns: datagrams the host sealed leave as runs, one sendmsg
 // with UDP_SEGMENT each, through the real kernel on loopback — the
 // receiver gets every datagram as it was, from the right address and
@@ -43,8 +50,7 @@ func TestTxBatchRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	var c counters
-	k := &linuxLink{cfg: &Config{UDPPort: int(sport)}, log: quiet(), udp4: sfd, udp6: -1, send4: -1, send6: -1}
-	tx := newTxBatch(k, &c, 16)
+	tx := loopTx(sfd, sport, &c)
 	lo := netip.MustParseAddr("127.0.0.1")
 	type dg struct {
 		n   int
@@ -110,8 +116,7 @@ func TestRecvJoined(t *testing.T) {
 		t.Fatal(err)
 	}
 	var c counters
-	k := &linuxLink{cfg: &Config{UDPPort: int(sport)}, log: quiet(), udp4: sfd, udp6: -1, send4: -1, send6: -1}
-	tx := newTxBatch(k, &c, 16)
+	tx := loopTx(sfd, sport, &c)
 	lo := netip.MustParseAddr("127.0.0.1")
 	var pkts [][]byte
 	for i := range 5 {
@@ -176,8 +181,7 @@ func TestTxBatchRefused(t *testing.T) {
 				}
 			}
 			var ctr counters
-			k := &linuxLink{cfg: &Config{UDPPort: int(sport)}, log: quiet(), udp4: sfd, udp6: -1, send4: -1, send6: -1}
-			tx := newTxBatch(k, &ctr, 16)
+			tx := loopTx(sfd, sport, &ctr)
 			src, lo := netip.MustParseAddr(c.src), netip.MustParseAddr("127.0.0.1")
 			for i := range 3 {
 				tx.add(udpPacket(src, lo, sport, rport, 0, 500, byte(i)), true)
