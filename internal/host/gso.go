@@ -88,16 +88,16 @@ func gsoRun(ds []datagram) int {
 }
 
 // joined returns how many datagrams a read of n bytes holds when the
-// kernel joined them at seg bytes each (UDP_GRO; seg 0: one datagram),
-// and whether the read is one to open: not empty, and not more datagrams
-// than the kernel joins (max).
-func joined(n, seg, max int) (count int, ok bool) {
+// kernel joined them at seg bytes each (UDP_GRO; seg 0: one datagram) and
+// the size they are cut at, and whether the read is one to open: not
+// empty, and not more datagrams than the kernel joins (max).
+func joined(n, seg, max int) (count, size int, ok bool) {
 	if n <= 0 {
-		return 0, false
+		return 0, 0, false
 	}
 	if seg <= 0 || seg > n {
 		seg = n
 	}
 	count = (n + seg - 1) / seg
-	return count, count <= max
+	return count, seg, count <= max
 }

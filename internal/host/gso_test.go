@@ -140,9 +140,9 @@ func TestJoined(t *testing.T) {
 		{65000, 1, 0, false},
 		{100, -5, 1, true},
 	} {
-		got, ok := joined(c.n, c.seg, 64)
-		if ok != c.ok || ok && got != c.want {
-			t.Errorf("joined(%d, %d) = %d, %v; want %d, %v", c.n, c.seg, got, ok, c.want, c.ok)
+		got, size, ok := joined(c.n, c.seg, 64)
+		if ok != c.ok || ok && (got != c.want || size <= 0 || size > c.n || (got-1)*size >= c.n) {
+			t.Errorf("joined(%d, %d) = %d at %d, %v; want %d, %v", c.n, c.seg, got, size, ok, c.want, c.ok)
 		}
 	}
 }

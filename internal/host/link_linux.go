@@ -395,13 +395,10 @@ func (k *linuxLink) udpLoop(ctx context.Context, h *Host, fd int, v6 bool) error
 		}
 		// The joined datagrams after the first go to slots of their own,
 		// each with room for its headers; then each is opened.
-		segs, ok := joined(n, seg, rxSegs)
+		segs, seg, ok := joined(n, seg, rxSegs)
 		if !ok {
 			h.c.add(cNotOurs) // empty, or more than the kernel joins
 			return nil
-		}
-		if seg <= 0 || seg > n {
-			seg = n
 		}
 		for i := 0; i < segs; i++ {
 			buf, size := rx.slot(i), min(seg, n-i*seg)
