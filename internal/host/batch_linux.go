@@ -111,20 +111,23 @@ func (t *txBatch) sendRun(run []datagram) bool {
 }
 
 // sendRaw puts an IP packet with its own header on the network through
-// the raw socket of its family.
+// the raw socket of its family (the kernel routes it by the destination
+// given, which is the header's: only those bytes are read here).
 func (t *txBatch) sendRaw(pkt []byte) bool {
-	var ip header.Parsed
-	if header.Parse(pkt, &ip) != nil {
+	var fd int
+	var dst netip.Addr
+	switch {
+	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4:
+		fd, dst = t.k.send4, netip.AddrFrom4([4]byte(pkt[16:20]))
+	case len(pkt) >= header.IPv6Len && pkt[0]>>4 == 6:
+		fd, dst = t.k.send6, netip.AddrFrom16([16]byte(pkt[24:40]))
+	default:
 		return false
-	}
-	fd := t.k.send4
-	if ip.Version == 6 {
-		fd = t.k.send6
 	}
 	if fd < 0 {
 		return false
 	}
-	namelen := putSockaddr(&t.name, ip.Dst, 0)
+	namelen := putSockaddr(&t.name, dst, 0)
 	t.c.add(cNetSends)
 	_, _, errno := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&pkt[0])), uintptr(len(pkt)), 0,
 		uintptr(unsafe.Pointer(&t.name)), uintptr(namelen))
