@@ -179,41 +179,66 @@ func (s *EtcdStore) NextGatewayID() (uint64, error) {
 
 func (s *EtcdStore) Close() error { return s.c.Close() }
 
-// Follow calls fn for every change to the stored SAs, by any replica, as
-// etcd reports them (rec nil: deleted, prev what was there), until ctx
-// ends or the watch breaks.
-func (s *EtcdStore) Follow(ctx context.Context, fn func(id SAKey, rec, prev *Record)) error {
+// Follow calls ready once the watch is in place and fn for every change
+// to the stored SAs after revision from (0: after the one the watch starts
+// at), by any replica, as etcd reports them (rec nil: deleted, prev what
+// was there), until ctx ends or the watch breaks. It returns the revision
+// to go on from, so that a watch that breaks (a member gone, no leader)
+// loses nothing; ErrFeedGap when etcd has compacted what was missed.
+func (s *EtcdStore) Follow(ctx context.Context, from int64, ready func(), fn func(id SAKey, rec, prev *Record)) (int64, error) {
 	p := s.prefix + "sas/"
-	for resp := range s.c.Watch(clientv3.WithRequireLeader(ctx), p, clientv3.WithPrefix(), clientv3.WithPrevKV()) {
+	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithCreatedNotify()}
+	if from > 0 {
+		opts = append(opts, clientv3.WithRev(from))
+	}
+	next := from
+	for resp := range s.c.Watch(clientv3.WithRequireLeader(ctx), p, opts...) {
+		if resp.CompactRevision != 0 {
+			return 0, fmt.Errorf("secserver: etcd watch from revision %d: %w", from, ErrFeedGap)
+		}
 		if err := resp.Err(); err != nil {
-			return fmt.Errorf("secserver: etcd watch: %w", err)
+			return next, fmt.Errorf("secserver: etcd watch: %w", err)
+		}
+		if resp.Created {
+			if next == 0 {
+				next = resp.Header.Revision + 1
+			}
+			ready()
+			continue
 		}
 		for _, ev := range resp.Events {
-			name := strings.TrimPrefix(string(ev.Kv.Key), p)
-			id, err := parseKey([]byte(name))
-			if err != nil {
-				continue
-			}
-			var rec, prev *Record
-			if ev.Type == clientv3.EventTypePut {
-				r, err := s.open([]byte(name), ev.Kv.Value)
-				if err != nil {
-					continue
-				}
-				rec = &r
-			}
-			if ev.PrevKv != nil {
-				if r, err := s.open([]byte(name), ev.PrevKv.Value); err == nil {
-					prev = &r
-				}
-			}
-			fn(id, rec, prev)
+			s.feed(p, ev, fn)
+			next = ev.Kv.ModRevision + 1
 		}
 	}
 	if ctx.Err() != nil {
-		return nil
+		return next, nil
 	}
-	return fmt.Errorf("secserver: etcd watch ended")
+	return next, fmt.Errorf("secserver: etcd watch ended")
+}
+
+// feed opens one watch event and passes it to fn; a record that does not
+// open (not sealed under this store's key) is left out.
+func (s *EtcdStore) feed(p string, ev *clientv3.Event, fn func(id SAKey, rec, prev *Record)) {
+	name := strings.TrimPrefix(string(ev.Kv.Key), p)
+	id, err := parseKey([]byte(name))
+	if err != nil {
+		return
+	}
+	var rec, prev *Record
+	if ev.Type == clientv3.EventTypePut {
+		r, err := s.open([]byte(name), ev.Kv.Value)
+		if err != nil {
+			return
+		}
+		rec = &r
+	}
+	if ev.PrevKv != nil {
+		if r, err := s.open([]byte(name), ev.PrevKv.Value); err == nil {
+			prev = &r
+		}
+	}
+	fn(id, rec, prev)
 }
 
 // EtcdTLS is the client TLS of a replica toward an etcd cluster that

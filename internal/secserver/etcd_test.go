@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -427,5 +428,107 @@ func TestSharedLeases(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no rekey ordered after the gateway stopped")
+	}
+}
+
+// TestEtcdFeedResumes: the etcd store's feed goes on from where a broken
+// watch left it — changes made while nobody followed come then, none
+// twice — and says so (ErrFeedGap) when etcd has compacted them away.
+func TestEtcdFeedResumes(t *testing.T) {
+	cl := startEtcd(t, 1, nil)
+	st, err := secserver.OpenEtcd(cl.clients, nil, "/feed-test", bytes.Repeat([]byte{3}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	put := func(spi uint32) {
+		t.Helper()
+		c := gcm(spi, wired, mobile)
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			err := st.Put(secserver.SAKey{SPI: spi, Dst: mobile, Proto: "esp"}, [2]netip.Addr{c.Src, c.Dst}, secserver.Record{SA: []byte{byte(spi)}, Area: "a"})
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("put: %v", err)
+			}
+		}
+	}
+	put(0x1)
+	// follow runs the feed from position from until it has told want
+	// changes, returning them and where to go on.
+	follow := func(from int64, during func(), want int) ([]uint32, int64, error) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		ready := make(chan struct{}, 1)
+		got := make(chan uint32, 16)
+		type result struct {
+			next int64
+			err  error
+		}
+		done := make(chan result, 1)
+		go func() {
+			next, err := st.Follow(ctx, from, func() { ready <- struct{}{} }, func(id secserver.SAKey, rec, _ *secserver.Record) {
+				got <- id.SPI
+			})
+			done <- result{next, err}
+		}()
+		var spis []uint32
+		select {
+		case <-ready:
+		case r := <-done:
+			return nil, r.next, r.err
+		case <-time.After(10 * time.Second):
+			t.Fatal("the feed never got in place")
+		}
+		during()
+		for len(spis) < want {
+			select {
+			case s := <-got:
+				spis = append(spis, s)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("the feed told %x, not %d changes", spis, want)
+			}
+		}
+		cancel()
+		r := <-done
+		if r.err == nil {
+			select { // nothing more, nothing twice
+			case s := <-got:
+				t.Fatalf("the feed told %x and then %#x too", spis, s)
+			default:
+			}
+		}
+		return spis, r.next, r.err
+	}
+	spis, next, err := follow(0, func() { put(0x2) }, 1)
+	if err != nil || len(spis) != 1 || spis[0] != 0x2 || next == 0 {
+		t.Fatalf("from now: %x, next %d, %v", spis, next, err)
+	}
+	put(0x3) // while nobody follows
+	put(0x4)
+	spis, next2, err := follow(next, func() {}, 2)
+	if err != nil || len(spis) != 2 || spis[0] != 0x3 || spis[1] != 0x4 || next2 <= next {
+		t.Fatalf("going on from %d: %x, next %d, %v", next, spis, next2, err)
+	}
+	raw, err := clientv3.New(clientv3.Config{Endpoints: cl.clients, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	ctx := context.Background()
+	put(0x5)
+	r, err := raw.Get(ctx, "/feed-test/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Compact(ctx, r.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	gctx, gcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer gcancel()
+	if _, err := st.Follow(gctx, next, func() {}, func(secserver.SAKey, *secserver.Record, *secserver.Record) {}); !errors.Is(err, secserver.ErrFeedGap) {
+		t.Fatalf("from a compacted revision: %v, not a gap", err)
 	}
 }

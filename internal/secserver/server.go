@@ -54,14 +54,24 @@ type Server struct {
 	// shared: a Feed tells the watchers of every change (Follow), so the
 	// calls that make changes do not.
 	shared atomic.Bool
-	leases leases     // gateways' leases, agents' order streams (lease.go)
-	genMu  sync.Mutex // one Generate at a time: the pair's first two requests make one pair
+	// following, for a store that is a Feed, is closed once Follow has
+	// the feed in place (watch.go).
+	following  chan struct{}
+	followOnce sync.Once
+	leases     leases     // gateways' leases, agents' order streams (lease.go)
+	genMu      sync.Mutex // one Generate at a time: the pair's first two requests make one pair
 }
 
 // New makes the service over store. Callers are believed as verifier
-// says; audit receives one entry per release and per refusal.
+// says; audit receives one entry per release and per refusal. A store
+// that is a Feed (shared by replicas) needs Follow too.
 func New(store Store, verifier *pki.Verifier, audit *slog.Logger) *Server {
-	return &Server{store: store, verifier: verifier, audit: audit, now: time.Now}
+	s := &Server{store: store, verifier: verifier, audit: audit, now: time.Now}
+	if _, ok := store.(Feed); ok {
+		s.shared.Store(true)
+		s.following = make(chan struct{})
+	}
+	return s
 }
 
 // Attach adds the service to a gRPC server.

@@ -56,11 +56,20 @@ type world struct {
 	storeKey []byte
 	grpc     *grpc.Server
 	store    *BoltStore
+	// wrap, when set, is the store the server is given over the bbolt
+	// one (a Feed in TestFollowFeed).
+	wrap func(*BoltStore) Store
 }
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	w := &world{t: t, audit: &lockedBuffer{}}
+	return newWorldOn(t, nil)
+}
+
+// newWorldOn is newWorld with the server's store wrapped by wrap.
+func newWorldOn(t *testing.T, wrap func(*BoltStore) Store) *world {
+	t.Helper()
+	w := &world{t: t, audit: &lockedBuffer{}, wrap: wrap}
 	dir := t.TempDir()
 	var err error
 	if w.ca, err = pki.Init(filepath.Join(dir, "ca"), "test CA", time.Hour*24); err != nil {
@@ -81,7 +90,11 @@ func (w *world) start() {
 	if w.store, err = OpenBolt(w.dbPath, w.storeKey); err != nil {
 		t.Fatal(err)
 	}
-	w.srv = New(w.store, w.verifier, slog.New(slog.NewJSONHandler(w.audit, nil)))
+	var st Store = w.store
+	if w.wrap != nil {
+		st = w.wrap(w.store)
+	}
+	w.srv = New(st, w.verifier, slog.New(slog.NewJSONHandler(w.audit, nil)))
 	srvCert := w.cert(pki.Identity{Role: pki.RoleServer, Name: "secserver-1", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
 	w.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(w.verifier.ServerTLS(srvCert, pki.RoleAgent, pki.RoleGateway))))
 	w.srv.Attach(w.grpc)

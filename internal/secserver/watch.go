@@ -3,6 +3,7 @@ package secserver
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -65,6 +66,13 @@ func (ws *watchers) remove(w *watcher) {
 	delete(ws.set, w)
 }
 
+// len is how many streams there are.
+func (ws *watchers) len() int {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return len(ws.set)
+}
+
 // publish queues c for every watcher serving its area, cutting off those
 // whose queue is full.
 func (ws *watchers) publish(c change) {
@@ -96,19 +104,37 @@ func (ws *watchers) cutAll() {
 
 // Feed is a store several servers share whose changes each can follow
 // (EtcdStore): a server on one tells its gateways of every replica's
-// uploads and withdrawals, not only its own.
+// uploads and withdrawals, not only its own. Follow calls ready once it
+// follows, then fn for each change after position from (0: from when it
+// starts), until ctx ends or the feed breaks; it returns the position to
+// go on from, or ErrFeedGap when changes since from are lost.
 type Feed interface {
-	Follow(ctx context.Context, fn func(id SAKey, rec, prev *Record)) error
+	Follow(ctx context.Context, from int64, ready func(), fn func(id SAKey, rec, prev *Record)) (int64, error)
 }
 
+// ErrFeedGap is a feed that can no longer tell the changes since the
+// position asked for: the watchers must get the whole state again.
+var ErrFeedGap = errors.New("changes lost")
+
+// feedWait is how long a gateway's Watch waits for the server's feed to
+// be in place before it is refused as Unavailable (the gateway retries).
+const feedWait = etcdTimeout
+
 // Follow passes the changes of a shared store to this server's watchers
-// until ctx ends, following again (after a second) when the feed breaks —
-// and cutting the watchers off then, since they may have missed changes.
-// Without it a server tells its watchers of its own changes only.
+// until ctx ends, going on from where it was (after a second) when the
+// feed breaks, so that a break loses nothing; only a gap (ErrFeedGap)
+// cuts the watchers off, to reconnect for the whole state. A server on a
+// Feed must be given Follow: its gateways' watches wait for it.
+//
+// Why no change is missed: a Watch subscribes, then waits for the feed's
+// first ready, then reads the whole state. A change the read missed came
+// after it, so after the feed was in place: the feed tells it (perhaps a
+// second time).
 func (s *Server) Follow(ctx context.Context, feed Feed) {
 	s.shared.Store(true)
+	var from int64
 	for ctx.Err() == nil {
-		err := feed.Follow(ctx, func(id SAKey, rec, prev *Record) {
+		next, err := feed.Follow(ctx, from, s.markFollowing, func(id SAKey, rec, prev *Record) {
 			gone := []*pb.SAID{{Spi: id.SPI, Dst: id.Dst.AsSlice(), Proto: id.Proto}}
 			if prev != nil && (rec == nil || rec.Area != prev.Area) { // withdrawn, or moved away (a generated pair follows its mobile)
 				s.watchers.publish(change{area: prev.Area, removed: gone})
@@ -120,12 +146,40 @@ func (s *Server) Follow(ctx context.Context, feed Feed) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.watchers.cutAll()
-		s.audit.Warn("feed broken", "err", fmt.Sprint(err))
+		from = next
+		if errors.Is(err, ErrFeedGap) {
+			s.watchers.cutAll()
+			from = 0
+		}
+		s.audit.Warn("feed broken", "err", fmt.Sprint(err), "from", from)
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Second):
 		}
+	}
+}
+
+// markFollowing lets the gateways' watches read the state: the feed is in
+// place.
+func (s *Server) markFollowing() {
+	s.followOnce.Do(func() { close(s.following) })
+}
+
+// awaitFeed waits until a shared store's feed follows (at once without
+// one).
+func (s *Server) awaitFeed(ctx context.Context) error {
+	if s.following == nil {
+		return nil
+	}
+	t := time.NewTimer(feedWait)
+	defer t.Stop()
+	select {
+	case <-s.following:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return status.Error(codes.Unavailable, "watch: the shared store's feed is not in place yet")
 	}
 }
 
@@ -144,6 +198,9 @@ func (s *Server) Watch(req *pb.WatchRequest, stream pb.SecurityServer_WatchServe
 	// twice, never not at all.
 	s.watchers.add(w)
 	defer s.watchers.remove(w)
+	if err := s.awaitFeed(ctx); err != nil {
+		return err
+	}
 	all, err := s.store.All()
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "store: %v", err)
