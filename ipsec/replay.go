@@ -107,6 +107,24 @@ func (w *Window) State() (top uint64, bitmap []uint64) {
 	return w.top, append([]uint64(nil), w.blocks...)
 }
 
+// Adopt makes w go on from old, the same SA's window in another SA value:
+// old's state when the sizes agree; otherwise old's top, with every
+// number at or below it taken as seen — no replay is accepted, a late
+// packet may be refused.
+func (w *Window) Adopt(old *Window) {
+	w.top = old.top
+	if len(old.blocks) == len(w.blocks) {
+		copy(w.blocks, old.blocks)
+		return
+	}
+	for i := range w.blocks {
+		w.blocks[i] = ^uint64(0)
+	}
+	// Bits above top in its block stand for numbers not yet seen.
+	mask := uint64(len(w.blocks)) - 1
+	w.blocks[(w.top>>6)&mask] = (1<<(w.top&63))<<1 - 1
+}
+
 // SetState restores what State returned.
 func (w *Window) SetState(top uint64, bitmap []uint64) error {
 	if len(bitmap) != len(w.blocks) {

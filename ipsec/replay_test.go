@@ -1,7 +1,9 @@
 package ipsec
 
 import (
+	"bytes"
 	"errors"
+	"slices"
 	"testing"
 )
 
@@ -197,6 +199,81 @@ func TestOpenReplayAndICV(t *testing.T) {
 			if top, _ := rx.WindowState(); top != start+500 {
 				t.Errorf("%s: window top %d, want %d", s.name, top, start+500)
 			}
+		}
+	}
+}
+
+// TestWindowAdopt: a window going on from another — the same SA in a new
+// value — refuses what the old one accepted; of another size, everything
+// at or below the old top, and nothing above it.
+func TestWindowAdopt(t *testing.T) {
+	old, _ := NewWindow(64)
+	for s := uint64(1); s <= 100; s++ {
+		if s != 90 {
+			old.Accept(s)
+		}
+	}
+	same, _ := NewWindow(64)
+	same.Adopt(old)
+	if same.Check(100) == nil || same.Check(50) == nil || same.Check(90) != nil || same.Check(101) != nil {
+		t.Fatalf("same size: 100 %v, 50 %v, 90 (never seen) %v, 101 %v", same.Check(100), same.Check(50), same.Check(90), same.Check(101))
+	}
+	for _, size := range []int{32, 128, 4096} {
+		w, _ := NewWindow(size)
+		w.Adopt(old)
+		for _, s := range []uint64{100, 99, 70, 37} {
+			if w.Check(s) == nil {
+				t.Fatalf("size %d: %d accepted again", size, s)
+			}
+		}
+		w.Accept(110)
+		for _, s := range []uint64{101, 105, 109} { // above the old top, in its block
+			if err := w.Check(s); err != nil {
+				t.Fatalf("size %d: %d, never seen, refused: %v", size, s, err)
+			}
+		}
+	}
+	top63, _ := NewWindow(64) // a top at a block's last bit
+	for s := uint64(1); s <= 127; s++ {
+		top63.Accept(s)
+	}
+	w, _ := NewWindow(128)
+	w.Adopt(top63)
+	if w.Check(127) == nil || w.Check(128) != nil {
+		t.Fatalf("top 127: 127 %v, 128 %v", w.Check(127), w.Check(128))
+	}
+}
+
+// TestTakeInbound: an SA given again as a new value goes on from the old
+// one's window, and the old one opens nothing after: a packet is never
+// accepted by both.
+func TestTakeInbound(t *testing.T) {
+	for _, s := range []suite{suites[0], suites[4], suites[11]} { // GCM, CBC+HMAC, AH
+		c := s.config(Tunnel, false, false, false)
+		tx, old, nu := mustSA(t, c), mustSA(t, c), mustSA(t, c)
+		seal := func(seq uint64) []byte {
+			p := tcpPacket(v4a, v4b, []byte("x"))
+			buf, off := inBuf(p)
+			out, err := tx.SealWith(buf, off, len(p), seq, nil)
+			if err != nil {
+				t.Fatalf("seal %d: %v", seq, err)
+			}
+			return append([]byte(nil), out...)
+		}
+		p1, p2 := seal(1), seal(2)
+		if _, err := old.Open(slices.Clone(p1)); err != nil {
+			t.Fatal(err)
+		}
+		nu.TakeInbound(old)
+		if _, err := nu.Open(slices.Clone(p1)); !errors.Is(err, ErrReplay) {
+			t.Fatalf("%s: a packet the old value accepted, on the new one: %v", s.name, err)
+		}
+		in := slices.Clone(p2)
+		if _, err := old.Open(in); !errors.Is(err, ErrHardExpired) || !bytes.Equal(in, p2) {
+			t.Fatalf("%s: the old value after: %v (packet untouched: %v)", s.name, err, bytes.Equal(in, p2))
+		}
+		if _, err := nu.Open(slices.Clone(p2)); err != nil {
+			t.Fatalf("%s: the next packet on the new value: %v", s.name, err)
 		}
 	}
 }

@@ -363,6 +363,23 @@ func (sa *SA) SetWindowState(top uint64, bitmap []uint64) error {
 	return sa.in.win.SetState(top, bitmap)
 }
 
+// TakeInbound makes sa, the same SA given again (a new value with the
+// same keys), go on from old's inbound replay window, and ends old's
+// inbound side in the same step: from then on old opens nothing, so no
+// packet is accepted by both. old's packets seen so far count as seen on
+// sa (Window.Adopt).
+func (sa *SA) TakeInbound(old *SA) {
+	if old == sa {
+		return
+	}
+	old.in.Lock()
+	defer old.in.Unlock()
+	sa.in.Lock()
+	defer sa.in.Unlock()
+	sa.in.win.Adopt(old.in.win)
+	old.in.c, old.in.mac = nil, nil
+}
+
 // maxSeq is the last sequence number the SA may use (RFC 4303 §3.3.3: no
 // cycling; a new SA must be made instead).
 func (sa *SA) maxSeq() uint64 {

@@ -235,6 +235,16 @@ func TestGatewayRekeyFromServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return len(n.G.sad.Load().Entries()) == 2 })
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("source %+v\ngateway %+v\nSAs %+v\nrefusals %+v", src.Stats(), n.G.Stats(), n.G.SAs(), n.refusals())
+			for _, sa := range append(n.receivers(), n.rekeyedIns[0x3003], n.rekeyedIns[0x4004]) {
+				if sa != nil {
+					t.Logf("router's %v: %+v", sa.ID(), sa.Stats())
+				}
+			}
+		}
+	})
 	ab2 := tunnelConfig(0x3003, "192.0.2.1", "192.0.2.2", ipsec.EncAESGCM16)
 	ba2 := tunnelConfig(0x4004, "192.0.2.2", "192.0.2.1", ipsec.EncAESGCM16)
 	done := make(chan error, 1)

@@ -50,11 +50,12 @@ func (g *Gateway) openBundle(c *call, pkt []byte, l ipsec.Loc, st *saState) (inn
 		if l.UDPOff >= 0 && l.UDPOff+4 <= len(pkt) {
 			sp, dp = binary.BigEndian.Uint16(pkt[l.UDPOff:]), binary.BigEndian.Uint16(pkt[l.UDPOff+2:])
 		}
-		e := st.e
-		inner, err := e.Write.OpenAt(pkt, l)
+		var err error
+		inner, st, err = openLayer(st, pkt, &l)
 		if err != nil {
 			return nil, nil, g.openError(ctr, st, err)
 		}
+		e := st.e
 		ctr.add(cOpened)
 		if st.handed.Load() {
 			ctr.add(cHandedOver)
@@ -89,6 +90,23 @@ func (g *Gateway) openBundle(c *call, pkt []byte, l ipsec.Loc, st *saState) (inn
 		}
 		outer, st, pkt, l = st, ist, inner, il
 	}
+}
+
+// openLayer opens one layer on st's SA — or, when a SetSAD gave the SA
+// again between the packet's lookup and now, on the entry that took st's
+// over (inherit), whose replay window goes on from st's: relaying the
+// packet instead would let the endpoint's own number reach the receiver
+// on an SA the gateway numbers. An entry taken over fails before the ICV
+// check, so pkt is as it came for the second open.
+func openLayer(st *saState, pkt []byte, l *ipsec.Loc) ([]byte, *saState, error) {
+	inner, err := st.e.Write.OpenAt(pkt, *l)
+	if err != nil && errors.Is(err, ipsec.ErrHardExpired) {
+		if h := st.lastHeir(); h != nil {
+			st = h
+			inner, err = st.e.Write.OpenAt(pkt, *l)
+		}
+	}
+	return inner, st, err
 }
 
 // openError counts why a layer did not open and says what becomes of the

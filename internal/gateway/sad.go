@@ -78,6 +78,26 @@ type saState struct {
 	lastUse  atomic.Int64 // while draining: unix nanoseconds of its last verified packet or seal (from when it began to drain)
 }
 
+// lastHeir is the newest state that took st's numbers over, nil if none
+// has.
+func (st *saState) lastHeir() *saState {
+	var h *saState
+	for s, i := st, 0; i < maxHeirs; i++ {
+		s.mu.Lock()
+		n := s.heir
+		s.mu.Unlock()
+		if n == nil {
+			break
+		}
+		h, s = n, n
+	}
+	return h
+}
+
+// maxHeirs bounds the walk along heirs (one per SetSAD that gave the SA
+// again while a packet was on its way).
+const maxHeirs = 8
+
 func (st *saState) generation() int {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -212,10 +232,15 @@ func (g *Gateway) clearStateCache() { g.stateCache.Clear() }
 
 // inherit carries what the gateway did on an SA over to a new entry for
 // it (the same keys): its numbers continue, the outer form learned stays,
-// and the old entry's flows move to the new one.
+// its replay window goes on in the new entry — the old one opens nothing
+// from here — and the old entry's flows move to the new one. A packet
+// whose open on the old entry fails from then on opens on the heir
+// (openLayer), which it finds under old.mu, so never before the window is
+// there. Nobody has opened on nst's entry yet: its state is new.
 func (g *Gateway) inherit(nst, old *saState) {
 	old.mu.Lock()
 	defer old.mu.Unlock()
+	nst.e.Write.TakeInbound(old.e.Write)
 	nst.owned, nst.last, nst.maxIn, nst.lease, nst.exhausted = old.owned, old.last, old.maxIn, old.lease, old.exhausted
 	nst.relayed, nst.provisioned, nst.unanswered, nst.resumed = old.relayed, old.provisioned, old.unanswered, old.resumed
 	nst.peer = old.peer
@@ -251,9 +276,13 @@ func (g *Gateway) SetSAD(sad *ipsec.SAD) {
 	if sad == nil {
 		sad = &ipsec.SAD{}
 	}
-	old := g.sad.Swap(sad)
+	// Swapped under smu: a packet that finds a new entry asks for its
+	// state (state), which waits until the states below are in place — so
+	// none makes a state of its own for an SA that is about to inherit
+	// one.
 	g.smu.Lock()
 	defer g.smu.Unlock()
+	old := g.sad.Swap(sad)
 	keep := map[*ipsec.Entry]bool{}
 	for _, e := range sad.Entries() {
 		keep[e] = true
