@@ -21,8 +21,8 @@ func (e *shard) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 		return // stale
 	}
 	if st.sndNxt.LessThan(ack) {
-		// The receiver has bytes this engine never sent (a moved flow:
-		// ackAcceptable); they count as sent.
+		// The receiver has bytes this engine never sent (a moved flow,
+		// or originals relayed: ackAcceptable); they count as sent.
 		st.sndNxt = ack
 	}
 	win, prevWnd := st.takeWindow(f.sp, p, ack)

@@ -245,7 +245,7 @@ func (e *shard) splitProcess(f *flow, from Side, p *parsed) {
 		default:
 			e.st.RSTIgnored++
 		}
-	case t.Has(header.TCPAck) && !e.ackAcceptable(sp, out, seqnum.Value(t.Ack())):
+	case t.Has(header.TCPAck) && !e.ackAcceptable(f, out, seqnum.Value(t.Ack())):
 		// An ACK for bytes the engine never sent, or far below what it
 		// has had acknowledged: the segment is dropped and answered with
 		// an ACK (RFC 9293 §3.10.7.4, RFC 5961 §5.2). Taken, it would
@@ -369,15 +369,20 @@ func (st *stream) pushedTo(at seqnum.Value, psh bool) {
 	}
 }
 
-// ackAcceptable reports whether ack may be taken by the sender of st:
-// SND.UNA − MAX.SND.WND ≤ ack ≤ SND.NXT (RFC 5961 §5.2). On a flow that
-// moved here from another engine the receiver may also hold bytes the
-// engine never sent — sent by the engine before, or relayed while the flow
-// moved — and, refused, would repeat that ACK for ever: there an ACK up to
-// the bytes the engine holds (short of the FIN) is taken too.
-func (e *shard) ackAcceptable(sp *splitFlow, st *stream, ack seqnum.Value) bool {
+// ackAcceptable reports whether ack may be taken by the sender of st on
+// flow f: SND.UNA − MAX.SND.WND ≤ ack ≤ SND.NXT (RFC 5961 §5.2). The
+// receiver may also hold bytes the engine never sent — on a flow that
+// moved here from another engine (sent by the engine before, or relayed
+// while the flow moved), or on a protected flow whose sender's packets
+// were relayed as they came (the gateway did not yet have their SA: a
+// rekey's new SA reaches the endpoints before the gateway) — and, refused,
+// would repeat that ACK for ever: there an ACK up to the bytes the engine
+// holds (short of the FIN) is taken too. A protected flow's ACK is
+// verified (the receiver's own), so it says the receiver has those bytes;
+// a plain flow's could be anyone's, and is taken only when moved.
+func (e *shard) ackAcceptable(f *flow, st *stream, ack seqnum.Value) bool {
 	if st.sndNxt.LessThan(ack) {
-		return sp.moved && ack.LessThanEq(st.rcvNxt) && !(st.finSeen && st.finSeq.LessThan(ack))
+		return (f.sp.moved || f.kind == kindVerified) && ack.LessThanEq(st.rcvNxt) && !(st.finSeen && st.finSeq.LessThan(ack))
 	}
 	return diff(ack, st.sndUna) <= max(st.maxWnd, 0xffff)
 }

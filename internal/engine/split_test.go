@@ -22,6 +22,7 @@ type splitOpts struct {
 	isnW, isnR uint32
 	mss        uint16
 	cfg        Config
+	plain      bool // the flow's packets are cleartext (Handle with Plain), not verified
 }
 
 // sh drives a split-mode engine with crafted segments on a simulated
@@ -193,15 +194,24 @@ func (h *sh) take() []sent {
 }
 
 // W and R are the first data sequence numbers of each side.
+// in gives the engine a packet from side s, verified or (o.plain) not.
+func (h *sh) in(s Side, pkt []byte) {
+	kind := Verified
+	if h.o.plain {
+		kind = Plain
+	}
+	h.e.Handle(s, pkt, Input{Kind: kind})
+}
+
 func (h *sh) W() uint32 { return h.o.isnW + 1 }
 func (h *sh) R() uint32 { return h.o.isnR + 1 }
 
 // establish runs the handshake, which passes end to end untouched.
 func (h *sh) establish() {
 	h.t.Helper()
-	h.e.Process(Wire, h.seg(Wire, header.TCPSyn, h.o.isnW, 0, 65535, 0))
-	h.e.Process(Radio, h.seg(Radio, header.TCPSyn|header.TCPAck, h.o.isnR, h.W(), 65535, 0))
-	h.e.Process(Wire, h.seg(Wire, header.TCPAck, h.W(), h.R(), 65535>>h.shift(Wire), 0))
+	h.in(Wire, h.seg(Wire, header.TCPSyn, h.o.isnW, 0, 65535, 0))
+	h.in(Radio, h.seg(Radio, header.TCPSyn|header.TCPAck, h.o.isnR, h.W(), 65535, 0))
+	h.in(Wire, h.seg(Wire, header.TCPAck, h.W(), h.R(), 65535>>h.shift(Wire), 0))
 	o := h.take()
 	if len(o) != 3 || o[0].to != Radio || o[1].to != Wire || o[2].to != Radio {
 		h.t.Fatalf("handshake not passed end to end: %+v", o)
@@ -210,7 +220,7 @@ func (h *sh) establish() {
 
 // fromW sends n bytes from the wire host at offset off of its stream.
 func (h *sh) fromW(off, n int, flags uint8) {
-	h.e.Process(Wire, h.seg(Wire, header.TCPAck|flags, h.W()+uint32(off), h.R(), 65535>>h.shift(Wire), n))
+	h.in(Wire, h.seg(Wire, header.TCPAck|flags, h.W()+uint32(off), h.R(), 65535>>h.shift(Wire), n))
 }
 
 // burstW has the wire host send n segments of 988 bytes from the start of
@@ -233,7 +243,7 @@ func (h *sh) ackR(off int, win uint16, sack ...int) {
 	for _, s := range sack {
 		abs = append(abs, h.W()+uint32(s))
 	}
-	h.e.Process(Radio, h.seg(Radio, header.TCPAck, h.R()+uint32(h.rSent), h.W()+uint32(off), win, 0, abs...))
+	h.in(Radio, h.seg(Radio, header.TCPAck, h.R()+uint32(h.rSent), h.W()+uint32(off), win, 0, abs...))
 }
 
 type pkt struct {
@@ -1489,5 +1499,52 @@ func TestSplitAck(t *testing.T) {
 	toW, toR := h.split(h.take())
 	if len(toW) != 1 || !toW[0].pureAck || toW[0].ack != h.W()+900 || toW[0].seq != h.R() || len(toR) != 0 {
 		t.Fatalf("toward the wire %+v, toward the radio %+v", toW, toR)
+	}
+}
+
+// TestSplitAckOfRelayedBytes: the receiver acknowledges bytes the engine
+// holds but has not sent — the sender's own packets reached it relayed
+// as they came (a rekey's new SA reached the endpoints before the
+// gateway). On a protected flow the ACK is the receiver's own: it is
+// taken, those bytes count as delivered and the engine goes on from
+// there — refused, that ACK would come back for ever and the flow stall.
+// On a cleartext flow anyone could have sent it: it is refused, as
+// beyond anything the engine holds on either.
+func TestSplitAckOfRelayedBytes(t *testing.T) {
+	for _, plain := range []bool{false, true} {
+		h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000, plain: plain})
+		h.establish()
+		for i := range 30 {
+			h.fromW(i*988, 988, 0)
+		}
+		var sndNxt uint32
+		for _, p := range h.sentTo(Radio) {
+			sndNxt = max(sndNxt, p.seq+uint32(p.n)-h.W())
+		}
+		held := h.e.Stats().BufferedBytes
+		if sndNxt == 0 || sndNxt >= 20*988 || held < 30*988 {
+			t.Fatalf("plain %v: %d bytes sent of %d held: the test needs bytes held and not sent", plain, sndNxt, held)
+		}
+		h.ackR(30*988+1, 65535) // beyond everything held: never taken
+		if st := h.e.Stats(); st.AckIgnored != 1 || st.BufferedBytes != held {
+			t.Fatalf("plain %v: an ACK beyond the bytes held: %+v", plain, st)
+		}
+		h.clock.Advance(challengeGap)
+		h.ackR(25*988, 65535)
+		st := h.e.Stats()
+		if plain {
+			if st.AckIgnored != 2 || st.BufferedBytes != held {
+				t.Fatalf("plain: an ACK of bytes not sent was taken: %+v", st)
+			}
+			continue
+		}
+		if st.AckIgnored != 1 || st.BufferedBytes >= held {
+			t.Fatalf("protected: the receiver's ACK of relayed bytes was not taken: %+v", st)
+		}
+		for _, p := range h.sentTo(Radio) {
+			if p.n > 0 && p.seq < h.W()+25*988 {
+				t.Fatalf("protected: the engine sent again bytes the receiver has (seq %d)", p.seq-h.W())
+			}
+		}
 	}
 }
