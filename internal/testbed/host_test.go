@@ -197,8 +197,10 @@ func hostTransfer(t *testing.T, c hostCase, p *hostPair, payload []byte) {
 	}
 	// Batched I/O: what one round of reads opened is one TUN write (here
 	// 11–40 packets a write), and a run of ESP in UDP is one send (~20
-	// datagrams a send).
-	if sb["tun-writes"] == 0 || sb["opened"] < 2*sb["tun-writes"] {
+	// datagrams a send). Only between hosts on one link: with routers and
+	// a radio between them (p.mid) packets arrive paced, and rounds are
+	// short (1.8 packets a write seen).
+	if p.mid == nil && (sb["tun-writes"] == 0 || sb["opened"] < 2*sb["tun-writes"]) {
 		t.Errorf("host b wrote %d opened packets in %d TUN writes, want them batched", sb["opened"], sb["tun-writes"])
 	}
 	if sends := sa["net-sends"] - sa["bypassed"]; c.udp && (sends <= 0 || sa["sealed"] < 3*sends) {
