@@ -714,8 +714,8 @@ func hostRouted(t *testing.T, c hostCase, secs int, boxes bool) {
 		g.mid.Stop()
 		gc := counters(g.mid.Output(), "gateway:")
 		perWrite, perRead := radioPerWrite(g.mid.Output()), wirePerRead(g.mid.Output())
-		t.Logf("%s, %s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d, %.1f packets a read from a, %.1f a write toward b; %s)",
-			c.name, where, mode, via, via/fwd, gc["opened"], gc["sealed"], counters(g.mid.Output(), "engine:")["early-acked"], perRead, perWrite, cpu)
+		t.Logf("%s, %s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d, %.1f packets a read from a, %.1f a write toward b; %s)\n%s",
+			c.name, where, mode, via, via/fwd, gc["opened"], gc["sealed"], counters(g.mid.Output(), "engine:")["early-acked"], perRead, perWrite, cpu, ioLine(g.mid.Output()))
 		// ESP in UDP toward b leaves in super-packets the kernel takes
 		// (GSO_UDP_L4) and b's host opens: 9–25 datagrams a write
 		// here; raw ESP is a write per packet.
@@ -739,6 +739,16 @@ func hostRouted(t *testing.T, c hostCase, secs int, boxes bool) {
 			t.Errorf("espep gateway (TUN, %s, %s) between espep hosts: %.3f of their own throughput (sealed %d), want ≥ %.1f", mode, where, via/fwd, gc["sealed"], want)
 		}
 	}
+}
+
+// ioLine is espep gateway's exit summary of its devices' I/O.
+func ioLine(out string) string {
+	for l := range strings.Lines(out) {
+		if strings.HasPrefix(l, "io: ") {
+			return strings.TrimSpace(l)
+		}
+	}
+	return "(no io line)"
 }
 
 // radioPerWrite reads from espep gateway's exit summary how many
