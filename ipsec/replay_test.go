@@ -135,15 +135,7 @@ func TestOpenReplayAndICV(t *testing.T) {
 			c := s.config(Tunnel, false, false, esn)
 			c.ReplayWindow = 32
 			tx, rx := mustSA(t, c), mustSA(t, c)
-			seal := func(seq uint64) []byte {
-				p := tcpPacket(v4a, v4b, []byte("x"))
-				buf, off := inBuf(p)
-				out, err := tx.SealWith(buf, off, len(p), seq, nil)
-				if err != nil {
-					t.Fatalf("seal %d: %v", seq, err)
-				}
-				return append([]byte(nil), out...)
-			}
+			seal := func(seq uint64) []byte { return sealAt(t, tx, seq) }
 			open := func(p []byte) error {
 				_, err := rx.Open(append([]byte(nil), p...))
 				return err
@@ -251,16 +243,7 @@ func TestTakeInbound(t *testing.T) {
 	for _, s := range []suite{suites[0], suites[4], suites[11]} { // GCM, CBC+HMAC, AH
 		c := s.config(Tunnel, false, false, false)
 		tx, old, nu := mustSA(t, c), mustSA(t, c), mustSA(t, c)
-		seal := func(seq uint64) []byte {
-			p := tcpPacket(v4a, v4b, []byte("x"))
-			buf, off := inBuf(p)
-			out, err := tx.SealWith(buf, off, len(p), seq, nil)
-			if err != nil {
-				t.Fatalf("seal %d: %v", seq, err)
-			}
-			return append([]byte(nil), out...)
-		}
-		p1, p2 := seal(1), seal(2)
+		p1, p2 := sealAt(t, tx, 1), sealAt(t, tx, 2)
 		if _, err := old.Open(slices.Clone(p1)); err != nil {
 			t.Fatal(err)
 		}
@@ -276,4 +259,16 @@ func TestTakeInbound(t *testing.T) {
 			t.Fatalf("%s: the next packet on the new value: %v", s.name, err)
 		}
 	}
+}
+
+// sealAt seals a one-byte TCP packet on tx with sequence number seq.
+func sealAt(t *testing.T, tx *SA, seq uint64) []byte {
+	t.Helper()
+	p := tcpPacket(v4a, v4b, []byte("x"))
+	buf, off := inBuf(p)
+	out, err := tx.SealWith(buf, off, len(p), seq, nil)
+	if err != nil {
+		t.Fatalf("seal %d: %v", seq, err)
+	}
+	return slices.Clone(out)
 }
