@@ -23,7 +23,7 @@ type openResult uint8
 const (
 	opened       openResult = iota
 	openFailed              // not verified (ICV, replay, malformed, no SA for a layer): relay the original
-	openUnusable            // verified, but nothing to deliver or outside the selectors: drop it
+	openUnusable            // verified, but nothing to deliver or outside the selectors — or a replay on an SA the gateway numbers: drop it
 )
 
 // maxBundle bounds the IPsec headers the gateway opens in one packet (an
@@ -110,8 +110,8 @@ func openLayer(st *saState, pkt []byte, l *ipsec.Loc) ([]byte, *saState, error) 
 }
 
 // openError counts why a layer did not open and says what becomes of the
-// packet: undeliverable (verified, nothing to deliver) is dropped, the
-// rest relayed.
+// packet: undeliverable (verified, nothing to deliver) is dropped, and so
+// is a replay on an SA the gateway numbers; the rest is relayed.
 func (g *Gateway) openError(ctr *stripe, st *saState, err error) openResult {
 	if errors.Is(err, ipsec.ErrHardExpired) {
 		st.dead.Store(true)
@@ -124,6 +124,13 @@ func (g *Gateway) openError(ctr *stripe, st *saState, err error) openResult {
 		ctr.add(cICV)
 	case errors.Is(err, ipsec.ErrReplay), errors.Is(err, ipsec.ErrTooOld):
 		ctr.add(cReplays)
+		if st.numbered() {
+			// The receiver's window follows the gateway's numbers, not
+			// the endpoint's: relayed, a replay numbered above the
+			// gateway's would be taken there and push the gateway's
+			// next packets out of its window.
+			return openUnusable
+		}
 	default:
 		ctr.add(cOpenErrors)
 	}

@@ -78,6 +78,14 @@ type saState struct {
 	lastUse  atomic.Int64 // while draining: unix nanoseconds of its last verified packet or seal (from when it began to drain)
 }
 
+// numbered reports whether the gateway numbers the SA: its packets reach
+// the receiver with the gateway's sequence numbers.
+func (st *saState) numbered() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.owned
+}
+
 // lastHeir is the newest state that took st's numbers over, nil if none
 // has.
 func (st *saState) lastHeir() *saState {
