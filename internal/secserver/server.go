@@ -55,11 +55,13 @@ type Server struct {
 	// calls that make changes do not.
 	shared atomic.Bool
 	// following, for a store that is a Feed, is closed once Follow has
-	// the feed in place (watch.go).
-	following  chan struct{}
-	followOnce sync.Once
-	leases     leases     // gateways' leases, agents' order streams (lease.go)
-	genMu      sync.Mutex // one Generate at a time: the pair's first two requests make one pair
+	// the feed in place, and made anew when the feed starts afresh after
+	// a gap (watch.go); followed says it is closed. Under fmu.
+	fmu       sync.Mutex
+	following chan struct{}
+	followed  bool
+	leases    leases     // gateways' leases, agents' order streams (lease.go)
+	genMu     sync.Mutex // one Generate at a time: the pair's first two requests make one pair
 }
 
 // New makes the service over store. Callers are believed as verifier

@@ -129,7 +129,8 @@ const feedWait = etcdTimeout
 // Why no change is missed: a Watch subscribes, then waits for the feed's
 // first ready, then reads the whole state. A change the read missed came
 // after it, so after the feed was in place: the feed tells it (perhaps a
-// second time).
+// second time). After a gap the watches are cut, and those that come back
+// wait for the feed started afresh.
 func (s *Server) Follow(ctx context.Context, feed Feed) {
 	s.shared.Store(true)
 	var from int64
@@ -148,6 +149,13 @@ func (s *Server) Follow(ctx context.Context, feed Feed) {
 		}
 		from = next
 		if errors.Is(err, ErrFeedGap) {
+			// Watches that come back wait for the feed started afresh,
+			// as the first ones did.
+			s.fmu.Lock()
+			if s.followed {
+				s.following, s.followed = make(chan struct{}), false
+			}
+			s.fmu.Unlock()
 			s.watchers.cutAll()
 			from = 0
 		}
@@ -162,19 +170,27 @@ func (s *Server) Follow(ctx context.Context, feed Feed) {
 // markFollowing lets the gateways' watches read the state: the feed is in
 // place.
 func (s *Server) markFollowing() {
-	s.followOnce.Do(func() { close(s.following) })
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	if s.following != nil && !s.followed {
+		close(s.following)
+		s.followed = true
+	}
 }
 
 // awaitFeed waits until a shared store's feed follows (at once without
 // one).
 func (s *Server) awaitFeed(ctx context.Context) error {
-	if s.following == nil {
+	s.fmu.Lock()
+	following := s.following
+	s.fmu.Unlock()
+	if following == nil {
 		return nil
 	}
 	t := time.NewTimer(feedWait)
 	defer t.Stop()
 	select {
-	case <-s.following:
+	case <-following:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

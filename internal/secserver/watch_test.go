@@ -108,6 +108,14 @@ func TestFollowFeed(t *testing.T) {
 			return got{}
 		}
 	}
+	registered := func() {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); w.srv.watchers.len() == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the watch never reached the server")
+			}
+		}
+	}
 	go w.srv.Follow(ctx, feed)
 	c := <-feed.calls
 	if c.from != 0 {
@@ -115,11 +123,7 @@ func TestFollowFeed(t *testing.T) {
 	}
 	// Stored while the feed was not yet in place, with the watch
 	// subscribed: it must not have read the state yet.
-	for deadline := time.Now().Add(10 * time.Second); w.srv.watchers.len() == 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the watch never reached the server")
-		}
-	}
+	registered()
 	upload(0x2002)
 	select {
 	case g := <-evs:
@@ -151,5 +155,31 @@ func TestFollowFeed(t *testing.T) {
 	}
 	if c = <-feed.calls; c.from != 0 {
 		t.Fatalf("after a gap the feed goes on from %d, not afresh", c.from)
+	}
+	// The gateway comes back: its watch waits for the new feed, as the
+	// first did.
+	st, err = w.client(w.cert(pki.Identity{Role: pki.RoleGateway, Name: "gw-17", Areas: []string{"cell-17"}})).Watch(ctx, &pb.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { // here spis holds how many SAs an event carried
+		for {
+			ev, err := st.Recv()
+			evs <- got{[]uint32{uint32(len(ev.GetSas()))}, err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	registered()
+	upload(0x5005)
+	select {
+	case g := <-evs:
+		t.Fatalf("after a gap, a watch read the state before the new feed was in place: %v", g)
+	default:
+	}
+	c.ready()
+	if g := next("the whole state after a gap"); g.err != nil || len(g.spis) != 1 || g.spis[0] != 5 {
+		t.Fatalf("the whole state after a gap: %v", g)
 	}
 }
