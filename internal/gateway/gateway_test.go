@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -161,8 +162,16 @@ func (n *testNet) swap(g *Gateway) {
 // given, and wipes those that leave it).
 func (n *testNet) freshSAD(t *testing.T) *ipsec.SAD {
 	t.Helper()
+	return sadOf(t, n.cfgs)
+}
+
+// sadOf is a SAD of new entries for cfgs, each with keys of its own (a
+// wiped entry wipes the keys it holds).
+func sadOf(t *testing.T, cfgs []ipsec.Config) *ipsec.SAD {
+	t.Helper()
 	sad := &ipsec.SAD{}
-	for _, c := range n.cfgs {
+	for _, c := range cfgs {
+		c.EncKey, c.IntegKey = slices.Clone(c.EncKey), slices.Clone(c.IntegKey)
 		e, err := ipsec.NewEntry(c)
 		if err != nil {
 			t.Fatal(err)

@@ -23,16 +23,7 @@ func TestReplayAcrossEntryReplacement(t *testing.T) {
 		r.g.Process(engine.Wire, slices.Clone(r.data[i]))
 	}
 	before := r.g.Stats()
-	sad := &ipsec.SAD{}
-	for _, c := range r.cfgs {
-		c.EncKey, c.IntegKey = slices.Clone(c.EncKey), slices.Clone(c.IntegKey)
-		e, err := ipsec.NewEntry(c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sad.Add(e)
-	}
-	r.g.SetSAD(sad)
+	r.g.SetSAD(sadOf(t, r.cfgs))
 	r.g.Process(engine.Wire, old)
 	after := r.g.Stats()
 	if after.Opened != before.Opened || after.Replays != before.Replays+1 {
