@@ -133,36 +133,31 @@ func BenchmarkChecksum(b *testing.B) {
 // hold as made and fail with a byte changed; a bad IPv4 header checksum
 // fails; a UDP datagram without a checksum passes over IPv4 only.
 func TestChecksumsValid(t *testing.T) {
-	v4 := func(proto uint8, sum bool) []byte {
-		p := make([]byte, IPv4MinLen+TCPMinLen+10)
-		WriteIPv4(p, 0, len(p), 1, true, 64, proto, netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"))
-		l4 := p[IPv4MinLen:]
+	// build makes a TCP or UDP packet over IPv4 or IPv6 (hdr bytes of IP
+	// header), its checksums made (a UDP one only if sum).
+	build := func(hdr int, proto uint8, sum bool) []byte {
+		p := make([]byte, hdr+TCPMinLen+10)
+		src, dst := p[12:16], p[16:20]
+		if hdr == IPv6Len {
+			WriteIPv6(p, 0, 0, len(p)-IPv6Len, proto, 64, netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"))
+			src, dst = p[8:24], p[24:40]
+		} else {
+			WriteIPv4(p, 0, len(p), 1, true, 64, proto, netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"))
+		}
+		l4 := p[hdr:]
 		if proto == ProtoUDP {
 			WriteUDP(l4, 1, 2, len(l4))
 			if sum {
-				UDP(l4).UpdateChecksum(p[12:16], p[16:20])
+				UDP(l4).UpdateChecksum(src, dst)
 			}
 		} else {
 			l4[12] = 5 << 4
-			TCP(l4).UpdateChecksum(p[12:16], p[16:20])
+			TCP(l4).UpdateChecksum(src, dst)
 		}
 		return p
 	}
-	v6 := func(proto uint8, sum bool) []byte {
-		p := make([]byte, IPv6Len+TCPMinLen+10)
-		WriteIPv6(p, 0, 0, len(p)-IPv6Len, proto, 64, netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"))
-		l4 := p[IPv6Len:]
-		if proto == ProtoUDP {
-			WriteUDP(l4, 1, 2, len(l4))
-			if sum {
-				UDP(l4).UpdateChecksum(p[8:24], p[24:40])
-			}
-		} else {
-			l4[12] = 5 << 4
-			TCP(l4).UpdateChecksum(p[8:24], p[24:40])
-		}
-		return p
-	}
+	v4 := func(proto uint8, sum bool) []byte { return build(IPv4MinLen, proto, sum) }
+	v6 := func(proto uint8, sum bool) []byte { return build(IPv6Len, proto, sum) }
 	flip := func(p []byte, i int) []byte { p[i] ^= 0x10; return p }
 	for _, c := range []struct {
 		name  string
