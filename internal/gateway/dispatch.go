@@ -209,7 +209,7 @@ func (g *Gateway) processPlain(c *call, from engine.Side, pkt, tunHdr []byte) {
 		g.relay(c, to, c.orig)
 		return
 	}
-	if r.tcp() && (c.hdr.L4 > c.hdr.Len || !header.ChecksumsValid(pkt[:c.hdr.Len], c.hdr.L4, header.ProtoTCP)) {
+	if r.tcp() && !header.ChecksumsValid(pkt[:c.hdr.Len], c.hdr.L4, header.ProtoTCP) {
 		// Nothing but this checksum vouches for a plain segment: the
 		// engine would acknowledge it early and send its bytes on under a
 		// checksum of its own. Dropped, as the receiver's TCP would.

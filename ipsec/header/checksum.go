@@ -66,9 +66,13 @@ func ChecksumUpdate(check uint16, old, new []byte) uint16 {
 // and over IPv4 its header checksum too. pkt is the whole IP packet (as
 // long as its header says), l4 the offset of its TCP or UDP header, proto
 // which it is. A UDP datagram over IPv4 without a checksum (zero) passes:
-// RFC 768 lets it go unchecked.
+// RFC 768 lets it go unchecked. A packet too short for its IP header or
+// for l4 does not hold.
 func ChecksumsValid(pkt []byte, l4 int, proto uint8) bool {
-	v6 := pkt[0]>>4 == 6
+	v6 := len(pkt) > 0 && pkt[0]>>4 == 6
+	if l4 < 0 || l4 > len(pkt) || len(pkt) < IPv4MinLen || v6 && len(pkt) < IPv6Len {
+		return false
+	}
 	src, dst := pkt[12:16], pkt[16:20]
 	if v6 {
 		src, dst = pkt[8:24], pkt[24:40]

@@ -175,6 +175,10 @@ func TestChecksumsValid(t *testing.T) {
 		{"ipv6 tcp, payload changed", flip(v6(ProtoTCP, true), 65), IPv6Len, ProtoTCP, false},
 		{"ipv6 udp", v6(ProtoUDP, true), IPv6Len, ProtoUDP, true},
 		{"ipv6 udp without checksum", v6(ProtoUDP, false), IPv6Len, ProtoUDP, false},
+		{"empty", nil, 0, ProtoTCP, false},
+		{"ipv6 cut inside its header", v6(ProtoTCP, true)[:30], 20, ProtoTCP, false},
+		{"ipv4 cut inside its header", v4(ProtoTCP, true)[:12], 0, ProtoTCP, false},
+		{"l4 past the end", v4(ProtoTCP, true), 100, ProtoTCP, false},
 	} {
 		if got := ChecksumsValid(c.pkt, c.l4, c.proto); got != c.want {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
