@@ -133,9 +133,6 @@ func (st *saState) release() {
 	}
 }
 
-// noteRelayed records that an original of st's SA (and of each SA around
-// it) went out with the endpoint's own number: the gateway numbers above
-// it from now on.
 // behind reports whether the endpoint's numbers on st are a replay window
 // or more behind the last number the gateways numbering it have used: a
 // packet relayed as it came would be refused as a replay.
@@ -149,6 +146,9 @@ func (st *saState) behind() bool {
 	return st.owned && st.maxIn+w <= st.last
 }
 
+// noteRelayed records that an original of st's SA (and of each SA around
+// it) went out with the endpoint's own number: the gateway numbers above
+// it from now on.
 func (st *saState) noteRelayed() {
 	for i := 0; st != nil && i < maxBundle; i++ {
 		st.mu.Lock()
