@@ -66,13 +66,6 @@ func (ws *watchers) remove(w *watcher) {
 	delete(ws.set, w)
 }
 
-// len is how many streams there are.
-func (ws *watchers) len() int {
-	ws.mu.Lock()
-	defer ws.mu.Unlock()
-	return len(ws.set)
-}
-
 // publish queues c for every watcher serving its area, cutting off those
 // whose queue is full.
 func (ws *watchers) publish(c change) {

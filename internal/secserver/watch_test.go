@@ -14,6 +14,13 @@ import (
 	"github.com/espep/espep/internal/secserver/pb"
 )
 
+// len is how many streams there are.
+func (ws *watchers) len() int {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return len(ws.set)
+}
+
 // scriptedFeed is a Feed whose every Follow call the test plays by hand:
 // it hands the call over and returns what the test says.
 type scriptedFeed struct {
