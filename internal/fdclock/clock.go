@@ -45,7 +45,9 @@ type alarm interface {
 // Clock runs functions at times, on its own goroutine, one after another.
 // Its methods may be called from any goroutine, and from the functions.
 type Clock struct {
-	base time.Time // deadlines are durations since base (monotonic)
+	// elapsed is the time since the clock started (monotonic); every
+	// deadline is a duration on it. Tests give one they move themselves.
+	elapsed func() time.Duration
 
 	mu      sync.Mutex
 	q       queue
@@ -79,7 +81,13 @@ func New() (*Clock, error) {
 }
 
 func start(a alarm) *Clock {
-	c := &Clock{base: time.Now(), alarm: a, done: make(chan struct{})}
+	base := time.Now()
+	return startOn(a, func() time.Duration { return time.Since(base) })
+}
+
+// startOn starts a clock whose time is elapsed.
+func startOn(a alarm, elapsed func() time.Duration) *Clock {
+	c := &Clock{elapsed: elapsed, alarm: a, done: make(chan struct{})}
 	go c.run()
 	return c
 }
@@ -87,7 +95,7 @@ func start(a alarm) *Clock {
 // Now is the wall clock (with its monotonic reading).
 func (c *Clock) Now() time.Time { return time.Now() }
 
-func (c *Clock) since() time.Duration { return time.Since(c.base) }
+func (c *Clock) since() time.Duration { return c.elapsed() }
 
 // AfterFunc runs f on the clock's goroutine d from now, unless the
 // returned timer is stopped first. After Close it never runs.
@@ -190,7 +198,7 @@ func (c *Clock) rearm() {
 type timer struct {
 	c     *Clock
 	f     func()
-	when  time.Duration // since c.base
+	when  time.Duration // on c.elapsed
 	index int           // in c.q; -1 when not pending
 }
 

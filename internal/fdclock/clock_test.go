@@ -231,25 +231,32 @@ func (a *fakeAlarm) close() error {
 
 // TestGrain: a deadline that creeps later at every call (a busy flow's
 // retransmission timer, at every ACK) sets the alarm once per Grain it
-// crosses, not once per call; stopping the last timer disarms it.
+// crosses, not once per call; stopping the last timer disarms it. The
+// clock's time is the test's own: on real time a preemption between the
+// test reading the time and Reset reading it moves the deadline a grain
+// and back (CI saw 15 sets for 12).
 func TestGrain(t *testing.T) {
 	a := newFake()
-	c := start(a)
+	var now atomic.Int64
+	c := startOn(a, func() time.Duration { return time.Duration(now.Load()) })
 	defer c.Close()
-	base := c.since()
+	now.Store(int64(30 * time.Microsecond))
 	tm := c.AfterFunc(time.Hour, func() {})
 	const steps = 1000
 	for i := range steps {
-		// The deadline moves 10 µs later than the last, whatever
-		// time it is: 10 ms in all.
-		tm.Reset(base + 50*time.Millisecond + time.Duration(i)*10*time.Microsecond - c.since())
+		// Time moves 2 µs a step, the deadline 10 µs later than the
+		// last: from 50 ms to 60 ms, crossing 10 grains.
+		now.Add(int64(2 * time.Microsecond))
+		tm.Reset(50*time.Millisecond + time.Duration(i)*10*time.Microsecond - time.Duration(now.Load()))
 	}
 	tm.Stop()
 	a.mu.Lock()
 	sets := append([]time.Duration(nil), a.sets...)
 	a.mu.Unlock()
-	if len(sets) < 10 || len(sets) > 14 {
-		t.Fatalf("the alarm was set %d times for a deadline crossing 10 grains in %d steps: %v", len(sets), steps, sets)
+	// One for the hour, one per grid point from 50 to 60 ms (11), one
+	// to disarm.
+	if len(sets) != 13 {
+		t.Fatalf("the alarm was set %d times for a deadline crossing 10 grains in %d steps, want 13: %v", len(sets), steps, sets)
 	}
 	if last := sets[len(sets)-1]; last > 0 {
 		t.Fatalf("after the last Stop the alarm is set for %v, want it disarmed", last)
