@@ -112,11 +112,35 @@ func (w *Window) State() (top uint64, bitmap []uint64) {
 // number at or below it taken as seen — no replay is accepted, a late
 // packet may be refused.
 func (w *Window) Adopt(old *Window) {
-	w.top = old.top
 	if len(old.blocks) == len(w.blocks) {
+		w.top = old.top
 		copy(w.blocks, old.blocks)
 		return
 	}
+	w.allSeen(old.top)
+}
+
+// SeenThrough counts every number up to n as seen, whatever w saw: a
+// predecessor — the gateway process before a crash — may have accepted
+// any of them. Numbers above n stay as w had them.
+func (w *Window) SeenThrough(n uint64) {
+	if n > w.top {
+		w.allSeen(n)
+		return
+	}
+	lo := uint64(1)
+	if w.top >= w.size {
+		lo = w.top - w.size + 1 // below it Check refuses anyway
+	}
+	mask := uint64(len(w.blocks)) - 1
+	for seq := lo; seq <= n; seq++ {
+		w.blocks[(seq>>6)&mask] |= 1 << (seq & 63)
+	}
+}
+
+// allSeen moves the top to top with every number at or below it seen.
+func (w *Window) allSeen(top uint64) {
+	w.top = top
 	for i := range w.blocks {
 		w.blocks[i] = ^uint64(0)
 	}

@@ -236,6 +236,46 @@ func TestWindowAdopt(t *testing.T) {
 	}
 }
 
+// TestWindowSeenThrough: a fresh window told that everything up to n may
+// have been accepted (a gateway's predecessor before a crash) refuses all
+// of it and takes what lies above; a window already past n keeps what it
+// saw above n and gains everything at or below.
+func TestWindowSeenThrough(t *testing.T) {
+	for _, size := range []int{32, 64, 128, 4096} {
+		w, _ := NewWindow(size)
+		w.SeenThrough(1000)
+		for _, s := range []uint64{1000, 999, 1000 - uint64(min(size, 1000)) + 1, 500, 1} {
+			if w.Check(s) == nil {
+				t.Fatalf("size %d: %d, at or below 1000, accepted", size, s)
+			}
+		}
+		for _, s := range []uint64{1001, 1023, 1024, 5000} {
+			if err := w.Check(s); err != nil {
+				t.Fatalf("size %d: %d, above 1000, refused: %v", size, s, err)
+			}
+		}
+		w, _ = NewWindow(size)
+		w.Accept(2000)
+		w.Accept(1990)
+		w.SeenThrough(1985)
+		for _, s := range []uint64{1985, 1984, 1990, 2000} {
+			if w.Check(s) == nil {
+				t.Fatalf("size %d, top 2000: %d accepted after SeenThrough(1985)", size, s)
+			}
+		}
+		for _, s := range []uint64{1986, 1999, 2001} {
+			if err := w.Check(s); err != nil {
+				t.Fatalf("size %d, top 2000: %d, never seen and above 1985, refused: %v", size, s, err)
+			}
+		}
+	}
+	w, _ := NewWindow(64)
+	w.SeenThrough(127) // a top at a block's last bit
+	if w.Check(127) == nil || w.Check(128) != nil {
+		t.Fatalf("top 127: 127 %v, 128 %v", w.Check(127), w.Check(128))
+	}
+}
+
 // TestTakeInbound: an SA given again as a new value goes on from the old
 // one's window, and the old one opens nothing after: a packet is never
 // accepted by both.

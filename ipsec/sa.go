@@ -380,6 +380,15 @@ func (sa *SA) TakeInbound(old *SA) {
 	old.in.c, old.in.mac = nil, nil
 }
 
+// SeenThrough counts every inbound sequence number up to n (with its ESN
+// high bits) as seen: a gateway that restarts refuses what its
+// predecessor may have accepted (Window.SeenThrough).
+func (sa *SA) SeenThrough(n uint64) {
+	sa.in.Lock()
+	defer sa.in.Unlock()
+	sa.in.win.SeenThrough(n)
+}
+
 // maxSeq is the last sequence number the SA may use (RFC 4303 §3.3.3: no
 // cycling; a new SA must be made instead).
 func (sa *SA) maxSeq() uint64 {
