@@ -21,7 +21,8 @@ import (
 //	 8  protocol, address family (0, 4 or 6), 2 reserved
 //	12  destination address (16 bytes, IPv4 mapped)
 //	28  key ID (16)
-//	44  value: the highest sequence number the SA may have used
+//	44  value: the highest sequence number the SA may have used (for
+//	    "eSA1": the highest of the endpoint's it may have accepted)
 //	52  time written, unix seconds
 //	60  CRC-32C of bytes 0…59
 //
@@ -30,6 +31,9 @@ import (
 // its CRC and is skipped; its value was never used, because nothing is
 // used before its record is synced.
 
+// A record with the magic "eSA1" is of the SA's Accepted space: the
+// endpoint's numbers the gateway may have accepted (SeqKey.Space).
+//
 // A record with the magic "eSL1" instead holds in its value the salt the
 // gateway confirmed for the SA's IV generator (IV = seq ⊕ salt; nonce.go
 // in the gateway): public — every packet shows IV and seq — and kept so
@@ -39,12 +43,17 @@ import (
 const (
 	recLen       = 64
 	recMagic     = "eSQ1"
+	seenMagic    = "eSA1"
 	saltMagic    = "eSL1"
 	compactAbove = 16 << 20 // journal bytes that trigger a rewrite
 )
 
 func encode(b []byte, k SeqKey, r record) {
-	encodeMagic(b, recMagic, k, r)
+	m := recMagic
+	if k.Space == Accepted {
+		m = seenMagic
+	}
+	encodeMagic(b, m, k, r)
 }
 
 func encodeMagic(b []byte, magic string, k SeqKey, r record) {
@@ -71,10 +80,14 @@ func encodeMagic(b []byte, magic string, k SeqKey, r record) {
 
 // decode reads a record of either kind; salt says which.
 func decode(b []byte) (k SeqKey, r record, salt, ok bool) {
-	if string(b[:4]) != recMagic && string(b[:4]) != saltMagic || crc32.Checksum(b[:60], castagnoli) != binary.BigEndian.Uint32(b[60:]) {
+	m := string(b[:4])
+	if m != recMagic && m != seenMagic && m != saltMagic || crc32.Checksum(b[:60], castagnoli) != binary.BigEndian.Uint32(b[60:]) {
 		return SeqKey{}, record{}, false, false
 	}
-	salt = string(b[:4]) == saltMagic
+	salt = m == saltMagic
+	if m == seenMagic {
+		k.Space = Accepted
+	}
 	k.ID.SPI = binary.BigEndian.Uint32(b[4:])
 	k.ID.Proto = ipsec.Proto(b[8])
 	a := netip.AddrFrom16([16]byte(b[12:28]))

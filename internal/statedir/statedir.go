@@ -34,6 +34,17 @@
 // until the numbers pass the old ones — never a nonce, so old records are
 // pruned after Retention.
 //
+// Accepted numbers. A gateway that verifies an endpoint's packets keeps a
+// replay window; a successor that started with an empty one would accept
+// once more every packet its predecessor had accepted, and act on it (a
+// replayed packet re-sealed with a fresh number is new to the receiver).
+// So the endpoint's numbers are leased too, in the SA's Accepted space:
+// the gateway acts on a verified packet only when its number is within
+// the durable limit, and its successor counts everything up to that limit
+// as seen. Losing such a record would let a replay through: the records
+// of Accepted spaces are kept as long as the others (Retention), longer
+// than any SA lives.
+//
 // The directory must belong to the user and be closed to group and
 // others (0700); so must its files. One process holds it at a time (an
 // flock on "lock"); a second is refused.
@@ -109,11 +120,24 @@ type Dir struct {
 
 // SeqKey names an SA's sequence space: its SAD ID and the key ID of its
 // keys (ipsec.Entry.KeyID), so that an SPI given again with new keys
-// starts afresh.
+// starts afresh, and which of the SA's two spaces.
 type SeqKey struct {
 	ID    ipsec.ID
 	KeyID [16]byte
+	Space Space
 }
+
+// Space says whose numbers on an SA a lease covers.
+type Space uint8
+
+const (
+	// Numbers are the numbers the holder seals with.
+	Numbers Space = iota
+	// Accepted are the endpoint's numbers the holder may have accepted
+	// (verified and acted on): a successor refuses every one up to the
+	// lease's floor.
+	Accepted
+)
 
 type record struct {
 	value uint64

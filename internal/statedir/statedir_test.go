@@ -375,6 +375,38 @@ func TestSalts(t *testing.T) {
 	}
 }
 
+// TestAcceptedSpace: an SA's Accepted space (the endpoint's numbers a
+// gateway may have accepted) is leased apart from its Numbers (the
+// gateway's own): each has its own floor, after a crash and after a clean
+// stop, and one never raises the other.
+func TestAcceptedSpace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	d := open(t, path)
+	nk, ak := key(0x800), key(0x800)
+	ak.Space = Accepted
+	n, a := d.Lease(nk), d.Lease(ak)
+	n.Want(100)
+	a.Want(70000)
+	waitAllowed(t, n, 100)
+	waitAllowed(t, a, 70000)
+	d.closeFiles() // a crash
+	close(d.done)
+	d = open(t, path)
+	if fn, fa := d.Lease(nk).Floor(), d.Lease(ak).Floor(); fn != 100 || fa != 70000 {
+		t.Fatalf("after a crash: floors %d (numbers), %d (accepted); want 100, 70000", fn, fa)
+	}
+	a = d.Lease(ak)
+	a.Want(80000)
+	waitAllowed(t, a, 80000)
+	a.Release(70500) // the highest the endpoint's packets reached
+	d.Close()
+	d = open(t, path)
+	defer d.Close()
+	if fn, fa := d.Lease(nk).Floor(), d.Lease(ak).Floor(); fn != 100 || fa != 70500 {
+		t.Fatalf("after a clean stop: floors %d (numbers), %d (accepted); want 100, 70500", fn, fa)
+	}
+}
+
 // FuzzStateFiles: whatever the journal and the IV block file hold (a disk
 // that tore them, a hand that edited them), Open does not panic: it
 // refuses or reads what verifies, and a block it hands out is above every
@@ -384,9 +416,14 @@ func FuzzStateFiles(f *testing.F) {
 	encode(rec[:], key(0x700), record{value: 77, at: 1})
 	var slt [recLen]byte
 	encodeMagic(slt[:], saltMagic, key(0x700), record{value: 5})
+	var acc [recLen]byte
+	ak := key(0x700)
+	ak.Space = Accepted
+	encode(acc[:], ak, record{value: 1 << 40, at: 1})
 	var slot [ivSlot]byte
 	slot[7] = 9
 	f.Add(append(rec[:], slt[:]...), slot[:])
+	f.Add(append(acc[:], rec[:]...), slot[:])
 	f.Add(rec[:40], []byte{1, 2, 3})
 	f.Add([]byte{}, append(slot[:], slot[:]...))
 	f.Fuzz(func(t *testing.T, journal, blocks []byte) {
