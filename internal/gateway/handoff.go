@@ -226,6 +226,9 @@ func (st *saState) resume(g *Gateway, s *SAHandoff) {
 	}
 	if s.WindowTop > st.e.Write.InTop() {
 		st.e.Write.SetWindowState(s.WindowTop, s.Window) // a bitmap of another size is refused: the window is learned anew
+		if st.accepted != nil {
+			st.e.Write.SeenThrough(st.accepted.Floor()) // what this gateway's predecessor accepted stays seen
+		}
 	}
 }
 

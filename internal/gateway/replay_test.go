@@ -2,11 +2,15 @@ package gateway
 
 import (
 	"encoding/binary"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
 )
@@ -77,4 +81,116 @@ func TestReplayNotRelayed(t *testing.T) {
 	if after.Replays != before.Replays+1 {
 		t.Fatalf("the replay was not counted: %d → %d", before.Replays, after.Replays)
 	}
+}
+
+// TestReplayAfterRestart: a gateway's replay windows outlive it through
+// its state directory. After a crash (the directory copied as it stood on
+// disk while the gateway ran, and a new gateway started on the copy) the
+// endpoint's packets accepted before the last record are refused, and at
+// most noteEvery after it open again; after a clean stop none does. A
+// packet the endpoint sends next opens in both cases. Without the records
+// every one of them opened again.
+func TestReplayAfterRestart(t *testing.T) {
+	r := newPathRig(t, ipsec.EncAESGCM16, true, engine.ModeSplit)
+	path := filepath.Join(t.TempDir(), "state")
+	dir, err := statedir.Open(path, statedir.Partition{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g1 := newDirGateway(t, r, dir)
+	const n = 200
+	r.batch(n)
+	old := make([][]byte, n)
+	for i := range n {
+		old[i] = slices.Clone(r.data[i])
+		g1.Process(engine.Wire, r.data[i])
+		time.Sleep(noteGap + time.Millisecond) // every noteEvery-th number is recorded
+	}
+	g1.smu.Lock()
+	st := g1.states[r.cfgs[0].ID()]
+	g1.smu.Unlock()
+	noted := st.noted.Load()
+	for deadline := time.Now().Add(5 * time.Second); st.accepted.Allowed() < noted; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("record %d never written (%d on disk)", noted, st.accepted.Allowed())
+		}
+	}
+	top := st.e.Write.InTop()
+	if noted+noteEvery <= top {
+		t.Fatalf("last record %d, top %d: more than %d behind", noted, top, noteEvery)
+	}
+
+	crashed, err := statedir.Open(copyStateDir(t, path), statedir.Partition{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replayed := replayAll(t, r, crashed, old)
+	if want := top - noted; replayed != want {
+		t.Fatalf("after a crash %d of %d replays opened, want %d: those accepted after the last record (%d; top %d)", replayed, n, want, noted, top)
+	}
+	crashed.Close()
+
+	g1.Close()
+	if err := dir.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dir, err = statedir.Open(path, statedir.Partition{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	if replayed := replayAll(t, r, dir, old); replayed != 0 {
+		t.Fatalf("after a clean stop %d of %d replays opened", replayed, n)
+	}
+}
+
+// newDirGateway is a gateway on r's SAs with state directory dir, its
+// output dropped.
+func newDirGateway(t *testing.T, r *pathRig, dir *statedir.Dir) *Gateway {
+	t.Helper()
+	g, err := New(Config{Engine: engine.Config{Mode: engine.ModeSplit}, State: dir}, sadOf(t, r.cfgs), func(engine.Side, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Close)
+	return g
+}
+
+// replayAll gives a new gateway on dir the packets old, then the
+// endpoint's next packet, which must open; it returns how many of old
+// opened.
+func replayAll(t *testing.T, r *pathRig, dir *statedir.Dir, old [][]byte) uint64 {
+	t.Helper()
+	g := newDirGateway(t, r, dir)
+	for _, p := range old {
+		g.Process(engine.Wire, slices.Clone(p))
+	}
+	replayed := g.Stats().Opened
+	r.batch(1)
+	g.Process(engine.Wire, r.data[0])
+	if got := g.Stats().Opened; got != replayed+1 {
+		t.Fatalf("the endpoint's next packet did not open: %s", g.Stats().Summary())
+	}
+	g.Close()
+	return replayed
+}
+
+// copyStateDir copies the state directory at path, as it stands on disk,
+// to a new one: what a successor finds after a crash at this moment.
+func copyStateDir(t *testing.T, path string) string {
+	t.Helper()
+	to := filepath.Join(t.TempDir(), "copy")
+	if err := os.Mkdir(to, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"iv-blocks", "seq.log"} {
+		b, err := os.ReadFile(filepath.Join(path, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return to
 }

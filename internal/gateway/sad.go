@@ -31,6 +31,15 @@ type saState struct {
 	// decides whether a flow may move to it (flows.go).
 	peer [2]netip.Addr
 
+	// accepted records the endpoint's numbers the gateway accepted
+	// (statedir.Accepted; nil without a state directory), every so often
+	// (noteAccepted) and exactly at a clean stop: a successor counts every
+	// number up to the record as seen (takeAccepted). Set before the state
+	// is published; an heir carries its predecessor's.
+	accepted *statedir.Lease
+	noted    atomic.Uint64 // the last number given to accepted
+	notedAt  atomic.Int64  // when, in unix nanoseconds
+
 	mu    sync.Mutex
 	owned bool
 	lease *statedir.Lease // from the moment the gateway numbers the SA
@@ -112,8 +121,8 @@ func (st *saState) generation() int {
 	return st.gen
 }
 
-// forget ends the state's lease: the gateway no longer keeps the SA (its
-// reservation stays the floor of any later lease).
+// forget ends the state's leases: the gateway no longer keeps the SA
+// (their reservations stay the floors of any later leases).
 func (st *saState) forget() {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -121,15 +130,22 @@ func (st *saState) forget() {
 		st.lease.Drop()
 		st.lease = nil
 	}
+	if st.accepted != nil {
+		st.accepted.Drop() // kept: a packet opened just before the wipe asks it, and is refused
+	}
 }
 
-// release records the last number the gateway used on the SA, for a
-// successor on the same state directory.
+// release records the last number the gateway used on the SA, and the
+// endpoint's highest it accepted, for a successor on the same state
+// directory. No packet is opened any more.
 func (st *saState) release() {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.owned && st.lease != nil {
 		st.lease.Release(st.last)
+	}
+	if st.accepted != nil {
+		st.accepted.Release(st.e.Write.InTop())
 	}
 }
 
@@ -171,6 +187,26 @@ func (g *Gateway) newState(e *ipsec.Entry) *saState {
 		}
 	}
 	return st
+}
+
+// takeAccepted takes a new state's record of the endpoint's numbers (a
+// state that inherits none): everything up to the last number recorded —
+// accepted by a gateway process before this one, or by a state of this
+// one since forgotten — counts as seen on the SA. Without it any packet
+// the endpoint ever sent on the SA, replayed after a restart, would open
+// again and be re-sealed with a fresh number: new to the receiver
+// (DESIGN.md rule 3).
+func (g *Gateway) takeAccepted(st *saState) {
+	if g.cfg.State == nil {
+		return
+	}
+	k := st.key
+	k.Space = statedir.Accepted
+	st.accepted = g.cfg.State.Lease(k)
+	if f := st.accepted.Floor(); f > 0 {
+		st.e.Write.SeenThrough(f)
+		st.noted.Store(f)
+	}
 }
 
 // lookup finds the entry of an ESP or AH header: in the SAD, or among the
@@ -220,6 +256,8 @@ func (g *Gateway) state(e *ipsec.Entry) *saState {
 		st = g.newState(e)
 		if old := g.states[id]; old != nil && old.e.KeyID == e.KeyID {
 			g.inherit(st, old)
+		} else {
+			g.takeAccepted(st)
 		}
 		g.states[id] = st
 	}
@@ -251,6 +289,9 @@ func (g *Gateway) inherit(nst, old *saState) {
 	nst.e.Write.TakeInbound(old.e.Write)
 	nst.owned, nst.last, nst.maxIn, nst.lease, nst.exhausted = old.owned, old.last, old.maxIn, old.lease, old.exhausted
 	nst.relayed, nst.provisioned, nst.unanswered, nst.resumed = old.relayed, old.provisioned, old.unanswered, old.resumed
+	nst.accepted = old.accepted
+	nst.noted.Store(old.noted.Load())
+	nst.notedAt.Store(old.notedAt.Load())
 	nst.peer = old.peer
 	if old.learned {
 		nst.learned = true

@@ -38,12 +38,15 @@
 // replay window; a successor that started with an empty one would accept
 // once more every packet its predecessor had accepted, and act on it (a
 // replayed packet re-sealed with a fresh number is new to the receiver).
-// So the endpoint's numbers are leased too, in the SA's Accepted space:
-// the gateway acts on a verified packet only when its number is within
-// the durable limit, and its successor counts everything up to that limit
-// as seen. Losing such a record would let a replay through: the records
-// of Accepted spaces are kept as long as the others (Retention), longer
-// than any SA lives.
+// So the endpoint's numbers are recorded too, in the SA's Accepted space:
+// the gateway records (Want) a number it accepted every so often, and
+// exactly at a clean stop (Release); its successor counts everything up to
+// the lease's Floor as seen. Such a record lags what was accepted, never
+// leads it: after a crash the packets accepted since the last record may
+// open once more — the gateway states how many — where a record ahead
+// would have the successor refuse the endpoint's next packets. Its
+// records are kept as long as the others (Retention), longer than any SA
+// lives.
 //
 // The directory must belong to the user and be closed to group and
 // others (0700); so must its files. One process holds it at a time (an
@@ -133,9 +136,9 @@ type Space uint8
 const (
 	// Numbers are the numbers the holder seals with.
 	Numbers Space = iota
-	// Accepted are the endpoint's numbers the holder may have accepted
-	// (verified and acted on): a successor refuses every one up to the
-	// lease's floor.
+	// Accepted are the endpoint's numbers the holder accepted (verified
+	// and acted on), recorded with Want, never ahead: a successor refuses
+	// every one up to the lease's Floor.
 	Accepted
 )
 
