@@ -57,7 +57,9 @@ func (g *Gateway) openBundle(c *call, pkt []byte, l ipsec.Loc, st *saState) (inn
 		}
 		e := st.e
 		seq := seq64(e.Write, l.Seq)
-		noteAccepted(st, seq)
+		if st.accepted != nil {
+			st.accepted.Note(seq) // statedir.Accepts: a replay window that outlives the gateway
+		}
 		ctr.add(cOpened)
 		if st.handed.Load() {
 			ctr.add(cHandedOver)
@@ -136,38 +138,6 @@ func (g *Gateway) openError(ctr *stripe, st *saState, err error) openResult {
 		ctr.add(cOpenErrors)
 	}
 	return openFailed
-}
-
-// The endpoint's numbers the gateway accepted are recorded in the state
-// directory at most every noteEvery numbers and noteGap (one journal
-// write, batched over the SAs, costs a disk sync), and exactly at a clean
-// stop. After a crash, what was accepted since the last record — at most
-// noteEvery numbers and the packets of noteGap plus one journal write —
-// may open once more; everything before it is refused. A record never
-// runs ahead of what was accepted: that would have the successor refuse
-// the endpoint's next packets, and on an SA the gateway numbered, where
-// relayed originals are refused too, stall its flows (each refused packet
-// one retransmission timeout of its sender, backing off) until the
-// endpoint had sent that many.
-const (
-	noteEvery = 64
-	noteGap   = 5 * time.Millisecond
-)
-
-// noteAccepted records, every so often, that the gateway accepted the
-// endpoint's packet numbered seq on st's SA.
-func noteAccepted(st *saState, seq uint64) {
-	l := st.accepted
-	if l == nil || seq < st.noted.Load()+noteEvery {
-		return
-	}
-	now := time.Now().UnixNano()
-	if now-st.notedAt.Load() < int64(noteGap) {
-		return
-	}
-	st.noted.Store(seq)
-	st.notedAt.Store(now)
-	l.Want(seq)
 }
 
 // observeIV gives a verified packet's IV to the SA's nonce plan

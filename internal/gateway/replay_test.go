@@ -87,7 +87,7 @@ func TestReplayNotRelayed(t *testing.T) {
 // its state directory. After a crash (the directory copied as it stood on
 // disk while the gateway ran, and a new gateway started on the copy) the
 // endpoint's packets accepted before the last record are refused, and at
-// most noteEvery after it open again; after a clean stop none does. A
+// most statedir.NoteEvery after it open again; after a clean stop none does. A
 // packet the endpoint sends next opens in both cases. Without the records
 // every one of them opened again.
 func TestReplayAfterRestart(t *testing.T) {
@@ -104,20 +104,20 @@ func TestReplayAfterRestart(t *testing.T) {
 	for i := range n {
 		old[i] = slices.Clone(r.data[i])
 		g1.Process(engine.Wire, r.data[i])
-		time.Sleep(noteGap + time.Millisecond) // every noteEvery-th number is recorded
+		time.Sleep(statedir.NoteGap + time.Millisecond) // every NoteEvery-th number is recorded
 	}
 	g1.smu.Lock()
 	st := g1.states[r.cfgs[0].ID()]
 	g1.smu.Unlock()
-	noted := st.noted.Load()
-	for deadline := time.Now().Add(5 * time.Second); st.accepted.Allowed() < noted; time.Sleep(time.Millisecond) {
+	noted := st.accepted.Noted()
+	for deadline := time.Now().Add(5 * time.Second); st.accepted.Recorded() < noted; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("record %d never written (%d on disk)", noted, st.accepted.Allowed())
+			t.Fatalf("record %d never written (%d on disk)", noted, st.accepted.Recorded())
 		}
 	}
 	top := st.e.Write.InTop()
-	if noted+noteEvery <= top {
-		t.Fatalf("last record %d, top %d: more than %d behind", noted, top, noteEvery)
+	if noted+statedir.NoteEvery <= top {
+		t.Fatalf("last record %d, top %d: more than %d behind", noted, top, statedir.NoteEvery)
 	}
 
 	crashed, err := statedir.Open(copyStateDir(t, path), statedir.Partition{}, nil)

@@ -31,14 +31,12 @@ type saState struct {
 	// decides whether a flow may move to it (flows.go).
 	peer [2]netip.Addr
 
-	// accepted records the endpoint's numbers the gateway accepted
-	// (statedir.Accepted; nil without a state directory), every so often
-	// (noteAccepted) and exactly at a clean stop: a successor counts every
-	// number up to the record as seen (takeAccepted). Set before the state
-	// is published; an heir carries its predecessor's.
-	accepted *statedir.Lease
-	noted    atomic.Uint64 // the last number given to accepted
-	notedAt  atomic.Int64  // when, in unix nanoseconds
+	// accepted records the endpoint's numbers the gateway accepted (nil
+	// without a state directory), every so often and exactly at a clean
+	// stop: a successor counts every number up to the record as seen
+	// (takeAccepted). Set before the state is published; an heir carries
+	// its predecessor's.
+	accepted *statedir.Accepts
 
 	mu    sync.Mutex
 	owned bool
@@ -200,12 +198,9 @@ func (g *Gateway) takeAccepted(st *saState) {
 	if g.cfg.State == nil {
 		return
 	}
-	k := st.key
-	k.Space = statedir.Accepted
-	st.accepted = g.cfg.State.Lease(k)
+	st.accepted = g.cfg.State.Accepts(st.key)
 	if f := st.accepted.Floor(); f > 0 {
 		st.e.Write.SeenThrough(f)
-		st.noted.Store(f)
 	}
 }
 
@@ -290,8 +285,6 @@ func (g *Gateway) inherit(nst, old *saState) {
 	nst.owned, nst.last, nst.maxIn, nst.lease, nst.exhausted = old.owned, old.last, old.maxIn, old.lease, old.exhausted
 	nst.relayed, nst.provisioned, nst.unanswered, nst.resumed = old.relayed, old.provisioned, old.unanswered, old.resumed
 	nst.accepted = old.accepted
-	nst.noted.Store(old.noted.Load())
-	nst.notedAt.Store(old.notedAt.Load())
 	nst.peer = old.peer
 	if old.learned {
 		nst.learned = true

@@ -27,7 +27,7 @@ type Host struct {
 	cfg  *Config
 	log  *slog.Logger
 	link link
-	mu   sync.RWMutex // guards sad, spd and leases on reload
+	mu   sync.RWMutex // guards sad, spd, leases and accepts on reload
 	sad  *ipsec.SAD
 	spd  *ipsec.SPD
 	// state keeps the outbound SAs' sequence numbers (and so their
@@ -35,6 +35,9 @@ type Host struct {
 	// numbers its lease allows.
 	state  *statedir.Dir
 	leases map[ipsec.ID]*statedir.Lease
+	// accepts records the peers' numbers each SA accepted, so that a
+	// restarted host refuses them (its replay windows outlive it).
+	accepts map[ipsec.ID]*statedir.Accepts
 	c      counters
 	// file is the configuration last loaded, eff what the host runs on:
 	// file with the installed pairs of its sa = server policies (gen,
@@ -219,9 +222,9 @@ func (h *Host) load(cfg *Config) error {
 	}
 	var spd ipsec.SPD
 	spd.Set(cfg.Policies)
-	leases := h.leaseSAs(&sad, cfg)
+	leases, accepts := h.leaseSAs(&sad, cfg), h.acceptSAs(&sad)
 	h.mu.Lock()
-	h.sad, h.spd, h.leases = &sad, &spd, leases
+	h.sad, h.spd, h.leases, h.accepts = &sad, &spd, leases, accepts
 	h.mu.Unlock()
 	if old != nil {
 		for _, e := range old.Entries() {
@@ -271,6 +274,43 @@ func (h *Host) leaseSAs(sad *ipsec.SAD, cfg *Config) map[ipsec.ID]*statedir.Leas
 	return leases
 }
 
+// acceptSAs gives each SA its record of the peer's numbers it accepted:
+// an SA it already had keeps its record (and its window); a new one
+// counts every number up to what a predecessor recorded as seen. Records
+// of SAs gone are dropped.
+func (h *Host) acceptSAs(sad *ipsec.SAD) map[ipsec.ID]*statedir.Accepts {
+	if h.state == nil {
+		return nil
+	}
+	h.mu.RLock()
+	old, oldSAD := h.accepts, h.sad
+	h.mu.RUnlock()
+	accepts := map[ipsec.ID]*statedir.Accepts{}
+	for _, e := range sad.Entries() {
+		id := e.Config.ID()
+		if e.Write == nil {
+			continue
+		}
+		if a := old[id]; a != nil && oldSAD != nil {
+			if oe, _ := oldSAD.Get(id); oe == e {
+				accepts[id] = a
+				continue
+			}
+		}
+		a := h.state.Accepts(statedir.SeqKey{ID: id, KeyID: e.KeyID})
+		if f := a.Floor(); f > 0 {
+			e.Write.SeenThrough(f)
+		}
+		accepts[id] = a
+	}
+	for id, a := range old {
+		if accepts[id] != a {
+			a.Drop()
+		}
+	}
+	return accepts
+}
+
 // seqBlock is how many sequence numbers the host reserves on an SA at a
 // time, asking for the next block when half of this one is used.
 const seqBlock = 4096
@@ -298,6 +338,11 @@ func (h *Host) closeState() {
 	for id, l := range h.leases {
 		if e, ok := h.sad.Get(id); ok && e.Write != nil {
 			l.Release(e.Write.OutSeq())
+		}
+	}
+	for id, a := range h.accepts {
+		if e, ok := h.sad.Get(id); ok && e.Write != nil {
+			a.Release(e.Write.InTop())
 		}
 	}
 	h.mu.RUnlock()

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/espep/espep/internal/packettest"
+	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
 )
@@ -244,5 +246,97 @@ func TestHostLifetimesAndState(t *testing.T) {
 	}
 	if _, ok := sad2.Get(e2.Config.ID()); ok {
 		t.Fatal("an SA past its hard lifetime is still in the SAD")
+	}
+}
+
+// TestHostReplayAfterRestart: an espep host's replay windows outlive it
+// through its state directory. The peer's packets accepted before a
+// clean stop are all refused by the next host; after a crash (the state
+// directory as it stood on disk while the host ran) those accepted before
+// the last record are, and at most statedir.NoteEvery after it are not.
+// The peer's next packet is accepted in both cases. Without the records
+// every one was accepted again.
+func TestHostReplayAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	cfg := hostConfig(t, dir, "10.77.1.1", "10.77.1.2", 0x1001, 0x2002, "aes-gcm16")
+	var inCfg ipsec.Config
+	for _, c := range cfg.SAs {
+		if c.SPI == 0x2002 {
+			inCfg = c
+			inCfg.EncKey = slices.Clone(c.EncKey)
+		}
+	}
+	peer, err := ipsec.New(inCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from, to := netip.MustParseAddrPort("10.77.1.2:80"), netip.MustParseAddrPort("10.77.1.1:40000")
+	next := func() []byte {
+		seg := packettest.Segment(from, to, header.TCPAck, 1, 1, 65535, nil, []byte("x"))
+		buf := make([]byte, ipsec.MaxHeadroom+len(seg)+ipsec.MaxTailroom)
+		copy(buf[ipsec.MaxHeadroom:], seg)
+		out, err := peer.Seal(buf, ipsec.MaxHeadroom, len(seg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	h, m, stop := memHost(t, cfg)
+	const n = 150
+	var old [][]byte
+	for range n {
+		p := next()
+		old = append(old, slices.Clone(p))
+		m.Net <- p
+		settle(h)
+		time.Sleep(statedir.NoteGap + time.Millisecond) // every NoteEvery-th number is recorded
+	}
+	if got := h.Stats().Opened; got != n {
+		t.Fatalf("%d of %d opened", got, n)
+	}
+	id := inCfg.ID()
+	h.mu.RLock()
+	a := h.accepts[id]
+	h.mu.RUnlock()
+	for deadline := time.Now().Add(5 * time.Second); a.Recorded() < a.Noted(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("record %d never written", a.Noted())
+		}
+	}
+	crashDir := filepath.Join(t.TempDir(), "crash")
+	crashCfg := hostConfig(t, crashDir, "10.77.1.1", "10.77.1.2", 0x1001, 0x2002, "aes-gcm16")
+	for _, f := range []string{"iv-blocks", "seq.log"} {
+		b, err := os.ReadFile(filepath.Join(dir, "state", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.MkdirAll(filepath.Join(crashDir, "state"), 0o700)
+		if err := os.WriteFile(filepath.Join(crashDir, "state", f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	replay := func(cfg *Config) uint64 {
+		h, m, stop := memHost(t, cfg)
+		defer stop()
+		for _, p := range old {
+			m.Net <- slices.Clone(p)
+		}
+		settle(h)
+		got := h.Stats().Opened
+		m.Net <- next()
+		settle(h)
+		if h.Stats().Opened != got+1 {
+			t.Fatalf("the peer's next packet was refused: %s", h.Stats().Summary())
+		}
+		return got
+	}
+	if got := replay(hostConfig(t, dir, "10.77.1.1", "10.77.1.2", 0x1001, 0x2002, "aes-gcm16")); got != 0 {
+		t.Fatalf("after a clean stop %d of %d replays accepted", got, n)
+	}
+	if got := replay(crashCfg); got == 0 || got > statedir.NoteEvery {
+		t.Fatalf("after a crash %d of %d replays accepted, want 1 … %d (those after the last record)", got, n, statedir.NoteEvery)
 	}
 }

@@ -73,7 +73,9 @@ const maxBundle = 4
 // buf[start:end] (start > off; nothing to deliver: end == 0).
 func (h *Host) inbound(buf []byte, off int) (start, end int) {
 	h.c.add(cNetIn)
-	sad, spd := h.tables()
+	h.mu.RLock()
+	sad, spd, accepts := h.sad, h.spd, h.accepts
+	h.mu.RUnlock()
 	inner := buf[off:]
 	var ip header.Parsed
 	for depth := 0; ; depth++ {
@@ -111,6 +113,9 @@ func (h *Host) inbound(buf []byte, off int) (start, end int) {
 		if inner, err = e.Write.OpenAt(inner, l); err != nil {
 			h.c.add(cOpenErrors)
 			return 0, 0
+		}
+		if a := accepts[e.Config.ID()]; a != nil {
+			a.Note(e.Write.InTop())
 		}
 	}
 	// RFC 4301 §5.2: what came out must be traffic a PROTECT policy
