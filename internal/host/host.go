@@ -38,7 +38,7 @@ type Host struct {
 	// accepts records the peers' numbers each SA accepted, so that a
 	// restarted host refuses them (its replay windows outlive it).
 	accepts map[ipsec.ID]*statedir.Accepts
-	c      counters
+	c       counters
 	// file is the configuration last loaded, eff what the host runs on:
 	// file with the installed pairs of its sa = server policies (gen,
 	// gen.go). eff is guarded by mu; genMu, taken before mu, guards
