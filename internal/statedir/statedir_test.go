@@ -453,3 +453,33 @@ func FuzzStateFiles(f *testing.F) {
 		}
 	})
 }
+
+// TestAcceptsSpacing: Note records a number only NoteEvery above the last
+// record and NoteGap after it, never more often; a record taken after it
+// starts from the last one, and the SA's own numbers are another space.
+func TestAcceptsSpacing(t *testing.T) {
+	d := Memory()
+	a := d.Accepts(key(0x900))
+	for seq := uint64(1); seq < NoteEvery; seq++ {
+		a.Note(seq)
+	}
+	if a.Noted() != 0 {
+		t.Fatalf("%d recorded below NoteEvery", a.Noted())
+	}
+	a.Note(NoteEvery)
+	a.Note(2 * NoteEvery) // within NoteGap: not recorded
+	if a.Noted() != NoteEvery || a.Recorded() != NoteEvery {
+		t.Fatalf("noted %d, recorded %d; want %d", a.Noted(), a.Recorded(), NoteEvery)
+	}
+	time.Sleep(NoteGap)
+	a.Note(2*NoteEvery + 1)
+	if a.Noted() != 2*NoteEvery+1 {
+		t.Fatalf("after NoteGap: noted %d", a.Noted())
+	}
+	if f := d.Accepts(key(0x900)).Floor(); f != 2*NoteEvery+1 {
+		t.Fatalf("a second record's floor %d", f)
+	}
+	if f := d.Lease(key(0x900)).Floor(); f != 0 {
+		t.Fatalf("the SA's own numbers moved: floor %d", f)
+	}
+}
