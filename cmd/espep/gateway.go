@@ -14,6 +14,7 @@ import (
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/fdclock"
+	"github.com/espep/espep/internal/filewatch"
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/ikefollow"
 	"github.com/espep/espep/internal/ikev2"
@@ -323,6 +324,14 @@ func openBridge(a, b string, ab, ba netem.Config, wire *netem.Config, cfg gatewa
 	return br, gw, err
 }
 
+// A gateway re-reads its SA and IKE key files when inotify says they
+// changed, and every filePoll in any case; where it cannot be told, every
+// fileFallback.
+const (
+	filePoll     = 10 * time.Second
+	fileFallback = time.Second
+)
+
 // watchSAs loads the SAs of the files into the gateway and re-reads them
 // when they change and on SIGHUP until ctx ends; stop ends the SIGHUP
 // subscription.
@@ -333,7 +342,7 @@ func watchSAs(ctx context.Context, gw *gateway.Gateway, paths []string, log *slo
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	go sf.Watch(ctx, 200*time.Millisecond, hup)
+	go sf.Watch(ctx, filewatch.Watch(ctx, paths, filePoll, fileFallback, log), hup)
 	return func() { signal.Stop(hup) }
 }
 
@@ -345,7 +354,7 @@ func followIKE(ctx context.Context, gw *gateway.Gateway, ss *secserverConn, path
 	ike := gateway.NewIKESAs(gw, ikefollow.New(ikefollow.Config{Log: log}))
 	go ike.Run(ctx)
 	if len(paths) > 0 {
-		go ike.WatchKeyFiles(ctx, 200*time.Millisecond, paths...)
+		go ike.WatchKeyFiles(ctx, filewatch.Watch(ctx, paths, filePoll, fileFallback, log), paths...)
 	}
 	if ss == nil {
 		log.Warn("gateway: following IKE without a security server: a CHILD_SA rekeyed with PFS cannot be derived, and split flows on it stall (the bytes acknowledged early can no longer be sealed); give --secserver where peers use PFS")

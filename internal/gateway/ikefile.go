@@ -70,15 +70,13 @@ func (s *IKESAs) loadKeyFile(kf *ikeKeyFile) (int, error) {
 	return n, nil
 }
 
-// WatchKeyFiles reads the IKE key files at once and whenever they change
-// (checked every period) until ctx ends.
-func (s *IKESAs) WatchKeyFiles(ctx context.Context, every time.Duration, paths ...string) {
+// WatchKeyFiles reads the IKE key files at once and whenever changed
+// delivers (filewatch.Watch on paths) until ctx ends.
+func (s *IKESAs) WatchKeyFiles(ctx context.Context, changed <-chan struct{}, paths ...string) {
 	files := make([]*ikeKeyFile, len(paths))
 	for i, p := range paths {
 		files[i] = &ikeKeyFile{path: p, given: map[[32]byte]bool{}}
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
 	last := map[string]string{}
 	for {
 		for _, kf := range files {
@@ -98,7 +96,7 @@ func (s *IKESAs) WatchKeyFiles(ctx context.Context, every time.Duration, paths .
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-changed:
 		}
 	}
 }

@@ -174,17 +174,15 @@ func (f *SAFiles) read(sf *saFile) (bool, error) {
 	return true, nil
 }
 
-// Watch loads the files every interval and whenever reload delivers,
-// until ctx ends; what is wrong is logged when it changes.
-func (f *SAFiles) Watch(ctx context.Context, every time.Duration, reload <-chan os.Signal) {
-	t := time.NewTicker(every)
-	defer t.Stop()
+// Watch loads the files whenever changed (filewatch.Watch) or reload
+// delivers, until ctx ends; what is wrong is logged when it changes.
+func (f *SAFiles) Watch(ctx context.Context, changed <-chan struct{}, reload <-chan os.Signal) {
 	last := ""
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-changed:
 		case <-reload:
 		}
 		err := f.Load()
