@@ -11,8 +11,13 @@
 // (getrusage, kernel time in its system calls included) and moves
 // between one P and the most it was started with: up at once when the
 // process used more than half a core in an interval, down when it used
-// less than a quarter for a second. It is not for a process whose
-// operator set GOMAXPROCS: the daemon does not start it then.
+// less than a quarter for a second. At one P and next to no load it
+// samples only every IdleInterval: each sample wakes the process, which
+// at a radio's rate is otherwise asleep (at 5 a second, with the
+// runtime's monitor woken with them, they were a third of an idle
+// gateway's CPU); load that comes then has every P within IdleInterval.
+// It is not for a process whose operator set GOMAXPROCS: the daemon does
+// not start it then.
 package procs
 
 import (
@@ -23,14 +28,20 @@ import (
 	"time"
 )
 
-// Interval is how often the governor samples the process's CPU time.
-const Interval = 200 * time.Millisecond
+// Interval is how often the governor samples the process's CPU time;
+// IdleInterval, how often at one P while the process uses less than
+// idleBelow of a core.
+const (
+	Interval     = 200 * time.Millisecond
+	IdleInterval = time.Second
+)
 
 // The policy's thresholds, in cores used over an interval.
 const (
 	upAbove   = 0.5 // more: every P at once
 	downBelow = 0.25
 	downAfter = 5 // intervals below downBelow before one P
+	idleBelow = 0.02
 )
 
 // policy is the governor's decision, apart from the clock and the runtime.
@@ -57,6 +68,15 @@ func (p *policy) next(cur int, used float64) int {
 	return cur
 }
 
+// wait returns how long to the next sample, at cur Ps after an interval
+// in which the process used used cores.
+func (p *policy) wait(cur int, used float64) time.Duration {
+	if cur == 1 && used < idleBelow {
+		return IdleInterval
+	}
+	return Interval
+}
+
 // Run governs GOMAXPROCS until ctx ends, between one and what it is when
 // Run is called, and then puts that back. It changes nothing on a
 // process with one P.
@@ -67,23 +87,25 @@ func Run(ctx context.Context, log *slog.Logger) {
 	}
 	defer runtime.GOMAXPROCS(max)
 	p := policy{max: max}
-	tick := time.NewTicker(Interval)
-	defer tick.Stop()
+	t := time.NewTimer(Interval)
+	defer t.Stop()
 	cpu0, t0 := cpuTime(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-t.C:
 		}
 		cpu1, t1 := cpuTime(), time.Now()
 		used := float64(cpu1-cpu0) / float64(t1.Sub(t0))
 		cpu0, t0 = cpu1, t1
 		cur := runtime.GOMAXPROCS(0)
-		if n := p.next(cur, used); n != cur {
+		n := p.next(cur, used)
+		if n != cur {
 			runtime.GOMAXPROCS(n)
 			log.Debug("processors follow the load", "gomaxprocs", n, "cores-used", used)
 		}
+		t.Reset(p.wait(n, used))
 	}
 }
 

@@ -30,6 +30,16 @@ func TestPolicy(t *testing.T) {
 			t.Fatalf("step %d (%.1f cores used): %d Ps, want %d", i, s.used, cur, s.want)
 		}
 	}
+	// Sampling slows down only at one P and next to no load.
+	for _, s := range []struct {
+		cur  int
+		used float64
+		want time.Duration
+	}{{1, 0.001, IdleInterval}, {1, 0.05, Interval}, {4, 0.001, Interval}, {2, 0.6, Interval}} {
+		if got := p.wait(s.cur, s.used); got != s.want {
+			t.Errorf("at %d Ps, %.3f cores used: next sample in %v, want %v", s.cur, s.used, got, s.want)
+		}
+	}
 }
 
 // TestRun: the governor drops an idle process to one P, gives a busy one
