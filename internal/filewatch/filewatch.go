@@ -20,13 +20,21 @@ import (
 
 // Watch sends on the returned channel (capacity one; signals coalesce)
 // whenever one of paths may have changed, and every poll in any case (a
-// safety net for what inotify does not see: a file behind a symbolic link
-// whose target moves, a network file system), until ctx ends. Where the
+// safety net for what inotify does not see: a symbolic link moved to
+// another target after Watch, a network file system), until ctx ends. A
+// path that is a symbolic link is watched at its target too. Where the
 // platform cannot watch, it sends every fallback instead.
 func Watch(ctx context.Context, paths []string, poll, fallback time.Duration, log *slog.Logger) <-chan struct{} {
 	ch := make(chan struct{}, 1)
 	names := map[string]map[string]bool{} // directory → base names watched in it
+	var all []string
 	for _, p := range paths {
+		all = append(all, p)
+		if t, err := filepath.EvalSymlinks(p); err == nil && t != filepath.Clean(p) {
+			all = append(all, t)
+		}
+	}
+	for _, p := range all {
 		dir, base := filepath.Split(filepath.Clean(p))
 		if dir == "" {
 			dir = "."

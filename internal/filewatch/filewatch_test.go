@@ -63,6 +63,34 @@ func TestWatch(t *testing.T) {
 	cancel()
 }
 
+// TestWatchSymlink: a watched path that is a symbolic link to a file in
+// another directory is signalled when that file is written.
+func TestWatchSymlink(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("inotify is Linux's")
+	}
+	defer goleak.VerifyNone(t)
+	target := filepath.Join(t.TempDir(), "esp_sa")
+	if err := os.WriteFile(target, []byte("one"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "gw.sa")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := Watch(ctx, []string{link}, time.Hour, time.Hour, nil)
+	quiet(t, ch, "nothing")
+	f, err := os.OpenFile(target, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("two") // as strongSwan's save-keys appends
+	f.Close()
+	want(t, ch, "an append to the link's target")
+	cancel()
+}
+
 // TestWatchFallback: where the directory cannot be watched (it does not
 // exist) the channel signals every fallback period.
 func TestWatchFallback(t *testing.T) {
