@@ -129,7 +129,7 @@ func (st *saState) forget() {
 		st.lease = nil
 	}
 	if st.accepted != nil {
-		st.accepted.Drop() // kept: a packet opened just before the wipe asks it, and is refused
+		st.accepted.Drop() // not cleared: a packet opened just before the wipe may still note on it, which writes nothing more
 	}
 }
 

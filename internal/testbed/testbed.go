@@ -275,25 +275,36 @@ func (p *Proc) CPU() (time.Duration, error) {
 // runTime sums the run time of the process's threads (the first field of
 // each thread's schedstat).
 func (p *Proc) runTime() (time.Duration, error) {
+	ns, err := p.schedstat(0)
+	return time.Duration(ns), err
+}
+
+// Slices returns how many times the process's threads were put on a CPU
+// so far (the third field of each thread's schedstat): its wake-ups and
+// preemptions.
+func (p *Proc) Slices() (int64, error) { return p.schedstat(2) }
+
+// schedstat sums field i of the schedstat of the process's threads.
+func (p *Proc) schedstat(i int) (int64, error) {
 	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", p.cmd.Process.Pid))
 	if err != nil || len(files) == 0 {
 		return 0, fmt.Errorf("no schedstat for pid %d", p.cmd.Process.Pid)
 	}
-	var sum time.Duration
+	var sum int64
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			continue // a thread that ended meanwhile
 		}
 		fields := strings.Fields(string(b))
-		if len(fields) == 0 {
-			return 0, fmt.Errorf("%s: empty", f)
+		if len(fields) <= i {
+			return 0, fmt.Errorf("%s: %d fields", f, len(fields))
 		}
-		ns, err := strconv.ParseInt(fields[0], 10, 64)
+		v, err := strconv.ParseInt(fields[i], 10, 64)
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", f, err)
 		}
-		sum += time.Duration(ns)
+		sum += v
 	}
 	return sum, nil
 }
