@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/espep/espep/internal/tundev"
 	"github.com/espep/espep/ipsec"
 	"github.com/espep/espep/ipsec/header"
 )
@@ -43,7 +44,7 @@ type linuxLink struct {
 func openLink(cfg *Config, log *slog.Logger) (link, error) {
 	k := &linuxLink{cfg: cfg, log: log, send4: -1, esp4: -1, ah4: -1, udp4: -1, send6: -1, esp6: -1, ah6: -1, udp6: -1}
 	var err error
-	if k.tun, err = tun.CreateTUN(cfg.TUN, cfg.MTU); err != nil {
+	if k.tun, err = tundev.Create(cfg.TUN, cfg.MTU); err != nil {
 		return nil, fmt.Errorf("host: tun %s: %w", cfg.TUN, err)
 	}
 	if err := k.openSockets(); err != nil {

@@ -16,8 +16,10 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/espep/espep/internal/engine"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/tundev"
 )
 
 // Processor takes the IP packets read from either device.
@@ -107,7 +109,7 @@ const bufSize = headroom + 65536
 func Open(wire, radio string, mk func(out func(to engine.Side, pkt []byte)) (Processor, error), log *slog.Logger) (*Link, error) {
 	l := &Link{names: [2]string{wire, radio}, log: log}
 	for side, name := range l.names {
-		d, err := tun.CreateTUN(name, MTU)
+		d, err := tundev.Create(name, MTU)
 		if err != nil {
 			l.Close()
 			return nil, fmt.Errorf("tunlink: tun %s: %w", name, err)
