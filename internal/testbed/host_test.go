@@ -341,6 +341,9 @@ type pairOpts struct {
 	boxes   bool     // a and b on CPU 0, m on CPU 1 (Bed.Box); needs m
 }
 
+// profiles numbers the middles' profiles within a run.
+var profiles int
+
 func startHostPairMid(t *testing.T, c hostCase, o pairOpts) *hostPair {
 	t.Helper()
 	capture, middle, routed := o.capture, o.middle, o.routed
@@ -405,7 +408,15 @@ func startHostPairMid(t *testing.T, c hostCase, o pairOpts) *hostPair {
 		for i, x := range middle {
 			args[i] = strings.ReplaceAll(strings.ReplaceAll(x, "{sa}", p.saPath), "{state}", filepath.Join(dir, "state"))
 		}
-		p.mid, err = b.Start(m, append([]string{espepBin}, args...)...)
+		cmd := append([]string{espepBin}, args...)
+		// HOSTBENCH_PROFILE=PREFIX writes the middle's CPU profile to
+		// PREFIX.<test>.<n> (go tool pprof).
+		if prof := os.Getenv("HOSTBENCH_PROFILE"); prof != "" {
+			profiles++
+			name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+			cmd = append([]string{"env", fmt.Sprintf("ESPEP_CPUPROFILE=%s.%s.%d", prof, name, profiles)}, cmd...)
+		}
+		p.mid, err = b.Start(m, cmd...)
 		must(t, err)
 		must(t, waitFor(p.mid, " running", 10*time.Second))
 	}
