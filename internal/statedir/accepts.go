@@ -9,11 +9,12 @@ import (
 // receiver accepted — a gateway, or an espep host, which verify the
 // endpoint's packets against a replay window — so that a successor
 // refuses them: every NoteEvery numbers, at most every NoteGap (each
-// record is a journal write, batched over the SAs, a disk sync), and
-// exactly at a clean stop (Release). After a crash what was accepted since
-// the last record — at most NoteEvery numbers, plus the packets of NoteGap
-// and one journal write — may be accepted once more; everything before it
-// is refused.
+// record is a journal write, batched over the SAs; synced within
+// AcceptSync), and exactly at a clean stop (Release). After the process
+// is killed, what was accepted since the last record — at most NoteEvery
+// numbers, plus the packets of NoteGap and one journal write — may be
+// accepted once more; everything before it is refused. After a power
+// loss, add the packets of AcceptSync.
 //
 // A record never runs ahead of what was accepted: the successor would
 // refuse the endpoint's next packets, and where those cannot pass
@@ -24,6 +25,7 @@ type Accepts struct {
 	l       *Lease
 	noted   atomic.Uint64 // the last number given to l
 	notedAt atomic.Int64  // when, in unix nanoseconds
+	next    atomic.Uint64 // the number from which Note reads the clock
 }
 
 // Accepts spacing: see the type.
@@ -39,6 +41,7 @@ func (d *Dir) Accepts(k SeqKey) *Accepts {
 	k.Space = Accepted
 	a := &Accepts{l: d.Lease(k)}
 	a.noted.Store(a.l.Floor())
+	a.next.Store(a.l.Floor() + NoteEvery)
 	return a
 }
 
@@ -48,11 +51,13 @@ func (d *Dir) Accepts(k SeqKey) *Accepts {
 func (a *Accepts) Floor() uint64 { return a.l.Floor() }
 
 // Note records, every so often, that the endpoint's packet numbered seq
-// was accepted. It does not block and does not allocate.
+// was accepted. It does not block and does not allocate, and reads the
+// clock once in NoteEvery numbers at most.
 func (a *Accepts) Note(seq uint64) {
-	if seq < a.noted.Load()+NoteEvery {
+	if seq < a.next.Load() {
 		return
 	}
+	a.next.Store(seq + NoteEvery)
 	now := time.Now().UnixNano()
 	if now-a.notedAt.Load() < int64(NoteGap) {
 		return

@@ -204,28 +204,52 @@ func (d *Dir) rewrite() error {
 }
 
 // writer appends the leases' wanted reservations, one fsync per batch,
-// and publishes them once synced; it ends with Close.
+// and publishes them once synced; it ends with Close. A batch of Accepted
+// records alone is written without a sync of its own (see AcceptSync):
+// the writer then syncs within AcceptSync, or with the next batch.
 func (d *Dir) writer() {
 	defer close(d.stopped)
+	lazy := time.NewTimer(AcceptSync)
+	lazy.Stop()
+	pending := false
 	for {
+		force := false
 		select {
 		case <-d.wake:
+		case <-lazy.C:
+			force, pending = true, false
 		case <-d.done:
+			lazy.Stop()
 			return
 		}
-		d.flush(false)
+		if d.flush(false, force) && !pending {
+			pending = true
+			lazy.Reset(AcceptSync)
+		}
 	}
 }
+
+// AcceptSync bounds how long a record of Accepted numbers stays written
+// but not synced. Such a record is in the kernel once written, so a
+// killed process loses none of it; only a machine that loses power or
+// crashes may lose the last AcceptSync of them — and with them the record
+// of what was accepted in that time, which a successor may then accept
+// once more. Reservations (the holder's own numbers, salts) are synced
+// before they are allowed, always: those guard nonces and the receiver's
+// window, these only against a replay.
+const AcceptSync = time.Second
 
 // flush writes what the leases want (and, final, what they used), then
 // makes it Allowed. An SA's record is the highest any of its leases
 // reserved: a released lease lowers it to what was used only where no
-// other lease of the SA reserved more.
-func (d *Dir) flush(final bool) {
+// other lease of the SA reserved more. The batch is synced unless it holds
+// only Accepted records and sync is false; flush reports whether written
+// records are left unsynced.
+func (d *Dir) flush(final, sync bool) (unsynced bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.werr != nil || d.journal == nil {
-		return
+		return false
 	}
 	now := time.Now().Unix()
 	type up struct {
@@ -234,6 +258,7 @@ func (d *Dir) flush(final bool) {
 	}
 	var ups []up
 	var buf []byte
+	sync = sync || final
 	for k, ls := range d.leases {
 		var v uint64
 		write := false
@@ -253,6 +278,7 @@ func (d *Dir) flush(final bool) {
 		if !write {
 			continue
 		}
+		sync = sync || k.Space != Accepted
 		var b [recLen]byte
 		r := record{value: v, at: now}
 		encode(b[:], k, r)
@@ -265,22 +291,28 @@ func (d *Dir) flush(final bool) {
 		encodeMagic(b[:], saltMagic, k, r)
 		buf = append(buf, b[:]...)
 		d.salts[k] = r
+		sync = true
 	}
 	clear(d.newSalts)
-	if len(buf) == 0 {
-		return
+	if len(buf) == 0 && !(sync && d.unsynced) {
+		return d.unsynced
 	}
-	_, err := d.journal.Write(buf)
-	if err == nil {
+	var err error
+	if len(buf) > 0 {
+		_, err = d.journal.Write(buf)
+	}
+	if err == nil && sync {
 		err = d.journal.Sync()
+		d.syncs++
 	}
 	if err != nil {
 		d.werr = err
 		d.log.Error("state dir: cannot reserve sequence numbers; the SAs concerned stop being sealed on at their limit", "dir", d.path, "err", err)
 		close(d.flushed)
 		d.flushed = make(chan struct{})
-		return
+		return false
 	}
+	d.unsynced = !sync
 	d.size += int64(len(buf))
 	for _, u := range ups {
 		raise(&u.l.allowed, u.v)
@@ -291,8 +323,11 @@ func (d *Dir) flush(final bool) {
 		if err := d.rewrite(); err != nil {
 			d.werr = err
 			d.log.Error("state dir: journal rewrite failed", "dir", d.path, "err", err)
+		} else {
+			d.unsynced = false // the new journal was synced whole
 		}
 	}
+	return d.unsynced
 }
 
 // Close writes the final records of released leases and closes the
@@ -310,7 +345,7 @@ func (d *Dir) Close() error {
 	d.mu.Unlock()
 	close(d.done)
 	<-d.stopped
-	d.flush(true)
+	d.flush(true, true)
 	d.mu.Lock()
 	err := d.werr
 	d.mu.Unlock()

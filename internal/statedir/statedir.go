@@ -44,9 +44,11 @@
 // the lease's Floor as seen. Such a record lags what was accepted, never
 // leads it: after a crash the packets accepted since the last record may
 // open once more — the gateway states how many — where a record ahead
-// would have the successor refuse the endpoint's next packets. Its
-// records are kept as long as the others (Retention), longer than any SA
-// lives.
+// would have the successor refuse the endpoint's next packets. These
+// records are written at once but synced within AcceptSync (or with the
+// next reservation), not each on its own: a killed process loses none of
+// them, a machine that loses power the last second's. Its records are
+// kept as long as the others (Retention), longer than any SA lives.
 //
 // The directory must belong to the user and be closed to group and
 // others (0700); so must its files. One process holds it at a time (an
@@ -114,6 +116,8 @@ type Dir struct {
 	newSalts map[SeqKey]uint64 // salts not yet written
 	leases   map[SeqKey][]*Lease
 	werr     error         // the first write error; reservations stop
+	unsynced bool          // Accepted records written, not yet synced
+	syncs    int           // journal syncs, for tests
 	flushed  chan struct{} // closed (and replaced) after each batch written
 	wake     chan struct{}
 	done     chan struct{}

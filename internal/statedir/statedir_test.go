@@ -407,6 +407,53 @@ func TestAcceptedSpace(t *testing.T) {
 	}
 }
 
+// TestAcceptedLazySync: a batch of Accepted records alone is written at
+// once — a killed process loses none of it — and synced within
+// AcceptSync, not on its own; a reservation is synced before it is
+// allowed, and takes the written records with it.
+func TestAcceptedLazySync(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	d := open(t, path)
+	ak := key(0xa00)
+	ak.Space = Accepted
+	a, n := d.Lease(ak), d.Lease(key(0xa00))
+	syncs := func() int {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.syncs
+	}
+	base := syncs()
+	a.Want(500)
+	waitAllowed(t, a, 500)
+	if got := syncs(); got != base {
+		t.Fatalf("an Accepted record alone was synced (%d syncs, want %d)", got, base)
+	}
+	n.Want(100)
+	waitAllowed(t, n, 100)
+	if got := syncs(); got != base+1 {
+		t.Fatalf("a reservation: %d syncs, want %d", got, base+1)
+	}
+	a.Want(900)
+	waitAllowed(t, a, 900)
+	start := time.Now()
+	for syncs() != base+2 {
+		if time.Since(start) > 3*AcceptSync {
+			t.Fatalf("an Accepted record still unsynced after %v (%d syncs)", time.Since(start), syncs())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if w := time.Since(start); w < AcceptSync/2 {
+		t.Errorf("the lazy sync came after %v, want about AcceptSync", w)
+	}
+	d.closeFiles() // killed: what was written is in the file
+	close(d.done)
+	d = open(t, path)
+	defer d.Close()
+	if f := d.Lease(ak).Floor(); f != 900 {
+		t.Fatalf("after a kill: accepted floor %d, want 900", f)
+	}
+}
+
 // FuzzStateFiles: whatever the journal and the IV block file hold (a disk
 // that tore them, a hand that edited them), Open does not panic: it
 // refuses or reads what verifies, and a block it hands out is above every
@@ -472,11 +519,16 @@ func TestAcceptsSpacing(t *testing.T) {
 		t.Fatalf("noted %d, recorded %d; want %d", a.Noted(), a.Recorded(), NoteEvery)
 	}
 	time.Sleep(NoteGap)
-	a.Note(2*NoteEvery + 1)
-	if a.Noted() != 2*NoteEvery+1 {
+	// The clock was read at 2·NoteEvery; the next reading is NoteEvery on.
+	a.Note(3*NoteEvery - 1)
+	if a.Noted() != NoteEvery {
+		t.Fatalf("noted %d before NoteEvery numbers since the clock was read", a.Noted())
+	}
+	a.Note(3 * NoteEvery)
+	if a.Noted() != 3*NoteEvery {
 		t.Fatalf("after NoteGap: noted %d", a.Noted())
 	}
-	if f := d.Accepts(key(0x900)).Floor(); f != 2*NoteEvery+1 {
+	if f := d.Accepts(key(0x900)).Floor(); f != 3*NoteEvery {
 		t.Fatalf("a second record's floor %d", f)
 	}
 	if f := d.Lease(key(0x900)).Floor(); f != 0 {
