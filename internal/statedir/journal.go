@@ -251,14 +251,56 @@ func (d *Dir) flush(final, sync bool) (unsynced bool) {
 	if d.werr != nil || d.journal == nil {
 		return false
 	}
-	now := time.Now().Unix()
-	type up struct {
-		l *Lease
-		v uint64
+	buf, grants, reserve := d.batch(final)
+	sync = sync || final || reserve
+	if len(buf) == 0 && !(sync && d.unsynced) {
+		return d.unsynced
 	}
-	var ups []up
-	var buf []byte
-	sync = sync || final
+	var err error
+	if len(buf) > 0 {
+		_, err = d.journal.Write(buf)
+	}
+	if err == nil && sync {
+		err = d.journal.Sync()
+		d.syncs++
+	}
+	if err != nil {
+		d.werr = err
+		d.log.Error("state dir: cannot reserve sequence numbers; the SAs concerned stop being sealed on at their limit", "dir", d.path, "err", err)
+		close(d.flushed)
+		d.flushed = make(chan struct{})
+		return false
+	}
+	d.unsynced = !sync
+	d.size += int64(len(buf))
+	for _, g := range grants {
+		raise(&g.l.allowed, g.v)
+	}
+	close(d.flushed)
+	d.flushed = make(chan struct{})
+	if d.size > compactAbove && !final {
+		if err := d.rewrite(); err != nil {
+			d.werr = err
+			d.log.Error("state dir: journal rewrite failed", "dir", d.path, "err", err)
+		} else {
+			d.unsynced = false // the new journal was synced whole
+		}
+	}
+	return d.unsynced
+}
+
+// grant is a number a lease wanted, to be allowed once written.
+type grant struct {
+	l *Lease
+	v uint64
+}
+
+// batch encodes what the leases want (final: what they used) and the new
+// salts, records them as the SAs' last records, and reports whether any
+// of them must be synced before it counts: all but Accepted records.
+// d.mu is held.
+func (d *Dir) batch(final bool) (buf []byte, grants []grant, sync bool) {
+	now := time.Now().Unix()
 	for k, ls := range d.leases {
 		var v uint64
 		write := false
@@ -269,7 +311,7 @@ func (d *Dir) flush(final, sync bool) (unsynced bool) {
 				write = write || l.final.Load() != 0
 			default:
 				if w := l.want.Load(); w > l.allowed.Load() {
-					ups = append(ups, up{l, w})
+					grants = append(grants, grant{l, w})
 					write = true
 				}
 				v = max(v, l.want.Load(), l.allowed.Load())
@@ -294,40 +336,7 @@ func (d *Dir) flush(final, sync bool) (unsynced bool) {
 		sync = true
 	}
 	clear(d.newSalts)
-	if len(buf) == 0 && !(sync && d.unsynced) {
-		return d.unsynced
-	}
-	var err error
-	if len(buf) > 0 {
-		_, err = d.journal.Write(buf)
-	}
-	if err == nil && sync {
-		err = d.journal.Sync()
-		d.syncs++
-	}
-	if err != nil {
-		d.werr = err
-		d.log.Error("state dir: cannot reserve sequence numbers; the SAs concerned stop being sealed on at their limit", "dir", d.path, "err", err)
-		close(d.flushed)
-		d.flushed = make(chan struct{})
-		return false
-	}
-	d.unsynced = !sync
-	d.size += int64(len(buf))
-	for _, u := range ups {
-		raise(&u.l.allowed, u.v)
-	}
-	close(d.flushed)
-	d.flushed = make(chan struct{})
-	if d.size > compactAbove && !final {
-		if err := d.rewrite(); err != nil {
-			d.werr = err
-			d.log.Error("state dir: journal rewrite failed", "dir", d.path, "err", err)
-		} else {
-			d.unsynced = false // the new journal was synced whole
-		}
-	}
-	return d.unsynced
+	return buf, grants, sync
 }
 
 // Close writes the final records of released leases and closes the
