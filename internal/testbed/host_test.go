@@ -717,7 +717,7 @@ func hostRouted(t *testing.T, c hostCase, secs int, boxes bool) {
 	}
 	k := startHostPairRouted(t, c, nil, boxes)
 	fwd, cpu := hostIperf(t, k, secs)
-	t.Logf("%s, %s: espep hosts through a kernel router %.0f Mbit/s (%s)", c.name, where, fwd, cpu)
+	t.Logf("%s, %s: espep hosts through a kernel router %.0f Mbit/s (%s; %s)", c.name, where, fwd, cpu, hostsIO(k))
 	for _, mode := range []string{"split", "snoop"} {
 		g := startHostPairRouted(t, c, []string{"gateway", "--wire", "tun:gw-wire", "--radio", "tun:gw-radio", "--routes", "--wire-iface", "xa", "--radio-iface", "xb",
 			"--sa", "{sa}", "--state-dir", "{state}", "--mode", mode}, boxes)
@@ -725,8 +725,8 @@ func hostRouted(t *testing.T, c hostCase, secs int, boxes bool) {
 		g.mid.Stop()
 		gc := counters(g.mid.Output(), "gateway:")
 		perWrite, perRead := radioPerWrite(g.mid.Output()), wirePerRead(g.mid.Output())
-		t.Logf("%s, %s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d, %.1f packets a read from a, %.1f a write toward b; %s)\n%s",
-			c.name, where, mode, via, via/fwd, gc["opened"], gc["sealed"], counters(g.mid.Output(), "engine:")["early-acked"], perRead, perWrite, cpu, ioLine(g.mid.Output()))
+		t.Logf("%s, %s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d, %.1f packets a read from a, %.1f a write toward b; %s; %s)\n%s",
+			c.name, where, mode, via, via/fwd, gc["opened"], gc["sealed"], counters(g.mid.Output(), "engine:")["early-acked"], perRead, perWrite, cpu, hostsIO(g), ioLine(g.mid.Output()))
 		// ESP in UDP toward b leaves in super-packets the kernel takes
 		// (GSO_UDP_L4) and b's host opens: 9–25 datagrams a write
 		// here; raw ESP is a write per packet.
@@ -750,6 +750,17 @@ func hostRouted(t *testing.T, c hostCase, secs int, boxes bool) {
 			t.Errorf("espep gateway (TUN, %s, %s) between espep hosts: %.3f of their own throughput (sealed %d), want ≥ %.1f", mode, where, via/fwd, gc["sealed"], want)
 		}
 	}
+}
+
+// hostsIO stops p's hosts and tells how many packets host b opened and
+// in how many TUN writes, and how many it sealed back (its TCP's ACKs):
+// what a middle box changes in the hosts' work.
+func hostsIO(p *hostPair) string {
+	p.ha.Stop()
+	p.hb.Stop()
+	sa, sb := hostStats(p.ha.Output()), hostStats(p.hb.Output())
+	return fmt.Sprintf("host b opened %d in %d TUN writes, sealed %d back; host a sealed %d, opened %d",
+		sb["opened"], sb["tun-writes"], sb["sealed"], sa["sealed"], sa["opened"])
 }
 
 // ioLine is espep gateway's exit summary of its devices' I/O.
