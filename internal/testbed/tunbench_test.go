@@ -40,7 +40,7 @@ func TestGatewayTUNThroughput(t *testing.T) {
 		var all []string
 		for range runs {
 			r := c.rig.measure(t, c.mode, c.rate, secs)
-			all = append(all, fmt.Sprintf("%.2f (%.2f ms/MB)", r.gbps, r.cpuPerMB))
+			all = append(all, fmt.Sprintf("%.2f (%.2f ms/MB, on a CPU %.0f times a s)", r.gbps, r.cpuPerMB, r.slices))
 			rs = append(rs, r)
 		}
 		// The best throughput, the median CPU per megabyte, the most
@@ -137,7 +137,8 @@ type tunRig struct {
 
 type tunResult struct {
 	gbps, cpuPerMB float64
-	timerFires     int // the engine's timer callbacks (split), from its exit summary
+	slices         float64 // times the gateway's threads were put on a CPU, a second
+	timerFires     int     // the engine's timer callbacks (split), from its exit summary
 }
 
 func newTUNRig(t *testing.T, boxed bool) *tunRig {
@@ -168,15 +169,19 @@ func (r *tunRig) measure(t *testing.T, mode, rate string, secs int) (res tunResu
 	if rate != "" {
 		args = append(args, "-b", rate)
 	}
-	cpu0 := time.Duration(0)
+	cpu0, slices0 := time.Duration(0), int64(0)
 	if gw != nil {
 		cpu0, _ = gw.CPU()
+		slices0, _ = gw.Slices()
 	}
 	ir := iperf(t, r.th, args...)
 	res.gbps = ir.End.SumReceived.BitsPerSecond / 1e9
 	if gw != nil {
 		cpu1, err := gw.CPU()
 		must(t, err)
+		slices1, err := gw.Slices()
+		must(t, err)
+		res.slices = float64(slices1-slices0) / float64(secs)
 		if mb := ir.End.SumReceived.Bytes / 1e6; mb > 0 {
 			res.cpuPerMB = (cpu1 - cpu0).Seconds() * 1e3 / mb // ms of CPU per MB
 		}
