@@ -44,10 +44,11 @@
 // salt, its counter reaches 2^32 − 1 before the endpoint's — the
 // endpoint's next Lead packets are refused (SAStats.Lead, per SA). The
 // lead is the gateway's own extra packets on the SA (split's and snoop's
-// resends; the engine sends no more ACKs than the endpoint it speaks for),
-// plus, after a crash, the unused part of the last reserved block (at
-// most seqBlock); a restarted gateway takes over as soon as it has the SA
-// and two verified packets. An SA removed from the gateway's SAD while the
+// resends; the engine sends no more ACKs than the endpoint it speaks for
+// beyond a slack of 64 and the delayed ACKs the endpoint's next packets
+// pay back), plus, after a crash, the unused part of the last reserved
+// block (at most seqBlock); a restarted gateway takes over as soon as it
+// has the SA and two verified packets. An SA removed from the gateway's SAD while the
 // gateway numbers it is not cut: the gateway keeps opening and re-sealing
 // its packets while they come, and seals its flows' on it (draining,
 // sad.go), and wipes its keys once it has been idle for DrainIdle. Verified packets it cannot use (dummy,
