@@ -772,12 +772,22 @@ const maxSplitExtra = 200
 // what a middle box changes in the hosts' work. extra is how many more
 // packets host a opened on b's SA than b sealed: a middle box's own (its
 // early ACKs, its resends) — by how far it numbers the SA ahead of b.
+//
+// It also tells what host b's kernel made of them: how many TCP segments
+// (GRO super-packets) it took, how many it joined to its receive queue's
+// tail (the reader was behind), and how many ACKs it sent — a receiver
+// whose reader keeps up acknowledges more often, which costs both hosts.
 func hostsIO(p *hostPair) (line string, extra int) {
+	kb, err := kernelCounters(p.b, p.bn, "Tcp:", "TcpExt:")
+	kernel := fmt.Sprintf("host b's TCP took %d segments, joined %d to its queue, sent %d", kb["InSegs"], kb["TCPRcvCoalesce"], kb["OutSegs"])
+	if err != nil {
+		kernel = err.Error()
+	}
 	p.ha.Stop()
 	p.hb.Stop()
 	sa, sb := hostStats(p.ha.Output()), hostStats(p.hb.Output())
-	return fmt.Sprintf("host b opened %d in %d TUN writes, sealed %d back; host a sealed %d, opened %d",
-		sb["opened"], sb["tun-writes"], sb["sealed"], sa["sealed"], sa["opened"]), sa["opened"] - sb["sealed"]
+	return fmt.Sprintf("host b opened %d in %d TUN writes, sealed %d back (%s); host a sealed %d, opened %d",
+		sb["opened"], sb["tun-writes"], sb["sealed"], kernel, sa["sealed"], sa["opened"]), sa["opened"] - sb["sealed"]
 }
 
 // ioLine is espep gateway's exit summary of its devices' I/O.
