@@ -779,7 +779,7 @@ const maxSplitExtra = 200
 // whose reader keeps up acknowledges more often, which costs both hosts.
 func hostsIO(p *hostPair) (line string, extra int) {
 	kb, err := kernelCounters(p.b, p.bn, "Tcp:", "TcpExt:")
-	kernel := fmt.Sprintf("host b's TCP took %d segments, joined %d to its queue, sent %d", kb["InSegs"], kb["TCPRcvCoalesce"], kb["OutSegs"])
+	kernel := fmt.Sprintf("host b's TCP took %d segments, joined %d to its queue, sent %d ACKs", kb["InSegs"], kb["TCPRcvCoalesce"], kb["OutSegs"])
 	if err != nil {
 		kernel = err.Error()
 	}
