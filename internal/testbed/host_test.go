@@ -775,10 +775,10 @@ const maxSplitExtra = 200
 //
 // It also tells what host b's kernel made of them: how many TCP segments
 // (GRO super-packets) it took, how many it joined to its receive queue's
-// tail (the reader was behind), and how many ACKs it sent — a receiver
-// whose reader keeps up acknowledges more often, which costs both hosts.
+// tail (the reader was behind), and how many ACKs it sent: a receiver
+// whose reader keeps up acknowledges more often.
 func hostsIO(p *hostPair) (line string, extra int) {
-	kb, err := kernelCounters(p.b, p.bn, "Tcp:", "TcpExt:")
+	kb, err := kernelTCPCounters(p.b, p.bn)
 	kernel := fmt.Sprintf("host b's TCP took %d segments, joined %d to its queue, sent %d ACKs", kb["InSegs"], kb["TCPRcvCoalesce"], kb["OutSegs"])
 	if err != nil {
 		kernel = err.Error()
