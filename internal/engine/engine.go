@@ -131,6 +131,11 @@ type Stats struct {
 	TimerFires                  uint64 // split-mode timer callbacks: the engine's own wake-ups
 	BufferedBytes               int    // bytes held in split buffers (whole chunks)
 
+	// Why the sender stopped with something left to send: its congestion
+	// window was full, the receiver's window was, or the pacer held it.
+	// Which limit a leg meets says where its rate is set.
+	CwndLimited, WindowLimited, PaceLimited uint64
+
 	// Requests (Engine.Request, Elicit, Ack) served, and refused because
 	// the queue was full.
 	Requests, RequestsRefused uint64

@@ -21,8 +21,7 @@ func (e *shard) send(f *flow, st *stream, now time.Time) {
 		cwnd := st.cc.Window()
 		if st.nLost > 0 {
 			s := st.firstLost()
-			n := s.len()
-			if st.inflight > 0 && st.inflight+n > cwnd || !e.pace(st, n, now) {
+			if !e.mayGo(st, s.len(), cwnd, now) {
 				return
 			}
 			s.lost = false
@@ -48,6 +47,7 @@ func (e *shard) send(f *flow, st *stream, now time.Time) {
 			// data is in flight (RFC 9293 §3.8.6.2.1) and probe a closed
 			// window when nothing is (§3.8.6.1).
 			if room <= 0 || len(st.segs) > 0 {
+				e.st.WindowLimited++
 				if len(st.segs) == 0 && st.persistAt.IsZero() {
 					st.persistAt = now.Add(min(st.rto<<st.persistBackoff, e.cfg.MaxRTO))
 				}
@@ -55,11 +55,26 @@ func (e *shard) send(f *flow, st *stream, now time.Time) {
 			}
 			n, fin = room, false
 		}
-		if st.inflight > 0 && st.inflight+n+btoi(fin) > cwnd || !e.pace(st, n+btoi(fin), now) {
+		if !e.mayGo(st, n+btoi(fin), cwnd, now) {
 			return
 		}
 		e.sendNew(f, to, st, n, fin, now)
 	}
+}
+
+// mayGo reports whether n more bytes fit the congestion window (one
+// segment always may when nothing is in flight) and the pacing rate, and
+// counts which of them held the sender.
+func (e *shard) mayGo(st *stream, n, cwnd int, now time.Time) bool {
+	if st.inflight > 0 && st.inflight+n > cwnd {
+		e.st.CwndLimited++
+		return false
+	}
+	if !e.pace(st, n, now) {
+		e.st.PaceLimited++
+		return false
+	}
+	return true
 }
 
 // nextNew is what new data the stream could send next: n bytes (at most

@@ -821,6 +821,53 @@ func TestSplitZeroWindow(t *testing.T) {
 	}
 }
 
+// TestSplitSendLimits: the sender counts what held back data it had to
+// send — its congestion window, the pacer, the receiver's window — each
+// only when it was that one.
+func TestSplitSendLimits(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	limits := func() [3]uint64 {
+		st := h.e.Stats()
+		return [3]uint64{st.CwndLimited, st.PaceLimited, st.WindowLimited}
+	}
+	// Before an RTT sample nothing paces: the initial window (ten
+	// segments) goes and the rest waits for the congestion window.
+	for i := range 14 {
+		h.fromW(i*988, 988, 0)
+	}
+	if toR := h.sentTo(Radio); len(toR) != 10 {
+		t.Fatalf("sent %d segments into the initial window, want 10", len(toR))
+	}
+	if l := limits(); l[0] == 0 || l[1] != 0 || l[2] != 0 {
+		t.Fatalf("cwnd, pacing, window stops %v: want cwnd only", l)
+	}
+	// An ACK 100 ms later opens the window and gives an RTT sample: the
+	// pacer lets two segments go at once and spaces the others.
+	h.clock.Advance(100 * time.Millisecond)
+	cwnd := limits()[0]
+	h.ackR(10*988, 65535)
+	if toR := h.sentTo(Radio); len(toR) != 2 {
+		t.Fatalf("sent %d segments at once after the ACK, want the pacer's burst of 2", len(toR))
+	}
+	if l := limits(); l[0] != cwnd || l[1] == 0 || l[2] != 0 {
+		t.Fatalf("cwnd, pacing, window stops %v: want a pacing stop only", l)
+	}
+	h.clock.Advance(100 * time.Millisecond)
+	if toR := h.sentTo(Radio); len(toR) != 2 {
+		t.Fatalf("the pacer let %d segments go later, want the other 2", len(toR))
+	}
+	// The receiver closes its window: what comes next waits for it.
+	h.ackR(14*988, 0)
+	h.fromW(14*988, 988, 0)
+	if toR := h.sentTo(Radio); len(toR) != 0 {
+		t.Fatalf("data sent into a zero window: %+v", toR)
+	}
+	if l := limits(); l[2] == 0 {
+		t.Fatalf("cwnd, pacing, window stops %v: want a window stop", l)
+	}
+}
+
 // TestSplitSequenceWrap: both streams cross 2^32 during the transfer.
 func TestSplitSequenceWrap(t *testing.T) {
 	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 0xffffff00, isnR: 0xfffffff0})
