@@ -37,6 +37,7 @@ func (e *shard) send(f *flow, st *stream, now time.Time) {
 		}
 		n, fin, room := st.nextNew()
 		if n == 0 && !fin {
+			st.pacer.release()
 			if st.inflight < cwnd {
 				st.appLimited = max(st.delivered+uint64(st.inflight), 1)
 			}
@@ -47,6 +48,7 @@ func (e *shard) send(f *flow, st *stream, now time.Time) {
 			// data is in flight (RFC 9293 §3.8.6.2.1) and probe a closed
 			// window when nothing is (§3.8.6.1).
 			if room <= 0 || len(st.segs) > 0 {
+				st.pacer.release()
 				e.st.WindowLimited++
 				if len(st.segs) == 0 && st.persistAt.IsZero() {
 					st.persistAt = now.Add(min(st.rto<<st.persistBackoff, e.cfg.MaxRTO))
@@ -67,6 +69,7 @@ func (e *shard) send(f *flow, st *stream, now time.Time) {
 // counts which of them held the sender.
 func (e *shard) mayGo(st *stream, n, cwnd int, now time.Time) bool {
 	if st.inflight > 0 && st.inflight+n > cwnd {
+		st.pacer.release()
 		e.st.CwndLimited++
 		return false
 	}
