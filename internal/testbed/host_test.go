@@ -728,8 +728,8 @@ func hostRouted(t *testing.T, c hostCase, secs int, boxes bool) {
 		perWrite, perRead := radioPerWrite(g.mid.Output()), wirePerRead(g.mid.Output())
 		gio, extra := hostsIO(g)
 		ec := counters(g.mid.Output(), "engine:")
-		t.Logf("%s, %s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d, %.1f packets a read from a, %.1f a write toward b; split's sender held by its cwnd %d times, by its pacer %d, by b's window %d; %s; %s)\n%s",
-			c.name, where, mode, via, via/fwd, gc["opened"], gc["sealed"], ec["early-acked"], perRead, perWrite, ec["cwnd-limited"], ec["pace-limited"], ec["window-limited"], cpu, gio, ioLine(g.mid.Output()))
+		t.Logf("%s, %s: espep hosts with espep gateway (TUN, %s) in the router %.0f Mbit/s, %.3f of the hosts' own through the kernel router (gateway opened %d, sealed %d, early-acked %d, %.1f packets a read from a, %.1f a write toward b; split's sender held by its cwnd %d times, by its pacer %d, by b's window %d; %d timer wake-ups; %s; %s)\n%s",
+			c.name, where, mode, via, via/fwd, gc["opened"], gc["sealed"], ec["early-acked"], perRead, perWrite, ec["cwnd-limited"], ec["pace-limited"], ec["window-limited"], ec["timer-fires"], cpu, gio, ioLine(g.mid.Output()))
 		// Split answers host a in b's name, on b's SA, no more often than b
 		// does (engine: ackSlack, then one for each of b's packets): the
 		// gateway's lead over b stays a few score packets however long the
