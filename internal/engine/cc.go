@@ -58,6 +58,15 @@ type CCState struct {
 	FullCnt  int
 	CycleIdx int
 	CycleAt  time.Time
+	// ACK aggregation (bbr): the most data acknowledged beyond the
+	// bandwidth estimate in each of two windows of aggWindowRounds, the
+	// window's rounds so far and which is current, and the epoch being
+	// measured.
+	ExtraAcked    [2]int
+	AggRounds     int
+	AggIdx        int
+	AckEpoch      time.Time
+	AckEpochAcked int
 }
 
 // CC names: the standard controller and the loss-tolerant one.
@@ -90,6 +99,8 @@ func controllerFrom(s CCState, mss int) (Controller, error) {
 	case *bbr:
 		c.cwnd, c.mode, c.bw, c.round = max(s.Cwnd, mss), bbrMode(s.Mode), s.BwRounds, s.Round
 		c.fullBw, c.fullCnt, c.cycleIdx, c.cycleAt = s.FullBw, s.FullCnt, s.CycleIdx, s.CycleAt
+		c.agg = ackAggregation{extra: [2]int{max(s.ExtraAcked[0], 0), max(s.ExtraAcked[1], 0)},
+			rounds: s.AggRounds, idx: s.AggIdx & 1, epoch: s.AckEpoch, epochAcked: max(s.AckEpochAcked, 0)}
 	}
 	return c, nil
 }
@@ -153,6 +164,7 @@ type bbr struct {
 	cycleIdx int
 	cycleAt  time.Time
 	minRTT   time.Duration
+	agg      ackAggregation
 }
 
 type bbrMode int
@@ -209,6 +221,7 @@ func (b *bbr) OnAck(s *AckSample) {
 		b.bw[0] = max(b.bw[0], s.Rate)
 	}
 	bw := b.btlBw()
+	b.agg.update(s, bw, b.cwnd)
 	switch b.mode {
 	case bbrStartup:
 		if s.RoundStart && !s.AppLimited {
@@ -238,6 +251,9 @@ func (b *bbr) OnAck(s *AckSample) {
 	}
 	if bw > 0 && s.MinRTT > 0 {
 		target := int(b.bdp(bw, gain)) + 3*bbrQuantum(bw, s.MSS)
+		if b.mode != bbrStartup {
+			target += b.agg.allowance(bw)
+		}
 		if b.mode == bbrStartup || b.cwnd < target {
 			b.cwnd = min(b.cwnd+s.Acked, max(target, b.cwnd))
 		} else {
@@ -275,5 +291,6 @@ func (b *bbr) OnRTO(int) { b.cwnd = max(b.cwnd/4, 4*b.mss) }
 
 func (b *bbr) State() CCState {
 	return CCState{Name: CCBBR, Cwnd: b.cwnd, Mode: int(b.mode), BwRounds: b.bw, Round: b.round,
-		FullBw: b.fullBw, FullCnt: b.fullCnt, CycleIdx: b.cycleIdx, CycleAt: b.cycleAt}
+		FullBw: b.fullBw, FullCnt: b.fullCnt, CycleIdx: b.cycleIdx, CycleAt: b.cycleAt,
+		ExtraAcked: b.agg.extra, AggRounds: b.agg.rounds, AggIdx: b.agg.idx, AckEpoch: b.agg.epoch, AckEpochAcked: b.agg.epochAcked}
 }
