@@ -21,7 +21,11 @@ func TestMain(m *testing.M) {
 		os.Exit(ipipRouterMain(spec)) // this binary run again as a router
 	}
 	code := func() int {
-		if Available() == nil {
+		if bin := os.Getenv("ESPEP_BIN"); bin != "" && Available() == nil {
+			// A given build (to set two builds side by side in one
+			// session: the harnesses' figures move with the machine).
+			espepBin = bin
+		} else if Available() == nil {
 			dir, err := os.MkdirTemp("", "espep-testbed")
 			if err != nil {
 				panic(err)
