@@ -292,6 +292,9 @@ func openGatewayIO(fc *gateway.FileConfig, log *slog.Logger) (gw *gateway.Gatewa
 		return nil, gio, err
 	}
 	gw.SetOutKnown(tl.SendKnown) // before Run: no packet has moved yet
+	if c, ok := fc.Gateway.Engine.Clock.(interface{ SetAround(func(func())) }); ok {
+		c.SetAround(tl.Batch) // a timer's burst leaves in one write, as a read's does
+	}
 	undo := func() {}
 	fail := func(err error) (*gateway.Gateway, gatewayIO, error) {
 		undo()

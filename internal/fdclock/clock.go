@@ -25,6 +25,7 @@ package fdclock
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/espep/espep/internal/netem"
@@ -55,6 +56,8 @@ type Clock struct {
 	armedAt time.Duration // the grid point the alarm is set for; 0: disarmed
 	closed  bool
 	st      stats
+	// around wraps each wake-up's functions (SetAround).
+	around atomic.Pointer[func(run func())]
 
 	done chan struct{}
 }
@@ -150,6 +153,32 @@ func (c *Clock) run() {
 		} else {
 			c.st.wakeups++
 		}
+		c.mu.Unlock()
+		if !c.fireDue() {
+			return
+		}
+		c.mu.Lock()
+		c.rearm()
+		c.mu.Unlock()
+	}
+}
+
+// SetAround has the functions due at one wake-up run inside one call of
+// around, which must call what it is given exactly once: a packet
+// daemon's output can then be batched around them (tunlink.Link.Batch —
+// a timer that sends a burst would otherwise write it a packet at a
+// time). Safe to call while the clock runs.
+func (c *Clock) SetAround(around func(run func())) { c.around.Store(&around) }
+
+// fireDue runs the due timers' functions, one at a time in deadline
+// order (one stopped by a function before it does not run), inside the
+// around hook if there is one; it reports false if the clock was closed
+// meanwhile.
+func (c *Clock) fireDue() (open bool) {
+	open = true
+	run := func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
 		for len(c.q) > 0 && c.q[0].when <= c.since() {
 			t := c.q.pop()
 			c.st.fired++
@@ -157,13 +186,17 @@ func (c *Clock) run() {
 			t.f()
 			c.mu.Lock()
 			if c.closed {
-				c.mu.Unlock()
+				open = false
 				return
 			}
 		}
-		c.rearm()
-		c.mu.Unlock()
 	}
+	if around := c.around.Load(); around != nil {
+		(*around)(run)
+	} else {
+		run()
+	}
+	return open
 }
 
 // rearm sets the alarm for the earliest deadline, rounded up to the grid,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math/rand"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -362,5 +363,61 @@ func TestZeroAllocs(t *testing.T) {
 		}
 	}); n != 0 {
 		t.Fatalf("%.1f allocations per Reset/Stop", n)
+	}
+}
+
+// TestAround: the functions due at one wake-up run inside one call of the
+// SetAround hook — those due together and one a function set due at once
+// — and nothing runs outside it; a later wake-up is a call of its own.
+func TestAround(t *testing.T) {
+	a := newFake()
+	var now atomic.Int64
+	c := startOn(a, func() time.Duration { return time.Duration(now.Load()) })
+	defer c.Close()
+	var (
+		mu     sync.Mutex
+		calls  int
+		inside bool
+		ran    []int // the call each function ran in (0: outside)
+	)
+	c.SetAround(func(run func()) {
+		mu.Lock()
+		calls++
+		inside = true
+		mu.Unlock()
+		run()
+		mu.Lock()
+		inside = false
+		mu.Unlock()
+	})
+	done := make(chan struct{}, 4)
+	note := func() {
+		mu.Lock()
+		call := 0
+		if inside {
+			call = calls
+		}
+		ran = append(ran, call)
+		mu.Unlock()
+		done <- struct{}{}
+	}
+	c.AfterFunc(time.Millisecond, note)
+	c.AfterFunc(time.Millisecond, func() {
+		note()
+		c.AfterFunc(0, note) // due at once: this wake-up's too
+	})
+	now.Store(int64(2 * time.Millisecond))
+	a.rings <- nil
+	for range 3 {
+		<-done
+	}
+	c.AfterFunc(time.Millisecond, note)
+	now.Store(int64(4 * time.Millisecond))
+	a.rings <- nil
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []int{1, 1, 1, 2}; !slices.Equal(ran, want) {
+		t.Fatalf("functions ran in hook calls %v, want %v (0: outside the hook)", ran, want)
 	}
 }
