@@ -129,6 +129,7 @@ type Stats struct {
 	GaveUp                      uint64 // flows reset because the receiver stopped answering
 	OutOfWindow                 uint64 // segments beyond the advertised window or the out-of-order bound
 	TimerFires                  uint64 // split-mode timer callbacks: the engine's own wake-ups
+	TimersLate                  uint64 // of those, ones that ran lateTimer or more after their deadline
 	BufferedBytes               int    // bytes held in split buffers (whole chunks)
 
 	// Why the sender stopped with something left to send: its congestion

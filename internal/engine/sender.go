@@ -182,6 +182,11 @@ func (e *shard) schedule(f *flow, st *stream, now time.Time) {
 	st.timer.Reset(at.Sub(now))
 }
 
+// lateTimer is how late a timer callback must run to count as late
+// (Stats.TimersLate): well past fdclock's 1 ms grid and the pacer's 2 ms
+// burst — a process that waited that long for a CPU.
+const lateTimer = 5 * time.Millisecond
+
 // splitTimer runs what is due on a stream.
 func (e *shard) splitTimer(f *flow, from Side) {
 	e.lock()
@@ -191,6 +196,9 @@ func (e *shard) splitTimer(f *flow, from Side) {
 	}
 	st := &f.sp.st[from]
 	now := e.cfg.Clock.Now()
+	if !st.timerAt.IsZero() && now.Sub(st.timerAt) >= lateTimer {
+		e.st.TimersLate++
+	}
 	st.timerAt = time.Time{}
 	e.st.TimerFires++
 	due := func(t time.Time) bool { return !t.IsZero() && !now.Before(t) }

@@ -23,6 +23,9 @@ type splitOpts struct {
 	mss        uint16
 	cfg        Config
 	plain      bool // the flow's packets are cleartext (Handle with Plain), not verified
+	// late runs every engine timer this long after its deadline (a
+	// process that waits for a CPU).
+	late time.Duration
 }
 
 // sh drives a split-mode engine with crafted segments on a simulated
@@ -56,6 +59,9 @@ func newSplit(t *testing.T, o splitOpts) *sh {
 	}
 	h := &sh{t: t, o: o, clock: netem.NewSimClock(time.Unix(0, 0)), tsW: 1000, tsR: 7000000}
 	o.cfg.Clock = h.clock
+	if o.late > 0 {
+		o.cfg.Clock = lateClock{h.clock, o.late}
+	}
 	o.cfg.Mode = ModeSplit
 	h.e = mustNew(t, o.cfg, func(to Side, pkt []byte) {
 		c := append([]byte(nil), pkt...)
