@@ -169,12 +169,18 @@ func (l *Link) enqueue(to engine.Side, pkt []byte, known bool) {
 // split's writes toward b were such single packets.
 func (l *Link) Batch(f func()) {
 	l.active.Add(1)
-	defer func() {
-		l.active.Add(-1)
-		l.flush(engine.Wire)
-		l.flush(engine.Radio)
-	}()
+	defer l.endBatch()
 	f()
+}
+
+// endBatch ends what a reader or Batch began (active raised): it no
+// longer counts as busy, then writes both batches — after, so that a
+// packet another goroutine queued meanwhile is in the batch, or sees no
+// reader busy and flushes it itself.
+func (l *Link) endBatch() {
+	l.active.Add(-1)
+	l.flush(engine.Wire)
+	l.flush(engine.Radio)
 }
 
 // flush writes side to's batch.
@@ -255,12 +261,7 @@ func (l *Link) readLoop(side engine.Side) error {
 		}
 		l.read[side].Add(uint64(cnt))
 		l.reads[side].Add(1)
-		// Flush after no longer counting as busy: a packet another
-		// goroutine queued meanwhile is in the batch, or sees no reader
-		// busy and flushes it itself.
-		l.active.Add(-1)
-		l.flush(engine.Wire)
-		l.flush(engine.Radio)
+		l.endBatch()
 		switch {
 		case err == nil, errors.Is(err, tun.ErrTooManySegments):
 		case errors.Is(err, os.ErrClosed):
