@@ -100,7 +100,7 @@ func controllerFrom(s CCState, mss int) (Controller, error) {
 		c.cwnd, c.mode, c.bw, c.round = max(s.Cwnd, mss), bbrMode(s.Mode), s.BwRounds, s.Round
 		c.fullBw, c.fullCnt, c.cycleIdx, c.cycleAt = s.FullBw, s.FullCnt, s.CycleIdx, s.CycleAt
 		c.agg = ackAggregation{extra: [2]int{max(s.ExtraAcked[0], 0), max(s.ExtraAcked[1], 0)},
-			rounds: s.AggRounds, idx: s.AggIdx & 1, epoch: s.AckEpoch, epochAcked: max(s.AckEpochAcked, 0)}
+			rounds: min(max(s.AggRounds, 0), aggWindowRounds-1), idx: s.AggIdx & 1, epoch: s.AckEpoch, epochAcked: max(s.AckEpochAcked, 0)}
 	}
 	return c, nil
 }
