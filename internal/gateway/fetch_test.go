@@ -57,12 +57,12 @@ func TestGatewayFetchesSAs(t *testing.T) {
 
 	// The first connection's SYN passes before the SAs are there: the
 	// engine never sees it open, and relays that connection untouched.
-	first := transfer(t, n.A, n.B, 5001, 256<<10)
+	first := n.transfer(t, n.A, n.B, 5001, 256<<10)
 	if st := n.G.Stats(); st.Unknown == 0 || st.Engine.EarlyAcked != 0 {
 		t.Fatalf("the first connection was not relayed while the SAs were fetched: %+v", st)
 	}
-	down := transfer(t, n.A, n.B, 5002, 1<<20)
-	up := transfer(t, n.B, n.A, 5003, 1<<20)
+	down := n.transfer(t, n.A, n.B, 5002, 1<<20)
+	up := n.transfer(t, n.B, n.A, 5003, 1<<20)
 	gs, ss := n.G.Stats(), src.Stats()
 	t.Logf("first (relayed) %.1f Mbit/s, down %.1f Mbit/s, up %.1f Mbit/s; first unknown packet → SAs installed %v; source %+v; gateway %+v",
 		first, down, up, time.Duration(installed.Load()-firstWant.Load()), ss, gs)
@@ -193,7 +193,7 @@ func TestGatewayWatchesSAs(t *testing.T) {
 	}
 	waitFor(t, func() bool { return len(n.G.sad.Load().Entries()) == 2 })
 	t.Logf("upload → SAs at the gateway: %v", time.Since(t0))
-	transfer(t, n.A, n.B, 5001, 1<<20)
+	n.transfer(t, n.A, n.B, 5001, 1<<20)
 	if gs := n.G.Stats(); gs.Unknown != 0 || gs.Engine.EarlyAcked < 1<<20 || gs.Sealed == 0 {
 		t.Fatalf("the first connection was not split: %+v", gs)
 	}
@@ -259,11 +259,11 @@ func TestGatewayRekeyFromServer(t *testing.T) {
 		n.deleteOld()
 		done <- agent.Withdraw(ctx, []ipsec.ID{ab.ID(), ba.ID()})
 	}()
-	transfer(t, n.A, n.B, 5001, 6<<20)
+	n.transfer(t, n.A, n.B, 5001, 6<<20)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	transfer(t, n.B, n.A, 5002, 256<<10) // a new flow, on the new SAs only
+	n.transfer(t, n.B, n.A, 5002, 256<<10) // a new flow, on the new SAs only
 	owned := 0
 	for _, s := range n.G.SAs() {
 		if s.Owned && (s.ID.SPI == 0x3003 || s.ID.SPI == 0x4004) {
@@ -316,7 +316,7 @@ func TestGatewayCrashOrdersRekey(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return len(n.G.sad.Load().Entries()) == 2 })
-	transfer(t, n.A, n.B, 5001, 1<<20)
+	n.transfer(t, n.A, n.B, 5001, 1<<20)
 	time.Sleep(time.Second) // a heartbeat names what it numbers now
 	select {
 	case o := <-orders:

@@ -310,6 +310,25 @@ func transfer(t *testing.T, src, dst *gvhost.Host, port uint16, size int) float6
 	return gp
 }
 
+// transfer is transfer that, when the bytes do not arrive, logs what the
+// routers refused and what the gateway in the path counted: a stall that
+// CI sees once in many runs must say where the packets went.
+func (n *testNet) transfer(t *testing.T, src, dst *gvhost.Host, port uint16, size int) float64 {
+	t.Helper()
+	gp, err := gvhost.Transfer(src, dst, port, size, 60*time.Second)
+	if err != nil {
+		for i, sa := range n.receivers() {
+			t.Logf("receiver %d (spi %#x): %+v", i, sa.ID().SPI, sa.Stats())
+		}
+		t.Logf("routers: A %+v, B %+v", n.routerA.Counts(), n.routerB.Counts())
+		if g := n.cur.Load(); g != nil {
+			t.Logf("gateway in the path: %s", g.Stats().Summary())
+		}
+		t.Fatal(err)
+	}
+	return gp
+}
+
 // randomSalts are two endpoints' IV salts, as Linux and strongSwan draw
 // them (any 64 bits; the top one does not matter).
 func randomSalts() (salts [2]uint64) {
@@ -341,8 +360,8 @@ func TestGatewayTunnel(t *testing.T) {
 			radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 5}
 			n := newTestNet(t, tc.enc, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, tc.mode)
 			seen := watchGauges(t, n.G)
-			down := transfer(t, n.A, n.B, 5001, 1<<20)
-			up := transfer(t, n.B, n.A, 5002, 1<<20)
+			down := n.transfer(t, n.A, n.B, 5001, 1<<20)
+			up := n.transfer(t, n.B, n.A, 5002, 1<<20)
 			checkGauges(t, seen(), tc.mode)
 			gs := n.G.Stats()
 			t.Logf("down %.1f Mbit/s, up %.1f Mbit/s; gateway %+v", down, up, gs)
@@ -448,7 +467,7 @@ func checkGauges(t *testing.T, most map[string]float64, mode engine.Mode) {
 func TestGatewayRandomIVs(t *testing.T) {
 	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Seed: 5}
 	n := newTestNet(t, ipsec.EncAESGCM16, randomIV{}, randomIV{}, radio, engine.ModeSplit)
-	transfer(t, n.A, n.B, 5001, 256<<10)
+	n.transfer(t, n.A, n.B, 5001, 256<<10)
 	gs := n.G.Stats()
 	if gs.NonceDowngrades != 2 || gs.Sealed != 0 {
 		t.Fatalf("gateway: %+v", gs)
@@ -475,7 +494,7 @@ func TestGatewayReadClass(t *testing.T) {
 			t.Fatalf("the gateway's read-class SA %#x holds more than a decryption key: %+v", id, e)
 		}
 	}
-	transfer(t, n.A, n.B, 5001, 1<<20)
+	n.transfer(t, n.A, n.B, 5001, 1<<20)
 	gs := n.G.Stats()
 	t.Logf("gateway %+v", gs)
 	if gs.ClassRead == 0 || gs.Sealed != 0 || gs.Engine.LocalRexmits+gs.Engine.TimeoutRexmits == 0 || gs.Engine.EarlyAcked != 0 {
@@ -561,9 +580,9 @@ func TestGatewayFailOpen(t *testing.T) {
 			injected.Add(1)
 		}
 	}()
-	transfer(t, n.A, n.B, 5001, 4<<20)
+	n.transfer(t, n.A, n.B, 5001, 4<<20)
 	<-done
-	transfer(t, n.A, n.B, 5002, 1<<20) // a new flow through the restarted gateway: split again
+	n.transfer(t, n.A, n.B, 5002, 1<<20) // a new flow through the restarted gateway: split again
 	close(stop)
 	<-badDone
 	if g2 == nil {
@@ -658,8 +677,8 @@ func TestGatewayVariants(t *testing.T) {
 				outerAB, outerBA = ah(0x3003, true), ah(0x4004, false)
 			}
 			n := newTestNetBundle(t, ab, ba, outerAB, outerBA, ivA, ivB, radio, engine.ModeSplit, ipsec.ClassWrite, false)
-			transfer(t, n.A, n.B, 5001, 1<<20)
-			transfer(t, n.B, n.A, 5002, 256<<10)
+			n.transfer(t, n.A, n.B, 5001, 1<<20)
+			n.transfer(t, n.B, n.A, 5002, 256<<10)
 			gs := n.G.Stats()
 			if gs.Opened == 0 || gs.Sealed == 0 || gs.Engine.EarlyAcked < 1<<20 || gs.ICVFailures+gs.OpenErrors+gs.SealErrors != 0 {
 				t.Fatalf("gateway: %+v", gs)
@@ -700,7 +719,7 @@ func TestGatewayIPIP(t *testing.T) {
 	ba := tunnelConfig(0x2002, "192.0.2.2", "192.0.2.1", ipsec.EncAESGCM16)
 	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.01, Seed: 5}
 	n := newTestNetWrap(t, ab, ba, seqivIV{0x77}, seqivIV{0x99}, radio, engine.ModeSplit, ipsec.ClassWrite, true)
-	transfer(t, n.A, n.B, 5001, 1<<20)
+	n.transfer(t, n.A, n.B, 5001, 1<<20)
 	gs := n.G.Stats()
 	t.Logf("gateway %+v", gs)
 	if gs.IPIP == 0 || gs.Sealed == 0 || gs.Engine.EarlyAcked < 1<<20 {
@@ -777,10 +796,10 @@ func TestGatewayRekey(t *testing.T) {
 					t.Fatal(err)
 				}
 			} else {
-				transfer(t, n.A, n.B, 5001, tc.size)
+				n.transfer(t, n.A, n.B, 5001, tc.size)
 			}
 			<-done
-			transfer(t, n.B, n.A, 5002, 256<<10) // and a new flow, on the new SAs only
+			n.transfer(t, n.B, n.A, 5002, 256<<10) // and a new flow, on the new SAs only
 			gs := n.G.Stats()
 			t.Logf("gateway %+v\nSAs %+v\nrefused as replays, never accepted: %d; on deleted SAs: %d", gs, n.G.SAs(), n.refusals().FreshRefused, n.refusals().ToDeleted)
 

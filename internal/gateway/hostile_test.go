@@ -103,15 +103,15 @@ func TestGatewayRestartsNoIVReuse(t *testing.T) {
 				}
 				if mode == engine.ModeSnoop {
 					stop := inject(250*time.Millisecond, restart)
-					transfer(t, n.A, n.B, 5001, 5<<20)
+					n.transfer(t, n.A, n.B, 5001, 5<<20)
 					stop()
 				} else {
 					for i := range 6 {
-						transfer(t, n.A, n.B, uint16(5001+i), 512<<10)
+						n.transfer(t, n.A, n.B, uint16(5001+i), 512<<10)
 						restart(i)
 					}
 				}
-				transfer(t, n.B, n.A, 6000, 512<<10)
+				n.transfer(t, n.B, n.A, 6000, 512<<10)
 				if len(gws) < 5 {
 					t.Fatalf("%d restarts", len(gws))
 				}
@@ -152,7 +152,7 @@ func TestGatewayNoStateDir(t *testing.T) {
 				t.Fatal(err)
 			}
 			n.swap(g)
-			transfer(t, n.A, n.B, 5001, 1<<20)
+			n.transfer(t, n.A, n.B, 5001, 1<<20)
 			st := g.Stats()
 			if tc.sealed != (st.Sealed > 0) || !tc.sealed && (st.NoState == 0 || st.Opened != 0) {
 				t.Fatalf("%+v", st)
@@ -219,7 +219,7 @@ func TestGatewayForgedCleartext(t *testing.T) {
 		<-time.After(1500 * time.Millisecond)
 		stop()
 	}()
-	transfer(t, n.A, n.B, 5001, 4<<20)
+	n.transfer(t, n.A, n.B, 5001, 4<<20)
 	<-done
 	st := g.Stats()
 	t.Logf("forged %d, binding violations %d, engine resets %d", clear.Load(), st.BindingViolations, st.Engine.Resets)
@@ -267,7 +267,7 @@ func TestGatewayForeignSA(t *testing.T) {
 				<-time.After(time.Second)
 				stop()
 			}()
-			transfer(t, n.A, n.B, 5001, 3<<20)
+			n.transfer(t, n.A, n.B, 5001, 3<<20)
 			<-done
 			st := g.Stats()
 			t.Logf("%+v", st)
@@ -309,12 +309,12 @@ func TestGatewayIPIPSpoofed(t *testing.T) {
 			sent.Add(1)
 		}
 	})
-	transfer(t, n.A, n.B, 5001, 2<<20)
+	n.transfer(t, n.A, n.B, 5001, 2<<20)
 	for sent.Load() < 70000 {
 		time.Sleep(10 * time.Millisecond)
 	}
 	stop()
-	transfer(t, n.B, n.A, 5002, 256<<10)
+	n.transfer(t, n.B, n.A, 5002, 256<<10)
 	out := n.refusals().NotInTunnel
 	if out != 0 {
 		t.Fatalf("%d packets left outside the real IP-in-IP tunnel", out)
@@ -346,7 +346,7 @@ func TestGatewayReadForgedSeq(t *testing.T) {
 		p := packettest.Segment(netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:40000"), header.TCPAck, 1, 1, 100, nil, nil)
 		n.cur.Load().Process(engine.Wire, seal(forge, p))
 	})
-	transfer(t, n.A, n.B, 5001, 2<<20)
+	n.transfer(t, n.A, n.B, 5001, 2<<20)
 	stop()
 	st := n.G.Stats()
 	t.Logf("%+v", st)
@@ -372,7 +372,7 @@ func TestGatewayDrain(t *testing.T) {
 			g.SetSAD(nil)
 		}
 	})
-	transfer(t, n.A, n.B, 5001, 4<<20)
+	n.transfer(t, n.A, n.B, 5001, 4<<20)
 	stop()
 	st := g.Stats()
 	if st.Drains != 2 {
@@ -408,7 +408,7 @@ func TestGatewayESNLate(t *testing.T) {
 		clear(bm)
 		sa.SetWindowState(3<<32+12000, bm)
 	}
-	transfer(t, n.A, n.B, 5001, 1<<20)
+	n.transfer(t, n.A, n.B, 5001, 1<<20)
 	st := n.G.Stats()
 	if st.Opened == 0 || st.Sealed == 0 || st.Engine.EarlyAcked < 1<<20 {
 		t.Fatalf("%+v", st)
@@ -557,7 +557,7 @@ func TestGatewayFlood(t *testing.T) {
 			}
 		}
 	})
-	transfer(t, n.A, n.B, 5001, 8<<20)
+	n.transfer(t, n.A, n.B, 5001, 8<<20)
 	stop()
 	st := g.Stats()
 	grew := peak.Load() - min(peak.Load(), base.HeapInuse)
