@@ -830,7 +830,7 @@ func perCall(out, expr string) float64 {
 // hostIperf runs iperf3 for secs seconds from p's host a to host b
 // through their tunnel and returns the goodput in Mbit/s and, as text,
 // the CPU each espep process (host a, host b, the middle) spent per
-// megabyte.
+// megabyte and how busy each CPU was.
 func hostIperf(t *testing.T, p *hostPair, secs int) (mbps float64, cpu string) {
 	t.Helper()
 	procs := []*Proc{p.ha, p.hb, p.mid}
@@ -841,6 +841,7 @@ func hostIperf(t *testing.T, p *hostPair, secs int) (mbps float64, cpu string) {
 			before[i], _ = pr.CPU()
 		}
 	}
+	cpus, cpuErr := ReadCPUTimes()
 	r := iperf(t, &TwoHosts{Bed: p.b, A: p.a, B: p.bn, BAddr: p.lb}, "-t", fmt.Sprint(secs), "-B", p.la)
 	mb := r.End.SumReceived.Bytes / 1e6
 	var parts []string
@@ -853,6 +854,11 @@ func hostIperf(t *testing.T, p *hostPair, secs int) (mbps float64, cpu string) {
 			continue
 		}
 		parts = append(parts, fmt.Sprintf("%s %.2f ms CPU/MB", names[i], (after-before[i]).Seconds()*1e3/mb))
+	}
+	// Which CPU ran out: the processes' own time misses the kernel's
+	// forwarding in softirq.
+	if later, err := ReadCPUTimes(); cpuErr == nil && err == nil {
+		parts = append(parts, "CPUs busy: "+cpus.Busy(later))
 	}
 	return r.End.SumReceived.BitsPerSecond / 1e6, strings.Join(parts, ", ")
 }
