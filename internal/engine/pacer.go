@@ -8,11 +8,18 @@ import "time"
 // accumulate — never less than two segments — so the radio queue sees a
 // smooth flow rather than the bursts an ACK clock makes.
 //
-// A sender the pacer holds is woken when a quantum has accrued, not the
+// A sender the pacer holds stays held until a quantum has accrued, not the
 // next segment: a millisecond of the rate, at least two segments, at most
 // 64 KiB (Linux paces TSO-autosized packets of that size the same way).
-// At a radio's rate that is two segments a wake-up; at gigabits, a wake-up
-// per segment would be one timer and one system call for every packet.
+// Its timer is set for then, and a packet that arrives before (an ACK, the
+// other side's data) does not let it out early. At a radio's rate that is
+// two segments a turn; at gigabits, a turn per segment would be one timer
+// or one small write for every packet — and the receiver pays too. A
+// split flow's sender let out by every batch from the other side wrote
+// 18–19 packets a write toward an espep host, which then took its data in
+// smaller batches and acknowledged more often; the two hosts, sharing a
+// CPU, moved 0.77–0.79 of what they moved through the kernel router. Held
+// for its quantum: 26 a write and 0.85–0.88 (host harness, same session).
 //
 // A wake-up can come late: Go runs a timer's function when a thread is
 // free, and on a busy machine that is milliseconds on (up to the
@@ -36,33 +43,39 @@ const maxCatchUp = 20 * time.Millisecond
 type pacer struct {
 	tokens float64
 	at     time.Time // when tokens were last brought up to date
-	// due is when the sender it held could go (zero: it is not held).
+	// due is when the sender it held may go: its quantum has accrued
+	// (zero: it is not held).
 	due time.Time
 }
 
 // allow reports whether n bytes may go at now, at rate bytes per second
 // with at most burst bytes saved up (more, for a sender held past its
-// turn); if they may not, it returns when wake bytes (at least n, at most
-// burst) will have accrued — at least a microsecond on. The credit for a
-// late turn lasts until the pacer holds the sender again or release.
+// turn); if they may not, it returns when the sender may: when wake bytes
+// (at least n, at most burst) will have accrued — at least a microsecond
+// on — and until then it refuses. The credit for a late turn lasts until
+// the pacer holds the sender again or release.
 func (p *pacer) allow(n, wake int, rate, burst float64, now time.Time) (bool, time.Time) {
+	if now.Before(p.due) {
+		return false, p.due
+	}
 	limit := burst
-	if !p.due.IsZero() && p.due.Before(now) {
+	if !p.due.IsZero() {
 		limit += rate * min(now.Sub(p.due), maxCatchUp).Seconds()
 	}
 	p.tokens = min(p.tokens+rate*now.Sub(p.at).Seconds(), limit)
 	p.at = now
 	if p.tokens < float64(n) {
-		p.due = now.Add(time.Duration((float64(n) - p.tokens) / rate * 1e9))
 		want := min(float64(max(n, wake)), max(burst, float64(n)))
-		return false, now.Add(max(time.Duration((want-p.tokens)/rate*1e9), time.Microsecond))
+		p.due = now.Add(max(time.Duration((want-p.tokens)/rate*1e9), time.Microsecond))
+		return false, p.due
 	}
 	p.tokens -= float64(n)
 	return true, time.Time{}
 }
 
 // release tells the pacer the sender stopped for another reason than it:
-// no more credit for a late turn, as the sender was not waiting for one.
+// no more credit for a late turn, as the sender was not waiting for one,
+// and no hold: what stopped it decides when it goes on.
 func (p *pacer) release() { p.due = time.Time{} }
 
 // pace reports whether n bytes may go now under the stream's pacing rate;

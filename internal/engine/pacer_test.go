@@ -175,3 +175,38 @@ func TestPacerWakesForAQuantum(t *testing.T) {
 		t.Errorf("quantum at 20 Mbit/s: %d bytes, want two segments", q)
 	}
 }
+
+// TestPacerHoldsForAQuantum: a held sender stays held until its quantum
+// has accrued, whatever asks before — a segment's worth accrued is not
+// enough — and then goes with the quantum; a sender released (stopped by
+// something else) is not held.
+func TestPacerHoldsForAQuantum(t *testing.T) {
+	const rate, n, quantum, burst = 1e6, 1000, 4000, 8000.0
+	t0 := time.Unix(100, 0)
+	p := pacer{at: t0}
+	ok, due := p.allow(n, quantum, rate, burst, t0)
+	if ok || due.Sub(t0) != 4*time.Millisecond {
+		t.Fatalf("empty bucket: ok %v, held until %v, want 4 ms on", ok, due.Sub(t0))
+	}
+	for _, at := range []time.Duration{time.Millisecond, 3 * time.Millisecond, 4*time.Millisecond - time.Microsecond} {
+		if ok, d := p.allow(n, quantum, rate, burst, t0.Add(at)); ok || !d.Equal(due) {
+			t.Fatalf("%v on, before the quantum: ok %v, held until %v", at, ok, d.Sub(t0))
+		}
+	}
+	sent := 0
+	for {
+		if ok, _ := p.allow(n, quantum, rate, burst, due); !ok {
+			break
+		}
+		sent += n
+	}
+	if sent != quantum {
+		t.Fatalf("at its turn the sender sent %d bytes, want the quantum %d", sent, quantum)
+	}
+	p = pacer{at: t0}
+	p.allow(n, quantum, rate, burst, t0)
+	p.release()
+	if ok, _ := p.allow(n, quantum, rate, burst, t0.Add(time.Millisecond)); !ok {
+		t.Fatal("a released sender was held for its quantum")
+	}
+}
