@@ -50,27 +50,37 @@ type pacer struct {
 
 // allow reports whether n bytes may go at now, at rate bytes per second
 // with at most burst bytes saved up (more, for a sender held past its
-// turn); if they may not, it returns when the sender may: when wake bytes
-// (at least n, at most burst) will have accrued — at least a microsecond
-// on — and until then it refuses. The credit for a late turn lasts until
-// the pacer holds the sender again or release.
+// turn); if they may not, the sender is held until wake bytes (at least
+// n, at most burst) have accrued, and allow returns when that will be at
+// this rate — at least a microsecond on. A held sender is refused until
+// then, or until the quantum has accrued sooner because the rate rose.
+// The credit for a late turn lasts until the pacer holds the sender again
+// or release.
 func (p *pacer) allow(n, wake int, rate, burst float64, now time.Time) (bool, time.Time) {
-	if now.Before(p.due) {
-		return false, p.due
-	}
 	limit := burst
-	if !p.due.IsZero() {
+	if !p.due.IsZero() && p.due.Before(now) {
 		limit += rate * min(now.Sub(p.due), maxCatchUp).Seconds()
 	}
 	p.tokens = min(p.tokens+rate*now.Sub(p.at).Seconds(), limit)
 	p.at = now
+	want := min(float64(max(n, wake)), max(burst, float64(n)))
+	if now.Before(p.due) {
+		if p.tokens < want {
+			return false, p.hold(want, rate, now)
+		}
+		p.due = now // the turn came early: the rate rose while it was held
+	}
 	if p.tokens < float64(n) {
-		want := min(float64(max(n, wake)), max(burst, float64(n)))
-		p.due = now.Add(max(time.Duration((want-p.tokens)/rate*1e9), time.Microsecond))
-		return false, p.due
+		return false, p.hold(want, rate, now)
 	}
 	p.tokens -= float64(n)
 	return true, time.Time{}
+}
+
+// hold holds the sender until want bytes will have accrued at rate.
+func (p *pacer) hold(want, rate float64, now time.Time) time.Time {
+	p.due = now.Add(max(time.Duration((want-p.tokens)/rate*1e9), time.Microsecond))
+	return p.due
 }
 
 // release tells the pacer the sender stopped for another reason than it:

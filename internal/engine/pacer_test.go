@@ -178,8 +178,8 @@ func TestPacerWakesForAQuantum(t *testing.T) {
 
 // TestPacerHoldsForAQuantum: a held sender stays held until its quantum
 // has accrued, whatever asks before — a segment's worth accrued is not
-// enough — and then goes with the quantum; a sender released (stopped by
-// something else) is not held.
+// enough — and then goes with the quantum; sooner if the rate rose; a
+// sender released (stopped by something else) is not held.
 func TestPacerHoldsForAQuantum(t *testing.T) {
 	const rate, n, quantum, burst = 1e6, 1000, 4000, 8000.0
 	t0 := time.Unix(100, 0)
@@ -189,7 +189,7 @@ func TestPacerHoldsForAQuantum(t *testing.T) {
 		t.Fatalf("empty bucket: ok %v, held until %v, want 4 ms on", ok, due.Sub(t0))
 	}
 	for _, at := range []time.Duration{time.Millisecond, 3 * time.Millisecond, 4*time.Millisecond - time.Microsecond} {
-		if ok, d := p.allow(n, quantum, rate, burst, t0.Add(at)); ok || !d.Equal(due) {
+		if ok, d := p.allow(n, quantum, rate, burst, t0.Add(at)); ok || d.Sub(due).Abs() > time.Microsecond {
 			t.Fatalf("%v on, before the quantum: ok %v, held until %v", at, ok, d.Sub(t0))
 		}
 	}
@@ -202,6 +202,16 @@ func TestPacerHoldsForAQuantum(t *testing.T) {
 	}
 	if sent != quantum {
 		t.Fatalf("at its turn the sender sent %d bytes, want the quantum %d", sent, quantum)
+	}
+	// The rate doubles while the sender is held: it goes when the quantum
+	// has accrued at the new rate, not at the turn the old one gave.
+	p = pacer{at: t0}
+	p.allow(n, quantum, rate, burst, t0)
+	if ok, _ := p.allow(n, quantum, 2*rate, burst, t0.Add(time.Millisecond)); ok {
+		t.Fatal("let out with half its quantum")
+	}
+	if ok, _ := p.allow(n, quantum, 2*rate, burst, t0.Add(2*time.Millisecond+time.Microsecond)); !ok {
+		t.Fatal("held past its quantum at the new rate")
 	}
 	p = pacer{at: t0}
 	p.allow(n, quantum, rate, burst, t0)
