@@ -310,23 +310,34 @@ func transfer(t *testing.T, src, dst *gvhost.Host, port uint16, size int) float6
 	return gp
 }
 
-// transfer is transfer that, when the bytes do not arrive, logs what the
-// routers refused and what the gateway in the path counted: a stall that
-// CI sees once in many runs must say where the packets went.
+// transfer is transfer that, when the bytes do not arrive, says what the
+// routers refused and what the gateway in the path counted (diag): a stall
+// that CI sees once in many runs must say where the packets went.
 func (n *testNet) transfer(t *testing.T, src, dst *gvhost.Host, port uint16, size int) float64 {
 	t.Helper()
 	gp, err := gvhost.Transfer(src, dst, port, size, 60*time.Second)
 	if err != nil {
-		for i, sa := range n.receivers() {
-			t.Logf("receiver %d (spi %#x): %+v", i, sa.ID().SPI, sa.Stats())
-		}
-		t.Logf("routers: A %+v, B %+v", n.routerA.Counts(), n.routerB.Counts())
-		if g := n.cur.Load(); g != nil {
-			t.Logf("gateway in the path: %s", g.Stats().Summary())
-		}
-		t.Fatal(err)
+		t.Fatalf("%v\n%s", err, n.diag(n.cur.Load()))
 	}
 	return gp
+}
+
+// diag describes the network's state for a failed transfer: each
+// receiving SA's counters, what the routers refused, and the counters and
+// SA states of the gateways given.
+func (n *testNet) diag(gws ...*Gateway) string {
+	var b strings.Builder
+	for i, sa := range n.receivers() {
+		fmt.Fprintf(&b, "receiver %d (spi %#x): %+v\n", i, sa.ID().SPI, sa.Stats())
+	}
+	fmt.Fprintf(&b, "routers: A %+v, B %+v\n", n.routerA.Counts(), n.routerB.Counts())
+	for i, g := range gws {
+		fmt.Fprintf(&b, "gateway %d: %s\n", i+1, g.Stats().Summary())
+		for _, st := range g.SAs() {
+			fmt.Fprintf(&b, "  %+v\n", st)
+		}
+	}
+	return b.String()
 }
 
 // randomSalts are two endpoints' IV salts, as Linux and strongSwan draw

@@ -121,7 +121,7 @@ func TestTakeoverGone(t *testing.T) {
 		last[st.ID] = st.GatewaySeq
 	}
 	if err := <-done; err != nil {
-		t.Fatalf("transfer: %v", err)
+		t.Fatalf("transfer: %v\n%s", err, n.diag(p.g1, p.g2))
 	}
 	if r := n.refusals(); r.FreshRefused != 0 || r.UnknownSPI != 0 {
 		t.Fatalf("the routers refused %+v", r)
@@ -286,7 +286,7 @@ func TestGatewayHandoffIPIP(t *testing.T) {
 		t.Fatalf("handed over %d flows, %d routes with their tunnel: %+v", len(h.Flows), tunnels, h.Routes)
 	}
 	if err := <-done; err != nil {
-		t.Fatalf("transfer: %v", err)
+		t.Fatalf("transfer: %v\n%s", err, n.diag(p.g1, p.g2))
 	}
 	s2 := p.g2.Stats()
 	if s2.Sealed == 0 || s2.IPIP == 0 {
@@ -341,7 +341,7 @@ func TestUnansweredBeforeFirstPacket(t *testing.T) {
 	}
 	p.move(g1.Close)
 	if err := <-done; err != nil {
-		t.Fatalf("transfer: %v", err)
+		t.Fatalf("transfer: %v\n%s", err, n.diag(p.g1, p.g2))
 	}
 	if r := n.refusals(); r.FreshRefused != 0 {
 		t.Fatalf("the routers refused %+v", r)
