@@ -346,12 +346,18 @@ func TestUnansweredBeforeFirstPacket(t *testing.T) {
 	if r := n.refusals(); r.FreshRefused != 0 {
 		t.Fatalf("the routers refused %+v", r)
 	}
+	// The lead starts at twice TakeoverJump and then erodes by each
+	// endpoint packet gateway 2 does not seal on (a duplicate ACK snoop
+	// answers itself: the endpoint's number moves, the gateway's does
+	// not) — CI saw 131,059 of 131,072. One jump would leave it near
+	// TakeoverJump.
 	owned := 0
 	for _, st := range g2.SAs() {
 		if st.Owned {
 			owned++
-			if st.Lead < 2*(1<<16) {
-				t.Errorf("sa %v: gateway 2 leads by %d, want twice TakeoverJump", st.ID, st.Lead)
+			if st.Lead <= 3*(1<<16)/2 {
+				t.Errorf("sa %v: gateway 2 leads by %d, want about twice TakeoverJump (%d); it suppressed %d duplicate ACKs",
+					st.ID, st.Lead, 2*(1<<16), g2.Stats().Engine.SuppressedDupAcks)
 			}
 		}
 	}
