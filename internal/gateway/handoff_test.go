@@ -348,9 +348,9 @@ func TestUnansweredBeforeFirstPacket(t *testing.T) {
 	}
 	// The lead starts at twice TakeoverJump and then erodes by each
 	// endpoint packet gateway 2 does not seal on (a duplicate ACK snoop
-	// answers itself: the endpoint's number moves, the gateway's does
-	// not) — CI saw 131,059 of 131,072. One jump would leave it near
-	// TakeoverJump.
+	// answers itself, say: the endpoint's number moves, the gateway's
+	// does not) — CI saw 131,059 of 131,072, cause not found. One jump
+	// leaves it near TakeoverJump (65,537 when tried).
 	owned := 0
 	for _, st := range g2.SAs() {
 		if st.Owned {
