@@ -18,8 +18,9 @@ import "time"
 // split flow's sender let out by every batch from the other side wrote
 // 18–19 packets a write toward an espep host, which then took its data in
 // smaller batches and acknowledged more often; the two hosts, sharing a
-// CPU, moved 0.77–0.79 of what they moved through the kernel router. Held
-// for its quantum: 26 a write and 0.85–0.88 (host harness, same session).
+// CPU, moved 0.64–0.80 (median 0.78) of what they moved through the
+// kernel router. Held for its quantum: 26 a write and 0.71–0.97 (median
+// 0.81; host harness, builds alternated in one session).
 //
 // A wake-up can come late: Go runs a timer's function when a thread is
 // free, and on a busy machine that is milliseconds on (up to the
