@@ -85,7 +85,7 @@ func TestGatewayFetchesSAs(t *testing.T) {
 	if err := agent.Upload(context.Background(), "cell-17", other.cfgs); err != nil {
 		t.Fatal(err)
 	}
-	transfer(t, other.A, other.B, 5004, 256<<10)
+	other.transfer(t, other.A, other.B, 5004, 256<<10)
 	if st, gs := osrc.Stats(), other.G.Stats(); st.Installed != 0 || st.Failed == 0 || gs.Sealed != 0 {
 		t.Fatalf("a gateway of another area: source %+v, gateway %+v", st, gs)
 	}

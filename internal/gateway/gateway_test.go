@@ -300,19 +300,9 @@ func (n *testNet) output(to engine.Side, pkt []byte) {
 }
 
 // transfer sends size random bytes from src to dst and checks them
-// (gvhost.Transfer).
-func transfer(t *testing.T, src, dst *gvhost.Host, port uint16, size int) float64 {
-	t.Helper()
-	gp, err := gvhost.Transfer(src, dst, port, size, 60*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return gp
-}
-
-// transfer is transfer that, when the bytes do not arrive, says what the
-// routers refused and what the gateway in the path counted (diag): a stall
-// that CI sees once in many runs must say where the packets went.
+// (gvhost.Transfer); when they do not arrive, it says what the routers
+// refused and what the gateway in the path counted (diag): a stall that
+// CI sees once in many runs must say where the packets went.
 func (n *testNet) transfer(t *testing.T, src, dst *gvhost.Host, port uint16, size int) float64 {
 	t.Helper()
 	gp, err := gvhost.Transfer(src, dst, port, size, 60*time.Second)

@@ -1,12 +1,11 @@
 package testbed
 
-import (
-	"testing"
-)
+import "testing"
 
 // TestCPUTimes: two readings of /proc/stat's per-CPU lines give each
 // CPU's busy and softirq shares; the all-CPU line and other lines are
-// skipped, and a line that does not parse is an error.
+// skipped, and a line that does not parse is an error; this machine's
+// /proc/stat parses.
 func TestCPUTimes(t *testing.T) {
 	const before = `cpu  300 0 300 1400 0 0 100 0 0 0
 cpu0 100 0 100 700 0 0 50 0 0 0
@@ -36,11 +35,7 @@ cpu1 200 0 200 900 0 0 50 0 0 0
 			t.Errorf("%q: no error", bad)
 		}
 	}
-	live, err := ReadCPUTimes()
-	if err != nil {
+	if _, err := ReadCPUTimes(); err != nil {
 		t.Fatal(err)
-	}
-	if len(live) == 0 {
-		t.Fatal("no CPUs read")
 	}
 }
