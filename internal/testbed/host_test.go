@@ -654,7 +654,7 @@ func TestHostRouter(t *testing.T) {
 
 var (
 	hostBench  = flag.Bool("hostbench", false, "run the espep host throughput harness")
-	hostRounds = flag.Int("hostrounds", 1, "with -hostbench: rounds of the routed measurement with the router on its own CPU (kernel, split, snoop each round), reported as medians")
+	hostRounds = flag.Int("hostrounds", 1, "rounds of the routed measurement with the router on its own CPU (kernel, split, snoop each round), reported as medians")
 )
 
 // TestHostThroughput measures TCP (iperf3, CUBIC) between two namespaces
