@@ -164,19 +164,29 @@ func TestGatewayStrongSwan(t *testing.T) {
 				t.Fatalf("the engine did not work on the flow: %v", ec)
 			}
 			// The gateway's lead over each endpoint: with a state directory
-			// no jump, only its own extra packets — split's resends (1 %
-			// loss, and one for each packet the receiving charon's socket
-			// buffer dropped), not an ACK per segment. (Snoop's local
-			// resends add to it as well; logged.)
+			// no jump, only its own extra packets — split's resends, not an
+			// ACK per segment: at most the engine's ACK slack (64) more than
+			// it resent. Its resends: one for each packet the receiving
+			// charon's socket buffer dropped (its kernel counts them) and
+			// the 1 % loss, and after each retransmission timeout up to
+			// three send quanta (the window's bulk on this path: the flight
+			// is presumed lost). Timeouts are rare here alone; in CI, with
+			// charon starved of CPU by the suite beside it, one run saw four,
+			// resends at 367 with 51 drops. (Snoop's local resends add to
+			// the lead as well; logged.)
+			rexmits, timeouts := ec["split-rexmits"], ec["split-timeouts"]
 			for _, m := range leadRE.FindAllStringSubmatch(s.Linkem.Output(), -1) {
 				lead, _ := strconv.Atoi(m[2])
 				dropped := 0
 				if dst := leadDstRE.FindStringSubmatch(m[1]); dst != nil {
 					dropped = overflows[dst[1]]
 				}
-				t.Logf("SA %s: lead %d (its receiver's socket dropped %d)", m[1], lead, dropped)
-				if mode == "split" && lead > len(payload)/1448/10+dropped {
-					t.Errorf("SA %s: the gateway's lead grew to %d over a %d MB transfer (%d dropped at the receiver)", m[1], lead, len(payload)>>20, dropped)
+				t.Logf("SA %s: lead %d (its receiver's socket dropped %d; split resent %d, %d timeouts)", m[1], lead, dropped, rexmits, timeouts)
+				if mode == "split" && lead > rexmits+splitACKSlack {
+					t.Errorf("SA %s: the gateway's lead grew to %d, %d more than it resent", m[1], lead, lead-rexmits)
+				}
+				if mode == "split" && lead > len(payload)/1448/10+dropped+timeouts*3*(64<<10)/1448 {
+					t.Errorf("SA %s: the gateway's lead grew to %d over a %d MB transfer (%d dropped at the receiver, %d timeouts)", m[1], lead, len(payload)>>20, dropped, timeouts)
 				}
 			}
 		})
@@ -227,8 +237,12 @@ func (x *peerTransfer) received() error {
 }
 
 var (
-	leadRE    = regexp.MustCompile(`gateway sa (.*?): owned true .* lead (-?\d+)`)
-	leadDstRE = regexp.MustCompile(`dst=(\S+)`)
+	// splitACKSlack is the engine's ackSlack: how many packets split may
+	// send in an endpoint's name beyond the endpoint's own before its
+	// ACKs wait for the endpoint's.
+	splitACKSlack = 64
+	leadRE        = regexp.MustCompile(`gateway sa (.*?): owned true .* lead (-?\d+)`)
+	leadDstRE     = regexp.MustCompile(`dst=(\S+)`)
 )
 
 // TestGatewayHosts: espep's gateway between two espep host endpoints, for
