@@ -75,8 +75,10 @@ func (e *shard) onRTO(st *stream, now time.Time) {
 	for i := range st.segs {
 		if s := &st.segs[i]; !s.sacked && !s.lost {
 			st.markLost(s)
+			s.rtoLost = true
 		}
 	}
+	st.rtoTime, st.rtoCwnd = now, st.cc.Window()
 	st.cc.OnRTO(inflight)
 	st.inRecovery, st.recover = false, st.sndNxt
 	st.tlpOut = false
@@ -85,6 +87,44 @@ func (e *shard) onRTO(st *stream, now time.Time) {
 	st.timeouts++
 	e.st.SplitTimeouts++
 }
+
+// undoRTO puts back in flight what a timeout presumed lost and the sender
+// has not resent yet: the receiver has just reported a segment delivered
+// that was sent only before the timeout, so the timeout was spurious —
+// the ACKs were late (a receiver starved of CPU, a queue), not the data
+// lost (RFC 5682's question, answered by the scoreboard). Without it the
+// sender resends the whole flight as its window reopens, ACKs for the
+// originals arriving all the while: in CI, a charon behind the gateway,
+// starved by the suite beside it, saw four timeouts and ~300 resends more
+// than its socket dropped in a 4 MB transfer. What was really lost RACK still finds; the
+// resends between the timeout and the undo give it no sample (their ACKs are the
+// originals', and taken as the resends' they would have RACK presume the
+// rest of the flight lost after all). The window the timeout cut is given
+// back too (RFC 4015 §3 restores it on a spurious timeout; Linux's undo
+// does): with its flight back in flight and a quarter of the window, the
+// sender would sit out a round for nothing.
+func (st *stream) undoRTO(now time.Time) {
+	if w, ok := st.cc.(windowRestorer); ok {
+		w.restoreWindow(st.rtoCwnd)
+	}
+	st.undone, st.undoneTo = st.rtoTime, now
+	st.rackXmit, st.rackEnd, st.rackRTT = time.Time{}, 0, 0
+	for i := range st.segs {
+		if s := &st.segs[i]; s.lost && s.rtoLost {
+			s.lost, s.rtoLost = false, false
+			st.nLost--
+			st.inflight += s.len()
+		}
+	}
+	st.spurious++
+}
+
+// windowRestorer is a controller whose window a spurious timeout's undo
+// can give back (bbr and reno; the window only, not reno's ssthresh).
+type windowRestorer interface{ restoreWindow(cwnd int) }
+
+func (b *bbr) restoreWindow(cwnd int)  { b.cwnd = max(b.cwnd, cwnd) }
+func (r *reno) restoreWindow(cwnd int) { r.cwnd = max(r.cwnd, cwnd) }
 
 // probe sends a zero-window probe: an ACK one below the receiver's
 // window, which makes it answer with its current window.

@@ -69,6 +69,9 @@ func (e *shard) takeSACK(st *stream, o *header.TCPOptions, now time.Time, rs *ra
 // returns its length; with rs it also takes RTT, RACK and rate samples.
 func (e *shard) deliver(st *stream, s *txSeg, now time.Time, rs *rateSample) int {
 	n := s.len()
+	if s.lost && s.rtoLost {
+		st.undoRTO(now) // this copy was sent before the timeout, and arrived
+	}
 	if s.lost {
 		s.lost = false
 		st.nLost--
@@ -95,7 +98,7 @@ func (e *shard) deliver(st *stream, s *txSeg, now time.Time, rs *rateSample) int
 		st.reoMult = min(st.reoMult+1, maxReoMult)
 		st.spurious++
 	}
-	if s.rexmits == 0 || rtt >= st.minRTT {
+	if (s.rexmits == 0 || rtt >= st.minRTT) && !(s.rexmits > 0 && !st.undone.IsZero() && !s.xmit.Before(st.undone) && !st.undoneTo.Before(s.xmit)) {
 		if st.rackXmit.Before(s.xmit) || (st.rackXmit.Equal(s.xmit) && st.rackEnd.LessThan(s.end)) {
 			st.rackXmit, st.rackEnd, st.rackRTT = s.xmit, s.end, rtt
 		}

@@ -24,7 +24,7 @@ func (e *shard) send(f *flow, st *stream, now time.Time) {
 			if !e.mayGo(st, s.len(), cwnd, now) {
 				return
 			}
-			s.lost = false
+			s.lost, s.rtoLost = false, false
 			st.nLost--
 			if s == &st.segs[0] {
 				// Resending the oldest segment restarts the timer

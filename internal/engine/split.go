@@ -29,6 +29,7 @@ type txSeg struct {
 	noSample bool
 	sacked   bool // delivered out of order
 	lost     bool // presumed lost and not resent since
+	rtoLost  bool // lost because a retransmission timeout presumed so (onRTO)
 	rexmits  uint8
 }
 
@@ -87,16 +88,22 @@ type stream struct {
 	rackXmit               time.Time
 	rackEnd                seqnum.Value
 	rackRTT                time.Duration
-	reoMult                int // RACK reordering window, in quarters of the minimum RTT, less one
-	delivered              uint64
-	delivTime, firstSent   time.Time
-	appLimited             uint64 // delivered count at which the sender stops being app-limited (0: it is not)
-	nextRound              uint64
-	cc                     Controller
-	sample                 AckSample // scratch for the controller
-	pacer                  pacer
-	persistBackoff         int
-	progress               time.Time // last cumulative ACK, or the first segment sent after none were outstanding
+	// rtoTime is when the last retransmission timeout fired; undone to
+	// undoneTo, from when the last one found spurious fired until it was
+	// found so (undoRTO): what was resent then reached a receiver that
+	// had the originals.
+	rtoTime, undone, undoneTo time.Time
+	rtoCwnd                   int // the controller's window when the timeout fired
+	reoMult                   int // RACK reordering window, in quarters of the minimum RTT, less one
+	delivered                 uint64
+	delivTime, firstSent      time.Time
+	appLimited                uint64 // delivered count at which the sender stops being app-limited (0: it is not)
+	nextRound                 uint64
+	cc                        Controller
+	sample                    AckSample // scratch for the controller
+	pacer                     pacer
+	persistBackoff            int
+	progress                  time.Time // last cumulative ACK, or the first segment sent after none were outstanding
 
 	// Tail loss probe (RFC 8985 §7): when new data last went out or a
 	// new cumulative ACK came (the probe timeout runs from there), and

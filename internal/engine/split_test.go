@@ -592,6 +592,64 @@ func TestSplitRTOWaitsForSACKProgress(t *testing.T) {
 	}
 }
 
+// TestSplitSpuriousRTO: the radio host's ACKs stop for longer than the
+// RTO — it is starved of CPU, not cut off — and the timeout presumes the
+// whole flight lost and resends what the cut window allows. Then the late
+// ACKs come, for the originals: one that covers a segment sent only
+// before the timeout shows the timeout was spurious: the rest of the
+// flight is not resent and the window is given back (undoRTO). Before,
+// every segment of it went out a second time as the window reopened.
+func TestSplitSpuriousRTO(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	const n = 10
+	h.burstW(n)
+	h.take()
+	cwnd := h.e.Flows()[0].Down.Cwnd
+	resent := map[uint32]bool{}
+	for waited := time.Duration(0); h.e.Stats().SplitTimeouts == 0; waited += 5 * time.Millisecond {
+		if waited > 2*time.Second {
+			t.Fatal("no timeout in 2 s of silence")
+		}
+		h.clock.Advance(5 * time.Millisecond)
+		for _, p := range h.sentTo(Radio) {
+			resent[p.seq] = true
+		}
+	}
+	before := h.e.Stats().SplitRexmits
+	// The first segment the timeout did not get to resend.
+	first := -1
+	for i := range n {
+		if !resent[h.W()+uint32(i*988)] {
+			first = i
+			break
+		}
+	}
+	if first < 0 {
+		t.Fatalf("the timeout resent all %d segments at once (%d resends): nothing left to test", n, before)
+	}
+	h.ackR((first+1)*988, 65535) // the original of segment first arrived
+	if w := h.e.Flows()[0].Down.Cwnd; w < cwnd {
+		t.Fatalf("window %d after the spurious timeout was found, want the %d it had before it back", w, cwnd)
+	}
+	h.clock.Advance(time.Millisecond)
+	h.ackR(n*988, 65535)
+	h.clock.Advance(20 * time.Millisecond)
+	var again []uint32
+	for _, p := range h.sentTo(Radio) {
+		if p.n > 0 {
+			again = append(again, (p.seq-h.W())/988)
+		}
+	}
+	st := h.e.Stats()
+	if st.SplitRexmits != before || len(again) != 0 {
+		t.Fatalf("after the late ACKs: segments %v sent again, %d resends (%d at the timeout)", again, st.SplitRexmits, before)
+	}
+	if f := h.e.Flows(); len(f) != 1 || f[0].Down.Spurious == 0 {
+		t.Fatalf("the spurious timeout was not counted: %+v", f)
+	}
+}
+
 // TestSplitRetryGapTowardRadio: in a long fade the RTO toward the radio
 // backs off, but never to more than 250 ms between tries — so the radio
 // sits idle at most that long after the fade ends.
