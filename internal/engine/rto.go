@@ -96,10 +96,11 @@ func (e *shard) onRTO(st *stream, now time.Time) {
 // sender resends the whole flight as its window reopens, ACKs for the
 // originals arriving all the while: in CI, a charon behind the gateway,
 // starved by the suite beside it, saw four timeouts and ~300 resends more
-// than its socket dropped in a 4 MB transfer. What was really lost RACK still finds; the
-// resends between the timeout and the undo give it no sample (their ACKs are the
-// originals', and taken as the resends' they would have RACK presume the
-// rest of the flight lost after all). The window the timeout cut is given
+// than its socket dropped in a 4 MB transfer. What was really lost RACK
+// still finds; the resends between the timeout and the undo give it no
+// sample (resentInUndone: their ACKs are the originals', and taken as the
+// resends' they would have RACK presume the rest of the flight lost after
+// all). The window the timeout cut is given
 // back too (RFC 4015 §3 restores it on a spurious timeout; Linux's undo
 // does): with its flight back in flight and a quarter of the window, the
 // sender would sit out a round for nothing.
@@ -117,6 +118,12 @@ func (st *stream) undoRTO(now time.Time) {
 		}
 	}
 	st.spurious++
+}
+
+// resentInUndone reports whether s was resent between a timeout found
+// spurious and its undo: the ACK that reports it is its original's.
+func (st *stream) resentInUndone(s *txSeg) bool {
+	return s.rexmits > 0 && !st.undone.IsZero() && !s.xmit.Before(st.undone) && !st.undoneTo.Before(s.xmit)
 }
 
 // windowRestorer is a controller whose window a spurious timeout's undo

@@ -98,7 +98,7 @@ func (e *shard) deliver(st *stream, s *txSeg, now time.Time, rs *rateSample) int
 		st.reoMult = min(st.reoMult+1, maxReoMult)
 		st.spurious++
 	}
-	if (s.rexmits == 0 || rtt >= st.minRTT) && !(s.rexmits > 0 && !st.undone.IsZero() && !s.xmit.Before(st.undone) && !st.undoneTo.Before(s.xmit)) {
+	if (s.rexmits == 0 || rtt >= st.minRTT) && !st.resentInUndone(s) {
 		if st.rackXmit.Before(s.xmit) || (st.rackXmit.Equal(s.xmit) && st.rackEnd.LessThan(s.end)) {
 			st.rackXmit, st.rackEnd, st.rackRTT = s.xmit, s.end, rtt
 		}
