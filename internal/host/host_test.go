@@ -94,9 +94,27 @@ func memHost(t *testing.T, cfg *Config) (*Host, *MemLink, func() error) {
 	return h, m, stop
 }
 
-// settle waits until the hosts' counters stop moving (the links run in
-// goroutines of their own).
+// settle waits until the hosts' links have handled everything queued to
+// them — packets one host sends land on the other's queue, so it goes
+// round until a pass finds every queue empty — and then until the
+// counters stop moving.
 func settle(hs ...*Host) {
+	for range 100 {
+		empty := true
+		for _, h := range hs {
+			if m, ok := h.link.(*MemLink); ok {
+				empty = m.Drained(5*time.Second) && empty
+			}
+		}
+		for _, h := range hs {
+			if m, ok := h.link.(*MemLink); ok && (len(m.Tun) > 0 || len(m.Net) > 0) {
+				empty = false
+			}
+		}
+		if empty {
+			break
+		}
+	}
 	var last []Stats
 	for range 200 {
 		now := make([]Stats, len(hs))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/espep/espep/ipsec"
 )
@@ -18,6 +19,8 @@ type MemLink struct {
 	Fail     chan error
 	Peer     *MemLink
 
+	barrier chan chan struct{} // answered by run between packets (Drained)
+
 	mu        sync.Mutex
 	delivered [][]byte // into the TUN
 	sent      [][]byte // onto the network
@@ -26,7 +29,7 @@ type MemLink struct {
 
 // NewMemLink makes a MemLink; NewWithLink runs a host on it.
 func NewMemLink() *MemLink {
-	return &MemLink{Tun: make(chan []byte, 64), Net: make(chan []byte, 64), Fail: make(chan error, 1)}
+	return &MemLink{Tun: make(chan []byte, 64), Net: make(chan []byte, 64), Fail: make(chan error, 1), barrier: make(chan chan struct{})}
 }
 
 // NewWithLink is New on a link in memory instead of the platform's.
@@ -48,6 +51,8 @@ func (m *MemLink) run(ctx context.Context, h *Host) error {
 			return nil
 		case err := <-m.Fail:
 			return err
+		case done := <-m.barrier:
+			close(done)
 		case p := <-m.Tun:
 			b := buf[:off+len(p)+ipsec.MaxTailroom]
 			copy(b[off:], p)
@@ -60,6 +65,29 @@ func (m *MemLink) run(ctx context.Context, h *Host) error {
 			if start, end := h.inbound(b, off); end > 0 {
 				m.deliver(b[start:end])
 			}
+		}
+	}
+}
+
+// Drained waits until the host's loop is between packets with nothing
+// queued on Tun or Net, so that everything put there before the call has
+// been handled (and sent on to Peer's Net). It reports false if the loop
+// does not answer within d (the host is not running). A test that reads
+// the host's counters after Drained of both ends of a link sees the
+// effect of every packet it queued, however slow the machine is.
+func (m *MemLink) Drained(d time.Duration) bool {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		done := make(chan struct{})
+		select {
+		case m.barrier <- done:
+		case <-deadline.C:
+			return false
+		}
+		<-done
+		if len(m.Tun) == 0 && len(m.Net) == 0 {
+			return true
 		}
 	}
 }
