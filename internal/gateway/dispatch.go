@@ -25,6 +25,9 @@ type call struct {
 	ip   header.Parsed // the packet handed to the engine (opened, or plain)
 	st   *saState      // the innermost SA it came on; nil for plain TCP
 	more bool          // more packets of a batch follow (ProcessMore)
+	// checked: orig's checksums hold on its reader's word (ProcessRead);
+	// sent on as it came, it goes out the known way (sendOut).
+	checked bool
 }
 
 // Process handles one IP packet that arrived from side from.
@@ -37,6 +40,16 @@ func (g *Gateway) Process(from engine.Side, pkt []byte) { g.ProcessMore(from, pk
 // batch calls for once, at its end (engine.Input.More). After the last
 // packet of a batch the caller calls Flush.
 func (g *Gateway) ProcessMore(from engine.Side, pkt []byte, more bool) {
+	g.ProcessRead(from, pkt, more, false)
+}
+
+// ProcessRead is ProcessMore for a packet whose reader says (checked)
+// that its checksums hold — it completed or made them, or the kernel
+// verified them (tunlink's reader does) — so that the gateway does not
+// sum it again: a plain segment is not verified before the engine takes
+// it, and a packet sent on as it came goes out the known way
+// (SetOutKnown).
+func (g *Gateway) ProcessRead(from engine.Side, pkt []byte, more, checked bool) {
 	c := g.calls.Get().(*call)
 	defer g.calls.Put(c)
 	// Busy before closed is read (Close: closed before busy is read), on
@@ -46,7 +59,7 @@ func (g *Gateway) ProcessMore(from engine.Side, pkt []byte, more bool) {
 	if g.closed.Load() {
 		return
 	}
-	c.orig, c.st, c.more = pkt, nil, more
+	c.orig, c.st, c.more, c.checked = pkt, nil, more, checked
 	g.process(c, from, pkt)
 	c.orig, c.st = nil, nil
 }
@@ -66,9 +79,10 @@ func (g *Gateway) wantSAs(l *ipsec.Loc) {
 	}
 }
 
+// relay sends pkt — c's packet as it came — on unchanged.
 func (g *Gateway) relay(c *call, to engine.Side, pkt []byte) {
 	c.ctr.add(cRelayed)
-	g.out(to, pkt)
+	g.sendOut(to, pkt, c.checked)
 }
 
 // process is Process's work, in c.
@@ -209,10 +223,13 @@ func (g *Gateway) processPlain(c *call, from engine.Side, pkt, tunHdr []byte) {
 		g.relay(c, to, c.orig)
 		return
 	}
-	if r.tcp() && !header.ChecksumsValid(pkt[:c.hdr.Len], c.hdr.L4, header.ProtoTCP) {
+	if r.tcp() && !(c.checked && tunHdr == nil) && !header.ChecksumsValid(pkt[:c.hdr.Len], c.hdr.L4, header.ProtoTCP) {
 		// Nothing but this checksum vouches for a plain segment: the
 		// engine would acknowledge it early and send its bytes on under a
-		// checksum of its own. Dropped, as the receiver's TCP would.
+		// checksum of its own. Dropped, as the receiver's TCP would. A
+		// segment its reader vouched for (checked) is not summed twice;
+		// inside IP-in-IP, what the reader's word covers is the tunnel's
+		// packet, so the segment it carries is.
 		c.ctr.add(cBadChecksums)
 		return
 	}

@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/packettest"
 	"github.com/espep/espep/ipsec/header"
 )
 
@@ -78,5 +80,61 @@ func TestPlainBadChecksum(t *testing.T) {
 		if st := h.g.Stats(); st.BadChecksums != before.BadChecksums+1 || len(h.out) == out {
 			t.Fatalf("flow %d: the intact segment was not taken (%d packets out)", i, len(h.out)-out)
 		}
+	}
+}
+
+// TestProcessReadChecked: a packet its reader vouched for (ProcessRead,
+// checked) is not summed again — a plain segment whose checksum is off
+// is taken, since the reader's word is that it holds — and what the
+// gateway sends on as it came goes out the known way, relayed (IKE) or
+// passed on by the engine (a plain UDP datagram and handshake); unvouched,
+// the same packets take the other way and the bad segment is dropped.
+// Inside IP-in-IP the word covers the tunnel's packet only: the segment
+// it carries is verified either way.
+func TestProcessReadChecked(t *testing.T) {
+	h := newHostileRig(t)
+	var known, other int
+	h.g.out = func(engine.Side, []byte) { other++ }
+	h.g.SetOutKnown(func(engine.Side, []byte) { known++ })
+	h.warmUp()
+	h.clock.Advance(time.Second)
+
+	dgram := packettest.UDP(netip.MustParseAddrPort("10.1.0.9:53"), netip.MustParseAddrPort("10.2.0.9:5353"), []byte("answer"))
+	syn := packettest.Segment(netip.MustParseAddrPort("10.1.0.10:5001"), netip.MustParseAddrPort("10.2.0.10:40000"), header.TCPSyn, 999, 0, 65535, nil, nil)
+	ike := packettest.UDP(netip.MustParseAddrPort("10.1.0.12:500"), netip.MustParseAddrPort("10.2.0.12:500"), make([]byte, 40))
+	for _, p := range [][]byte{dgram, syn, ike} {
+		known, other = 0, 0
+		h.g.ProcessRead(engine.Wire, append([]byte(nil), p...), false, true)
+		if known != 1 || other != 0 {
+			t.Fatalf("vouched: %d out the known way, %d the other; want 1, 0", known, other)
+		}
+		known, other = 0, 0
+		h.g.ProcessRead(engine.Wire, append([]byte(nil), p...), false, false)
+		if known != 0 || other != 1 {
+			t.Fatalf("unvouched: %d out the known way, %d the other; want 0, 1", known, other)
+		}
+	}
+
+	fl := &h.flows[7] // plain TCP
+	seg := h.segment(7, engine.Wire, header.TCPAck|header.TCPPsh, nil, []byte("plain bytes"))
+	seg[len(seg)-1] ^= 0x20
+	before := h.g.Stats().BadChecksums
+	h.g.ProcessRead(engine.Wire, append([]byte(nil), seg...), false, false)
+	if h.g.Stats().BadChecksums != before+1 {
+		t.Fatal("an unvouched segment whose checksum is off was not dropped")
+	}
+	known = 0
+	h.g.ProcessRead(engine.Wire, append([]byte(nil), seg...), false, true)
+	h.clock.Advance(50 * time.Millisecond)
+	if h.g.Stats().BadChecksums != before+1 || known == 0 {
+		t.Fatalf("a vouched segment was summed again (%d packets built after it)", known)
+	}
+	fl.seqW += uint32(len("plain bytes"))
+
+	bad := packettest.Segment(netip.MustParseAddrPort("10.1.0.11:5001"), netip.MustParseAddrPort("10.2.0.11:40000"), header.TCPSyn, 999, 0, 65535, nil, nil)
+	bad[len(bad)-1] ^= 0x20
+	h.g.ProcessRead(engine.Wire, ipipWrap("198.51.100.5", "198.51.100.6", bad), false, true)
+	if h.g.Stats().BadChecksums != before+2 {
+		t.Fatal("a segment inside IP-in-IP was taken on the word of the tunnel's reader")
 	}
 }

@@ -48,7 +48,8 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte, m engine.Emitted) {
 		if c == nil || c.st == nil {
 			// Not IPsec (plain TCP, or not the gateway's): as it came.
 			if c != nil {
-				pkt = c.orig
+				g.sendOut(to, c.orig, c.checked)
+				return
 			}
 			g.out(to, pkt)
 			return
@@ -63,7 +64,7 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte, m engine.Emitted) {
 			}
 			ctr.add(cOriginals)
 			c.st.noteRelayed()
-			g.out(to, c.orig)
+			g.sendOut(to, c.orig, c.checked)
 			return
 		}
 		g.sealFlow(to, pkt, routeOf(&c.ip), ps, false)

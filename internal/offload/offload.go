@@ -25,7 +25,7 @@ import (
 // after it — netem, the engine, the gateway — sees ordinary frames.
 //
 //	struct virtio_net_hdr {          (little-endian on the hosts here)
-//	    u8  flags;                   VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+//	    u8  flags;                   VIRTIO_NET_HDR_F_NEEDS_CSUM = 1, _DATA_VALID = 2
 //	    u8  gso_type;                NONE 0, TCPV4 1, UDP 3, TCPV6 4, UDP_L4 5; | ECN 0x80
 //	    u16 hdr_len;                 headers before the payload (a hint)
 //	    u16 gso_size;                payload bytes per segment
@@ -39,6 +39,7 @@ const HdrLen = 10
 // The header's flags and GSO types.
 const (
 	NeedsCsum = 1
+	DataValid = 2 // the kernel verified the packet's checksum (CHECKSUM_UNNECESSARY)
 	GSONone   = 0
 	GSOTCPv4  = 1
 	GSOUDP    = 3 // UFO: IP fragmentation, which no current kernel produces

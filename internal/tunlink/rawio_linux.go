@@ -10,6 +10,7 @@ import (
 
 	"github.com/espep/espep/internal/offload"
 	"github.com/espep/espep/internal/rawfd"
+	"github.com/espep/espep/ipsec/header"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 )
@@ -102,13 +103,26 @@ func newRawIO(f *os.File) (*rawIO, error) {
 // that cannot be finished is counted and dropped (0 packets, no error): it
 // would not be a reason to stop reading.
 func (r *rawIO) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	return r.ReadChecked(bufs, sizes, nil, offset)
+}
+
+// ReadChecked is Read that also says, in checked[i] (when checked is
+// long enough), whether packet i's checksums hold on the kernel's word or
+// by the reader's own making: a segment cut from a super-packet (its sums
+// made here), a packet whose partial checksum the reader completed at its
+// TCP or UDP header, or one the kernel marked verified (DATA_VALID). A
+// super-packet or a partial checksum is what the kernel itself made or
+// took in intact (GRO merges only what it has verified), so what stands
+// in its checksums is what the kernel holds. Every other packet (checked
+// false) has the checksums it came with, unverified.
+func (r *rawIO) ReadChecked(bufs [][]byte, sizes []int, checked []bool, offset int) (int, error) {
 	if offset < offload.HdrLen || len(bufs) == 0 || len(sizes) < len(bufs) {
 		return 0, fmt.Errorf("tunlink: read with offset %d into %d buffers", offset, len(bufs))
 	}
 	if r.held > 0 {
 		b := r.spare[:r.held]
 		r.held = 0
-		k, _ := r.finish(b, bufs, sizes, offset)
+		k, _ := r.finish(b, bufs, sizes, checked, offset)
 		return k, nil
 	}
 	n, err := do(&r.read, bufs[0][offset-offload.HdrLen:])
@@ -116,17 +130,18 @@ func (r *rawIO) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	k, alone := r.finish(bufs[0][offset-offload.HdrLen:offset-offload.HdrLen+n], bufs, sizes, offset)
+	k, alone := r.finish(bufs[0][offset-offload.HdrLen:offset-offload.HdrLen+n], bufs, sizes, checked, offset)
 	if !alone {
 		return k, nil
 	}
-	return r.drain(bufs, sizes, offset, k), nil
+	return r.drain(bufs, sizes, checked, offset, k), nil
 }
 
 // finish turns b — a virtio header and what follows, read into bufs[0]
-// or into spare — into the packets it carries in bufs from index 0; alone
+// or into spare — into the packets it carries in bufs from index 0, and
+// says in checked (if long enough) which of them hold (ReadChecked); alone
 // reports a packet that was not a super-packet.
-func (r *rawIO) finish(b []byte, bufs [][]byte, sizes []int, offset int) (k int, alone bool) {
+func (r *rawIO) finish(b []byte, bufs [][]byte, sizes []int, checked []bool, offset int) (k int, alone bool) {
 	h, err := offload.ParseHdr(b)
 	if err != nil {
 		r.bad.Add(1)
@@ -134,9 +149,13 @@ func (r *rawIO) finish(b []byte, bufs [][]byte, sizes []int, offset int) (k int,
 	}
 	pkt := b[offload.HdrLen:]
 	if h.GSOType&^offload.GSOECN == offload.GSONone {
-		if h.Flags&offload.NeedsCsum != 0 && offload.CompleteChecksum(pkt, h.CsumStart, h.CsumOffset) != nil {
-			r.bad.Add(1)
-			return 0, true
+		ok := h.Flags&offload.DataValid != 0
+		if h.Flags&offload.NeedsCsum != 0 {
+			if offload.CompleteChecksum(pkt, h.CsumStart, h.CsumOffset) != nil {
+				r.bad.Add(1)
+				return 0, true
+			}
+			ok = ok || atL4(pkt, h.CsumStart, h.CsumOffset)
 		}
 		if len(pkt) > len(bufs[0])-offset {
 			r.bad.Add(1)
@@ -146,6 +165,9 @@ func (r *rawIO) finish(b []byte, bufs [][]byte, sizes []int, offset int) (k int,
 			copy(bufs[0][offset:], pkt) // drained into spare
 		}
 		sizes[0] = len(pkt)
+		if len(checked) > 0 {
+			checked[0] = ok
+		}
 		return 1, true
 	}
 	k, err = offload.SegmentInto(h, pkt, bufs, offset, sizes)
@@ -153,7 +175,28 @@ func (r *rawIO) finish(b []byte, bufs [][]byte, sizes []int, offset int) (k int,
 		r.bad.Add(1)
 		return 0, false
 	}
+	for i := range min(k, len(checked)) {
+		checked[i] = true
+	}
 	return k, false
+}
+
+// atL4 reports whether a partial checksum completed at start+off was the
+// packet's TCP or UDP checksum: start its transport header (no IPv4
+// options skipped over, no IPv6 extension header), off that protocol's
+// checksum field. Anywhere else, the packet's own sums stay to be checked.
+func atL4(pkt []byte, start, off int) bool {
+	var l4 int
+	var proto byte
+	switch {
+	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4:
+		l4, proto = int(pkt[0]&0xf)*4, pkt[9]
+	case len(pkt) >= header.IPv6Len && pkt[0]>>4 == 6:
+		l4, proto = header.IPv6Len, pkt[6]
+	default:
+		return false
+	}
+	return start == l4 && (proto == header.ProtoTCP && off == 16 || proto == header.ProtoUDP && off == 6)
 }
 
 // drain reads into spare, without waiting, until the device is empty,
@@ -162,7 +205,7 @@ func (r *rawIO) finish(b []byte, bufs [][]byte, sizes []int, offset int) (k int,
 // alone is finished into the next of bufs (one that cannot be, counted
 // and dropped as Read's own). It returns the packets in bufs now. An error
 // ends it; the next Read's waiting read meets it.
-func (r *rawIO) drain(bufs [][]byte, sizes []int, offset, k int) int {
+func (r *rawIO) drain(bufs [][]byte, sizes []int, checked []bool, offset, k int) int {
 	for k < len(bufs) {
 		n, errno, err := r.read.Try(unsafe.Pointer(unsafe.SliceData(r.spare)), uintptr(len(r.spare)))
 		r.readCalls.Add(1)
@@ -174,7 +217,7 @@ func (r *rawIO) drain(bufs [][]byte, sizes []int, offset, k int) int {
 			r.held = n
 			return k
 		}
-		got, _ := r.finish(r.spare[:n], bufs[k:], sizes[k:], offset)
+		got, _ := r.finish(r.spare[:n], bufs[k:], sizes[k:], checked[min(k, len(checked)):], offset)
 		k += got
 	}
 	return k

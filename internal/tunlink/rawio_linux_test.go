@@ -224,6 +224,77 @@ func TestRawIO(t *testing.T) {
 	}
 }
 
+// TestRawIOChecked: ReadChecked vouches for the packets whose checksums
+// the kernel verified (DATA_VALID) or the reader made — a partial sum it
+// completed at the TCP header, every segment it cut from a super-packet —
+// and for no other: one that asks nothing, one completed anywhere but at
+// its transport checksum. In a drained batch each packet has its own
+// answer, and a read with nothing to say (Read) still works.
+func TestRawIOChecked(t *testing.T) {
+	f, peer := seqpacket(t)
+	r, err := newRawIO(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bufs, sizes := readBufs()
+	checked := make([]bool, len(bufs))
+	src, dst := netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:80")
+	whole := packettest.Segment(src, dst, header.TCPAck, 7, 1, 500, nil, make([]byte, 100))
+	send := func(h []byte, pkt []byte) {
+		t.Helper()
+		if _, err := unix.Write(peer, append(append([]byte(nil), h...), pkt...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(name string, want ...bool) {
+		t.Helper()
+		for i := range checked {
+			checked[i] = !checked[i] // what was there before must not stand
+		}
+		n, err := r.ReadChecked(bufs, sizes, checked, headroom)
+		if err != nil || n != len(want) {
+			t.Fatalf("%s: %d packets, %v; want %d", name, n, err, len(want))
+		}
+		for i, w := range want {
+			if checked[i] != w {
+				t.Fatalf("%s: packet %d checked %v, want %v", name, i, checked[i], w)
+			}
+		}
+	}
+	partialAt := func(start, off int) []byte {
+		return []byte{offload.NeedsCsum, 0, 0, 0, 0, 0, byte(start), 0, byte(off), 0}
+	}
+	var none [offload.HdrLen]byte
+	send(none[:], whole)
+	read("a packet that asks nothing", false)
+	send([]byte{offload.DataValid, 0, 0, 0, 0, 0, 0, 0, 0, 0}, whole)
+	read("verified by the kernel", true)
+	send(partialAt(header.IPv4MinLen, 16), whole)
+	read("completed at its TCP checksum", true)
+	send(partialAt(header.IPv4MinLen, 4), whole)
+	read("completed at its sequence number", false)
+	send(partialAt(header.IPv4MinLen+4, 12), whole)
+	read("completed from inside its TCP header", false)
+
+	super := packettest.Segment(src, dst, header.TCPAck, 1000, 1, 500, nil, bytes.Repeat([]byte("espep"), 2000))
+	send([]byte{0, offload.GSOTCPv4, 0, 0, 1448 & 0xff, 1448 >> 8, 0, 0, 0, 0}, super)
+	read("a super-packet's segments", true, true, true, true, true, true, true)
+
+	send(none[:], whole)
+	send([]byte{offload.DataValid, 0, 0, 0, 0, 0, 0, 0, 0, 0}, whole)
+	send(none[:], whole)
+	read("a drained batch", false, true, false)
+
+	v6 := packettest.Segment(netip.MustParseAddrPort("[2001:db8::1]:5001"), netip.MustParseAddrPort("[2001:db8::2]:80"), header.TCPAck, 7, 1, 500, nil, make([]byte, 100))
+	send(partialAt(header.IPv6Len, 16), v6)
+	read("IPv6, completed at its TCP checksum", true)
+
+	send(none[:], whole)
+	if n, err := r.Read(bufs, sizes, headroom); err != nil || n != 1 {
+		t.Fatalf("Read: %d, %v", n, err)
+	}
+}
+
 // TestRawIOZeroAllocs: reading a packet and a super-packet, writing one
 // packet and a batch coalesced into one, allocate nothing.
 func TestRawIOZeroAllocs(t *testing.T) {

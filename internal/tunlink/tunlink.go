@@ -28,9 +28,13 @@ type Processor interface {
 }
 
 // batchProcessor is a Processor that takes a read's packets as a batch
-// (the gateway: one ACK per flow and batch, not one per two segments).
+// (the gateway: one ACK per flow and batch, not one per two segments):
+// more says others follow; checked, that the packet's checksums hold on
+// the kernel's word or the reader's making (checkedReader), so that the
+// processor need not sum it again — nor the writer, if the processor
+// sends it on as it came with SendKnown.
 type batchProcessor interface {
-	ProcessMore(from engine.Side, pkt []byte, more bool)
+	ProcessRead(from engine.Side, pkt []byte, more, checked bool)
 	Flush()
 }
 
@@ -57,6 +61,12 @@ type Stats struct {
 type packetIO interface {
 	Read(bufs [][]byte, sizes []int, offset int) (int, error)
 	Write(bufs [][]byte, offset int) (int, error)
+}
+
+// checkedReader is a packetIO that says which packets of a read have
+// checksums that hold (rawIO.ReadChecked).
+type checkedReader interface {
+	ReadChecked(bufs [][]byte, sizes []int, checked []bool, offset int) (int, error)
 }
 
 // knownWriter is a packetIO that coalesces and can be told which packets'
@@ -241,17 +251,24 @@ func (l *Link) readLoop(side engine.Side) error {
 	// The first buffer takes a whole super-packet (the read); the others
 	// only its segments, which the device's MTU bounds (one larger is
 	// refused and counted, not cut short): 1.2 MB a device, not 8.
-	bufs, sizes := make([][]byte, n), make([]int, n)
+	bufs, sizes, checked := make([][]byte, n), make([]int, n), make([]bool, n)
 	bufs[0] = make([]byte, headroom+65536)
 	for i := 1; i < n; i++ {
 		bufs[i] = make([]byte, headroom+MTU)
 	}
+	cr, _ := io.(checkedReader)
 	for {
-		cnt, err := io.Read(bufs, sizes, headroom)
+		var cnt int
+		var err error
+		if cr != nil {
+			cnt, err = cr.ReadChecked(bufs, sizes, checked, headroom)
+		} else {
+			cnt, err = io.Read(bufs, sizes, headroom) // checked stays false
+		}
 		l.active.Add(1)
 		if bp, ok := l.proc.(batchProcessor); ok {
 			for i := range cnt {
-				bp.ProcessMore(side, bufs[i][headroom:headroom+sizes[i]], i < cnt-1)
+				bp.ProcessRead(side, bufs[i][headroom:headroom+sizes[i]], i < cnt-1, checked[i])
 			}
 			bp.Flush()
 		} else {
