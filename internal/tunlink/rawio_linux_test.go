@@ -248,8 +248,8 @@ func TestRawIOChecked(t *testing.T) {
 	}
 	read := func(name string, want ...bool) {
 		t.Helper()
-		for i := range checked {
-			checked[i] = !checked[i] // what was there before must not stand
+		for i, w := range want {
+			checked[i] = !w // an answer not written shows
 		}
 		n, err := r.ReadChecked(bufs, sizes, checked, headroom)
 		if err != nil || n != len(want) {
