@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/xml"
+	"fmt"
 	"io"
 	"math"
 	"os"
@@ -208,36 +209,34 @@ func TestLabNotCPUBound(t *testing.T) {
 // as sent, the endpoints' IPsec refusing nothing, two handoffs that each
 // brought the flows to the next gateway, no gateway keeping flows it was
 // left with), and split holds the goal loosely: its least
-// 1-second goodput ≥ 0.4 of the radio's limit (the goal is 0.5; 0.75–0.90
+// 1-second goodput ≥ 0.4 of the radio's limit (the goal is 0.5; 0.67–0.90
 // measured). The picture marks both handoffs.
+//
+// The least second is a real-time figure, and a handoff moves the
+// megabytes split holds (about 4 MB a flow here: gob, TLS and gRPC copies
+// of each, into memory this VM faults in at ~14 ms per fresh 4 MB), so a
+// machine busy with other tests can starve the one second that holds a
+// handoff; CI saw 0.30 once in 35 runs, its threads waiting 0.24 of the
+// time. A miss of that floor alone is therefore measured once more, said
+// in the log, and the second run must hold every check; anything else
+// fails at once.
 func TestLabHandoff(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: six real-time runs of three gateways")
 	}
-	rows, err := Run(context.Background(), Config{Duration: 3 * time.Second, Seed: 2}, []string{"handoff"})
-	if err != nil {
-		t.Fatal(err)
+	rows, errs, slow := labHandoff(t)
+	if len(errs) == 0 && len(slow) > 0 {
+		t.Logf("the least second missed its floor (%s); measuring again", strings.Join(slow, "; "))
+		rows, errs, slow = labHandoff(t)
 	}
-	var tbl bytes.Buffer
-	Table(&tbl, rows)
-	t.Logf("\n%s", tbl.String())
-	if len(rows) != 6 {
-		t.Fatalf("%d rows, want 6", len(rows))
+	for _, e := range append(errs, slow...) {
+		t.Error(e)
+	}
+	if t.Failed() {
+		return
 	}
 	var tunnel []Row
 	for _, r := range rows {
-		if r.Integrity != "pass" {
-			t.Errorf("%s %s: %s", r.Mode, r.IPsec, r.Detail)
-		}
-		if len(r.Handoffs) != 2 || r.Exchanges == 0 {
-			t.Errorf("%s %s: moves at %v, %d responses", r.Mode, r.IPsec, r.Handoffs, r.Exchanges)
-		}
-		if r.Mode != ModeE2E && len(r.HandoffMs) != 2 {
-			t.Errorf("%s %s: handoffs %v", r.Mode, r.IPsec, r.HandoffMs)
-		}
-		if r.Mode == ModeSplit && r.MinSecondMbps < 0.4*r.LimitMbps {
-			t.Errorf("%s %s: the least second carried %.1f Mbit/s, %.2f of the limit", r.Mode, r.IPsec, r.MinSecondMbps, r.MinSecondMbps/r.LimitMbps)
-		}
 		if r.IPsec == IPsecTunnel {
 			tunnel = append(tunnel, r)
 		}
@@ -253,6 +252,46 @@ func TestLabHandoff(t *testing.T) {
 	if n := strings.Count(svg.String(), ">handoff "); n != 2 {
 		t.Fatalf("%d handoffs marked", n)
 	}
+}
+
+// labHandoff runs the handoff scenario and returns its rows, what failed
+// its checks, and apart from those the split rows whose least second
+// missed the floor.
+func labHandoff(t *testing.T) (rows []Row, errs, slow []string) {
+	t.Helper()
+	rows, err := Run(context.Background(), Config{Duration: 3 * time.Second, Seed: 2}, []string{"handoff"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tbl bytes.Buffer
+	Table(&tbl, rows)
+	t.Logf("\n%s", tbl.String())
+	if len(rows) != 6 {
+		t.Fatalf("%d rows, want 6", len(rows))
+	}
+	tunnel := 0
+	for _, r := range rows {
+		if r.Integrity != "pass" {
+			errs = append(errs, fmt.Sprintf("%s %s: %s", r.Mode, r.IPsec, r.Detail))
+		}
+		if len(r.Handoffs) != 2 || r.Exchanges == 0 {
+			errs = append(errs, fmt.Sprintf("%s %s: moves at %v, %d responses", r.Mode, r.IPsec, r.Handoffs, r.Exchanges))
+		}
+		if r.Mode != ModeE2E && len(r.HandoffMs) != 2 {
+			errs = append(errs, fmt.Sprintf("%s %s: handoffs %v", r.Mode, r.IPsec, r.HandoffMs))
+		}
+		if r.Mode == ModeSplit && r.MinSecondMbps < 0.4*r.LimitMbps {
+			slow = append(slow, fmt.Sprintf("%s %s: the least second carried %.1f Mbit/s, %.2f of the limit (cpu wait %.2f)",
+				r.Mode, r.IPsec, r.MinSecondMbps, r.MinSecondMbps/r.LimitMbps, r.CPUWait))
+		}
+		if r.IPsec == IPsecTunnel {
+			tunnel++
+		}
+	}
+	if tunnel == 0 {
+		errs = append(errs, "no tunnel-mode row")
+	}
+	return rows, errs, slow
 }
 
 func TestMinSecond(t *testing.T) {
