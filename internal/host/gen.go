@@ -12,23 +12,53 @@ import (
 // server, which espep agent asks for and installs here (Install, over the
 // control socket). What the host runs on is then its file configuration
 // with the installed pairs added (effective). A new pair replaces the old
-// one make-before-break: the new outbound SA seals from the moment it is
-// installed, the old inbound SA still opens for retireAfter (the peer's
-// agent may install its half a little later), then it is deleted and
-// wiped. Until a policy has a pair its traffic is dropped (counted as
+// one make-before-break. The two hosts' agents install their halves
+// independently, a few milliseconds apart or more, so:
+//
+//   - the new inbound SA opens from the moment it is installed, and the
+//     old one still opens for retireAfter, then is deleted and wiped;
+//   - the old outbound SA goes on sealing until the peer shows it has the
+//     new pair — a packet verified on the new inbound SA, which only the
+//     peer's new outbound SA makes — or switchAfter has passed, by which
+//     time the peer's agent, ordered at the same moment, has installed its
+//     half too. A host that sealed on the new SA at once would have its
+//     first packets dropped by a peer that had not (seen in
+//     TestAgentPairs: not-ours, under CI's load).
+//
+// Until a policy has a pair its traffic is dropped (counted as
 // awaiting-sa), never sent in the clear.
 //
 // genMu is taken before mu (host.go) and never the other way round; it
-// orders Install, Reload and the retiring of old SAs, each of which
-// rebuilds the tables from the file configuration and the pairs.
+// orders Install, Reload, the switch to a new outbound SA and the
+// retiring of old SAs, each of which rebuilds the tables from the file
+// configuration and the pairs.
 
 // retireAfter is how long an inbound SA a new pair replaced keeps opening.
 const retireAfter = 30 * time.Second
 
-// pair is one policy's installed pair and the inbound SAs it replaced.
+// switchAfter is the longest a new pair's outbound SA waits for the peer
+// to show it has the pair before it seals (the old one sealing till then):
+// long against two agents' installs of one order, short against the
+// outage that a gateway's lapsed lease — the rekey's usual cause — has
+// already cost.
+const switchAfter = 500 * time.Millisecond
+
+// pair is one policy's installed pair, the outbound SA it replaced while
+// that still seals (prevOut; nil once out seals), and the inbound SAs it
+// replaced.
 type pair struct {
 	out, in  ipsec.Config // with keys: the tables are rebuilt from them
+	prevOut  *ipsec.Config
+	switchAt time.Time // when out seals at the latest
 	retiring []retiring
+}
+
+// sealing is the outbound SA the pair's policy seals with now.
+func (p *pair) sealing() *ipsec.Config {
+	if p.prevOut != nil {
+		return p.prevOut
+	}
+	return &p.out
 }
 
 type retiring struct {
@@ -62,17 +92,26 @@ func (h *Host) Install(policy string, out, in ipsec.Config) error {
 		return nil
 	}
 	p := &pair{out: out.CloneKeys(), in: in.CloneKeys()}
+	var unused *ipsec.Config // an outbound SA the new pair makes moot, never to seal
 	if old != nil {
-		p.retiring = append(old.retiring, retiring{old.in, time.Now().Add(retireAfter)})
+		now := time.Now()
+		p.retiring = append(slices.Clone(old.retiring), retiring{old.in, now.Add(retireAfter)})
+		wait := switchAfter
+		if h.switchWait > 0 {
+			wait = h.switchWait
+		}
+		p.prevOut, p.switchAt, unused = old.sealing(), now.Add(wait), &old.out
+		if old.prevOut == nil {
+			unused = nil // old.out still seals, as p.prevOut
+		}
 	}
-	prev := h.gen[policy]
 	h.gen[policy] = p
 	if err := h.apply(file); err != nil {
-		h.gen[policy] = prev
+		h.gen[policy] = old
 		return err
 	}
-	if old != nil {
-		old.out.WipeKeys()
+	if unused != nil {
+		unused.WipeKeys()
 	}
 	h.log.Info("host: pair installed", "policy", policy, "out", fmt.Sprintf("%#08x", out.SPI), "in", fmt.Sprintf("%#08x", in.SPI))
 	return nil
@@ -90,11 +129,14 @@ func (h *Host) apply(file *Config) error {
 			continue
 		}
 		eff.SAs = append(eff.SAs, p.out, p.in)
+		if p.prevOut != nil {
+			eff.SAs = append(eff.SAs, *p.prevOut)
+		}
 		for _, r := range p.retiring {
 			eff.SAs = append(eff.SAs, r.c)
 		}
-		eff.Policies[i].SAs = []ipsec.ID{p.out.ID()}
-		eff.PolicySPIs[i] = []uint32{p.out.SPI}
+		eff.Policies[i].SAs = []ipsec.ID{p.sealing().ID()}
+		eff.PolicySPIs[i] = []uint32{p.sealing().SPI}
 	}
 	if err := h.load(&eff); err != nil {
 		return err
@@ -121,11 +163,25 @@ func (h *Host) reloadPairs(file *Config) {
 	}
 }
 
-// retire deletes the replaced inbound SAs whose time is up.
+// retire moves each new pair's sealing to its outbound SA once the peer
+// has shown it has the pair, or at its switchAt (gen.go's comment), and
+// deletes the replaced inbound SAs whose time is up.
 func (h *Host) retire(now time.Time) {
 	h.genMu.Lock()
 	defer h.genMu.Unlock()
 	changed := false
+	var wipe []*ipsec.Config // once the tables no longer hold them
+	sad, _ := h.tables()
+	for _, p := range h.gen {
+		if p.prevOut == nil {
+			continue
+		}
+		e, ok := sad.Get(p.in.ID())
+		if peerHas := ok && e.Write != nil && e.Write.InTop() > 0; peerHas || !now.Before(p.switchAt) {
+			wipe = append(wipe, p.prevOut)
+			p.prevOut, changed = nil, true
+		}
+	}
 	for _, p := range h.gen {
 		keep := p.retiring[:0]
 		for _, r := range p.retiring {
@@ -133,7 +189,7 @@ func (h *Host) retire(now time.Time) {
 				keep = append(keep, r)
 				continue
 			}
-			r.c.WipeKeys()
+			wipe = append(wipe, &r.c)
 			changed = true
 		}
 		p.retiring = keep
@@ -142,6 +198,9 @@ func (h *Host) retire(now time.Time) {
 		if err := h.apply(h.file); err != nil {
 			h.log.Error("host: retiring replaced SAs", "err", err)
 		}
+	}
+	for _, c := range wipe {
+		c.WipeKeys()
 	}
 }
 
@@ -190,6 +249,9 @@ func (h *Host) Delegable() []ipsec.Config {
 	generated := map[ipsec.ID]bool{}
 	for _, p := range h.gen {
 		generated[p.out.ID()] = true
+		if p.prevOut != nil {
+			generated[p.prevOut.ID()] = true
+		}
 	}
 	for _, c := range eff.Delegable() {
 		if _, ok := sad.Get(c.ID()); ok && !generated[c.ID()] { // not one a hard lifetime removed, nor one the server made
@@ -202,6 +264,9 @@ func (h *Host) Delegable() []ipsec.Config {
 func wipePair(p *pair) {
 	p.out.WipeKeys()
 	p.in.WipeKeys()
+	if p.prevOut != nil {
+		p.prevOut.WipeKeys()
+	}
 	for i := range p.retiring {
 		p.retiring[i].c.WipeKeys()
 	}

@@ -116,9 +116,14 @@ func TestGeneratedPairs(t *testing.T) {
 		t.Fatalf("the server's own pair offered for upload: %v %v", sas, err)
 	}
 
-	// A new pair: b installs first; a keeps sealing on the old one for a
-	// while, which b still opens.
+	// A new pair: b installs first; a, which has not yet, keeps sealing
+	// on the old one, which b still opens.
 	ab2, ba2 := genPair(t, "10.77.1.1", "10.77.1.2", 0x3333, 0x4444)
+	for _, h := range []*Host{a, b} { // only the test's retire rounds switch; lifetimeLoop's wait
+		h.genMu.Lock()
+		h.switchWait = time.Hour
+		h.genMu.Unlock()
+	}
 	if err := cb.Install(ctx, "tcp", ba2, ab2); err != nil {
 		t.Fatal(err)
 	}
@@ -128,10 +133,36 @@ func TestGeneratedPairs(t *testing.T) {
 		t.Fatalf("the old pair's inbound SA was dropped at once: b %s", b.Stats().Summary())
 	}
 	ma.Take()
+	// a installs too. Neither seals on the new pair until the peer shows
+	// it has it, or switchAfter passes: a packet either sends now is
+	// sealed on the old pair, which the other, whatever it installed,
+	// still opens.
 	if err := ca.Install(ctx, "tcp", ab2, ba2); err != nil {
 		t.Fatal(err)
 	}
+	back := packettest.Segment(bp, ap, header.TCPAck, 1, 1000, 65535, nil, nil)
 	ma.Tun <- seg(3)
+	mb.Tun <- back
+	settle(a, b)
+	gotA, sentB := mb.Take()
+	gotB, sentA := ma.Take()
+	if len(gotA) != 1 || len(gotB) != 1 || len(sentA) != 1 || spiOf(sentA[0]) != 0x1111 || len(sentB) != 1 || spiOf(sentB[0]) != 0x2222 {
+		t.Fatalf("both installed, not yet switched: b delivered %d, a %d; a sent %d, b %d", len(gotA), len(gotB), len(sentA), len(sentB))
+	}
+	// b's wait is up: it seals on the new pair, and a opens that.
+	b.retire(time.Now().Add(time.Hour))
+	mb.Tun <- back
+	settle(a, b)
+	if got, sent := ma.Take(); len(got) != 1 || len(sent) != 0 {
+		t.Fatalf("b on the new pair: a delivered %d", len(got))
+	}
+	if _, sent := mb.Take(); len(sent) != 1 || spiOf(sent[0]) != 0x4444 {
+		t.Fatalf("b did not switch at its switchAfter: %d sent", len(sent))
+	}
+	// a has seen b's packet on the new inbound SA: it switches at its
+	// next round, before its own switchAfter.
+	a.retire(time.Now())
+	ma.Tun <- seg(4)
 	settle(a, b)
 	_, sent = ma.Take()
 	if got, _ := mb.Take(); len(got) != 1 || len(sent) != 1 || spiOf(sent[0]) != 0x3333 {

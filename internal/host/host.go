@@ -47,6 +47,9 @@ type Host struct {
 	file  *Config
 	gen   map[string]*pair
 	eff   *Config
+	// switchWait, if set, replaces switchAfter (gen.go; tests). Guarded
+	// by genMu.
+	switchWait time.Duration
 }
 
 // New sets up the host's state, SAs and link (on Linux: the TUN device,
