@@ -21,7 +21,7 @@ import (
 //     new pair — a packet verified on the new inbound SA, which only the
 //     peer's new outbound SA makes — or switchAfter has passed, by which
 //     time the peer's agent, ordered at the same moment, has installed its
-//     half too. A host that sealed on the new SA at once would have its
+//     half too (lifetimeLoop looks every 250 ms). A host that sealed on the new SA at once would have its
 //     first packets dropped by a peer that had not (seen in
 //     TestAgentPairs: not-ours, under CI's load).
 //
