@@ -32,6 +32,35 @@ func seqpacket(t *testing.T) (dev *os.File, peer int) {
 	return dev, fds[1]
 }
 
+// seqpacketRawIO is a rawIO on a seqpacket stand-in: the rawIO, its
+// descriptor and the kernel's end.
+func seqpacketRawIO(t *testing.T) (r *rawIO, dev *os.File, peer int) {
+	t.Helper()
+	dev, peer = seqpacket(t)
+	r, err := newRawIO(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, dev, peer
+}
+
+// sender writes, from the kernel's end peer, one message: a virtio
+// header h and the packet after it.
+func sender(t *testing.T, peer int) func(h, pkt []byte) {
+	return func(h, pkt []byte) {
+		t.Helper()
+		if _, err := unix.Write(peer, append(append([]byte(nil), h...), pkt...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// gsoTCPv4 is the virtio header of a TCP/IPv4 super-packet cut every mss
+// payload bytes.
+func gsoTCPv4(mss int) []byte {
+	return []byte{0, offload.GSOTCPv4, 0, 0, byte(mss), byte(mss >> 8), 0, 0, 0, 0}
+}
+
 // flowSegments is n contiguous 1400-byte segments of one flow, as its
 // sender makes them (IPv4 identifications counting up): a run the
 // writer coalesces.
@@ -63,22 +92,13 @@ func readBufs() ([][]byte, []int) {
 // poller for a packet; and a closed descriptor ends the reader with
 // os.ErrClosed.
 func TestRawIO(t *testing.T) {
-	f, peer := seqpacket(t)
-	r, err := newRawIO(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, f, peer := seqpacketRawIO(t)
 	bufs, sizes := readBufs()
 	src, dst := netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:80")
 	whole := packettest.Segment(src, dst, header.TCPAck, 7, 1, 500, nil, make([]byte, 100))
+	send := sender(t, peer)
 
 	// A finished packet, as it is.
-	send := func(h []byte, pkt []byte) {
-		t.Helper()
-		if _, err := unix.Write(peer, append(append([]byte(nil), h...), pkt...)); err != nil {
-			t.Fatal(err)
-		}
-	}
 	var none [offload.HdrLen]byte
 	send(none[:], whole)
 	if n, err := r.Read(bufs, sizes, headroom); err != nil || n != 1 || !bytes.Equal(bufs[0][headroom:headroom+sizes[0]], whole) {
@@ -103,7 +123,7 @@ func TestRawIO(t *testing.T) {
 	if _, _, err := offload.Finish(h, append([]byte(nil), super...), 0, nil, func(p []byte) { want = append(want, append([]byte(nil), p...)) }); err != nil {
 		t.Fatal(err)
 	}
-	send([]byte{0, offload.GSOTCPv4, 0, 0, 1448 & 0xff, 1448 >> 8, 0, 0, 0, 0}, super)
+	send(gsoTCPv4(1448), super)
 	n, err := r.Read(bufs, sizes, headroom)
 	if err != nil || n != len(want) || n != 7 {
 		t.Fatalf("super-packet: %d packets, %v; want %d", n, err, len(want))
@@ -123,7 +143,7 @@ func TestRawIO(t *testing.T) {
 		p[len(p)-1] = byte(i) // (its checksum no longer holds: not this test's matter)
 		send(none[:], p)
 	}
-	send([]byte{0, offload.GSOTCPv4, 0, 0, 1448 & 0xff, 1448 >> 8, 0, 0, 0, 0}, super)
+	send(gsoTCPv4(1448), super)
 	send(none[:], whole)
 	if n, err := r.Read(bufs, sizes, headroom); err != nil || n != 3 || bufs[2][headroom+sizes[2]-1] != 2 {
 		t.Fatalf("drain: %d packets, %v; want the 3 alone", n, err)
@@ -231,21 +251,12 @@ func TestRawIO(t *testing.T) {
 // its transport checksum. In a drained batch each packet has its own
 // answer, and a read with nothing to say (Read) still works.
 func TestRawIOChecked(t *testing.T) {
-	f, peer := seqpacket(t)
-	r, err := newRawIO(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, _, peer := seqpacketRawIO(t)
 	bufs, sizes := readBufs()
 	checked := make([]bool, len(bufs))
 	src, dst := netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:80")
 	whole := packettest.Segment(src, dst, header.TCPAck, 7, 1, 500, nil, make([]byte, 100))
-	send := func(h []byte, pkt []byte) {
-		t.Helper()
-		if _, err := unix.Write(peer, append(append([]byte(nil), h...), pkt...)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	send := sender(t, peer)
 	read := func(name string, want ...bool) {
 		t.Helper()
 		for i, w := range want {
@@ -277,7 +288,7 @@ func TestRawIOChecked(t *testing.T) {
 	read("completed from inside its TCP header", false)
 
 	super := packettest.Segment(src, dst, header.TCPAck, 1000, 1, 500, nil, bytes.Repeat([]byte("espep"), 2000))
-	send([]byte{0, offload.GSOTCPv4, 0, 0, 1448 & 0xff, 1448 >> 8, 0, 0, 0, 0}, super)
+	send(gsoTCPv4(1448), super)
 	read("a super-packet's segments", true, true, true, true, true, true, true)
 
 	send(none[:], whole)
@@ -298,15 +309,11 @@ func TestRawIOChecked(t *testing.T) {
 // TestRawIOZeroAllocs: reading a packet and a super-packet, writing one
 // packet and a batch coalesced into one, allocate nothing.
 func TestRawIOZeroAllocs(t *testing.T) {
-	f, peer := seqpacket(t)
-	r, err := newRawIO(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, _, peer := seqpacketRawIO(t)
 	bufs, sizes := readBufs()
 	src, dst := netip.MustParseAddrPort("10.0.0.1:5001"), netip.MustParseAddrPort("10.0.0.2:80")
 	pkt := append(make([]byte, offload.HdrLen), packettest.Segment(src, dst, header.TCPAck, 7, 1, 500, nil, make([]byte, 1400))...)
-	super := append([]byte{0, offload.GSOTCPv4, 0, 0, 1448 & 0xff, 1448 >> 8, 0, 0, 0, 0},
+	super := append(gsoTCPv4(1448),
 		packettest.Segment(src, dst, header.TCPAck, 7, 1, 500, nil, make([]byte, 20000))...)
 	out := [][]byte{make([]byte, headroom+1400)}
 	sink := make([]byte, 70000)
