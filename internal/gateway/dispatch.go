@@ -79,10 +79,10 @@ func (g *Gateway) wantSAs(l *ipsec.Loc) {
 	}
 }
 
-// relay sends pkt — c's packet as it came — on unchanged.
-func (g *Gateway) relay(c *call, to engine.Side, pkt []byte) {
+// relay sends c's packet on as it came.
+func (g *Gateway) relay(c *call, to engine.Side) {
 	c.ctr.add(cRelayed)
-	g.sendOut(to, pkt, c.checked)
+	g.sendOut(to, c.orig, c.checked)
 }
 
 // process is Process's work, in c.
@@ -92,7 +92,7 @@ func (g *Gateway) process(c *call, from engine.Side, pkt []byte) {
 	var tunHdr []byte
 	if header.Parse(pkt, &c.hdr) != nil {
 		c.ctr.add(cMalformed)
-		g.relay(c, to, pkt)
+		g.relay(c, to)
 		return
 	}
 	if inner, outer, ok := peelIPIP(pkt, &c.hdr); ok {
@@ -101,14 +101,14 @@ func (g *Gateway) process(c *call, from engine.Side, pkt []byte) {
 		pkt, tunHdr = inner, outer
 		if header.Parse(pkt, &c.hdr) != nil {
 			c.ctr.add(cMalformed)
-			g.relay(c, to, c.orig)
+			g.relay(c, to)
 			return
 		}
 	}
 	l, err := ipsec.LocateParsed(pkt, &c.hdr)
 	if err != nil {
 		c.ctr.add(cMalformed)
-		g.relay(c, to, c.orig)
+		g.relay(c, to)
 		return
 	}
 	switch l.Kind {
@@ -118,15 +118,15 @@ func (g *Gateway) process(c *call, from engine.Side, pkt []byte) {
 		if f := g.ike.Load(); f != nil {
 			(*f)(pkt, l) // by value: a pointer would make l escape for every packet
 		}
-		g.relay(c, to, c.orig)
+		g.relay(c, to)
 		return
 	case ipsec.KindKeepalive:
 		c.ctr.add(cKeepalives)
-		g.relay(c, to, c.orig)
+		g.relay(c, to)
 		return
 	case ipsec.KindFragment:
 		c.ctr.add(cFragments)
-		g.relay(c, to, c.orig)
+		g.relay(c, to)
 		return
 	case ipsec.KindOther:
 		g.processPlain(c, from, pkt, tunHdr)
@@ -137,11 +137,11 @@ func (g *Gateway) process(c *call, from engine.Side, pkt []byte) {
 	case e == nil:
 		c.ctr.add(cUnknown)
 		g.wantSAs(&l)
-		g.relay(c, to, c.orig)
+		g.relay(c, to)
 		return
 	case e.Class() == ipsec.ClassNone:
 		c.ctr.add(cClassNone)
-		g.relay(c, to, c.orig)
+		g.relay(c, to)
 		return
 	case e.Class() == ipsec.ClassRead:
 		g.processRead(c, from, e, l, pkt)
@@ -162,14 +162,14 @@ func (g *Gateway) processWrite(c *call, from engine.Side, e *ipsec.Entry, l ipse
 				g.log.Warn("gateway: not sealing on an SA with counter IVs without a state directory; relaying it", "sa", e.Config.ID())
 			}
 		}
-		g.relay(c, to, c.orig)
+		g.relay(c, to)
 		return
 	}
 	// Open a copy: the original may still go out as it came.
 	off := ipsec.MaxHeadroom
 	if len(pkt) > len(c.buf)-off {
 		c.ctr.add(cMalformed)
-		g.relay(c, to, c.orig)
+		g.relay(c, to)
 		return
 	}
 	buf := c.buf[off : off+len(pkt)]
@@ -177,7 +177,7 @@ func (g *Gateway) processWrite(c *call, from engine.Side, e *ipsec.Entry, l ipse
 	inner, st, res := g.openBundle(c, buf, l, st)
 	switch res {
 	case openFailed:
-		g.relay(c, to, c.orig) // not verified: the receiver decides; it would refuse it too
+		g.relay(c, to) // not verified: the receiver decides; it would refuse it too
 		return
 	case openUnusable:
 		return // verified but nothing to deliver (counted): no stale number goes out
@@ -220,7 +220,7 @@ func (g *Gateway) processPlain(c *call, from engine.Side, pkt, tunHdr []byte) {
 		return
 	}
 	if !g.cfg.Plain || len(pkt) > len(c.buf)-ipsec.MaxHeadroom {
-		g.relay(c, to, c.orig)
+		g.relay(c, to)
 		return
 	}
 	if r.tcp() && !(c.checked && tunHdr == nil) && !header.ChecksumsValid(pkt[:c.hdr.Len], c.hdr.L4, header.ProtoTCP) {
@@ -252,7 +252,7 @@ func (g *Gateway) processRead(c *call, from engine.Side, e *ipsec.Entry, l ipsec
 	inner, err := e.Read.Decrypt(c.buf[:0:cap(c.buf)], pkt)
 	if err != nil {
 		c.ctr.add(cOpenErrors)
-		g.relay(c, to, c.orig)
+		g.relay(c, to)
 		return
 	}
 	g.smu.Lock()
