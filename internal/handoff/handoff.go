@@ -9,12 +9,13 @@
 // state — the flows' plaintext — only ever crosses an authenticated,
 // encrypted channel.
 //
-// Encoding: encoding/gob of Part, version 1. gob is fast for the
-// megabytes of buffered bytes a handoff carries (JSON took four times as
-// long) but is not hardened against hostile input beyond bounding what it
-// allocates by what it reads; it only ever reads what an authenticated
-// gateway sent, in chunks of at most maxMessage, and the fuzz target
-// FuzzDecodeChunk holds decoding and importing to "an error, never a
+// Encoding (chunks.go): encoding/gob of Part, versions 1 and 2 — in 2 a
+// part's buffered bytes follow it in pieces instead of inside it. gob is
+// fast for what a part holds (JSON took four times as long) but is not
+// hardened against hostile input beyond bounding what it allocates by
+// what it reads; it only ever reads what an authenticated gateway sent,
+// in chunks of at most maxMessage, and the fuzz targets FuzzDecodeChunk
+// and FuzzAssemble hold decoding and importing to "an error, never a
 // panic".
 //
 // Offer (offer.go) pre-provisions: a gateway gives its neighbours the
@@ -35,10 +36,9 @@
 package handoff
 
 import (
-	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
-	"encoding/gob"
 	"errors"
 	"fmt"
 	"io"
@@ -57,17 +57,15 @@ import (
 	"github.com/espep/espep/internal/rpcauth"
 )
 
-// Version is the flow encoding this package speaks.
-const Version = 1
-
-// MaxChunk bounds one streamed chunk (well under gRPC's default message
-// limit of 4 MiB); a flow larger than this goes alone in its chunk. Small
-// enough that the new gateway imports one chunk while the old one encodes
-// the next (1 MiB measured best of 0.5, 1, 2 and 4 MiB).
+// MaxChunk bounds the flows of one part (their buffered bytes included;
+// well under gRPC's default message limit of 4 MiB); a flow larger than
+// this goes alone in its part. Small enough that the new gateway imports
+// one part while the old one sends the next (1 MiB measured best of 0.5,
+// 1, 2 and 4 MiB, with version 1).
 const MaxChunk = 1 << 20
 
-// maxMessage is what a client accepts in one chunk: a flow holds at most
-// the engine's per-flow buffer (two directions) and cache.
+// maxMessage is what a client accepts in one chunk: in version 1 a flow
+// holds at most the engine's per-flow buffer (two directions) and cache.
 const maxMessage = 64 << 20
 
 // Part is one chunk of a handoff: the first carries the SAs and the
@@ -113,6 +111,8 @@ type Server struct {
 	// it gets nothing — two gateways asking each other at once must not
 	// both hand over.
 	Arriving func(mobile netip.Addr) bool
+
+	newest uint32 // the newest encoding served (0: Version); a test's old gateway
 }
 
 // NewServer makes the service over src.
@@ -129,8 +129,10 @@ func (s *Server) Take(req *pb.TakeRequest, stream pb.Handoff_TakeServer) error {
 	if err != nil {
 		return err
 	}
-	if req.GetVersion() != Version {
-		return status.Errorf(codes.FailedPrecondition, "flow encoding %d: this gateway speaks %d", req.GetVersion(), Version)
+	version := req.GetVersion()
+	newest := cmp.Or(s.newest, Version)
+	if version < 1 || version > newest {
+		return status.Errorf(codes.FailedPrecondition, "flow encoding %d: this gateway speaks 1 to %d", version, newest)
 	}
 	mobile, ok := netip.AddrFromSlice(req.GetMobile())
 	if !ok {
@@ -139,62 +141,11 @@ func (s *Server) Take(req *pb.TakeRequest, stream pb.Handoff_TakeServer) error {
 	var h gateway.Handoff
 	if s.Arriving != nil && s.Arriving(mobile.Unmap()) {
 		s.audit.Info("not handed over: arriving here", "to", who, "mobile", mobile.String())
-		return sendChunks(h, func(b []byte) error { return stream.Send(&pb.TakeChunk{Version: Version, Flows: b}) })
+		return sendChunks(h, version, stream.Send)
 	}
 	h = s.src.HandOver(mobile.Unmap())
-	s.audit.Info("handed over", "to", who, "mobile", mobile.String(), "flows", len(h.Flows), "sas", len(h.SAs))
-	return sendChunks(h, func(b []byte) error { return stream.Send(&pb.TakeChunk{Version: Version, Flows: b}) })
-}
-
-// sendChunks gob-encodes h in parts of at most MaxChunk bytes (or one
-// flow), the SAs and bindings in the first, and sends each; there is
-// always a first part.
-func sendChunks(h gateway.Handoff, send func([]byte) error) error {
-	var buf bytes.Buffer
-	flows := h.Flows
-	for first := true; first || len(flows) > 0; first = false {
-		n, size := 0, 0
-		for n < len(flows) {
-			fs := flowSize(&flows[n])
-			if n > 0 && size+fs > MaxChunk {
-				break
-			}
-			size += fs
-			n++
-		}
-		part := Part{Flows: flows[:n]}
-		if first {
-			part.SAs, part.Routes = h.SAs, h.Routes
-		}
-		buf.Reset()
-		buf.Grow(size + size/8 + 4096) // gob's framing on top: one allocation, no regrowth copies
-		if err := gob.NewEncoder(&buf).Encode(&part); err != nil {
-			return status.Errorf(codes.Internal, "handoff: %v", err)
-		}
-		if err := send(buf.Bytes()); err != nil {
-			return err
-		}
-		flows = flows[n:]
-	}
-	return nil
-}
-
-// flowSize is about how many bytes a flow encodes to.
-func flowSize(f *engine.FlowState) int {
-	n := 1024 + f.Buffered()
-	for _, c := range f.Cache {
-		n += len(c.Packet)
-	}
-	return n
-}
-
-// DecodeChunk reads one chunk. A bad chunk is an error, never a panic.
-func DecodeChunk(b []byte) (Part, error) {
-	var p Part
-	if err := gob.NewDecoder(bytes.NewReader(b)).Decode(&p); err != nil {
-		return Part{}, fmt.Errorf("handoff: chunk: %w", err)
-	}
-	return p, nil
+	s.audit.Info("handed over", "to", who, "mobile", mobile.String(), "flows", len(h.Flows), "sas", len(h.SAs), "encoding", version)
+	return sendChunks(h, version, stream.Send)
 }
 
 // Client is a gateway's connection to another gateway's Handoff service.
@@ -219,27 +170,42 @@ func (c *Client) Close() error { return c.cc.Close() }
 // Take asks the gateway for the mobile; put is called with each part as
 // it arrives (the caller resumes it: gateway.Resume, or an engine's
 // Import of its flows), the SAs first, so the first flows resume before
-// the last have crossed. It returns how many flows came.
+// the last have crossed. It returns how many flows came. It asks in
+// Version, and again in version 1 if the gateway speaks only that (one
+// not yet upgraded).
 func (c *Client) Take(ctx context.Context, mobile netip.Addr, put func(Part) error) (int, error) {
-	st, err := c.api.Take(ctx, &pb.TakeRequest{Mobile: mobile.AsSlice(), Version: Version}, grpc.MaxCallRecvMsgSize(maxMessage))
+	n, err := c.take(ctx, mobile, Version, put)
+	if n == 0 && status.Code(err) == codes.FailedPrecondition {
+		n, err = c.take(ctx, mobile, 1, put)
+	}
+	return n, err
+}
+
+// take is Take in one encoding.
+func (c *Client) take(ctx context.Context, mobile netip.Addr, version uint32, put func(Part) error) (int, error) {
+	st, err := c.api.Take(ctx, &pb.TakeRequest{Mobile: mobile.AsSlice(), Version: version}, grpc.MaxCallRecvMsgSize(maxMessage))
 	if err != nil {
 		return 0, fmt.Errorf("handoff: take %v: %w", mobile, err)
 	}
+	a := assembler{version: version}
 	n := 0
 	for {
 		ch, err := st.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) {
+			err = a.end()
+			if err == nil {
 				return n, nil
 			}
+		}
+		if err != nil {
 			return n, fmt.Errorf("handoff: take %v: %w", mobile, err)
 		}
-		if ch.GetVersion() != Version {
-			return n, fmt.Errorf("handoff: take %v: flow encoding %d", mobile, ch.GetVersion())
-		}
-		part, err := DecodeChunk(ch.GetFlows())
+		part, whole, err := a.add(ch)
 		if err != nil {
-			return n, err
+			return n, fmt.Errorf("handoff: take %v: %w", mobile, err)
+		}
+		if !whole {
+			continue
 		}
 		if err := put(part); err != nil {
 			return n, fmt.Errorf("handoff: take %v: %w", mobile, err)

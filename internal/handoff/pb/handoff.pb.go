@@ -182,7 +182,7 @@ func (x *OfferReply) GetTaken() uint32 {
 type TakeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Mobile        []byte                 `protobuf:"bytes,1,opt,name=mobile,proto3" json:"mobile,omitempty"`    // the mobile's address (4 or 16 bytes)
-	Version       uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"` // of the flow encoding the caller reads: 1
+	Version       uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"` // of the flow encoding the caller reads: 1 or 2
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -231,10 +231,23 @@ func (x *TakeRequest) GetVersion() uint32 {
 	return 0
 }
 
+// TakeChunk is one message of a Take stream.
+//
+// Version 1: every chunk has flows, encoding/gob of a part (the SAs and
+// bindings in the first) with the flows' buffered bytes inside it.
+//
+// Version 2: a chunk with flows starts a part: encoding/gob of the part
+// with its split flows' buffered bytes taken out, and their lengths. The
+// chunks with data that follow carry those bytes, in order (flow by
+// flow, its two streams in turn), in pieces of at most MaxPiece; the part
+// is whole when the last of them has come. A flow's megabytes then cross
+// in small messages, each copied into the place it ends in, instead of as
+// one message copied whole at every layer.
 type TakeChunk struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"` // of the flow encoding: 1 (encoding/gob of []engine.FlowState)
-	Flows         []byte                 `protobuf:"bytes,2,opt,name=flows,proto3" json:"flows,omitempty"`      // one batch of flows, at most MaxChunk bytes
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"` // of the flow encoding: 1 or 2
+	Flows         []byte                 `protobuf:"bytes,2,opt,name=flows,proto3" json:"flows,omitempty"`      // a part, at most MaxChunk bytes (version 1: or one flow)
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`        // version 2: a piece of the part's buffered bytes
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -283,6 +296,13 @@ func (x *TakeChunk) GetFlows() []byte {
 	return nil
 }
 
+func (x *TakeChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_proto_espep_v1_handoff_proto protoreflect.FileDescriptor
 
 const file_proto_espep_v1_handoff_proto_rawDesc = "" +
@@ -302,10 +322,11 @@ const file_proto_espep_v1_handoff_proto_rawDesc = "" +
 	"\x05taken\x18\x01 \x01(\rR\x05taken\"?\n" +
 	"\vTakeRequest\x12\x16\n" +
 	"\x06mobile\x18\x01 \x01(\fR\x06mobile\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\rR\aversion\";\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\"O\n" +
 	"\tTakeChunk\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
-	"\x05flows\x18\x02 \x01(\fR\x05flows2v\n" +
+	"\x05flows\x18\x02 \x01(\fR\x05flows\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data2v\n" +
 	"\aHandoff\x124\n" +
 	"\x04Take\x12\x15.espep.v1.TakeRequest\x1a\x13.espep.v1.TakeChunk0\x01\x125\n" +
 	"\x05Offer\x12\x16.espep.v1.OfferRequest\x1a\x14.espep.v1.OfferReplyB,Z*github.com/espep/espep/internal/handoff/pbb\x06proto3"

@@ -1,0 +1,266 @@
+package handoff
+
+import (
+	"bytes"
+	"encoding/gob"
+	"errors"
+	"fmt"
+
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/gateway"
+	"github.com/espep/espep/internal/handoff/pb"
+)
+
+// The two flow encodings of a Take stream (proto/espep/v1/handoff.proto,
+// TakeChunk). Version 1 gob-encodes whole parts, a split flow's buffered
+// megabytes inside: one message the size of the flow, copied whole by
+// the export, gob, protobuf and gRPC on each side — into memory that a
+// gateway which has not held that much before must first fault in
+// (~14 ms per fresh 4 MB on the machine of 2026-12-02; a one-flow
+// handoff took 100–230 ms). Version 2 sends a part's buffered bytes
+// after it, in pieces of MaxPiece that the receiver copies straight into
+// the flows' buffers: each piece's own copies reuse a few small buffers.
+
+// Version is the newest flow encoding this package speaks; it serves
+// both, and asks for Version first (Client.Take).
+const Version = 2
+
+// MaxPiece bounds a version-2 data chunk.
+const MaxPiece = 256 << 10
+
+// maxStream bounds one stream's buffered bytes as a header announces
+// them: what the receiver allocates ahead of the bytes themselves.
+const maxStream = maxMessage
+
+// partHeader is a version-2 part as gob carries it: the part with its split
+// flows' buffered bytes taken out, and their lengths — two a split flow,
+// its streams in turn, flow by flow — in the order the data chunks bring
+// them.
+type partHeader struct {
+	Part Part
+	Lens []int
+}
+
+// sendChunks sends h in the version asked for, in parts of at most
+// MaxChunk bytes of flows (or one flow), the SAs and bindings in the
+// first; there is always a first part.
+func sendChunks(h gateway.Handoff, version uint32, send func(*pb.TakeChunk) error) error {
+	var buf bytes.Buffer
+	flows := h.Flows
+	for first := true; first || len(flows) > 0; first = false {
+		n, size := 0, 0
+		for n < len(flows) {
+			fs := flowSize(&flows[n])
+			if n > 0 && size+fs > MaxChunk {
+				break
+			}
+			size += fs
+			n++
+		}
+		part := Part{Flows: flows[:n]}
+		if first {
+			part.SAs, part.Routes = h.SAs, h.Routes
+		}
+		var err error
+		if version == 1 {
+			err = sendV1(&buf, part, size, send)
+		} else {
+			err = sendV2(&buf, part, send)
+		}
+		if err != nil {
+			return err
+		}
+		flows = flows[n:]
+	}
+	return nil
+}
+
+// sendV1 sends a part as one gob-encoded chunk.
+func sendV1(buf *bytes.Buffer, part Part, size int, send func(*pb.TakeChunk) error) error {
+	b, err := encode(buf, &part, size)
+	if err != nil {
+		return err
+	}
+	return send(&pb.TakeChunk{Version: 1, Flows: b})
+}
+
+// sendV2 sends a part's header, then its buffered bytes in pieces. The
+// caller's flows are not changed: the header carries copies of their
+// split state without the bytes.
+func sendV2(buf *bytes.Buffer, part Part, send func(*pb.TakeChunk) error) error {
+	var data [][]byte
+	hdr := partHeader{Part: part}
+	hdr.Part.Flows = append([]engine.FlowState(nil), part.Flows...)
+	for i := range hdr.Part.Flows {
+		f := &hdr.Part.Flows[i]
+		if f.Split == nil {
+			continue
+		}
+		sp := *f.Split
+		for j := range sp.Streams {
+			data = append(data, sp.Streams[j].Data)
+			hdr.Lens = append(hdr.Lens, len(sp.Streams[j].Data))
+			sp.Streams[j].Data = nil
+		}
+		f.Split = &sp
+	}
+	b, err := encode(buf, &hdr, 0)
+	if err != nil {
+		return err
+	}
+	if err := send(&pb.TakeChunk{Version: 2, Flows: b}); err != nil {
+		return err
+	}
+	for _, d := range data {
+		for len(d) > 0 {
+			piece := d[:min(len(d), MaxPiece)]
+			if err := send(&pb.TakeChunk{Version: 2, Data: piece}); err != nil {
+				return err
+			}
+			d = d[len(piece):]
+		}
+	}
+	return nil
+}
+
+// encode gob-encodes v into buf, grown once for about size bytes.
+func encode(buf *bytes.Buffer, v any, size int) ([]byte, error) {
+	buf.Reset()
+	buf.Grow(size + size/8 + 4096) // gob's framing on top: no regrowth copies
+	if err := gob.NewEncoder(buf).Encode(v); err != nil {
+		return nil, fmt.Errorf("handoff: encode: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// flowSize is about how many bytes a flow encodes to.
+func flowSize(f *engine.FlowState) int {
+	n := 1024 + f.Buffered()
+	for _, c := range f.Cache {
+		n += len(c.Packet)
+	}
+	return n
+}
+
+// DecodeChunk reads one version-1 chunk. A bad chunk is an error, never
+// a panic.
+func DecodeChunk(b []byte) (Part, error) {
+	var p Part
+	if err := gob.NewDecoder(bytes.NewReader(b)).Decode(&p); err != nil {
+		return Part{}, fmt.Errorf("handoff: chunk: %w", err)
+	}
+	return p, nil
+}
+
+// assembler puts the parts of a Take stream back together, chunk by
+// chunk: a version-1 chunk is a part; a version-2 header waits for its
+// bytes. A stream that breaks the encoding is an error, never a panic.
+type assembler struct {
+	version uint32
+	part    Part
+	fills   []fill // the part's streams still to fill, in order
+	pending bool   // a header has come, its bytes have not all
+}
+
+// fill is a stream's buffer and the length its header gave it.
+type fill struct {
+	dst *[]byte
+	n   int
+}
+
+// add takes one chunk; whole is true when it completes a part.
+func (a *assembler) add(ch *pb.TakeChunk) (part Part, whole bool, err error) {
+	if ch.GetVersion() != a.version {
+		return Part{}, false, fmt.Errorf("handoff: flow encoding %d in a stream of %d", ch.GetVersion(), a.version)
+	}
+	if a.version == 1 {
+		part, err := DecodeChunk(ch.GetFlows())
+		return part, err == nil, err
+	}
+	switch flows, data := ch.GetFlows(), ch.GetData(); {
+	case len(flows) > 0 && len(data) > 0:
+		return Part{}, false, errors.New("handoff: a chunk with a part and data")
+	case len(flows) > 0:
+		err = a.header(flows)
+	case len(data) > 0:
+		err = a.data(data)
+	default:
+		err = errors.New("handoff: an empty chunk")
+	}
+	if err != nil || !a.pending || len(a.fills) > 0 {
+		return Part{}, false, err
+	}
+	a.pending = false
+	part, a.part = a.part, Part{}
+	return part, true, nil
+}
+
+// end is the stream's end: an error if a part is still missing bytes.
+func (a *assembler) end() error {
+	if a.pending {
+		return errors.New("handoff: the stream ended inside a part's data")
+	}
+	return nil
+}
+
+// header starts a version-2 part.
+func (a *assembler) header(b []byte) error {
+	if a.pending {
+		return errors.New("handoff: a part before the last one's data")
+	}
+	var h partHeader
+	if err := gob.NewDecoder(bytes.NewReader(b)).Decode(&h); err != nil {
+		return fmt.Errorf("handoff: part: %w", err)
+	}
+	a.fills = a.fills[:0]
+	k := 0
+	for i := range h.Part.Flows {
+		sp := h.Part.Flows[i].Split
+		if sp == nil {
+			continue
+		}
+		for j := range sp.Streams {
+			if k == len(h.Lens) {
+				return errors.New("handoff: part: fewer lengths than streams")
+			}
+			n := h.Lens[k]
+			k++
+			if n < 0 || n > maxStream || len(sp.Streams[j].Data) != 0 {
+				return fmt.Errorf("handoff: part: a stream of %d bytes (bound %d), %d inside", n, maxStream, len(sp.Streams[j].Data))
+			}
+			if n > 0 {
+				a.fills = append(a.fills, fill{&sp.Streams[j].Data, n})
+			}
+		}
+	}
+	if k != len(h.Lens) {
+		return errors.New("handoff: part: more lengths than streams")
+	}
+	a.part, a.pending = h.Part, true
+	return nil
+}
+
+// data copies a piece into the streams it fills. A stream's buffer is
+// made when its first byte comes, so a header alone makes the receiver
+// allocate nothing.
+func (a *assembler) data(b []byte) error {
+	if !a.pending {
+		return errors.New("handoff: data outside a part")
+	}
+	for len(b) > 0 {
+		if len(a.fills) == 0 {
+			return errors.New("handoff: more data than the part holds")
+		}
+		f := &a.fills[0]
+		if *f.dst == nil {
+			*f.dst = make([]byte, 0, f.n)
+		}
+		k := min(len(b), f.n-len(*f.dst))
+		*f.dst = append(*f.dst, b[:k]...)
+		b = b[k:]
+		if len(*f.dst) == f.n {
+			a.fills = a.fills[1:]
+		}
+	}
+	return nil
+}
