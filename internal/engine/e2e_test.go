@@ -305,7 +305,7 @@ func TestHandoff(t *testing.T) {
 					}
 					moved = len(states)
 					if len(states) == 1 && states[0].Split != nil {
-						held = len(states[0].Split.Streams[engine.Wire].Data)
+						held = states[0].Split.Streams[engine.Wire].Held()
 					}
 					n.E.Store(next)
 					return nil

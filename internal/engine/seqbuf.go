@@ -64,6 +64,45 @@ func (b *seqBuf) read(dst []byte, seq seqnum.Value) {
 	}
 }
 
+// zero clears n bytes from seq on, which must be inside the chunks.
+func (b *seqBuf) zero(seq seqnum.Value, n int) {
+	off := int(b.start.Size(seq))
+	for n > 0 {
+		i, o := off/chunkSize, off%chunkSize
+		k := min(n, chunkSize-o)
+		clear(b.chunks[i][o : o+k])
+		n, off = n-k, off+k
+	}
+}
+
+// take hands over the n bytes from seq on, which must have been
+// written, as slices of the chunks that hold them: those chunks leave
+// the pool's count (they are the caller's now) and the others go back
+// to it; the buffer is empty after.
+func (b *seqBuf) take(p *chunkPool, seq seqnum.Value, n int) [][]byte {
+	off := int(b.start.Size(seq))
+	first, last := off/chunkSize, (off+n-1)/chunkSize
+	out := make([][]byte, 0, last-first+1)
+	for i, c := range b.chunks {
+		if i < first || i > last {
+			p.put(c)
+			continue
+		}
+		lo, hi := 0, chunkSize
+		if i == first {
+			lo = off % chunkSize
+		}
+		if i == last {
+			hi = (off+n-1)%chunkSize + 1
+		}
+		out = append(out, c[lo:hi:hi])
+		p.inUse--
+	}
+	clear(b.chunks)
+	b.chunks = b.chunks[:0]
+	return out
+}
+
 // release gives back the chunks wholly below upTo.
 func (b *seqBuf) release(p *chunkPool, upTo seqnum.Value) {
 	if len(b.chunks) == 0 {

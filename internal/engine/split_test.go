@@ -1109,7 +1109,7 @@ func TestSplitExportImport(t *testing.T) {
 	// is taken up to importSlack beyond, refused past it.
 	hold := func(f *FlowState, n int) { // n bytes held in order from SndUna
 		x := &f.Split.Streams[0]
-		x.OOO, x.Data = nil, make([]byte, n)
+		x.OOO, x.Data, x.Chunks = nil, make([]byte, n), nil
 		x.RcvNxt = x.SndUna + uint32(n)
 		x.RcvEdge = x.RcvNxt
 	}
@@ -1126,7 +1126,7 @@ func TestSplitExportImport(t *testing.T) {
 	}
 	for _, bad := range []func(*FlowState){
 		func(f *FlowState) { hold(f, 4<<20+importSlack+1) },
-		func(f *FlowState) { f.Split.Streams[0].Data = nil },
+		func(f *FlowState) { f.Split.Streams[0].Data, f.Split.Streams[0].Chunks = nil, nil },
 		func(f *FlowState) { f.Split.Streams[0].SMSS = 0 },
 		func(f *FlowState) { f.Split.Streams[0].Segs[0].End = f.Split.Streams[0].Segs[0].Seq },
 		func(f *FlowState) { f.Split.Streams[0].CC.Name = "vegas" },

@@ -47,8 +47,8 @@ type FlowState struct {
 func (f *FlowState) Buffered() int {
 	n := 0
 	if f.Split != nil {
-		for _, st := range f.Split.Streams {
-			n += len(st.Data)
+		for i := range f.Split.Streams {
+			n += f.Split.Streams[i].Held()
 		}
 	}
 	return n
@@ -73,9 +73,12 @@ type StreamState struct {
 	FinSeq          uint32
 	PushOn          bool // the sender pushed, up to Push
 	Push            uint32
-	// Data is every byte held, from SndUna on (through the last range
-	// held out of order; the gaps are zeros).
+	// Data, then Chunks, are every byte held, from SndUna on (through
+	// the last range held out of order; the gaps are zeros). An export
+	// that removes the flow hands over the engine's own buffer, in the
+	// pieces it holds it in (Chunks; Data empty); any other gives Data.
 	Data              []byte
+	Chunks            [][]byte `json:",omitempty"`
 	SndUna, SndNxt    uint32
 	Wnd               int
 	WL1, WL2          uint32
@@ -93,6 +96,15 @@ type StreamState struct {
 	Rexmits           uint64
 }
 
+// Held is how many bytes Data and Chunks hold together.
+func (x *StreamState) Held() int {
+	n := len(x.Data)
+	for _, c := range x.Chunks {
+		n += len(c)
+	}
+	return n
+}
+
 // TxSegState is one segment sent and not yet cumulatively acknowledged.
 type TxSegState struct {
 	Seq, End          uint32
@@ -100,7 +112,10 @@ type TxSegState struct {
 	Rexmits           uint8
 }
 
-func (sp *splitFlow) state() *SplitState {
+// state is the flow's split state. With move, the streams' buffers are
+// handed over (Chunks) and the flow holds none after (it is being
+// removed); else they are copied (Data).
+func (sp *splitFlow) state(pool *chunkPool, move bool) *SplitState {
 	ss := &SplitState{TS: sp.ts, Shift: sp.shift, TSOn: sp.tsOn, SACKOn: sp.sackOn, IP: sp.ip}
 	for i := range sp.st {
 		st := &sp.st[i]
@@ -116,7 +131,16 @@ func (sp *splitFlow) state() *SplitState {
 			x.OOO = append(x.OOO, [2]uint32{uint32(o.start), uint32(o.end)})
 			end = seqnum.Max(end, o.end)
 		}
-		if n := diff(st.sndUna, end); n > 0 {
+		if n := diff(st.sndUna, end); n > 0 && move {
+			prev := st.rcvNxt
+			for _, o := range st.ooo { // ascending, disjoint
+				if m := diff(prev, o.start); m > 0 {
+					st.buf.zero(prev, m)
+				}
+				prev = o.end
+			}
+			x.Chunks = st.buf.take(pool, st.sndUna, n)
+		} else if n > 0 {
 			x.Data = make([]byte, n)
 			for _, r := range append([]span{{st.sndUna, st.rcvNxt}}, st.ooo...) {
 				if m := diff(r.start, r.end); m > 0 {
@@ -165,9 +189,9 @@ func (e *shard) restore(f *flow, ss *SplitState, now time.Time, moved bool) (err
 			return fmt.Errorf("engine: import: stream %d: bad segment size, window or ranges", i)
 		}
 		una := seqnum.Value(x.SndUna)
-		held := diff(una, seqnum.Value(x.RcvNxt))
-		if held < 0 || held > len(x.Data) || len(x.Data) > e.cfg.BufferPerFlow+importSlack {
-			return fmt.Errorf("engine: import: stream %d: %d bytes held, %d given (bound %d)", i, held, len(x.Data), e.cfg.BufferPerFlow)
+		held, given := diff(una, seqnum.Value(x.RcvNxt)), x.Held()
+		if held < 0 || held > given || given > e.cfg.BufferPerFlow+importSlack {
+			return fmt.Errorf("engine: import: stream %d: %d bytes held, %d given (bound %d)", i, held, given, e.cfg.BufferPerFlow)
 		}
 		if sent := diff(una, seqnum.Value(x.SndNxt)); sent < 0 || sent > held+btoi(x.FinSent) {
 			return fmt.Errorf("engine: import: stream %d: %d bytes sent of %d held", i, sent, held)
@@ -188,13 +212,15 @@ func (e *shard) restore(f *flow, ss *SplitState, now time.Time, moved bool) (err
 		st.buf.start = una
 		for _, o := range x.OOO {
 			s := span{seqnum.Value(o[0]), seqnum.Value(o[1])}
-			if diff(s.start, s.end) <= 0 || diff(una, s.end) > len(x.Data) || diff(st.rcvNxt, s.start) <= 0 {
+			if diff(s.start, s.end) <= 0 || diff(una, s.end) > given || diff(st.rcvNxt, s.start) <= 0 {
 				return fmt.Errorf("engine: import: stream %d: bad out-of-order range", i)
 			}
 			st.ooo = append(st.ooo, s)
 		}
-		if len(x.Data) > 0 {
-			st.buf.write(&e.pool, una, x.Data)
+		at := una
+		for _, b := range append([][]byte{x.Data}, x.Chunks...) {
+			st.buf.write(&e.pool, at, b)
+			at = at.Add(seqnum.Size(len(b)))
 		}
 		prev := una
 		for _, g := range x.Segs {
@@ -280,7 +306,7 @@ func (e *shard) export(out []FlowState, match func(wire, radio netip.AddrPort) b
 			fs.Cache = append(fs.Cache, SegState{uint32(s.seq), uint32(s.end), s.rexmits, append([]byte(nil), s.pkt...)})
 		}
 		if f.sp != nil {
-			fs.Split = f.sp.state()
+			fs.Split = f.sp.state(&e.pool, remove)
 		}
 		fs.Initiator, fs.IP, fs.HSWin, fs.HSTS, fs.Opaque = f.initiator, f.tpl, f.hsWin, f.tsv, f.opaque
 		fs.Mode = ModeSnoop

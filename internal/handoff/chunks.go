@@ -5,6 +5,7 @@ import (
 	"encoding/gob"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
@@ -75,8 +76,24 @@ func sendChunks(h gateway.Handoff, version uint32, send func(*pb.TakeChunk) erro
 	return nil
 }
 
-// sendV1 sends a part as one gob-encoded chunk.
+// sendV1 sends a part as one gob-encoded chunk. Version 1's flows hold
+// their bytes in Data alone (a gateway of that version knows no Chunks):
+// a flow whose buffer was handed over in chunks is sent joined, a copy.
 func sendV1(buf *bytes.Buffer, part Part, size int, send func(*pb.TakeChunk) error) error {
+	part.Flows = slices.Clone(part.Flows)
+	for i := range part.Flows {
+		f := &part.Flows[i]
+		if f.Split == nil {
+			continue
+		}
+		sp := *f.Split
+		for j := range sp.Streams {
+			if x := &sp.Streams[j]; len(x.Chunks) > 0 {
+				x.Data, x.Chunks = bytes.Join(append([][]byte{x.Data}, x.Chunks...), nil), nil
+			}
+		}
+		f.Split = &sp
+	}
 	b, err := encode(buf, &part, size)
 	if err != nil {
 		return err
@@ -84,13 +101,14 @@ func sendV1(buf *bytes.Buffer, part Part, size int, send func(*pb.TakeChunk) err
 	return send(&pb.TakeChunk{Version: 1, Flows: b})
 }
 
-// sendV2 sends a part's header, then its buffered bytes in pieces. The
-// caller's flows are not changed: the header carries copies of their
-// split state without the bytes.
+// sendV2 sends a part's header, then its buffered bytes in pieces — the
+// pieces the engine held them in, none over MaxPiece. The caller's flows
+// are not changed: the header carries copies of their split state
+// without the bytes.
 func sendV2(buf *bytes.Buffer, part Part, send func(*pb.TakeChunk) error) error {
 	var data [][]byte
 	hdr := partHeader{Part: part}
-	hdr.Part.Flows = append([]engine.FlowState(nil), part.Flows...)
+	hdr.Part.Flows = slices.Clone(part.Flows)
 	for i := range hdr.Part.Flows {
 		f := &hdr.Part.Flows[i]
 		if f.Split == nil {
@@ -98,9 +116,10 @@ func sendV2(buf *bytes.Buffer, part Part, send func(*pb.TakeChunk) error) error 
 		}
 		sp := *f.Split
 		for j := range sp.Streams {
-			data = append(data, sp.Streams[j].Data)
-			hdr.Lens = append(hdr.Lens, len(sp.Streams[j].Data))
-			sp.Streams[j].Data = nil
+			x := &sp.Streams[j]
+			data = append(append(data, x.Data), x.Chunks...)
+			hdr.Lens = append(hdr.Lens, x.Held())
+			x.Data, x.Chunks = nil, nil
 		}
 		f.Split = &sp
 	}
@@ -162,10 +181,10 @@ type assembler struct {
 	pending bool   // a header has come, its bytes have not all
 }
 
-// fill is a stream's buffer and the length its header gave it.
+// fill is a stream still to fill and how many bytes it still wants.
 type fill struct {
-	dst *[]byte
-	n   int
+	x    *engine.StreamState
+	want int
 }
 
 // add takes one chunk; whole is true when it completes a part.
@@ -223,13 +242,13 @@ func (a *assembler) header(b []byte) error {
 			if k == len(h.Lens) {
 				return errors.New("handoff: part: fewer lengths than streams")
 			}
-			n := h.Lens[k]
+			x, n := &sp.Streams[j], h.Lens[k]
 			k++
-			if n < 0 || n > maxStream || len(sp.Streams[j].Data) != 0 {
-				return fmt.Errorf("handoff: part: a stream of %d bytes (bound %d), %d inside", n, maxStream, len(sp.Streams[j].Data))
+			if n < 0 || n > maxStream || x.Held() != 0 {
+				return fmt.Errorf("handoff: part: a stream of %d bytes (bound %d), %d inside", n, maxStream, x.Held())
 			}
 			if n > 0 {
-				a.fills = append(a.fills, fill{&sp.Streams[j].Data, n})
+				a.fills = append(a.fills, fill{x, n})
 			}
 		}
 	}
@@ -240,9 +259,10 @@ func (a *assembler) header(b []byte) error {
 	return nil
 }
 
-// data copies a piece into the streams it fills. A stream's buffer is
-// made when its first byte comes, so a header alone makes the receiver
-// allocate nothing.
+// data gives a piece to the streams it fills, in turn, as their Chunks:
+// not copied (each chunk's bytes are its own, as protobuf decoded them).
+// A stream's bytes thus never sit in one buffer the size of the stream,
+// and the receiver holds only what has come.
 func (a *assembler) data(b []byte) error {
 	if !a.pending {
 		return errors.New("handoff: data outside a part")
@@ -252,13 +272,10 @@ func (a *assembler) data(b []byte) error {
 			return errors.New("handoff: more data than the part holds")
 		}
 		f := &a.fills[0]
-		if *f.dst == nil {
-			*f.dst = make([]byte, 0, f.n)
-		}
-		k := min(len(b), f.n-len(*f.dst))
-		*f.dst = append(*f.dst, b[:k]...)
-		b = b[k:]
-		if len(*f.dst) == f.n {
+		k := min(len(b), f.want)
+		f.x.Chunks = append(f.x.Chunks, b[:k:k])
+		b, f.want = b[k:], f.want-k
+		if f.want == 0 {
 			a.fills = a.fills[1:]
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,16 +16,18 @@ import (
 // TestChunksRoundTrip: a handoff sent in either encoding and put back
 // together chunk by chunk is what was sent — flows with nothing
 // buffered, small flows sharing a part, a flow of several pieces (over
-// MaxChunk: alone in its part), snoop flows — and the two encodings give
-// the same parts. The sender's flows are left as they were.
+// MaxChunk: alone in its part), snoop flows, buffers handed over in the
+// engine's chunks — and the two encodings give the same bytes. Version 1
+// carries them in Data alone, as a gateway of that version reads them.
+// The sender's flows are left as they were.
 func TestChunksRoundTrip(t *testing.T) {
 	e := splitEngine(t)
 	openFlows(e, mobile, 6, 3)
 	openFlows(e, other, 2, 0)
-	flows := e.Export(false)
+	flows := e.Export(true)
 	big := flows[0]
 	sp := *big.Split
-	sp.Streams[0].Data = bytes.Repeat([]byte("0123456789abcdef"), (3*MaxPiece+MaxPiece/3)/16)
+	sp.Streams[0].Chunks = [][]byte{bytes.Repeat([]byte("0123456789abcdef"), MaxChunk/16), []byte("tail"), bytes.Repeat([]byte{7}, MaxPiece/3)}
 	sp.Streams[1].Data = []byte("up")
 	big.Split = &sp
 	flows = append(flows, big, engine.FlowState{Wire: big.Wire, Radio: big.Radio, Mode: engine.ModeSnoop,
@@ -32,10 +35,10 @@ func TestChunksRoundTrip(t *testing.T) {
 	h := gateway.Handoff{Flows: flows, SAs: []gateway.SAHandoff{{Owned: true, Last: 9, Window: []uint64{1, 2}}},
 		Routes: []gateway.RouteHandoff{{From: engine.Radio}}}
 	want := buffered(flows)
-	var got [3][]Part
+	var got [3][]engine.FlowState
 	for _, version := range []uint32{1, 2} {
 		a := assembler{version: version}
-		chunks := 0
+		chunks, parts := 0, 0
 		err := sendChunks(h, version, func(ch *pb.TakeChunk) error {
 			chunks++
 			if version == 2 && len(ch.Data) > MaxPiece {
@@ -43,7 +46,10 @@ func TestChunksRoundTrip(t *testing.T) {
 			}
 			part, whole, err := a.add(ch)
 			if whole {
-				got[version] = append(got[version], part)
+				if parts++; parts == 1 && (len(part.SAs) != 1 || part.SAs[0].Last != 9 || len(part.Routes) != 1) {
+					t.Fatalf("version %d: the first part lost the SAs or bindings", version)
+				}
+				got[version] = append(got[version], part.Flows...)
 			}
 			return err
 		})
@@ -53,27 +59,46 @@ func TestChunksRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("version %d: %v", version, err)
 		}
-		var back []engine.FlowState
-		for _, p := range got[version] {
-			back = append(back, p.Flows...)
+		back := got[version]
+		t.Logf("version %d: %d flows, %d bytes, in %d parts, %d chunks", version, len(back), buffered(back), parts, chunks)
+		if len(back) != len(flows) || buffered(back) != want || parts < 3 {
+			t.Fatalf("version %d: %d flows with %d bytes in %d parts came back; sent %d with %d", version, len(back), buffered(back), parts, len(flows), want)
 		}
-		t.Logf("version %d: %d flows, %d bytes, in %d parts, %d chunks", version, len(back), buffered(back), len(got[version]), chunks)
-		if len(back) != len(flows) || buffered(back) != want {
-			t.Fatalf("version %d: %d flows with %d bytes came back; sent %d with %d", version, len(back), buffered(back), len(flows), want)
-		}
-		if got[version][0].SAs[0].Last != 9 || len(got[version][0].Routes) != 1 {
-			t.Fatalf("version %d: the first part lost the SAs or bindings", version)
-		}
-		if !bytes.Equal(back[len(back)-2].Split.Streams[0].Data, sp.Streams[0].Data) {
-			t.Fatalf("version %d: the large flow's bytes changed", version)
+		for i := range back {
+			if sp := back[i].Split; version == 1 && sp != nil && len(sp.Streams[0].Chunks)+len(sp.Streams[1].Chunks) > 0 {
+				t.Fatal("version 1 carried chunks")
+			}
 		}
 	}
-	if !reflect.DeepEqual(got[1], got[2]) {
-		t.Fatal("the two encodings gave different parts")
+	if !reflect.DeepEqual(joined(got[1]), joined(got[2])) {
+		t.Fatal("the two encodings gave different flows")
 	}
-	if len(flows[len(flows)-2].Split.Streams[0].Data) == 0 || buffered(flows) != want {
+	if !bytes.Equal(joined(got[2])[len(flows)-2].Split.Streams[0].Data, bytes.Join(sp.Streams[0].Chunks, nil)) {
+		t.Fatal("the large flow's bytes changed")
+	}
+	if len(flows[len(flows)-2].Split.Streams[0].Chunks) != 3 || buffered(flows) != want {
 		t.Fatal("sending took the bytes out of the sender's flows")
 	}
+}
+
+// joined is flows with each stream's bytes in Data alone.
+func joined(flows []engine.FlowState) []engine.FlowState {
+	out := slices.Clone(flows)
+	for i := range out {
+		if out[i].Split == nil {
+			continue
+		}
+		sp := *out[i].Split
+		for j := range sp.Streams {
+			x := &sp.Streams[j]
+			if b := bytes.Join(append([][]byte{x.Data}, x.Chunks...), nil); len(b) > 0 {
+				x.Data = b
+			}
+			x.Chunks = nil
+		}
+		out[i].Split = &sp
+	}
+	return out
 }
 
 // TestAssembleRefuses: version-2 streams that break the encoding are
