@@ -61,9 +61,16 @@ func splitEngineOut(t testing.TB, out func(engine.Side, []byte, engine.Emitted))
 // openFlows opens n split flows from the server to the mobile through e
 // and has the server send segs full segments on each, which the engine
 // acknowledges early and holds: buffered bytes toward the radio.
-func openFlows(e *engine.Engine, mobile netip.Addr, n, segs int) {
+func openFlows(e *engine.Engine, mobile netip.Addr, n, segs int) { openFlowsScaled(e, mobile, n, segs, 0) }
+
+// openFlowsScaled is openFlows with window scaling (shift ws) offered by
+// both ends, so that a flow can hold megabytes.
+func openFlowsScaled(e *engine.Engine, mobile netip.Addr, n, segs int, ws uint8) {
 	const mss = 1400
 	syn := []byte{header.TCPOptMSS, 4, mss >> 8, mss & 0xff}
+	if ws > 0 {
+		syn = append(syn, header.TCPOptNop, header.TCPOptWS, 3, ws)
+	}
 	payload := bytes.Repeat([]byte{0x5a}, mss)
 	for i := range n {
 		m := netip.AddrPortFrom(mobile, uint16(20000+i))
@@ -179,6 +186,33 @@ func TestTake(t *testing.T) {
 	}
 }
 
+// TestTakeLargeFlow: one flow holding 4 MB — a download toward the
+// radio, the lab's handoff — moves whole: the new engine holds every byte
+// and the old none. Loosely timed (BenchmarkTake/grpc-one-4MB: 16–18 ms
+// here, 67–84 ms when the bytes went in one message).
+func TestTakeLargeFlow(t *testing.T) {
+	old, neu := splitEngine(t), splitEngine(t)
+	openFlowsScaled(old, mobile, 1, 2900, 7)
+	want := buffered(old.Export(false))
+	if want != 2900*1400 {
+		t.Fatalf("set-up: %d bytes buffered", want)
+	}
+	w := newWorld(t, EngineSource{old})
+	start := time.Now()
+	n, err := w.client(newGW).Take(context.Background(), mobile, func(p Part) error { return neu.ImportMoved(p.Flows) })
+	took := time.Since(start)
+	if err != nil || n != 1 {
+		t.Fatalf("take: %d flows, %v", n, err)
+	}
+	t.Logf("one flow of %.1f MB moved in %v", float64(want)/1e6, took.Round(time.Millisecond))
+	if got := buffered(neu.Export(false)); got != want || old.Stats().BufferedBytes != 0 {
+		t.Fatalf("the new engine holds %d bytes of %d; the old %d", got, want, old.Stats().BufferedBytes)
+	}
+	if took > time.Second {
+		t.Fatalf("the handoff took %v", took)
+	}
+}
+
 // TestTakeArriving: a gateway asked for a mobile it is itself asking for
 // (the mobile is arriving there) hands nothing over and keeps its flows.
 func TestTakeArriving(t *testing.T) {
@@ -259,15 +293,20 @@ func TestTakeRefused(t *testing.T) {
 }
 
 // BenchmarkTake: the handoff of 1,000 split flows with 16 buffered
-// segments each (22 MB) over loopback gRPC on mutual TLS (a new
-// connection each time: its handshake counts), request to the last flow
-// imported (ns/op) and to the first (ms-to-first); "direct" is the same
-// flows exported and imported in one process, the baseline.
+// segments each (22 MB), and of one flow holding 4 MB (a download toward
+// a radio, as the lab's handoff moves), over loopback gRPC on mutual TLS
+// (a new connection each time: its handshake counts), request to the last
+// flow imported (ns/op) and to the first (ms-to-first); "direct" is the
+// 1,000 flows exported and imported in one process, the baseline.
 //
 //	go test ./internal/handoff -run - -bench Take -benchtime 20x
 func BenchmarkTake(b *testing.B) {
-	for _, mode := range []string{"direct", "grpc"} {
-		b.Run(mode, func(b *testing.B) {
+	for _, c := range []struct {
+		mode        string
+		flows, segs int
+		ws          uint8
+	}{{"direct", 1000, 16, 0}, {"grpc", 1000, 16, 0}, {"grpc-one-4MB", 1, 2900, 7}} {
+		b.Run(c.mode, func(b *testing.B) {
 			var firstSum struct {
 				d, pkt  time.Duration
 				n, runs int
@@ -280,7 +319,7 @@ func BenchmarkTake(b *testing.B) {
 			}()
 			var w *world
 			src := &swapSource{}
-			if mode == "grpc" {
+			if c.mode != "direct" {
 				w = newWorld(b, src)
 			}
 			for b.Loop() {
@@ -295,18 +334,21 @@ func BenchmarkTake(b *testing.B) {
 						sent.CompareAndSwap(0, int64(time.Since(start)))
 					}
 				})
-				openFlows(old, mobile, 1000, 16)
+				openFlowsScaled(old, mobile, c.flows, c.segs, c.ws)
+				if got := buffered(old.Export(false)); got != c.flows*c.segs*1400 {
+					b.Fatalf("set-up: the flows hold %d bytes", got)
+				}
 				src.e = old
-				var c *Client
+				var cl *Client
 				if w != nil {
-					c = w.client(newGW)
+					cl = w.client(newGW)
 				}
 				b.StartTimer()
 				var n int
 				var err error
-				if c != nil {
+				if cl != nil {
 					start = time.Now()
-					n, err = c.Take(context.Background(), mobile, func(p Part) error {
+					n, err = cl.Take(context.Background(), mobile, func(p Part) error {
 						if firstSum.n == firstSum.runs {
 							firstSum.d += time.Since(start)
 							firstSum.n++
@@ -322,7 +364,7 @@ func BenchmarkTake(b *testing.B) {
 					flows := EngineSource{old}.HandOver(mobile).Flows
 					n, err = len(flows), neu.Import(flows)
 				}
-				if err != nil || n != 1000 {
+				if err != nil || n != c.flows {
 					b.Fatalf("%d, %v", n, err)
 				}
 			}
