@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -222,32 +223,42 @@ func (e *shard) restore(f *flow, ss *SplitState, now time.Time, moved bool) (err
 			st.buf.write(&e.pool, at, b)
 			at = at.Add(seqnum.Size(len(b)))
 		}
-		prev := una
-		for _, g := range x.Segs {
-			s := txSeg{seq: seqnum.Value(g.Seq), end: seqnum.Value(g.End), fin: g.Fin, sacked: g.Sacked, lost: g.Lost,
-				rexmits: g.Rexmits, xmit: now, noSample: true}
-			if s.end.LessThanEq(s.seq) || s.seq.LessThan(prev) || st.sndNxt.LessThan(s.end) {
-				return fmt.Errorf("engine: import: stream %d: segments out of order", i)
-			}
-			prev = s.end
-			if moved && Side(i) == Wire && !s.sacked {
-				s.lost = true // on the old radio: resent first (ImportMoved)
-			}
-			switch {
-			case s.sacked:
-			case s.lost:
-				st.nLost++
-			default:
-				st.inflight += s.len()
-			}
-			st.appendSeg(s)
-		}
-		if len(st.segs) > 0 {
-			st.rtoAt = now.Add(st.rto)
+		if err := st.restoreSegs(x.Segs, now, moved && Side(i) == Wire); err != nil {
+			return fmt.Errorf("engine: import: stream %d: %w", i, err)
 		}
 		st.progress = now
 	}
 	f.sp = sp
+	return nil
+}
+
+// restoreSegs rebuilds the segments in flight; with lost, those not
+// selectively acknowledged went out on a radio the host has left and are
+// resent first (ImportMoved).
+func (st *stream) restoreSegs(segs []TxSegState, now time.Time, lost bool) error {
+	prev := st.sndUna
+	for _, g := range segs {
+		s := txSeg{seq: seqnum.Value(g.Seq), end: seqnum.Value(g.End), fin: g.Fin, sacked: g.Sacked, lost: g.Lost,
+			rexmits: g.Rexmits, xmit: now, noSample: true}
+		if s.end.LessThanEq(s.seq) || s.seq.LessThan(prev) || st.sndNxt.LessThan(s.end) {
+			return errors.New("segments out of order")
+		}
+		prev = s.end
+		if lost && !s.sacked {
+			s.lost = true
+		}
+		switch {
+		case s.sacked:
+		case s.lost:
+			st.nLost++
+		default:
+			st.inflight += s.len()
+		}
+		st.appendSeg(s)
+	}
+	if len(st.segs) > 0 {
+		st.rtoAt = now.Add(st.rto)
+	}
 	return nil
 }
 
