@@ -197,7 +197,8 @@ type fill struct {
 	want int
 }
 
-// add takes one chunk; whole is true when it completes a part.
+// add takes one chunk; whole is true when it completes a part. A part
+// holds on to the chunks' data (as gRPC decoded it, the receiver's own).
 func (a *assembler) add(ch *pb.TakeChunk) (part Part, whole bool, err error) {
 	if ch.GetVersion() != a.version {
 		return Part{}, false, fmt.Errorf("handoff: flow encoding %d in a stream of %d", ch.GetVersion(), a.version)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/handoff/pb"
@@ -39,7 +41,7 @@ func TestChunksRoundTrip(t *testing.T) {
 	for _, version := range []uint32{1, 2} {
 		a := assembler{version: version}
 		chunks, parts := 0, 0
-		err := sendChunks(h, version, func(ch *pb.TakeChunk) error {
+		err := sendChunks(h, version, overWire(t, func(ch *pb.TakeChunk) error {
 			chunks++
 			if version == 2 && len(ch.Data) > MaxPiece {
 				t.Fatalf("a piece of %d bytes", len(ch.Data))
@@ -52,7 +54,7 @@ func TestChunksRoundTrip(t *testing.T) {
 				got[version] = append(got[version], part.Flows...)
 			}
 			return err
-		})
+		}))
 		if err == nil {
 			err = a.end()
 		}
@@ -78,6 +80,23 @@ func TestChunksRoundTrip(t *testing.T) {
 	}
 	if len(flows[len(flows)-2].Split.Streams[0].Chunks) != 3 || buffered(flows) != want {
 		t.Fatal("sending took the bytes out of the sender's flows")
+	}
+}
+
+// overWire is send behind what gRPC does to a message: marshalled when
+// sent (the sender may use its buffers again), unmarshalled into memory
+// of the receiver's own.
+func overWire(t testing.TB, send func(*pb.TakeChunk) error) func(*pb.TakeChunk) error {
+	return func(ch *pb.TakeChunk) error {
+		b, err := proto.Marshal(ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got pb.TakeChunk
+		if err := proto.Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		return send(&got)
 	}
 }
 
@@ -109,7 +128,7 @@ func TestAssembleRefuses(t *testing.T) {
 	e := splitEngine(t)
 	openFlows(e, mobile, 1, 3)
 	var chunks []*pb.TakeChunk
-	if err := sendChunks(gateway.Handoff{Flows: e.Export(false)}, 2, func(ch *pb.TakeChunk) error { chunks = append(chunks, ch); return nil }); err != nil {
+	if err := sendChunks(gateway.Handoff{Flows: e.Export(false)}, 2, overWire(t, func(ch *pb.TakeChunk) error { chunks = append(chunks, ch); return nil })); err != nil {
 		t.Fatal(err)
 	}
 	if len(chunks) != 2 {

@@ -55,7 +55,7 @@ func FuzzAssemble(f *testing.F) {
 	}
 	openFlows(e, mobile, 2, 3)
 	var chunks []*hpb.TakeChunk
-	if err := sendChunks(gateway.Handoff{Flows: e.Export(false)}, 2, func(ch *hpb.TakeChunk) error { chunks = append(chunks, ch); return nil }); err != nil {
+	if err := sendChunks(gateway.Handoff{Flows: e.Export(false)}, 2, overWire(f, func(ch *hpb.TakeChunk) error { chunks = append(chunks, ch); return nil })); err != nil {
 		f.Fatal(err)
 	}
 	e.Close()

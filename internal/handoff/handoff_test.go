@@ -61,7 +61,9 @@ func splitEngineOut(t testing.TB, out func(engine.Side, []byte, engine.Emitted))
 // openFlows opens n split flows from the server to the mobile through e
 // and has the server send segs full segments on each, which the engine
 // acknowledges early and holds: buffered bytes toward the radio.
-func openFlows(e *engine.Engine, mobile netip.Addr, n, segs int) { openFlowsScaled(e, mobile, n, segs, 0) }
+func openFlows(e *engine.Engine, mobile netip.Addr, n, segs int) {
+	openFlowsScaled(e, mobile, n, segs, 0)
+}
 
 // openFlowsScaled is openFlows with window scaling (shift ws) offered by
 // both ends, so that a flow can hold megabytes.
