@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"slices"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/handoff/pb"
@@ -19,8 +22,11 @@ import (
 // gateway which has not held that much before must first fault in
 // (~14 ms per fresh 4 MB on the machine of 2026-12-02; a one-flow
 // handoff took 100–230 ms). Version 2 sends a part's buffered bytes
-// after it, in pieces of MaxPiece that the receiver copies straight into
-// the flows' buffers: each piece's own copies reuse a few small buffers.
+// after it, in pieces of at most MaxPiece: the sender gathers them from
+// the chunks the old engine handed over (engine.StreamState.Chunks, not
+// a copy), and the receiver keeps the pieces as protobuf decoded them
+// until its engine takes them in — no buffer the size of a flow on
+// either side.
 
 // Version is the newest flow encoding this package speaks; it serves
 // both, and asks for Version first (Client.Take).
@@ -30,7 +36,8 @@ const Version = 2
 const MaxPiece = 256 << 10
 
 // maxStream bounds one stream's buffered bytes as a header announces
-// them: what the receiver allocates ahead of the bytes themselves.
+// them (the engine that imports them holds them to its own, tighter
+// bound).
 const maxStream = maxMessage
 
 // partHeader is a version-2 part as gob carries it: the part with its split
@@ -157,7 +164,7 @@ func encode(buf *bytes.Buffer, v any, size int) ([]byte, error) {
 	buf.Reset()
 	buf.Grow(size + size/8 + 4096) // gob's framing on top: no regrowth copies
 	if err := gob.NewEncoder(buf).Encode(v); err != nil {
-		return nil, fmt.Errorf("handoff: encode: %w", err)
+		return nil, status.Errorf(codes.Internal, "handoff: encode: %v", err)
 	}
 	return buf.Bytes(), nil
 }
