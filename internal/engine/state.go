@@ -106,6 +106,11 @@ func (x *StreamState) Held() int {
 	return n
 }
 
+// Pieces are the bytes held, in order: Data, then each of Chunks.
+func (x *StreamState) Pieces() [][]byte {
+	return append([][]byte{x.Data}, x.Chunks...)
+}
+
 // TxSegState is one segment sent and not yet cumulatively acknowledged.
 type TxSegState struct {
 	Seq, End          uint32
@@ -219,7 +224,7 @@ func (e *shard) restore(f *flow, ss *SplitState, now time.Time, moved bool) (err
 			st.ooo = append(st.ooo, s)
 		}
 		at := una
-		for _, b := range append([][]byte{x.Data}, x.Chunks...) {
+		for _, b := range x.Pieces() {
 			st.buf.write(&e.pool, at, b)
 			at = at.Add(seqnum.Size(len(b)))
 		}

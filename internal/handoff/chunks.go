@@ -87,20 +87,11 @@ func sendChunks(h gateway.Handoff, version uint32, send func(*pb.TakeChunk) erro
 // their bytes in Data alone (a gateway of that version knows no Chunks):
 // a flow whose buffer was handed over in chunks is sent joined, a copy.
 func sendV1(buf *bytes.Buffer, part Part, size int, send func(*pb.TakeChunk) error) error {
-	part.Flows = slices.Clone(part.Flows)
-	for i := range part.Flows {
-		f := &part.Flows[i]
-		if f.Split == nil {
-			continue
+	part.Flows = eachStream(part.Flows, func(x *engine.StreamState) {
+		if len(x.Chunks) > 0 {
+			x.Data, x.Chunks = bytes.Join(x.Pieces(), nil), nil
 		}
-		sp := *f.Split
-		for j := range sp.Streams {
-			if x := &sp.Streams[j]; len(x.Chunks) > 0 {
-				x.Data, x.Chunks = bytes.Join(append([][]byte{x.Data}, x.Chunks...), nil), nil
-			}
-		}
-		f.Split = &sp
-	}
+	})
 	b, err := encode(buf, &part, size)
 	if err != nil {
 		return err
@@ -118,21 +109,11 @@ func sendV1(buf *bytes.Buffer, part Part, size int, send func(*pb.TakeChunk) err
 func sendV2(buf *bytes.Buffer, part Part, send func(*pb.TakeChunk) error) error {
 	var data [][]byte
 	hdr := partHeader{Part: part}
-	hdr.Part.Flows = slices.Clone(part.Flows)
-	for i := range hdr.Part.Flows {
-		f := &hdr.Part.Flows[i]
-		if f.Split == nil {
-			continue
-		}
-		sp := *f.Split
-		for j := range sp.Streams {
-			x := &sp.Streams[j]
-			data = append(append(data, x.Data), x.Chunks...)
-			hdr.Lens = append(hdr.Lens, x.Held())
-			x.Data, x.Chunks = nil, nil
-		}
-		f.Split = &sp
-	}
+	hdr.Part.Flows = eachStream(part.Flows, func(x *engine.StreamState) {
+		data = append(data, x.Pieces()...)
+		hdr.Lens = append(hdr.Lens, x.Held())
+		x.Data, x.Chunks = nil, nil
+	})
 	b, err := encode(buf, &hdr, 0)
 	if err != nil {
 		return err
@@ -157,6 +138,24 @@ func sendV2(buf *bytes.Buffer, part Part, send func(*pb.TakeChunk) error) error 
 		return send(&pb.TakeChunk{Version: 2, Data: piece})
 	}
 	return nil
+}
+
+// eachStream is a copy of flows in which fn has changed each split
+// stream; the caller's flows, and the split states they point to, stay
+// as they were.
+func eachStream(flows []engine.FlowState, fn func(*engine.StreamState)) []engine.FlowState {
+	out := slices.Clone(flows)
+	for i := range out {
+		if out[i].Split == nil {
+			continue
+		}
+		sp := *out[i].Split
+		for j := range sp.Streams {
+			fn(&sp.Streams[j])
+		}
+		out[i].Split = &sp
+	}
+	return out
 }
 
 // encode gob-encodes v into buf, grown once for about size bytes.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"reflect"
-	"slices"
 	"strings"
 	"testing"
 
@@ -102,22 +101,12 @@ func overWire(t testing.TB, send func(*pb.TakeChunk) error) func(*pb.TakeChunk) 
 
 // joined is flows with each stream's bytes in Data alone.
 func joined(flows []engine.FlowState) []engine.FlowState {
-	out := slices.Clone(flows)
-	for i := range out {
-		if out[i].Split == nil {
-			continue
+	return eachStream(flows, func(x *engine.StreamState) {
+		if b := bytes.Join(x.Pieces(), nil); len(b) > 0 {
+			x.Data = b
 		}
-		sp := *out[i].Split
-		for j := range sp.Streams {
-			x := &sp.Streams[j]
-			if b := bytes.Join(append([][]byte{x.Data}, x.Chunks...), nil); len(b) > 0 {
-				x.Data = b
-			}
-			x.Chunks = nil
-		}
-		out[i].Split = &sp
-	}
-	return out
+		x.Chunks = nil
+	})
 }
 
 // TestAssembleRefuses: version-2 streams that break the encoding are
