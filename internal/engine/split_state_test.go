@@ -1,0 +1,205 @@
+package engine
+
+import (
+	"encoding/json"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/espep/espep/internal/netem"
+	"github.com/espep/espep/ipsec/header"
+)
+
+// TestSplitExportImport moves a split flow with bytes in flight, a loss
+// and data held out of order to a second engine through JSON; the second
+// engine repairs the loss, delivers the rest and goes on taking data.
+func TestSplitExportImport(t *testing.T) {
+	o := splitOpts{sack: true, ts: true, isnW: 0xfffffe00, isnR: 5000}
+	h := newSplit(t, o)
+	h.establish()
+	for i := 0; i < 5; i++ {
+		h.fromW(i*988, 988, 0)
+	}
+	h.fromW(6*988, 988, 0) // held out of order: 5 is missing
+	h.ackR(988, 65535, 2*988, 5*988)
+	h.take()
+	b, err := json.Marshal(h.e.Export(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := h.e.Stats(); st.Flows != 0 || st.BufferedBytes != 0 {
+		t.Fatalf("export with remove left %+v", st)
+	}
+	var states []FlowState
+	if err := json.Unmarshal(b, &states); err != nil {
+		t.Fatal(err)
+	}
+	h2 := newSplit(t, o)
+	h2.tsW, h2.tsR = h.tsW, h.tsR
+	if err := h2.e.Import(states); err != nil {
+		t.Fatal(err)
+	}
+	h2.has, h2.edge, h2.tsOut = h.has, h.edge, h.tsOut
+	h2.ackR(988, 65535, 2*988, 5*988)
+	h2.ackR(988, 65535, 2*988, 5*988)
+	h2.ackR(988, 65535, 2*988, 5*988)
+	if toR := h2.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W()+988 {
+		t.Fatalf("the imported flow did not repair segment 1: %+v", toR)
+	}
+	h2.fromW(5*988, 988, 0) // fills the hole: 5 and the held 6 go on
+	toW, toR := h2.split(h2.take())
+	if len(toW) != 1 || toW[0].ack != h.W()+7*988 || len(toR) != 2 || toR[0].seq != h.W()+5*988 || toR[1].seq != h.W()+6*988 {
+		t.Fatalf("after the hole: toward wire %+v, toward radio %+v", toW, toR)
+	}
+	// A stream holding more than BufferPerFlow — the exporter's advertised
+	// edge crept past it by window-scale rounding (RFC 7323 Appendix F) —
+	// is taken up to importSlack beyond, refused past it.
+	hold := func(f *FlowState, n int) { // n bytes held in order from SndUna
+		x := &f.Split.Streams[0]
+		x.OOO, x.Data, x.Chunks = nil, make([]byte, n), nil
+		x.RcvNxt = x.SndUna + uint32(n)
+		x.RcvEdge = x.RcvNxt
+	}
+	var crept []FlowState
+	json.Unmarshal(b, &crept)
+	hold(&crept[0], 4<<20+200<<10)
+	quiet, err := New(Config{Mode: ModeSplit}, func(Side, []byte, Emitted) {}) // its bytes are zeros: not the harness's checker
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer quiet.Close()
+	if err := quiet.Import(crept); err != nil {
+		t.Fatalf("a stream 200 KB past BufferPerFlow was refused: %v", err)
+	}
+	for _, bad := range []func(*FlowState){
+		func(f *FlowState) { hold(f, 4<<20+importSlack+1) },
+		func(f *FlowState) { f.Split.Streams[0].Data, f.Split.Streams[0].Chunks = nil, nil },
+		func(f *FlowState) { f.Split.Streams[0].SMSS = 0 },
+		func(f *FlowState) { f.Split.Streams[0].Segs[0].End = f.Split.Streams[0].Segs[0].Seq },
+		func(f *FlowState) { f.Split.Streams[0].CC.Name = "vegas" },
+		func(f *FlowState) { f.Split.Shift[1] = 15 },
+	} {
+		var s []FlowState
+		json.Unmarshal(b, &s)
+		bad(&s[0])
+		h3 := newSplit(t, o)
+		if err := h3.e.Import(s); err == nil {
+			t.Fatal("bad split state imported")
+		}
+		if st := h3.e.Stats(); st.BufferedBytes != 0 || st.Flows != 0 {
+			t.Fatalf("a refused import left %+v", st)
+		}
+	}
+}
+
+// TestSplitImportedAckAhead: after a move the receiver may hold bytes the
+// new engine never sent (the old engine sent them, or relayed them while
+// the flow moved) and acknowledge them. Refused, that ACK would come back
+// for ever and the flow would stall; a moved flow takes it, up to the bytes
+// it holds and no further. Segments imported in flight give no RTT sample:
+// their ACK, a millisecond after the import, is not the path's RTT.
+func TestSplitImportedAckAhead(t *testing.T) {
+	o := splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000}
+	h := newSplit(t, o)
+	h.establish()
+	h.fromW(0, 988, 0)
+	h.clock.Advance(20 * time.Millisecond)
+	h.ackR(988, 2*988) // an RTT sample of 20 ms; room for two segments
+	h.take()
+	for i := 1; i < 5; i++ {
+		h.fromW(i*988, 988, 0)
+	}
+	if toR := h.sentTo(Radio); len(toR) != 2 || toR[0].seq != h.W()+988 {
+		t.Fatalf("toward the radio %+v, want two segments from 988", toR)
+	}
+	b, err := json.Marshal(h.e.Export(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var states []FlowState
+	if err := json.Unmarshal(b, &states); err != nil {
+		t.Fatal(err)
+	}
+	h2 := newSplit(t, o)
+	h2.tsW, h2.tsR = h.tsW, h.tsR
+	if err := h2.e.Import(states); err != nil {
+		t.Fatal(err)
+	}
+	h2.has, h2.edge, h2.tsOut = h.has, h.edge, h.tsOut
+	h2.take()
+	h2.clock.Advance(time.Millisecond)
+	held := func() int {
+		fi := h2.e.Flows()
+		if len(fi) != 1 {
+			t.Fatalf("%d flows", len(fi))
+		}
+		return fi[0].Down.Buffered
+	}
+	h2.ackR(6*988, 65535) // beyond every byte held: refused
+	if st := h2.e.Stats(); st.AckIgnored != 1 || held() != 4*988 {
+		t.Fatalf("an ACK beyond the bytes held was taken: %d held, %+v", held(), st)
+	}
+	h2.take()
+	h2.ackR(4*988, 65535) // the two in flight and one never sent here
+	if st := h2.e.Stats(); st.AckIgnored != 1 || held() != 988 {
+		t.Fatalf("the moved flow refused the receiver's ACK: %d held, %+v", held(), st)
+	}
+	if toR := h2.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W()+4*988 {
+		t.Fatalf("after the ACK, toward the radio %+v; want the last segment held", toR)
+	}
+	fi := h2.e.Flows()
+	if len(fi) != 1 || fi[0].Down.MinRTT != 20*time.Millisecond {
+		t.Fatalf("flows %+v: want the minimum RTT of 20 ms kept", fi)
+	}
+}
+
+// TestExpiry: flows whose handshake never completed are forgotten after
+// HandshakeTimeout, idle ones after IdleTimeout — by the engine's own
+// timer, not only when the table is full — except a split flow holding
+// bytes its receiver has not acknowledged, which GiveUp ends.
+func TestExpiry(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000,
+		cfg: Config{IdleTimeout: time.Minute, HandshakeTimeout: 10 * time.Second, GiveUp: time.Hour}})
+	h.establish()
+	h.fromW(0, 988, 0) // held: the radio never acknowledges it
+	for i := range 5 {
+		src := netip.AddrPortFrom(wireHost.Addr(), uint16(2000+i))
+		h.e.Process(Wire, mkseg(src, radioHost, header.TCPSyn, 1, 0, 100, 0))
+	}
+	if st := h.e.Stats(); st.Flows != 6 {
+		t.Fatalf("%+v", st)
+	}
+	h.clock.Advance(16 * time.Second) // the sweep runs every 5 s
+	if st := h.e.Stats(); st.Flows != 1 || st.Expired != 5 {
+		t.Fatalf("half-open flows not expired: %+v", st)
+	}
+	h.clock.Advance(5 * time.Minute)
+	if st := h.e.Stats(); st.Flows != 1 {
+		t.Fatalf("a split flow holding data expired: %+v", st)
+	}
+	h.ackR(988, 65535)
+	h.clock.Advance(2 * time.Minute)
+	if st := h.e.Stats(); st.Flows != 0 {
+		t.Fatalf("an idle flow was not expired: %+v", st)
+	}
+}
+
+// TestSplitZeroAllocs: a data segment in and its ACK back, in steady
+// state, allocate nothing (buffers, scoreboard and timers are reused).
+func TestSplitZeroAllocs(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.e.cfg.Clock = netem.RealClock{} // its timers re-arm without allocating
+	h.establish()
+	const n = 3000
+	data := make([][]byte, n)
+	acks := make([][]byte, n)
+	for i := range n {
+		data[i] = h.seg(Wire, header.TCPAck, h.W()+uint32(i*988), h.R(), 65535, 988)
+		acks[i] = h.seg(Radio, header.TCPAck, h.R(), h.W()+uint32((i+1)*988), 65535, 0)
+	}
+	i := noAllocs(t, h.e, data, acks) // the warm-up fills the pool, the scoreboard, the timers
+	// Each segment goes on, and an ACK for every second comes back.
+	if st := h.e.Stats(); st.EarlyAcked != uint64(i*988) || st.Emitted < uint64(i+i/2) {
+		t.Fatalf("the engine did not work: %+v after %d segments", st, i)
+	}
+}
