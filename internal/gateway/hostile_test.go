@@ -272,9 +272,20 @@ func TestGatewayDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.swap(g)
-	stop := inject(500*time.Millisecond, func(i int) {
-		if i == 0 {
+	// The SAD goes once the gateway numbers both SAs, not at a fixed
+	// time: on a loaded machine the transfer may not have begun yet, and
+	// SAs that never carried a packet are wiped, not drained.
+	var dropped bool
+	stop := inject(20*time.Millisecond, func(int) {
+		owned := 0
+		for _, sa := range g.SAs() {
+			if sa.Owned && sa.GatewaySeq >= 50 {
+				owned++
+			}
+		}
+		if !dropped && owned == 2 {
 			g.SetSAD(nil)
+			dropped = true
 		}
 	})
 	n.transfer(t, n.A, n.B, 5001, 4<<20)
