@@ -185,3 +185,30 @@ func TestChecksumsValid(t *testing.T) {
 		}
 	}
 }
+
+// TestPartialChecksum: a checksum left partial and completed is the one
+// made whole at once, for segments of every length up to 300 bytes (odd
+// ones too), random bytes and addresses of both versions.
+func TestPartialChecksum(t *testing.T) {
+	r := rand.New(rand.NewSource(3))
+	for n := TCPMinLen; n < 300; n++ {
+		for _, alen := range []int{4, 16} {
+			src, dst := make([]byte, alen), make([]byte, alen)
+			r.Read(src)
+			r.Read(dst)
+			seg := make([]byte, n)
+			r.Read(seg)
+			whole := TCP(append([]byte(nil), seg...))
+			whole.UpdateChecksum(src, dst)
+			part := TCP(seg)
+			part.SetPartialChecksum(src, dst)
+			part.CompleteChecksum()
+			if part.Checksum() != whole.Checksum() {
+				t.Fatalf("%d bytes, %d-byte addresses: completed %#04x, made whole %#04x", n, alen, part.Checksum(), whole.Checksum())
+			}
+			if !part.ChecksumValid(src, dst) {
+				t.Fatalf("%d bytes: the completed checksum does not hold", n)
+			}
+		}
+	}
+}

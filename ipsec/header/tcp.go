@@ -81,6 +81,22 @@ func (t TCP) UpdateChecksum(src, dst []byte) {
 	binary.BigEndian.PutUint16(t[16:], ^Checksum(t, PseudoHeaderSum(src, dst, ProtoTCP, len(t))))
 }
 
+// SetPartialChecksum sets the checksum field to the pseudo header's sum
+// alone, folded and not complemented: a checksum left partial, as
+// VIRTIO_NET_HDR_F_NEEDS_CSUM asks of a packet (csum_start at the TCP
+// header, csum_offset 16), which whoever completes it — the kernel, a
+// NIC, CompleteChecksum — finishes by summing the segment from its first
+// byte. It costs the pseudo header, not the payload.
+func (t TCP) SetPartialChecksum(src, dst []byte) {
+	binary.BigEndian.PutUint16(t[16:], Checksum(nil, PseudoHeaderSum(src, dst, ProtoTCP, len(t))))
+}
+
+// CompleteChecksum completes a checksum SetPartialChecksum left partial:
+// afterwards the segment has the checksum UpdateChecksum gives it.
+func (t TCP) CompleteChecksum() {
+	binary.BigEndian.PutUint16(t[16:], ^Checksum(t, 0))
+}
+
 // ChecksumValid reports whether the checksum over the segment and pseudo
 // header is correct.
 func (t TCP) ChecksumValid(src, dst []byte) bool {
