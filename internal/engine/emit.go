@@ -95,20 +95,25 @@ func (e *shard) emit(f *flow, to Side, s segment) {
 	case s.n > 0:
 		clear(t[tl : tl+s.n])
 	}
+	var sa, da []byte
 	if tpl.V6 {
 		header.WriteIPv6(b, tpl.TOS, tpl.Flow, tl+s.n, header.ProtoTCP, tpl.TTL, src.Addr(), dst.Addr())
-		sa, da := src.Addr().As16(), dst.Addr().As16()
-		t.UpdateChecksum(sa[:], da[:])
+		sa, da = b[8:24], b[24:40]
 	} else {
 		tpl.ID++
 		header.WriteIPv4(b, tpl.TOS, total, tpl.ID, tpl.DF, tpl.TTL, header.ProtoTCP, src.Addr(), dst.Addr())
-		sa, da := src.Addr().As4(), dst.Addr().As4()
-		t.UpdateChecksum(sa[:], da[:])
+		sa, da = b[12:16], b[16:20]
+	}
+	partial := e.cfg.PartialChecksums
+	if partial {
+		t.SetPartialChecksum(sa, da)
+	} else {
+		t.UpdateChecksum(sa, da)
 	}
 	back.ackNow, back.unacked, back.ackAt = false, 0, time.Time{}
 	sp.sent[to]++
 	e.st.Emitted++
-	e.built(to, b[:total], src, dst)
+	e.built(to, b[:total], src, dst, partial)
 }
 
 func btoi(b bool) int {

@@ -93,6 +93,14 @@ type Config struct {
 	// at once (default 1; the gateway uses one per core). MaxFlows,
 	// MaxPlainFlows, BufferTotal and CacheTotal are shared out evenly.
 	Shards int
+	// PartialChecksums: the segments split builds carry a TCP checksum
+	// left partial — the pseudo header's sum alone (header.TCP's
+	// SetPartialChecksum), what VIRTIO_NET_HDR_F_NEEDS_CSUM asks for — and
+	// Emitted.Partial says so; whoever takes them completes it
+	// (CompleteChecksum) or has a device do it. Summing a segment costs
+	// as much as its copy, and a device that offloads it, or a coalesced
+	// write that sums the super-packet anew, makes the sum wasted work.
+	PartialChecksums bool
 }
 
 // DupAckPolicy is what snoop does with duplicate ACKs it has answered.
@@ -226,6 +234,9 @@ type Emitted struct {
 	// Src and Dst are the packet's endpoints, as the engine read or built
 	// them; zero for a packet it forwarded without reading (not TCP).
 	Src, Dst netip.AddrPort
+	// Partial: a Built packet's TCP checksum is left partial
+	// (Config.PartialChecksums); its IPv4 header checksum is whole.
+	Partial bool
 }
 
 // Input is what the caller says of a packet it hands to Handle.

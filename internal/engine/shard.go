@@ -60,8 +60,8 @@ func (e *shard) resendCached(f *flow, pkt []byte) {
 }
 
 // built sends a packet the engine made, from src to dst.
-func (e *shard) built(to Side, pkt []byte, src, dst netip.AddrPort) {
-	e.out(to, pkt, Emitted{Origin: Built, Shard: e.id, Src: src, Dst: dst})
+func (e *shard) built(to Side, pkt []byte, src, dst netip.AddrPort, partial bool) {
+	e.out(to, pkt, Emitted{Origin: Built, Shard: e.id, Src: src, Dst: dst, Partial: partial})
 }
 
 // sweepEvery is how often idle flows are looked for.

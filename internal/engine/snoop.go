@@ -247,7 +247,7 @@ func (e *shard) resend(f *flow, s *seg) {
 		return
 	}
 	e.st.TSRefreshed++
-	e.built(Radio, b, f.key.wire, f.key.radio)
+	e.built(Radio, b, f.key.wire, f.key.radio, false)
 }
 
 // refreshTSval sets the TSval of the TCP segment in pkt (an IP packet the

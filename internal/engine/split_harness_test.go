@@ -60,11 +60,26 @@ func newSplit(t *testing.T, o splitOpts) *sh {
 		o.cfg.Clock = lateClock{h.clock, o.late}
 	}
 	o.cfg.Mode = ModeSplit
-	h.e = mustNew(t, o.cfg, func(to Side, pkt []byte) {
+	e, err := New(o.cfg, func(to Side, pkt []byte, m Emitted) {
 		c := append([]byte(nil), pkt...)
+		if want := o.cfg.PartialChecksums && m.Origin == Built; m.Partial != want {
+			t.Fatalf("a packet toward %v (origin %v) says Partial %v, want %v", to, m.Origin, m.Partial, want)
+		}
+		if m.Partial {
+			// What a device would do with VIRTIO_NET_HDR_F_NEEDS_CSUM.
+			l4 := header.IPv6Len
+			if c[0]>>4 == 4 {
+				l4 = header.IPv4(c).HeaderLen()
+			}
+			header.TCP(c[l4:]).CompleteChecksum()
+		}
 		h.check(to, c)
 		h.out = append(h.out, sent{to, c})
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.e = e
 	return h
 }
 

@@ -307,8 +307,10 @@ func TestSplitRandomized(t *testing.T) {
 		{wsW: 7, wsR: 3, sack: false, ts: true, isnW: 5, isnR: 0xffffff00},
 		{wsW: 14, wsR: 14, sack: true, ts: false, isnW: 123456, isnR: 654321},
 		{noWS: true, sack: true, ts: true, isnW: 1, isnR: 2},
+		// Checksums left partial, completed as a device would (newSplit).
+		{wsW: 7, wsR: 7, sack: true, ts: true, isnW: 9, isnR: 0xfffff100, cfg: Config{PartialChecksums: true}},
 	} {
-		tc.cfg = Config{BufferPerFlow: 64 << 10, BufferTotal: 64 << 10}
+		tc.cfg = Config{BufferPerFlow: 64 << 10, BufferTotal: 64 << 10, PartialChecksums: tc.cfg.PartialChecksums}
 		h := newSplit(t, tc)
 		h.establish()
 		r := rand.New(rand.NewSource(int64(tc.isnW)))
