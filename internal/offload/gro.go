@@ -48,8 +48,29 @@ type Coalescer struct {
 
 	items []groItem // one per packet to write, in order
 	open  []int     // items still open to more segments
-	known []bool    // this call's: packets whose checksums need no check
+	sums  []Sum     // this call's: what stands in each packet's checksums
 }
+
+// Sum says what stands in a packet's checksums (CoalesceSums).
+type Sum uint8
+
+const (
+	// SumAsCame: the checksums it came with, unverified — summed before
+	// the packet is merged (intact).
+	SumAsCame Sum = iota
+	// SumKnown: whole, made by the writer itself — a segment it built, a
+	// datagram it sealed — so merging it needs no sum of it: what intact
+	// guards against is a packet corrupted or forged on its way in, and
+	// this one did not come in.
+	SumKnown
+	// SumPartial: made by the writer, its TCP or UDP checksum left
+	// partial — the pseudo header's sum alone (header.TCP's
+	// SetPartialChecksum) — and its IPv4 header checksum whole. Written
+	// alone it goes with VIRTIO_NET_HDR_F_NEEDS_CSUM, and the kernel, or
+	// the NIC, or nobody (a veth's peer takes it as verified) completes
+	// it; merged, like any segment, its sum is the super-packet's.
+	SumPartial
+)
 
 // groItem is one packet to write: alone, or a super-packet being built
 // in bufs[idx].
@@ -73,25 +94,23 @@ type groItem struct {
 // capacity; 64 KiB of IP packet at most); the other segments' entries
 // are not returned.
 func (c *Coalescer) Coalesce(bufs [][]byte, offset int, out []int) []int {
-	return c.CoalesceKnown(bufs, nil, offset, out)
+	return c.CoalesceSums(bufs, nil, offset, out)
 }
 
-// CoalesceKnown is Coalesce where known[i] (when known is not nil) says
-// that packet i's checksums were made by the writer itself — a segment
-// it built, a datagram it sealed — so merging it needs no sum of it:
-// what intact guards against is a packet corrupted or forged on its way
-// in, and this one did not come in. Every other packet is verified.
-func (c *Coalescer) CoalesceKnown(bufs [][]byte, known []bool, offset int, out []int) []int {
-	c.items, c.open, c.known = c.items[:0], c.open[:0], known
+// CoalesceSums is Coalesce where sums[i] (when sums is long enough) says
+// what stands in packet i's checksums; a packet it says nothing of is
+// SumAsCame.
+func (c *Coalescer) CoalesceSums(bufs [][]byte, sums []Sum, offset int, out []int) []int {
+	c.items, c.open, c.sums = c.items[:0], c.open[:0], sums
 	for i := range bufs {
 		c.merge(bufs, offset, i)
 	}
-	c.known = nil
 	for k := range c.items {
 		it := &c.items[k]
 		out = append(out, it.idx)
-		it.finish(bufs[it.idx], offset)
+		it.finish(bufs[it.idx], offset, c.sum(it.idx) == SumPartial)
 	}
+	c.sums = nil
 	return out
 }
 
@@ -239,13 +258,18 @@ func candidate(pkt []byte, udp bool) (ipLen, l4Len, payload int, proto uint8) {
 // the receiver to drop (as Linux's own GRO verifies before merging). Only
 // packets that are merged are summed: one written alone keeps its
 // checksum either way.
-// A packet the writer says it made (known) is not summed.
+// A packet the writer says it made (SumKnown, SumPartial) is not summed.
 func (c *Coalescer) intact(it *groItem, first, pkt []byte, i int) bool {
-	return (it.segs > 1 || c.isKnown(it.idx) || header.ChecksumsValid(first, it.ipLen, it.proto)) &&
-		(c.isKnown(i) || header.ChecksumsValid(pkt, it.ipLen, it.proto))
+	return (it.segs > 1 || c.sum(it.idx) != SumAsCame || header.ChecksumsValid(first, it.ipLen, it.proto)) &&
+		(c.sum(i) != SumAsCame || header.ChecksumsValid(pkt, it.ipLen, it.proto))
 }
 
-func (c *Coalescer) isKnown(i int) bool { return i < len(c.known) && c.known[i] }
+func (c *Coalescer) sum(i int) Sum {
+	if i < len(c.sums) {
+		return c.sums[i]
+	}
+	return SumAsCame
+}
 
 // mergeable reports whether pkt continues super-packet it (whose first
 // segment's headers are first's).
@@ -275,15 +299,19 @@ func mergeable(it *groItem, first, pkt []byte, ipLen, l4Len, payload int) bool {
 }
 
 // finish writes the virtio_net_hdr in the HdrLen bytes before the
-// packet at b[offset:]: nothing asked of a packet alone (its checksums
-// are whole); for a super-packet, its new lengths and IPv4 header
-// checksum, and segmentation with the TCP or UDP checksum left partial
-// (the pseudo-header sum), which the kernel completes per segment
+// packet at b[offset:]: for a packet alone, nothing asked (its checksums
+// are whole) or, partial, the completion of its TCP or UDP checksum;
+// for a super-packet, its new lengths and IPv4 header checksum, and
+// segmentation with the TCP or UDP checksum left partial (the
+// pseudo-header sum), which the kernel completes per segment
 // (VIRTIO_NET_HDR_F_NEEDS_CSUM).
-func (it *groItem) finish(b []byte, offset int) {
+func (it *groItem) finish(b []byte, offset int, partial bool) {
 	vh := b[offset-HdrLen : offset]
 	clear(vh)
 	if it.segs < 2 {
+		if partial {
+			needsCsum(vh, b[offset:])
+		}
 		return
 	}
 	pkt := b[offset:]
@@ -307,5 +335,35 @@ func (it *groItem) finish(b []byte, offset int) {
 	binary.LittleEndian.PutUint16(vh[2:], uint16(it.ipLen+it.l4Len))
 	binary.LittleEndian.PutUint16(vh[4:], uint16(it.size))
 	binary.LittleEndian.PutUint16(vh[6:], uint16(it.ipLen))
+	binary.LittleEndian.PutUint16(vh[8:], uint16(csum))
+}
+
+// needsCsum writes into vh the completion of pkt's TCP or UDP checksum,
+// left partial (SumPartial), with no segmentation. pkt is one the writer
+// made: IPv4 (options allowed) or IPv6 without extension headers. A
+// packet of another protocol is written as it is.
+func needsCsum(vh, pkt []byte) {
+	ipLen, proto := 0, uint8(0)
+	switch {
+	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4:
+		ipLen, proto = int(pkt[0]&0xf)*4, pkt[9]
+	case len(pkt) >= header.IPv6Len && pkt[0]>>4 == 6:
+		ipLen, proto = header.IPv6Len, pkt[6]
+	}
+	csum, l4Len := 16, header.TCPMinLen
+	switch {
+	case proto == header.ProtoUDP:
+		csum, l4Len = 6, header.UDPLen
+	case proto != header.ProtoTCP:
+		return
+	case ipLen+header.TCPMinLen <= len(pkt):
+		l4Len = max(l4Len, header.TCP(pkt[ipLen:]).HeaderLen())
+	}
+	if ipLen == 0 || ipLen+l4Len > len(pkt) {
+		return
+	}
+	vh[0] = NeedsCsum
+	binary.LittleEndian.PutUint16(vh[2:], uint16(ipLen+l4Len))
+	binary.LittleEndian.PutUint16(vh[6:], uint16(ipLen))
 	binary.LittleEndian.PutUint16(vh[8:], uint16(csum))
 }

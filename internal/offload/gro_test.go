@@ -470,10 +470,10 @@ func TestCoalesceHeader(t *testing.T) {
 	}
 }
 
-// TestCoalesceKnown: a packet the writer says it made (known) is merged
-// without its checksum being summed — so even one whose checksum does not
-// hold is merged, the writer answering for it — while the same packet
-// not known is written alone, as Coalesce does.
+// TestCoalesceKnown: a packet the writer says it made (SumKnown) is
+// merged without its checksum being summed — so even one whose checksum
+// does not hold is merged, the writer answering for it — while the same
+// packet as it came is written alone, as Coalesce does.
 func TestCoalesceKnown(t *testing.T) {
 	batch := func() [][]byte {
 		var ps [][]byte
@@ -486,22 +486,109 @@ func TestCoalesceKnown(t *testing.T) {
 	}
 	for _, c := range []struct {
 		name   string
-		known  []bool
+		sums   []Sum
 		writes int
 	}{
 		{"none known", nil, 4}, // nothing merges: with the first, the third, or into either
-		{"all known", []bool{true, true, true, true}, 1},
-		{"the bad ones known", []bool{true, false, true, false}, 1},
-		{"the first not known", []bool{false, true, true, true}, 2}, // it alone, the rest merged
-		{"the third not known", []bool{true, true, false, true}, 3}, // 1+2, then 3 and 4 alone: 4 would merge into 3
+		{"all known", []Sum{SumKnown, SumKnown, SumKnown, SumKnown}, 1},
+		{"the bad ones known", []Sum{SumKnown, SumAsCame, SumKnown, SumAsCame}, 1},
+		{"the bad ones partial", []Sum{SumPartial, SumAsCame, SumPartial, SumAsCame}, 1},
+		{"the first not known", []Sum{SumAsCame, SumKnown, SumKnown, SumKnown}, 2}, // it alone, the rest merged
+		{"the third not known", []Sum{SumKnown, SumKnown, SumAsCame, SumKnown}, 3}, // 1+2, then 3 and 4 alone: 4 would merge into 3
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var co Coalescer
 			bufs := batchOf(batch(), 65536)
-			out := co.CoalesceKnown(bufs, c.known, 16, nil)
+			out := co.CoalesceSums(bufs, c.sums, 16, nil)
 			if len(out) != c.writes {
 				t.Fatalf("%d writes, want %d", len(out), c.writes)
 			}
 		})
+	}
+}
+
+// TestCoalescePartial: segments whose TCP checksums the writer left
+// partial (SumPartial) — a flow's run, one with PSH in its middle, pure
+// ACKs, IPv6, a segment with a different window — come out of the
+// kernel's side (segmentation, or NEEDS_CSUM completed for a packet
+// alone) as the same segments made whole: merged ones as before, and
+// each one alone with a header that asks for its TCP checksum at the
+// right place.
+func TestCoalescePartial(t *testing.T) {
+	var want [][]byte
+	for i := range 6 {
+		s := seg{seq: 1000 + uint32(i*1448), id: uint16(i), flags: header.TCPAck, payload: 1448}
+		if i == 2 {
+			s.flags |= header.TCPPsh
+		}
+		want = append(want, s.packet())
+	}
+	want = append(want,
+		seg{flow: 1, seq: 5, id: 9, flags: header.TCPAck}.packet(),                      // a pure ACK
+		seg{flow: 2, seq: 7, flags: header.TCPAck, payload: 1000}.packet(),              // IPv6, alone
+		seg{flow: 1, seq: 5, id: 10, flags: header.TCPAck, win: 9, payload: 3}.packet(), // alone after the ACK
+	)
+	var pkts [][]byte
+	sums := make([]Sum, len(want))
+	for i, w := range want {
+		p := append([]byte(nil), w...)
+		l4, src, dst := header.IPv4MinLen, p[12:16], p[16:20]
+		if p[0]>>4 == 6 {
+			l4, src, dst = header.IPv6Len, p[8:24], p[24:40]
+		}
+		header.TCP(p[l4:]).SetPartialChecksum(src, dst)
+		pkts = append(pkts, p)
+		sums[i] = SumPartial
+	}
+	var co Coalescer
+	bufs := batchOf(pkts, 65536)
+	out := co.CoalesceSums(bufs, sums, 16, nil)
+	if len(out) != 5 { // 0–2 (PSH ends it), 3–5, and the three alone
+		t.Fatalf("%d writes, want 5", len(out))
+	}
+	var got [][]byte
+	for _, i := range out {
+		h, err := ParseHdr(bufs[i][16-HdrLen:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		pkt := append([]byte(nil), bufs[i][16:]...)
+		if h.GSOType != GSONone {
+			segs, sizes := make([][]byte, MaxSegments), make([]int, MaxSegments)
+			for k := range segs {
+				segs[k] = make([]byte, 65536)
+			}
+			n, err := SegmentInto(h, pkt, segs, 0, sizes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k := range n {
+				got = append(got, segs[k][:sizes[k]])
+			}
+			continue
+		}
+		l4 := header.IPv4MinLen
+		if pkt[0]>>4 == 6 {
+			l4 = header.IPv6Len
+		}
+		if h.Flags != NeedsCsum || h.CsumStart != l4 || h.CsumOffset != 16 || h.HdrLen != l4+32 {
+			t.Fatalf("a partial packet alone with header %+v", h)
+		}
+		if err := CompleteChecksum(pkt, h.CsumStart, h.CsumOffset); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, pkt)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d packets, want %d", len(got), len(want))
+	}
+	for _, w := range want {
+		found := false
+		for _, g := range got {
+			found = found || bytes.Equal(g, w)
+		}
+		if !found {
+			t.Errorf("packet %x not among those written", w[:60])
+		}
 	}
 }

@@ -229,16 +229,16 @@ func (r *rawIO) drain(bufs [][]byte, sizes []int, checked []bool, offset, k int)
 // write after its virtio header. It returns how many writes succeeded and
 // the first error.
 func (r *rawIO) Write(bufs [][]byte, offset int) (int, error) {
-	return r.WriteKnown(bufs, nil, offset)
+	return r.WriteSums(bufs, nil, offset)
 }
 
-// WriteKnown is Write where known[i] says packet i's checksums were made
-// by the writer (offload.Coalescer.CoalesceKnown).
-func (r *rawIO) WriteKnown(bufs [][]byte, known []bool, offset int) (int, error) {
+// WriteSums is Write where sums[i] says what stands in packet i's
+// checksums (offload.Coalescer.CoalesceSums).
+func (r *rawIO) WriteSums(bufs [][]byte, sums []offload.Sum, offset int) (int, error) {
 	if offset < offload.HdrLen {
 		return 0, fmt.Errorf("tunlink: write with offset %d", offset)
 	}
-	r.out = r.gro.CoalesceKnown(bufs, known, offset, r.out[:0])
+	r.out = r.gro.CoalesceSums(bufs, sums, offset, r.out[:0])
 	var first error
 	n := 0
 	r.writeCalls.Add(uint64(len(r.out)))

@@ -19,7 +19,9 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/offload"
 	"github.com/espep/espep/internal/tundev"
+	"github.com/espep/espep/ipsec/header"
 )
 
 // Processor takes the IP packets read from either device.
@@ -69,10 +71,12 @@ type checkedReader interface {
 	ReadChecked(bufs [][]byte, sizes []int, checked []bool, offset int) (int, error)
 }
 
-// knownWriter is a packetIO that coalesces and can be told which packets'
-// checksums the processor made itself (SendKnown), to merge them unsummed.
-type knownWriter interface {
-	WriteKnown(bufs [][]byte, known []bool, offset int) (int, error)
+// sumsWriter is a packetIO that coalesces and can be told what stands in
+// each packet's checksums: made by the processor itself (SendKnown), to
+// merge them unsummed, or left partial (SendPartial), for the device to
+// complete.
+type sumsWriter interface {
+	WriteSums(bufs [][]byte, sums []offload.Sum, offset int) (int, error)
 }
 
 // Link is the two devices and the processor between them.
@@ -100,10 +104,10 @@ type Link struct {
 
 // batch is one side's packets waiting to be written.
 type batch struct {
-	mu    sync.Mutex
-	bufs  [][]byte // pending, each headroom + packet (cap for coalescing)
-	known []bool   // per pending packet: sent with SendKnown
-	free  [][]byte
+	mu   sync.Mutex
+	bufs [][]byte      // pending, each headroom + packet (cap for coalescing)
+	sums []offload.Sum // per pending packet: SumKnown if sent with SendKnown, SumPartial with SendPartial
+	free [][]byte
 }
 
 // batchMax bounds a batch: it is written when full.
@@ -138,14 +142,21 @@ func Open(wire, radio string, mk func(out func(to engine.Side, pkt []byte)) (Pro
 
 // send queues pkt (copied) for the device of side to, and writes the
 // batch if it is full, or if no reader will flush it soon.
-func (l *Link) send(to engine.Side, pkt []byte) { l.enqueue(to, pkt, false) }
+func (l *Link) send(to engine.Side, pkt []byte) { l.enqueue(to, pkt, offload.SumAsCame) }
 
 // SendKnown is send for a packet whose checksums the processor made
 // itself (a segment it built, a datagram it sealed): coalescing merges it
 // without summing it again.
-func (l *Link) SendKnown(to engine.Side, pkt []byte) { l.enqueue(to, pkt, true) }
+func (l *Link) SendKnown(to engine.Side, pkt []byte) { l.enqueue(to, pkt, offload.SumKnown) }
 
-func (l *Link) enqueue(to engine.Side, pkt []byte, known bool) {
+// SendPartial is SendKnown for a TCP segment whose checksum the
+// processor left partial (engine.Config.PartialChecksums): the device
+// completes it — the kernel, when it must, or the NIC; on a veth nobody
+// does, its peer taking the segment as verified — or, on a device
+// without offloads, the link does before writing it.
+func (l *Link) SendPartial(to engine.Side, pkt []byte) { l.enqueue(to, pkt, offload.SumPartial) }
+
+func (l *Link) enqueue(to engine.Side, pkt []byte, sum offload.Sum) {
 	if len(pkt) > bufSize-headroom {
 		l.werr[to].Add(1)
 		return
@@ -160,8 +171,12 @@ func (l *Link) enqueue(to engine.Side, pkt []byte, known bool) {
 	}
 	buf = buf[:headroom+len(pkt)]
 	copy(buf[headroom:], pkt)
+	if _, ok := l.io[to].(sumsWriter); !ok && sum == offload.SumPartial {
+		completeTCP(buf[headroom:])
+		sum = offload.SumKnown
+	}
 	b.bufs = append(b.bufs, buf)
-	b.known = append(b.known, known)
+	b.sums = append(b.sums, sum)
 	full := len(b.bufs) >= batchMax
 	if full {
 		l.writeLocked(to)
@@ -210,8 +225,8 @@ func (l *Link) writeLocked(to engine.Side) {
 	}
 	n := len(b.bufs)
 	var err error
-	if kw, ok := l.io[to].(knownWriter); ok {
-		_, err = kw.WriteKnown(b.bufs, b.known, headroom)
+	if sw, ok := l.io[to].(sumsWriter); ok {
+		_, err = sw.WriteSums(b.bufs, b.sums, headroom)
 	} else {
 		_, err = l.io[to].Write(b.bufs, headroom)
 	}
@@ -227,7 +242,7 @@ func (l *Link) writeLocked(to engine.Side) {
 		}
 	}
 	clear(b.bufs)
-	b.bufs, b.known = b.bufs[:0], b.known[:0]
+	b.bufs, b.sums = b.bufs[:0], b.sums[:0]
 }
 
 // Run reads both devices until ctx ends, then closes them.
@@ -331,4 +346,18 @@ func (l *Link) Stats() Stats {
 		}
 	}
 	return s
+}
+
+// completeTCP completes the TCP checksum left partial in pkt, an IP
+// packet the processor built (SendPartial): IPv4 or IPv6 without
+// extension headers. Anything else is left as it is.
+func completeTCP(pkt []byte) {
+	switch {
+	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4 && pkt[9] == header.ProtoTCP:
+		if l4 := header.IPv4(pkt).HeaderLen(); l4 >= header.IPv4MinLen && len(pkt) >= l4+header.TCPMinLen {
+			header.TCP(pkt[l4:]).CompleteChecksum()
+		}
+	case len(pkt) >= header.IPv6Len+header.TCPMinLen && pkt[0]>>4 == 6 && pkt[6] == header.ProtoTCP:
+		header.TCP(pkt[header.IPv6Len:]).CompleteChecksum()
+	}
 }
