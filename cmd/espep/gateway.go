@@ -292,6 +292,7 @@ func openGatewayIO(fc *gateway.FileConfig, log *slog.Logger) (gw *gateway.Gatewa
 		return nil, gio, err
 	}
 	gw.SetOutKnown(tl.SendKnown) // before Run: no packet has moved yet
+	gw.SetOutPartial(tl.SendPartial)
 	if c, ok := fc.Gateway.Engine.Clock.(interface{ SetAround(func(func())) }); ok {
 		c.SetAround(tl.Batch) // a timer's burst leaves in one write, as a read's does
 	}

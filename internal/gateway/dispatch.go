@@ -82,7 +82,7 @@ func (g *Gateway) wantSAs(l *ipsec.Loc) {
 // relay sends c's packet on as it came.
 func (g *Gateway) relay(c *call, to engine.Side) {
 	c.ctr.add(cRelayed)
-	g.sendOut(to, c.orig, c.checked)
+	g.sendOut(to, c.orig, holdIf(c.checked))
 }
 
 // process is Process's work, in c.

@@ -63,10 +63,16 @@ func sameTunnel(a, b []byte) bool {
 
 // send puts a packet the gateway made (sealed, or the engine's own plain
 // one) in the IP-in-IP tunnel its flow came in, if any, and sends it.
-func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr, ps *perShard, known bool) {
+func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr, ps *perShard, s sums) {
 	if h == nil {
-		g.sendOut(to, pkt, known)
+		g.sendOut(to, pkt, s)
 		return
+	}
+	if s == sumsPartial {
+		// A device would find the checksum to complete inside the
+		// tunnel's packet; completed here, it never has to.
+		completeTCP(pkt)
+		s = sumsHold
 	}
 	n := len(h.b) + len(pkt)
 	if n > len(ps.wrap) {
@@ -84,16 +90,56 @@ func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr, ps *perShard, kno
 		ip.SetID(uint16(h.id.Add(1)))
 		ip.UpdateChecksum()
 	}
-	g.sendOut(to, b, known)
+	g.sendOut(to, b, s)
 }
 
-// sendOut hands pkt to the link: through outKnown, if the link gave one,
-// when the gateway made pkt's checksums itself (known), so that the link
-// need not sum it again before coalescing it.
-func (g *Gateway) sendOut(to engine.Side, pkt []byte, known bool) {
-	if known && g.outKnown != nil {
+// sums says what stands in the checksums of a packet the gateway sends,
+// which chooses its way out (sendOut).
+type sums uint8
+
+const (
+	sumsAsCame  sums = iota // the endpoint's, unverified
+	sumsHold                // whole and holding: the gateway made them, or the link it came on vouched for them
+	sumsPartial             // the engine built the segment and left its TCP checksum partial (engine.Config.PartialChecksums)
+)
+
+// holdIf is sumsHold if the link vouched for a packet's checksums
+// (checked), else sumsAsCame.
+func holdIf(checked bool) sums {
+	if checked {
+		return sumsHold
+	}
+	return sumsAsCame
+}
+
+// sendOut hands pkt to the link: through outPartial, if the link gave
+// one, when its TCP checksum is left partial (the link's device
+// completes it), else completed here; through outKnown, if the link gave
+// one, when its checksums hold (s), so that the link need not sum it
+// again before coalescing it.
+func (g *Gateway) sendOut(to engine.Side, pkt []byte, s sums) {
+	if s == sumsPartial {
+		if g.outPartial != nil {
+			g.outPartial(to, pkt)
+			return
+		}
+		completeTCP(pkt)
+		s = sumsHold
+	}
+	if s == sumsHold && g.outKnown != nil {
 		g.outKnown(to, pkt)
 		return
 	}
 	g.out(to, pkt)
+}
+
+// completeTCP completes the TCP checksum the engine left partial in pkt,
+// a segment it built: IPv4 without options or IPv6 without extension
+// headers.
+func completeTCP(pkt []byte) {
+	l4 := header.IPv6Len
+	if pkt[0]>>4 == 4 {
+		l4 = header.IPv4(pkt).HeaderLen()
+	}
+	header.TCP(pkt[l4:]).CompleteChecksum()
 }

@@ -152,9 +152,13 @@ type Gateway struct {
 	// outKnown, if set (SetOutKnown), takes the packets whose checksums
 	// the gateway made itself; out the rest.
 	outKnown func(to engine.Side, pkt []byte)
-	eng      *engine.Engine
-	sad      atomic.Pointer[ipsec.SAD]
-	sources  sources // what each SA source gives (sources.go)
+	// outPartial, if set (SetOutPartial), takes the segments the engine
+	// built with their TCP checksums left partial; without it the gateway
+	// completes them.
+	outPartial func(to engine.Side, pkt []byte)
+	eng        *engine.Engine
+	sad        atomic.Pointer[ipsec.SAD]
+	sources    sources // what each SA source gives (sources.go)
 	// want, when set, is told of address pairs whose SAs the gateway
 	// lacks (an IKE packet, an unknown SPI): the security server source
 	// (fetch.go). It never blocks.
@@ -215,6 +219,16 @@ type perShard struct {
 // not keep pkt.
 func (g *Gateway) SetOutKnown(f func(to engine.Side, pkt []byte)) { g.outKnown = f }
 
+// SetOutPartial gives the gateway a third way out, for the TCP segments
+// its engine built and sends in the clear, their TCP checksums left
+// partial (engine.Config.PartialChecksums) for the link's device to
+// complete (tunlink.Link.SendPartial): summing a segment costs about as
+// much as copying it, and on the way out of a device with checksum
+// offload nobody need do it. Without it, the gateway completes them
+// before they leave, as it does before sealing one. Call it before the
+// first packet; it must not keep pkt.
+func (g *Gateway) SetOutPartial(f func(to engine.Side, pkt []byte)) { g.outPartial = f }
+
 // New makes a gateway that sends through out (which must not keep pkt)
 // and takes its SAs from sad, whose entries it then owns (replace them
 // with SetSAD; it wipes the keys of those that leave).
@@ -254,7 +268,9 @@ func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gat
 	}
 	var err error
 	g.c = make(counters, cfg.Engine.Shards)
-	if g.eng, err = engine.New(cfg.Engine, g.engineOut); err != nil {
+	ecfg := cfg.Engine
+	ecfg.PartialChecksums = true // completed where they must be (sendOut, sealFlow)
+	if g.eng, err = engine.New(ecfg, g.engineOut); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g.shards = make([]perShard, g.eng.Shards())

@@ -57,6 +57,50 @@ func TestOutKnown(t *testing.T) {
 	}
 }
 
+// TestOutPartial: with a third way out (SetOutPartial), the segments the
+// engine built for the plain flows take it, their IPv4 header checksums
+// whole and their TCP checksums partial — the pseudo header's sum, which
+// completed (as a device would) holds; the same flows' segments inside
+// IP-in-IP, which a device could not find, and everything sealed, leave
+// the known way with whole checksums (TestOutKnown checks those).
+func TestOutPartial(t *testing.T) {
+	h := newHostileRig(t)
+	var partial [][]byte
+	known, other := 0, 0
+	h.g.out = func(engine.Side, []byte) { other++ }
+	h.g.SetOutKnown(func(engine.Side, []byte) { known++ })
+	h.g.SetOutPartial(func(_ engine.Side, p []byte) { partial = append(partial, append([]byte(nil), p...)) })
+	h.warmUp()
+	h.clock.Advance(time.Second)
+	if len(partial) < 10 || known < 30 || other == 0 {
+		t.Fatalf("%d packets out the partial way, %d the known way, %d the other; want all used", len(partial), known, other)
+	}
+	plain := map[netip.Addr]bool{h.flows[7].wire.Addr(): true, h.flows[8].wire.Addr(): true}
+	for i, p := range partial {
+		var ip header.Parsed
+		if err := header.Parse(p, &ip); err != nil || ip.Proto != header.ProtoTCP {
+			t.Fatalf("partial packet %d: %v, protocol %d", i, err, ip.Proto)
+		}
+		if !plain[ip.Src] && !plain[ip.Dst] {
+			t.Fatalf("partial packet %d (%v → %v) is not a plain flow's", i, ip.Src, ip.Dst)
+		}
+		if ip.Version == 4 && !header.IPv4(p).ChecksumValid() {
+			t.Fatalf("partial packet %d: IPv4 header checksum does not hold", i)
+		}
+		src, dst := ip.Src.AsSlice(), ip.Dst.AsSlice()
+		seg := header.TCP(p[ip.L4:ip.Len])
+		got := seg.Checksum()
+		seg.SetPartialChecksum(src, dst)
+		if seg.Checksum() != got {
+			t.Fatalf("partial packet %d: checksum field %#04x, the pseudo header's sum %#04x", i, got, seg.Checksum())
+		}
+		seg.CompleteChecksum()
+		if !seg.ChecksumValid(src, dst) {
+			t.Fatalf("partial packet %d: completed, its checksum does not hold", i)
+		}
+	}
+}
+
 // TestPlainBadChecksum: a plain segment whose checksum does not hold is
 // dropped and counted before the engine sees it — split would otherwise
 // acknowledge it early and send its bytes on under a checksum of its own —

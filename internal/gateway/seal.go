@@ -48,7 +48,7 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte, m engine.Emitted) {
 		if c == nil || c.st == nil {
 			// Not IPsec (plain TCP, or not the gateway's): as it came.
 			if c != nil {
-				g.sendOut(to, c.orig, c.checked)
+				g.sendOut(to, c.orig, holdIf(c.checked))
 				return
 			}
 			g.out(to, pkt)
@@ -64,21 +64,29 @@ func (g *Gateway) engineOut(to engine.Side, pkt []byte, m engine.Emitted) {
 			}
 			ctr.add(cOriginals)
 			c.st.noteRelayed()
-			g.sendOut(to, c.orig, c.checked)
+			g.sendOut(to, c.orig, holdIf(c.checked))
 			return
 		}
-		g.sealFlow(to, pkt, routeOf(&c.ip), ps, false)
+		g.sealFlow(to, pkt, routeOf(&c.ip), ps, sumsAsCame)
 		return
 	}
 	// Built or Cached: a cached segment resent is the endpoint's, with
 	// the checksum it came with — not one the gateway may vouch for.
-	g.sealFlow(to, pkt, route{m.Src, m.Dst}, ps, m.Origin == engine.Built)
+	s := sumsAsCame
+	switch {
+	case m.Partial:
+		s = sumsPartial
+	case m.Origin == engine.Built:
+		s = sumsHold
+	}
+	g.sealFlow(to, pkt, route{m.Src, m.Dst}, ps, s)
 }
 
 // sealFlow seals pkt, a packet of flow r the engine sends on, on the SA
-// that carries the flow, in ps's buffers. built says the engine made pkt
-// (and its checksums); what the gateway seals is its own either way.
-func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard, built bool) {
+// that carries the flow, in ps's buffers. s says what stands in pkt's
+// checksums; what the gateway seals is its own either way, a partial
+// checksum completed first.
+func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard, s sums) {
 	ctr := ps.ctr
 	t := g.routesOf(r)
 	t.mu.Lock()
@@ -99,7 +107,7 @@ func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard, bu
 		ctr.add(cNoRoute)
 		return
 	case v.st == nil:
-		g.send(to, pkt, v.tun, ps, built) // a flow that came unprotected (Plain)
+		g.send(to, pkt, v.tun, ps, s) // a flow that came unprotected (Plain)
 		return
 	}
 	st := g.live(v.st)
@@ -129,6 +137,9 @@ func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard, bu
 		return
 	}
 	copy(buf[off:], pkt)
+	if s == sumsPartial {
+		completeTCP(buf[off : off+n])
+	}
 	var outer []byte
 	for i := 0; st != nil && i < maxBundle; i++ {
 		var err error
@@ -147,7 +158,7 @@ func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard, bu
 		off, n = len(buf)-cap(outer), len(outer)
 	}
 	ctr.add(cSealed)
-	g.send(to, outer, v.tun, ps, true)
+	g.send(to, outer, v.tun, ps, sumsHold)
 }
 
 // usable reports whether st's SA may carry packets: in the SAD (or, with
