@@ -102,10 +102,17 @@ func unwrite(t *testing.T, bufs [][]byte, out []int) [][]byte {
 		}
 		pkt := bufs[i][16:]
 		if h.GSOType == GSONone {
-			if h != (Hdr{}) {
+			q := append([]byte(nil), pkt...)
+			switch {
+			case h.Flags == NeedsCsum && h.HdrLen <= len(q):
+				// A partial checksum, which the kernel completes.
+				if err := CompleteChecksum(q, h.CsumStart, h.CsumOffset); err != nil {
+					t.Fatal(err)
+				}
+			case h != (Hdr{}):
 				t.Fatalf("a packet alone with header %+v", h)
 			}
-			got = append(got, append([]byte(nil), pkt...))
+			got = append(got, q)
 			continue
 		}
 		if h.Flags != NeedsCsum || h.CsumStart+h.CsumOffset+2 > len(pkt) || h.HdrLen > len(pkt) {
@@ -180,12 +187,42 @@ func sameByFlow(got, want [][]byte) error {
 // writes there were.
 func runGRO(t *testing.T, c *Coalescer, pkts [][]byte, capacity int) int {
 	t.Helper()
-	bufs := batchOf(pkts, capacity)
-	out := c.Coalesce(bufs, 16, nil)
+	return runGROSums(t, c, pkts, nil, capacity)
+}
+
+// runGROSums is runGRO with what stands in each packet's checksums: pkts
+// are the packets as the receiver must get them, and those sums says are
+// SumPartial (TCP segments) go into the batch with their TCP checksums
+// left partial.
+func runGROSums(t *testing.T, c *Coalescer, pkts [][]byte, sums []Sum, capacity int) int {
+	t.Helper()
+	in := pkts
+	if sums != nil {
+		in = make([][]byte, len(pkts))
+		for i, p := range pkts {
+			in[i] = p
+			if i < len(sums) && sums[i] == SumPartial {
+				in[i] = partialOf(p)
+			}
+		}
+	}
+	bufs := batchOf(in, capacity)
+	out := c.CoalesceSums(bufs, sums, 16, nil)
 	if err := sameByFlow(unwrite(t, bufs, out), pkts); err != nil {
 		t.Fatal(err)
 	}
 	return len(out)
+}
+
+// partialOf is a copy of TCP segment p with its checksum left partial.
+func partialOf(p []byte) []byte {
+	q := append([]byte(nil), p...)
+	l4, src, dst := int(q[0]&0xf)*4, q[12:16], q[16:20]
+	if q[0]>>4 == 6 {
+		l4, src, dst = header.IPv6Len, q[8:24], q[24:40]
+	}
+	header.TCP(q[l4:]).SetPartialChecksum(src, dst)
+	return q
 }
 
 // TestCoalesce: a flow's contiguous segments become one write that the
@@ -400,10 +437,12 @@ func TestCoalesceZeroAllocs(t *testing.T) {
 
 // FuzzCoalesce: any batch — segments of three flows with the fuzzer's
 // sequence numbers, sizes, flags, identifications and windows, some with
-// a byte corrupted, and raw bytes — is written so that the kernel's
-// segmentation gives back every packet exactly, each flow in its order:
-// in particular a corrupted packet stays corrupted (its checksum is not
-// made anew by merging it).
+// a byte corrupted, some the writer's own (SumKnown) or left with a
+// partial checksum (SumPartial), and raw bytes — is written so that the
+// kernel's segmentation, and its completion of a partial checksum, gives
+// back every packet exactly, each flow in its order: in particular a
+// corrupted packet stays corrupted (its checksum is not made anew by
+// merging it).
 func FuzzCoalesce(f *testing.F) {
 	f.Add([]byte{0, 0, 5, 0x10, 0, 0, 5, 0x10, 0, 0, 5, 0x10})
 	f.Add([]byte{0, 0, 5, 0x10, 1, 0, 5, 0x10, 0, 0, 5, 0x18, 2, 0, 5, 0x10, 2, 0, 1, 0x10})
@@ -411,8 +450,10 @@ func FuzzCoalesce(f *testing.F) {
 	f.Add([]byte{0, 0, 5, 0x10, 0x40, 0, 200, 0x10, 0, 0, 5, 0x10, 0x42, 0, 5, 0x10, 0x40, 0, 10, 0x10})
 	f.Add([]byte{0x80, 0, 170, 0, 0x80, 0, 170, 0, 0x80, 0x80, 170, 0, 0x80, 0, 20, 0, 0x82, 0, 170, 0, 0x82, 0, 170, 0, 1})
 	f.Add([]byte{0x80, 0, 170, 0, 0xc0, 0, 170, 9, 0x80, 1, 170, 0, 0x81, 0, 170, 0, 0x80, 0, 200, 0, 0x80, 0, 100, 0, 3})
+	f.Add([]byte{0, 4, 5, 0x10, 0, 4, 5, 0x10, 0, 8, 5, 0x18, 1, 4, 0, 0x10, 2, 4, 5, 0x18, 2, 4, 5, 0x10})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var pkts [][]byte
+		var sums [64]Sum
 		next := [3]uint32{1000, 1000, 1000}
 		ids := [3]uint16{}
 		for len(b) >= 4 && len(pkts) < 64 {
@@ -438,13 +479,18 @@ func FuzzCoalesce(f *testing.F) {
 			s.id = ids[s.flow] + uint16(d[1]&3)
 			next[s.flow], ids[s.flow] = s.seq+uint32(s.payload), s.id+1
 			p := s.packet()
-			if d[0]&0x40 != 0 { // corrupted on its way, as a relay may be handed it
+			switch {
+			case d[0]&0x40 != 0: // corrupted on its way, as a relay may be handed it
 				p[int(d[2])*len(p)/256] ^= 0x5a
+			case d[1]&0x0c == 0x04: // one the writer built, its checksum left partial
+				sums[len(pkts)] = SumPartial
+			case d[1]&0x0c == 0x08: // one the writer built whole
+				sums[len(pkts)] = SumKnown
 			}
 			pkts = append(pkts, p)
 		}
 		c := Coalescer{UDP: len(b) > 0 && b[0]&1 != 0}
-		runGRO(t, &c, pkts, 65536)
+		runGROSums(t, &c, pkts, sums[:len(pkts)], 65536)
 	})
 }
 
