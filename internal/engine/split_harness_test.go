@@ -67,11 +67,7 @@ func newSplit(t *testing.T, o splitOpts) *sh {
 		}
 		if m.Partial {
 			// What a device would do with VIRTIO_NET_HDR_F_NEEDS_CSUM.
-			l4 := header.IPv6Len
-			if c[0]>>4 == 4 {
-				l4 = header.IPv4(c).HeaderLen()
-			}
-			header.TCP(c[l4:]).CompleteChecksum()
+			header.CompleteTCPIn(c)
 		}
 		h.check(to, c)
 		h.out = append(h.out, sent{to, c})

@@ -71,7 +71,7 @@ func (g *Gateway) send(to engine.Side, pkt []byte, h *ipipHdr, ps *perShard, s s
 	if s == sumsPartial {
 		// A device would find the checksum to complete inside the
 		// tunnel's packet; completed here, it never has to.
-		completeTCP(pkt)
+		header.CompleteTCPIn(pkt)
 		s = sumsHold
 	}
 	n := len(h.b) + len(pkt)
@@ -123,7 +123,7 @@ func (g *Gateway) sendOut(to engine.Side, pkt []byte, s sums) {
 			g.outPartial(to, pkt)
 			return
 		}
-		completeTCP(pkt)
+		header.CompleteTCPIn(pkt)
 		s = sumsHold
 	}
 	if s == sumsHold && g.outKnown != nil {
@@ -131,15 +131,4 @@ func (g *Gateway) sendOut(to engine.Side, pkt []byte, s sums) {
 		return
 	}
 	g.out(to, pkt)
-}
-
-// completeTCP completes the TCP checksum the engine left partial in pkt,
-// a segment it built: IPv4 without options or IPv6 without extension
-// headers.
-func completeTCP(pkt []byte) {
-	l4 := header.IPv6Len
-	if pkt[0]>>4 == 4 {
-		l4 = header.IPv4(pkt).HeaderLen()
-	}
-	header.TCP(pkt[l4:]).CompleteChecksum()
 }

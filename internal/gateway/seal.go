@@ -138,7 +138,7 @@ func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard, s 
 	}
 	copy(buf[off:], pkt)
 	if s == sumsPartial {
-		completeTCP(buf[off : off+n])
+		header.CompleteTCPIn(buf[off : off+n])
 	}
 	var outer []byte
 	for i := 0; st != nil && i < maxBundle; i++ {

@@ -172,7 +172,7 @@ func (l *Link) enqueue(to engine.Side, pkt []byte, sum offload.Sum) {
 	buf = buf[:headroom+len(pkt)]
 	copy(buf[headroom:], pkt)
 	if _, ok := l.io[to].(sumsWriter); !ok && sum == offload.SumPartial {
-		completeTCP(buf[headroom:])
+		header.CompleteTCPIn(buf[headroom:])
 		sum = offload.SumKnown
 	}
 	b.bufs = append(b.bufs, buf)
@@ -346,18 +346,4 @@ func (l *Link) Stats() Stats {
 		}
 	}
 	return s
-}
-
-// completeTCP completes the TCP checksum left partial in pkt, an IP
-// packet the processor built (SendPartial): IPv4 or IPv6 without
-// extension headers. Anything else is left as it is.
-func completeTCP(pkt []byte) {
-	switch {
-	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4 && pkt[9] == header.ProtoTCP:
-		if l4 := header.IPv4(pkt).HeaderLen(); l4 >= header.IPv4MinLen && len(pkt) >= l4+header.TCPMinLen {
-			header.TCP(pkt[l4:]).CompleteChecksum()
-		}
-	case len(pkt) >= header.IPv6Len+header.TCPMinLen && pkt[0]>>4 == 6 && pkt[6] == header.ProtoTCP:
-		header.TCP(pkt[header.IPv6Len:]).CompleteChecksum()
-	}
 }

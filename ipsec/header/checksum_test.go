@@ -212,3 +212,65 @@ func TestPartialChecksum(t *testing.T) {
 		}
 	}
 }
+
+// TestCompleteTCPIn: the segment inside an IPv4 packet (with options or
+// without) or an IPv6 one is completed; a UDP datagram, an IPv6 packet
+// whose next header is not TCP, and packets cut short are refused and
+// left as they are.
+func TestCompleteTCPIn(t *testing.T) {
+	v4 := func(opts int) []byte {
+		p := make([]byte, IPv4MinLen+opts+TCPMinLen+7)
+		WriteIPv4(p, 0, len(p), 1, true, 64, ProtoTCP, netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"))
+		p[0] = 0x40 | byte((IPv4MinLen+opts)/4)
+		IPv4(p).UpdateChecksum()
+		return p
+	}
+	v6 := func(next uint8) []byte {
+		p := make([]byte, IPv6Len+TCPMinLen+7)
+		WriteIPv6(p, 0, 0, len(p)-IPv6Len, next, 64, netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"))
+		return p
+	}
+	partial := func(p []byte, l4 int, src, dst []byte) []byte {
+		seg := TCP(p[l4:])
+		seg[12] = 5 << 4
+		copy(seg[TCPMinLen:], "partial")
+		seg.SetPartialChecksum(src, dst)
+		return p
+	}
+	for _, c := range []struct {
+		name string
+		pkt  []byte
+		l4   int
+	}{
+		{"ipv4", v4(0), IPv4MinLen},
+		{"ipv4 with options", v4(8), IPv4MinLen + 8},
+		{"ipv6", v6(ProtoTCP), IPv6Len},
+	} {
+		src, dst := c.pkt[12:16], c.pkt[16:20]
+		if c.l4 == IPv6Len {
+			src, dst = c.pkt[8:24], c.pkt[24:40]
+		}
+		p := partial(c.pkt, c.l4, src, dst)
+		if !CompleteTCPIn(p) || !TCP(p[c.l4:]).ChecksumValid(src, dst) {
+			t.Fatalf("%s: not completed", c.name)
+		}
+	}
+	udp := v4(0)
+	udp[9] = ProtoUDP
+	for _, c := range []struct {
+		name string
+		pkt  []byte
+	}{
+		{"udp", udp},
+		{"ipv6, not tcp", v6(ProtoUDP)},
+		{"ipv4 cut inside its tcp header", v4(0)[:IPv4MinLen+10]},
+		{"ipv4 whose header is longer than the packet", v4(40)[:IPv4MinLen+8]},
+		{"ipv6 cut", v6(ProtoTCP)[:IPv6Len+4]},
+		{"empty", nil},
+	} {
+		before := append([]byte(nil), c.pkt...)
+		if CompleteTCPIn(c.pkt) || string(before) != string(c.pkt) {
+			t.Fatalf("%s: completed, or changed", c.name)
+		}
+	}
+}

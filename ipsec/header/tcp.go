@@ -97,6 +97,25 @@ func (t TCP) CompleteChecksum() {
 	binary.BigEndian.PutUint16(t[16:], ^Checksum(t, 0))
 }
 
+// CompleteTCPIn is CompleteChecksum for the TCP segment that IP packet
+// pkt carries right after its header: IPv4 (options allowed) or IPv6
+// without extension headers. It reports false, changing nothing, for any
+// other packet.
+func CompleteTCPIn(pkt []byte) bool {
+	l4 := 0
+	switch {
+	case len(pkt) >= IPv4MinLen && pkt[0]>>4 == 4 && pkt[9] == ProtoTCP:
+		l4 = IPv4(pkt).HeaderLen()
+	case len(pkt) >= IPv6Len && pkt[0]>>4 == 6 && pkt[6] == ProtoTCP:
+		l4 = IPv6Len
+	}
+	if l4 < IPv4MinLen || len(pkt) < l4+TCPMinLen {
+		return false
+	}
+	TCP(pkt[l4:]).CompleteChecksum()
+	return true
+}
+
 // ChecksumValid reports whether the checksum over the segment and pseudo
 // header is correct.
 func (t TCP) ChecksumValid(src, dst []byte) bool {
