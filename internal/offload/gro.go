@@ -343,23 +343,18 @@ func (it *groItem) finish(b []byte, offset int, partial bool) {
 // made: IPv4 (options allowed) or IPv6 without extension headers. A
 // packet of another protocol is written as it is.
 func needsCsum(vh, pkt []byte) {
-	ipLen, proto := 0, uint8(0)
-	switch {
-	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4:
-		ipLen, proto = int(pkt[0]&0xf)*4, pkt[9]
-	case len(pkt) >= header.IPv6Len && pkt[0]>>4 == 6:
-		ipLen, proto = header.IPv6Len, pkt[6]
+	ipLen, _, ok := flowOf(pkt) // TCP or UDP
+	if !ok {
+		return
 	}
 	csum, l4Len := 16, header.TCPMinLen
 	switch {
-	case proto == header.ProtoUDP:
+	case pkt[9-3*btoi(pkt[0]>>4 == 6)] == header.ProtoUDP:
 		csum, l4Len = 6, header.UDPLen
-	case proto != header.ProtoTCP:
-		return
 	case ipLen+header.TCPMinLen <= len(pkt):
 		l4Len = max(l4Len, header.TCP(pkt[ipLen:]).HeaderLen())
 	}
-	if ipLen == 0 || ipLen+l4Len > len(pkt) {
+	if ipLen+l4Len > len(pkt) {
 		return
 	}
 	vh[0] = NeedsCsum
