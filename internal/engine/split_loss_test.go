@@ -176,14 +176,43 @@ func TestSplitSpuriousRTO(t *testing.T) {
 }
 
 // TestSplitRetryGapTowardRadio: in a long fade the RTO toward the radio
-// backs off, but never to more than 250 ms between tries — so the radio
-// sits idle at most that long after the fade ends.
+// backs off, but never to more than 100 ms between tries (the RTO here
+// is ~40 ms) — so the radio sits idle at most that long after the fade
+// ends. With a radio RTT of 80 ms the RTO is above 100 ms, and the tries
+// keep to it: never closer than the RTO, never doubled past it.
 func TestSplitRetryGapTowardRadio(t *testing.T) {
+	times := radioTries(t, 20*time.Millisecond)
+	if len(times) < 20 {
+		t.Fatalf("%d tries in 3 s: %v", len(times), times)
+	}
+	for i := 1; i < len(times); i++ {
+		if gap := times[i] - times[i-1]; gap > 105*time.Millisecond {
+			t.Fatalf("%v between tries %d and %d (%v): want at most 100 ms", gap, i, i+1, times)
+		}
+	}
+	times = radioTries(t, 80*time.Millisecond)
+	if len(times) < 6 {
+		t.Fatalf("RTT 80 ms: %d tries in 3 s: %v", len(times), times)
+	}
+	first := times[len(times)-1] - times[len(times)-2]
+	if first < 150*time.Millisecond {
+		t.Fatalf("RTT 80 ms: tries %v apart (%v): closer than the RTO", first, times)
+	}
+	for i := 2; i < len(times); i++ {
+		if gap := times[i] - times[i-1]; gap > first+5*time.Millisecond || gap < first-5*time.Millisecond {
+			t.Fatalf("RTT 80 ms: tries at %v: want them one RTO (%v) apart once backed off", times, first)
+		}
+	}
+}
+
+// radioTries sends one segment toward the radio after an RTT sample of
+// rtt, loses every try for 3 s, and returns when each try of it left.
+func radioTries(t *testing.T, rtt time.Duration) []time.Duration {
 	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
 	h.establish()
 	h.fromW(0, 988, 0)
-	h.clock.Advance(20 * time.Millisecond)
-	h.ackR(988, 65535) // an RTT sample: 20 ms
+	h.clock.Advance(rtt)
+	h.ackR(988, 65535)
 	h.fromW(988, 988, 0)
 	h.take()
 	var times []time.Duration
@@ -196,17 +225,7 @@ func TestSplitRetryGapTowardRadio(t *testing.T) {
 			}
 		}
 	}
-	if len(times) < 8 {
-		t.Fatalf("%d tries in 3 s: %v", len(times), times)
-	}
-	for i := 1; i < len(times); i++ {
-		if gap := times[i] - times[i-1]; gap > 255*time.Millisecond {
-			t.Fatalf("%v between tries %d and %d (%v): want at most 250 ms", gap, i, i+1, times)
-		}
-	}
-	if times[2]-times[1] < times[1]-times[0]+times[1]-times[0]-10*time.Millisecond {
-		t.Fatalf("tries at %v: the first gaps should still double", times)
-	}
+	return times
 }
 
 // TestSplitTailLossProbe: the last two segments of a burst are lost and

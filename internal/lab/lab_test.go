@@ -144,8 +144,11 @@ func TestRunRefusesUnknown(t *testing.T) {
 // machine's. With the CPU taken from it (processes spinning at a higher
 // priority), a run's threads wait for the CPU and the lab says so
 // (CPUBound, with no retries); with the CPU free, the same run is not
-// CPU-bound and the fade row holds its figure: split at ≥ 0.85 of what the
-// radio can carry through a 750 ms fade (0.90–0.96 measured).
+// CPU-bound and the fade row holds its figure: split at ≥ 0.90 of what the
+// radio can carry through a 750 ms fade (0.954–0.964 measured alone,
+// 0.94–0.95 beside two busy loops, its threads waiting 0.13–0.15 of the
+// time). With a 250 ms retry gap toward the radio it read 0.85–0.92, set
+// by where the fade's end fell between tries, and CI saw 0.84.
 func TestLabNotCPUBound(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: two real-time runs")
@@ -198,7 +201,7 @@ func TestLabNotCPUBound(t *testing.T) {
 	}
 	r := only(rows)
 	t.Logf("split through the fade: %.2f of the limit, cpu wait %.2f", r.LimitRatio, r.CPUWait)
-	if r.CPUBound || r.Integrity != "pass" || r.LimitRatio < 0.85 {
+	if r.CPUBound || r.Integrity != "pass" || r.LimitRatio < 0.90 {
 		t.Fatalf("split through the fade: %.2f of the limit, cpu wait %.2f (bound %v), %s", r.LimitRatio, r.CPUWait, r.CPUBound, r.Detail)
 	}
 }
