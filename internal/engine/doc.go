@@ -35,9 +35,11 @@
 // ACK whose window did not grow), the RFC 6298 estimator and RTO with
 // backoff (restarted on SACK flows by any ACK that reports delivery: the
 // RTO is the last resort once ACKs stop; toward the radio the backoff
-// stops at 100 ms, so a fade's end is found soon), zero-window probes,
-// token-bucket pacing, and a pluggable congestion controller (Controller): CCBBR, a BBR-style model that does not
-// take random radio loss for congestion (the default), or CCReno. Windows
+// stops at 100 ms, so a fade's end is found soon, and from the second
+// timeout in a row each try is one segment), zero-window probes,
+// token-bucket pacing, and a pluggable congestion controller (Controller):
+// CCBBR, a BBR-style model that does not take random radio loss for
+// congestion (the default), or CCReno. Windows
 // advertised to a sender come from the buffer and never move their right
 // edge left; timestamps toward each endpoint carry the other endpoint's
 // latest TSval (never decreasing, so PAWS holds) and echo the receiver's

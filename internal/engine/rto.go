@@ -45,9 +45,15 @@ func (st *stream) rtoBackedOff(e *shard) time.Duration {
 	return d
 }
 
+// fadeBackoff is the backoff from which each try sends one segment only
+// (send): the second timeout in a row. The first may be a tail's loss or
+// spurious, and BBR keeps a few segments for it.
+const fadeBackoff = 2
+
 // radioRetryGap bounds the backed-off RTO toward the radio: during a fade
-// the engine tries again at least this often (a few segments each time:
-// ~1 % of a 20 Mbit/s radio at 100 ms). Never below the RTO itself, so a
+// the engine tries again at least this often (one segment each time from
+// the second try, fadeBackoff: 120 kbit/s a flow, under 1 % of a 20 Mbit/s
+// radio). Never below the RTO itself, so a
 // radio whose queue holds a long RTT is not probed spuriously.
 const radioRetryGap = 100 * time.Millisecond
 

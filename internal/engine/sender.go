@@ -19,6 +19,14 @@ func (e *shard) send(f *flow, st *stream, now time.Time) {
 	to := st.from.other()
 	for {
 		cwnd := st.cc.Window()
+		if st.backoff >= fadeBackoff {
+			// Timed out again with nothing acknowledged between: the
+			// receiver is unreachable (a fade, a mobile gone). Each try
+			// is one segment, as Linux and RFC 5681 §3.1 send after a
+			// timeout, until an ACK ends the backoff and gives the
+			// controller's window back.
+			cwnd = min(cwnd, st.smss)
+		}
 		if st.nLost > 0 {
 			s := st.firstLost()
 			if !e.mayGo(st, s.len(), cwnd, now) {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"math/rand"
+	"slices"
 	"testing"
 	"time"
 
@@ -202,6 +203,63 @@ func TestSplitRetryGapTowardRadio(t *testing.T) {
 		if gap := times[i] - times[i-1]; gap > first+5*time.Millisecond || gap < first-5*time.Millisecond {
 			t.Fatalf("RTT 80 ms: tries at %v: want them one RTO (%v) apart once backed off", times, first)
 		}
+	}
+}
+
+// TestSplitFadeProbesOneSegment: after an RTT sample of 20 ms, ten
+// segments in flight, then nothing comes back for 1.5 s. The first
+// timeout resends a few segments (BBR keeps four for it); from the second
+// on, each try is one segment, the head, so a long fade costs the radio
+// one segment a try per flow. The ACK of that segment ends it: the next
+// send is more than one segment again.
+func TestSplitFadeProbesOneSegment(t *testing.T) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	h.establish()
+	h.fromW(0, 988, 0)
+	h.clock.Advance(20 * time.Millisecond)
+	h.ackR(988, 65535) // an RTT sample: 20 ms
+	for i := 1; i <= 10; i++ {
+		h.fromW(i*988, 988, 0)
+	}
+	sent := map[uint32]bool{}
+	for _, p := range h.sentTo(Radio) {
+		sent[p.seq-h.W()] = true
+	}
+	var first, later [][]uint32 // resends at the first timeout, and after
+	start := h.clock.Now()
+	for h.clock.Now().Sub(start) < 1500*time.Millisecond {
+		h.clock.Advance(5 * time.Millisecond)
+		var again []uint32
+		for _, p := range h.sentTo(Radio) {
+			if off := p.seq - h.W(); p.n > 0 && sent[off] {
+				again = append(again, off)
+			} else {
+				sent[off] = true // paced out for the first time
+			}
+		}
+		switch timeouts := h.e.Stats().SplitTimeouts; {
+		case len(again) == 0:
+		case timeouts == 1:
+			first = append(first, again)
+		case timeouts > 1:
+			later = append(later, again)
+		}
+	}
+	if !slices.ContainsFunc(first, func(s []uint32) bool { return len(s) > 1 }) {
+		t.Fatalf("at the first timeout the sender resent %v: want the controller's window (a few segments), not one", first)
+	}
+	if len(later) < 6 {
+		t.Fatalf("%d tries after the first timeout in 1.5 s: %v", len(later), later)
+	}
+	for i, try := range later {
+		if len(try) != 1 || try[0] != 988 {
+			t.Fatalf("try %d after the first timeout resent offsets %v, want only the head (tries %v)", i+1, try, later)
+		}
+	}
+	h.ackR(2*988, 65535)
+	h.clock.Advance(time.Millisecond)
+	if got := h.sentTo(Radio); len(got) < 2 {
+		t.Fatalf("after the head's ACK the sender sent %d segments, want its window back", len(got))
 	}
 }
 
