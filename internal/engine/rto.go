@@ -53,8 +53,8 @@ const fadeBackoff = 2
 // radioRetryGap bounds the backed-off RTO toward the radio: during a fade
 // the engine tries again at least this often (one segment each time from
 // the second try, fadeBackoff: 120 kbit/s a flow, under 1 % of a 20 Mbit/s
-// radio). Never below the RTO itself, so a
-// radio whose queue holds a long RTT is not probed spuriously.
+// radio). Never below the RTO itself, so a radio whose queue holds a long
+// RTT is not probed spuriously.
 const radioRetryGap = 100 * time.Millisecond
 
 // restartRTO restarts the retransmission timer after an ACK: on a new

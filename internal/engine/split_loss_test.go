@@ -195,13 +195,13 @@ func TestSplitRetryGapTowardRadio(t *testing.T) {
 	if len(times) < 6 {
 		t.Fatalf("RTT 80 ms: %d tries in 3 s: %v", len(times), times)
 	}
-	first := times[len(times)-1] - times[len(times)-2]
-	if first < 150*time.Millisecond {
-		t.Fatalf("RTT 80 ms: tries %v apart (%v): closer than the RTO", first, times)
+	rto := times[len(times)-1] - times[len(times)-2] // the last gap
+	if rto < 150*time.Millisecond {
+		t.Fatalf("RTT 80 ms: tries %v apart (%v): closer than the RTO", rto, times)
 	}
 	for i := 2; i < len(times); i++ {
-		if gap := times[i] - times[i-1]; gap > first+5*time.Millisecond || gap < first-5*time.Millisecond {
-			t.Fatalf("RTT 80 ms: tries at %v: want them one RTO (%v) apart once backed off", times, first)
+		if gap := times[i] - times[i-1]; gap > rto+5*time.Millisecond || gap < rto-5*time.Millisecond {
+			t.Fatalf("RTT 80 ms: tries at %v: want them one RTO (%v) apart once backed off", times, rto)
 		}
 	}
 }
