@@ -164,22 +164,22 @@ func (c *Coalescer) merge(bufs [][]byte, offset, i int) {
 // find returns the position in c.open of pkt's flow's open super-packet
 // (same protocol, addresses and ports), or -1.
 func (c *Coalescer) find(bufs [][]byte, offset int, pkt []byte) int {
-	ipLen, addrs, ok := flowOf(pkt)
+	ipLen, addrs, proto, ok := flowOf(pkt)
 	if !ok {
 		return -1
 	}
 	v6 := pkt[0]>>4 == 6
 	for k, n := range c.open {
 		it := &c.items[n]
-		if it.v6 != v6 {
+		if it.v6 != v6 || it.proto != proto {
 			continue
 		}
 		first := bufs[it.idx][offset:]
-		fa, fp := first[12:20], first[9]
+		fa := first[12:20]
 		if v6 {
-			fa, fp = first[8:40], first[6]
+			fa = first[8:40]
 		}
-		if fp == pkt[9-3*btoi(v6)] && bytes.Equal(fa, addrs) && bytes.Equal(first[it.ipLen:it.ipLen+4], pkt[ipLen:ipLen+4]) {
+		if bytes.Equal(fa, addrs) && bytes.Equal(first[it.ipLen:it.ipLen+4], pkt[ipLen:ipLen+4]) {
 			return k
 		}
 	}
@@ -189,25 +189,18 @@ func (c *Coalescer) find(bufs [][]byte, offset int, pkt []byte) int {
 // close takes c.open[k] off the open list (its item stays).
 func (c *Coalescer) close(k int) { c.open = append(c.open[:k], c.open[k+1:]...) }
 
-// flowOf returns a TCP or UDP packet's IP header length and its
-// addresses (as they sit in the header), if it is one whose flow find can
-// match.
-func flowOf(pkt []byte) (ipLen int, addrs []byte, ok bool) {
+// flowOf returns a TCP or UDP packet's IP header length, its addresses
+// (as they sit in the header) and its protocol, if it is one whose flow
+// find can match.
+func flowOf(pkt []byte) (ipLen int, addrs []byte, proto uint8, ok bool) {
 	switch {
 	case len(pkt) >= header.IPv4MinLen && pkt[0]>>4 == 4 && (pkt[9] == header.ProtoTCP || pkt[9] == header.ProtoUDP):
 		ipLen = int(pkt[0]&0xf) * 4
-		return ipLen, pkt[12:20], ipLen >= header.IPv4MinLen && len(pkt) >= ipLen+4
+		return ipLen, pkt[12:20], pkt[9], ipLen >= header.IPv4MinLen && len(pkt) >= ipLen+4
 	case len(pkt) >= header.IPv6Len+4 && pkt[0]>>4 == 6 && (pkt[6] == header.ProtoTCP || pkt[6] == header.ProtoUDP):
-		return header.IPv6Len, pkt[8:40], true
+		return header.IPv6Len, pkt[8:40], pkt[6], true
 	}
-	return 0, nil, false
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
+	return 0, nil, 0, false
 }
 
 // candidate reports whether pkt may be part of a super-packet, and its
@@ -343,13 +336,13 @@ func (it *groItem) finish(b []byte, offset int, partial bool) {
 // made: IPv4 (options allowed) or IPv6 without extension headers. A
 // packet of another protocol is written as it is.
 func needsCsum(vh, pkt []byte) {
-	ipLen, _, ok := flowOf(pkt) // TCP or UDP
+	ipLen, _, proto, ok := flowOf(pkt)
 	if !ok {
 		return
 	}
 	csum, l4Len := 16, header.TCPMinLen
 	switch {
-	case pkt[9-3*btoi(pkt[0]>>4 == 6)] == header.ProtoUDP:
+	case proto == header.ProtoUDP:
 		csum, l4Len = 6, header.UDPLen
 	case ipLen+header.TCPMinLen <= len(pkt):
 		l4Len = max(l4Len, header.TCP(pkt[ipLen:]).HeaderLen())

@@ -131,8 +131,8 @@ func unwrite(t *testing.T, bufs [][]byte, out []int) [][]byte {
 
 // flowKey names a packet's flow for ordering checks (addresses, ports).
 func flowKey(p []byte) string {
-	if ipLen, addrs, ok := flowOf(p); ok {
-		return fmt.Sprintf("%x/%x/%x", addrs, p[ipLen:ipLen+4], p[9-3*btoi(p[0]>>4 == 6)])
+	if ipLen, addrs, proto, ok := flowOf(p); ok {
+		return fmt.Sprintf("%x/%x/%x", addrs, p[ipLen:ipLen+4], proto)
 	}
 	return "other"
 }
