@@ -217,11 +217,8 @@ func runGROSums(t *testing.T, c *Coalescer, pkts [][]byte, sums []Sum, capacity 
 // partialOf is a copy of TCP segment p with its checksum left partial.
 func partialOf(p []byte) []byte {
 	q := append([]byte(nil), p...)
-	l4, src, dst := int(q[0]&0xf)*4, q[12:16], q[16:20]
-	if q[0]>>4 == 6 {
-		l4, src, dst = header.IPv6Len, q[8:24], q[24:40]
-	}
-	header.TCP(q[l4:]).SetPartialChecksum(src, dst)
+	ipLen, addrs, _, _ := flowOf(q)
+	header.TCP(q[ipLen:]).SetPartialChecksum(addrs[:len(addrs)/2], addrs[len(addrs)/2:])
 	return q
 }
 
@@ -590,10 +587,7 @@ func TestCoalescePartial(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l4 := header.IPv4MinLen
-		if bufs[i][16]>>4 == 6 {
-			l4 = header.IPv6Len
-		}
+		l4, _, _, _ := flowOf(bufs[i][16:])
 		if h.GSOType == GSONone && (h.Flags != NeedsCsum || h.CsumStart != l4 || h.CsumOffset != 16 || h.HdrLen != l4+32) {
 			t.Fatalf("a partial packet alone with header %+v", h)
 		}
