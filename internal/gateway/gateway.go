@@ -269,7 +269,7 @@ func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gat
 	var err error
 	g.c = make(counters, cfg.Engine.Shards)
 	ecfg := cfg.Engine
-	ecfg.PartialChecksums = true // completed where they must be (sendOut, sealFlow)
+	ecfg.PartialChecksums = true // completed where they must be (sendOut, send, sealFlow)
 	if g.eng, err = engine.New(ecfg, g.engineOut); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
