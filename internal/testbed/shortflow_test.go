@@ -97,7 +97,11 @@ func TestShortDownloads(t *testing.T) {
 		must(t, b.WaitListen(th.A, "tcp", 8080, 10*time.Second))
 		out, err := b.Run(th.B, "python3", cli, th.AAddr, strconv.Itoa(n), strconv.Itoa(size))
 		if err != nil {
-			t.Fatalf("%s: %v\n%s\nserver:\n%s", name, err, out, s.Output())
+			// The link's and the engine's counters, printed as linkem
+			// exits (timeouts, resends, flows given up): a stalled flow
+			// told from a slow one.
+			th.Linkem.Stop()
+			t.Fatalf("%s: %v\n%s\nserver:\n%s\nlinkem:\n%s", name, err, out, s.Output(), lastLines([]byte(th.Linkem.Output()), 20))
 		}
 		var times []float64
 		for _, l := range strings.Fields(string(out)) {
