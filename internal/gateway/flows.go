@@ -147,7 +147,8 @@ func (g *Gateway) isProtected(r route) bool {
 // same peers shows that the endpoints rekeyed: the old SA's flows follow
 // it (next), and the flow's other direction — whose endpoint rekeyed too,
 // but may have nothing to send — is marked stale and its endpoint asked
-// for a packet.
+// for a packet. A new entry for the same SA (the SAD given again) is not
+// another SA.
 func (g *Gateway) noteRoute(r route, st *saState, from engine.Side, tunHdr []byte) bool {
 	t := g.routesOf(r)
 	t.mu.Lock()
@@ -189,28 +190,32 @@ func (g *Gateway) noteRoute(r route, st *saState, from engine.Side, tunHdr []byt
 		return false // another peer's SA claims the flow
 	}
 	v := via{st: st, from: from, tun: tunnelOf(tunHdr, prev.tun)}
-	if prev.st == st {
+	if prev.st == st || prev.st.carriedOnBy(st) {
+		// The same SA, or a new entry for it (the SAD given again): not a
+		// rekey. A flow waiting for its endpoint to rekey waits on — the
+		// endpoint may have sent this packet just before it did.
 		v.stale, v.elicited = prev.stale, prev.elicited
+		*old = v
+		t.mu.Unlock()
+		return true
 	}
 	*old = v
+	g.c.rare().add(cRekeys)
+	prev.st.mu.Lock()
+	prev.st.next = st
+	gen := prev.st.gen + 1
+	prev.st.mu.Unlock()
+	st.mu.Lock()
+	st.gen = max(st.gen, gen)
+	gen = st.gen
+	st.mu.Unlock()
+	// The other direction is stale if its SA is of an older generation:
+	// it has not moved in this rekey yet.
 	var ask bool
 	var rev via
-	if prev.st != st {
-		g.c.rare().add(cRekeys)
-		prev.st.mu.Lock()
-		prev.st.next = st
-		gen := prev.st.gen + 1
-		prev.st.mu.Unlock()
-		st.mu.Lock()
-		st.gen = max(st.gen, gen)
-		gen = st.gen
-		st.mu.Unlock()
-		// The other direction is stale if its SA is of an older
-		// generation: it has not moved in this rekey yet.
-		if rv, ok := t.flows.peek(r.reverse()); ok && !rv.stale && rv.st.generation() < gen {
-			rv.stale, rv.elicited = true, time.Now()
-			ask, rev = true, *rv
-		}
+	if rv, ok := t.flows.peek(r.reverse()); ok && !rv.stale && rv.st.generation() < gen {
+		rv.stale, rv.elicited = true, time.Now()
+		ask, rev = true, *rv
 	}
 	t.mu.Unlock()
 	if ask {
