@@ -497,7 +497,8 @@ func TestGatewayRekey(t *testing.T) {
 				}
 			}
 			if n.refusals().ToDeleted != 0 {
-				t.Fatalf("%d packets reached a router on an SA it had deleted", n.refusals().ToDeleted)
+				t.Fatalf("%d packets reached a router on an SA it had deleted (router A %d, router B %d)",
+					n.refusals().ToDeleted, n.routerA.Counts().ToDeleted, n.routerB.Counts().ToDeleted)
 			}
 			if tc.idle && gs.Elicits == 0 {
 				t.Fatalf("the gateway never asked the silent sender for a packet")
