@@ -120,6 +120,13 @@ func reversePeers(a, b *saState) bool {
 	return a.peer[0] == b.peer[1] && a.peer[1] == b.peer[0]
 }
 
+// sameSA reports whether a and b are states of one SA: the same SPI,
+// destination and protocol, and the same keys — an entry given again
+// (the state of the newer carries the older's on: inherit).
+func sameSA(a, b *saState) bool {
+	return a.e.Config.ID() == b.e.Config.ID() && a.e.KeyID == b.e.KeyID
+}
+
 // routeOf is a packet's route: its addresses, and its ports if it is a
 // whole TCP segment.
 func routeOf(p *header.Parsed) route {
@@ -190,7 +197,7 @@ func (g *Gateway) noteRoute(r route, st *saState, from engine.Side, tunHdr []byt
 		return false // another peer's SA claims the flow
 	}
 	v := via{st: st, from: from, tun: tunnelOf(tunHdr, prev.tun)}
-	if prev.st == st || prev.st.carriedOnBy(st) {
+	if prev.st == st || sameSA(prev.st, st) {
 		// The same SA, or a new entry for it (the SAD given again): not a
 		// rekey. A flow waiting for its endpoint to rekey waits on — the
 		// endpoint may have sent this packet just before it did.

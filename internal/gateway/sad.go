@@ -109,24 +109,6 @@ func (st *saState) lastHeir() *saState {
 	return h
 }
 
-// carriedOnBy reports whether newer is a newer state of st's SA: one of
-// its heirs (inherit).
-func (st *saState) carriedOnBy(newer *saState) bool {
-	for s, i := st, 0; i < maxHeirs; i++ {
-		s.mu.Lock()
-		n := s.heir
-		s.mu.Unlock()
-		if n == nil {
-			return false
-		}
-		if n == newer {
-			return true
-		}
-		s = n
-	}
-	return false
-}
-
 // maxHeirs bounds the walk along heirs (one per SetSAD that gave the SA
 // again while a packet was on its way).
 const maxHeirs = 8
