@@ -100,14 +100,8 @@ func TestLinkemCountersAndCapture(t *testing.T) {
 	}
 	th.Linkem.Stop()
 	out := th.Linkem.Output()
-	// the last table's a→b row: direction offered delivered drop-queue drop-loss …
-	var offered, delivered, lost int
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) > 5 && f[0] == "ra→rb" {
-			offered, delivered, lost = atoi(f[1]), atoi(f[2]), atoi(f[4])
-		}
-	}
+	ab, _ := linkemRow(out, "ra→rb") // the last table's
+	offered, delivered, lost := ab.offered, ab.delivered, ab.dropLoss
 	if offered < 40 || lost == 0 || delivered+lost != offered {
 		t.Fatalf("a→b counters: offered %d delivered %d lost %d\n%s", offered, delivered, lost, out)
 	}
