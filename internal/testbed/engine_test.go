@@ -162,8 +162,30 @@ func kernelCounters(b *Bed, ns string, prefixes ...string) (map[string]int, erro
 	if err != nil {
 		return nil, fmt.Errorf("kernel counters: %w", err)
 	}
+	return parseCounters(string(out), prefixes...), nil
+}
+
+// pidCounters reads the counter lines with the given prefixes of the
+// namespace process pid is in, from this process — no command started,
+// so that two readings a known time apart are that time apart.
+func pidCounters(pid int, prefixes ...string) (map[string]int, error) {
+	var out []byte
+	for _, f := range []string{"snmp", "netstat"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err != nil {
+			return nil, fmt.Errorf("kernel counters: %w", err)
+		}
+		out = append(out, b...)
+	}
+	return parseCounters(string(out), prefixes...), nil
+}
+
+// parseCounters takes the counters of the /proc/net/snmp and
+// /proc/net/netstat lines (a line of names, then one of values) with the
+// given prefixes; a name met twice keeps its first value.
+func parseCounters(out string, prefixes ...string) map[string]int {
 	m := map[string]int{}
-	lines := strings.Split(string(out), "\n")
+	lines := strings.Split(out, "\n")
 	for i := 0; i+1 < len(lines); i++ {
 		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
 		if len(names) == 0 || len(names) != len(values) || names[0] != values[0] || !slices.Contains(prefixes, names[0]) {
@@ -176,5 +198,5 @@ func kernelCounters(b *Bed, ns string, prefixes ...string) (map[string]int, erro
 		}
 		i++
 	}
-	return m, nil
+	return m
 }

@@ -309,6 +309,10 @@ func (p *Proc) schedstat(i int) (int64, error) {
 	return sum, nil
 }
 
+// Pid is the process's ID: the command's own, since ip netns exec
+// executes it in place after entering the namespace.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
 // Output returns what the process wrote so far (stdout and stderr).
 func (p *Proc) Output() string { return p.out.String() }
 
