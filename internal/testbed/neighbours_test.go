@@ -12,6 +12,9 @@ import (
 	"github.com/espep/espep/internal/pki"
 )
 
+// probeGroup is the multicast group TestNeighboursMulticast's probes go to.
+const probeGroup = "239.77.0.1"
+
 // TestNeighboursMulticast: discovery scheme B across real multicast
 // routing. Gateway g0 probes; g1 sits one multicast router away (r1),
 // g2 two (r1, r2). The routers forward the group with static multicast
@@ -43,14 +46,13 @@ func TestNeighboursMulticast(t *testing.T) {
 	b := ForTest(t)
 	dir := t.TempDir()
 	ns := neighbourNet(t, b, dir, routed)
-	const group = "239.77.0.1"
 	for g, addr := range map[string]string{"g1": "10.90.1.2:7700", "g2": "10.90.3.2:7700"} {
-		p, err := b.Start(ns[g], espepBin, "neighbours", "answer", "--group", group+":7777", "--name", "gw-"+g, "--addr", addr, "--iface", "e0")
+		p, err := b.Start(ns[g], espepBin, "neighbours", "answer", "--group", probeGroup+":7777", "--name", "gw-"+g, "--addr", addr, "--iface", "e0")
 		must(t, err)
 		must(t, waitFor(p, "answering probes", 5*time.Second))
 	}
 	probe := func(ttl int) string {
-		out, err := b.Run(ns["g0"], espepBin, "neighbours", "probe", "--group", group+":7777", "--ttl", fmt.Sprint(ttl), "--name", "gw-g0",
+		out, err := b.Run(ns["g0"], espepBin, "neighbours", "probe", "--group", probeGroup+":7777", "--ttl", fmt.Sprint(ttl), "--name", "gw-g0",
 			"--iface", "e0", "--wait", "500ms")
 		if err != nil {
 			t.Fatalf("probe: %v\n%s", err, out)
@@ -147,8 +149,7 @@ func neighbourNet(t *testing.T, b *Bed, dir string, routed bool) map[string]stri
 	if !routed {
 		return ns
 	}
-	const group = "239.77.0.1"
-	routes := map[string]string{"r1": "mroute from ra group " + group + " to rb rc\n", "r2": "mroute from ra group " + group + " to rb\n"}
+	routes := map[string]string{"r1": "mroute from ra group " + probeGroup + " to rb rc\n", "r2": "mroute from ra group " + probeGroup + " to rb\n"}
 	for r, conf := range routes {
 		path := filepath.Join(dir, r+".conf")
 		must(t, os.WriteFile(path, []byte(conf), 0o600))
