@@ -172,16 +172,19 @@ func TestLinkemLoss(t *testing.T) {
 			if !ok {
 				t.Fatalf("no a→b counters from linkem:\n%s", th.Linkem.Output())
 			}
+			// interval is the 99 % confidence interval's half-width of a
+			// loss rate p counted over n packets.
+			interval := func(n int) float64 { return 2.576 * math.Sqrt(p*(1-p)/float64(n)) }
 			n, lost := sent1-sent0, (sent1-sent0)-(arrived1-arrived0)
 			got := float64(lost) / float64(n)
-			ci := 2.576 * math.Sqrt(p*(1-p)/float64(n))
+			ci := interval(n)
 			t.Logf("linkem loss %g%%: %d of %d datagrams lost = %.3f%% (99%% interval ±%.3f%%); linkem dropped %d of %d frames at random = %.3f%%, %d at its queue; iperf3 counted %d of %d lost, %d of them dropped by its socket",
 				p*100, lost, n, got*100, ci*100, link.dropLoss, link.offered, float64(link.dropLoss)/float64(link.offered)*100, link.dropQueue,
 				r.End.Sum.LostPackets, r.End.Sum.Packets, drops1-drops0)
 			if n < 5000 || math.Abs(got-p) > ci {
 				t.Errorf("loss %.3f%% of %d datagrams, setting %g%% ± %.3f%%", got*100, n, p*100, ci*100)
 			}
-			if own := float64(link.dropLoss) / float64(link.offered); link.offered < 5000 || math.Abs(own-p) > 2.576*math.Sqrt(p*(1-p)/float64(link.offered)) {
+			if own := float64(link.dropLoss) / float64(link.offered); link.offered < 5000 || math.Abs(own-p) > interval(link.offered) {
 				t.Errorf("linkem dropped %d of %d frames at random: %.3f%%, setting %g%%", link.dropLoss, link.offered, own*100, p*100)
 			}
 		})
