@@ -74,7 +74,7 @@ func TestRenoOnItsOwn(t *testing.T) {
 // TestBBRQuantumOnShortPaths: where the minimum RTT is tens of
 // microseconds (two hosts behind the gateway on one machine, a LAN) the
 // two BDPs are a few segments; the window keeps three send quanta (a
-// millisecond of the bandwidth, at most 64 KiB each) above them, so a
+// millisecond of the bandwidth, at most a super-packet each) above them, so a
 // receiver that answers in batches a millisecond later does not set the
 // rate (Linux's bbr_quantization_budget). At radio rates the quantum is
 // two segments.
@@ -84,7 +84,7 @@ func TestBBRQuantumOnShortPaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	const minRTT = 50 * time.Microsecond
-	rate := 100e6 // 0.8 Gbit/s: BDP 5 kB, a quantum 64 KiB
+	rate := 100e6 // 0.8 Gbit/s: BDP 5 kB, a quantum a super-packet
 	now := time.Unix(0, 0)
 	for range 40 {
 		now = ackRound(c, now, rate, minRTT, false)
@@ -94,11 +94,40 @@ func TestBBRQuantumOnShortPaths(t *testing.T) {
 	}
 	// ACKs at the path's rate leave an aggregation allowance of a segment
 	// or two (aggregation.go).
-	if w, want := c.Window(), 2*5000+3*(64<<10); w < want || w > want+2*ccMSS {
-		t.Fatalf("window %d, want 2 BDP + 3 × 64 KiB = %d", w, want)
+	q := superSegs(ccMSS) * ccMSS
+	if w, want := c.Window(), 2*5000+3*q; w < want || w > want+2*ccMSS {
+		t.Fatalf("window %d, want 2 BDP + 3 × %d = %d", w, q, want)
 	}
 	if q := bbrQuantum(2.5e6, 1448); q != 2*1448 {
 		t.Fatalf("quantum at 20 Mbit/s: %d bytes, want two segments", q)
+	}
+}
+
+// TestQuantumFitsSuperPacket: at gigabits a quantum is as many whole
+// segments as one GSO super-packet holds — 64 KiB of IP packet, or of UDP
+// payload when every segment is sealed into a datagram of its own — not
+// 64 KiB of payload, which took two writes: the super-packet and the
+// couple of segments left over.
+func TestQuantumFitsSuperPacket(t *testing.T) {
+	// What each segment carries on its way out as ESP in UDP over IPv4
+	// (AES-GCM, 8-byte IV; padding to 4 bytes, trailer 2, ICV 16) of an
+	// inner IPv4 TCP segment with timestamps.
+	const espUDP = 20 + 8 + 8 + 8 + 3 + 2 + 16 + 20 + 32
+	for _, mss := range []int{536, 1220, 1348, 1388, 1448, 8948} {
+		q := bbrQuantum(10e9, mss)
+		if q%mss != 0 || q < 2*mss {
+			t.Errorf("mss %d: quantum %d bytes, want whole segments, at least two", mss, q)
+		}
+		segs := q / mss
+		if plain := 20 + 32 + q; plain > 65535 && segs > 2 {
+			t.Errorf("mss %d: %d segments make a TCP super-packet of %d bytes, more than an IP packet holds", mss, segs, plain)
+		}
+		if udp := segs * (mss + espUDP); udp > 65535-8 && segs > 2 {
+			t.Errorf("mss %d: %d segments sealed make %d bytes of UDP payload, more than one GSO datagram holds", mss, segs, udp)
+		}
+		if segs < 65535/(mss+espUDP)*9/10 {
+			t.Errorf("mss %d: %d segments a quantum, want near the %d that fit", mss, segs, 65535/(mss+espUDP))
+		}
 	}
 }
 

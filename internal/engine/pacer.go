@@ -10,7 +10,8 @@ import "time"
 //
 // A sender the pacer holds stays held until a quantum has accrued, not the
 // next segment: a millisecond of the rate, at least two segments, at most
-// 64 KiB (Linux paces TSO-autosized packets of that size the same way).
+// what one super-packet holds (bbrQuantum; Linux paces TSO-autosized
+// packets the same way).
 // Its timer is set for then, and a packet that arrives before (an ACK, the
 // other side's data) does not let it out early. At a radio's rate that is
 // two segments a turn; at gigabits, a turn per segment would be one timer
