@@ -109,24 +109,28 @@ func TestBBRQuantumOnShortPaths(t *testing.T) {
 // 64 KiB of payload, which took two writes: the super-packet and the
 // couple of segments left over.
 func TestQuantumFitsSuperPacket(t *testing.T) {
-	// What each segment carries on its way out as ESP in UDP over IPv4
-	// (AES-GCM, 8-byte IV; padding to 4 bytes, trailer 2, ICV 16) of an
-	// inner IPv4 TCP segment with timestamps.
-	const espUDP = 20 + 8 + 8 + 8 + 3 + 2 + 16 + 20 + 32
-	for _, mss := range []int{536, 1220, 1348, 1388, 1448, 8948} {
+	// What each segment carries on its way out as ESP in UDP: at most
+	// (IPv6 both outside and in, AES-CBC's 16-byte IV, 15 bytes of
+	// padding), and the usual case (IPv4, AES-GCM's 8-byte IV, padding to
+	// 4 bytes), each of an inner TCP segment with timestamps.
+	const (
+		espUDPMost = 40 + 8 + 8 + 16 + 15 + 2 + 16 + 40 + 32
+		espUDP4    = 20 + 8 + 8 + 8 + 3 + 2 + 16 + 20 + 32
+	)
+	for _, mss := range []int{536, 1220, 1335, 1348, 1375, 1388, 1448, 8948} {
 		q := bbrQuantum(10e9, mss)
 		if q%mss != 0 || q < 2*mss {
 			t.Errorf("mss %d: quantum %d bytes, want whole segments, at least two", mss, q)
 		}
 		segs := q / mss
-		if plain := 20 + 32 + q; plain > 65535 && segs > 2 {
+		if plain := 40 + 32 + q; plain > 65535 && segs > 2 {
 			t.Errorf("mss %d: %d segments make a TCP super-packet of %d bytes, more than an IP packet holds", mss, segs, plain)
 		}
-		if udp := segs * (mss + espUDP); udp > 65535-8 && segs > 2 {
+		if udp := segs * (mss + espUDPMost); udp > 65535-8 && segs > 2 {
 			t.Errorf("mss %d: %d segments sealed make %d bytes of UDP payload, more than one GSO datagram holds", mss, segs, udp)
 		}
-		if segs < 65535/(mss+espUDP)*9/10 {
-			t.Errorf("mss %d: %d segments a quantum, want near the %d that fit", mss, segs, 65535/(mss+espUDP))
+		if fit := 65535 / (mss + espUDP4); segs < fit*9/10 {
+			t.Errorf("mss %d: %d segments a quantum, want near the %d that fit over IPv4", mss, segs, fit)
 		}
 	}
 }
