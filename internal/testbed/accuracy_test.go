@@ -18,6 +18,19 @@ func iperf(t *testing.T, th *TwoHosts, args ...string) *IperfResult {
 	return wait()
 }
 
+// benchCC is the congestion control of the throughput harnesses' iperf3
+// senders (TestGatewayTUNThroughput, TestHostThroughput): CUBIC, Linux's
+// default, which their figures and the goals they are held to name. It
+// is passed, not assumed: a new namespace takes the host's default, which
+// on the machines here is BBR — what those harnesses measured until
+// 2026-12-03. BENCH_CC names another.
+func benchCC() string {
+	if cc := os.Getenv("BENCH_CC"); cc != "" {
+		return cc
+	}
+	return "cubic"
+}
+
 // startIperf starts iperf3's one-shot server in B and its client in A and
 // returns the server (whose process is in B's namespace) and a wait for
 // the client's report.

@@ -16,7 +16,7 @@ var (
 	hostRounds = flag.Int("hostrounds", 1, "rounds of the routed measurement with the router on its own CPU (kernel, split, snoop each round), reported as medians")
 )
 
-// TestHostThroughput measures TCP (iperf3, CUBIC) between two namespaces
+// TestHostThroughput measures TCP (iperf3, CUBIC: benchCC) between two namespaces
 // over a plain veth and, in the same run, through two espep hosts in
 // tunnel mode with AES-GCM-128 (raw ESP, and ESP in UDP) and with AES-CBC
 // + HMAC-SHA-256, and reports both and their ratio; then the same hosts
@@ -40,7 +40,7 @@ func TestHostThroughput(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			p := startHostPairOpt(t, c, false)
 			th := &TwoHosts{Bed: p.b, A: p.a, B: p.bn, BAddr: "10.77.1.2"}
-			plain := iperf(t, th, "-t", fmt.Sprint(secs)).End.SumReceived.BitsPerSecond / 1e6
+			plain := iperf(t, th, "-C", benchCC(), "-t", fmt.Sprint(secs)).End.SumReceived.BitsPerSecond / 1e6
 			espep, cpu := hostIperf(t, p, secs)
 			t.Logf("%s: plain veth %.0f Mbit/s, through espep host %.0f Mbit/s, ratio %.3f (%s)", c.name, plain, espep, espep/plain, cpu)
 			// The same hosts with espep gateway between them (AF_PACKET, a
@@ -242,7 +242,7 @@ func hostIperf(t *testing.T, p *hostPair, secs int) (mbps float64, cpu string) {
 		}
 	}
 	cpus, cpuErr := ReadCPUTimes()
-	r := iperf(t, &TwoHosts{Bed: p.b, A: p.a, B: p.bn, BAddr: p.lb}, "-t", fmt.Sprint(secs), "-B", p.la)
+	r := iperf(t, &TwoHosts{Bed: p.b, A: p.a, B: p.bn, BAddr: p.lb}, "-C", benchCC(), "-t", fmt.Sprint(secs), "-B", p.la)
 	mb := r.End.SumReceived.Bytes / 1e6
 	var parts []string
 	for i, pr := range procs {

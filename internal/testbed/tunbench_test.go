@@ -15,7 +15,7 @@ import (
 
 var tunBench = flag.Bool("tunbench", false, "run the TUN-mode gateway throughput harness (10 s per case, three runs each)")
 
-// TestGatewayTUNThroughput: TCP (iperf3, the kernel's CUBIC) from a to b
+// TestGatewayTUNThroughput: TCP (iperf3, CUBIC: benchCC) from a to b
 // through namespace g, which forwards (kernel), or holds espep gateway in
 // TUN mode relaying everything (relay), or splitting the flow in
 // cleartext (split, --plain); the veths keep their offloads. It reports
@@ -68,8 +68,8 @@ func TestGatewayTUNThroughput(t *testing.T) {
 	}
 	ratio := got["split@20M"].cpuPerMB / got["split"].cpuPerMB
 	boxedRatio := got["split@20M (own CPU)"].cpuPerMB / got["split (own CPU)"].cpuPerMB
-	t.Logf("TCP through namespace g (iperf3, CUBIC, %d s):\n%s\nCPU per MB at 20 Mbit/s ÷ at full rate: %.2f on shared CPUs, %.2f with g on a CPU of its own",
-		secs, strings.Join(rows, "\n"), ratio, boxedRatio)
+	t.Logf("TCP through namespace g (iperf3, %s, %d s):\n%s\nCPU per MB at 20 Mbit/s ÷ at full rate: %.2f on shared CPUs, %.2f with g on a CPU of its own",
+		benchCC(), secs, strings.Join(rows, "\n"), ratio, boxedRatio)
 	if only != "" {
 		t.Logf("TUNBENCH_ONLY=%q: the bounds are not held", only)
 		return
@@ -176,7 +176,7 @@ func (r *tunRig) measure(t *testing.T, mode, rate string, secs int) (res tunResu
 		gw = r.startGateway(t, mode, rate)
 		defer func() { res.timerFires = r.stopGateway(t, gw, mode+rate) }()
 	}
-	args := []string{"-t", fmt.Sprint(secs)}
+	args := []string{"-C", benchCC(), "-t", fmt.Sprint(secs)}
 	if rate != "" {
 		args = append(args, "-b", rate)
 	}
