@@ -21,9 +21,9 @@ func iperf(t *testing.T, th *TwoHosts, args ...string) *IperfResult {
 // benchCC is the congestion control of the throughput harnesses' iperf3
 // senders (TestGatewayTUNThroughput, TestHostThroughput): CUBIC, Linux's
 // default, which their figures and the goals they are held to name. It
-// is passed, not assumed: a new namespace takes the host's default, which
-// on the machines here is BBR — what those harnesses measured until
-// 2026-12-03. BENCH_CC names another.
+// is passed, not assumed: a new namespace takes the host's default (BBR
+// on the machine of 2026-12-03), which is what those harnesses measured
+// until that day. BENCH_CC names another.
 func benchCC() string {
 	if cc := os.Getenv("BENCH_CC"); cc != "" {
 		return cc
