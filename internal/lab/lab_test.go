@@ -26,39 +26,29 @@ import (
 // security server pushed to a gateway that started with none. (The goal
 // figures live in the engine and gateway harnesses, not here.)
 //
+// The margin is a real-time figure. CI once (2026-12-03; in no earlier
+// stop on record) saw split in transport mode at 6.77 Mbit/s, 2.2× end
+// to end, its threads waiting for a CPU 0.31 of the time after two
+// retries, while every other split row made 17–19; that evening, under
+// one or two busy loops or beside the TUN harness at full rate (waits up
+// to 0.55), 90 split rows made 0.96–1.00 of the limit — what stalled
+// that run is not known. A miss of the margin alone is therefore
+// measured once more, said in the log, and the second run must hold
+// every check; anything else fails at once.
+//
 // With -short (the race detector's run) only the IP-in-IP pair runs, for a
 // second, and only the checks are asserted.
 func TestLab(t *testing.T) {
-	names, d, want := []string{"ipsec", "class", "secserver", "ipip"}, 2*time.Second, 14
-	if testing.Short() {
-		names, d, want = []string{"ipip"}, time.Second, 2
+	rows, errs, slow := labShort(t)
+	if len(errs) == 0 && len(slow) > 0 {
+		t.Logf("split missed its margin (%s); measuring again", strings.Join(slow, "; "))
+		rows, errs, slow = labShort(t)
 	}
-	rows, err := Run(context.Background(), Config{Duration: d, Seed: 3}, names)
-	if err != nil {
-		t.Fatal(err)
+	for _, e := range append(errs, slow...) {
+		t.Error(e)
 	}
-	var tbl bytes.Buffer
-	Table(&tbl, rows)
-	t.Logf("\n%s", tbl.String())
-	if len(rows) != want {
-		t.Fatalf("%d rows, want %d", len(rows), want)
-	}
-	for _, r := range rows {
-		if r.Integrity != "pass" {
-			t.Errorf("%s %s %s: %s", r.Scenario, r.Mode, r.IPsec, r.Detail)
-		}
-		if testing.Short() {
-			continue
-		}
-		if r.Mode == ModeSplit && r.E2ERatio < 3 {
-			t.Errorf("%s %s: split only %.1f× end to end at 2 %% loss", r.Scenario, r.IPsec, r.E2ERatio)
-		}
-		if r.Scenario == "secserver" && r.Mode == ModeSplit && (r.SAReadyMs <= 0 || r.SAReadyMs > 1000 || r.FirstSealMs <= 0) {
-			t.Errorf("secserver: SAs at the gateway after %.1f ms, first re-seal %.1f ms", r.SAReadyMs, r.FirstSealMs)
-		}
-		if r.LimitMbps <= 0 || r.LimitMbps > 20 || r.GoodputMbps > r.LimitMbps*1.05 {
-			t.Errorf("%s %s %s: %.2f Mbit/s against a limit of %.2f", r.Scenario, r.Mode, r.IPsec, r.GoodputMbps, r.LimitMbps)
-		}
+	if t.Failed() {
+		return
 	}
 	// One JSON object per row, with the fields the issue names.
 	var out bytes.Buffer
@@ -80,6 +70,44 @@ func TestLab(t *testing.T) {
 			}
 		}
 	}
+}
+
+// labShort runs TestLab's scenarios and returns their rows, what failed
+// their checks, and apart from those the split rows under 3× end to end.
+func labShort(t *testing.T) (rows []Row, errs, slow []string) {
+	t.Helper()
+	names, d, want := []string{"ipsec", "class", "secserver", "ipip"}, 2*time.Second, 14
+	if testing.Short() {
+		names, d, want = []string{"ipip"}, time.Second, 2
+	}
+	rows, err := Run(context.Background(), Config{Duration: d, Seed: 3}, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tbl bytes.Buffer
+	Table(&tbl, rows)
+	t.Logf("\n%s", tbl.String())
+	if len(rows) != want {
+		t.Fatalf("%d rows, want %d", len(rows), want)
+	}
+	for _, r := range rows {
+		if r.Integrity != "pass" {
+			errs = append(errs, fmt.Sprintf("%s %s %s: %s", r.Scenario, r.Mode, r.IPsec, r.Detail))
+		}
+		if testing.Short() {
+			continue
+		}
+		if r.Mode == ModeSplit && r.E2ERatio < 3 {
+			slow = append(slow, fmt.Sprintf("%s %s: split only %.1f× end to end at 2 %% loss (cpu wait %.2f)", r.Scenario, r.IPsec, r.E2ERatio, r.CPUWait))
+		}
+		if r.Scenario == "secserver" && r.Mode == ModeSplit && (r.SAReadyMs <= 0 || r.SAReadyMs > 1000 || r.FirstSealMs <= 0) {
+			errs = append(errs, fmt.Sprintf("secserver: SAs at the gateway after %.1f ms, first re-seal %.1f ms", r.SAReadyMs, r.FirstSealMs))
+		}
+		if r.LimitMbps <= 0 || r.LimitMbps > 20 || r.GoodputMbps > r.LimitMbps*1.05 {
+			errs = append(errs, fmt.Sprintf("%s %s %s: %.2f Mbit/s against a limit of %.2f", r.Scenario, r.Mode, r.IPsec, r.GoodputMbps, r.LimitMbps))
+		}
+	}
+	return rows, errs, slow
 }
 
 // TestLabOutagePlot: the fade scenario's picture is well-formed SVG with a
