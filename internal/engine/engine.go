@@ -357,6 +357,11 @@ func (e *Engine) Flush() {
 	}
 }
 
+// GiveUpAfter is how long a split flow may go without progress before the
+// engine gives its held bytes up (Config.GiveUp with its default): also how
+// long flows kept over a restart are worth taking back.
+func (e *Engine) GiveUpAfter() time.Duration { return e.cfg.GiveUp }
+
 // Shards reports how many shards the engine has (Emitted.Shard is below).
 func (e *Engine) Shards() int { return len(e.shards) }
 

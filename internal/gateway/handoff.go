@@ -83,15 +83,31 @@ type Handoff struct {
 // HandOver removes mobile's flows (those on SAs whose peer is mobile)
 // from the gateway and returns them with their SAs' state.
 func (g *Gateway) HandOver(mobile netip.Addr) Handoff {
+	return g.handOver(func(peer [2]netip.Addr) bool { return peer[0] == mobile || peer[1] == mobile }, false)
+}
+
+// HandOverAll removes every flow from the gateway — plain ones and
+// those on SAs it does not number too — and returns them with the state
+// of every SA it numbers: what a gateway that stops hands its successor
+// (the state directory keeps it between them). Packets that reach the
+// gateway afterwards on those SAs are dropped, as after HandOver; call
+// it once the packet I/O has stopped.
+func (g *Gateway) HandOverAll() Handoff {
+	return g.handOver(func([2]netip.Addr) bool { return true }, true)
+}
+
+// handOver hands over the flows on the SAs whose peers are mine, and
+// with all every other flow too.
+func (g *Gateway) handOver(mine func(peer [2]netip.Addr) bool, all bool) Handoff {
 	var h Handoff
 	sts := map[*saState]bool{}
 	g.smu.Lock()
 	for _, m := range []map[ipsec.ID]*saState{g.states, g.draining} {
 		for _, st := range m {
 			st.mu.Lock()
-			mine := st.peer[0] == mobile || st.peer[1] == mobile
+			ok := mine(st.peer)
 			st.mu.Unlock()
-			if mine && st.e.Write != nil {
+			if ok && st.e.Write != nil {
 				sts[st] = true
 				// Before the flows go: a packet in process now that finds
 				// its flow gone finds the SA handed too, and is dropped
@@ -127,7 +143,11 @@ func (g *Gateway) HandOver(mobile netip.Addr) Handoff {
 		}
 		t.mu.Unlock()
 	}
-	h.Flows = g.eng.ExportWhere(func(_, radio netip.AddrPort) bool { return radioEnds[radio] }, true)
+	match := func(_, radio netip.AddrPort) bool { return radioEnds[radio] }
+	if all {
+		match = nil
+	}
+	h.Flows = g.eng.ExportWhere(match, true)
 	for st := range sts {
 		h.SAs = append(h.SAs, st.handoff())
 	}

@@ -1,0 +1,89 @@
+package handoff
+
+import (
+	"encoding/gob"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/espep/espep/internal/gateway"
+	"github.com/espep/espep/internal/statedir"
+)
+
+// Restarts. A gateway that stops cleanly hands everything over to its
+// own successor as it would a mobile to a neighbour (DESIGN.md: the data
+// acknowledged early is state that must survive a restart, and rule 5):
+// gateway.HandOverAll, gob-encoded as one version-1 part (the buffered
+// bytes in the engine's own chunks, not joined), kept by the state
+// directory (statedir.SaveFlows) until the next start, which resumes it
+// before its first packet. The SAs' numbers, salt and accepted packets
+// are in the state directory's journal anyway; the part carries the
+// replay windows whole and the flows' bindings besides.
+//
+// Only a clean stop keeps its flows: a gateway SIGKILLed, or one that
+// crashes, loses the bytes it acknowledged early (README, Reliability).
+
+// Kept says what a stop kept for its successor, or what a start took back.
+type Kept struct {
+	Flows, SAs, Routes int
+	Bytes              int // buffered bytes, acknowledged early
+	At                 time.Time
+}
+
+func keptOf(p *Part, at time.Time) Kept {
+	k := Kept{Flows: len(p.Flows), SAs: len(p.SAs), Routes: len(p.Routes), At: at}
+	for i := range p.Flows {
+		k.Bytes += p.Flows[i].Buffered()
+	}
+	return k
+}
+
+// KeepForRestart removes every flow from gw (its packet I/O stopped) and
+// keeps them, with its SAs' state, in d for the next gateway to start on
+// it. Nothing is written when there is nothing to keep.
+func KeepForRestart(d *statedir.Dir, gw *gateway.Gateway, now time.Time) (Kept, error) {
+	h := gw.HandOverAll()
+	k := keptOf(&h, now)
+	if d == nil || !d.Durable() {
+		if k.Flows > 0 {
+			return k, fmt.Errorf("handoff: no state directory: %d flows dropped, %d bytes acknowledged early lost", k.Flows, k.Bytes)
+		}
+		return k, nil
+	}
+	if k.Flows == 0 {
+		return k, nil
+	}
+	err := d.SaveFlows(now, func(w io.Writer) error { return gob.NewEncoder(w).Encode(&h) })
+	if err != nil {
+		return k, fmt.Errorf("handoff: keeping %d flows (%d bytes acknowledged early) for a restart: %w", k.Flows, k.Bytes, err)
+	}
+	return k, nil
+}
+
+// ResumeAfterRestart resumes on gw what the gateway before it kept in d,
+// if anything, unless it waited longer than gw's engine would have kept
+// it (engine.GiveUpAfter). Call it once the SAs gw seals on are loaded
+// and before the first packet. The flows are taken whatever happens: a
+// second start does not see them again.
+func ResumeAfterRestart(d *statedir.Dir, gw *gateway.Gateway, now time.Time) (Kept, error) {
+	if d == nil {
+		return Kept{}, nil
+	}
+	body, at, err := d.TakeFlows(now, gw.Engine().GiveUpAfter())
+	if errors.Is(err, statedir.ErrNoFlows) {
+		return Kept{}, nil
+	}
+	if err != nil {
+		return Kept{At: at}, fmt.Errorf("handoff: flows kept over a restart: %w", err)
+	}
+	p, err := DecodeChunk(body)
+	if err != nil {
+		return Kept{At: at}, fmt.Errorf("handoff: flows kept over a restart: %w", err)
+	}
+	k := keptOf(&p, at)
+	if err := gw.Resume(p); err != nil {
+		return k, fmt.Errorf("handoff: flows kept over a restart: %w", err)
+	}
+	return k, nil
+}
