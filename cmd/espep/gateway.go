@@ -122,9 +122,11 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	// Stopping, in order: the packet I/O (devices, rules, sockets), then
-	// the gateway (its engine's timers, the numbers recorded), then the
-	// clock and the state directory (deferred above).
+	// the flows handed to the next start, then the gateway (its engine's
+	// timers, the numbers recorded), then the clock and the state
+	// directory (deferred above).
 	defer gw.Close()
+	defer keepFlows(gw, state, log)
 	defer gio.close()
 	if len(fc.SAFiles) > 0 {
 		defer watchSAs(ctx, gw, fc.SAFiles, log)()
@@ -154,6 +156,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if cc0 == "" {
 		cc0 = engine.CCBBR
 	}
+	resumeFlows(gw, state, log)
 	log.Info("gateway running", "wire", fc.Wire, "radio", fc.Radio, "mode", fc.Gateway.Engine.Mode, "cc", cc0, "sa", fc.SAFiles, "state-dir", fc.StateDir)
 	err = gio.run(ctx)
 	printGatewayStats(stdout, gw, nil)

@@ -267,6 +267,7 @@ func (c *linkemSetup) openIPsecGateway(ctx context.Context, log *slog.Logger) (b
 		return nil, nil, nil, closeAll, err
 	}
 	closers = append(closers, func() { gw.Close() })
+	closers = append(closers, func() { keepFlows(gw, state, log) }) // the bridge has stopped: Run returned
 	if len(c.saPaths) > 0 {
 		closers = append(closers, watchSAs(ctx, gw, c.saPaths, log))
 	}
@@ -281,6 +282,7 @@ func (c *linkemSetup) openIPsecGateway(ctx context.Context, log *slog.Logger) (b
 			return nil, nil, nil, closeAll, err
 		}
 	}
+	resumeFlows(gw, state, log)
 	return br, gw, ike, closeAll, nil
 }
 
