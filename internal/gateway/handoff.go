@@ -176,7 +176,17 @@ func (st *saState) handoff() SAHandoff {
 // logged), the flows' bindings and the flows. It is called once per part
 // of a streamed handoff; only an engine that cannot take the flows (its
 // table full) is an error.
-func (g *Gateway) Resume(h Handoff) error {
+func (g *Gateway) Resume(h Handoff) error { return g.resume(h, false) }
+
+// ResumeRestart is Resume for what this gateway's own predecessor handed
+// over when it stopped (package handoff, restart.go). Between the two,
+// no gateway was in the path, and the endpoints' own packets may have
+// reached the receivers (a TUN gateway's routes leave with it): the new
+// gateway seals on each SA only once a verified packet has shown how far
+// the endpoint's numbers went, and numbers above them.
+func (g *Gateway) ResumeRestart(h Handoff) error { return g.resume(h, true) }
+
+func (g *Gateway) resume(h Handoff, restart bool) error {
 	sad := g.sad.Load()
 	var missing int
 	for _, s := range h.SAs {
@@ -185,7 +195,7 @@ func (g *Gateway) Resume(h Handoff) error {
 			missing++
 			continue
 		}
-		g.state(e).resume(g, &s)
+		g.state(e).resume(g, &s, restart)
 	}
 	for _, r := range h.Routes {
 		e, ok := sad.Get(r.SA)
@@ -220,11 +230,13 @@ func validTunnel(b []byte) bool {
 	return false
 }
 
-// resume takes an SA's state from the gateway before.
-func (st *saState) resume(g *Gateway, s *SAHandoff) {
+// resume takes an SA's state from the gateway before (after a restart:
+// see ResumeRestart).
+func (st *saState) resume(g *Gateway, s *SAHandoff, restart bool) {
 	st.mu.Lock()
 	st.handed.Store(false) // the mobile came back
 	st.resumed = true      // the gateway before says how far it numbered
+	st.awaitIn = st.awaitIn || restart
 	st.maxIn = max(st.maxIn, s.MaxIn)
 	st.relayed = max(st.relayed, s.Relayed)
 	if s.Owned {

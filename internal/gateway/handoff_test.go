@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -380,5 +381,69 @@ func TestRecentAddrsBounded(t *testing.T) {
 	}
 	if r.has(addr(9)) || !r.has(addr(10)) || !r.has(addr(maxUnanswered+9)) {
 		t.Fatal("not the most recent ones")
+	}
+}
+
+// TestResumeRestartBypassed: what a restarted TUN gateway meets. Gateway
+// 1 stops mid-download (HandOverAll: what its successor resumes); for
+// 300 ms the path forwards the endpoints' packets as they are, as the
+// kernel does once a TUN gateway's routes have left with it, and router
+// B takes the wired end's numbers, which in split mode run ahead of the
+// gateway's; then gateway 2 resumes (ResumeRestart). It seals on an SA
+// only once a verified packet has shown the endpoint's numbers, and above
+// them: no packet it seals is refused as a replay, and the download
+// completes. With Resume instead — which carries on from gateway 1's last
+// number — gateway 2's packets fall below router B's window and the
+// download stalls.
+func TestResumeRestartBypassed(t *testing.T) {
+	salts := randomSalts()
+	radio := netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 7}
+	n := newTestNet(t, ipsec.EncAESGCM16, seqivIV{salts[0]}, seqivIV{salts[1]}, radio, engine.ModeSplit)
+	p := newGatewayPair(t, n, Config{Engine: engine.Config{Mode: engine.ModeSplit}}, n.freshSAD(t))
+	var bypass atomic.Bool
+	n.SetMiddle(func(from engine.Side, pkt []byte) {
+		if bypass.Load() {
+			n.Send(1-from, append([]byte(nil), pkt...))
+			return
+		}
+		p.mu.RLock()
+		defer p.mu.RUnlock()
+		p.cur.Process(from, pkt)
+	})
+	done := startTransfer(t, n, 4<<20, 60*time.Second, func() bool { return p.g1.Stats().Opened >= 1000 })
+	var h Handoff
+	p.mu.Lock()
+	h = p.g1.HandOverAll()
+	bypass.Store(true)
+	p.cur = p.g2
+	p.mu.Unlock()
+	if len(h.Flows) != 1 || buffered(h.Flows) == 0 || len(h.SAs) != 2 {
+		t.Fatalf("gateway 1 handed over %d flows holding %d bytes, %d SAs", len(h.Flows), buffered(h.Flows), len(h.SAs))
+	}
+	var ahead bool
+	for _, st := range p.g1.SAs() {
+		ahead = ahead || st.EndpointSeq > st.GatewaySeq
+	}
+	time.Sleep(300 * time.Millisecond)
+	p.mu.Lock()
+	err := p.g2.ResumeRestart(h)
+	bypass.Store(false)
+	p.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // what the bypass had on the links arrives
+	before := n.bIn.Stats().ReplayDrops + n.aIn.Stats().ReplayDrops
+	if err := <-done; err != nil {
+		t.Fatalf("transfer: %v\n%s", err, n.diag(p.g1, p.g2))
+	}
+	if d := n.bIn.Stats().ReplayDrops + n.aIn.Stats().ReplayDrops - before; d != 0 {
+		t.Errorf("the routers refused %d of gateway 2's packets as replays\n%s", d, n.diag(p.g2))
+	}
+	if !ahead {
+		t.Errorf("no endpoint was ahead of gateway 1 when it stopped: the bypass tested nothing\n%s", n.diag(p.g1))
+	}
+	if s := p.g2.Stats(); s.Sealed == 0 || s.Engine.EarlyAcked == 0 {
+		t.Errorf("gateway 2 did not carry the flow on: %+v", s)
 	}
 }

@@ -165,6 +165,12 @@ func (g *Gateway) learn(st, outer *saState, seq uint64, l ipsec.Loc, sp, dp uint
 	defer st.mu.Unlock()
 	newest := seq > st.maxIn
 	st.maxIn = max(st.maxIn, seq)
+	if st.awaitIn {
+		st.awaitIn = false
+		if st.owned {
+			st.last = max(st.last, st.maxIn)
+		}
+	}
 	st.outer = outer
 	if !st.peer[0].IsValid() || !st.peer[1].IsValid() {
 		st.peer = [2]netip.Addr{or(st.peer[0], l.Src), or(st.peer[1], l.Dst)}

@@ -54,6 +54,12 @@ type saState struct {
 	// the gateway before used on it. Without resumed, another gateway may
 	// have numbered the SA ahead of the endpoint (takeoverJump).
 	provisioned, unanswered, resumed bool
+	// awaitIn: resumed after a restart (ResumeRestart), the SA is sealed
+	// on only once a verified packet of the endpoint's shows how far its
+	// own numbers went meanwhile — while no gateway was in the path they
+	// may have reached the receiver directly (a TUN gateway's routes go
+	// with it) — and the gateway then numbers above them.
+	awaitIn bool
 	// frame is the outer form the gateway seals in when the SA's
 	// configuration does not state it (esp_sa lines carry no mode and no
 	// UDP ports) or a NAT moved the ports: learned from verified packets.

@@ -241,9 +241,9 @@ func (g *Gateway) maySeal(st *saState) bool {
 			return false
 		}
 		st.mu.Lock()
-		next, ex := st.outer, st.exhausted
+		next, ex, await := st.outer, st.exhausted, st.awaitIn
 		st.mu.Unlock()
-		if ex {
+		if ex || await {
 			return false
 		}
 		st = next

@@ -82,7 +82,7 @@ func ResumeAfterRestart(d *statedir.Dir, gw *gateway.Gateway, now time.Time) (Ke
 		return Kept{At: at}, fmt.Errorf("handoff: flows kept over a restart: %w", err)
 	}
 	k := keptOf(&p, at)
-	if err := gw.Resume(p); err != nil {
+	if err := gw.ResumeRestart(p); err != nil {
 		return k, fmt.Errorf("handoff: flows kept over a restart: %w", err)
 	}
 	return k, nil
