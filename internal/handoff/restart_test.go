@@ -1,7 +1,10 @@
 package handoff
 
 import (
+	"bytes"
 	"crypto/rand"
+	"encoding/gob"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -209,4 +212,58 @@ func TestRestartMidTransfer(t *testing.T) {
 		t.Errorf("the new gateway did not carry the flow on: %+v", s2)
 	}
 	t.Logf("the stop kept one flow holding %d bytes acknowledged early, %d SAs and %d bindings; the new gateway resumed them", k1.Bytes, k1.SAs, k1.Routes)
+}
+
+// restartGateway is an idle split gateway holding one AES-GCM tunnel SA
+// (192.0.2.1 → 192.0.2.2, SPI 0x1001, key fixed), and that SA's entry.
+func restartGateway(t testing.TB) (*gateway.Gateway, *ipsec.Entry) {
+	t.Helper()
+	c := ipsec.Config{SPI: 0x1001, Proto: ipsec.ESP, Src: netip.MustParseAddr("192.0.2.1"), Dst: netip.MustParseAddr("192.0.2.2"),
+		Mode: ipsec.Tunnel, Enc: ipsec.EncAESGCM16, EncKey: bytes.Repeat([]byte{7}, 20), ReplayWindow: 64, Class: ipsec.ClassWrite}
+	e, err := ipsec.NewEntry(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sad := &ipsec.SAD{}
+	sad.Add(e)
+	g, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit}, Log: slog.New(slog.DiscardHandler), State: statedir.Memory()},
+		sad, func(engine.Side, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Close)
+	return g, e
+}
+
+// FuzzResumeRestart: whatever a flows file's body holds — it passed the
+// state directory's CRC, so it is what a gateway wrote, or a disk's or an
+// operator's mistake — decoding it and resuming it on a gateway that holds
+// the SA it names never panics: it is taken or refused.
+func FuzzResumeRestart(f *testing.F) {
+	g, e := restartGateway(f)
+	openFlows(g.Engine(), mobile, 2, 3)
+	h := g.HandOverAll()
+	h.SAs = []gateway.SAHandoff{{ID: e.Config.ID(), KeyID: e.KeyID, Owned: true, Last: 9, MaxIn: 7, Salt: 3, SaltKnown: true, WindowTop: 7, Window: []uint64{0x7f}}}
+	h.Routes = []gateway.RouteHandoff{
+		{Src: h.Flows[0].Wire, Dst: h.Flows[0].Radio, From: engine.Wire, SA: e.Config.ID()},
+		{Src: h.Flows[1].Radio, Dst: h.Flows[1].Wire, From: engine.Radio, SA: e.Config.ID(), Tun: make([]byte, 20)},
+	}
+	var buf bytes.Buffer
+	if err := gob.NewEncoder(&buf).Encode(&h); err != nil {
+		f.Fatal(err)
+	}
+	seed := buf.Bytes()
+	f.Add(seed)
+	f.Add(seed[:len(seed)/2])
+	f.Add(seed[:len(seed)-1])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := DecodeChunk(b)
+		if err != nil {
+			return
+		}
+		g, _ := restartGateway(t)
+		g.ResumeRestart(p)
+		g.HandOverAll()
+	})
 }
