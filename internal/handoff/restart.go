@@ -1,12 +1,14 @@
 package handoff
 
 import (
+	"bytes"
 	"encoding/gob"
 	"errors"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/statedir"
 )
@@ -41,7 +43,10 @@ func keptOf(p *Part, at time.Time) Kept {
 
 // KeepForRestart removes every flow from gw (its packet I/O stopped) and
 // keeps them, with its SAs' state, in d for the next gateway to start on
-// it. Nothing is written when there is nothing to keep.
+// it. Nothing is written when there is nothing to keep. The body is a
+// gob stream of parts: the SAs and bindings first, then one part a flow,
+// each encoded and let go in turn — never a second copy of all the bytes
+// the flows hold (up to the engine's buffer-total).
 func KeepForRestart(d *statedir.Dir, gw *gateway.Gateway, now time.Time) (Kept, error) {
 	h := gw.HandOverAll()
 	k := keptOf(&h, now)
@@ -54,7 +59,19 @@ func KeepForRestart(d *statedir.Dir, gw *gateway.Gateway, now time.Time) (Kept, 
 	if k.Flows == 0 {
 		return k, nil
 	}
-	err := d.SaveFlows(now, func(w io.Writer) error { return gob.NewEncoder(w).Encode(&h) })
+	err := d.SaveFlows(now, func(w io.Writer) error {
+		enc := gob.NewEncoder(w)
+		if err := enc.Encode(&Part{SAs: h.SAs, Routes: h.Routes}); err != nil {
+			return err
+		}
+		for i := range h.Flows {
+			if err := enc.Encode(&Part{Flows: h.Flows[i : i+1]}); err != nil {
+				return err
+			}
+			h.Flows[i] = engine.FlowState{}
+		}
+		return nil
+	})
 	if err != nil {
 		return k, fmt.Errorf("handoff: keeping %d flows (%d bytes acknowledged early) for a restart: %w", k.Flows, k.Bytes, err)
 	}
@@ -77,13 +94,33 @@ func ResumeAfterRestart(d *statedir.Dir, gw *gateway.Gateway, now time.Time) (Ke
 	if err != nil {
 		return Kept{At: at}, fmt.Errorf("handoff: flows kept over a restart: %w", err)
 	}
-	p, err := DecodeChunk(body)
+	k, err := resumeKept(gw, body)
+	k.At = at
 	if err != nil {
-		return Kept{At: at}, fmt.Errorf("handoff: flows kept over a restart: %w", err)
-	}
-	k := keptOf(&p, at)
-	if err := gw.ResumeRestart(p); err != nil {
 		return k, fmt.Errorf("handoff: flows kept over a restart: %w", err)
 	}
 	return k, nil
+}
+
+// resumeKept resumes a flows file's body on gw, part by part: what it
+// resumed before a part it could not decode or take stays resumed.
+func resumeKept(gw *gateway.Gateway, body []byte) (Kept, error) {
+	var k Kept
+	dec := gob.NewDecoder(bytes.NewReader(body))
+	for n := 0; ; n++ {
+		var p Part
+		if err := dec.Decode(&p); err == io.EOF && n > 0 {
+			return k, nil
+		} else if err != nil {
+			return k, fmt.Errorf("part %d: %w", n+1, err)
+		}
+		if n > 0 && (len(p.SAs) > 0 || len(p.Routes) > 0) {
+			return k, fmt.Errorf("part %d: SAs or bindings after the first part", n+1)
+		}
+		if err := gw.ResumeRestart(p); err != nil {
+			return k, err
+		}
+		pk := keptOf(&p, time.Time{})
+		k.Flows, k.SAs, k.Routes, k.Bytes = k.Flows+pk.Flows, k.SAs+pk.SAs, k.Routes+pk.Routes, k.Bytes+pk.Bytes
+	}
 }
