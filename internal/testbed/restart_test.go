@@ -152,12 +152,13 @@ func gatewayRestarts(t *testing.T, esp, mode string, sig syscall.Signal, n int) 
 	must(t, err)
 
 	var kills, back []time.Time
-	var kept []string
+	var kept, stops []string
 	for range n {
 		time.Sleep(1500 * time.Millisecond)
 		kills = append(kills, time.Now())
 		must(t, s.Linkem.Signal(sig))
 		s.Linkem.Wait(5 * time.Second)
+		stops = append(stops, fmt.Sprintf("%.0f ms", time.Since(kills[len(kills)-1]).Seconds()*1000))
 		old := s.Linkem.Output()
 		s.Linkem, err = b.Start(s.Radio, append([]string{espepBin}, middle...)...)
 		must(t, err)
@@ -217,8 +218,8 @@ func gatewayRestarts(t *testing.T, esp, mode string, sig syscall.Signal, n int) 
 			t.Errorf("stop %d: no ESP reached the right peer for %v", i, gap)
 		}
 	}
-	t.Logf("%s, %s: %d ESP packets, all (SPI, IV) distinct, %d accepted by the right peer; outage per %v: %s",
-		esp, mode, total, accepted, sig, strings.Join(gaps, ", "))
+	t.Logf("%s, %s: %d ESP packets, all (SPI, IV) distinct, %d accepted by the right peer; outage per %v: %s; the process took %s to end",
+		esp, mode, total, accepted, sig, strings.Join(gaps, ", "), strings.Join(stops, ", "))
 	if len(kept) > 0 {
 		t.Logf("bytes acknowledged early that each stop kept and the next start resumed: %s", strings.Join(kept, ", "))
 	}
