@@ -16,10 +16,10 @@ import (
 // Restarts. A gateway that stops cleanly hands everything over to its
 // own successor as it would a mobile to a neighbour (DESIGN.md: the data
 // acknowledged early is state that must survive a restart, and rule 5):
-// gateway.HandOverAll, gob-encoded as one version-1 part (the buffered
-// bytes in the engine's own chunks, not joined), kept by the state
-// directory (statedir.SaveFlows) until the next start, which resumes it
-// before its first packet. The SAs' numbers, salt and accepted packets
+// gateway.HandOverAll, gob-encoded as a stream of version-1 parts (the
+// buffered bytes in the engine's own chunks, not joined), kept by the
+// state directory (statedir.SaveFlows) until the next start, which
+// resumes them before its first packet. The SAs' numbers, salt and accepted packets
 // are in the state directory's journal anyway; the part carries the
 // replay windows whole and the flows' bindings besides.
 //
@@ -51,7 +51,7 @@ func KeepForRestart(d *statedir.Dir, gw *gateway.Gateway, now time.Time) (Kept, 
 	h := gw.HandOverAll()
 	k := keptOf(&h, now)
 	if d == nil || !d.Durable() {
-		if k.Flows > 0 {
+		if k.Bytes > 0 { // snoop's flows, and split's holding nothing, lose nothing the endpoints do not still have
 			return k, fmt.Errorf("handoff: no state directory: %d flows dropped, %d bytes acknowledged early lost", k.Flows, k.Bytes)
 		}
 		return k, nil

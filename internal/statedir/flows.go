@@ -23,8 +23,8 @@ import (
 // bound (buffer-total) for the time between a stop and the next start.
 // It is as private as the rest of the directory (0600, in a 0700
 // directory of this user). A file older than the caller's bound is
-// removed unread; so is one that is torn or altered (a CRC over the
-// whole of it), and nothing of it is acted on.
+// refused and removed; so is one that is torn or altered (a CRC over its
+// head, another over its body), and nothing of it is acted on.
 //
 // Not covered: a gateway that is SIGKILLed (or crashes) writes nothing,
 // and the bytes it held are lost with it.
