@@ -37,14 +37,25 @@ func TestGatewaysOverGRPC(t *testing.T) {
 	t.Run("on-traffic", func(t *testing.T) { gatewaysOverGRPC(t, true) })
 }
 
-func gatewaysOverGRPC(t *testing.T, onTraffic bool) {
+// tunnelNet is a network (package simnet) whose routers hold an AES-GCM
+// tunnel with fresh keys — ab from router A (wired) to B (mobile), ba
+// back — behind a wired link of 100 Mbit/s, RTT 40 ms, and a radio of 20
+// Mbit/s, RTT 10 ms, 2 % loss.
+type tunnelNet struct {
+	*simnet.Net
+	ab, ba           ipsec.Config
+	aIn, bIn         *ipsec.SA // the routers' inbound SAs
+	routerA, routerB *simnet.IPsec
+}
+
+func newTunnelNet(t *testing.T) *tunnelNet {
+	t.Helper()
 	tunnel := func(spi uint32, src, dst string) ipsec.Config {
 		key := make([]byte, 20)
 		rand.Read(key)
 		return ipsec.Config{SPI: spi, Proto: ipsec.ESP, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst),
 			Mode: ipsec.Tunnel, Enc: ipsec.EncAESGCM16, EncKey: key, ReplayWindow: 64, Class: ipsec.ClassWrite}
 	}
-	ab, ba := tunnel(0x1001, "192.0.2.1", "192.0.2.2"), tunnel(0x2002, "192.0.2.2", "192.0.2.1")
 	sa := func(c ipsec.Config) *ipsec.SA {
 		s, err := ipsec.New(c)
 		if err != nil {
@@ -52,36 +63,86 @@ func gatewaysOverGRPC(t *testing.T, onTraffic bool) {
 		}
 		return s
 	}
-	aIn, bIn := sa(ba), sa(ab)
-	routerA, routerB := simnet.NewIPsec(sa(ab), aIn), simnet.NewIPsec(sa(ba), bIn)
-	n, err := simnet.New(simnet.Config{Wired: netem.Config{Rate: 100e6, Delay: 20 * time.Millisecond},
+	n := &tunnelNet{ab: tunnel(0x1001, "192.0.2.1", "192.0.2.2"), ba: tunnel(0x2002, "192.0.2.2", "192.0.2.1")}
+	n.aIn, n.bIn = sa(n.ba), sa(n.ab)
+	n.routerA, n.routerB = simnet.NewIPsec(sa(n.ab), n.aIn), simnet.NewIPsec(sa(n.ba), n.bIn)
+	var err error
+	n.Net, err = simnet.New(simnet.Config{Wired: netem.Config{Rate: 100e6, Delay: 20 * time.Millisecond},
 		Radio: netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 3},
-		Hosts: gvhost.Options{SACK: true, MTU: 1400}, WiredEnd: routerA, MobileEnd: routerB})
+		Hosts: gvhost.Options{SACK: true, MTU: 1400}, WiredEnd: n.routerA, MobileEnd: n.routerB})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Close)
+	return n
+}
+
+// gateway is a split gateway on n with state directory st and the SAs
+// cfgs (their keys copied), closed when the test ends.
+func (n *tunnelNet) gateway(t *testing.T, st *statedir.Dir, cfgs ...ipsec.Config) *gateway.Gateway {
+	t.Helper()
+	sad := &ipsec.SAD{}
+	for _, c := range cfgs {
+		c.EncKey = append([]byte(nil), c.EncKey...)
+		e, err := ipsec.NewEntry(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sad.Add(e)
+	}
+	g, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit}, State: st}, sad, n.Send)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Close)
+	return g
+}
+
+// download starts a 4 MB download to the mobile and returns once ready
+// holds (failing the test if the download ends first); the channel gives
+// its result.
+func (n *tunnelNet) download(t *testing.T, ready func() bool) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := gvhost.Transfer(n.Wired, n.Mobile, 5001, 4<<20, 60*time.Second)
+		done <- err
+	}()
+	for !ready() {
+		select {
+		case err := <-done:
+			t.Fatalf("the download ended too soon: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return done
+}
+
+// refusedNothing fails the test if either router refused a packet.
+func (n *tunnelNet) refusedNothing(t *testing.T) {
+	t.Helper()
+	for name, s := range map[string]*ipsec.SA{"router A": n.aIn, "router B": n.bIn} {
+		if st := s.Stats(); st.ICVFailures != 0 || st.ReplayDrops != 0 || st.OtherDrops != 0 {
+			t.Errorf("%s refused packets: %+v", name, st)
+		}
+	}
+	for name, r := range map[string]*simnet.IPsec{"router A": n.routerA, "router B": n.routerB} {
+		if c := r.Counts(); c.FreshRefused != 0 || c.UnknownSPI != 0 {
+			t.Errorf("%s: %+v", name, c)
+		}
+	}
+}
+
+func gatewaysOverGRPC(t *testing.T, onTraffic bool) {
+	n := newTunnelNet(t)
+	ab, ba := n.ab, n.ba
 	gw := func(k uint32, cfgs ...ipsec.Config) *gateway.Gateway {
 		st, err := statedir.Open(filepath.Join(t.TempDir(), "state"), statedir.Partition{K: k, N: 2}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		sad := &ipsec.SAD{}
-		for _, c := range cfgs {
-			c.EncKey = append([]byte(nil), c.EncKey...)
-			e, err := ipsec.NewEntry(c)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sad.Add(e)
-		}
-		g, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit}, State: st}, sad, n.Send)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(g.Close)
-		return g
+		return n.gateway(t, st, cfgs...)
 	}
 	g1, g2 := gw(0, ab, ba), gw(1)
 	w := newWorld(t, g1)
@@ -108,19 +169,7 @@ func gatewaysOverGRPC(t *testing.T, onTraffic bool) {
 		moving.RUnlock()
 		g.Process(from, pkt)
 	})
-	done := make(chan error, 1)
-	const size = 4 << 20
-	go func() {
-		_, err := gvhost.Transfer(n.Wired, n.Mobile, 5001, size, 60*time.Second)
-		done <- err
-	}()
-	for g1.Stats().Opened < 1000 {
-		select {
-		case err := <-done:
-			t.Fatalf("the transfer ended before the move: %v", err)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	done := n.download(t, func() bool { return g1.Stats().Opened >= 1000 })
 	c := w.client(newGW)
 	if onTraffic {
 		g2.SetMissing((&Asker{G: g2, Peers: StaticPeers{"gw-old": c}}).Missing)
@@ -141,16 +190,7 @@ func gatewaysOverGRPC(t *testing.T, onTraffic bool) {
 	if err := <-done; err != nil {
 		t.Fatalf("transfer: %v", err)
 	}
-	for name, s := range map[string]*ipsec.SA{"router A": aIn, "router B": bIn} {
-		if st := s.Stats(); st.ICVFailures != 0 || st.ReplayDrops != 0 || st.OtherDrops != 0 {
-			t.Errorf("%s refused packets: %+v", name, st)
-		}
-	}
-	for name, r := range map[string]*simnet.IPsec{"router A": routerA, "router B": routerB} {
-		if c := r.Counts(); c.FreshRefused != 0 || c.UnknownSPI != 0 {
-			t.Errorf("%s: %+v", name, c)
-		}
-	}
+	n.refusedNothing(t)
 	s2 := g2.Stats()
 	if s2.Sealed == 0 || s2.Engine.EarlyAcked == 0 {
 		t.Errorf("gateway 2 did not carry the flow on: %+v", s2)

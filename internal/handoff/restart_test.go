@@ -2,7 +2,6 @@ package handoff
 
 import (
 	"bytes"
-	"crypto/rand"
 	"encoding/gob"
 	"log/slog"
 	"net/netip"
@@ -14,9 +13,6 @@ import (
 
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
-	"github.com/espep/espep/internal/gvhost"
-	"github.com/espep/espep/internal/netem"
-	"github.com/espep/espep/internal/simnet"
 	"github.com/espep/espep/internal/statedir"
 	"github.com/espep/espep/ipsec"
 )
@@ -114,46 +110,11 @@ func TestRestartNotKept(t *testing.T) {
 // end-to-end flows (small flights) do not show; the namespace test
 // TestGatewayRestartSplit has Linux senders and a real blackout.
 func TestRestartMidTransfer(t *testing.T) {
-	tunnel := func(spi uint32, src, dst string) ipsec.Config {
-		key := make([]byte, 20)
-		rand.Read(key)
-		return ipsec.Config{SPI: spi, Proto: ipsec.ESP, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst),
-			Mode: ipsec.Tunnel, Enc: ipsec.EncAESGCM16, EncKey: key, ReplayWindow: 64, Class: ipsec.ClassWrite}
-	}
-	ab, ba := tunnel(0x1001, "192.0.2.1", "192.0.2.2"), tunnel(0x2002, "192.0.2.2", "192.0.2.1")
-	sa := func(c ipsec.Config) *ipsec.SA {
-		s, err := ipsec.New(c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	aIn, bIn := sa(ba), sa(ab)
-	routerA, routerB := simnet.NewIPsec(sa(ab), aIn), simnet.NewIPsec(sa(ba), bIn)
-	n, err := simnet.New(simnet.Config{Wired: netem.Config{Rate: 100e6, Delay: 20 * time.Millisecond},
-		Radio: netem.Config{Rate: 20e6, Delay: 5 * time.Millisecond, QueuePackets: 200, Loss: 0.02, Seed: 3},
-		Hosts: gvhost.Options{SACK: true, MTU: 1400}, WiredEnd: routerA, MobileEnd: routerB})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Close)
+	n := newTunnelNet(t)
 	path := filepath.Join(t.TempDir(), "state")
 	start := func() (*gateway.Gateway, *statedir.Dir) {
 		st := openState(t, path)
-		sad := &ipsec.SAD{}
-		for _, c := range []ipsec.Config{ab, ba} {
-			c.EncKey = append([]byte(nil), c.EncKey...)
-			e, err := ipsec.NewEntry(c)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sad.Add(e)
-		}
-		g, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit}, State: st}, sad, n.Send)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g, st
+		return n.gateway(t, st, n.ab, n.ba), st
 	}
 	g1, st1 := start()
 	// The middle box's packet I/O: a stop waits for the packet in
@@ -165,19 +126,7 @@ func TestRestartMidTransfer(t *testing.T) {
 		defer io.RUnlock()
 		cur.Process(from, pkt)
 	})
-	done := make(chan error, 1)
-	const size = 4 << 20
-	go func() {
-		_, err := gvhost.Transfer(n.Wired, n.Mobile, 5001, size, 60*time.Second)
-		done <- err
-	}()
-	for g1.Stats().Opened < 1000 {
-		select {
-		case err := <-done:
-			t.Fatalf("the transfer ended before the stop: %v", err)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	done := n.download(t, func() bool { return g1.Stats().Opened >= 1000 })
 	io.Lock()
 	k1, err := KeepForRestart(st1, g1, time.Now())
 	g1.Close()
@@ -199,16 +148,7 @@ func TestRestartMidTransfer(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("transfer: %v", err)
 	}
-	for name, s := range map[string]*ipsec.SA{"router A": aIn, "router B": bIn} {
-		if st := s.Stats(); st.ICVFailures != 0 || st.ReplayDrops != 0 || st.OtherDrops != 0 {
-			t.Errorf("%s refused packets: %+v", name, st)
-		}
-	}
-	for name, r := range map[string]*simnet.IPsec{"router A": routerA, "router B": routerB} {
-		if c := r.Counts(); c.FreshRefused != 0 || c.UnknownSPI != 0 {
-			t.Errorf("%s: %+v", name, c)
-		}
-	}
+	n.refusedNothing(t)
 	if s2 := g2.Stats(); s2.Sealed == 0 || s2.Engine.EarlyAcked == 0 {
 		t.Errorf("the new gateway did not carry the flow on: %+v", s2)
 	}

@@ -69,22 +69,8 @@ func TestGatewayStrongSwan(t *testing.T) {
 			cfgs := giveKeys(t, s, saPath, tc.espSA)
 
 			// Count the ESP packets sent toward each peer, to hold against
-			// what the peer says it accepted. They are counted where the
-			// gateway (or linkem) puts them on the wire: at the peers, GRO
-			// (the veths keep their offloads) may merge several into one
-			// frame before the capture sees them.
-			caps := map[string]string{"left": filepath.Join(dir, "left.pcap"), "right": filepath.Join(dir, "right.pcap")}
-			var dumps []*Proc
-			for side := range caps {
-				ifc := map[string]string{"left": "ra", "right": "rb"}[side]
-				peer := map[string]string{"left": SSLeftOuter, "right": SSRightOuter}[side]
-				// By destination, with a large capture buffer: at these
-				// rates tcpdump's default one (and -Q out) lost frames.
-				d, err := b.Start(s.Radio, "tcpdump", "-U", "--immediate-mode", "-B", "65536", "-ni", ifc, "-w", caps[side], "udp port 4500 and dst host "+peer)
-				must(t, err)
-				must(t, b.WaitFile(caps[side], 5*time.Second))
-				dumps = append(dumps, d)
-			}
+			// what the peer says it accepted.
+			caps, dumps := captureESP(t, s, dir)
 			inBefore := map[string]int{"left": espPacketsIn(t, s, "left"), "right": espPacketsIn(t, s, "right")}
 			udpBefore := map[string]int{}
 			for side, ns := range map[string]string{"left": s.Left, "right": s.Right} {
@@ -465,21 +451,8 @@ func TestGatewayGoodput(t *testing.T) {
 // intact, both hosts open every packet, and the gateway split the flow.
 func TestGatewayTUN(t *testing.T) {
 	b := ForTest(t)
-	dir := t.TempDir()
-	ns := routedThree(t, b, "10.82")
-	g := ns["g"]
-
-	c := hostCase{name: "esp-tunnel-gcm", mode: "tunnel", proto: "esp", enc: "aes-gcm16", ekey: 36, integ: "none"}
-	p := &hostPair{b: b, a: ns["a"], bn: ns["b"], dir: dir, la: "10.78.1.1", lb: "10.78.2.1"}
-	p.saPath = filepath.Join(dir, "sa.conf")
-	must(t, os.WriteFile(p.saPath, []byte(c.saFile("10.82.1.1", "10.82.2.1")), 0o600))
-	conf := filepath.Join(dir, "gateway.conf")
-	must(t, os.WriteFile(conf, []byte("espep-gateway 1\nwire = tun:gw-wire\nradio = tun:gw-radio\nroutes = yes\nwire-iface = ga\nradio-iface = gb\n"+
-		"sa-file = sa.conf\nstate-dir = state\nmode = split\nbuffer-per-flow = 2MiB\n"), 0o600))
-	var err error
-	p.mid, err = b.Start(g, espepBin, "gateway", "--config", conf)
-	must(t, err)
-	must(t, waitFor(p.mid, "gateway running", 10*time.Second))
+	p, c, g, start := tunGatewaySetup(t, b, "10.82", "10.78", "buffer-per-flow = 2MiB\n")
+	p.mid = start()
 	// routes = yes: the gateway brought its devices up and installed the
 	// rules.
 	out, err := b.Run(g, "ip", "rule", "show")
@@ -515,6 +488,28 @@ func TestGatewayTUN(t *testing.T) {
 	}
 }
 
+// captureESP captures the ESP packets toward each strongSwan peer where
+// the middle box puts them on the wire (every ESP packet passes it): at
+// the peers, GRO (the veths keep their offloads) may merge several into
+// one frame before the capture sees them. By destination, with a large
+// capture buffer: at these rates tcpdump's default one (and -Q out) lost
+// frames. It returns the files by side ("left", "right") and the
+// captures, to stop.
+func captureESP(t *testing.T, s *StrongSwan, dir string) (map[string]string, []*Proc) {
+	t.Helper()
+	caps := map[string]string{"left": filepath.Join(dir, "left.pcap"), "right": filepath.Join(dir, "right.pcap")}
+	var dumps []*Proc
+	for side := range caps {
+		ifc := map[string]string{"left": "ra", "right": "rb"}[side]
+		peer := map[string]string{"left": SSLeftOuter, "right": SSRightOuter}[side]
+		d, err := s.Bed.Start(s.Radio, "tcpdump", "-U", "--immediate-mode", "-B", "65536", "-ni", ifc, "-w", caps[side], "udp port 4500 and dst host "+peer)
+		must(t, err)
+		must(t, s.Bed.WaitFile(caps[side], 5*time.Second))
+		dumps = append(dumps, d)
+	}
+	return caps, dumps
+}
+
 // TestGatewayTUNRestart: TestGatewayTUN's network, the path toward b held
 // to 20 Mbit/s (TBF on g's gb) so that the split gateway holds what a
 // sends, and the gateway stopped cleanly (SIGTERM) and started again twice
@@ -525,25 +520,10 @@ func TestGatewayTUN(t *testing.T) {
 // resumes it. The file arrives intact.
 func TestGatewayTUNRestart(t *testing.T) {
 	b := ForTest(t)
-	dir := t.TempDir()
-	ns := routedThree(t, b, "10.83")
-	g := ns["g"]
+	p, c, g, start := tunGatewaySetup(t, b, "10.83", "10.79", "")
+	dir := p.dir
 	_, err := b.Run(g, "tc", "qdisc", "add", "dev", "gb", "root", "tbf", "rate", "20mbit", "burst", "32kbit", "latency", "50ms")
 	must(t, err)
-
-	c := hostCase{name: "esp-tunnel-gcm", mode: "tunnel", proto: "esp", enc: "aes-gcm16", ekey: 36, integ: "none"}
-	p := &hostPair{b: b, a: ns["a"], bn: ns["b"], dir: dir, la: "10.79.1.1", lb: "10.79.2.1"}
-	p.saPath = filepath.Join(dir, "sa.conf")
-	must(t, os.WriteFile(p.saPath, []byte(c.saFile("10.83.1.1", "10.83.2.1")), 0o600))
-	conf := filepath.Join(dir, "gateway.conf")
-	must(t, os.WriteFile(conf, []byte("espep-gateway 1\nwire = tun:gw-wire\nradio = tun:gw-radio\nroutes = yes\nwire-iface = ga\nradio-iface = gb\n"+
-		"sa-file = sa.conf\nstate-dir = state\nmode = split\n"), 0o600))
-	start := func() *Proc {
-		mid, err := b.Start(g, espepBin, "gateway", "--config", conf)
-		must(t, err)
-		must(t, waitFor(mid, "gateway running", 10*time.Second))
-		return mid
-	}
 	p.mid = start()
 	p.startHosts(t, c, nil)
 
@@ -593,6 +573,32 @@ func TestGatewayTUNRestart(t *testing.T) {
 	}
 	sa, sb := hostStats(p.ha.Output()), hostStats(p.hb.Output())
 	t.Logf("bytes acknowledged early that each stop kept and the next start resumed: %s\nhost a: %v\nhost b: %v", strings.Join(kept, ", "), sa, sb)
+}
+
+// tunGatewaySetup builds TestGatewayTUN's network: routedThree on net
+// ("10.82": a, g and b), espep hosts a and b with an AES-GCM tunnel
+// between inner addresses in ("10.78"), and the configuration of an espep
+// gateway in g in TUN mode with routes = yes, split, and the lines extra;
+// start starts that gateway (the hosts are not started).
+func tunGatewaySetup(t *testing.T, b *Bed, net, in, extra string) (p *hostPair, c hostCase, g string, start func() *Proc) {
+	t.Helper()
+	dir := t.TempDir()
+	ns := routedThree(t, b, net)
+	g = ns["g"]
+	c = hostCase{name: "esp-tunnel-gcm", mode: "tunnel", proto: "esp", enc: "aes-gcm16", ekey: 36, integ: "none"}
+	p = &hostPair{b: b, a: ns["a"], bn: ns["b"], dir: dir, la: in + ".1.1", lb: in + ".2.1"}
+	p.saPath = filepath.Join(dir, "sa.conf")
+	must(t, os.WriteFile(p.saPath, []byte(c.saFile(net+".1.1", net+".2.1")), 0o600))
+	conf := filepath.Join(dir, "gateway.conf")
+	must(t, os.WriteFile(conf, []byte("espep-gateway 1\nwire = tun:gw-wire\nradio = tun:gw-radio\nroutes = yes\nwire-iface = ga\nradio-iface = gb\n"+
+		"sa-file = sa.conf\nstate-dir = state\nmode = split\n"+extra), 0o600))
+	start = func() *Proc {
+		mid, err := b.Start(g, espepBin, "gateway", "--config", conf)
+		must(t, err)
+		must(t, waitFor(mid, "gateway running", 10*time.Second))
+		return mid
+	}
+	return p, c, g, start
 }
 
 // TestGatewayLeavesPath: what the package doc says happens when the

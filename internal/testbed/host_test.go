@@ -114,7 +114,9 @@ var counterRE = regexp.MustCompile(`([a-z-]+) (\d+)`)
 // with prefix (espep host's and linkem's engine counter lines).
 func counters(out, prefix string) map[string]int {
 	m := map[string]int{}
-	i := strings.LastIndex(out, prefix)
+	// At a line's start: a log line after it may name the prefix too
+	// ("… msg=\"gateway: flows kept …\"").
+	i := strings.LastIndex("\n"+out, "\n"+prefix)
 	if i < 0 {
 		return m
 	}

@@ -131,20 +131,7 @@ func gatewayRestarts(t *testing.T, esp, mode string, sig syscall.Signal, n int) 
 	must(t, err)
 	must(t, s.StartCharon(esp))
 	giveKeys(t, s, saPath, false)
-	caps := map[string]string{"left": filepath.Join(dir, "left.pcap"), "right": filepath.Join(dir, "right.pcap")}
-	var dumps []*Proc
-	// Captured where the middle box puts each peer's packets on the
-	// wire (every ESP packet passes it), by destination and with a
-	// large buffer: at the peers, GRO (the veths keep their
-	// offloads) may merge several into one frame.
-	for side := range caps {
-		ifc := map[string]string{"left": "ra", "right": "rb"}[side]
-		peer := map[string]string{"left": SSLeftOuter, "right": SSRightOuter}[side]
-		d, err := b.Start(s.Radio, "tcpdump", "-U", "--immediate-mode", "-B", "65536", "-ni", ifc, "-w", caps[side], "udp port 4500 and dst host "+peer)
-		must(t, err)
-		must(t, b.WaitFile(caps[side], 5*time.Second))
-		dumps = append(dumps, d)
-	}
+	caps, dumps := captureESP(t, s, dir)
 	inBefore := espPacketsIn(t, s, "right")
 
 	x := newPeerTransfer(t, s, dir, 24<<20, 0, 120)
