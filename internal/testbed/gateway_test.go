@@ -194,19 +194,27 @@ type peerTransfer struct {
 // any), each end giving up after timeout seconds.
 func newPeerTransfer(t *testing.T, s *StrongSwan, dir string, size, srcPort, timeout int) *peerTransfer {
 	t.Helper()
+	return newTransfer(t, s.Bed, dir, size, timeout, SSLeftInner, srcPort, s.Right, SSRightInner)
+}
+
+// newTransfer is newPeerTransfer between any two namespaces: the receiver
+// listens on toAddr:5001 in namespace to (started here), the sender (to
+// start in the namespace that holds fromAddr) sends from fromAddr:srcPort.
+func newTransfer(t *testing.T, b *Bed, dir string, size, timeout int, fromAddr string, srcPort int, to, toAddr string) *peerTransfer {
+	t.Helper()
 	x := &peerTransfer{payload: make([]byte, size), out: filepath.Join(dir, "out")}
 	rand.Read(x.payload)
 	in := filepath.Join(dir, "in")
 	must(t, os.WriteFile(in, x.payload, 0o600))
 	var err error
-	x.srv, err = s.Bed.Start(s.Right, "sh", "-c", fmt.Sprintf("timeout %d nc -l -s %s -p 5001 > %s", timeout, SSRightInner, x.out))
+	x.srv, err = b.Start(to, "sh", "-c", fmt.Sprintf("timeout %d nc -l -s %s -p 5001 > %s", timeout, toAddr, x.out))
 	must(t, err)
-	must(t, s.Bed.WaitListen(s.Right, "tcp", 5001, 5*time.Second))
+	must(t, b.WaitListen(to, "tcp", 5001, 5*time.Second))
 	script := fmt.Sprintf(`import socket
 s = socket.create_connection((%q, 5001), source_address=(%q, %d))
 s.sendall(open(%q, "rb").read())
 s.shutdown(socket.SHUT_WR)
-s.recv(1)`, SSRightInner, SSLeftInner, srcPort, in)
+s.recv(1)`, toAddr, fromAddr, srcPort, in)
 	x.sender = []string{"timeout", strconv.Itoa(timeout), "/usr/bin/python3", "-c", script}
 	return x
 }
@@ -214,7 +222,8 @@ s.recv(1)`, SSRightInner, SSLeftInner, srcPort, in)
 // received waits for the receiver and says what is wrong with what it got.
 func (x *peerTransfer) received() error {
 	if err := x.srv.Wait(30 * time.Second); err != nil {
-		return fmt.Errorf("receiver: %w", err)
+		got, _ := os.ReadFile(x.out)
+		return fmt.Errorf("receiver, after %d of %d bytes: %w", len(got), len(x.payload), err)
 	}
 	if got, _ := os.ReadFile(x.out); !bytes.Equal(got, x.payload) {
 		return fmt.Errorf("received %d of %d bytes, or different bytes", len(got), len(x.payload))

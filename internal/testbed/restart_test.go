@@ -1,8 +1,6 @@
 package testbed
 
 import (
-	"bytes"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
@@ -123,20 +121,13 @@ func TestGatewayRestartSplit(t *testing.T) {
 func TestGatewayTUNRestart(t *testing.T) {
 	b := ForTest(t)
 	p, c, g, start := tunGatewaySetup(t, b, "10.83", "10.79", "")
-	dir := p.dir
 	_, err := b.Run(g, "tc", "qdisc", "add", "dev", "gb", "root", "tbf", "rate", "20mbit", "burst", "32kbit", "latency", "50ms")
 	must(t, err)
 	p.mid = start()
 	p.startHosts(t, c, nil)
 
-	payload := make([]byte, 12<<20)
-	rand.Read(payload)
-	in, out := filepath.Join(dir, "in.bin"), filepath.Join(dir, "out.bin")
-	must(t, os.WriteFile(in, payload, 0o600))
-	srv, err := b.Start(p.bn, "sh", "-c", fmt.Sprintf("timeout 60 nc -l -s %s -p 5001 > %s", p.lb, out))
-	must(t, err)
-	must(t, b.WaitListen(p.bn, "tcp", 5001, 5*time.Second))
-	cli, err := b.Start(p.a, "sh", "-c", fmt.Sprintf("timeout 60 nc -N -w 10 %s 5001 < %s", p.lb, in))
+	x := newTransfer(t, b, p.dir, 12<<20, 60, p.la, 0, p.bn, p.lb)
+	cli, err := b.Start(p.a, x.sender...)
 	must(t, err)
 	var kept []string
 	for i := range 2 {
@@ -155,14 +146,10 @@ func TestGatewayTUNRestart(t *testing.T) {
 	if err := cli.Wait(60 * time.Second); err != nil {
 		t.Fatalf("sender: %v\n%s\ngateway:\n%s", err, cli.Output(), lastLines([]byte(p.mid.Output()), 12))
 	}
-	if err := srv.Wait(30 * time.Second); err != nil {
-		got, _ := os.ReadFile(out)
+	if err := x.received(); err != nil {
 		p.mid.Signal(syscall.SIGTERM)
 		p.mid.Wait(5 * time.Second)
-		t.Fatalf("receiver: %v after %d of %d bytes; kept %v\ngateway:\n%s", err, len(got), len(payload), kept, lastLines([]byte(p.mid.Output()), 16))
-	}
-	if got, _ := os.ReadFile(out); !bytes.Equal(got, payload) {
-		t.Fatalf("received %d of %d bytes, or different bytes", len(got), len(payload))
+		t.Fatalf("%v; kept %v\ngateway:\n%s", err, kept, lastLines([]byte(p.mid.Output()), 16))
 	}
 	p.dump.Stop()
 	for _, h := range []*Proc{p.ha, p.hb, p.mid} {
