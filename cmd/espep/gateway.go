@@ -114,6 +114,12 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	}
 	defer closeState(state, log)
 	fc.Gateway.State = state
+	j, err := openJournal(state, fc.Gateway.Engine.Mode, log)
+	if err != nil {
+		return err
+	}
+	defer closeJournal(j, log)
+	useJournal(&fc.Gateway.Engine, j)
 	clk := engineClock(log)
 	defer clk.Close()
 	fc.Gateway.Engine.Clock = clk
@@ -123,8 +129,8 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	}
 	// Stopping, in order: the packet I/O (devices, rules, sockets), then
 	// the flows handed to the next start, then the gateway (its engine's
-	// timers, the numbers recorded), then the clock and the state
-	// directory (deferred above).
+	// timers, the numbers recorded), then the journal, the clock and the
+	// state directory (deferred above).
 	defer gw.Close()
 	defer keepFlows(gw, state, log)
 	defer gio.close()
@@ -157,6 +163,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		cc0 = engine.CCBBR
 	}
 	resumeFlows(gw, state, log)
+	resumeJournal(gw, j, log)
 	log.Info("gateway running", "wire", fc.Wire, "radio", fc.Radio, "mode", fc.Gateway.Engine.Mode, "cc", cc0, "sa", fc.SAFiles, "state-dir", fc.StateDir)
 	err = gio.run(ctx)
 	printGatewayStats(stdout, gw, nil)

@@ -263,6 +263,12 @@ func (c *linkemSetup) openIPsecGateway(ctx context.Context, log *slog.Logger) (b
 		return nil, nil, nil, closeAll, err
 	}
 	closers = append(closers, func() { closeState(state, log) })
+	j, err := openJournal(state, c.engine.Mode, log)
+	if err != nil {
+		return nil, nil, nil, closeAll, err
+	}
+	closers = append(closers, func() { closeJournal(j, log) })
+	useJournal(c.engine, j)
 	if br, gw, err = openBridge(c.a, c.b, c.ab, c.ba, c.wire, gateway.Config{Engine: *c.engine, Log: log, State: state}); err != nil {
 		return nil, nil, nil, closeAll, err
 	}
@@ -283,6 +289,7 @@ func (c *linkemSetup) openIPsecGateway(ctx context.Context, log *slog.Logger) (b
 		}
 	}
 	resumeFlows(gw, state, log)
+	resumeJournal(gw, j, log)
 	return br, gw, ike, closeAll, nil
 }
 

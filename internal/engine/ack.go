@@ -102,6 +102,7 @@ func (e *shard) cumAck(f *flow, st *stream, ack seqnum.Value, now time.Time, rs 
 		s.seq = ack
 	}
 	st.sndUna = ack
+	e.journalAcked(f, st)
 	st.aheadOn = st.aheadOn && ack.LessThan(st.ahead)
 	st.backoff, st.dupacks = 0, 0
 	st.ptoBase = now

@@ -37,6 +37,8 @@ var CounterTable = []ctable.Def{
 	{Field: "OutOfWindow", Name: "out-of-window", Family: "out_of_window_total", Help: "Segments beyond the advertised window or the out-of-order bound (split)."},
 	{Field: "TimerFires", Name: "timer-fires", Family: "timer_fires_total", Help: "Split-mode timer callbacks: the engine's own wake-ups (RTO, RACK, tail probes, pacing, delayed ACKs)."},
 	{Field: "TimersLate", Name: "timers-late", Family: "timers_late_total", Help: "Split-mode timer callbacks that ran 5 ms or more after their deadline: the process did not get a CPU in time (the pacer makes up for up to 20 ms; more and a leg's rate falls)."},
+	{Field: "JournalFailed", Name: "journal-failed", Family: "journal_failed_total", Help: "Segments or flows the journal could not write: not taken, so not acknowledged (split with a journal)."},
+	{Field: "JournalCheckpoints", Name: "journal-checkpoints", Family: "journal_checkpoints_total", Help: "Times an engine shard wrote its flows to a fresh journal file."},
 	{Field: "CwndLimited", Name: "cwnd-limited", Family: "send_stops_total", LabelName: "why", Label: "cwnd", Help: "Times split's sender stopped with data or resends waiting: its congestion window full, the receiver's window full, or the pacer holding it."},
 	{Field: "WindowLimited", Name: "window-limited", Family: "send_stops_total", LabelName: "why", Label: "window"},
 	{Field: "PaceLimited", Name: "pace-limited", Family: "send_stops_total", LabelName: "why", Label: "pacing"},

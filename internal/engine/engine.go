@@ -101,6 +101,10 @@ type Config struct {
 	// as much as its copy, and a device that offloads it, or a coalesced
 	// write that sums the super-packet anew, makes the sum wasted work.
 	PartialChecksums bool
+	// Journal, if set, keeps split's bytes outside the process before
+	// they are acknowledged early (journal.go), so that a process killed
+	// mid-transfer loses none of them.
+	Journal Journal
 }
 
 // DupAckPolicy is what snoop does with duplicate ACKs it has answered.
@@ -138,6 +142,8 @@ type Stats struct {
 	OutOfWindow                 uint64 // segments beyond the advertised window or the out-of-order bound
 	TimerFires                  uint64 // split-mode timer callbacks: the engine's own wake-ups
 	TimersLate                  uint64 // of those, ones that ran lateTimer or more after their deadline
+	JournalFailed               uint64 // bytes or flows the journal refused: not taken (split with Journal)
+	JournalCheckpoints          uint64 // times a shard wrote its flows to a fresh journal
 	BufferedBytes               int    // bytes held in split buffers (whole chunks)
 
 	// Why the sender stopped with something left to send: its congestion
@@ -336,6 +342,9 @@ func New(cfg Config, out Output) (*Engine, error) {
 		// The table, buffer and cache bounds are the shards' shares.
 		s.maxFlows, s.maxPlain = ceilDiv(cfg.MaxFlows, n), ceilDiv(cfg.MaxPlainFlows, n)
 		s.maxChunks, s.cacheTotal = cfg.BufferTotal/chunkSize/n, cfg.CacheTotal/n
+		if cfg.Journal != nil {
+			s.log = cfg.Journal.Shard(i)
+		}
 		s.janitor = cfg.Clock.AfterFunc(s.sweepEvery(), s.sweep)
 		e.shards = append(e.shards, s)
 	}
@@ -361,6 +370,10 @@ func (e *Engine) Flush() {
 // engine gives its held bytes up (Config.GiveUp with its default): also how
 // long flows kept over a restart are worth taking back.
 func (e *Engine) GiveUpAfter() time.Duration { return e.cfg.GiveUp }
+
+// ImportBound is the most one direction of a split flow may hold and
+// still be imported.
+func (e *Engine) ImportBound() int { return e.cfg.BufferPerFlow + importSlack }
 
 // Shards reports how many shards the engine has (Emitted.Shard is below).
 func (e *Engine) Shards() int { return len(e.shards) }

@@ -34,6 +34,7 @@ type shard struct {
 	cur       Input             // the packet being processed: its tag goes with it if forwarded
 	curEnds   [2]netip.AddrPort // and its endpoints, source first, if the engine read them
 	deferred  []*flow           // flows whose pure ACK waits for the end of a batch (Input.More)
+	log       ShardLog          // the journal's (nil: none)
 
 	// This shard's share of the engine's bounds.
 	maxFlows, maxPlain, maxChunks, cacheTotal int
@@ -360,6 +361,7 @@ func (f *flow) holds() bool {
 }
 
 func (e *shard) drop(f *flow) {
+	e.journalGone(f)
 	if sp := f.sp; sp != nil {
 		for i := range sp.st {
 			st := &sp.st[i]

@@ -131,6 +131,7 @@ type splitFlow struct {
 	tsOn   bool
 	sackOn bool
 	moved  bool // imported from another engine (ackAcceptable)
+	logged bool // the journal has the flow's state (journalFlow)
 	// Packets from each side, and packets the engine sent toward each:
 	// what the gateway sends toward side s travels on the SA of the
 	// endpoint on the other side, numbered after that endpoint's own.
@@ -215,6 +216,9 @@ func (e *shard) initSplit(f *flow) {
 		st.cc, _ = newController(e.cfg.CC, st.smss) // the name was checked in New
 		st.pacer.tokens = float64(2 * st.smss)
 	}
+	if e.log != nil {
+		e.journalFlow(f) // or before its first bytes
+	}
 }
 
 // maxSegment bounds the payload of a segment the engine builds.
@@ -283,7 +287,8 @@ func (e *shard) splitProcess(f *flow, from Side, p *parsed) {
 			e.takeAck(f, out, p, now)
 		}
 		if p.payload > 0 || t.Has(header.TCPFin) {
-			e.takeData(in, p, now, sp.ackBudget(from) > -ackSlack)
+			e.takeData(f, in, p, now, sp.ackBudget(from) > -ackSlack)
+			e.maybeCheckpoint()
 		} else if seqnum.Value(t.Seq()).LessThan(in.rcvNxt) {
 			in.ackNow = true // a window probe or keepalive: answer it
 		}
@@ -309,7 +314,7 @@ func (e *shard) splitProcess(f *flow, from Side, p *parsed) {
 // grow by a thousand packets a second at 1.2 Gbit/s. An ACK past the
 // budget (delAck's) is paid back by the receiver's next packet. Out of
 // order, filling a hole, or a duplicate: at once (RFC 5681 §4.2).
-func (e *shard) takeData(st *stream, p *parsed, now time.Time, budget bool) {
+func (e *shard) takeData(f *flow, st *stream, p *parsed, now time.Time, budget bool) {
 	seq := seqnum.Value(p.tcp.Seq())
 	data := p.tcp.Payload()
 	end := seq.Add(seqnum.Size(len(data)))
@@ -342,7 +347,7 @@ func (e *shard) takeData(st *stream, p *parsed, now time.Time, budget bool) {
 		data = data[:seq.Size(st.rcvEdge)]
 		end = st.rcvEdge
 	}
-	if len(data) == 0 {
+	if len(data) == 0 || !e.journalData(f, st, seq, data) {
 		return
 	}
 	if seq != st.rcvNxt {

@@ -118,10 +118,11 @@ type TxSegState struct {
 	Rexmits           uint8
 }
 
-// state is the flow's split state. With move, the streams' buffers are
-// handed over (Chunks) and the flow holds none after (it is being
-// removed); else they are copied (Data).
-func (sp *splitFlow) state(pool *chunkPool, move bool) *SplitState {
+// state is the flow's split state. With dataMove, the streams' buffers
+// are handed over (Chunks) and the flow holds none after (it is being
+// removed); with dataCopy they are copied (Data); with dataNone neither
+// they nor the segments in flight are given.
+func (sp *splitFlow) state(pool *chunkPool, how dataMode) *SplitState {
 	ss := &SplitState{TS: sp.ts, Shift: sp.shift, TSOn: sp.tsOn, SACKOn: sp.sackOn, IP: sp.ip}
 	for i := range sp.st {
 		st := &sp.st[i]
@@ -132,12 +133,15 @@ func (sp *splitFlow) state(pool *chunkPool, move bool) *SplitState {
 			FinSent: st.finSent, FinAcked: st.finAcked, SMSS: st.smss, SRTT: st.srtt, RTTVar: st.rttvar, RTO: st.rto,
 			MinRTT: st.minRTT, Backoff: st.backoff, InRecovery: st.inRecovery, Recover: uint32(st.recover),
 			ReoMult: st.reoMult, CC: st.cc.State(), EarlyAcked: st.earlyAcked, Rexmits: st.rexmits}
+		if how == dataNone {
+			continue
+		}
 		end := st.rcvNxt
 		for _, o := range st.ooo {
 			x.OOO = append(x.OOO, [2]uint32{uint32(o.start), uint32(o.end)})
 			end = seqnum.Max(end, o.end)
 		}
-		if n := diff(st.sndUna, end); n > 0 && move {
+		if n := diff(st.sndUna, end); n > 0 && how == dataMove {
 			prev := st.rcvNxt
 			for _, o := range st.ooo { // ascending, disjoint
 				if m := diff(prev, o.start); m > 0 {
@@ -310,31 +314,49 @@ func (e *Engine) ExportWhere(match func(wire, radio netip.AddrPort) bool, remove
 func (e *shard) export(out []FlowState, match func(wire, radio netip.AddrPort) bool, remove bool) []FlowState {
 	e.lock()
 	defer e.unlock()
+	how := dataCopy
+	if remove {
+		how = dataMove
+	}
 	for _, f := range e.flows {
 		if match != nil && !match(f.key.wire, f.key.radio) {
 			continue
 		}
-		fs := FlowState{Wire: f.key.wire, Radio: f.key.radio, Down: f.down.state(), Up: f.up.state(),
-			Established: f.established, SndMax: uint32(f.sndMax), LastAck: uint32(f.lastAck), AckValid: f.ackValid,
-			LastWindow: f.lastWindow, DupAcks: f.dupacks, ExpectDup: f.expectDup, InRecovery: f.inRecovery,
-			Recover: uint32(f.recover), SRTT: f.srtt, RTTVar: f.rttvar, RTO: f.rto}
-		for _, s := range f.cache {
-			fs.Cache = append(fs.Cache, SegState{uint32(s.seq), uint32(s.end), s.rexmits, append([]byte(nil), s.pkt...)})
-		}
-		if f.sp != nil {
-			fs.Split = f.sp.state(&e.pool, remove)
-		}
-		fs.Initiator, fs.IP, fs.HSWin, fs.HSTS, fs.Opaque = f.initiator, f.tpl, f.hsWin, f.tsv, f.opaque
-		fs.Mode = ModeSnoop
-		if f.split {
-			fs.Mode = ModeSplit
-		}
-		out = append(out, fs)
+		out = append(out, e.stateOf(f, how))
 		if remove {
 			e.drop(f)
 		}
 	}
 	return out
+}
+
+// dataMode is what stateOf does with the bytes a split flow holds.
+type dataMode uint8
+
+const (
+	dataCopy dataMode = iota // copied (Data)
+	dataMove                 // handed over (Chunks): the flow is being removed
+	dataNone                 // left out, with the segments in flight (the journal's Flow)
+)
+
+// stateOf is f as plain data.
+func (e *shard) stateOf(f *flow, how dataMode) FlowState {
+	fs := FlowState{Wire: f.key.wire, Radio: f.key.radio, Down: f.down.state(), Up: f.up.state(),
+		Established: f.established, SndMax: uint32(f.sndMax), LastAck: uint32(f.lastAck), AckValid: f.ackValid,
+		LastWindow: f.lastWindow, DupAcks: f.dupacks, ExpectDup: f.expectDup, InRecovery: f.inRecovery,
+		Recover: uint32(f.recover), SRTT: f.srtt, RTTVar: f.rttvar, RTO: f.rto}
+	for _, s := range f.cache {
+		fs.Cache = append(fs.Cache, SegState{uint32(s.seq), uint32(s.end), s.rexmits, append([]byte(nil), s.pkt...)})
+	}
+	if f.sp != nil {
+		fs.Split = f.sp.state(&e.pool, how)
+	}
+	fs.Initiator, fs.IP, fs.HSWin, fs.HSTS, fs.Opaque = f.initiator, f.tpl, f.hsWin, f.tsv, f.opaque
+	fs.Mode = ModeSnoop
+	if f.split {
+		fs.Mode = ModeSplit
+	}
+	return fs
 }
 
 // Import installs flows exported elsewhere and starts their timers. A flow
@@ -400,6 +422,9 @@ func (e *shard) importFlow(fs *FlowState, moved bool) error {
 	e.cacheMem += f.cacheBytes
 	e.flows[f.key] = f
 	e.st.FlowsMax = max(e.st.FlowsMax, len(e.flows))
+	if f.sp != nil && e.log != nil {
+		e.journalFlow(f) // what it holds was taken elsewhere: written here before any ACK from here covers it
+	}
 	if f.sp != nil {
 		e.splitFlush(f, now)
 	} else {

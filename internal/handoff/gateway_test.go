@@ -46,6 +46,7 @@ type tunnelNet struct {
 	ab, ba           ipsec.Config
 	aIn, bIn         *ipsec.SA // the routers' inbound SAs
 	routerA, routerB *simnet.IPsec
+	journal          engine.Journal // the next gateway's engine writes to it (nil: none)
 }
 
 func newTunnelNet(t *testing.T) *tunnelNet {
@@ -90,7 +91,7 @@ func (n *tunnelNet) gateway(t *testing.T, st *statedir.Dir, cfgs ...ipsec.Config
 		}
 		sad.Add(e)
 	}
-	g, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit}, State: st}, sad, n.Send)
+	g, err := gateway.New(gateway.Config{Engine: engine.Config{Mode: engine.ModeSplit, Journal: n.journal}, State: st}, sad, n.Send)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
+	"github.com/espep/espep/internal/acklog"
 	"github.com/espep/espep/internal/engine"
 	"github.com/espep/espep/internal/gateway"
 	"github.com/espep/espep/internal/statedir"
@@ -23,8 +25,10 @@ import (
 // are in the state directory's journal anyway; the part carries the
 // replay windows whole and the flows' bindings besides.
 //
-// Only a clean stop keeps its flows: a gateway SIGKILLed, or one that
-// crashes, loses the bytes it acknowledged early (README, Reliability).
+// A clean stop keeps its flows so. A gateway SIGKILLed, or one that
+// crashes, has kept them in its journal instead, if it had one (package
+// acklog: with a state directory, in split mode), and the next start
+// takes them from there (ResumeAfterCrash).
 
 // Kept says what a stop kept for its successor, or what a start took back.
 type Kept struct {
@@ -123,4 +127,30 @@ func resumeKept(gw *gateway.Gateway, body []byte) (Kept, error) {
 		pk := keptOf(&p, time.Time{})
 		k.Flows, k.SAs, k.Routes, k.Bytes = k.Flows+pk.Flows, k.SAs+pk.SAs, k.Routes+pk.Routes, k.Bytes+pk.Bytes
 	}
+}
+
+// ResumeAfterCrash resumes on gw the flows the journal j kept of the
+// gateways before (package acklog: what a SIGKILLed or crashed gateway
+// had acknowledged early), then removes their files — the import has
+// written the flows to j's own. Call it after ResumeAfterRestart, before
+// the first packet. A flow the engine refuses is logged and counted
+// lost; the others go on.
+func ResumeAfterCrash(j *acklog.Log, gw *gateway.Gateway, now time.Time, log *slog.Logger) (acklog.Recovered, error) {
+	flows, rec, err := j.Recover(now, gw.Engine().GiveUpAfter(), gw.Engine().ImportBound())
+	if err != nil {
+		return rec, fmt.Errorf("handoff: journal: %w", err)
+	}
+	for i := range flows {
+		if err := gw.ResumeRestart(gateway.Handoff{Flows: flows[i : i+1]}); err != nil {
+			rec.Flows--
+			rec.Bytes -= flows[i].Buffered()
+			rec.Dropped++
+			log.Warn("handoff: journal: a flow was not resumed", "wire", flows[i].Wire, "radio", flows[i].Radio, "err", err)
+		}
+		flows[i] = engine.FlowState{}
+	}
+	if err := j.DropOlder(); err != nil {
+		return rec, fmt.Errorf("handoff: journal: %w", err)
+	}
+	return rec, nil
 }

@@ -1,0 +1,299 @@
+package acklog
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/espep/espep/internal/engine"
+	"github.com/espep/espep/internal/seqnum"
+)
+
+// Recovered says what Recover read and found.
+type Recovered struct {
+	Files   int // segment files read
+	Stale   int // passed over: last written before the engine would have given up their flows
+	Damaged int // files whose reading stopped at a torn or damaged record (a killed writer leaves one)
+	Flows   int // flows holding bytes their receivers had not acknowledged
+	Bytes   int // those bytes
+	Dropped int // flows that held more than the bound
+}
+
+// Recover reads the files of earlier generations and returns the flows
+// that hold bytes their receivers have not acknowledged, as the engine
+// imports them: everything they hold to be sent again, nothing in
+// flight. Files last written before now−maxAge are passed over (the
+// engine would have given their flows up); a direction holding more than
+// perFlow bytes is dropped with its flow. It returns an error only if
+// the directory cannot be read; damaged files are counted.
+func (l *Log) Recover(now time.Time, maxAge time.Duration, perFlow int) ([]engine.FlowState, Recovered, error) {
+	r := newReplay(perFlow)
+	var rec Recovered
+	for _, n := range l.older {
+		f, err := os.Open(filepath.Join(l.dir, n.String()))
+		if err != nil {
+			return nil, rec, fmt.Errorf("acklog: %w", err)
+		}
+		fi, err := f.Stat()
+		switch {
+		case err != nil:
+			f.Close()
+			return nil, rec, fmt.Errorf("acklog: %w", err)
+		case maxAge > 0 && fi.ModTime().Before(now.Add(-maxAge)):
+			rec.Stale++
+			f.Close()
+			continue
+		}
+		rec.Files++
+		if err := r.read(bufio.NewReaderSize(f, 256<<10)); err != nil {
+			rec.Damaged++
+			l.log.Warn("acklog: a file's reading stopped early", "file", n.String(), "err", err)
+		}
+		f.Close()
+	}
+	out := r.flowStates()
+	rec.Flows, rec.Dropped = len(out), r.dropped
+	for i := range out {
+		rec.Bytes += out[i].Buffered()
+	}
+	return out, rec, nil
+}
+
+type flowKey struct{ wire, radio netip.AddrPort }
+
+// piece is bytes of a stream at seq.
+type piece struct {
+	seq uint32
+	b   []byte
+}
+
+// rstream is one direction of a flow being replayed.
+type rstream struct {
+	una    uint32 // the receiver has everything below
+	pieces []piece
+	size   int
+}
+
+type rflow struct {
+	fs  engine.FlowState
+	ts  [2]uint32
+	st  [2]rstream
+	bad bool // held more than the bound: dropped
+}
+
+// replay applies records in the order they were written.
+type replay struct {
+	perFlow int
+	flows   map[flowKey]*rflow
+	order   []flowKey
+	buf     []byte
+	dropped int // flows that held more than the bound
+}
+
+func newReplay(perFlow int) *replay {
+	return &replay{perFlow: max(perFlow, 1), flows: map[flowKey]*rflow{}}
+}
+
+// read applies rd's records until its end; a torn or damaged record
+// ends it with an error.
+func (r *replay) read(rd io.Reader) error {
+	var head [headLen]byte
+	for {
+		if _, err := io.ReadFull(rd, head[:4]); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("record head: %w", err)
+		}
+		n := int(binary.BigEndian.Uint32(head[:4]))
+		if n < 1 || n > maxRecord {
+			return fmt.Errorf("record of %d bytes", n)
+		}
+		if cap(r.buf) < n+trailLen {
+			r.buf = make([]byte, n+trailLen)
+		}
+		b := r.buf[:n+trailLen]
+		if _, err := io.ReadFull(rd, b); err != nil {
+			return fmt.Errorf("record: %w", err)
+		}
+		if crc32.Checksum(b[:n], castagnoli) != binary.BigEndian.Uint32(b[n:]) {
+			return errors.New("record checksum")
+		}
+		if err := r.apply(b[0], b[1:n]); err != nil {
+			return err
+		}
+	}
+}
+
+func (r *replay) apply(kind byte, body []byte) error {
+	switch kind {
+	case kindFlow:
+		var fs engine.FlowState
+		if err := json.Unmarshal(body, &fs); err != nil {
+			return fmt.Errorf("flow record: %w", err)
+		}
+		if fs.Split == nil || fs.Mode != engine.ModeSplit || !fs.Wire.IsValid() || !fs.Radio.IsValid() {
+			return errors.New("flow record: not a split flow")
+		}
+		k := flowKey{fs.Wire, fs.Radio}
+		if _, ok := r.flows[k]; !ok {
+			r.order = append(r.order, k)
+		}
+		f := &rflow{fs: fs, ts: fs.Split.TS}
+		for i := range f.st {
+			f.st[i].una = fs.Split.Streams[i].SndUna
+		}
+		r.flows[k] = f
+	case kindData, kindAcked:
+		if len(body) < dataHead || kind == kindAcked && len(body) != dataHead {
+			return fmt.Errorf("record %q of %d bytes", kind, len(body))
+		}
+		k, ok := getKey(body)
+		side := body[keyLen]
+		if !ok || side > 1 {
+			return fmt.Errorf("record %q: bad endpoints or side", kind)
+		}
+		f := r.flows[k]
+		if f == nil || f.bad {
+			return nil // the flow's state was in a file passed over, or it held too much
+		}
+		seq := binary.BigEndian.Uint32(body[keyLen+1:])
+		for i := range f.ts {
+			if ts := binary.BigEndian.Uint32(body[keyLen+5+4*i:]); seqnum.Value(f.ts[i]).LessThan(seqnum.Value(ts)) {
+				f.ts[i] = ts
+			}
+		}
+		st := &f.st[side]
+		if kind == kindAcked {
+			if seqnum.Value(st.una).LessThan(seqnum.Value(seq)) {
+				st.una = seq
+			}
+			return nil
+		}
+		r.take(f, st, seq, body[dataHead:])
+	case kindGone:
+		if len(body) != keyLen {
+			return fmt.Errorf("gone record of %d bytes", len(body))
+		}
+		if k, ok := getKey(body); ok {
+			delete(r.flows, k)
+		}
+	default:
+		return fmt.Errorf("record kind %q", kind)
+	}
+	return nil
+}
+
+// take keeps a copy of b at seq, dropping what the receiver has when the
+// stream grows past twice the bound, and the flow if that is not enough.
+func (r *replay) take(f *rflow, st *rstream, seq uint32, b []byte) {
+	st.pieces = append(st.pieces, piece{seq, append([]byte(nil), b...)})
+	st.size += len(b)
+	if st.size <= 2*r.perFlow {
+		return
+	}
+	kept := st.pieces[:0]
+	st.size = 0
+	for _, p := range st.pieces {
+		if end := seqnum.Value(p.seq).Add(seqnum.Size(len(p.b))); seqnum.Value(st.una).LessThan(end) {
+			kept = append(kept, p)
+			st.size += len(p.b)
+		}
+	}
+	clear(st.pieces[len(kept):])
+	st.pieces = kept
+	if st.size > 2*r.perFlow {
+		f.bad = true
+		f.st = [2]rstream{}
+		r.dropped++
+	}
+}
+
+func getKey(b []byte) (flowKey, bool) {
+	w, ok1 := getAddr(b)
+	rd, ok2 := getAddr(b[addrLen:])
+	return flowKey{w, rd}, ok1 && ok2
+}
+
+// flowStates builds the flows that hold bytes, in the order their state
+// was first written.
+func (r *replay) flowStates() []engine.FlowState {
+	var out []engine.FlowState
+	for _, k := range r.order {
+		f := r.flows[k]
+		if f == nil || f.bad {
+			continue
+		}
+		r.flows[k] = nil // a key written twice comes out once
+		fs := f.fs
+		sp := *fs.Split
+		sp.TS = f.ts
+		held, ok := 0, true
+		for i := range sp.Streams {
+			data, fits := f.st[i].assemble(r.perFlow)
+			held += len(data)
+			ok = ok && fits
+			resumeStream(&sp.Streams[i], f.st[i].una, data)
+		}
+		if !ok {
+			r.dropped++
+			continue
+		}
+		if held == 0 {
+			continue
+		}
+		fs.Split = &sp
+		out = append(out, fs)
+	}
+	return out
+}
+
+// assemble returns the bytes held in order from una on, up to the first
+// hole (what lay beyond was only selectively acknowledged: its sender
+// still has it); false beyond bound.
+func (st *rstream) assemble(bound int) ([]byte, bool) {
+	una := seqnum.Value(st.una)
+	sort.SliceStable(st.pieces, func(i, j int) bool {
+		return int32(st.pieces[i].seq-st.una) < int32(st.pieces[j].seq-st.una)
+	})
+	var out []byte
+	for _, p := range st.pieces {
+		start := seqnum.Value(p.seq)
+		end := start.Add(seqnum.Size(len(p.b)))
+		at := una.Add(seqnum.Size(len(out)))
+		if end.LessThanEq(at) {
+			continue // what the receiver has, or bytes already taken
+		}
+		if at.LessThan(start) {
+			break // a hole
+		}
+		out = append(out, p.b[start.Size(at):]...)
+		if len(out) > bound {
+			return nil, false
+		}
+	}
+	return out, true
+}
+
+// resumeStream makes x a stream that holds data from una on, all of it to
+// be sent (again), nothing in flight.
+func resumeStream(x *engine.StreamState, una uint32, data []byte) {
+	end := seqnum.Value(una).Add(seqnum.Size(len(data)))
+	x.Data, x.Chunks, x.OOO, x.Segs = data, nil, nil, nil
+	x.SndUna, x.SndNxt, x.RcvNxt = una, una, uint32(end)
+	if seqnum.Value(x.RcvEdge).LessThan(end) {
+		x.RcvEdge = uint32(end)
+	}
+	x.FinSeen = x.FinSeen && x.FinSeq == uint32(end)
+	x.FinSent, x.FinAcked = false, x.FinAcked && x.FinSeen
+	x.PushOn, x.Push = true, uint32(end)
+	x.InRecovery, x.Backoff = false, 0
+}
