@@ -75,6 +75,8 @@ type Log struct {
 	gen uint64
 	log *slog.Logger
 
+	minSeg int64 // MinSegment; smaller in tests
+
 	mu     sync.Mutex
 	shards map[int]*shardLog
 	older  []segName // files of earlier generations: Recover reads them, DropOlder removes them
@@ -96,7 +98,7 @@ func Open(dir string, log *slog.Logger) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Log{dir: dir, log: log, shards: map[int]*shardLog{}, older: names, gen: 1}
+	l := &Log{dir: dir, log: log, shards: map[int]*shardLog{}, older: names, gen: 1, minSeg: MinSegment}
 	for _, n := range names {
 		l.gen = max(l.gen, n.gen+1)
 	}
@@ -158,7 +160,7 @@ func (l *Log) Shard(i int) engine.ShardLog {
 	defer l.mu.Unlock()
 	s := l.shards[i]
 	if s == nil {
-		s = &shardLog{l: l, name: segName{gen: l.gen, shard: i, seg: -1}, limit: MinSegment}
+		s = &shardLog{l: l, name: segName{gen: l.gen, shard: i, seg: -1}, limit: l.minSeg}
 		l.shards[i] = s
 	}
 	return s

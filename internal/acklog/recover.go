@@ -296,4 +296,11 @@ func resumeStream(x *engine.StreamState, una uint32, data []byte) {
 	x.FinSent, x.FinAcked = false, x.FinAcked && x.FinSeen
 	x.PushOn, x.Push = true, uint32(end)
 	x.InRecovery, x.Backoff = false, 0
+	// The first flight after the import may find no route yet (the
+	// gateway learns a flow's SA from its next packet): a timeout of the
+	// handshake's second would hold the resend that long.
+	x.RTO = min(x.RTO, restartRTO)
 }
+
+// restartRTO bounds a resumed stream's first retransmission timeout.
+const restartRTO = 200 * time.Millisecond

@@ -107,11 +107,14 @@ func (s *shardLog) Data(wire, radio netip.AddrPort, from engine.Side, seq uint32
 	return s.flush()
 }
 
-func (s *shardLog) Acked(wire, radio netip.AddrPort, from engine.Side, una uint32, ts [2]uint32) {
+// Acked waits for the next write, unless the stream is drained (a flow
+// holding nothing would otherwise be resent whole by a start) or many
+// wait: one lost only makes a start resend bytes the receiver has.
+func (s *shardLog) Acked(wire, radio netip.AddrPort, from engine.Side, una uint32, ts [2]uint32, drained bool) {
 	putStream(s.record(kindAcked, dataHead), wire, radio, from, una, ts)
 	s.seal(dataHead)
-	if len(s.buf) >= pendingMax {
-		s.flush() // an error shows at the next Data; an Acked lost only makes a start resend more
+	if drained || len(s.buf) >= pendingMax {
+		s.flush() // an error shows at the next Data
 	}
 }
 
@@ -148,7 +151,7 @@ func (s *shardLog) Checkpoint(write func() error) error {
 	if err := s.flush(); err != nil {
 		return err
 	}
-	s.limit = max(MinSegment, 2*s.size)
+	s.limit = max(s.l.minSeg, 2*s.size)
 	var errs []error
 	for _, n := range s.prev {
 		if err := os.Remove(filepath.Join(s.l.dir, n.String())); err != nil && !errors.Is(err, os.ErrNotExist) {

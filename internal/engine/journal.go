@@ -34,8 +34,9 @@ type ShardLog interface {
 	Flow(fs *FlowState) error
 	// Data writes bytes of the stream whose sender is on side from.
 	Data(wire, radio netip.AddrPort, from Side, seq uint32, ts [2]uint32, b []byte) error
-	// Acked notes that the receiver of that stream has everything below una.
-	Acked(wire, radio netip.AddrPort, from Side, una uint32, ts [2]uint32)
+	// Acked notes that the receiver of that stream has everything below
+	// una; drained: everything the engine held for it.
+	Acked(wire, radio netip.AddrPort, from Side, una uint32, ts [2]uint32, drained bool)
 	// Gone notes that a flow ended.
 	Gone(wire, radio netip.AddrPort)
 	// Full reports whether the log wants a checkpoint.
@@ -129,7 +130,7 @@ var errJournal error = journalError{}
 // journalAcked notes the receiver's progress on st.
 func (e *shard) journalAcked(f *flow, st *stream) {
 	if e.log != nil && f.sp.logged {
-		e.log.Acked(f.key.wire, f.key.radio, st.from, uint32(st.sndUna), f.sp.ts)
+		e.log.Acked(f.key.wire, f.key.radio, st.from, uint32(st.sndUna), f.sp.ts, st.sndUna == st.rcvNxt && len(st.ooo) == 0)
 	}
 }
 
