@@ -142,7 +142,8 @@ type Stats struct {
 	OutOfWindow                 uint64 // segments beyond the advertised window or the out-of-order bound
 	TimerFires                  uint64 // split-mode timer callbacks: the engine's own wake-ups
 	TimersLate                  uint64 // of those, ones that ran lateTimer or more after their deadline
-	JournalFailed               uint64 // bytes or flows the journal refused: not taken (split with Journal)
+	JournalFailed               uint64 // journal writes that failed: bytes or flows not taken, or commits (split with Journal)
+	JournalHeld                 uint64 // packets dropped until the bytes they could acknowledge are in the journal
 	JournalCheckpoints          uint64 // times a shard wrote its flows to a fresh journal
 	BufferedBytes               int    // bytes held in split buffers (whole chunks)
 

@@ -35,6 +35,10 @@ type shard struct {
 	curEnds   [2]netip.AddrPort // and its endpoints, source first, if the engine read them
 	deferred  []*flow           // flows whose pure ACK waits for the end of a batch (Input.More)
 	log       ShardLog          // the journal's (nil: none)
+	unsaved   [2]bool           // by Side: bytes from it wait for the log's Commit
+	logLost   bool              // records the log lost: nothing toward a side with unsaved bytes until a checkpoint
+	logRetry  time.Time         // the next checkpoint attempt while logLost
+	logBuf    []byte            // journalFlow reads held bytes into it
 
 	// This shard's share of the engine's bounds.
 	maxFlows, maxPlain, maxChunks, cacheTotal int
@@ -49,20 +53,30 @@ func (e *shard) unlock() {
 	e.eng.reqs.serve(e.eng)
 }
 
+// output hands a packet to the Output — once the bytes it may acknowledge
+// are in the journal; a packet that cannot wait for them is dropped.
+func (e *shard) output(to Side, pkt []byte, em Emitted) {
+	if e.unsaved[to] && !e.saveJournal() {
+		e.st.JournalHeld++
+		return
+	}
+	e.out(to, pkt, em)
+}
+
 // forward passes the packet being processed on, unchanged.
 func (e *shard) forward(to Side, pkt []byte) {
-	e.out(to, pkt, Emitted{Origin: Forwarded, Opaque: e.cur.Kind == Opaque, Shard: e.id, Tag: e.cur.Tag,
+	e.output(to, pkt, Emitted{Origin: Forwarded, Opaque: e.cur.Kind == Opaque, Shard: e.id, Tag: e.cur.Tag,
 		Src: e.curEnds[0], Dst: e.curEnds[1]})
 }
 
 // resendCached sends an earlier packet toward the radio again as it came.
 func (e *shard) resendCached(f *flow, pkt []byte) {
-	e.out(Radio, pkt, Emitted{Origin: Cached, Opaque: f.opaque, Shard: e.id, Src: f.key.wire, Dst: f.key.radio})
+	e.output(Radio, pkt, Emitted{Origin: Cached, Opaque: f.opaque, Shard: e.id, Src: f.key.wire, Dst: f.key.radio})
 }
 
 // built sends a packet the engine made, from src to dst.
 func (e *shard) built(to Side, pkt []byte, src, dst netip.AddrPort, partial bool) {
-	e.out(to, pkt, Emitted{Origin: Built, Shard: e.id, Src: src, Dst: dst, Partial: partial})
+	e.output(to, pkt, Emitted{Origin: Built, Shard: e.id, Src: src, Dst: dst, Partial: partial})
 }
 
 // sweepEvery is how often idle flows are looked for.

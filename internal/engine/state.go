@@ -423,7 +423,11 @@ func (e *shard) importFlow(fs *FlowState, moved bool) error {
 	e.flows[f.key] = f
 	e.st.FlowsMax = max(e.st.FlowsMax, len(e.flows))
 	if f.sp != nil && e.log != nil {
-		e.journalFlow(f) // what it holds was taken elsewhere: written here before any ACK from here covers it
+		// What it holds was taken elsewhere: in the file before any ACK
+		// from here covers it, and before the old files go (DropOlder).
+		if e.journalFlow(f) {
+			e.saveJournal()
+		}
 	}
 	if f.sp != nil {
 		e.splitFlush(f, now)
