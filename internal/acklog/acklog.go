@@ -42,9 +42,9 @@ import (
 	"github.com/espep/espep/internal/engine"
 )
 
-// MinSegment is the size a shard's segment may reach before a checkpoint
+// MinSegment is the size a shard's slot may reach before a checkpoint
 // however little the shard holds.
-const MinSegment = 16 << 20
+const MinSegment = 4 << 20
 
 // Record kinds.
 const (
@@ -52,6 +52,7 @@ const (
 	kindData  = 'D'
 	kindAcked = 'A'
 	kindGone  = 'G'
+	kindDone  = 'C' // a checkpoint is complete: what came before in other slots is superseded
 )
 
 // Record framing: length (kind and body), kind, body, CRC-32C of kind and
@@ -65,6 +66,9 @@ const (
 	maxRecord = 1 << 20 // a flow's JSON is a few kilobytes, a segment's bytes at most 64 KiB
 	// pendingMax is how much of Acked's records may wait for the next write.
 	pendingMax = 16 << 10
+	// batchMax is how much may wait for Commit before Data writes itself:
+	// a batch of reads, not a checkpoint's megabytes.
+	batchMax = 256 << 10
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -160,7 +164,7 @@ func (l *Log) Shard(i int) engine.ShardLog {
 	defer l.mu.Unlock()
 	s := l.shards[i]
 	if s == nil {
-		s = &shardLog{l: l, name: segName{gen: l.gen, shard: i, seg: -1}, limit: l.minSeg}
+		s = newShardLog(l, i)
 		l.shards[i] = s
 	}
 	return s

@@ -1,13 +1,10 @@
 package acklog
 
 import (
-	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
-	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,9 +17,9 @@ import (
 
 // Recovered says what Recover read and found.
 type Recovered struct {
-	Files   int // segment files read
+	Files   int // slot files read
 	Stale   int // passed over: last written before the engine would have given up their flows
-	Damaged int // files whose reading stopped at a torn or damaged record (a killed writer leaves one)
+	Damaged int // files with no valid slot header
 	Flows   int // flows holding bytes their receivers had not acknowledged
 	Bytes   int // those bytes
 	Dropped int // flows that held more than the bound
@@ -35,30 +32,28 @@ type Recovered struct {
 // engine would have given their flows up); a direction holding more than
 // perFlow bytes is dropped with its flow. It returns an error only if
 // the directory cannot be read; damaged files are counted.
+//
+// Of each shard's slots it reads the one with the newest complete
+// checkpoint and then any newer one (a checkpoint the process died in),
+// each up to its first record that does not pass its CRC: the end of
+// what was written, a record torn by the kill, or one an earlier epoch
+// left there.
 func (l *Log) Recover(now time.Time, maxAge time.Duration, perFlow int) ([]engine.FlowState, Recovered, error) {
 	r := newReplay(perFlow)
 	var rec Recovered
-	for _, n := range l.older {
-		f, err := os.Open(filepath.Join(l.dir, n.String()))
+	var group []slotFile
+	for i, n := range l.older {
+		sf, err := l.readSlotFile(n, now, maxAge, &rec)
 		if err != nil {
-			return nil, rec, fmt.Errorf("acklog: %w", err)
+			return nil, rec, err
 		}
-		fi, err := f.Stat()
-		switch {
-		case err != nil:
-			f.Close()
-			return nil, rec, fmt.Errorf("acklog: %w", err)
-		case maxAge > 0 && fi.ModTime().Before(now.Add(-maxAge)):
-			rec.Stale++
-			f.Close()
-			continue
+		if sf != nil {
+			group = append(group, *sf)
 		}
-		rec.Files++
-		if err := r.read(bufio.NewReaderSize(f, 256<<10)); err != nil {
-			rec.Damaged++
-			l.log.Warn("acklog: a file's reading stopped early", "file", n.String(), "err", err)
+		if next := i + 1; next == len(l.older) || l.older[next].gen != n.gen || l.older[next].shard != n.shard {
+			r.replayShard(group)
+			group = group[:0]
 		}
-		f.Close()
 	}
 	out := r.flowStates()
 	rec.Flows, rec.Dropped = len(out), r.dropped
@@ -66,6 +61,75 @@ func (l *Log) Recover(now time.Time, maxAge time.Duration, perFlow int) ([]engin
 		rec.Bytes += out[i].Buffered()
 	}
 	return out, rec, nil
+}
+
+// slotFile is a slot file read whole.
+type slotFile struct {
+	epoch uint64
+	b     []byte // its records, after the header
+	done  bool   // a checkpoint completed in it
+}
+
+// readSlotFile reads n unless it is stale or has no header (nil).
+func (l *Log) readSlotFile(n segName, now time.Time, maxAge time.Duration, rec *Recovered) (*slotFile, error) {
+	path := filepath.Join(l.dir, n.String())
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("acklog: %w", err)
+	}
+	if maxAge > 0 && fi.ModTime().Before(now.Add(-maxAge)) {
+		rec.Stale++
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("acklog: %w", err)
+	}
+	rec.Files++
+	sf, ok := parseSlot(b)
+	if !ok {
+		if len(b) > 0 {
+			rec.Damaged++
+			l.log.Warn("acklog: a file without a valid header passed over", "file", n.String(), "size", len(b))
+		}
+		return nil, nil
+	}
+	return sf, nil
+}
+
+// parseSlot reads a slot's header and finds whether a checkpoint
+// completed in it.
+func parseSlot(b []byte) (*slotFile, bool) {
+	epoch, ok := slotEpoch(b)
+	if !ok {
+		return nil, false
+	}
+	sf := &slotFile{epoch: epoch, b: b[slotHeadLen:]}
+	walk(sf.b, epoch, func(kind byte, _ []byte) error {
+		if kind == kindDone {
+			sf.done = true
+			return errStop
+		}
+		return nil
+	})
+	return sf, true
+}
+
+var errStop = errors.New("stop")
+
+// replayShard applies one shard's slots: the newest complete one, then
+// those newer than it, by epoch.
+func (r *replay) replayShard(slots []slotFile) {
+	sort.Slice(slots, func(i, j int) bool { return slots[i].epoch < slots[j].epoch })
+	from := 0
+	for i, sf := range slots {
+		if sf.done {
+			from = i
+		}
+	}
+	for _, sf := range slots[from:] {
+		walk(sf.b, sf.epoch, r.apply) // a record that makes no sense ends the slot, as a torn one does
+	}
 }
 
 type flowKey struct{ wire, radio netip.AddrPort }
@@ -95,7 +159,6 @@ type replay struct {
 	perFlow int
 	flows   map[flowKey]*rflow
 	order   []flowKey
-	buf     []byte
 	dropped int // flows that held more than the bound
 }
 
@@ -103,34 +166,26 @@ func newReplay(perFlow int) *replay {
 	return &replay{perFlow: max(perFlow, 1), flows: map[flowKey]*rflow{}}
 }
 
-// read applies rd's records until its end; a torn or damaged record
-// ends it with an error.
-func (r *replay) read(rd io.Reader) error {
-	var head [headLen]byte
-	for {
-		if _, err := io.ReadFull(rd, head[:4]); err == io.EOF {
+// walk calls fn with each record of a slot's body in turn, up to the
+// first that does not pass its CRC under epoch, or fn's first error,
+// which it returns.
+func walk(b []byte, epoch uint64, fn func(kind byte, body []byte) error) error {
+	seed := epochSeed(epoch)
+	for len(b) >= 4 {
+		n := int(binary.BigEndian.Uint32(b))
+		if n < 1 || n > maxRecord || len(b) < 4+n+trailLen {
 			return nil
-		} else if err != nil {
-			return fmt.Errorf("record head: %w", err)
 		}
-		n := int(binary.BigEndian.Uint32(head[:4]))
-		if n < 1 || n > maxRecord {
-			return fmt.Errorf("record of %d bytes", n)
+		kb := b[4 : 4+n]
+		if recordCRC(seed, kb) != binary.BigEndian.Uint32(b[4+n:]) {
+			return nil
 		}
-		if cap(r.buf) < n+trailLen {
-			r.buf = make([]byte, n+trailLen)
-		}
-		b := r.buf[:n+trailLen]
-		if _, err := io.ReadFull(rd, b); err != nil {
-			return fmt.Errorf("record: %w", err)
-		}
-		if crc32.Checksum(b[:n], castagnoli) != binary.BigEndian.Uint32(b[n:]) {
-			return errors.New("record checksum")
-		}
-		if err := r.apply(b[0], b[1:n]); err != nil {
+		if err := fn(kb[0], kb[1:]); err != nil {
 			return err
 		}
+		b = b[4+n+trailLen:]
 	}
+	return nil
 }
 
 func (r *replay) apply(kind byte, body []byte) error {
@@ -144,12 +199,18 @@ func (r *replay) apply(kind byte, body []byte) error {
 			return errors.New("flow record: not a split flow")
 		}
 		k := flowKey{fs.Wire, fs.Radio}
-		if _, ok := r.flows[k]; !ok {
+		old, ok := r.flows[k]
+		if !ok {
 			r.order = append(r.order, k)
 		}
 		f := &rflow{fs: fs, ts: fs.Split.TS}
 		for i := range f.st {
 			f.st[i].una = fs.Split.Streams[i].SndUna
+			// The same flow written again (a checkpoint, which a kill may
+			// have cut short): what it held before stays.
+			if old != nil && !old.bad && old.st[i].continuedBy(f.st[i].una) {
+				f.st[i].pieces, f.st[i].size = old.st[i].pieces, old.st[i].size
+			}
 		}
 		r.flows[k] = f
 	case kindData, kindAcked:
@@ -186,10 +247,18 @@ func (r *replay) apply(kind byte, body []byte) error {
 		if k, ok := getKey(body); ok {
 			delete(r.flows, k)
 		}
+	case kindDone:
 	default:
 		return fmt.Errorf("record kind %q", kind)
 	}
 	return nil
+}
+
+// continuedBy reports whether una can be this stream's, acknowledged
+// further: no further than the bytes it holds.
+func (st *rstream) continuedBy(una uint32) bool {
+	d := seqnum.Value(st.una).Size(seqnum.Value(una)) // una − st.una
+	return !seqnum.Value(una).LessThan(seqnum.Value(st.una)) && int(d) <= st.size
 }
 
 // take keeps a copy of b at seq, dropping what the receiver has when the
