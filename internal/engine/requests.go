@@ -19,6 +19,7 @@ type RequestKind uint8
 const (
 	RequestElicit RequestKind = iota // Elicit: a keep-alive, answered with an ACK
 	RequestAck                       // Ack: a pure ACK with the flow's state
+	RequestRetry                     // Retry: what was sent toward To, again now
 )
 
 // Request asks for a packet toward the endpoint on side To of the split
@@ -97,8 +98,11 @@ func (e *Engine) do(r Request) bool {
 	s := e.shardOf(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if r.Kind == RequestAck {
+	switch r.Kind {
+	case RequestAck:
 		return s.ack(k, r.To)
+	case RequestRetry:
+		return s.retry(k, r.To)
 	}
 	return s.elicit(k, r.To)
 }
@@ -127,6 +131,21 @@ func (e *Engine) Elicit(wire, radio netip.AddrPort, to Side) bool {
 // reports whether there is such a split flow. Not from Output.
 func (e *Engine) Ack(wire, radio netip.AddrPort, to Side) bool {
 	ok := e.do(Request{Wire: wire, Radio: radio, To: to, Kind: RequestAck})
+	e.reqs.serve(e)
+	return ok
+}
+
+// Retry sends again, at once, what the engine sent toward the endpoint on
+// side to of the split flow between wire and radio and the caller could
+// not deliver (the gateway had no route for the flow: after a restart,
+// until the endpoint's first packet shows it): a pure ACK with the flow's
+// state and, if the stream toward to holds bytes in flight, a
+// retransmission timeout brought forward, its backoff cleared — the
+// doublings counted tries that never left the gateway, and the next one
+// would otherwise come up to a second or two after the route did. It
+// reports whether there is such a split flow. Not from Output.
+func (e *Engine) Retry(wire, radio netip.AddrPort, to Side) bool {
+	ok := e.do(Request{Wire: wire, Radio: radio, To: to, Kind: RequestRetry})
 	e.reqs.serve(e)
 	return ok
 }

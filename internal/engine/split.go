@@ -566,3 +566,22 @@ func (e *shard) ack(k flowKey, to Side) bool {
 	e.emit(f, to, segment{seq: f.sp.st[to.other()].sndNxt})
 	return true
 }
+
+// retry sends again what went toward side to of the split flow k and was
+// not delivered (Engine.Retry).
+func (e *shard) retry(k flowKey, to Side) bool {
+	f := e.flows[k]
+	if f == nil || f.sp == nil {
+		return false
+	}
+	st := &f.sp.st[to.other()] // the stream toward to
+	now := e.cfg.Clock.Now()
+	if len(st.segs) == 0 {
+		e.emit(f, to, segment{seq: st.sndNxt})
+		return true
+	}
+	st.backoff = 0
+	e.onRTO(st, now) // its resends carry the ACK too
+	e.splitFlush(f, now)
+	return true
+}

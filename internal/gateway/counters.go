@@ -40,6 +40,7 @@ const (
 	cNoRoute
 	cRekeys
 	cElicits
+	cRetries
 	cUndeliverable
 	cSelectors
 	cBindingViolations
@@ -92,9 +93,10 @@ var counterTable = [numCounters]ctable.Def{
 	cSealErrors:        family("SealErrors", "seal-errors", "seal_errors_total", "Packets the gateway could not seal."),
 	cIPIP:              family("IPIP", "ipip", "ipip_total", "Packets that came in an IP-in-IP tunnel."),
 	cMalformed:         outcome("Malformed", "malformed", "malformed"),
-	cNoRoute:           family("NoRoute", "no-route", "no_route_total", "Engine packets dropped: the flow's route was forgotten (table full)."),
+	cNoRoute:           family("NoRoute", "no-route", "no_route_total", "Engine packets dropped: no route for the flow (forgotten, or not yet seen since a restart)."),
 	cRekeys:            family("Rekeys", "rekeys", "rekeys_total", "Flows seen moving to a new SA (the endpoints rekeyed)."),
 	cElicits:           family("Elicits", "elicits", "elicits_total", "Keep-alives asked of the engine to have an endpoint show its new SA."),
+	cRetries:           family("Retries", "retries", "retries_total", "Flows the engine resent at once when a route appeared for what it had sent without one."),
 	cUndeliverable:     outcome("Undeliverable", "undeliverable", "undeliverable"),
 	cSelectors:         outcome("Selectors", "selectors", "outside_selectors"),
 	cBindingViolations: outcome("BindingViolations", "binding-violations", "binding_violation"),

@@ -203,6 +203,9 @@ func (g *Gateway) toEngine(c *call, from engine.Side, inner []byte, st *saState,
 	if g.owedN.Load() > 0 {
 		g.payOwed()
 	}
+	if g.unroutedN.Load() > 0 {
+		g.retryUnrouted(routeOf(&c.ip))
+	}
 	return true
 }
 

@@ -197,6 +197,13 @@ type Gateway struct {
 	// was not ready; once it is, the engine sends them a fresh ACK.
 	owed  map[route]via
 	owedN atomic.Int32
+	// unrouted are flows whose engine packets were dropped because the
+	// gateway had no route for them (after a restart, the journal's
+	// resumed flows until their endpoints' first packets): the side the
+	// packets went toward and when. Once a verified packet shows the
+	// route, the engine sends them again at once (retryUnrouted).
+	unrouted  map[route]unroutedAt
+	unroutedN atomic.Int32
 
 	logged     sync.Map     // ipsec.ID → struct{}: SAs refused for want of a state directory, logged once
 	sealLogged atomic.Int64 // when a seal error was last logged (unix ns)
@@ -256,7 +263,7 @@ func New(cfg Config, sad *ipsec.SAD, out func(to engine.Side, pkt []byte)) (*Gat
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Log, out: out, states: map[ipsec.ID]*saState{}, draining: map[ipsec.ID]*saState{},
 		routes: newRouteTables(), readLast: map[ipsec.ID]uint32{},
-		owed: map[route]via{}}
+		owed: map[route]via{}, unrouted: map[route]unroutedAt{}}
 	g.calls.New = func() any {
 		i := g.nextStripe.Add(1)
 		return &call{ctr: &g.c[int(i)%len(g.c)], buf: make([]byte, 2*ipsec.MaxHeadroom+65536)}

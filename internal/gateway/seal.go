@@ -105,6 +105,7 @@ func (g *Gateway) sealFlow(to engine.Side, pkt []byte, r route, ps *perShard, s 
 		// flow it no longer has a route for (its table was full) waits for
 		// the endpoint's next packet.
 		ctr.add(cNoRoute)
+		g.noteUnrouted(r, to)
 		return
 	case v.st == nil:
 		g.send(to, pkt, v.tun, ps, s) // a flow that came unprotected (Plain)
@@ -449,5 +450,62 @@ func (g *Gateway) payOwed() {
 			wire, radio = radio, wire
 		}
 		g.eng.Ack(wire, radio, to)
+	}
+}
+
+// unroutedAt is an unrouted flow's entry: the side its engine packets
+// went toward, and when one last did.
+type unroutedAt struct {
+	to engine.Side
+	at time.Time
+}
+
+// unroutedKeep is how long an unrouted flow waits for its route; when
+// the table is full, older entries make room.
+const unroutedKeep = 10 * time.Second
+
+// noteUnrouted remembers that an engine packet of flow r toward to was
+// dropped for want of a route. The table is bounded by maxOwed: a full
+// one forgets entries older than unroutedKeep, and refuses the new one
+// if there are none (the flow then waits for its retransmission timer).
+func (g *Gateway) noteUnrouted(r route, to engine.Side) {
+	now := time.Now()
+	g.smu.Lock()
+	defer g.smu.Unlock()
+	if len(g.unrouted) >= maxOwed {
+		for k, u := range g.unrouted {
+			if now.Sub(u.at) > unroutedKeep {
+				delete(g.unrouted, k)
+			}
+		}
+	}
+	if _, ok := g.unrouted[r]; !ok && len(g.unrouted) >= maxOwed {
+		return
+	}
+	g.unrouted[r] = unroutedAt{to, now}
+	g.unroutedN.Store(int32(len(g.unrouted)))
+}
+
+// retryUnrouted has the engine send again what it sent on flow r while
+// the gateway had no route for it, now that a verified packet has shown
+// one (toEngine, after noteRoute). The engine's lock must not be held.
+func (g *Gateway) retryUnrouted(r route) {
+	g.smu.Lock()
+	u, ok := g.unrouted[r]
+	if ok {
+		delete(g.unrouted, r)
+		g.unroutedN.Store(int32(len(g.unrouted)))
+	}
+	g.smu.Unlock()
+	if !ok || time.Since(u.at) > unroutedKeep {
+		return
+	}
+	// r runs toward u.to: its source is the other side's endpoint.
+	wire, radio := r.src, r.dst
+	if u.to == engine.Wire {
+		wire, radio = radio, wire
+	}
+	if g.eng.Retry(wire, radio, u.to) {
+		g.c.rare().add(cRetries)
 	}
 }

@@ -34,11 +34,12 @@ type Stats struct {
 	Originals                  uint64 // engine passed a packet on unchanged: its original ciphertext sent
 	NotYetSafe                 uint64 // engine packets dropped: the SA's IV generator not confirmed
 	NonceDowngrades            uint64 // SAs the gateway will never seal on
-	NoRoute                    uint64 // engine packets dropped: the flow's route was forgotten (table full)
+	NoRoute                    uint64 // engine packets dropped: no route for the flow (forgotten, or not yet seen since a restart)
 	Evicted                    uint64 // flows forgotten, idle longest first, to make room
 	Rekeys                     uint64 // flows seen moving to a new SA
 	Rebinds                    uint64 // SAs whose verified packets showed new UDP ports (NAT rebinding)
 	Elicits                    uint64 // keep-alives sent to have an endpoint show its new SA
+	Retries                    uint64 // flows resent at once when a route appeared for what the engine sent without one
 	ReadStale                  uint64 // read-class resends not sent: out of the receiver's replay window
 	Drains                     uint64 // SAs the gateway numbers that left the SAD and were kept while their packets came
 	Wiped                      uint64 // SA entries whose keys the gateway wiped
