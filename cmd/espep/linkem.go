@@ -434,5 +434,30 @@ func printGatewayStats(stdout io.Writer, gw *gateway.Gateway, e *engine.Engine) 
 	}
 	if e != nil {
 		fmt.Fprintf(stdout, "engine: %s\n", e.Stats().Summary())
+		printHeldFlows(stdout, e)
+	}
+}
+
+// maxFlowLines bounds the flows printHeldFlows lists.
+const maxFlowLines = 8
+
+// printHeldFlows lists the split flows that still hold bytes at the end
+// (a few): what a stall left behind.
+func printHeldFlows(stdout io.Writer, e *engine.Engine) {
+	n := 0
+	for _, f := range e.Flows() {
+		if !f.Split || f.Down.Buffered+f.Up.Buffered == 0 {
+			continue
+		}
+		if n++; n > maxFlowLines {
+			break
+		}
+		for _, d := range []struct {
+			name string
+			s    engine.StreamInfo
+		}{{"down", f.Down}, {"up", f.Up}} {
+			fmt.Fprintf(stdout, "engine flow %v %v %s: buffered %d in-flight %d cwnd %d srtt %v rto %v rexmits %d timeouts %d tail-probes %d\n",
+				f.Wire, f.Radio, d.name, d.s.Buffered, d.s.InFlight, d.s.Cwnd, d.s.SRTT, d.s.RTO, d.s.Rexmits, d.s.Timeouts, d.s.TailProbes)
+		}
 	}
 }
