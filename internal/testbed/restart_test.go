@@ -233,8 +233,11 @@ func gatewayRestarts(t *testing.T, esp, mode string, sig syscall.Signal, n int) 
 			kept = append(kept, r[2])
 		}
 	}
-	if err := cli.Wait(120 * time.Second); err != nil {
-		t.Fatalf("sender: %v\n%s", err, cli.Output())
+	if stalled := x.watch(cli, 120*time.Second, 10*time.Second, func() string { return kernelViews(s) }); stalled != "" || cli.Wait(time.Second) != nil {
+		s.Linkem.Signal(syscall.SIGTERM)
+		s.Linkem.Wait(5 * time.Second)
+		cli.Stop()
+		t.Fatalf("sender: %s\nreceiver: %v\nthe last gateway:\n%s\nwhen the transfer stalled:\n%s", cli.Output(), x.received(), s.Linkem.Output(), stalled)
 	}
 	must(t, x.received())
 	time.Sleep(300 * time.Millisecond)
@@ -306,4 +309,34 @@ func outage(arrivals []time.Time, from, to time.Time) time.Duration {
 		}
 	}
 	return max(longest, to.Sub(prev)) // nothing after to: the outage lasts
+}
+
+// watch waits up to d for the sender to end; if the receiver's file has
+// not grown for stall, it returns what view says then.
+func (x *peerTransfer) watch(sender *Proc, d, stall time.Duration, view func() string) string {
+	var size int64
+	last, end := time.Now(), time.Now().Add(d)
+	for sender.Running() && time.Now().Before(end) {
+		time.Sleep(200 * time.Millisecond)
+		if fi, err := os.Stat(x.out); err == nil && fi.Size() != size {
+			size, last = fi.Size(), time.Now()
+		}
+		if time.Since(last) > stall {
+			return fmt.Sprintf("the receiver had %d bytes for %v\n%s", size, stall, view())
+		}
+	}
+	return ""
+}
+
+// kernelViews is what both peers' kernels say about their TCP sockets and
+// counters, for a stalled transfer.
+func kernelViews(s *StrongSwan) string {
+	var b strings.Builder
+	for _, ns := range []string{s.Left, s.Right} {
+		for _, cmd := range [][]string{{"ss", "-tinoem"}, {"nstat", "-asz", "TcpExtPAWS*", "TcpExtTCPACKSkipped*", "TcpExtTCPTimeouts", "TcpExtTCPSACK*", "TcpExtTCPOFO*", "TcpRetransSegs", "TcpExtTCPZeroWindow*", "TcpExtTCPWantZeroWindowAdv", "TcpExtTCPToZeroWindowAdv", "TcpExtTCPFromZeroWindowAdv"}} {
+			out, err := s.Bed.Run(ns, cmd...)
+			fmt.Fprintf(&b, "%s: %s (%v)\n%s\n", ns, strings.Join(cmd, " "), err, out)
+		}
+	}
+	return b.String()
 }
