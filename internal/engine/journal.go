@@ -16,10 +16,11 @@ import (
 // committed them: a batch's segments (Input.More) cost one write. When a
 // commit fails, the shard writes every flow it holds again (a
 // checkpoint, at most every logRetry) before anything goes toward a side
-// whose bytes wait; until then such packets are dropped (JournalHeld). The log also learns each flow's state when it turns
-// split (Flow), how far each receiver has acknowledged (Acked: it may be
-// written late, a later start then resends bytes the receiver has) and
-// each flow's end (Gone). When the log is Full, the shard writes every
+// whose bytes wait; until then such packets are dropped (JournalHeld).
+// The log also learns each flow's state when it turns split (Flow), how
+// far each receiver has acknowledged (Acked: it may be written late, a
+// later start then resends bytes the receiver has) and each flow's end
+// (Gone). When the log is Full, the shard writes every
 // flow it holds again (Checkpoint), so that the log may drop what came
 // before. All calls come from under the shard's lock, one shard a log.
 //

@@ -202,8 +202,9 @@ type Gateway struct {
 	// resumed flows until their endpoints' first packets): the side the
 	// packets went toward and when. Once a verified packet shows the
 	// route, the engine sends them again at once (retryUnrouted).
-	unrouted  map[route]unroutedAt
-	unroutedN atomic.Int32
+	unrouted      map[route]unroutedAt
+	unroutedN     atomic.Int32
+	unroutedSwept time.Time // when entries older than unroutedKeep were last dropped
 
 	logged     sync.Map     // ipsec.ID → struct{}: SAs refused for want of a state directory, logged once
 	sealLogged atomic.Int64 // when a seal error was last logged (unix ns)

@@ -473,11 +473,7 @@ func (g *Gateway) noteUnrouted(r route, to engine.Side) {
 	g.smu.Lock()
 	defer g.smu.Unlock()
 	if len(g.unrouted) >= maxOwed {
-		for k, u := range g.unrouted {
-			if now.Sub(u.at) > unroutedKeep {
-				delete(g.unrouted, k)
-			}
-		}
+		g.forgetUnroutedLocked(now)
 	}
 	if _, ok := g.unrouted[r]; !ok && len(g.unrouted) >= maxOwed {
 		return
@@ -486,18 +482,38 @@ func (g *Gateway) noteUnrouted(r route, to engine.Side) {
 	g.unroutedN.Store(int32(len(g.unrouted)))
 }
 
+// forgetUnroutedLocked drops the unrouted entries older than
+// unroutedKeep: flows whose route never came (they ended, or their
+// endpoint went). g.smu must be held.
+func (g *Gateway) forgetUnroutedLocked(now time.Time) {
+	g.unroutedSwept = now
+	for k, u := range g.unrouted {
+		if now.Sub(u.at) > unroutedKeep {
+			delete(g.unrouted, k)
+		}
+	}
+	g.unroutedN.Store(int32(len(g.unrouted)))
+}
+
 // retryUnrouted has the engine send again what it sent on flow r while
 // the gateway had no route for it, now that a verified packet has shown
-// one (toEngine, after noteRoute). The engine's lock must not be held.
+// one (toEngine, after noteRoute). It runs for every verified packet
+// while the table holds anything, so it also ages the table out, once
+// per unroutedKeep: entries whose route never comes do not keep every
+// packet on this path. The engine's lock must not be held.
 func (g *Gateway) retryUnrouted(r route) {
+	now := time.Now()
 	g.smu.Lock()
 	u, ok := g.unrouted[r]
 	if ok {
 		delete(g.unrouted, r)
 		g.unroutedN.Store(int32(len(g.unrouted)))
 	}
+	if now.Sub(g.unroutedSwept) > unroutedKeep {
+		g.forgetUnroutedLocked(now)
+	}
 	g.smu.Unlock()
-	if !ok || time.Since(u.at) > unroutedKeep {
+	if !ok || now.Sub(u.at) > unroutedKeep {
 		return
 	}
 	// r runs toward u.to: its source is the other side's endpoint.
