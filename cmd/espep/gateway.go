@@ -158,14 +158,25 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if os.Getenv("GOMAXPROCS") == "" { // an operator's setting stands
 		go procs.Run(ctx, log)
 	}
-	cc0 := fc.Gateway.Engine.CC
-	if cc0 == "" {
-		cc0 = engine.CCBBR
-	}
 	resumeFlows(gw, state, log)
 	resumeJournal(gw, j, log)
-	log.Info("gateway running", "wire", fc.Wire, "radio", fc.Radio, "mode", fc.Gateway.Engine.Mode, "cc", cc0, "sa", fc.SAFiles, "state-dir", fc.StateDir)
+	log.Info("gateway running", "wire", fc.Wire, "radio", fc.Radio, "mode", fc.Gateway.Engine.Mode, "cc", ccName(fc.Gateway.Engine), "sa", fc.SAFiles, "state-dir", fc.StateDir)
 	err = gio.run(ctx)
+	printGatewayExit(stdout, gw, gio, src, ike)
+	return err
+}
+
+// ccName is the congestion controller split's sender runs with cfg.
+func ccName(cfg engine.Config) string {
+	if cfg.CC == "" {
+		return engine.CCBBR
+	}
+	return cfg.CC
+}
+
+// printGatewayExit writes the exit summary: the gateway's counters, its
+// packet I/O's, and those of the SA and IKE sources it ran with.
+func printGatewayExit(stdout io.Writer, gw *gateway.Gateway, gio gatewayIO, src *gateway.ServerSAs, ike *gateway.IKESAs) {
 	printGatewayStats(stdout, gw, nil)
 	fmt.Fprintf(stdout, "io: %s\n", gio.summary())
 	if src != nil {
@@ -174,7 +185,6 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 	if ike != nil {
 		fmt.Fprintf(stdout, "ike: %s\n", ike.Stats().Summary())
 	}
-	return err
 }
 
 // engineClock is the clock for the engine's timers, which are moved at

@@ -217,20 +217,8 @@ func gatewayRestarts(t *testing.T, esp, mode string, sig syscall.Signal, n int) 
 		must(t, err)
 		must(t, waitFor(s.Linkem, "linkem running", 10*time.Second))
 		back = append(back, time.Now())
-		switch {
-		case sig == syscall.SIGTERM:
-			k, r := keptRE.FindStringSubmatch(old), resumedRE.FindStringSubmatch(s.Linkem.Output())
-			if k == nil || r == nil || k[1] != r[1] || k[2] != r[2] || k[2] == "0" {
-				t.Fatalf("stop %d kept %q, the start after it resumed %q: want the same flows, holding bytes\nstop:\n%s\nstart:\n%s",
-					len(kills), k, r, old, s.Linkem.Output())
-			}
-			kept = append(kept, k[2])
-		case mode == "split":
-			r := journalRE.FindStringSubmatch(s.Linkem.Output())
-			if r == nil || r[1] == "0" || r[2] == "0" {
-				t.Fatalf("kill %d: the start after it resumed %q from the journal: want flows holding bytes\nstart:\n%s", len(kills), r, s.Linkem.Output())
-			}
-			kept = append(kept, r[2])
+		if k := resumedBytes(t, sig, mode, len(kills), old, s.Linkem.Output()); k != "" {
+			kept = append(kept, k)
 		}
 	}
 	if stalled := x.watch(cli, 120*time.Second, 10*time.Second, func() string { return kernelViews(s) }); stalled != "" || cli.Wait(time.Second) != nil {
@@ -272,15 +260,7 @@ func gatewayRestarts(t *testing.T, esp, mode string, sig syscall.Signal, n int) 
 		t.Errorf("%d ESP packets reached the right peer, it accepted %d", len(arrivals), accepted)
 	}
 	charonClean(t, s)
-	sort.Slice(arrivals, func(i, j int) bool { return arrivals[i].Before(arrivals[j]) })
-	var gaps []string
-	for i, k := range kills {
-		gap := outage(arrivals, k, back[i].Add(3*time.Second))
-		gaps = append(gaps, fmt.Sprintf("%.0f ms (restart %.0f ms)", gap.Seconds()*1000, back[i].Sub(k).Seconds()*1000))
-		if gap > 2*time.Second {
-			t.Errorf("stop %d: no ESP reached the right peer for %v", i, gap)
-		}
-	}
+	gaps := checkOutages(t, arrivals, kills, back)
 	t.Logf("%s, %s: %d ESP packets, all (SPI, IV) distinct, %d accepted by the right peer; outage per %v: %s; the process took %s to end",
 		esp, mode, total, accepted, sig, strings.Join(gaps, ", "), strings.Join(stops, ", "))
 	if len(kept) > 0 {
@@ -339,4 +319,44 @@ func kernelViews(s *StrongSwan) string {
 		}
 	}
 	return b.String()
+}
+
+// resumedBytes checks what the start after stop i took over: after a
+// SIGTERM the flows the stop kept, after a kill of split the journal's
+// flows, each holding bytes. It returns how many bytes ("" if neither).
+func resumedBytes(t *testing.T, sig syscall.Signal, mode string, i int, stop, start string) string {
+	t.Helper()
+	switch {
+	case sig == syscall.SIGTERM:
+		k, r := keptRE.FindStringSubmatch(stop), resumedRE.FindStringSubmatch(start)
+		if k == nil || r == nil || k[1] != r[1] || k[2] != r[2] || k[2] == "0" {
+			t.Fatalf("stop %d kept %q, the start after it resumed %q: want the same flows, holding bytes\nstop:\n%s\nstart:\n%s",
+				i, k, r, stop, start)
+		}
+		return k[2]
+	case mode == "split":
+		r := journalRE.FindStringSubmatch(start)
+		if r == nil || r[1] == "0" || r[2] == "0" {
+			t.Fatalf("kill %d: the start after it resumed %q from the journal: want flows holding bytes\nstart:\n%s", i, r, start)
+		}
+		return r[2]
+	}
+	return ""
+}
+
+// checkOutages fails the test if, after any stop, no ESP reached the
+// right peer for more than 2 s between the stop and 3 s after the
+// restart was up; it returns each stop's outage and restart time.
+func checkOutages(t *testing.T, arrivals, kills, back []time.Time) []string {
+	t.Helper()
+	sort.Slice(arrivals, func(i, j int) bool { return arrivals[i].Before(arrivals[j]) })
+	var gaps []string
+	for i, k := range kills {
+		gap := outage(arrivals, k, back[i].Add(3*time.Second))
+		gaps = append(gaps, fmt.Sprintf("%.0f ms (restart %.0f ms)", gap.Seconds()*1000, back[i].Sub(k).Seconds()*1000))
+		if gap > 2*time.Second {
+			t.Errorf("stop %d: no ESP reached the right peer for %v", i, gap)
+		}
+	}
+	return gaps
 }
