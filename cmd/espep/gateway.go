@@ -119,7 +119,7 @@ func runGateway(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer closeJournal(j, log)
-	useJournal(&fc.Gateway.Engine, j)
+	useJournal(&fc.Gateway.Engine, j, !fc.NoJournal, log)
 	clk := engineClock(log)
 	defer clk.Close()
 	fc.Gateway.Engine.Clock = clk
@@ -211,6 +211,7 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	var ikePaths stringList
 	fs.Var(&ikePaths, "ike-keys", "IKE SA key file (espep-ike 1), watched: follow IKE and derive the CHILD_SAs (scheme 2); repeatable")
 	stateDir := fs.String("state-dir", "", "directory for the IV blocks and sequence numbers the gateway reserves")
+	journal := fs.Bool("journal", true, "split with --state-dir: journal the bytes acknowledged early there, so that a kill or crash loses none (false: faster; a kill stalls the flows holding bytes)")
 	ef := engine.AddFlags(fs) // --mode, --cc, … spelled as in the config file
 	plain := fs.Bool("plain", false, "accelerate TCP that is not IPsec-protected too")
 	maddr := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9465)")
@@ -241,7 +242,7 @@ func gatewayConfig(args []string, stderr io.Writer) (*gateway.FileConfig, time.D
 	set := map[string]func(){
 		"wire": func() { fc.Wire = *wire }, "radio": func() { fc.Radio = *radio }, "sa": func() { fc.SAFiles = saPaths },
 		"ike-keys":  func() { fc.IKEKeyFiles = ikePaths },
-		"state-dir": func() { fc.StateDir = *stateDir }, "metrics": func() { fc.Metrics = *maddr }, "plain": func() { fc.Gateway.Plain = *plain },
+		"state-dir": func() { fc.StateDir = *stateDir }, "journal": func() { fc.NoJournal = !*journal }, "metrics": func() { fc.Metrics = *maddr }, "plain": func() { fc.Gateway.Plain = *plain },
 		"routes": func() { fc.Routes = *routes }, "wire-iface": func() { fc.WireIface = *wireIf }, "radio-iface": func() { fc.RadioIface = *radioIf },
 		"secserver": func() { fc.SecServer.Addr = *ssAddr }, "secserver-cert": func() { fc.SecServer.Cert = *ssCert },
 		"secserver-key": func() { fc.SecServer.Key = *ssKey }, "secserver-ca": func() { fc.SecServer.CA = *ssCA },

@@ -268,7 +268,7 @@ func (c *linkemSetup) openIPsecGateway(ctx context.Context, log *slog.Logger) (b
 		return nil, nil, nil, closeAll, err
 	}
 	closers = append(closers, func() { closeJournal(j, log) })
-	useJournal(c.engine, j)
+	useJournal(c.engine, j, true, log)
 	if br, gw, err = openBridge(c.a, c.b, c.ab, c.ba, c.wire, gateway.Config{Engine: *c.engine, Log: log, State: state}); err != nil {
 		return nil, nil, nil, closeAll, err
 	}

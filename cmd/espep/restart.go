@@ -56,10 +56,17 @@ func openJournal(state *statedir.Dir, mode engine.Mode, log *slog.Logger) (*ackl
 	return j, nil
 }
 
-// useJournal has the engine write to j, if there is one.
-func useJournal(cfg *engine.Config, j *acklog.Log) {
-	if j != nil {
+// useJournal has the engine write to j, if there is one and write is
+// set. Without write (journal = no) j is only read at the start
+// (resumeJournal): what the process before left is resumed, and nothing
+// is journaled after.
+func useJournal(cfg *engine.Config, j *acklog.Log, write bool, log *slog.Logger) {
+	switch {
+	case j == nil:
+	case write:
 		cfg.Journal = j
+	default:
+		log.Warn("gateway: journal = no: a kill or crash of this process loses the bytes split acknowledged early, and their connections stall")
 	}
 }
 

@@ -74,6 +74,11 @@ type FileConfig struct {
 	// key file): with any, it follows IKE and derives CHILD_SAs (ike.go).
 	IKEKeyFiles []string
 	StateDir    string
+	// NoJournal (journal = no): split keeps no journal of the bytes it
+	// acknowledged early in the state directory — faster, but a kill or
+	// crash of the process loses them and stalls their connections. A
+	// journal the process before left is still read.
+	NoJournal   bool
 	IVPartition statedir.Partition
 	Metrics     string
 	// SecServer is the security server the gateway fetches SAs from
@@ -192,6 +197,10 @@ func (c *FileConfig) set(e *engine.Config, key, val string) error {
 		}
 	case "state-dir":
 		c.StateDir = val
+	case "journal":
+		var on bool
+		on, err = keyval.Bool(val)
+		c.NoJournal = !on
 	case "iv-partition":
 		c.IVPartition, err = statedir.ParsePartition(val)
 	case "drain-idle":

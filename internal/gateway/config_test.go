@@ -27,6 +27,9 @@ func TestFileConfig(t *testing.T) {
 		!rel(c.SAFiles[0]) || c.SAFiles[1] != "/etc/espep/more.sa" || !rel(c.StateDir) || c.IVPartition != (statedir.Partition{K: 3, N: 8}) {
 		t.Errorf("interfaces and files: %+v", c)
 	}
+	if !c.NoJournal {
+		t.Error("journal = no: NoJournal not set")
+	}
 	if len(c.IKEKeyFiles) != 2 || !rel(c.IKEKeyFiles[0]) || c.IKEKeyFiles[1] != "/etc/espep/more.keys" {
 		t.Errorf("IKE key files: %v", c.IKEKeyFiles)
 	}
