@@ -430,6 +430,22 @@ func TestProcessOpaque(t *testing.T) {
 	if st := h.e.Stats(); st.LocalRexmits != 1 || st.EarlyAcked != 0 || st.Emitted != 0 {
 		t.Fatalf("%+v", st)
 	}
+	// Moved to another engine, the flow is still one it may only read:
+	// imported as a verified flow, its packets would be relayed untouched.
+	h2 := newHarness(t)
+	h2.e.cfg.Mode = ModeSplit
+	if err := h2.e.Import(h.e.Export(true)); err != nil {
+		t.Fatal(err)
+	}
+	h2.e.ProcessOpaque(Radio, h.ack(2), wire(h.ack(2)))
+	for _, o := range h2.take() {
+		if !bytes.HasPrefix(o.pkt, []byte("CIPHERTEXT:")) {
+			t.Fatalf("after the move, the engine sent bytes it was not given: %x", o.pkt)
+		}
+	}
+	if st := h2.e.Stats(); st.KindRelayed != 0 || st.Relayed != 0 || st.Flows != 1 {
+		t.Fatalf("after the move: %+v", st)
+	}
 }
 
 // TestSnoopZeroAllocs: caching a data segment, forwarding it and cleaning

@@ -16,6 +16,7 @@ type FlowState struct {
 	Wire, Radio netip.AddrPort
 	Mode        Mode
 	Opaque      bool // snoop on packets it may not change (ProcessOpaque)
+	Plain       bool // opened by packets nobody verified (ProcessPlain), and never shown by a verified one
 	// What the handshake showed: who opened, each side's IP header, last
 	// window and timestamp.
 	Initiator   Side
@@ -351,7 +352,7 @@ func (e *shard) stateOf(f *flow, how dataMode) FlowState {
 	if f.sp != nil {
 		fs.Split = f.sp.state(&e.pool, how)
 	}
-	fs.Initiator, fs.IP, fs.HSWin, fs.HSTS, fs.Opaque = f.initiator, f.tpl, f.hsWin, f.tsv, f.opaque
+	fs.Initiator, fs.IP, fs.HSWin, fs.HSTS, fs.Opaque, fs.Plain = f.initiator, f.tpl, f.hsWin, f.tsv, f.opaque, f.kind == kindPlain
 	fs.Mode = ModeSnoop
 	if f.split {
 		fs.Mode = ModeSplit
@@ -390,6 +391,19 @@ func (e *shard) importFlow(fs *FlowState, moved bool) error {
 	if len(e.flows) >= e.maxFlows {
 		return fmt.Errorf("engine: import: flow table full (%d)", e.cfg.MaxFlows)
 	}
+	// A flow keeps the protection it had: a cleartext one imported as
+	// verified would refuse every packet of its own (PlainRefused), an
+	// opaque one would be relayed (KindRelayed).
+	kind := kindVerified
+	switch {
+	case fs.Opaque:
+		kind = kindOpaque
+	case fs.Plain:
+		kind = kindPlain
+		if old := e.flows[flowKey{fs.Wire, fs.Radio}]; e.nPlain >= e.maxPlain && (old == nil || old.kind != kindPlain) {
+			return fmt.Errorf("engine: import: cleartext flow table full (%d)", e.maxPlain)
+		}
+	}
 	f := &flow{key: flowKey{fs.Wire, fs.Radio}, down: fs.Down.half(), up: fs.Up.half(), established: fs.Established,
 		sndMax: seqnum.Value(fs.SndMax), lastAck: seqnum.Value(fs.LastAck), ackValid: fs.AckValid,
 		lastWindow: fs.LastWindow, dupacks: fs.DupAcks, expectDup: fs.ExpectDup, inRecovery: fs.InRecovery,
@@ -397,7 +411,7 @@ func (e *shard) importFlow(fs *FlowState, moved bool) error {
 	if f.rto <= 0 {
 		f.rto = e.cfg.MinRTO * 10
 	}
-	f.split, f.opaque = fs.Mode == ModeSplit && !fs.Opaque, fs.Opaque
+	f.split, f.opaque, f.kind = fs.Mode == ModeSplit && !fs.Opaque, fs.Opaque, kind
 	f.initiator, f.tpl, f.hsWin, f.tsv = fs.Initiator&1, fs.IP, fs.HSWin, fs.HSTS
 	if fs.Split != nil {
 		if !f.split {
@@ -421,6 +435,9 @@ func (e *shard) importFlow(fs *FlowState, moved bool) error {
 	}
 	e.cacheMem += f.cacheBytes
 	e.flows[f.key] = f
+	if kind == kindPlain {
+		e.nPlain++
+	}
 	e.st.FlowsMax = max(e.st.FlowsMax, len(e.flows))
 	if f.sp != nil && e.log != nil {
 		// What it holds was taken elsewhere: in the file before any ACK
