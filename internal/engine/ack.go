@@ -41,6 +41,9 @@ func (e *shard) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 	}
 	if f.sp.sackOn {
 		delivered += e.takeSACK(st, &p.opts, now, &rs)
+		if f.kind == kindVerified {
+			st.notePeer(&p.opts)
+		}
 	}
 	if rs.rtt > 0 {
 		e.splitRTT(st, rs.rtt)

@@ -50,7 +50,14 @@ type stream struct {
 	ooo     []span       // held above rcvNxt, ascending, disjoint
 	lastIn  span         // the most recent out-of-order arrival (first SACK block)
 	sack    [4]span      // scratch for SACK blocks
-	finSeen bool         // the sender's FIN has been seen, at finSeq
+	// What the receiver last reported (SACK, on a protected flow) holding
+	// above rcvNxt: bytes that reached it by another way (straight from
+	// the sender while no gateway was in the path). The engine's ACKs to
+	// the sender carry them too, so that the sender resends only what the
+	// receiver lacks (sackBlocks); nPeer of them.
+	peer    [4]span
+	nPeer   int
+	finSeen bool // the sender's FIN has been seen, at finSeq
 	finSeq  seqnum.Value
 	// The sender's latest push (PSH): the end of the segment that carried
 	// it. The segment toward the receiver that ends there or covers it
@@ -155,7 +162,8 @@ func (st *stream) ackValue() seqnum.Value {
 }
 
 // sackBlocks fills st.sack with up to n blocks, the most recent arrival
-// first (RFC 2018 §4), and returns how many.
+// first (RFC 2018 §4), then what the receiver holds above rcvNxt that the
+// engine does not (peer), and returns how many.
 func (st *stream) sackBlocks(n int) int {
 	k := 0
 	first := -1
@@ -173,8 +181,37 @@ func (st *stream) sackBlocks(n int) int {
 			k++
 		}
 	}
+	for i := 0; i < st.nPeer && k < n; i++ {
+		if s := st.peer[i]; st.rcvNxt.LessThan(s.end) {
+			st.sack[k] = span{seqnum.Max(s.start, st.rcvNxt), s.end}
+			k++
+		}
+	}
 	return k
 }
+
+// notePeer keeps the SACK blocks of the receiver's latest ACK that reach
+// above rcvNxt (cut there), in place of those before: the receiver's own
+// word on a protected flow, for the sender (sackBlocks).
+// A change reaches the sender at once.
+func (st *stream) notePeer(o *header.TCPOptions) {
+	old, nOld := st.peer, st.nPeer
+	st.nPeer = 0
+	for i := 0; i < o.NSACK && st.nPeer < len(st.peer); i++ {
+		start, end := seqnum.Value(o.SACK[i].Start), seqnum.Value(o.SACK[i].End)
+		if start.LessThan(end) && st.rcvNxt.LessThan(end) && diff(st.rcvNxt, end) <= maxPeerAhead {
+			st.peer[st.nPeer] = span{seqnum.Max(start, st.rcvNxt), end}
+			st.nPeer++
+		}
+	}
+	if st.nPeer > 0 && (st.nPeer != nOld || st.peer != old) {
+		st.ackNow = true
+	}
+}
+
+// maxPeerAhead bounds how far above rcvNxt a block the receiver reports
+// is passed on to the sender: further than any window.
+const maxPeerAhead = 1 << 30
 
 // maxOOO bounds the out-of-order ranges held per stream; a segment that
 // would make more is dropped (the sender resends it).
@@ -284,6 +321,7 @@ func (e *shard) splitProcess(f *flow, from Side, p *parsed) {
 			}
 		}
 		if t.Has(header.TCPAck) {
+			out.skipTo(seqnum.Value(t.Ack())) // past rcvNxt only on a protected flow (ackAcceptable)
 			e.takeAck(f, out, p, now)
 		}
 		if p.payload > 0 || t.Has(header.TCPFin) {
@@ -401,11 +439,47 @@ func (st *stream) pushedTo(at seqnum.Value, psh bool) {
 // holds (short of the FIN) is taken too. A protected flow's ACK is
 // verified (the receiver's own), so it says the receiver has those bytes;
 // a plain flow's could be anyone's, and is taken only when moved.
+//
+// A protected flow's receiver may even hold bytes the engine has not had
+// from their sender: sent straight to it while no gateway was in the
+// path (a restart's gap). Its ACK is taken whole (skipTo): refused, the
+// flow would crawl, the sender resending them one timeout at a time.
 func (e *shard) ackAcceptable(f *flow, st *stream, ack seqnum.Value) bool {
-	if st.sndNxt.LessThan(ack) {
-		return (f.sp.moved || f.kind == kindVerified) && ack.LessThanEq(st.rcvNxt) && !(st.finSeen && st.finSeq.LessThan(ack))
+	if !st.sndNxt.LessThan(ack) {
+		return diff(ack, st.sndUna) <= max(st.maxWnd, 0xffff)
 	}
-	return diff(ack, st.sndUna) <= max(st.maxWnd, 0xffff)
+	if st.finSeen && st.finSeq.LessThan(ack) {
+		return false
+	}
+	return f.kind == kindVerified || f.sp.moved && ack.LessThanEq(st.rcvNxt)
+}
+
+// skipTo moves st's in-order point from its sender up to at, for bytes
+// its receiver has acknowledged (verified) that never reached the engine:
+// the receiver has them, so the sender may have their ACK at once, and
+// the engine holds nothing below at. What was held out of order below at
+// goes with them; a range reaching past at is now in order.
+func (st *stream) skipTo(at seqnum.Value) {
+	if !st.rcvNxt.LessThan(at) {
+		return
+	}
+	st.rcvNxt = at
+	k := 0
+	for _, s := range st.ooo {
+		switch {
+		case s.end.LessThanEq(at):
+		case s.start.LessThanEq(st.rcvNxt):
+			st.rcvNxt = s.end
+		default:
+			st.ooo[k] = s
+			k++
+		}
+	}
+	st.ooo = st.ooo[:k]
+	if st.rcvEdge.LessThan(st.rcvNxt) {
+		st.rcvEdge = st.rcvNxt
+	}
+	st.ackNow = true
 }
 
 // challengeAck has an ACK sent toward the sender of st at once — at most

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -73,9 +74,18 @@ func FuzzSplit(f *testing.F) {
 // byte, one far outside, a SYN — release nothing the engine acknowledged
 // early and do not reset the flow; the in-window ones are answered with
 // a challenge ACK, rate-limited. Then the genuine ACK releases the bytes
-// and an RST at exactly the next byte resets the flow.
+// and an RST at exactly the next byte resets the flow. On a protected
+// flow only an endpoint can send at all, and its ACK beyond the bytes sent
+// is the receiver's own word (TestSplitAckOfRelayedBytes): those rows are
+// left out there.
 func TestSplitForgedSegments(t *testing.T) {
-	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000})
+	for _, plain := range []bool{true, false} {
+		t.Run(fmt.Sprintf("plain=%v", plain), func(t *testing.T) { forgedSegments(t, plain) })
+	}
+}
+
+func forgedSegments(t *testing.T, plain bool) {
+	h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000, plain: plain})
 	h.establish()
 	h.fromW(0, 988, 0)
 	h.fromW(988, 988, 0)
@@ -96,32 +106,40 @@ func TestSplitForgedSegments(t *testing.T) {
 		h.clock.Advance(challengeGap)
 	}
 	forged := []struct {
-		name      string
-		flags     uint8
-		seq, ack  uint32
-		challenge bool
+		name           string
+		flags          uint8
+		seq, ack       uint32
+		challenge, any bool // any: refused from anyone (not only on a plain flow)
 	}{
-		{"ack beyond what was sent", header.TCPAck, h.R(), h.W() + 9000, true},
-		{"ack beyond, with data", header.TCPAck | header.TCPPsh, h.R(), h.W() + 2965, true},
-		{"ack far below the window", header.TCPAck, h.R(), h.W() - 300000, true},
-		{"rst in the window", header.TCPRst | header.TCPAck, h.R() + 5000, h.W() + 2964, true},
-		{"rst outside the window", header.TCPRst, h.R() + 1<<31, 0, false},
-		{"rst just below", header.TCPRst, h.R() - 1, 0, false},
-		{"syn", header.TCPSyn, h.R() + 77, 0, true},
+		{"ack beyond what was sent", header.TCPAck, h.R(), h.W() + 9000, true, false},
+		{"ack beyond, with data", header.TCPAck | header.TCPPsh, h.R(), h.W() + 2965, true, false},
+		{"ack far below the window", header.TCPAck, h.R(), h.W() - 300000, true, true},
+		{"rst in the window", header.TCPRst | header.TCPAck, h.R() + 5000, h.W() + 2964, true, true},
+		{"rst outside the window", header.TCPRst, h.R() + 1<<31, 0, false, true},
+		{"rst just below", header.TCPRst, h.R() - 1, 0, false, true},
+		{"syn", header.TCPSyn, h.R() + 77, 0, true, true},
 	}
+	var acks, challenged uint64
 	for _, f := range forged {
+		if !plain && !f.any {
+			continue
+		}
 		n := 0
 		if f.flags&header.TCPPsh != 0 {
 			n = 100
 		}
 		pkt := h.seg(Radio, f.flags, f.seq, f.ack, 65535, n)
 		h.tsR-- // refused: its TSval is not the one the engine echoes (RFC 7323 §4.3)
-		h.e.Process(Radio, pkt)
+		h.in(Radio, pkt)
 		st := h.e.Stats()
 		if st.Flows != 1 || st.BufferedBytes != held || st.Resets != 0 {
 			t.Fatalf("%s: the flow lost what it held: %+v", f.name, st)
 		}
+		if f.flags&(header.TCPRst|header.TCPSyn) == 0 {
+			acks++
+		}
 		if f.challenge {
+			challenged++
 			challenges(1)
 		} else {
 			challenges(0)
@@ -129,12 +147,12 @@ func TestSplitForgedSegments(t *testing.T) {
 	}
 	// A burst of forgeries gets one challenge ACK per gap.
 	for range 10 {
-		pkt := h.seg(Radio, header.TCPAck, h.R(), h.W()+9000, 65535, 0)
+		pkt := h.seg(Radio, header.TCPAck, h.R(), h.W()-300000, 65535, 0)
 		h.tsR--
-		h.e.Process(Radio, pkt)
+		h.in(Radio, pkt)
 	}
 	challenges(1)
-	if st := h.e.Stats(); st.AckIgnored != 13 || st.RSTIgnored != 2 || st.ChallengeAcks != 6 {
+	if st := h.e.Stats(); st.AckIgnored != acks+10 || st.RSTIgnored != 2 || st.ChallengeAcks != challenged+1 {
 		t.Fatalf("counters: %+v", st)
 	}
 	h.ackR(2964, 65535)
@@ -142,7 +160,7 @@ func TestSplitForgedSegments(t *testing.T) {
 		t.Fatalf("the genuine ACK released nothing: %+v", st)
 	}
 	h.take()
-	h.e.Process(Radio, h.seg(Radio, header.TCPRst, h.R(), 0, 0, 0))
+	h.in(Radio, h.seg(Radio, header.TCPRst, h.R(), 0, 0, 0))
 	if toW := h.sentTo(Wire); len(toW) != 1 || !toW[0].rst {
 		t.Fatalf("the exact RST not passed on: %+v", toW)
 	}

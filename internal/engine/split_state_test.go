@@ -2,7 +2,10 @@ package engine
 
 import (
 	"encoding/json"
+	"fmt"
+	"github.com/espep/espep/internal/seqnum"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -96,10 +99,19 @@ func TestSplitExportImport(t *testing.T) {
 // new engine never sent (the old engine sent them, or relayed them while
 // the flow moved) and acknowledge them. Refused, that ACK would come back
 // for ever and the flow would stall; a moved flow takes it, up to the bytes
-// it holds and no further. Segments imported in flight give no RTT sample:
-// their ACK, a millisecond after the import, is not the path's RTT.
+// it holds. Beyond those, a plain flow's ACK is refused (anyone could
+// have sent it) and a protected one's is taken as far as the bytes held
+// (the sender's bytes went straight to the receiver while no gateway was
+// in the path). Segments imported in flight give no RTT sample: their
+// ACK, a millisecond after the import, is not the path's RTT.
 func TestSplitImportedAckAhead(t *testing.T) {
-	o := splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000}
+	for _, plain := range []bool{true, false} {
+		t.Run(fmt.Sprintf("plain=%v", plain), func(t *testing.T) { importedAckAhead(t, plain) })
+	}
+}
+
+func importedAckAhead(t *testing.T, plain bool) {
+	o := splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000, plain: plain}
 	h := newSplit(t, o)
 	h.establish()
 	h.fromW(0, 988, 0)
@@ -135,13 +147,8 @@ func TestSplitImportedAckAhead(t *testing.T) {
 		}
 		return fi[0].Down.Buffered
 	}
-	h2.ackR(6*988, 65535) // beyond every byte held: refused
-	if st := h2.e.Stats(); st.AckIgnored != 1 || held() != 4*988 {
-		t.Fatalf("an ACK beyond the bytes held was taken: %d held, %+v", held(), st)
-	}
-	h2.take()
 	h2.ackR(4*988, 65535) // the two in flight and one never sent here
-	if st := h2.e.Stats(); st.AckIgnored != 1 || held() != 988 {
+	if st := h2.e.Stats(); st.AckIgnored != 0 || held() != 988 {
 		t.Fatalf("the moved flow refused the receiver's ACK: %d held, %+v", held(), st)
 	}
 	if toR := h2.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W()+4*988 {
@@ -150,6 +157,33 @@ func TestSplitImportedAckAhead(t *testing.T) {
 	fi := h2.e.Flows()
 	if len(fi) != 1 || fi[0].Down.MinRTT != 20*time.Millisecond {
 		t.Fatalf("flows %+v: want the minimum RTT of 20 ms kept", fi)
+	}
+	h2.take()
+	h2.clock.Advance(time.Millisecond)
+	h2.ackR(6*988, 65535) // beyond every byte held
+	switch st := h2.e.Stats(); {
+	case plain && (st.AckIgnored != 1 || held() != 988):
+		t.Fatalf("plain: an ACK beyond the bytes held was taken: %d held, %+v", held(), st)
+	case !plain && (st.AckIgnored != 0 || held() != 0):
+		t.Fatalf("protected: the receiver's ACK beyond the bytes held was not taken: %d held, %+v", held(), st)
+	}
+	if plain {
+		return
+	}
+	// The sender has that ACK at once; what it sends again of those bytes
+	// is acknowledged and not passed on.
+	if toW, toR := h2.split(h2.take()); len(toW) != 1 || toW[0].ack != h.W()+6*988 || len(toR) != 0 {
+		t.Fatalf("after the ACK, toward the wire %+v, toward the radio %+v", toW, toR)
+	}
+	h2.fromW(5*988, 988, 0)
+	h2.clock.Advance(delAck)
+	toW, toR := h2.split(h2.take())
+	if len(toW) != 1 || toW[0].ack != h.W()+6*988 || len(toR) != 0 || held() != 0 {
+		t.Fatalf("the sender's segment again: toward the wire %+v, toward the radio %+v, %d held", toW, toR, held())
+	}
+	h2.fromW(6*988, 988, 0) // and the next is the next
+	if toR := h2.sentTo(Radio); len(toR) != 1 || toR[0].seq != h.W()+6*988 || held() != 988 {
+		t.Fatalf("the next segment: toward the radio %+v, %d held", toR, held())
 	}
 }
 
@@ -201,5 +235,73 @@ func TestSplitZeroAllocs(t *testing.T) {
 	// Each segment goes on, and an ACK for every second comes back.
 	if st := h.e.Stats(); st.EarlyAcked != uint64(i*988) || st.Emitted < uint64(i+i/2) {
 		t.Fatalf("the engine did not work: %+v after %d segments", st, i)
+	}
+}
+
+// TestSkipTo: a receiver's ACK past the bytes the engine had moves the
+// in-order point there; ranges held out of order below it go, one across
+// it becomes in order, one above it stays.
+func TestSkipTo(t *testing.T) {
+	v := func(n uint32) seqnum.Value { return seqnum.Value(n) }
+	st := stream{rcvNxt: v(100), rcvEdge: v(1000), ooo: []span{{v(150), v(200)}, {v(300), v(400)}, {v(600), v(700)}}}
+	st.skipTo(v(50)) // behind: nothing
+	if st.rcvNxt != v(100) || len(st.ooo) != 3 || st.ackNow {
+		t.Fatalf("an ACK behind moved the stream: %+v", st)
+	}
+	st.skipTo(v(170))
+	if st.rcvNxt != v(200) || len(st.ooo) != 2 || st.ooo[0] != (span{v(300), v(400)}) || !st.ackNow {
+		t.Fatalf("to 170: rcvNxt %d, ooo %v", st.rcvNxt, st.ooo)
+	}
+	st.skipTo(v(500))
+	if st.rcvNxt != v(500) || len(st.ooo) != 1 || st.ooo[0] != (span{v(600), v(700)}) {
+		t.Fatalf("to 500: rcvNxt %d, ooo %v", st.rcvNxt, st.ooo)
+	}
+	st.skipTo(v(2000))
+	if st.rcvNxt != v(2000) || len(st.ooo) != 0 || st.rcvEdge != v(2000) {
+		t.Fatalf("to 2000: rcvNxt %d, edge %d, ooo %v", st.rcvNxt, st.rcvEdge, st.ooo)
+	}
+}
+
+// TestSplitPeerSACK: on a protected flow, what the receiver reports
+// holding (SACK) above every byte the engine has from the sender — bytes
+// that went straight to it while no gateway was in the path — reaches the
+// sender in the engine's ACKs, so it resends only the hole; the
+// receiver's ACK past the hole then reaches the sender at once. On a
+// cleartext flow anyone could have sent those blocks: not passed on.
+func TestSplitPeerSACK(t *testing.T) {
+	for _, plain := range []bool{false, true} {
+		h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000, plain: plain})
+		h.establish()
+		for i := range 4 {
+			h.fromW(i*988, 988, 0)
+		}
+		h.take()
+		h.ackR(4*988, 65535, 6*988, 9*988)
+		h.clock.Advance(delAck)
+		toW := h.sentTo(Wire)
+		var blocks []header.SACKBlock
+		for _, p := range toW {
+			blocks = append(blocks, p.sack...)
+		}
+		want := []header.SACKBlock{{Start: h.W() + 6*988, End: h.W() + 9*988}}
+		if plain {
+			want = nil
+		}
+		if !slices.Equal(blocks, want) {
+			t.Fatalf("plain %v: toward the sender %+v: SACK blocks %v, want %v", plain, toW, blocks, want)
+		}
+		if plain {
+			continue
+		}
+		h.fromW(4*988, 988, 0)
+		h.fromW(5*988, 988, 0)
+		if toR := h.sentTo(Radio); len(toR) != 2 || toR[0].seq != h.W()+4*988 {
+			t.Fatalf("the hole toward the receiver: %+v", toR)
+		}
+		h.ackR(9*988, 65535)
+		toW = h.sentTo(Wire)
+		if len(toW) != 1 || toW[0].ack != h.W()+9*988 || len(toW[0].sack) != 0 {
+			t.Fatalf("after the hole: toward the sender %+v, want an ACK of 9*988 without SACK", toW)
+		}
 	}
 }

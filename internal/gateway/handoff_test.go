@@ -424,7 +424,12 @@ func TestResumeRestartBypassed(t *testing.T) {
 	for _, st := range p.g1.SAs() {
 		ahead = ahead || st.EndpointSeq > st.GatewaySeq
 	}
-	time.Sleep(300 * time.Millisecond)
+	// No gateway in the path for less than the sender's shortest timeout
+	// (200 ms): longer, gVisor's sender times out on what it sent straight
+	// onto the radio — up to the mobile's 4 MB window, into a queue of 200
+	// packets — and then resends the holes about one per timeout until it
+	// is past all it had sent (minutes, with a gateway or without).
+	time.Sleep(150 * time.Millisecond)
 	p.mu.Lock()
 	err := p.g2.ResumeRestart(h)
 	bypass.Store(false)

@@ -324,6 +324,10 @@ func (n *testNet) diag(gws ...*Gateway) string {
 		for _, st := range g.SAs() {
 			fmt.Fprintf(&b, "  %+v\n", st)
 		}
+		for _, f := range g.Engine().Flows() {
+			fmt.Fprintf(&b, "  flow %+v\n", f)
+		}
+		fmt.Fprintf(&b, "  engine %+v\n", g.Engine().Stats())
 	}
 	return b.String()
 }
