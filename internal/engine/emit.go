@@ -37,23 +37,6 @@ type segment struct {
 	n     int     // payload bytes, read from data.buf at seq
 }
 
-// appendSACK writes a SACK option of up to n blocks (sackBlocks) at
-// opt[no:] and returns the options' new length: none without a block.
-func (st *stream) appendSACK(opt []byte, no, n int) int {
-	nb := st.sackBlocks(n)
-	if nb == 0 {
-		return no
-	}
-	opt[no], opt[no+1], opt[no+2], opt[no+3] = header.TCPOptNop, header.TCPOptNop, header.TCPOptSACK, byte(2+8*nb)
-	no += 4
-	for i := 0; i < nb; i++ {
-		binary.BigEndian.PutUint32(opt[no:], uint32(st.sack[i].start))
-		binary.BigEndian.PutUint32(opt[no+4:], uint32(st.sack[i].end))
-		no += 8
-	}
-	return no
-}
-
 // maxSACKBlocks is how many SACK blocks fit beside a timestamp option.
 const maxSACKBlocks = 3
 

@@ -305,3 +305,55 @@ func TestSplitPeerSACK(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitAckOfRelayedBytes: the receiver acknowledges bytes the engine
+// holds but has not sent — the sender's own packets reached it relayed
+// as they came (a rekey's new SA reached the endpoints before the
+// gateway) — or even bytes the engine does not hold yet. On a protected
+// flow the ACK is the receiver's own: it is taken, as far as the bytes
+// held, those bytes count as delivered and the engine goes on from there
+// — refused, that ACK would come back for ever and the flow stall. On a
+// cleartext flow anyone could have sent it: it is refused, as beyond
+// anything the engine sent.
+func TestSplitAckOfRelayedBytes(t *testing.T) {
+	for _, plain := range []bool{false, true} {
+		h := newSplit(t, splitOpts{sack: true, ts: true, isnW: 1000, isnR: 5000, plain: plain})
+		h.establish()
+		for i := range 30 {
+			h.fromW(i*988, 988, 0)
+		}
+		var sndNxt uint32
+		for _, p := range h.sentTo(Radio) {
+			sndNxt = max(sndNxt, p.seq+uint32(p.n)-h.W())
+		}
+		held := h.e.Stats().BufferedBytes
+		if sndNxt == 0 || sndNxt >= 20*988 || held < 30*988 {
+			t.Fatalf("plain %v: %d bytes sent of %d held: the test needs bytes held and not sent", plain, sndNxt, held)
+		}
+		h.ackR(25*988, 65535)
+		st := h.e.Stats()
+		if plain {
+			if st.AckIgnored != 1 || st.BufferedBytes != held {
+				t.Fatalf("plain: an ACK of bytes not sent was taken: %+v", st)
+			}
+			h.clock.Advance(challengeGap)
+			h.ackR(30*988+1, 65535)
+			if st := h.e.Stats(); st.AckIgnored != 2 || st.BufferedBytes != held {
+				t.Fatalf("plain: an ACK beyond the bytes held: %+v", st)
+			}
+			continue
+		}
+		if st.AckIgnored != 0 || st.BufferedBytes >= held {
+			t.Fatalf("protected: the receiver's ACK of relayed bytes was not taken: %+v", st)
+		}
+		for _, p := range h.sentTo(Radio) {
+			if p.n > 0 && p.seq < h.W()+25*988 {
+				t.Fatalf("protected: the engine sent again bytes the receiver has (seq %d)", p.seq-h.W())
+			}
+		}
+		h.ackR(30*988+1, 65535)
+		if st := h.e.Stats(); st.AckIgnored != 0 || st.BufferedBytes != 0 {
+			t.Fatalf("protected: an ACK beyond the bytes held did not take them all: %+v", st)
+		}
+	}
+}
