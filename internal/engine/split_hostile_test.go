@@ -155,6 +155,13 @@ func forgedSegments(t *testing.T, plain bool) {
 	if st := h.e.Stats(); st.AckIgnored != acks+10 || st.RSTIgnored != 2 || st.ChallengeAcks != challenged+1 {
 		t.Fatalf("counters: %+v", st)
 	}
+	genuineAckAndReset(t, h)
+}
+
+// genuineAckAndReset: the receiver's genuine ACK releases what the flow
+// holds, and an RST at exactly the next byte resets it.
+func genuineAckAndReset(t *testing.T, h *sh) {
+	t.Helper()
 	h.ackR(2964, 65535)
 	if st := h.e.Stats(); st.BufferedBytes != 0 {
 		t.Fatalf("the genuine ACK released nothing: %+v", st)
