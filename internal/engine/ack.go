@@ -20,7 +20,8 @@ func (e *shard) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 	if ack.LessThan(st.sndUna) {
 		return // stale
 	}
-	if st.sndNxt.LessThan(ack) {
+	jumped := st.sndNxt.LessThan(ack)
+	if jumped {
 		// The receiver has bytes this engine never sent (a moved flow,
 		// or originals relayed: ackAcceptable); they count as sent.
 		st.sndNxt = ack
@@ -32,6 +33,15 @@ func (e *shard) takeAck(f *flow, st *stream, p *parsed, now time.Time) {
 	switch {
 	case advanced:
 		delivered += e.cumAck(f, st, ack, now, &rs)
+		if jumped {
+			// What the engine sent below ack the receiver may have had
+			// before (the copy it got another way): the ACK says
+			// nothing of when this one arrived, and an RTT sample from
+			// it would be the time since the engine last sent (µs), a
+			// minimum RTT that shrinks BBR's window for good (as
+			// importQuarantine says).
+			rs = rateSample{}
+		}
 	case p.payload == 0 && !p.tcp.Has(header.TCPFin) && len(st.segs) > 0 && win <= prevWnd:
 		// A duplicate: no data, no new ACK, and no larger window (a window
 		// that grew is an update). Not RFC 5681's "same window", as in

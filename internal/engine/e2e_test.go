@@ -36,6 +36,7 @@ type Net struct {
 	// packets that arrive meanwhile wait for the new one, as a handoff
 	// forwards them, instead of reaching the old one.
 	moving sync.RWMutex
+	cfg    *engine.Config
 }
 
 // snoop and split are the engine configurations the tests use; nil runs
@@ -58,7 +59,7 @@ func newNetCC(t testing.TB, ecfg *engine.Config, wired, radio netem.Config, sack
 		t.Fatal(err)
 	}
 	t.Cleanup(sn.Close)
-	n := &Net{Net: sn, A: sn.Wired, B: sn.Mobile, out: sn.Send}
+	n := &Net{Net: sn, A: sn.Wired, B: sn.Mobile, out: sn.Send, cfg: ecfg}
 	if ecfg != nil {
 		n.E.Store(mustEngine(t, *ecfg, n.out))
 		n.SetMiddle(func(from engine.Side, pkt []byte) {
@@ -282,34 +283,12 @@ func TestHandoff(t *testing.T) {
 			done := make(chan error, 1)
 			var moved, held int
 			go func() {
-				done <- func() error {
-					old := n.E.Load()
-					for deadline := time.Now().Add(30 * time.Second); !tc.taken(old.Stats()); time.Sleep(time.Millisecond) {
-						if time.Now().After(deadline) {
-							return fmt.Errorf("the engine never took enough of the transfer: %+v", old.Stats())
-						}
-					}
-					n.moving.Lock()
-					defer n.moving.Unlock()
-					b, err := json.Marshal(old.Export(true))
-					if err != nil {
-						return err
-					}
-					var states []engine.FlowState
-					if err := json.Unmarshal(b, &states); err != nil {
-						return err
-					}
-					next := mustEngine(t, *tc.cfg, n.out)
-					if err := next.Import(states); err != nil {
-						return err
-					}
-					moved = len(states)
-					if len(states) == 1 && states[0].Split != nil {
-						held = states[0].Split.Streams[engine.Wire].Held()
-					}
-					n.E.Store(next)
-					return nil
-				}()
+				states, err := n.moveFlow(t, tc.taken, nil)
+				moved = len(states)
+				if len(states) == 1 && states[0].Split != nil {
+					held = states[0].Split.Streams[engine.Wire].Held()
+				}
+				done <- err
 			}()
 			transfer(t, n.A, n.B, size, 60*time.Second)
 			if err := <-done; err != nil {
@@ -338,6 +317,40 @@ func TestHandoff(t *testing.T) {
 			}
 		})
 	}
+}
+
+// moveFlow waits (up to 30 s) until taken says the engine has taken
+// enough, then moves its flows to a new engine as a handoff does (their
+// state through JSON, the packets that arrive meanwhile waiting), with
+// edit (if not nil) applied to each first. It returns the states moved.
+func (n *Net) moveFlow(t testing.TB, taken func(engine.Stats) bool, edit func(*engine.FlowState)) ([]engine.FlowState, error) {
+	old := n.E.Load()
+	for deadline := time.Now().Add(30 * time.Second); !taken(old.Stats()); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the engine never took enough of the transfer: %+v", old.Stats())
+		}
+	}
+	n.moving.Lock()
+	defer n.moving.Unlock()
+	b, err := json.Marshal(old.Export(true))
+	if err != nil {
+		return nil, err
+	}
+	var states []engine.FlowState
+	if err := json.Unmarshal(b, &states); err != nil {
+		return nil, err
+	}
+	for i := range states {
+		if edit != nil {
+			edit(&states[i])
+		}
+	}
+	next := mustEngine(t, *n.cfg, n.out)
+	if err := next.Import(states); err != nil {
+		return nil, err
+	}
+	n.E.Store(next)
+	return states, nil
 }
 
 func mustEngine(t testing.TB, cfg engine.Config, out func(engine.Side, []byte)) *engine.Engine {

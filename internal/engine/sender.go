@@ -135,7 +135,7 @@ func (e *shard) transmit(f *flow, to Side, st *stream, s *txSeg, now time.Time) 
 	if st.inflight == 0 {
 		st.firstSent, st.delivTime = now, now
 	}
-	s.xmit, s.noSample = now, st.aheadOn && s.seq.LessThan(st.ahead)
+	s.xmit, s.noSample = now, st.aheadOn && s.seq.LessThan(st.ahead) || now.Before(st.sampleAfter)
 	s.delivered, s.delivTime, s.firstSent = st.delivered, st.delivTime, st.firstSent
 	s.appLimited = st.appLimited != 0
 	st.inflight += s.len()

@@ -111,6 +111,10 @@ type stream struct {
 	pacer                     pacer
 	persistBackoff            int
 	progress                  time.Time // last cumulative ACK, or the first segment sent after none were outstanding
+	// Segments sent before sampleAfter give no RTT or rate sample: an
+	// imported stream's receiver may have had their bytes from the
+	// engine before (importQuarantine).
+	sampleAfter time.Time
 
 	// Tail loss probe (RFC 8985 §7): when new data last went out or a
 	// new cumulative ACK came (the probe timeout runs from there), and

@@ -102,8 +102,9 @@ func TestSplitExportImport(t *testing.T) {
 // it holds. Beyond those, a plain flow's ACK is refused (anyone could
 // have sent it) and a protected one's is taken as far as the bytes held
 // (the sender's bytes went straight to the receiver while no gateway was
-// in the path). Segments imported in flight give no RTT sample: their
-// ACK, a millisecond after the import, is not the path's RTT.
+// in the path). Segments imported in flight, and those sent soon after
+// the import, give no RTT sample: their ACK, a millisecond after, is not
+// the path's RTT.
 func TestSplitImportedAckAhead(t *testing.T) {
 	for _, plain := range []bool{true, false} {
 		t.Run(fmt.Sprintf("plain=%v", plain), func(t *testing.T) { importedAckAhead(t, plain) })
@@ -169,6 +170,11 @@ func importedAckAhead(t *testing.T, plain bool) {
 	}
 	if plain {
 		return
+	}
+	// The last segment held went out a millisecond before that ACK
+	// covered it: no sample (the receiver had its bytes).
+	if fi := h2.e.Flows(); len(fi) != 1 || fi[0].Down.MinRTT != 20*time.Millisecond {
+		t.Fatalf("flows %+v: want the minimum RTT of 20 ms kept after the ACK beyond", fi)
 	}
 	// The sender has that ACK at once; what it sends again of those bytes
 	// is acknowledged and not passed on.

@@ -237,10 +237,29 @@ func (e *shard) restore(f *flow, ss *SplitState, now time.Time, moved bool) (err
 			return fmt.Errorf("engine: import: stream %d: %w", i, err)
 		}
 		st.progress = now
+		st.sampleAfter = now.Add(importQuarantine(st.srtt))
 	}
 	f.sp = sp
 	return nil
 }
+
+// importQuarantine is how long an imported stream's new segments give no
+// RTT or rate sample: two round trips (at most maxQuarantine; that
+// without an estimate),
+// by when the ACKs the receiver sent for the copies it had before — from
+// the engine the flow came from, or this one before a restart — have
+// come. The receiver's ACK covers a byte it had as soon as the engine
+// sends it, and such a sample, as the minimum RTT, shrank BBR's window
+// and probing for good (TestSplitLowModelRecovers).
+func importQuarantine(srtt time.Duration) time.Duration {
+	if srtt <= 0 {
+		return maxQuarantine
+	}
+	return min(2*srtt, maxQuarantine)
+}
+
+// maxQuarantine bounds importQuarantine.
+const maxQuarantine = 500 * time.Millisecond
 
 // restoreSegs rebuilds the segments in flight; with lost, those not
 // selectively acknowledged went out on a radio the host has left and are
