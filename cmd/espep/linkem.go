@@ -31,8 +31,9 @@ and --ba.NAME override it for one direction. With --mode the TCP engine
 sits at the a end of the link (a is its wire side, the link its radio),
 with the settings the gateway takes (--cc, --dupacks, …: the same names
 as in a gateway config file);
---wire.NAME adds an emulated wired leg between a and the engine. Counters are printed on exit
-and on SIGUSR1. The interfaces' peers need offloads off
+--wire.NAME adds an emulated wired leg between a and the engine.
+Counters (and the split flows that hold bytes) are printed on exit and
+on SIGUSR1. The interfaces' peers need offloads off
 (ethtool -K DEV tx off tso off gso off gro off).
 
 impairments (see README for the syntax):
@@ -184,6 +185,7 @@ func runLinkem(args []string, stdout, stderr io.Writer) error {
 			select {
 			case <-usr1:
 				printLinkemStats(stdout, c.a, c.b, br.Stats())
+				printGatewayStats(stdout, gw, br.Engine())
 			case <-ctx.Done():
 				return
 			}
@@ -456,8 +458,8 @@ func printHeldFlows(stdout io.Writer, e *engine.Engine) {
 			name string
 			s    engine.StreamInfo
 		}{{"down", f.Down}, {"up", f.Up}} {
-			fmt.Fprintf(stdout, "engine flow %v %v %s: buffered %d in-flight %d cwnd %d srtt %v rto %v rexmits %d timeouts %d tail-probes %d\n",
-				f.Wire, f.Radio, d.name, d.s.Buffered, d.s.InFlight, d.s.Cwnd, d.s.SRTT, d.s.RTO, d.s.Rexmits, d.s.Timeouts, d.s.TailProbes)
+			fmt.Fprintf(stdout, "engine flow %v %v %s: buffered %d in-flight %d cwnd %d window %d pacing %.0f B/s srtt %v rto %v rexmits %d timeouts %d tail-probes %d\n",
+				f.Wire, f.Radio, d.name, d.s.Buffered, d.s.InFlight, d.s.Cwnd, d.s.Window, d.s.PacingRate, d.s.SRTT, d.s.RTO, d.s.Rexmits, d.s.Timeouts, d.s.TailProbes)
 		}
 	}
 }

@@ -509,13 +509,16 @@ type StreamInfo struct {
 	SRTT, MinRTT, RTO         time.Duration
 	Rexmits, Timeouts, Probes uint64
 	TailProbes                uint64
-	DSACKs, Spurious          uint64 // resends the receiver reported duplicated; resends seen to be spurious
+	DSACKs, Spurious          uint64  // resends the receiver reported duplicated; resends seen to be spurious
+	Window                    int     // the receiver's window, bytes
+	PacingRate                float64 // bytes per second; 0: not paced
 }
 
 func (st *stream) info() StreamInfo {
 	return StreamInfo{EarlyAcked: st.earlyAcked, Buffered: diff(st.sndUna, st.rcvNxt), InFlight: st.inflight,
 		Cwnd: st.cc.Window(), SRTT: st.srtt, MinRTT: st.minRTT, RTO: st.rto, Rexmits: st.rexmits,
-		Timeouts: st.timeouts, Probes: st.probes, TailProbes: st.tlps, DSACKs: st.dsacks, Spurious: st.spurious}
+		Timeouts: st.timeouts, Probes: st.probes, TailProbes: st.tlps, DSACKs: st.dsacks, Spurious: st.spurious,
+		Window: st.wnd, PacingRate: st.cc.PacingRate()}
 }
 
 // add sums o into s field by field (every counter and gauge, whatever
