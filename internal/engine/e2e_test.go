@@ -340,8 +340,8 @@ func (n *Net) moveFlow(t testing.TB, taken func(engine.Stats) bool, edit func(*e
 	if err := json.Unmarshal(b, &states); err != nil {
 		return nil, err
 	}
-	for i := range states {
-		if edit != nil {
+	if edit != nil {
+		for i := range states {
 			edit(&states[i])
 		}
 	}
