@@ -433,11 +433,15 @@ func TestResumeRestartBypassed(t *testing.T) {
 	// takes the receiver's ACK past what it holds (skipTo), passes its
 	// SACK blocks on, and takes no RTT sample from what it resends after
 	// an import (importQuarantine): 20 runs in 20 pass in ~3 s. With the
-	// mobile's window at 256 KB, 8 runs in 10 still took ~58 s of the 60
-	// allowed; one cut at 30 s showed gateway 2 with 84 packets dropped as
-	// not yet safe and router A with 51 replay drops on B's SA, nothing
-	// held toward the mobile: the sender's timeouts backing off unanswered
-	// (0.2 s … 25.6 s add up to 51 s). Not understood yet.
+	// mobile's window at 256 KB, about half the runs take ~30 s or more:
+	// what the sender sent during the bypass lay beyond the mobile's
+	// window and is gone, gateway 2 holds nothing and SACKs the sender's
+	// last segment past the hole, and gVisor's sender resends the hole one
+	// or two segments per timeout (its TCP probe: after each timeout it
+	// goes back into SACK recovery and counts the hole as in flight). The
+	// router's replay drops are the mobile's own ACKs during the bypass,
+	// below gateway 1's numbers. Linux's sender recovers from the same
+	// event at once: TestGatewayTUNRestart/window-256k.
 	time.Sleep(150 * time.Millisecond)
 	p.mu.Lock()
 	err := p.g2.ResumeRestart(h)
