@@ -87,7 +87,7 @@ func (s *shardLog) begin() error {
 
 // writeAt writes b at the current offset of the current slot.
 func (s *shardLog) writeAt(b []byte) error {
-	n, err := s.slots[s.cur].WriteAt(b, s.off)
+	n, err := pwrite(s.slots[s.cur], b, s.off)
 	s.off += int64(n)
 	if err != nil {
 		// The slot may end in part of a record: the reader stops there.

@@ -207,6 +207,9 @@ func (r *tunRig) startGateway(t *testing.T, mode, rate string) *Proc {
 	if mode == "split" {
 		body += "plain = yes\nmode = split\n"
 	}
+	// TUNBENCH_CONF adds configuration lines (";" between them), e.g.
+	// "journal = no": two settings side by side in one session.
+	body += strings.ReplaceAll(os.Getenv("TUNBENCH_CONF"), ";", "\n") + "\n"
 	must(t, os.WriteFile(conf, []byte(body), 0o600))
 	args := []string{espepBin, "gateway", "--config", conf}
 	if prof := os.Getenv("TUNBENCH_PROFILE"); prof != "" {
