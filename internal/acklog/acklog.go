@@ -16,10 +16,12 @@
 // engine takes them, and not synced: they survive the process, not the
 // machine — a machine that goes down takes the early-acknowledged bytes
 // with it, as it takes the endpoints' connections. A segment grows until
-// it is twice what its shard's last checkpoint wrote (at least MinSegment);
-// then the shard writes all it holds to a new segment and the old one is
-// removed. So the files stay within about three times what the engine
-// holds, which Config.BufferTotal bounds.
+// it is four times what its shard's last checkpoint wrote (at least
+// MinSegment); then the shard writes all it holds to its other slot and
+// goes on there. So each byte is written about 1.3 times, not twice as
+// with a factor of two (the checkpoints were a tenth of the gateway's CPU
+// at full rate then), and the two slots stay within about eight times
+// what the engine holds, which Config.BufferTotal bounds.
 //
 // What is on disk is the endpoints' payload in the clear, in the 0700
 // state directory, 0600 files — as the flows file of a clean stop.

@@ -245,7 +245,7 @@ func (s *shardLog) Checkpoint(write func() error) error {
 		return err
 	}
 	s.complete = s.cur
-	s.limit = max(s.l.minSeg, 2*s.off)
+	s.limit = max(s.l.minSeg, 4*s.off)
 	return nil
 }
 
