@@ -181,7 +181,7 @@ func TestCheckpointBounds(t *testing.T) {
 		}
 		size += fi.Size()
 	}
-	if len(names) > 4 || size > 4*4*256<<10 { // two slots a shard, each within four times the limit
+	if len(names) > 4 || size > 4*2*256<<10 { // two slots a shard, each within twice the limit
 		t.Errorf("%d files, %d bytes after checkpoints", len(names), size)
 	}
 	want := held(t, e.Export(false))
