@@ -140,27 +140,28 @@ func newPlainRig(tb testing.TB) *pathRig {
 func (r *pathRig) handshakes() {
 	syn := []byte{header.TCPOptMSS, 4, 0x05, 0xb4, header.TCPOptSACKPerm, 2}
 	for _, f := range r.flows {
-		r.g.Process(engine.Wire, f.wrap(f.seal(f.aOut, packettest.Segment(f.wire, f.radio, header.TCPSyn, f.seqW-1, 0, 65535, syn, nil))))
-		r.g.Process(engine.Radio, f.wrap(f.seal(f.bOut, packettest.Segment(f.radio, f.wire, header.TCPSyn|header.TCPAck, f.seqR-1, f.seqW, 65535, syn, nil))))
-		r.g.Process(engine.Wire, f.wrap(f.seal(f.aOut, packettest.Segment(f.wire, f.radio, header.TCPAck, f.seqW, f.seqR, 65535, nil, nil))))
+		r.g.Process(engine.Wire, f.wrap(f.maybeSeal(f.aOut, packettest.Segment(f.wire, f.radio, header.TCPSyn, f.seqW-1, 0, 65535, syn, nil))))
+		r.g.Process(engine.Radio, f.wrap(f.maybeSeal(f.bOut, packettest.Segment(f.radio, f.wire, header.TCPSyn|header.TCPAck, f.seqR-1, f.seqW, 65535, syn, nil))))
+		r.g.Process(engine.Wire, f.wrap(f.maybeSeal(f.aOut, packettest.Segment(f.wire, f.radio, header.TCPAck, f.seqW, f.seqR, 65535, nil, nil))))
 	}
 }
 
-// seal seals pkt with sa, or leaves it clear in a flow without SAs.
-func (r *pathFlow) seal(sa *ipsec.SA, pkt []byte) []byte {
+// maybeSeal seals pkt with sa, or leaves it clear in a flow without SAs.
+func (r *pathFlow) maybeSeal(sa *ipsec.SA, pkt []byte) []byte {
 	if sa == nil {
 		return pkt
 	}
 	return seal(sa, pkt)
 }
 
-// batch seals the next n data segments and their ACKs.
+// batch makes the next n data segments and their ACKs, sealed if the
+// flow has SAs.
 func (r *pathFlow) batch(n int) {
 	r.data, r.acks = r.data[:0], r.acks[:0]
 	for range n {
-		r.data = append(r.data, r.wrap(r.seal(r.aOut, packettest.Segment(r.wire, r.radio, header.TCPAck|header.TCPPsh, r.seqW, r.seqR, 65535, nil, r.payload))))
+		r.data = append(r.data, r.wrap(r.maybeSeal(r.aOut, packettest.Segment(r.wire, r.radio, header.TCPAck|header.TCPPsh, r.seqW, r.seqR, 65535, nil, r.payload))))
 		r.seqW += uint32(len(r.payload))
-		r.acks = append(r.acks, r.wrap(r.seal(r.bOut, packettest.Segment(r.radio, r.wire, header.TCPAck, r.seqR, r.seqW, 65535, nil, nil))))
+		r.acks = append(r.acks, r.wrap(r.maybeSeal(r.bOut, packettest.Segment(r.radio, r.wire, header.TCPAck, r.seqR, r.seqW, 65535, nil, nil))))
 	}
 }
 
@@ -406,7 +407,8 @@ func burstAfterIdle(b *testing.B, r *pathRig) {
 			b.ReportMetric(float64(took[k])/float64(took[0]), c.name+"/hot")
 		}
 	}
-	if st := r.g.Stats(); st.Packets < uint64(2*len(before)*burst*b.N) || r.out.Load() < int64(len(before)*burst*b.N) {
-		b.Fatalf("the gateway did not work: %d packets out; %s", r.out.Load(), st.Summary())
+	sent := len(before) * burst * b.N
+	if st, es := r.g.Stats(), r.g.Engine().Stats(); st.Packets < uint64(2*sent) || r.out.Load() < int64(sent) || es.EarlyAcked < uint64(sent*len(r.payload)) {
+		b.Fatalf("the gateway did not split: %d packets out; %s; engine: %s", r.out.Load(), st.Summary(), es.Summary())
 	}
 }
