@@ -69,8 +69,8 @@ func newPathRigIPIP(tb testing.TB, enc ipsec.Enc, withSAs bool, mode engine.Mode
 	sad := &ipsec.SAD{}
 	var aOut, bOut *ipsec.SA
 	for i := range n {
-		f := &pathFlow{wire: netip.MustParseAddrPort(fmt.Sprintf("10.0.%d.1:5001", i)),
-			radio: netip.MustParseAddrPort(fmt.Sprintf("10.0.%d.2:40000", i)), seqW: 1000, seqR: 9000, payload: make([]byte, 1448), ipip: ipip}
+		f := newPathFlow(i)
+		f.ipip = ipip
 		r.flows = append(r.flows, f)
 		if shared && i > 0 {
 			f.aOut, f.bOut = aOut, bOut
@@ -122,8 +122,7 @@ func newPathRigIPIP(tb testing.TB, enc ipsec.Enc, withSAs bool, mode engine.Mode
 // (Config.Plain) and whose endpoints seal nothing: the path of the TUN
 // harness's split (--plain).
 func newPlainRig(tb testing.TB) *pathRig {
-	f := &pathFlow{wire: netip.MustParseAddrPort("10.0.0.1:5001"), radio: netip.MustParseAddrPort("10.0.0.2:40000"),
-		seqW: 1000, seqR: 9000, payload: make([]byte, 1448)}
+	f := newPathFlow(0)
 	r := &pathRig{flows: []*pathFlow{f}, pathFlow: f}
 	var err error
 	r.g, err = New(Config{Engine: engine.Config{Mode: engine.ModeSplit}, Plain: true, State: statedir.Memory()}, &ipsec.SAD{},
@@ -134,6 +133,12 @@ func newPlainRig(tb testing.TB) *pathRig {
 	tb.Cleanup(r.g.Close)
 	r.handshakes()
 	return r
+}
+
+// newPathFlow is a rig's flow i, between hosts of its own, without SAs.
+func newPathFlow(i int) *pathFlow {
+	return &pathFlow{wire: netip.MustParseAddrPort(fmt.Sprintf("10.0.%d.1:5001", i)),
+		radio: netip.MustParseAddrPort(fmt.Sprintf("10.0.%d.2:40000", i)), seqW: 1000, seqR: 9000, payload: make([]byte, 1448)}
 }
 
 // handshakes gives the gateway each flow's three-way handshake.
